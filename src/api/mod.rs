@@ -1,0 +1,1 @@
+//! Admin REST API (/api/v1), admin auth and the embedded panel assets.

@@ -1,0 +1,1 @@
+//! Wiring: store, snapshot, threads, server and shutdown.

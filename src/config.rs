@@ -1,0 +1,1 @@
+//! data/config.json plus OCTOPUS_* overrides, validated into Config.

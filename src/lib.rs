@@ -1,0 +1,11 @@
+//! The octopus gateway as a library: the binary in `main.rs` and the integration tests both drive it.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod protocol;
+pub mod relay;
+pub mod store;
+pub mod upstream;
+pub mod util;

@@ -1,0 +1,1 @@
+//! The relay: client endpoints, client-key auth, routing, balancing, retries and the circuit breaker.

@@ -1,0 +1,95 @@
+//! Persistent storage: the `Store` trait, its SQLite, PostgreSQL and MySQL backends, and the
+//! thread pool through which coroutines reach it.
+//!
+//! Architecture invariant: database drivers block, so a `Store` is only ever used on the std
+//! threads of `StorePool`; coroutines send closures there and wait on a may-aware channel.
+
+pub mod entities;
+
+use std::fmt;
+
+use crate::store::entities::{AdminSession, AdminUser, ApiKey, Channel, Group, ModelPrice};
+
+/// What can go wrong in a store call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreError {
+    /// A unique constraint was violated (duplicate channel, group or key name). The text names
+    /// the conflicting value.
+    Duplicate(String),
+    /// A reference points at a row that does not exist (e.g. a group item naming a missing
+    /// channel).
+    MissingReference(String),
+    /// The database could not be opened, reached, migrated or queried.
+    Backend(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Duplicate(what) => write!(formatter, "duplicate: {what}"),
+            StoreError::MissingReference(what) => write!(formatter, "missing reference: {what}"),
+            StoreError::Backend(message) => write!(formatter, "database: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Every query the gateway makes. Implementations are blocking and owned by one thread.
+///
+/// Conventions: `create_*` ignores the `id`, `created_at` and `updated_at` it is given and
+/// returns the stored row; `update_*` returns `None` when the id does not exist; `delete_*`
+/// returns whether a row was deleted. Times are Unix seconds.
+pub trait Store: Send {
+    /// `sqlite`, `postgres` or `mysql`.
+    fn backend_name(&self) -> &'static str;
+
+    // Admin account and sessions.
+    /// Creates the admin account if no admin exists yet; returns true when it did.
+    fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool>;
+    fn admin_by_username(&mut self, username: &str) -> StoreResult<Option<AdminUser>>;
+    fn admin_by_id(&mut self, id: i64) -> StoreResult<Option<AdminUser>>;
+    fn update_admin_password(&mut self, id: i64, password_hash: &str, must_change_password: bool) -> StoreResult<()>;
+    fn create_session(&mut self, session: &AdminSession) -> StoreResult<()>;
+    fn session_by_token_hash(&mut self, token_hash: &str) -> StoreResult<Option<AdminSession>>;
+    fn delete_sessions_of_user(&mut self, user_id: i64) -> StoreResult<u64>;
+    fn delete_expired_sessions(&mut self, now: i64) -> StoreResult<u64>;
+
+    // Channels (keys are stored in their own table; ids of kept keys stay stable on update).
+    fn list_channels(&mut self) -> StoreResult<Vec<Channel>>;
+    fn channel_by_id(&mut self, id: i64) -> StoreResult<Option<Channel>>;
+    fn create_channel(&mut self, channel: &Channel) -> StoreResult<Channel>;
+    /// Replaces every field and the key list: keys whose `id` matches an existing key of this
+    /// channel are updated in place, keys with id 0 are inserted, the rest are deleted.
+    fn update_channel(&mut self, channel: &Channel) -> StoreResult<Option<Channel>>;
+    /// Also deletes the group items that point at the channel.
+    fn delete_channel(&mut self, id: i64) -> StoreResult<bool>;
+
+    // Groups (items are stored in their own table, in the listed order).
+    fn list_groups(&mut self) -> StoreResult<Vec<Group>>;
+    fn group_by_id(&mut self, id: i64) -> StoreResult<Option<Group>>;
+    fn create_group(&mut self, group: &Group) -> StoreResult<Group>;
+    fn update_group(&mut self, group: &Group) -> StoreResult<Option<Group>>;
+    fn delete_group(&mut self, id: i64) -> StoreResult<bool>;
+
+    // Client API keys.
+    fn list_api_keys(&mut self) -> StoreResult<Vec<ApiKey>>;
+    fn api_key_by_id(&mut self, id: i64) -> StoreResult<Option<ApiKey>>;
+    fn create_api_key(&mut self, api_key: &ApiKey) -> StoreResult<ApiKey>;
+    /// Updates everything but `key_hash`, `key_prefix` and `created_at`.
+    fn update_api_key(&mut self, api_key: &ApiKey) -> StoreResult<Option<ApiKey>>;
+    fn delete_api_key(&mut self, id: i64) -> StoreResult<bool>;
+
+    // Model prices; (model, channel_id) is unique.
+    fn list_prices(&mut self) -> StoreResult<Vec<ModelPrice>>;
+    /// Inserts or replaces the price for (model, channel_id).
+    fn upsert_price(&mut self, price: &ModelPrice) -> StoreResult<ModelPrice>;
+    fn delete_price(&mut self, id: i64) -> StoreResult<bool>;
+
+    // Settings.
+    fn list_settings(&mut self) -> StoreResult<Vec<(String, String)>>;
+    fn setting(&mut self, key: &str) -> StoreResult<Option<String>>;
+    fn set_setting(&mut self, key: &str, value: &str) -> StoreResult<()>;
+}
