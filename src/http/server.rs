@@ -1,1 +1,164 @@
 //! The HTTP/1.1 server loop on may::net (accept, parse, limits, keep-alive, chunked writer).
+//!
+//! `Server::start` binds the listener and runs the accept loop on its own coroutine; every
+//! accepted connection gets a coroutine of its own (see `connection.rs`), so a slow client only
+//! ever parks its own coroutine.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use may::coroutine::JoinHandle;
+use may::net::TcpListener;
+
+use crate::http::Handler;
+use crate::http::connection::serve_connection;
+
+/// Caps and timeouts applied to every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// More request headers than this get a 431.
+    pub max_header_count: usize,
+    /// A request line plus headers longer than this gets a 431.
+    pub max_head_bytes: usize,
+    /// A body longer than this (by Content-Length, or while decoding chunks) gets a 413.
+    pub max_body_bytes: usize,
+    /// How long a keep-alive connection may wait for the first byte of its next request.
+    pub idle_timeout: Duration,
+    /// A request head must arrive in full within this time of its first byte (else 408), and
+    /// no read of a request body may wait longer than this (else the connection is closed).
+    pub read_timeout: Duration,
+    /// A write to the client that makes no progress for this long closes the connection.
+    pub write_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> ServerLimits {
+        ServerLimits {
+            max_header_count: 100,
+            max_head_bytes: 64 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(75),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A running server. Dropping it (or calling `shutdown`) stops accepting connections.
+#[must_use = "the server stops when this value is dropped"]
+pub struct Server {
+    local_addr: SocketAddr,
+    shared: Arc<SharedState>,
+    accept_loop: Option<JoinHandle<()>>,
+}
+
+/// What the accept loop and every connection share.
+pub(crate) struct SharedState {
+    pub(crate) limits: ServerLimits,
+    pub(crate) handler: Arc<dyn Handler>,
+    /// Set by `shutdown`: no new connections, and open ones close after their current request.
+    pub(crate) stopping: AtomicBool,
+}
+
+/// The listen backlog. The standard library listens with 128, which under a burst of new
+/// connections makes clients wait for SYN retransmits (about one second each).
+const LISTEN_BACKLOG: libc::c_int = 1024;
+/// How long `shutdown` waits for the accept loop to end before giving up on it.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+impl Server {
+    /// Binds `address` (e.g. `0.0.0.0:8080`, port 0 for any free port), starts the accept loop
+    /// on its own coroutine and returns at once.
+    pub fn start(address: &str, limits: ServerLimits, handler: Arc<dyn Handler>) -> io::Result<Server> {
+        // The standard library's bind, unlike may's, does not set SO_REUSEPORT, so a second
+        // server on the same port fails instead of silently sharing it.
+        let std_listener = std::net::TcpListener::bind(address)?;
+        // SAFETY: the descriptor is a bound, listening socket owned by `std_listener`; listen()
+        // on it again only changes the backlog (Linux accepts this).
+        if unsafe { libc::listen(std_listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let local_addr = std_listener.local_addr()?;
+        // SAFETY: `into_raw_fd` gives up ownership, so the may listener is the descriptor's
+        // only owner.
+        let listener = unsafe { TcpListener::from_raw_fd(std_listener.into_raw_fd()) };
+        let shared = Arc::new(SharedState { limits, handler, stopping: AtomicBool::new(false) });
+        let accept_shared = Arc::clone(&shared);
+        let accept_loop = may::go!(move || accept_connections(listener, accept_shared));
+        Ok(Server { local_addr, shared, accept_loop: Some(accept_loop) })
+    }
+
+    /// The address the server listens on (with the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections and closes the listener. Open connections finish their
+    /// current request and then close.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+
+    fn stop(&mut self) {
+        let Some(accept_loop) = self.accept_loop.take() else { return };
+        self.shared.stopping.store(true, Ordering::Release);
+        // The accept loop is parked in accept(); a connection of our own wakes it so it can
+        // see the flag.
+        let wake_address = SocketAddr::new(loopback_for(self.local_addr.ip()), self.local_addr.port());
+        if let Err(error) = may::net::TcpStream::connect_timeout(&wake_address, Duration::from_secs(1)) {
+            log::warn!("could not wake the accept loop of {}: {error}", self.local_addr);
+        }
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        while !accept_loop.is_done() {
+            if Instant::now() >= deadline {
+                log::warn!("the accept loop of {} did not stop in time", self.local_addr);
+                return;
+            }
+            may::coroutine::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback address reaching a listener bound to `ip` (which may be unspecified).
+fn loopback_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    }
+}
+
+fn accept_connections(listener: TcpListener, shared: Arc<SharedState>) {
+    loop {
+        let accepted = listener.accept();
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        match accepted {
+            Ok((stream, peer)) => {
+                let connection_shared = Arc::clone(&shared);
+                may::go!(move || serve_connection(stream, peer, &connection_shared));
+            }
+            Err(error) => match error.raw_os_error() {
+                // The client gave up before we accepted it, or a signal interrupted us.
+                Some(libc::ECONNABORTED | libc::EINTR) => {}
+                // Out of descriptors or memory: pause so we do not spin, and let open
+                // connections finish and free resources.
+                _ => {
+                    log::warn!("accept failed: {error}");
+                    may::coroutine::sleep(Duration::from_millis(100));
+                }
+            },
+        }
+    }
+}

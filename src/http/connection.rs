@@ -1,0 +1,315 @@
+//! One client connection: reads requests in order (keep-alive and pipelining), enforces the
+//! limits and timeouts, calls the handler once per request and writes its response.
+//!
+//! Each request's body is read completely before the handler runs, so whatever the handler
+//! does, the next request starts exactly where this one ended. Any framing error closes the
+//! connection, because after it we no longer know where the next request would start.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use may::net::TcpStream;
+
+use crate::http::chunked::{ChunkedDecoder, ChunkedError};
+use crate::http::head::{BodyFraming, HeadError, RequestHead, parse_request_head};
+use crate::http::response_writer::{ResponseContext, ResponseOutcome, error_response_bytes, write_response};
+use crate::http::server::SharedState;
+use crate::http::{ClientProbe, Request};
+
+/// Socket reads go into the connection buffer this many bytes at a time.
+const READ_CHUNK_BYTES: usize = 8 * 1024;
+/// A Content-Length body buffer starts at most this large and grows as data arrives, so a
+/// client announcing a huge body cannot make us allocate it up front.
+const INITIAL_BODY_CAPACITY: usize = 1024 * 1024;
+/// After an error response, how long we keep reading (and discarding) what the client still
+/// sends, so that closing does not reset the connection before the client has read the response.
+const LINGER_DURATION: Duration = Duration::from_secs(1);
+/// How many bytes that lingering read discards at most.
+const LINGER_MAX_BYTES: usize = 1024 * 1024;
+
+/// Why a connection stops.
+enum ConnectionEnd {
+    /// Answer with this error status and message, then close.
+    Reject(u16, &'static str),
+    /// Close without answering: the client went away, stalled in a body, or idled out.
+    Drop,
+}
+
+impl From<HeadError> for ConnectionEnd {
+    fn from(error: HeadError) -> ConnectionEnd {
+        ConnectionEnd::Reject(error.status, error.message)
+    }
+}
+
+/// Serves every request on `stream` until the connection ends.
+pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedState) {
+    // Small responses and SSE events must leave at once rather than wait for Nagle's algorithm.
+    if stream.set_nodelay(true).is_err() || stream.set_write_timeout(Some(shared.limits.write_timeout)).is_err() {
+        return;
+    }
+    let mut connection = Connection { stream, peer, buffer: Vec::new(), read_timeout: None, shared };
+    match connection.serve_requests() {
+        ConnectionEnd::Reject(status, message) => {
+            if connection.stream.write_all(&error_response_bytes(status, message)).is_ok() {
+                connection.close_gracefully();
+            }
+        }
+        ConnectionEnd::Drop => {}
+    }
+}
+
+struct Connection<'shared> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Bytes received but not consumed yet: the start of the next request, possibly more.
+    buffer: Vec<u8>,
+    /// The read timeout currently set on the socket, to skip redundant system calls.
+    read_timeout: Option<Duration>,
+    shared: &'shared SharedState,
+}
+
+impl Connection<'_> {
+    /// The request loop; returns how the connection ends.
+    fn serve_requests(&mut self) -> ConnectionEnd {
+        loop {
+            if self.shared.stopping.load(Ordering::Acquire) {
+                return ConnectionEnd::Drop;
+            }
+            let head = match self.read_head() {
+                Ok(head) => head,
+                Err(end) => return end,
+            };
+            let body = match self.read_body(&head) {
+                Ok(body) => body,
+                Err(end) => return end,
+            };
+            let context = ResponseContext {
+                is_head_request: head.method == "HEAD",
+                is_http_1_0: head.minor_version == 0,
+                keep_alive: head.keep_alive && !self.shared.stopping.load(Ordering::Acquire),
+            };
+            let request = Request {
+                method: head.method,
+                path: head.path,
+                query: head.query,
+                headers: head.headers,
+                body,
+                peer: self.peer,
+                client: ClientProbe::for_socket(self.stream.as_raw_fd()),
+            };
+            let (method, path) = (request.method.clone(), request.path.clone());
+            let handler = &self.shared.handler;
+            let Ok(response) = catch_unwind(AssertUnwindSafe(|| handler.handle(request))) else {
+                log::error!("handler panicked on {method} {path}; answering 500");
+                return ConnectionEnd::Reject(500, "internal error");
+            };
+            match write_response(&mut self.stream, response, context) {
+                ResponseOutcome::Sent { keep_alive: true } => {}
+                ResponseOutcome::Sent { keep_alive: false } => {
+                    self.close_gracefully();
+                    return ConnectionEnd::Drop;
+                }
+                ResponseOutcome::Broken => return ConnectionEnd::Drop,
+                ResponseOutcome::PanickedBeforeWriting => {
+                    log::error!("streaming body panicked on {method} {path}; answering 500");
+                    return ConnectionEnd::Reject(500, "internal error");
+                }
+            }
+            // A large request may have grown the buffer; do not keep that memory while idle.
+            if self.buffer.capacity() > 4 * READ_CHUNK_BYTES {
+                self.buffer.shrink_to(READ_CHUNK_BYTES);
+            }
+        }
+    }
+
+    /// Waits for the next request and reads its head, leaving the bytes after it buffered.
+    fn read_head(&mut self) -> Result<RequestHead, ConnectionEnd> {
+        let limits = self.shared.limits;
+        // RFC 9112 section 2.2: empty lines before a request line are ignored (some clients
+        // send a CRLF after a POST body).
+        self.discard_leading_empty_lines();
+        while self.buffer.is_empty() {
+            match self.fill_buffer(limits.idle_timeout) {
+                Ok(0) | Err(_) => return Err(ConnectionEnd::Drop),
+                Ok(_) => self.discard_leading_empty_lines(),
+            }
+        }
+        // The whole head must arrive within the read timeout of its first byte, so a client
+        // trickling bytes cannot hold the connection open forever.
+        let deadline = Instant::now() + limits.read_timeout;
+        let mut scan_from = 0;
+        loop {
+            let (head_end, next_scan_from) = find_head_end(&self.buffer, scan_from);
+            scan_from = next_scan_from;
+            if let Some(head_end) = head_end {
+                if head_end > limits.max_head_bytes {
+                    return Err(ConnectionEnd::Reject(431, "request head is too large"));
+                }
+                if let Some((head, head_length)) = parse_request_head(&self.buffer[..head_end], limits.max_header_count)? {
+                    self.buffer.drain(..head_length);
+                    return Ok(head);
+                }
+            }
+            if self.buffer.len() > limits.max_head_bytes {
+                return Err(ConnectionEnd::Reject(431, "request head is too large"));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ConnectionEnd::Reject(408, "request head timed out"));
+            }
+            match self.fill_buffer(remaining) {
+                Ok(0) => return Err(ConnectionEnd::Drop),
+                Ok(_) => {}
+                Err(error) if is_timeout(&error) => return Err(ConnectionEnd::Reject(408, "request head timed out")),
+                Err(_) => return Err(ConnectionEnd::Drop),
+            }
+        }
+    }
+
+    /// Reads the whole body of the request whose head was just read.
+    fn read_body(&mut self, head: &RequestHead) -> Result<Vec<u8>, ConnectionEnd> {
+        let max_body_bytes = self.shared.limits.max_body_bytes;
+        if let BodyFraming::Length(length) = head.body_framing
+            && length > max_body_bytes as u64
+        {
+            return Err(ConnectionEnd::Reject(413, "request body is too large"));
+        }
+        if head.expects_continue && head.body_framing != BodyFraming::Empty {
+            // Clients that sent `Expect: 100-continue` hold the body back until told to go on.
+            if self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+                return Err(ConnectionEnd::Drop);
+            }
+        }
+        match head.body_framing {
+            BodyFraming::Empty => Ok(Vec::new()),
+            // The check above bounds the length by max_body_bytes, a usize.
+            BodyFraming::Length(length) => self.read_sized_body(length as usize),
+            BodyFraming::Chunked => self.read_chunked_body(),
+        }
+    }
+
+    fn read_sized_body(&mut self, length: usize) -> Result<Vec<u8>, ConnectionEnd> {
+        let mut body = Vec::with_capacity(length.min(INITIAL_BODY_CAPACITY));
+        let buffered = length.min(self.buffer.len());
+        body.extend_from_slice(&self.buffer[..buffered]);
+        self.buffer.drain(..buffered);
+        self.set_read_timeout(self.shared.limits.read_timeout).map_err(|_| ConnectionEnd::Drop)?;
+        while body.len() < length {
+            let filled = body.len();
+            let wanted = (length - filled).min(64 * 1024);
+            body.resize(filled + wanted, 0);
+            match self.stream.read(&mut body[filled..]) {
+                // A body that stops arriving or a vanished client just ends the connection:
+                // the client has no use for a response to half a request.
+                Ok(0) | Err(_) => return Err(ConnectionEnd::Drop),
+                Ok(received) => body.truncate(filled + received),
+            }
+        }
+        Ok(body)
+    }
+
+    fn read_chunked_body(&mut self) -> Result<Vec<u8>, ConnectionEnd> {
+        let limits = self.shared.limits;
+        let mut decoder = ChunkedDecoder::new(limits.max_body_bytes, limits.max_head_bytes);
+        let mut body = Vec::new();
+        loop {
+            let consumed = decoder.decode(&self.buffer, &mut body).map_err(|error| match error {
+                ChunkedError::Malformed(message) => ConnectionEnd::Reject(400, message),
+                ChunkedError::TooLarge => ConnectionEnd::Reject(413, "request body is too large"),
+            })?;
+            self.buffer.drain(..consumed);
+            if decoder.is_done() {
+                return Ok(body);
+            }
+            match self.fill_buffer(limits.read_timeout) {
+                Ok(0) | Err(_) => return Err(ConnectionEnd::Drop),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads once from the socket, appending to the buffer; returns the byte count (0 at EOF).
+    fn fill_buffer(&mut self, timeout: Duration) -> io::Result<usize> {
+        self.set_read_timeout(timeout)?;
+        let filled = self.buffer.len();
+        self.buffer.resize(filled + READ_CHUNK_BYTES, 0);
+        let result = self.stream.read(&mut self.buffer[filled..]);
+        self.buffer.truncate(filled + *result.as_ref().unwrap_or(&0));
+        result
+    }
+
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.read_timeout != Some(timeout) {
+            self.stream.set_read_timeout(Some(timeout))?;
+            self.read_timeout = Some(timeout);
+        }
+        Ok(())
+    }
+
+    fn discard_leading_empty_lines(&mut self) {
+        let empty_line_bytes = self.buffer.iter().take_while(|byte| matches!(byte, b'\r' | b'\n')).count();
+        self.buffer.drain(..empty_line_bytes);
+    }
+
+    /// Closes our side after a final response. Reading on for a moment lets the client receive
+    /// the response: closing a socket with unread input makes the kernel send a reset, which
+    /// can destroy the response before the client has read it.
+    fn close_gracefully(&mut self) {
+        if self.stream.shutdown(Shutdown::Write).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER_DURATION.min(self.shared.limits.read_timeout);
+        let mut discarded = 0;
+        let mut scratch = vec![0u8; READ_CHUNK_BYTES];
+        while discarded < LINGER_MAX_BYTES {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || self.set_read_timeout(remaining).is_err() {
+                return;
+            }
+            match self.stream.read(&mut scratch) {
+                Ok(0) | Err(_) => return,
+                Ok(received) => discarded += received,
+            }
+        }
+    }
+}
+
+/// Looks for the empty line that ends a head (`\n\r\n` or `\n\n`), scanning from `scan_from`.
+/// Returns the end of the head if found, and where the next scan should start.
+fn find_head_end(buffer: &[u8], scan_from: usize) -> (Option<usize>, usize) {
+    let mut position = scan_from;
+    while let Some(offset) = buffer[position..].iter().position(|&byte| byte == b'\n') {
+        let line_feed = position + offset;
+        match (buffer.get(line_feed + 1), buffer.get(line_feed + 2)) {
+            (Some(b'\n'), _) => return (Some(line_feed + 2), line_feed + 2),
+            (Some(b'\r'), Some(b'\n')) => return (Some(line_feed + 3), line_feed + 3),
+            // The bytes after this line feed have not arrived yet: look here again next time.
+            (None, _) | (Some(b'\r'), None) => return (None, line_feed),
+            _ => position = line_feed + 1,
+        }
+    }
+    (None, buffer.len())
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_end_of_a_head_across_reads() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody", 0), (Some(24), 24));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nA: b\n\nbody", 0), (Some(21), 21));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n", 0), (None, 21));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r", 0), (None, 21));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b", 0), (None, 20));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", 21), (Some(24), 24));
+    }
+}
