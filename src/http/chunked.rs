@@ -63,7 +63,10 @@ impl ChunkedDecoder {
     /// `max_overhead_bytes` of chunk extensions plus trailer fields in total.
     pub fn new(max_body_bytes: usize, max_overhead_bytes: usize) -> ChunkedDecoder {
         ChunkedDecoder {
-            state: State::Size { value: 0, digit_count: 0 },
+            state: State::Size {
+                value: 0,
+                digit_count: 0,
+            },
             max_body_bytes,
             max_overhead_bytes,
             decoded_bytes: 0,
@@ -85,11 +88,16 @@ impl ChunkedDecoder {
             if let State::Data { remaining } = self.state {
                 // Copy a whole run of data at once rather than byte by byte.
                 let available = input.len() - position;
-                let take = usize::try_from(remaining).map_or(available, |remaining| remaining.min(available));
+                let take = usize::try_from(remaining)
+                    .map_or(available, |remaining| remaining.min(available));
                 output.extend_from_slice(&input[position..position + take]);
                 position += take;
                 let remaining = remaining - take as u64;
-                self.state = if remaining == 0 { State::DataCarriageReturn } else { State::Data { remaining } };
+                self.state = if remaining == 0 {
+                    State::DataCarriageReturn
+                } else {
+                    State::Data { remaining }
+                };
                 continue;
             }
             self.state = self.step(input[position])?;
@@ -106,15 +114,22 @@ impl ChunkedDecoder {
                     if digit_count == MAX_SIZE_DIGITS {
                         return Err(ChunkedError::Malformed("chunk size is too large"));
                     }
-                    Ok(State::Size { value: value << 4 | u64::from(digit), digit_count: digit_count + 1 })
+                    Ok(State::Size {
+                        value: value << 4 | u64::from(digit),
+                        digit_count: digit_count + 1,
+                    })
                 }
-                None if digit_count == 0 => Err(ChunkedError::Malformed("chunk size is not a hexadecimal number")),
+                None if digit_count == 0 => Err(ChunkedError::Malformed(
+                    "chunk size is not a hexadecimal number",
+                )),
                 None => self.after_size(value, byte),
             },
             State::SizeWhitespace { value } => self.after_size(value, byte),
             State::Extension { value } => match byte {
                 b'\r' => Ok(State::SizeLineFeed { value }),
-                b'\n' => Err(ChunkedError::Malformed("chunk size line must end with CRLF")),
+                b'\n' => Err(ChunkedError::Malformed(
+                    "chunk size line must end with CRLF",
+                )),
                 _ => {
                     self.count_overhead()?;
                     Ok(State::Extension { value })
@@ -122,21 +137,32 @@ impl ChunkedDecoder {
             },
             State::SizeLineFeed { value } => {
                 if byte != b'\n' {
-                    return Err(ChunkedError::Malformed("chunk size line must end with CRLF"));
+                    return Err(ChunkedError::Malformed(
+                        "chunk size line must end with CRLF",
+                    ));
                 }
                 self.start_chunk(value)
             }
             State::DataCarriageReturn => match byte {
                 b'\r' => Ok(State::DataLineFeed),
-                _ => Err(ChunkedError::Malformed("chunk data must be followed by CRLF")),
+                _ => Err(ChunkedError::Malformed(
+                    "chunk data must be followed by CRLF",
+                )),
             },
             State::DataLineFeed => match byte {
-                b'\n' => Ok(State::Size { value: 0, digit_count: 0 }),
-                _ => Err(ChunkedError::Malformed("chunk data must be followed by CRLF")),
+                b'\n' => Ok(State::Size {
+                    value: 0,
+                    digit_count: 0,
+                }),
+                _ => Err(ChunkedError::Malformed(
+                    "chunk data must be followed by CRLF",
+                )),
             },
             State::TrailerLineStart => match byte {
                 b'\r' => Ok(State::FinalLineFeed),
-                b'\n' => Err(ChunkedError::Malformed("trailer section must end with CRLF")),
+                b'\n' => Err(ChunkedError::Malformed(
+                    "trailer section must end with CRLF",
+                )),
                 _ => {
                     self.count_overhead()?;
                     Ok(State::TrailerLine)
@@ -156,7 +182,9 @@ impl ChunkedDecoder {
             },
             State::FinalLineFeed => match byte {
                 b'\n' => Ok(State::Done),
-                _ => Err(ChunkedError::Malformed("trailer section must end with CRLF")),
+                _ => Err(ChunkedError::Malformed(
+                    "trailer section must end with CRLF",
+                )),
             },
             State::Data { .. } | State::Done => unreachable!("data and done are handled by decode"),
         }
@@ -174,7 +202,9 @@ impl ChunkedDecoder {
                 self.count_overhead()?;
                 Ok(State::SizeWhitespace { value })
             }
-            _ => Err(ChunkedError::Malformed("chunk size is not a hexadecimal number")),
+            _ => Err(ChunkedError::Malformed(
+                "chunk size is not a hexadecimal number",
+            )),
         }
     }
 
@@ -195,7 +225,9 @@ impl ChunkedDecoder {
     fn count_overhead(&mut self) -> Result<(), ChunkedError> {
         self.overhead_bytes += 1;
         if self.overhead_bytes > self.max_overhead_bytes {
-            return Err(ChunkedError::Malformed("chunk extensions and trailers are too large"));
+            return Err(ChunkedError::Malformed(
+                "chunk extensions and trailers are too large",
+            ));
         }
         Ok(())
     }
@@ -233,7 +265,8 @@ mod tests {
 
     #[test]
     fn skips_extensions_and_trailers_and_accepts_upper_case_hex() {
-        let input = b"A;name=value;other\r\n0123456789\r\n0 ;last\r\nx-checksum: abc\r\nx-more: 1\r\n\r\n";
+        let input =
+            b"A;name=value;other\r\n0123456789\r\n0 ;last\r\nx-checksum: abc\r\nx-more: 1\r\n\r\n";
         let (body, consumed) = decode_whole(input).unwrap();
         assert_eq!(body, b"0123456789");
         assert_eq!(consumed, input.len());
@@ -247,7 +280,11 @@ mod tests {
             let mut decoder = ChunkedDecoder::new(1024, 256);
             let mut output = Vec::new();
             let first = decoder.decode(&input[..split_point], &mut output).unwrap();
-            assert_eq!(first, split_point.min(body_length), "the first part is consumed up to the end of the body");
+            assert_eq!(
+                first,
+                split_point.min(body_length),
+                "the first part is consumed up to the end of the body"
+            );
             let second = decoder.decode(&input[split_point..], &mut output).unwrap();
             assert!(decoder.is_done());
             assert_eq!(output, b"abc0123456789abcdef");
@@ -271,7 +308,11 @@ mod tests {
         for input in malformed {
             let mut decoder = ChunkedDecoder::new(1024, 256);
             let result = decoder.decode(input, &mut Vec::new());
-            assert!(matches!(result, Err(ChunkedError::Malformed(_))), "{:?} gave {result:?}", String::from_utf8_lossy(input));
+            assert!(
+                matches!(result, Err(ChunkedError::Malformed(_))),
+                "{:?} gave {result:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
@@ -280,10 +321,16 @@ mod tests {
         let mut decoder = ChunkedDecoder::new(10, 256);
         let mut output = Vec::new();
         assert_eq!(decoder.decode(b"6\r\nabcdef\r\n", &mut output), Ok(11));
-        assert_eq!(decoder.decode(b"5\r\n", &mut output), Err(ChunkedError::TooLarge));
+        assert_eq!(
+            decoder.decode(b"5\r\n", &mut output),
+            Err(ChunkedError::TooLarge)
+        );
         assert_eq!(output, b"abcdef");
         let mut decoder = ChunkedDecoder::new(10, 256);
-        assert_eq!(decoder.decode(b"ffffffffffffffff\r\n", &mut Vec::new()), Err(ChunkedError::TooLarge));
+        assert_eq!(
+            decoder.decode(b"ffffffffffffffff\r\n", &mut Vec::new()),
+            Err(ChunkedError::TooLarge)
+        );
     }
 
     #[test]
@@ -294,5 +341,39 @@ mod tests {
         let mut decoder = ChunkedDecoder::new(1024, 8);
         let result = decoder.decode(b"0\r\nx-trailer: 123\r\n\r\n", &mut Vec::new());
         assert!(matches!(result, Err(ChunkedError::Malformed(_))));
+    }
+
+    #[test]
+    fn never_panics_on_mangled_input() {
+        let valid = b"5;ext=1\r\nhello\r\na\r\n0123456789\r\n0\r\ntrailer: x\r\n\r\n";
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for _ in 0..2000 {
+            let mut input = valid.to_vec();
+            for _ in 0..1 + next(3) {
+                let position = next(input.len());
+                let replacements = b"\r\n;0aF: x";
+                input[position] = replacements[next(replacements.len())];
+            }
+            let mut decoder = ChunkedDecoder::new(16, 16);
+            let mut output = Vec::new();
+            let split_point = next(input.len() + 1);
+            let consumed = decoder
+                .decode(&input[..split_point], &mut output)
+                .and_then(|first| {
+                    decoder
+                        .decode(&input[split_point..], &mut output)
+                        .map(|second| first + second)
+                });
+            if let Ok(consumed) = consumed {
+                assert!(consumed <= input.len());
+                assert!(output.len() <= 16);
+            }
+        }
     }
 }

@@ -16,7 +16,9 @@ use may::net::TcpStream;
 
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
 use crate::http::head::{BodyFraming, HeadError, RequestHead, parse_request_head};
-use crate::http::response_writer::{ResponseContext, ResponseOutcome, error_response_bytes, write_response};
+use crate::http::response_writer::{
+    ResponseContext, ResponseOutcome, error_response_bytes, write_response,
+};
 use crate::http::server::SharedState;
 use crate::http::{ClientProbe, Request};
 
@@ -48,13 +50,27 @@ impl From<HeadError> for ConnectionEnd {
 /// Serves every request on `stream` until the connection ends.
 pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedState) {
     // Small responses and SSE events must leave at once rather than wait for Nagle's algorithm.
-    if stream.set_nodelay(true).is_err() || stream.set_write_timeout(Some(shared.limits.write_timeout)).is_err() {
+    if stream.set_nodelay(true).is_err()
+        || stream
+            .set_write_timeout(Some(shared.limits.write_timeout))
+            .is_err()
+    {
         return;
     }
-    let mut connection = Connection { stream, peer, buffer: Vec::new(), read_timeout: None, shared };
+    let mut connection = Connection {
+        stream,
+        peer,
+        buffer: Vec::new(),
+        read_timeout: None,
+        shared,
+    };
     match connection.serve_requests() {
         ConnectionEnd::Reject(status, message) => {
-            if connection.stream.write_all(&error_response_bytes(status, message)).is_ok() {
+            if connection
+                .stream
+                .write_all(&error_response_bytes(status, message))
+                .is_ok()
+            {
                 connection.close_gracefully();
             }
         }
@@ -119,9 +135,15 @@ impl Connection<'_> {
                     return ConnectionEnd::Reject(500, "internal error");
                 }
             }
-            // A large request may have grown the buffer; do not keep that memory while idle.
-            if self.buffer.capacity() > 4 * READ_CHUNK_BYTES {
-                self.buffer.shrink_to(READ_CHUNK_BYTES);
+            if self.buffer.is_empty() {
+                // A large request may have grown the buffer; do not keep that memory while idle.
+                if self.buffer.capacity() > 4 * READ_CHUNK_BYTES {
+                    self.buffer.shrink_to(READ_CHUNK_BYTES);
+                }
+            } else {
+                // Coroutines are not preempted, and reads of already-buffered pipelined
+                // requests never park: let other connections on this worker run in between.
+                may::coroutine::yield_now();
             }
         }
     }
@@ -149,7 +171,9 @@ impl Connection<'_> {
                 if head_end > limits.max_head_bytes {
                     return Err(ConnectionEnd::Reject(431, "request head is too large"));
                 }
-                if let Some((head, head_length)) = parse_request_head(&self.buffer[..head_end], limits.max_header_count)? {
+                if let Some((head, head_length)) =
+                    parse_request_head(&self.buffer[..head_end], limits.max_header_count)?
+                {
                     self.buffer.drain(..head_length);
                     return Ok(head);
                 }
@@ -164,7 +188,9 @@ impl Connection<'_> {
             match self.fill_buffer(remaining) {
                 Ok(0) => return Err(ConnectionEnd::Drop),
                 Ok(_) => {}
-                Err(error) if is_timeout(&error) => return Err(ConnectionEnd::Reject(408, "request head timed out")),
+                Err(error) if is_timeout(&error) => {
+                    return Err(ConnectionEnd::Reject(408, "request head timed out"));
+                }
                 Err(_) => return Err(ConnectionEnd::Drop),
             }
         }
@@ -180,7 +206,11 @@ impl Connection<'_> {
         }
         if head.expects_continue && head.body_framing != BodyFraming::Empty {
             // Clients that sent `Expect: 100-continue` hold the body back until told to go on.
-            if self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+            if self
+                .stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .is_err()
+            {
                 return Err(ConnectionEnd::Drop);
             }
         }
@@ -197,7 +227,8 @@ impl Connection<'_> {
         let buffered = length.min(self.buffer.len());
         body.extend_from_slice(&self.buffer[..buffered]);
         self.buffer.drain(..buffered);
-        self.set_read_timeout(self.shared.limits.read_timeout).map_err(|_| ConnectionEnd::Drop)?;
+        self.set_read_timeout(self.shared.limits.read_timeout)
+            .map_err(|_| ConnectionEnd::Drop)?;
         while body.len() < length {
             let filled = body.len();
             let wanted = (length - filled).min(64 * 1024);
@@ -217,10 +248,15 @@ impl Connection<'_> {
         let mut decoder = ChunkedDecoder::new(limits.max_body_bytes, limits.max_head_bytes);
         let mut body = Vec::new();
         loop {
-            let consumed = decoder.decode(&self.buffer, &mut body).map_err(|error| match error {
-                ChunkedError::Malformed(message) => ConnectionEnd::Reject(400, message),
-                ChunkedError::TooLarge => ConnectionEnd::Reject(413, "request body is too large"),
-            })?;
+            let consumed =
+                decoder
+                    .decode(&self.buffer, &mut body)
+                    .map_err(|error| match error {
+                        ChunkedError::Malformed(message) => ConnectionEnd::Reject(400, message),
+                        ChunkedError::TooLarge => {
+                            ConnectionEnd::Reject(413, "request body is too large")
+                        }
+                    })?;
             self.buffer.drain(..consumed);
             if decoder.is_done() {
                 return Ok(body);
@@ -238,7 +274,8 @@ impl Connection<'_> {
         let filled = self.buffer.len();
         self.buffer.resize(filled + READ_CHUNK_BYTES, 0);
         let result = self.stream.read(&mut self.buffer[filled..]);
-        self.buffer.truncate(filled + *result.as_ref().unwrap_or(&0));
+        self.buffer
+            .truncate(filled + *result.as_ref().unwrap_or(&0));
         result
     }
 
@@ -251,7 +288,11 @@ impl Connection<'_> {
     }
 
     fn discard_leading_empty_lines(&mut self) {
-        let empty_line_bytes = self.buffer.iter().take_while(|byte| matches!(byte, b'\r' | b'\n')).count();
+        let empty_line_bytes = self
+            .buffer
+            .iter()
+            .take_while(|byte| matches!(byte, b'\r' | b'\n'))
+            .count();
         self.buffer.drain(..empty_line_bytes);
     }
 
@@ -296,7 +337,10 @@ fn find_head_end(buffer: &[u8], scan_from: usize) -> (Option<usize>, usize) {
 }
 
 fn is_timeout(error: &io::Error) -> bool {
-    matches!(error.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+    matches!(
+        error.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 #[cfg(test)]
@@ -305,11 +349,23 @@ mod tests {
 
     #[test]
     fn finds_the_end_of_a_head_across_reads() {
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody", 0), (Some(24), 24));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\nA: b\n\nbody", 0), (Some(21), 21));
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody", 0),
+            (Some(24), 24)
+        );
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\nA: b\n\nbody", 0),
+            (Some(21), 21)
+        );
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n", 0), (None, 21));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r", 0), (None, 21));
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r", 0),
+            (None, 21)
+        );
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b", 0), (None, 20));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", 21), (Some(24), 24));
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", 21),
+            (Some(24), 24)
+        );
     }
 }

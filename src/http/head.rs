@@ -44,26 +44,39 @@ pub struct HeadError {
 
 impl HeadError {
     fn bad_request(message: &'static str) -> HeadError {
-        HeadError { status: 400, message }
+        HeadError {
+            status: 400,
+            message,
+        }
     }
 }
 
 /// Parses a complete head from the start of `bytes`. Returns the head and its length in bytes
 /// (the body starts right after), or `None` when `bytes` holds only part of a head.
-pub fn parse_request_head(bytes: &[u8], max_header_count: usize) -> Result<Option<(RequestHead, usize)>, HeadError> {
+pub fn parse_request_head(
+    bytes: &[u8],
+    max_header_count: usize,
+) -> Result<Option<(RequestHead, usize)>, HeadError> {
     let mut header_slots = vec![httparse::EMPTY_HEADER; max_header_count];
     let mut parsed = httparse::Request::new(&mut header_slots);
     let head_length = match parsed.parse(bytes) {
         Ok(httparse::Status::Complete(head_length)) => head_length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(HeadError { status: 431, message: "too many request headers" });
+            return Err(HeadError {
+                status: 431,
+                message: "too many request headers",
+            });
         }
-        Err(httparse::Error::Version) => return Err(HeadError::bad_request("unsupported HTTP version")),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::bad_request("unsupported HTTP version"));
+        }
         Err(_) => return Err(HeadError::bad_request("malformed request head")),
     };
     // httparse fills all three once the head is complete.
-    let (Some(method), Some(target), Some(minor_version)) = (parsed.method, parsed.path, parsed.version) else {
+    let (Some(method), Some(target), Some(minor_version)) =
+        (parsed.method, parsed.path, parsed.version)
+    else {
         return Err(HeadError::bad_request("malformed request line"));
     };
     let headers: Vec<(String, String)> = parsed
@@ -81,9 +94,15 @@ pub fn parse_request_head(bytes: &[u8], max_header_count: usize) -> Result<Optio
     let wants_keep_alive = connection_tokens.iter().any(|token| token == "keep-alive");
     // RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing as
     // far as intermediaries are concerned, so the connection must not be reused after it.
-    let has_transfer_encoding_in_http_1_0 = minor_version == 0 && body_framing == BodyFraming::Chunked;
-    let keep_alive = !wants_close && (minor_version == 1 || wants_keep_alive) && !has_transfer_encoding_in_http_1_0;
-    let expects_continue = minor_version == 1 && comma_separated_tokens(&headers, "expect").iter().any(|token| token == "100-continue");
+    let has_transfer_encoding_in_http_1_0 =
+        minor_version == 0 && body_framing == BodyFraming::Chunked;
+    let keep_alive = !wants_close
+        && (minor_version == 1 || wants_keep_alive)
+        && !has_transfer_encoding_in_http_1_0;
+    let expects_continue = minor_version == 1
+        && comma_separated_tokens(&headers, "expect")
+            .iter()
+            .any(|token| token == "100-continue");
     let head = RequestHead {
         method: method.to_string(),
         path,
@@ -103,7 +122,9 @@ fn body_framing(headers: &[(String, String)]) -> Result<BodyFraming, HeadError> 
     let has_transfer_encoding = headers.iter().any(|(name, _)| name == "transfer-encoding");
     let has_content_length = headers.iter().any(|(name, _)| name == "content-length");
     if has_transfer_encoding && has_content_length {
-        return Err(HeadError::bad_request("both Content-Length and Transfer-Encoding are present"));
+        return Err(HeadError::bad_request(
+            "both Content-Length and Transfer-Encoding are present",
+        ));
     }
     if has_transfer_encoding {
         if transfer_codings != ["chunked"] {
@@ -114,7 +135,11 @@ fn body_framing(headers: &[(String, String)]) -> Result<BodyFraming, HeadError> 
     let mut content_length = None;
     // A list of identical values (`5, 5`, or the header repeated) is allowed by RFC 9110
     // section 8.6; anything else is ambiguous.
-    for value in headers.iter().filter(|(name, _)| name == "content-length").flat_map(|(_, value)| value.split(',')) {
+    for value in headers
+        .iter()
+        .filter(|(name, _)| name == "content-length")
+        .flat_map(|(_, value)| value.split(','))
+    {
         let length = parse_content_length(value.trim())?;
         if content_length.is_some_and(|previous| previous != length) {
             return Err(HeadError::bad_request("conflicting Content-Length values"));
@@ -132,7 +157,9 @@ fn parse_content_length(value: &str) -> Result<u64, HeadError> {
     if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_digit()) {
         return Err(HeadError::bad_request("invalid Content-Length"));
     }
-    value.parse::<u64>().map_err(|_| HeadError::bad_request("invalid Content-Length"))
+    value
+        .parse::<u64>()
+        .map_err(|_| HeadError::bad_request("invalid Content-Length"))
 }
 
 /// All comma-separated tokens of every header with this name, trimmed and lower-cased.
@@ -151,7 +178,9 @@ fn comma_separated_tokens(headers: &[(String, String)], name: &str) -> Vec<Strin
 /// and authority first.
 fn split_target(target: &str) -> (String, String) {
     let origin_form = match without_scheme(target) {
-        Some(authority_and_rest) => authority_and_rest.find(['/', '?']).map_or("/", |start| &authority_and_rest[start..]),
+        Some(authority_and_rest) => authority_and_rest
+            .find(['/', '?'])
+            .map_or("/", |start| &authority_and_rest[start..]),
         None => target,
     };
     let (path, query) = origin_form.split_once('?').unwrap_or((origin_form, ""));
@@ -163,7 +192,9 @@ fn split_target(target: &str) -> (String, String) {
 fn without_scheme(target: &str) -> Option<&str> {
     ["http://", "https://"].into_iter().find_map(|scheme| {
         let prefix = target.get(..scheme.len())?;
-        prefix.eq_ignore_ascii_case(scheme).then(|| &target[scheme.len()..])
+        prefix
+            .eq_ignore_ascii_case(scheme)
+            .then(|| &target[scheme.len()..])
     })
 }
 
@@ -179,11 +210,20 @@ mod tests {
 
     #[test]
     fn parses_method_path_query_and_lower_cased_headers() {
-        let head = parse("POST /v1/chat?key=abc&x=1 HTTP/1.1\r\nHost: a\r\nX-Custom-Thing:  value  \r\n\r\n").unwrap();
+        let head = parse(
+            "POST /v1/chat?key=abc&x=1 HTTP/1.1\r\nHost: a\r\nX-Custom-Thing:  value  \r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(head.method, "POST");
         assert_eq!(head.path, "/v1/chat");
         assert_eq!(head.query, "key=abc&x=1");
-        assert_eq!(head.headers, vec![("host".to_string(), "a".to_string()), ("x-custom-thing".to_string(), "value".to_string())]);
+        assert_eq!(
+            head.headers,
+            vec![
+                ("host".to_string(), "a".to_string()),
+                ("x-custom-thing".to_string(), "value".to_string())
+            ]
+        );
         assert_eq!(head.body_framing, BodyFraming::Empty);
         assert!(head.keep_alive);
         assert!(!head.expects_continue);
@@ -191,7 +231,11 @@ mod tests {
 
     #[test]
     fn reports_a_partial_head() {
-        assert!(parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 16).unwrap().is_none());
+        assert!(
+            parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 16)
+                .unwrap()
+                .is_none()
+        );
         assert!(parse_request_head(b"GE", 16).unwrap().is_none());
     }
 
@@ -206,20 +250,58 @@ mod tests {
     #[test]
     fn decides_keep_alive_from_version_and_connection_header() {
         assert!(parse("GET / HTTP/1.1\r\n\r\n").unwrap().keep_alive);
-        assert!(!parse("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            !parse("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
         assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
-        assert!(parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().keep_alive);
-        assert!(!parse("GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            !parse("GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
     }
 
     #[test]
     fn decides_body_framing() {
-        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").unwrap().body_framing, BodyFraming::Length(12));
-        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap().body_framing, BodyFraming::Empty);
-        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n").unwrap().body_framing, BodyFraming::Length(7));
-        assert_eq!(parse("POST / HTTP/1.1\r\nContent-Length: 7, 7\r\n\r\n").unwrap().body_framing, BodyFraming::Length(7));
-        assert_eq!(parse("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().body_framing, BodyFraming::Chunked);
-        let head = parse("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").unwrap();
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n")
+                .unwrap()
+                .body_framing,
+            BodyFraming::Length(12)
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .body_framing,
+            BodyFraming::Empty
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n")
+                .unwrap()
+                .body_framing,
+            BodyFraming::Length(7)
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 7, 7\r\n\r\n")
+                .unwrap()
+                .body_framing,
+            BodyFraming::Length(7)
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")
+                .unwrap()
+                .body_framing,
+            BodyFraming::Chunked
+        );
+        let head =
+            parse("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").unwrap();
         assert!(head.expects_continue);
     }
 
@@ -246,11 +328,23 @@ mod tests {
 
     #[test]
     fn rejects_malformed_heads_and_too_many_headers() {
-        for text in ["GET /\r\n\r\n", "GET / HTTP/2.0\r\n\r\n", "GET / HTTP/1.1\r\nBad Header\r\n\r\n", "\u{1}GET / HTTP/1.1\r\n\r\n"] {
-            assert_eq!(parse_request_head(text.as_bytes(), 16).unwrap_err().status, 400, "{text:?}");
+        for text in [
+            "GET /\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            "\u{1}GET / HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_request_head(text.as_bytes(), 16).unwrap_err().status,
+                400,
+                "{text:?}"
+            );
         }
         let many_headers: String = (0..17).map(|index| format!("x-{index}: 1\r\n")).collect();
         let text = format!("GET / HTTP/1.1\r\n{many_headers}\r\n");
-        assert_eq!(parse_request_head(text.as_bytes(), 16).unwrap_err().status, 431);
+        assert_eq!(
+            parse_request_head(text.as_bytes(), 16).unwrap_err().status,
+            431
+        );
     }
 }

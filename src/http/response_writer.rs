@@ -36,7 +36,11 @@ pub enum ResponseOutcome {
 const COALESCE_BODY_BYTES: usize = 64 * 1024;
 
 /// Writes `response` to `stream`.
-pub fn write_response(stream: &mut impl Write, response: Response, context: ResponseContext) -> ResponseOutcome {
+pub fn write_response(
+    stream: &mut impl Write,
+    response: Response,
+    context: ResponseContext,
+) -> ResponseOutcome {
     let status = response.status;
     // RFC 9110 section 6.4.1: 1xx, 204 and 304 responses never carry a body.
     let status_allows_body = !(100..200).contains(&status) && status != 204 && status != 304;
@@ -44,14 +48,23 @@ pub fn write_response(stream: &mut impl Write, response: Response, context: Resp
     match response.body {
         Body::Bytes(body) => {
             let keep_alive = context.keep_alive;
-            let length_header = status_allows_body.then(|| ("Content-Length", body.len().to_string()));
-            let mut message = response_head(status, &response.headers, length_header, keep_alive, context.is_http_1_0);
+            let length_header =
+                status_allows_body.then(|| ("Content-Length", body.len().to_string()));
+            let mut message = response_head(
+                status,
+                &response.headers,
+                length_header,
+                keep_alive,
+                context.is_http_1_0,
+            );
             let body = if sends_body { body.as_slice() } else { &[] };
             let written = if body.len() <= COALESCE_BODY_BYTES {
                 message.extend_from_slice(body);
                 stream.write_all(&message)
             } else {
-                stream.write_all(&message).and_then(|()| stream.write_all(body))
+                stream
+                    .write_all(&message)
+                    .and_then(|()| stream.write_all(body))
             };
             match written {
                 Ok(()) => ResponseOutcome::Sent { keep_alive },
@@ -61,8 +74,15 @@ pub fn write_response(stream: &mut impl Write, response: Response, context: Resp
         Body::Stream(write_body) => {
             let chunked = !context.is_http_1_0;
             let keep_alive = context.keep_alive && chunked;
-            let framing_header = (status_allows_body && chunked).then(|| ("Transfer-Encoding", "chunked".to_string()));
-            let head = response_head(status, &response.headers, framing_header, keep_alive, context.is_http_1_0);
+            let framing_header = (status_allows_body && chunked)
+                .then(|| ("Transfer-Encoding", "chunked".to_string()));
+            let head = response_head(
+                status,
+                &response.headers,
+                framing_header,
+                keep_alive,
+                context.is_http_1_0,
+            );
             if !sends_body {
                 // The closure is dropped unrun: there is no body to produce.
                 return match stream.write_all(&head) {
@@ -70,11 +90,18 @@ pub fn write_response(stream: &mut impl Write, response: Response, context: Resp
                     Err(_) => ResponseOutcome::Broken,
                 };
             }
-            let mut writer = ChunkWriter { stream, pending_head: Some(head), chunked, failed: false };
+            let mut writer = ChunkWriter {
+                stream,
+                pending_head: Some(head),
+                chunked,
+                failed: false,
+            };
             match catch_unwind(AssertUnwindSafe(|| write_body(&mut writer))) {
                 Err(_) if writer.pending_head.is_some() => ResponseOutcome::PanickedBeforeWriting,
                 Err(_) => {
-                    log::error!("a streaming response body panicked after it started; closing the connection");
+                    log::error!(
+                        "a streaming response body panicked after it started; closing the connection"
+                    );
                     ResponseOutcome::Broken
                 }
                 Ok(Err(_)) => {
@@ -107,7 +134,13 @@ pub fn error_response_bytes(status: u16, message: &str) -> Vec<u8> {
     let body = serde_json::json!({"error": {"message": message, "type": error_type}});
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let headers = [("Content-Type".to_string(), "application/json".to_string())];
-    let mut bytes = response_head(status, &headers, Some(("Content-Length", body.len().to_string())), false, false);
+    let mut bytes = response_head(
+        status,
+        &headers,
+        Some(("Content-Length", body.len().to_string())),
+        false,
+        false,
+    );
     bytes.extend_from_slice(&body);
     bytes
 }
@@ -129,7 +162,10 @@ fn response_head(
         // A CR or LF in a header would let whoever controls the value inject headers or a
         // whole response, so such headers are dropped.
         if [name, value].iter().any(|text| text.contains(['\r', '\n'])) {
-            log::warn!("dropping response header {:?} with a line break in it", name.replace(['\r', '\n'], " "));
+            log::warn!(
+                "dropping response header {:?} with a line break in it",
+                name.replace(['\r', '\n'], " ")
+            );
             continue;
         }
         push_header(&mut head, name, value);
@@ -149,7 +185,14 @@ fn response_head(
 /// Headers that describe framing and connection state are set by the server alone: a handler
 /// value would contradict the body we actually send.
 fn is_server_owned_header(name: &str) -> bool {
-    ["content-length", "transfer-encoding", "connection", "keep-alive"].iter().any(|owned| name.eq_ignore_ascii_case(owned))
+    [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+    ]
+    .iter()
+    .any(|owned| name.eq_ignore_ascii_case(owned))
 }
 
 fn push_header(head: &mut Vec<u8>, name: &str, value: &str) {
@@ -173,7 +216,10 @@ impl<S: Write> ChunkWriter<'_, S> {
     /// Writes the head if no chunk carried it, then the terminating chunk.
     fn finish(&mut self) -> io::Result<()> {
         if self.failed {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "an earlier write to the client failed"));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier write to the client failed",
+            ));
         }
         let mut message = self.pending_head.take().unwrap_or_default();
         if self.chunked {
@@ -187,7 +233,10 @@ impl<S: Write> ChunkWriter<'_, S> {
 impl<S: Write> StreamWriter for ChunkWriter<'_, S> {
     fn write_chunk(&mut self, data: &[u8]) -> io::Result<()> {
         if self.failed {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "an earlier write to the client failed"));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier write to the client failed",
+            ));
         }
         if data.is_empty() {
             return Ok(());
@@ -201,7 +250,10 @@ impl<S: Write> StreamWriter for ChunkWriter<'_, S> {
         } else {
             message.extend_from_slice(data);
         }
-        let written = self.stream.write_all(&message).and_then(|()| self.stream.flush());
+        let written = self
+            .stream
+            .write_all(&message)
+            .and_then(|()| self.stream.flush());
         if written.is_err() {
             self.failed = true;
         }
@@ -213,7 +265,11 @@ impl<S: Write> StreamWriter for ChunkWriter<'_, S> {
 mod tests {
     use super::*;
 
-    const KEEP_ALIVE_1_1: ResponseContext = ResponseContext { is_head_request: false, is_http_1_0: false, keep_alive: true };
+    const KEEP_ALIVE_1_1: ResponseContext = ResponseContext {
+        is_head_request: false,
+        is_http_1_0: false,
+        keep_alive: true,
+    };
 
     fn written(response: Response, context: ResponseContext) -> (String, ResponseOutcome) {
         let mut output = Vec::new();
@@ -228,22 +284,53 @@ mod tests {
             .with_header("Connection", "upgrade")
             .with_header("x-injected", "a\r\nset-cookie: b");
         let (text, outcome) = written(response, KEEP_ALIVE_1_1);
-        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+        );
         assert_eq!(outcome, ResponseOutcome::Sent { keep_alive: true });
     }
 
     #[test]
     fn omits_the_body_for_head_requests_and_bodiless_statuses() {
-        let context = ResponseContext { is_head_request: true, ..KEEP_ALIVE_1_1 };
-        let (text, _) = written(Response::bytes(200, "text/plain", b"hello".to_vec()), context);
-        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nContent-Length: 5\r\n\r\n");
-        let (text, _) = written(Response { status: 204, headers: Vec::new(), body: Body::Bytes(b"x".to_vec()) }, KEEP_ALIVE_1_1);
+        let context = ResponseContext {
+            is_head_request: true,
+            ..KEEP_ALIVE_1_1
+        };
+        let (text, _) = written(
+            Response::bytes(200, "text/plain", b"hello".to_vec()),
+            context,
+        );
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nContent-Length: 5\r\n\r\n"
+        );
+        let (text, _) = written(
+            Response {
+                status: 204,
+                headers: Vec::new(),
+                body: Body::Bytes(b"x".to_vec()),
+            },
+            KEEP_ALIVE_1_1,
+        );
         assert_eq!(text, "HTTP/1.1 204 No Content\r\n\r\n");
-        let (text, _) = written(Response { status: 304, headers: Vec::new(), body: Body::Bytes(Vec::new()) }, KEEP_ALIVE_1_1);
+        let (text, _) = written(
+            Response {
+                status: 304,
+                headers: Vec::new(),
+                body: Body::Bytes(Vec::new()),
+            },
+            KEEP_ALIVE_1_1,
+        );
         assert_eq!(text, "HTTP/1.1 304 Not Modified\r\n\r\n");
-        let stream = Response::stream(200, "text/event-stream", |_| panic!("must not run for HEAD"));
+        let stream = Response::stream(200, "text/event-stream", |_| {
+            panic!("must not run for HEAD")
+        });
         let (text, outcome) = written(stream, context);
-        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
         assert_eq!(outcome, ResponseOutcome::Sent { keep_alive: true });
     }
 
@@ -255,17 +342,30 @@ mod tests {
             writer.write_chunk(&[b'x'; 17])
         });
         let (text, outcome) = written(response, KEEP_ALIVE_1_1);
-        let expected_head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(text, format!("{expected_head}5\r\nhello\r\n11\r\n{}\r\n0\r\n\r\n", "x".repeat(17)));
+        let expected_head =
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            text,
+            format!(
+                "{expected_head}5\r\nhello\r\n11\r\n{}\r\n0\r\n\r\n",
+                "x".repeat(17)
+            )
+        );
         assert_eq!(outcome, ResponseOutcome::Sent { keep_alive: true });
     }
 
     #[test]
     fn sends_streams_raw_and_closes_for_http_1_0() {
-        let context = ResponseContext { is_http_1_0: true, ..KEEP_ALIVE_1_1 };
+        let context = ResponseContext {
+            is_http_1_0: true,
+            ..KEEP_ALIVE_1_1
+        };
         let response = Response::stream(200, "text/plain", |writer| writer.write_chunk(b"raw"));
         let (text, outcome) = written(response, context);
-        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nConnection: close\r\n\r\nraw");
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nConnection: close\r\n\r\nraw"
+        );
         assert_eq!(outcome, ResponseOutcome::Sent { keep_alive: false });
     }
 
@@ -280,18 +380,26 @@ mod tests {
         assert_eq!(outcome, ResponseOutcome::Broken);
         let early_panic = Response::stream(200, "text/plain", |_| panic!("before any output"));
         let (text, outcome) = written(early_panic, KEEP_ALIVE_1_1);
-        assert_eq!((text.as_str(), outcome), ("", ResponseOutcome::PanickedBeforeWriting));
+        assert_eq!(
+            (text.as_str(), outcome),
+            ("", ResponseOutcome::PanickedBeforeWriting)
+        );
         let late_panic = Response::stream(200, "text/plain", |writer| {
             writer.write_chunk(b"part")?;
             panic!("after output")
         });
-        assert_eq!(written(late_panic, KEEP_ALIVE_1_1).1, ResponseOutcome::Broken);
+        assert_eq!(
+            written(late_panic, KEEP_ALIVE_1_1).1,
+            ResponseOutcome::Broken
+        );
     }
 
     #[test]
     fn error_responses_close_the_connection() {
-        let text = String::from_utf8(error_response_bytes(413, "request body is too large")).unwrap();
-        let body = r#"{"error":{"message":"request body is too large","type":"request_too_large"}}"#;
+        let text =
+            String::from_utf8(error_response_bytes(413, "request body is too large")).unwrap();
+        let body =
+            r#"{"error":{"message":"request body is too large","type":"request_too_large"}}"#;
         let expected = format!(
             "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()

@@ -73,7 +73,11 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 impl Server {
     /// Binds `address` (e.g. `0.0.0.0:8080`, port 0 for any free port), starts the accept loop
     /// on its own coroutine and returns at once.
-    pub fn start(address: &str, limits: ServerLimits, handler: Arc<dyn Handler>) -> io::Result<Server> {
+    pub fn start(
+        address: &str,
+        limits: ServerLimits,
+        handler: Arc<dyn Handler>,
+    ) -> io::Result<Server> {
         // The standard library's bind, unlike may's, does not set SO_REUSEPORT, so a second
         // server on the same port fails instead of silently sharing it.
         let std_listener = std::net::TcpListener::bind(address)?;
@@ -86,10 +90,18 @@ impl Server {
         // SAFETY: `into_raw_fd` gives up ownership, so the may listener is the descriptor's
         // only owner.
         let listener = unsafe { TcpListener::from_raw_fd(std_listener.into_raw_fd()) };
-        let shared = Arc::new(SharedState { limits, handler, stopping: AtomicBool::new(false) });
+        let shared = Arc::new(SharedState {
+            limits,
+            handler,
+            stopping: AtomicBool::new(false),
+        });
         let accept_shared = Arc::clone(&shared);
         let accept_loop = may::go!(move || accept_connections(listener, accept_shared));
-        Ok(Server { local_addr, shared, accept_loop: Some(accept_loop) })
+        Ok(Server {
+            local_addr,
+            shared,
+            accept_loop: Some(accept_loop),
+        })
     }
 
     /// The address the server listens on (with the real port when started on port 0).
@@ -104,18 +116,29 @@ impl Server {
     }
 
     fn stop(&mut self) {
-        let Some(accept_loop) = self.accept_loop.take() else { return };
+        let Some(accept_loop) = self.accept_loop.take() else {
+            return;
+        };
         self.shared.stopping.store(true, Ordering::Release);
         // The accept loop is parked in accept(); a connection of our own wakes it so it can
         // see the flag.
-        let wake_address = SocketAddr::new(loopback_for(self.local_addr.ip()), self.local_addr.port());
-        if let Err(error) = may::net::TcpStream::connect_timeout(&wake_address, Duration::from_secs(1)) {
-            log::warn!("could not wake the accept loop of {}: {error}", self.local_addr);
+        let wake_address =
+            SocketAddr::new(loopback_for(self.local_addr.ip()), self.local_addr.port());
+        if let Err(error) =
+            may::net::TcpStream::connect_timeout(&wake_address, Duration::from_secs(1))
+        {
+            log::warn!(
+                "could not wake the accept loop of {}: {error}",
+                self.local_addr
+            );
         }
         let deadline = Instant::now() + SHUTDOWN_WAIT;
         while !accept_loop.is_done() {
             if Instant::now() >= deadline {
-                log::warn!("the accept loop of {} did not stop in time", self.local_addr);
+                log::warn!(
+                    "the accept loop of {} did not stop in time",
+                    self.local_addr
+                );
                 return;
             }
             may::coroutine::sleep(Duration::from_millis(2));
