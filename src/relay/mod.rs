@@ -1,1 +1,4 @@
 //! The relay: client endpoints, client-key auth, routing, balancing, retries and the circuit breaker.
+
+pub mod balancer;
+pub mod rng;
