@@ -1,4 +1,5 @@
 //! The relay: client endpoints, client-key auth, routing, balancing, retries and the circuit breaker.
 
 pub mod balancer;
+pub mod breaker;
 pub mod rng;
