@@ -67,22 +67,32 @@ fn round_robin_order(item_count: usize, round_robin_counter: u64) -> Vec<usize> 
         return Vec::new();
     }
     let start = (round_robin_counter % item_count as u64) as usize;
-    (0..item_count).map(|offset| (start + offset) % item_count).collect()
+    (0..item_count)
+        .map(|offset| (start + offset) % item_count)
+        .collect()
 }
 
 fn weighted_order(items: &[CandidateItem], rng: &mut Rng) -> Vec<usize> {
     let every_weight_is_zero = items.iter().all(|item| item.weight == 0);
     let effective_weight = |position: usize| -> u64 {
-        if every_weight_is_zero { 1 } else { u64::from(items[position].weight) }
+        if every_weight_is_zero {
+            1
+        } else {
+            u64::from(items[position].weight)
+        }
     };
 
     let mut order = Vec::with_capacity(items.len());
     // The draw pool holds the positive-weight items still undrawn, in listed order. Groups have
     // a handful of items, so the quadratic walk is cheaper than any cleverer structure.
-    let mut pool: Vec<usize> =
-        (0..items.len()).filter(|&position| effective_weight(position) > 0).collect();
+    let mut pool: Vec<usize> = (0..items.len())
+        .filter(|&position| effective_weight(position) > 0)
+        .collect();
     while !pool.is_empty() {
-        let total_weight: u64 = pool.iter().map(|&position| effective_weight(position)).sum();
+        let total_weight: u64 = pool
+            .iter()
+            .map(|&position| effective_weight(position))
+            .sum();
         let mut ticket = rng.below(total_weight);
         let mut drawn_slot = pool.len() - 1;
         for (slot, &position) in pool.iter().enumerate() {
@@ -121,14 +131,21 @@ mod tests {
     fn assert_is_permutation(order: &[usize], item_count: usize) {
         let mut sorted = order.to_vec();
         sorted.sort_unstable();
-        assert_eq!(sorted, (0..item_count).collect::<Vec<usize>>(), "not a permutation: {order:?}");
+        assert_eq!(
+            sorted,
+            (0..item_count).collect::<Vec<usize>>(),
+            "not a permutation: {order:?}"
+        );
     }
 
     #[test]
     fn every_mode_returns_an_empty_order_for_no_items() {
-        for mode in
-            [GroupMode::RoundRobin, GroupMode::Random, GroupMode::Failover, GroupMode::Weighted]
-        {
+        for mode in [
+            GroupMode::RoundRobin,
+            GroupMode::Random,
+            GroupMode::Failover,
+            GroupMode::Weighted,
+        ] {
             assert!(order_items(mode, &[], 5, &mut Rng::new(1)).is_empty());
         }
     }
@@ -136,9 +153,12 @@ mod tests {
     #[test]
     fn every_mode_returns_a_permutation() {
         let items = candidates(&[(2, 0), (1, 5), (2, 1), (0, 0), (1, 9)]);
-        for mode in
-            [GroupMode::RoundRobin, GroupMode::Random, GroupMode::Failover, GroupMode::Weighted]
-        {
+        for mode in [
+            GroupMode::RoundRobin,
+            GroupMode::Random,
+            GroupMode::Failover,
+            GroupMode::Weighted,
+        ] {
             for seed in 0..50 {
                 let order = order_items(mode, &items, seed, &mut Rng::new(seed));
                 assert_is_permutation(&order, items.len());
@@ -149,11 +169,20 @@ mod tests {
     #[test]
     fn round_robin_cycles_exactly() {
         let items = candidates(&[(0, 1), (0, 1), (0, 1)]);
-        let expected =
-            [vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1], vec![0, 1, 2], vec![1, 2, 0]];
+        let expected = [
+            vec![0, 1, 2],
+            vec![1, 2, 0],
+            vec![2, 0, 1],
+            vec![0, 1, 2],
+            vec![1, 2, 0],
+        ];
         for (counter, expected_order) in expected.iter().enumerate() {
-            let order =
-                order_items(GroupMode::RoundRobin, &items, counter as u64, &mut Rng::new(0));
+            let order = order_items(
+                GroupMode::RoundRobin,
+                &items,
+                counter as u64,
+                &mut Rng::new(0),
+            );
             assert_eq!(&order, expected_order, "counter {counter}");
         }
         // The counter wraps without a jump in the rotation.
@@ -164,8 +193,14 @@ mod tests {
     #[test]
     fn round_robin_ignores_priority_and_weight() {
         let items = candidates(&[(9, 0), (0, 100)]);
-        assert_eq!(order_items(GroupMode::RoundRobin, &items, 0, &mut Rng::new(0)), vec![0, 1]);
-        assert_eq!(order_items(GroupMode::RoundRobin, &items, 1, &mut Rng::new(0)), vec![1, 0]);
+        assert_eq!(
+            order_items(GroupMode::RoundRobin, &items, 0, &mut Rng::new(0)),
+            vec![0, 1]
+        );
+        assert_eq!(
+            order_items(GroupMode::RoundRobin, &items, 1, &mut Rng::new(0)),
+            vec![1, 0]
+        );
     }
 
     #[test]
@@ -263,7 +298,10 @@ mod tests {
         }
         for count in first_pick_counts {
             let share = f64::from(count) / 30_000.0;
-            assert!((share - 1.0 / 3.0).abs() < 0.015, "counts {first_pick_counts:?}");
+            assert!(
+                (share - 1.0 / 3.0).abs() < 0.015,
+                "counts {first_pick_counts:?}"
+            );
         }
     }
 

@@ -108,7 +108,10 @@ enum Phase {
 
 impl BreakerBook {
     pub fn new(config: BreakerConfig) -> BreakerBook {
-        BreakerBook { config, entries: HashMap::new() }
+        BreakerBook {
+            config,
+            entries: HashMap::new(),
+        }
     }
 
     /// Decides whether an attempt on `key` may go upstream now. Admitting the probe is a state
@@ -119,11 +122,13 @@ impl BreakerBook {
         };
         match entry.phase {
             Phase::Closed => BreakerDecision::Allow,
-            Phase::Open { until_ms } if now_ms < until_ms => {
-                BreakerDecision::Open { retry_in_ms: until_ms - now_ms }
-            }
+            Phase::Open { until_ms } if now_ms < until_ms => BreakerDecision::Open {
+                retry_in_ms: until_ms - now_ms,
+            },
             Phase::HalfOpen { lease_until_ms } if now_ms < lease_until_ms => {
-                BreakerDecision::Open { retry_in_ms: lease_until_ms - now_ms }
+                BreakerDecision::Open {
+                    retry_in_ms: lease_until_ms - now_ms,
+                }
             }
             // Either the cooldown is over, or the previous probe's lease ran out unreported.
             Phase::Open { .. } | Phase::HalfOpen { .. } => {
@@ -189,16 +194,20 @@ impl BreakerBook {
             .filter_map(|(key, entry)| {
                 let phase = match entry.phase {
                     Phase::Closed => return None,
-                    Phase::Open { until_ms } if now_ms < until_ms => {
-                        OpenPhase::CoolingDown { retry_in_ms: until_ms - now_ms }
-                    }
+                    Phase::Open { until_ms } if now_ms < until_ms => OpenPhase::CoolingDown {
+                        retry_in_ms: until_ms - now_ms,
+                    },
                     Phase::Open { .. } => OpenPhase::ReadyToProbe,
                     Phase::HalfOpen { lease_until_ms } if now_ms < lease_until_ms => {
                         OpenPhase::Probing
                     }
                     Phase::HalfOpen { .. } => OpenPhase::ReadyToProbe,
                 };
-                Some(OpenBreaker { key: key.clone(), trips: entry.trips, phase })
+                Some(OpenBreaker {
+                    key: key.clone(),
+                    trips: entry.trips,
+                    phase,
+                })
             })
             .collect();
         open_breakers.sort_by(|left, right| left.key.cmp(&right.key));
@@ -210,7 +219,10 @@ impl BreakerBook {
 fn cooldown_ms(config: &BreakerConfig, trips: u32) -> u64 {
     let doublings = trips.saturating_sub(1);
     let factor = 1u64.checked_shl(doublings).unwrap_or(u64::MAX);
-    config.base_cooldown_ms.saturating_mul(factor).min(config.max_cooldown_ms)
+    config
+        .base_cooldown_ms
+        .saturating_mul(factor)
+        .min(config.max_cooldown_ms)
 }
 
 fn trip(entry: &mut Entry, config: &BreakerConfig, now_ms: u64) {
@@ -228,7 +240,11 @@ mod tests {
     };
 
     fn key(model: &str) -> BreakerKey {
-        BreakerKey { channel_id: 1, key_id: 10, model: model.to_string() }
+        BreakerKey {
+            channel_id: 1,
+            key_id: 10,
+            model: model.to_string(),
+        }
     }
 
     fn fail_times(book: &mut BreakerBook, key: &BreakerKey, times: u32, now_ms: u64) {
@@ -249,7 +265,10 @@ mod tests {
     fn cooldown_doubles_per_trip_up_to_the_cap() {
         let config = BreakerConfig::default();
         let cooldowns: Vec<u64> = (1..=6).map(|trips| cooldown_ms(&config, trips)).collect();
-        assert_eq!(cooldowns, vec![60_000, 120_000, 240_000, 480_000, 600_000, 600_000]);
+        assert_eq!(
+            cooldowns,
+            vec![60_000, 120_000, 240_000, 480_000, 600_000, 600_000]
+        );
         assert_eq!(cooldown_ms(&config, u32::MAX), 600_000);
     }
 
@@ -281,14 +300,26 @@ mod tests {
     fn opens_after_threshold_consecutive_failures_and_counts_down() {
         let mut book = BreakerBook::new(BreakerConfig::default());
         fail_times(&mut book, &key("m"), 5, 1_000);
-        assert_eq!(book.allow(&key("m"), 1_000), BreakerDecision::Open { retry_in_ms: 60_000 });
-        assert_eq!(book.allow(&key("m"), 31_000), BreakerDecision::Open { retry_in_ms: 30_000 });
+        assert_eq!(
+            book.allow(&key("m"), 1_000),
+            BreakerDecision::Open {
+                retry_in_ms: 60_000
+            }
+        );
+        assert_eq!(
+            book.allow(&key("m"), 31_000),
+            BreakerDecision::Open {
+                retry_in_ms: 30_000
+            }
+        );
         assert_eq!(
             book.snapshot(31_000),
             vec![OpenBreaker {
                 key: key("m"),
                 trips: 1,
-                phase: OpenPhase::CoolingDown { retry_in_ms: 30_000 },
+                phase: OpenPhase::CoolingDown {
+                    retry_in_ms: 30_000
+                },
             }]
         );
     }
@@ -298,9 +329,15 @@ mod tests {
         let mut book = BreakerBook::new(BreakerConfig::default());
         fail_times(&mut book, &key("m"), 5, 0);
         assert_eq!(book.allow(&key("other-model"), 0), BreakerDecision::Allow);
-        let other_key = BreakerKey { key_id: 11, ..key("m") };
+        let other_key = BreakerKey {
+            key_id: 11,
+            ..key("m")
+        };
         assert_eq!(book.allow(&other_key, 0), BreakerDecision::Allow);
-        let other_channel = BreakerKey { channel_id: 2, ..key("m") };
+        let other_channel = BreakerKey {
+            channel_id: 2,
+            ..key("m")
+        };
         assert_eq!(book.allow(&other_channel, 0), BreakerDecision::Allow);
     }
 
@@ -308,9 +345,17 @@ mod tests {
     fn after_the_cooldown_exactly_one_probe_is_admitted() {
         let mut book = BreakerBook::new(BreakerConfig::default());
         fail_times(&mut book, &key("m"), 5, 0);
-        assert_eq!(book.allow(&key("m"), 60_000), BreakerDecision::HalfOpenProbe);
+        assert_eq!(
+            book.allow(&key("m"), 60_000),
+            BreakerDecision::HalfOpenProbe
+        );
         // A second attempt while the probe is in flight is turned away until the lease ends.
-        assert_eq!(book.allow(&key("m"), 60_500), BreakerDecision::Open { retry_in_ms: 119_500 });
+        assert_eq!(
+            book.allow(&key("m"), 60_500),
+            BreakerDecision::Open {
+                retry_in_ms: 119_500
+            }
+        );
         assert_eq!(book.snapshot(60_500)[0].phase, OpenPhase::Probing);
     }
 
@@ -318,32 +363,53 @@ mod tests {
     fn a_successful_probe_closes_and_resets_trips() {
         let mut book = BreakerBook::new(BreakerConfig::default());
         fail_times(&mut book, &key("m"), 5, 0);
-        assert_eq!(book.allow(&key("m"), 60_000), BreakerDecision::HalfOpenProbe);
+        assert_eq!(
+            book.allow(&key("m"), 60_000),
+            BreakerDecision::HalfOpenProbe
+        );
         book.record_success(&key("m"));
         assert_eq!(book.allow(&key("m"), 60_001), BreakerDecision::Allow);
         assert!(book.snapshot(60_001).is_empty());
         // Trips were reset: the next trip cools down for the base period again.
         fail_times(&mut book, &key("m"), 5, 100_000);
-        assert_eq!(book.allow(&key("m"), 100_000), BreakerDecision::Open { retry_in_ms: 60_000 });
+        assert_eq!(
+            book.allow(&key("m"), 100_000),
+            BreakerDecision::Open {
+                retry_in_ms: 60_000
+            }
+        );
     }
 
     #[test]
     fn a_failed_probe_reopens_with_a_doubled_cooldown() {
         let mut book = BreakerBook::new(BreakerConfig::default());
         fail_times(&mut book, &key("m"), 5, 0);
-        assert_eq!(book.allow(&key("m"), 60_000), BreakerDecision::HalfOpenProbe);
+        assert_eq!(
+            book.allow(&key("m"), 60_000),
+            BreakerDecision::HalfOpenProbe
+        );
         book.record_failure(&key("m"), 61_000);
-        assert_eq!(book.allow(&key("m"), 61_000), BreakerDecision::Open { retry_in_ms: 120_000 });
+        assert_eq!(
+            book.allow(&key("m"), 61_000),
+            BreakerDecision::Open {
+                retry_in_ms: 120_000
+            }
+        );
         assert_eq!(book.snapshot(61_000)[0].trips, 2);
 
         // Keep failing probes: 240 s, 480 s, then the 600 s cap.
         let mut now_ms = 61_000 + 120_000;
         for expected_cooldown_ms in [240_000, 480_000, 600_000, 600_000] {
-            assert_eq!(book.allow(&key("m"), now_ms), BreakerDecision::HalfOpenProbe);
+            assert_eq!(
+                book.allow(&key("m"), now_ms),
+                BreakerDecision::HalfOpenProbe
+            );
             book.record_failure(&key("m"), now_ms);
             assert_eq!(
                 book.allow(&key("m"), now_ms),
-                BreakerDecision::Open { retry_in_ms: expected_cooldown_ms }
+                BreakerDecision::Open {
+                    retry_in_ms: expected_cooldown_ms
+                }
             );
             now_ms += expected_cooldown_ms;
         }
@@ -354,7 +420,12 @@ mod tests {
         let mut book = BreakerBook::new(BreakerConfig::default());
         fail_times(&mut book, &key("m"), 5, 0);
         fail_times(&mut book, &key("m"), 20, 30_000);
-        assert_eq!(book.allow(&key("m"), 30_000), BreakerDecision::Open { retry_in_ms: 30_000 });
+        assert_eq!(
+            book.allow(&key("m"), 30_000),
+            BreakerDecision::Open {
+                retry_in_ms: 30_000
+            }
+        );
         assert_eq!(book.snapshot(30_000)[0].trips, 1);
     }
 
@@ -370,10 +441,16 @@ mod tests {
     fn an_inconclusive_probe_frees_the_probe_slot_at_once() {
         let mut book = BreakerBook::new(BreakerConfig::default());
         fail_times(&mut book, &key("m"), 5, 0);
-        assert_eq!(book.allow(&key("m"), 60_000), BreakerDecision::HalfOpenProbe);
+        assert_eq!(
+            book.allow(&key("m"), 60_000),
+            BreakerDecision::HalfOpenProbe
+        );
         book.record_inconclusive(&key("m"), 61_000);
         assert_eq!(book.snapshot(61_000)[0].phase, OpenPhase::ReadyToProbe);
-        assert_eq!(book.allow(&key("m"), 61_000), BreakerDecision::HalfOpenProbe);
+        assert_eq!(
+            book.allow(&key("m"), 61_000),
+            BreakerDecision::HalfOpenProbe
+        );
         assert_eq!(book.snapshot(61_000)[0].trips, 1);
     }
 
@@ -383,18 +460,37 @@ mod tests {
         fail_times(&mut book, &key("m"), 4, 0);
         book.record_inconclusive(&key("m"), 0);
         book.record_failure(&key("m"), 0);
-        assert_eq!(book.allow(&key("m"), 0), BreakerDecision::Open { retry_in_ms: 60_000 });
+        assert_eq!(
+            book.allow(&key("m"), 0),
+            BreakerDecision::Open {
+                retry_in_ms: 60_000
+            }
+        );
         book.record_inconclusive(&key("m"), 10_000);
-        assert_eq!(book.allow(&key("m"), 10_000), BreakerDecision::Open { retry_in_ms: 50_000 });
+        assert_eq!(
+            book.allow(&key("m"), 10_000),
+            BreakerDecision::Open {
+                retry_in_ms: 50_000
+            }
+        );
     }
 
     #[test]
     fn an_unreported_probe_is_replaced_after_its_lease() {
         let mut book = BreakerBook::new(BreakerConfig::default());
         fail_times(&mut book, &key("m"), 5, 0);
-        assert_eq!(book.allow(&key("m"), 60_000), BreakerDecision::HalfOpenProbe);
-        assert_eq!(book.allow(&key("m"), 179_999), BreakerDecision::Open { retry_in_ms: 1 });
-        assert_eq!(book.allow(&key("m"), 180_000), BreakerDecision::HalfOpenProbe);
+        assert_eq!(
+            book.allow(&key("m"), 60_000),
+            BreakerDecision::HalfOpenProbe
+        );
+        assert_eq!(
+            book.allow(&key("m"), 179_999),
+            BreakerDecision::Open { retry_in_ms: 1 }
+        );
+        assert_eq!(
+            book.allow(&key("m"), 180_000),
+            BreakerDecision::HalfOpenProbe
+        );
     }
 
     #[test]
@@ -406,10 +502,18 @@ mod tests {
 
     #[test]
     fn a_zero_threshold_opens_on_the_first_failure() {
-        let config = BreakerConfig { failure_threshold: 0, ..BreakerConfig::default() };
+        let config = BreakerConfig {
+            failure_threshold: 0,
+            ..BreakerConfig::default()
+        };
         let mut book = BreakerBook::new(config);
         book.record_failure(&key("m"), 0);
-        assert_eq!(book.allow(&key("m"), 0), BreakerDecision::Open { retry_in_ms: 60_000 });
+        assert_eq!(
+            book.allow(&key("m"), 0),
+            BreakerDecision::Open {
+                retry_in_ms: 60_000
+            }
+        );
     }
 
     #[test]
@@ -418,8 +522,11 @@ mod tests {
         fail_times(&mut book, &key("zeta"), 5, 0);
         fail_times(&mut book, &key("alpha"), 5, 0);
         fail_times(&mut book, &key("closed"), 2, 0);
-        let models: Vec<String> =
-            book.snapshot(0).into_iter().map(|open_breaker| open_breaker.key.model).collect();
+        let models: Vec<String> = book
+            .snapshot(0)
+            .into_iter()
+            .map(|open_breaker| open_breaker.key.model)
+            .collect();
         assert_eq!(models, vec!["alpha".to_string(), "zeta".to_string()]);
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod balancer;
 pub mod breaker;
+pub mod key_pool;
 pub mod rng;

@@ -101,7 +101,10 @@ mod tests {
         }
         for count in counts {
             // Each bucket expects 10,000; 4% slack is far beyond six standard deviations.
-            assert!((9_600..=10_400).contains(&count), "uneven bucket: {counts:?}");
+            assert!(
+                (9_600..=10_400).contains(&count),
+                "uneven bucket: {counts:?}"
+            );
         }
     }
 
