@@ -2,5 +2,6 @@
 
 pub mod balancer;
 pub mod breaker;
+pub mod endpoint_pick;
 pub mod key_pool;
 pub mod rng;
