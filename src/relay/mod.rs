@@ -4,4 +4,5 @@ pub mod balancer;
 pub mod breaker;
 pub mod endpoint_pick;
 pub mod key_pool;
+pub mod retry;
 pub mod rng;
