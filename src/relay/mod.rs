@@ -6,3 +6,4 @@ pub mod endpoint_pick;
 pub mod key_pool;
 pub mod retry;
 pub mod rng;
+pub mod sticky;

@@ -24,7 +24,8 @@
 //!   request here has a `RetryBudget` with a finite attempt count and deadline, and a client
 //!   that has gone ends the request.
 //! - Octopus A fell over on any non-2xx, so a malformed request was sent to every channel in
-//!   turn and returned the last channel's error instead of the first, most relevant one.
+//!   turn and the client got a generic 502 "all channels failed" instead of the upstream's
+//!   explanation of what was wrong with it.
 //! - Nothing is retried once bytes have reached the client: a second answer cannot be spliced
 //!   into a response already half sent.
 //!
@@ -235,7 +236,7 @@ enum StatusClass {
     /// 402, or a 429 that says the quota is gone: this key has no credit left. Waiting a minute
     /// does not help, so it is benched like an auth failure.
     QuotaExhausted,
-    /// 404. The gateway, not the client, chose the URL and the model name, so a 404 almost
+    /// A 404. The gateway, not the client, chose the URL and the model name, so a 404 almost
     /// always means this channel does not serve the model (retired, renamed, a stale model
     /// list) and another item may. It is not a breaker failure: a client asking for something
     /// that exists nowhere (an unknown `previous_response_id`) would otherwise trip the
