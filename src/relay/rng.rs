@@ -1,0 +1,152 @@
+//! A small seeded pseudo-random generator (SplitMix64) for the relay's balancing decisions.
+//!
+//! Balancing needs fast, decent randomness, not secrecy, and its tests need to replay the same
+//! choices from a fixed seed. SplitMix64 keeps eight bytes of state, passes the usual statistical
+//! batteries for this kind of use, and costs a handful of arithmetic operations per number. In
+//! production the caller seeds it from `crate::util::os_random_u64()`; tests pass a constant.
+
+/// A SplitMix64 generator. Cheap to create, so the relay can make one per request.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    state: u64,
+}
+
+impl Rng {
+    /// A generator whose whole output is fixed by `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        // The increment is the golden-ratio constant of SplitMix64; the two multiply-xorshift
+        // rounds are its finaliser, which spreads every state bit over every output bit.
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut mixed = self.state;
+        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        mixed ^ (mixed >> 31)
+    }
+
+    /// A uniform number in `0..bound`, without modulo bias. `below(0)` returns 0.
+    ///
+    /// This is Lemire's multiply-and-reject method: the high half of a 128-bit product is
+    /// uniform once the few low-half values that would favour small results are rejected.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            // A zero bound is a caller bug, but panicking in the request path would be worse than
+            // returning the only value a `0..=0` range could hold.
+            return 0;
+        }
+        let mut product = u128::from(self.next_u64()) * u128::from(bound);
+        let mut low_half = product as u64;
+        if low_half < bound {
+            let threshold = bound.wrapping_neg() % bound;
+            while low_half < threshold {
+                product = u128::from(self.next_u64()) * u128::from(bound);
+                low_half = product as u64;
+            }
+        }
+        (product >> 64) as u64
+    }
+
+    /// A uniform number in `[0, 1)` with 53 bits of precision.
+    pub fn unit_f64(&mut self) -> f64 {
+        const TWO_TO_MINUS_53: f64 = 1.0 / (1u64 << 53) as f64;
+        (self.next_u64() >> 11) as f64 * TWO_TO_MINUS_53
+    }
+
+    /// Puts `values` in a uniformly random order (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, values: &mut [T]) {
+        for upper in (1..values.len()).rev() {
+            let other = self.below(upper as u64 + 1) as usize;
+            values.swap(upper, other);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::relay::rng::Rng;
+
+    #[test]
+    fn seed_zero_matches_the_published_splitmix64_sequence() {
+        // The first outputs of SplitMix64 seeded with 0, as printed by the reference C code.
+        let mut rng = Rng::new(0);
+        assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+        assert_eq!(rng.next_u64(), 0x06C4_5D18_8009_454F);
+    }
+
+    #[test]
+    fn same_seed_gives_same_sequence_and_different_seeds_differ() {
+        let mut first = Rng::new(42);
+        let mut second = Rng::new(42);
+        let mut third = Rng::new(43);
+        let first_values: Vec<u64> = (0..16).map(|_| first.next_u64()).collect();
+        let second_values: Vec<u64> = (0..16).map(|_| second.next_u64()).collect();
+        let third_values: Vec<u64> = (0..16).map(|_| third.next_u64()).collect();
+        assert_eq!(first_values, second_values);
+        assert_ne!(first_values, third_values);
+    }
+
+    #[test]
+    fn below_stays_in_range_and_covers_it_evenly() {
+        let mut rng = Rng::new(7);
+        let mut counts = [0u32; 5];
+        for _ in 0..50_000 {
+            let value = rng.below(5);
+            assert!(value < 5);
+            counts[value as usize] += 1;
+        }
+        for count in counts {
+            // Each bucket expects 10,000; 4% slack is far beyond six standard deviations.
+            assert!(
+                (9_600..=10_400).contains(&count),
+                "uneven bucket: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn below_handles_edge_bounds() {
+        let mut rng = Rng::new(1);
+        assert_eq!(rng.below(0), 0);
+        assert_eq!(rng.below(1), 0);
+        for _ in 0..1_000 {
+            assert!(rng.below(u64::MAX) < u64::MAX);
+        }
+    }
+
+    #[test]
+    fn unit_f64_is_in_the_half_open_unit_interval() {
+        let mut rng = Rng::new(99);
+        let mut sum = 0.0;
+        for _ in 0..10_000 {
+            let value = rng.unit_f64();
+            assert!((0.0..1.0).contains(&value));
+            sum += value;
+        }
+        let mean = sum / 10_000.0;
+        assert!((0.48..0.52).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn shuffle_is_a_permutation_and_reproducible() {
+        let mut values: Vec<u32> = (0..20).collect();
+        let mut again = values.clone();
+        Rng::new(5).shuffle(&mut values);
+        Rng::new(5).shuffle(&mut again);
+        assert_eq!(values, again);
+        assert_ne!(values, (0..20).collect::<Vec<u32>>());
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..20).collect::<Vec<u32>>());
+
+        let mut empty: [u8; 0] = [];
+        Rng::new(5).shuffle(&mut empty);
+        let mut single = [9];
+        Rng::new(5).shuffle(&mut single);
+        assert_eq!(single, [9]);
+    }
+}
