@@ -106,8 +106,11 @@ pub enum Body {
     /// connection's coroutine after the head is written; every `write_chunk` call is one chunk,
     /// flushed before it returns. An `Err` from the closure (or from a write) closes the
     /// connection without the terminating chunk, so the client sees a truncated stream.
-    Stream(Box<dyn FnOnce(&mut dyn StreamWriter) -> io::Result<()> + Send>),
+    Stream(StreamBody),
 }
+
+/// The closure that writes a streamed body.
+pub type StreamBody = Box<dyn FnOnce(&mut dyn StreamWriter) -> io::Result<()> + Send>;
 
 /// The sink a streaming body writes to.
 pub trait StreamWriter {

@@ -9,17 +9,17 @@
 //! | 401, 403 | next key | key cools down (auth) |
 //! | 402, 429 with quota exhausted | next key | key cools down (quota) |
 //! | 429 | next key | key cools down (`Retry-After` or default) |
-//! | 404 | next item | none |
 //! | 408, 5xx, 3xx, nonsense status | next item | breaker failure |
 //! | first-byte timeout, stream error before the first byte | next item | breaker failure |
-//! | 400, 413, 422, other 4xx | final | none |
+//! | 400, 404, 413, 422, other 4xx | final | none |
 //! | timeout or stream error after the first byte | final | breaker failure |
 //! | client gone | final | none |
 //! | success | final | breaker success |
 //!
 //! - Octopus B retried a member with the same key `max_attempts` times even on 401/403/404, and
 //!   users asked to stop that (#376): an auth failure moves to another key at once and benches
-//!   the key, and a 404 moves to another item at once.
+//!   the key, and a 404 is answered at once (the relay issue makes 404 final: the client sees
+//!   the upstream's own explanation instead of a retry storm).
 //! - Octopus B looped until the client left when no member worked (#400, #374, #338): every
 //!   request here has a `RetryBudget` with a finite attempt count and deadline, and a client
 //!   that has gone ends the request.
@@ -236,11 +236,10 @@ enum StatusClass {
     /// 402, or a 429 that says the quota is gone: this key has no credit left. Waiting a minute
     /// does not help, so it is benched like an auth failure.
     QuotaExhausted,
-    /// A 404. The gateway, not the client, chose the URL and the model name, so a 404 almost
-    /// always means this channel does not serve the model (retired, renamed, a stale model
-    /// list) and another item may. It is not a breaker failure: a client asking for something
-    /// that exists nowhere (an unknown `previous_response_id`) would otherwise trip the
-    /// breakers of healthy channels.
+    /// A 404: final, as the relay's contract says, and returned to the client in its own
+    /// shape. It is not a breaker failure: a client asking for something that exists nowhere
+    /// (an unknown `previous_response_id`) would otherwise trip the breakers of healthy
+    /// channels.
     NotFound,
     /// 400, 413, 422 and the other 4xx: the request itself is refused, and would be refused
     /// by every channel. The first channel's answer is the one the client needs to see.
@@ -273,8 +272,8 @@ fn classify_status(status: u16) -> Verdict {
         StatusClass::RateLimited | StatusClass::AuthFailed | StatusClass::QuotaExhausted => {
             Verdict::RetryNextKey
         }
-        StatusClass::NotFound | StatusClass::UpstreamFailure => Verdict::RetryNextItem,
-        StatusClass::RequestRejected => Verdict::Final,
+        StatusClass::UpstreamFailure => Verdict::RetryNextItem,
+        StatusClass::NotFound | StatusClass::RequestRejected => Verdict::Final,
     }
 }
 
@@ -415,7 +414,7 @@ mod tests {
             (402, Verdict::RetryNextKey, QUOTA),
             (429, Verdict::RetryNextKey, rate_limited(None)),
             // The channel lacks the model: try another item, blame nobody.
-            (404, Verdict::RetryNextItem, NEUTRAL),
+            (404, Verdict::Final, NEUTRAL),
             // The upstream is at fault.
             (408, Verdict::RetryNextItem, BREAKER_FAILURE),
             (500, Verdict::RetryNextItem, BREAKER_FAILURE),
