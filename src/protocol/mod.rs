@@ -4,6 +4,7 @@
 //! random numbers. Ids and timestamps come from the caller, so every conversion is a pure function
 //! of its inputs and can be tested byte for byte.
 
+pub mod convert;
 pub mod error;
 pub mod sse;
 pub mod usage;
