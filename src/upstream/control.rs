@@ -99,7 +99,10 @@ impl CallControl {
 
     fn lock_state(&self) -> MutexGuard<'_, ControlState> {
         // The state stays consistent even if a holder panicked: every update is one assignment.
-        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -166,7 +169,10 @@ mod tests {
         let control = CallControl::new();
         let clone = control.clone();
         clone.set_read_timeout(Some(Duration::from_millis(5)));
-        assert_eq!(control.lock_state().read_timeout, Some(Duration::from_millis(5)));
+        assert_eq!(
+            control.lock_state().read_timeout,
+            Some(Duration::from_millis(5))
+        );
         assert!(!control.is_cancelled());
         clone.cancel();
         clone.cancel();
