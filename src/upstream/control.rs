@@ -62,6 +62,8 @@ impl CallControl {
     /// Stops the call: shuts down the socket it is using, so a read or write blocked on it
     /// returns at once, and makes every later read or write of the installed call fail with
     /// `UpstreamError::Cancelled`. Safe to call from any coroutine or thread, more than once.
+    /// A DNS lookup or TCP connect in progress is not interrupted (the connect timeout bounds
+    /// them); the call fails at its first read or write after it.
     pub fn cancel(&self) {
         let socket = {
             let mut state = self.lock_state();
