@@ -8,11 +8,11 @@
 //! `TlsConnector` (https).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use std::fmt;
 
 use rustls::ClientConfig;
 use ureq::http::header::{ACCEPT_ENCODING, HeaderName, HeaderValue};
@@ -39,7 +39,8 @@ const MAX_AGENTS: usize = 64;
 pub struct ClientOptions {
     /// A PEM bundle of extra CA certificates trusted besides Mozilla's roots.
     pub extra_ca_pem_file: Option<PathBuf>,
-    /// Limit for name resolution, TCP connect, proxy negotiation and TLS handshake together.
+    /// Limit for name resolution, and again for the TCP connect, proxy negotiation and TLS
+    /// handshake together.
     pub connect_timeout: Duration,
     /// Idle keep-alive connections kept per host (per agent); the pool holds 16 times as many
     /// in total.
@@ -155,7 +156,11 @@ impl UpstreamClient {
         let response = if request.body.is_empty() && !method_expects_body(&request.method) {
             run(&agent, builder.body(()), request.response_head_timeout)
         } else {
-            run(&agent, builder.body(request.body), request.response_head_timeout)
+            run(
+                &agent,
+                builder.body(request.body),
+                request.response_head_timeout,
+            )
         }?;
 
         let (parts, body) = response.into_parts();
@@ -163,7 +168,10 @@ impl UpstreamClient {
             .headers
             .iter()
             .map(|(name, value)| {
-                (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned())
+                (
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
             })
             .collect();
         Ok(UpstreamResponse {
@@ -190,7 +198,10 @@ impl UpstreamClient {
     }
 
     fn lock_agents(&self) -> MutexGuard<'_, HashMap<String, Agent>> {
-        self.shared.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared
+            .agents
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -216,15 +227,16 @@ fn build_agent(shared: &ClientShared, proxy: Option<Proxy>) -> Agent {
         .output_buffer_size(BUFFER_SIZE)
         .max_idle_connections_per_host(options.max_idle_connections_per_host)
         .max_idle_connections(options.max_idle_connections_per_host.saturating_mul(16))
+        .timeout_resolve(Some(options.connect_timeout))
         .timeout_connect(Some(options.connect_timeout))
         .user_agent(options.user_agent.as_str())
         .no_delay(true)
         .proxy(proxy)
         .build();
-    let connector = ()
-        .chain(ConnectProxyConnector::default())
-        .chain(MayConnector)
-        .chain(TlsConnector::new(shared.tls_config.clone()));
+    let connector =
+        ().chain(ConnectProxyConnector::default())
+            .chain(MayConnector)
+            .chain(TlsConnector::new(shared.tls_config.clone()));
     Agent::with_parts(config, connector, shared.resolver.clone())
 }
 
@@ -233,11 +245,13 @@ fn parse_proxy(proxy_url: &str) -> Result<Option<Proxy>, UpstreamError> {
         return Ok(None);
     }
     // The URL is never echoed: it may carry credentials.
-    let proxy = Proxy::new(proxy_url).map_err(|_| UpstreamError::InvalidRequest("invalid proxy url".to_string()))?;
+    let proxy = Proxy::new(proxy_url)
+        .map_err(|_| UpstreamError::InvalidRequest("invalid proxy url".to_string()))?;
     match proxy.protocol() {
-        ProxyProtocol::Http | ProxyProtocol::Https | ProxyProtocol::Socks5 | ProxyProtocol::Socks5h => {
-            Ok(Some(proxy))
-        }
+        ProxyProtocol::Http
+        | ProxyProtocol::Https
+        | ProxyProtocol::Socks5
+        | ProxyProtocol::Socks5h => Ok(Some(proxy)),
         _ => Err(UpstreamError::InvalidRequest(
             "unsupported proxy scheme, use http, https, socks5 or socks5h".to_string(),
         )),
@@ -245,28 +259,34 @@ fn parse_proxy(proxy_url: &str) -> Result<Option<Proxy>, UpstreamError> {
 }
 
 fn request_builder(request: &UpstreamRequest) -> Result<http::request::Builder, UpstreamError> {
-    let method = Method::from_bytes(request.method.as_bytes())
-        .map_err(|_| UpstreamError::InvalidRequest(format!("invalid method {:?}", request.method)))?;
+    let method = Method::from_bytes(request.method.as_bytes()).map_err(|_| {
+        UpstreamError::InvalidRequest(format!("invalid method {:?}", request.method))
+    })?;
     // The URL is never echoed: it may carry a key in its query.
     let uri: Uri = request
         .url
         .parse()
         .map_err(|_| UpstreamError::InvalidRequest("invalid url".to_string()))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err(UpstreamError::InvalidRequest("the url must be absolute http or https".to_string()));
+        return Err(UpstreamError::InvalidRequest(
+            "the url must be absolute http or https".to_string(),
+        ));
     }
 
     let mut builder = http::Request::builder().method(method).uri(uri);
     let mut has_accept_encoding = false;
     for (name, value) in &request.headers {
-        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding") {
+        if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+        {
             continue;
         }
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| UpstreamError::InvalidRequest(format!("invalid header name {name:?}")))?;
         // The value is never echoed: it may be a key.
-        let header_value = HeaderValue::from_str(value)
-            .map_err(|_| UpstreamError::InvalidRequest(format!("invalid value for header {header_name}")))?;
+        let header_value = HeaderValue::from_str(value).map_err(|_| {
+            UpstreamError::InvalidRequest(format!("invalid value for header {header_name}"))
+        })?;
         has_accept_encoding |= header_name == ACCEPT_ENCODING;
         builder = builder.header(header_name, header_value);
     }
@@ -279,7 +299,9 @@ fn request_builder(request: &UpstreamRequest) -> Result<http::request::Builder, 
 /// Whether an empty body is still sent with `content-length: 0`: yes for the methods that
 /// normally carry one, so a bodiless POST is well-formed; no for GET and the like.
 fn method_expects_body(method: &str) -> bool {
-    ["POST", "PUT", "PATCH"].iter().any(|with_body| method.eq_ignore_ascii_case(with_body))
+    ["POST", "PUT", "PATCH"]
+        .iter()
+        .any(|with_body| method.eq_ignore_ascii_case(with_body))
 }
 
 fn run<B: AsSendBody>(
@@ -287,7 +309,8 @@ fn run<B: AsSendBody>(
     request: Result<http::Request<B>, http::Error>,
     response_head_timeout: Option<Duration>,
 ) -> Result<http::Response<ureq::Body>, UpstreamError> {
-    let request = request.map_err(|_| UpstreamError::InvalidRequest("invalid request parts".to_string()))?;
+    let request =
+        request.map_err(|_| UpstreamError::InvalidRequest("invalid request parts".to_string()))?;
     let request = match response_head_timeout {
         Some(timeout) => agent
             .configure_request(request)
@@ -295,7 +318,9 @@ fn run<B: AsSendBody>(
             .build(),
         None => request,
     };
-    agent.run(request).map_err(|error| classify_ureq_error(&error))
+    agent
+        .run(request)
+        .map_err(|error| classify_ureq_error(&error))
 }
 
 /// The response body reader; turns every read error into one carrying an `UpstreamError`.
@@ -319,7 +344,10 @@ mod tests {
         UpstreamRequest {
             method: "POST".to_string(),
             url: "http://127.0.0.1:9/v1/chat/completions".to_string(),
-            headers: headers.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
             body: b"{}".to_vec(),
             proxy: None,
             response_head_timeout: None,
@@ -354,14 +382,20 @@ mod tests {
     #[test]
     fn caller_accept_encoding_is_kept() {
         let headers = built_headers(&request(&[("Accept-Encoding", "gzip")]));
-        assert_eq!(headers, vec![("accept-encoding".to_string(), "gzip".to_string())]);
+        assert_eq!(
+            headers,
+            vec![("accept-encoding".to_string(), "gzip".to_string())]
+        );
     }
 
     #[test]
     fn invalid_parts_are_invalid_requests_without_secrets() {
         let bad_value = request(&[("authorization", "Bearer sk-secret\n")]);
         let error = request_builder(&bad_value).unwrap_err();
-        assert_eq!(error, UpstreamError::InvalidRequest("invalid value for header authorization".to_string()));
+        assert_eq!(
+            error,
+            UpstreamError::InvalidRequest("invalid value for header authorization".to_string())
+        );
 
         let mut bad_url = request(&[]);
         bad_url.url = "ftp://example.com/?key=secret".to_string();
@@ -370,13 +404,21 @@ mod tests {
 
         let mut bad_method = request(&[]);
         bad_method.method = "PO ST".to_string();
-        assert!(matches!(request_builder(&bad_method), Err(UpstreamError::InvalidRequest(_))));
+        assert!(matches!(
+            request_builder(&bad_method),
+            Err(UpstreamError::InvalidRequest(_))
+        ));
     }
 
     #[test]
     fn proxy_urls_are_checked_without_echoing_them() {
         assert!(parse_proxy("").unwrap().is_none());
-        for accepted in ["http://127.0.0.1:3128", "https://proxy:443", "socks5://user:pw@127.0.0.1:1080", "socks5h://h:1"] {
+        for accepted in [
+            "http://127.0.0.1:3128",
+            "https://proxy:443",
+            "socks5://user:pw@127.0.0.1:1080",
+            "socks5h://h:1",
+        ] {
             assert!(parse_proxy(accepted).unwrap().is_some(), "{accepted}");
         }
         let error = parse_proxy("socks4://user:secret@127.0.0.1:1080").unwrap_err();

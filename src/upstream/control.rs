@@ -62,6 +62,8 @@ impl CallControl {
     /// Stops the call: shuts down the socket it is using, so a read or write blocked on it
     /// returns at once, and makes every later read or write of the installed call fail with
     /// `UpstreamError::Cancelled`. Safe to call from any coroutine or thread, more than once.
+    /// A DNS lookup or TCP connect in progress is not interrupted (the connect timeout bounds
+    /// them); the call fails at its first read or write after it.
     pub fn cancel(&self) {
         let socket = {
             let mut state = self.lock_state();
@@ -99,7 +101,10 @@ impl CallControl {
 
     fn lock_state(&self) -> MutexGuard<'_, ControlState> {
         // The state stays consistent even if a holder panicked: every update is one assignment.
-        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -166,7 +171,10 @@ mod tests {
         let control = CallControl::new();
         let clone = control.clone();
         clone.set_read_timeout(Some(Duration::from_millis(5)));
-        assert_eq!(control.lock_state().read_timeout, Some(Duration::from_millis(5)));
+        assert_eq!(
+            control.lock_state().read_timeout,
+            Some(Duration::from_millis(5))
+        );
         assert!(!control.is_cancelled());
         clone.cancel();
         clone.cancel();

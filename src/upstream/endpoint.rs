@@ -8,21 +8,32 @@
 use crate::store::entities::ChannelType;
 
 /// The URL of a generate call for `upstream_model` on a channel of `channel_type`.
-pub fn upstream_url(channel_type: ChannelType, base_url: &str, upstream_model: &str, stream: bool) -> String {
+pub fn upstream_url(
+    channel_type: ChannelType,
+    base_url: &str,
+    upstream_model: &str,
+    stream: bool,
+) -> String {
     if let Some(verbatim) = base_url.strip_suffix('#') {
         return verbatim.to_string();
     }
     let base = base_url.trim_end_matches('/');
     // Gemini lists its models as `models/<id>`; accept either form.
-    let model = upstream_model.strip_prefix("models/").unwrap_or(upstream_model);
+    let model = upstream_model
+        .strip_prefix("models/")
+        .unwrap_or(upstream_model);
     match (channel_type, stream) {
         (ChannelType::OpenaiChat, _) => format!("{base}/chat/completions"),
         (ChannelType::OpenaiResponses, _) => format!("{base}/responses"),
         (ChannelType::Anthropic, _) => format!("{base}/messages"),
         (ChannelType::Gemini, false) => format!("{base}/models/{model}:generateContent"),
-        (ChannelType::Gemini, true) => format!("{base}/models/{model}:streamGenerateContent?alt=sse"),
+        (ChannelType::Gemini, true) => {
+            format!("{base}/models/{model}:streamGenerateContent?alt=sse")
+        }
         (ChannelType::Antigravity, false) => format!("{base}/v1internal:generateContent"),
-        (ChannelType::Antigravity, true) => format!("{base}/v1internal:streamGenerateContent?alt=sse"),
+        (ChannelType::Antigravity, true) => {
+            format!("{base}/v1internal:streamGenerateContent?alt=sse")
+        }
     }
 }
 
@@ -58,7 +69,11 @@ pub fn default_base_url(channel_type: ChannelType) -> &'static str {
 /// Antigravity takes a `POST` with the JSON body `{"project": "<id>"}`, which the caller sends.
 /// A base URL ending in `#` is treated as an ordinary base here: the `#` is dropped and the
 /// list path appended, since a verbatim generate URL says nothing about where models are listed.
-pub fn models_list_request(channel_type: ChannelType, base_url: &str, key: &str) -> (String, Vec<(String, String)>) {
+pub fn models_list_request(
+    channel_type: ChannelType,
+    base_url: &str,
+    key: &str,
+) -> (String, Vec<(String, String)>) {
     let base = base_url.trim_end_matches('#').trim_end_matches('/');
     let url = match channel_type {
         ChannelType::OpenaiChat | ChannelType::OpenaiResponses => format!("{base}/models"),
@@ -74,7 +89,10 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
     }
 
     #[test]
@@ -84,11 +102,17 @@ mod tests {
             upstream_url(channel_type, "https://api.openai.com/v1/", "gpt-4o", true),
             "https://api.openai.com/v1/chat/completions"
         );
-        assert_eq!(auth_headers(channel_type, "sk-1"), headers(&[("authorization", "Bearer sk-1")]));
+        assert_eq!(
+            auth_headers(channel_type, "sk-1"),
+            headers(&[("authorization", "Bearer sk-1")])
+        );
         assert_eq!(default_base_url(channel_type), "https://api.openai.com/v1");
         assert_eq!(
             models_list_request(channel_type, "https://api.openai.com/v1", "sk-1"),
-            ("https://api.openai.com/v1/models".to_string(), headers(&[("authorization", "Bearer sk-1")]))
+            (
+                "https://api.openai.com/v1/models".to_string(),
+                headers(&[("authorization", "Bearer sk-1")])
+            )
         );
     }
 
@@ -99,7 +123,10 @@ mod tests {
             upstream_url(channel_type, "https://api.openai.com/v1", "o3", false),
             "https://api.openai.com/v1/responses"
         );
-        assert_eq!(auth_headers(channel_type, "sk-2"), headers(&[("authorization", "Bearer sk-2")]));
+        assert_eq!(
+            auth_headers(channel_type, "sk-2"),
+            headers(&[("authorization", "Bearer sk-2")])
+        );
         assert_eq!(default_base_url(channel_type), "https://api.openai.com/v1");
     }
 
@@ -107,15 +134,27 @@ mod tests {
     fn anthropic() {
         let channel_type = ChannelType::Anthropic;
         assert_eq!(
-            upstream_url(channel_type, "https://api.anthropic.com/v1//", "claude-sonnet-4-5", true),
+            upstream_url(
+                channel_type,
+                "https://api.anthropic.com/v1//",
+                "claude-sonnet-4-5",
+                true
+            ),
             "https://api.anthropic.com/v1/messages"
         );
-        let expected_headers = headers(&[("x-api-key", "sk-ant"), ("anthropic-version", "2023-06-01")]);
+        let expected_headers =
+            headers(&[("x-api-key", "sk-ant"), ("anthropic-version", "2023-06-01")]);
         assert_eq!(auth_headers(channel_type, "sk-ant"), expected_headers);
-        assert_eq!(default_base_url(channel_type), "https://api.anthropic.com/v1");
+        assert_eq!(
+            default_base_url(channel_type),
+            "https://api.anthropic.com/v1"
+        );
         assert_eq!(
             models_list_request(channel_type, "https://api.anthropic.com/v1", "sk-ant"),
-            ("https://api.anthropic.com/v1/models?limit=1000".to_string(), expected_headers)
+            (
+                "https://api.anthropic.com/v1/models?limit=1000".to_string(),
+                expected_headers
+            )
         );
     }
 
@@ -128,7 +167,12 @@ mod tests {
             "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"
         );
         assert_eq!(
-            upstream_url(channel_type, "https://generativelanguage.googleapis.com/v1beta/", "models/gemini-2.5-flash", true),
+            upstream_url(
+                channel_type,
+                "https://generativelanguage.googleapis.com/v1beta/",
+                "models/gemini-2.5-flash",
+                true
+            ),
             "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
         );
         let expected_headers = headers(&[("x-goog-api-key", "AIza")]);
@@ -149,16 +193,28 @@ mod tests {
             "https://cloudcode-pa.googleapis.com/v1internal:generateContent"
         );
         assert_eq!(
-            upstream_url(channel_type, "https://cloudcode-pa.googleapis.com/", "gemini-3-flash", true),
+            upstream_url(
+                channel_type,
+                "https://cloudcode-pa.googleapis.com/",
+                "gemini-3-flash",
+                true
+            ),
             "https://cloudcode-pa.googleapis.com/v1internal:streamGenerateContent?alt=sse"
         );
         let expected_headers = headers(&[("authorization", "Bearer ya29.token")]);
         assert_eq!(auth_headers(channel_type, "ya29.token"), expected_headers);
-        assert!(auth_headers(channel_type, "ya29.token").iter().all(|(name, _)| name != "x-goog-api-key"));
+        assert!(
+            auth_headers(channel_type, "ya29.token")
+                .iter()
+                .all(|(name, _)| name != "x-goog-api-key")
+        );
         assert_eq!(default_base_url(channel_type), base);
         assert_eq!(
             models_list_request(channel_type, base, "ya29.token"),
-            (format!("{base}/v1internal:fetchAvailableModels"), expected_headers)
+            (
+                format!("{base}/v1internal:fetchAvailableModels"),
+                expected_headers
+            )
         );
     }
 
@@ -167,7 +223,12 @@ mod tests {
         for channel_type in ChannelType::ALL {
             for stream in [false, true] {
                 assert_eq!(
-                    upstream_url(channel_type, "https://proxy.example/custom/path/#", "model-x", stream),
+                    upstream_url(
+                        channel_type,
+                        "https://proxy.example/custom/path/#",
+                        "model-x",
+                        stream
+                    ),
                     "https://proxy.example/custom/path/"
                 );
             }

@@ -53,7 +53,9 @@ impl UpstreamError {
         UpstreamError::Io(error.to_string())
     }
 
-    /// The `io::ErrorKind` used when this error travels inside an `io::Error`.
+    /// The `io::ErrorKind` used when this error travels inside an `io::Error`. None of them is
+    /// `UnexpectedEof`, `ConnectionAborted` or `ConnectionReset`: ureq's body reader takes those
+    /// for the peer closing the connection and would hide the real cause.
     pub fn io_kind(&self) -> io::ErrorKind {
         match self {
             UpstreamError::Connect(_) => io::ErrorKind::NotConnected,
@@ -62,7 +64,7 @@ impl UpstreamError {
             UpstreamError::Proxy(_) => io::ErrorKind::Other,
             UpstreamError::Io(_) => io::ErrorKind::Other,
             UpstreamError::InvalidRequest(_) => io::ErrorKind::InvalidInput,
-            UpstreamError::Cancelled => io::ErrorKind::ConnectionAborted,
+            UpstreamError::Cancelled => io::ErrorKind::Other,
         }
     }
 
@@ -80,7 +82,9 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Tls(message) => write!(formatter, "tls: {message}"),
             UpstreamError::Proxy(message) => write!(formatter, "proxy: {message}"),
             UpstreamError::Io(message) => write!(formatter, "io: {message}"),
-            UpstreamError::InvalidRequest(message) => write!(formatter, "invalid request: {message}"),
+            UpstreamError::InvalidRequest(message) => {
+                write!(formatter, "invalid request: {message}")
+            }
             UpstreamError::Cancelled => write!(formatter, "cancelled"),
         }
     }
@@ -181,11 +185,17 @@ mod tests {
     #[test]
     fn transport_failures_survive_a_trip_through_ureq_and_io() {
         let ureq_error = TransportFailure::ReadTimeout.into_ureq_error();
-        assert_eq!(classify_ureq_error(&ureq_error), UpstreamError::Timeout("read".to_string()));
+        assert_eq!(
+            classify_ureq_error(&ureq_error),
+            UpstreamError::Timeout("read".to_string())
+        );
 
         let io_error = ureq_error.into_io();
         assert_eq!(io_error.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(UpstreamError::from_io_error(&io_error), UpstreamError::Timeout("read".to_string()));
+        assert_eq!(
+            UpstreamError::from_io_error(&io_error),
+            UpstreamError::Timeout("read".to_string())
+        );
 
         let wrapped = ureq::Error::Timeout(ureq::Timeout::RecvResponse).into_io();
         assert_eq!(
@@ -197,19 +207,34 @@ mod tests {
     #[test]
     fn upstream_error_round_trips_through_io_error() {
         let io_error = UpstreamError::Cancelled.into_io_error();
-        assert_eq!(io_error.kind(), io::ErrorKind::ConnectionAborted);
-        assert_eq!(UpstreamError::from_io_error(&io_error), UpstreamError::Cancelled);
+        assert_eq!(io_error.kind(), io::ErrorKind::Other);
+        assert_eq!(
+            UpstreamError::from_io_error(&io_error),
+            UpstreamError::Cancelled
+        );
     }
 
     #[test]
     fn display_has_short_prefixes_and_no_trailing_period() {
         let cases = [
-            (UpstreamError::Connect("refused".to_string()), "connect: refused"),
+            (
+                UpstreamError::Connect("refused".to_string()),
+                "connect: refused",
+            ),
             (UpstreamError::Timeout("read".to_string()), "timeout: read"),
-            (UpstreamError::Tls("unknown issuer".to_string()), "tls: unknown issuer"),
-            (UpstreamError::Proxy("refused".to_string()), "proxy: refused"),
+            (
+                UpstreamError::Tls("unknown issuer".to_string()),
+                "tls: unknown issuer",
+            ),
+            (
+                UpstreamError::Proxy("refused".to_string()),
+                "proxy: refused",
+            ),
             (UpstreamError::Io("reset".to_string()), "io: reset"),
-            (UpstreamError::InvalidRequest("invalid url".to_string()), "invalid request: invalid url"),
+            (
+                UpstreamError::InvalidRequest("invalid url".to_string()),
+                "invalid request: invalid url",
+            ),
             (UpstreamError::Cancelled, "cancelled"),
         ];
         for (error, expected) in cases {
@@ -220,8 +245,14 @@ mod tests {
     #[test]
     fn plain_io_errors_are_classified_by_kind() {
         let timed_out = io::Error::new(io::ErrorKind::TimedOut, "timeout");
-        assert_eq!(UpstreamError::from_io_error(&timed_out), UpstreamError::Timeout("read".to_string()));
+        assert_eq!(
+            UpstreamError::from_io_error(&timed_out),
+            UpstreamError::Timeout("read".to_string())
+        );
         let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer");
-        assert_eq!(UpstreamError::from_io_error(&reset), UpstreamError::Io("reset by peer".to_string()));
+        assert_eq!(
+            UpstreamError::from_io_error(&reset),
+            UpstreamError::Io("reset by peer".to_string())
+        );
     }
 }

@@ -102,7 +102,9 @@ impl CachingResolver {
     }
 
     fn lock_cache(&self) -> MutexGuard<'_, HashMap<String, CachedAnswer>> {
-        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -130,7 +132,11 @@ struct LookupJob {
 /// Hands the lookup to the thread pool and parks the calling coroutine (or thread) until the
 /// answer arrives or the resolve deadline passes. A lookup that outlives its deadline finishes
 /// on its thread and the answer is dropped.
-fn look_up_off_thread(host: &str, port: u16, timeout: NextTimeout) -> Result<Vec<SocketAddr>, ureq::Error> {
+fn look_up_off_thread(
+    host: &str,
+    port: u16,
+    timeout: NextTimeout,
+) -> Result<Vec<SocketAddr>, ureq::Error> {
     let (reply, answer) = may::sync::mpsc::channel();
     let job = LookupJob {
         host: host.to_string(),
@@ -138,7 +144,10 @@ fn look_up_off_thread(host: &str, port: u16, timeout: NextTimeout) -> Result<Vec
         reply,
     };
     if lookup_queue().send(job).is_err() {
-        return Err(TransportFailure::Connect("the DNS lookup threads are gone".to_string()).into_ureq_error());
+        return Err(
+            TransportFailure::Connect("the DNS lookup threads are gone".to_string())
+                .into_ureq_error(),
+        );
     }
     let received = match timeout.after {
         UreqDuration::Exact(limit) => answer.recv_timeout(limit).map_err(|error| match error {
@@ -148,11 +157,14 @@ fn look_up_off_thread(host: &str, port: u16, timeout: NextTimeout) -> Result<Vec
         UreqDuration::NotHappening => answer.recv().map_err(|_| lookup_thread_died())?,
     };
     match received {
-        Ok(addrs) if addrs.is_empty() => {
-            Err(TransportFailure::Connect(format!("cannot resolve {host}: no addresses")).into_ureq_error())
-        }
+        Ok(addrs) if addrs.is_empty() => Err(TransportFailure::Connect(format!(
+            "cannot resolve {host}: no addresses"
+        ))
+        .into_ureq_error()),
         Ok(addrs) => Ok(addrs),
-        Err(error) => Err(TransportFailure::Connect(format!("cannot resolve {host}: {error}")).into_ureq_error()),
+        Err(error) => Err(
+            TransportFailure::Connect(format!("cannot resolve {host}: {error}")).into_ureq_error(),
+        ),
     }
 }
 
@@ -200,9 +212,18 @@ mod tests {
     #[test]
     fn ip_literals_are_answered_inline_with_default_ports() {
         let resolver = CachingResolver::default();
-        assert_eq!(resolve(&resolver, "http://127.0.0.1/x").unwrap(), vec!["127.0.0.1:80".parse().unwrap()]);
-        assert_eq!(resolve(&resolver, "https://[::1]:8443/").unwrap(), vec!["[::1]:8443".parse().unwrap()]);
-        assert_eq!(resolve(&resolver, "socks5h://10.0.0.1").unwrap(), vec!["10.0.0.1:1080".parse().unwrap()]);
+        assert_eq!(
+            resolve(&resolver, "http://127.0.0.1/x").unwrap(),
+            vec!["127.0.0.1:80".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve(&resolver, "https://[::1]:8443/").unwrap(),
+            vec!["[::1]:8443".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve(&resolver, "socks5h://10.0.0.1").unwrap(),
+            vec!["10.0.0.1:1080".parse().unwrap()]
+        );
         assert!(resolver.lock_cache().is_empty());
     }
 
@@ -211,7 +232,11 @@ mod tests {
         let resolver = CachingResolver::default();
         let addrs = resolve(&resolver, "http://localhost:8080/").unwrap();
         assert!(!addrs.is_empty());
-        assert!(addrs.iter().all(|addr| addr.port() == 8080 && addr.ip().is_loopback()));
+        assert!(
+            addrs
+                .iter()
+                .all(|addr| addr.port() == 8080 && addr.ip().is_loopback())
+        );
         assert!(resolver.lock_cache().contains_key("localhost:8080"));
         assert_eq!(resolve(&resolver, "http://localhost:8080/").unwrap(), addrs);
     }

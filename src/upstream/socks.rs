@@ -58,13 +58,19 @@ pub(crate) fn socks5_handshake(
         (METHOD_NO_AUTH, _) => {}
         (METHOD_USERNAME_PASSWORD, Some(credentials)) => authenticate(stream, credentials)?,
         (METHOD_USERNAME_PASSWORD, None) => {
-            return Err(proxy_failure("the SOCKS5 proxy requires a username and password"));
+            return Err(proxy_failure(
+                "the SOCKS5 proxy requires a username and password",
+            ));
         }
         (METHOD_NONE_ACCEPTABLE, _) => {
-            return Err(proxy_failure("the SOCKS5 proxy accepts none of our auth methods"));
+            return Err(proxy_failure(
+                "the SOCKS5 proxy accepts none of our auth methods",
+            ));
         }
         (other, _) => {
-            return Err(proxy_failure(&format!("the SOCKS5 proxy chose unknown auth method {other}")));
+            return Err(proxy_failure(&format!(
+                "the SOCKS5 proxy chose unknown auth method {other}"
+            )));
         }
     }
 
@@ -73,11 +79,16 @@ pub(crate) fn socks5_handshake(
     read_connect_reply(stream)
 }
 
-fn authenticate(stream: &mut (impl Read + Write), credentials: &SocksCredentials<'_>) -> io::Result<()> {
+fn authenticate(
+    stream: &mut (impl Read + Write),
+    credentials: &SocksCredentials<'_>,
+) -> io::Result<()> {
     let username = credentials.username.as_bytes();
     let password = credentials.password.as_bytes();
     if username.len() > 255 || password.len() > 255 {
-        return Err(proxy_failure("SOCKS5 username and password are limited to 255 bytes each"));
+        return Err(proxy_failure(
+            "SOCKS5 username and password are limited to 255 bytes each",
+        ));
     }
     let mut request = Vec::with_capacity(3 + username.len() + password.len());
     request.push(USERNAME_PASSWORD_VERSION);
@@ -91,7 +102,9 @@ fn authenticate(stream: &mut (impl Read + Write), credentials: &SocksCredentials
     let mut reply = [0u8; 2];
     stream.read_exact(&mut reply)?;
     if reply[1] != 0 {
-        return Err(proxy_failure("the SOCKS5 proxy rejected the username or password"));
+        return Err(proxy_failure(
+            "the SOCKS5 proxy rejected the username or password",
+        ));
     }
     Ok(())
 }
@@ -130,7 +143,10 @@ fn read_connect_reply(stream: &mut impl Read) -> io::Result<()> {
         return Err(proxy_failure("malformed SOCKS5 connect reply"));
     }
     if head[1] != 0 {
-        return Err(proxy_failure(&format!("the SOCKS5 proxy could not connect: {}", reply_meaning(head[1]))));
+        return Err(proxy_failure(&format!(
+            "the SOCKS5 proxy could not connect: {}",
+            reply_meaning(head[1])
+        )));
     }
     // The bound address is of no use to us, but it must be consumed: what follows is the tunnel.
     let address_length = match head[3] {
@@ -210,7 +226,12 @@ mod tests {
         let mut replies = vec![5, METHOD_NO_AUTH];
         replies.extend_from_slice(&SUCCESS_IPV4_REPLY);
         let mut proxy = ScriptedProxy::new(&replies);
-        socks5_handshake(&mut proxy, &SocksTarget::Domain("api.example.com", 443), None).unwrap();
+        socks5_handshake(
+            &mut proxy,
+            &SocksTarget::Domain("api.example.com", 443),
+            None,
+        )
+        .unwrap();
 
         let mut expected = vec![5, 1, 0, 5, 1, 0, 3, 15];
         expected.extend_from_slice(b"api.example.com");
@@ -245,9 +266,18 @@ mod tests {
     #[test]
     fn failures_are_proxy_errors_without_credentials_in_the_text() {
         let cases: [(&[u8], &str); 4] = [
-            (&[5, 0xff], "proxy: the SOCKS5 proxy accepts none of our auth methods"),
-            (&[5, 2, 1, 1], "proxy: the SOCKS5 proxy rejected the username or password"),
-            (&[5, 0, 5, 5, 0, 1], "proxy: the SOCKS5 proxy could not connect: connection refused"),
+            (
+                &[5, 0xff],
+                "proxy: the SOCKS5 proxy accepts none of our auth methods",
+            ),
+            (
+                &[5, 2, 1, 1],
+                "proxy: the SOCKS5 proxy rejected the username or password",
+            ),
+            (
+                &[5, 0, 5, 5, 0, 1],
+                "proxy: the SOCKS5 proxy could not connect: connection refused",
+            ),
             (&[4, 0], "proxy: the proxy does not speak SOCKS5"),
         ];
         let credentials = SocksCredentials {
@@ -265,14 +295,19 @@ mod tests {
     #[test]
     fn auth_required_without_credentials_fails() {
         let mut proxy = ScriptedProxy::new(&[5, METHOD_USERNAME_PASSWORD]);
-        let error = socks5_handshake(&mut proxy, &SocksTarget::Domain("example.com", 80), None).unwrap_err();
-        assert!(matches!(UpstreamError::from_io_error(&error), UpstreamError::Proxy(_)));
+        let error = socks5_handshake(&mut proxy, &SocksTarget::Domain("example.com", 80), None)
+            .unwrap_err();
+        assert!(matches!(
+            UpstreamError::from_io_error(&error),
+            UpstreamError::Proxy(_)
+        ));
     }
 
     #[test]
     fn truncated_reply_is_an_io_error() {
         let mut proxy = ScriptedProxy::new(&[5, 0, 5, 0]);
-        let error = socks5_handshake(&mut proxy, &SocksTarget::Domain("example.com", 80), None).unwrap_err();
+        let error = socks5_handshake(&mut proxy, &SocksTarget::Domain("example.com", 80), None)
+            .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

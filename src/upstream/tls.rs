@@ -20,6 +20,7 @@ use ureq::unversioned::transport::{
 };
 
 use crate::upstream::error::TransportFailure;
+use crate::upstream::transport::remaining_connect_timeout;
 
 /// Builds the rustls client config: webpki roots plus every certificate in the PEM file.
 /// Errors name the file and the problem.
@@ -49,7 +50,9 @@ fn add_pem_certificates(roots: &mut RootCertStore, path: &Path) -> Result<(), St
                 certificate_count += 1;
                 let der = CertificateDer::from(certificate.der().to_vec());
                 roots.add(der).map_err(|error| {
-                    format!("CA file {shown}: certificate {certificate_count} is not usable: {error}")
+                    format!(
+                        "CA file {shown}: certificate {certificate_count} is not usable: {error}"
+                    )
                 })?;
             }
             // A bundle may carry other PEM sections (a key, parameters); they are not roots.
@@ -94,17 +97,23 @@ impl<In: Transport> Connector<In> for TlsConnector {
             .host()
             .ok_or_else(|| ureq::Error::BadUri("missing host".to_string()))?;
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = ServerName::try_from(bare_host.to_string())
-            .map_err(|_| TransportFailure::Tls(format!("{bare_host} is not a valid TLS server name")).into_ureq_error())?;
+        let server_name = ServerName::try_from(bare_host.to_string()).map_err(|_| {
+            TransportFailure::Tls(format!("{bare_host} is not a valid TLS server name"))
+                .into_ureq_error()
+        })?;
         let mut connection = ClientConnection::new(self.config.clone(), server_name)
             .map_err(|error| TransportFailure::Tls(error.to_string()).into_ureq_error())?;
 
         let mut socket = TransportAdapter::new(transport.boxed(), details.current_time.clone());
-        socket.set_timeout(details.timeout);
-        connection.complete_io(&mut socket).map_err(handshake_error)?;
+        socket.set_timeout(remaining_connect_timeout(details));
+        connection
+            .complete_io(&mut socket)
+            .map_err(handshake_error)?;
         if connection.is_handshaking() {
-            return Err(TransportFailure::Tls("the server closed the connection during the handshake".to_string())
-                .into_ureq_error());
+            return Err(TransportFailure::Tls(
+                "the server closed the connection during the handshake".to_string(),
+            )
+            .into_ureq_error());
         }
 
         let buffers = LazyBuffers::new(
@@ -198,7 +207,9 @@ fn carries_our_error(error: &io::Error) -> bool {
 }
 
 fn rustls_error_of(error: &io::Error) -> Option<&rustls::Error> {
-    error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
 #[cfg(test)]
@@ -206,7 +217,9 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name)
     }
 
     #[test]
@@ -224,6 +237,9 @@ mod tests {
 
         let key_only = fixture("server.key");
         let error = client_config(Some(&key_only)).unwrap_err();
-        assert!(error.contains("server.key contains no PEM certificate"), "{error}");
+        assert!(
+            error.contains("server.key contains no PEM certificate"),
+            "{error}"
+        );
     }
 }

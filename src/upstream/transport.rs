@@ -17,11 +17,11 @@ use std::{fmt, io};
 use ureq::ProxyProtocol;
 use ureq::config::Config;
 use ureq::http::Uri;
+use ureq::unversioned::transport::time::{Duration as UreqDuration, Instant as UreqInstant};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, ShutdownHandle,
     Transport, TransportAdapter,
 };
-use ureq::unversioned::transport::time::Duration as UreqDuration;
 
 use crate::upstream::control::{CallControl, current_call_control};
 use crate::upstream::error::TransportFailure;
@@ -51,7 +51,7 @@ impl<In: Transport> Connector<In> for MayConnector {
         if let Some(transport) = chained {
             return Ok(Some(Either::A(transport)));
         }
-        let deadline = deadline_of(details.timeout);
+        let deadline = connect_deadline(details);
         let transport = match socks_proxy_for(details.config, details.uri)? {
             Some(proxy) => connect_through_socks(details, &proxy, deadline)?,
             None => {
@@ -253,7 +253,9 @@ impl SharedSocket {
     }
 
     fn lock_state(&self) -> MutexGuard<'_, SocketState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -305,16 +307,29 @@ fn new_transport(
         details.config.output_buffer_size(),
     );
     let transport = MayTransport::new(stream, buffers);
-    let handle: Weak<dyn ShutdownHandle> = Arc::downgrade(&transport.socket) as Weak<dyn ShutdownHandle>;
+    let handle: Weak<dyn ShutdownHandle> =
+        Arc::downgrade(&transport.socket) as Weak<dyn ShutdownHandle>;
     (details.register_shutdown)(handle)?;
     Ok(transport)
 }
 
-fn deadline_of(timeout: NextTimeout) -> Option<Instant> {
-    match timeout.after {
-        UreqDuration::Exact(after) => Instant::now().checked_add(after),
-        UreqDuration::NotHappening => None,
+/// When the connect phase of `details` ends: ureq's connect budget counts from `details.now`.
+fn connect_deadline(details: &ConnectionDetails) -> Option<Instant> {
+    match (details.timeout.after, details.now) {
+        (UreqDuration::Exact(after), UreqInstant::Exact(started)) => started.checked_add(after),
+        (UreqDuration::Exact(after), _) => Instant::now().checked_add(after),
+        (UreqDuration::NotHappening, _) => None,
     }
+}
+
+/// The connect timeout of `details` less the time already spent connecting, for the
+/// handshakes (SOCKS5, TLS) that follow the TCP connect within the same budget.
+pub(crate) fn remaining_connect_timeout(details: &ConnectionDetails) -> NextTimeout {
+    let mut timeout = details.timeout;
+    if let Some(deadline) = connect_deadline(details) {
+        timeout.after = UreqDuration::Exact(deadline.saturating_duration_since(Instant::now()));
+    }
+    timeout
 }
 
 /// Tries the addresses in order, sharing the connect budget among those left, and returns
@@ -353,7 +368,9 @@ fn connect_to_any(
         Some((_, error)) if error.kind() == io::ErrorKind::TimedOut => {
             Err(ureq::Error::Timeout(ureq::Timeout::Connect))
         }
-        Some((addr, error)) => Err(TransportFailure::Connect(format!("{addr}: {error}")).into_ureq_error()),
+        Some((addr, error)) => {
+            Err(TransportFailure::Connect(format!("{addr}: {error}")).into_ureq_error())
+        }
         None if addrs.is_empty() => {
             Err(TransportFailure::Connect("no address to connect to".to_string()).into_ureq_error())
         }
@@ -383,10 +400,15 @@ fn connect_through_socks(
     proxy: &ureq::Proxy,
     deadline: Option<Instant>,
 ) -> Result<MayTransport, ureq::Error> {
-    let proxy_addrs = details.resolver.resolve(proxy.uri(), details.config, details.timeout)?;
+    let proxy_addrs = details.resolver.resolve(
+        proxy.uri(),
+        details.config,
+        remaining_connect_timeout(details),
+    )?;
     let stream = connect_to_any(&proxy_addrs, deadline).map_err(|error| match error {
         ureq::Error::Io(io_error) => {
-            TransportFailure::Proxy(format!("cannot reach the SOCKS5 proxy: {io_error}")).into_ureq_error()
+            TransportFailure::Proxy(format!("cannot reach the SOCKS5 proxy: {io_error}"))
+                .into_ureq_error()
         }
         other => other,
     })?;
@@ -403,7 +425,7 @@ fn connect_through_socks(
     // The adapter turns the transport into Read + Write with the connect deadline, and keeps
     // the handshake on the same code path (timeouts, cancellation) as every other read.
     let mut adapter = TransportAdapter::new(transport, details.current_time.clone());
-    adapter.set_timeout(details.timeout);
+    adapter.set_timeout(remaining_connect_timeout(details));
     socks5_handshake(&mut adapter, &target, credentials.as_ref()).map_err(ureq::Error::from)?;
     Ok(adapter.into_inner())
 }
