@@ -12,6 +12,7 @@ use crate::http::{Handler, Request, Response};
 use crate::relay::record::{RecentRecords, RecordSink, RequestRecord};
 use crate::relay::{self, RelayState};
 use crate::store::pool::StorePool;
+use crate::sync::endpoint_probe;
 use crate::upstream::client::{ClientOptions, UpstreamClient};
 
 /// How many finished-request records may wait for the consumer before new ones are dropped.
@@ -102,13 +103,20 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
     let relay = Arc::new(RelayState::new(config.clone(), store.clone(), upstream, records, recent));
     relay.reload_snapshot().map_err(|error| StartError::Store(error.to_string()))?;
     spawn_snapshot_refresher(Arc::downgrade(&relay));
+    let probing = config.relay.probe_interval_seconds > 0;
+    if probing {
+        endpoint_probe::spawn_periodic(Arc::downgrade(&relay), Duration::from_secs(config.relay.probe_interval_seconds));
+    }
     let relay_for_admin = relay.clone();
     let on_change = Box::new(move || {
         if let Err(error) = relay_for_admin.reload_snapshot() {
             log::error!("could not reload the relay configuration: {error}");
         }
+        if probing {
+            endpoint_probe::probe_new_endpoints_soon(&relay_for_admin);
+        }
     });
-    let admin = AdminContext::new(store.clone(), config.clone(), on_change);
+    let admin = AdminContext::new(store.clone(), config.clone(), relay.upstream.clone(), on_change);
     let handler = Arc::new(GatewayHandler { admin, relay: relay.clone() });
     let limits = ServerLimits {
         max_header_count: config.server.max_header_count,

@@ -70,6 +70,8 @@ pub struct RelayConfig {
     pub default_max_tokens: u32,
     /// A PEM bundle of extra CA certificates trusted for upstream TLS; empty = none.
     pub extra_ca_file: String,
+    /// How often every channel base URL is probed for its delay; 0 turns probing off.
+    pub probe_interval_seconds: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -121,6 +123,7 @@ impl Default for Config {
                 max_attempts: 3,
                 default_max_tokens: 8192,
                 extra_ca_file: String::new(),
+                probe_interval_seconds: 600,
             },
             auth: AuthConfig { token_ttl_seconds: 7 * 24 * 3600, max_failed_logins: 5, login_window_seconds: 900 },
             antigravity: AntigravityConfig {

@@ -71,6 +71,23 @@ pub fn delete(context: &AdminContext, id: i64) -> Result<Response, ApiError> {
     Ok(Response::json(200, &json!({"deleted": id})))
 }
 
+/// `POST /api/v1/channels/{id}/sync-models`: replaces the channel's model list with what its
+/// upstream lists (filtered by `match_regex`) and reports what changed.
+pub fn sync_models(context: &AdminContext, id: i64) -> Result<Response, ApiError> {
+    let mut channel = load(context, id)?;
+    let fetched = crate::sync::model_sync::fetch_channel_models(&context.upstream, &channel)
+        .map_err(|message| ApiError::UpstreamFailed(format!("model sync failed: {message}")))?;
+    let added: Vec<String> = fetched.iter().filter(|model| !channel.models.contains(model)).cloned().collect();
+    let removed: Vec<String> = channel.models.iter().filter(|model| !fetched.contains(model)).cloned().collect();
+    channel.models = fetched;
+    let stored = store_call(context, move |store| store.update_channel(&channel))?
+        .ok_or_else(|| ApiError::NotFound(format!("no channel with id {id}")))?;
+    context.notify_change();
+    let mut shown = channel_json(&stored);
+    shown["sync"] = json!({"added": added, "removed": removed});
+    Ok(Response::json(200, &shown))
+}
+
 fn load(context: &AdminContext, id: i64) -> Result<Channel, ApiError> {
     store_call(context, move |store| store.channel_by_id(id))?
         .ok_or_else(|| ApiError::NotFound(format!("no channel with id {id}")))

@@ -20,6 +20,8 @@ pub enum ApiError {
     Conflict(String),
     /// 422: well-formed JSON whose content is invalid (unknown channel type, empty base URL list...).
     Invalid(String),
+    /// 502: an upstream the admin asked us to reach (model sync) failed or refused.
+    UpstreamFailed(String),
     /// 429: too many failed logins from this address.
     TooManyRequests { message: String, retry_after_seconds: u64 },
     /// 500: a database or other internal failure; details go to the log, not the client.
@@ -36,6 +38,7 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::Invalid(_) => 422,
             ApiError::TooManyRequests { .. } => 429,
+            ApiError::UpstreamFailed(_) => 502,
             ApiError::Internal(_) => 500,
         }
     }
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::UpstreamFailed(_) => "upstream_error",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -61,6 +65,7 @@ impl ApiError {
             | ApiError::MethodNotAllowed(message)
             | ApiError::Conflict(message)
             | ApiError::Invalid(message)
+            | ApiError::UpstreamFailed(message)
             | ApiError::TooManyRequests { message, .. } => message,
             ApiError::Internal(_) => "internal error; see the gateway log",
         }

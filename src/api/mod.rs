@@ -21,19 +21,27 @@ use crate::api::error::ApiError;
 use crate::config::Config;
 use crate::http::{Request, Response};
 use crate::store::pool::StorePool;
+use crate::upstream::client::UpstreamClient;
 
 /// What every admin handler may use.
 pub struct AdminContext {
     pub store: StorePool,
     pub config: Arc<Config>,
     pub login_throttle: Mutex<LoginThrottle>,
+    /// For calls the admin makes to upstreams (model sync).
+    pub upstream: UpstreamClient,
     /// Called after writes to channels, groups or API keys.
     pub on_change: Box<dyn Fn() + Send + Sync>,
 }
 
 impl AdminContext {
-    pub fn new(store: StorePool, config: Arc<Config>, on_change: Box<dyn Fn() + Send + Sync>) -> AdminContext {
-        AdminContext { store, config, login_throttle: Mutex::new(LoginThrottle::default()), on_change }
+    pub fn new(
+        store: StorePool,
+        config: Arc<Config>,
+        upstream: UpstreamClient,
+        on_change: Box<dyn Fn() + Send + Sync>,
+    ) -> AdminContext {
+        AdminContext { store, config, login_throttle: Mutex::new(LoginThrottle::default()), upstream, on_change }
     }
 
     pub fn notify_change(&self) {

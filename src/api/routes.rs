@@ -44,6 +44,7 @@ pub static ROUTES: &[Route] = &[
     route("GET", "/api/v1/channels/{id}", true, |call| channels::get(call.context, id(call))),
     route("PUT", "/api/v1/channels/{id}", true, |call| channels::update(call.context, call.request, id(call))),
     route("DELETE", "/api/v1/channels/{id}", true, |call| channels::delete(call.context, id(call))),
+    route("POST", "/api/v1/channels/{id}/sync-models", true, |call| channels::sync_models(call.context, id(call))),
     route("GET", "/api/v1/groups", true, |call| groups::list(call.context)),
     route("POST", "/api/v1/groups", true, |call| groups::create(call.context, call.request)),
     route("GET", "/api/v1/groups/{id}", true, |call| groups::get(call.context, id(call))),

@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod models_list;
 pub mod sse;
 pub mod usage;
 

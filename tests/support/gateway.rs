@@ -30,6 +30,8 @@ impl TestGateway {
         config.database.path = database.path.clone();
         config.database.connections = 2;
         config.log.level = "warn".to_string();
+        // Probes would add requests to the mocks at unpredictable times; the probe tests turn them on.
+        config.relay.probe_interval_seconds = 0;
         tweak(&mut config);
         let gateway = octopus::app::start(config).unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
         let address = gateway.local_addr();
