@@ -498,6 +498,85 @@ mod tests {
         check_lane("stream_chat_to_anthropic");
     }
 
+    #[test]
+    fn same_format_requests_only_get_the_upstream_model() {
+        let body = json!({"model": "my-group", "messages": [], "custom_field": {"kept": true}});
+        let converted = convert_request(
+            Format::OpenaiChat,
+            Format::OpenaiChat,
+            &body,
+            &context(false, false),
+        )
+        .unwrap();
+        let converted: Value = serde_json::from_slice(&converted).unwrap();
+        assert_eq!(converted["model"], "upstream-model");
+        assert_eq!(converted["custom_field"], body["custom_field"]);
+    }
+
+    #[test]
+    fn same_format_responses_and_streams_pass_through_byte_for_byte() {
+        let body = testkit::provider_file("anthropic-messages/text-response.json");
+        let context = context(true, false);
+        assert_eq!(
+            convert_response(Format::Anthropic, Format::Anthropic, &body, &context).unwrap(),
+            body
+        );
+        let stream =
+            testkit::stream_bytes("anthropic-messages/cassette-tool-use-stream-roundtrip.json#0");
+        let mut transcoder = StreamTranscoder::new(Format::Anthropic, Format::Anthropic, &context);
+        let mut out = Vec::new();
+        for event in parse_stream(&stream) {
+            transcoder.push(&event, &mut out).unwrap();
+        }
+        transcoder.finish(&mut out);
+        assert_eq!(out, stream);
+    }
+
+    #[test]
+    fn formats_not_implemented_yet_fail_with_a_convert_error() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let context = context(false, false);
+        let error =
+            convert_request(Format::OpenaiChat, Format::Gemini, &body, &context).unwrap_err();
+        assert_eq!(
+            error.message,
+            "conversion for format gemini is not implemented yet"
+        );
+        assert!(
+            convert_response(Format::OpenaiResponses, Format::OpenaiChat, b"{}", &context).is_err()
+        );
+        let mut transcoder = StreamTranscoder::new(Format::Gemini, Format::OpenaiChat, &context);
+        let event = SseEvent {
+            data: "{}".to_string(),
+            ..SseEvent::default()
+        };
+        assert!(transcoder.push(&event, &mut Vec::new()).is_err());
+        let mut out = Vec::new();
+        transcoder.finish(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn stream_usage_is_opt_in_only_for_chat_clients() {
+        let asked = json!({"stream": true, "stream_options": {"include_usage": true}});
+        let silent = json!({"stream": true});
+        assert!(client_wants_stream_usage(Format::OpenaiChat, &asked));
+        assert!(!client_wants_stream_usage(Format::OpenaiChat, &silent));
+        assert!(client_wants_stream_usage(Format::Anthropic, &silent));
+    }
+
+    #[test]
+    fn a_response_that_is_not_json_is_an_error() {
+        let error = convert_response(
+            Format::Anthropic,
+            Format::OpenaiChat,
+            b"<html>",
+            &context(false, false),
+        )
+        .unwrap_err();
+        assert!(error.message.starts_with("upstream response is not JSON"));
+    }
+
     /// Parts of a request that a format cannot carry, removed before comparing round trips.
     fn without_known_losses(format: Format, mut request: Request) -> Request {
         request.model.clear();

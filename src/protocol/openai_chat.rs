@@ -434,6 +434,8 @@ fn write_message(message: &Message, path: &str, out: &mut Vec<Value>) -> Result<
                 message,
             ));
         }
+        // An empty user turn carries nothing, and OpenAI rejects empty content arrays.
+        Role::User if message.parts.is_empty() => {}
         Role::User => {
             let content = write_content(&message.parts, path)?;
             out.push(named(json!({"role": "user", "content": content}), message));
