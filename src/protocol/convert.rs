@@ -11,7 +11,7 @@ use crate::protocol::ir::{
     ConvertError, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
 };
 use crate::protocol::sse::SseEvent;
-use crate::protocol::{anthropic, openai_chat};
+use crate::protocol::{anthropic, openai_chat, openai_responses};
 
 /// What a conversion needs to know besides the bodies. Ids and times come from the caller, which
 /// keeps conversion free of clocks and randomness.
@@ -43,7 +43,10 @@ pub fn client_wants_stream_usage(client: Format, body: &Value) -> bool {
 
 /// Formats whose request, response and stream converters through the IR exist.
 fn has_converters(format: Format) -> bool {
-    matches!(format, Format::OpenaiChat | Format::Anthropic)
+    matches!(
+        format,
+        Format::OpenaiChat | Format::OpenaiResponses | Format::Anthropic
+    )
 }
 
 /// Whether requests in `client` format can be served by an `upstream` channel: the same format
@@ -109,6 +112,7 @@ pub struct StreamTranscoder {
 enum Decoder {
     PassThrough,
     OpenaiChat(openai_chat::StreamDecoder),
+    OpenaiResponses(openai_responses::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
     Unsupported(Format),
 }
@@ -116,6 +120,7 @@ enum Decoder {
 enum Encoder {
     PassThrough,
     OpenaiChat(openai_chat::StreamEncoder),
+    OpenaiResponses(openai_responses::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
     Unsupported(Format),
 }
@@ -133,6 +138,9 @@ impl StreamTranscoder {
         }
         let decoder = match upstream {
             Format::OpenaiChat => Decoder::OpenaiChat(openai_chat::StreamDecoder::new()),
+            Format::OpenaiResponses => {
+                Decoder::OpenaiResponses(openai_responses::StreamDecoder::new())
+            }
             Format::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
             other => Decoder::Unsupported(other),
         };
@@ -142,6 +150,9 @@ impl StreamTranscoder {
                 &meta,
                 context.include_usage,
             )),
+            Format::OpenaiResponses => {
+                Encoder::OpenaiResponses(openai_responses::StreamEncoder::new(&meta))
+            }
             Format::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new(&meta)),
             other => Encoder::Unsupported(other),
         };
@@ -161,6 +172,7 @@ impl StreamTranscoder {
                 return Ok(());
             }
             Decoder::OpenaiChat(decoder) => decoder.push(event, &mut self.events)?,
+            Decoder::OpenaiResponses(decoder) => decoder.push(event, &mut self.events)?,
             Decoder::Anthropic(decoder) => decoder.push(event, &mut self.events)?,
             Decoder::Unsupported(format) => return Err(not_implemented(*format)),
         }
@@ -174,6 +186,7 @@ impl StreamTranscoder {
         let flushed = match &mut self.decoder {
             Decoder::PassThrough | Decoder::Unsupported(_) => return,
             Decoder::OpenaiChat(decoder) => decoder.finish(&mut self.events),
+            Decoder::OpenaiResponses(decoder) => decoder.finish(&mut self.events),
             Decoder::Anthropic(decoder) => decoder.finish(&mut self.events),
         };
         if flushed.is_err() || self.encode_pending(out).is_err() {
@@ -181,6 +194,7 @@ impl StreamTranscoder {
         }
         match &mut self.encoder {
             Encoder::OpenaiChat(encoder) => encoder.finish(out),
+            Encoder::OpenaiResponses(encoder) => encoder.finish(out),
             Encoder::Anthropic(encoder) => encoder.finish(out),
             Encoder::PassThrough | Encoder::Unsupported(_) => {}
         }
@@ -189,6 +203,11 @@ impl StreamTranscoder {
     fn encode_pending(&mut self, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         match &mut self.encoder {
             Encoder::OpenaiChat(encoder) => {
+                for event in &self.events {
+                    encoder.encode(event, out);
+                }
+            }
+            Encoder::OpenaiResponses(encoder) => {
                 for event in &self.events {
                     encoder.encode(event, out);
                 }
@@ -226,6 +245,7 @@ fn not_implemented(format: Format) -> ConvertError {
 fn parse_request(format: Format, body: &Value) -> Result<Request, ConvertError> {
     match format {
         Format::OpenaiChat => openai_chat::parse_request(body),
+        Format::OpenaiResponses => openai_responses::parse_request(body),
         Format::Anthropic => anthropic::parse_request(body),
         other => Err(not_implemented(other)),
     }
@@ -238,6 +258,7 @@ fn write_request(
 ) -> Result<Value, ConvertError> {
     match format {
         Format::OpenaiChat => openai_chat::write_request(request, options),
+        Format::OpenaiResponses => openai_responses::write_request(request, options),
         Format::Anthropic => anthropic::write_request(request, options),
         other => Err(not_implemented(other)),
     }
@@ -246,6 +267,7 @@ fn write_request(
 fn parse_response(format: Format, body: &Value) -> Result<Response, ConvertError> {
     match format {
         Format::OpenaiChat => openai_chat::parse_response(body),
+        Format::OpenaiResponses => openai_responses::parse_response(body),
         Format::Anthropic => anthropic::parse_response(body),
         other => Err(not_implemented(other)),
     }
@@ -258,6 +280,7 @@ fn write_response(
 ) -> Result<Value, ConvertError> {
     match format {
         Format::OpenaiChat => Ok(openai_chat::write_response(response, meta)),
+        Format::OpenaiResponses => Ok(openai_responses::write_response(response, meta)),
         Format::Anthropic => Ok(anthropic::write_response(response, meta)),
         other => Err(not_implemented(other)),
     }
