@@ -310,7 +310,7 @@ mod tests {
     use crate::protocol::ir::{Part, Request, Role, WriteOptions};
     use crate::protocol::sse::{SseEvent, SseParser, encode_event};
     use crate::protocol::testkit;
-    use crate::protocol::{anthropic, openai_chat};
+    use crate::protocol::{anthropic, openai_chat, openai_responses};
 
     fn testdata_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocol/testdata")
@@ -493,11 +493,22 @@ mod tests {
             lanes,
             [
                 "request_anthropic_to_chat",
+                "request_anthropic_to_responses",
                 "request_chat_to_anthropic",
+                "request_chat_to_responses",
+                "request_responses_to_anthropic",
+                "request_responses_to_chat",
                 "response_anthropic_to_chat",
+                "response_anthropic_to_responses",
                 "response_chat_to_anthropic",
+                "response_chat_to_responses",
+                "response_responses_to_chat",
                 "stream_anthropic_to_chat",
+                "stream_anthropic_to_responses",
                 "stream_chat_to_anthropic",
+                "stream_chat_to_responses",
+                "stream_responses_to_anthropic",
+                "stream_responses_to_chat",
             ]
         );
     }
@@ -530,6 +541,61 @@ mod tests {
     #[test]
     fn stream_chat_to_anthropic() {
         check_lane("stream_chat_to_anthropic");
+    }
+
+    #[test]
+    fn request_chat_to_responses() {
+        check_lane("request_chat_to_responses");
+    }
+
+    #[test]
+    fn request_responses_to_chat() {
+        check_lane("request_responses_to_chat");
+    }
+
+    #[test]
+    fn request_responses_to_anthropic() {
+        check_lane("request_responses_to_anthropic");
+    }
+
+    #[test]
+    fn request_anthropic_to_responses() {
+        check_lane("request_anthropic_to_responses");
+    }
+
+    #[test]
+    fn response_responses_to_chat() {
+        check_lane("response_responses_to_chat");
+    }
+
+    #[test]
+    fn response_chat_to_responses() {
+        check_lane("response_chat_to_responses");
+    }
+
+    #[test]
+    fn response_anthropic_to_responses() {
+        check_lane("response_anthropic_to_responses");
+    }
+
+    #[test]
+    fn stream_responses_to_chat() {
+        check_lane("stream_responses_to_chat");
+    }
+
+    #[test]
+    fn stream_chat_to_responses() {
+        check_lane("stream_chat_to_responses");
+    }
+
+    #[test]
+    fn stream_anthropic_to_responses() {
+        check_lane("stream_anthropic_to_responses");
+    }
+
+    #[test]
+    fn stream_responses_to_anthropic() {
+        check_lane("stream_responses_to_anthropic");
     }
 
     #[test]
@@ -657,9 +723,66 @@ mod tests {
                 }
                 request.include_usage = false;
             }
+            Format::OpenaiResponses => openai_responses_known_losses(&mut request),
             _ => {}
         }
         request
+    }
+
+    /// What a Responses request loses when it is written back (see openai_responses.rs).
+    fn openai_responses_known_losses(request: &mut Request) {
+        use crate::protocol::ir::ReasoningEffort;
+        for tool in &mut request.tools {
+            tool.strict = tool.strict.or(Some(false));
+        }
+        request.max_tokens = request.max_tokens.map(|limit| limit.max(16));
+        request.reasoning = request
+            .reasoning
+            .take()
+            .filter(|config| match config.effort {
+                Some(effort) => effort != ReasoningEffort::None,
+                None => config.summary.is_some(),
+            })
+            .map(|mut config| {
+                config.summary = config.summary.or(Some("auto".to_string()));
+                config
+            });
+        for message in &mut request.messages {
+            if matches!(message.role, Role::System | Role::Developer) {
+                let text = crate::protocol::ir::hoisted_system_parts(std::slice::from_ref(message))
+                    .iter()
+                    .map(|part| part.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+                message.parts = vec![Part::text(text)];
+            }
+            // Only reasoning that OpenAI encrypted can be handed back to it.
+            message.parts.retain(|part| match part {
+                Part::Reasoning(reasoning) => reasoning
+                    .signature
+                    .as_ref()
+                    .is_some_and(|signature| signature.provider == Format::OpenaiResponses),
+                _ => true,
+            });
+            with_media_defaults(&mut message.parts);
+        }
+    }
+
+    /// Responses spells out an image's `detail` and an inline file's name.
+    fn with_media_defaults(parts: &mut [Part]) {
+        use crate::protocol::ir::MediaSource;
+        for part in parts {
+            match part {
+                Part::Image(media) => {
+                    media.detail = media.detail.take().or(Some("auto".to_string()));
+                }
+                Part::Document(media) if matches!(media.source, MediaSource::Base64 { .. }) => {
+                    media.filename = media.filename.take().or(Some("document.pdf".to_string()));
+                }
+                Part::ToolResult(result) => with_media_defaults(&mut result.content),
+                _ => {}
+            }
+        }
     }
 
     /// Format -> IR -> same format -> IR keeps the meaning of every request fixture.
@@ -669,6 +792,8 @@ mod tests {
         for (lane, format) in [
             ("request_chat_to_anthropic", Format::OpenaiChat),
             ("request_anthropic_to_chat", Format::Anthropic),
+            ("request_responses_to_chat", Format::OpenaiResponses),
+            ("request_responses_to_anthropic", Format::OpenaiResponses),
         ] {
             for case in cases(lane) {
                 let body = resolve_input(read_json(
@@ -676,6 +801,7 @@ mod tests {
                 ));
                 let parse = |body: &Value| match format {
                     Format::OpenaiChat => openai_chat::parse_request(body),
+                    Format::OpenaiResponses => openai_responses::parse_request(body),
                     _ => anthropic::parse_request(body),
                 };
                 let Ok(first) = parse(&body) else { continue };
@@ -686,6 +812,7 @@ mod tests {
                 };
                 let written = match format {
                     Format::OpenaiChat => openai_chat::write_request(&first, &options),
+                    Format::OpenaiResponses => openai_responses::write_request(&first, &options),
                     _ => anthropic::write_request(&first, &options),
                 };
                 let Ok(written) = written else { continue };

@@ -1064,7 +1064,7 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
         "incomplete_details": incomplete_details,
         "model": non_empty_or(&response.model, &meta.model),
         "output": output,
-        "usage": usage_value(&response.usage.unwrap_or_default()),
+        "usage": response.usage.as_ref().map_or(Value::Null, usage_value),
     })
 }
 
@@ -1718,9 +1718,9 @@ impl StreamEncoder {
     fn response_object(&mut self, status: &str, error: Value, incomplete_details: Value) -> Value {
         self.output.sort_by_key(|(output_index, _)| *output_index);
         let output: Vec<Value> = self.output.iter().map(|(_, item)| item.clone()).collect();
-        let usage = match status {
-            "in_progress" => Value::Null,
-            _ => usage_value(&self.usage.unwrap_or_default()),
+        let usage = match (status, &self.usage) {
+            ("in_progress", _) | (_, None) => Value::Null,
+            (_, Some(usage)) => usage_value(usage),
         };
         json!({
             "id": self.id,
@@ -1905,5 +1905,606 @@ impl StreamEncoder {
         let data = json!({"output_index": output_index, "item": item.clone()});
         self.emit("response.output_item.done", data, out);
         self.output.push((output_index, item));
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use serde_json::Value;
+
+    use crate::protocol::Format;
+    use crate::protocol::error::ErrorKind;
+    use crate::protocol::ir::{FinishReason, ResponseMeta, StreamEvent};
+    use crate::protocol::openai_responses::{StreamDecoder, StreamEncoder};
+    use crate::protocol::sse::SseEvent;
+    use crate::protocol::{anthropic, openai_chat, testkit};
+
+    fn decode(events: &[SseEvent]) -> Vec<StreamEvent> {
+        let mut decoder = StreamDecoder::new();
+        let mut out = Vec::new();
+        for event in events {
+            decoder.push(event, &mut out).expect("event decodes");
+        }
+        decoder.finish(&mut out).expect("stream ends");
+        out
+    }
+
+    fn recorded(name: &str) -> Vec<StreamEvent> {
+        decode(&testkit::parse_pieces(&[&testkit::stream_bytes(name)]))
+    }
+
+    /// The recorded Responses streams, with recordings of several back-to-back responses split
+    /// into one name per response.
+    fn recorded_names() -> Vec<String> {
+        let mut names = Vec::new();
+        for name in testkit::all_streams() {
+            if !name.starts_with("openai-responses/") {
+                continue;
+            }
+            let text = String::from_utf8(testkit::provider_file(&name)).unwrap();
+            let terminal_events = text
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .filter(|line| {
+                    let payload: Value = serde_json::from_str(line).expect("chunk is JSON");
+                    let event_type = payload["type"].as_str().unwrap_or_default();
+                    matches!(
+                        event_type,
+                        "response.completed" | "response.incomplete" | "response.failed"
+                    )
+                })
+                .count();
+            if terminal_events > 1 {
+                names.extend((0..terminal_events).map(|turn| format!("{name}#{turn}")));
+            } else {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Each tool call as (id, name, joined arguments), by IR index.
+    fn joined_calls(events: &[StreamEvent]) -> Vec<(String, String, String)> {
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        for event in events {
+            match event {
+                StreamEvent::ToolCallStart { index, id, name } => {
+                    assert_eq!(*index, calls.len());
+                    calls.push((id.clone(), name.clone(), String::new()));
+                }
+                StreamEvent::ToolCallArgsDelta { index, fragment } => {
+                    calls[*index].2.push_str(fragment)
+                }
+                _ => {}
+            }
+        }
+        calls
+    }
+
+    fn joined_text(events: &[StreamEvent], reasoning: bool) -> String {
+        events
+            .iter()
+            .filter_map(|event| match event {
+                StreamEvent::TextDelta(text) if !reasoning => Some(text.as_str()),
+                StreamEvent::ReasoningDelta(text) if reasoning => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recorded_streams_decode_the_same_however_they_are_split() {
+        let names = recorded_names();
+        assert_eq!(names.len(), 7, "{names:?}");
+        for name in &names {
+            let bytes = testkit::stream_bytes(name);
+            let whole = decode(&testkit::parse_pieces(&[&bytes]));
+            assert!(
+                matches!(whole.first(), Some(StreamEvent::Start { id, .. }) if id.starts_with("resp_")),
+                "{name}"
+            );
+            assert!(
+                matches!(
+                    whole.last(),
+                    Some(StreamEvent::Finish { .. } | StreamEvent::Error { .. })
+                ),
+                "{name}: no terminal event"
+            );
+            let byte_pieces: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(
+                decode(&testkit::parse_pieces(&byte_pieces)),
+                whole,
+                "{name} bytewise"
+            );
+            for split in testkit::split_points(&bytes, 100) {
+                let (head, tail) = bytes.split_at(split);
+                assert_eq!(
+                    decode(&testkit::parse_pieces(&[head, tail])),
+                    whole,
+                    "{name} at {split}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn function_call_arguments_join_to_the_recorded_json() {
+        let events = recorded("openai-responses/function-call-stream.chunks.txt");
+        let calls = joined_calls(&events);
+        assert_eq!(
+            calls,
+            [(
+                "call_H5DxLSFnsGhiROnUiDHmgyc8".to_string(),
+                "weather".to_string(),
+                r#"{"location":"San Francisco"}"#.to_string()
+            )]
+        );
+        assert!(events.contains(&StreamEvent::ToolCallEnd { index: 0 }));
+        assert_eq!(
+            events.last(),
+            Some(&StreamEvent::Finish {
+                reason: FinishReason::ToolCalls
+            })
+        );
+    }
+
+    #[test]
+    fn reasoning_summary_and_final_encrypted_content_come_before_the_call() {
+        let name = "openai-responses/reasoning-function-calls-4-turns.chunks.txt#0";
+        let events = recorded(name);
+        assert!(
+            joined_text(&events, true).starts_with("**Calculating step-by-step using calculator**")
+        );
+        let signature_at = events
+            .iter()
+            .position(|event| matches!(event, StreamEvent::ReasoningSignature { .. }))
+            .expect("signature");
+        let call_at = events
+            .iter()
+            .position(|event| matches!(event, StreamEvent::ToolCallStart { .. }))
+            .expect("call");
+        assert!(signature_at < call_at);
+        // The signature is the encrypted content of `output_item.done`, not the earlier value
+        // that `output_item.added` carried.
+        let text = String::from_utf8(testkit::stream_bytes(name)).unwrap();
+        let encrypted_of = |event_type: &str| -> String {
+            let line = text
+                .lines()
+                .find(|line| {
+                    line.starts_with("data: ")
+                        && line.contains(event_type)
+                        && line.contains("\"reasoning\"")
+                })
+                .expect("reasoning item event");
+            let payload: Value = serde_json::from_str(&line["data: ".len()..]).unwrap();
+            payload["item"]["encrypted_content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let added = encrypted_of("response.output_item.added");
+        let done = encrypted_of("response.output_item.done");
+        assert_ne!(added, done);
+        assert_eq!(
+            events[signature_at],
+            StreamEvent::ReasoningSignature {
+                provider: Format::OpenaiResponses,
+                signature: done
+            }
+        );
+        let calls = joined_calls(&events);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].2, r#"{"a":12,"b":7,"op":"add"}"#);
+    }
+
+    #[test]
+    fn four_turn_agent_loop_calls_three_times_then_answers() {
+        let base = "openai-responses/reasoning-function-calls-4-turns.chunks.txt";
+        let mut arguments = Vec::new();
+        for turn in 0..3 {
+            let events = recorded(&format!("{base}#{turn}"));
+            arguments.extend(joined_calls(&events).into_iter().map(|call| call.2));
+            assert!(events.contains(&StreamEvent::Finish {
+                reason: FinishReason::ToolCalls
+            }));
+        }
+        assert_eq!(
+            arguments,
+            [
+                r#"{"a":12,"b":7,"op":"add"}"#,
+                r#"{"a":19,"b":3,"op":"multiply"}"#,
+                r#"{"a":57,"b":10,"op":"multiply"}"#
+            ]
+        );
+        let last = recorded(&format!("{base}#3"));
+        assert_eq!(joined_text(&last, false), "The final result is **570**.");
+        assert!(last.contains(&StreamEvent::Finish {
+            reason: FinishReason::Stop
+        }));
+    }
+
+    /// protocols.md §8 case 46 on the Responses side: `error` then `response.failed` is one error.
+    #[test]
+    fn case_46_error_then_failed_is_one_error() {
+        let events = recorded("openai-responses/error-stream.chunks.txt");
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(matches!(events[0], StreamEvent::Start { .. }));
+        assert!(matches!(
+            &events[1],
+            StreamEvent::Error { kind: ErrorKind::RateLimited, message } if message.starts_with("You exceeded your current quota")
+        ));
+    }
+
+    /// Every IR stream the other decoders produce from the recordings.
+    fn ir_streams() -> Vec<(String, Vec<StreamEvent>)> {
+        let mut streams = Vec::new();
+        for name in testkit::all_streams() {
+            let events = testkit::parse_pieces(&[&testkit::stream_bytes(&name)]);
+            let mut out = Vec::new();
+            if name.starts_with("openai-chat/") {
+                let mut decoder = openai_chat::StreamDecoder::new();
+                for event in &events {
+                    decoder.push(event, &mut out).unwrap();
+                }
+                decoder.finish(&mut out).unwrap();
+            } else if name.starts_with("anthropic-messages/") {
+                let mut decoder = anthropic::StreamDecoder::new();
+                for event in &events {
+                    decoder.push(event, &mut out).unwrap();
+                }
+                decoder.finish(&mut out).unwrap();
+            } else {
+                continue;
+            }
+            streams.push((name, out));
+        }
+        for name in recorded_names() {
+            let events = recorded(&name);
+            streams.push((name, events));
+        }
+        streams
+    }
+
+    fn encode(events: &[StreamEvent]) -> Vec<u8> {
+        let meta = ResponseMeta {
+            id: "resp_gateway".to_string(),
+            model: "gateway-model".to_string(),
+            created_unix: 1_700_000_000,
+        };
+        let mut encoder = StreamEncoder::new(&meta);
+        let mut out = Vec::new();
+        for event in events {
+            encoder.encode(event, &mut out);
+        }
+        encoder.finish(&mut out);
+        out
+    }
+
+    /// Checks the Responses event grammar of an encoded stream: named events matching their
+    /// `type`, sequence numbers 0, 1, 2…, the lifecycle events, every item added before its
+    /// deltas and done once, `.done` events carrying the joined deltas, and one terminal event
+    /// whose output is every done item in output order.
+    fn check_grammar(name: &str, bytes: &[u8]) {
+        let events = testkit::parse_pieces(&[bytes]);
+        let payloads: Vec<Value> = events
+            .iter()
+            .map(|event| serde_json::from_str(&event.data).expect("event data is JSON"))
+            .collect();
+        for (position, (event, payload)) in events.iter().zip(&payloads).enumerate() {
+            assert_eq!(event.event.as_deref(), payload["type"].as_str(), "{name}");
+            assert_eq!(payload["sequence_number"], position, "{name}");
+        }
+        let types: Vec<&str> = payloads
+            .iter()
+            .map(|payload| payload["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types[..2],
+            ["response.created", "response.in_progress"],
+            "{name}"
+        );
+        let terminal = [
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        ];
+        let last = *types.last().unwrap();
+        assert!(terminal.contains(&last), "{name}: ends with {last}");
+        let terminals = types.iter().filter(|kind| terminal.contains(kind)).count();
+        assert_eq!(terminals, 1, "{name}");
+
+        let mut open: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+        let mut done_items: Vec<(u64, Value)> = Vec::new();
+        let mut deltas: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+        for payload in &payloads {
+            let kind = payload["type"].as_str().unwrap();
+            let output_index = payload["output_index"].as_u64();
+            match kind {
+                "response.output_item.added" => {
+                    let output_index = output_index.unwrap();
+                    assert!(!open.contains_key(&output_index), "{name}: added twice");
+                    assert!(
+                        done_items.iter().all(|(done, _)| *done != output_index),
+                        "{name}: output index reused"
+                    );
+                    let item_id = payload["item"]["id"].as_str().unwrap().to_string();
+                    open.insert(output_index, item_id);
+                }
+                "response.output_item.done" => {
+                    let output_index = output_index.unwrap();
+                    let item_id = open.remove(&output_index).expect("done after added");
+                    assert_eq!(payload["item"]["id"], item_id.as_str(), "{name}");
+                    done_items.push((output_index, payload["item"].clone()));
+                }
+                "response.output_text.delta"
+                | "response.reasoning_summary_text.delta"
+                | "response.function_call_arguments.delta" => {
+                    let output_index = output_index.unwrap();
+                    let item_id = open.get(&output_index).expect("delta on an open item");
+                    assert_eq!(payload["item_id"], item_id.as_str(), "{name}");
+                    let delta = payload["delta"].as_str().unwrap();
+                    deltas.entry(output_index).or_default().push_str(delta);
+                }
+                "response.output_text.done" | "response.reasoning_summary_text.done" => {
+                    let joined = deltas
+                        .get(&output_index.unwrap())
+                        .cloned()
+                        .unwrap_or_default();
+                    assert_eq!(payload["text"], joined.as_str(), "{name}");
+                }
+                "response.function_call_arguments.done" => {
+                    let joined = deltas
+                        .get(&output_index.unwrap())
+                        .cloned()
+                        .unwrap_or_default();
+                    let expected = if joined.trim().is_empty() {
+                        "{}".to_string()
+                    } else {
+                        joined
+                    };
+                    assert_eq!(payload["arguments"], expected.as_str(), "{name}");
+                }
+                _ => {}
+            }
+        }
+        if last != "response.failed" {
+            assert!(open.is_empty(), "{name}: items left open");
+        }
+        done_items.sort_by_key(|(output_index, _)| *output_index);
+        let items: Vec<Value> = done_items.into_iter().map(|(_, item)| item).collect();
+        let response = &payloads.last().unwrap()["response"];
+        assert_eq!(response["output"], Value::Array(items), "{name}");
+        assert_eq!(
+            response["status"],
+            last.trim_start_matches("response."),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn encoded_streams_follow_the_responses_grammar() {
+        let streams = ir_streams();
+        assert!(streams.len() >= 15, "only {} streams", streams.len());
+        for (name, events) in &streams {
+            check_grammar(name, &encode(events));
+        }
+    }
+
+    /// What a client can rebuild from a stream: text, reasoning, calls, how it ended and usage.
+    fn summary(events: &[StreamEvent]) -> (String, String, Vec<(String, String, String)>, String) {
+        let ending = events
+            .iter()
+            .rev()
+            .find_map(|event| match event {
+                StreamEvent::Finish { reason } => Some(format!("{reason:?}")),
+                StreamEvent::Error { message, .. } => Some(format!("error: {message}")),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let calls = joined_calls(events)
+            .into_iter()
+            .map(|(id, name, arguments)| {
+                let arguments = if arguments.is_empty() {
+                    "{}".to_string()
+                } else {
+                    arguments
+                };
+                (id, name, arguments)
+            })
+            .collect();
+        (
+            joined_text(events, false),
+            joined_text(events, true),
+            calls,
+            ending,
+        )
+    }
+
+    #[test]
+    fn encoded_streams_decode_back_to_the_same_content() {
+        for (name, events) in ir_streams() {
+            let encoded = encode(&events);
+            let decoded = decode(&testkit::parse_pieces(&[&encoded]));
+            assert_eq!(summary(&decoded), summary(&events), "{name}");
+            let last_usage = |events: &[StreamEvent]| {
+                events.iter().rev().find_map(|event| match event {
+                    StreamEvent::Usage(usage) => Some(*usage),
+                    _ => None,
+                })
+            };
+            let failed = events
+                .iter()
+                .any(|event| matches!(event, StreamEvent::Error { .. }));
+            if !failed {
+                assert_eq!(last_usage(&decoded), last_usage(&events), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_responses_signatures_reach_the_client() {
+        let reasoning = |provider| {
+            vec![
+                StreamEvent::Start {
+                    id: String::new(),
+                    model: String::new(),
+                },
+                StreamEvent::ReasoningDelta("thinking".to_string()),
+                StreamEvent::ReasoningSignature {
+                    provider,
+                    signature: "opaque".to_string(),
+                },
+                StreamEvent::TextDelta("answer".to_string()),
+                StreamEvent::Finish {
+                    reason: FinishReason::Stop,
+                },
+            ]
+        };
+        let last_output = |bytes: &[u8]| -> Value {
+            let events = testkit::parse_pieces(&[bytes]);
+            let payload: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+            payload["response"]["output"].clone()
+        };
+        let own = last_output(&encode(&reasoning(Format::OpenaiResponses)));
+        assert_eq!(own[0]["encrypted_content"], "opaque");
+        assert_eq!(own[0]["summary"][0]["text"], "thinking");
+        let foreign = last_output(&encode(&reasoning(Format::Anthropic)));
+        assert!(foreign[0].get("encrypted_content").is_none());
+        assert_eq!(foreign[1]["content"][0]["text"], "answer");
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use serde_json::json;
+
+    use crate::protocol::Format;
+    use crate::protocol::ir::{
+        Message, Part, Reasoning, Request, ResponseMeta, Role, Signature, WriteOptions,
+    };
+    use crate::protocol::openai_responses::{
+        parse_request, parse_response, write_request, write_response,
+    };
+    use crate::protocol::testkit;
+
+    fn meta() -> ResponseMeta {
+        ResponseMeta {
+            id: "resp_gateway".to_string(),
+            model: "gateway-model".to_string(),
+            created_unix: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn recorded_responses_survive_a_write_and_read_back() {
+        for name in [
+            "openai-responses/text-response.json",
+            "openai-responses/function-call-response.json",
+            "openai-responses/reasoning-response.json",
+        ] {
+            let parsed = parse_response(&testkit::provider_json(name)).unwrap();
+            let written = write_response(&parsed, &meta());
+            assert_eq!(written["id"], parsed.id.as_str(), "{name}");
+            assert_eq!(written["object"], "response");
+            assert_eq!(parse_response(&written).unwrap(), parsed, "{name}");
+        }
+    }
+
+    #[test]
+    fn recorded_encrypted_reasoning_is_kept_for_responses_only() {
+        let body = testkit::provider_json("openai-responses/reasoning-response.json");
+        let parsed = parse_response(&body).unwrap();
+        let Part::Reasoning(reasoning) = &parsed.parts[0] else {
+            panic!("reasoning first: {:?}", parsed.parts);
+        };
+        let signature = reasoning.signature.as_ref().expect("encrypted content");
+        assert_eq!(signature.provider, Format::OpenaiResponses);
+        assert_eq!(signature.value, body["output"][0]["encrypted_content"]);
+        // The next turn hands it back to a Responses upstream, without the item id.
+        let request = Request {
+            messages: vec![
+                Message::new(Role::User, vec![Part::text("12 + 7, times 3, times 10?")]),
+                Message::new(Role::Assistant, parsed.parts.clone()),
+                Message::new(Role::User, vec![Part::text("Thanks")]),
+            ],
+            ..Request::default()
+        };
+        let options = WriteOptions {
+            upstream_model: "gpt-5-mini".to_string(),
+            default_max_tokens: 4096,
+            stream: false,
+        };
+        let written = write_request(&request, &options).unwrap();
+        let item = &written["input"][1];
+        assert_eq!(item["type"], "reasoning");
+        assert!(item.get("id").is_none());
+        assert_eq!(
+            item["encrypted_content"],
+            body["output"][0]["encrypted_content"]
+        );
+    }
+
+    #[test]
+    fn reasoning_signed_elsewhere_is_never_sent_to_responses() {
+        for provider in [Format::Anthropic, Format::Gemini] {
+            let reasoning = Part::Reasoning(Reasoning {
+                text: "thought".to_string(),
+                signature: Some(Signature {
+                    provider,
+                    value: "sig".to_string(),
+                }),
+                redacted: false,
+            });
+            let request = Request {
+                messages: vec![
+                    Message::new(Role::User, vec![Part::text("hi")]),
+                    Message::new(Role::Assistant, vec![reasoning, Part::text("hello")]),
+                ],
+                ..Request::default()
+            };
+            let options = WriteOptions {
+                upstream_model: "m".to_string(),
+                default_max_tokens: 4096,
+                stream: false,
+            };
+            let written = write_request(&request, &options).unwrap();
+            assert_eq!(
+                written["input"][1],
+                json!({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hello"}]})
+            );
+        }
+    }
+
+    #[test]
+    fn reasoning_and_calls_of_one_turn_stay_one_assistant_message() {
+        let body = json!({
+            "input": [
+                {"role": "user", "content": "go"},
+                {"type": "reasoning", "summary": [], "encrypted_content": "e1"},
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "reasoning", "summary": [], "encrypted_content": "e2"},
+                {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "1"},
+                {"type": "function_call_output", "call_id": "c2", "output": "2"},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "b"}]}
+            ]
+        });
+        let request = parse_request(&body).unwrap();
+        let shape: Vec<(Role, usize)> = request
+            .messages
+            .iter()
+            .map(|message| (message.role, message.parts.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (Role::User, 1),
+                (Role::Assistant, 4),
+                (Role::Tool, 2),
+                (Role::Assistant, 1),
+                (Role::Assistant, 1)
+            ]
+        );
     }
 }
