@@ -1015,10 +1015,12 @@ fn function_call_item(id: &str, status: &str, call: &ToolCall) -> Value {
     })
 }
 
-/// Writes a Responses response body for a client. Reasoning signed by another provider is written
-/// without its signature, since the client would hand it back to us as OpenAI's.
+/// Writes a Responses response body for a client. The id is the gateway's (`meta.id`): a Responses
+/// id names a response object, which an upstream message or completion id is not. Reasoning signed
+/// by another provider is written without its signature, since the client would hand it back to us
+/// as OpenAI's.
 pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
-    let id = non_empty_or(&response.id, &meta.id);
+    let id = meta.id.as_str();
     let mut output: Vec<Value> = Vec::new();
     let mut content: Vec<Value> = Vec::new();
     let flush = |content: &mut Vec<Value>, output: &mut Vec<Value>| {
@@ -1552,14 +1554,10 @@ impl StreamEncoder {
             return;
         }
         match event {
-            StreamEvent::Start { id, model } => {
-                if !self.started {
-                    if !id.is_empty() {
-                        self.id = id.clone();
-                    }
-                    if !model.is_empty() {
-                        self.model = model.clone();
-                    }
+            StreamEvent::Start { model, .. } => {
+                // The id stays the gateway's, as in `write_response`.
+                if !self.started && !model.is_empty() {
+                    self.model = model.clone();
                 }
                 self.ensure_started(out);
             }
@@ -2404,9 +2402,11 @@ mod body_tests {
         ] {
             let parsed = parse_response(&testkit::provider_json(name)).unwrap();
             let written = write_response(&parsed, &meta());
-            assert_eq!(written["id"], parsed.id.as_str(), "{name}");
+            assert_eq!(written["id"], "resp_gateway", "{name}");
             assert_eq!(written["object"], "response");
-            assert_eq!(parse_response(&written).unwrap(), parsed, "{name}");
+            let mut read_back = parse_response(&written).unwrap();
+            read_back.id = parsed.id.clone();
+            assert_eq!(read_back, parsed, "{name}");
         }
     }
 
