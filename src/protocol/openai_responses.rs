@@ -18,7 +18,9 @@
 //!   Responses upstream issued. Its `id` is left out: with the encrypted content the item is
 //!   self-contained, while an `rs_…` id makes OpenAI look the item up in its store.
 //! - Function-call items are sent without their `fc_…` item ids (only `call_id` correlates calls
-//!   and outputs), and written responses number their items after the response id.
+//!   and outputs).
+//! - Responses and streams written for a client carry the gateway's id (`ResponseMeta::id`), not
+//!   the upstream's message or completion id, and number their items after it.
 
 use std::collections::HashMap;
 
@@ -41,7 +43,7 @@ use crate::protocol::usage::{Usage, usage_from_value};
 /// The smallest `max_output_tokens` the Responses API accepts.
 const MIN_MAX_OUTPUT_TOKENS: u64 = 16;
 
-/// Why stored state is refused, shared by every field that needs it.
+/// What a client should do instead of pointing at stored state.
 const STATELESS_ADVICE: &str = "send the whole conversation in input instead";
 
 /// Reads a Responses request body.
