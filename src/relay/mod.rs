@@ -100,7 +100,10 @@ pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
         RelayRoute::ListModels | RelayRoute::ListGeminiModels => {
             let snapshot = state.snapshot.current();
             match client_auth::authenticate(&snapshot, request, crate::util::unix_seconds()) {
-                Ok(api_key) if matches!(route, RelayRoute::ListModels) => models::list_models(&snapshot, &api_key, request),
+                // Google's SDKs list `/v1/models` too when configured for v1; their key header tells.
+                Ok(api_key) if matches!(route, RelayRoute::ListModels) && request.header("x-goog-api-key").is_none() => {
+                    models::list_models(&snapshot, &api_key, request)
+                }
                 Ok(api_key) => models::list_gemini_models(&snapshot, &api_key, request),
                 Err(error) => {
                     let format = if matches!(route, RelayRoute::ListGeminiModels) {
