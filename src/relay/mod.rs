@@ -7,6 +7,7 @@
 pub mod balancer;
 pub mod breaker;
 pub mod client_auth;
+pub mod count_tokens;
 pub mod endpoint_pick;
 pub mod error;
 pub mod forward;
@@ -94,6 +95,9 @@ impl RelayState {
 
 /// Answers a relay request, or None when the path is not a relay endpoint.
 pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
+    if request.method == "POST" && request.path == "/v1/messages/count_tokens" {
+        return Some(count_tokens::handle(state, request));
+    }
     let route = inbound::route(&request.method, &request.path)?;
     let client_format = inbound::format_for_path(&request.path);
     Some(match &route {
