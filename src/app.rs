@@ -196,6 +196,16 @@ impl Handler for GatewayHandler {
         }
         Response::json(404, &serde_json::json!({"error": {"message": message, "type": "not_found"}}))
     }
+
+    fn server_error_body(&self, path: Option<&str>, status: u16, message: &str) -> Option<Vec<u8>> {
+        let path = path.filter(|path| path.starts_with("/v1"))?;
+        let kind = match status {
+            413 => crate::protocol::error::ErrorKind::RequestTooLarge,
+            400 | 408 | 431 => crate::protocol::error::ErrorKind::InvalidRequest,
+            _ => crate::protocol::error::ErrorKind::Internal,
+        };
+        Some(crate::protocol::error::render_error(relay::inbound::format_for_path(path), status, kind, message))
+    }
 }
 
 /// `octopus start`: load the config, start, and run until SIGINT or SIGTERM. Returns the exit code.
