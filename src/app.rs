@@ -30,6 +30,7 @@ pub const COROUTINE_STACK_WORDS: usize = 0x8000;
 pub fn configure_runtime(workers: usize) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        tune_allocator();
         let workers = if workers == 0 {
             std::thread::available_parallelism().map(|count| count.get()).unwrap_or(2)
         } else {
@@ -37,6 +38,18 @@ pub fn configure_runtime(workers: usize) {
         };
         may::config().set_workers(workers).set_stack_size(COROUTINE_STACK_WORDS);
     });
+}
+
+/// Keeps glibc's heap small on small machines. A fixed mmap threshold stops glibc from raising it
+/// after a large free (argon2's 19 MiB working memory would otherwise stay in the heap for
+/// good), and two arenas stop every thread that ever allocated from keeping a heap of its own.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning parameters; it is called once at start-up.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// A started gateway: its address and the handle to stop it.

@@ -35,6 +35,9 @@ use crate::util;
 const MAX_ERROR_BODY_BYTES: u64 = 1024 * 1024;
 /// Largest non-stream upstream answer accepted.
 const MAX_RESPONSE_BODY_BYTES: u64 = 256 * 1024 * 1024;
+/// Our read buffer for upstream streams. ureq keeps its own 16 KiB buffer; this one only needs
+/// to hold a few events, and a smaller one keeps the memory of each open stream down.
+const STREAM_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// How often a waiting request checks whether its client is still there.
 const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -496,7 +499,7 @@ fn run_attempt(
     let mut parser = SseParser::new(state.config.relay.max_sse_event_size);
     let mut first_events = Vec::new();
     let mut body = response.body;
-    let mut buffer = vec![0u8; 16 * 1024];
+    let mut buffer = vec![0u8; STREAM_READ_BUFFER_BYTES];
     while first_events.is_empty() {
         let remaining = first_byte_deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -639,7 +642,7 @@ fn pump(
     if let Err(error) = send_events(&first_events, &mut translator, &mut trace) {
         client_error = Some(error);
     }
-    let mut buffer = vec![0u8; 16 * 1024];
+    let mut buffer = vec![0u8; STREAM_READ_BUFFER_BYTES];
     let mut events = Vec::new();
     while client_error.is_none() {
         control.set_read_timeout(Some(stream_idle));
