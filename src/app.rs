@@ -1,1 +1,257 @@
-//! Wiring: store, snapshot, threads, server and shutdown.
+//! Wiring: logging, store, admin API, relay and the HTTP server, plus signal-driven shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use crate::api::{self, AdminContext};
+use crate::config::{self, Config};
+use crate::http::server::{Server, ServerLimits};
+use crate::http::{Handler, Request, Response};
+use crate::relay::record::{RecentRecords, RecordSink, RequestRecord};
+use crate::relay::{self, RelayState};
+use crate::store::pool::StorePool;
+use crate::sync::endpoint_probe;
+use crate::upstream::client::{ClientOptions, UpstreamClient};
+
+/// How many finished-request records may wait for the consumer before new ones are dropped.
+const RECORD_QUEUE_CAPACITY: usize = 10_000;
+/// Finished requests kept in memory for the live view.
+const RECENT_RECORDS_KEPT: usize = 200;
+/// How often each node reloads the relay snapshot, so several nodes on one database converge.
+const SNAPSHOT_REFRESH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Coroutine stack size in words (256 KiB). The default 32 KiB overflowed with TLS in the
+/// runtime spike; untouched stack pages cost no memory, so we leave generous room for deep JSON.
+pub const COROUTINE_STACK_WORDS: usize = 0x8000;
+
+/// Sets the process-wide may runtime options once (the first caller's worker count wins).
+pub fn configure_runtime(workers: usize) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map(|count| count.get()).unwrap_or(2)
+        } else {
+            workers
+        };
+        may::config().set_workers(workers).set_stack_size(COROUTINE_STACK_WORDS);
+    });
+}
+
+/// A started gateway: its address and the handle to stop it.
+pub struct Gateway {
+    server: Server,
+    pub store: StorePool,
+    pub relay: Arc<RelayState>,
+}
+
+impl Gateway {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub fn shutdown(self) {
+        self.server.shutdown();
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The database could not be opened or prepared.
+    Store(String),
+    /// The upstream HTTP client could not be built (e.g. a bad extra CA file).
+    Upstream(String),
+    /// The listening socket could not be opened.
+    Listen(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Store(message) => write!(formatter, "cannot open the database: {message}"),
+            StartError::Upstream(message) => write!(formatter, "cannot set up the upstream client: {message}"),
+            StartError::Listen(message) => write!(formatter, "cannot listen: {message}"),
+        }
+    }
+}
+
+/// Opens the store, seeds the admin account and starts serving. Returns once listening.
+pub fn start(config: Config) -> Result<Gateway, StartError> {
+    configure_runtime(config.server.workers);
+    let config = Arc::new(config);
+    let store = StorePool::open(&config.database.database_type, &config.database.path, config.database.connections)
+        .map_err(|error| StartError::Store(error.to_string()))?;
+    let admin_password_hash = api::auth::hash_password(api::auth::DEFAULT_ADMIN_PASSWORD);
+    let seeded = store
+        .call(move |store| store.seed_admin(api::auth::DEFAULT_ADMIN_USERNAME, &admin_password_hash))
+        .map_err(|error| StartError::Store(error.to_string()))?;
+    if seeded {
+        log::warn!("created the admin account admin/admin; log in and change the password");
+    }
+    let upstream = UpstreamClient::new(ClientOptions {
+        extra_ca_pem_file: (!config.relay.extra_ca_file.is_empty()).then(|| config.relay.extra_ca_file.clone().into()),
+        connect_timeout: Duration::from_secs(config.relay.connect_timeout_seconds),
+        max_idle_connections_per_host: 64,
+        user_agent: format!("octopus/{}", env!("CARGO_PKG_VERSION")),
+    })
+    .map_err(StartError::Upstream)?;
+    let (records, record_receiver) = RecordSink::bounded(RECORD_QUEUE_CAPACITY);
+    let recent = Arc::new(RecentRecords::new(RECENT_RECORDS_KEPT));
+    spawn_access_log(record_receiver, recent.clone());
+    let relay = Arc::new(RelayState::new(config.clone(), store.clone(), upstream, records, recent));
+    relay.reload_snapshot().map_err(|error| StartError::Store(error.to_string()))?;
+    spawn_snapshot_refresher(Arc::downgrade(&relay));
+    let probing = config.relay.probe_interval_seconds > 0;
+    if probing {
+        endpoint_probe::spawn_periodic(Arc::downgrade(&relay), Duration::from_secs(config.relay.probe_interval_seconds));
+    }
+    let relay_for_admin = relay.clone();
+    let on_change = Box::new(move || {
+        if let Err(error) = relay_for_admin.reload_snapshot() {
+            log::error!("could not reload the relay configuration: {error}");
+        }
+        if probing {
+            endpoint_probe::probe_new_endpoints_soon(&relay_for_admin);
+        }
+    });
+    let admin = AdminContext::new(store.clone(), config.clone(), relay.upstream.clone(), on_change);
+    let handler = Arc::new(GatewayHandler { admin, relay: relay.clone() });
+    let limits = ServerLimits {
+        max_header_count: config.server.max_header_count,
+        max_head_bytes: config.server.max_head_bytes,
+        max_body_bytes: config.server.max_body_bytes,
+        idle_timeout: Duration::from_secs(config.server.idle_timeout_seconds),
+        read_timeout: Duration::from_secs(config.server.read_timeout_seconds),
+        write_timeout: Duration::from_secs(config.server.write_timeout_seconds),
+    };
+    let address = format!("{}:{}", config.server.host, config.server.port);
+    let server = Server::start(&address, limits, handler).map_err(|error| StartError::Listen(format!("{address}: {error}")))?;
+    log::info!("octopus listening on {} ({} database)", server.local_addr(), store.backend_name());
+    Ok(Gateway { server, store, relay })
+}
+
+/// Until the stats writer exists, finished requests are written to the log, one line each.
+fn spawn_access_log(receiver: crossbeam_channel::Receiver<RequestRecord>, recent: Arc<RecentRecords>) {
+    std::thread::Builder::new()
+        .name("access-log".to_string())
+        .spawn(move || {
+            for record in receiver {
+                let usage = record.usage.map(|usage| format!(" tokens={}/{}", usage.input_tokens, usage.output_tokens)).unwrap_or_default();
+                log::info!(
+                    "{} model={} channel={} status={} attempts={} ttft_ms={} total_ms={}{}{}",
+                    record.client_format,
+                    record.group,
+                    record.channel_name,
+                    record.status,
+                    record.attempts.len(),
+                    record.ttft_ms.map(|ttft| ttft.to_string()).unwrap_or_else(|| "-".to_string()),
+                    record.total_ms,
+                    usage,
+                    record.error.as_ref().map(|error| format!(" error={error:?}")).unwrap_or_default(),
+                );
+                recent.push(record);
+            }
+        })
+        .expect("spawn the access-log thread");
+}
+
+/// Reloads the relay snapshot periodically; stops when the gateway is gone.
+fn spawn_snapshot_refresher(relay: std::sync::Weak<RelayState>) {
+    std::thread::Builder::new()
+        .name("snapshot-refresh".to_string())
+        .spawn(move || loop {
+            std::thread::sleep(SNAPSHOT_REFRESH_INTERVAL);
+            let Some(relay) = relay.upgrade() else { return };
+            if let Err(error) = relay.reload_snapshot() {
+                log::warn!("periodic reload of the relay configuration failed: {error}");
+            }
+        })
+        .expect("spawn the snapshot refresher");
+}
+
+/// Routes every request to the admin API, the relay or the panel.
+struct GatewayHandler {
+    admin: AdminContext,
+    relay: Arc<RelayState>,
+}
+
+impl Handler for GatewayHandler {
+    fn handle(&self, request: Request) -> Response {
+        let path = request.path.as_str();
+        if path == "/healthz" || path.starts_with("/api/") {
+            return api::handle(&self.admin, &request);
+        }
+        if let Some(response) = relay::handle(&self.relay, &request) {
+            return response;
+        }
+        if let Some(response) = api::ui::serve(&request) {
+            return response;
+        }
+        Response::json(404, &serde_json::json!({"error": {"message": format!("no route {} {}", request.method, request.path), "type": "not_found"}}))
+    }
+}
+
+/// `octopus start`: load the config, start, and run until SIGINT or SIGTERM. Returns the exit code.
+pub fn run(config_path: &Path) -> i32 {
+    let environment: Vec<(String, String)> = std::env::vars().filter(|(name, _)| name.starts_with("OCTOPUS_")).collect();
+    let loaded = match config::load(config_path, &environment) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("octopus: config error: {error}");
+            return 1;
+        }
+    };
+    init_logging(&loaded.config.log.level);
+    if loaded.created {
+        log::info!("wrote the default configuration to {}", loaded.path.display());
+    }
+    // Block the shutdown signals before any thread starts so that every thread inherits the mask
+    // and only the main thread's sigwait receives them.
+    let signals = block_shutdown_signals();
+    let gateway = match start(loaded.config) {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            log::error!("{error}");
+            eprintln!("octopus: {error}");
+            return 1;
+        }
+    };
+    let signal = wait_for_signal(&signals);
+    log::info!("received signal {signal}, shutting down");
+    gateway.shutdown();
+    0
+}
+
+fn init_logging(level: &str) {
+    let filter = config::parse_log_level(level).unwrap_or(log::LevelFilter::Info);
+    let log_config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_target_level(log::LevelFilter::Off)
+        .set_thread_level(log::LevelFilter::Off)
+        .build();
+    // A second initialisation (tests starting several gateways) is harmless; ignore it.
+    let _ = simplelog::SimpleLogger::init(filter, log_config);
+}
+
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-mask calls on a zeroed, then initialised, local sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `set` was initialised by block_shutdown_signals and `signal` is a valid out pointer.
+    unsafe {
+        libc::sigwait(set, &mut signal);
+    }
+    signal
+}

@@ -7,5 +7,6 @@ pub mod http;
 pub mod protocol;
 pub mod relay;
 pub mod store;
+pub mod sync;
 pub mod upstream;
 pub mod util;

@@ -1,1 +1,66 @@
-//! Admin REST API (/api/v1), admin auth and the embedded panel assets.
+//! Admin REST API (`/api/v1`): routing, admin auth, resources and the embedded panel assets.
+//!
+//! Architecture invariant: handlers here run on coroutines and reach the database only through
+//! `StorePool::call`; after any write that changes what the relay routes on, they call
+//! `AdminContext::notify_change` so the relay rebuilds its in-memory snapshot.
+
+pub mod api_keys;
+pub mod auth;
+pub mod body;
+pub mod channels;
+pub mod error;
+pub mod groups;
+pub mod openapi;
+pub mod routes;
+pub mod ui;
+
+use std::sync::{Arc, Mutex};
+
+use crate::api::auth::LoginThrottle;
+use crate::api::error::ApiError;
+use crate::config::Config;
+use crate::http::{Request, Response};
+use crate::store::pool::StorePool;
+use crate::upstream::client::UpstreamClient;
+
+/// What every admin handler may use.
+pub struct AdminContext {
+    pub store: StorePool,
+    pub config: Arc<Config>,
+    pub login_throttle: Mutex<LoginThrottle>,
+    /// For calls the admin makes to upstreams (model sync).
+    pub upstream: UpstreamClient,
+    /// Called after writes to channels, groups or API keys.
+    pub on_change: Box<dyn Fn() + Send + Sync>,
+}
+
+impl AdminContext {
+    pub fn new(
+        store: StorePool,
+        config: Arc<Config>,
+        upstream: UpstreamClient,
+        on_change: Box<dyn Fn() + Send + Sync>,
+    ) -> AdminContext {
+        AdminContext { store, config, login_throttle: Mutex::new(LoginThrottle::default()), upstream, on_change }
+    }
+
+    pub fn notify_change(&self) {
+        (self.on_change)();
+    }
+}
+
+/// Answers one request under `/api/v1`.
+pub fn handle(context: &AdminContext, request: &Request) -> Response {
+    match routes::dispatch(context, request) {
+        Ok(response) => response,
+        Err(error) => error.to_response(),
+    }
+}
+
+/// Runs a store job and maps its error into the API error.
+pub fn store_call<T: Send + 'static>(
+    context: &AdminContext,
+    job: impl FnOnce(&mut dyn crate::store::Store) -> crate::store::StoreResult<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    context.store.call(job).map_err(ApiError::from)
+}

@@ -1,9 +1,119 @@
 //! The relay: client endpoints, client-key auth, routing, balancing, retries and the circuit breaker.
+//!
+//! Architecture invariants: the relay never queries SQL (it reads `snapshot::Snapshot`, rebuilt
+//! after admin writes); decisions (balancer, retry, breaker, key pool, endpoint pick, sticky) are
+//! pure and clock-injected; every finished request emits exactly one `record::RequestRecord`.
 
 pub mod balancer;
 pub mod breaker;
+pub mod client_auth;
 pub mod endpoint_pick;
+pub mod error;
+pub mod forward;
+pub mod health;
+pub mod inbound;
 pub mod key_pool;
+pub mod models;
+pub mod outbound;
+pub mod record;
 pub mod retry;
 pub mod rng;
+pub mod snapshot;
 pub mod sticky;
+pub mod stream;
+pub mod transform;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::http::{Request, Response};
+use crate::relay::health::HealthCell;
+use crate::relay::inbound::RelayRoute;
+use crate::relay::record::{RecentRecords, RecordSink};
+use crate::relay::snapshot::{Snapshot, SnapshotCell};
+use crate::store::entities::{Channel, ChannelKey, ChannelType};
+use crate::store::pool::StorePool;
+use crate::upstream::client::UpstreamClient;
+
+/// Everything the relay shares between requests.
+pub struct RelayState {
+    pub config: Arc<Config>,
+    pub store: StorePool,
+    pub snapshot: SnapshotCell,
+    pub health: HealthCell,
+    pub upstream: UpstreamClient,
+    pub records: RecordSink,
+    /// The last finished requests (filled by the record consumer).
+    pub recent: Arc<RecentRecords>,
+    seed: AtomicU64,
+}
+
+impl RelayState {
+    pub fn new(
+        config: Arc<Config>,
+        store: StorePool,
+        upstream: UpstreamClient,
+        records: RecordSink,
+        recent: Arc<RecentRecords>,
+    ) -> RelayState {
+        RelayState {
+            config,
+            store,
+            snapshot: SnapshotCell::default(),
+            health: HealthCell::new(),
+            upstream,
+            records,
+            recent,
+            seed: AtomicU64::new(crate::util::os_random_u64()),
+        }
+    }
+
+    /// Reloads the snapshot from the store. Callable from coroutines and threads.
+    pub fn reload_snapshot(&self) -> Result<(), crate::store::StoreError> {
+        let snapshot = self.store.call(|store| Snapshot::load(store))?;
+        self.snapshot.replace(snapshot);
+        Ok(())
+    }
+
+    /// A fresh seed for one request's random choices.
+    pub fn next_seed(&self) -> u64 {
+        // The golden-ratio increment walks the whole u64 space before repeating (SplitMix64's own step).
+        self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+    }
+
+    /// The secret sent upstream for this key. Antigravity refresh tokens need the OAuth token
+    /// exchange, which the protocol-conversion work adds; access tokens (`ya29.`) work directly.
+    pub fn credential_for(&self, channel: &Channel, key: &ChannelKey) -> Result<String, String> {
+        if channel.channel_type == ChannelType::Antigravity && !key.key.starts_with("ya29.") {
+            return Err("Antigravity refresh tokens are not supported yet; use an access token (ya29.)".to_string());
+        }
+        Ok(key.key.clone())
+    }
+}
+
+/// Answers a relay request, or None when the path is not a relay endpoint.
+pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
+    let route = inbound::route(&request.method, &request.path)?;
+    let client_format = inbound::format_for_path(&request.path);
+    Some(match &route {
+        RelayRoute::ListModels | RelayRoute::ListGeminiModels => {
+            let snapshot = state.snapshot.current();
+            match client_auth::authenticate(&snapshot, request, crate::util::unix_seconds()) {
+                Ok(api_key) if matches!(route, RelayRoute::ListModels) => models::list_models(&snapshot, &api_key, request),
+                Ok(api_key) => models::list_gemini_models(&snapshot, &api_key, request),
+                Err(error) => {
+                    let format = if matches!(route, RelayRoute::ListGeminiModels) {
+                        crate::protocol::Format::Gemini
+                    } else if models::wants_anthropic_shape(request) {
+                        crate::protocol::Format::Anthropic
+                    } else {
+                        crate::protocol::Format::OpenaiChat
+                    };
+                    error.render(format)
+                }
+            }
+        }
+        RelayRoute::Generate(_) | RelayRoute::GeminiGenerate { .. } => forward::handle_generate(state, request, &route, client_format),
+    })
+}

@@ -38,6 +38,38 @@ impl ChannelType {
     pub fn parse(name: &str) -> Option<ChannelType> {
         ChannelType::ALL.into_iter().find(|channel_type| channel_type.as_str() == name)
     }
+
+    /// A human-readable name for the panel.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            ChannelType::OpenaiChat => "OpenAI Chat Completions",
+            ChannelType::OpenaiResponses => "OpenAI Responses",
+            ChannelType::Anthropic => "Anthropic Messages",
+            ChannelType::Gemini => "Google Gemini",
+            ChannelType::Antigravity => "Antigravity (Cloud Code)",
+        }
+    }
+
+    /// The path appended to a base URL, as documented for users (`{model}` is the upstream model).
+    pub fn path_template(self) -> &'static str {
+        match self {
+            ChannelType::OpenaiChat => "/chat/completions",
+            ChannelType::OpenaiResponses => "/responses",
+            ChannelType::Anthropic => "/messages",
+            ChannelType::Gemini => "/models/{model}:generateContent",
+            ChannelType::Antigravity => "/v1internal:generateContent",
+        }
+    }
+
+    /// The provider's public base URL, offered as the default when creating a channel.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ChannelType::OpenaiChat | ChannelType::OpenaiResponses => "https://api.openai.com/v1",
+            ChannelType::Anthropic => "https://api.anthropic.com/v1",
+            ChannelType::Gemini => "https://generativelanguage.googleapis.com/v1beta",
+            ChannelType::Antigravity => "https://cloudcode-pa.googleapis.com",
+        }
+    }
 }
 
 /// How a group spreads requests over its items.

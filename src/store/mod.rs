@@ -5,6 +5,16 @@
 //! threads of `StorePool`; coroutines send closures there and wait on a may-aware channel.
 
 pub mod entities;
+pub mod migrate;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+pub mod pool;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+mod codec;
 
 use std::fmt;
 
@@ -53,8 +63,10 @@ pub trait Store: Send {
     fn admin_by_id(&mut self, id: i64) -> StoreResult<Option<AdminUser>>;
     fn update_admin_password(&mut self, id: i64, password_hash: &str, must_change_password: bool) -> StoreResult<()>;
     fn create_session(&mut self, session: &AdminSession) -> StoreResult<()>;
+    /// Returns the session as stored, expired or not; the caller compares `expires_at`.
     fn session_by_token_hash(&mut self, token_hash: &str) -> StoreResult<Option<AdminSession>>;
     fn delete_sessions_of_user(&mut self, user_id: i64) -> StoreResult<u64>;
+    /// Deletes sessions with `expires_at <= now`.
     fn delete_expired_sessions(&mut self, now: i64) -> StoreResult<u64>;
 
     // Channels (keys are stored in their own table; ids of kept keys stay stable on update).
@@ -77,6 +89,8 @@ pub trait Store: Send {
     // Client API keys.
     fn list_api_keys(&mut self) -> StoreResult<Vec<ApiKey>>;
     fn api_key_by_id(&mut self, id: i64) -> StoreResult<Option<ApiKey>>;
+    /// Looks a client key up by the SHA-256 (lower-case hex) of its secret.
+    fn api_key_by_hash(&mut self, key_hash: &str) -> StoreResult<Option<ApiKey>>;
     fn create_api_key(&mut self, api_key: &ApiKey) -> StoreResult<ApiKey>;
     /// Updates everything but `key_hash`, `key_prefix` and `created_at`.
     fn update_api_key(&mut self, api_key: &ApiKey) -> StoreResult<Option<ApiKey>>;
@@ -92,4 +106,26 @@ pub trait Store: Send {
     fn list_settings(&mut self) -> StoreResult<Vec<(String, String)>>;
     fn setting(&mut self, key: &str) -> StoreResult<Option<String>>;
     fn set_setting(&mut self, key: &str, value: &str) -> StoreResult<()>;
+}
+
+/// Opens one store of `database_type` (`sqlite`, `postgres` or `mysql`) at `path_or_url` (a
+/// file path for SQLite, a URL for the servers) and applies pending migrations. Blocks: call it
+/// on a std thread, never on a coroutine.
+pub fn open(database_type: &str, path_or_url: &str) -> StoreResult<Box<dyn Store>> {
+    match database_type {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Box::new(sqlite::open(path_or_url)?)),
+        #[cfg(feature = "postgres")]
+        "postgres" => Ok(Box::new(postgres::open(path_or_url)?)),
+        #[cfg(feature = "mysql")]
+        "mysql" => Ok(Box::new(mysql::open(path_or_url)?)),
+        // Reached only in builds that leave some backend out.
+        #[allow(unreachable_patterns, reason = "every backend is compiled into default builds")]
+        "sqlite" | "postgres" | "mysql" => Err(StoreError::Backend(format!(
+            "database type {database_type} is not compiled into this build (enable the cargo feature \"{database_type}\")"
+        ))),
+        other => Err(StoreError::Backend(format!(
+            "unknown database type '{other}' (expected sqlite, postgres or mysql)"
+        ))),
+    }
 }

@@ -1,1 +1,17 @@
 //! Upstream HTTP client: ureq over a may-aware transport, per-channel-type URLs and auth.
+//!
+//! - `client`: `UpstreamClient::send`, the one call the relay makes.
+//! - `control`: `CallControl`, per-call read deadlines and cancellation.
+//! - `endpoint`: URLs and auth headers per channel type (pure functions).
+//! - `error`: `UpstreamError`.
+//! - `transport`, `socks`, `tls`, `resolver`: the connector chain under ureq. Nothing in them
+//!   blocks a may worker thread: sockets are `may::net` streams and DNS runs on std threads.
+
+pub mod client;
+pub mod control;
+pub mod endpoint;
+pub mod error;
+mod resolver;
+mod socks;
+mod tls;
+mod transport;

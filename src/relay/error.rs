@@ -1,0 +1,85 @@
+//! The one error type of the relay request path, rendered in the client's own protocol at the edge.
+
+use std::fmt;
+
+use crate::http::Response;
+use crate::protocol::error::{convert_error, render_error, ErrorKind};
+use crate::protocol::Format;
+
+/// Why a relay request did not get an upstream answer through. Each variant knows its status;
+/// `render` turns it into the client protocol's error body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayError {
+    /// 400: the body is not JSON, lacks `model`, or asks for something no upstream can do.
+    InvalidRequest(String),
+    /// 401: no client key, or an unknown, disabled or expired one.
+    Unauthenticated(String),
+    /// 403: the key may not call this group.
+    ModelNotAllowed(String),
+    /// 429: the key has spent its `max_cost`.
+    QuotaExceeded(String),
+    /// 404: no group has this name.
+    UnknownModel(String),
+    /// 503: the group has no item that could serve this request (disabled channels, no keys,
+    /// every key cooling down or every breaker open).
+    NoAvailableChannel(String),
+    /// The last upstream answer when every attempt failed (or a final 4xx): forwarded with its
+    /// status, its error converted from the upstream's format into the client's.
+    Upstream { upstream_format: Format, status: u16, body: Vec<u8>, retry_after_seconds: Option<u64> },
+    /// 502: the last attempt could not connect or broke before an answer.
+    UpstreamUnreachable(String),
+    /// 504: the last attempt (or the overall deadline) timed out.
+    UpstreamTimeout(String),
+    /// 500: a bug or an unexpected internal failure.
+    Internal(String),
+}
+
+impl RelayError {
+    fn status_kind_message(&self) -> (u16, ErrorKind, &str) {
+        match self {
+            RelayError::InvalidRequest(message) => (400, ErrorKind::InvalidRequest, message),
+            RelayError::Unauthenticated(message) => (401, ErrorKind::Authentication, message),
+            RelayError::ModelNotAllowed(message) => (403, ErrorKind::PermissionDenied, message),
+            RelayError::QuotaExceeded(message) => (429, ErrorKind::RateLimited, message),
+            RelayError::UnknownModel(message) => (404, ErrorKind::NotFound, message),
+            RelayError::NoAvailableChannel(message) => (503, ErrorKind::Overloaded, message),
+            RelayError::UpstreamUnreachable(message) => (502, ErrorKind::Upstream, message),
+            RelayError::UpstreamTimeout(message) => (504, ErrorKind::Timeout, message),
+            RelayError::Internal(message) => (500, ErrorKind::Internal, message),
+            RelayError::Upstream { status, .. } => (*status, ErrorKind::Upstream, "upstream error"),
+        }
+    }
+
+    /// The HTTP response for a client speaking `client`.
+    pub fn render(&self, client: Format) -> Response {
+        if let RelayError::Upstream { upstream_format, status, body, retry_after_seconds } = self {
+            let (client_status, client_body) = convert_error(*upstream_format, client, *status, body);
+            let response = Response::bytes(client_status, "application/json", client_body);
+            return match retry_after_seconds {
+                Some(seconds) => response.with_header("retry-after", &seconds.to_string()),
+                None => response,
+            };
+        }
+        let (status, kind, message) = self.status_kind_message();
+        Response::bytes(status, "application/json", render_error(client, status, kind, message))
+    }
+
+    /// The status this error is answered with (before protocol-specific remapping).
+    pub fn status(&self) -> u16 {
+        self.status_kind_message().0
+    }
+}
+
+impl fmt::Display for RelayError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RelayError::Upstream { status, upstream_format, .. } => {
+                write!(formatter, "upstream {} answered {status}", upstream_format.as_str())
+            }
+            other => {
+                let (status, _, message) = other.status_kind_message();
+                write!(formatter, "{status}: {message}")
+            }
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! One generation call end to end: client auth, group lookup, the attempt loop across items,
+//! keys and endpoints, and the answer (complete or streamed).
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::http::{Request, Response};
+use crate::protocol::convert::{convert_response, ConvertContext};
+use crate::protocol::error::{parse_upstream_error, ErrorKind};
+use crate::protocol::sse::{SseEvent, SseParser};
+use crate::protocol::usage::usage_from_response_body;
+use crate::protocol::Format;
+use crate::relay::balancer::{order_items, CandidateItem};
+use crate::relay::breaker::{BreakerDecision, BreakerKey};
+use crate::relay::client_auth::{authenticate, may_use_model};
+use crate::relay::error::RelayError;
+use crate::relay::inbound::{parse_call, InboundCall, RelayRoute};
+use crate::relay::key_pool::KeyPick;
+use crate::relay::outbound::{attempt_url, channel_format, upstream_headers};
+use crate::relay::record::{AttemptRecord, RequestRecord};
+use crate::relay::retry::{classify, effects, AttemptOutcome, BreakerEffect, KeyPenalty, RetryBudget, TimeoutPhase, Verdict};
+use crate::relay::rng::Rng;
+use crate::relay::stream::{is_error_event, EventTranslator};
+use crate::relay::transform::{can_serve, prepare_request, Transform};
+use crate::relay::RelayState;
+use crate::store::entities::{Channel, ChannelKey, Group};
+use crate::upstream::client::{UpstreamRequest, UpstreamResponse};
+use crate::upstream::control::{with_call_control, CallControl};
+use crate::upstream::error::UpstreamError;
+use crate::util;
+
+/// Largest upstream error body read (the rest is not needed to classify or show it).
+const MAX_ERROR_BODY_BYTES: u64 = 1024 * 1024;
+/// Largest non-stream upstream answer accepted.
+const MAX_RESPONSE_BODY_BYTES: u64 = 256 * 1024 * 1024;
+/// How often a waiting request checks whether its client is still there.
+const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The deadlines of one call.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    first_byte: Duration,
+    stream_idle: Duration,
+    total_deadline: Instant,
+}
+
+impl Deadlines {
+    fn remaining(&self) -> Duration {
+        self.total_deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// What one attempt produced.
+enum AttemptResult {
+    /// A complete 2xx answer, already in the client's format.
+    Complete { status: u16, body: Vec<u8>, usage: Option<crate::protocol::usage::Usage> },
+    /// A 2xx stream whose first events have arrived; nothing was sent to the client yet.
+    StreamReady { body: Box<dyn Read + Send>, parser: SseParser, first_events: Vec<SseEvent>, transform: Transform },
+    /// The attempt failed; `error` is what the client gets if it was the last one.
+    Failed { outcome: AttemptOutcome, error: RelayError, detail: String },
+}
+
+/// Everything about the call that the record needs, filled in as it goes.
+struct CallTrace {
+    started: Instant,
+    record: RequestRecord,
+}
+
+impl CallTrace {
+    fn finish(mut self, state: &RelayState, status: u16, error: Option<String>) {
+        self.record.status = status;
+        self.record.error = error;
+        self.record.total_ms = self.started.elapsed().as_millis() as u64;
+        state.records.emit(self.record);
+    }
+}
+
+/// Answers `POST /v1/chat/completions`, `/v1/responses`, `/v1/messages` and the Gemini paths.
+pub fn handle_generate(state: &Arc<RelayState>, request: &Request, route: &RelayRoute, client_format: Format) -> Response {
+    let started = Instant::now();
+    let mut trace = CallTrace {
+        started,
+        record: RequestRecord {
+            started_at_ms: util::unix_millis(),
+            client_key_id: None,
+            client_key_name: String::new(),
+            group: String::new(),
+            client_format: client_format.as_str(),
+            stream: false,
+            channel_id: None,
+            channel_name: String::new(),
+            key_id: None,
+            upstream_model: String::new(),
+            status: 0,
+            attempts: Vec::new(),
+            usage: None,
+            ttft_ms: None,
+            total_ms: 0,
+            error: None,
+        },
+    };
+    match generate(state, request, route, client_format, &mut trace) {
+        Ok(Answer::Complete(response)) => {
+            let status = response.status;
+            trace.finish(state, status, None);
+            response
+        }
+        Ok(Answer::Stream(build)) => build(trace),
+        Err(error) => {
+            let response = error.render(client_format);
+            trace.finish(state, response.status, Some(error.to_string()));
+            response
+        }
+    }
+}
+
+type StreamBuilder = Box<dyn FnOnce(CallTrace) -> Response>;
+
+enum Answer {
+    Complete(Response),
+    Stream(StreamBuilder),
+}
+
+fn generate(
+    state: &Arc<RelayState>,
+    request: &Request,
+    route: &RelayRoute,
+    client_format: Format,
+    trace: &mut CallTrace,
+) -> Result<Answer, RelayError> {
+    let snapshot = state.snapshot.current();
+    let api_key = authenticate(&snapshot, request, util::unix_seconds())?;
+    trace.record.client_key_id = Some(api_key.id);
+    trace.record.client_key_name = api_key.name.clone();
+    let call = parse_call(route, request)?;
+    trace.record.group = call.model.clone();
+    trace.record.stream = call.stream;
+    if !may_use_model(&api_key, &call.model) {
+        return Err(RelayError::ModelNotAllowed(format!("this API key may not use the model {:?}", call.model)));
+    }
+    let group = snapshot
+        .groups_by_name
+        .get(&call.model)
+        .cloned()
+        .ok_or_else(|| RelayError::UnknownModel(format!("the model {:?} does not exist", call.model)))?;
+    let config = &state.config.relay;
+    let first_byte = Duration::from_millis(if group.first_byte_timeout_ms > 0 {
+        group.first_byte_timeout_ms
+    } else {
+        config.first_byte_timeout_seconds * 1000
+    });
+    let total_ms = if group.total_timeout_ms > 0 { group.total_timeout_ms } else { config.total_timeout_seconds * 1000 };
+    let deadlines = Deadlines {
+        first_byte,
+        stream_idle: Duration::from_secs(config.stream_idle_timeout_seconds),
+        total_deadline: started_plus(trace.started, total_ms),
+    };
+    let max_attempts = if group.max_attempts > 0 { group.max_attempts } else { config.max_attempts };
+
+    // Items that could serve at all: enabled channel, at least one enabled key, a format the
+    // relay can reach from the client's.
+    let candidates: Vec<CandidateItem> = group
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| {
+            snapshot.channels_by_id.get(&item.channel_id).is_some_and(|channel| {
+                channel.enabled
+                    && channel.keys.iter().any(|key| key.enabled)
+                    && !channel.base_urls.is_empty()
+                    && can_serve(client_format, channel_format(channel.channel_type))
+            })
+        })
+        .map(|(item_index, item)| CandidateItem { item_index, priority: item.priority, weight: item.weight })
+        .collect();
+    if candidates.is_empty() {
+        return Err(RelayError::NoAvailableChannel(format!(
+            "the model {:?} has no enabled channel with a key that can serve this request",
+            call.model
+        )));
+    }
+    let order = {
+        let mut health = state.health.lock();
+        let counter = health.next_round_robin(group.id);
+        let mut rng = Rng::new(state.next_seed());
+        let mut order: Vec<usize> =
+            order_items(group.mode, &candidates, counter, &mut rng).into_iter().map(|position| candidates[position].item_index).collect();
+        let sticky_index =
+            if group.sticky_seconds > 0 { health.sticky.get(api_key.id, group.id, state.health.now_ms()) } else { None };
+        if let Some(position) = sticky_index.and_then(|sticky_index| order.iter().position(|index| *index == sticky_index)) {
+            let item_index = order.remove(position);
+            order.insert(0, item_index);
+        }
+        order
+    };
+
+    let control = CallControl::new();
+    let watchdog = ClientWatchdog::start(request.client, control.clone());
+    let budget = RetryBudget::new(max_attempts, state.health.now_ms(), total_ms);
+    let mut attempts_made: u32 = 0;
+    let mut last_error: Option<RelayError> = None;
+    let mut skipped_reasons: Vec<String> = Vec::new();
+
+    'items: for item_index in order {
+        let item = &group.items[item_index];
+        let Some(channel) = snapshot.channels_by_id.get(&item.channel_id).cloned() else { continue };
+        let mut tried_keys: Vec<i64> = Vec::new();
+        'keys: loop {
+            if !budget.may_try_again(attempts_made, state.health.now_ms()) {
+                break 'items;
+            }
+            let key = {
+                let mut health = state.health.lock();
+                let mut rng = Rng::new(state.next_seed());
+                match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, state.health.now_ms(), &mut rng) {
+                    KeyPick::Chosen(choice) => channel.keys[choice.key_index].clone(),
+                    KeyPick::AllCoolingDown { free_at_ms } => {
+                        let wait_seconds = free_at_ms.saturating_sub(state.health.now_ms()).div_ceil(1000);
+                        skipped_reasons.push(format!("{}: every key is cooling down ({wait_seconds} s left)", channel.name));
+                        continue 'items;
+                    }
+                    KeyPick::NoKeyLeft => continue 'items,
+                }
+            };
+            tried_keys.push(key.id);
+            let breaker_key = BreakerKey { channel_id: channel.id, key_id: key.id, model: item.model.clone() };
+            let decision = state.health.lock().breakers.allow(&breaker_key, state.health.now_ms());
+            if let BreakerDecision::Open { retry_in_ms } = decision {
+                trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, format!("skipped: circuit open ({} s left)", retry_in_ms.div_ceil(1000))));
+                skipped_reasons.push(format!("{}: circuit open", channel.name));
+                continue 'keys;
+            }
+            let endpoint_order = state.health.lock().endpoints.order_endpoints(channel.id, &channel.base_urls);
+            for endpoint_index in endpoint_order {
+                if !budget.may_try_again(attempts_made, state.health.now_ms()) {
+                    break 'items;
+                }
+                if request.client.is_closed() || control.is_cancelled() {
+                    trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, "client gone".to_string()));
+                    return Err(RelayError::InvalidRequest("the client closed the connection".to_string()));
+                }
+                let base_url = channel.base_urls[endpoint_index].clone();
+                attempts_made += 1;
+                let attempt_started = Instant::now();
+                let attempt_started_ms = state.health.now_ms();
+                let result = run_attempt(state, &call, &group, &channel, &key, &base_url, &item.model, &deadlines, &control);
+                let duration = attempt_started.elapsed();
+                let outcome = match &result {
+                    AttemptResult::Failed { outcome, .. } => *outcome,
+                    _ => AttemptOutcome::Success,
+                };
+                apply_effects(state, &outcome, &channel, &key, &breaker_key, &base_url, duration, attempt_started_ms);
+                let detail = match &result {
+                    AttemptResult::Failed { detail, .. } => detail.clone(),
+                    _ => "success".to_string(),
+                };
+                trace.record.attempts.push(AttemptRecord {
+                    channel_id: channel.id,
+                    channel_name: channel.name.clone(),
+                    key_id: key.id,
+                    base_url: base_url.clone(),
+                    upstream_model: item.model.clone(),
+                    outcome: detail,
+                    status: match &result {
+                        AttemptResult::Failed { outcome: AttemptOutcome::UpstreamStatus { status, .. }, .. } => Some(*status),
+                        AttemptResult::Failed { .. } => None,
+                        AttemptResult::Complete { status, .. } => Some(*status),
+                        AttemptResult::StreamReady { .. } => Some(200),
+                    },
+                    duration_ms: duration.as_millis() as u64,
+                });
+                trace.record.channel_id = Some(channel.id);
+                trace.record.channel_name = channel.name.clone();
+                trace.record.key_id = Some(key.id);
+                trace.record.upstream_model = item.model.clone();
+                match result {
+                    AttemptResult::Complete { status, body, usage } => {
+                        remember_sticky(state, &group, api_key.id, item_index);
+                        trace.record.usage = usage;
+                        trace.record.ttft_ms = Some(trace.started.elapsed().as_millis() as u64);
+                        drop(watchdog);
+                        let content_type = "application/json";
+                        return Ok(Answer::Complete(Response::bytes(status, content_type, body)));
+                    }
+                    AttemptResult::StreamReady { body, parser, first_events, transform } => {
+                        remember_sticky(state, &group, api_key.id, item_index);
+                        let state = state.clone();
+                        let context = convert_context(state.config.relay.default_max_tokens, &item.model, call.stream);
+                        let translator = EventTranslator::new(transform, call.client_format, call.gemini_json_array, &context);
+                        let content_type = if call.gemini_json_array { "application/json" } else { "text/event-stream" };
+                        let stream_idle = deadlines.stream_idle;
+                        return Ok(Answer::Stream(Box::new(move |trace: CallTrace| {
+                            Response::stream(200, content_type, move |writer| {
+                                pump(&state, writer, translator, body, parser, first_events, control, stream_idle, watchdog, trace)
+                            })
+                            .with_header("cache-control", "no-cache")
+                            .with_header("x-accel-buffering", "no")
+                        })));
+                    }
+                    AttemptResult::Failed { outcome, error, .. } => {
+                        last_error = Some(error);
+                        match classify(&outcome) {
+                            Verdict::Final => return Err(last_error.expect("just set")),
+                            Verdict::RetryNextEndpoint => continue,
+                            Verdict::RetryNextKey => continue 'keys,
+                            Verdict::RetryNextItem => continue 'items,
+                        }
+                    }
+                }
+            }
+            // Every endpoint of this channel failed to connect: the next item may be elsewhere.
+            continue 'items;
+        }
+    }
+    drop(watchdog);
+    if let Some(error) = last_error {
+        return Err(error);
+    }
+    let reasons = if skipped_reasons.is_empty() { "no attempt was possible".to_string() } else { skipped_reasons.join("; ") };
+    Err(RelayError::NoAvailableChannel(format!("no upstream could take the request: {reasons}")))
+}
+
+fn started_plus(started: Instant, milliseconds: u64) -> Instant {
+    started.checked_add(Duration::from_millis(milliseconds)).unwrap_or(started + Duration::from_secs(86_400 * 365))
+}
+
+fn convert_context(default_max_tokens: u32, upstream_model: &str, stream: bool) -> ConvertContext {
+    ConvertContext {
+        upstream_model: upstream_model.to_string(),
+        stream,
+        default_max_tokens,
+        response_id: format!("gen-{}", util::random_alphanumeric(24)),
+        created_unix: util::unix_seconds(),
+    }
+}
+
+fn skipped_attempt(channel: &Channel, key: &ChannelKey, model: &str, outcome: String) -> AttemptRecord {
+    AttemptRecord {
+        channel_id: channel.id,
+        channel_name: channel.name.clone(),
+        key_id: key.id,
+        base_url: String::new(),
+        upstream_model: model.to_string(),
+        outcome,
+        status: None,
+        duration_ms: 0,
+    }
+}
+
+fn remember_sticky(state: &RelayState, group: &Group, client_key_id: i64, item_index: usize) {
+    if group.sticky_seconds == 0 {
+        return;
+    }
+    let now_ms = state.health.now_ms();
+    state.health.lock().sticky.remember(client_key_id, group.id, item_index, Duration::from_secs(group.sticky_seconds), now_ms);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_effects(
+    state: &RelayState,
+    outcome: &AttemptOutcome,
+    channel: &Channel,
+    key: &ChannelKey,
+    breaker_key: &BreakerKey,
+    base_url: &str,
+    duration: Duration,
+    attempt_started_ms: u64,
+) {
+    let effects = effects(outcome);
+    let now_ms = state.health.now_ms();
+    let mut health = state.health.lock();
+    match effects.key_penalty {
+        Some(KeyPenalty::RateLimited { retry_after }) => health.keys.record_rate_limited(channel.id, key.id, retry_after, now_ms),
+        Some(KeyPenalty::AuthFailed) => health.keys.record_auth_failure(channel.id, key.id, now_ms),
+        Some(KeyPenalty::QuotaExhausted) => health.keys.record_quota_exhausted(channel.id, key.id, now_ms),
+        None => {}
+    }
+    match effects.breaker {
+        BreakerEffect::Success => health.breakers.record_success(breaker_key),
+        BreakerEffect::Failure => health.breakers.record_failure(breaker_key, now_ms),
+        BreakerEffect::Inconclusive => health.breakers.record_inconclusive(breaker_key, now_ms),
+    }
+    if effects.demote_endpoint {
+        health.endpoints.record_connect_failure(channel.id, base_url);
+    }
+    if matches!(outcome, AttemptOutcome::Success) {
+        health.keys.record_success(channel.id, key.id, attempt_started_ms);
+        health.endpoints.record_first_byte(channel.id, base_url, duration);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_attempt(
+    state: &RelayState,
+    call: &InboundCall,
+    group: &Group,
+    channel: &Channel,
+    key: &ChannelKey,
+    base_url: &str,
+    upstream_model: &str,
+    deadlines: &Deadlines,
+    control: &CallControl,
+) -> AttemptResult {
+    let upstream_format = channel_format(channel.channel_type);
+    let context = convert_context(state.config.relay.default_max_tokens, upstream_model, call.stream);
+    let (body, transform) = match prepare_request(call.client_format, upstream_format, &call.body, upstream_model, call.stream, &context) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            return AttemptResult::Failed {
+                outcome: AttemptOutcome::UpstreamStatus { status: 400, retry_after: None, quota_exhausted: false },
+                detail: format!("conversion failed: {error}"),
+                error,
+            };
+        }
+    };
+    let credential = match state.credential_for(channel, key) {
+        Ok(credential) => credential,
+        Err(message) => {
+            return AttemptResult::Failed {
+                outcome: AttemptOutcome::UpstreamStatus { status: 401, retry_after: None, quota_exhausted: false },
+                error: RelayError::UpstreamUnreachable(message.clone()),
+                detail: message,
+            };
+        }
+    };
+    let same_format = call.client_format == upstream_format;
+    let upstream_request = UpstreamRequest {
+        method: "POST".to_string(),
+        url: attempt_url(channel, base_url, upstream_model, call.stream),
+        headers: upstream_headers(call_headers(call, group), same_format, channel, &credential, call.stream),
+        body,
+        proxy: (!channel.proxy.is_empty()).then(|| channel.proxy.clone()),
+        response_head_timeout: Some(deadlines.first_byte.min(deadlines.remaining())),
+    };
+    let first_byte_deadline = Instant::now() + deadlines.first_byte.min(deadlines.remaining());
+    control.set_read_timeout(Some(deadlines.first_byte.min(deadlines.remaining())));
+    let sent = with_call_control(control, || state.upstream.send(upstream_request));
+    let response = match sent {
+        Ok(response) => response,
+        Err(error) => return transport_failure(error, control, false),
+    };
+    if !(200..300).contains(&response.status) {
+        return upstream_status_failure(upstream_format, response, control);
+    }
+    if !call.stream {
+        control.set_read_timeout(Some(deadlines.remaining().max(Duration::from_millis(1))));
+        let mut body = Vec::new();
+        let read = with_call_control(control, || response.body.take(MAX_RESPONSE_BODY_BYTES).read_to_end(&mut body));
+        if let Err(error) = read {
+            return transport_failure(UpstreamError::from_io_error(&error), control, false);
+        }
+        let usage = usage_from_response_body(upstream_format, &body);
+        let body = match transform {
+            Transform::PassThrough { .. } => body,
+            Transform::Convert { client, upstream } => match convert_response(upstream, client, &body, &context) {
+                Ok(converted) => converted,
+                Err(error) => {
+                    return AttemptResult::Failed {
+                        outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
+                        error: RelayError::UpstreamUnreachable(format!("the upstream answer could not be converted: {error}")),
+                        detail: format!("conversion of the answer failed: {error}"),
+                    };
+                }
+            },
+        };
+        return AttemptResult::Complete { status: response.status, body, usage };
+    }
+    let is_event_stream = response
+        .headers
+        .iter()
+        .any(|(name, value)| name.eq_ignore_ascii_case("content-type") && value.to_ascii_lowercase().contains("text/event-stream"));
+    if !is_event_stream {
+        return AttemptResult::Failed {
+            outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
+            error: RelayError::UpstreamUnreachable("the upstream answered a stream request without an event stream".to_string()),
+            detail: "no event stream".to_string(),
+        };
+    }
+    // Read until the first complete event: until then nothing has reached the client and a
+    // failure may still go to another upstream.
+    let mut parser = SseParser::new(state.config.relay.max_sse_event_size);
+    let mut first_events = Vec::new();
+    let mut body = response.body;
+    let mut buffer = vec![0u8; 16 * 1024];
+    while first_events.is_empty() {
+        let remaining = first_byte_deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return transport_failure(UpstreamError::Timeout("first event".to_string()), control, false);
+        }
+        control.set_read_timeout(Some(remaining));
+        let read = with_call_control(control, || body.read(&mut buffer));
+        let pushed = match read {
+            Ok(0) => parser.finish(&mut first_events),
+            Ok(count) => parser.push(&buffer[..count], &mut first_events),
+            Err(error) => return transport_failure(UpstreamError::from_io_error(&error), control, false),
+        };
+        if let Err(error) = pushed {
+            return AttemptResult::Failed {
+                outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
+                error: RelayError::UpstreamUnreachable(error.to_string()),
+                detail: format!("stream error: {error}"),
+            };
+        }
+        if matches!(read, Ok(0)) && first_events.is_empty() {
+            return AttemptResult::Failed {
+                outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
+                error: RelayError::UpstreamUnreachable("the upstream closed the stream before any event".to_string()),
+                detail: "empty stream".to_string(),
+            };
+        }
+    }
+    if let Some(error_event) = first_events.iter().find(|event| is_error_event(upstream_format, event)) {
+        let info = parse_upstream_error(upstream_format, 500, error_event.data.as_bytes());
+        return AttemptResult::Failed {
+            outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
+            error: RelayError::Upstream {
+                upstream_format,
+                status: if info.status >= 400 { info.status } else { 502 },
+                body: error_event.data.as_bytes().to_vec(),
+                retry_after_seconds: info.retry_after_seconds,
+            },
+            detail: format!("stream opened with an error: {}", info.message),
+        };
+    }
+    AttemptResult::StreamReady { body, parser, first_events, transform }
+}
+
+/// The client headers passed on (the group is not needed today; kept as the hook for
+/// per-group header policy).
+fn call_headers<'a>(call: &'a InboundCall, _group: &Group) -> &'a [(String, String)] {
+    &call.headers
+}
+
+fn transport_failure(error: UpstreamError, control: &CallControl, after_first_byte: bool) -> AttemptResult {
+    if control.is_cancelled() {
+        return AttemptResult::Failed {
+            outcome: AttemptOutcome::ClientGone,
+            error: RelayError::InvalidRequest("the client closed the connection".to_string()),
+            detail: "client gone".to_string(),
+        };
+    }
+    let (outcome, relay_error) = match &error {
+        UpstreamError::Connect(_) => (AttemptOutcome::ConnectError, RelayError::UpstreamUnreachable(error.to_string())),
+        UpstreamError::Timeout(phase) if phase == "connect" || phase == "resolve" => {
+            (AttemptOutcome::Timeout { phase: TimeoutPhase::Connect }, RelayError::UpstreamTimeout(error.to_string()))
+        }
+        UpstreamError::Timeout(_) => (
+            AttemptOutcome::Timeout { phase: if after_first_byte { TimeoutPhase::AfterFirstByte } else { TimeoutPhase::FirstByte } },
+            RelayError::UpstreamTimeout(error.to_string()),
+        ),
+        _ if after_first_byte => (AttemptOutcome::StreamErrorAfterFirstByte, RelayError::UpstreamUnreachable(error.to_string())),
+        _ => (AttemptOutcome::StreamErrorBeforeFirstByte, RelayError::UpstreamUnreachable(error.to_string())),
+    };
+    AttemptResult::Failed { outcome, error: relay_error, detail: error.to_string() }
+}
+
+fn upstream_status_failure(upstream_format: Format, response: UpstreamResponse, control: &CallControl) -> AttemptResult {
+    let status = response.status;
+    let retry_after_header = response
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, value)| value.trim().parse::<u64>().ok());
+    let mut body = Vec::new();
+    control.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = with_call_control(control, || response.body.take(MAX_ERROR_BODY_BYTES).read_to_end(&mut body));
+    let info = parse_upstream_error(upstream_format, status, &body);
+    let retry_after_seconds = retry_after_header.or(info.retry_after_seconds);
+    AttemptResult::Failed {
+        outcome: AttemptOutcome::UpstreamStatus {
+            status,
+            retry_after: retry_after_seconds.map(Duration::from_secs),
+            quota_exhausted: info.quota_exhausted,
+        },
+        error: RelayError::Upstream { upstream_format, status, body, retry_after_seconds },
+        detail: format!("status {status}: {}", truncate(&info.message, 300)),
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+/// Forwards the rest of a committed stream, event by event, then emits the record.
+#[allow(clippy::too_many_arguments)]
+fn pump(
+    state: &RelayState,
+    writer: &mut dyn crate::http::StreamWriter,
+    mut translator: EventTranslator,
+    mut body: Box<dyn Read + Send>,
+    mut parser: SseParser,
+    first_events: Vec<SseEvent>,
+    control: CallControl,
+    stream_idle: Duration,
+    watchdog: ClientWatchdog,
+    mut trace: CallTrace,
+) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(4096);
+    let mut client_error: Option<std::io::Error> = None;
+    let mut stream_error: Option<String> = None;
+    let mut send_events = |events: &[SseEvent], translator: &mut EventTranslator, trace: &mut CallTrace| -> std::io::Result<()> {
+        for event in events {
+            out.clear();
+            translator.translate(event, &mut out);
+            if !out.is_empty() {
+                writer.write_chunk(&out)?;
+                if trace.record.ttft_ms.is_none() {
+                    trace.record.ttft_ms = Some(trace.started.elapsed().as_millis() as u64);
+                }
+            }
+        }
+        Ok(())
+    };
+    if let Err(error) = send_events(&first_events, &mut translator, &mut trace) {
+        client_error = Some(error);
+    }
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut events = Vec::new();
+    while client_error.is_none() {
+        control.set_read_timeout(Some(stream_idle));
+        let read = with_call_control(&control, || body.read(&mut buffer));
+        events.clear();
+        let parsed = match read {
+            Ok(0) => parser.finish(&mut events).map(|_| true),
+            Ok(count) => parser.push(&buffer[..count], &mut events).map(|_| false),
+            Err(error) => {
+                if !control.is_cancelled() {
+                    let upstream_error = UpstreamError::from_io_error(&error);
+                    stream_error = Some(match upstream_error {
+                        UpstreamError::Timeout(_) => format!("the upstream sent nothing for {} s", stream_idle.as_secs()),
+                        other => format!("the upstream stream broke: {other}"),
+                    });
+                }
+                break;
+            }
+        };
+        match parsed {
+            Ok(ended) => {
+                if let Err(error) = send_events(&events, &mut translator, &mut trace) {
+                    client_error = Some(error);
+                    break;
+                }
+                if ended {
+                    break;
+                }
+            }
+            Err(error) => {
+                stream_error = Some(error.to_string());
+                break;
+            }
+        }
+    }
+    drop(watchdog);
+    trace.record.usage = translator.usage();
+    if let Some(error) = client_error {
+        trace.finish(state, 499, Some("the client closed the connection during the stream".to_string()));
+        return Err(error);
+    }
+    if let Some(message) = &stream_error {
+        out.clear();
+        translator.error(ErrorKind::Upstream, message, &mut out);
+        let _ = writer.write_chunk(&out);
+        trace.finish(state, 200, Some(message.clone()));
+        return Err(std::io::Error::other(message.clone()));
+    }
+    out.clear();
+    translator.finish(&mut out);
+    let written = if out.is_empty() { Ok(()) } else { writer.write_chunk(&out) };
+    trace.finish(state, 200, None);
+    written
+}
+
+/// Polls the client socket while a request waits on an upstream, and cancels the upstream
+/// call as soon as the client is gone, so no upstream work continues for nobody.
+struct ClientWatchdog {
+    stop: Arc<AtomicBool>,
+}
+
+impl ClientWatchdog {
+    fn start(client: crate::http::ClientProbe, control: CallControl) -> ClientWatchdog {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        may::go!(move || {
+            while !stop_flag.load(Ordering::Relaxed) {
+                may::coroutine::sleep(CLIENT_CHECK_INTERVAL);
+                if stop_flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                if client.is_closed() {
+                    control.cancel();
+                    break;
+                }
+            }
+        });
+        ClientWatchdog { stop }
+    }
+}
+
+impl Drop for ClientWatchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

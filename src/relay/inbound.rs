@@ -1,0 +1,120 @@
+//! Recognising relay requests: which client protocol, which group (model), streaming or not.
+
+use serde_json::Value;
+
+use crate::http::Request;
+use crate::protocol::Format;
+use crate::relay::error::RelayError;
+
+/// A parsed client call on one of the generation endpoints.
+#[derive(Debug)]
+pub struct InboundCall {
+    pub client_format: Format,
+    /// The group name the client asked for.
+    pub model: String,
+    pub stream: bool,
+    /// Gemini's `:streamGenerateContent` without `alt=sse` answers with a JSON array, not SSE.
+    pub gemini_json_array: bool,
+    /// The body as JSON (always an object).
+    pub body: Value,
+    /// The client's headers (lower-case names), for forwarding.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Which relay endpoint a request targets.
+pub enum RelayRoute {
+    Generate(Format),
+    /// `POST /v1beta/models/{model}:generateContent` or `:streamGenerateContent`.
+    GeminiGenerate { model: String, stream: bool },
+    ListModels,
+    ListGeminiModels,
+}
+
+/// Matches a path to a relay endpoint; None when it is not a relay path.
+pub fn route(method: &str, path: &str) -> Option<RelayRoute> {
+    match (method, path) {
+        ("POST", "/v1/chat/completions") => Some(RelayRoute::Generate(Format::OpenaiChat)),
+        ("POST", "/v1/responses") => Some(RelayRoute::Generate(Format::OpenaiResponses)),
+        ("POST", "/v1/messages") => Some(RelayRoute::Generate(Format::Anthropic)),
+        ("GET", "/v1/models") => Some(RelayRoute::ListModels),
+        ("GET", "/v1beta/models") => Some(RelayRoute::ListGeminiModels),
+        ("POST", _) => {
+            let rest = path.strip_prefix("/v1beta/models/")?;
+            let (model, method_name) = rest.rsplit_once(':')?;
+            let stream = match method_name {
+                "generateContent" => false,
+                "streamGenerateContent" => true,
+                _ => return None,
+            };
+            Some(RelayRoute::GeminiGenerate { model: crate::util::percent_decode(model), stream })
+        }
+        _ => None,
+    }
+}
+
+/// The client protocol a path belongs to, used to shape errors even for requests that fail
+/// before they are understood.
+pub fn format_for_path(path: &str) -> Format {
+    if path.starts_with("/v1beta/") {
+        Format::Gemini
+    } else if path == "/v1/messages" {
+        Format::Anthropic
+    } else if path == "/v1/responses" {
+        Format::OpenaiResponses
+    } else {
+        Format::OpenaiChat
+    }
+}
+
+/// Parses the body of a generation call.
+pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, RelayError> {
+    let body: Value = serde_json::from_slice(&request.body)
+        .map_err(|error| RelayError::InvalidRequest(format!("the request body is not valid JSON: {error}")))?;
+    if !body.is_object() {
+        return Err(RelayError::InvalidRequest("the request body must be a JSON object".to_string()));
+    }
+    match route {
+        RelayRoute::GeminiGenerate { model, stream } => Ok(InboundCall {
+            client_format: Format::Gemini,
+            model: model.clone(),
+            stream: *stream,
+            gemini_json_array: *stream && request.query_param("alt").as_deref() != Some("sse"),
+            body,
+            headers: request.headers.clone(),
+        }),
+        RelayRoute::Generate(format) => {
+            let model = body
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|model| !model.is_empty())
+                .ok_or_else(|| RelayError::InvalidRequest("the request must name a model (a group name)".to_string()))?
+                .to_string();
+            let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+            Ok(InboundCall { client_format: *format, model, stream, gemini_json_array: false, body, headers: request.headers.clone() })
+        }
+        RelayRoute::ListModels | RelayRoute::ListGeminiModels => {
+            Err(RelayError::Internal("a model list is not a generation call".to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemini_paths_carry_model_and_stream_mode() {
+        match route("POST", "/v1beta/models/my-group:streamGenerateContent") {
+            Some(RelayRoute::GeminiGenerate { model, stream }) => {
+                assert_eq!(model, "my-group");
+                assert!(stream);
+            }
+            _ => panic!("expected a Gemini route"),
+        }
+        assert!(matches!(route("POST", "/v1beta/models/a%2Fb:generateContent"), Some(RelayRoute::GeminiGenerate { model, stream: false }) if model == "a/b"));
+        assert!(route("POST", "/v1beta/models/x:countTokens").is_none());
+        assert!(route("GET", "/v1/chat/completions").is_none());
+        assert!(matches!(route("GET", "/v1/models"), Some(RelayRoute::ListModels)));
+    }
+}

@@ -1,0 +1,203 @@
+//! Building the upstream request for one attempt: body (pass-through or converted), URL and headers.
+
+use serde_json::{json, Value};
+
+use crate::protocol::Format;
+use crate::store::entities::{Channel, ChannelType};
+use crate::upstream::endpoint::{auth_headers, upstream_url};
+
+/// The wire format a channel type speaks.
+pub fn channel_format(channel_type: ChannelType) -> Format {
+    match channel_type {
+        ChannelType::OpenaiChat => Format::OpenaiChat,
+        ChannelType::OpenaiResponses => Format::OpenaiResponses,
+        ChannelType::Anthropic => Format::Anthropic,
+        ChannelType::Gemini => Format::Gemini,
+        ChannelType::Antigravity => Format::Antigravity,
+    }
+}
+
+/// Client headers that must never travel upstream: hop-by-hop headers, the client's own
+/// credentials, and headers the upstream client computes itself.
+const DROPPED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "cookie",
+    "accept-encoding",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// When formats differ, only these client headers are meaningful upstream.
+const CONVERSION_HEADERS: &[&str] = &["user-agent", "accept-language"];
+
+/// The headers of an upstream request: filtered client headers, then the channel's auth, then
+/// the channel's custom headers (applied last so an admin can override anything).
+pub fn upstream_headers(
+    client_headers: &[(String, String)],
+    same_format: bool,
+    channel: &Channel,
+    credential: &str,
+    stream: bool,
+) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = client_headers
+        .iter()
+        .filter(|(name, _)| {
+            if same_format {
+                !DROPPED_HEADERS.contains(&name.as_str())
+            } else {
+                CONVERSION_HEADERS.contains(&name.as_str())
+            }
+        })
+        .cloned()
+        .collect();
+    for (name, value) in auth_headers(channel.channel_type, credential) {
+        set_header(&mut headers, &name, &value, same_format);
+    }
+    set_header(&mut headers, "content-type", "application/json", false);
+    if stream {
+        set_header(&mut headers, "accept", "text/event-stream", false);
+    }
+    for (name, value) in &channel.headers {
+        set_header(&mut headers, &name.to_ascii_lowercase(), value, false);
+    }
+    headers
+}
+
+/// Sets a header, replacing any of the same name; with `keep_existing`, a value the client
+/// already sent (e.g. its own `anthropic-version`) wins.
+fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str, keep_existing: bool) {
+    if let Some(existing) = headers.iter_mut().find(|(header_name, _)| header_name.eq_ignore_ascii_case(name)) {
+        if !keep_existing || name == "authorization" || name == "x-api-key" || name == "x-goog-api-key" {
+            existing.1 = value.to_string();
+        }
+        return;
+    }
+    headers.push((name.to_string(), value.to_string()));
+}
+
+/// The URL for an attempt.
+pub fn attempt_url(channel: &Channel, base_url: &str, upstream_model: &str, stream: bool) -> String {
+    upstream_url(channel.channel_type, base_url, upstream_model, stream)
+}
+
+/// Same-format pass-through: the body with only the model rewritten. For OpenAI Chat streams
+/// `stream_options.include_usage` is forced on so usage can always be counted; the returned
+/// flag says whether the client asked for it itself (if not, the usage chunk is stripped).
+pub fn pass_through_body(format: Format, body: &Value, upstream_model: &str, stream: bool) -> (Vec<u8>, bool) {
+    let mut body = body.clone();
+    let mut client_wants_usage = true;
+    match format {
+        Format::Gemini | Format::Antigravity => {}
+        _ => body["model"] = Value::String(upstream_model.to_string()),
+    }
+    if format == Format::OpenaiChat && stream {
+        client_wants_usage = body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        match body.get_mut("stream_options").and_then(Value::as_object_mut) {
+            Some(options) => {
+                options.insert("include_usage".to_string(), Value::Bool(true));
+            }
+            None => body["stream_options"] = json!({"include_usage": true}),
+        }
+    }
+    (serde_json::to_vec(&body).unwrap_or_default(), client_wants_usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn channel(channel_type: ChannelType, custom: &[(&str, &str)]) -> Channel {
+        Channel {
+            id: 1,
+            name: "c".to_string(),
+            channel_type,
+            enabled: true,
+            base_urls: vec!["http://127.0.0.1:1".to_string()],
+            keys: Vec::new(),
+            models: Vec::new(),
+            headers: custom.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect::<BTreeMap<_, _>>(),
+            proxy: String::new(),
+            auto_sync: false,
+            match_regex: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+    }
+
+    fn value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers.iter().find(|(header_name, _)| header_name == name).map(|(_, value)| value.as_str())
+    }
+
+    #[test]
+    fn pass_through_keeps_betas_drops_client_auth_and_hop_by_hop() {
+        let client = headers(&[
+            ("authorization", "Bearer sk-octopus-client"),
+            ("x-api-key", "sk-octopus-client"),
+            ("anthropic-beta", "tools-2024"),
+            ("anthropic-version", "2023-01-01"),
+            ("connection", "keep-alive"),
+            ("content-length", "12"),
+            ("x-stainless-lang", "js"),
+        ]);
+        let built = upstream_headers(&client, true, &channel(ChannelType::Anthropic, &[("x-custom", "1")]), "sk-ant-real", false);
+        assert_eq!(value(&built, "x-api-key"), Some("sk-ant-real"));
+        assert_eq!(value(&built, "authorization"), None);
+        assert_eq!(value(&built, "anthropic-beta"), Some("tools-2024"));
+        assert_eq!(value(&built, "anthropic-version"), Some("2023-01-01"), "the client's version wins in pass-through");
+        assert_eq!(value(&built, "x-stainless-lang"), Some("js"));
+        assert_eq!(value(&built, "connection"), None);
+        assert_eq!(value(&built, "content-length"), None);
+        assert_eq!(value(&built, "x-custom"), Some("1"));
+    }
+
+    #[test]
+    fn custom_headers_apply_last_and_conversion_forwards_little() {
+        let client = headers(&[("openai-beta", "assistants=v2"), ("user-agent", "sdk/1")]);
+        let built = upstream_headers(&client, false, &channel(ChannelType::OpenaiChat, &[("Authorization", "Bearer override")]), "sk-real", true);
+        assert_eq!(value(&built, "authorization"), Some("Bearer override"));
+        assert_eq!(value(&built, "openai-beta"), None);
+        assert_eq!(value(&built, "user-agent"), Some("sdk/1"));
+        assert_eq!(value(&built, "accept"), Some("text/event-stream"));
+    }
+
+    #[test]
+    fn chat_streams_force_include_usage_and_remember_the_client_choice() {
+        let body = json!({"model": "group", "stream": true, "messages": []});
+        let (bytes, wanted) = pass_through_body(Format::OpenaiChat, &body, "gpt-real", true);
+        let sent: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(sent["model"], "gpt-real");
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+        assert!(!wanted);
+        let body = json!({"model": "group", "stream": true, "stream_options": {"include_usage": true}});
+        assert!(pass_through_body(Format::OpenaiChat, &body, "m", true).1);
+        let gemini = json!({"contents": []});
+        let (bytes, _) = pass_through_body(Format::Gemini, &gemini, "gemini-real", true);
+        assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), gemini);
+    }
+}

@@ -1,0 +1,52 @@
+//! The one place where protocol conversion plugs into the relay: per attempt, either the body
+//! passes through (same format on both sides) or it is converted through the IR.
+
+use serde_json::Value;
+
+use crate::protocol::Format;
+use crate::relay::error::RelayError;
+use crate::relay::outbound::pass_through_body;
+
+/// How one attempt's request, response and stream are transformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    /// Same format: forward bytes, only the model rewritten. `strip_usage_chunk` is set for
+    /// OpenAI Chat streams where the gateway forced `include_usage` on behalf of a client that
+    /// did not ask for it.
+    PassThrough { format: Format, strip_usage_chunk: bool },
+    /// Different formats: convert through the IR.
+    Convert { client: Format, upstream: Format },
+}
+
+impl Transform {
+    pub fn upstream_format(&self) -> Format {
+        match self {
+            Transform::PassThrough { format, .. } => *format,
+            Transform::Convert { upstream, .. } => *upstream,
+        }
+    }
+}
+
+/// Whether requests from `client` can be served by an upstream speaking `upstream`.
+pub fn can_serve(client: Format, upstream: Format) -> bool {
+    client == upstream || crate::protocol::convert::supports(client, upstream)
+}
+
+/// Builds the upstream body for one attempt and the transform to apply to its answer.
+pub fn prepare_request(
+    client: Format,
+    upstream: Format,
+    body: &Value,
+    upstream_model: &str,
+    stream: bool,
+    context: &crate::protocol::convert::ConvertContext,
+) -> Result<(Vec<u8>, Transform), RelayError> {
+    if client == upstream {
+        let (bytes, client_wants_usage) = pass_through_body(client, body, upstream_model, stream);
+        let strip_usage_chunk = client == Format::OpenaiChat && stream && !client_wants_usage;
+        return Ok((bytes, Transform::PassThrough { format: client, strip_usage_chunk }));
+    }
+    let bytes = crate::protocol::convert::convert_request(client, upstream, body, context)
+        .map_err(|error| RelayError::InvalidRequest(error.to_string()))?;
+    Ok((bytes, Transform::Convert { client, upstream }))
+}

@@ -1,0 +1,834 @@
+//! The MySQL and MariaDB backend on the `mysql` crate (one `mysql::Conn` per store).
+//!
+//! Two MySQL habits shape this file: DDL commits on its own, so migrations rely on idempotent
+//! statements and a named lock rather than a transaction; and `UPDATE` normally reports rows
+//! *changed*, so connections ask for `CLIENT_FOUND_ROWS` to learn whether the row exists.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mysql::consts::CapabilityFlags;
+use mysql::prelude::{FromValue, Queryable};
+use mysql::{Conn, Opts, OptsBuilder, Params, Row, Transaction, TxOpts, Value};
+
+use crate::store::codec::{
+    ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
+    attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
+    u64_to_column,
+};
+use crate::store::entities::{
+    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, ModelPrice,
+};
+use crate::store::migrate::{
+    MYSQL_MIGRATIONS, pending, split_statements, warn_about_unknown_versions,
+};
+use crate::store::{Store, StoreError, StoreResult};
+use crate::util::unix_seconds;
+
+/// A `Store` on one MySQL or MariaDB connection.
+pub struct MysqlStore {
+    connection: Conn,
+}
+
+/// Connects to `url` (`mysql://user[:password]@host[:port]/database`), then applies pending
+/// migrations. Errors name the host, port and database, never the password.
+pub fn open(url: &str) -> StoreResult<MysqlStore> {
+    let opts = Opts::from_url(url)
+        .map_err(|error| StoreError::Backend(format!("invalid MySQL URL: {error}")))?;
+    let database = opts.get_db_name().unwrap_or_default().to_owned();
+    let target = format!(
+        "{}:{}/{database}",
+        opts.get_ip_or_hostname(),
+        opts.get_tcp_port()
+    );
+    if database.is_empty() {
+        return Err(StoreError::Backend(format!(
+            "the MySQL URL for {target} names no database (expected mysql://user@host:3306/database)"
+        )));
+    }
+    let builder = OptsBuilder::from_opts(opts)
+        .additional_capabilities(CapabilityFlags::CLIENT_FOUND_ROWS)
+        .tcp_connect_timeout(Some(Duration::from_secs(10)))
+        .stmt_cache_size(Some(128));
+    let mut connection = Conn::new(builder).map_err(|error| {
+        StoreError::Backend(format!(
+            "cannot connect to MySQL at {target}: {}",
+            describe(&error)
+        ))
+    })?;
+    migrate(&mut connection).map_err(|error| {
+        StoreError::Backend(format!(
+            "cannot migrate MySQL database at {target}: {error}"
+        ))
+    })?;
+    Ok(MysqlStore { connection })
+}
+
+/// The driver's error without its debug-style wrapper (`MySqlError { .. }`).
+fn describe(error: &mysql::Error) -> String {
+    match error {
+        mysql::Error::MySqlError(server_error) => server_error.to_string(),
+        mysql::Error::DriverError(driver_error) => driver_error.to_string(),
+        mysql::Error::IoError(io_error) => io_error.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn migrate(connection: &mut Conn) -> Result<(), String> {
+    // A named lock serialises nodes that start together. Lock names are server-wide, so the
+    // name includes (a digest of) the database: two databases on one server do not wait on
+    // each other.
+    let locked: Option<Option<i64>> = connection
+        .query_first("SELECT GET_LOCK(CONCAT('octopus_migrate_', MD5(DATABASE())), 60)")
+        .map_err(|error| describe(&error))?;
+    if locked.flatten() != Some(1) {
+        return Err("timed out waiting for the migration lock held by another octopus".to_owned());
+    }
+    let outcome = apply_pending_migrations(connection);
+    let _ = connection.query_drop("DO RELEASE_LOCK(CONCAT('octopus_migrate_', MD5(DATABASE())))");
+    outcome.map_err(|error| describe(&error))
+}
+
+fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
+    connection.query_drop(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL PRIMARY KEY, \
+         applied_at BIGINT NOT NULL) ENGINE=InnoDB",
+    )?;
+    let applied_versions: Vec<i64> = connection.query("SELECT version FROM schema_migrations")?;
+    warn_about_unknown_versions("mysql", MYSQL_MIGRATIONS, &applied_versions);
+    for migration in pending(MYSQL_MIGRATIONS, &applied_versions) {
+        for statement in split_statements(migration.sql) {
+            connection.query_drop(statement)?;
+        }
+        connection.exec_drop(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+            (migration.version, unix_seconds()),
+        )?;
+        log::info!(
+            "mysql: applied migration {} ({})",
+            migration.version,
+            migration.description
+        );
+    }
+    Ok(())
+}
+
+fn query_error(error: mysql::Error) -> StoreError {
+    StoreError::Backend(format!("mysql: {}", describe(&error)))
+}
+
+const ER_DUP_ENTRY: u16 = 1062;
+const ER_NO_REFERENCED_ROW: u16 = 1216;
+const ER_NO_REFERENCED_ROW_2: u16 = 1452;
+
+fn violation(error: mysql::Error) -> Violation {
+    if let mysql::Error::MySqlError(server_error) = &error {
+        match server_error.code {
+            // "Duplicate entry '<value>' for key '<index>'": only the index name is trusted,
+            // the value could contain anything.
+            ER_DUP_ENTRY => {
+                let index = server_error
+                    .message
+                    .rsplit(" for key ")
+                    .next()
+                    .unwrap_or_default();
+                return Violation::Unique(index.to_owned());
+            }
+            ER_NO_REFERENCED_ROW | ER_NO_REFERENCED_ROW_2 => return Violation::ForeignKey,
+            _ => {}
+        }
+    }
+    Violation::Other(query_error(error))
+}
+
+/// Takes column `index` out of `row` as a `T`; a type mismatch is a backend error. The value
+/// itself is never quoted in the message (it could be a key).
+fn take<T: FromValue>(row: &mut Row, index: usize) -> StoreResult<T> {
+    match row.take_opt::<T, usize>(index) {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(_)) => Err(StoreError::Backend(format!(
+            "mysql: column {index} has an unexpected type"
+        ))),
+        None => Err(StoreError::Backend(format!(
+            "mysql: column {index} is missing"
+        ))),
+    }
+}
+
+const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
+const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
+const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
+
+fn admin_from_row(mut row: Row) -> StoreResult<AdminUser> {
+    Ok(AdminUser {
+        id: take(&mut row, 0)?,
+        username: take(&mut row, 1)?,
+        password_hash: take(&mut row, 2)?,
+        must_change_password: take(&mut row, 3)?,
+    })
+}
+
+fn session_from_row(mut row: Row) -> StoreResult<AdminSession> {
+    Ok(AdminSession {
+        token_hash: take(&mut row, 0)?,
+        user_id: take(&mut row, 1)?,
+        expires_at: take(&mut row, 2)?,
+        created_at: take(&mut row, 3)?,
+    })
+}
+
+fn channel_from_row(mut row: Row) -> StoreResult<Channel> {
+    ChannelRow {
+        id: take(&mut row, 0)?,
+        name: take(&mut row, 1)?,
+        channel_type: take(&mut row, 2)?,
+        enabled: take(&mut row, 3)?,
+        base_urls: take(&mut row, 4)?,
+        models: take(&mut row, 5)?,
+        headers: take(&mut row, 6)?,
+        proxy: take(&mut row, 7)?,
+        auto_sync: take(&mut row, 8)?,
+        match_regex: take(&mut row, 9)?,
+        created_at: take(&mut row, 10)?,
+        updated_at: take(&mut row, 11)?,
+    }
+    .into_channel()
+}
+
+fn channel_key_from_row(mut row: Row) -> StoreResult<(i64, ChannelKey)> {
+    Ok((
+        take(&mut row, 0)?,
+        ChannelKey {
+            id: take(&mut row, 1)?,
+            key: take(&mut row, 2)?,
+            enabled: take(&mut row, 3)?,
+            remark: take(&mut row, 4)?,
+        },
+    ))
+}
+
+fn group_from_row(mut row: Row) -> StoreResult<Group> {
+    GroupRow {
+        id: take(&mut row, 0)?,
+        name: take(&mut row, 1)?,
+        mode: take(&mut row, 2)?,
+        max_attempts: take(&mut row, 3)?,
+        first_byte_timeout_ms: take(&mut row, 4)?,
+        total_timeout_ms: take(&mut row, 5)?,
+        sticky_seconds: take(&mut row, 6)?,
+        created_at: take(&mut row, 7)?,
+        updated_at: take(&mut row, 8)?,
+    }
+    .into_group()
+}
+
+fn group_item_from_row(mut row: Row) -> StoreResult<GroupItemRow> {
+    Ok(GroupItemRow {
+        group_id: take(&mut row, 0)?,
+        channel_id: take(&mut row, 1)?,
+        model: take(&mut row, 2)?,
+        priority: take(&mut row, 3)?,
+        weight: take(&mut row, 4)?,
+    })
+}
+
+fn api_key_from_row(mut row: Row) -> StoreResult<ApiKey> {
+    ApiKeyRow {
+        id: take(&mut row, 0)?,
+        name: take(&mut row, 1)?,
+        key_hash: take(&mut row, 2)?,
+        key_prefix: take(&mut row, 3)?,
+        enabled: take(&mut row, 4)?,
+        expires_at: take(&mut row, 5)?,
+        max_cost: take(&mut row, 6)?,
+        allowed_models: take(&mut row, 7)?,
+        created_at: take(&mut row, 8)?,
+        updated_at: take(&mut row, 9)?,
+    }
+    .into_api_key()
+}
+
+fn price_from_row(mut row: Row) -> StoreResult<ModelPrice> {
+    Ok(ModelPrice {
+        id: take(&mut row, 0)?,
+        model: take(&mut row, 1)?,
+        channel_id: take(&mut row, 2)?,
+        input: take(&mut row, 3)?,
+        output: take(&mut row, 4)?,
+        cache_read: take(&mut row, 5)?,
+        cache_write: take(&mut row, 6)?,
+    })
+}
+
+/// Runs `sql` and converts every row through `map`.
+fn query_all<T>(
+    connection: &mut impl Queryable,
+    sql: &str,
+    parameters: impl Into<Params>,
+    map: impl Fn(Row) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let rows: Vec<Row> = connection.exec(sql, parameters).map_err(query_error)?;
+    rows.into_iter().map(map).collect()
+}
+
+/// Runs `sql` and converts the first row, if any, through `map`.
+fn query_optional<T>(
+    connection: &mut impl Queryable,
+    sql: &str,
+    parameters: impl Into<Params>,
+    map: impl Fn(Row) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    let row: Option<Row> = connection
+        .exec_first(sql, parameters)
+        .map_err(query_error)?;
+    row.map(map).transpose()
+}
+
+fn load_channel(connection: &mut impl Queryable, id: i64) -> StoreResult<Option<Channel>> {
+    let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?");
+    let Some(channel) = query_optional(connection, &sql, (id,), channel_from_row)? else {
+        return Ok(None);
+    };
+    let mut channels = vec![channel];
+    let keys = query_all(
+        connection,
+        "SELECT channel_id, id, `key`, enabled, remark FROM channel_keys WHERE channel_id = ? ORDER BY position, id",
+        (id,),
+        channel_key_from_row,
+    )?;
+    attach_channel_keys(&mut channels, keys);
+    Ok(channels.pop())
+}
+
+/// Makes the stored keys of `channel_id` equal to `keys`, keeping the ids of keys that match.
+fn replace_channel_keys(
+    transaction: &mut Transaction,
+    channel_id: i64,
+    keys: &[ChannelKey],
+) -> StoreResult<()> {
+    let existing_ids: HashSet<i64> = query_all(
+        transaction,
+        "SELECT id FROM channel_keys WHERE channel_id = ?",
+        (channel_id,),
+        |mut row| take(&mut row, 0),
+    )?
+    .into_iter()
+    .collect();
+    let mut kept_ids = HashSet::new();
+    for (position, key) in keys.iter().enumerate() {
+        let position = position as i64;
+        // An id that is not one of this channel's keys (or appears twice) is treated as new.
+        if existing_ids.contains(&key.id) && kept_ids.insert(key.id) {
+            transaction
+                .exec_drop(
+                    "UPDATE channel_keys SET `key` = ?, enabled = ?, remark = ?, position = ? WHERE id = ?",
+                    (&key.key, key.enabled, &key.remark, position, key.id),
+                )
+                .map_err(query_error)?;
+        } else {
+            transaction
+                .exec_drop(
+                    "INSERT INTO channel_keys (channel_id, `key`, enabled, remark, position) VALUES (?, ?, ?, ?, ?)",
+                    (channel_id, &key.key, key.enabled, &key.remark, position),
+                )
+                .map_err(query_error)?;
+        }
+    }
+    for stale_id in existing_ids.difference(&kept_ids) {
+        transaction
+            .exec_drop("DELETE FROM channel_keys WHERE id = ?", (stale_id,))
+            .map_err(query_error)?;
+    }
+    Ok(())
+}
+
+fn channel_write_error(error: mysql::Error, channel: &Channel) -> StoreError {
+    match violation(error) {
+        Violation::Unique(_) => StoreError::Duplicate(format!("channel name '{}'", channel.name)),
+        Violation::ForeignKey => StoreError::MissingReference(format!("channel {}", channel.id)),
+        Violation::Other(error) => error,
+    }
+}
+
+/// The channel columns in `INSERT`/`UPDATE` order, followed by `tail`.
+fn channel_values(channel: &Channel, tail: &[Value]) -> Vec<Value> {
+    let mut values = vec![
+        Value::from(&channel.name),
+        Value::from(channel.channel_type.as_str()),
+        Value::from(channel.enabled),
+        Value::from(strings_to_json(&channel.base_urls)),
+        Value::from(strings_to_json(&channel.models)),
+        Value::from(headers_to_json(&channel.headers)),
+        Value::from(&channel.proxy),
+        Value::from(channel.auto_sync),
+        Value::from(&channel.match_regex),
+    ];
+    values.extend_from_slice(tail);
+    values
+}
+
+fn load_group(connection: &mut impl Queryable, id: i64) -> StoreResult<Option<Group>> {
+    let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups WHERE id = ?");
+    let Some(group) = query_optional(connection, &sql, (id,), group_from_row)? else {
+        return Ok(None);
+    };
+    let mut groups = vec![group];
+    let items = query_all(
+        connection,
+        "SELECT group_id, channel_id, model, priority, weight FROM group_items WHERE group_id = ? ORDER BY position, id",
+        (id,),
+        group_item_from_row,
+    )?;
+    attach_group_items(&mut groups, items);
+    Ok(groups.pop())
+}
+
+fn replace_group_items(
+    transaction: &mut Transaction,
+    group_id: i64,
+    items: &[GroupItem],
+) -> StoreResult<()> {
+    transaction
+        .exec_drop("DELETE FROM group_items WHERE group_id = ?", (group_id,))
+        .map_err(query_error)?;
+    for (position, item) in items.iter().enumerate() {
+        transaction
+            .exec_drop(
+                "INSERT INTO group_items (group_id, channel_id, model, priority, weight, position) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    group_id,
+                    item.channel_id,
+                    &item.model,
+                    i64::from(item.priority),
+                    i64::from(item.weight),
+                    position as i64,
+                ),
+            )
+            .map_err(|error| match violation(error) {
+                Violation::ForeignKey => {
+                    StoreError::MissingReference(format!("channel {}", item.channel_id))
+                }
+                Violation::Unique(index) => {
+                    StoreError::Backend(format!("mysql: unexpected duplicate on {index}"))
+                }
+                Violation::Other(error) => error,
+            })?;
+    }
+    Ok(())
+}
+
+fn group_write_error(error: mysql::Error, group: &Group) -> StoreError {
+    match violation(error) {
+        Violation::Unique(_) => StoreError::Duplicate(format!("group name '{}'", group.name)),
+        Violation::ForeignKey => StoreError::MissingReference(format!("group {}", group.id)),
+        Violation::Other(error) => error,
+    }
+}
+
+/// The group columns in `INSERT`/`UPDATE` order, followed by `tail`.
+fn group_values(group: &Group, tail: &[Value]) -> Vec<Value> {
+    let mut values = vec![
+        Value::from(&group.name),
+        Value::from(group.mode.as_str()),
+        Value::from(i64::from(group.max_attempts)),
+        Value::from(u64_to_column(group.first_byte_timeout_ms)),
+        Value::from(u64_to_column(group.total_timeout_ms)),
+        Value::from(u64_to_column(group.sticky_seconds)),
+    ];
+    values.extend_from_slice(tail);
+    values
+}
+
+fn api_key_write_error(error: mysql::Error, api_key: &ApiKey) -> StoreError {
+    match violation(error) {
+        Violation::Unique(index) => api_key_duplicate(&index, api_key),
+        Violation::ForeignKey => {
+            StoreError::Backend("mysql: unexpected foreign key violation on api_keys".to_owned())
+        }
+        Violation::Other(error) => error,
+    }
+}
+
+fn load_api_key(connection: &mut Conn, column: &str, value: Value) -> StoreResult<Option<ApiKey>> {
+    let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {column} = ?");
+    query_optional(connection, &sql, vec![value], api_key_from_row)
+}
+
+impl MysqlStore {
+    fn write_transaction(&mut self) -> StoreResult<Transaction<'_>> {
+        self.connection
+            .start_transaction(TxOpts::default())
+            .map_err(query_error)
+    }
+
+    /// Runs a single-statement write and returns the number of rows it matched.
+    fn execute(&mut self, sql: &str, parameters: impl Into<Params>) -> Result<u64, mysql::Error> {
+        self.connection.exec_drop(sql, parameters)?;
+        Ok(self.connection.affected_rows())
+    }
+}
+
+/// Inserts with `sql` inside `transaction` and returns the new row's id.
+fn insert_returning_id(
+    transaction: &mut Transaction,
+    sql: &str,
+    parameters: Vec<Value>,
+) -> Result<i64, mysql::Error> {
+    transaction.exec_drop(sql, parameters)?;
+    Ok(transaction.last_insert_id().unwrap_or_default() as i64)
+}
+
+impl Store for MysqlStore {
+    fn backend_name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool> {
+        let now = unix_seconds();
+        let inserted = self.execute(
+            "INSERT INTO admin_users (username, password_hash, must_change_password, created_at, updated_at) \
+             SELECT ?, ?, TRUE, ?, ? FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM admin_users)",
+            (username, password_hash, now, now),
+        );
+        match inserted {
+            Ok(count) => Ok(count > 0),
+            // Another node seeded the same account between our check and our insert.
+            Err(error) => match violation(error) {
+                Violation::Unique(_) => Ok(false),
+                Violation::ForeignKey => Err(StoreError::Backend(
+                    "mysql: unexpected foreign key violation".to_owned(),
+                )),
+                Violation::Other(error) => Err(error),
+            },
+        }
+    }
+
+    fn admin_by_username(&mut self, username: &str) -> StoreResult<Option<AdminUser>> {
+        query_optional(
+            &mut self.connection,
+            "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE username = ?",
+            (username,),
+            admin_from_row,
+        )
+    }
+
+    fn admin_by_id(&mut self, id: i64) -> StoreResult<Option<AdminUser>> {
+        query_optional(
+            &mut self.connection,
+            "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE id = ?",
+            (id,),
+            admin_from_row,
+        )
+    }
+
+    fn update_admin_password(
+        &mut self,
+        id: i64,
+        password_hash: &str,
+        must_change_password: bool,
+    ) -> StoreResult<()> {
+        let updated = self
+            .execute(
+                "UPDATE admin_users SET password_hash = ?, must_change_password = ?, updated_at = ? WHERE id = ?",
+                (password_hash, must_change_password, unix_seconds(), id),
+            )
+            .map_err(query_error)?;
+        if updated == 0 {
+            return Err(StoreError::MissingReference(format!("admin user {id}")));
+        }
+        Ok(())
+    }
+
+    fn create_session(&mut self, session: &AdminSession) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO admin_sessions (token_hash, user_id, expires_at, created_at) VALUES (?, ?, ?, ?)",
+            (&session.token_hash, session.user_id, session.expires_at, session.created_at),
+        )
+        .map_err(|error| match violation(error) {
+            Violation::Unique(_) => StoreError::Duplicate("session token".to_owned()),
+            Violation::ForeignKey => StoreError::MissingReference(format!("admin user {}", session.user_id)),
+            Violation::Other(error) => error,
+        })?;
+        Ok(())
+    }
+
+    fn session_by_token_hash(&mut self, token_hash: &str) -> StoreResult<Option<AdminSession>> {
+        query_optional(
+            &mut self.connection,
+            "SELECT token_hash, user_id, expires_at, created_at FROM admin_sessions WHERE token_hash = ?",
+            (token_hash,),
+            session_from_row,
+        )
+    }
+
+    fn delete_sessions_of_user(&mut self, user_id: i64) -> StoreResult<u64> {
+        self.execute("DELETE FROM admin_sessions WHERE user_id = ?", (user_id,))
+            .map_err(query_error)
+    }
+
+    fn delete_expired_sessions(&mut self, now: i64) -> StoreResult<u64> {
+        self.execute("DELETE FROM admin_sessions WHERE expires_at <= ?", (now,))
+            .map_err(query_error)
+    }
+
+    fn list_channels(&mut self) -> StoreResult<Vec<Channel>> {
+        let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id");
+        let mut channels = query_all(&mut self.connection, &sql, (), channel_from_row)?;
+        let keys = query_all(
+            &mut self.connection,
+            "SELECT channel_id, id, `key`, enabled, remark FROM channel_keys ORDER BY channel_id, position, id",
+            (),
+            channel_key_from_row,
+        )?;
+        attach_channel_keys(&mut channels, keys);
+        Ok(channels)
+    }
+
+    fn channel_by_id(&mut self, id: i64) -> StoreResult<Option<Channel>> {
+        load_channel(&mut self.connection, id)
+    }
+
+    fn create_channel(&mut self, channel: &Channel) -> StoreResult<Channel> {
+        let now = unix_seconds();
+        let mut transaction = self.write_transaction()?;
+        let id = insert_returning_id(
+            &mut transaction,
+            "INSERT INTO channels (name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, \
+             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            channel_values(channel, &[Value::from(now), Value::from(now)]),
+        )
+        .map_err(|error| channel_write_error(error, channel))?;
+        replace_channel_keys(&mut transaction, id, &channel.keys)?;
+        let stored = load_channel(&mut transaction, id)?.ok_or_else(|| {
+            StoreError::Backend("mysql: channel missing right after insert".to_owned())
+        })?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn update_channel(&mut self, channel: &Channel) -> StoreResult<Option<Channel>> {
+        let mut transaction = self.write_transaction()?;
+        transaction
+            .exec_drop(
+                "UPDATE channels SET name = ?, type = ?, enabled = ?, base_urls = ?, models = ?, headers = ?, \
+                 proxy = ?, auto_sync = ?, match_regex = ?, updated_at = ? WHERE id = ?",
+                channel_values(channel, &[Value::from(unix_seconds()), Value::from(channel.id)]),
+            )
+            .map_err(|error| channel_write_error(error, channel))?;
+        if transaction.affected_rows() == 0 {
+            return Ok(None);
+        }
+        replace_channel_keys(&mut transaction, channel.id, &channel.keys)?;
+        let stored = load_channel(&mut transaction, channel.id)?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn delete_channel(&mut self, id: i64) -> StoreResult<bool> {
+        // Keys, group items and channel prices go with it through ON DELETE CASCADE.
+        let deleted = self
+            .execute("DELETE FROM channels WHERE id = ?", (id,))
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_groups(&mut self) -> StoreResult<Vec<Group>> {
+        let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups ORDER BY id");
+        let mut groups = query_all(&mut self.connection, &sql, (), group_from_row)?;
+        let items = query_all(
+            &mut self.connection,
+            "SELECT group_id, channel_id, model, priority, weight FROM group_items ORDER BY group_id, position, id",
+            (),
+            group_item_from_row,
+        )?;
+        attach_group_items(&mut groups, items);
+        Ok(groups)
+    }
+
+    fn group_by_id(&mut self, id: i64) -> StoreResult<Option<Group>> {
+        load_group(&mut self.connection, id)
+    }
+
+    fn create_group(&mut self, group: &Group) -> StoreResult<Group> {
+        let now = unix_seconds();
+        let mut transaction = self.write_transaction()?;
+        let id = insert_returning_id(
+            &mut transaction,
+            "INSERT INTO channel_groups (name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, \
+             sticky_seconds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            group_values(group, &[Value::from(now), Value::from(now)]),
+        )
+        .map_err(|error| group_write_error(error, group))?;
+        replace_group_items(&mut transaction, id, &group.items)?;
+        let stored = load_group(&mut transaction, id)?.ok_or_else(|| {
+            StoreError::Backend("mysql: group missing right after insert".to_owned())
+        })?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn update_group(&mut self, group: &Group) -> StoreResult<Option<Group>> {
+        let mut transaction = self.write_transaction()?;
+        transaction
+            .exec_drop(
+                "UPDATE channel_groups SET name = ?, mode = ?, max_attempts = ?, first_byte_timeout_ms = ?, \
+                 total_timeout_ms = ?, sticky_seconds = ?, updated_at = ? WHERE id = ?",
+                group_values(group, &[Value::from(unix_seconds()), Value::from(group.id)]),
+            )
+            .map_err(|error| group_write_error(error, group))?;
+        if transaction.affected_rows() == 0 {
+            return Ok(None);
+        }
+        replace_group_items(&mut transaction, group.id, &group.items)?;
+        let stored = load_group(&mut transaction, group.id)?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn delete_group(&mut self, id: i64) -> StoreResult<bool> {
+        let deleted = self
+            .execute("DELETE FROM channel_groups WHERE id = ?", (id,))
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_api_keys(&mut self) -> StoreResult<Vec<ApiKey>> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id");
+        query_all(&mut self.connection, &sql, (), api_key_from_row)
+    }
+
+    fn api_key_by_id(&mut self, id: i64) -> StoreResult<Option<ApiKey>> {
+        load_api_key(&mut self.connection, "id", Value::from(id))
+    }
+
+    fn api_key_by_hash(&mut self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
+        load_api_key(&mut self.connection, "key_hash", Value::from(key_hash))
+    }
+
+    fn create_api_key(&mut self, api_key: &ApiKey) -> StoreResult<ApiKey> {
+        let now = unix_seconds();
+        self.connection
+            .exec_drop(
+                "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
+                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    &api_key.name,
+                    &api_key.key_hash,
+                    &api_key.key_prefix,
+                    api_key.enabled,
+                    api_key.expires_at,
+                    api_key.max_cost,
+                    strings_to_json(&api_key.allowed_models),
+                    now,
+                    now,
+                ),
+            )
+            .map_err(|error| api_key_write_error(error, api_key))?;
+        let id = self.connection.last_insert_id() as i64;
+        load_api_key(&mut self.connection, "id", Value::from(id))?.ok_or_else(|| {
+            StoreError::Backend("mysql: api key missing right after insert".to_owned())
+        })
+    }
+
+    fn update_api_key(&mut self, api_key: &ApiKey) -> StoreResult<Option<ApiKey>> {
+        let updated = self
+            .execute(
+                "UPDATE api_keys SET name = ?, enabled = ?, expires_at = ?, max_cost = ?, allowed_models = ?, \
+                 updated_at = ? WHERE id = ?",
+                (
+                    &api_key.name,
+                    api_key.enabled,
+                    api_key.expires_at,
+                    api_key.max_cost,
+                    strings_to_json(&api_key.allowed_models),
+                    unix_seconds(),
+                    api_key.id,
+                ),
+            )
+            .map_err(|error| api_key_write_error(error, api_key))?;
+        if updated == 0 {
+            return Ok(None);
+        }
+        load_api_key(&mut self.connection, "id", Value::from(api_key.id))
+    }
+
+    fn delete_api_key(&mut self, id: i64) -> StoreResult<bool> {
+        let deleted = self
+            .execute("DELETE FROM api_keys WHERE id = ?", (id,))
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_prices(&mut self) -> StoreResult<Vec<ModelPrice>> {
+        let sql = format!("SELECT {PRICE_COLUMNS} FROM model_prices ORDER BY model, channel_scope");
+        query_all(&mut self.connection, &sql, (), price_from_row)
+    }
+
+    fn upsert_price(&mut self, price: &ModelPrice) -> StoreResult<ModelPrice> {
+        // LAST_INSERT_ID(id) on the update path makes the existing row's id the one reported.
+        self.connection
+            .exec_drop(
+                "INSERT INTO model_prices (model, channel_id, channel_scope, input, output, cache_read, cache_write) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id), input = VALUES(input), output = VALUES(output), \
+                 cache_read = VALUES(cache_read), cache_write = VALUES(cache_write)",
+                (
+                    &price.model,
+                    price.channel_id,
+                    price_channel_scope(price.channel_id),
+                    price.input,
+                    price.output,
+                    price.cache_read,
+                    price.cache_write,
+                ),
+            )
+            .map_err(|error| match violation(error) {
+                Violation::ForeignKey => {
+                    StoreError::MissingReference(format!("channel {}", price.channel_id.unwrap_or_default()))
+                }
+                Violation::Unique(index) => StoreError::Backend(format!("mysql: unexpected duplicate on {index}")),
+                Violation::Other(error) => error,
+            })?;
+        let id = self.connection.last_insert_id() as i64;
+        Ok(ModelPrice {
+            id,
+            ..price.clone()
+        })
+    }
+
+    fn delete_price(&mut self, id: i64) -> StoreResult<bool> {
+        let deleted = self
+            .execute("DELETE FROM model_prices WHERE id = ?", (id,))
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_settings(&mut self) -> StoreResult<Vec<(String, String)>> {
+        query_all(
+            &mut self.connection,
+            "SELECT `key`, value FROM settings ORDER BY `key`",
+            (),
+            |mut row| Ok((take(&mut row, 0)?, take(&mut row, 1)?)),
+        )
+    }
+
+    fn setting(&mut self, key: &str) -> StoreResult<Option<String>> {
+        query_optional(
+            &mut self.connection,
+            "SELECT value FROM settings WHERE `key` = ?",
+            (key,),
+            |mut row| take(&mut row, 0),
+        )
+    }
+
+    fn set_setting(&mut self, key: &str, value: &str) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO settings (`key`, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)",
+            (key, value),
+        )
+        .map_err(query_error)?;
+        Ok(())
+    }
+}

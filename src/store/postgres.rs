@@ -1,0 +1,833 @@
+//! The PostgreSQL backend on the synchronous `postgres` client (one connection per store).
+//!
+//! The client runs a small tokio runtime inside; that is why stores live only on the pool's
+//! std threads and never on a coroutine worker.
+
+use std::collections::HashSet;
+use std::error::Error as _;
+use std::time::Duration;
+
+use postgres::config::Host;
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{Client, Config, GenericClient, NoTls, Row, Transaction};
+
+use crate::store::codec::{
+    ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
+    attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
+    u64_to_column,
+};
+use crate::store::entities::{
+    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, ModelPrice,
+};
+use crate::store::migrate::{POSTGRES_MIGRATIONS, pending, warn_about_unknown_versions};
+use crate::store::{Store, StoreError, StoreResult};
+use crate::util::unix_seconds;
+
+/// A `Store` on one PostgreSQL connection.
+pub struct PostgresStore {
+    client: Client,
+}
+
+/// Connects to `url` (`postgres://user[:password]@host[:port]/database`), then applies pending
+/// migrations. Errors name the host, port and database, never the password.
+pub fn open(url: &str) -> StoreResult<PostgresStore> {
+    let mut config: Config = url.parse().map_err(|error| {
+        StoreError::Backend(format!("invalid PostgreSQL URL: {}", describe(&error)))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    let target = describe_target(&config);
+    let mut client = config.connect(NoTls).map_err(|error| {
+        StoreError::Backend(format!(
+            "cannot connect to PostgreSQL at {target}: {}",
+            describe(&error)
+        ))
+    })?;
+    migrate(&mut client).map_err(|error| {
+        StoreError::Backend(format!(
+            "cannot migrate PostgreSQL database at {target}: {}",
+            describe(&error)
+        ))
+    })?;
+    Ok(PostgresStore { client })
+}
+
+/// `host:port/database` as the client will use them.
+fn describe_target(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("{host}:{port}/{database}")
+}
+
+/// The error with its causes: the driver's own text is only a category ("db error").
+fn describe(error: &postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The advisory lock that serialises migrations (the bytes of "octopus").
+const MIGRATION_LOCK_ID: i64 = 0x006f_6374_6f70_7573;
+
+fn migrate(client: &mut Client) -> Result<(), postgres::Error> {
+    // PostgreSQL DDL is transactional. The advisory lock makes a second node starting at the
+    // same moment wait here, then find the migrations applied.
+    let mut transaction = client.transaction()?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_ID])?;
+    transaction.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )?;
+    let applied_versions: Vec<i64> = transaction
+        .query("SELECT version FROM schema_migrations", &[])?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    warn_about_unknown_versions("postgres", POSTGRES_MIGRATIONS, &applied_versions);
+    for migration in pending(POSTGRES_MIGRATIONS, &applied_versions) {
+        transaction.batch_execute(migration.sql)?;
+        transaction.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+            &[&migration.version, &unix_seconds()],
+        )?;
+        log::info!(
+            "postgres: applied migration {} ({})",
+            migration.version,
+            migration.description
+        );
+    }
+    transaction.commit()
+}
+
+fn query_error(error: postgres::Error) -> StoreError {
+    StoreError::Backend(format!("postgres: {}", describe(&error)))
+}
+
+fn violation(error: postgres::Error) -> Violation {
+    if let Some(database_error) = error.as_db_error() {
+        if *database_error.code() == SqlState::UNIQUE_VIOLATION {
+            return Violation::Unique(database_error.constraint().unwrap_or_default().to_owned());
+        }
+        if *database_error.code() == SqlState::FOREIGN_KEY_VIOLATION {
+            return Violation::ForeignKey;
+        }
+    }
+    Violation::Other(query_error(error))
+}
+
+const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
+const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
+const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
+
+fn admin_from_row(row: &Row) -> Result<AdminUser, postgres::Error> {
+    Ok(AdminUser {
+        id: row.try_get(0)?,
+        username: row.try_get(1)?,
+        password_hash: row.try_get(2)?,
+        must_change_password: row.try_get(3)?,
+    })
+}
+
+fn session_from_row(row: &Row) -> Result<AdminSession, postgres::Error> {
+    Ok(AdminSession {
+        token_hash: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        expires_at: row.try_get(2)?,
+        created_at: row.try_get(3)?,
+    })
+}
+
+fn channel_row(row: &Row) -> Result<ChannelRow, postgres::Error> {
+    Ok(ChannelRow {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        channel_type: row.try_get(2)?,
+        enabled: row.try_get(3)?,
+        base_urls: row.try_get(4)?,
+        models: row.try_get(5)?,
+        headers: row.try_get(6)?,
+        proxy: row.try_get(7)?,
+        auto_sync: row.try_get(8)?,
+        match_regex: row.try_get(9)?,
+        created_at: row.try_get(10)?,
+        updated_at: row.try_get(11)?,
+    })
+}
+
+fn channel_key_row(row: &Row) -> Result<(i64, ChannelKey), postgres::Error> {
+    Ok((
+        row.try_get(0)?,
+        ChannelKey {
+            id: row.try_get(1)?,
+            key: row.try_get(2)?,
+            enabled: row.try_get(3)?,
+            remark: row.try_get(4)?,
+        },
+    ))
+}
+
+fn group_row(row: &Row) -> Result<GroupRow, postgres::Error> {
+    Ok(GroupRow {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        mode: row.try_get(2)?,
+        max_attempts: row.try_get(3)?,
+        first_byte_timeout_ms: row.try_get(4)?,
+        total_timeout_ms: row.try_get(5)?,
+        sticky_seconds: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+        updated_at: row.try_get(8)?,
+    })
+}
+
+fn group_item_row(row: &Row) -> Result<GroupItemRow, postgres::Error> {
+    Ok(GroupItemRow {
+        group_id: row.try_get(0)?,
+        channel_id: row.try_get(1)?,
+        model: row.try_get(2)?,
+        priority: row.try_get(3)?,
+        weight: row.try_get(4)?,
+    })
+}
+
+fn api_key_row(row: &Row) -> Result<ApiKeyRow, postgres::Error> {
+    Ok(ApiKeyRow {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        key_hash: row.try_get(2)?,
+        key_prefix: row.try_get(3)?,
+        enabled: row.try_get(4)?,
+        expires_at: row.try_get(5)?,
+        max_cost: row.try_get(6)?,
+        allowed_models: row.try_get(7)?,
+        created_at: row.try_get(8)?,
+        updated_at: row.try_get(9)?,
+    })
+}
+
+fn price_from_row(row: &Row) -> Result<ModelPrice, postgres::Error> {
+    Ok(ModelPrice {
+        id: row.try_get(0)?,
+        model: row.try_get(1)?,
+        channel_id: row.try_get(2)?,
+        input: row.try_get(3)?,
+        output: row.try_get(4)?,
+        cache_read: row.try_get(5)?,
+        cache_write: row.try_get(6)?,
+    })
+}
+
+/// Runs `sql` and converts every row through `map`.
+fn query_all<T>(
+    client: &mut impl GenericClient,
+    sql: &str,
+    parameters: &[&(dyn ToSql + Sync)],
+    map: impl Fn(&Row) -> Result<T, postgres::Error>,
+) -> StoreResult<Vec<T>> {
+    let rows = client.query(sql, parameters).map_err(query_error)?;
+    rows.iter()
+        .map(|row| map(row).map_err(query_error))
+        .collect()
+}
+
+/// Runs `sql` and converts the first row, if any, through `map`.
+fn query_optional<T>(
+    client: &mut impl GenericClient,
+    sql: &str,
+    parameters: &[&(dyn ToSql + Sync)],
+    map: impl Fn(&Row) -> Result<T, postgres::Error>,
+) -> StoreResult<Option<T>> {
+    let row = client.query_opt(sql, parameters).map_err(query_error)?;
+    row.as_ref()
+        .map(|row| map(row).map_err(query_error))
+        .transpose()
+}
+
+fn load_channel(client: &mut impl GenericClient, id: i64) -> StoreResult<Option<Channel>> {
+    let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = $1");
+    let Some(row) = query_optional(client, &sql, &[&id], channel_row)? else {
+        return Ok(None);
+    };
+    let mut channels = vec![row.into_channel()?];
+    let keys = query_all(
+        client,
+        "SELECT channel_id, id, key, enabled, remark FROM channel_keys WHERE channel_id = $1 ORDER BY position, id",
+        &[&id],
+        channel_key_row,
+    )?;
+    attach_channel_keys(&mut channels, keys);
+    Ok(channels.pop())
+}
+
+/// Makes the stored keys of `channel_id` equal to `keys`, keeping the ids of keys that match.
+fn replace_channel_keys(
+    transaction: &mut Transaction,
+    channel_id: i64,
+    keys: &[ChannelKey],
+) -> StoreResult<()> {
+    let existing_ids: HashSet<i64> = query_all(
+        transaction,
+        "SELECT id FROM channel_keys WHERE channel_id = $1",
+        &[&channel_id],
+        |row| row.try_get(0),
+    )?
+    .into_iter()
+    .collect();
+    let mut kept_ids = HashSet::new();
+    for (position, key) in keys.iter().enumerate() {
+        let position = position as i64;
+        // An id that is not one of this channel's keys (or appears twice) is treated as new.
+        if existing_ids.contains(&key.id) && kept_ids.insert(key.id) {
+            transaction
+                .execute(
+                    "UPDATE channel_keys SET key = $1, enabled = $2, remark = $3, position = $4 WHERE id = $5",
+                    &[&key.key, &key.enabled, &key.remark, &position, &key.id],
+                )
+                .map_err(query_error)?;
+        } else {
+            transaction
+                .execute(
+                    "INSERT INTO channel_keys (channel_id, key, enabled, remark, position) VALUES ($1, $2, $3, $4, $5)",
+                    &[&channel_id, &key.key, &key.enabled, &key.remark, &position],
+                )
+                .map_err(query_error)?;
+        }
+    }
+    let stale_ids: Vec<i64> = existing_ids.difference(&kept_ids).copied().collect();
+    if !stale_ids.is_empty() {
+        transaction
+            .execute("DELETE FROM channel_keys WHERE id = ANY($1)", &[&stale_ids])
+            .map_err(query_error)?;
+    }
+    Ok(())
+}
+
+fn channel_write_error(error: postgres::Error, channel: &Channel) -> StoreError {
+    match violation(error) {
+        Violation::Unique(_) => StoreError::Duplicate(format!("channel name '{}'", channel.name)),
+        Violation::ForeignKey => StoreError::MissingReference(format!("channel {}", channel.id)),
+        Violation::Other(error) => error,
+    }
+}
+
+fn load_group(client: &mut impl GenericClient, id: i64) -> StoreResult<Option<Group>> {
+    let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups WHERE id = $1");
+    let Some(row) = query_optional(client, &sql, &[&id], group_row)? else {
+        return Ok(None);
+    };
+    let mut groups = vec![row.into_group()?];
+    let items = query_all(
+        client,
+        "SELECT group_id, channel_id, model, priority, weight FROM group_items WHERE group_id = $1 ORDER BY position, id",
+        &[&id],
+        group_item_row,
+    )?;
+    attach_group_items(&mut groups, items);
+    Ok(groups.pop())
+}
+
+fn replace_group_items(
+    transaction: &mut Transaction,
+    group_id: i64,
+    items: &[GroupItem],
+) -> StoreResult<()> {
+    transaction
+        .execute("DELETE FROM group_items WHERE group_id = $1", &[&group_id])
+        .map_err(query_error)?;
+    for (position, item) in items.iter().enumerate() {
+        transaction
+            .execute(
+                "INSERT INTO group_items (group_id, channel_id, model, priority, weight, position) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &group_id,
+                    &item.channel_id,
+                    &item.model,
+                    &i64::from(item.priority),
+                    &i64::from(item.weight),
+                    &(position as i64),
+                ],
+            )
+            .map_err(|error| match violation(error) {
+                Violation::ForeignKey => {
+                    StoreError::MissingReference(format!("channel {}", item.channel_id))
+                }
+                Violation::Unique(constraint) => {
+                    StoreError::Backend(format!("postgres: unexpected duplicate on {constraint}"))
+                }
+                Violation::Other(error) => error,
+            })?;
+    }
+    Ok(())
+}
+
+fn group_write_error(error: postgres::Error, group: &Group) -> StoreError {
+    match violation(error) {
+        Violation::Unique(_) => StoreError::Duplicate(format!("group name '{}'", group.name)),
+        Violation::ForeignKey => StoreError::MissingReference(format!("group {}", group.id)),
+        Violation::Other(error) => error,
+    }
+}
+
+fn api_key_write_error(error: postgres::Error, api_key: &ApiKey) -> StoreError {
+    match violation(error) {
+        Violation::Unique(constraint) => api_key_duplicate(&constraint, api_key),
+        Violation::ForeignKey => {
+            StoreError::Backend("postgres: unexpected foreign key violation on api_keys".to_owned())
+        }
+        Violation::Other(error) => error,
+    }
+}
+
+fn load_api_key(
+    client: &mut Client,
+    column: &str,
+    value: &(dyn ToSql + Sync),
+) -> StoreResult<Option<ApiKey>> {
+    let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {column} = $1");
+    query_optional(client, &sql, &[value], api_key_row)?
+        .map(ApiKeyRow::into_api_key)
+        .transpose()
+}
+
+impl PostgresStore {
+    fn write_transaction(&mut self) -> StoreResult<Transaction<'_>> {
+        self.client.transaction().map_err(query_error)
+    }
+}
+
+impl Store for PostgresStore {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool> {
+        let now = unix_seconds();
+        let inserted = self.client.execute(
+            "INSERT INTO admin_users (username, password_hash, must_change_password, created_at, updated_at) \
+             SELECT $1::TEXT, $2::TEXT, TRUE, $3::BIGINT, $3::BIGINT WHERE NOT EXISTS (SELECT 1 FROM admin_users)",
+            &[&username, &password_hash, &now],
+        );
+        match inserted {
+            Ok(count) => Ok(count > 0),
+            // Another node seeded the same account between our check and our insert.
+            Err(error) => match violation(error) {
+                Violation::Unique(_) => Ok(false),
+                Violation::ForeignKey => Err(StoreError::Backend(
+                    "postgres: unexpected foreign key violation".to_owned(),
+                )),
+                Violation::Other(error) => Err(error),
+            },
+        }
+    }
+
+    fn admin_by_username(&mut self, username: &str) -> StoreResult<Option<AdminUser>> {
+        query_optional(
+            &mut self.client,
+            "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE username = $1",
+            &[&username],
+            admin_from_row,
+        )
+    }
+
+    fn admin_by_id(&mut self, id: i64) -> StoreResult<Option<AdminUser>> {
+        query_optional(
+            &mut self.client,
+            "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE id = $1",
+            &[&id],
+            admin_from_row,
+        )
+    }
+
+    fn update_admin_password(
+        &mut self,
+        id: i64,
+        password_hash: &str,
+        must_change_password: bool,
+    ) -> StoreResult<()> {
+        let updated = self
+            .client
+            .execute(
+                "UPDATE admin_users SET password_hash = $1, must_change_password = $2, updated_at = $3 WHERE id = $4",
+                &[&password_hash, &must_change_password, &unix_seconds(), &id],
+            )
+            .map_err(query_error)?;
+        if updated == 0 {
+            return Err(StoreError::MissingReference(format!("admin user {id}")));
+        }
+        Ok(())
+    }
+
+    fn create_session(&mut self, session: &AdminSession) -> StoreResult<()> {
+        self.client
+            .execute(
+                "INSERT INTO admin_sessions (token_hash, user_id, expires_at, created_at) VALUES ($1, $2, $3, $4)",
+                &[&session.token_hash, &session.user_id, &session.expires_at, &session.created_at],
+            )
+            .map_err(|error| match violation(error) {
+                Violation::Unique(_) => StoreError::Duplicate("session token".to_owned()),
+                Violation::ForeignKey => StoreError::MissingReference(format!("admin user {}", session.user_id)),
+                Violation::Other(error) => error,
+            })?;
+        Ok(())
+    }
+
+    fn session_by_token_hash(&mut self, token_hash: &str) -> StoreResult<Option<AdminSession>> {
+        query_optional(
+            &mut self.client,
+            "SELECT token_hash, user_id, expires_at, created_at FROM admin_sessions WHERE token_hash = $1",
+            &[&token_hash],
+            session_from_row,
+        )
+    }
+
+    fn delete_sessions_of_user(&mut self, user_id: i64) -> StoreResult<u64> {
+        self.client
+            .execute("DELETE FROM admin_sessions WHERE user_id = $1", &[&user_id])
+            .map_err(query_error)
+    }
+
+    fn delete_expired_sessions(&mut self, now: i64) -> StoreResult<u64> {
+        self.client
+            .execute("DELETE FROM admin_sessions WHERE expires_at <= $1", &[&now])
+            .map_err(query_error)
+    }
+
+    fn list_channels(&mut self) -> StoreResult<Vec<Channel>> {
+        let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id");
+        let rows = query_all(&mut self.client, &sql, &[], channel_row)?;
+        let mut channels = rows
+            .into_iter()
+            .map(ChannelRow::into_channel)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let keys = query_all(
+            &mut self.client,
+            "SELECT channel_id, id, key, enabled, remark FROM channel_keys ORDER BY channel_id, position, id",
+            &[],
+            channel_key_row,
+        )?;
+        attach_channel_keys(&mut channels, keys);
+        Ok(channels)
+    }
+
+    fn channel_by_id(&mut self, id: i64) -> StoreResult<Option<Channel>> {
+        load_channel(&mut self.client, id)
+    }
+
+    fn create_channel(&mut self, channel: &Channel) -> StoreResult<Channel> {
+        let now = unix_seconds();
+        let mut transaction = self.write_transaction()?;
+        let row = transaction
+            .query_one(
+                "INSERT INTO channels (name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
+                &[
+                    &channel.name,
+                    &channel.channel_type.as_str(),
+                    &channel.enabled,
+                    &strings_to_json(&channel.base_urls),
+                    &strings_to_json(&channel.models),
+                    &headers_to_json(&channel.headers),
+                    &channel.proxy,
+                    &channel.auto_sync,
+                    &channel.match_regex,
+                    &now,
+                ],
+            )
+            .map_err(|error| channel_write_error(error, channel))?;
+        let id: i64 = row.try_get(0).map_err(query_error)?;
+        replace_channel_keys(&mut transaction, id, &channel.keys)?;
+        let stored = load_channel(&mut transaction, id)?.ok_or_else(|| {
+            StoreError::Backend("postgres: channel missing right after insert".to_owned())
+        })?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn update_channel(&mut self, channel: &Channel) -> StoreResult<Option<Channel>> {
+        let mut transaction = self.write_transaction()?;
+        let updated = transaction
+            .execute(
+                "UPDATE channels SET name = $1, type = $2, enabled = $3, base_urls = $4, models = $5, headers = $6, \
+                 proxy = $7, auto_sync = $8, match_regex = $9, updated_at = $10 WHERE id = $11",
+                &[
+                    &channel.name,
+                    &channel.channel_type.as_str(),
+                    &channel.enabled,
+                    &strings_to_json(&channel.base_urls),
+                    &strings_to_json(&channel.models),
+                    &headers_to_json(&channel.headers),
+                    &channel.proxy,
+                    &channel.auto_sync,
+                    &channel.match_regex,
+                    &unix_seconds(),
+                    &channel.id,
+                ],
+            )
+            .map_err(|error| channel_write_error(error, channel))?;
+        if updated == 0 {
+            return Ok(None);
+        }
+        replace_channel_keys(&mut transaction, channel.id, &channel.keys)?;
+        let stored = load_channel(&mut transaction, channel.id)?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn delete_channel(&mut self, id: i64) -> StoreResult<bool> {
+        // Keys, group items and channel prices go with it through ON DELETE CASCADE.
+        let deleted = self
+            .client
+            .execute("DELETE FROM channels WHERE id = $1", &[&id])
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_groups(&mut self) -> StoreResult<Vec<Group>> {
+        let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups ORDER BY id");
+        let rows = query_all(&mut self.client, &sql, &[], group_row)?;
+        let mut groups = rows
+            .into_iter()
+            .map(GroupRow::into_group)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let items = query_all(
+            &mut self.client,
+            "SELECT group_id, channel_id, model, priority, weight FROM group_items ORDER BY group_id, position, id",
+            &[],
+            group_item_row,
+        )?;
+        attach_group_items(&mut groups, items);
+        Ok(groups)
+    }
+
+    fn group_by_id(&mut self, id: i64) -> StoreResult<Option<Group>> {
+        load_group(&mut self.client, id)
+    }
+
+    fn create_group(&mut self, group: &Group) -> StoreResult<Group> {
+        let now = unix_seconds();
+        let mut transaction = self.write_transaction()?;
+        let row = transaction
+            .query_one(
+                "INSERT INTO channel_groups (name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, \
+                 sticky_seconds, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+                &[
+                    &group.name,
+                    &group.mode.as_str(),
+                    &i64::from(group.max_attempts),
+                    &u64_to_column(group.first_byte_timeout_ms),
+                    &u64_to_column(group.total_timeout_ms),
+                    &u64_to_column(group.sticky_seconds),
+                    &now,
+                ],
+            )
+            .map_err(|error| group_write_error(error, group))?;
+        let id: i64 = row.try_get(0).map_err(query_error)?;
+        replace_group_items(&mut transaction, id, &group.items)?;
+        let stored = load_group(&mut transaction, id)?.ok_or_else(|| {
+            StoreError::Backend("postgres: group missing right after insert".to_owned())
+        })?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn update_group(&mut self, group: &Group) -> StoreResult<Option<Group>> {
+        let mut transaction = self.write_transaction()?;
+        let updated = transaction
+            .execute(
+                "UPDATE channel_groups SET name = $1, mode = $2, max_attempts = $3, first_byte_timeout_ms = $4, \
+                 total_timeout_ms = $5, sticky_seconds = $6, updated_at = $7 WHERE id = $8",
+                &[
+                    &group.name,
+                    &group.mode.as_str(),
+                    &i64::from(group.max_attempts),
+                    &u64_to_column(group.first_byte_timeout_ms),
+                    &u64_to_column(group.total_timeout_ms),
+                    &u64_to_column(group.sticky_seconds),
+                    &unix_seconds(),
+                    &group.id,
+                ],
+            )
+            .map_err(|error| group_write_error(error, group))?;
+        if updated == 0 {
+            return Ok(None);
+        }
+        replace_group_items(&mut transaction, group.id, &group.items)?;
+        let stored = load_group(&mut transaction, group.id)?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn delete_group(&mut self, id: i64) -> StoreResult<bool> {
+        let deleted = self
+            .client
+            .execute("DELETE FROM channel_groups WHERE id = $1", &[&id])
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_api_keys(&mut self) -> StoreResult<Vec<ApiKey>> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id");
+        query_all(&mut self.client, &sql, &[], api_key_row)?
+            .into_iter()
+            .map(ApiKeyRow::into_api_key)
+            .collect()
+    }
+
+    fn api_key_by_id(&mut self, id: i64) -> StoreResult<Option<ApiKey>> {
+        load_api_key(&mut self.client, "id", &id)
+    }
+
+    fn api_key_by_hash(&mut self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
+        load_api_key(&mut self.client, "key_hash", &key_hash)
+    }
+
+    fn create_api_key(&mut self, api_key: &ApiKey) -> StoreResult<ApiKey> {
+        let now = unix_seconds();
+        let sql = format!(
+            "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {API_KEY_COLUMNS}"
+        );
+        let row = self
+            .client
+            .query_one(
+                &sql,
+                &[
+                    &api_key.name,
+                    &api_key.key_hash,
+                    &api_key.key_prefix,
+                    &api_key.enabled,
+                    &api_key.expires_at,
+                    &api_key.max_cost,
+                    &strings_to_json(&api_key.allowed_models),
+                    &now,
+                ],
+            )
+            .map_err(|error| api_key_write_error(error, api_key))?;
+        api_key_row(&row).map_err(query_error)?.into_api_key()
+    }
+
+    fn update_api_key(&mut self, api_key: &ApiKey) -> StoreResult<Option<ApiKey>> {
+        let sql = format!(
+            "UPDATE api_keys SET name = $1, enabled = $2, expires_at = $3, max_cost = $4, allowed_models = $5, \
+             updated_at = $6 WHERE id = $7 RETURNING {API_KEY_COLUMNS}"
+        );
+        let row = self
+            .client
+            .query_opt(
+                &sql,
+                &[
+                    &api_key.name,
+                    &api_key.enabled,
+                    &api_key.expires_at,
+                    &api_key.max_cost,
+                    &strings_to_json(&api_key.allowed_models),
+                    &unix_seconds(),
+                    &api_key.id,
+                ],
+            )
+            .map_err(|error| api_key_write_error(error, api_key))?;
+        row.map(|row| api_key_row(&row).map_err(query_error)?.into_api_key())
+            .transpose()
+    }
+
+    fn delete_api_key(&mut self, id: i64) -> StoreResult<bool> {
+        let deleted = self
+            .client
+            .execute("DELETE FROM api_keys WHERE id = $1", &[&id])
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_prices(&mut self) -> StoreResult<Vec<ModelPrice>> {
+        let sql = format!(
+            "SELECT {PRICE_COLUMNS} FROM model_prices ORDER BY model COLLATE \"C\", channel_scope"
+        );
+        query_all(&mut self.client, &sql, &[], price_from_row)
+    }
+
+    fn upsert_price(&mut self, price: &ModelPrice) -> StoreResult<ModelPrice> {
+        let row = self
+            .client
+            .query_one(
+                "INSERT INTO model_prices (model, channel_id, channel_scope, input, output, cache_read, cache_write) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (model, channel_scope) DO UPDATE SET input = EXCLUDED.input, output = EXCLUDED.output, \
+                 cache_read = EXCLUDED.cache_read, cache_write = EXCLUDED.cache_write RETURNING id",
+                &[
+                    &price.model,
+                    &price.channel_id,
+                    &price_channel_scope(price.channel_id),
+                    &price.input,
+                    &price.output,
+                    &price.cache_read,
+                    &price.cache_write,
+                ],
+            )
+            .map_err(|error| match violation(error) {
+                Violation::ForeignKey => {
+                    StoreError::MissingReference(format!("channel {}", price.channel_id.unwrap_or_default()))
+                }
+                Violation::Unique(constraint) => {
+                    StoreError::Backend(format!("postgres: unexpected duplicate on {constraint}"))
+                }
+                Violation::Other(error) => error,
+            })?;
+        let id: i64 = row.try_get(0).map_err(query_error)?;
+        Ok(ModelPrice {
+            id,
+            ..price.clone()
+        })
+    }
+
+    fn delete_price(&mut self, id: i64) -> StoreResult<bool> {
+        let deleted = self
+            .client
+            .execute("DELETE FROM model_prices WHERE id = $1", &[&id])
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_settings(&mut self) -> StoreResult<Vec<(String, String)>> {
+        query_all(
+            &mut self.client,
+            "SELECT key, value FROM settings ORDER BY key COLLATE \"C\"",
+            &[],
+            |row| Ok((row.try_get(0)?, row.try_get(1)?)),
+        )
+    }
+
+    fn setting(&mut self, key: &str) -> StoreResult<Option<String>> {
+        query_optional(
+            &mut self.client,
+            "SELECT value FROM settings WHERE key = $1",
+            &[&key],
+            |row| row.try_get(0),
+        )
+    }
+
+    fn set_setting(&mut self, key: &str, value: &str) -> StoreResult<()> {
+        self.client
+            .execute(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&key, &value],
+            )
+            .map_err(query_error)?;
+        Ok(())
+    }
+}

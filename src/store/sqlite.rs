@@ -1,0 +1,847 @@
+//! The SQLite backend: one rusqlite connection per store, WAL journal, foreign keys enforced.
+//!
+//! Several stores (one per pool thread) may share a file. WAL lets readers run beside the one
+//! writer, `busy_timeout` makes a second writer wait instead of failing, and every write
+//! transaction starts `IMMEDIATE` so two writers never deadlock upgrading read locks.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, ffi, params};
+
+use crate::store::codec::{
+    ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
+    attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
+    u64_to_column,
+};
+use crate::store::entities::{
+    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, ModelPrice,
+};
+use crate::store::migrate::{SQLITE_MIGRATIONS, pending, warn_about_unknown_versions};
+use crate::store::{Store, StoreError, StoreResult};
+use crate::util::unix_seconds;
+
+/// A `Store` on one SQLite connection.
+pub struct SqliteStore {
+    connection: Connection,
+}
+
+/// Opens (creating if needed, along with its parent directory) the database file at `path`,
+/// configures the connection and applies pending migrations. `:memory:` opens a private
+/// in-memory database.
+pub fn open(path: &str) -> StoreResult<SqliteStore> {
+    create_parent_directory(path)?;
+    let mut connection = Connection::open(path).map_err(|error| {
+        StoreError::Backend(format!("cannot open SQLite database {path}: {error}"))
+    })?;
+    configure(&connection).map_err(|error| {
+        StoreError::Backend(format!("cannot configure SQLite database {path}: {error}"))
+    })?;
+    migrate(&mut connection).map_err(|error| {
+        StoreError::Backend(format!("cannot migrate SQLite database {path}: {error}"))
+    })?;
+    Ok(SqliteStore { connection })
+}
+
+fn create_parent_directory(path: &str) -> StoreResult<()> {
+    if path == ":memory:" || path.starts_with("file:") {
+        return Ok(());
+    }
+    match Path::new(path).parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                StoreError::Backend(format!(
+                    "cannot create directory {} for the SQLite database: {error}",
+                    parent.display()
+                ))
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_timeout(Duration::from_millis(5000))?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    // journal_mode answers with the mode in effect (an in-memory database stays "memory").
+    let _mode: String =
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    // In WAL mode NORMAL is still safe against application crashes; only a power cut can lose
+    // the last transactions, and it saves an fsync per commit on slow router flash.
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
+    // One IMMEDIATE transaction: SQLite DDL is transactional, and a second process opening the
+    // same file waits for the lock instead of applying the same migration again.
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    transaction.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    let applied_versions: Vec<i64> = {
+        let mut statement = transaction.prepare("SELECT version FROM schema_migrations")?;
+        statement
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    warn_about_unknown_versions("sqlite", SQLITE_MIGRATIONS, &applied_versions);
+    for migration in pending(SQLITE_MIGRATIONS, &applied_versions) {
+        transaction.execute_batch(migration.sql)?;
+        transaction.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![migration.version, unix_seconds()],
+        )?;
+        log::info!(
+            "sqlite: applied migration {} ({})",
+            migration.version,
+            migration.description
+        );
+    }
+    transaction.commit()
+}
+
+fn query_error(error: rusqlite::Error) -> StoreError {
+    StoreError::Backend(format!("sqlite: {error}"))
+}
+
+fn violation(error: rusqlite::Error) -> Violation {
+    if let rusqlite::Error::SqliteFailure(failure, message) = &error {
+        match failure.extended_code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                return Violation::Unique(message.clone().unwrap_or_default());
+            }
+            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => return Violation::ForeignKey,
+            _ => {}
+        }
+    }
+    Violation::Other(query_error(error))
+}
+
+const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
+const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
+const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
+
+fn admin_from_row(row: &Row) -> rusqlite::Result<AdminUser> {
+    Ok(AdminUser {
+        id: row.get(0)?,
+        username: row.get(1)?,
+        password_hash: row.get(2)?,
+        must_change_password: row.get(3)?,
+    })
+}
+
+fn session_from_row(row: &Row) -> rusqlite::Result<AdminSession> {
+    Ok(AdminSession {
+        token_hash: row.get(0)?,
+        user_id: row.get(1)?,
+        expires_at: row.get(2)?,
+        created_at: row.get(3)?,
+    })
+}
+
+fn channel_row(row: &Row) -> rusqlite::Result<ChannelRow> {
+    Ok(ChannelRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        channel_type: row.get(2)?,
+        enabled: row.get(3)?,
+        base_urls: row.get(4)?,
+        models: row.get(5)?,
+        headers: row.get(6)?,
+        proxy: row.get(7)?,
+        auto_sync: row.get(8)?,
+        match_regex: row.get(9)?,
+        created_at: row.get(10)?,
+        updated_at: row.get(11)?,
+    })
+}
+
+fn channel_key_row(row: &Row) -> rusqlite::Result<(i64, ChannelKey)> {
+    Ok((
+        row.get(0)?,
+        ChannelKey {
+            id: row.get(1)?,
+            key: row.get(2)?,
+            enabled: row.get(3)?,
+            remark: row.get(4)?,
+        },
+    ))
+}
+
+fn group_row(row: &Row) -> rusqlite::Result<GroupRow> {
+    Ok(GroupRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        mode: row.get(2)?,
+        max_attempts: row.get(3)?,
+        first_byte_timeout_ms: row.get(4)?,
+        total_timeout_ms: row.get(5)?,
+        sticky_seconds: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+fn group_item_row(row: &Row) -> rusqlite::Result<GroupItemRow> {
+    Ok(GroupItemRow {
+        group_id: row.get(0)?,
+        channel_id: row.get(1)?,
+        model: row.get(2)?,
+        priority: row.get(3)?,
+        weight: row.get(4)?,
+    })
+}
+
+fn api_key_row(row: &Row) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        key_hash: row.get(2)?,
+        key_prefix: row.get(3)?,
+        enabled: row.get(4)?,
+        expires_at: row.get(5)?,
+        max_cost: row.get(6)?,
+        allowed_models: row.get(7)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+    })
+}
+
+fn price_from_row(row: &Row) -> rusqlite::Result<ModelPrice> {
+    Ok(ModelPrice {
+        id: row.get(0)?,
+        model: row.get(1)?,
+        channel_id: row.get(2)?,
+        input: row.get(3)?,
+        output: row.get(4)?,
+        cache_read: row.get(5)?,
+        cache_write: row.get(6)?,
+    })
+}
+
+/// Runs `sql` and collects every row through `map`.
+fn query_all<T>(
+    connection: &Connection,
+    sql: &str,
+    parameters: impl rusqlite::Params,
+    map: impl FnMut(&Row) -> rusqlite::Result<T>,
+) -> StoreResult<Vec<T>> {
+    let mut statement = connection.prepare_cached(sql).map_err(query_error)?;
+    let rows = statement.query_map(parameters, map).map_err(query_error)?;
+    rows.collect::<rusqlite::Result<Vec<T>>>()
+        .map_err(query_error)
+}
+
+fn load_channel(connection: &Connection, id: i64) -> StoreResult<Option<Channel>> {
+    let row = connection
+        .query_row(
+            &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
+            [id],
+            channel_row,
+        )
+        .optional()
+        .map_err(query_error)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let mut channels = vec![row.into_channel()?];
+    let keys = query_all(
+        connection,
+        "SELECT channel_id, id, \"key\", enabled, remark FROM channel_keys WHERE channel_id = ?1 ORDER BY position, id",
+        [id],
+        channel_key_row,
+    )?;
+    attach_channel_keys(&mut channels, keys);
+    Ok(channels.pop())
+}
+
+/// Makes the stored keys of `channel_id` equal to `keys`, keeping the ids of keys that match.
+fn replace_channel_keys(
+    transaction: &Transaction,
+    channel_id: i64,
+    keys: &[ChannelKey],
+) -> StoreResult<()> {
+    let existing_ids: HashSet<i64> = query_all(
+        transaction,
+        "SELECT id FROM channel_keys WHERE channel_id = ?1",
+        [channel_id],
+        |row| row.get(0),
+    )?
+    .into_iter()
+    .collect();
+    let mut kept_ids = HashSet::new();
+    for (position, key) in keys.iter().enumerate() {
+        let position = position as i64;
+        // An id that is not one of this channel's keys (or appears twice) is treated as new.
+        if existing_ids.contains(&key.id) && kept_ids.insert(key.id) {
+            transaction
+                .execute(
+                    "UPDATE channel_keys SET \"key\" = ?1, enabled = ?2, remark = ?3, position = ?4 WHERE id = ?5",
+                    params![key.key, key.enabled, key.remark, position, key.id],
+                )
+                .map_err(query_error)?;
+        } else {
+            transaction
+                .execute(
+                    "INSERT INTO channel_keys (channel_id, \"key\", enabled, remark, position) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![channel_id, key.key, key.enabled, key.remark, position],
+                )
+                .map_err(query_error)?;
+        }
+    }
+    for stale_id in existing_ids.difference(&kept_ids) {
+        transaction
+            .execute("DELETE FROM channel_keys WHERE id = ?1", [stale_id])
+            .map_err(query_error)?;
+    }
+    Ok(())
+}
+
+fn channel_write_error(error: rusqlite::Error, channel: &Channel) -> StoreError {
+    match violation(error) {
+        Violation::Unique(_) => StoreError::Duplicate(format!("channel name '{}'", channel.name)),
+        Violation::ForeignKey => StoreError::MissingReference(format!("channel {}", channel.id)),
+        Violation::Other(error) => error,
+    }
+}
+
+fn load_group(connection: &Connection, id: i64) -> StoreResult<Option<Group>> {
+    let row = connection
+        .query_row(
+            &format!("SELECT {GROUP_COLUMNS} FROM channel_groups WHERE id = ?1"),
+            [id],
+            group_row,
+        )
+        .optional()
+        .map_err(query_error)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let mut groups = vec![row.into_group()?];
+    let items = query_all(
+        connection,
+        "SELECT group_id, channel_id, model, priority, weight FROM group_items WHERE group_id = ?1 ORDER BY position, id",
+        [id],
+        group_item_row,
+    )?;
+    attach_group_items(&mut groups, items);
+    Ok(groups.pop())
+}
+
+fn replace_group_items(
+    transaction: &Transaction,
+    group_id: i64,
+    items: &[GroupItem],
+) -> StoreResult<()> {
+    transaction
+        .execute("DELETE FROM group_items WHERE group_id = ?1", [group_id])
+        .map_err(query_error)?;
+    for (position, item) in items.iter().enumerate() {
+        transaction
+            .execute(
+                "INSERT INTO group_items (group_id, channel_id, model, priority, weight, position) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    group_id,
+                    item.channel_id,
+                    item.model,
+                    item.priority,
+                    item.weight,
+                    position as i64
+                ],
+            )
+            .map_err(|error| match violation(error) {
+                Violation::ForeignKey => {
+                    StoreError::MissingReference(format!("channel {}", item.channel_id))
+                }
+                Violation::Unique(constraint) => {
+                    StoreError::Backend(format!("sqlite: unexpected duplicate {constraint}"))
+                }
+                Violation::Other(error) => error,
+            })?;
+    }
+    Ok(())
+}
+
+fn group_write_error(error: rusqlite::Error, group: &Group) -> StoreError {
+    match violation(error) {
+        Violation::Unique(_) => StoreError::Duplicate(format!("group name '{}'", group.name)),
+        Violation::ForeignKey => StoreError::MissingReference(format!("group {}", group.id)),
+        Violation::Other(error) => error,
+    }
+}
+
+fn api_key_write_error(error: rusqlite::Error, api_key: &ApiKey) -> StoreError {
+    match violation(error) {
+        Violation::Unique(constraint) => api_key_duplicate(&constraint, api_key),
+        Violation::ForeignKey => {
+            StoreError::Backend("sqlite: unexpected foreign key violation on api_keys".to_owned())
+        }
+        Violation::Other(error) => error,
+    }
+}
+
+fn load_api_key(
+    connection: &Connection,
+    column: &str,
+    value: &dyn rusqlite::ToSql,
+) -> StoreResult<Option<ApiKey>> {
+    connection
+        .query_row(
+            &format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {column} = ?1"),
+            [value],
+            api_key_row,
+        )
+        .optional()
+        .map_err(query_error)?
+        .map(ApiKeyRow::into_api_key)
+        .transpose()
+}
+
+impl SqliteStore {
+    fn write_transaction(&mut self) -> StoreResult<Transaction<'_>> {
+        self.connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(query_error)
+    }
+}
+
+impl Store for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool> {
+        let now = unix_seconds();
+        let inserted = self
+            .connection
+            .execute(
+                "INSERT INTO admin_users (username, password_hash, must_change_password, created_at, updated_at) \
+                 SELECT ?1, ?2, 1, ?3, ?3 WHERE NOT EXISTS (SELECT 1 FROM admin_users)",
+                params![username, password_hash, now],
+            )
+            .map_err(query_error)?;
+        Ok(inserted > 0)
+    }
+
+    fn admin_by_username(&mut self, username: &str) -> StoreResult<Option<AdminUser>> {
+        self.connection
+            .query_row(
+                "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE username = ?1",
+                [username],
+                admin_from_row,
+            )
+            .optional()
+            .map_err(query_error)
+    }
+
+    fn admin_by_id(&mut self, id: i64) -> StoreResult<Option<AdminUser>> {
+        self.connection
+            .query_row(
+                "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE id = ?1",
+                [id],
+                admin_from_row,
+            )
+            .optional()
+            .map_err(query_error)
+    }
+
+    fn update_admin_password(
+        &mut self,
+        id: i64,
+        password_hash: &str,
+        must_change_password: bool,
+    ) -> StoreResult<()> {
+        let updated = self
+            .connection
+            .execute(
+                "UPDATE admin_users SET password_hash = ?1, must_change_password = ?2, updated_at = ?3 WHERE id = ?4",
+                params![password_hash, must_change_password, unix_seconds(), id],
+            )
+            .map_err(query_error)?;
+        if updated == 0 {
+            return Err(StoreError::MissingReference(format!("admin user {id}")));
+        }
+        Ok(())
+    }
+
+    fn create_session(&mut self, session: &AdminSession) -> StoreResult<()> {
+        self.connection
+            .execute(
+                "INSERT INTO admin_sessions (token_hash, user_id, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![session.token_hash, session.user_id, session.expires_at, session.created_at],
+            )
+            .map_err(|error| match violation(error) {
+                Violation::Unique(_) => StoreError::Duplicate("session token".to_owned()),
+                Violation::ForeignKey => StoreError::MissingReference(format!("admin user {}", session.user_id)),
+                Violation::Other(error) => error,
+            })?;
+        Ok(())
+    }
+
+    fn session_by_token_hash(&mut self, token_hash: &str) -> StoreResult<Option<AdminSession>> {
+        self.connection
+            .query_row(
+                "SELECT token_hash, user_id, expires_at, created_at FROM admin_sessions WHERE token_hash = ?1",
+                [token_hash],
+                session_from_row,
+            )
+            .optional()
+            .map_err(query_error)
+    }
+
+    fn delete_sessions_of_user(&mut self, user_id: i64) -> StoreResult<u64> {
+        let deleted = self
+            .connection
+            .execute("DELETE FROM admin_sessions WHERE user_id = ?1", [user_id])
+            .map_err(query_error)?;
+        Ok(deleted as u64)
+    }
+
+    fn delete_expired_sessions(&mut self, now: i64) -> StoreResult<u64> {
+        let deleted = self
+            .connection
+            .execute("DELETE FROM admin_sessions WHERE expires_at <= ?1", [now])
+            .map_err(query_error)?;
+        Ok(deleted as u64)
+    }
+
+    fn list_channels(&mut self) -> StoreResult<Vec<Channel>> {
+        let rows = query_all(
+            &self.connection,
+            &format!("SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id"),
+            [],
+            channel_row,
+        )?;
+        let mut channels = rows
+            .into_iter()
+            .map(ChannelRow::into_channel)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let keys = query_all(
+            &self.connection,
+            "SELECT channel_id, id, \"key\", enabled, remark FROM channel_keys ORDER BY channel_id, position, id",
+            [],
+            channel_key_row,
+        )?;
+        attach_channel_keys(&mut channels, keys);
+        Ok(channels)
+    }
+
+    fn channel_by_id(&mut self, id: i64) -> StoreResult<Option<Channel>> {
+        load_channel(&self.connection, id)
+    }
+
+    fn create_channel(&mut self, channel: &Channel) -> StoreResult<Channel> {
+        let now = unix_seconds();
+        let transaction = self.write_transaction()?;
+        transaction
+            .execute(
+                "INSERT INTO channels (name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, \
+                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                params![
+                    channel.name,
+                    channel.channel_type.as_str(),
+                    channel.enabled,
+                    strings_to_json(&channel.base_urls),
+                    strings_to_json(&channel.models),
+                    headers_to_json(&channel.headers),
+                    channel.proxy,
+                    channel.auto_sync,
+                    channel.match_regex,
+                    now
+                ],
+            )
+            .map_err(|error| channel_write_error(error, channel))?;
+        let id = transaction.last_insert_rowid();
+        replace_channel_keys(&transaction, id, &channel.keys)?;
+        let stored = load_channel(&transaction, id)?.ok_or_else(|| {
+            StoreError::Backend("sqlite: channel missing right after insert".to_owned())
+        })?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn update_channel(&mut self, channel: &Channel) -> StoreResult<Option<Channel>> {
+        let transaction = self.write_transaction()?;
+        let updated = transaction
+            .execute(
+                "UPDATE channels SET name = ?1, type = ?2, enabled = ?3, base_urls = ?4, models = ?5, headers = ?6, \
+                 proxy = ?7, auto_sync = ?8, match_regex = ?9, updated_at = ?10 WHERE id = ?11",
+                params![
+                    channel.name,
+                    channel.channel_type.as_str(),
+                    channel.enabled,
+                    strings_to_json(&channel.base_urls),
+                    strings_to_json(&channel.models),
+                    headers_to_json(&channel.headers),
+                    channel.proxy,
+                    channel.auto_sync,
+                    channel.match_regex,
+                    unix_seconds(),
+                    channel.id
+                ],
+            )
+            .map_err(|error| channel_write_error(error, channel))?;
+        if updated == 0 {
+            return Ok(None);
+        }
+        replace_channel_keys(&transaction, channel.id, &channel.keys)?;
+        let stored = load_channel(&transaction, channel.id)?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn delete_channel(&mut self, id: i64) -> StoreResult<bool> {
+        // Keys, group items and channel prices go with it through ON DELETE CASCADE.
+        let deleted = self
+            .connection
+            .execute("DELETE FROM channels WHERE id = ?1", [id])
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_groups(&mut self) -> StoreResult<Vec<Group>> {
+        let rows = query_all(
+            &self.connection,
+            &format!("SELECT {GROUP_COLUMNS} FROM channel_groups ORDER BY id"),
+            [],
+            group_row,
+        )?;
+        let mut groups = rows
+            .into_iter()
+            .map(GroupRow::into_group)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let items = query_all(
+            &self.connection,
+            "SELECT group_id, channel_id, model, priority, weight FROM group_items ORDER BY group_id, position, id",
+            [],
+            group_item_row,
+        )?;
+        attach_group_items(&mut groups, items);
+        Ok(groups)
+    }
+
+    fn group_by_id(&mut self, id: i64) -> StoreResult<Option<Group>> {
+        load_group(&self.connection, id)
+    }
+
+    fn create_group(&mut self, group: &Group) -> StoreResult<Group> {
+        let now = unix_seconds();
+        let transaction = self.write_transaction()?;
+        transaction
+            .execute(
+                "INSERT INTO channel_groups (name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, \
+                 sticky_seconds, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                params![
+                    group.name,
+                    group.mode.as_str(),
+                    group.max_attempts,
+                    u64_to_column(group.first_byte_timeout_ms),
+                    u64_to_column(group.total_timeout_ms),
+                    u64_to_column(group.sticky_seconds),
+                    now
+                ],
+            )
+            .map_err(|error| group_write_error(error, group))?;
+        let id = transaction.last_insert_rowid();
+        replace_group_items(&transaction, id, &group.items)?;
+        let stored = load_group(&transaction, id)?.ok_or_else(|| {
+            StoreError::Backend("sqlite: group missing right after insert".to_owned())
+        })?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn update_group(&mut self, group: &Group) -> StoreResult<Option<Group>> {
+        let transaction = self.write_transaction()?;
+        let updated = transaction
+            .execute(
+                "UPDATE channel_groups SET name = ?1, mode = ?2, max_attempts = ?3, first_byte_timeout_ms = ?4, \
+                 total_timeout_ms = ?5, sticky_seconds = ?6, updated_at = ?7 WHERE id = ?8",
+                params![
+                    group.name,
+                    group.mode.as_str(),
+                    group.max_attempts,
+                    u64_to_column(group.first_byte_timeout_ms),
+                    u64_to_column(group.total_timeout_ms),
+                    u64_to_column(group.sticky_seconds),
+                    unix_seconds(),
+                    group.id
+                ],
+            )
+            .map_err(|error| group_write_error(error, group))?;
+        if updated == 0 {
+            return Ok(None);
+        }
+        replace_group_items(&transaction, group.id, &group.items)?;
+        let stored = load_group(&transaction, group.id)?;
+        transaction.commit().map_err(query_error)?;
+        Ok(stored)
+    }
+
+    fn delete_group(&mut self, id: i64) -> StoreResult<bool> {
+        let deleted = self
+            .connection
+            .execute("DELETE FROM channel_groups WHERE id = ?1", [id])
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_api_keys(&mut self) -> StoreResult<Vec<ApiKey>> {
+        query_all(
+            &self.connection,
+            &format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id"),
+            [],
+            api_key_row,
+        )?
+        .into_iter()
+        .map(ApiKeyRow::into_api_key)
+        .collect()
+    }
+
+    fn api_key_by_id(&mut self, id: i64) -> StoreResult<Option<ApiKey>> {
+        load_api_key(&self.connection, "id", &id)
+    }
+
+    fn api_key_by_hash(&mut self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
+        load_api_key(&self.connection, "key_hash", &key_hash)
+    }
+
+    fn create_api_key(&mut self, api_key: &ApiKey) -> StoreResult<ApiKey> {
+        let now = unix_seconds();
+        self.connection
+            .execute(
+                "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
+                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                params![
+                    api_key.name,
+                    api_key.key_hash,
+                    api_key.key_prefix,
+                    api_key.enabled,
+                    api_key.expires_at,
+                    api_key.max_cost,
+                    strings_to_json(&api_key.allowed_models),
+                    now
+                ],
+            )
+            .map_err(|error| api_key_write_error(error, api_key))?;
+        let id = self.connection.last_insert_rowid();
+        load_api_key(&self.connection, "id", &id)?.ok_or_else(|| {
+            StoreError::Backend("sqlite: api key missing right after insert".to_owned())
+        })
+    }
+
+    fn update_api_key(&mut self, api_key: &ApiKey) -> StoreResult<Option<ApiKey>> {
+        let updated = self
+            .connection
+            .execute(
+                "UPDATE api_keys SET name = ?1, enabled = ?2, expires_at = ?3, max_cost = ?4, allowed_models = ?5, \
+                 updated_at = ?6 WHERE id = ?7",
+                params![
+                    api_key.name,
+                    api_key.enabled,
+                    api_key.expires_at,
+                    api_key.max_cost,
+                    strings_to_json(&api_key.allowed_models),
+                    unix_seconds(),
+                    api_key.id
+                ],
+            )
+            .map_err(|error| api_key_write_error(error, api_key))?;
+        if updated == 0 {
+            return Ok(None);
+        }
+        load_api_key(&self.connection, "id", &api_key.id)
+    }
+
+    fn delete_api_key(&mut self, id: i64) -> StoreResult<bool> {
+        let deleted = self
+            .connection
+            .execute("DELETE FROM api_keys WHERE id = ?1", [id])
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_prices(&mut self) -> StoreResult<Vec<ModelPrice>> {
+        query_all(
+            &self.connection,
+            &format!("SELECT {PRICE_COLUMNS} FROM model_prices ORDER BY model, channel_scope"),
+            [],
+            price_from_row,
+        )
+    }
+
+    fn upsert_price(&mut self, price: &ModelPrice) -> StoreResult<ModelPrice> {
+        let id: i64 = self
+            .connection
+            .query_row(
+                "INSERT INTO model_prices (model, channel_id, channel_scope, input, output, cache_read, cache_write) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (model, channel_scope) DO UPDATE SET input = excluded.input, output = excluded.output, \
+                 cache_read = excluded.cache_read, cache_write = excluded.cache_write RETURNING id",
+                params![
+                    price.model,
+                    price.channel_id,
+                    price_channel_scope(price.channel_id),
+                    price.input,
+                    price.output,
+                    price.cache_read,
+                    price.cache_write
+                ],
+                |row| row.get(0),
+            )
+            .map_err(|error| match violation(error) {
+                Violation::ForeignKey => {
+                    StoreError::MissingReference(format!("channel {}", price.channel_id.unwrap_or_default()))
+                }
+                Violation::Unique(constraint) => StoreError::Backend(format!("sqlite: unexpected duplicate {constraint}")),
+                Violation::Other(error) => error,
+            })?;
+        Ok(ModelPrice {
+            id,
+            ..price.clone()
+        })
+    }
+
+    fn delete_price(&mut self, id: i64) -> StoreResult<bool> {
+        let deleted = self
+            .connection
+            .execute("DELETE FROM model_prices WHERE id = ?1", [id])
+            .map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn list_settings(&mut self) -> StoreResult<Vec<(String, String)>> {
+        query_all(
+            &self.connection,
+            "SELECT \"key\", value FROM settings ORDER BY \"key\"",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+    }
+
+    fn setting(&mut self, key: &str) -> StoreResult<Option<String>> {
+        self.connection
+            .query_row(
+                "SELECT value FROM settings WHERE \"key\" = ?1",
+                [key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query_error)
+    }
+
+    fn set_setting(&mut self, key: &str, value: &str) -> StoreResult<()> {
+        self.connection
+            .execute(
+                "INSERT INTO settings (\"key\", value) VALUES (?1, ?2) \
+                 ON CONFLICT (\"key\") DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(query_error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,4 @@
+//! Background and on-demand synchronisation with upstreams: channel model lists and endpoint probes.
+
+pub mod endpoint_probe;
+pub mod model_sync;

@@ -1,0 +1,435 @@
+//! The upstream HTTP client the relay calls: one request in, a status, headers and a streaming
+//! body reader out, over ureq agents that use our may transport.
+//!
+//! One ureq `Agent` (and so one connection pool) exists per distinct proxy URL, created on first
+//! use. Connector chain of every agent, in ureq's order:
+//! `ConnectProxyConnector` (HTTP CONNECT tunnel through `http://` or `https://` proxies, reached
+//! by running this same chain) → `MayConnector` (may TCP stream, directly or through SOCKS5) →
+//! `TlsConnector` (https).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use ureq::http::header::{ACCEPT_ENCODING, HeaderName, HeaderValue};
+use ureq::http::{self, Method, Uri};
+use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
+use ureq::{Agent, AsSendBody, BodyReader, Proxy, ProxyProtocol};
+
+use crate::upstream::control::current_call_control;
+use crate::upstream::error::{UpstreamError, classify_ureq_error};
+use crate::upstream::resolver::CachingResolver;
+use crate::upstream::tls::{TlsConnector, client_config};
+use crate::upstream::transport::MayConnector;
+
+/// Input and output buffer size per connection. ureq's default of 128 KiB each costs about
+/// 256 KiB per open stream; 16 KiB holds any SSE event we relay (design/runtime-spike.md §3).
+const BUFFER_SIZE: usize = 16 * 1024;
+
+/// More distinct proxy URLs than this (config edits over a long uptime) drop all cached agents;
+/// calls in flight keep their own agent alive.
+const MAX_AGENTS: usize = 64;
+
+/// How the client is set up; fixed for its lifetime.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// A PEM bundle of extra CA certificates trusted besides Mozilla's roots.
+    pub extra_ca_pem_file: Option<PathBuf>,
+    /// Limit for name resolution, and again for the TCP connect, proxy negotiation and TLS
+    /// handshake together.
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections kept per host (per agent); the pool holds 16 times as many
+    /// in total.
+    pub max_idle_connections_per_host: usize,
+    /// Sent as `user-agent` unless the request has its own.
+    pub user_agent: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            extra_ca_pem_file: None,
+            connect_timeout: Duration::from_secs(10),
+            max_idle_connections_per_host: 32,
+            user_agent: concat!("octopus/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// One call to an upstream provider.
+#[derive(Clone)]
+pub struct UpstreamRequest {
+    pub method: String,
+    /// An absolute `http://` or `https://` URL.
+    pub url: String,
+    /// Sent as given (HTTP/1.1 writes names in lower case), except `content-length` and
+    /// `transfer-encoding`, which ureq sets from the body. `accept-encoding: identity` is
+    /// added unless present: bodies are relayed as they come, never decompressed.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// A proxy URL: `http://`, `https://` (CONNECT), `socks5://` (target resolved here) or
+    /// `socks5h://` (resolved by the proxy); user info gives credentials. `None` or empty
+    /// for a direct connection.
+    pub proxy: Option<String>,
+    /// Limit from the end of sending the request to the end of the response head.
+    pub response_head_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for UpstreamRequest {
+    /// Header values and the proxy URL may hold secrets, so only names and sizes are shown.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        formatter
+            .debug_struct("UpstreamRequest")
+            .field("method", &self.method)
+            .field("header_names", &header_names)
+            .field("body_bytes", &self.body.len())
+            .field("has_proxy", &self.proxy.is_some())
+            .field("response_head_timeout", &self.response_head_timeout)
+            .finish()
+    }
+}
+
+/// An upstream's answer, whatever its status.
+pub struct UpstreamResponse {
+    pub status: u16,
+    /// In the order received; names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body as it arrives, not buffered. Read errors carry an `UpstreamError`
+    /// (`UpstreamError::from_io_error`). Reading to the end returns the connection to the pool;
+    /// dropping it earlier closes the connection.
+    pub body: Box<dyn Read + Send>,
+}
+
+impl fmt::Debug for UpstreamResponse {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("UpstreamResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shared upstream client; clones share agents, connection pools and the DNS cache.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    shared: Arc<ClientShared>,
+}
+
+struct ClientShared {
+    options: ClientOptions,
+    tls_config: Arc<ClientConfig>,
+    resolver: CachingResolver,
+    /// Keyed by the proxy URL as given, "" for direct connections.
+    agents: Mutex<HashMap<String, Agent>>,
+}
+
+impl UpstreamClient {
+    /// Fails only on a bad extra CA file, with a message naming the file and the problem.
+    pub fn new(options: ClientOptions) -> Result<UpstreamClient, String> {
+        let tls_config = client_config(options.extra_ca_pem_file.as_deref())?;
+        Ok(UpstreamClient {
+            shared: Arc::new(ClientShared {
+                options,
+                tls_config,
+                resolver: CachingResolver::default(),
+                agents: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Sends the request and returns once the response head has arrived. An upstream 4xx or
+    /// 5xx is a normal response. Fails with `Cancelled` at once if the installed
+    /// `CallControl` is already cancelled.
+    pub fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        if current_call_control().is_some_and(|control| control.is_cancelled()) {
+            return Err(UpstreamError::Cancelled);
+        }
+        let proxy_url = request.proxy.as_deref().map(str::trim).unwrap_or_default();
+        let agent = self.agent_for(proxy_url)?;
+        let builder = request_builder(&request)?;
+        let response = if request.body.is_empty() && !method_expects_body(&request.method) {
+            run(&agent, builder.body(()), request.response_head_timeout)
+        } else {
+            run(
+                &agent,
+                builder.body(request.body),
+                request.response_head_timeout,
+            )
+        }?;
+
+        let (parts, body) = response.into_parts();
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Ok(UpstreamResponse {
+            status: parts.status.as_u16(),
+            headers,
+            body: Box::new(UpstreamBody {
+                reader: body.into_reader(),
+            }),
+        })
+    }
+
+    fn agent_for(&self, proxy_url: &str) -> Result<Agent, UpstreamError> {
+        let mut agents = self.lock_agents();
+        if let Some(agent) = agents.get(proxy_url) {
+            return Ok(agent.clone());
+        }
+        let proxy = parse_proxy(proxy_url)?;
+        if agents.len() >= MAX_AGENTS {
+            agents.clear();
+        }
+        let agent = build_agent(&self.shared, proxy);
+        agents.insert(proxy_url.to_string(), agent.clone());
+        Ok(agent)
+    }
+
+    fn lock_agents(&self) -> MutexGuard<'_, HashMap<String, Agent>> {
+        self.shared
+            .agents
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl fmt::Debug for UpstreamClient {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("UpstreamClient")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_agent(shared: &ClientShared, proxy: Option<Proxy>) -> Agent {
+    let options = &shared.options;
+    let config = Agent::config_builder()
+        // An upstream status is data for the relay, not an error.
+        .http_status_as_error(false)
+        // Redirects are not followed: a POST body would be lost, and a provider that redirects
+        // is misconfigured in the channel. The 3xx comes back as a response.
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .input_buffer_size(BUFFER_SIZE)
+        .output_buffer_size(BUFFER_SIZE)
+        .max_idle_connections_per_host(options.max_idle_connections_per_host)
+        .max_idle_connections(options.max_idle_connections_per_host.saturating_mul(16))
+        .timeout_resolve(Some(options.connect_timeout))
+        .timeout_connect(Some(options.connect_timeout))
+        .user_agent(options.user_agent.as_str())
+        .no_delay(true)
+        .proxy(proxy)
+        .build();
+    let connector =
+        ().chain(ConnectProxyConnector::default())
+            .chain(MayConnector)
+            .chain(TlsConnector::new(shared.tls_config.clone()));
+    Agent::with_parts(config, connector, shared.resolver.clone())
+}
+
+fn parse_proxy(proxy_url: &str) -> Result<Option<Proxy>, UpstreamError> {
+    if proxy_url.is_empty() {
+        return Ok(None);
+    }
+    // The URL is never echoed: it may carry credentials.
+    let proxy = Proxy::new(proxy_url)
+        .map_err(|_| UpstreamError::InvalidRequest("invalid proxy url".to_string()))?;
+    match proxy.protocol() {
+        ProxyProtocol::Http
+        | ProxyProtocol::Https
+        | ProxyProtocol::Socks5
+        | ProxyProtocol::Socks5h => Ok(Some(proxy)),
+        _ => Err(UpstreamError::InvalidRequest(
+            "unsupported proxy scheme, use http, https, socks5 or socks5h".to_string(),
+        )),
+    }
+}
+
+fn request_builder(request: &UpstreamRequest) -> Result<http::request::Builder, UpstreamError> {
+    let method = Method::from_bytes(request.method.as_bytes()).map_err(|_| {
+        UpstreamError::InvalidRequest(format!("invalid method {:?}", request.method))
+    })?;
+    // The URL is never echoed: it may carry a key in its query.
+    let uri: Uri = request
+        .url
+        .parse()
+        .map_err(|_| UpstreamError::InvalidRequest("invalid url".to_string()))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(UpstreamError::InvalidRequest(
+            "the url must be absolute http or https".to_string(),
+        ));
+    }
+
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    let mut has_accept_encoding = false;
+    for (name, value) in &request.headers {
+        if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            continue;
+        }
+        let header_name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| UpstreamError::InvalidRequest(format!("invalid header name {name:?}")))?;
+        // The value is never echoed: it may be a key.
+        let header_value = HeaderValue::from_str(value).map_err(|_| {
+            UpstreamError::InvalidRequest(format!("invalid value for header {header_name}"))
+        })?;
+        has_accept_encoding |= header_name == ACCEPT_ENCODING;
+        builder = builder.header(header_name, header_value);
+    }
+    if !has_accept_encoding {
+        builder = builder.header(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
+    Ok(builder)
+}
+
+/// Whether an empty body is still sent with `content-length: 0`: yes for the methods that
+/// normally carry one, so a bodiless POST is well-formed; no for GET and the like.
+fn method_expects_body(method: &str) -> bool {
+    ["POST", "PUT", "PATCH"]
+        .iter()
+        .any(|with_body| method.eq_ignore_ascii_case(with_body))
+}
+
+fn run<B: AsSendBody>(
+    agent: &Agent,
+    request: Result<http::Request<B>, http::Error>,
+    response_head_timeout: Option<Duration>,
+) -> Result<http::Response<ureq::Body>, UpstreamError> {
+    let request =
+        request.map_err(|_| UpstreamError::InvalidRequest("invalid request parts".to_string()))?;
+    let request = match response_head_timeout {
+        Some(timeout) => agent
+            .configure_request(request)
+            .timeout_recv_response(Some(timeout))
+            .build(),
+        None => request,
+    };
+    agent
+        .run(request)
+        .map_err(|error| classify_ureq_error(&error))
+}
+
+/// The response body reader; turns every read error into one carrying an `UpstreamError`.
+struct UpstreamBody {
+    reader: BodyReader<'static>,
+}
+
+impl Read for UpstreamBody {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.reader
+            .read(buffer)
+            .map_err(|error| UpstreamError::from_io_error(&error).into_io_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> UpstreamRequest {
+        UpstreamRequest {
+            method: "POST".to_string(),
+            url: "http://127.0.0.1:9/v1/chat/completions".to_string(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            body: b"{}".to_vec(),
+            proxy: None,
+            response_head_timeout: None,
+        }
+    }
+
+    fn built_headers(request: &UpstreamRequest) -> Vec<(String, String)> {
+        let built = request_builder(request).unwrap().body(()).unwrap();
+        built
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn framing_headers_are_dropped_and_identity_encoding_added() {
+        let headers = built_headers(&request(&[
+            ("Authorization", "Bearer sk-1"),
+            ("Content-Length", "999"),
+            ("transfer-encoding", "chunked"),
+        ]));
+        assert_eq!(
+            headers,
+            vec![
+                ("authorization".to_string(), "Bearer sk-1".to_string()),
+                ("accept-encoding".to_string(), "identity".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn caller_accept_encoding_is_kept() {
+        let headers = built_headers(&request(&[("Accept-Encoding", "gzip")]));
+        assert_eq!(
+            headers,
+            vec![("accept-encoding".to_string(), "gzip".to_string())]
+        );
+    }
+
+    #[test]
+    fn invalid_parts_are_invalid_requests_without_secrets() {
+        let bad_value = request(&[("authorization", "Bearer sk-secret\n")]);
+        let error = request_builder(&bad_value).unwrap_err();
+        assert_eq!(
+            error,
+            UpstreamError::InvalidRequest("invalid value for header authorization".to_string())
+        );
+
+        let mut bad_url = request(&[]);
+        bad_url.url = "ftp://example.com/?key=secret".to_string();
+        let error = request_builder(&bad_url).unwrap_err();
+        assert!(!error.to_string().contains("secret"));
+
+        let mut bad_method = request(&[]);
+        bad_method.method = "PO ST".to_string();
+        assert!(matches!(
+            request_builder(&bad_method),
+            Err(UpstreamError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn proxy_urls_are_checked_without_echoing_them() {
+        assert!(parse_proxy("").unwrap().is_none());
+        for accepted in [
+            "http://127.0.0.1:3128",
+            "https://proxy:443",
+            "socks5://user:pw@127.0.0.1:1080",
+            "socks5h://h:1",
+        ] {
+            assert!(parse_proxy(accepted).unwrap().is_some(), "{accepted}");
+        }
+        let error = parse_proxy("socks4://user:secret@127.0.0.1:1080").unwrap_err();
+        assert!(matches!(&error, UpstreamError::InvalidRequest(_)));
+        assert!(!error.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn request_debug_hides_header_values() {
+        let shown = format!("{:?}", request(&[("authorization", "Bearer sk-secret")]));
+        assert!(shown.contains("authorization"));
+        assert!(!shown.contains("sk-secret"));
+    }
+}

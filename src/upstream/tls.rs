@@ -1,0 +1,245 @@
+//! TLS for https upstreams and https proxies: rustls with the ring provider, Mozilla's roots
+//! compiled in (webpki-roots, so a FROM-scratch image works) plus an optional extra CA bundle.
+//!
+//! ureq's `RustlsConnector` builds its rustls config from a `TlsConfig`, whose roots are either
+//! webpki's or a specific certificate list, never both. Users who add a private CA must still
+//! reach the public providers, so this connector builds the rustls config itself. It wraps
+//! whatever transport the chain made (a may TCP stream, a SOCKS5 or CONNECT tunnel).
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::{fmt, fs};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use ureq::tls::{PemItem, parse_pem};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport,
+    TransportAdapter,
+};
+
+use crate::upstream::error::TransportFailure;
+use crate::upstream::transport::remaining_connect_timeout;
+
+/// Builds the rustls client config: webpki roots plus every certificate in the PEM file.
+/// Errors name the file and the problem.
+pub(crate) fn client_config(extra_ca_pem_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = extra_ca_pem_file {
+        add_pem_certificates(&mut roots, path)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("tls setup failed: {error}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn add_pem_certificates(roots: &mut RootCertStore, path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let pem = fs::read(path).map_err(|error| format!("cannot read CA file {shown}: {error}"))?;
+    let mut certificate_count = 0;
+    for item in parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(certificate)) => {
+                certificate_count += 1;
+                let der = CertificateDer::from(certificate.der().to_vec());
+                roots.add(der).map_err(|error| {
+                    format!(
+                        "CA file {shown}: certificate {certificate_count} is not usable: {error}"
+                    )
+                })?;
+            }
+            // A bundle may carry other PEM sections (a key, parameters); they are not roots.
+            Ok(_) => {}
+            Err(error) => return Err(format!("CA file {shown} is not valid PEM: {error}")),
+        }
+    }
+    if certificate_count == 0 {
+        return Err(format!("CA file {shown} contains no PEM certificate"));
+    }
+    Ok(())
+}
+
+/// Wraps the chained transport in TLS when the URL is https and it is not TLS already (an
+/// https proxy's tunnel is plain again: TLS to the target goes inside it).
+pub(crate) struct TlsConnector {
+    config: Arc<ClientConfig>,
+}
+
+impl TlsConnector {
+    pub(crate) fn new(config: Arc<ClientConfig>) -> TlsConnector {
+        TlsConnector { config }
+    }
+}
+
+impl<In: Transport> Connector<In> for TlsConnector {
+    type Out = Either<In, TlsTransport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        let Some(transport) = chained else {
+            return Ok(None);
+        };
+        if !details.needs_tls() || transport.is_tls() {
+            return Ok(Some(Either::A(transport)));
+        }
+        let host = details
+            .uri
+            .host()
+            .ok_or_else(|| ureq::Error::BadUri("missing host".to_string()))?;
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(bare_host.to_string()).map_err(|_| {
+            TransportFailure::Tls(format!("{bare_host} is not a valid TLS server name"))
+                .into_ureq_error()
+        })?;
+        let mut connection = ClientConnection::new(self.config.clone(), server_name)
+            .map_err(|error| TransportFailure::Tls(error.to_string()).into_ureq_error())?;
+
+        let mut socket = TransportAdapter::new(transport.boxed(), details.current_time.clone());
+        socket.set_timeout(remaining_connect_timeout(details));
+        connection
+            .complete_io(&mut socket)
+            .map_err(handshake_error)?;
+        if connection.is_handshaking() {
+            return Err(TransportFailure::Tls(
+                "the server closed the connection during the handshake".to_string(),
+            )
+            .into_ureq_error());
+        }
+
+        let buffers = LazyBuffers::new(
+            details.config.input_buffer_size(),
+            details.config.output_buffer_size(),
+        );
+        Ok(Some(Either::B(TlsTransport {
+            buffers,
+            stream: StreamOwned::new(connection, socket),
+        })))
+    }
+}
+
+impl fmt::Debug for TlsConnector {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.debug_struct("TlsConnector").finish()
+    }
+}
+
+/// A TLS session over another transport.
+pub(crate) struct TlsTransport {
+    buffers: LazyBuffers,
+    stream: StreamOwned<ClientConnection, TransportAdapter>,
+}
+
+impl Transport for TlsTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        // The inner transport applies the timeout (and the CallControl) to each socket IO.
+        self.stream.get_mut().set_timeout(timeout);
+        let output = &self.buffers.output()[..amount];
+        self.stream.write_all(output).map_err(record_error)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.stream.get_mut().set_timeout(timeout);
+        let input = self.buffers.input_append_buf();
+        let amount = self.stream.read(input).map_err(record_error)?;
+        self.buffers.input_appended(amount);
+        Ok(amount > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.stream.get_mut().get_mut().is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for TlsTransport {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("TlsTransport")
+            .field("inner", &self.stream.sock.inner())
+            .finish()
+    }
+}
+
+/// During the handshake every failure not raised by our transport (a timeout, a cancel, a
+/// refused connection) is a TLS failure: the server did not complete a handshake we accept.
+fn handshake_error(error: io::Error) -> ureq::Error {
+    if carries_our_error(&error) {
+        return ureq::Error::from(error);
+    }
+    match rustls_error_of(&error) {
+        Some(rustls_error) => TransportFailure::Tls(rustls_error.to_string()).into_ureq_error(),
+        None => TransportFailure::Tls(format!("handshake failed: {error}")).into_ureq_error(),
+    }
+}
+
+/// After the handshake only rustls's own errors are TLS failures; IO errors stay IO errors.
+fn record_error(error: io::Error) -> ureq::Error {
+    if carries_our_error(&error) {
+        return ureq::Error::from(error);
+    }
+    match rustls_error_of(&error) {
+        Some(rustls_error) => TransportFailure::Tls(rustls_error.to_string()).into_ureq_error(),
+        None => ureq::Error::Io(error),
+    }
+}
+
+fn carries_our_error(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<TransportFailure>() || inner.is::<ureq::Error>())
+}
+
+fn rustls_error_of(error: &io::Error) -> Option<&rustls::Error> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name)
+    }
+
+    #[test]
+    fn extra_ca_file_is_added_to_the_webpki_roots() {
+        assert!(client_config(None).is_ok());
+        assert!(client_config(Some(&fixture("ca.pem"))).is_ok());
+    }
+
+    #[test]
+    fn bad_ca_files_are_reported_with_their_name() {
+        let missing = fixture("missing.pem");
+        let error = client_config(Some(&missing)).unwrap_err();
+        assert!(error.starts_with("cannot read CA file "), "{error}");
+        assert!(error.contains("missing.pem"), "{error}");
+
+        let key_only = fixture("server.key");
+        let error = client_config(Some(&key_only)).unwrap_err();
+        assert!(
+            error.contains("server.key contains no PEM certificate"),
+            "{error}"
+        );
+    }
+}

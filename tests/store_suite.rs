@@ -1,0 +1,1178 @@
+//! The shared store suite: every case in `cases` runs unchanged against SQLite (always, in a
+//! fresh temporary directory), PostgreSQL (`TEST_POSTGRES_URL`) and MySQL/MariaDB
+//! (`TEST_MYSQL_URL`).
+//!
+//! A server URL names an admin database; each test creates its own uniquely named database
+//! through it and drops it afterwards, so tests run in parallel without seeing each other's
+//! rows. When a URL is unset the test fails under CI (`CI=true`) and otherwise prints a notice
+//! and returns. `eval "$(scripts/test-databases)"` starts both servers and sets both URLs.
+//! The suite needs all three backends compiled in (the default features).
+
+#![cfg(all(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+
+use std::collections::BTreeMap;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use octopus::store::entities::{
+    AdminSession, ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice,
+};
+use octopus::store::migrate::{
+    MYSQL_MIGRATIONS, Migration, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS,
+};
+use octopus::store::pool::StorePool;
+use octopus::store::{self, Store, StoreError};
+use octopus::util::{hex, os_random_bytes, sha256_hex};
+
+/// Generates one `#[test]` per case and backend: `sqlite::case`, `postgres::case`, `mysql::case`.
+macro_rules! store_cases {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $case() { crate::run_case(crate::Backend::Sqlite, crate::cases::$case); } )*
+        }
+        mod postgres {
+            $( #[test] fn $case() { crate::run_case(crate::Backend::Postgres, crate::cases::$case); } )*
+        }
+        mod mysql {
+            $( #[test] fn $case() { crate::run_case(crate::Backend::Mysql, crate::cases::$case); } )*
+        }
+    };
+}
+
+store_cases!(
+    migrations_are_idempotent,
+    admin_seed_lookup_and_password_update,
+    sessions_create_lookup_delete_and_expire,
+    channel_round_trip_keeps_key_ids_stable,
+    deleting_a_channel_removes_its_group_items_and_prices,
+    duplicate_names_are_reported_and_roll_back,
+    references_to_missing_channels_are_reported,
+    group_round_trip_keeps_item_order,
+    api_key_round_trip_and_lookup_by_hash,
+    prices_upsert_by_model_and_channel,
+    settings_round_trip,
+    pool_serves_threads_and_coroutines,
+    pool_survives_a_panicking_job,
+);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl Backend {
+    fn database_type(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::Mysql => "mysql",
+        }
+    }
+
+    fn migrations(self) -> &'static [Migration] {
+        match self {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+            Backend::Mysql => MYSQL_MIGRATIONS,
+        }
+    }
+}
+
+fn run_case(backend: Backend, case: fn(&TestDatabase)) {
+    if let Some(database) = TestDatabase::create(backend) {
+        case(&database);
+    }
+}
+
+/// A fresh, empty database for one test, removed again when the value is dropped.
+struct TestDatabase {
+    backend: Backend,
+    /// The SQLite file path, or the server URL of the test database.
+    location: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Directory(PathBuf),
+    ServerDatabase { admin_url: String, name: String },
+}
+
+impl TestDatabase {
+    /// None when the server's URL is not configured outside CI (a notice has been printed).
+    fn create(backend: Backend) -> Option<TestDatabase> {
+        match backend {
+            Backend::Sqlite => {
+                let directory = std::env::temp_dir().join(unique_name("octopus-store"));
+                // A missing parent directory must be created by the store itself.
+                let location = directory
+                    .join("nested")
+                    .join("data.db")
+                    .to_string_lossy()
+                    .into_owned();
+                Some(TestDatabase {
+                    backend,
+                    location,
+                    cleanup: Cleanup::Directory(directory),
+                })
+            }
+            Backend::Postgres | Backend::Mysql => {
+                let admin_url = server_admin_url(backend)?;
+                let name = unique_name("octopus_test");
+                run_admin_statement(backend, &admin_url, &format!("CREATE DATABASE {name}"));
+                let location = url_with_database(&admin_url, &name);
+                Some(TestDatabase {
+                    backend,
+                    location,
+                    cleanup: Cleanup::ServerDatabase { admin_url, name },
+                })
+            }
+        }
+    }
+
+    fn open(&self) -> Box<dyn Store> {
+        store::open(self.backend.database_type(), &self.location).unwrap_or_else(|error| {
+            panic!("cannot open the {:?} test database: {error}", self.backend)
+        })
+    }
+
+    fn pool(&self, connections: usize) -> StorePool {
+        StorePool::open(self.backend.database_type(), &self.location, connections)
+            .unwrap_or_else(|error| panic!("cannot open a {:?} pool: {error}", self.backend))
+    }
+
+    /// The rows of `schema_migrations`, read with the driver directly.
+    fn applied_migration_versions(&self) -> Vec<i64> {
+        let sql = "SELECT version FROM schema_migrations ORDER BY version";
+        match self.backend {
+            Backend::Sqlite => {
+                let connection =
+                    ::rusqlite::Connection::open(&self.location).expect("open the SQLite file");
+                let mut statement = connection.prepare(sql).expect("prepare");
+                statement
+                    .query_map([], |row| row.get(0))
+                    .expect("query")
+                    .map(|row| row.expect("row"))
+                    .collect()
+            }
+            Backend::Postgres => {
+                let mut client = ::postgres::Client::connect(&self.location, ::postgres::NoTls)
+                    .expect("connect");
+                client
+                    .query(sql, &[])
+                    .expect("query")
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect()
+            }
+            Backend::Mysql => {
+                use ::mysql::prelude::Queryable;
+                let mut connection =
+                    ::mysql::Conn::new(::mysql::Opts::from_url(&self.location).expect("url"))
+                        .expect("connect");
+                connection.query(sql).expect("query")
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Directory(directory) => {
+                let _ = std::fs::remove_dir_all(directory);
+            }
+            Cleanup::ServerDatabase { admin_url, name } => {
+                // FORCE ends connections a pool thread may still be closing.
+                let statement = match self.backend {
+                    Backend::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    _ => format!("DROP DATABASE IF EXISTS {name}"),
+                };
+                if !std::thread::panicking() {
+                    run_admin_statement(self.backend, admin_url, &statement);
+                } else {
+                    // Do not turn a failing test into a double panic; leave the database behind.
+                    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+                        run_admin_statement(self.backend, admin_url, &statement)
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn server_admin_url(backend: Backend) -> Option<String> {
+    let (variable, server) = match backend {
+        Backend::Postgres => ("TEST_POSTGRES_URL", "PostgreSQL"),
+        _ => ("TEST_MYSQL_URL", "MySQL/MariaDB"),
+    };
+    match std::env::var(variable) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if running_in_ci() => panic!(
+            "{variable} is not set: {server} is required when CI is set (run eval \"$(scripts/test-databases)\" first)"
+        ),
+        _ => {
+            eprintln!(
+                "\n********************************************************************************\n\
+                 NOTICE: {variable} is not set, so this {server} store test did NOT run.\n\
+                 Run eval \"$(scripts/test-databases)\" to test against {server}.\n\
+                 ********************************************************************************\n"
+            );
+            None
+        }
+    }
+}
+
+fn running_in_ci() -> bool {
+    matches!(std::env::var("CI"), Ok(value) if !value.is_empty() && value != "false" && value != "0")
+}
+
+fn run_admin_statement(backend: Backend, admin_url: &str, statement: &str) {
+    match backend {
+        Backend::Postgres => {
+            let mut client = ::postgres::Client::connect(admin_url, ::postgres::NoTls)
+                .unwrap_or_else(|error| {
+                    panic!("cannot reach PostgreSQL through TEST_POSTGRES_URL: {error}")
+                });
+            client
+                .batch_execute(statement)
+                .unwrap_or_else(|error| panic!("{statement}: {error}"));
+        }
+        _ => {
+            use ::mysql::prelude::Queryable;
+            let opts =
+                ::mysql::Opts::from_url(admin_url).expect("TEST_MYSQL_URL is a valid MySQL URL");
+            let mut connection = ::mysql::Conn::new(opts).unwrap_or_else(|error| {
+                panic!("cannot reach MySQL through TEST_MYSQL_URL: {error}")
+            });
+            connection
+                .query_drop(statement)
+                .unwrap_or_else(|error| panic!("{statement}: {error}"));
+        }
+    }
+}
+
+/// `prefix_<pid>_<random>`: valid as a file name and as an unquoted database name.
+fn unique_name(prefix: &str) -> String {
+    let mut random = [0u8; 5];
+    os_random_bytes(&mut random);
+    format!("{prefix}_{}_{}", std::process::id(), hex(&random))
+}
+
+/// Replaces the database (path) part of a server URL, keeping any `?query`.
+fn url_with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.find('?') {
+        Some(index) => url.split_at(index),
+        None => (url, ""),
+    };
+    let authority_start = base.find("://").map(|index| index + 3).unwrap_or(0);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map(|index| authority_start + index)
+        .unwrap_or(base.len());
+    format!("{}/{database}{query}", &base[..path_start])
+}
+
+fn sample_channel(name: &str) -> Channel {
+    Channel {
+        id: 0,
+        name: name.to_owned(),
+        channel_type: ChannelType::OpenaiChat,
+        enabled: true,
+        base_urls: vec![
+            "https://api.example.com/v1".to_owned(),
+            "https://backup.example.com/v1".to_owned(),
+        ],
+        keys: vec![
+            ChannelKey {
+                id: 0,
+                key: "sk-first".to_owned(),
+                enabled: true,
+                remark: "main".to_owned(),
+            },
+            ChannelKey {
+                id: 0,
+                key: "sk-second".to_owned(),
+                enabled: false,
+                remark: "spare 🔑".to_owned(),
+            },
+            ChannelKey {
+                id: 0,
+                key: "sk-third".to_owned(),
+                enabled: true,
+                remark: String::new(),
+            },
+        ],
+        models: vec!["gpt-4o".to_owned(), "gpt-4o-mini".to_owned()],
+        headers: BTreeMap::from([
+            ("X-Team".to_owned(), "núcleo".to_owned()),
+            ("X-Trace".to_owned(), "1".to_owned()),
+        ]),
+        proxy: "socks5://127.0.0.1:1080".to_owned(),
+        auto_sync: true,
+        match_regex: "^gpt-".to_owned(),
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn item(channel_id: i64, model: &str, priority: i32, weight: u32) -> GroupItem {
+    GroupItem {
+        channel_id,
+        model: model.to_owned(),
+        priority,
+        weight,
+    }
+}
+
+fn sample_group(name: &str, items: Vec<GroupItem>) -> Group {
+    Group {
+        id: 0,
+        name: name.to_owned(),
+        mode: GroupMode::Weighted,
+        items,
+        max_attempts: 3,
+        first_byte_timeout_ms: 15_000,
+        total_timeout_ms: 120_000,
+        sticky_seconds: 300,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn sample_api_key(name: &str, secret: &str) -> ApiKey {
+    ApiKey {
+        id: 0,
+        name: name.to_owned(),
+        key_hash: sha256_hex(secret.as_bytes()),
+        key_prefix: secret.chars().take(15).collect(),
+        enabled: true,
+        expires_at: Some(2_000_000_000),
+        max_cost: Some(12.5),
+        allowed_models: vec!["fast".to_owned(), "smart".to_owned()],
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn price(model: &str, channel_id: Option<i64>, input: f64) -> ModelPrice {
+    ModelPrice {
+        id: 0,
+        model: model.to_owned(),
+        channel_id,
+        input,
+        output: input * 4.0,
+        cache_read: 0.075,
+        cache_write: 0.375,
+    }
+}
+
+fn assert_duplicate<T: std::fmt::Debug>(result: Result<T, StoreError>, expected_text: &str) {
+    match result {
+        Err(StoreError::Duplicate(what)) => assert!(
+            what.contains(expected_text),
+            "{what:?} should name {expected_text:?}"
+        ),
+        other => panic!("expected Duplicate naming {expected_text:?}, got {other:?}"),
+    }
+}
+
+fn assert_missing_reference<T: std::fmt::Debug>(
+    result: Result<T, StoreError>,
+    expected_text: &str,
+) {
+    match result {
+        Err(StoreError::MissingReference(what)) => {
+            assert!(
+                what.contains(expected_text),
+                "{what:?} should name {expected_text:?}"
+            )
+        }
+        other => panic!("expected MissingReference naming {expected_text:?}, got {other:?}"),
+    }
+}
+
+/// may's settings are global: the app's stack size, and a single worker so that a blocked
+/// worker would stall every other coroutine (which `pool_wait_parks_the_coroutine` detects).
+fn configure_may() {
+    static CONFIGURE: Once = Once::new();
+    CONFIGURE.call_once(|| {
+        may::config().set_stack_size(0x8000).set_workers(1);
+    });
+}
+
+mod cases {
+    use crate::*;
+
+    pub fn migrations_are_idempotent(database: &TestDatabase) {
+        let mut first = database.open();
+        first.set_setting("marker", "kept").unwrap();
+        drop(first);
+        let mut second = database.open();
+        assert_eq!(second.setting("marker").unwrap().as_deref(), Some("kept"));
+        drop(second);
+        let expected: Vec<i64> = database
+            .backend
+            .migrations()
+            .iter()
+            .map(|migration| migration.version)
+            .collect();
+        assert_eq!(database.applied_migration_versions(), expected);
+    }
+
+    pub fn admin_seed_lookup_and_password_update(database: &TestDatabase) {
+        let mut store = database.open();
+        assert_eq!(store.admin_by_username("admin").unwrap(), None);
+        assert!(store.seed_admin("admin", "hash-one").unwrap());
+        assert!(
+            !store.seed_admin("admin", "hash-two").unwrap(),
+            "a second seed must not replace the admin"
+        );
+        assert!(
+            !store.seed_admin("someone", "hash-two").unwrap(),
+            "there is only ever one seeded admin"
+        );
+
+        let admin = store
+            .admin_by_username("admin")
+            .unwrap()
+            .expect("the seeded admin");
+        assert_eq!(admin.username, "admin");
+        assert_eq!(admin.password_hash, "hash-one");
+        assert!(
+            admin.must_change_password,
+            "the seeded admin must change the default password"
+        );
+        assert_eq!(store.admin_by_id(admin.id).unwrap(), Some(admin.clone()));
+        assert_eq!(store.admin_by_username("someone").unwrap(), None);
+        assert_eq!(
+            store.admin_by_username("ADMIN").unwrap(),
+            None,
+            "usernames compare case-sensitively"
+        );
+        assert_eq!(store.admin_by_id(admin.id + 1000).unwrap(), None);
+
+        store
+            .update_admin_password(admin.id, "hash-three", false)
+            .unwrap();
+        let updated = store
+            .admin_by_id(admin.id)
+            .unwrap()
+            .expect("admin still there");
+        assert_eq!(updated.password_hash, "hash-three");
+        assert!(!updated.must_change_password);
+        // Writing identical values again still finds the row.
+        store
+            .update_admin_password(admin.id, "hash-three", false)
+            .unwrap();
+        assert_missing_reference(
+            store.update_admin_password(admin.id + 1000, "hash", false),
+            "admin user",
+        );
+    }
+
+    pub fn sessions_create_lookup_delete_and_expire(database: &TestDatabase) {
+        let mut store = database.open();
+        store.seed_admin("admin", "hash").unwrap();
+        let admin = store.admin_by_username("admin").unwrap().expect("admin");
+        let short = AdminSession {
+            token_hash: sha256_hex(b"token-short"),
+            user_id: admin.id,
+            expires_at: 2_000,
+            created_at: 1_000,
+        };
+        let long = AdminSession {
+            token_hash: sha256_hex(b"token-long"),
+            expires_at: 9_000,
+            ..short.clone()
+        };
+        store.create_session(&short).unwrap();
+        store.create_session(&long).unwrap();
+        assert_eq!(
+            store.session_by_token_hash(&short.token_hash).unwrap(),
+            Some(short.clone())
+        );
+        assert_eq!(
+            store.session_by_token_hash(&long.token_hash).unwrap(),
+            Some(long.clone())
+        );
+        assert_eq!(
+            store
+                .session_by_token_hash(&sha256_hex(b"unknown"))
+                .unwrap(),
+            None
+        );
+
+        assert_duplicate(store.create_session(&short), "session");
+        let orphan = AdminSession {
+            token_hash: sha256_hex(b"orphan"),
+            user_id: admin.id + 1000,
+            ..short.clone()
+        };
+        assert_missing_reference(store.create_session(&orphan), "admin user");
+
+        assert_eq!(store.delete_expired_sessions(1_999).unwrap(), 0);
+        assert_eq!(
+            store.delete_expired_sessions(2_000).unwrap(),
+            1,
+            "expires_at == now counts as expired"
+        );
+        assert_eq!(
+            store.session_by_token_hash(&short.token_hash).unwrap(),
+            None
+        );
+        assert_eq!(
+            store.session_by_token_hash(&long.token_hash).unwrap(),
+            Some(long.clone())
+        );
+
+        assert_eq!(store.delete_sessions_of_user(admin.id).unwrap(), 1);
+        assert_eq!(store.delete_sessions_of_user(admin.id).unwrap(), 0);
+        assert_eq!(store.session_by_token_hash(&long.token_hash).unwrap(), None);
+    }
+
+    pub fn channel_round_trip_keeps_key_ids_stable(database: &TestDatabase) {
+        let mut store = database.open();
+        let input = sample_channel("primary ✓ 渠道");
+        let created = store.create_channel(&input).unwrap();
+        assert!(created.id > 0);
+        assert!(created.created_at > 0);
+        assert_eq!(created.updated_at, created.created_at);
+        let key_ids: Vec<i64> = created.keys.iter().map(|key| key.id).collect();
+        assert!(key_ids.iter().all(|id| *id > 0));
+        assert!(key_ids[0] != key_ids[1] && key_ids[1] != key_ids[2] && key_ids[0] != key_ids[2]);
+        let expected = Channel {
+            id: created.id,
+            keys: input
+                .keys
+                .iter()
+                .zip(&key_ids)
+                .map(|(key, id)| ChannelKey {
+                    id: *id,
+                    ..key.clone()
+                })
+                .collect(),
+            created_at: created.created_at,
+            updated_at: created.updated_at,
+            ..input.clone()
+        };
+        assert_eq!(created, expected);
+        assert_eq!(
+            store.channel_by_id(created.id).unwrap(),
+            Some(created.clone())
+        );
+        assert_eq!(store.list_channels().unwrap(), vec![created.clone()]);
+
+        // Keep the third key (moved first), edit the first, drop the second, add a new one.
+        let changed = Channel {
+            name: "primary renamed".to_owned(),
+            channel_type: ChannelType::Anthropic,
+            enabled: false,
+            base_urls: vec!["https://api.anthropic.example/v1".to_owned()],
+            keys: vec![
+                ChannelKey {
+                    remark: "moved first".to_owned(),
+                    ..created.keys[2].clone()
+                },
+                ChannelKey {
+                    key: "sk-first-rotated".to_owned(),
+                    enabled: false,
+                    ..created.keys[0].clone()
+                },
+                ChannelKey {
+                    id: 0,
+                    key: "sk-new".to_owned(),
+                    enabled: true,
+                    remark: "added".to_owned(),
+                },
+            ],
+            models: vec![],
+            headers: BTreeMap::new(),
+            proxy: String::new(),
+            auto_sync: false,
+            match_regex: String::new(),
+            ..created.clone()
+        };
+        let updated = store
+            .update_channel(&changed)
+            .unwrap()
+            .expect("the channel exists");
+        assert_eq!(updated.keys.len(), 3);
+        assert_eq!(updated.keys[0].id, key_ids[2]);
+        assert_eq!(updated.keys[1].id, key_ids[0]);
+        assert!(updated.keys[2].id > 0 && !key_ids.contains(&updated.keys[2].id));
+        assert_eq!(updated.created_at, created.created_at);
+        assert!(updated.updated_at >= created.updated_at);
+        let expected = Channel {
+            keys: updated.keys.clone(),
+            updated_at: updated.updated_at,
+            ..changed.clone()
+        };
+        assert_eq!(updated, expected);
+        assert_eq!(
+            store.channel_by_id(created.id).unwrap(),
+            Some(updated.clone())
+        );
+
+        // A key id belonging to another channel is stored as a new key there, not moved.
+        let other = store.create_channel(&sample_channel("other")).unwrap();
+        let borrowing = Channel {
+            keys: vec![updated.keys[0].clone()],
+            ..other.clone()
+        };
+        let other_updated = store
+            .update_channel(&borrowing)
+            .unwrap()
+            .expect("other exists");
+        assert_eq!(other_updated.keys.len(), 1);
+        assert!(!key_ids.contains(&other_updated.keys[0].id));
+        assert_eq!(
+            store.channel_by_id(created.id).unwrap(),
+            Some(updated.clone())
+        );
+        assert_eq!(
+            store.list_channels().unwrap(),
+            vec![updated.clone(), other_updated.clone()]
+        );
+
+        let missing = Channel {
+            id: other.id + 1000,
+            ..changed.clone()
+        };
+        assert_eq!(store.update_channel(&missing).unwrap(), None);
+        assert!(store.delete_channel(created.id).unwrap());
+        assert!(!store.delete_channel(created.id).unwrap());
+        assert_eq!(store.channel_by_id(created.id).unwrap(), None);
+        assert_eq!(store.list_channels().unwrap(), vec![other_updated]);
+    }
+
+    pub fn deleting_a_channel_removes_its_group_items_and_prices(database: &TestDatabase) {
+        let mut store = database.open();
+        let doomed = store.create_channel(&sample_channel("doomed")).unwrap();
+        let survivor = store.create_channel(&sample_channel("survivor")).unwrap();
+        let group = store
+            .create_group(&sample_group(
+                "mixed",
+                vec![
+                    item(doomed.id, "m-1", 0, 1),
+                    item(survivor.id, "m-2", 1, 2),
+                    item(doomed.id, "m-3", 2, 3),
+                ],
+            ))
+            .unwrap();
+        let global_price = store.upsert_price(&price("m-1", None, 1.0)).unwrap();
+        store
+            .upsert_price(&price("m-1", Some(doomed.id), 2.0))
+            .unwrap();
+
+        assert!(store.delete_channel(doomed.id).unwrap());
+        let remaining = store
+            .group_by_id(group.id)
+            .unwrap()
+            .expect("the group itself stays");
+        assert_eq!(remaining.items, vec![item(survivor.id, "m-2", 1, 2)]);
+        assert_eq!(store.list_prices().unwrap(), vec![global_price]);
+        assert_eq!(store.list_channels().unwrap().len(), 1);
+    }
+
+    pub fn duplicate_names_are_reported_and_roll_back(database: &TestDatabase) {
+        let mut store = database.open();
+        let first = store.create_channel(&sample_channel("same")).unwrap();
+        assert_duplicate(store.create_channel(&sample_channel("same")), "same");
+        // Names compare case-sensitively on every backend.
+        let second = store.create_channel(&sample_channel("Same")).unwrap();
+        // A rejected update changes nothing, keys included.
+        let clash = Channel {
+            name: "same".to_owned(),
+            keys: vec![],
+            ..second.clone()
+        };
+        assert_duplicate(store.update_channel(&clash), "same");
+        assert_eq!(
+            store.channel_by_id(second.id).unwrap(),
+            Some(second.clone())
+        );
+        assert_eq!(store.list_channels().unwrap(), vec![first.clone(), second]);
+
+        let group = store
+            .create_group(&sample_group("fast", vec![item(first.id, "m", 0, 1)]))
+            .unwrap();
+        assert_duplicate(store.create_group(&sample_group("fast", vec![])), "fast");
+        let other_group = store
+            .create_group(&sample_group("slow", vec![item(first.id, "m", 0, 1)]))
+            .unwrap();
+        assert_duplicate(
+            store.update_group(&Group {
+                name: "fast".to_owned(),
+                items: vec![],
+                ..other_group.clone()
+            }),
+            "fast",
+        );
+        assert_eq!(store.list_groups().unwrap(), vec![group, other_group]);
+
+        let api_key = store
+            .create_api_key(&sample_api_key("team", "sk-octopus-one"))
+            .unwrap();
+        assert_duplicate(
+            store.create_api_key(&sample_api_key("team", "sk-octopus-two")),
+            "team",
+        );
+        assert_duplicate(
+            store.create_api_key(&sample_api_key("another team", "sk-octopus-one")),
+            "hash",
+        );
+        let other_key = store
+            .create_api_key(&sample_api_key("ops", "sk-octopus-three"))
+            .unwrap();
+        assert_duplicate(
+            store.update_api_key(&ApiKey {
+                name: "team".to_owned(),
+                ..other_key.clone()
+            }),
+            "team",
+        );
+        assert_eq!(store.list_api_keys().unwrap(), vec![api_key, other_key]);
+    }
+
+    pub fn references_to_missing_channels_are_reported(database: &TestDatabase) {
+        let mut store = database.open();
+        let channel = store.create_channel(&sample_channel("real")).unwrap();
+        let missing_id = channel.id + 1000;
+        let broken = sample_group(
+            "broken",
+            vec![item(channel.id, "m", 0, 1), item(missing_id, "m", 0, 1)],
+        );
+        assert_missing_reference(store.create_group(&broken), &missing_id.to_string());
+        assert!(
+            store.list_groups().unwrap().is_empty(),
+            "a failed create must leave no group behind"
+        );
+
+        let group = store
+            .create_group(&sample_group("ok", vec![item(channel.id, "m", 0, 1)]))
+            .unwrap();
+        let broken_update = Group {
+            items: vec![item(missing_id, "m", 0, 1)],
+            ..group.clone()
+        };
+        assert_missing_reference(store.update_group(&broken_update), &missing_id.to_string());
+        assert_eq!(store.group_by_id(group.id).unwrap(), Some(group));
+
+        assert_missing_reference(
+            store.upsert_price(&price("m", Some(missing_id), 1.0)),
+            &missing_id.to_string(),
+        );
+        assert!(store.list_prices().unwrap().is_empty());
+    }
+
+    pub fn group_round_trip_keeps_item_order(database: &TestDatabase) {
+        let mut store = database.open();
+        let alpha = store.create_channel(&sample_channel("alpha")).unwrap();
+        let beta = store.create_channel(&sample_channel("beta")).unwrap();
+        let input = sample_group(
+            "smart",
+            vec![
+                item(beta.id, "model-b", 2, 5),
+                item(alpha.id, "model-a", -1, 1),
+                item(beta.id, "model-c", 0, 10),
+            ],
+        );
+        let created = store.create_group(&input).unwrap();
+        assert!(created.id > 0 && created.created_at > 0);
+        let expected = Group {
+            id: created.id,
+            created_at: created.created_at,
+            updated_at: created.created_at,
+            ..input
+        };
+        assert_eq!(created, expected);
+        assert_eq!(
+            store.group_by_id(created.id).unwrap(),
+            Some(created.clone())
+        );
+
+        let changed = Group {
+            name: "smarter".to_owned(),
+            mode: GroupMode::Failover,
+            items: vec![
+                item(alpha.id, "model-a", 0, 1),
+                item(beta.id, "model-c", 1, 1),
+            ],
+            max_attempts: 7,
+            first_byte_timeout_ms: 0,
+            total_timeout_ms: 600_000,
+            sticky_seconds: 0,
+            ..created.clone()
+        };
+        let updated = store
+            .update_group(&changed)
+            .unwrap()
+            .expect("the group exists");
+        assert_eq!(
+            updated,
+            Group {
+                updated_at: updated.updated_at,
+                ..changed.clone()
+            }
+        );
+        assert_eq!(updated.created_at, created.created_at);
+
+        let empty = store
+            .create_group(&Group {
+                mode: GroupMode::RoundRobin,
+                ..sample_group("empty", vec![])
+            })
+            .unwrap();
+        assert!(empty.items.is_empty());
+        assert_eq!(
+            store.list_groups().unwrap(),
+            vec![updated.clone(), empty.clone()]
+        );
+
+        assert_eq!(
+            store
+                .update_group(&Group {
+                    id: empty.id + 1000,
+                    ..changed
+                })
+                .unwrap(),
+            None
+        );
+        assert!(store.delete_group(updated.id).unwrap());
+        assert!(!store.delete_group(updated.id).unwrap());
+        assert_eq!(store.group_by_id(updated.id).unwrap(), None);
+        assert_eq!(store.list_groups().unwrap(), vec![empty]);
+        assert_eq!(
+            store.list_channels().unwrap().len(),
+            2,
+            "deleting a group leaves its channels alone"
+        );
+    }
+
+    pub fn api_key_round_trip_and_lookup_by_hash(database: &TestDatabase) {
+        let mut store = database.open();
+        let input = sample_api_key("team", "sk-octopus-AbCdEfGhIjKl");
+        let created = store.create_api_key(&input).unwrap();
+        assert!(created.id > 0 && created.created_at > 0);
+        assert_eq!(
+            created,
+            ApiKey {
+                id: created.id,
+                created_at: created.created_at,
+                updated_at: created.created_at,
+                ..input.clone()
+            }
+        );
+        assert_eq!(
+            store.api_key_by_id(created.id).unwrap(),
+            Some(created.clone())
+        );
+        assert_eq!(
+            store.api_key_by_hash(&input.key_hash).unwrap(),
+            Some(created.clone())
+        );
+        assert_eq!(
+            store
+                .api_key_by_hash(&sha256_hex(b"sk-octopus-unknown"))
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.api_key_by_id(created.id + 1000).unwrap(), None);
+
+        // key_hash, key_prefix and created_at are not updatable.
+        let changed = ApiKey {
+            name: "team-renamed".to_owned(),
+            key_hash: sha256_hex(b"sk-octopus-other"),
+            key_prefix: "sk-octopus-Zz".to_owned(),
+            enabled: false,
+            expires_at: None,
+            max_cost: None,
+            allowed_models: vec![],
+            created_at: 1,
+            ..created.clone()
+        };
+        let updated = store
+            .update_api_key(&changed)
+            .unwrap()
+            .expect("the key exists");
+        assert_eq!(
+            updated,
+            ApiKey {
+                key_hash: created.key_hash.clone(),
+                key_prefix: created.key_prefix.clone(),
+                created_at: created.created_at,
+                updated_at: updated.updated_at,
+                ..changed.clone()
+            }
+        );
+        assert_eq!(
+            store.api_key_by_hash(&created.key_hash).unwrap(),
+            Some(updated.clone())
+        );
+        assert_eq!(store.list_api_keys().unwrap(), vec![updated.clone()]);
+
+        assert_eq!(
+            store
+                .update_api_key(&ApiKey {
+                    id: created.id + 1000,
+                    ..changed
+                })
+                .unwrap(),
+            None
+        );
+        assert!(store.delete_api_key(created.id).unwrap());
+        assert!(!store.delete_api_key(created.id).unwrap());
+        assert_eq!(store.api_key_by_hash(&created.key_hash).unwrap(), None);
+        assert!(store.list_api_keys().unwrap().is_empty());
+    }
+
+    pub fn prices_upsert_by_model_and_channel(database: &TestDatabase) {
+        let mut store = database.open();
+        let channel = store.create_channel(&sample_channel("priced")).unwrap();
+        let global = store.upsert_price(&price("gpt-x", None, 0.15)).unwrap();
+        assert!(global.id > 0);
+        let specific = store
+            .upsert_price(&price("gpt-x", Some(channel.id), 0.1))
+            .unwrap();
+        assert_ne!(
+            specific.id, global.id,
+            "a channel price is distinct from the model's default price"
+        );
+
+        let replaced_global = store.upsert_price(&price("gpt-x", None, 2.5)).unwrap();
+        assert_eq!(
+            replaced_global.id, global.id,
+            "the same model without channel replaces in place"
+        );
+        let replaced_specific = store
+            .upsert_price(&price("gpt-x", Some(channel.id), 3.75))
+            .unwrap();
+        assert_eq!(replaced_specific.id, specific.id);
+        let other_model = store
+            .upsert_price(&price("a-model", None, 0.000_15))
+            .unwrap();
+
+        assert_eq!(
+            store.list_prices().unwrap(),
+            vec![
+                other_model.clone(),
+                replaced_global.clone(),
+                replaced_specific.clone()
+            ]
+        );
+        assert!(store.delete_price(replaced_specific.id).unwrap());
+        assert!(!store.delete_price(replaced_specific.id).unwrap());
+        assert_eq!(
+            store.list_prices().unwrap(),
+            vec![other_model, replaced_global]
+        );
+    }
+
+    pub fn settings_round_trip(database: &TestDatabase) {
+        let mut store = database.open();
+        assert_eq!(store.setting("site_name").unwrap(), None);
+        assert!(store.list_settings().unwrap().is_empty());
+        store.set_setting("site_name", "Octopus").unwrap();
+        store.set_setting("empty", "").unwrap();
+        store.set_setting("site_name", "Octopus 🐙").unwrap();
+        let large = "x".repeat(200_000);
+        store.set_setting("large", &large).unwrap();
+        assert_eq!(
+            store.setting("site_name").unwrap().as_deref(),
+            Some("Octopus 🐙")
+        );
+        assert_eq!(store.setting("empty").unwrap().as_deref(), Some(""));
+        assert_eq!(
+            store.list_settings().unwrap(),
+            vec![
+                ("empty".to_owned(), String::new()),
+                ("large".to_owned(), large),
+                ("site_name".to_owned(), "Octopus 🐙".to_owned())
+            ]
+        );
+    }
+
+    pub fn pool_serves_threads_and_coroutines(database: &TestDatabase) {
+        configure_may();
+        let pool = database.pool(4);
+        assert_eq!(pool.backend_name(), database.backend.database_type());
+        let thread_handles: Vec<_> = (0..4)
+            .map(|index| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    pool.call(move |store| store.set_setting(&format!("thread-{index}"), "t"))
+                })
+            })
+            .collect();
+        let coroutine_handles: Vec<_> = (0..4)
+            .map(|index| {
+                let pool = pool.clone();
+                may::go!(move || pool
+                    .call(move |store| store.set_setting(&format!("coroutine-{index}"), "c")))
+            })
+            .collect();
+        for handle in thread_handles {
+            handle.join().expect("thread finished").unwrap();
+        }
+        for handle in coroutine_handles {
+            handle.join().expect("coroutine finished").unwrap();
+        }
+        let settings = pool.call(|store| store.list_settings()).unwrap();
+        assert_eq!(settings.len(), 8, "{settings:?}");
+    }
+
+    pub fn pool_survives_a_panicking_job(database: &TestDatabase) {
+        // One thread only: if the panic killed it, nothing would answer the next call.
+        let pool = database.pool(1);
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            pool.call(|_store| -> () { panic!("job failed on purpose") });
+        }));
+        let payload = outcome.expect_err("the job's panic reaches the caller");
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"job failed on purpose")
+        );
+        pool.call(|store| store.set_setting("after", "panic"))
+            .unwrap();
+        assert_eq!(
+            pool.call(|store| store.setting("after"))
+                .unwrap()
+                .as_deref(),
+            Some("panic")
+        );
+    }
+}
+
+#[test]
+fn pool_wait_parks_the_coroutine_not_the_worker() {
+    configure_may();
+    let database = TestDatabase::create(Backend::Sqlite).expect("SQLite is always available");
+    let pool = database.pool(1);
+    let (started_sender, started_receiver) = std::sync::mpsc::channel();
+    let slow_caller = may::go!(move || {
+        pool.call(move |store| {
+            let _ = started_sender.send(());
+            std::thread::sleep(Duration::from_millis(400));
+            store.setting("anything").unwrap();
+        });
+        Instant::now()
+    });
+    started_receiver
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow job started");
+    // With one may worker, this coroutine can only run if the slow caller parked.
+    let other_coroutine = may::go!(Instant::now);
+    let other_finished = other_coroutine.join().expect("the other coroutine ran");
+    let slow_finished = slow_caller.join().expect("the slow caller finished");
+    assert!(
+        other_finished < slow_finished,
+        "a waiting pool caller blocked the may worker"
+    );
+}
+
+#[test]
+fn unknown_database_types_are_rejected() {
+    for result in [
+        store::open("oracle", "x").map(|_| ()),
+        StorePool::open("oracle", "x", 1).map(|_| ()),
+    ] {
+        match result {
+            Err(StoreError::Backend(message)) => assert!(message.contains("oracle"), "{message}"),
+            other => panic!("expected a Backend error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn sqlite_reports_a_path_it_cannot_create() {
+    let database = TestDatabase::create(Backend::Sqlite).expect("SQLite is always available");
+    let blocker = PathBuf::from(&database.location)
+        .parent()
+        .expect("parent")
+        .to_path_buf();
+    std::fs::create_dir_all(blocker.parent().expect("grandparent")).unwrap();
+    // A plain file where the parent directory should be.
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    match store::open("sqlite", &database.location) {
+        Err(StoreError::Backend(message)) => assert!(message.contains("nested"), "{message}"),
+        Err(other) => panic!("expected a Backend error, got {other:?}"),
+        Ok(_) => panic!("opening below a file must fail"),
+    }
+}
+
+#[test]
+fn postgres_connection_errors_name_the_server_but_not_the_password() {
+    match store::open(
+        "postgres",
+        "postgres://octopus:hunter2secret@127.0.0.1:1/octopus_db",
+    ) {
+        Err(StoreError::Backend(message)) => {
+            assert!(message.contains("127.0.0.1:1/octopus_db"), "{message}");
+            assert!(!message.contains("hunter2secret"), "{message}");
+        }
+        other => panic!("expected a Backend error, got {:?}", other.map(|_| ())),
+    }
+    let Some(admin_url) = server_admin_url(Backend::Postgres) else {
+        return;
+    };
+    let missing = unique_name("octopus_missing");
+    match store::open("postgres", &url_with_database(&admin_url, &missing)) {
+        Err(StoreError::Backend(message)) => {
+            assert!(message.contains(&missing), "{message}");
+            assert!(message.contains("does not exist"), "{message}");
+        }
+        other => panic!("expected a Backend error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn mysql_connection_errors_name_the_server_but_not_the_password() {
+    match store::open(
+        "mysql",
+        "mysql://octopus:hunter2secret@127.0.0.1:1/octopus_db",
+    ) {
+        Err(StoreError::Backend(message)) => {
+            assert!(message.contains("127.0.0.1:1/octopus_db"), "{message}");
+            assert!(!message.contains("hunter2secret"), "{message}");
+        }
+        other => panic!("expected a Backend error, got {:?}", other.map(|_| ())),
+    }
+    let Some(admin_url) = server_admin_url(Backend::Mysql) else {
+        return;
+    };
+    let missing = unique_name("octopus_missing");
+    match store::open("mysql", &url_with_database(&admin_url, &missing)) {
+        Err(StoreError::Backend(message)) => {
+            assert!(message.contains(&missing), "{message}");
+            assert!(message.contains("Unknown database"), "{message}");
+        }
+        other => panic!("expected a Backend error, got {:?}", other.map(|_| ())),
+    }
+    // A wrong password is refused without echoing it.
+    let with_password = admin_url.replacen("://root@", "://root:hunter2secret@", 1);
+    if with_password != admin_url {
+        match store::open("mysql", &with_password) {
+            Err(StoreError::Backend(message)) => {
+                assert!(!message.contains("hunter2secret"), "{message}")
+            }
+            other => panic!("expected a Backend error, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn url_with_database_replaces_only_the_path() {
+    assert_eq!(
+        url_with_database("mysql://root@127.0.0.1:3306/mysql", "x"),
+        "mysql://root@127.0.0.1:3306/x"
+    );
+    assert_eq!(
+        url_with_database("postgres://u:p@h:5432/db?sslmode=disable", "x"),
+        "postgres://u:p@h:5432/x?sslmode=disable"
+    );
+    assert_eq!(url_with_database("postgres://u@h", "x"), "postgres://u@h/x");
+}

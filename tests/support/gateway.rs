@@ -1,0 +1,90 @@
+//! Starting a real gateway in-process on 127.0.0.1:0 for integration tests, plus admin helpers.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+
+use octopus::app::Gateway;
+use octopus::config::Config;
+
+use crate::support::databases::TestDatabase;
+use crate::support::http_client::json_request;
+
+/// A running gateway and what a test needs to talk to it.
+pub struct TestGateway {
+    pub gateway: Option<Gateway>,
+    pub address: SocketAddr,
+    /// Keeps the database alive (and drops it at the end) for server backends.
+    _database: TestDatabase,
+}
+
+impl TestGateway {
+    /// Starts a gateway on the given database with test-friendly settings, adjusted by `tweak`.
+    pub fn start_with(database: TestDatabase, tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        let mut config = Config::default();
+        config.server.host = "127.0.0.1".to_string();
+        config.server.port = 0;
+        config.database.database_type = database.database_type.to_string();
+        config.database.path = database.path.clone();
+        config.database.connections = 2;
+        config.log.level = "warn".to_string();
+        // Probes would add requests to the mocks at unpredictable times; the probe tests turn them on.
+        config.relay.probe_interval_seconds = 0;
+        tweak(&mut config);
+        let gateway = octopus::app::start(config).unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
+        let address = gateway.local_addr();
+        TestGateway { gateway: Some(gateway), address, _database: database }
+    }
+
+    pub fn start(database: TestDatabase) -> TestGateway {
+        TestGateway::start_with(database, |_| {})
+    }
+
+    /// Logs in as admin/admin, changes the password, and returns a working token.
+    pub fn admin_token(&self) -> String {
+        let login = json_request(self.address, "POST", "/api/v1/auth/login", None, Some(&json!({"username": "admin", "password": "admin"})));
+        assert_eq!(login.status, 200, "login: {}", login.text());
+        let token = login.json()["token"].as_str().unwrap().to_string();
+        let changed = json_request(
+            self.address,
+            "POST",
+            "/api/v1/auth/password",
+            Some(&token),
+            Some(&json!({"old_password": "admin", "new_password": "a-better-password"})),
+        );
+        assert_eq!(changed.status, 200, "password change: {}", changed.text());
+        changed.json()["token"].as_str().unwrap().to_string()
+    }
+
+    /// POSTs JSON with the token and returns the parsed body, asserting the status.
+    pub fn admin_post(&self, token: &str, path: &str, body: Value, expected_status: u16) -> Value {
+        let response = json_request(self.address, "POST", path, Some(token), Some(&body));
+        assert_eq!(response.status, expected_status, "POST {path}: {}", response.text());
+        response.json()
+    }
+
+    /// Creates a channel and returns its id.
+    pub fn create_channel(&self, token: &str, body: Value) -> i64 {
+        self.admin_post(token, "/api/v1/channels", body, 201)["id"].as_i64().unwrap()
+    }
+
+    /// Creates a group and returns its id.
+    pub fn create_group(&self, token: &str, body: Value) -> i64 {
+        self.admin_post(token, "/api/v1/groups", body, 201)["id"].as_i64().unwrap()
+    }
+
+    /// Creates a client key and returns the secret.
+    pub fn create_client_key(&self, token: &str, body: Value) -> String {
+        self.admin_post(token, "/api/v1/api-keys", body, 201)["key"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown();
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! A loopback mock of the LLM providers: speaks the real wire formats (JSON and SSE) and is
+//! scripted per request by the test, e.g. by model name or API key. Std threads, one per
+//! connection, keep-alive supported; every request is recorded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A request as the mock received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(header_name, _)| header_name.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The model: from the body, or from a Gemini-style path `/models/{model}:method`.
+    pub fn model(&self) -> String {
+        if let Some(model) = self.json().get("model").and_then(Value::as_str) {
+            return model.to_string();
+        }
+        self.path
+            .rsplit_once("/models/")
+            .map(|(_, rest)| rest.split(':').next().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
+
+    /// The API key, wherever the provider format puts it.
+    pub fn api_key(&self) -> String {
+        if let Some(value) = self.header("authorization") {
+            return value.trim_start_matches("Bearer ").to_string();
+        }
+        if let Some(value) = self.header("x-api-key").or_else(|| self.header("x-goog-api-key")) {
+            return value.to_string();
+        }
+        self.query.split('&').find_map(|pair| pair.strip_prefix("key=")).unwrap_or("").to_string()
+    }
+
+    pub fn wants_stream(&self) -> bool {
+        self.path.contains(":streamGenerateContent") || self.json().get("stream").and_then(Value::as_bool).unwrap_or(false)
+    }
+}
+
+/// How the mock answers one request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// A complete response with `Content-Length`.
+    Json { status: u16, headers: Vec<(String, String)>, body: String },
+    /// A chunked SSE response: each event (already framed, ending in a blank line) is one chunk,
+    /// sent `gap` apart; then the stream ends as `end` says.
+    Sse { events: Vec<String>, gap: Duration, end: StreamEnd },
+    /// Wait this long without sending anything, then close.
+    StallBeforeHead(Duration),
+    /// Close the connection without answering.
+    Close,
+}
+
+#[derive(Clone, Debug)]
+pub enum StreamEnd {
+    /// The terminating chunk: a clean end.
+    Finish,
+    /// Close the socket without the terminating chunk.
+    Reset,
+    /// Keep the connection open, silent, for this long, then close it.
+    Stall(Duration),
+}
+
+type Script = dyn Fn(&RecordedRequest) -> Reply + Send + Sync;
+
+/// A running mock upstream.
+pub struct MockUpstream {
+    pub address: SocketAddr,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    accepted_connections: Arc<AtomicUsize>,
+    aborted_streams: Arc<AtomicUsize>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl MockUpstream {
+    /// Starts a mock answering with `script`.
+    pub fn start(script: impl Fn(&RecordedRequest) -> Reply + Send + Sync + 'static) -> MockUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the mock upstream");
+        let address = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let accepted_connections = Arc::new(AtomicUsize::new(0));
+        let aborted_streams = Arc::new(AtomicUsize::new(0));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let script: Arc<Script> = Arc::new(script);
+        {
+            let requests = requests.clone();
+            let accepted_connections = accepted_connections.clone();
+            let aborted_streams = aborted_streams.clone();
+            let stopped = stopped.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopped.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    accepted_connections.fetch_add(1, Ordering::SeqCst);
+                    let requests = requests.clone();
+                    let script = script.clone();
+                    let aborted_streams = aborted_streams.clone();
+                    std::thread::spawn(move || serve_connection(stream, &requests, &*script, &aborted_streams));
+                }
+            });
+        }
+        MockUpstream { address, requests, accepted_connections, aborted_streams, stopped }
+    }
+
+    /// A mock that answers every request with the default success for its format.
+    pub fn default_success() -> MockUpstream {
+        MockUpstream::start(default_reply)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn accepted_connections(&self) -> usize {
+        self.accepted_connections.load(Ordering::SeqCst)
+    }
+
+    /// Streams that ended because writing to the gateway failed (the gateway hung up).
+    pub fn aborted_streams(&self) -> usize {
+        self.aborted_streams.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.address, Duration::from_millis(200));
+    }
+}
+
+fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>, script: &Script, aborted_streams: &AtomicUsize) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = match stream.try_clone() {
+        Ok(writer) => writer,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(request) = read_request(&mut reader) else { return };
+        requests.lock().unwrap().push(request.clone());
+        let keep_open = match script(&request) {
+            Reply::Json { status, headers, body } => {
+                let mut head = format!("HTTP/1.1 {status} Mock\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
+                for (name, value) in headers {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                head.push_str("\r\n");
+                writer.write_all(head.as_bytes()).is_ok() && writer.write_all(body.as_bytes()).is_ok()
+            }
+            Reply::Sse { events, gap, end } => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if writer.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for (index, event) in events.iter().enumerate() {
+                    if index > 0 && !gap.is_zero() {
+                        std::thread::sleep(gap);
+                    }
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    if writer.write_all(chunk.as_bytes()).and_then(|_| writer.flush()).is_err() {
+                        aborted_streams.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                match end {
+                    StreamEnd::Finish => writer.write_all(b"0\r\n\r\n").is_ok(),
+                    StreamEnd::Reset => {
+                        let _ = writer.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    StreamEnd::Stall(duration) => {
+                        std::thread::sleep(duration);
+                        return;
+                    }
+                }
+            }
+            Reply::StallBeforeHead(duration) => {
+                std::thread::sleep(duration);
+                return;
+            }
+            Reply::Close => return,
+        };
+        if !keep_open {
+            return;
+        }
+    }
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RecordedRequest> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path.to_string(), query.to_string()),
+        None => (target, String::new()),
+    };
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':')?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let length = headers.iter().find(|(name, _)| name == "content-length").and_then(|(_, value)| value.parse().ok()).unwrap_or(0);
+    let chunked = headers.iter().any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    if chunked {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line).ok()?;
+            let size = usize::from_str_radix(size_line.trim(), 16).ok()?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Some(RecordedRequest { method, path, query, headers, body })
+}
+
+/// Which provider format a request path belongs to.
+pub fn format_of(request: &RecordedRequest) -> &'static str {
+    let path = request.path.as_str();
+    if path.ends_with("/chat/completions") {
+        "openai_chat"
+    } else if path.ends_with("/responses") {
+        "openai_responses"
+    } else if path.ends_with("/messages") {
+        "anthropic"
+    } else if path.contains("v1internal:") {
+        "antigravity"
+    } else {
+        "gemini"
+    }
+}
+
+/// The words a default streamed answer is made of.
+pub const DEFAULT_WORDS: [&str; 4] = ["Hello", " from", " the", " mock"];
+
+/// A successful answer in the request's format, streamed when the request asks for it.
+pub fn default_reply(request: &RecordedRequest) -> Reply {
+    let model = request.model();
+    if request.wants_stream() {
+        Reply::Sse { events: stream_events(format_of(request), &model, &DEFAULT_WORDS), gap: Duration::ZERO, end: StreamEnd::Finish }
+    } else {
+        Reply::Json { status: 200, headers: Vec::new(), body: complete_body(format_of(request), &model, &DEFAULT_WORDS.concat()).to_string() }
+    }
+}
+
+/// An error in the given provider format.
+pub fn error_reply(format: &str, status: u16, message: &str) -> Reply {
+    let body = match format {
+        "anthropic" => {
+            let error_type = match status {
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                400..=499 => "invalid_request_error",
+                _ => "api_error",
+            };
+            json!({"type": "error", "error": {"type": error_type, "message": message}})
+        }
+        "gemini" | "antigravity" => {
+            let status_name = match status {
+                400 => "INVALID_ARGUMENT",
+                401 => "UNAUTHENTICATED",
+                403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND",
+                429 => "RESOURCE_EXHAUSTED",
+                503 => "UNAVAILABLE",
+                _ => "INTERNAL",
+            };
+            json!({"error": {"code": status, "message": message, "status": status_name}})
+        }
+        _ => {
+            let error_type = if status == 429 { "rate_limit_exceeded" } else if status >= 500 { "server_error" } else { "invalid_request_error" };
+            json!({"error": {"message": message, "type": error_type, "param": null, "code": error_type}})
+        }
+    };
+    Reply::Json { status, headers: Vec::new(), body: body.to_string() }
+}
+
+/// A complete non-stream body with `text`, in the given format, with usage 10 in / 5 out.
+pub fn complete_body(format: &str, model: &str, text: &str) -> Value {
+    match format {
+        "openai_chat" => json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }),
+        "openai_responses" => json!({
+            "id": "resp_mock", "object": "response", "created_at": 1700000000, "status": "completed", "model": model,
+            "output": [{"type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+            "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15},
+        }),
+        "anthropic" => json!({
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 10, "output_tokens": 5},
+        }),
+        "antigravity" => json!({"response": complete_body("gemini", model, text), "traceId": "mock"}),
+        _ => json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15},
+            "modelVersion": model,
+        }),
+    }
+}
+
+/// A framed SSE event.
+pub fn sse(event: Option<&str>, data: &Value) -> String {
+    match event {
+        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    }
+}
+
+/// A full, realistic stream of `words` in the given format, with usage 10 in / 5 out.
+pub fn stream_events(format: &str, model: &str, words: &[&str]) -> Vec<String> {
+    let mut events = Vec::new();
+    match format {
+        "openai_chat" => {
+            let chunk = |delta: Value, finish: Value| {
+                json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            events.push(sse(None, &chunk(json!({"role": "assistant", "content": ""}), Value::Null)));
+            for word in words {
+                events.push(sse(None, &chunk(json!({"content": word}), Value::Null)));
+            }
+            events.push(sse(None, &chunk(json!({}), json!("stop"))));
+            events.push(sse(None, &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+                "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})));
+            events.push("data: [DONE]\n\n".to_string());
+        }
+        "openai_responses" => {
+            let text: String = words.concat();
+            let mut sequence = 0;
+            let mut push = |events: &mut Vec<String>, name: &str, mut data: Value| {
+                data["type"] = json!(name);
+                data["sequence_number"] = json!(sequence);
+                sequence += 1;
+                events.push(sse(Some(name), &data));
+            };
+            let response = |status: &str, output: Value, usage: Value| {
+                json!({"id": "resp_mock", "object": "response", "created_at": 1700000000, "status": status, "model": model, "output": output, "usage": usage})
+            };
+            push(&mut events, "response.created", json!({"response": response("in_progress", json!([]), Value::Null)}));
+            push(&mut events, "response.in_progress", json!({"response": response("in_progress", json!([]), Value::Null)}));
+            push(&mut events, "response.output_item.added", json!({"output_index": 0, "item": {"type": "message", "id": "msg_mock", "status": "in_progress", "role": "assistant", "content": []}}));
+            push(&mut events, "response.content_part.added", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}));
+            for word in words {
+                push(&mut events, "response.output_text.delta", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": word}));
+            }
+            push(&mut events, "response.output_text.done", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": text}));
+            let item = json!({"type": "message", "id": "msg_mock", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]});
+            push(&mut events, "response.content_part.done", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": text, "annotations": []}}));
+            push(&mut events, "response.output_item.done", json!({"output_index": 0, "item": item}));
+            push(&mut events, "response.completed", json!({"response": response("completed", json!([item]), json!({"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}))}));
+        }
+        "anthropic" => {
+            events.push(sse(Some("message_start"), &json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 1}}})));
+            events.push(sse(Some("content_block_start"), &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+            events.push(sse(Some("ping"), &json!({"type": "ping"})));
+            for word in words {
+                events.push(sse(Some("content_block_delta"), &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}})));
+            }
+            events.push(sse(Some("content_block_stop"), &json!({"type": "content_block_stop", "index": 0})));
+            events.push(sse(Some("message_delta"), &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}})));
+            events.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
+        }
+        _ => {
+            let wrap = |chunk: Value| if format == "antigravity" { json!({"response": chunk, "traceId": "mock"}) } else { chunk };
+            for (index, word) in words.iter().enumerate() {
+                let mut chunk = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": word}]}, "index": 0}],
+                                       "usageMetadata": {"promptTokenCount": 10, "totalTokenCount": 10}, "modelVersion": model});
+                if index + 1 == words.len() {
+                    chunk["candidates"][0]["finishReason"] = json!("STOP");
+                    chunk["usageMetadata"] = json!({"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15});
+                }
+                events.push(format!("data: {}\r\n\r\n", wrap(chunk)));
+            }
+        }
+    }
+    events
+}
