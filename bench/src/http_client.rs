@@ -52,6 +52,16 @@ impl ClientConnection {
         self.reusable
     }
 
+    /// For a held stream: drops what has arrived and, when the server has closed the
+    /// connection, returns the last bytes it sent. The connection is not reusable afterwards.
+    pub fn closed_by_server(&mut self) -> Option<Vec<u8>> {
+        self.reusable = false;
+        let mut tail = Vec::new();
+        self.socket
+            .discard_available_and_check_closed(&mut tail)
+            .then_some(tail)
+    }
+
     /// Sends a prebuilt request and reads the whole response.
     pub fn exchange(&mut self, request: &[u8]) -> io::Result<Response> {
         self.reusable = false;

@@ -180,10 +180,7 @@ fn parse_options() -> Result<Options, String> {
 
 /// Progress goes to stderr so stdout carries only the Markdown report.
 fn progress(run_started: Instant, message: &str) {
-    eprintln!(
-        "[{:6.1} s] {message}",
-        run_started.elapsed().as_secs_f64()
-    );
+    eprintln!("[{:6.1} s] {message}", run_started.elapsed().as_secs_f64());
 }
 
 fn run(options: &Options) -> Result<RunResults, String> {
@@ -232,9 +229,13 @@ fn run(options: &Options) -> Result<RunResults, String> {
                 run_started,
                 &format!("gateway pid {} on {}", gateway.pid(), gateway.address()),
             );
-            let client_key = configure(gateway.address(), mock.address(), &GROUPS).map_err(
-                |error| format!("configuring the gateway failed: {error}\ngateway log:\n{}", gateway.log_tail()),
-            )?;
+            let client_key =
+                configure(gateway.address(), mock.address(), &GROUPS).map_err(|error| {
+                    format!(
+                        "configuring the gateway failed: {error}\ngateway log:\n{}",
+                        gateway.log_tail()
+                    )
+                })?;
             Some(Target::new(
                 gateway.address(),
                 &client_key,
@@ -260,18 +261,31 @@ fn run(options: &Options) -> Result<RunResults, String> {
     // whose every warm-up request failed cannot be measured, so stop with its first error.
     progress(run_started, "warm-up");
     let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
-    warm_up(&mut direct_client, &direct, plan.warmup_requests, phase_deadline, "direct")?;
+    warm_up(
+        &mut direct_client,
+        &direct,
+        plan.warmup_requests,
+        phase_deadline,
+        "direct",
+    )?;
     if let (Some(client), Some(target), Some(gateway)) =
         (gateway_client.as_mut(), &through_gateway, &gateway)
     {
-        warm_up(client, target, plan.warmup_requests, phase_deadline, "gateway")
-            .map_err(|error| format!("{error}\ngateway log:\n{}", gateway.log_tail()))?;
+        warm_up(
+            client,
+            target,
+            plan.warmup_requests,
+            phase_deadline,
+            "gateway",
+        )
+        .map_err(|error| format!("{error}\ngateway log:\n{}", gateway.log_tail()))?;
     }
     memory.after_warmup = gateway_rss();
 
     progress(run_started, "latency at c=1");
     let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
     for _ in 0..plan.latency_rounds {
+        let accepted_before = mock.accepted_connections();
         let samples = sequential_requests(
             &mut direct_client,
             &direct.whole_request,
@@ -280,11 +294,13 @@ fn run(options: &Options) -> Result<RunResults, String> {
             &mut direct_results.latency_errors,
         );
         direct_results.latency_rounds.push(samples);
+        direct_results.upstream_connections += mock.accepted_connections() - accepted_before;
         if let (Some(client), Some(target), Some(results)) = (
             gateway_client.as_mut(),
             &through_gateway,
             gateway_results.as_mut(),
         ) {
+            let accepted_before = mock.accepted_connections();
             let samples = sequential_requests(
                 client,
                 &target.whole_request,
@@ -293,17 +309,15 @@ fn run(options: &Options) -> Result<RunResults, String> {
                 &mut results.latency_errors,
             );
             results.latency_rounds.push(samples);
+            results.upstream_connections += mock.accepted_connections() - accepted_before;
         }
     }
 
-    progress(
-        run_started,
-        &format!("throughput at c={LOAD_CONCURRENCY}"),
-    );
+    progress(run_started, &format!("throughput at c={LOAD_CONCURRENCY}"));
     for _ in 0..plan.load_rounds {
-        load_round(&direct, None, &plan, &mut direct_results);
+        load_round(&mock, &direct, None, &plan, &mut direct_results);
         if let (Some(target), Some(results)) = (&through_gateway, gateway_results.as_mut()) {
-            load_round(target, gateway_pid, &plan, results);
+            load_round(&mock, target, gateway_pid, &plan, results);
         }
     }
     memory.after_load = gateway_rss();
@@ -326,13 +340,19 @@ fn run(options: &Options) -> Result<RunResults, String> {
         );
     }
     for _ in 0..plan.stream_rounds {
-        stream_round(&mut direct_client, &direct, &plan, &mut direct_results);
+        stream_round(
+            &mock,
+            &mut direct_client,
+            &direct,
+            &plan,
+            &mut direct_results,
+        );
         if let (Some(client), Some(target), Some(results)) = (
             gateway_client.as_mut(),
             &through_gateway,
             gateway_results.as_mut(),
         ) {
-            stream_round(client, target, &plan, results);
+            stream_round(&mock, client, target, &plan, results);
         }
     }
 
@@ -349,12 +369,20 @@ fn run(options: &Options) -> Result<RunResults, String> {
     hold_streams(&mock, held_target, &plan, &gateway_rss, &mut memory);
 
     progress(run_started, "done");
+    let gateway_log_lines = gateway.as_ref().map_or(0, |gateway| {
+        let log = gateway.log_tail();
+        if !log.trim().is_empty() {
+            eprintln!("gateway log (tail):\n{log}");
+        }
+        log.lines().count()
+    });
     drop(gateway);
     Ok(RunResults {
         info: run_info(&plan, pinning),
         direct: direct_results,
         gateway: gateway_results,
         memory,
+        gateway_log_lines,
         held_target: if through_gateway.is_some() {
             "gateway"
         } else {
@@ -382,8 +410,15 @@ fn warm_up(
 }
 
 /// One closed-loop arm, with the CPU the gateway (if `gateway_pid`) and the bench used.
-fn load_round(target: &Target, gateway_pid: Option<u32>, plan: &Plan, results: &mut ArmResults) {
+fn load_round(
+    mock: &MockUpstream,
+    target: &Target,
+    gateway_pid: Option<u32>,
+    plan: &Plan,
+    results: &mut ArmResults,
+) {
     let bench_pid = std::process::id();
+    let accepted_before = mock.accepted_connections();
     let gateway_cpu_before = gateway_pid.and_then(cpu_micros);
     let rig_cpu_before = cpu_micros(bench_pid).unwrap_or(0);
     let outcome = closed_loop(
@@ -398,6 +433,7 @@ fn load_round(target: &Target, gateway_pid: Option<u32>, plan: &Plan, results: &
         *results.gateway_cpu_micros.get_or_insert(0) += after.saturating_sub(before);
     }
     results.rig_cpu_micros += rig_cpu_after.saturating_sub(rig_cpu_before);
+    results.upstream_connections += mock.accepted_connections() - accepted_before;
     results.load.completed += outcome.completed;
     results.load.elapsed += outcome.elapsed;
     results.load.latencies.extend(outcome.latencies);
@@ -405,11 +441,13 @@ fn load_round(target: &Target, gateway_pid: Option<u32>, plan: &Plan, results: &
 }
 
 fn stream_round(
+    mock: &MockUpstream,
     client: &mut SequentialClient,
     target: &Target,
     plan: &Plan,
     results: &mut ArmResults,
 ) {
+    let accepted_before = mock.accepted_connections();
     for _ in 0..plan.streams_per_round {
         match client.timed_stream(
             &target.paced_stream_request,
@@ -420,6 +458,7 @@ fn stream_round(
             Err(message) => results.stream_errors.record(message),
         }
     }
+    results.upstream_connections += mock.accepted_connections() - accepted_before;
 }
 
 /// Opens the held streams, samples the gateway's RSS while they are open, closes them and
@@ -431,6 +470,7 @@ fn hold_streams(
     gateway_rss: &dyn Fn() -> Option<u64>,
     memory: &mut MemoryResults,
 ) {
+    memory.before_holding = gateway_rss();
     let upstream_before = mock.open_streams();
     let held = open_held_streams(
         target.address,
@@ -445,8 +485,17 @@ fn hold_streams(
     std::thread::sleep(HELD_STREAMS_SETTLE);
     memory.holding_streams = gateway_rss();
     memory.upstream_open_while_held = mock.open_streams().saturating_sub(upstream_before);
+    let mut connections = held.connections;
+    for connection in &mut connections {
+        if let Some(last_bytes) = connection.closed_by_server() {
+            memory.held_closed_by_server.record(format!(
+                "last bytes before the close: {:?}",
+                String::from_utf8_lossy(&last_bytes)
+            ));
+        }
+    }
 
-    drop(held.connections);
+    drop(connections);
     let closed_at = Instant::now();
     while mock.open_streams() > upstream_before && closed_at.elapsed() < UPSTREAM_CLOSE_WAIT {
         std::thread::sleep(Duration::from_millis(20));

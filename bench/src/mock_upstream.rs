@@ -54,6 +54,7 @@ pub struct MockUpstream {
 struct SharedState {
     stopping: AtomicBool,
     open_streams: AtomicUsize,
+    accepted_connections: AtomicUsize,
 }
 
 impl MockUpstream {
@@ -69,6 +70,7 @@ impl MockUpstream {
         let shared = Arc::new(SharedState {
             stopping: AtomicBool::new(false),
             open_streams: AtomicUsize::new(0),
+            accepted_connections: AtomicUsize::new(0),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = std::thread::Builder::new()
@@ -90,6 +92,12 @@ impl MockUpstream {
     pub fn open_streams(&self) -> usize {
         self.shared.open_streams.load(Ordering::Relaxed)
     }
+
+    /// How many connections the mock has accepted so far; a gateway that reuses its upstream
+    /// connections opens about as many as its peak concurrency, not one per request.
+    pub fn accepted_connections(&self) -> usize {
+        self.shared.accepted_connections.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for MockUpstream {
@@ -109,7 +117,10 @@ fn accept_connections(listener: TcpListener, shared: Arc<SharedState>) {
             return;
         }
         let stream = match incoming {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                shared.accepted_connections.fetch_add(1, Ordering::Relaxed);
+                stream
+            }
             Err(error) => {
                 // Usually EMFILE under the held-streams phase; back off instead of spinning.
                 eprintln!("mock upstream: accept failed: {error}");
@@ -256,7 +267,10 @@ fn stream_plan(dialect: Dialect, model: &str) -> StreamPlan {
         .and_then(|shape| shape.split_once('x'))
         .and_then(|(deltas, gap)| Some((deltas.parse::<u32>().ok()?, gap.parse::<u64>().ok()?)));
     let (delta_count, gap_ms) = match shape {
-        Some((deltas, gap)) => (deltas.clamp(1, MAX_STREAM_DELTAS), gap.min(MAX_STREAM_GAP_MS)),
+        Some((deltas, gap)) => (
+            deltas.clamp(1, MAX_STREAM_DELTAS),
+            gap.min(MAX_STREAM_GAP_MS),
+        ),
         None => (DEFAULT_STREAM_DELTAS, 0),
     };
     StreamPlan {
@@ -444,10 +458,197 @@ pub fn openai_stream_event_count(delta_count: u32) -> usize {
 
 /// The gap the mock leaves before OpenAI-dialect event `event_index` (1-based after the role
 /// chunk): one pace before each delta, none before the closing events.
-pub fn openai_scheduled_gap_before(event_index: usize, delta_count: u32, pace: Duration) -> Duration {
+pub fn openai_scheduled_gap_before(
+    event_index: usize,
+    delta_count: u32,
+    pace: Duration,
+) -> Duration {
     if event_index >= 1 && event_index <= delta_count as usize {
         pace
     } else {
         Duration::ZERO
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http_client::{ClientConnection, build_request};
+
+    const TEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Sends one request on `connection` and returns the status and the whole body.
+    fn call(
+        connection: &mut ClientConnection,
+        address: SocketAddr,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let request = build_request(
+            method,
+            address,
+            path,
+            Some("sk-test"),
+            body.map(str::as_bytes),
+        );
+        let response = connection.exchange(&request).expect("exchange");
+        (
+            response.status,
+            String::from_utf8(response.body).expect("UTF-8 body"),
+        )
+    }
+
+    /// Splits an SSE body into the JSON payloads of its `data:` lines, checking each parses.
+    fn data_payloads(body: &str) -> Vec<Value> {
+        body.split("\n\n")
+            .flat_map(|event| event.split("\r\n\r\n"))
+            .filter_map(|event| {
+                event
+                    .lines()
+                    .find_map(|line| line.trim_end_matches('\r').strip_prefix("data: "))
+            })
+            .filter(|data| *data != "[DONE]")
+            .map(|data| {
+                serde_json::from_str(data).unwrap_or_else(|error| panic!("{error}: {data}"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_dialect_answers_whole_and_streamed_on_one_connection() {
+        let mock = MockUpstream::start().expect("mock starts");
+        let address = mock.address();
+        let mut connection = ClientConnection::connect(address, TEST_TIMEOUT).expect("connect");
+
+        let (status, body) = call(
+            &mut connection,
+            address,
+            "POST",
+            "/v1/chat/completions",
+            Some(r#"{"model":"bench-upstream","messages":[]}"#),
+        );
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(answer["model"], "bench-upstream");
+        assert_eq!(answer["usage"]["total_tokens"], 33);
+        assert!(
+            (250..400).contains(&body.len()),
+            "body is {} bytes",
+            body.len()
+        );
+
+        let started = Instant::now();
+        let (status, body) = call(
+            &mut connection,
+            address,
+            "POST",
+            "/v1/chat/completions",
+            Some(r#"{"model":"stream-3x5","stream":true}"#),
+        );
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() >= Duration::from_millis(15),
+            "deltas are paced"
+        );
+        let chunks = data_payloads(&body);
+        // Role chunk, three deltas, finish chunk, usage chunk (and [DONE], not JSON).
+        assert_eq!(chunks.len(), 6);
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "tok0 ");
+        assert_eq!(chunks[4]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunks[5]["usage"]["completion_tokens"], 3);
+        assert!(body.ends_with("data: [DONE]\n\n"));
+        let mut counter = crate::wire::SseEventCounter::default();
+        assert_eq!(counter.feed(body.as_bytes()), openai_stream_event_count(3));
+
+        let (status, body) = call(
+            &mut connection,
+            address,
+            "POST",
+            "/v1/messages",
+            Some(r#"{"model":"stream-2x0","stream":true,"max_tokens":8}"#),
+        );
+        assert_eq!(status, 200);
+        let events = data_payloads(&body);
+        let types: Vec<&str> = events
+            .iter()
+            .map(|event| event["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+
+        let (status, body) = call(
+            &mut connection,
+            address,
+            "POST",
+            "/v1beta/models/stream-2x0:streamGenerateContent?alt=sse",
+            Some(r#"{"contents":[]}"#),
+        );
+        assert_eq!(status, 200);
+        let chunks = data_payloads(&body);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1]["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(chunks[1]["usageMetadata"]["candidatesTokenCount"], 2);
+
+        let (status, body) = call(
+            &mut connection,
+            address,
+            "POST",
+            "/v1beta/models/gemini-x:generateContent",
+            Some(r#"{"contents":[]}"#),
+        );
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(answer["modelVersion"], "gemini-x");
+
+        let (status, body) = call(&mut connection, address, "GET", "/v1/models", None);
+        assert_eq!(status, 200);
+        let list: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(list["data"][1]["id"], "stream-64x20");
+
+        let (status, _) = call(&mut connection, address, "POST", "/nowhere", Some("{}"));
+        assert_eq!(status, 404);
+
+        // All of the above went over the one keep-alive connection.
+        assert!(connection.is_reusable());
+        assert_eq!(mock.accepted_connections(), 1);
+        assert_eq!(mock.open_streams(), 0);
+    }
+
+    #[test]
+    fn stream_shapes_are_parsed_and_bounded() {
+        let paced = stream_plan(Dialect::OpenAiChat, "stream-600x100");
+        assert_eq!(
+            (paced.delta_count, paced.gap),
+            (600, Duration::from_millis(100))
+        );
+        let huge = stream_plan(Dialect::OpenAiChat, "stream-999999999x999999");
+        assert_eq!(huge.delta_count, MAX_STREAM_DELTAS);
+        assert_eq!(huge.gap, Duration::from_millis(MAX_STREAM_GAP_MS));
+        let plain = stream_plan(Dialect::Anthropic, "claude-x");
+        assert_eq!(
+            (plain.delta_count, plain.gap),
+            (DEFAULT_STREAM_DELTAS, Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn scheduled_gaps_follow_the_openai_event_order() {
+        let pace = Duration::from_millis(20);
+        // Events: 0 role, 1..=64 deltas, 65 finish, 66 usage, 67 [DONE].
+        assert_eq!(openai_scheduled_gap_before(1, 64, pace), pace);
+        assert_eq!(openai_scheduled_gap_before(64, 64, pace), pace);
+        assert_eq!(openai_scheduled_gap_before(65, 64, pace), Duration::ZERO);
+        assert_eq!(openai_stream_event_count(64), 68);
     }
 }

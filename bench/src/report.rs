@@ -47,6 +47,9 @@ pub struct ArmResults {
     pub rig_cpu_micros: u64,
     pub streams: Vec<StreamSample>,
     pub stream_errors: ErrorTally,
+    /// Connections the mock accepted during this arm's timed phases: the client's own on the
+    /// direct arm, the gateway's upstream connections on the gateway arm (reuse check).
+    pub upstream_connections: usize,
 }
 
 /// Resident memory of the gateway (KiB) at the points of the run, and the held-streams phase.
@@ -56,6 +59,8 @@ pub struct MemoryResults {
     pub idle_configured: Option<u64>,
     pub after_warmup: Option<u64>,
     pub after_load: Option<u64>,
+    /// After the stream phase, just before the held streams are opened.
+    pub before_holding: Option<u64>,
     pub holding_streams: Option<u64>,
     pub after_close: Option<u64>,
     pub held_open: usize,
@@ -66,6 +71,8 @@ pub struct MemoryResults {
     pub upstream_open_while_held: usize,
     pub upstream_open_after_close: usize,
     pub upstream_close_wait: Duration,
+    /// Held streams the server had already closed when the bench was about to close them.
+    pub held_closed_by_server: ErrorTally,
 }
 
 pub struct RunResults {
@@ -74,6 +81,8 @@ pub struct RunResults {
     /// None when the run was direct-only.
     pub gateway: Option<ArmResults>,
     pub memory: MemoryResults,
+    /// Lines in the tail of the gateway's log (warn level and above); printed to stderr.
+    pub gateway_log_lines: usize,
     /// Where the held streams went: "gateway" or, in a direct-only run, "direct".
     pub held_target: &'static str,
 }
@@ -104,7 +113,10 @@ fn render_main_table(out: &mut String, results: &RunResults) {
     let info = &results.info;
     let direct = &results.direct;
     let gateway = results.gateway.as_ref();
-    let _ = writeln!(out, "| Metric | Direct | Gateway | Added | Gateway / direct |");
+    let _ = writeln!(
+        out,
+        "| Metric | Direct | Gateway | Added | Gateway / direct |"
+    );
     let _ = writeln!(out, "|---|--:|--:|--:|--:|");
 
     let pooled_direct = pooled(&direct.latency_rounds);
@@ -121,7 +133,10 @@ fn render_main_table(out: &mut String, results: &RunResults) {
     );
     latency_row(
         out,
-        &format!("Latency p99, c=1 (all {} samples per arm)", group_thousands(samples_per_arm as u64)),
+        &format!(
+            "Latency p99, c=1 (all {} samples per arm)",
+            group_thousands(samples_per_arm as u64)
+        ),
         percentile(&mut pooled_direct.clone(), 0.99),
         pooled_gateway.map(|mut samples| percentile(&mut samples, 0.99)),
     );
@@ -144,7 +159,10 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         out,
         "| {load_label} | {} req/s | {} | | {} |",
         group_thousands(direct_rps as u64),
-        gateway_rps.map_or("—".to_string(), |rps| format!("{} req/s", group_thousands(rps as u64))),
+        gateway_rps.map_or("—".to_string(), |rps| format!(
+            "{} req/s",
+            group_thousands(rps as u64)
+        )),
         gateway_rps.map_or(String::new(), |rps| ratio(rps, direct_rps)),
     );
     latency_row(
@@ -187,7 +205,10 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         info.stream_model, info.streams_per_arm
     );
     let first_events = |arm: &ArmResults| -> Vec<u64> {
-        arm.streams.iter().map(|sample| sample.first_event_nanos).collect()
+        arm.streams
+            .iter()
+            .map(|sample| sample.first_event_nanos)
+            .collect()
     };
     latency_row(
         out,
@@ -201,7 +222,13 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         percentile(&mut first_events(direct), 0.99),
         gateway.map(|arm| percentile(&mut first_events(arm), 0.99)),
     );
-    let max_gap = |arm: &ArmResults| arm.streams.iter().map(|s| s.max_gap_nanos).max().unwrap_or(0);
+    let max_gap = |arm: &ArmResults| {
+        arm.streams
+            .iter()
+            .map(|s| s.max_gap_nanos)
+            .max()
+            .unwrap_or(0)
+    };
     let max_lateness = |arm: &ArmResults| {
         arm.streams
             .iter()
@@ -213,8 +240,8 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         out,
         "| Max inter-event gap (pace {} ms) | {} | {} | | |",
         info.stream_pace.as_millis(),
-        format_duration(max_gap(direct)),
-        gateway.map_or("—".to_string(), |arm| format_duration(max_gap(arm))),
+        format_millis(max_gap(direct) as i64),
+        gateway.map_or("—".to_string(), |arm| format_millis(max_gap(arm) as i64)),
     );
     let stall_flag = |lateness: i64| {
         if lateness > STALL_THRESHOLD.as_nanos() as i64 {
@@ -227,18 +254,22 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         out,
         "| Max gap over schedule (stall if > {} ms) | {}{} | {} | | |",
         STALL_THRESHOLD.as_millis(),
-        format_signed(max_lateness(direct)),
+        format_millis(max_lateness(direct)),
         stall_flag(max_lateness(direct)),
         gateway.map_or("—".to_string(), |arm| format!(
             "{}{}",
-            format_signed(max_lateness(arm)),
+            format_millis(max_lateness(arm)),
             stall_flag(max_lateness(arm))
         )),
     );
     let events = |arm: &ArmResults| {
         let received: usize = arm.streams.iter().map(|s| s.events).sum();
         let expected: usize = arm.streams.iter().map(|s| s.expected_events).sum();
-        format!("{} / {}", group_thousands(received as u64), group_thousands(expected as u64))
+        format!(
+            "{} / {}",
+            group_thousands(received as u64),
+            group_thousands(expected as u64)
+        )
     };
     let _ = writeln!(
         out,
@@ -252,6 +283,12 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         direct.stream_errors.count,
         gateway.map(|arm| arm.stream_errors.count),
     );
+    count_row(
+        out,
+        "Connections the mock accepted (all timed phases)",
+        direct.upstream_connections as u64,
+        gateway.map(|arm| arm.upstream_connections as u64),
+    );
     let _ = writeln!(out);
 }
 
@@ -263,9 +300,16 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
         let _ = writeln!(out, "|---|--:|");
         let rows = [
             ("At start (first `/healthz` 200)", memory.at_start),
-            ("Idle, configured, before the first relayed request", memory.idle_configured),
+            (
+                "Idle, configured, before the first relayed request",
+                memory.idle_configured,
+            ),
             ("After warm-up", memory.after_warmup),
             ("After the c=64 load", memory.after_load),
+            (
+                "After the streams, before holding streams",
+                memory.before_holding,
+            ),
             (
                 &*format!(
                     "Holding {} streams (`{}`)",
@@ -277,17 +321,33 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
             ("After closing them", memory.after_close),
         ];
         for (label, kib) in rows {
-            let _ = writeln!(out, "| {label} | {} |", kib.map_or("—".to_string(), format_kib));
-        }
-        if let (Some(holding), Some(baseline)) = (memory.holding_streams, memory.after_warmup)
-            && memory.held_open > 0
-        {
-            let per_stream = (holding as f64 - baseline as f64) / memory.held_open as f64;
             let _ = writeln!(
                 out,
-                "| **Per open stream** ((holding − after warm-up) / {}) | **{per_stream:.1} KiB** |",
-                group_thousands(memory.held_open as u64)
+                "| {label} | {} |",
+                kib.map_or("—".to_string(), format_kib)
             );
+        }
+        let per_stream_rows = [
+            (
+                "**Per open stream** ((holding − after warm-up)",
+                memory.after_warmup,
+            ),
+            (
+                "Per open stream, marginal ((holding − just before)",
+                memory.before_holding,
+            ),
+        ];
+        for (label, baseline) in per_stream_rows {
+            if let (Some(holding), Some(baseline)) = (memory.holding_streams, baseline)
+                && memory.held_open > 0
+            {
+                let per_stream = (holding as f64 - baseline as f64) / memory.held_open as f64;
+                let _ = writeln!(
+                    out,
+                    "| {label} / {}) | {per_stream:.1} KiB |",
+                    group_thousands(memory.held_open as u64)
+                );
+            }
         }
         let _ = writeln!(out);
     }
@@ -300,12 +360,14 @@ fn render_notes(out: &mut String, results: &RunResults) {
     let _ = writeln!(
         out,
         "- Held streams ({}): {} of {} open after {:.1} s; the mock was writing {} of them; \
+         {} had been closed by the server before the bench closed them; \
          {} upstream streams still open {:.1} s after the clients closed.",
         results.held_target,
         group_thousands(memory.held_open as u64),
         group_thousands(info.held_stream_count as u64),
         memory.held_open_time.as_secs_f64(),
         memory.upstream_open_while_held,
+        memory.held_closed_by_server.count,
         memory.upstream_open_after_close,
         memory.upstream_close_wait.as_secs_f64(),
     );
@@ -319,7 +381,17 @@ fn render_notes(out: &mut String, results: &RunResults) {
             );
         }
     }
-    let arms = [("direct", Some(&results.direct)), ("gateway", results.gateway.as_ref())];
+    if results.gateway_log_lines > 0 {
+        let _ = writeln!(
+            out,
+            "- The gateway logged {} lines at warn level or above (tail on stderr).",
+            results.gateway_log_lines
+        );
+    }
+    let arms = [
+        ("direct", Some(&results.direct)),
+        ("gateway", results.gateway.as_ref()),
+    ];
     for (name, arm) in arms {
         let Some(arm) = arm else { continue };
         for (phase, tally) in [
@@ -340,6 +412,13 @@ fn render_notes(out: &mut String, results: &RunResults) {
             one_line(first)
         );
     }
+    if let Some(first) = &memory.held_closed_by_server.first {
+        let _ = writeln!(
+            out,
+            "- First held stream closed by the server: {}",
+            one_line(first)
+        );
+    }
     let _ = writeln!(
         out,
         "- c=1 latency: {} interleaved rounds (direct, gateway, direct, ...) of {} requests per arm after warm-up; added = gateway − direct.",
@@ -356,7 +435,10 @@ fn latency_row(out: &mut String, label: &str, direct_nanos: u64, gateway_nanos: 
         gateway_nanos.map_or(String::new(), |gateway| format_signed(
             gateway as i64 - direct_nanos as i64
         )),
-        gateway_nanos.map_or(String::new(), |gateway| ratio(gateway as f64, direct_nanos as f64)),
+        gateway_nanos.map_or(String::new(), |gateway| ratio(
+            gateway as f64,
+            direct_nanos as f64
+        )),
     );
 }
 
@@ -400,6 +482,11 @@ fn format_signed(nanos: i64) -> String {
     format!("{sign}{}", format_duration(nanos.unsigned_abs()))
 }
 
+/// Milliseconds with one decimal, for gaps measured against a pace in milliseconds.
+fn format_millis(nanos: i64) -> String {
+    format!("{:.1} ms", nanos as f64 / 1e6)
+}
+
 fn format_kib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -408,7 +495,7 @@ fn group_thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(digit);
@@ -420,7 +507,13 @@ fn group_thousands(value: u64) -> String {
 fn one_line(message: &str) -> String {
     let flat: String = message
         .chars()
-        .map(|c| if c == '\n' || c == '\r' || c == '|' { ' ' } else { c })
+        .map(|c| {
+            if c == '\n' || c == '\r' || c == '|' {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     flat.chars().take(300).collect()
 }

@@ -101,6 +101,43 @@ impl BufferedSocket {
         self.stream.write_all(bytes)
     }
 
+    /// Reads and discards whatever has arrived, without waiting, and says whether the peer
+    /// has closed the connection (end of stream or a reset) in the meantime. `tail` receives
+    /// the last bytes seen (including unread buffered ones), to show why a peer closed.
+    pub fn discard_available_and_check_closed(&mut self, tail: &mut Vec<u8>) -> bool {
+        const TAIL_BYTES: usize = 240;
+        let mut keep_tail = |bytes: &[u8]| {
+            tail.extend_from_slice(bytes);
+            let excess = tail.len().saturating_sub(TAIL_BYTES);
+            tail.drain(..excess);
+        };
+        keep_tail(&self.buffer[self.start..self.end]);
+        if self.stream.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut closed = false;
+        // Bounded: a held stream delivers a few hundred bytes per 100 ms.
+        for _ in 0..1024 {
+            self.start = 0;
+            self.end = 0;
+            match self.stream.read(&mut self.buffer) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(count) => keep_tail(&self.buffer[..count]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let _ = self.stream.set_nonblocking(false);
+        closed
+    }
+
     /// Reads the next head. `Ok(None)` means the peer closed cleanly between messages, which
     /// is how a keep-alive connection normally ends.
     pub fn read_head(&mut self) -> io::Result<Option<Head>> {
@@ -169,7 +206,10 @@ impl BufferedSocket {
             }
             let available = (self.end - self.start) as u64;
             let take = available.min(remaining) as usize;
-            let keep_going = sink(&self.buffer[self.start..self.start + take], self.last_read_at);
+            let keep_going = sink(
+                &self.buffer[self.start..self.start + take],
+                self.last_read_at,
+            );
             self.start += take;
             remaining -= take as u64;
             if !keep_going {
@@ -360,5 +400,39 @@ impl SseEventCounter {
             }
         }
         completed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_counter_counts_events_split_at_every_byte() {
+        let stream = b"data: {\"a\":1}\n\ndata: x\r\n\r\nevent: e\ndata: y\n\n\n\ndata: [DONE]\n\n";
+        for split in 0..=stream.len() {
+            let mut counter = SseEventCounter::default();
+            let (first, second) = stream.split_at(split);
+            let completed = counter.feed(first) + counter.feed(second);
+            // The extra blank lines after the third event do not make an event of their own.
+            assert_eq!(completed, 4, "split at byte {split}");
+        }
+    }
+
+    #[test]
+    fn response_heads_parse_framing() {
+        let chunked = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked").unwrap();
+        assert_eq!(chunked.status(), 200);
+        assert_eq!(chunked.response_framing(), BodyFraming::Chunked);
+        let sized =
+            parse_head(b"HTTP/1.1 404 Not Found\r\ncontent-length: 12\r\nConnection: close")
+                .unwrap();
+        assert_eq!(sized.status(), 404);
+        assert_eq!(sized.response_framing(), BodyFraming::Length(12));
+        assert!(sized.connection_close);
+        let unframed = parse_head(b"HTTP/1.0 200 OK").unwrap();
+        assert_eq!(unframed.response_framing(), BodyFraming::UntilClose);
+        assert!(unframed.connection_close);
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x").is_err());
     }
 }
