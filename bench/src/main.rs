@@ -326,6 +326,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         run_started,
         &format!("streams ({PACED_STREAM_MODEL}) at c=1"),
     );
+    let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
     // One untimed stream per arm first, so the gateway's first streaming request is not a sample.
     let _ = direct_client.timed_stream(
         &direct.paced_stream_request,
@@ -345,6 +346,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
             &mut direct_client,
             &direct,
             &plan,
+            phase_deadline,
             &mut direct_results,
         );
         if let (Some(client), Some(target), Some(results)) = (
@@ -352,7 +354,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
             &through_gateway,
             gateway_results.as_mut(),
         ) {
-            stream_round(&mock, client, target, &plan, results);
+            stream_round(&mock, client, target, &plan, phase_deadline, results);
         }
     }
 
@@ -445,10 +447,17 @@ fn stream_round(
     client: &mut SequentialClient,
     target: &Target,
     plan: &Plan,
+    deadline: Instant,
     results: &mut ArmResults,
 ) {
     let accepted_before = mock.accepted_connections();
     for _ in 0..plan.streams_per_round {
+        if Instant::now() >= deadline {
+            results
+                .stream_errors
+                .record("phase deadline reached before all streams were run".to_string());
+            break;
+        }
         match client.timed_stream(
             &target.paced_stream_request,
             PACED_STREAM_DELTAS,
