@@ -189,7 +189,22 @@ impl Handler for GatewayHandler {
         if let Some(response) = api::ui::serve(&request) {
             return response;
         }
-        Response::json(404, &serde_json::json!({"error": {"message": format!("no route {} {}", request.method, request.path), "type": "not_found"}}))
+        let message = format!("no route {} {}", request.method, request.path);
+        if request.path.starts_with("/v1") {
+            // Relay clients get the error in their own protocol's shape.
+            return relay::error::RelayError::NotFound(message).render(relay::inbound::format_for_path(&request.path));
+        }
+        Response::json(404, &serde_json::json!({"error": {"message": message, "type": "not_found"}}))
+    }
+
+    fn server_error_body(&self, path: Option<&str>, status: u16, message: &str) -> Option<Vec<u8>> {
+        let path = path.filter(|path| path.starts_with("/v1"))?;
+        let kind = match status {
+            413 => crate::protocol::error::ErrorKind::RequestTooLarge,
+            400 | 408 | 431 => crate::protocol::error::ErrorKind::InvalidRequest,
+            _ => crate::protocol::error::ErrorKind::Internal,
+        };
+        Some(crate::protocol::error::render_error(relay::inbound::format_for_path(path), status, kind, message))
     }
 }
 

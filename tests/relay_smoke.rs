@@ -35,3 +35,85 @@ fn chat_completion_passes_through_non_stream_and_stream() {
     assert!(!response.text().contains("\"usage\":{"), "usage chunk stripped: {}", response.text());
     assert_eq!(mock.requests()[1].json()["stream_options"]["include_usage"], true);
 }
+
+#[test]
+fn chat_client_on_an_anthropic_channel_and_back() {
+    let mock = MockUpstream::default_success();
+    let gateway = TestGateway::start(databases::sqlite());
+    let token = gateway.admin_token();
+    let anthropic = gateway.create_channel(&token, json!({"name": "a", "type": "anthropic", "base_urls": [format!("{}/v1", mock.base_url())], "keys": ["sk-ant-upstream-0001"]}));
+    let openai = gateway.create_channel(&token, json!({"name": "o", "type": "openai_chat", "base_urls": [format!("{}/v1", mock.base_url())], "keys": ["sk-openai-upstream-01"]}));
+    gateway.create_group(&token, json!({"name": "claude", "items": [{"channel_id": anthropic, "model": "claude-real"}]}));
+    gateway.create_group(&token, json!({"name": "gpt", "items": [{"channel_id": openai, "model": "gpt-real"}]}));
+    let key = gateway.create_client_key(&token, json!({"name": "k"}));
+    let auth = format!("Bearer {key}");
+
+    let body = json!({"model": "claude", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]});
+    let response = request(gateway.address, "POST", "/v1/chat/completions", &[("authorization", &auth)], body.to_string().as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let answer = response.json();
+    assert_eq!(answer["choices"][0]["message"]["content"], "Hello from the mock");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    assert_eq!(answer["usage"]["prompt_tokens"], 10);
+    let sent = mock.requests().last().unwrap().json();
+    assert_eq!(sent["model"], "claude-real");
+    assert_eq!(sent["system"], "be brief");
+    assert!(sent["max_tokens"].as_u64().unwrap() > 0);
+
+    let body = json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let response = request(gateway.address, "POST", "/v1/chat/completions", &[("authorization", &auth)], body.to_string().as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let events = sse_events(&response.body);
+    let text: String = events
+        .iter()
+        .filter(|(_, data)| data != "[DONE]")
+        .filter_map(|(_, data)| serde_json::from_str::<serde_json::Value>(data).ok())
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, "Hello from the mock");
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+
+    let body = json!({"model": "gpt", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let response = request(gateway.address, "POST", "/v1/messages", &[("x-api-key", &key), ("anthropic-version", "2023-06-01")], body.to_string().as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let names: Vec<String> = sse_events(&response.body).into_iter().filter_map(|(name, _)| name).collect();
+    assert_eq!(names.first().map(String::as_str), Some("message_start"));
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    assert!(names.iter().any(|name| name == "content_block_delta"));
+}
+
+#[test]
+fn anthropic_count_tokens_is_answered_locally() {
+    let gateway = TestGateway::start(databases::sqlite());
+    let token = gateway.admin_token();
+    let channel = gateway.create_channel(&token, json!({"name": "c", "type": "openai_chat", "base_urls": ["http://127.0.0.1:9/v1"], "keys": ["sk-unused-000000001"]}));
+    gateway.create_group(&token, json!({"name": "g", "items": [{"channel_id": channel, "model": "m"}]}));
+    let key = gateway.create_client_key(&token, json!({"name": "k"}));
+    let body = json!({"model": "g", "messages": [{"role": "user", "content": "x".repeat(400)}]});
+    let response = request(gateway.address, "POST", "/v1/messages/count_tokens", &[("x-api-key", &key)], body.to_string().as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let tokens = response.json()["input_tokens"].as_u64().unwrap();
+    assert!((100..110).contains(&tokens), "{tokens}");
+    let unknown = request(gateway.address, "POST", "/v1/messages/count_tokens", &[("x-api-key", &key)], br#"{"model":"nope","messages":[]}"#);
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["type"], "error");
+    let unauthenticated = request(gateway.address, "POST", "/v1/messages/count_tokens", &[], body.to_string().as_bytes());
+    assert_eq!(unauthenticated.status, 401);
+    assert_eq!(unauthenticated.json()["error"]["type"], "authentication_error");
+}
+
+#[test]
+fn server_level_errors_on_relay_paths_use_the_client_protocol_shape() {
+    let gateway = TestGateway::start_with(databases::sqlite(), |config| config.server.max_body_bytes = 1000);
+    let big = format!("{{\"model\":\"g\",\"pad\":\"{}\"}}", "x".repeat(5000));
+    let anthropic = request(gateway.address, "POST", "/v1/messages", &[], big.as_bytes());
+    assert_eq!(anthropic.status, 413);
+    assert_eq!(anthropic.json()["type"], "error");
+    assert_eq!(anthropic.json()["error"]["type"], "request_too_large");
+    let gemini = request(gateway.address, "POST", "/v1beta/models/g:generateContent", &[], big.as_bytes());
+    assert_eq!(gemini.status, 413);
+    assert_eq!(gemini.json()["error"]["code"], 413);
+    let admin = request(gateway.address, "POST", "/api/v1/channels", &[], big.as_bytes());
+    assert_eq!(admin.status, 413);
+    assert_eq!(admin.json()["error"]["type"], "request_too_large");
+}

@@ -1,65 +1,684 @@
-//! The single plug-in point between the relay and format conversion (placeholder until the
-//! IR converters land: every cross-format lane reports itself unsupported).
+//! The single plug-in point for the relay: convert request bodies, response bodies and streams
+//! between any client format and any upstream format through the IR.
+//!
+//! When the client and the upstream speak the same format nothing is converted: requests only get
+//! the upstream model name, and responses and stream events pass through byte for byte.
 
-use std::fmt;
+use serde_json::Value;
 
-use crate::protocol::sse::SseEvent;
 use crate::protocol::Format;
+use crate::protocol::ir::{
+    ConvertError, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
+};
+use crate::protocol::sse::SseEvent;
+use crate::protocol::{anthropic, openai_chat};
 
-/// Per-request facts a converter needs but cannot know itself (no clocks or randomness here).
-#[derive(Clone, Debug)]
+/// What a conversion needs to know besides the bodies. Ids and times come from the caller, which
+/// keeps conversion free of clocks and randomness.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ConvertContext {
+    /// The model name the upstream knows; written into converted requests.
     pub upstream_model: String,
+    /// The request is streamed.
     pub stream: bool,
+    /// Used when the upstream format requires a token limit and the client set none.
     pub default_max_tokens: u32,
+    /// The client-facing response id when the upstream supplies none.
     pub response_id: String,
+    /// The client-facing creation time.
     pub created_unix: i64,
+    /// The client asked for usage in its stream (Chat `stream_options.include_usage`; see
+    /// [`client_wants_stream_usage`]). Other client formats always get usage.
+    pub include_usage: bool,
 }
 
-/// A conversion failure, naming the offending field.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConvertError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConvertError {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() { write!(formatter, "{}", self.message) } else { write!(formatter, "{}: {}", self.path, self.message) }
+/// Whether the client's request asks for usage in the stream: Chat only sends it when
+/// `stream_options.include_usage` is true; the other formats always report usage.
+pub fn client_wants_stream_usage(client: Format, body: &Value) -> bool {
+    match client {
+        Format::OpenaiChat => body["stream_options"]["include_usage"].as_bool() == Some(true),
+        _ => true,
     }
 }
 
-/// Whether requests in `client` format can be converted for an `upstream` channel.
-pub fn supports(_client: Format, _upstream: Format) -> bool {
-    false
+/// Formats whose request, response and stream converters through the IR exist.
+fn has_converters(format: Format) -> bool {
+    matches!(format, Format::OpenaiChat | Format::Anthropic)
 }
 
-fn unsupported(client: Format, upstream: Format) -> ConvertError {
-    ConvertError { path: String::new(), message: format!("conversion from {} to {} is not available yet", client.as_str(), upstream.as_str()) }
+/// Whether requests in `client` format can be served by an `upstream` channel: the same format
+/// (pass-through) or two formats that both convert through the IR.
+pub fn supports(client: Format, upstream: Format) -> bool {
+    client == upstream || (has_converters(client) && has_converters(upstream))
 }
 
-pub fn convert_request(client: Format, upstream: Format, _body: &serde_json::Value, _context: &ConvertContext) -> Result<Vec<u8>, ConvertError> {
-    Err(unsupported(client, upstream))
+/// Converts a client request body into the upstream's request body.
+pub fn convert_request(
+    client: Format,
+    upstream: Format,
+    body: &Value,
+    context: &ConvertContext,
+) -> Result<Vec<u8>, ConvertError> {
+    if client == upstream {
+        let mut body = body.clone();
+        if let Some(object) = body.as_object_mut()
+            && matches!(
+                upstream,
+                Format::OpenaiChat | Format::OpenaiResponses | Format::Anthropic
+            )
+        {
+            object.insert("model".into(), context.upstream_model.clone().into());
+        }
+        return Ok(body.to_string().into_bytes());
+    }
+    let request = parse_request(client, body)?;
+    let options = WriteOptions {
+        upstream_model: context.upstream_model.clone(),
+        default_max_tokens: context.default_max_tokens,
+        stream: context.stream,
+    };
+    let written = write_request(upstream, &request, &options)?;
+    Ok(written.to_string().into_bytes())
 }
 
-pub fn convert_response(upstream: Format, client: Format, _body: &[u8], _context: &ConvertContext) -> Result<Vec<u8>, ConvertError> {
-    Err(unsupported(client, upstream))
-}
-
-/// Converts an upstream event stream into the client's format, event by event.
-pub struct StreamTranscoder {
+/// Converts a complete upstream response body into the client's response body.
+pub fn convert_response(
     upstream: Format,
     client: Format,
+    body: &[u8],
+    context: &ConvertContext,
+) -> Result<Vec<u8>, ConvertError> {
+    if client == upstream {
+        return Ok(body.to_vec());
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        ConvertError::new("", format!("upstream response is not JSON: {error}"))
+    })?;
+    let response = parse_response(upstream, &value)?;
+    let written = write_response(client, &response, &response_meta(context))?;
+    Ok(written.to_string().into_bytes())
+}
+
+/// Converts an upstream event stream into the client's event stream, one event at a time.
+pub struct StreamTranscoder {
+    decoder: Decoder,
+    encoder: Encoder,
+    events: Vec<StreamEvent>,
+}
+
+enum Decoder {
+    PassThrough,
+    OpenaiChat(openai_chat::StreamDecoder),
+    Anthropic(anthropic::StreamDecoder),
+    Unsupported(Format),
+}
+
+enum Encoder {
+    PassThrough,
+    OpenaiChat(openai_chat::StreamEncoder),
+    Anthropic(anthropic::StreamEncoder),
+    Unsupported(Format),
 }
 
 impl StreamTranscoder {
-    pub fn new(upstream: Format, client: Format, _context: &ConvertContext) -> StreamTranscoder {
-        StreamTranscoder { upstream, client }
+    /// A transcoder from `upstream` events to `client` bytes. Formats that are not implemented
+    /// yet make every `push` fail with a `ConvertError`.
+    pub fn new(upstream: Format, client: Format, context: &ConvertContext) -> StreamTranscoder {
+        if upstream == client {
+            return StreamTranscoder {
+                decoder: Decoder::PassThrough,
+                encoder: Encoder::PassThrough,
+                events: Vec::new(),
+            };
+        }
+        let decoder = match upstream {
+            Format::OpenaiChat => Decoder::OpenaiChat(openai_chat::StreamDecoder::new()),
+            Format::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
+            other => Decoder::Unsupported(other),
+        };
+        let meta = response_meta(context);
+        let encoder = match client {
+            Format::OpenaiChat => Encoder::OpenaiChat(openai_chat::StreamEncoder::new(
+                &meta,
+                context.include_usage,
+            )),
+            Format::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new(&meta)),
+            other => Encoder::Unsupported(other),
+        };
+        StreamTranscoder {
+            decoder,
+            encoder,
+            events: Vec::new(),
+        }
     }
 
-    pub fn push(&mut self, _event: &SseEvent, _out: &mut Vec<u8>) -> Result<(), ConvertError> {
-        Err(unsupported(self.client, self.upstream))
+    /// Converts one upstream event, appending the client's bytes to `out`.
+    pub fn push(&mut self, event: &SseEvent, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+        self.events.clear();
+        match &mut self.decoder {
+            Decoder::PassThrough => {
+                out.extend_from_slice(&event.raw);
+                return Ok(());
+            }
+            Decoder::OpenaiChat(decoder) => decoder.push(event, &mut self.events)?,
+            Decoder::Anthropic(decoder) => decoder.push(event, &mut self.events)?,
+            Decoder::Unsupported(format) => return Err(not_implemented(*format)),
+        }
+        self.encode_pending(out)
     }
 
-    pub fn finish(&mut self, _out: &mut Vec<u8>) {}
+    /// Ends the stream: flushes the decoder (a cut-off upstream becomes an error event) and
+    /// writes the client format's closing events.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.events.clear();
+        let flushed = match &mut self.decoder {
+            Decoder::PassThrough | Decoder::Unsupported(_) => return,
+            Decoder::OpenaiChat(decoder) => decoder.finish(&mut self.events),
+            Decoder::Anthropic(decoder) => decoder.finish(&mut self.events),
+        };
+        if flushed.is_err() || self.encode_pending(out).is_err() {
+            return;
+        }
+        match &mut self.encoder {
+            Encoder::OpenaiChat(encoder) => encoder.finish(out),
+            Encoder::Anthropic(encoder) => encoder.finish(out),
+            Encoder::PassThrough | Encoder::Unsupported(_) => {}
+        }
+    }
+
+    fn encode_pending(&mut self, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+        match &mut self.encoder {
+            Encoder::OpenaiChat(encoder) => {
+                for event in &self.events {
+                    encoder.encode(event, out);
+                }
+            }
+            Encoder::Anthropic(encoder) => {
+                for event in &self.events {
+                    encoder.encode(event, out);
+                }
+            }
+            Encoder::PassThrough => {}
+            Encoder::Unsupported(format) => return Err(not_implemented(*format)),
+        }
+        Ok(())
+    }
+}
+
+fn response_meta(context: &ConvertContext) -> ResponseMeta {
+    ResponseMeta {
+        id: context.response_id.clone(),
+        model: context.upstream_model.clone(),
+        created_unix: context.created_unix,
+    }
+}
+
+fn not_implemented(format: Format) -> ConvertError {
+    ConvertError::new(
+        "",
+        format!(
+            "conversion for format {} is not implemented yet",
+            format.as_str()
+        ),
+    )
+}
+
+fn parse_request(format: Format, body: &Value) -> Result<Request, ConvertError> {
+    match format {
+        Format::OpenaiChat => openai_chat::parse_request(body),
+        Format::Anthropic => anthropic::parse_request(body),
+        other => Err(not_implemented(other)),
+    }
+}
+
+fn write_request(
+    format: Format,
+    request: &Request,
+    options: &WriteOptions,
+) -> Result<Value, ConvertError> {
+    match format {
+        Format::OpenaiChat => openai_chat::write_request(request, options),
+        Format::Anthropic => anthropic::write_request(request, options),
+        other => Err(not_implemented(other)),
+    }
+}
+
+fn parse_response(format: Format, body: &Value) -> Result<Response, ConvertError> {
+    match format {
+        Format::OpenaiChat => openai_chat::parse_response(body),
+        Format::Anthropic => anthropic::parse_response(body),
+        other => Err(not_implemented(other)),
+    }
+}
+
+fn write_response(
+    format: Format,
+    response: &Response,
+    meta: &ResponseMeta,
+) -> Result<Value, ConvertError> {
+    match format {
+        Format::OpenaiChat => Ok(openai_chat::write_response(response, meta)),
+        Format::Anthropic => Ok(anthropic::write_response(response, meta)),
+        other => Err(not_implemented(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Data-driven conversion tests. Each lane folder under `src/protocol/testdata` is named
+    //! `<kind>_<from>_to_<to>` (kind: request, response or stream) and holds `<case>.in.json` and
+    //! `<case>.out.json` pairs, one feature per case. `UPDATE_FIXTURES=1` rewrites the expected
+    //! files from the current output; review the diff before committing it.
+    //!
+    //! An input may be `{"$fixture": "<provider file>", "$pointer": "/json/pointer"}` to use a
+    //! recorded body from the shared fixtures, and a stream input is
+    //! `{"$fixture": "<stream file>"}` or `{"events": [{"event": name, "data": json}]}`, plus an
+    //! optional `"include_usage"`. A failed conversion is written as `{"convert_error": {...}}`.
+
+    use std::path::{Path, PathBuf};
+
+    use serde_json::{Value, json};
+
+    use crate::protocol::Format;
+    use crate::protocol::convert::{
+        ConvertContext, StreamTranscoder, client_wants_stream_usage, convert_request,
+        convert_response,
+    };
+    use crate::protocol::ir::{Part, Request, Role, WriteOptions};
+    use crate::protocol::sse::{SseEvent, SseParser, encode_event};
+    use crate::protocol::testkit;
+    use crate::protocol::{anthropic, openai_chat};
+
+    fn testdata_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocol/testdata")
+    }
+
+    fn format_named(name: &str) -> Format {
+        match name {
+            "chat" => Format::OpenaiChat,
+            "responses" => Format::OpenaiResponses,
+            "anthropic" => Format::Anthropic,
+            "gemini" => Format::Gemini,
+            "antigravity" => Format::Antigravity,
+            other => panic!("unknown format {other} in a lane name"),
+        }
+    }
+
+    /// `request_chat_to_anthropic` -> ("request", chat, anthropic).
+    fn parse_lane(lane: &str) -> (&str, Format, Format) {
+        let (kind, rest) = lane.split_once('_').expect("lane kind");
+        let (from, to) = rest.split_once("_to_").expect("lane formats");
+        (kind, format_named(from), format_named(to))
+    }
+
+    fn context(stream: bool, include_usage: bool) -> ConvertContext {
+        ConvertContext {
+            upstream_model: "upstream-model".to_string(),
+            stream,
+            default_max_tokens: 4096,
+            response_id: "resp_test".to_string(),
+            created_unix: 1_700_000_000,
+            include_usage,
+        }
+    }
+
+    fn read_json(path: &Path) -> Value {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    }
+
+    /// Replaces a `$fixture` reference with the recorded JSON it points at.
+    fn resolve_input(input: Value) -> Value {
+        let Some(file) = input.get("$fixture").and_then(Value::as_str) else {
+            return input;
+        };
+        let recorded = testkit::provider_json(file);
+        let pointer = input.get("$pointer").and_then(Value::as_str).unwrap_or("");
+        recorded
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("{file} has nothing at {pointer}"))
+            .clone()
+    }
+
+    fn error_output(error: crate::protocol::ir::ConvertError) -> Value {
+        json!({"convert_error": {"path": error.path, "message": error.message}})
+    }
+
+    /// The upstream stream bytes a stream case replays.
+    fn stream_input(input: &Value) -> Vec<u8> {
+        if let Some(file) = input.get("$fixture").and_then(Value::as_str) {
+            return testkit::stream_bytes(file);
+        }
+        let mut bytes = Vec::new();
+        for event in input["events"].as_array().expect("events") {
+            let data = match &event["data"] {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            bytes.extend(encode_event(event["event"].as_str(), &data));
+        }
+        bytes
+    }
+
+    fn parse_stream(bytes: &[u8]) -> Vec<SseEvent> {
+        let mut parser = SseParser::new(1 << 20);
+        let mut events = Vec::new();
+        parser.push(bytes, &mut events).expect("stream parses");
+        parser.finish(&mut events).expect("stream parses");
+        events
+    }
+
+    /// Client stream bytes as a readable list of events with parsed JSON data.
+    fn describe_stream(bytes: &[u8]) -> Value {
+        let events: Vec<Value> = parse_stream(bytes)
+            .into_iter()
+            .map(|event| {
+                let data = serde_json::from_str(&event.data).unwrap_or(Value::String(event.data));
+                match event.event {
+                    Some(name) => json!({"event": name, "data": data}),
+                    None => json!({"data": data}),
+                }
+            })
+            .collect();
+        Value::Array(events)
+    }
+
+    fn run_case(lane: &str, input: Value) -> Value {
+        let (kind, from, to) = parse_lane(lane);
+        match kind {
+            "request" => {
+                let body = resolve_input(input);
+                let stream = body["stream"].as_bool() == Some(true);
+                let context = context(stream, client_wants_stream_usage(from, &body));
+                match convert_request(from, to, &body, &context) {
+                    Ok(bytes) => serde_json::from_slice(&bytes).expect("written request is JSON"),
+                    Err(error) => error_output(error),
+                }
+            }
+            "response" => {
+                let body = resolve_input(input).to_string();
+                match convert_response(from, to, body.as_bytes(), &context(false, false)) {
+                    Ok(bytes) => serde_json::from_slice(&bytes).expect("written response is JSON"),
+                    Err(error) => error_output(error),
+                }
+            }
+            "stream" => {
+                let include_usage = input["include_usage"].as_bool().unwrap_or(false);
+                let mut transcoder = StreamTranscoder::new(from, to, &context(true, include_usage));
+                let mut out = Vec::new();
+                for event in parse_stream(&stream_input(&input)) {
+                    if let Err(error) = transcoder.push(&event, &mut out) {
+                        return error_output(error);
+                    }
+                }
+                transcoder.finish(&mut out);
+                describe_stream(&out)
+            }
+            other => panic!("unknown lane kind {other}"),
+        }
+    }
+
+    /// Checks one case against its expected output; returns a description of any mismatch.
+    fn check(lane: &str, case: &str) -> Option<String> {
+        let folder = testdata_dir().join(lane);
+        let input = read_json(&folder.join(format!("{case}.in.json")));
+        let actual = run_case(lane, input);
+        let expected_path = folder.join(format!("{case}.out.json"));
+        let expected = expected_path.exists().then(|| read_json(&expected_path));
+        if expected.as_ref() == Some(&actual) {
+            return None;
+        }
+        let pretty = serde_json::to_string_pretty(&actual).unwrap() + "\n";
+        if std::env::var_os("UPDATE_FIXTURES").is_some() {
+            std::fs::write(&expected_path, pretty).expect("write expected output");
+            return None;
+        }
+        Some(format!(
+            "{lane}/{case}: output differs from {}:\n{pretty}",
+            expected_path.display()
+        ))
+    }
+
+    fn cases(lane: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(testdata_dir().join(lane))
+            .expect("lane folder")
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().to_string_lossy().to_string();
+                name.strip_suffix(".in.json").map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn check_lane(lane: &str) {
+        let names = cases(lane);
+        assert!(!names.is_empty(), "lane {lane} has no cases");
+        let failures: Vec<String> = names.iter().filter_map(|case| check(lane, case)).collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn every_lane_folder_is_tested() {
+        let mut lanes: Vec<String> = std::fs::read_dir(testdata_dir())
+            .expect("testdata folder")
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        lanes.sort();
+        assert_eq!(
+            lanes,
+            [
+                "request_anthropic_to_chat",
+                "request_chat_to_anthropic",
+                "response_anthropic_to_chat",
+                "response_chat_to_anthropic",
+                "stream_anthropic_to_chat",
+                "stream_chat_to_anthropic",
+            ]
+        );
+    }
+
+    #[test]
+    fn request_chat_to_anthropic() {
+        check_lane("request_chat_to_anthropic");
+    }
+
+    #[test]
+    fn request_anthropic_to_chat() {
+        check_lane("request_anthropic_to_chat");
+    }
+
+    #[test]
+    fn response_anthropic_to_chat() {
+        check_lane("response_anthropic_to_chat");
+    }
+
+    #[test]
+    fn response_chat_to_anthropic() {
+        check_lane("response_chat_to_anthropic");
+    }
+
+    #[test]
+    fn stream_anthropic_to_chat() {
+        check_lane("stream_anthropic_to_chat");
+    }
+
+    #[test]
+    fn stream_chat_to_anthropic() {
+        check_lane("stream_chat_to_anthropic");
+    }
+
+    #[test]
+    fn same_format_requests_only_get_the_upstream_model() {
+        let body = json!({"model": "my-group", "messages": [], "custom_field": {"kept": true}});
+        let converted = convert_request(
+            Format::OpenaiChat,
+            Format::OpenaiChat,
+            &body,
+            &context(false, false),
+        )
+        .unwrap();
+        let converted: Value = serde_json::from_slice(&converted).unwrap();
+        assert_eq!(converted["model"], "upstream-model");
+        assert_eq!(converted["custom_field"], body["custom_field"]);
+    }
+
+    #[test]
+    fn same_format_responses_and_streams_pass_through_byte_for_byte() {
+        let body = testkit::provider_file("anthropic-messages/text-response.json");
+        let context = context(true, false);
+        assert_eq!(
+            convert_response(Format::Anthropic, Format::Anthropic, &body, &context).unwrap(),
+            body
+        );
+        let stream =
+            testkit::stream_bytes("anthropic-messages/cassette-tool-use-stream-roundtrip.json#0");
+        let mut transcoder = StreamTranscoder::new(Format::Anthropic, Format::Anthropic, &context);
+        let mut out = Vec::new();
+        for event in parse_stream(&stream) {
+            transcoder.push(&event, &mut out).unwrap();
+        }
+        transcoder.finish(&mut out);
+        assert_eq!(out, stream);
+    }
+
+    #[test]
+    fn formats_not_implemented_yet_fail_with_a_convert_error() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let context = context(false, false);
+        let error =
+            convert_request(Format::OpenaiChat, Format::Gemini, &body, &context).unwrap_err();
+        assert_eq!(
+            error.message,
+            "conversion for format gemini is not implemented yet"
+        );
+        assert!(
+            convert_response(Format::OpenaiResponses, Format::OpenaiChat, b"{}", &context).is_err()
+        );
+        let mut transcoder = StreamTranscoder::new(Format::Gemini, Format::OpenaiChat, &context);
+        let event = SseEvent {
+            data: "{}".to_string(),
+            ..SseEvent::default()
+        };
+        assert!(transcoder.push(&event, &mut Vec::new()).is_err());
+        let mut out = Vec::new();
+        transcoder.finish(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn stream_usage_is_opt_in_only_for_chat_clients() {
+        let asked = json!({"stream": true, "stream_options": {"include_usage": true}});
+        let silent = json!({"stream": true});
+        assert!(client_wants_stream_usage(Format::OpenaiChat, &asked));
+        assert!(!client_wants_stream_usage(Format::OpenaiChat, &silent));
+        assert!(client_wants_stream_usage(Format::Anthropic, &silent));
+    }
+
+    #[test]
+    fn a_response_that_is_not_json_is_an_error() {
+        let error = convert_response(
+            Format::Anthropic,
+            Format::OpenaiChat,
+            b"<html>",
+            &context(false, false),
+        )
+        .unwrap_err();
+        assert!(error.message.starts_with("upstream response is not JSON"));
+    }
+
+    /// Parts of a request that a format cannot carry, removed before comparing round trips.
+    fn without_known_losses(format: Format, mut request: Request) -> Request {
+        request.model.clear();
+        // A call without arguments is written as `{}`, which means the same.
+        for message in &mut request.messages {
+            for part in &mut message.parts {
+                if let Part::ToolCall(call) = part
+                    && call.arguments.trim().is_empty()
+                {
+                    call.arguments = "{}".to_string();
+                }
+            }
+        }
+        match format {
+            Format::OpenaiChat => {
+                // Chat requests are written with `system` for developer messages, without
+                // reasoning history and without metadata, and always ask for stream usage.
+                for message in &mut request.messages {
+                    if message.role == Role::Developer {
+                        message.role = Role::System;
+                    }
+                    message
+                        .parts
+                        .retain(|part| !matches!(part, Part::Reasoning(_)));
+                }
+                request.metadata = None;
+                request.include_usage = request.stream;
+            }
+            Format::Anthropic => {
+                // Anthropic has one system prompt, so system messages come back as one.
+                let system: Vec<Part> = request
+                    .messages
+                    .iter()
+                    .filter(|message| message.role == Role::System)
+                    .flat_map(|message| message.parts.clone())
+                    .collect();
+                request
+                    .messages
+                    .retain(|message| message.role != Role::System);
+                if !system.is_empty() {
+                    request
+                        .messages
+                        .insert(0, crate::protocol::ir::Message::new(Role::System, system));
+                }
+                request.include_usage = false;
+            }
+            _ => {}
+        }
+        request
+    }
+
+    /// Format -> IR -> same format -> IR keeps the meaning of every request fixture.
+    #[test]
+    fn requests_round_trip_through_their_own_format() {
+        let mut checked = 0;
+        for (lane, format) in [
+            ("request_chat_to_anthropic", Format::OpenaiChat),
+            ("request_anthropic_to_chat", Format::Anthropic),
+        ] {
+            for case in cases(lane) {
+                let body = resolve_input(read_json(
+                    &testdata_dir().join(lane).join(format!("{case}.in.json")),
+                ));
+                let parse = |body: &Value| match format {
+                    Format::OpenaiChat => openai_chat::parse_request(body),
+                    _ => anthropic::parse_request(body),
+                };
+                let Ok(first) = parse(&body) else { continue };
+                let options = WriteOptions {
+                    upstream_model: first.model.clone(),
+                    default_max_tokens: 4096,
+                    stream: first.stream,
+                };
+                let written = match format {
+                    Format::OpenaiChat => openai_chat::write_request(&first, &options),
+                    _ => anthropic::write_request(&first, &options),
+                };
+                let Ok(written) = written else { continue };
+                let second = parse(&written).unwrap_or_else(|error| {
+                    panic!("{lane}/{case}: the written request does not parse: {error}")
+                });
+                let mut expected = without_known_losses(format, first);
+                let actual = without_known_losses(format, second);
+                if format == Format::Anthropic {
+                    // The writer always sets max_tokens; the client may have left it out.
+                    expected.max_tokens = actual.max_tokens;
+                }
+                assert_eq!(actual, expected, "{lane}/{case}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "only {checked} requests were round-tripped");
+    }
 }

@@ -4,11 +4,16 @@
 //! random numbers. Ids and timestamps come from the caller, so every conversion is a pure function
 //! of its inputs and can be tested byte for byte.
 
+pub mod anthropic;
 pub mod convert;
 pub mod error;
 pub mod models_list;
+pub mod ir;
+pub mod openai_chat;
 pub mod sse;
 pub mod usage;
+
+mod json;
 
 #[cfg(test)]
 mod testkit;

@@ -322,24 +322,6 @@ mod tests {
         }
     }
 
-    /// Line terminators are where splitting can go wrong, so large fixtures are split at every
-    /// byte around each of them (small fixtures are split everywhere).
-    fn split_points(bytes: &[u8]) -> Vec<usize> {
-        if bytes.len() <= 8 * 1024 {
-            return (0..=bytes.len()).collect();
-        }
-        let mut points = Vec::new();
-        for (position, &byte) in bytes.iter().enumerate() {
-            if byte == b'\n' || byte == b'\r' {
-                let first = position.saturating_sub(2);
-                let last = (position + 3).min(bytes.len());
-                points.extend(first..=last);
-            }
-        }
-        points.dedup();
-        points
-    }
-
     #[test]
     fn every_recorded_stream_parses_the_same_however_it_is_split() {
         let names = testkit::all_streams();
@@ -367,7 +349,7 @@ mod tests {
                 whole,
                 "{name}: one byte at a time"
             );
-            for split in split_points(&bytes) {
+            for split in testkit::split_points(&bytes, 1000) {
                 let (head, tail) = bytes.split_at(split);
                 assert_eq!(
                     parse_pieces(&[head, tail]),

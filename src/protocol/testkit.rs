@@ -94,3 +94,35 @@ pub fn all_streams() -> Vec<String> {
     names.sort();
     names
 }
+
+/// Where to split a stream in two when checking that splitting changes nothing: every byte of a
+/// small stream; for a large one, the bytes around each line terminator (where splitting can go
+/// wrong), evenly thinned to at most `limit` points to keep debug-build test time reasonable.
+/// Callers also push every stream one byte at a time, which covers every boundary in one pass.
+pub fn split_points(bytes: &[u8], limit: usize) -> Vec<usize> {
+    if bytes.len() <= 4 * 1024 {
+        return (0..=bytes.len()).collect();
+    }
+    let mut points = Vec::new();
+    for (position, &byte) in bytes.iter().enumerate() {
+        if byte == b'\n' || byte == b'\r' {
+            let first = position.saturating_sub(2);
+            let last = (position + 3).min(bytes.len());
+            points.extend(first..=last);
+        }
+    }
+    points.dedup();
+    let stride = points.len().div_ceil(limit.max(1)).max(1);
+    points.into_iter().step_by(stride).collect()
+}
+
+/// Parses a stream given as pieces, the way the relay feeds the parser.
+pub fn parse_pieces(pieces: &[&[u8]]) -> Vec<crate::protocol::sse::SseEvent> {
+    let mut parser = crate::protocol::sse::SseParser::new(1 << 20);
+    let mut events = Vec::new();
+    for piece in pieces {
+        parser.push(piece, &mut events).expect("stream parses");
+    }
+    parser.finish(&mut events).expect("stream parses");
+    events
+}

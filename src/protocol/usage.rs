@@ -162,6 +162,26 @@ pub fn usage_from_response_body(format: Format, body: &[u8]) -> Option<Usage> {
     }
 }
 
+/// Normalizes a usage object that is already parsed: the `usage` object of an OpenAI or Anthropic
+/// body, or Gemini's `usageMetadata`.
+pub fn usage_from_value(format: Format, usage: &serde_json::Value) -> Option<Usage> {
+    if !usage.is_object() {
+        return None;
+    }
+    match format {
+        Format::OpenaiChat => ChatUsage::deserialize(usage).ok().map(ChatUsage::normalize),
+        Format::OpenaiResponses => ResponsesUsage::deserialize(usage)
+            .ok()
+            .map(ResponsesUsage::normalize),
+        Format::Anthropic => AnthropicUsage::deserialize(usage)
+            .ok()
+            .map(AnthropicUsage::normalize),
+        Format::Gemini | Format::Antigravity => GeminiUsage::deserialize(usage)
+            .ok()
+            .map(GeminiUsage::normalize),
+    }
+}
+
 fn is_responses_terminal(name: &str) -> bool {
     matches!(
         name,
@@ -435,7 +455,9 @@ mod tests {
     use crate::protocol::Format;
     use crate::protocol::sse::{SseEvent, SseParser};
     use crate::protocol::testkit;
-    use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_response_body};
+    use crate::protocol::usage::{
+        StreamUsageTracker, Usage, usage_from_response_body, usage_from_value,
+    };
 
     fn stream_usage(format: Format, name: &str) -> Option<Usage> {
         let mut parser = SseParser::new(1 << 20);
@@ -636,6 +658,19 @@ mod tests {
         );
         assert_eq!(
             usage_from_response_body(Format::Anthropic, b"not json"),
+            None
+        );
+    }
+
+    #[test]
+    fn parsed_usage_objects_normalize_like_bodies() {
+        let anthropic = serde_json::json!({"input_tokens": 1, "cache_read_input_tokens": 2, "output_tokens": 3});
+        assert_eq!(
+            usage_from_value(Format::Anthropic, &anthropic),
+            Some(usage(3, 3, 2, 0, 0))
+        );
+        assert_eq!(
+            usage_from_value(Format::OpenaiChat, &serde_json::Value::Null),
             None
         );
     }

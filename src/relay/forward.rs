@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::http::{Request, Response};
-use crate::protocol::convert::{convert_response, ConvertContext};
+use crate::protocol::convert::{client_wants_stream_usage, convert_response, ConvertContext};
 use crate::protocol::error::{parse_upstream_error, ErrorKind};
 use crate::protocol::sse::{SseEvent, SseParser};
 use crate::protocol::usage::usage_from_response_body;
@@ -287,7 +287,7 @@ fn generate(
                     AttemptResult::StreamReady { body, parser, first_events, transform } => {
                         remember_sticky(state, &group, api_key.id, item_index);
                         let state = state.clone();
-                        let context = convert_context(state.config.relay.default_max_tokens, &item.model, call.stream);
+                        let context = convert_context(state.config.relay.default_max_tokens, &item.model, &call);
                         let translator = EventTranslator::new(transform, call.client_format, call.gemini_json_array, &context);
                         let content_type = if call.gemini_json_array { "application/json" } else { "text/event-stream" };
                         let stream_idle = deadlines.stream_idle;
@@ -326,13 +326,14 @@ fn started_plus(started: Instant, milliseconds: u64) -> Instant {
     started.checked_add(Duration::from_millis(milliseconds)).unwrap_or(started + Duration::from_secs(86_400 * 365))
 }
 
-fn convert_context(default_max_tokens: u32, upstream_model: &str, stream: bool) -> ConvertContext {
+fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &InboundCall) -> ConvertContext {
     ConvertContext {
         upstream_model: upstream_model.to_string(),
-        stream,
+        stream: call.stream,
         default_max_tokens,
         response_id: format!("gen-{}", util::random_alphanumeric(24)),
         created_unix: util::unix_seconds(),
+        include_usage: client_wants_stream_usage(call.client_format, &call.body),
     }
 }
 
@@ -404,7 +405,7 @@ fn run_attempt(
     control: &CallControl,
 ) -> AttemptResult {
     let upstream_format = channel_format(channel.channel_type);
-    let context = convert_context(state.config.relay.default_max_tokens, upstream_model, call.stream);
+    let context = convert_context(state.config.relay.default_max_tokens, upstream_model, call);
     let (body, transform) = match prepare_request(call.client_format, upstream_format, &call.body, upstream_model, call.stream, &context) {
         Ok(prepared) => prepared,
         Err(error) => {

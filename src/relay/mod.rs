@@ -7,6 +7,7 @@
 pub mod balancer;
 pub mod breaker;
 pub mod client_auth;
+pub mod count_tokens;
 pub mod endpoint_pick;
 pub mod error;
 pub mod forward;
@@ -94,13 +95,19 @@ impl RelayState {
 
 /// Answers a relay request, or None when the path is not a relay endpoint.
 pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
+    if request.method == "POST" && request.path == "/v1/messages/count_tokens" {
+        return Some(count_tokens::handle(state, request));
+    }
     let route = inbound::route(&request.method, &request.path)?;
     let client_format = inbound::format_for_path(&request.path);
     Some(match &route {
         RelayRoute::ListModels | RelayRoute::ListGeminiModels => {
             let snapshot = state.snapshot.current();
             match client_auth::authenticate(&snapshot, request, crate::util::unix_seconds()) {
-                Ok(api_key) if matches!(route, RelayRoute::ListModels) => models::list_models(&snapshot, &api_key, request),
+                // Google's SDKs list `/v1/models` too when configured for v1; their key header tells.
+                Ok(api_key) if matches!(route, RelayRoute::ListModels) && request.header("x-goog-api-key").is_none() => {
+                    models::list_models(&snapshot, &api_key, request)
+                }
                 Ok(api_key) => models::list_gemini_models(&snapshot, &api_key, request),
                 Err(error) => {
                     let format = if matches!(route, RelayRoute::ListGeminiModels) {

@@ -49,6 +49,10 @@ impl EventTranslator {
             (Transform::PassThrough { strip_usage_chunk, .. }, _) => {
                 if !(*strip_usage_chunk && is_bare_usage_chunk(event)) {
                     sse_bytes.extend_from_slice(&event.raw);
+                    // An event flushed at the end of the upstream body may lack its blank line.
+                    if !(event.raw.ends_with(b"\n\n") || event.raw.ends_with(b"\r\r") || event.raw.ends_with(b"\r\n\r\n")) {
+                        sse_bytes.extend_from_slice(b"\n\n");
+                    }
                 }
             }
             (Transform::Convert { .. }, Some(transcoder)) => {

@@ -1,0 +1,1482 @@
+//! Anthropic Messages to and from the IR: requests, responses, and stream events.
+//!
+//! Hard rules of the Messages API that the request writer enforces (protocols.md §1C, §5):
+//! - `max_tokens` is required: the client's value, else `WriteOptions::default_max_tokens`.
+//! - `temperature` is clamped to 0–1; penalties, seed and `n` have no equivalent (`n > 1` is
+//!   refused rather than silently answered once).
+//! - System and developer messages are hoisted, in order, into the top-level `system`
+//!   (`ir::hoisted_system_parts`).
+//! - Roles alternate: consecutive turns of the same role are merged, and in a user turn the
+//!   `tool_result` blocks come first.
+//! - Thinking: an effort becomes a budget (low 1024, medium 2048, high 4096, xhigh 8192; at least
+//!   1024), `max_tokens` is raised above the budget, temperature and top_k are removed, top_p below
+//!   0.95 is removed and a forced tool choice becomes `auto`. Thinking is left off when the last
+//!   assistant turn called tools without an Anthropic-signed thinking block, which the API would
+//!   otherwise reject with a 400.
+//! - Reasoning with a signature from another provider is never sent; unsigned reasoning is dropped
+//!   too, because Anthropic requires a signature on every thinking block.
+//! - Tool-use ids are limited to `[A-Za-z0-9_-]`; other characters become `_` on both the call
+//!   and its result, so they still match.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::protocol::Format;
+use crate::protocol::error::{ErrorKind, parse_upstream_error, render_stream_error};
+use crate::protocol::ir::{
+    ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
+    ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
+    TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
+};
+use crate::protocol::json::{
+    field, index, insert_some, join, object, opt_array, opt_bool, opt_f64, opt_str, opt_u64,
+    req_str,
+};
+use crate::protocol::sse::{SseEvent, write_event};
+use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_value};
+
+/// The smallest thinking budget the API accepts.
+const MIN_THINKING_BUDGET: u64 = 1024;
+
+/// Image types the Messages API accepts.
+const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
+
+/// Reads a Messages request body.
+pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
+    object(body, "")?;
+    let mut request = Request {
+        model: opt_str(body, "model", "")?.unwrap_or_default().to_string(),
+        max_tokens: opt_u64(body, "max_tokens", "")?,
+        temperature: opt_f64(body, "temperature", "")?,
+        top_p: opt_f64(body, "top_p", "")?,
+        top_k: opt_u64(body, "top_k", "")?,
+        stream: opt_bool(body, "stream", "")?.unwrap_or(false),
+        ..Request::default()
+    };
+
+    match field(body, "system") {
+        None => {}
+        Some(Value::String(text)) if text.is_empty() => {}
+        Some(Value::String(text)) => {
+            let part = Part::text(text.clone());
+            request
+                .messages
+                .push(Message::new(Role::System, vec![part]));
+        }
+        Some(Value::Array(blocks)) => {
+            let mut parts = Vec::new();
+            for (position, block) in blocks.iter().enumerate() {
+                let path = index("system", position);
+                parts.push(Part::Text(TextPart {
+                    text: req_str(block, "text", &path)?.to_string(),
+                    cache_control: field(block, "cache_control").cloned(),
+                }));
+            }
+            if !parts.is_empty() {
+                request.messages.push(Message::new(Role::System, parts));
+            }
+        }
+        Some(_) => return Err(ConvertError::new("system", "expected a string or an array")),
+    }
+
+    let messages = opt_array(body, "messages", "")?
+        .ok_or_else(|| ConvertError::new("messages", "is required"))?;
+    let mut call_names: HashMap<String, String> = HashMap::new();
+    for (position, message) in messages.iter().enumerate() {
+        let path = index("messages", position);
+        parse_message(message, &path, &mut call_names, &mut request.messages)?;
+    }
+
+    if let Some(tools) = opt_array(body, "tools", "")? {
+        for (position, tool) in tools.iter().enumerate() {
+            let path = index("tools", position);
+            // Server tools (web search, code execution…) carry a versioned type and have no
+            // portable equivalent; only custom tools are converted.
+            if opt_str(tool, "type", &path)?.is_some_and(|tool_type| tool_type != "custom") {
+                continue;
+            }
+            request.tools.push(ToolDefinition {
+                name: req_str(tool, "name", &path)?.to_string(),
+                description: opt_str(tool, "description", &path)?.map(str::to_string),
+                parameters: field(tool, "input_schema")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                strict: None,
+            });
+        }
+    }
+    if let Some(choice) = field(body, "tool_choice") {
+        let path = "tool_choice";
+        request.tool_choice = Some(match req_str(choice, "type", path)? {
+            "auto" => ToolChoice::Auto,
+            "any" => ToolChoice::Required,
+            "none" => ToolChoice::None,
+            "tool" => ToolChoice::Named(req_str(choice, "name", path)?.to_string()),
+            other => {
+                return Err(ConvertError::new(
+                    join(path, "type"),
+                    format!("unknown type {other:?}"),
+                ));
+            }
+        });
+        if opt_bool(choice, "disable_parallel_tool_use", path)? == Some(true) {
+            request.parallel_tool_calls = Some(false);
+        }
+    }
+    if let Some(stop) = opt_array(body, "stop_sequences", "")? {
+        for (position, sequence) in stop.iter().enumerate() {
+            let sequence = sequence.as_str().ok_or_else(|| {
+                ConvertError::new(index("stop_sequences", position), "expected a string")
+            })?;
+            request.stop.push(sequence.to_string());
+        }
+    }
+    request.reasoning = parse_thinking(body)?;
+    if let Some(format) = field(body, "output_config").and_then(|config| field(config, "format")) {
+        let path = "output_config.format";
+        if req_str(format, "type", path)? == "json_schema" {
+            request.response_format = Some(ResponseFormat::JsonSchema {
+                name: None,
+                description: None,
+                schema: field(format, "schema")
+                    .cloned()
+                    .unwrap_or_else(|| json!({})),
+                strict: None,
+            });
+        }
+    }
+    if let Some(metadata) = field(body, "metadata") {
+        request.user = opt_str(metadata, "user_id", "metadata")?.map(str::to_string);
+    }
+    Ok(request)
+}
+
+fn parse_thinking(body: &Value) -> Result<Option<ReasoningConfig>, ConvertError> {
+    let Some(thinking) = field(body, "thinking") else {
+        return Ok(None);
+    };
+    let path = "thinking";
+    let config = match req_str(thinking, "type", path)? {
+        "enabled" => ReasoningConfig {
+            budget_tokens: opt_u64(thinking, "budget_tokens", path)?,
+            include_thoughts: Some(true),
+            ..ReasoningConfig::default()
+        },
+        "disabled" => ReasoningConfig {
+            effort: Some(ReasoningEffort::None),
+            ..ReasoningConfig::default()
+        },
+        "adaptive" => {
+            let effort = match field(body, "output_config") {
+                Some(config) => opt_str(config, "effort", "output_config")?,
+                None => None,
+            };
+            // Anthropic's documented default effort is high.
+            let effort = match effort.unwrap_or("high") {
+                "low" => ReasoningEffort::Low,
+                "medium" => ReasoningEffort::Medium,
+                "max" => ReasoningEffort::XHigh,
+                _ => ReasoningEffort::High,
+            };
+            ReasoningConfig {
+                effort: Some(effort),
+                include_thoughts: Some(true),
+                ..ReasoningConfig::default()
+            }
+        }
+        other => {
+            return Err(ConvertError::new(
+                join(path, "type"),
+                format!("unknown type {other:?}"),
+            ));
+        }
+    };
+    Ok(Some(config))
+}
+
+/// Reads one message. A user turn with `tool_result` blocks becomes a tool message (the results,
+/// in order) followed by a user message with the remaining blocks.
+fn parse_message(
+    message: &Value,
+    path: &str,
+    call_names: &mut HashMap<String, String>,
+    out: &mut Vec<Message>,
+) -> Result<(), ConvertError> {
+    object(message, path)?;
+    let role = req_str(message, "role", path)?;
+    let content_path = join(path, "content");
+    let blocks: Vec<Value> = match field(message, "content") {
+        None => Vec::new(),
+        Some(Value::String(text)) => vec![json!({"type": "text", "text": text})],
+        Some(Value::Array(blocks)) => blocks.clone(),
+        Some(_) => {
+            return Err(ConvertError::new(
+                content_path,
+                "expected a string or an array",
+            ));
+        }
+    };
+    match role {
+        "user" => {
+            let mut results = Vec::new();
+            let mut parts = Vec::new();
+            for (position, block) in blocks.iter().enumerate() {
+                let block_path = index(&content_path, position);
+                if req_str(block, "type", &block_path)? == "tool_result" {
+                    results.push(Part::ToolResult(parse_tool_result(
+                        block,
+                        &block_path,
+                        call_names,
+                    )?));
+                } else {
+                    parts.extend(parse_user_block(block, &block_path)?);
+                }
+            }
+            if !results.is_empty() {
+                out.push(Message::new(Role::Tool, results));
+            }
+            if !parts.is_empty() || blocks.is_empty() {
+                out.push(Message::new(Role::User, parts));
+            }
+        }
+        "assistant" => {
+            let mut parts = Vec::new();
+            for (position, block) in blocks.iter().enumerate() {
+                let block_path = index(&content_path, position);
+                if let Some(part) = parse_assistant_block(block, &block_path)? {
+                    if let Part::ToolCall(call) = &part {
+                        call_names.insert(call.id.clone(), call.name.clone());
+                    }
+                    parts.push(part);
+                }
+            }
+            out.push(Message::new(Role::Assistant, parts));
+        }
+        other => {
+            return Err(ConvertError::new(
+                join(path, "role"),
+                format!("unsupported role {other:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_user_block(block: &Value, path: &str) -> Result<Option<Part>, ConvertError> {
+    match req_str(block, "type", path)? {
+        "text" => {
+            let text = req_str(block, "text", path)?;
+            Ok(Some(Part::Text(TextPart {
+                text: text.to_string(),
+                cache_control: field(block, "cache_control").cloned(),
+            })))
+        }
+        "image" => Ok(Some(Part::Image(parse_media(block, path)?))),
+        "document" => Ok(Some(Part::Document(parse_media(block, path)?))),
+        other => Err(ConvertError::new(
+            join(path, "type"),
+            format!("unsupported content block type {other:?}"),
+        )),
+    }
+}
+
+fn parse_media(block: &Value, path: &str) -> Result<Media, ConvertError> {
+    let source_path = join(path, "source");
+    let source =
+        field(block, "source").ok_or_else(|| ConvertError::new(&source_path, "is required"))?;
+    let source = match req_str(source, "type", &source_path)? {
+        "base64" => MediaSource::Base64 {
+            media_type: req_str(source, "media_type", &source_path)?.to_string(),
+            data: req_str(source, "data", &source_path)?.to_string(),
+        },
+        "url" => MediaSource::Url(req_str(source, "url", &source_path)?.to_string()),
+        "file" => MediaSource::FileId(req_str(source, "file_id", &source_path)?.to_string()),
+        "text" => MediaSource::Text(req_str(source, "data", &source_path)?.to_string()),
+        "content" => {
+            let blocks = opt_array(source, "content", &source_path)?
+                .cloned()
+                .unwrap_or_default();
+            let texts: Vec<&str> = blocks
+                .iter()
+                .filter_map(|block| block["text"].as_str())
+                .collect();
+            MediaSource::Text(texts.join("\n"))
+        }
+        other => {
+            return Err(ConvertError::new(
+                join(&source_path, "type"),
+                format!("unsupported source type {other:?}"),
+            ));
+        }
+    };
+    Ok(Media {
+        source,
+        detail: None,
+        filename: opt_str(block, "title", path)?.map(str::to_string),
+    })
+}
+
+fn parse_tool_result(
+    block: &Value,
+    path: &str,
+    call_names: &HashMap<String, String>,
+) -> Result<ToolResult, ConvertError> {
+    let call_id = req_str(block, "tool_use_id", path)?.to_string();
+    let content_path = join(path, "content");
+    let content = match field(block, "content") {
+        None => Vec::new(),
+        Some(Value::String(text)) => vec![Part::text(text.clone())],
+        Some(Value::Array(blocks)) => {
+            let mut parts = Vec::new();
+            for (position, inner) in blocks.iter().enumerate() {
+                parts.extend(parse_user_block(inner, &index(&content_path, position))?);
+            }
+            parts
+        }
+        Some(_) => {
+            return Err(ConvertError::new(
+                content_path,
+                "expected a string or an array",
+            ));
+        }
+    };
+    Ok(ToolResult {
+        name: call_names.get(&call_id).cloned(),
+        call_id,
+        content,
+        is_error: opt_bool(block, "is_error", path)?.unwrap_or(false),
+    })
+}
+
+fn parse_assistant_block(block: &Value, path: &str) -> Result<Option<Part>, ConvertError> {
+    let part = match req_str(block, "type", path)? {
+        "text" => Part::text(req_str(block, "text", path)?),
+        "thinking" => Part::Reasoning(Reasoning {
+            text: req_str(block, "thinking", path)?.to_string(),
+            signature: anthropic_signature(opt_str(block, "signature", path)?),
+            redacted: false,
+        }),
+        "redacted_thinking" => Part::Reasoning(Reasoning {
+            text: String::new(),
+            signature: anthropic_signature(Some(req_str(block, "data", path)?)),
+            redacted: true,
+        }),
+        "tool_use" => Part::ToolCall(ToolCall {
+            id: req_str(block, "id", path)?.to_string(),
+            name: req_str(block, "name", path)?.to_string(),
+            arguments: field(block, "input")
+                .map(Value::to_string)
+                .unwrap_or_else(|| "{}".to_string()),
+            signature: None,
+        }),
+        // Server-side tool blocks (web search and the like) only make sense to Anthropic.
+        _ => return Ok(None),
+    };
+    Ok(Some(part))
+}
+
+fn anthropic_signature(value: Option<&str>) -> Option<Signature> {
+    value
+        .filter(|value| !value.is_empty())
+        .map(|value| Signature {
+            provider: Format::Anthropic,
+            value: value.to_string(),
+        })
+}
+
+/// Writes a Messages request body for an upstream.
+pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value, ConvertError> {
+    if request.n.is_some_and(|n| n > 1) {
+        return Err(ConvertError::new(
+            "n",
+            "anthropic cannot return more than one choice",
+        ));
+    }
+    let mut body = Map::new();
+    body.insert("model".into(), options.upstream_model.clone().into());
+
+    let system = hoisted_system_parts(&request.messages);
+    match system.as_slice() {
+        [] => {}
+        [only] if only.cache_control.is_none() => {
+            body.insert("system".into(), only.text.clone().into());
+        }
+        parts => {
+            let blocks: Vec<Value> = parts.iter().map(|part| text_block(part)).collect();
+            body.insert("system".into(), blocks.into());
+        }
+    }
+    body.insert("messages".into(), write_messages(&request.messages)?.into());
+
+    let mut max_tokens = request
+        .max_tokens
+        .unwrap_or(u64::from(options.default_max_tokens));
+    let thinking_budget = thinking_budget(request);
+    if let Some(budget) = thinking_budget {
+        if max_tokens <= budget {
+            max_tokens = budget.saturating_add(max_tokens);
+        }
+        body.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": budget}),
+        );
+    } else {
+        let turned_off = request
+            .reasoning
+            .as_ref()
+            .and_then(ReasoningConfig::effective_effort)
+            == Some(ReasoningEffort::None);
+        if turned_off {
+            body.insert("thinking".into(), json!({"type": "disabled"}));
+        }
+        insert_some(
+            &mut body,
+            "temperature",
+            request.temperature.map(|value| value.clamp(0.0, 1.0)),
+        );
+        insert_some(&mut body, "top_k", request.top_k);
+    }
+    body.insert("max_tokens".into(), max_tokens.into());
+    let top_p = request
+        .top_p
+        .filter(|top_p| thinking_budget.is_none() || *top_p >= 0.95);
+    insert_some(&mut body, "top_p", top_p);
+    if !request.stop.is_empty() {
+        body.insert("stop_sequences".into(), request.stop.clone().into());
+    }
+
+    if !request.tools.is_empty() {
+        let tools: Vec<Value> = request.tools.iter().map(write_tool).collect();
+        body.insert("tools".into(), tools.into());
+        let mut choice = match &request.tool_choice {
+            None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
+            Some(ToolChoice::None) => json!({"type": "none"}),
+            // Thinking does not allow forcing a tool.
+            Some(ToolChoice::Required | ToolChoice::Named(_)) if thinking_budget.is_some() => {
+                json!({"type": "auto"})
+            }
+            Some(ToolChoice::Required) => json!({"type": "any"}),
+            Some(ToolChoice::Named(name)) => json!({"type": "tool", "name": name}),
+        };
+        let serial_calls = request.parallel_tool_calls == Some(false) && choice["type"] != "none";
+        if serial_calls {
+            choice["disable_parallel_tool_use"] = true.into();
+        }
+        if request.tool_choice.is_some() || serial_calls {
+            body.insert("tool_choice".into(), choice);
+        }
+    }
+    if let Some(ResponseFormat::JsonSchema { schema, .. }) = &request.response_format {
+        body.insert(
+            "output_config".into(),
+            json!({"format": {"type": "json_schema", "schema": schema}}),
+        );
+    }
+    if let Some(user) = &request.user {
+        body.insert("metadata".into(), json!({"user_id": user}));
+    }
+    if options.stream {
+        body.insert("stream".into(), true.into());
+    }
+    Ok(Value::Object(body))
+}
+
+/// The thinking budget to request, or None when thinking stays off.
+fn thinking_budget(request: &Request) -> Option<u64> {
+    let reasoning = request.reasoning.as_ref()?;
+    let budget = match reasoning.budget_tokens {
+        Some(0) => return None,
+        Some(budget) => budget.max(MIN_THINKING_BUDGET),
+        None => match reasoning.effort? {
+            ReasoningEffort::None => return None,
+            ReasoningEffort::Minimal | ReasoningEffort::Low => 1024,
+            ReasoningEffort::Medium => 2048,
+            ReasoningEffort::High => 4096,
+            ReasoningEffort::XHigh => 8192,
+        },
+    };
+    let last_assistant = request
+        .messages
+        .iter()
+        .rev()
+        .find(|message| message.role == Role::Assistant);
+    if let Some(message) = last_assistant {
+        let calls_tools = message
+            .parts
+            .iter()
+            .any(|part| matches!(part, Part::ToolCall(_)));
+        let signed = message.parts.iter().any(|part| {
+            matches!(part, Part::Reasoning(Reasoning { signature: Some(signature), .. })
+                if signature.provider == Format::Anthropic)
+        });
+        if calls_tools && !signed {
+            return None;
+        }
+    }
+    Some(budget)
+}
+
+/// Converts the conversation (minus system messages) into alternating Anthropic turns.
+fn write_messages(messages: &[Message]) -> Result<Vec<Value>, ConvertError> {
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for (position, message) in messages.iter().enumerate() {
+        let path = index("messages", position);
+        let (role, blocks) = match message.role {
+            Role::System | Role::Developer => continue,
+            Role::User => ("user", write_user_blocks(&message.parts, &path)?),
+            Role::Tool => ("user", write_tool_results(&message.parts, &path)?),
+            Role::Assistant => ("assistant", write_assistant_blocks(&message.parts)),
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last_role, last_blocks)) if *last_role == role => last_blocks.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    Ok(turns
+        .into_iter()
+        .map(|(role, mut blocks)| {
+            // Tool results must open the user turn that answers the calls.
+            blocks.sort_by_key(|block| block["type"] != "tool_result");
+            let content = match blocks.as_slice() {
+                [only] if only["type"] == "text" && only.get("cache_control").is_none() => {
+                    only["text"].clone()
+                }
+                _ => Value::Array(blocks),
+            };
+            json!({"role": role, "content": content})
+        })
+        .collect())
+}
+
+fn text_block(part: &TextPart) -> Value {
+    let mut block = json!({"type": "text", "text": part.text});
+    if let Some(cache_control) = &part.cache_control {
+        block["cache_control"] = cache_control.clone();
+    }
+    block
+}
+
+fn write_user_blocks(parts: &[Part], path: &str) -> Result<Vec<Value>, ConvertError> {
+    let mut blocks = Vec::new();
+    for (position, part) in parts.iter().enumerate() {
+        let part_path = index(&join(path, "content"), position);
+        match part {
+            Part::Text(text) if text.text.is_empty() => {}
+            Part::Text(text) => blocks.push(text_block(text)),
+            Part::Refusal(text) => blocks.push(json!({"type": "text", "text": text})),
+            Part::Image(media) => blocks.push(image_block(media, &part_path)?),
+            Part::Document(media) => blocks.push(document_block(media, &part_path)?),
+            Part::Audio { .. } => {
+                return Err(ConvertError::new(
+                    part_path,
+                    "audio input is not supported by anthropic",
+                ));
+            }
+            Part::ToolCall(_) | Part::ToolResult(_) | Part::Reasoning(_) => {}
+        }
+    }
+    Ok(blocks)
+}
+
+fn image_block(media: &Media, path: &str) -> Result<Value, ConvertError> {
+    let source = match &media.source {
+        MediaSource::Url(url) => json!({"type": "url", "url": url}),
+        MediaSource::Base64 { media_type, data } => {
+            if !IMAGE_MEDIA_TYPES.contains(&media_type.as_str()) {
+                return Err(ConvertError::new(
+                    path,
+                    format!("image type {media_type} is not supported by anthropic"),
+                ));
+            }
+            json!({"type": "base64", "media_type": media_type, "data": data})
+        }
+        MediaSource::FileId(_) | MediaSource::Text(_) => {
+            return Err(ConvertError::new(
+                path,
+                "file ids cannot be resolved on anthropic",
+            ));
+        }
+    };
+    Ok(json!({"type": "image", "source": source}))
+}
+
+fn document_block(media: &Media, path: &str) -> Result<Value, ConvertError> {
+    let source = match &media.source {
+        MediaSource::Url(url) => json!({"type": "url", "url": url}),
+        MediaSource::Base64 { media_type, data } => {
+            if media_type != "application/pdf" {
+                return Err(ConvertError::new(
+                    path,
+                    format!("document type {media_type} is not supported by anthropic"),
+                ));
+            }
+            json!({"type": "base64", "media_type": media_type, "data": data})
+        }
+        MediaSource::Text(text) => {
+            json!({"type": "text", "media_type": "text/plain", "data": text})
+        }
+        MediaSource::FileId(_) => {
+            return Err(ConvertError::new(
+                path,
+                "file ids cannot be resolved on anthropic",
+            ));
+        }
+    };
+    let mut block = json!({"type": "document", "source": source});
+    if let Some(title) = &media.filename {
+        block["title"] = title.clone().into();
+    }
+    Ok(block)
+}
+
+fn write_tool_results(parts: &[Part], path: &str) -> Result<Vec<Value>, ConvertError> {
+    let mut blocks = Vec::new();
+    for (position, part) in parts.iter().enumerate() {
+        let Part::ToolResult(result) = part else {
+            continue;
+        };
+        let part_path = index(&join(path, "content"), position);
+        let content = match result.content.as_slice() {
+            [] => Value::String(String::new()),
+            [Part::Text(text)] => text.text.clone().into(),
+            parts => write_user_blocks(parts, &part_path)?.into(),
+        };
+        let mut block = json!({
+            "type": "tool_result",
+            "tool_use_id": tool_use_id(&result.call_id),
+            "content": content,
+        });
+        if result.is_error {
+            block["is_error"] = true.into();
+        }
+        blocks.push(block);
+    }
+    Ok(blocks)
+}
+
+fn write_assistant_blocks(parts: &[Part]) -> Vec<Value> {
+    let mut blocks = Vec::new();
+    for part in parts {
+        match part {
+            Part::Reasoning(reasoning) => {
+                let Some(signature) = &reasoning.signature else {
+                    continue;
+                };
+                if signature.provider != Format::Anthropic {
+                    continue;
+                }
+                if reasoning.redacted {
+                    blocks.push(json!({"type": "redacted_thinking", "data": signature.value}));
+                } else {
+                    blocks.push(json!({
+                        "type": "thinking",
+                        "thinking": reasoning.text,
+                        "signature": signature.value,
+                    }));
+                }
+            }
+            Part::Text(text) if text.text.is_empty() => {}
+            Part::Text(text) => blocks.push(text_block(text)),
+            Part::Refusal(text) => blocks.push(json!({"type": "text", "text": text})),
+            Part::ToolCall(call) => blocks.push(json!({
+                "type": "tool_use",
+                "id": tool_use_id(&call.id),
+                "name": call.name,
+                "input": call.arguments_object(),
+            })),
+            Part::Image(_) | Part::Document(_) | Part::Audio { .. } | Part::ToolResult(_) => {}
+        }
+    }
+    blocks
+}
+
+/// A tool-use id Anthropic accepts (`^[a-zA-Z0-9_-]+$`), mapped the same way for calls and results.
+fn tool_use_id(id: &str) -> String {
+    if id.is_empty() {
+        return "toolu_missing".to_string();
+    }
+    id.chars()
+        .map(|character| {
+            if character.is_ascii_alphanumeric() || character == '_' || character == '-' {
+                character
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn write_tool(tool: &ToolDefinition) -> Value {
+    let mut schema = tool.parameters.clone();
+    // The API insists on an object schema at the top.
+    if !schema.is_object() {
+        schema = json!({"type": "object", "properties": {}});
+    } else if schema.get("type").is_none() {
+        schema["type"] = "object".into();
+    }
+    let mut written = json!({"name": tool.name, "input_schema": schema});
+    if let Some(description) = &tool.description {
+        written["description"] = description.clone().into();
+    }
+    written
+}
+
+/// Reads a Messages response body.
+pub fn parse_response(body: &Value) -> Result<Response, ConvertError> {
+    object(body, "")?;
+    let mut parts = Vec::new();
+    for (position, block) in opt_array(body, "content", "")?
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(part) = parse_assistant_block(block, &index("content", position))? {
+            parts.push(part);
+        }
+    }
+    let stop_reason = opt_str(body, "stop_reason", "")?.unwrap_or("end_turn");
+    Ok(Response {
+        id: opt_str(body, "id", "")?.unwrap_or_default().to_string(),
+        model: opt_str(body, "model", "")?.unwrap_or_default().to_string(),
+        parts,
+        finish_reason: finish_reason_from_anthropic(stop_reason),
+        usage: field(body, "usage").and_then(|usage| usage_from_value(Format::Anthropic, usage)),
+    })
+}
+
+fn finish_reason_from_anthropic(reason: &str) -> FinishReason {
+    match reason {
+        "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
+        "tool_use" => FinishReason::ToolCalls,
+        "refusal" => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn finish_reason_to_anthropic(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop | FinishReason::Error => "end_turn",
+        FinishReason::Length => "max_tokens",
+        FinishReason::ToolCalls => "tool_use",
+        FinishReason::ContentFilter => "refusal",
+    }
+}
+
+/// The Anthropic `usage` object: `input_tokens` excludes cache reads and writes.
+pub fn usage_value(usage: &Usage) -> Value {
+    let uncached = usage
+        .input_tokens
+        .saturating_sub(usage.cached_tokens)
+        .saturating_sub(usage.cache_write_tokens);
+    json!({
+        "input_tokens": uncached,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+    })
+}
+
+/// Writes a Messages response body for a client. Reasoning signed by another provider is written
+/// without its signature, since the client would send it back to us as if Anthropic had signed it.
+pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
+    let mut content = Vec::new();
+    for part in &response.parts {
+        match part {
+            Part::Reasoning(reasoning) => {
+                let signature = reasoning
+                    .signature
+                    .as_ref()
+                    .filter(|signature| signature.provider == Format::Anthropic);
+                if reasoning.redacted {
+                    if let Some(signature) = signature {
+                        content.push(json!({"type": "redacted_thinking", "data": signature.value}));
+                    }
+                    continue;
+                }
+                content.push(json!({
+                    "type": "thinking",
+                    "thinking": reasoning.text,
+                    "signature": signature.map(|signature| signature.value.as_str()).unwrap_or(""),
+                }));
+            }
+            Part::Text(text) if text.text.is_empty() => {}
+            Part::Text(text) => content.push(json!({"type": "text", "text": text.text})),
+            Part::Refusal(text) => content.push(json!({"type": "text", "text": text})),
+            Part::ToolCall(call) => content.push(json!({
+                "type": "tool_use",
+                "id": tool_use_id(&call.id),
+                "name": call.name,
+                "input": call.arguments_object(),
+            })),
+            Part::Image(_) | Part::Document(_) | Part::Audio { .. } | Part::ToolResult(_) => {}
+        }
+    }
+    let usage = response.usage.unwrap_or_default();
+    json!({
+        "id": if response.id.is_empty() { &meta.id } else { &response.id },
+        "type": "message",
+        "role": "assistant",
+        "model": if response.model.is_empty() { &meta.model } else { &response.model },
+        "content": content,
+        "stop_reason": finish_reason_to_anthropic(response.finish_reason),
+        "stop_sequence": null,
+        "usage": usage_value(&usage),
+    })
+}
+
+/// What an upstream content block turns into.
+#[derive(Clone, Copy)]
+enum DecodedBlock {
+    Text,
+    Thinking,
+    Tool { index: usize, has_arguments: bool },
+    Ignored,
+}
+
+/// Turns an Anthropic upstream stream into IR events.
+pub struct StreamDecoder {
+    blocks: HashMap<u64, DecodedBlock>,
+    next_tool_index: usize,
+    usage: StreamUsageTracker,
+    finished: bool,
+    failed: bool,
+}
+
+impl Default for StreamDecoder {
+    fn default() -> StreamDecoder {
+        StreamDecoder {
+            blocks: HashMap::new(),
+            next_tool_index: 0,
+            usage: StreamUsageTracker::new(Format::Anthropic),
+            finished: false,
+            failed: false,
+        }
+    }
+}
+
+impl StreamDecoder {
+    pub fn new() -> StreamDecoder {
+        StreamDecoder::default()
+    }
+
+    /// Decodes one upstream event; `ping` and unknown events produce nothing.
+    pub fn push(
+        &mut self,
+        event: &SseEvent,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ConvertError> {
+        if event.data.trim().is_empty() || self.failed {
+            return Ok(());
+        }
+        let data: Value = serde_json::from_str(&event.data)
+            .map_err(|error| ConvertError::new("stream", format!("invalid event JSON: {error}")))?;
+        let event_type = opt_str(&data, "type", "")?
+            .or(event.event.as_deref())
+            .unwrap_or_default();
+        match event_type {
+            "message_start" => {
+                let message = field(&data, "message")
+                    .ok_or_else(|| ConvertError::new("message", "is required"))?;
+                out.push(StreamEvent::Start {
+                    id: opt_str(message, "id", "message")?
+                        .unwrap_or_default()
+                        .to_string(),
+                    model: opt_str(message, "model", "message")?
+                        .unwrap_or_default()
+                        .to_string(),
+                });
+                self.observe_usage(event, out);
+            }
+            "content_block_start" => self.start_block(&data, out)?,
+            "content_block_delta" => self.block_delta(&data, out)?,
+            "content_block_stop" => {
+                let block_index = opt_u64(&data, "index", "")?.unwrap_or(0);
+                if let Some(DecodedBlock::Tool {
+                    index,
+                    has_arguments,
+                }) = self.blocks.remove(&block_index)
+                {
+                    if !has_arguments {
+                        // A call without arguments still needs valid JSON downstream.
+                        out.push(StreamEvent::ToolCallArgsDelta {
+                            index,
+                            fragment: "{}".to_string(),
+                        });
+                    }
+                    out.push(StreamEvent::ToolCallEnd { index });
+                }
+            }
+            "message_delta" => {
+                self.observe_usage(event, out);
+                if let Some(delta) = field(&data, "delta")
+                    && let Some(reason) = opt_str(delta, "stop_reason", "delta")?
+                {
+                    out.push(StreamEvent::Finish {
+                        reason: finish_reason_from_anthropic(reason),
+                    });
+                    self.finished = true;
+                }
+            }
+            "error" => {
+                let info = parse_upstream_error(Format::Anthropic, 500, event.data.as_bytes());
+                out.push(StreamEvent::Error {
+                    kind: info.kind,
+                    message: info.message,
+                });
+                self.failed = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn observe_usage(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) {
+        let before = self.usage.usage();
+        self.usage.observe(event);
+        if let Some(usage) = self.usage.usage()
+            && Some(usage) != before
+        {
+            out.push(StreamEvent::Usage(usage));
+        }
+    }
+
+    fn start_block(
+        &mut self,
+        data: &Value,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ConvertError> {
+        let block_index = opt_u64(data, "index", "")?.unwrap_or(0);
+        let block = field(data, "content_block")
+            .ok_or_else(|| ConvertError::new("content_block", "is required"))?;
+        let path = "content_block";
+        let decoded = match opt_str(block, "type", path)?.unwrap_or_default() {
+            "text" => {
+                if let Some(text) = opt_str(block, "text", path)?.filter(|text| !text.is_empty()) {
+                    out.push(StreamEvent::TextDelta(text.to_string()));
+                }
+                DecodedBlock::Text
+            }
+            "thinking" => {
+                if let Some(text) =
+                    opt_str(block, "thinking", path)?.filter(|text| !text.is_empty())
+                {
+                    out.push(StreamEvent::ReasoningDelta(text.to_string()));
+                }
+                DecodedBlock::Thinking
+            }
+            "tool_use" => {
+                let index = self.next_tool_index;
+                self.next_tool_index += 1;
+                out.push(StreamEvent::ToolCallStart {
+                    index,
+                    id: req_str(block, "id", path)?.to_string(),
+                    name: req_str(block, "name", path)?.to_string(),
+                });
+                // Some compatible servers send the whole input in the start block.
+                let input = field(block, "input")
+                    .filter(|input| input.as_object().is_some_and(|object| !object.is_empty()));
+                if let Some(input) = input {
+                    out.push(StreamEvent::ToolCallArgsDelta {
+                        index,
+                        fragment: input.to_string(),
+                    });
+                }
+                DecodedBlock::Tool {
+                    index,
+                    has_arguments: input.is_some(),
+                }
+            }
+            _ => DecodedBlock::Ignored,
+        };
+        self.blocks.insert(block_index, decoded);
+        Ok(())
+    }
+
+    fn block_delta(
+        &mut self,
+        data: &Value,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ConvertError> {
+        let block_index = opt_u64(data, "index", "")?.unwrap_or(0);
+        let Some(delta) = field(data, "delta") else {
+            return Ok(());
+        };
+        let path = "delta";
+        match opt_str(delta, "type", path)?.unwrap_or_default() {
+            "text_delta" => {
+                if let Some(text) = opt_str(delta, "text", path)?.filter(|text| !text.is_empty()) {
+                    out.push(StreamEvent::TextDelta(text.to_string()));
+                }
+            }
+            "thinking_delta" => {
+                if let Some(text) =
+                    opt_str(delta, "thinking", path)?.filter(|text| !text.is_empty())
+                {
+                    out.push(StreamEvent::ReasoningDelta(text.to_string()));
+                }
+            }
+            "signature_delta" => {
+                if let Some(signature) =
+                    opt_str(delta, "signature", path)?.filter(|text| !text.is_empty())
+                {
+                    out.push(StreamEvent::ReasoningSignature {
+                        provider: Format::Anthropic,
+                        signature: signature.to_string(),
+                    });
+                }
+            }
+            "input_json_delta" => {
+                let fragment = opt_str(delta, "partial_json", path)?.unwrap_or_default();
+                if let Some(DecodedBlock::Tool {
+                    index,
+                    has_arguments,
+                }) = self.blocks.get_mut(&block_index)
+                    && !fragment.is_empty()
+                {
+                    *has_arguments = true;
+                    out.push(StreamEvent::ToolCallArgsDelta {
+                        index: *index,
+                        fragment: fragment.to_string(),
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Ends the stream; one that stopped before `message_delta` carried a stop reason was cut off.
+    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), ConvertError> {
+        if !self.finished && !self.failed {
+            out.push(StreamEvent::Error {
+                kind: ErrorKind::Upstream,
+                message: "upstream stream ended before it finished".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The block the encoder has open.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OpenBlock {
+    Text,
+    Thinking,
+    Tool(usize),
+}
+
+/// Writes IR events as an Anthropic stream for a client.
+///
+/// `message_start` waits for the first content so that it can carry the input usage when the
+/// upstream reported it early; `message_delta` (stop reason and final usage) and `message_stop`
+/// wait for `finish`, because a Chat upstream sends its usage after the finish reason. Argument
+/// fragments for a tool call whose block is already closed cannot be placed and are dropped:
+/// Anthropic blocks are sequential, and upstreams stream calls one after another in practice.
+pub struct StreamEncoder {
+    id: String,
+    model: String,
+    start_sent: bool,
+    open: Option<OpenBlock>,
+    next_block_index: usize,
+    finish_reason: Option<FinishReason>,
+    usage: Option<Usage>,
+    failed: bool,
+}
+
+impl StreamEncoder {
+    pub fn new(meta: &ResponseMeta) -> StreamEncoder {
+        StreamEncoder {
+            id: meta.id.clone(),
+            model: meta.model.clone(),
+            start_sent: false,
+            open: None,
+            next_block_index: 0,
+            finish_reason: None,
+            usage: None,
+            failed: false,
+        }
+    }
+
+    pub fn encode(&mut self, event: &StreamEvent, out: &mut Vec<u8>) {
+        if self.failed {
+            return;
+        }
+        match event {
+            StreamEvent::Start { id, model } => {
+                if !id.is_empty() {
+                    self.id = id.clone();
+                }
+                if !model.is_empty() {
+                    self.model = model.clone();
+                }
+            }
+            StreamEvent::TextDelta(text) => {
+                self.ensure_block(OpenBlock::Text, out);
+                self.block_delta(json!({"type": "text_delta", "text": text}), out);
+            }
+            StreamEvent::ReasoningDelta(text) => {
+                self.ensure_block(OpenBlock::Thinking, out);
+                self.block_delta(json!({"type": "thinking_delta", "thinking": text}), out);
+            }
+            StreamEvent::ReasoningSignature {
+                provider,
+                signature,
+            } => {
+                if *provider == Format::Anthropic && self.open == Some(OpenBlock::Thinking) {
+                    self.block_delta(
+                        json!({"type": "signature_delta", "signature": signature}),
+                        out,
+                    );
+                }
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.ensure_start(out);
+                self.close_block(out);
+                let block =
+                    json!({"type": "tool_use", "id": tool_use_id(id), "name": name, "input": {}});
+                self.open_block(OpenBlock::Tool(*index), block, out);
+            }
+            StreamEvent::ToolCallArgsDelta { index, fragment } => {
+                if self.open == Some(OpenBlock::Tool(*index)) {
+                    self.block_delta(
+                        json!({"type": "input_json_delta", "partial_json": fragment}),
+                        out,
+                    );
+                }
+            }
+            StreamEvent::ToolCallEnd { index } => {
+                if self.open == Some(OpenBlock::Tool(*index)) {
+                    self.close_block(out);
+                }
+            }
+            StreamEvent::Finish { reason } => {
+                self.ensure_start(out);
+                self.close_block(out);
+                self.finish_reason = Some(*reason);
+            }
+            StreamEvent::Usage(usage) => self.usage = Some(*usage),
+            StreamEvent::Error { kind, message } => {
+                out.extend(render_stream_error(Format::Anthropic, *kind, message));
+                self.failed = true;
+            }
+        }
+    }
+
+    /// Writes `message_delta` with the stop reason and the final usage, then `message_stop`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.failed {
+            return;
+        }
+        self.ensure_start(out);
+        self.close_block(out);
+        let reason = self.finish_reason.unwrap_or(FinishReason::Stop);
+        let usage = usage_value(&self.usage.unwrap_or_default());
+        let delta = json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": finish_reason_to_anthropic(reason), "stop_sequence": null},
+            "usage": usage,
+        });
+        write_event(out, Some("message_delta"), &delta.to_string());
+        write_event(
+            out,
+            Some("message_stop"),
+            &json!({"type": "message_stop"}).to_string(),
+        );
+    }
+
+    fn ensure_start(&mut self, out: &mut Vec<u8>) {
+        if self.start_sent {
+            return;
+        }
+        self.start_sent = true;
+        let mut usage = usage_value(&self.usage.unwrap_or_default());
+        usage["output_tokens"] = 0.into();
+        let start = json!({
+            "type": "message_start",
+            "message": {
+                "id": self.id,
+                "type": "message",
+                "role": "assistant",
+                "model": self.model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": usage,
+            },
+        });
+        write_event(out, Some("message_start"), &start.to_string());
+    }
+
+    fn ensure_block(&mut self, kind: OpenBlock, out: &mut Vec<u8>) {
+        self.ensure_start(out);
+        if self.open == Some(kind) {
+            return;
+        }
+        self.close_block(out);
+        let block = match kind {
+            OpenBlock::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
+            _ => json!({"type": "text", "text": ""}),
+        };
+        self.open_block(kind, block, out);
+    }
+
+    fn open_block(&mut self, kind: OpenBlock, block: Value, out: &mut Vec<u8>) {
+        let start = json!({
+            "type": "content_block_start",
+            "index": self.next_block_index,
+            "content_block": block,
+        });
+        write_event(out, Some("content_block_start"), &start.to_string());
+        self.open = Some(kind);
+        self.next_block_index += 1;
+    }
+
+    fn block_delta(&mut self, delta: Value, out: &mut Vec<u8>) {
+        let event = json!({
+            "type": "content_block_delta",
+            "index": self.next_block_index - 1,
+            "delta": delta,
+        });
+        write_event(out, Some("content_block_delta"), &event.to_string());
+    }
+
+    fn close_block(&mut self, out: &mut Vec<u8>) {
+        if self.open.take().is_some() {
+            let stop = json!({"type": "content_block_stop", "index": self.next_block_index - 1});
+            write_event(out, Some("content_block_stop"), &stop.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::anthropic::tool_use_id;
+
+    #[test]
+    fn tool_use_ids_are_sanitized_consistently() {
+        assert_eq!(tool_use_id("call_abc-1"), "call_abc-1");
+        assert_eq!(
+            tool_use_id("functions.get_weather:0"),
+            "functions_get_weather_0"
+        );
+        assert_eq!(tool_use_id(""), "toolu_missing");
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use crate::protocol::Format;
+    use crate::protocol::anthropic::StreamDecoder;
+    use crate::protocol::ir::{FinishReason, StreamEvent};
+    use crate::protocol::sse::SseEvent;
+    use crate::protocol::testkit;
+
+    fn decode(events: &[SseEvent]) -> Vec<StreamEvent> {
+        let mut decoder = StreamDecoder::new();
+        let mut out = Vec::new();
+        for event in events {
+            decoder.push(event, &mut out).expect("event decodes");
+        }
+        decoder.finish(&mut out).expect("stream ends");
+        out
+    }
+
+    fn recorded(name: &str) -> Vec<StreamEvent> {
+        decode(&testkit::parse_pieces(&[&testkit::stream_bytes(name)]))
+    }
+
+    #[test]
+    fn recorded_streams_decode_the_same_however_they_are_split() {
+        let names: Vec<String> = testkit::all_streams()
+            .into_iter()
+            .filter(|name| name.starts_with("anthropic-messages/"))
+            .collect();
+        assert_eq!(names.len(), 5);
+        for name in &names {
+            let bytes = testkit::stream_bytes(name);
+            let whole = decode(&testkit::parse_pieces(&[&bytes]));
+            assert!(
+                matches!(whole.first(), Some(StreamEvent::Start { .. })),
+                "{name}"
+            );
+            assert!(
+                whole
+                    .iter()
+                    .any(|event| matches!(event, StreamEvent::Finish { .. })),
+                "{name}: no finish"
+            );
+            let byte_pieces: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(
+                decode(&testkit::parse_pieces(&byte_pieces)),
+                whole,
+                "{name} bytewise"
+            );
+            for split in testkit::split_points(&bytes, 100) {
+                let (head, tail) = bytes.split_at(split);
+                assert_eq!(
+                    decode(&testkit::parse_pieces(&[head, tail])),
+                    whole,
+                    "{name} at {split}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn thinking_signature_is_tagged_as_anthropic() {
+        let events = recorded("anthropic-messages/thinking-signature-stream.chunks.txt");
+        let signature = events.iter().find_map(|event| match event {
+            StreamEvent::ReasoningSignature {
+                provider,
+                signature,
+            } => Some((*provider, signature.len())),
+            _ => None,
+        });
+        assert!(matches!(signature, Some((Format::Anthropic, length)) if length > 100));
+        let reasoning: String = events
+            .iter()
+            .filter_map(|event| match event {
+                StreamEvent::ReasoningDelta(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(reasoning.starts_with("The previous result was 925."));
+    }
+
+    #[test]
+    fn empty_tool_input_becomes_an_empty_object() {
+        let events =
+            recorded("anthropic-messages/text-then-tool-use-empty-input-stream.chunks.txt");
+        let fragments: Vec<&str> = events
+            .iter()
+            .filter_map(|event| match event {
+                StreamEvent::ToolCallArgsDelta { fragment, .. } => Some(fragment.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fragments, ["{}"]);
+        assert!(events.contains(&StreamEvent::ToolCallEnd { index: 0 }));
+        assert!(events.contains(&StreamEvent::Finish {
+            reason: FinishReason::ToolCalls
+        }));
+    }
+
+    #[test]
+    fn usage_grows_from_message_start_to_message_delta() {
+        let events = recorded("anthropic-messages/cassette-tool-use-stream-roundtrip.json#1");
+        let outputs: Vec<u64> = events
+            .iter()
+            .filter_map(|event| match event {
+                StreamEvent::Usage(usage) => Some(usage.output_tokens),
+                _ => None,
+            })
+            .collect();
+        assert!(outputs.len() >= 2 && outputs.windows(2).all(|pair| pair[0] <= pair[1]));
+    }
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use serde_json::json;
+
+    use crate::protocol::Format;
+    use crate::protocol::anthropic::{write_request, write_response};
+    use crate::protocol::ir::{
+        FinishReason, Message, Part, Reasoning, ReasoningConfig, ReasoningEffort, Request,
+        Response, ResponseMeta, Role, Signature, ToolCall, ToolResult, WriteOptions,
+    };
+
+    fn options() -> WriteOptions {
+        WriteOptions {
+            upstream_model: "claude".to_string(),
+            default_max_tokens: 4096,
+            stream: false,
+        }
+    }
+
+    fn reasoning(provider: Format) -> Part {
+        Part::Reasoning(Reasoning {
+            text: "thinking".to_string(),
+            signature: Some(Signature {
+                provider,
+                value: "sig".to_string(),
+            }),
+            redacted: false,
+        })
+    }
+
+    fn tool_loop(signature_provider: Format) -> Request {
+        let call = Part::ToolCall(ToolCall {
+            id: "call_1".to_string(),
+            name: "now".to_string(),
+            arguments: "{}".to_string(),
+            signature: None,
+        });
+        let result = Part::ToolResult(ToolResult {
+            call_id: "call_1".to_string(),
+            name: Some("now".to_string()),
+            content: vec![Part::text("noon")],
+            is_error: false,
+        });
+        Request {
+            messages: vec![
+                Message::new(Role::User, vec![Part::text("time?")]),
+                Message::new(Role::Assistant, vec![reasoning(signature_provider), call]),
+                Message::new(Role::Tool, vec![result]),
+            ],
+            reasoning: Some(ReasoningConfig {
+                effort: Some(ReasoningEffort::Low),
+                ..ReasoningConfig::default()
+            }),
+            ..Request::default()
+        }
+    }
+
+    /// protocols.md §8 case 18: Gemini-signed history never reaches Anthropic, and thinking is
+    /// left off so the unsigned tool turn is not rejected.
+    #[test]
+    fn case_18_foreign_signatures_are_dropped_and_thinking_disabled() {
+        let written = write_request(&tool_loop(Format::Gemini), &options()).unwrap();
+        assert_eq!(
+            written["messages"][1]["content"],
+            json!([{"type": "tool_use", "id": "call_1", "name": "now", "input": {}}])
+        );
+        assert!(written.get("thinking").is_none());
+    }
+
+    #[test]
+    fn anthropic_signatures_are_kept_and_thinking_stays_on() {
+        let written = write_request(&tool_loop(Format::Anthropic), &options()).unwrap();
+        assert_eq!(
+            written["messages"][1]["content"][0],
+            json!({"type": "thinking", "thinking": "thinking", "signature": "sig"})
+        );
+        assert_eq!(
+            written["thinking"],
+            json!({"type": "enabled", "budget_tokens": 1024})
+        );
+    }
+
+    #[test]
+    fn responses_never_hand_foreign_signatures_to_clients() {
+        let response = Response {
+            id: String::new(),
+            model: String::new(),
+            parts: vec![reasoning(Format::Gemini), Part::text("answer")],
+            finish_reason: FinishReason::Stop,
+            usage: None,
+        };
+        let meta = ResponseMeta {
+            id: "msg_x".to_string(),
+            model: "m".to_string(),
+            created_unix: 0,
+        };
+        let written = write_response(&response, &meta);
+        assert_eq!(written["content"][0]["signature"], "");
+        assert_eq!(written["id"], "msg_x");
+    }
+}

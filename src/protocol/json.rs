@@ -1,0 +1,104 @@
+//! Reading JSON fields with the path of the field in every error, for the format parsers.
+
+use serde_json::{Map, Value};
+
+use crate::protocol::ir::ConvertError;
+
+/// `path.key`, or `key` at the top level.
+pub fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// `path[index]`.
+pub fn index(path: &str, position: usize) -> String {
+    format!("{path}[{position}]")
+}
+
+/// The value as an object, or an error naming its path.
+pub fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, ConvertError> {
+    value
+        .as_object()
+        .ok_or_else(|| ConvertError::new(path, "expected an object"))
+}
+
+/// A field that is present and not null.
+pub fn field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    value.get(key).filter(|found| !found.is_null())
+}
+
+pub fn opt_str<'a>(
+    value: &'a Value,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'a str>, ConvertError> {
+    match field(value, key) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(ConvertError::new(join(path, key), "expected a string")),
+    }
+}
+
+pub fn req_str<'a>(value: &'a Value, key: &str, path: &str) -> Result<&'a str, ConvertError> {
+    opt_str(value, key, path)?.ok_or_else(|| ConvertError::new(join(path, key), "is required"))
+}
+
+pub fn opt_f64(value: &Value, key: &str, path: &str) -> Result<Option<f64>, ConvertError> {
+    match field(value, key) {
+        None => Ok(None),
+        Some(found) => found
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| ConvertError::new(join(path, key), "expected a number")),
+    }
+}
+
+pub fn opt_u64(value: &Value, key: &str, path: &str) -> Result<Option<u64>, ConvertError> {
+    match field(value, key) {
+        None => Ok(None),
+        Some(found) => found
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ConvertError::new(join(path, key), "expected a non-negative integer")),
+    }
+}
+
+pub fn opt_i64(value: &Value, key: &str, path: &str) -> Result<Option<i64>, ConvertError> {
+    match field(value, key) {
+        None => Ok(None),
+        Some(found) => found
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ConvertError::new(join(path, key), "expected an integer")),
+    }
+}
+
+pub fn opt_bool(value: &Value, key: &str, path: &str) -> Result<Option<bool>, ConvertError> {
+    match field(value, key) {
+        None => Ok(None),
+        Some(Value::Bool(flag)) => Ok(Some(*flag)),
+        Some(_) => Err(ConvertError::new(join(path, key), "expected a boolean")),
+    }
+}
+
+pub fn opt_array<'a>(
+    value: &'a Value,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'a Vec<Value>>, ConvertError> {
+    match field(value, key) {
+        None => Ok(None),
+        Some(Value::Array(items)) => Ok(Some(items)),
+        Some(_) => Err(ConvertError::new(join(path, key), "expected an array")),
+    }
+}
+
+/// Inserts `key` only when there is a value, keeping written bodies free of nulls.
+pub fn insert_some(map: &mut Map<String, Value>, key: &str, value: Option<impl Into<Value>>) {
+    if let Some(value) = value {
+        map.insert(key.to_string(), value.into());
+    }
+}

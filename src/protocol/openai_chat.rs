@@ -1,0 +1,1215 @@
+//! OpenAI Chat Completions to and from the IR: requests, responses, and stream chunks.
+//!
+//! Lossy choices, each deliberate:
+//! - Requests written for a Chat upstream use `max_completion_tokens` (OpenAI reasoning models
+//!   reject `max_tokens`), send developer messages as `system` (compatible servers often reject the
+//!   `developer` role), drop reasoning from assistant history (Chat has no standard field for it)
+//!   and always ask for `stream_options.include_usage` when streaming, which billing needs.
+//! - A tool result flagged as an error gets an `Error: ` prefix, and images inside tool results
+//!   move into a user message right after the tool messages.
+//! - Only the first choice of a response or stream is converted (n>1 passes through only between
+//!   identical formats).
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::protocol::Format;
+use crate::protocol::error::parse_upstream_error;
+use crate::protocol::ir::{
+    ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
+    ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, StreamEvent, TextPart,
+    ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, join_text,
+};
+use crate::protocol::json::{
+    field, index, insert_some, join, object, opt_array, opt_bool, opt_f64, opt_i64, opt_str,
+    opt_u64, req_str,
+};
+use crate::protocol::sse::{SseEvent, write_event};
+use crate::protocol::usage::{Usage, usage_from_value};
+
+/// Reads a Chat Completions request body.
+pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
+    object(body, "")?;
+    let mut request = Request {
+        model: opt_str(body, "model", "")?.unwrap_or_default().to_string(),
+        ..Request::default()
+    };
+    let messages = opt_array(body, "messages", "")?
+        .ok_or_else(|| ConvertError::new("messages", "is required"))?;
+    // Tool messages do not repeat the tool's name, but Gemini needs it, so it is looked up here.
+    let mut call_names: HashMap<String, String> = HashMap::new();
+    for (position, message) in messages.iter().enumerate() {
+        let path = index("messages", position);
+        request
+            .messages
+            .push(parse_message(message, &path, &mut call_names)?);
+    }
+
+    if let Some(tools) = opt_array(body, "tools", "")? {
+        for (position, tool) in tools.iter().enumerate() {
+            let path = index("tools", position);
+            if let Some(definition) = parse_tool(tool, &path)? {
+                request.tools.push(definition);
+            }
+        }
+    }
+    request.tool_choice = match field(body, "tool_choice") {
+        None => None,
+        Some(choice) => Some(parse_tool_choice(choice)?),
+    };
+    request.parallel_tool_calls = opt_bool(body, "parallel_tool_calls", "")?;
+    // The newer field wins when a client sends both.
+    request.max_tokens = match opt_u64(body, "max_completion_tokens", "")? {
+        Some(limit) => Some(limit),
+        None => opt_u64(body, "max_tokens", "")?,
+    };
+    request.temperature = opt_f64(body, "temperature", "")?;
+    request.top_p = opt_f64(body, "top_p", "")?;
+    request.seed = opt_i64(body, "seed", "")?;
+    request.presence_penalty = opt_f64(body, "presence_penalty", "")?;
+    request.frequency_penalty = opt_f64(body, "frequency_penalty", "")?;
+    request.n = opt_u64(body, "n", "")?;
+    request.stop = match field(body, "stop") {
+        None => Vec::new(),
+        Some(Value::String(stop)) => vec![stop.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(position, item)| {
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ConvertError::new(index("stop", position), "expected a string"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ConvertError::new("stop", "expected a string or an array")),
+    };
+    if let Some(effort) = opt_str(body, "reasoning_effort", "")? {
+        let effort = ReasoningEffort::from_name(effort)
+            .ok_or_else(|| ConvertError::new("reasoning_effort", "unknown effort"))?;
+        request.reasoning = Some(ReasoningConfig {
+            effort: Some(effort),
+            ..ReasoningConfig::default()
+        });
+    }
+    request.response_format = match field(body, "response_format") {
+        None => None,
+        Some(format) => Some(parse_response_format(format)?),
+    };
+    request.stream = opt_bool(body, "stream", "")?.unwrap_or(false);
+    if let Some(options) = field(body, "stream_options") {
+        request.include_usage =
+            opt_bool(options, "include_usage", "stream_options")?.unwrap_or(false);
+    }
+    request.user = opt_str(body, "user", "")?.map(str::to_string);
+    request.metadata = match field(body, "metadata") {
+        None => None,
+        Some(metadata) => Some(object(metadata, "metadata")?.clone()),
+    };
+    Ok(request)
+}
+
+fn parse_message(
+    message: &Value,
+    path: &str,
+    call_names: &mut HashMap<String, String>,
+) -> Result<Message, ConvertError> {
+    object(message, path)?;
+    let role = req_str(message, "role", path)?;
+    let content_path = join(path, "content");
+    let mut parsed = match role {
+        "system" | "developer" => {
+            let role = if role == "system" {
+                Role::System
+            } else {
+                Role::Developer
+            };
+            Message::new(
+                role,
+                parse_content(field(message, "content"), &content_path)?,
+            )
+        }
+        "user" => Message::new(
+            Role::User,
+            parse_content(field(message, "content"), &content_path)?,
+        ),
+        "assistant" => parse_assistant(message, path, call_names)?,
+        "tool" => {
+            let call_id = req_str(message, "tool_call_id", path)?.to_string();
+            let content = parse_content(field(message, "content"), &content_path)?;
+            let name = call_names.get(&call_id).cloned();
+            let result = ToolResult {
+                call_id,
+                name,
+                content,
+                is_error: false,
+            };
+            Message::new(Role::Tool, vec![Part::ToolResult(result)])
+        }
+        _ => {
+            return Err(ConvertError::new(
+                join(path, "role"),
+                format!("unsupported role {role:?}"),
+            ));
+        }
+    };
+    parsed.name = opt_str(message, "name", path)?.map(str::to_string);
+    Ok(parsed)
+}
+
+fn parse_assistant(
+    message: &Value,
+    path: &str,
+    call_names: &mut HashMap<String, String>,
+) -> Result<Message, ConvertError> {
+    let mut parts = Vec::new();
+    // DeepSeek and most gateways echo reasoning back as `reasoning_content`.
+    if let Some(reasoning) = opt_str(message, "reasoning_content", path)?
+        && !reasoning.is_empty()
+    {
+        parts.push(Part::Reasoning(Reasoning {
+            text: reasoning.to_string(),
+            signature: None,
+            redacted: false,
+        }));
+    }
+    parts.extend(parse_content(
+        field(message, "content"),
+        &join(path, "content"),
+    )?);
+    if let Some(refusal) = opt_str(message, "refusal", path)?
+        && !refusal.is_empty()
+    {
+        parts.push(Part::Refusal(refusal.to_string()));
+    }
+    if let Some(calls) = opt_array(message, "tool_calls", path)? {
+        for (position, call) in calls.iter().enumerate() {
+            let call_path = index(&join(path, "tool_calls"), position);
+            let function = field(call, "function")
+                .ok_or_else(|| ConvertError::new(join(&call_path, "function"), "is required"))?;
+            let function_path = join(&call_path, "function");
+            let id = req_str(call, "id", &call_path)?.to_string();
+            let name = req_str(function, "name", &function_path)?.to_string();
+            let arguments = match field(function, "arguments") {
+                None => String::new(),
+                Some(Value::String(arguments)) => arguments.clone(),
+                // Some clients send the arguments as an object instead of a JSON string.
+                Some(other) => other.to_string(),
+            };
+            call_names.insert(id.clone(), name.clone());
+            parts.push(Part::ToolCall(ToolCall {
+                id,
+                name,
+                arguments,
+                signature: None,
+            }));
+        }
+    }
+    Ok(Message::new(Role::Assistant, parts))
+}
+
+/// Reads `content`: a string, null, or an array of parts.
+fn parse_content(content: Option<&Value>, path: &str) -> Result<Vec<Part>, ConvertError> {
+    match content {
+        None => Ok(Vec::new()),
+        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(vec![Part::text(text.clone())]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(position, item)| parse_content_part(item, &index(path, position)))
+            .collect(),
+        Some(_) => Err(ConvertError::new(
+            path,
+            "expected a string or an array of parts",
+        )),
+    }
+}
+
+fn parse_content_part(part: &Value, path: &str) -> Result<Part, ConvertError> {
+    object(part, path)?;
+    let part_type = req_str(part, "type", path)?;
+    match part_type {
+        "text" => Ok(Part::Text(TextPart {
+            text: req_str(part, "text", path)?.to_string(),
+            cache_control: field(part, "cache_control").cloned(),
+        })),
+        "refusal" => Ok(Part::Refusal(req_str(part, "refusal", path)?.to_string())),
+        "image_url" => {
+            let image_path = join(path, "image_url");
+            let image = field(part, "image_url")
+                .ok_or_else(|| ConvertError::new(&image_path, "is required"))?;
+            // Some clients send the URL directly as a string.
+            let (url, detail) = match image {
+                Value::String(url) => (url.as_str(), None),
+                _ => (
+                    req_str(image, "url", &image_path)?,
+                    opt_str(image, "detail", &image_path)?,
+                ),
+            };
+            Ok(Part::Image(Media {
+                source: MediaSource::from_url(url),
+                detail: detail.map(str::to_string),
+                filename: None,
+            }))
+        }
+        "input_audio" => {
+            let audio_path = join(path, "input_audio");
+            let audio = field(part, "input_audio")
+                .ok_or_else(|| ConvertError::new(&audio_path, "is required"))?;
+            Ok(Part::Audio {
+                data: req_str(audio, "data", &audio_path)?.to_string(),
+                format: req_str(audio, "format", &audio_path)?.to_string(),
+            })
+        }
+        "file" => {
+            let file_path = join(path, "file");
+            let file =
+                field(part, "file").ok_or_else(|| ConvertError::new(&file_path, "is required"))?;
+            let source = if let Some(data) = opt_str(file, "file_data", &file_path)? {
+                match MediaSource::from_url(data) {
+                    MediaSource::Url(_) => {
+                        return Err(ConvertError::new(
+                            join(&file_path, "file_data"),
+                            "expected a base64 data URL",
+                        ));
+                    }
+                    inline => inline,
+                }
+            } else if let Some(file_id) = opt_str(file, "file_id", &file_path)? {
+                MediaSource::FileId(file_id.to_string())
+            } else {
+                return Err(ConvertError::new(file_path, "needs file_data or file_id"));
+            };
+            Ok(Part::Document(Media {
+                source,
+                detail: None,
+                filename: opt_str(file, "filename", &file_path)?.map(str::to_string),
+            }))
+        }
+        other => Err(ConvertError::new(
+            join(path, "type"),
+            format!("unsupported content part type {other:?}"),
+        )),
+    }
+}
+
+fn parse_tool(tool: &Value, path: &str) -> Result<Option<ToolDefinition>, ConvertError> {
+    object(tool, path)?;
+    // Only function tools have an equivalent in every format; others are dropped.
+    if opt_str(tool, "type", path)?.is_some_and(|tool_type| tool_type != "function") {
+        return Ok(None);
+    }
+    let function_path = join(path, "function");
+    let function =
+        field(tool, "function").ok_or_else(|| ConvertError::new(&function_path, "is required"))?;
+    Ok(Some(ToolDefinition {
+        name: req_str(function, "name", &function_path)?.to_string(),
+        description: opt_str(function, "description", &function_path)?.map(str::to_string),
+        parameters: field(function, "parameters")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        strict: opt_bool(function, "strict", &function_path)?,
+    }))
+}
+
+fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, ConvertError> {
+    match choice {
+        Value::String(mode) => match mode.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            _ => Err(ConvertError::new(
+                "tool_choice",
+                format!("unknown mode {mode:?}"),
+            )),
+        },
+        Value::Object(_) => {
+            let function = field(choice, "function")
+                .ok_or_else(|| ConvertError::new("tool_choice.function", "is required"))?;
+            let name = req_str(function, "name", "tool_choice.function")?;
+            Ok(ToolChoice::Named(name.to_string()))
+        }
+        _ => Err(ConvertError::new(
+            "tool_choice",
+            "expected a string or an object",
+        )),
+    }
+}
+
+fn parse_response_format(format: &Value) -> Result<ResponseFormat, ConvertError> {
+    let path = "response_format";
+    match req_str(format, "type", path)? {
+        "text" => Ok(ResponseFormat::Text),
+        "json_object" => Ok(ResponseFormat::JsonObject),
+        "json_schema" => {
+            let schema_path = join(path, "json_schema");
+            let spec = field(format, "json_schema")
+                .ok_or_else(|| ConvertError::new(&schema_path, "is required"))?;
+            Ok(ResponseFormat::JsonSchema {
+                name: opt_str(spec, "name", &schema_path)?.map(str::to_string),
+                description: opt_str(spec, "description", &schema_path)?.map(str::to_string),
+                schema: field(spec, "schema").cloned().unwrap_or_else(|| json!({})),
+                strict: opt_bool(spec, "strict", &schema_path)?,
+            })
+        }
+        other => Err(ConvertError::new(
+            join(path, "type"),
+            format!("unknown type {other:?}"),
+        )),
+    }
+}
+
+/// Writes a Chat Completions request body for an upstream.
+pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value, ConvertError> {
+    let mut body = Map::new();
+    body.insert("model".into(), options.upstream_model.clone().into());
+    let mut messages = Vec::new();
+    for (position, message) in request.messages.iter().enumerate() {
+        write_message(message, &index("messages", position), &mut messages)?;
+    }
+    body.insert("messages".into(), messages.into());
+
+    if !request.tools.is_empty() {
+        let tools: Vec<Value> = request.tools.iter().map(write_tool).collect();
+        body.insert("tools".into(), tools.into());
+        insert_some(
+            &mut body,
+            "tool_choice",
+            request.tool_choice.as_ref().map(write_tool_choice),
+        );
+        insert_some(
+            &mut body,
+            "parallel_tool_calls",
+            request.parallel_tool_calls,
+        );
+    }
+    insert_some(&mut body, "max_completion_tokens", request.max_tokens);
+    insert_some(&mut body, "temperature", request.temperature);
+    insert_some(&mut body, "top_p", request.top_p);
+    insert_some(&mut body, "seed", request.seed);
+    insert_some(&mut body, "presence_penalty", request.presence_penalty);
+    insert_some(&mut body, "frequency_penalty", request.frequency_penalty);
+    insert_some(&mut body, "n", request.n);
+    if !request.stop.is_empty() {
+        body.insert("stop".into(), request.stop.clone().into());
+    }
+    let effort = request
+        .reasoning
+        .as_ref()
+        .and_then(ReasoningConfig::effective_effort)
+        .filter(|effort| *effort != ReasoningEffort::None);
+    insert_some(
+        &mut body,
+        "reasoning_effort",
+        effort.map(ReasoningEffort::as_str),
+    );
+    insert_some(
+        &mut body,
+        "response_format",
+        request.response_format.as_ref().map(write_response_format),
+    );
+    insert_some(&mut body, "user", request.user.clone());
+    if options.stream {
+        body.insert("stream".into(), true.into());
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(Value::Object(body))
+}
+
+fn write_message(message: &Message, path: &str, out: &mut Vec<Value>) -> Result<(), ConvertError> {
+    match message.role {
+        Role::System | Role::Developer => {
+            // System content is text only; one string is what every compatible server accepts.
+            let texts: Vec<&str> = message
+                .parts
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Text(text) => Some(text.text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            out.push(named(
+                json!({"role": "system", "content": texts.join("\n\n")}),
+                message,
+            ));
+        }
+        // An empty user turn carries nothing, and OpenAI rejects empty content arrays.
+        Role::User if message.parts.is_empty() => {}
+        Role::User => {
+            let content = write_content(&message.parts, path)?;
+            out.push(named(json!({"role": "user", "content": content}), message));
+        }
+        Role::Assistant => out.push(named(write_assistant(&message.parts), message)),
+        Role::Tool => {
+            let mut images = Vec::new();
+            for part in &message.parts {
+                let Part::ToolResult(result) = part else {
+                    continue;
+                };
+                let mut text = result.text();
+                if result.is_error {
+                    text = format!("Error: {text}");
+                }
+                out.push(json!({"role": "tool", "tool_call_id": result.call_id, "content": text}));
+                images.extend(
+                    result
+                        .content
+                        .iter()
+                        .filter(|part| matches!(part, Part::Image(_)))
+                        .cloned(),
+                );
+            }
+            if !images.is_empty() {
+                let content = write_content(&images, path)?;
+                out.push(json!({"role": "user", "content": content}));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn named(mut message: Value, source: &Message) -> Value {
+    if let Some(name) = &source.name {
+        message["name"] = name.clone().into();
+    }
+    message
+}
+
+fn write_assistant(parts: &[Part]) -> Value {
+    let mut message = Map::new();
+    message.insert("role".into(), "assistant".into());
+    let text = join_text(parts);
+    let tool_calls: Vec<Value> = parts
+        .iter()
+        .filter_map(|part| match part {
+            Part::ToolCall(call) => Some(json!({
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": normalized_arguments(&call.arguments)},
+            })),
+            _ => None,
+        })
+        .collect();
+    let refusal: String = parts
+        .iter()
+        .filter_map(|part| match part {
+            Part::Refusal(refusal) => Some(refusal.as_str()),
+            _ => None,
+        })
+        .collect();
+    let content = if text.is_empty() && !tool_calls.is_empty() {
+        Value::Null
+    } else {
+        text.into()
+    };
+    message.insert("content".into(), content);
+    if !refusal.is_empty() {
+        message.insert("refusal".into(), refusal.into());
+    }
+    if !tool_calls.is_empty() {
+        message.insert("tool_calls".into(), tool_calls.into());
+    }
+    Value::Object(message)
+}
+
+/// Arguments as Chat clients expect them: a JSON string that always parses (an empty string from
+/// an argument-less call becomes `{}`).
+fn normalized_arguments(arguments: &str) -> String {
+    if arguments.trim().is_empty() {
+        "{}".to_string()
+    } else {
+        arguments.to_string()
+    }
+}
+
+/// A single text part is written as a plain string, anything else as an array of parts.
+fn write_content(parts: &[Part], path: &str) -> Result<Value, ConvertError> {
+    if let [Part::Text(text)] = parts {
+        return Ok(text.text.clone().into());
+    }
+    let mut written = Vec::new();
+    for (position, part) in parts.iter().enumerate() {
+        let part_path = index(&join(path, "content"), position);
+        let value = match part {
+            Part::Text(text) => json!({"type": "text", "text": text.text}),
+            Part::Image(media) => {
+                let url = media.source.to_url().ok_or_else(|| {
+                    ConvertError::new(
+                        &part_path,
+                        "this image source is not supported by openai chat",
+                    )
+                })?;
+                let mut image = Map::new();
+                image.insert("url".into(), url.into());
+                insert_some(&mut image, "detail", media.detail.clone());
+                json!({"type": "image_url", "image_url": image})
+            }
+            Part::Document(media) => match &media.source {
+                MediaSource::Text(text) => json!({"type": "text", "text": text}),
+                MediaSource::FileId(file_id) => {
+                    json!({"type": "file", "file": {"file_id": file_id}})
+                }
+                MediaSource::Base64 { .. } => {
+                    let mut file = Map::new();
+                    file.insert("file_data".into(), media.source.to_url().into());
+                    insert_some(&mut file, "filename", media.filename.clone());
+                    json!({"type": "file", "file": file})
+                }
+                MediaSource::Url(_) => {
+                    return Err(ConvertError::new(
+                        part_path,
+                        "document URLs are not supported by openai chat",
+                    ));
+                }
+            },
+            Part::Audio { data, format } => {
+                json!({"type": "input_audio", "input_audio": {"data": data, "format": format}})
+            }
+            Part::Refusal(refusal) => json!({"type": "text", "text": refusal}),
+            Part::ToolCall(_) | Part::ToolResult(_) | Part::Reasoning(_) => continue,
+        };
+        written.push(value);
+    }
+    Ok(written.into())
+}
+
+fn write_tool(tool: &ToolDefinition) -> Value {
+    let mut function = Map::new();
+    function.insert("name".into(), tool.name.clone().into());
+    insert_some(&mut function, "description", tool.description.clone());
+    function.insert("parameters".into(), tool.parameters.clone());
+    insert_some(&mut function, "strict", tool.strict);
+    json!({"type": "function", "function": function})
+}
+
+fn write_tool_choice(choice: &ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Auto => "auto".into(),
+        ToolChoice::None => "none".into(),
+        ToolChoice::Required => "required".into(),
+        ToolChoice::Named(name) => json!({"type": "function", "function": {"name": name}}),
+    }
+}
+
+fn write_response_format(format: &ResponseFormat) -> Value {
+    match format {
+        ResponseFormat::Text => json!({"type": "text"}),
+        ResponseFormat::JsonObject => json!({"type": "json_object"}),
+        ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            strict,
+        } => {
+            let mut spec = Map::new();
+            // Chat requires a name; "response" is what OpenAI's SDKs use by default.
+            spec.insert(
+                "name".into(),
+                name.clone().unwrap_or_else(|| "response".into()).into(),
+            );
+            insert_some(&mut spec, "description", description.clone());
+            spec.insert("schema".into(), schema.clone());
+            insert_some(&mut spec, "strict", *strict);
+            json!({"type": "json_schema", "json_schema": spec})
+        }
+    }
+}
+
+/// Reads a Chat Completions response body (the first choice).
+pub fn parse_response(body: &Value) -> Result<Response, ConvertError> {
+    object(body, "")?;
+    let choices = opt_array(body, "choices", "")?
+        .ok_or_else(|| ConvertError::new("choices", "is required"))?;
+    let choice = choices
+        .first()
+        .ok_or_else(|| ConvertError::new("choices", "is empty"))?;
+    let message_path = "choices[0].message";
+    let message =
+        field(choice, "message").ok_or_else(|| ConvertError::new(message_path, "is required"))?;
+    let mut call_names = HashMap::new();
+    let mut parts = parse_assistant(message, message_path, &mut call_names)?.parts;
+    // Some compatible servers call the reasoning field `reasoning`.
+    if let Some(reasoning) = opt_str(message, "reasoning", message_path)?
+        && !reasoning.is_empty()
+        && !parts.iter().any(|part| matches!(part, Part::Reasoning(_)))
+    {
+        parts.insert(
+            0,
+            Part::Reasoning(Reasoning {
+                text: reasoning.to_string(),
+                signature: None,
+                redacted: false,
+            }),
+        );
+    }
+    let has_tool_calls = parts.iter().any(|part| matches!(part, Part::ToolCall(_)));
+    let finish_reason = finish_reason_from_chat(
+        opt_str(choice, "finish_reason", "choices[0]")?.unwrap_or("stop"),
+        has_tool_calls,
+    );
+    Ok(Response {
+        id: opt_str(body, "id", "")?.unwrap_or_default().to_string(),
+        model: opt_str(body, "model", "")?.unwrap_or_default().to_string(),
+        parts,
+        finish_reason,
+        usage: field(body, "usage").and_then(|usage| usage_from_value(Format::OpenaiChat, usage)),
+    })
+}
+
+/// Maps a Chat finish reason. Some compatible servers say `stop` after a tool call, and clients of
+/// other formats need to know a call is waiting, so calls win.
+fn finish_reason_from_chat(reason: &str, has_tool_calls: bool) -> FinishReason {
+    match reason {
+        "length" => FinishReason::Length,
+        "content_filter" => FinishReason::ContentFilter,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        _ if has_tool_calls => FinishReason::ToolCalls,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn finish_reason_to_chat(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop | FinishReason::Error => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+    }
+}
+
+/// The Chat `usage` object.
+pub fn usage_value(usage: &Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens(),
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    })
+}
+
+/// Writes a Chat Completions response body for a client.
+pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
+    let mut message = write_assistant(&response.parts);
+    let has_tool_calls = message.get("tool_calls").is_some();
+    if !has_tool_calls && message["content"].is_null() {
+        message["content"] = "".into();
+    }
+    if message.get("refusal").is_none() {
+        message["refusal"] = Value::Null;
+    }
+    let reasoning: String = response
+        .parts
+        .iter()
+        .filter_map(|part| match part {
+            Part::Reasoning(reasoning) => Some(reasoning.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = reasoning.into();
+    }
+    let mut body = json!({
+        "id": non_empty_or(&response.id, &meta.id),
+        "object": "chat.completion",
+        "created": meta.created_unix,
+        "model": non_empty_or(&response.model, &meta.model),
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_reason_to_chat(response.finish_reason),
+        }],
+    });
+    if let Some(usage) = &response.usage {
+        body["usage"] = usage_value(usage);
+    }
+    body
+}
+
+fn non_empty_or<'a>(value: &'a str, fallback: &'a str) -> &'a str {
+    if value.is_empty() { fallback } else { value }
+}
+
+/// One tool call being streamed by the upstream.
+struct ToolSlot {
+    chat_index: u64,
+    id: String,
+    has_arguments: bool,
+    ended: bool,
+}
+
+/// Turns a Chat Completions upstream stream into IR events.
+#[derive(Default)]
+pub struct StreamDecoder {
+    started: bool,
+    chunk_id: String,
+    /// Indexed by IR tool index.
+    tools: Vec<ToolSlot>,
+    finished: bool,
+    saw_done: bool,
+    failed: bool,
+}
+
+impl StreamDecoder {
+    pub fn new() -> StreamDecoder {
+        StreamDecoder::default()
+    }
+
+    /// Decodes one upstream event.
+    pub fn push(
+        &mut self,
+        event: &SseEvent,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ConvertError> {
+        let data = event.data.trim();
+        if data.is_empty() || self.failed {
+            return Ok(());
+        }
+        if data == "[DONE]" {
+            self.saw_done = true;
+            return Ok(());
+        }
+        let chunk: Value = serde_json::from_str(data)
+            .map_err(|error| ConvertError::new("stream", format!("invalid chunk JSON: {error}")))?;
+        if field(&chunk, "error").is_some() {
+            let info = parse_upstream_error(Format::OpenaiChat, 500, data.as_bytes());
+            out.push(StreamEvent::Error {
+                kind: info.kind,
+                message: info.message,
+            });
+            self.failed = true;
+            return Ok(());
+        }
+        if !self.started {
+            self.started = true;
+            self.chunk_id = opt_str(&chunk, "id", "")?.unwrap_or_default().to_string();
+            out.push(StreamEvent::Start {
+                id: self.chunk_id.clone(),
+                model: opt_str(&chunk, "model", "")?
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+        for (position, choice) in opt_array(&chunk, "choices", "")?
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let choice_index = opt_u64(choice, "index", "")?.unwrap_or(position as u64);
+            if choice_index != 0 {
+                continue;
+            }
+            self.decode_choice(choice, out)?;
+        }
+        if let Some(usage) =
+            field(&chunk, "usage").and_then(|usage| usage_from_value(Format::OpenaiChat, usage))
+        {
+            out.push(StreamEvent::Usage(usage));
+        }
+        Ok(())
+    }
+
+    fn decode_choice(
+        &mut self,
+        choice: &Value,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ConvertError> {
+        if let Some(delta) = field(choice, "delta") {
+            for key in ["reasoning_content", "reasoning"] {
+                if let Some(text) = opt_str(delta, key, "delta")?
+                    && !text.is_empty()
+                {
+                    out.push(StreamEvent::ReasoningDelta(text.to_string()));
+                    break;
+                }
+            }
+            for key in ["content", "refusal"] {
+                if let Some(text) = opt_str(delta, key, "delta")?
+                    && !text.is_empty()
+                {
+                    out.push(StreamEvent::TextDelta(text.to_string()));
+                }
+            }
+            if let Some(calls) = opt_array(delta, "tool_calls", "delta")? {
+                for (position, call) in calls.iter().enumerate() {
+                    self.decode_tool_call(call, position as u64, out)?;
+                }
+            }
+        }
+        if let Some(reason) = opt_str(choice, "finish_reason", "choice")? {
+            self.end_tools(out);
+            out.push(StreamEvent::Finish {
+                reason: finish_reason_from_chat(reason, !self.tools.is_empty()),
+            });
+            self.finished = true;
+        }
+        Ok(())
+    }
+
+    fn decode_tool_call(
+        &mut self,
+        call: &Value,
+        position: u64,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ConvertError> {
+        let chat_index = opt_u64(call, "index", "delta.tool_calls")?.unwrap_or(position);
+        let id = opt_str(call, "id", "delta.tool_calls")?.filter(|id| !id.is_empty());
+        let function = field(call, "function");
+        let name = match function {
+            Some(function) => opt_str(function, "name", "delta.tool_calls.function")?,
+            None => None,
+        };
+        let arguments = match function {
+            Some(function) => opt_str(function, "arguments", "delta.tool_calls.function")?,
+            None => None,
+        };
+        let current = self
+            .tools
+            .iter()
+            .rposition(|slot| slot.chat_index == chat_index && !slot.ended);
+        // A new id on a known index is a new call: some compatible servers number every call 0.
+        let is_new = match (current, id) {
+            (None, _) => true,
+            (Some(slot), Some(id)) => self.tools[slot].id != id,
+            (Some(_), None) => false,
+        };
+        let slot = if is_new {
+            if let Some(replaced) = current {
+                // The call this one replaces at the same index is complete.
+                self.end_tool(replaced, out);
+            }
+            let ir_index = self.tools.len();
+            let id = match id {
+                Some(id) => id.to_string(),
+                None => format!("call_{}_{ir_index}", self.chunk_id),
+            };
+            out.push(StreamEvent::ToolCallStart {
+                index: ir_index,
+                id: id.clone(),
+                name: name.unwrap_or_default().to_string(),
+            });
+            self.tools.push(ToolSlot {
+                chat_index,
+                id,
+                has_arguments: false,
+                ended: false,
+            });
+            ir_index
+        } else {
+            current.unwrap_or_default()
+        };
+        if let Some(arguments) = arguments
+            && !arguments.is_empty()
+        {
+            self.tools[slot].has_arguments = true;
+            out.push(StreamEvent::ToolCallArgsDelta {
+                index: slot,
+                fragment: arguments.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn end_tools(&mut self, out: &mut Vec<StreamEvent>) {
+        for ir_index in 0..self.tools.len() {
+            self.end_tool(ir_index, out);
+        }
+    }
+
+    /// Closes one call; a call that never got arguments gets `{}` so that it stays valid JSON.
+    fn end_tool(&mut self, ir_index: usize, out: &mut Vec<StreamEvent>) {
+        let slot = &mut self.tools[ir_index];
+        if slot.ended {
+            return;
+        }
+        if !slot.has_arguments {
+            out.push(StreamEvent::ToolCallArgsDelta {
+                index: ir_index,
+                fragment: "{}".to_string(),
+            });
+        }
+        out.push(StreamEvent::ToolCallEnd { index: ir_index });
+        slot.ended = true;
+    }
+
+    /// Ends the stream. A stream that stopped without a finish reason or `[DONE]` was cut off,
+    /// which the client must learn as an error rather than as a short success.
+    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), ConvertError> {
+        if self.finished || self.failed {
+            return Ok(());
+        }
+        if self.saw_done && self.started {
+            self.end_tools(out);
+            let reason = if self.tools.is_empty() {
+                FinishReason::Stop
+            } else {
+                FinishReason::ToolCalls
+            };
+            out.push(StreamEvent::Finish { reason });
+            return Ok(());
+        }
+        out.push(StreamEvent::Error {
+            kind: crate::protocol::error::ErrorKind::Upstream,
+            message: "upstream stream ended before it finished".to_string(),
+        });
+        Ok(())
+    }
+}
+
+/// Writes IR events as a Chat Completions stream for a client.
+pub struct StreamEncoder {
+    id: String,
+    model: String,
+    created: i64,
+    include_usage: bool,
+    role_sent: bool,
+    usage: Option<Usage>,
+    failed: bool,
+}
+
+impl StreamEncoder {
+    /// `include_usage`: the client asked for the trailing usage chunk.
+    pub fn new(meta: &ResponseMeta, include_usage: bool) -> StreamEncoder {
+        StreamEncoder {
+            id: meta.id.clone(),
+            model: meta.model.clone(),
+            created: meta.created_unix,
+            include_usage,
+            role_sent: false,
+            usage: None,
+            failed: false,
+        }
+    }
+
+    pub fn encode(&mut self, event: &StreamEvent, out: &mut Vec<u8>) {
+        if self.failed {
+            return;
+        }
+        match event {
+            StreamEvent::Start { id, model } => {
+                if !id.is_empty() {
+                    self.id = id.clone();
+                }
+                if !model.is_empty() {
+                    self.model = model.clone();
+                }
+                self.ensure_role(out);
+            }
+            StreamEvent::TextDelta(text) => self.delta(json!({"content": text}), out),
+            StreamEvent::ReasoningDelta(text) => {
+                self.delta(json!({"reasoning_content": text}), out)
+            }
+            StreamEvent::ReasoningSignature { .. } | StreamEvent::ToolCallEnd { .. } => {}
+            StreamEvent::ToolCallStart { index, id, name } => self.delta(
+                json!({"tool_calls": [{
+                    "index": index,
+                    "id": id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }]}),
+                out,
+            ),
+            StreamEvent::ToolCallArgsDelta { index, fragment } => self.delta(
+                json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}),
+                out,
+            ),
+            StreamEvent::Finish { reason } => {
+                self.ensure_role(out);
+                let chunk = self.chunk(json!({}), Some(finish_reason_to_chat(*reason)));
+                write_event(out, None, &chunk.to_string());
+            }
+            StreamEvent::Usage(usage) => self.usage = Some(*usage),
+            StreamEvent::Error { kind, message } => {
+                out.extend(crate::protocol::error::render_stream_error(
+                    Format::OpenaiChat,
+                    *kind,
+                    message,
+                ));
+                self.failed = true;
+            }
+        }
+    }
+
+    /// Writes the usage chunk (if the client asked for it) and `[DONE]`. After an error there is
+    /// no `[DONE]`, as with OpenAI itself.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.failed {
+            return;
+        }
+        if self.include_usage
+            && let Some(usage) = self.usage
+        {
+            let mut chunk = self.chunk(json!({}), None);
+            chunk["choices"] = json!([]);
+            chunk["usage"] = usage_value(&usage);
+            write_event(out, None, &chunk.to_string());
+        }
+        write_event(out, None, "[DONE]");
+    }
+
+    fn ensure_role(&mut self, out: &mut Vec<u8>) {
+        if self.role_sent {
+            return;
+        }
+        self.role_sent = true;
+        let chunk = self.chunk(json!({"role": "assistant", "content": ""}), None);
+        write_event(out, None, &chunk.to_string());
+    }
+
+    fn delta(&mut self, delta: Value, out: &mut Vec<u8>) {
+        self.ensure_role(out);
+        let chunk = self.chunk(delta, None);
+        write_event(out, None, &chunk.to_string());
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::ir::{FinishReason, StreamEvent};
+    use crate::protocol::openai_chat::StreamDecoder;
+    use crate::protocol::sse::SseEvent;
+    use crate::protocol::testkit;
+
+    fn decode(events: &[SseEvent]) -> Vec<StreamEvent> {
+        let mut decoder = StreamDecoder::new();
+        let mut out = Vec::new();
+        for event in events {
+            decoder.push(event, &mut out).expect("chunk decodes");
+        }
+        decoder.finish(&mut out).expect("stream ends");
+        out
+    }
+
+    fn recorded(name: &str) -> Vec<StreamEvent> {
+        decode(&testkit::parse_pieces(&[&testkit::stream_bytes(name)]))
+    }
+
+    /// The arguments of each tool call, joined, by IR index.
+    fn joined_calls(events: &[StreamEvent]) -> Vec<(String, String, String)> {
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        for event in events {
+            match event {
+                StreamEvent::ToolCallStart { index, id, name } => {
+                    assert_eq!(*index, calls.len());
+                    calls.push((id.clone(), name.clone(), String::new()));
+                }
+                StreamEvent::ToolCallArgsDelta { index, fragment } => {
+                    calls[*index].2.push_str(fragment)
+                }
+                _ => {}
+            }
+        }
+        calls
+    }
+
+    #[test]
+    fn recorded_streams_decode_the_same_however_they_are_split() {
+        let names: Vec<String> = testkit::all_streams()
+            .into_iter()
+            .filter(|name| name.starts_with("openai-chat/"))
+            .collect();
+        assert_eq!(names.len(), 8);
+        for name in &names {
+            let bytes = testkit::stream_bytes(name);
+            let whole = decode(&testkit::parse_pieces(&[&bytes]));
+            assert!(
+                matches!(whole.first(), Some(StreamEvent::Start { .. })),
+                "{name}"
+            );
+            assert!(
+                whole
+                    .iter()
+                    .any(|event| matches!(event, StreamEvent::Finish { .. })),
+                "{name}: no finish"
+            );
+            assert!(
+                !whole
+                    .iter()
+                    .any(|event| matches!(event, StreamEvent::Error { .. })),
+                "{name}: error"
+            );
+            let byte_pieces: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(
+                decode(&testkit::parse_pieces(&byte_pieces)),
+                whole,
+                "{name} bytewise"
+            );
+            for split in testkit::split_points(&bytes, 100) {
+                let (head, tail) = bytes.split_at(split);
+                assert_eq!(
+                    decode(&testkit::parse_pieces(&[head, tail])),
+                    whole,
+                    "{name} at {split}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tool_call_arguments_join_to_the_recorded_json() {
+        let events = recorded("openai-chat/tool-call-stream.sse");
+        let calls = joined_calls(&events);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].1, "get_weather");
+        assert_eq!(calls[0].2, r#"{"city":"New York City"}"#);
+        assert!(events.contains(&StreamEvent::Finish {
+            reason: FinishReason::ToolCalls
+        }));
+    }
+
+    #[test]
+    fn parallel_tool_calls_stay_separate() {
+        let calls = joined_calls(&recorded("openai-chat/parallel-tool-calls-stream.sse"));
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].0, "call_JMW1whyEaYG438VE1OIflxA2");
+        assert_eq!(calls[1].0, "call_DNYTawLBoN8fj3KN6qU9N1Ou");
+        for (_, _, arguments) in &calls {
+            serde_json::from_str::<serde_json::Value>(arguments).expect("arguments are JSON");
+        }
+    }
+
+    #[test]
+    fn deepseek_reasoning_comes_before_the_tool_call() {
+        let events = recorded("openai-chat/deepseek-reasoning-tool-call-stream.chunks.txt");
+        let first_reasoning = events
+            .iter()
+            .position(|event| matches!(event, StreamEvent::ReasoningDelta(_)))
+            .expect("reasoning");
+        let first_call = events
+            .iter()
+            .position(|event| matches!(event, StreamEvent::ToolCallStart { .. }))
+            .expect("tool call");
+        assert!(first_reasoning < first_call);
+        let usage = events.iter().rev().find_map(|event| match event {
+            StreamEvent::Usage(usage) => Some(*usage),
+            _ => None,
+        });
+        assert_eq!(usage.map(|usage| usage.cached_tokens), Some(320));
+    }
+
+    #[test]
+    fn length_and_obfuscated_streams() {
+        let length = recorded("openai-chat/length-finish-stream.sse");
+        assert!(length.contains(&StreamEvent::Finish {
+            reason: FinishReason::Length
+        }));
+        let obfuscated = recorded("openai-chat/text-stream-obfuscation.chunks.txt");
+        let usages = obfuscated
+            .iter()
+            .filter(|event| matches!(event, StreamEvent::Usage(_)))
+            .count();
+        assert_eq!(usages, 1, "usage only from the final chunk");
+    }
+}
