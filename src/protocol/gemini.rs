@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
-use crate::protocol::error::{parse_upstream_error, render_stream_error};
+use crate::protocol::error::{ErrorKind, parse_upstream_error, render_stream_error};
 use crate::protocol::ir::{
     ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
@@ -1492,7 +1492,7 @@ impl StreamDecoder {
     pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), ConvertError> {
         if !self.finished && !self.failed {
             out.push(StreamEvent::Error {
-                kind: crate::protocol::error::ErrorKind::Upstream,
+                kind: ErrorKind::Upstream,
                 message: "upstream stream ended before it finished".to_string(),
             });
         }
