@@ -81,3 +81,39 @@ fn chat_client_on_an_anthropic_channel_and_back() {
     assert_eq!(names.last().map(String::as_str), Some("message_stop"));
     assert!(names.iter().any(|name| name == "content_block_delta"));
 }
+
+#[test]
+fn anthropic_count_tokens_is_answered_locally() {
+    let gateway = TestGateway::start(databases::sqlite());
+    let token = gateway.admin_token();
+    let channel = gateway.create_channel(&token, json!({"name": "c", "type": "openai_chat", "base_urls": ["http://127.0.0.1:9/v1"], "keys": ["sk-unused-000000001"]}));
+    gateway.create_group(&token, json!({"name": "g", "items": [{"channel_id": channel, "model": "m"}]}));
+    let key = gateway.create_client_key(&token, json!({"name": "k"}));
+    let body = json!({"model": "g", "messages": [{"role": "user", "content": "x".repeat(400)}]});
+    let response = request(gateway.address, "POST", "/v1/messages/count_tokens", &[("x-api-key", &key)], body.to_string().as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let tokens = response.json()["input_tokens"].as_u64().unwrap();
+    assert!((100..110).contains(&tokens), "{tokens}");
+    let unknown = request(gateway.address, "POST", "/v1/messages/count_tokens", &[("x-api-key", &key)], br#"{"model":"nope","messages":[]}"#);
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["type"], "error");
+    let unauthenticated = request(gateway.address, "POST", "/v1/messages/count_tokens", &[], body.to_string().as_bytes());
+    assert_eq!(unauthenticated.status, 401);
+    assert_eq!(unauthenticated.json()["error"]["type"], "authentication_error");
+}
+
+#[test]
+fn server_level_errors_on_relay_paths_use_the_client_protocol_shape() {
+    let gateway = TestGateway::start_with(databases::sqlite(), |config| config.server.max_body_bytes = 1000);
+    let big = format!("{{\"model\":\"g\",\"pad\":\"{}\"}}", "x".repeat(5000));
+    let anthropic = request(gateway.address, "POST", "/v1/messages", &[], big.as_bytes());
+    assert_eq!(anthropic.status, 413);
+    assert_eq!(anthropic.json()["type"], "error");
+    assert_eq!(anthropic.json()["error"]["type"], "request_too_large");
+    let gemini = request(gateway.address, "POST", "/v1beta/models/g:generateContent", &[], big.as_bytes());
+    assert_eq!(gemini.status, 413);
+    assert_eq!(gemini.json()["error"]["code"], 413);
+    let admin = request(gateway.address, "POST", "/api/v1/channels", &[], big.as_bytes());
+    assert_eq!(admin.status, 413);
+    assert_eq!(admin.json()["error"]["type"], "request_too_large");
+}

@@ -11,11 +11,11 @@ use crate::protocol::ir::{
     ConvertError, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
 };
 use crate::protocol::sse::SseEvent;
-use crate::protocol::{anthropic, openai_chat, openai_responses};
+use crate::protocol::{anthropic, antigravity, gemini, openai_chat, openai_responses};
 
 /// What a conversion needs to know besides the bodies. Ids and times come from the caller, which
 /// keeps conversion free of clocks and randomness.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct ConvertContext {
     /// The model name the upstream knows; written into converted requests.
     pub upstream_model: String,
@@ -30,6 +30,10 @@ pub struct ConvertContext {
     /// The client asked for usage in its stream (Chat `stream_options.include_usage`; see
     /// [`client_wants_stream_usage`]). Other client formats always get usage.
     pub include_usage: bool,
+    /// The Antigravity account's Google Cloud project, for the request envelope.
+    pub antigravity_project: String,
+    /// A unique id for the upstream request (Antigravity's `requestId`); may be empty.
+    pub request_id: String,
 }
 
 /// Whether the client's request asks for usage in the stream: Chat only sends it when
@@ -45,7 +49,11 @@ pub fn client_wants_stream_usage(client: Format, body: &Value) -> bool {
 fn has_converters(format: Format) -> bool {
     matches!(
         format,
-        Format::OpenaiChat | Format::OpenaiResponses | Format::Anthropic
+        Format::OpenaiChat
+            | Format::OpenaiResponses
+            | Format::Anthropic
+            | Format::Gemini
+            | Format::Antigravity
     )
 }
 
@@ -79,6 +87,8 @@ pub fn convert_request(
         upstream_model: context.upstream_model.clone(),
         default_max_tokens: context.default_max_tokens,
         stream: context.stream,
+        antigravity_project: context.antigravity_project.clone(),
+        request_id: context.request_id.clone(),
     };
     let written = write_request(upstream, &request, &options)?;
     Ok(written.to_string().into_bytes())
@@ -97,8 +107,9 @@ pub fn convert_response(
     let value: Value = serde_json::from_slice(body).map_err(|error| {
         ConvertError::new("", format!("upstream response is not JSON: {error}"))
     })?;
-    let response = parse_response(upstream, &value)?;
-    let written = write_response(client, &response, &response_meta(context))?;
+    let meta = response_meta(context);
+    let response = parse_response(upstream, &value, &meta)?;
+    let written = write_response(client, &response, &meta)?;
     Ok(written.to_string().into_bytes())
 }
 
@@ -114,7 +125,8 @@ enum Decoder {
     OpenaiChat(openai_chat::StreamDecoder),
     OpenaiResponses(openai_responses::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
-    Unsupported(Format),
+    Gemini(gemini::StreamDecoder),
+    Antigravity(antigravity::StreamDecoder),
 }
 
 enum Encoder {
@@ -122,6 +134,7 @@ enum Encoder {
     OpenaiChat(openai_chat::StreamEncoder),
     OpenaiResponses(openai_responses::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
+    Gemini(gemini::StreamEncoder),
     Unsupported(Format),
 }
 
@@ -136,15 +149,16 @@ impl StreamTranscoder {
                 events: Vec::new(),
             };
         }
+        let meta = response_meta(context);
         let decoder = match upstream {
             Format::OpenaiChat => Decoder::OpenaiChat(openai_chat::StreamDecoder::new()),
             Format::OpenaiResponses => {
                 Decoder::OpenaiResponses(openai_responses::StreamDecoder::new())
             }
             Format::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
-            other => Decoder::Unsupported(other),
+            Format::Gemini => Decoder::Gemini(gemini::StreamDecoder::new(&meta)),
+            Format::Antigravity => Decoder::Antigravity(antigravity::StreamDecoder::new(&meta)),
         };
-        let meta = response_meta(context);
         let encoder = match client {
             Format::OpenaiChat => Encoder::OpenaiChat(openai_chat::StreamEncoder::new(
                 &meta,
@@ -154,6 +168,7 @@ impl StreamTranscoder {
                 Encoder::OpenaiResponses(openai_responses::StreamEncoder::new(&meta))
             }
             Format::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new(&meta)),
+            Format::Gemini => Encoder::Gemini(gemini::StreamEncoder::new(&meta)),
             other => Encoder::Unsupported(other),
         };
         StreamTranscoder {
@@ -174,7 +189,8 @@ impl StreamTranscoder {
             Decoder::OpenaiChat(decoder) => decoder.push(event, &mut self.events)?,
             Decoder::OpenaiResponses(decoder) => decoder.push(event, &mut self.events)?,
             Decoder::Anthropic(decoder) => decoder.push(event, &mut self.events)?,
-            Decoder::Unsupported(format) => return Err(not_implemented(*format)),
+            Decoder::Gemini(decoder) => decoder.push(event, &mut self.events)?,
+            Decoder::Antigravity(decoder) => decoder.push(event, &mut self.events)?,
         }
         self.encode_pending(out)
     }
@@ -184,10 +200,12 @@ impl StreamTranscoder {
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         self.events.clear();
         let flushed = match &mut self.decoder {
-            Decoder::PassThrough | Decoder::Unsupported(_) => return,
+            Decoder::PassThrough => return,
             Decoder::OpenaiChat(decoder) => decoder.finish(&mut self.events),
             Decoder::OpenaiResponses(decoder) => decoder.finish(&mut self.events),
             Decoder::Anthropic(decoder) => decoder.finish(&mut self.events),
+            Decoder::Gemini(decoder) => decoder.finish(&mut self.events),
+            Decoder::Antigravity(decoder) => decoder.finish(&mut self.events),
         };
         if flushed.is_err() || self.encode_pending(out).is_err() {
             return;
@@ -196,6 +214,7 @@ impl StreamTranscoder {
             Encoder::OpenaiChat(encoder) => encoder.finish(out),
             Encoder::OpenaiResponses(encoder) => encoder.finish(out),
             Encoder::Anthropic(encoder) => encoder.finish(out),
+            Encoder::Gemini(encoder) => encoder.finish(out),
             Encoder::PassThrough | Encoder::Unsupported(_) => {}
         }
     }
@@ -213,6 +232,11 @@ impl StreamTranscoder {
                 }
             }
             Encoder::Anthropic(encoder) => {
+                for event in &self.events {
+                    encoder.encode(event, out);
+                }
+            }
+            Encoder::Gemini(encoder) => {
                 for event in &self.events {
                     encoder.encode(event, out);
                 }
@@ -247,6 +271,7 @@ fn parse_request(format: Format, body: &Value) -> Result<Request, ConvertError> 
         Format::OpenaiChat => openai_chat::parse_request(body),
         Format::OpenaiResponses => openai_responses::parse_request(body),
         Format::Anthropic => anthropic::parse_request(body),
+        Format::Gemini => gemini::parse_request(body),
         other => Err(not_implemented(other)),
     }
 }
@@ -260,16 +285,23 @@ fn write_request(
         Format::OpenaiChat => openai_chat::write_request(request, options),
         Format::OpenaiResponses => openai_responses::write_request(request, options),
         Format::Anthropic => anthropic::write_request(request, options),
-        other => Err(not_implemented(other)),
+        Format::Gemini => gemini::write_request(request, options),
+        Format::Antigravity => antigravity::write_request(request, options),
     }
 }
 
-fn parse_response(format: Format, body: &Value) -> Result<Response, ConvertError> {
+/// Gemini and Antigravity name the calls they return after `meta.id`, since they send no ids.
+fn parse_response(
+    format: Format,
+    body: &Value,
+    meta: &ResponseMeta,
+) -> Result<Response, ConvertError> {
     match format {
         Format::OpenaiChat => openai_chat::parse_response(body),
         Format::OpenaiResponses => openai_responses::parse_response(body),
         Format::Anthropic => anthropic::parse_response(body),
-        other => Err(not_implemented(other)),
+        Format::Gemini => gemini::parse_response(body, meta),
+        Format::Antigravity => antigravity::parse_response(body, meta),
     }
 }
 
@@ -282,6 +314,7 @@ fn write_response(
         Format::OpenaiChat => Ok(openai_chat::write_response(response, meta)),
         Format::OpenaiResponses => Ok(openai_responses::write_response(response, meta)),
         Format::Anthropic => Ok(anthropic::write_response(response, meta)),
+        Format::Gemini => Ok(gemini::write_response(response, meta)),
         other => Err(not_implemented(other)),
     }
 }
@@ -297,6 +330,8 @@ mod tests {
     //! recorded body from the shared fixtures, and a stream input is
     //! `{"$fixture": "<stream file>"}` or `{"events": [{"event": name, "data": json}]}`, plus an
     //! optional `"include_usage"`. A failed conversion is written as `{"convert_error": {...}}`.
+    //! A request input may name the upstream model with `"$upstream_model"` (removed before the
+    //! conversion) when the output depends on it (Gemini 3, Claude on Antigravity).
 
     use std::path::{Path, PathBuf};
 
@@ -310,7 +345,7 @@ mod tests {
     use crate::protocol::ir::{Part, Request, Role, WriteOptions};
     use crate::protocol::sse::{SseEvent, SseParser, encode_event};
     use crate::protocol::testkit;
-    use crate::protocol::{anthropic, openai_chat, openai_responses};
+    use crate::protocol::{anthropic, gemini, openai_chat, openai_responses};
 
     fn testdata_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocol/testdata")
@@ -342,6 +377,8 @@ mod tests {
             response_id: "resp_test".to_string(),
             created_unix: 1_700_000_000,
             include_usage,
+            antigravity_project: "test-project".to_string(),
+            request_id: "agent-test".to_string(),
         }
     }
 
@@ -411,9 +448,15 @@ mod tests {
         let (kind, from, to) = parse_lane(lane);
         match kind {
             "request" => {
-                let body = resolve_input(input);
+                let mut body = resolve_input(input);
+                let upstream_model = body
+                    .as_object_mut()
+                    .and_then(|object| object.remove("$upstream_model"));
                 let stream = body["stream"].as_bool() == Some(true);
-                let context = context(stream, client_wants_stream_usage(from, &body));
+                let mut context = context(stream, client_wants_stream_usage(from, &body));
+                if let Some(Value::String(model)) = upstream_model {
+                    context.upstream_model = model;
+                }
                 match convert_request(from, to, &body, &context) {
                     Ok(bytes) => serde_json::from_slice(&bytes).expect("written request is JSON"),
                     Err(error) => error_output(error),
@@ -493,20 +536,34 @@ mod tests {
             lanes,
             [
                 "request_anthropic_to_chat",
+                "request_anthropic_to_gemini",
                 "request_anthropic_to_responses",
                 "request_chat_to_anthropic",
+                "request_chat_to_antigravity",
+                "request_chat_to_gemini",
                 "request_chat_to_responses",
+                "request_gemini_to_anthropic",
+                "request_gemini_to_chat",
                 "request_responses_to_anthropic",
                 "request_responses_to_chat",
                 "response_anthropic_to_chat",
                 "response_anthropic_to_responses",
+                "response_antigravity_to_chat",
                 "response_chat_to_anthropic",
+                "response_chat_to_gemini",
                 "response_chat_to_responses",
+                "response_gemini_to_anthropic",
+                "response_gemini_to_chat",
                 "response_responses_to_chat",
                 "stream_anthropic_to_chat",
+                "stream_anthropic_to_gemini",
                 "stream_anthropic_to_responses",
+                "stream_antigravity_to_chat",
                 "stream_chat_to_anthropic",
+                "stream_chat_to_gemini",
                 "stream_chat_to_responses",
+                "stream_gemini_to_anthropic",
+                "stream_gemini_to_chat",
                 "stream_responses_to_anthropic",
                 "stream_responses_to_chat",
             ]
@@ -599,6 +656,76 @@ mod tests {
     }
 
     #[test]
+    fn request_chat_to_gemini() {
+        check_lane("request_chat_to_gemini");
+    }
+
+    #[test]
+    fn request_anthropic_to_gemini() {
+        check_lane("request_anthropic_to_gemini");
+    }
+
+    #[test]
+    fn request_gemini_to_chat() {
+        check_lane("request_gemini_to_chat");
+    }
+
+    #[test]
+    fn request_gemini_to_anthropic() {
+        check_lane("request_gemini_to_anthropic");
+    }
+
+    #[test]
+    fn request_chat_to_antigravity() {
+        check_lane("request_chat_to_antigravity");
+    }
+
+    #[test]
+    fn response_gemini_to_chat() {
+        check_lane("response_gemini_to_chat");
+    }
+
+    #[test]
+    fn response_gemini_to_anthropic() {
+        check_lane("response_gemini_to_anthropic");
+    }
+
+    #[test]
+    fn response_chat_to_gemini() {
+        check_lane("response_chat_to_gemini");
+    }
+
+    #[test]
+    fn response_antigravity_to_chat() {
+        check_lane("response_antigravity_to_chat");
+    }
+
+    #[test]
+    fn stream_gemini_to_chat() {
+        check_lane("stream_gemini_to_chat");
+    }
+
+    #[test]
+    fn stream_gemini_to_anthropic() {
+        check_lane("stream_gemini_to_anthropic");
+    }
+
+    #[test]
+    fn stream_chat_to_gemini() {
+        check_lane("stream_chat_to_gemini");
+    }
+
+    #[test]
+    fn stream_anthropic_to_gemini() {
+        check_lane("stream_anthropic_to_gemini");
+    }
+
+    #[test]
+    fn stream_antigravity_to_chat() {
+        check_lane("stream_antigravity_to_chat");
+    }
+
+    #[test]
     fn same_format_requests_only_get_the_upstream_model() {
         let body = json!({"model": "my-group", "messages": [], "custom_field": {"kept": true}});
         let converted = convert_request(
@@ -636,16 +763,27 @@ mod tests {
     fn formats_not_implemented_yet_fail_with_a_convert_error() {
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         let context = context(false, false);
+        // No client speaks Antigravity, so it has no request parser and no stream encoder.
         let error =
-            convert_request(Format::OpenaiChat, Format::Gemini, &body, &context).unwrap_err();
+            convert_request(Format::Antigravity, Format::OpenaiChat, &body, &context).unwrap_err();
         assert_eq!(
             error.message,
-            "conversion for format gemini is not implemented yet"
+            "conversion for format antigravity is not implemented yet"
         );
-        assert!(
-            convert_response(Format::OpenaiResponses, Format::OpenaiChat, b"{}", &context).is_err()
+        let chat_body = testkit::provider_file("openai-chat/text-response.json");
+        let error = convert_response(
+            Format::OpenaiChat,
+            Format::Antigravity,
+            &chat_body,
+            &context,
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.message,
+            "conversion for format antigravity is not implemented yet"
         );
-        let mut transcoder = StreamTranscoder::new(Format::Gemini, Format::OpenaiChat, &context);
+        let mut transcoder =
+            StreamTranscoder::new(Format::OpenaiChat, Format::Antigravity, &context);
         let event = SseEvent {
             data: "{}".to_string(),
             ..SseEvent::default()
@@ -724,6 +862,43 @@ mod tests {
                 request.include_usage = false;
             }
             Format::OpenaiResponses => openai_responses_known_losses(&mut request),
+            Format::Gemini => {
+                // Consecutive turns of one role are merged into one content.
+                let mut merged: Vec<crate::protocol::ir::Message> = Vec::new();
+                for message in request.messages.drain(..) {
+                    match merged.last_mut() {
+                        Some(last) if last.role == message.role => last.parts.extend(message.parts),
+                        _ => merged.push(message),
+                    }
+                }
+                request.messages = merged;
+                // Gemini gets no call ids and the parser names calls by position, so ids are
+                // compared by order of first appearance. History without signatures gets the
+                // bypass value on its calls.
+                let mut renamed = std::collections::HashMap::new();
+                let mut rename = |id: &mut String| {
+                    let next = format!("id{}", renamed.len());
+                    *id = renamed.entry(id.clone()).or_insert(next).clone();
+                };
+                for part in request
+                    .messages
+                    .iter_mut()
+                    .flat_map(|message| &mut message.parts)
+                {
+                    match part {
+                        Part::ToolCall(call) => {
+                            rename(&mut call.id);
+                            if call.signature.as_ref().is_some_and(|signature| {
+                                signature.value == gemini::SIGNATURE_BYPASS
+                            }) {
+                                call.signature = None;
+                            }
+                        }
+                        Part::ToolResult(result) => rename(&mut result.call_id),
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
         request
@@ -794,25 +969,41 @@ mod tests {
             ("request_anthropic_to_chat", Format::Anthropic),
             ("request_responses_to_chat", Format::OpenaiResponses),
             ("request_responses_to_anthropic", Format::OpenaiResponses),
+            ("request_gemini_to_chat", Format::Gemini),
+            ("request_gemini_to_anthropic", Format::Gemini),
         ] {
             for case in cases(lane) {
-                let body = resolve_input(read_json(
+                let mut body = resolve_input(read_json(
                     &testdata_dir().join(lane).join(format!("{case}.in.json")),
                 ));
+                let upstream_model = body
+                    .as_object_mut()
+                    .and_then(|object| object.remove("$upstream_model"));
                 let parse = |body: &Value| match format {
                     Format::OpenaiChat => openai_chat::parse_request(body),
                     Format::OpenaiResponses => openai_responses::parse_request(body),
+                    Format::Gemini => gemini::parse_request(body),
                     _ => anthropic::parse_request(body),
                 };
                 let Ok(first) = parse(&body) else { continue };
+                // A Gemini body names no model; thinking levels only survive on Gemini 3.
+                let default_model = match format {
+                    Format::Gemini => "gemini-3-pro-preview".to_string(),
+                    _ => first.model.clone(),
+                };
                 let options = WriteOptions {
-                    upstream_model: first.model.clone(),
+                    upstream_model: match upstream_model {
+                        Some(Value::String(model)) => model,
+                        _ => default_model,
+                    },
                     default_max_tokens: 4096,
                     stream: first.stream,
+                    ..WriteOptions::default()
                 };
                 let written = match format {
                     Format::OpenaiChat => openai_chat::write_request(&first, &options),
                     Format::OpenaiResponses => openai_responses::write_request(&first, &options),
+                    Format::Gemini => gemini::write_request(&first, &options),
                     _ => anthropic::write_request(&first, &options),
                 };
                 let Ok(written) = written else { continue };
@@ -829,6 +1020,6 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(checked >= 10, "only {checked} requests were round-tripped");
+        assert!(checked >= 20, "only {checked} requests were round-tripped");
     }
 }

@@ -1917,7 +1917,7 @@ mod stream_tests {
     use crate::protocol::ir::{FinishReason, ResponseMeta, StreamEvent};
     use crate::protocol::openai_responses::{StreamDecoder, StreamEncoder};
     use crate::protocol::sse::SseEvent;
-    use crate::protocol::{anthropic, openai_chat, testkit};
+    use crate::protocol::{anthropic, gemini, openai_chat, testkit};
 
     fn decode(events: &[SseEvent]) -> Vec<StreamEvent> {
         let mut decoder = StreamDecoder::new();
@@ -2153,6 +2153,12 @@ mod stream_tests {
                     decoder.push(event, &mut out).unwrap();
                 }
                 decoder.finish(&mut out).unwrap();
+            } else if name.starts_with("gemini/") {
+                let mut decoder = gemini::StreamDecoder::new(&meta());
+                for event in &events {
+                    decoder.push(event, &mut out).unwrap();
+                }
+                decoder.finish(&mut out).unwrap();
             } else {
                 continue;
             }
@@ -2165,13 +2171,16 @@ mod stream_tests {
         streams
     }
 
-    fn encode(events: &[StreamEvent]) -> Vec<u8> {
-        let meta = ResponseMeta {
+    fn meta() -> ResponseMeta {
+        ResponseMeta {
             id: "resp_gateway".to_string(),
             model: "gateway-model".to_string(),
             created_unix: 1_700_000_000,
-        };
-        let mut encoder = StreamEncoder::new(&meta);
+        }
+    }
+
+    fn encode(events: &[StreamEvent]) -> Vec<u8> {
+        let mut encoder = StreamEncoder::new(&meta());
         let mut out = Vec::new();
         for event in events {
             encoder.encode(event, &mut out);
@@ -2435,6 +2444,7 @@ mod body_tests {
             upstream_model: "gpt-5-mini".to_string(),
             default_max_tokens: 4096,
             stream: false,
+            ..WriteOptions::default()
         };
         let written = write_request(&request, &options).unwrap();
         let item = &written["input"][1];
@@ -2468,6 +2478,7 @@ mod body_tests {
                 upstream_model: "m".to_string(),
                 default_max_tokens: 4096,
                 stream: false,
+                ..WriteOptions::default()
             };
             let written = write_request(&request, &options).unwrap();
             assert_eq!(

@@ -20,6 +20,8 @@ pub enum RelayError {
     QuotaExceeded(String),
     /// 404: no group has this name.
     UnknownModel(String),
+    /// 404: no relay endpoint at this path.
+    NotFound(String),
     /// 503: the group has no item that could serve this request (disabled channels, no keys,
     /// every key cooling down or every breaker open).
     NoAvailableChannel(String),
@@ -41,7 +43,7 @@ impl RelayError {
             RelayError::Unauthenticated(message) => (401, ErrorKind::Authentication, message),
             RelayError::ModelNotAllowed(message) => (403, ErrorKind::PermissionDenied, message),
             RelayError::QuotaExceeded(message) => (429, ErrorKind::RateLimited, message),
-            RelayError::UnknownModel(message) => (404, ErrorKind::NotFound, message),
+            RelayError::UnknownModel(message) | RelayError::NotFound(message) => (404, ErrorKind::NotFound, message),
             RelayError::NoAvailableChannel(message) => (503, ErrorKind::Overloaded, message),
             RelayError::UpstreamUnreachable(message) => (502, ErrorKind::Upstream, message),
             RelayError::UpstreamTimeout(message) => (504, ErrorKind::Timeout, message),

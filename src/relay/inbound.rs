@@ -39,7 +39,9 @@ pub fn route(method: &str, path: &str) -> Option<RelayRoute> {
         ("GET", "/v1/models") => Some(RelayRoute::ListModels),
         ("GET", "/v1beta/models") => Some(RelayRoute::ListGeminiModels),
         ("POST", _) => {
-            let rest = path.strip_prefix("/v1beta/models/")?;
+            // The Google GenAI SDKs call `/v1beta/...` by default, but `/v1/...` (and `/v1alpha`)
+            // when configured or with a custom base URL; all mean the same here.
+            let rest = ["/v1beta/models/", "/v1/models/", "/v1alpha/models/"].iter().find_map(|prefix| path.strip_prefix(prefix))?;
             let (model, method_name) = rest.rsplit_once(':')?;
             let stream = match method_name {
                 "generateContent" => false,
@@ -55,7 +57,7 @@ pub fn route(method: &str, path: &str) -> Option<RelayRoute> {
 /// The client protocol a path belongs to, used to shape errors even for requests that fail
 /// before they are understood.
 pub fn format_for_path(path: &str) -> Format {
-    if path.starts_with("/v1beta/") {
+    if path.starts_with("/v1beta/") || path.starts_with("/v1alpha/") || (path.starts_with("/v1/models/") && path.contains(':')) {
         Format::Gemini
     } else if path == "/v1/messages" {
         Format::Anthropic
@@ -114,6 +116,9 @@ mod tests {
         }
         assert!(matches!(route("POST", "/v1beta/models/a%2Fb:generateContent"), Some(RelayRoute::GeminiGenerate { model, stream: false }) if model == "a/b"));
         assert!(route("POST", "/v1beta/models/x:countTokens").is_none());
+        assert!(matches!(route("POST", "/v1/models/g:generateContent"), Some(RelayRoute::GeminiGenerate { model, stream: false }) if model == "g"));
+        assert_eq!(format_for_path("/v1/models/g:streamGenerateContent"), Format::Gemini);
+        assert_eq!(format_for_path("/v1/models"), Format::OpenaiChat);
         assert!(route("GET", "/v1/chat/completions").is_none());
         assert!(matches!(route("GET", "/v1/models"), Some(RelayRoute::ListModels)));
     }
