@@ -34,8 +34,28 @@ fn official_sdks_get_answers_and_streams_in_pieces() {
         gateway.create_group(&token, json!({"name": group, "items": [{"channel_id": channel, "model": format!("{group}-upstream")}]}));
     }
     let key = gateway.create_client_key(&token, json!({"name": "sdk"}));
+    // Same protocol on both sides (pass-through) first, then every SDK on a group whose channel
+    // speaks another protocol (Claude Code on an OpenAI channel, Codex on Anthropic, ...).
+    let pass_through = ["sdk-chat", "sdk-responses", "sdk-anthropic", "sdk-gemini"];
+    let converted = ["sdk-anthropic", "sdk-gemini", "sdk-chat", "sdk-responses"];
+    for groups in [pass_through, converted] {
+        run_sdk_script(&python, gateway.address, &key, groups);
+    }
+    // The SDKs' own headers reached the upstream in pass-through (minus the client's key).
+    let requests = mock.requests();
+    assert!(requests.iter().any(|request| request.header("x-stainless-lang").is_some()));
+    assert!(requests.iter().all(|request| !request.headers.iter().any(|(_, value)| value.contains(&key))));
+}
+
+fn run_sdk_script(python: &str, address: std::net::SocketAddr, key: &str, groups: [&str; 4]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/clients.py");
-    let output = Command::new(&python).arg(script).arg(format!("http://{}", gateway.address)).arg(&key).output().expect("run the SDK script");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(format!("http://{address}"))
+        .arg(key)
+        .args(groups)
+        .output()
+        .expect("run the SDK script");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "SDK script failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let results: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
@@ -55,14 +75,10 @@ fn official_sdks_get_answers_and_streams_in_pieces() {
         ]
     );
     for result in &results[..8] {
-        assert_eq!(result["text"], "Hello from the mock", "{result}");
+        assert_eq!(result["text"], "Hello from the mock", "{groups:?}: {result}");
         if result["call"].as_str().unwrap().contains("stream") {
             assert!(result["chunks"].as_u64().unwrap() >= 4, "streamed text must arrive in several pieces: {result}");
         }
     }
     assert_eq!(results[8]["text"], "sdk-anthropic,sdk-chat,sdk-gemini,sdk-responses");
-    // The SDKs' own headers reached the upstream in pass-through (minus the client's key).
-    let requests = mock.requests();
-    assert!(requests.iter().any(|request| request.header("x-stainless-lang").is_some()));
-    assert!(requests.iter().all(|request| !request.headers.iter().any(|(_, value)| value.contains(&key))));
 }
