@@ -2,7 +2,6 @@
 //! keys and endpoints, and the answer (complete or streamed).
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use crate::protocol::Format;
 use crate::relay::balancer::{order_items, CandidateItem};
 use crate::relay::breaker::{BreakerDecision, BreakerKey};
 use crate::relay::client_auth::{authenticate, may_use_model};
+use crate::relay::disconnect::{DisconnectWatch, WatchGuard};
 use crate::relay::error::RelayError;
 use crate::relay::inbound::{parse_call, InboundCall, RelayRoute};
 use crate::relay::key_pool::KeyPick;
@@ -38,8 +38,6 @@ const MAX_RESPONSE_BODY_BYTES: u64 = 256 * 1024 * 1024;
 /// Our read buffer for upstream streams. ureq keeps its own 16 KiB buffer; this one only needs
 /// to hold a few events, and a smaller one keeps the memory of each open stream down.
 const STREAM_READ_BUFFER_BYTES: usize = 4 * 1024;
-/// How often a waiting request checks whether its client is still there.
-const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The deadlines of one call.
 #[derive(Clone, Copy)]
@@ -206,7 +204,7 @@ fn generate(
     };
 
     let control = CallControl::new();
-    let watchdog = ClientWatchdog::start(request.client, control.clone());
+    let watchdog = DisconnectWatch::global().register(request.client, control.clone());
     let budget = RetryBudget::new(max_attempts, state.health.now_ms(), total_ms);
     let mut attempts_made: u32 = 0;
     let mut last_error: Option<RelayError> = None;
@@ -629,7 +627,7 @@ fn pump(
     first_events: Vec<SseEvent>,
     control: CallControl,
     stream_idle: Duration,
-    watchdog: ClientWatchdog,
+    watchdog: WatchGuard,
     mut trace: CallTrace,
 ) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(4096);
@@ -705,36 +703,4 @@ fn pump(
     let written = if out.is_empty() { Ok(()) } else { writer.write_chunk(&out) };
     trace.finish(state, 200, None);
     written
-}
-
-/// Polls the client socket while a request waits on an upstream, and cancels the upstream
-/// call as soon as the client is gone, so no upstream work continues for nobody.
-struct ClientWatchdog {
-    stop: Arc<AtomicBool>,
-}
-
-impl ClientWatchdog {
-    fn start(client: crate::http::ClientProbe, control: CallControl) -> ClientWatchdog {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        may::go!(move || {
-            while !stop_flag.load(Ordering::Relaxed) {
-                may::coroutine::sleep(CLIENT_CHECK_INTERVAL);
-                if stop_flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                if client.is_closed() {
-                    control.cancel();
-                    break;
-                }
-            }
-        });
-        ClientWatchdog { stop }
-    }
-}
-
-impl Drop for ClientWatchdog {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }

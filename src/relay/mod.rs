@@ -8,6 +8,7 @@ pub mod balancer;
 pub mod breaker;
 pub mod client_auth;
 pub mod count_tokens;
+pub mod disconnect;
 pub mod endpoint_pick;
 pub mod error;
 pub mod forward;
