@@ -503,13 +503,16 @@ fn run_attempt(
             detail: "no event stream".to_string(),
         };
     }
-    // Read until the first complete event: until then nothing has reached the client and a
-    // failure may still go to another upstream.
+    // Read until the first complete event with data: until then nothing has reached the client
+    // and a failure may still go to another upstream. Blocks without data (comment keep-alives
+    // sent while the model starts, or stray text such as an HTML error page) do not count: an
+    // error event or the end of the stream may still follow them.
     let mut parser = SseParser::new(state.config.relay.max_sse_event_size);
     let mut first_events = Vec::new();
     let mut body = response.body;
     let mut buffer = vec![0u8; STREAM_READ_BUFFER_BYTES];
-    while first_events.is_empty() {
+    let has_data_event = |events: &[SseEvent]| events.iter().any(|event| !event.data.is_empty());
+    while !has_data_event(&first_events) {
         let remaining = first_byte_deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return transport_failure(UpstreamError::Timeout("first event".to_string()), control, false);
@@ -528,7 +531,7 @@ fn run_attempt(
                 detail: format!("stream error: {error}"),
             };
         }
-        if matches!(read, Ok(0)) && first_events.is_empty() {
+        if matches!(read, Ok(0)) && !has_data_event(&first_events) {
             return AttemptResult::Failed {
                 outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
                 error: RelayError::UpstreamUnreachable("the upstream closed the stream before any event".to_string()),
