@@ -248,7 +248,7 @@ fn generate(
                 }
                 if request.client.is_closed() || control.is_cancelled() {
                     trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, "client gone".to_string()));
-                    return Err(RelayError::InvalidRequest("the client closed the connection".to_string()));
+                    return Err(RelayError::ClientGone("the client closed the connection".to_string()));
                 }
                 let base_url = channel.base_urls[endpoint_index].clone();
                 attempts_made += 1;
@@ -575,7 +575,7 @@ fn transport_failure(error: UpstreamError, control: &CallControl, after_first_by
     if control.is_cancelled() {
         return AttemptResult::Failed {
             outcome: AttemptOutcome::ClientGone,
-            error: RelayError::InvalidRequest("the client closed the connection".to_string()),
+            error: RelayError::ClientGone("the client closed the connection".to_string()),
             detail: "client gone".to_string(),
         };
     }
@@ -664,7 +664,10 @@ fn pump(
             Ok(0) => parser.finish(&mut events).map(|_| true),
             Ok(count) => parser.push(&buffer[..count], &mut events).map(|_| false),
             Err(error) => {
-                if !control.is_cancelled() {
+                if control.is_cancelled() {
+                    // Only the client watchdog cancels: the client left while we waited upstream.
+                    client_error = Some(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "the client closed the connection"));
+                } else {
                     let upstream_error = UpstreamError::from_io_error(&error);
                     stream_error = Some(match upstream_error {
                         UpstreamError::Timeout(_) => format!("the upstream sent nothing for {} s", stream_idle.as_secs()),
