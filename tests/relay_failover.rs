@@ -5,11 +5,14 @@
 
 mod support;
 
+use std::net::TcpStream;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use support::lanes::{Lane, ANTHROPIC, GEMINI, OPENAI_RESPONSES};
+use octopus::relay::key_pool::CooldownReason;
+use support::lanes::{Lane, ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES};
 use support::mock_upstream::{default_reply, error_reply, fail_by_model, with_header, MockUpstream, RecordedRequest, Reply};
 use support::relay_fixture::{dead_base_url, RelayFixture, GROUP};
 
@@ -33,32 +36,39 @@ fn first_key_fails(bad_reply: impl Fn(&RecordedRequest) -> Reply + Send + Sync +
 }
 
 fn auth_failure_on_a_key_moves_to_the_next_key_of_the_channel(lane: &Lane) {
-    let format = lane.channel_type;
-    let mock = first_key_fails(move |_| error_reply(format, 401, "invalid x-api-key"));
-    let fixture = RelayFixture::start();
-    let channel = fixture.channel(lane, "two-keys", &[lane.base_url(&mock.base_url())], &["sk-key-a-000000001", "sk-key-b-000000002"]);
-    fixture.group(json!({"name": GROUP, "items": [{"channel_id": channel, "model": "m"}]}));
+    for status in [401, 403] {
+        let format = lane.channel_type;
+        let mock = first_key_fails(move |_| error_reply(format, status, "this key is not valid"));
+        let fixture = RelayFixture::start();
+        let channel = fixture.channel(lane, "two-keys", &[lane.base_url(&mock.base_url())], &["sk-key-a-000000001", "sk-key-b-000000002"]);
+        fixture.group(json!({"name": GROUP, "items": [{"channel_id": channel, "model": "m"}]}));
 
-    let response = fixture.call(lane, GROUP, false);
-    assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(lane.text(&response.json()), "Hello from the mock");
-    let seen = mock.requests();
-    assert_eq!(seen.len(), 2, "the bad key, then the other key");
-    let bad_key = lane.upstream_key(&seen[0]).unwrap().to_string();
-    assert_ne!(lane.upstream_key(&seen[1]).unwrap(), bad_key);
+        let response = fixture.call(lane, GROUP, false);
+        assert_eq!(response.status, 200, "{status}: {}", response.text());
+        assert_eq!(lane.text(&response.json()), "Hello from the mock");
+        let seen = mock.requests();
+        assert_eq!(seen.len(), 2, "{status}: the bad key, then the other key");
+        let bad_key = lane.upstream_key(&seen[0]).unwrap().to_string();
+        assert_ne!(lane.upstream_key(&seen[1]).unwrap(), bad_key);
 
-    let record = &fixture.records(1)[0];
-    let statuses: Vec<Option<u16>> = record.attempts.iter().map(|attempt| attempt.status).collect();
-    assert_eq!(statuses, [Some(401), Some(200)], "{:?}", record.attempts);
-    assert!(record.attempts.iter().all(|attempt| attempt.channel_id == channel), "both attempts on the same channel");
+        let record = &fixture.records(1)[0];
+        let statuses: Vec<Option<u16>> = record.attempts.iter().map(|attempt| attempt.status).collect();
+        assert_eq!(statuses, [Some(status), Some(200)], "{:?}", record.attempts);
+        assert!(record.attempts.iter().all(|attempt| attempt.channel_id == channel), "both attempts on the same channel");
+        let cooldowns = fixture.key_cooldowns();
+        assert_eq!(cooldowns.len(), 1, "{cooldowns:?}");
+        assert_eq!(cooldowns[0].key_id, record.attempts[0].key_id);
+        assert_eq!(cooldowns[0].reason, CooldownReason::AuthFailed);
+        assert!(cooldowns[0].remaining_ms > 20 * 60_000, "an auth failure benches the key for long: {cooldowns:?}");
 
-    // The key that failed auth is benched: later requests go straight to the good key.
-    for _ in 0..3 {
-        assert_eq!(fixture.call(lane, GROUP, true).status, 200);
+        // The benched key is left alone: later requests go straight to the good key.
+        for _ in 0..3 {
+            assert_eq!(fixture.call(lane, GROUP, true).status, 200);
+        }
+        let seen = mock.requests();
+        assert_eq!(seen.len(), 5);
+        assert!(seen[2..].iter().all(|request| lane.upstream_key(request) != Some(bad_key.as_str())), "{status}: the benched key was used again");
     }
-    let seen = mock.requests();
-    assert_eq!(seen.len(), 5);
-    assert!(seen[2..].iter().all(|request| lane.upstream_key(request) != Some(bad_key.as_str())), "the benched key was used again");
 }
 
 // See: Octopus issue #245 (a 429 never put the key in cooldown, so it kept being chosen).
@@ -77,6 +87,11 @@ fn r245_rate_limited_key_cools_down_and_the_next_request_skips_it(lane: &Lane) {
     let record = &fixture.records(1)[0];
     assert_eq!(record.attempts[0].status, Some(429));
     assert_eq!(record.attempts[1].status, Some(200));
+    let cooldowns = fixture.key_cooldowns();
+    assert_eq!(cooldowns.len(), 1, "{cooldowns:?}");
+    assert_eq!(cooldowns[0].key_id, record.attempts[0].key_id);
+    assert_eq!(cooldowns[0].reason, CooldownReason::RateLimited);
+    assert!((25_000..=30_000).contains(&cooldowns[0].remaining_ms), "Retry-After: 30 is honoured: {cooldowns:?}");
 
     // Least-recently-used rotation alone would pick the rate-limited key next; the 30 s
     // cooldown must keep it out.
@@ -118,21 +133,23 @@ fn client_errors_from_the_upstream_are_final(lane: &Lane) {
     let mock = MockUpstream::start(fail_by_model(lane.channel_type));
     let fixture = RelayFixture::start();
     let channel = fixture.channel(lane, "main", &[lane.base_url(&mock.base_url())], &["sk-key-000000001"]);
-    fixture.failover_group("after-400", channel, &["fail-400", "healthy"], json!({}));
-    fixture.failover_group("after-404", channel, &["fail-404", "healthy"], json!({}));
+    for status in [400, 404, 413, 422] {
+        fixture.failover_group(&format!("after-{status}"), channel, &[&format!("fail-{status}"), "healthy"], json!({}));
+    }
 
-    for (group, status) in [("after-400", 400), ("after-404", 404)] {
+    for status in [400, 404, 413, 422] {
         for stream in [false, true] {
-            let response = fixture.call(lane, group, stream);
+            let response = fixture.call(lane, &format!("after-{status}"), stream);
             let parts = lane.error_parts(&response, status);
             assert_eq!(parts.message, format!("fail-{status} said no"), "the upstream's own explanation reaches the client");
         }
         assert_eq!(mock.hits_for_model(&format!("fail-{status}")), 2, "hit once per request, never retried");
     }
     assert_eq!(mock.hits_for_model("healthy"), 0, "a final answer is not retried elsewhere");
-    for record in fixture.records(4) {
+    let records = fixture.records(8);
+    for (record, status) in records.iter().zip([400, 400, 404, 404, 413, 413, 422, 422]) {
         assert_eq!(record.attempts.len(), 1, "{:?}", record.attempts);
-        assert!(record.status == 400 || record.status == 404);
+        assert_eq!(record.status, status);
     }
 }
 
@@ -208,6 +225,41 @@ fn dead_endpoint_fails_over_to_the_next_base_url_and_is_demoted() {
         assert_eq!(tried, [live.as_str()], "the demoted URL is no longer tried first");
     }
     assert_eq!(mock.request_count(), 3);
+}
+
+#[test]
+fn endpoint_that_starts_refusing_is_demoted_below_a_slower_one() {
+    let lane = OPENAI_CHAT;
+    // The fast mock closes every connection after answering, so no pooled connection outlives it.
+    let fast = MockUpstream::start(|request| with_header(default_reply(request), "connection", "close"));
+    let slow = MockUpstream::start(|request| Reply::Delayed(Duration::from_millis(150), Box::new(default_reply(request))));
+    let fixture = RelayFixture::start();
+    let fast_address = fast.address;
+    let (fast_url, slow_url) = (lane.base_url(&fast.base_url()), lane.base_url(&slow.base_url()));
+    let channel = fixture.channel(&lane, "two-urls", &[fast_url.clone(), slow_url.clone()], &["sk-key-000000001"]);
+    fixture.group(json!({"name": GROUP, "items": [{"channel_id": channel, "model": "m"}]}));
+    let tried_urls = |record_index: usize| -> Vec<String> {
+        fixture.records(record_index + 1)[record_index].attempts.iter().map(|attempt| attempt.base_url.clone()).collect()
+    };
+
+    // Both URLs unmeasured: the listed order, and the fast one is measured fast.
+    assert_eq!(fixture.call(&lane, GROUP, false).status, 200);
+    assert_eq!(tried_urls(0), [fast_url.clone()]);
+
+    drop(fast);
+    let refused_by = Instant::now() + Duration::from_secs(1);
+    while TcpStream::connect(fast_address).is_ok() && Instant::now() < refused_by {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(TcpStream::connect(fast_address).is_err(), "the fast mock's port is closed");
+
+    // The fast URL goes first by latency, is refused, and the slow one answers.
+    assert_eq!(fixture.call(&lane, GROUP, false).status, 200);
+    assert_eq!(tried_urls(1), [fast_url.clone(), slow_url.clone()]);
+
+    // Demoted: despite its better latency the refusing URL now comes after the slow one.
+    assert_eq!(fixture.call(&lane, GROUP, true).status, 200);
+    assert_eq!(tried_urls(2), [slow_url.clone()]);
 }
 
 #[test]

@@ -114,22 +114,46 @@ fn stream_opening_with_an_error_event_moves_to_the_next_item(lane: &Lane) {
 
 fn oversized_event_ends_the_stream_with_an_error_event(lane: &Lane) {
     let huge_word = "x".repeat(16 * 1024);
+    let format = lane.channel_type;
     let mock = MockUpstream::start(move |request: &RecordedRequest| match request.model().as_str() {
-        "huge" => stream_reply(request, &["Hello", " from", &huge_word, " the", " mock"], Duration::from_millis(10), StreamEnd::Finish),
+        "huge" => {
+            let mut events = stream_events(format, "huge", &["Hello", " from", &huge_word, " the", " mock"]);
+            // The " from" event travels in the same write as the oversized one, so both arrive
+            // in one read: the complete event before the oversized one must still go out.
+            let huge_index = events.iter().position(|event| event.len() > 16 * 1024).expect("the oversized event");
+            let huge_event = events.remove(huge_index);
+            events[huge_index - 1].push_str(&huge_event);
+            // 80 ms apart, so the first events are forwarded before the oversized one arrives.
+            Reply::Sse { events, gap: Duration::from_millis(80), end: StreamEnd::Finish }
+        }
+        "huge-first" => {
+            let events = stream_events(format, "huge-first", &[&huge_word]);
+            let huge_event = events.into_iter().find(|event| event.len() > 16 * 1024).expect("the oversized event");
+            Reply::Sse { events: vec![huge_event], gap: Duration::ZERO, end: StreamEnd::Finish }
+        }
         _ => default_reply(request),
     });
     let fixture = RelayFixture::start_with(|config| config.relay.max_sse_event_size = 4096);
     let channel = fixture.channel(lane, "main", &[lane.base_url(&mock.base_url())], &["sk-key-000000001"]);
-    fixture.failover_group("huge-group", channel, &["huge"], json!({}));
+    fixture.failover_group("huge-later", channel, &["huge", "healthy"], json!({}));
+    fixture.failover_group("huge-first", channel, &["huge-first", "healthy"], json!({}));
     fixture.failover_group(GROUP, channel, &["healthy"], json!({}));
 
-    let response = fixture.call(lane, "huge-group", true);
+    let response = fixture.call(lane, "huge-later", true);
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(lane.stream_text(&response.body), "Hello from", "the stream stops at the oversized event");
+    assert_eq!(lane.stream_text(&response.body), "Hello from", "the stream stops at the oversized event: {}", response.text());
     let message = lane.stream_error(&response.body).unwrap_or_else(|| panic!("no error event in the client's format: {}", response.text()));
     assert!(message.contains("4096"), "the error names the limit: {message}");
     assert!(!response.text().contains("xxxxxxxx"), "no part of the oversized event is forwarded");
     assert_eq!(mock.hits_for_model("huge"), 1);
+    assert_eq!(mock.hits_for_model("healthy"), 0, "not retried after events reached the client");
+
+    // Before anything reached the client, an oversized event is a failed attempt like any other.
+    let response = fixture.call(lane, "huge-first", true);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(lane.stream_text(&response.body), "Hello from the mock");
+    assert_eq!(mock.hits_for_model("huge-first"), 1);
+    assert!(fixture.records(2)[1].attempts[0].outcome.contains("4096"), "{:?}", fixture.records(2)[1].attempts);
 
     // The gateway is unharmed and serves the next request.
     let next = fixture.call(lane, GROUP, true);

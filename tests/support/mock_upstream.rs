@@ -71,6 +71,8 @@ pub enum Reply {
     StallBeforeHead(Duration),
     /// Close the connection without answering.
     Close,
+    /// Wait this long, then answer with the inner reply (a slow but healthy upstream).
+    Delayed(Duration, Box<Reply>),
     /// Write these bytes as they are (status line, headers and whatever body), then end as
     /// `end` says (`Finish` closes the connection): for truncated or malformed answers.
     Raw { bytes: String, end: StreamEnd },
@@ -196,7 +198,13 @@ fn serve_connection(stream: TcpStream, observations: &Observations, script: &Scr
     loop {
         let Some(request) = read_request(&mut reader) else { return };
         observations.requests.lock().unwrap().push(request.clone());
-        let keep_open = match script(&request) {
+        let mut reply = script(&request);
+        while let Reply::Delayed(delay, inner) = reply {
+            std::thread::sleep(delay);
+            reply = *inner;
+        }
+        let keep_open = match reply {
+            Reply::Delayed(..) => unreachable!("delays were unwrapped above"),
             Reply::Json { status, headers, body } => {
                 let mut head = format!("HTTP/1.1 {status} Mock\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
                 for (name, value) in headers {

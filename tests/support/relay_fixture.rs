@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use serde_json::{json, Value};
 
 use octopus::config::Config;
+use octopus::relay::key_pool::KeyCooldown;
 use octopus::relay::record::RequestRecord;
 
 use crate::support::databases;
@@ -98,6 +99,13 @@ impl RelayFixture {
         headers.extend(auth_headers.iter().map(|(name, value)| (*name, value.as_str())));
         headers.extend_from_slice(extra_headers);
         request(self.gateway.address, "POST", path, &headers, body)
+    }
+
+    /// The channel keys cooling down right now (after a 429, 401/403 or exhausted quota).
+    pub fn key_cooldowns(&self) -> Vec<KeyCooldown> {
+        let relay = &self.gateway.gateway.as_ref().expect("the gateway is running").relay;
+        let now_ms = relay.health.now_ms();
+        relay.health.lock().keys.cooling_keys(now_ms)
     }
 
     /// The finished-request records, once at least `count` exist.
