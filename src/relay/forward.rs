@@ -688,6 +688,11 @@ fn pump(
                 }
             }
             Err(error) => {
+                // The events completed before the bad one in this same read are whole: send them.
+                if let Err(write_error) = send_events(&events, &mut translator, &mut trace) {
+                    client_error = Some(write_error);
+                    break;
+                }
                 stream_error = Some(error.to_string());
                 break;
             }
