@@ -207,7 +207,11 @@ fn generate(
 
     let control = CallControl::new();
     let watchdog = ClientWatchdog::start(request.client, control.clone());
-    let budget = RetryBudget::new(max_attempts, state.health.now_ms(), total_ms);
+    // The budget's deadline is the request's own start plus the total timeout, the same instant
+    // every attempt's timeouts are cut to: started from a later clock reading, it let an attempt
+    // begin after the request's time was up.
+    let elapsed_ms = trace.started.elapsed().as_millis() as u64;
+    let budget = RetryBudget::new(max_attempts, state.health.now_ms().saturating_sub(elapsed_ms), total_ms);
     let mut attempts_made: u32 = 0;
     let mut last_error: Option<RelayError> = None;
     let mut skipped_reasons: Vec<String> = Vec::new();
@@ -243,7 +247,8 @@ fn generate(
             }
             let endpoint_order = state.health.lock().endpoints.order_endpoints(channel.id, &channel.base_urls);
             for endpoint_index in endpoint_order {
-                if !budget.may_try_again(attempts_made, state.health.now_ms()) {
+                // The remaining-time check covers the budget's millisecond rounding.
+                if !budget.may_try_again(attempts_made, state.health.now_ms()) || deadlines.remaining().is_zero() {
                     break 'items;
                 }
                 if request.client.is_closed() || control.is_cancelled() {
