@@ -6,12 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use support::http_client::sse_events;
-use support::lanes::{Lane, GEMINI, OPENAI_CHAT};
-use support::mock_upstream::{paced_reply, MockUpstream};
-use support::relay_fixture::{RelayFixture, GROUP, UPSTREAM_MODEL};
+use support::lanes::{GEMINI, Lane, OPENAI_CHAT};
+use support::mock_upstream::{MockUpstream, paced_reply};
+use support::relay_fixture::{GROUP, RelayFixture, UPSTREAM_MODEL};
 
 const CHANNEL_KEY: &str = "sk-channel-secret-0001";
 const DEFAULT_TEXT: &str = "Hello from the mock";
@@ -34,13 +34,20 @@ fn non_stream_answer_passes_through_with_model_rewritten_and_channel_key(lane: &
     let seen = mock.requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, lane.upstream_path(UPSTREAM_MODEL, false));
-    assert_eq!(seen[0].model(), UPSTREAM_MODEL, "the group name is rewritten to the item's model");
+    assert_eq!(
+        seen[0].model(),
+        UPSTREAM_MODEL,
+        "the group name is rewritten to the item's model"
+    );
     assert_eq!(lane.upstream_key(&seen[0]), Some(CHANNEL_KEY));
     let sent_body = seen[0].json();
     let client_body = lane.body(GROUP, false);
     for (field, value) in client_body.as_object().unwrap() {
         if field != "model" {
-            assert_eq!(&sent_body[field], value, "{field} is passed through unchanged");
+            assert_eq!(
+                &sent_body[field], value,
+                "{field} is passed through unchanged"
+            );
         }
     }
 
@@ -53,7 +60,9 @@ fn non_stream_answer_passes_through_with_model_rewritten_and_channel_key(lane: &
     assert_eq!(record.upstream_model, UPSTREAM_MODEL);
     assert_eq!(record.attempts.len(), 1, "{:?}", record.attempts);
     assert_eq!(record.attempts[0].status, Some(200));
-    let usage = record.usage.expect("usage is read from the non-stream body");
+    let usage = record
+        .usage
+        .expect("usage is read from the non-stream body");
     assert_eq!((usage.input_tokens, usage.output_tokens), (10, 5));
     assert!(record.ttft_ms.is_some());
     assert!(record.error.is_none(), "{:?}", record.error);
@@ -67,12 +76,26 @@ fn stream_arrives_event_by_event_without_buffering(lane: &Lane) {
 
     let response = fixture.call(lane, GROUP, true);
     assert_eq!(response.status, 200, "{}", response.text());
-    assert!(response.header("content-type").is_some_and(|value| value.starts_with("text/event-stream")), "{:?}", response.headers);
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|value| value.starts_with("text/event-stream")),
+        "{:?}",
+        response.headers
+    );
     assert_eq!(lane.stream_text(&response.body), DEFAULT_TEXT);
 
     // One text delta per chunk: the words are not coalesced into one write.
-    let text_chunks = response.chunks.iter().filter(|(_, chunk)| !lane.stream_text(chunk).is_empty()).count();
-    assert_eq!(text_chunks, 4, "each word arrives in its own chunk: {:?}", response.chunks);
+    let text_chunks = response
+        .chunks
+        .iter()
+        .filter(|(_, chunk)| !lane.stream_text(chunk).is_empty())
+        .count();
+    assert_eq!(
+        text_chunks, 4,
+        "each word arrives in its own chunk: {:?}",
+        response.chunks
+    );
     // The mock sends an event every 50 ms; a buffering relay would deliver them all at once.
     let first_at = response.chunks.first().unwrap().0;
     let last_at = response.chunks.last().unwrap().0;
@@ -97,8 +120,14 @@ fn stream_arrives_event_by_event_without_buffering(lane: &Lane) {
     assert!(record.stream);
     let usage = record.usage.expect("usage is tracked on the stream");
     assert_eq!((usage.input_tokens, usage.output_tokens), (10, 5));
-    let ttft = record.ttft_ms.expect("a stream records its time to first byte");
-    assert!(ttft + 100 < record.total_ms, "ttft {ttft} ms is the first event, not the end ({} ms)", record.total_ms);
+    let ttft = record
+        .ttft_ms
+        .expect("a stream records its time to first byte");
+    assert!(
+        ttft + 100 < record.total_ms,
+        "ttft {ttft} ms is the first event, not the end ({} ms)",
+        record.total_ms
+    );
     assert!(record.error.is_none(), "{:?}", record.error);
 }
 
@@ -109,7 +138,8 @@ fn client_headers_are_filtered_and_channel_headers_apply_last(lane: &Lane) {
         "name": "main", "type": lane.channel_type, "base_urls": [lane.base_url(&mock.base_url())], "keys": [CHANNEL_KEY],
         "headers": {"x-override-me": "from-channel", "x-channel-only": "yes"},
     }));
-    fixture.group(json!({"name": GROUP, "items": [{"channel_id": channel, "model": UPSTREAM_MODEL}]}));
+    fixture
+        .group(json!({"name": GROUP, "items": [{"channel_id": channel, "model": UPSTREAM_MODEL}]}));
     let client_key = fixture.client_key.clone();
     let bearer = format!("Bearer {client_key}");
     let extra_headers = [
@@ -128,28 +158,53 @@ fn client_headers_are_filtered_and_channel_headers_apply_last(lane: &Lane) {
     ];
     let mut auth_headers = lane.auth_headers(&client_key);
     auth_headers.retain(|(name, _)| !extra_headers.iter().any(|(extra, _)| extra == name));
-    let response = fixture.call_raw(&lane.path(GROUP, false), &auth_headers, &extra_headers, lane.body(GROUP, false).to_string().as_bytes());
+    let response = fixture.call_raw(
+        &lane.path(GROUP, false),
+        &auth_headers,
+        &extra_headers,
+        lane.body(GROUP, false).to_string().as_bytes(),
+    );
     assert_eq!(response.status, 200, "{}", response.text());
 
     let seen = &mock.requests()[0];
-    assert_eq!(seen.header("anthropic-beta"), Some("prompt-caching-2024-07-31"));
+    assert_eq!(
+        seen.header("anthropic-beta"),
+        Some("prompt-caching-2024-07-31")
+    );
     assert_eq!(seen.header("openai-beta"), Some("assistants=v2"));
     assert_eq!(seen.header("x-stainless-lang"), Some("python"));
-    assert_eq!(seen.header("x-override-me"), Some("from-channel"), "channel headers apply last");
+    assert_eq!(
+        seen.header("x-override-me"),
+        Some("from-channel"),
+        "channel headers apply last"
+    );
     assert_eq!(seen.header("x-channel-only"), Some("yes"));
     for hop_by_hop in ["keep-alive", "proxy-authorization", "te", "cookie"] {
-        assert_eq!(seen.header(hop_by_hop), None, "{hop_by_hop} must not reach the upstream");
+        assert_eq!(
+            seen.header(hop_by_hop),
+            None,
+            "{hop_by_hop} must not reach the upstream"
+        );
     }
-    assert_ne!(seen.header("connection"), Some("close"), "the client's connection header is hop-by-hop");
+    assert_ne!(
+        seen.header("connection"),
+        Some("close"),
+        "the client's connection header is hop-by-hop"
+    );
     assert_eq!(seen.header("host"), Some(mock.address.to_string().as_str()));
     assert_eq!(lane.upstream_key(seen), Some(CHANNEL_KEY));
     for (name, value) in &seen.headers {
-        assert!(!value.contains(&client_key), "the client key reached the upstream in {name}");
+        assert!(
+            !value.contains(&client_key),
+            "the client key reached the upstream in {name}"
+        );
     }
     assert!(!seen.query.contains(&client_key));
     // Only the lane's own credential header is set upstream.
-    let credential_headers: Vec<&str> =
-        ["authorization", "x-api-key", "x-goog-api-key"].into_iter().filter(|name| seen.header(name).is_some()).collect();
+    let credential_headers: Vec<&str> = ["authorization", "x-api-key", "x-goog-api-key"]
+        .into_iter()
+        .filter(|name| seen.header(name).is_some())
+        .collect();
     assert_eq!(credential_headers.len(), 1, "{:?}", seen.headers);
 }
 
@@ -161,12 +216,19 @@ fn openai_chat_stream_forces_include_usage_and_strips_the_usage_chunk() {
 
     let response = fixture.call(&OPENAI_CHAT, GROUP, true);
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(mock.requests()[0].json()["stream_options"]["include_usage"], true, "forced on upstream");
+    assert_eq!(
+        mock.requests()[0].json()["stream_options"]["include_usage"],
+        true,
+        "forced on upstream"
+    );
     let events = sse_events(&response.body);
     assert_eq!(events.last().unwrap().1, "[DONE]");
     for (_, data) in &events {
         let chunk: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-        assert!(chunk["usage"].is_null(), "the client did not ask for usage, so the usage chunk is stripped: {data}");
+        assert!(
+            chunk["usage"].is_null(),
+            "the client did not ask for usage, so the usage chunk is stripped: {data}"
+        );
     }
     assert_eq!(OPENAI_CHAT.stream_text(&response.body), DEFAULT_TEXT);
     let usage = fixture.records(1)[0].usage.expect("usage is still counted");
@@ -181,7 +243,12 @@ fn openai_chat_stream_keeps_the_usage_chunk_the_client_asked_for() {
 
     let mut body = OPENAI_CHAT.body(GROUP, true);
     body["stream_options"] = json!({"include_usage": true});
-    let response = fixture.call_raw(&OPENAI_CHAT.path(GROUP, true), &OPENAI_CHAT.auth_headers(&fixture.client_key), &[], body.to_string().as_bytes());
+    let response = fixture.call_raw(
+        &OPENAI_CHAT.path(GROUP, true),
+        &OPENAI_CHAT.auth_headers(&fixture.client_key),
+        &[],
+        body.to_string().as_bytes(),
+    );
     assert_eq!(response.status, 200, "{}", response.text());
     let usage_chunks: Vec<Value> = sse_events(&response.body)
         .iter()
@@ -191,7 +258,10 @@ fn openai_chat_stream_keeps_the_usage_chunk_the_client_asked_for() {
     assert_eq!(usage_chunks.len(), 1, "{}", response.text());
     assert_eq!(usage_chunks[0]["choices"], json!([]));
     assert_eq!(usage_chunks[0]["usage"]["prompt_tokens"], 10);
-    assert_eq!(mock.requests()[0].json()["stream_options"]["include_usage"], true);
+    assert_eq!(
+        mock.requests()[0].json()["stream_options"]["include_usage"],
+        true
+    );
 }
 
 #[test]
@@ -225,17 +295,41 @@ fn gemini_stream_without_alt_sse_is_a_json_array() {
     fixture.single_channel(&GEMINI, &mock, CHANNEL_KEY);
 
     let path = format!("/v1beta/models/{GROUP}:streamGenerateContent");
-    let response = fixture.call_raw(&path, &GEMINI.auth_headers(&fixture.client_key), &[], GEMINI.body(GROUP, true).to_string().as_bytes());
+    let response = fixture.call_raw(
+        &path,
+        &GEMINI.auth_headers(&fixture.client_key),
+        &[],
+        GEMINI.body(GROUP, true).to_string().as_bytes(),
+    );
     assert_eq!(response.status, 200, "{}", response.text());
-    assert!(response.header("content-type").is_some_and(|value| value.starts_with("application/json")), "{:?}", response.headers);
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|value| value.starts_with("application/json")),
+        "{:?}",
+        response.headers
+    );
     let items = response.json();
     let items = items.as_array().expect("the body is a JSON array");
-    assert_eq!(items.len(), 4, "one array element per upstream chunk: {}", response.text());
+    assert_eq!(
+        items.len(),
+        4,
+        "one array element per upstream chunk: {}",
+        response.text()
+    );
     let text: String = items.iter().map(|item| GEMINI.text(item)).collect();
     assert_eq!(text, DEFAULT_TEXT);
     assert_eq!(items[3]["usageMetadata"]["candidatesTokenCount"], 5);
-    assert!(response.chunks.len() >= 4, "array elements are still written as they arrive: {:?}", response.chunks.len());
-    assert_eq!(mock.requests()[0].query, "alt=sse", "the upstream is always asked for SSE");
+    assert!(
+        response.chunks.len() >= 4,
+        "array elements are still written as they arrive: {:?}",
+        response.chunks.len()
+    );
+    assert_eq!(
+        mock.requests()[0].query,
+        "alt=sse",
+        "the upstream is always asked for SSE"
+    );
     let usage = fixture.records(1)[0].usage.expect("usage is tracked");
     assert_eq!((usage.input_tokens, usage.output_tokens), (10, 5));
 }

@@ -4,9 +4,9 @@
 
 #![allow(dead_code)]
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::support::http_client::{sse_events, TestResponse};
+use crate::support::http_client::{TestResponse, sse_events};
 use crate::support::mock_upstream::RecordedRequest;
 
 /// A client protocol of the relay.
@@ -28,10 +28,26 @@ pub struct Lane {
     pub base_url_suffix: &'static str,
 }
 
-pub const OPENAI_CHAT: Lane = Lane { protocol: Protocol::OpenaiChat, channel_type: "openai_chat", base_url_suffix: "/v1" };
-pub const OPENAI_RESPONSES: Lane = Lane { protocol: Protocol::OpenaiResponses, channel_type: "openai_responses", base_url_suffix: "/v1" };
-pub const ANTHROPIC: Lane = Lane { protocol: Protocol::Anthropic, channel_type: "anthropic", base_url_suffix: "/v1" };
-pub const GEMINI: Lane = Lane { protocol: Protocol::Gemini, channel_type: "gemini", base_url_suffix: "/v1beta" };
+pub const OPENAI_CHAT: Lane = Lane {
+    protocol: Protocol::OpenaiChat,
+    channel_type: "openai_chat",
+    base_url_suffix: "/v1",
+};
+pub const OPENAI_RESPONSES: Lane = Lane {
+    protocol: Protocol::OpenaiResponses,
+    channel_type: "openai_responses",
+    base_url_suffix: "/v1",
+};
+pub const ANTHROPIC: Lane = Lane {
+    protocol: Protocol::Anthropic,
+    channel_type: "anthropic",
+    base_url_suffix: "/v1",
+};
+pub const GEMINI: Lane = Lane {
+    protocol: Protocol::Gemini,
+    channel_type: "gemini",
+    base_url_suffix: "/v1beta",
+};
 
 pub const LANES: [Lane; 4] = [OPENAI_CHAT, OPENAI_RESPONSES, ANTHROPIC, GEMINI];
 
@@ -44,13 +60,31 @@ pub struct ErrorTypes {
     pub google: &'static str,
 }
 
-pub const AUTHENTICATION_ERROR: ErrorTypes =
-    ErrorTypes { openai: "authentication_error", anthropic: "authentication_error", google: "UNAUTHENTICATED" };
-pub const PERMISSION_ERROR: ErrorTypes = ErrorTypes { openai: "permission_error", anthropic: "permission_error", google: "PERMISSION_DENIED" };
-pub const NOT_FOUND_ERROR: ErrorTypes = ErrorTypes { openai: "invalid_request_error", anthropic: "not_found_error", google: "NOT_FOUND" };
-pub const INVALID_REQUEST_ERROR: ErrorTypes =
-    ErrorTypes { openai: "invalid_request_error", anthropic: "invalid_request_error", google: "INVALID_ARGUMENT" };
-pub const TIMEOUT_ERROR: ErrorTypes = ErrorTypes { openai: "server_error", anthropic: "timeout_error", google: "DEADLINE_EXCEEDED" };
+pub const AUTHENTICATION_ERROR: ErrorTypes = ErrorTypes {
+    openai: "authentication_error",
+    anthropic: "authentication_error",
+    google: "UNAUTHENTICATED",
+};
+pub const PERMISSION_ERROR: ErrorTypes = ErrorTypes {
+    openai: "permission_error",
+    anthropic: "permission_error",
+    google: "PERMISSION_DENIED",
+};
+pub const NOT_FOUND_ERROR: ErrorTypes = ErrorTypes {
+    openai: "invalid_request_error",
+    anthropic: "not_found_error",
+    google: "NOT_FOUND",
+};
+pub const INVALID_REQUEST_ERROR: ErrorTypes = ErrorTypes {
+    openai: "invalid_request_error",
+    anthropic: "invalid_request_error",
+    google: "INVALID_ARGUMENT",
+};
+pub const TIMEOUT_ERROR: ErrorTypes = ErrorTypes {
+    openai: "server_error",
+    anthropic: "timeout_error",
+    google: "DEADLINE_EXCEEDED",
+};
 
 /// An error body taken apart: the `type` (or Google `status`) and the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +110,9 @@ impl Lane {
             (Protocol::OpenaiResponses, _) => "/v1/responses".to_string(),
             (Protocol::Anthropic, _) => "/v1/messages".to_string(),
             (Protocol::Gemini, false) => format!("/v1beta/models/{group}:generateContent"),
-            (Protocol::Gemini, true) => format!("/v1beta/models/{group}:streamGenerateContent?alt=sse"),
+            (Protocol::Gemini, true) => {
+                format!("/v1beta/models/{group}:streamGenerateContent?alt=sse")
+            }
         }
     }
 
@@ -87,27 +123,40 @@ impl Lane {
             (Protocol::OpenaiResponses, _) => "/v1/responses".to_string(),
             (Protocol::Anthropic, _) => "/v1/messages".to_string(),
             (Protocol::Gemini, false) => format!("/v1beta/models/{upstream_model}:generateContent"),
-            (Protocol::Gemini, true) => format!("/v1beta/models/{upstream_model}:streamGenerateContent"),
+            (Protocol::Gemini, true) => {
+                format!("/v1beta/models/{upstream_model}:streamGenerateContent")
+            }
         }
     }
 
     /// A minimal SDK-shaped request body for `group`.
     pub fn body(&self, group: &str, stream: bool) -> Value {
         match self.protocol {
-            Protocol::OpenaiChat => json!({"model": group, "stream": stream, "messages": [{"role": "user", "content": "Say hello"}]}),
-            Protocol::OpenaiResponses => json!({"model": group, "stream": stream, "input": "Say hello"}),
+            Protocol::OpenaiChat => {
+                json!({"model": group, "stream": stream, "messages": [{"role": "user", "content": "Say hello"}]})
+            }
+            Protocol::OpenaiResponses => {
+                json!({"model": group, "stream": stream, "input": "Say hello"})
+            }
             Protocol::Anthropic => {
                 json!({"model": group, "stream": stream, "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello"}]})
             }
-            Protocol::Gemini => json!({"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]}),
+            Protocol::Gemini => {
+                json!({"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]})
+            }
         }
     }
 
     /// The headers this lane's official SDK sends the client key (and version) in.
     pub fn auth_headers(&self, client_key: &str) -> Vec<(&'static str, String)> {
         match self.protocol {
-            Protocol::OpenaiChat | Protocol::OpenaiResponses => vec![("authorization", format!("Bearer {client_key}"))],
-            Protocol::Anthropic => vec![("x-api-key", client_key.to_string()), ("anthropic-version", "2023-06-01".to_string())],
+            Protocol::OpenaiChat | Protocol::OpenaiResponses => {
+                vec![("authorization", format!("Bearer {client_key}"))]
+            }
+            Protocol::Anthropic => vec![
+                ("x-api-key", client_key.to_string()),
+                ("anthropic-version", "2023-06-01".to_string()),
+            ],
             Protocol::Gemini => vec![("x-goog-api-key", client_key.to_string())],
         }
     }
@@ -115,7 +164,9 @@ impl Lane {
     /// The channel key the upstream received, read from where this lane's provider expects it.
     pub fn upstream_key<'a>(&self, request: &'a RecordedRequest) -> Option<&'a str> {
         match self.protocol {
-            Protocol::OpenaiChat | Protocol::OpenaiResponses => request.header("authorization")?.strip_prefix("Bearer "),
+            Protocol::OpenaiChat | Protocol::OpenaiResponses => {
+                request.header("authorization")?.strip_prefix("Bearer ")
+            }
             Protocol::Anthropic => request.header("x-api-key"),
             Protocol::Gemini => request.header("x-goog-api-key"),
         }
@@ -124,26 +175,38 @@ impl Lane {
     /// The assistant text of a complete (non-stream) answer.
     pub fn text(&self, body: &Value) -> String {
         match self.protocol {
-            Protocol::OpenaiChat => body["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string(),
+            Protocol::OpenaiChat => body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
             Protocol::OpenaiResponses => items(&body["output"])
                 .iter()
                 .flat_map(|item| items(&item["content"]))
                 .filter(|part| part["type"] == "output_text")
                 .filter_map(|part| part["text"].as_str().map(str::to_string))
                 .collect(),
-            Protocol::Anthropic => items(&body["content"]).iter().filter_map(|block| block["text"].as_str().map(str::to_string)).collect(),
+            Protocol::Anthropic => items(&body["content"])
+                .iter()
+                .filter_map(|block| block["text"].as_str().map(str::to_string))
+                .collect(),
             Protocol::Gemini => gemini_text(body),
         }
     }
 
     /// The assistant text of a streamed answer, joined from its deltas.
     pub fn stream_text(&self, body: &[u8]) -> String {
-        sse_events(body).iter().map(|(event, data)| self.event_text(event.as_deref(), data)).collect()
+        sse_events(body)
+            .iter()
+            .map(|(event, data)| self.event_text(event.as_deref(), data))
+            .collect()
     }
 
     /// How many events of a streamed answer carry text.
     pub fn text_event_count(&self, body: &[u8]) -> usize {
-        sse_events(body).iter().filter(|(event, data)| !self.event_text(event.as_deref(), data).is_empty()).count()
+        sse_events(body)
+            .iter()
+            .filter(|(event, data)| !self.event_text(event.as_deref(), data).is_empty())
+            .count()
     }
 
     /// The first framed events of `events` (as the mock sends them), up to and including the
@@ -165,11 +228,17 @@ impl Lane {
 
     /// The text delta one stream event carries (empty for the other events).
     fn event_text(&self, event: Option<&str>, data: &str) -> String {
-        let Ok(value) = serde_json::from_str::<Value>(data) else { return String::new() };
+        let Ok(value) = serde_json::from_str::<Value>(data) else {
+            return String::new();
+        };
         let delta = match self.protocol {
             Protocol::OpenaiChat => value["choices"][0]["delta"]["content"].as_str(),
-            Protocol::OpenaiResponses if event == Some("response.output_text.delta") => value["delta"].as_str(),
-            Protocol::Anthropic if event == Some("content_block_delta") => value["delta"]["text"].as_str(),
+            Protocol::OpenaiResponses if event == Some("response.output_text.delta") => {
+                value["delta"].as_str()
+            }
+            Protocol::Anthropic if event == Some("content_block_delta") => {
+                value["delta"]["text"].as_str()
+            }
             Protocol::Gemini => return gemini_text(&value),
             _ => None,
         };
@@ -180,27 +249,45 @@ impl Lane {
     /// carries one in the right shape (for Responses: an `error` event and then `response.failed`).
     pub fn stream_error(&self, body: &[u8]) -> Option<String> {
         let events = sse_events(body);
-        let parsed: Vec<(Option<String>, Value)> =
-            events.iter().map(|(event, data)| (event.clone(), serde_json::from_str(data).unwrap_or(Value::Null))).collect();
+        let parsed: Vec<(Option<String>, Value)> = events
+            .iter()
+            .map(|(event, data)| {
+                (
+                    event.clone(),
+                    serde_json::from_str(data).unwrap_or(Value::Null),
+                )
+            })
+            .collect();
         match self.protocol {
             Protocol::OpenaiChat => parsed.iter().find_map(|(event, value)| {
                 let error = value.get("error")?;
-                (event.is_none() && error["type"].is_string()).then(|| error["message"].as_str().map(str::to_string))?
+                (event.is_none() && error["type"].is_string())
+                    .then(|| error["message"].as_str().map(str::to_string))?
             }),
             Protocol::OpenaiResponses => {
-                let error_position = parsed.iter().position(|(event, value)| event.as_deref() == Some("error") && value["type"] == "error")?;
-                let failed = parsed[error_position..]
-                    .iter()
-                    .any(|(event, value)| event.as_deref() == Some("response.failed") && value["response"]["status"] == "failed");
-                failed.then(|| parsed[error_position].1["message"].as_str().map(str::to_string))?
+                let error_position = parsed.iter().position(|(event, value)| {
+                    event.as_deref() == Some("error") && value["type"] == "error"
+                })?;
+                let failed = parsed[error_position..].iter().any(|(event, value)| {
+                    event.as_deref() == Some("response.failed")
+                        && value["response"]["status"] == "failed"
+                });
+                failed.then(|| {
+                    parsed[error_position].1["message"]
+                        .as_str()
+                        .map(str::to_string)
+                })?
             }
             Protocol::Anthropic => parsed.iter().find_map(|(event, value)| {
-                (event.as_deref() == Some("error") && value["type"] == "error" && value["error"]["type"].is_string())
-                    .then(|| value["error"]["message"].as_str().map(str::to_string))?
+                (event.as_deref() == Some("error")
+                    && value["type"] == "error"
+                    && value["error"]["type"].is_string())
+                .then(|| value["error"]["message"].as_str().map(str::to_string))?
             }),
             Protocol::Gemini => parsed.iter().find_map(|(_, value)| {
                 let error = value.get("error")?;
-                (error["code"].is_u64() && error["status"].is_string()).then(|| error["message"].as_str().map(str::to_string))?
+                (error["code"].is_u64() && error["status"].is_string())
+                    .then(|| error["message"].as_str().map(str::to_string))?
             }),
         }
     }
@@ -208,32 +295,61 @@ impl Lane {
     /// Checks that `response` is an error with `status` in this lane's own error shape and
     /// returns its type (Google: status name) and message.
     pub fn error_parts(&self, response: &TestResponse, status: u16) -> ErrorParts {
-        assert_eq!(response.status, status, "{}: expected an error with status {status}, got: {}", self.name(), response.text());
+        assert_eq!(
+            response.status,
+            status,
+            "{}: expected an error with status {status}, got: {}",
+            self.name(),
+            response.text()
+        );
         assert!(
-            response.header("content-type").is_some_and(|value| value.starts_with("application/json")),
+            response
+                .header("content-type")
+                .is_some_and(|value| value.starts_with("application/json")),
             "{}: error content type {:?}",
             self.name(),
             response.header("content-type")
         );
         let body = response.json();
         let text_field = |value: &Value, what: &str| -> String {
-            value.as_str().unwrap_or_else(|| panic!("{}: {what} is not a string in {body}", self.name())).to_string()
+            value
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: {what} is not a string in {body}", self.name()))
+                .to_string()
         };
         match self.protocol {
             Protocol::OpenaiChat | Protocol::OpenaiResponses => {
                 let error = &body["error"];
-                assert!(error.get("code").is_some(), "{}: OpenAI errors carry a code field: {body}", self.name());
-                ErrorParts { error_type: text_field(&error["type"], "error.type"), message: text_field(&error["message"], "error.message") }
+                assert!(
+                    error.get("code").is_some(),
+                    "{}: OpenAI errors carry a code field: {body}",
+                    self.name()
+                );
+                ErrorParts {
+                    error_type: text_field(&error["type"], "error.type"),
+                    message: text_field(&error["message"], "error.message"),
+                }
             }
             Protocol::Anthropic => {
                 assert_eq!(body["type"], "error", "{}: {body}", self.name());
                 let error = &body["error"];
-                ErrorParts { error_type: text_field(&error["type"], "error.type"), message: text_field(&error["message"], "error.message") }
+                ErrorParts {
+                    error_type: text_field(&error["type"], "error.type"),
+                    message: text_field(&error["message"], "error.message"),
+                }
             }
             Protocol::Gemini => {
                 let error = &body["error"];
-                assert_eq!(error["code"], json!(status), "{}: Google errors repeat the status as code: {body}", self.name());
-                ErrorParts { error_type: text_field(&error["status"], "error.status"), message: text_field(&error["message"], "error.message") }
+                assert_eq!(
+                    error["code"],
+                    json!(status),
+                    "{}: Google errors repeat the status as code: {body}",
+                    self.name()
+                );
+                ErrorParts {
+                    error_type: text_field(&error["status"], "error.status"),
+                    message: text_field(&error["message"], "error.message"),
+                }
             }
         }
     }
@@ -241,7 +357,13 @@ impl Lane {
     /// Checks the status, the shape and the type of a gateway error; returns its message.
     pub fn assert_error(&self, response: &TestResponse, status: u16, types: ErrorTypes) -> String {
         let parts = self.error_parts(response, status);
-        assert_eq!(parts.error_type, self.pick(types), "{}: error type of {}", self.name(), response.text());
+        assert_eq!(
+            parts.error_type,
+            self.pick(types),
+            "{}: error type of {}",
+            self.name(),
+            response.text()
+        );
         parts.message
     }
 
@@ -258,16 +380,25 @@ impl Lane {
     pub fn upstream_error_event(&self, message: &str) -> String {
         match self.protocol {
             Protocol::OpenaiChat => {
-                format!("data: {}\n\n", json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}}))
+                format!(
+                    "data: {}\n\n",
+                    json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}})
+                )
             }
             Protocol::OpenaiResponses => format!(
                 "event: error\ndata: {}\n\n",
                 json!({"type": "error", "code": "server_error", "message": message, "param": null, "sequence_number": 0})
             ),
             Protocol::Anthropic => {
-                format!("event: error\ndata: {}\n\n", json!({"type": "error", "error": {"type": "overloaded_error", "message": message}}))
+                format!(
+                    "event: error\ndata: {}\n\n",
+                    json!({"type": "error", "error": {"type": "overloaded_error", "message": message}})
+                )
             }
-            Protocol::Gemini => format!("data: {}\r\n\r\n", json!({"error": {"code": 503, "message": message, "status": "UNAVAILABLE"}})),
+            Protocol::Gemini => format!(
+                "data: {}\r\n\r\n",
+                json!({"error": {"code": 503, "message": message, "status": "UNAVAILABLE"}})
+            ),
         }
     }
 }
@@ -277,7 +408,10 @@ fn items(value: &Value) -> Vec<Value> {
 }
 
 fn gemini_text(body: &Value) -> String {
-    items(&body["candidates"][0]["content"]["parts"]).iter().filter_map(|part| part["text"].as_str().map(str::to_string)).collect()
+    items(&body["candidates"][0]["content"]["parts"])
+        .iter()
+        .filter_map(|part| part["text"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// Expands to one test per lane for each named scenario function `fn scenario(lane: &Lane)`:

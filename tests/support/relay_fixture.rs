@@ -5,7 +5,7 @@
 
 use std::net::TcpListener;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use octopus::config::Config;
 use octopus::relay::key_pool::KeyCooldown;
@@ -13,7 +13,7 @@ use octopus::relay::record::RequestRecord;
 
 use crate::support::databases;
 use crate::support::gateway::TestGateway;
-use crate::support::http_client::{request, TestResponse};
+use crate::support::http_client::{TestResponse, request};
 use crate::support::lanes::Lane;
 use crate::support::mock_upstream::MockUpstream;
 
@@ -39,12 +39,18 @@ impl RelayFixture {
         let gateway = TestGateway::start_with(databases::sqlite(), tweak);
         let admin_token = gateway.login_token();
         let client_key = gateway.create_client_key(&admin_token, json!({"name": "client"}));
-        RelayFixture { gateway, admin_token, client_key }
+        RelayFixture {
+            gateway,
+            admin_token,
+            client_key,
+        }
     }
 
     /// Creates a channel of the lane's type with these base URLs and keys; returns its id.
     pub fn channel(&self, lane: &Lane, name: &str, base_urls: &[String], keys: &[&str]) -> i64 {
-        self.channel_with(json!({"name": name, "type": lane.channel_type, "base_urls": base_urls, "keys": keys}))
+        self.channel_with(
+            json!({"name": name, "type": lane.channel_type, "base_urls": base_urls, "keys": keys}),
+        )
     }
 
     /// Creates a channel from a full admin API body; returns its id.
@@ -65,16 +71,26 @@ impl RelayFixture {
     /// The usual single-item setup: a channel on `mock` with one key and the group `GROUP`
     /// mapped to `UPSTREAM_MODEL`. Returns the channel id.
     pub fn single_channel(&self, lane: &Lane, mock: &MockUpstream, channel_key: &str) -> i64 {
-        let channel = self.channel(lane, "main", &[lane.base_url(&mock.base_url())], &[channel_key]);
-        self.group(json!({"name": GROUP, "items": [{"channel_id": channel, "model": UPSTREAM_MODEL}]}));
+        let channel = self.channel(
+            lane,
+            "main",
+            &[lane.base_url(&mock.base_url())],
+            &[channel_key],
+        );
+        self.group(
+            json!({"name": GROUP, "items": [{"channel_id": channel, "model": UPSTREAM_MODEL}]}),
+        );
         channel
     }
 
     /// A failover group over one channel with one item per upstream model, tried in the given
     /// order; `extra` adds group fields (`max_attempts`, timeouts, ...). Returns the group id.
     pub fn failover_group(&self, name: &str, channel: i64, models: &[&str], extra: Value) -> i64 {
-        let items: Vec<Value> =
-            models.iter().enumerate().map(|(index, model)| json!({"channel_id": channel, "model": model, "priority": index})).collect();
+        let items: Vec<Value> = models
+            .iter()
+            .enumerate()
+            .map(|(index, model)| json!({"channel_id": channel, "model": model, "priority": index}))
+            .collect();
         let mut body = json!({"name": name, "mode": "failover", "items": items});
         for (field, value) in extra.as_object().expect("extra group fields are an object") {
             body[field] = value.clone();
@@ -88,22 +104,49 @@ impl RelayFixture {
     }
 
     /// Calls the relay as a client of `lane` with `client_key` and extra headers.
-    pub fn call_as(&self, lane: &Lane, group: &str, stream: bool, client_key: &str, extra_headers: &[(&str, &str)]) -> TestResponse {
+    pub fn call_as(
+        &self,
+        lane: &Lane,
+        group: &str,
+        stream: bool,
+        client_key: &str,
+        extra_headers: &[(&str, &str)],
+    ) -> TestResponse {
         let body = lane.body(group, stream).to_string();
-        self.call_raw(&lane.path(group, stream), &lane.auth_headers(client_key), extra_headers, body.as_bytes())
+        self.call_raw(
+            &lane.path(group, stream),
+            &lane.auth_headers(client_key),
+            extra_headers,
+            body.as_bytes(),
+        )
     }
 
     /// Sends `body` to `path` with the given auth and extra headers, as JSON.
-    pub fn call_raw(&self, path: &str, auth_headers: &[(&'static str, String)], extra_headers: &[(&str, &str)], body: &[u8]) -> TestResponse {
+    pub fn call_raw(
+        &self,
+        path: &str,
+        auth_headers: &[(&'static str, String)],
+        extra_headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> TestResponse {
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-        headers.extend(auth_headers.iter().map(|(name, value)| (*name, value.as_str())));
+        headers.extend(
+            auth_headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        );
         headers.extend_from_slice(extra_headers);
         request(self.gateway.address, "POST", path, &headers, body)
     }
 
     /// The channel keys cooling down right now (after a 429, 401/403 or exhausted quota).
     pub fn key_cooldowns(&self) -> Vec<KeyCooldown> {
-        let relay = &self.gateway.gateway.as_ref().expect("the gateway is running").relay;
+        let relay = &self
+            .gateway
+            .gateway
+            .as_ref()
+            .expect("the gateway is running")
+            .relay;
         let now_ms = relay.health.now_ms();
         relay.health.lock().keys.cooling_keys(now_ms)
     }
