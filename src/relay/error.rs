@@ -34,6 +34,9 @@ pub enum RelayError {
     UpstreamTimeout(String),
     /// 500: a bug or an unexpected internal failure.
     Internal(String),
+    /// 499 (nginx's "client closed request"): the client left before the answer. Nobody reads
+    /// the response; the status is for the request record.
+    ClientGone(String),
 }
 
 impl RelayError {
@@ -48,6 +51,7 @@ impl RelayError {
             RelayError::UpstreamUnreachable(message) => (502, ErrorKind::Upstream, message),
             RelayError::UpstreamTimeout(message) => (504, ErrorKind::Timeout, message),
             RelayError::Internal(message) => (500, ErrorKind::Internal, message),
+            RelayError::ClientGone(message) => (499, ErrorKind::InvalidRequest, message),
             RelayError::Upstream { status, .. } => (*status, ErrorKind::Upstream, "upstream error"),
         }
     }

@@ -205,7 +205,11 @@ fn generate(
 
     let control = CallControl::new();
     let watchdog = DisconnectWatch::global().register(request.client, control.clone());
-    let budget = RetryBudget::new(max_attempts, state.health.now_ms(), total_ms);
+    // The budget's deadline is the request's own start plus the total timeout, the same instant
+    // every attempt's timeouts are cut to: started from a later clock reading, it let an attempt
+    // begin after the request's time was up.
+    let elapsed_ms = trace.started.elapsed().as_millis() as u64;
+    let budget = RetryBudget::new(max_attempts, state.health.now_ms().saturating_sub(elapsed_ms), total_ms);
     let mut attempts_made: u32 = 0;
     let mut last_error: Option<RelayError> = None;
     let mut skipped_reasons: Vec<String> = Vec::new();
@@ -241,12 +245,13 @@ fn generate(
             }
             let endpoint_order = state.health.lock().endpoints.order_endpoints(channel.id, &channel.base_urls);
             for endpoint_index in endpoint_order {
-                if !budget.may_try_again(attempts_made, state.health.now_ms()) {
+                // The remaining-time check covers the budget's millisecond rounding.
+                if !budget.may_try_again(attempts_made, state.health.now_ms()) || deadlines.remaining().is_zero() {
                     break 'items;
                 }
                 if request.client.is_closed() || control.is_cancelled() {
                     trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, "client gone".to_string()));
-                    return Err(RelayError::InvalidRequest("the client closed the connection".to_string()));
+                    return Err(RelayError::ClientGone("the client closed the connection".to_string()));
                 }
                 let base_url = channel.base_urls[endpoint_index].clone();
                 attempts_made += 1;
@@ -501,13 +506,16 @@ fn run_attempt(
             detail: "no event stream".to_string(),
         };
     }
-    // Read until the first complete event: until then nothing has reached the client and a
-    // failure may still go to another upstream.
+    // Read until the first complete event with data: until then nothing has reached the client
+    // and a failure may still go to another upstream. Blocks without data (comment keep-alives
+    // sent while the model starts, or stray text such as an HTML error page) do not count: an
+    // error event or the end of the stream may still follow them.
     let mut parser = SseParser::new(state.config.relay.max_sse_event_size);
     let mut first_events = Vec::new();
     let mut body = response.body;
     let mut buffer = vec![0u8; STREAM_READ_BUFFER_BYTES];
-    while first_events.is_empty() {
+    let has_data_event = |events: &[SseEvent]| events.iter().any(|event| !event.data.is_empty());
+    while !has_data_event(&first_events) {
         let remaining = first_byte_deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return transport_failure(UpstreamError::Timeout("first event".to_string()), control, false);
@@ -526,7 +534,7 @@ fn run_attempt(
                 detail: format!("stream error: {error}"),
             };
         }
-        if matches!(read, Ok(0)) && first_events.is_empty() {
+        if matches!(read, Ok(0)) && !has_data_event(&first_events) {
             return AttemptResult::Failed {
                 outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
                 error: RelayError::UpstreamUnreachable("the upstream closed the stream before any event".to_string()),
@@ -570,7 +578,7 @@ fn transport_failure(error: UpstreamError, control: &CallControl, after_first_by
     if control.is_cancelled() {
         return AttemptResult::Failed {
             outcome: AttemptOutcome::ClientGone,
-            error: RelayError::InvalidRequest("the client closed the connection".to_string()),
+            error: RelayError::ClientGone("the client closed the connection".to_string()),
             detail: "client gone".to_string(),
         };
     }
@@ -659,7 +667,10 @@ fn pump(
             Ok(0) => parser.finish(&mut events).map(|_| true),
             Ok(count) => parser.push(&buffer[..count], &mut events).map(|_| false),
             Err(error) => {
-                if !control.is_cancelled() {
+                if control.is_cancelled() {
+                    // Only the client watchdog cancels: the client left while we waited upstream.
+                    client_error = Some(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "the client closed the connection"));
+                } else {
                     let upstream_error = UpstreamError::from_io_error(&error);
                     stream_error = Some(match upstream_error {
                         UpstreamError::Timeout(_) => format!("the upstream sent nothing for {} s", stream_idle.as_secs()),
@@ -680,6 +691,11 @@ fn pump(
                 }
             }
             Err(error) => {
+                // The events completed before the bad one in this same read are whole: send them.
+                if let Err(write_error) = send_events(&events, &mut translator, &mut trace) {
+                    client_error = Some(write_error);
+                    break;
+                }
                 stream_error = Some(error.to_string());
                 break;
             }

@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use octopus::app::Gateway;
 use octopus::config::Config;
+use octopus::relay::record::RequestRecord;
 
 use crate::support::databases::TestDatabase;
 use crate::support::http_client::json_request;
@@ -42,6 +44,14 @@ impl TestGateway {
         TestGateway::start_with(database, |_| {})
     }
 
+    /// Logs in as admin/admin and returns the token, leaving the first-start password as it is
+    /// (half the password hashing of `admin_token`, for tests that only need to configure).
+    pub fn login_token(&self) -> String {
+        let login = json_request(self.address, "POST", "/api/v1/auth/login", None, Some(&json!({"username": "admin", "password": "admin"})));
+        assert_eq!(login.status, 200, "login: {}", login.text());
+        login.json()["token"].as_str().unwrap().to_string()
+    }
+
     /// Logs in as admin/admin, changes the password, and returns a working token.
     pub fn admin_token(&self) -> String {
         let login = json_request(self.address, "POST", "/api/v1/auth/login", None, Some(&json!({"username": "admin", "password": "admin"})));
@@ -73,6 +83,21 @@ impl TestGateway {
     /// Creates a group and returns its id.
     pub fn create_group(&self, token: &str, body: Value) -> i64 {
         self.admin_post(token, "/api/v1/groups", body, 201)["id"].as_i64().unwrap()
+    }
+
+    /// The relay's finished-request records, oldest first, once at least `count` exist. The
+    /// relay hands records to a consumer thread, so they appear shortly after the response
+    /// (a streamed one only after its last byte): this polls for up to 3 s.
+    pub fn wait_for_records(&self, count: usize) -> Vec<RequestRecord> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let records = self.gateway.as_ref().expect("the gateway is running").relay.recent.snapshot();
+            if records.len() >= count || Instant::now() >= deadline {
+                assert!(records.len() >= count, "expected {count} request records, got {}: {records:#?}", records.len());
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Creates a client key and returns the secret.

@@ -35,6 +35,13 @@ impl TestResponse {
 
 /// Sends one request on a fresh connection and reads the whole response.
 pub fn request(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> TestResponse {
+    let (stream, started) = send_request(address, method, path, headers, body);
+    read_response(BufReader::new(stream), started, method == "HEAD")
+}
+
+/// Sends one request on a fresh connection and returns the socket unread, with the time the
+/// request was sent; dropping the socket is a client hanging up.
+pub fn send_request(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (TcpStream, Instant) {
     let stream = TcpStream::connect(address).expect("connect to the gateway");
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     stream.set_nodelay(true).unwrap();
@@ -50,7 +57,46 @@ pub fn request(address: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     let started = Instant::now();
     writer.write_all(head.as_bytes()).unwrap();
     writer.write_all(body).unwrap();
-    read_response(BufReader::new(stream), started, method == "HEAD")
+    (stream, started)
+}
+
+/// A response whose chunked body is read one chunk at a time, for tests that act in the
+/// middle of a stream (for example hang up after the first event).
+pub struct OpenResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+}
+
+impl OpenResponse {
+    /// Sends the request and reads the response head.
+    pub fn start(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> OpenResponse {
+        let (stream, _) = send_request(address, method, path, headers, body);
+        let mut reader = BufReader::new(stream);
+        let (status, headers) = read_head(&mut reader);
+        OpenResponse { status, headers, reader }
+    }
+
+    /// The next chunk of a chunked body; None at the end of the body or of the connection.
+    pub fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        let mut size_line = String::new();
+        if self.reader.read_line(&mut size_line).unwrap_or(0) == 0 {
+            return None;
+        }
+        let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16).ok()?;
+        if size == 0 {
+            return None;
+        }
+        let mut chunk = vec![0; size + 2];
+        self.reader.read_exact(&mut chunk).ok()?;
+        chunk.truncate(size);
+        Some(chunk)
+    }
+
+    /// Hangs up: closes both directions of the socket at once.
+    pub fn close(self) {
+        let _ = self.reader.get_ref().shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// A JSON request with optional bearer token.
@@ -64,7 +110,7 @@ pub fn json_request(address: SocketAddr, method: &str, path: &str, token: Option
     request(address, method, path, &headers, &body)
 }
 
-fn read_response(mut reader: BufReader<TcpStream>, started: Instant, head_only: bool) -> TestResponse {
+fn read_head(reader: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>) {
     let mut status_line = String::new();
     reader.read_line(&mut status_line).expect("read the status line");
     let status: u16 = status_line
@@ -83,6 +129,11 @@ fn read_response(mut reader: BufReader<TcpStream>, started: Instant, head_only: 
         let (name, value) = line.split_once(':').expect("header line has a colon");
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
+    (status, headers)
+}
+
+fn read_response(mut reader: BufReader<TcpStream>, started: Instant, head_only: bool) -> TestResponse {
+    let (status, headers) = read_head(&mut reader);
     let head_after = started.elapsed();
     let mut response = TestResponse { status, headers, body: Vec::new(), chunks: Vec::new(), head_after };
     if head_only || status == 204 || status == 304 {

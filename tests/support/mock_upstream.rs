@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -66,10 +66,16 @@ pub enum Reply {
     /// A chunked SSE response: each event (already framed, ending in a blank line) is one chunk,
     /// sent `gap` apart; then the stream ends as `end` says.
     Sse { events: Vec<String>, gap: Duration, end: StreamEnd },
-    /// Wait this long without sending anything, then close.
+    /// Wait this long without sending anything, then close (earlier if the gateway hangs up,
+    /// which `peer_hangups` records).
     StallBeforeHead(Duration),
     /// Close the connection without answering.
     Close,
+    /// Wait this long, then answer with the inner reply (a slow but healthy upstream).
+    Delayed(Duration, Box<Reply>),
+    /// Write these bytes as they are (status line, headers and whatever body), then end as
+    /// `end` says (`Finish` closes the connection): for truncated or malformed answers.
+    Raw { bytes: String, end: StreamEnd },
 }
 
 #[derive(Clone, Debug)]
@@ -78,7 +84,8 @@ pub enum StreamEnd {
     Finish,
     /// Close the socket without the terminating chunk.
     Reset,
-    /// Keep the connection open, silent, for this long, then close it.
+    /// Keep the connection open, silent, for this long, then close it (earlier if the gateway
+    /// hangs up, which `peer_hangups` records).
     Stall(Duration),
 }
 
@@ -90,7 +97,16 @@ pub struct MockUpstream {
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     accepted_connections: Arc<AtomicUsize>,
     aborted_streams: Arc<AtomicUsize>,
+    peer_hangups: Arc<Mutex<Vec<Instant>>>,
     stopped: Arc<AtomicBool>,
+}
+
+/// The counters a connection thread updates.
+#[derive(Clone)]
+struct Observations {
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    aborted_streams: Arc<AtomicUsize>,
+    peer_hangups: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl MockUpstream {
@@ -101,12 +117,13 @@ impl MockUpstream {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let accepted_connections = Arc::new(AtomicUsize::new(0));
         let aborted_streams = Arc::new(AtomicUsize::new(0));
+        let peer_hangups = Arc::new(Mutex::new(Vec::new()));
         let stopped = Arc::new(AtomicBool::new(false));
         let script: Arc<Script> = Arc::new(script);
         {
-            let requests = requests.clone();
+            let observations =
+                Observations { requests: requests.clone(), aborted_streams: aborted_streams.clone(), peer_hangups: peer_hangups.clone() };
             let accepted_connections = accepted_connections.clone();
-            let aborted_streams = aborted_streams.clone();
             let stopped = stopped.clone();
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
@@ -115,14 +132,13 @@ impl MockUpstream {
                     }
                     let Ok(stream) = stream else { continue };
                     accepted_connections.fetch_add(1, Ordering::SeqCst);
-                    let requests = requests.clone();
                     let script = script.clone();
-                    let aborted_streams = aborted_streams.clone();
-                    std::thread::spawn(move || serve_connection(stream, &requests, &*script, &aborted_streams));
+                    let observations = observations.clone();
+                    std::thread::spawn(move || serve_connection(stream, &observations, &*script));
                 }
             });
         }
-        MockUpstream { address, requests, accepted_connections, aborted_streams, stopped }
+        MockUpstream { address, requests, accepted_connections, aborted_streams, peer_hangups, stopped }
     }
 
     /// A mock that answers every request with the default success for its format.
@@ -142,6 +158,11 @@ impl MockUpstream {
         self.requests.lock().unwrap().len()
     }
 
+    /// How many requests the mock received for this upstream model.
+    pub fn hits_for_model(&self, model: &str) -> usize {
+        self.requests().iter().filter(|request| request.model() == model).count()
+    }
+
     pub fn accepted_connections(&self) -> usize {
         self.accepted_connections.load(Ordering::SeqCst)
     }
@@ -149,6 +170,12 @@ impl MockUpstream {
     /// Streams that ended because writing to the gateway failed (the gateway hung up).
     pub fn aborted_streams(&self) -> usize {
         self.aborted_streams.load(Ordering::SeqCst)
+    }
+
+    /// When the gateway closed a connection the mock was holding silent (`StallBeforeHead`,
+    /// `StreamEnd::Stall`), one entry per such hang-up.
+    pub fn peer_hangups(&self) -> Vec<Instant> {
+        self.peer_hangups.lock().unwrap().clone()
     }
 }
 
@@ -160,7 +187,7 @@ impl Drop for MockUpstream {
     }
 }
 
-fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>, script: &Script, aborted_streams: &AtomicUsize) {
+fn serve_connection(stream: TcpStream, observations: &Observations, script: &Script) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut writer = match stream.try_clone() {
@@ -170,8 +197,14 @@ fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>, s
     let mut reader = BufReader::new(stream);
     loop {
         let Some(request) = read_request(&mut reader) else { return };
-        requests.lock().unwrap().push(request.clone());
-        let keep_open = match script(&request) {
+        observations.requests.lock().unwrap().push(request.clone());
+        let mut reply = script(&request);
+        while let Reply::Delayed(delay, inner) = reply {
+            std::thread::sleep(delay);
+            reply = *inner;
+        }
+        let keep_open = match reply {
+            Reply::Delayed(..) => unreachable!("delays were unwrapped above"),
             Reply::Json { status, headers, body } => {
                 let mut head = format!("HTTP/1.1 {status} Mock\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
                 for (name, value) in headers {
@@ -191,7 +224,7 @@ fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>, s
                     }
                     let chunk = format!("{:x}\r\n{event}\r\n", event.len());
                     if writer.write_all(chunk.as_bytes()).and_then(|_| writer.flush()).is_err() {
-                        aborted_streams.fetch_add(1, Ordering::SeqCst);
+                        observations.aborted_streams.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                 }
@@ -202,20 +235,51 @@ fn serve_connection(stream: TcpStream, requests: &Mutex<Vec<RecordedRequest>>, s
                         return;
                     }
                     StreamEnd::Stall(duration) => {
-                        std::thread::sleep(duration);
+                        stall_watching_peer(reader.get_ref(), duration, &observations.peer_hangups);
                         return;
                     }
                 }
             }
             Reply::StallBeforeHead(duration) => {
-                std::thread::sleep(duration);
+                stall_watching_peer(reader.get_ref(), duration, &observations.peer_hangups);
                 return;
             }
             Reply::Close => return,
+            Reply::Raw { bytes, end } => {
+                let _ = writer.write_all(bytes.as_bytes()).and_then(|_| writer.flush());
+                match end {
+                    StreamEnd::Finish => {}
+                    StreamEnd::Reset => {
+                        let _ = writer.shutdown(Shutdown::Both);
+                    }
+                    StreamEnd::Stall(duration) => stall_watching_peer(reader.get_ref(), duration, &observations.peer_hangups),
+                }
+                return;
+            }
         };
         if !keep_open {
             return;
         }
+    }
+}
+
+/// Stays silent for `duration`, but returns as soon as the gateway closes or resets the
+/// connection and records when that happened.
+fn stall_watching_peer(stream: &TcpStream, duration: Duration, peer_hangups: &Mutex<Vec<Instant>>) {
+    let deadline = Instant::now() + duration;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(10)));
+    let mut byte = [0u8; 1];
+    while Instant::now() < deadline {
+        match stream.peek(&mut byte) {
+            Ok(0) => break,
+            // Bytes of a next request: the gateway is still there.
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => break,
+        }
+    }
+    if Instant::now() < deadline {
+        peer_hangups.lock().unwrap().push(Instant::now());
     }
 }
 
@@ -291,6 +355,32 @@ pub fn default_reply(request: &RecordedRequest) -> Reply {
     }
 }
 
+/// A stream of `words` in the request's format, events sent `gap` apart, ending as `end` says.
+pub fn stream_reply(request: &RecordedRequest, words: &[&str], gap: Duration, end: StreamEnd) -> Reply {
+    Reply::Sse { events: stream_events(format_of(request), &request.model(), words), gap, end }
+}
+
+/// The default answer, with streamed events sent `gap` apart.
+pub fn paced_reply(request: &RecordedRequest, gap: Duration) -> Reply {
+    if request.wants_stream() {
+        stream_reply(request, &DEFAULT_WORDS, gap, StreamEnd::Finish)
+    } else {
+        default_reply(request)
+    }
+}
+
+/// A script answering by upstream model: `fail-<status>` gets that status in `format`'s error
+/// shape with the message "<model> said no"; any other model gets the default success.
+pub fn fail_by_model(format: &'static str) -> impl Fn(&RecordedRequest) -> Reply + Send + Sync + 'static {
+    move |request| {
+        let model = request.model();
+        match model.strip_prefix("fail-").and_then(|status| status.parse::<u16>().ok()) {
+            Some(status) => error_reply(format, status, &format!("{model} said no")),
+            None => default_reply(request),
+        }
+    }
+}
+
 /// An error in the given provider format.
 pub fn error_reply(format: &str, status: u16, message: &str) -> Reply {
     let body = match format {
@@ -324,6 +414,17 @@ pub fn error_reply(format: &str, status: u16, message: &str) -> Reply {
         }
     };
     Reply::Json { status, headers: Vec::new(), body: body.to_string() }
+}
+
+/// `reply` with one more response header (for `Json` replies; others are returned as they are).
+pub fn with_header(reply: Reply, name: &str, value: &str) -> Reply {
+    match reply {
+        Reply::Json { status, mut headers, body } => {
+            headers.push((name.to_string(), value.to_string()));
+            Reply::Json { status, headers, body }
+        }
+        other => other,
+    }
 }
 
 /// A complete non-stream body with `text`, in the given format, with usage 10 in / 5 out.
