@@ -30,6 +30,7 @@ pub const COROUTINE_STACK_WORDS: usize = 0x8000;
 pub fn configure_runtime(workers: usize) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        tune_allocator();
         let workers = if workers == 0 {
             std::thread::available_parallelism().map(|count| count.get()).unwrap_or(2)
         } else {
@@ -37,6 +38,18 @@ pub fn configure_runtime(workers: usize) {
         };
         may::config().set_workers(workers).set_stack_size(COROUTINE_STACK_WORDS);
     });
+}
+
+/// Keeps glibc's heap small on small machines. A fixed mmap threshold stops glibc from raising it
+/// after a large free (argon2's 19 MiB working memory would otherwise stay in the heap for
+/// good), and two arenas stop every thread that ever allocated from keeping a heap of its own.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning parameters; it is called once at start-up.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// A started gateway: its address and the handle to stop it.
@@ -195,6 +208,16 @@ impl Handler for GatewayHandler {
             return relay::error::RelayError::NotFound(message).render(relay::inbound::format_for_path(&request.path));
         }
         Response::json(404, &serde_json::json!({"error": {"message": message, "type": "not_found"}}))
+    }
+
+    fn server_error_body(&self, path: Option<&str>, status: u16, message: &str) -> Option<Vec<u8>> {
+        let path = path.filter(|path| path.starts_with("/v1"))?;
+        let kind = match status {
+            413 => crate::protocol::error::ErrorKind::RequestTooLarge,
+            400 | 408 | 431 => crate::protocol::error::ErrorKind::InvalidRequest,
+            _ => crate::protocol::error::ErrorKind::Internal,
+        };
+        Some(crate::protocol::error::render_error(relay::inbound::format_for_path(path), status, kind, message))
     }
 }
 

@@ -101,3 +101,19 @@ fn anthropic_count_tokens_is_answered_locally() {
     assert_eq!(unauthenticated.status, 401);
     assert_eq!(unauthenticated.json()["error"]["type"], "authentication_error");
 }
+
+#[test]
+fn server_level_errors_on_relay_paths_use_the_client_protocol_shape() {
+    let gateway = TestGateway::start_with(databases::sqlite(), |config| config.server.max_body_bytes = 1000);
+    let big = format!("{{\"model\":\"g\",\"pad\":\"{}\"}}", "x".repeat(5000));
+    let anthropic = request(gateway.address, "POST", "/v1/messages", &[], big.as_bytes());
+    assert_eq!(anthropic.status, 413);
+    assert_eq!(anthropic.json()["type"], "error");
+    assert_eq!(anthropic.json()["error"]["type"], "request_too_large");
+    let gemini = request(gateway.address, "POST", "/v1beta/models/g:generateContent", &[], big.as_bytes());
+    assert_eq!(gemini.status, 413);
+    assert_eq!(gemini.json()["error"]["code"], 413);
+    let admin = request(gateway.address, "POST", "/api/v1/channels", &[], big.as_bytes());
+    assert_eq!(admin.status, 413);
+    assert_eq!(admin.json()["error"]["type"], "request_too_large");
+}

@@ -62,13 +62,16 @@ pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedStat
         peer,
         buffer: Vec::new(),
         read_timeout: None,
+        current_path: None,
         shared,
     };
     match connection.serve_requests() {
         ConnectionEnd::Reject(status, message) => {
+            let custom_body =
+                shared.handler.server_error_body(connection.current_path.as_deref(), status, message);
             if connection
                 .stream
-                .write_all(&error_response_bytes(status, message))
+                .write_all(&error_response_bytes(status, message, custom_body))
                 .is_ok()
             {
                 connection.close_gracefully();
@@ -85,6 +88,8 @@ struct Connection<'shared> {
     buffer: Vec<u8>,
     /// The read timeout currently set on the socket, to skip redundant system calls.
     read_timeout: Option<Duration>,
+    /// The path of the request being read or served, for shaping a server error response.
+    current_path: Option<String>,
     shared: &'shared SharedState,
 }
 
@@ -95,10 +100,12 @@ impl Connection<'_> {
             if self.shared.stopping.load(Ordering::Acquire) {
                 return ConnectionEnd::Drop;
             }
+            self.current_path = None;
             let head = match self.read_head() {
                 Ok(head) => head,
                 Err(end) => return end,
             };
+            self.current_path = Some(head.path.clone());
             let body = match self.read_body(&head) {
                 Ok(body) => body,
                 Err(end) => return end,

@@ -122,6 +122,14 @@ pub trait StreamWriter {
 /// connection's coroutine; a panic becomes a 500 for that request only.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Request) -> Response;
+
+    /// The JSON body of an error the server answers by itself (400 bad framing, 408, 413, 431,
+    /// 500 after a panic), so that it can be shaped for the client that sent the request.
+    /// `path` is None when the request head could not be read. None keeps the server's default
+    /// `{"error":{"message","type"}}`.
+    fn server_error_body(&self, _path: Option<&str>, _status: u16, _message: &str) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl Response {

@@ -122,8 +122,9 @@ pub fn write_response(
 }
 
 /// The bytes of a response whose status and message are fixed by the server, with a JSON
-/// error body; the connection is always closed after it.
-pub fn error_response_bytes(status: u16, message: &str) -> Vec<u8> {
+/// error body (the handler's `custom_body` when it gave one); the connection is always closed
+/// after it.
+pub fn error_response_bytes(status: u16, message: &str, custom_body: Option<Vec<u8>>) -> Vec<u8> {
     let error_type = match status {
         400 => "invalid_request_error",
         408 => "request_timeout",
@@ -131,8 +132,10 @@ pub fn error_response_bytes(status: u16, message: &str) -> Vec<u8> {
         431 => "request_header_fields_too_large",
         _ => "internal_error",
     };
-    let body = serde_json::json!({"error": {"message": message, "type": error_type}});
-    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let body = custom_body.unwrap_or_else(|| {
+        let body = serde_json::json!({"error": {"message": message, "type": error_type}});
+        serde_json::to_vec(&body).unwrap_or_default()
+    });
     let headers = [("Content-Type".to_string(), "application/json".to_string())];
     let mut bytes = response_head(
         status,
@@ -397,7 +400,7 @@ mod tests {
     #[test]
     fn error_responses_close_the_connection() {
         let text =
-            String::from_utf8(error_response_bytes(413, "request body is too large")).unwrap();
+            String::from_utf8(error_response_bytes(413, "request body is too large", None)).unwrap();
         let body =
             r#"{"error":{"message":"request body is too large","type":"request_too_large"}}"#;
         let expected = format!(

@@ -24,7 +24,7 @@ use crate::relay::retry::{classify, effects, AttemptOutcome, BreakerEffect, KeyP
 use crate::relay::rng::Rng;
 use crate::relay::stream::{is_error_event, EventTranslator};
 use crate::relay::transform::{can_serve, prepare_request, Transform};
-use crate::relay::RelayState;
+use crate::relay::{Credential, RelayState};
 use crate::store::entities::{Channel, ChannelKey, Group};
 use crate::upstream::client::{UpstreamRequest, UpstreamResponse};
 use crate::upstream::control::{with_call_control, CallControl};
@@ -35,6 +35,9 @@ use crate::util;
 const MAX_ERROR_BODY_BYTES: u64 = 1024 * 1024;
 /// Largest non-stream upstream answer accepted.
 const MAX_RESPONSE_BODY_BYTES: u64 = 256 * 1024 * 1024;
+/// Our read buffer for upstream streams. ureq keeps its own 16 KiB buffer; this one only needs
+/// to hold a few events, and a smaller one keeps the memory of each open stream down.
+const STREAM_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// How often a waiting request checks whether its client is still there.
 const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -416,32 +419,44 @@ fn run_attempt(
             };
         }
     };
-    let credential = match state.credential_for(channel, key) {
+    let credential = match state.credential_for(channel, key, base_url, false) {
         Ok(credential) => credential,
-        Err(message) => {
-            return AttemptResult::Failed {
-                outcome: AttemptOutcome::UpstreamStatus { status: 401, retry_after: None, quota_exhausted: false },
-                error: RelayError::UpstreamUnreachable(message.clone()),
-                detail: message,
-            };
-        }
+        Err(message) => return credential_failure(message),
     };
     let same_format = call.client_format == upstream_format;
-    let upstream_request = UpstreamRequest {
-        method: "POST".to_string(),
-        url: attempt_url(channel, base_url, upstream_model, call.stream),
-        headers: upstream_headers(call_headers(call, group), same_format, channel, &credential, call.stream),
-        body,
-        proxy: (!channel.proxy.is_empty()).then(|| channel.proxy.clone()),
-        response_head_timeout: Some(deadlines.first_byte.min(deadlines.remaining())),
+    let build_request = |credential: &Credential, body: Vec<u8>| {
+        let mut headers = upstream_headers(call_headers(call, group), same_format, channel, &credential.secret, call.stream);
+        headers.extend(credential.extra_headers.iter().cloned());
+        UpstreamRequest {
+            method: "POST".to_string(),
+            url: attempt_url(channel, base_url, upstream_model, call.stream),
+            headers,
+            body,
+            proxy: (!channel.proxy.is_empty()).then(|| channel.proxy.clone()),
+            response_head_timeout: Some(deadlines.first_byte.min(deadlines.remaining())),
+        }
     };
     let first_byte_deadline = Instant::now() + deadlines.first_byte.min(deadlines.remaining());
     control.set_read_timeout(Some(deadlines.first_byte.min(deadlines.remaining())));
-    let sent = with_call_control(control, || state.upstream.send(upstream_request));
-    let response = match sent {
+    let retry_body = credential.refreshable.then(|| body.clone());
+    let sent = with_call_control(control, || state.upstream.send(build_request(&credential, body)));
+    let mut response = match sent {
         Ok(response) => response,
         Err(error) => return transport_failure(error, control, false),
     };
+    // An OAuth access token may have been revoked or expired early: refresh it once and resend.
+    if response.status == 401
+        && let Some(body) = retry_body
+    {
+        let credential = match state.credential_for(channel, key, base_url, true) {
+            Ok(credential) => credential,
+            Err(message) => return credential_failure(message),
+        };
+        response = match with_call_control(control, || state.upstream.send(build_request(&credential, body))) {
+            Ok(response) => response,
+            Err(error) => return transport_failure(error, control, false),
+        };
+    }
     if !(200..300).contains(&response.status) {
         return upstream_status_failure(upstream_format, response, control);
     }
@@ -484,7 +499,7 @@ fn run_attempt(
     let mut parser = SseParser::new(state.config.relay.max_sse_event_size);
     let mut first_events = Vec::new();
     let mut body = response.body;
-    let mut buffer = vec![0u8; 16 * 1024];
+    let mut buffer = vec![0u8; STREAM_READ_BUFFER_BYTES];
     while first_events.is_empty() {
         let remaining = first_byte_deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -532,6 +547,16 @@ fn run_attempt(
 /// per-group header policy).
 fn call_headers<'a>(call: &'a InboundCall, _group: &Group) -> &'a [(String, String)] {
     &call.headers
+}
+
+/// The key's credential could not be obtained (e.g. an OAuth refresh was refused): treated like
+/// an upstream 401, so the key cools down and the next key is tried.
+fn credential_failure(message: String) -> AttemptResult {
+    AttemptResult::Failed {
+        outcome: AttemptOutcome::UpstreamStatus { status: 401, retry_after: None, quota_exhausted: false },
+        error: RelayError::UpstreamUnreachable(message.clone()),
+        detail: message,
+    }
 }
 
 fn transport_failure(error: UpstreamError, control: &CallControl, after_first_byte: bool) -> AttemptResult {
@@ -617,7 +642,7 @@ fn pump(
     if let Err(error) = send_events(&first_events, &mut translator, &mut trace) {
         client_error = Some(error);
     }
-    let mut buffer = vec![0u8; 16 * 1024];
+    let mut buffer = vec![0u8; STREAM_READ_BUFFER_BYTES];
     let mut events = Vec::new();
     while client_error.is_none() {
         control.set_read_timeout(Some(stream_idle));

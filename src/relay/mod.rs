@@ -36,6 +36,7 @@ use crate::relay::snapshot::{Snapshot, SnapshotCell};
 use crate::store::entities::{Channel, ChannelKey, ChannelType};
 use crate::store::pool::StorePool;
 use crate::upstream::client::UpstreamClient;
+use crate::upstream::google_oauth::AntigravityAuth;
 
 /// Everything the relay shares between requests.
 pub struct RelayState {
@@ -45,6 +46,7 @@ pub struct RelayState {
     pub health: HealthCell,
     pub upstream: UpstreamClient,
     pub records: RecordSink,
+    pub antigravity: AntigravityAuth,
     /// The last finished requests (filled by the record consumer).
     pub recent: Arc<RecentRecords>,
     seed: AtomicU64,
@@ -59,6 +61,7 @@ impl RelayState {
         recent: Arc<RecentRecords>,
     ) -> RelayState {
         RelayState {
+            antigravity: AntigravityAuth::new(upstream.clone(), config.antigravity.clone()),
             config,
             store,
             snapshot: SnapshotCell::default(),
@@ -83,14 +86,34 @@ impl RelayState {
         self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
     }
 
-    /// The secret sent upstream for this key. Antigravity refresh tokens need the OAuth token
-    /// exchange, which the protocol-conversion work adds; access tokens (`ya29.`) work directly.
-    pub fn credential_for(&self, channel: &Channel, key: &ChannelKey) -> Result<String, String> {
-        if channel.channel_type == ChannelType::Antigravity && !key.key.starts_with("ya29.") {
-            return Err("Antigravity refresh tokens are not supported yet; use an access token (ya29.)".to_string());
+    /// What to authenticate an attempt with. Antigravity keys go through the OAuth manager
+    /// (refresh tokens exchanged and cached; `force_refresh` after an upstream 401) and carry
+    /// the GCP project and the headers Cloud Code expects; other keys are sent as they are.
+    pub fn credential_for(&self, channel: &Channel, key: &ChannelKey, base_url: &str, force_refresh: bool) -> Result<Credential, String> {
+        if channel.channel_type != ChannelType::Antigravity {
+            return Ok(Credential { secret: key.key.clone(), extra_headers: Vec::new(), project: None, refreshable: false });
         }
-        Ok(key.key.clone())
+        let token = self.antigravity.access_token(&key.key, force_refresh).map_err(|error| format!("antigravity credentials: {error}"))?;
+        let project = self.antigravity.project_id(&key.key, base_url, &token).map_err(|error| format!("antigravity project: {error}"))?;
+        Ok(Credential {
+            refreshable: !key.key.trim().starts_with("ya29."),
+            secret: token,
+            extra_headers: AntigravityAuth::request_headers(),
+            project: Some(project),
+        })
     }
+}
+
+/// The credential of one attempt.
+pub struct Credential {
+    /// The API key or bearer token.
+    pub secret: String,
+    /// Provider-specific headers that go with it.
+    pub extra_headers: Vec<(String, String)>,
+    /// The GCP project (Antigravity only).
+    pub project: Option<String>,
+    /// Whether a fresh secret can be obtained (an OAuth refresh token), worth one retry on 401.
+    pub refreshable: bool,
 }
 
 /// Answers a relay request, or None when the path is not a relay endpoint.

@@ -4,6 +4,7 @@
 //! - `control`: `CallControl`, per-call read deadlines and cancellation.
 //! - `endpoint`: URLs and auth headers per channel type (pure functions).
 //! - `error`: `UpstreamError`.
+//! - `google_oauth`: `AntigravityAuth`, OAuth access tokens and project ids for Antigravity.
 //! - `transport`, `socks`, `tls`, `resolver`: the connector chain under ureq. Nothing in them
 //!   blocks a may worker thread: sockets are `may::net` streams and DNS runs on std threads.
 
@@ -11,6 +12,7 @@ pub mod client;
 pub mod control;
 pub mod endpoint;
 pub mod error;
+pub mod google_oauth;
 mod resolver;
 mod socks;
 mod tls;

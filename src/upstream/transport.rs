@@ -130,7 +130,7 @@ impl Transport for MayTransport {
             return Err(ureq::Error::Timeout(timeout.reason));
         }
         self.apply_write_timeout(timeout.not_zero().map(|limit| *limit))?;
-        let result = self.stream.write_all(&self.buffers.output()[..amount]);
+        let result = write_all_retrying(&mut self.stream, &self.buffers.output()[..amount]);
         if control.is_some_and(|control| control.is_cancelled()) {
             return Err(TransportFailure::Cancelled.into_ureq_error());
         }
@@ -158,9 +158,14 @@ impl Transport for MayTransport {
             (ureq_limit, _) => (ureq_limit, false),
         };
         self.apply_read_timeout(limit)?;
+        let mut spurious_errors = 0;
         let result = loop {
             match self.stream.read(self.buffers.input_append_buf()) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if is_spurious_may_error(&error) && spurious_errors < MAX_SPURIOUS_RETRIES => {
+                    spurious_errors += 1;
+                    continue;
+                }
                 other => break other,
             }
         };
@@ -190,6 +195,36 @@ impl Transport for MayTransport {
         self.socket.set_owner(NO_OWNER);
         peek_says_open(self.stream.as_raw_fd())
     }
+}
+
+/// Consecutive spurious errors tolerated on one read or write before the error is believed.
+const MAX_SPURIOUS_RETRIES: u32 = 16;
+
+/// may 0.3 can hand a coroutine an error left over from an earlier operation (seen under load as
+/// `EINPROGRESS`, "Operation now in progress", on a read of an established stream, which breaks
+/// healthy streams at random). Such an error is reported before the system call is made, so
+/// nothing was read or written and trying again is safe; `EAGAIN` is treated the same way.
+fn is_spurious_may_error(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(code) if code == libc::EINPROGRESS || code == libc::EAGAIN)
+}
+
+/// `write_all` that survives may's spurious errors (see `is_spurious_may_error`) without ever
+/// writing a byte twice: it only retries a write call that reported an error.
+fn write_all_retrying(stream: &mut may::net::TcpStream, mut data: &[u8]) -> io::Result<()> {
+    let mut spurious_errors = 0;
+    while !data.is_empty() {
+        match stream.write(data) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the connection accepted no more data")),
+            Ok(written) => {
+                data = &data[written..];
+                spurious_errors = 0;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if is_spurious_may_error(&error) && spurious_errors < MAX_SPURIOUS_RETRIES => spurious_errors += 1,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 impl Drop for MayTransport {

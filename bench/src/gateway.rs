@@ -1,0 +1,295 @@
+//! The gateway under test as a subprocess: a private temp dir with its config and SQLite file,
+//! start and health wait, configuration over the admin API, and teardown that always runs.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::http_client::one_shot;
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(25);
+const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// After SIGTERM the gateway gets this long to exit before SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How much of the gateway's stderr to show when something goes wrong.
+const LOG_TAIL_BYTES: usize = 4000;
+
+/// A directory removed (with its contents) when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn create(prefix: &str) -> Result<TempDir, String> {
+        let unique = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|since| since.as_nanos())
+                .unwrap_or(0)
+        );
+        let path = std::env::temp_dir().join(unique);
+        std::fs::create_dir(&path)
+            .map_err(|error| format!("cannot create temp dir {}: {error}", path.display()))?;
+        Ok(TempDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running gateway. Dropping it stops the process, then removes its temp dir.
+pub struct Gateway {
+    // `Drop::drop` runs before the fields are dropped, so the process is gone before its temp
+    // dir (config, SQLite file, log) is removed.
+    child: Child,
+    address: SocketAddr,
+    temp_dir: TempDir,
+}
+
+impl Gateway {
+    /// Writes a config (127.0.0.1, a free port, SQLite in a temp dir, log level warn), starts
+    /// `binary start --config ...`, optionally under `taskset -c CPU`, and waits for
+    /// `GET /healthz` to answer 200.
+    pub fn start(binary: &Path, pin_to_cpu: Option<u32>) -> Result<Gateway, String> {
+        let temp_dir = TempDir::create("octopus-bench")?;
+        let port = free_port()?;
+        let config_path = temp_dir.path().join("config.json");
+        let config = json!({
+            "server": {"host": "127.0.0.1", "port": port},
+            "database": {"type": "sqlite", "path": temp_dir.path().join("data.db")},
+            "log": {"level": "warn"},
+        });
+        std::fs::write(&config_path, config.to_string())
+            .map_err(|error| format!("cannot write {}: {error}", config_path.display()))?;
+
+        let log_path = temp_dir.path().join("gateway.log");
+        let log = File::create(&log_path).map_err(|error| format!("cannot create log: {error}"))?;
+        let log_for_stderr = log
+            .try_clone()
+            .map_err(|error| format!("cannot clone log handle: {error}"))?;
+        let mut command = match pin_to_cpu {
+            Some(cpu) => {
+                // taskset execs the gateway, so the child's pid is the gateway's own.
+                let mut command = Command::new("taskset");
+                command.arg("-c").arg(cpu.to_string()).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        command
+            .arg("start")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(temp_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_for_stderr));
+        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+        // async-signal-safe. PDEATHSIG kills the gateway if the bench dies without running its
+        // destructors (Ctrl-C, kill), so no gateway outlives a run.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
+        let mut gateway = Gateway {
+            child,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            temp_dir,
+        };
+        gateway.wait_until_healthy()?;
+        Ok(gateway)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The end of the gateway's combined stdout and stderr, for error messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read(self.temp_dir.path().join("gateway.log")).unwrap_or_default();
+        let tail_start = log.len().saturating_sub(LOG_TAIL_BYTES);
+        String::from_utf8_lossy(&log[tail_start..]).into_owned()
+    }
+
+    fn wait_until_healthy(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                return Err(format!(
+                    "the gateway exited during startup ({exit}); its log:\n{}",
+                    self.log_tail()
+                ));
+            }
+            let health = one_shot(
+                self.address,
+                "GET",
+                "/healthz",
+                None,
+                None,
+                Duration::from_secs(2),
+            );
+            if matches!(health, Ok(ref response) if response.status == 200) {
+                return Ok(());
+            }
+            std::thread::sleep(HEALTH_POLL_INTERVAL);
+        }
+        Err(format!(
+            "the gateway did not answer GET /healthz with 200 within {STARTUP_TIMEOUT:?}; its log:\n{}",
+            self.log_tail()
+        ))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill has no memory preconditions; the pid is our own live child.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + SHUTDOWN_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Asks the kernel for a free port by binding port 0 and releasing it. Another process could
+/// take it in between, but on a loopback-only bench box that race is theoretical.
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|error| format!("cannot find a free port: {error}"))?;
+    listener
+        .local_addr()
+        .map(|address| address.port())
+        .map_err(|error| format!("cannot find a free port: {error}"))
+}
+
+/// One group the bench routes to: client-facing name and the upstream model behind it.
+pub struct GroupSpec {
+    pub group_name: &'static str,
+    pub upstream_model: &'static str,
+}
+
+/// Logs in as the seeded admin, creates one `openai_chat` channel to the mock, one round-robin
+/// group per entry of `groups`, and a client API key; returns that key.
+pub fn configure(
+    gateway: SocketAddr,
+    mock_upstream: SocketAddr,
+    groups: &[GroupSpec],
+) -> Result<String, String> {
+    let login = admin_call(
+        gateway,
+        "/api/v1/auth/login",
+        None,
+        &json!({"username": "admin", "password": "admin"}),
+    )?;
+    let token = string_field(&login, "token", "login")?;
+
+    let upstream_models: Vec<&str> = groups.iter().map(|group| group.upstream_model).collect();
+    let channel = admin_call(
+        gateway,
+        "/api/v1/channels",
+        Some(&token),
+        &json!({
+            "name": "mock",
+            "type": "openai_chat",
+            "base_urls": [format!("http://{mock_upstream}/v1")],
+            "keys": ["sk-mock-1", "sk-mock-2"],
+            "models": upstream_models,
+        }),
+    )?;
+    let channel_id = channel
+        .get("id")
+        .cloned()
+        .ok_or_else(|| format!("channel creation answered without an id: {channel}"))?;
+
+    for group in groups {
+        admin_call(
+            gateway,
+            "/api/v1/groups",
+            Some(&token),
+            &json!({
+                "name": group.group_name,
+                "mode": "round_robin",
+                "items": [{"channel_id": channel_id, "model": group.upstream_model, "priority": 0, "weight": 1}],
+            }),
+        )?;
+    }
+
+    let api_key = admin_call(
+        gateway,
+        "/api/v1/api-keys",
+        Some(&token),
+        &json!({"name": "bench"}),
+    )?;
+    string_field(&api_key, "key", "api key creation")
+}
+
+/// POSTs JSON to the admin API and returns the parsed answer, or the status and body as error.
+fn admin_call(
+    gateway: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Result<Value, String> {
+    let body_bytes = body.to_string().into_bytes();
+    let response = one_shot(
+        gateway,
+        "POST",
+        path,
+        token,
+        Some(&body_bytes),
+        ADMIN_CALL_TIMEOUT,
+    )
+    .map_err(|error| format!("POST {path} failed: {error}"))?;
+    if !(200..300).contains(&response.status) {
+        return Err(format!(
+            "POST {path} answered {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        ));
+    }
+    serde_json::from_slice(&response.body)
+        .map_err(|error| format!("POST {path} answered with a body that is not JSON: {error}"))
+}
+
+fn string_field(object: &Value, field: &str, call: &str) -> Result<String, String> {
+    object
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("{call} answered without a string `{field}`"))
+}

@@ -1,0 +1,585 @@
+//! octopus-bench: measures the gateway side by side with a direct-to-mock baseline on loopback
+//! and prints a Markdown table of absolute numbers and gateway/direct ratios.
+//!
+//! One run starts a mock upstream in-process, starts the gateway as a subprocess with a private
+//! config and SQLite file, configures it over the admin API, then alternates direct and gateway
+//! arms (ABAB) so drift on a shared, noisy machine hits both sides alike. Run it through
+//! `scripts/bench`, which builds both programs and raises the open-file limit.
+
+mod gateway;
+mod http_client;
+mod measure;
+mod mock_upstream;
+mod proc_stats;
+mod report;
+mod samples;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::gateway::{Gateway, GroupSpec, configure};
+use crate::measure::{
+    ErrorTally, SequentialClient, Target, TargetModels, closed_loop, open_held_streams,
+    sequential_requests,
+};
+use crate::mock_upstream::MockUpstream;
+use crate::proc_stats::{cpu_micros, raise_fd_limit, resident_kib};
+use crate::report::{ArmResults, MemoryResults, RunInfo, RunResults};
+
+const USAGE: &str = "usage: octopus-bench [--quick] (--gateway PATH | --direct-only)
+
+  --gateway PATH   the octopus binary to start and measure against the direct baseline
+  --direct-only    measure only the mock upstream directly (no gateway)
+  --quick          fewer rounds and 100 held streams, for smoke tests
+
+Environment: BENCH_TASKSET=1 starts the gateway under `taskset -c 1` (scripts/bench pins the
+bench itself to CPU 0); BENCH_COMMIT and BENCH_RUSTC label the report.";
+
+/// Upstream model names the mock understands, and the shape they encode.
+const WHOLE_MODEL: &str = "bench-upstream";
+const PACED_STREAM_MODEL: &str = "stream-64x20";
+const PACED_STREAM_DELTAS: u32 = 64;
+const PACED_STREAM_PACE: Duration = Duration::from_millis(20);
+/// 600 deltas 100 ms apart: a 60-second stream, far longer than the held-streams phase.
+const LONG_STREAM_MODEL: &str = "stream-600x100";
+
+/// The gateway groups, one per upstream model, so clients name a group as their model.
+const GROUPS: [GroupSpec; 3] = [
+    GroupSpec {
+        group_name: "bench",
+        upstream_model: WHOLE_MODEL,
+    },
+    GroupSpec {
+        group_name: "bench-stream-64x20",
+        upstream_model: PACED_STREAM_MODEL,
+    },
+    GroupSpec {
+        group_name: "bench-stream-600x100",
+        upstream_model: LONG_STREAM_MODEL,
+    },
+];
+
+/// Concurrency of the throughput arms.
+const LOAD_CONCURRENCY: usize = 64;
+/// Threads that open the held streams; enough to open 1,000 in a few seconds.
+const STREAM_OPENER_THREADS: usize = 16;
+/// Upper bounds for phases that could otherwise wait on a broken gateway.
+const PHASE_TIME_LIMIT: Duration = Duration::from_secs(120);
+const HELD_STREAMS_OPEN_LIMIT: Duration = Duration::from_secs(60);
+/// Held streams settle this long before the RSS sample, so buffers allocated on the first
+/// few events are counted.
+const HELD_STREAMS_SETTLE: Duration = Duration::from_secs(1);
+/// How long the mock's open streams may take to end after the clients closed theirs.
+const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// The open-file limit asked for: two descriptors per held stream in this process (client
+/// and mock side) plus headroom.
+const WANTED_FD_LIMIT: u64 = 65_536;
+
+struct Options {
+    quick: bool,
+    /// None for a direct-only run.
+    gateway_binary: Option<PathBuf>,
+}
+
+/// How much of everything a run does.
+struct Plan {
+    mode: &'static str,
+    warmup_requests: usize,
+    latency_rounds: usize,
+    requests_per_round: usize,
+    load_rounds: usize,
+    load_duration: Duration,
+    stream_rounds: usize,
+    streams_per_round: usize,
+    held_streams: usize,
+}
+
+impl Plan {
+    fn full() -> Plan {
+        Plan {
+            mode: "full",
+            warmup_requests: 500,
+            latency_rounds: 7,
+            requests_per_round: 300,
+            load_rounds: 2,
+            load_duration: Duration::from_millis(2500),
+            stream_rounds: 2,
+            streams_per_round: 10,
+            held_streams: 1000,
+        }
+    }
+
+    fn quick() -> Plan {
+        Plan {
+            mode: "quick",
+            warmup_requests: 100,
+            latency_rounds: 3,
+            requests_per_round: 100,
+            load_rounds: 1,
+            load_duration: Duration::from_millis(1500),
+            stream_rounds: 1,
+            streams_per_round: 3,
+            held_streams: 100,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("octopus-bench: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(results) => {
+            print!("{}", report::render(&results));
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("octopus-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut quick = false;
+    let mut direct_only = false;
+    let mut gateway_binary = None;
+    let mut arguments = std::env::args().skip(1);
+    while let Some(argument) = arguments.next() {
+        match argument.as_str() {
+            "--quick" => quick = true,
+            "--direct-only" => direct_only = true,
+            "--gateway" => {
+                let path = arguments.next().ok_or("--gateway needs a path")?;
+                gateway_binary = Some(PathBuf::from(path));
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    if direct_only {
+        gateway_binary = None;
+    } else if gateway_binary.is_none() {
+        return Err("give --gateway PATH or --direct-only".to_string());
+    }
+    Ok(Options {
+        quick,
+        gateway_binary,
+    })
+}
+
+/// Progress goes to stderr so stdout carries only the Markdown report.
+fn progress(run_started: Instant, message: &str) {
+    eprintln!("[{:6.1} s] {message}", run_started.elapsed().as_secs_f64());
+}
+
+fn run(options: &Options) -> Result<RunResults, String> {
+    let run_started = Instant::now();
+    let plan = if options.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+
+    let fd_limit = raise_fd_limit(WANTED_FD_LIMIT);
+    let needed_fds = (plan.held_streams * 2 + 512) as u64;
+    if fd_limit < needed_fds {
+        return Err(format!(
+            "the open-file limit is {fd_limit}, the held-streams phase needs {needed_fds}; raise it with `ulimit -n`"
+        ));
+    }
+
+    let mock = MockUpstream::start().map_err(|error| format!("cannot start the mock: {error}"))?;
+    progress(run_started, &format!("mock upstream on {}", mock.address()));
+
+    let (pin_to_cpu, pinning) = gateway_pinning();
+    let gateway = match &options.gateway_binary {
+        Some(binary) => Some(Gateway::start(binary, pin_to_cpu)?),
+        None => None,
+    };
+    let gateway_pid = gateway.as_ref().map(Gateway::pid);
+    let gateway_rss = || gateway_pid.and_then(resident_kib);
+    let mut memory = MemoryResults {
+        at_start: gateway_rss(),
+        ..MemoryResults::default()
+    };
+
+    let direct = Target::new(
+        mock.address(),
+        "sk-mock-1",
+        &TargetModels {
+            whole: WHOLE_MODEL,
+            paced_stream: PACED_STREAM_MODEL,
+            long_stream: LONG_STREAM_MODEL,
+        },
+    );
+    let through_gateway = match &gateway {
+        Some(gateway) => {
+            progress(
+                run_started,
+                &format!("gateway pid {} on {}", gateway.pid(), gateway.address()),
+            );
+            let client_key =
+                configure(gateway.address(), mock.address(), &GROUPS).map_err(|error| {
+                    format!(
+                        "configuring the gateway failed: {error}\ngateway log:\n{}",
+                        gateway.log_tail()
+                    )
+                })?;
+            Some(Target::new(
+                gateway.address(),
+                &client_key,
+                &TargetModels {
+                    whole: GROUPS[0].group_name,
+                    paced_stream: GROUPS[1].group_name,
+                    long_stream: GROUPS[2].group_name,
+                },
+            ))
+        }
+        None => None,
+    };
+    memory.idle_configured = gateway_rss();
+
+    let mut direct_results = ArmResults::default();
+    let mut gateway_results = through_gateway.as_ref().map(|_| ArmResults::default());
+    let mut direct_client = SequentialClient::new(direct.address);
+    let mut gateway_client = through_gateway
+        .as_ref()
+        .map(|target| SequentialClient::new(target.address));
+
+    // Warm-up: connections, allocator pools and the gateway's caches, on both arms. An arm
+    // whose every warm-up request failed cannot be measured, so stop with its first error.
+    progress(run_started, "warm-up");
+    let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
+    warm_up(
+        &mut direct_client,
+        &direct,
+        plan.warmup_requests,
+        phase_deadline,
+        "direct",
+    )?;
+    if let (Some(client), Some(target), Some(gateway)) =
+        (gateway_client.as_mut(), &through_gateway, &gateway)
+    {
+        warm_up(
+            client,
+            target,
+            plan.warmup_requests,
+            phase_deadline,
+            "gateway",
+        )
+        .map_err(|error| format!("{error}\ngateway log:\n{}", gateway.log_tail()))?;
+    }
+    memory.after_warmup = gateway_rss();
+
+    progress(run_started, "latency at c=1");
+    let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
+    for _ in 0..plan.latency_rounds {
+        let accepted_before = mock.accepted_connections();
+        let samples = sequential_requests(
+            &mut direct_client,
+            &direct.whole_request,
+            plan.requests_per_round,
+            phase_deadline,
+            &mut direct_results.latency_errors,
+        );
+        direct_results.latency_rounds.push(samples);
+        direct_results.upstream_connections += mock.accepted_connections() - accepted_before;
+        if let (Some(client), Some(target), Some(results)) = (
+            gateway_client.as_mut(),
+            &through_gateway,
+            gateway_results.as_mut(),
+        ) {
+            let accepted_before = mock.accepted_connections();
+            let samples = sequential_requests(
+                client,
+                &target.whole_request,
+                plan.requests_per_round,
+                phase_deadline,
+                &mut results.latency_errors,
+            );
+            results.latency_rounds.push(samples);
+            results.upstream_connections += mock.accepted_connections() - accepted_before;
+        }
+    }
+
+    progress(run_started, &format!("throughput at c={LOAD_CONCURRENCY}"));
+    for _ in 0..plan.load_rounds {
+        load_round(&mock, &direct, None, &plan, &mut direct_results);
+        if let (Some(target), Some(results)) = (&through_gateway, gateway_results.as_mut()) {
+            load_round(&mock, target, gateway_pid, &plan, results);
+        }
+    }
+    memory.after_load = gateway_rss();
+
+    progress(
+        run_started,
+        &format!("streams ({PACED_STREAM_MODEL}) at c=1"),
+    );
+    let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
+    // One untimed stream per arm first, so the gateway's first streaming request is not a sample.
+    let _ = direct_client.timed_stream(
+        &direct.paced_stream_request,
+        PACED_STREAM_DELTAS,
+        PACED_STREAM_PACE,
+    );
+    if let (Some(client), Some(target)) = (gateway_client.as_mut(), &through_gateway) {
+        let _ = client.timed_stream(
+            &target.paced_stream_request,
+            PACED_STREAM_DELTAS,
+            PACED_STREAM_PACE,
+        );
+    }
+    for _ in 0..plan.stream_rounds {
+        stream_round(
+            &mock,
+            &mut direct_client,
+            &direct,
+            &plan,
+            phase_deadline,
+            &mut direct_results,
+        );
+        if let (Some(client), Some(target), Some(results)) = (
+            gateway_client.as_mut(),
+            &through_gateway,
+            gateway_results.as_mut(),
+        ) {
+            stream_round(&mock, client, target, &plan, phase_deadline, results);
+        }
+    }
+
+    // Held streams measure the gateway's memory per open stream; a direct-only run still holds
+    // them against the mock, which checks the rig can.
+    let held_target = through_gateway.as_ref().unwrap_or(&direct);
+    progress(
+        run_started,
+        &format!(
+            "holding {} streams ({LONG_STREAM_MODEL})",
+            plan.held_streams
+        ),
+    );
+    hold_streams(&mock, held_target, &plan, &gateway_rss, &mut memory);
+
+    progress(run_started, "done");
+    let gateway_log_lines = gateway.as_ref().map_or(0, |gateway| {
+        let log = gateway.log_tail();
+        if !log.trim().is_empty() {
+            eprintln!("gateway log (tail):\n{log}");
+        }
+        log.lines().count()
+    });
+    drop(gateway);
+    Ok(RunResults {
+        info: run_info(&plan, pinning),
+        direct: direct_results,
+        gateway: gateway_results,
+        memory,
+        gateway_log_lines,
+        held_target: if through_gateway.is_some() {
+            "gateway"
+        } else {
+            "direct"
+        },
+    })
+}
+
+fn warm_up(
+    client: &mut SequentialClient,
+    target: &Target,
+    count: usize,
+    deadline: Instant,
+    arm: &str,
+) -> Result<(), String> {
+    let mut errors = ErrorTally::default();
+    let samples = sequential_requests(client, &target.whole_request, count, deadline, &mut errors);
+    if samples.is_empty() {
+        return Err(format!(
+            "every {arm} warm-up request failed; first error: {}",
+            errors.first.unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// One closed-loop arm, with the CPU the gateway (if `gateway_pid`) and the bench used.
+fn load_round(
+    mock: &MockUpstream,
+    target: &Target,
+    gateway_pid: Option<u32>,
+    plan: &Plan,
+    results: &mut ArmResults,
+) {
+    let bench_pid = std::process::id();
+    let accepted_before = mock.accepted_connections();
+    let gateway_cpu_before = gateway_pid.and_then(cpu_micros);
+    let rig_cpu_before = cpu_micros(bench_pid).unwrap_or(0);
+    let outcome = closed_loop(
+        target.address,
+        Arc::clone(&target.whole_request),
+        LOAD_CONCURRENCY,
+        plan.load_duration,
+    );
+    let rig_cpu_after = cpu_micros(bench_pid).unwrap_or(0);
+    let gateway_cpu_after = gateway_pid.and_then(cpu_micros);
+    if let (Some(before), Some(after)) = (gateway_cpu_before, gateway_cpu_after) {
+        *results.gateway_cpu_micros.get_or_insert(0) += after.saturating_sub(before);
+    }
+    results.rig_cpu_micros += rig_cpu_after.saturating_sub(rig_cpu_before);
+    results.upstream_connections += mock.accepted_connections() - accepted_before;
+    results.load.completed += outcome.completed;
+    results.load.elapsed += outcome.elapsed;
+    results.load.latencies.extend(outcome.latencies);
+    results.load.errors.absorb(outcome.errors);
+}
+
+fn stream_round(
+    mock: &MockUpstream,
+    client: &mut SequentialClient,
+    target: &Target,
+    plan: &Plan,
+    deadline: Instant,
+    results: &mut ArmResults,
+) {
+    let accepted_before = mock.accepted_connections();
+    for _ in 0..plan.streams_per_round {
+        if Instant::now() >= deadline {
+            results
+                .stream_errors
+                .record("phase deadline reached before all streams were run".to_string());
+            break;
+        }
+        match client.timed_stream(
+            &target.paced_stream_request,
+            PACED_STREAM_DELTAS,
+            PACED_STREAM_PACE,
+        ) {
+            Ok(sample) => results.streams.push(sample),
+            Err(message) => results.stream_errors.record(message),
+        }
+    }
+    results.upstream_connections += mock.accepted_connections() - accepted_before;
+}
+
+/// Opens the held streams, samples the gateway's RSS while they are open, closes them and
+/// checks that the upstream streams behind them end too.
+fn hold_streams(
+    mock: &MockUpstream,
+    target: &Target,
+    plan: &Plan,
+    gateway_rss: &dyn Fn() -> Option<u64>,
+    memory: &mut MemoryResults,
+) {
+    memory.before_holding = gateway_rss();
+    let upstream_before = mock.open_streams();
+    let held = open_held_streams(
+        target.address,
+        Arc::clone(&target.long_stream_request),
+        plan.held_streams,
+        STREAM_OPENER_THREADS,
+        Instant::now() + HELD_STREAMS_OPEN_LIMIT,
+    );
+    memory.held_open = held.connections.len();
+    memory.held_errors = held.errors;
+    memory.held_open_time = held.open_time;
+    std::thread::sleep(HELD_STREAMS_SETTLE);
+    memory.holding_streams = gateway_rss();
+    memory.upstream_open_while_held = mock.open_streams().saturating_sub(upstream_before);
+    let mut connections = held.connections;
+    for connection in &mut connections {
+        if let Some(last_bytes) = connection.closed_by_server() {
+            memory.held_closed_by_server.record(format!(
+                "last bytes before the close: {:?}",
+                String::from_utf8_lossy(&last_bytes)
+            ));
+        }
+    }
+
+    drop(connections);
+    let closed_at = Instant::now();
+    while mock.open_streams() > upstream_before && closed_at.elapsed() < UPSTREAM_CLOSE_WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    memory.upstream_close_wait = closed_at.elapsed();
+    memory.upstream_open_after_close = mock.open_streams().saturating_sub(upstream_before);
+    memory.after_close = gateway_rss();
+}
+
+/// Pins the gateway to CPU 1 when BENCH_TASKSET=1 and taskset and a second CPU exist.
+fn gateway_pinning() -> (Option<u32>, String) {
+    if std::env::var("BENCH_TASKSET").as_deref() != Ok("1") {
+        return (None, "off".to_string());
+    }
+    let has_taskset = std::process::Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_taskset || online_cpus() < 2 {
+        return (
+            None,
+            "requested but unavailable (needs taskset and 2 CPUs)".to_string(),
+        );
+    }
+    let bench_cpus = proc_status_field("Cpus_allowed_list").unwrap_or_else(|| "?".to_string());
+    (
+        Some(1),
+        format!("gateway on CPU 1, bench on CPU {bench_cpus}"),
+    )
+}
+
+/// CPUs online on the machine; unlike `available_parallelism` this ignores the bench's own
+/// affinity, which `scripts/bench` may have narrowed to CPU 0.
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let count = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(count).unwrap_or(1)
+}
+
+fn proc_status_field(name: &str) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(name))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
+fn run_info(plan: &Plan, pinning: String) -> RunInfo {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|text| text.trim().to_string())
+        .unwrap_or_else(|_| "?".to_string());
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cpus = online_cpus();
+    RunInfo {
+        mode: plan.mode,
+        commit: std::env::var("BENCH_COMMIT").unwrap_or_else(|_| "unknown".to_string()),
+        rustc: std::env::var("BENCH_RUSTC").unwrap_or_else(|_| "rustc ?".to_string()),
+        kernel,
+        cpu: format!("{cpu_model} × {cpus}"),
+        pinning,
+        latency_rounds: plan.latency_rounds,
+        requests_per_round: plan.requests_per_round,
+        concurrency: LOAD_CONCURRENCY,
+        load_rounds: plan.load_rounds,
+        load_duration: plan.load_duration,
+        stream_model: PACED_STREAM_MODEL,
+        stream_pace: PACED_STREAM_PACE,
+        streams_per_arm: plan.stream_rounds * plan.streams_per_round,
+        held_stream_model: LONG_STREAM_MODEL,
+        held_stream_count: plan.held_streams,
+    }
+}

@@ -1,0 +1,519 @@
+//! The results of a run and their Markdown rendering (absolute numbers and gateway/direct ratios).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::measure::{ErrorTally, LoadOutcome, StreamSample};
+use crate::samples::{median_of_round_medians, percentile, pooled};
+
+/// A gap this much longer than scheduled is flagged as a stall. Linux's minimum delayed-ACK
+/// timer is 40 ms, so a Nagle stall shows as a gap about 40 ms over the pace; the margin below
+/// 40 ms keeps such a stall from hiding behind timer rounding.
+pub const STALL_THRESHOLD: Duration = Duration::from_millis(30);
+/// A gateway throughput within this fraction of the direct figure means the rig (mock plus
+/// client), not the gateway, was the bottleneck.
+const MOCK_BOUND_FRACTION: f64 = 0.9;
+
+/// What the run was and where it ran.
+pub struct RunInfo {
+    pub mode: &'static str,
+    pub commit: String,
+    pub rustc: String,
+    pub kernel: String,
+    pub cpu: String,
+    pub pinning: String,
+    pub latency_rounds: usize,
+    pub requests_per_round: usize,
+    pub concurrency: usize,
+    pub load_rounds: usize,
+    pub load_duration: Duration,
+    pub stream_model: &'static str,
+    pub stream_pace: Duration,
+    pub streams_per_arm: usize,
+    pub held_stream_model: &'static str,
+    pub held_stream_count: usize,
+}
+
+/// Everything measured on one side of the comparison.
+#[derive(Default)]
+pub struct ArmResults {
+    pub latency_rounds: Vec<Vec<u64>>,
+    pub latency_errors: ErrorTally,
+    /// All load rounds added together.
+    pub load: LoadOutcome,
+    /// CPU the gateway process used during this arm's load rounds (gateway arm only).
+    pub gateway_cpu_micros: Option<u64>,
+    /// CPU the bench process (client and mock) used during this arm's load rounds.
+    pub rig_cpu_micros: u64,
+    pub streams: Vec<StreamSample>,
+    pub stream_errors: ErrorTally,
+    /// Connections the mock accepted during this arm's timed phases: the client's own on the
+    /// direct arm, the gateway's upstream connections on the gateway arm (reuse check).
+    pub upstream_connections: usize,
+}
+
+/// Resident memory of the gateway (KiB) at the points of the run, and the held-streams phase.
+#[derive(Default)]
+pub struct MemoryResults {
+    pub at_start: Option<u64>,
+    pub idle_configured: Option<u64>,
+    pub after_warmup: Option<u64>,
+    pub after_load: Option<u64>,
+    /// After the stream phase, just before the held streams are opened.
+    pub before_holding: Option<u64>,
+    pub holding_streams: Option<u64>,
+    pub after_close: Option<u64>,
+    pub held_open: usize,
+    pub held_errors: ErrorTally,
+    pub held_open_time: Duration,
+    /// Streams the mock was writing while they were held, and a few seconds after the clients
+    /// closed them (anything left means the gateway did not propagate the close upstream).
+    pub upstream_open_while_held: usize,
+    pub upstream_open_after_close: usize,
+    pub upstream_close_wait: Duration,
+    /// Held streams the server had already closed when the bench was about to close them.
+    pub held_closed_by_server: ErrorTally,
+}
+
+pub struct RunResults {
+    pub info: RunInfo,
+    pub direct: ArmResults,
+    /// None when the run was direct-only.
+    pub gateway: Option<ArmResults>,
+    pub memory: MemoryResults,
+    /// Lines in the tail of the gateway's log (warn level and above); printed to stderr.
+    pub gateway_log_lines: usize,
+    /// Where the held streams went: "gateway" or, in a direct-only run, "direct".
+    pub held_target: &'static str,
+}
+
+/// Renders the whole report as Markdown.
+pub fn render(results: &RunResults) -> String {
+    let mut out = String::new();
+    let info = &results.info;
+    let _ = writeln!(out, "## octopus benchmark ({} run)\n", info.mode);
+    let _ = writeln!(
+        out,
+        "commit `{}` · {} · Linux {} · {} · pinning: {}\n",
+        info.commit, info.rustc, info.kernel, info.cpu, info.pinning
+    );
+    if results.gateway.is_none() {
+        let _ = writeln!(
+            out,
+            "**Direct-only run**: no gateway was measured; the gateway columns are empty.\n"
+        );
+    }
+    render_main_table(&mut out, results);
+    render_memory_table(&mut out, results);
+    render_notes(&mut out, results);
+    out
+}
+
+fn render_main_table(out: &mut String, results: &RunResults) {
+    let info = &results.info;
+    let direct = &results.direct;
+    let gateway = results.gateway.as_ref();
+    let _ = writeln!(
+        out,
+        "| Metric | Direct | Gateway | Added | Gateway / direct |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|");
+
+    let pooled_direct = pooled(&direct.latency_rounds);
+    let pooled_gateway = gateway.map(|arm| pooled(&arm.latency_rounds));
+    let samples_per_arm = pooled_direct.len();
+    latency_row(
+        out,
+        &format!(
+            "Latency p50, c=1 (median of {} round medians)",
+            info.latency_rounds
+        ),
+        median_of_round_medians(&direct.latency_rounds),
+        gateway.map(|arm| median_of_round_medians(&arm.latency_rounds)),
+    );
+    latency_row(
+        out,
+        &format!(
+            "Latency p99, c=1 (all {} samples per arm)",
+            group_thousands(samples_per_arm as u64)
+        ),
+        percentile(&mut pooled_direct.clone(), 0.99),
+        pooled_gateway.map(|mut samples| percentile(&mut samples, 0.99)),
+    );
+    count_row(
+        out,
+        "Errors, c=1",
+        direct.latency_errors.count,
+        gateway.map(|arm| arm.latency_errors.count),
+    );
+
+    let load_label = format!(
+        "Throughput, c={} closed loop ({} × {:.1} s per arm)",
+        info.concurrency,
+        info.load_rounds,
+        info.load_duration.as_secs_f64()
+    );
+    let direct_rps = requests_per_second(&direct.load);
+    let gateway_rps = gateway.map(|arm| requests_per_second(&arm.load));
+    let _ = writeln!(
+        out,
+        "| {load_label} | {} req/s | {} | | {} |",
+        group_thousands(direct_rps as u64),
+        gateway_rps.map_or("—".to_string(), |rps| format!(
+            "{} req/s",
+            group_thousands(rps as u64)
+        )),
+        gateway_rps.map_or(String::new(), |rps| ratio(rps, direct_rps)),
+    );
+    latency_row(
+        out,
+        &format!("Latency p50, c={}", info.concurrency),
+        percentile(&mut direct.load.latencies.clone(), 0.5),
+        gateway.map(|arm| percentile(&mut arm.load.latencies.clone(), 0.5)),
+    );
+    latency_row(
+        out,
+        &format!("Latency p99, c={}", info.concurrency),
+        percentile(&mut direct.load.latencies.clone(), 0.99),
+        gateway.map(|arm| percentile(&mut arm.load.latencies.clone(), 0.99)),
+    );
+    count_row(
+        out,
+        &format!("Errors, c={}", info.concurrency),
+        direct.load.errors.count,
+        gateway.map(|arm| arm.load.errors.count),
+    );
+    let gateway_cpu = gateway.and_then(|arm| cpu_per_request(arm.gateway_cpu_micros?, &arm.load));
+    let _ = writeln!(
+        out,
+        "| CPU per request, c={}: gateway process | — | {} | | |",
+        info.concurrency,
+        gateway_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
+    );
+    let direct_rig_cpu = cpu_per_request(direct.rig_cpu_micros, &direct.load);
+    let gateway_rig_cpu = gateway.and_then(|arm| cpu_per_request(arm.rig_cpu_micros, &arm.load));
+    let _ = writeln!(
+        out,
+        "| CPU per request, c={}: bench rig (client + mock) | {} | {} | | |",
+        info.concurrency,
+        direct_rig_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
+        gateway_rig_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
+    );
+
+    let stream_label = format!(
+        "{} (c=1, {} streams per arm)",
+        info.stream_model, info.streams_per_arm
+    );
+    let first_events = |arm: &ArmResults| -> Vec<u64> {
+        arm.streams
+            .iter()
+            .map(|sample| sample.first_event_nanos)
+            .collect()
+    };
+    latency_row(
+        out,
+        &format!("Time to first event p50, {stream_label}"),
+        percentile(&mut first_events(direct), 0.5),
+        gateway.map(|arm| percentile(&mut first_events(arm), 0.5)),
+    );
+    latency_row(
+        out,
+        &format!("Time to first event p99, {stream_label}"),
+        percentile(&mut first_events(direct), 0.99),
+        gateway.map(|arm| percentile(&mut first_events(arm), 0.99)),
+    );
+    let max_gap = |arm: &ArmResults| {
+        arm.streams
+            .iter()
+            .map(|s| s.max_gap_nanos)
+            .max()
+            .unwrap_or(0)
+    };
+    let max_lateness = |arm: &ArmResults| {
+        arm.streams
+            .iter()
+            .map(|s| s.max_lateness_nanos)
+            .max()
+            .unwrap_or(0)
+    };
+    let _ = writeln!(
+        out,
+        "| Max inter-event gap (pace {} ms) | {} | {} | | |",
+        info.stream_pace.as_millis(),
+        format_millis(max_gap(direct) as i64),
+        gateway.map_or("—".to_string(), |arm| format_millis(max_gap(arm) as i64)),
+    );
+    let stall_flag = |lateness: i64| {
+        if lateness > STALL_THRESHOLD.as_nanos() as i64 {
+            " **STALL**"
+        } else {
+            ""
+        }
+    };
+    let _ = writeln!(
+        out,
+        "| Max gap over schedule (stall if > {} ms) | {}{} | {} | | |",
+        STALL_THRESHOLD.as_millis(),
+        format_millis(max_lateness(direct)),
+        stall_flag(max_lateness(direct)),
+        gateway.map_or("—".to_string(), |arm| format!(
+            "{}{}",
+            format_millis(max_lateness(arm)),
+            stall_flag(max_lateness(arm))
+        )),
+    );
+    let events = |arm: &ArmResults| {
+        let received: usize = arm.streams.iter().map(|s| s.events).sum();
+        let expected: usize = arm.streams.iter().map(|s| s.expected_events).sum();
+        format!(
+            "{} / {}",
+            group_thousands(received as u64),
+            group_thousands(expected as u64)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "| Events received / expected | {} | {} | | |",
+        events(direct),
+        gateway.map_or("—".to_string(), events),
+    );
+    count_row(
+        out,
+        "Errors, streams",
+        direct.stream_errors.count,
+        gateway.map(|arm| arm.stream_errors.count),
+    );
+    count_row(
+        out,
+        "Connections the mock accepted (all timed phases)",
+        direct.upstream_connections as u64,
+        gateway.map(|arm| arm.upstream_connections as u64),
+    );
+    let _ = writeln!(out);
+}
+
+fn render_memory_table(out: &mut String, results: &RunResults) {
+    let memory = &results.memory;
+    let info = &results.info;
+    if results.gateway.is_some() {
+        let _ = writeln!(out, "| Gateway memory (VmRSS) | |");
+        let _ = writeln!(out, "|---|--:|");
+        let rows = [
+            ("At start (first `/healthz` 200)", memory.at_start),
+            (
+                "Idle, configured, before the first relayed request",
+                memory.idle_configured,
+            ),
+            ("After warm-up", memory.after_warmup),
+            ("After the c=64 load", memory.after_load),
+            (
+                "After the streams, before holding streams",
+                memory.before_holding,
+            ),
+            (
+                &*format!(
+                    "Holding {} streams (`{}`)",
+                    group_thousands(memory.held_open as u64),
+                    info.held_stream_model
+                ),
+                memory.holding_streams,
+            ),
+            ("After closing them", memory.after_close),
+        ];
+        for (label, kib) in rows {
+            let _ = writeln!(
+                out,
+                "| {label} | {} |",
+                kib.map_or("—".to_string(), format_kib)
+            );
+        }
+        let per_stream_rows = [
+            (
+                "**Per open stream** ((holding − after warm-up)",
+                memory.after_warmup,
+            ),
+            (
+                "Per open stream, marginal ((holding − just before)",
+                memory.before_holding,
+            ),
+        ];
+        for (label, baseline) in per_stream_rows {
+            if let (Some(holding), Some(baseline)) = (memory.holding_streams, baseline)
+                && memory.held_open > 0
+            {
+                let per_stream = (holding as f64 - baseline as f64) / memory.held_open as f64;
+                let _ = writeln!(
+                    out,
+                    "| {label} / {}) | {per_stream:.1} KiB |",
+                    group_thousands(memory.held_open as u64)
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+}
+
+fn render_notes(out: &mut String, results: &RunResults) {
+    let memory = &results.memory;
+    let info = &results.info;
+    let _ = writeln!(out, "Notes:");
+    let _ = writeln!(
+        out,
+        "- Held streams ({}): {} of {} open after {:.1} s; the mock was writing {} of them; \
+         {} had been closed by the server before the bench closed them; \
+         {} upstream streams still open {:.1} s after the clients closed.",
+        results.held_target,
+        group_thousands(memory.held_open as u64),
+        group_thousands(info.held_stream_count as u64),
+        memory.held_open_time.as_secs_f64(),
+        memory.upstream_open_while_held,
+        memory.held_closed_by_server.count,
+        memory.upstream_open_after_close,
+        memory.upstream_close_wait.as_secs_f64(),
+    );
+    if let Some(gateway) = &results.gateway {
+        let direct_rps = requests_per_second(&results.direct.load);
+        let gateway_rps = requests_per_second(&gateway.load);
+        if direct_rps > 0.0 && gateway_rps >= MOCK_BOUND_FRACTION * direct_rps {
+            let _ = writeln!(
+                out,
+                "- Gateway throughput is within 10% of direct: mock-bound, the rig was the limit."
+            );
+        }
+    }
+    if results.gateway_log_lines > 0 {
+        let _ = writeln!(
+            out,
+            "- The gateway logged {} lines at warn level or above (tail on stderr).",
+            results.gateway_log_lines
+        );
+    }
+    let arms = [
+        ("direct", Some(&results.direct)),
+        ("gateway", results.gateway.as_ref()),
+    ];
+    for (name, arm) in arms {
+        let Some(arm) = arm else { continue };
+        for (phase, tally) in [
+            ("c=1", &arm.latency_errors),
+            ("load", &arm.load.errors),
+            ("streams", &arm.stream_errors),
+        ] {
+            if let Some(first) = &tally.first {
+                let _ = writeln!(out, "- First {name} {phase} error: {}", one_line(first));
+            }
+        }
+    }
+    if let Some(first) = &memory.held_errors.first {
+        let _ = writeln!(
+            out,
+            "- Held-stream errors: {} (first: {})",
+            memory.held_errors.count,
+            one_line(first)
+        );
+    }
+    if let Some(first) = &memory.held_closed_by_server.first {
+        let _ = writeln!(
+            out,
+            "- First held stream closed by the server: {}",
+            one_line(first)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- c=1 latency: {} interleaved rounds (direct, gateway, direct, ...) of {} requests per arm after warm-up; added = gateway − direct.",
+        info.latency_rounds, info.requests_per_round
+    );
+}
+
+fn latency_row(out: &mut String, label: &str, direct_nanos: u64, gateway_nanos: Option<u64>) {
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {} | {} | {} |",
+        format_duration(direct_nanos),
+        gateway_nanos.map_or("—".to_string(), format_duration),
+        gateway_nanos.map_or(String::new(), |gateway| format_signed(
+            gateway as i64 - direct_nanos as i64
+        )),
+        gateway_nanos.map_or(String::new(), |gateway| ratio(
+            gateway as f64,
+            direct_nanos as f64
+        )),
+    );
+}
+
+fn count_row(out: &mut String, label: &str, direct: u64, gateway: Option<u64>) {
+    let _ = writeln!(
+        out,
+        "| {label} | {direct} | {} | | |",
+        gateway.map_or("—".to_string(), |count| count.to_string())
+    );
+}
+
+fn requests_per_second(load: &LoadOutcome) -> f64 {
+    if load.elapsed.is_zero() {
+        return 0.0;
+    }
+    load.completed as f64 / load.elapsed.as_secs_f64()
+}
+
+fn cpu_per_request(cpu_micros: u64, load: &LoadOutcome) -> Option<f64> {
+    (load.completed > 0).then(|| cpu_micros as f64 / load.completed as f64)
+}
+
+fn ratio(gateway: f64, direct: f64) -> String {
+    if direct <= 0.0 {
+        return "—".to_string();
+    }
+    format!("{:.2}×", gateway / direct)
+}
+
+/// Microseconds below 10 ms, milliseconds above.
+fn format_duration(nanos: u64) -> String {
+    if nanos < 10_000_000 {
+        format!("{} µs", group_thousands((nanos + 500) / 1000))
+    } else {
+        format!("{:.1} ms", nanos as f64 / 1e6)
+    }
+}
+
+fn format_signed(nanos: i64) -> String {
+    let sign = if nanos < 0 { "−" } else { "+" };
+    format!("{sign}{}", format_duration(nanos.unsigned_abs()))
+}
+
+/// Milliseconds with one decimal, for gaps measured against a pace in milliseconds.
+fn format_millis(nanos: i64) -> String {
+    format!("{:.1} ms", nanos as f64 / 1e6)
+}
+
+fn format_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn group_thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+/// Error messages may quote bodies with newlines and pipes; keep the note to one table-safe line.
+fn one_line(message: &str) -> String {
+    let flat: String = message
+        .chars()
+        .map(|c| {
+            if c == '\n' || c == '\r' || c == '|' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    flat.chars().take(300).collect()
+}
