@@ -30,8 +30,9 @@ use support::wire_client::{
     ClientAsk, Rules, client_call, validate_complete, validate_response, validate_stream,
 };
 use support::wire_upstream::{
-    InlineImage, ScriptedAnswer, ScriptedToolCall, ToolExpectation, UpstreamExpectation,
-    antigravity_wrap, check_request, complete_answer, scripted_reply, streamed_answer,
+    ANTHROPIC_SIGNATURE, GEMINI_SIGNATURE, InlineImage, RESPONSES_ENCRYPTED_CONTENT,
+    ScriptedAnswer, ScriptedToolCall, ToolExpectation, UpstreamExpectation, antigravity_wrap,
+    check_request, complete_answer, scripted_reply, streamed_answer,
 };
 
 /// One input feature of a cell.
@@ -391,6 +392,7 @@ fn run_cell(
         ),
         Err(problem) => problems.push(format!("client side: {problem}")),
     }
+    problems.extend(foreign_signatures(cell.client, &response.text()));
     let mut log = log.lock().unwrap();
     match log.hits.remove(&cell.marker()).unwrap_or(0) {
         0 => problems.push("the upstream was never called".to_string()),
@@ -409,6 +411,27 @@ fn run_cell(
     } else {
         Err(problems)
     }
+}
+
+/// Reasoning signatures are bound to the provider family that issued them (protocols.md §5):
+/// a client of another family would hand them back, and a mixed group could send them to a
+/// provider that rejects them. Each mock signs its reasoning with a recognisable value.
+fn foreign_signatures(client: ClientProtocol, answer: &str) -> Vec<String> {
+    [
+        (ANTHROPIC_SIGNATURE, ClientProtocol::Anthropic),
+        (GEMINI_SIGNATURE, ClientProtocol::Gemini),
+        (RESPONSES_ENCRYPTED_CONTENT, ClientProtocol::OpenaiResponses),
+    ]
+    .into_iter()
+    .filter(|(signature, owner)| client != *owner && answer.contains(signature))
+    .map(|(signature, owner)| {
+        format!(
+            "the {} client got the {} provider's reasoning signature {signature:?}",
+            client.name(),
+            owner.name()
+        )
+    })
+    .collect()
 }
 
 fn mark(passed: bool) -> &'static str {
