@@ -1063,6 +1063,27 @@ fn validators_accept_provider_answers_and_reject_broken_ones() {
         no_arguments_done,
         "no function_call_arguments.done",
     );
+    let mut never_done = responses.clone();
+    never_done.remove(arguments_done + 1);
+    rejects(
+        ClientProtocol::OpenaiResponses,
+        never_done,
+        "an item that is never done",
+    );
+    let arguments_delta = responses
+        .iter()
+        .position(|event| event.contains("function_call_arguments.delta"))
+        .expect("arguments delta");
+    rejects(
+        ClientProtocol::OpenaiResponses,
+        replaced(
+            &responses,
+            arguments_delta,
+            "\"output_index\":0",
+            "\"output_index\":1",
+        ),
+        "a delta naming an item that is not open",
+    );
     let text_responses = stream_of(ClientProtocol::OpenaiResponses, Feature::Text);
     let text_done = text_responses
         .iter()

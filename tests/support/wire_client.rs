@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde_json::{Value, json};
@@ -1048,16 +1049,15 @@ fn responses_complete(body: &Value, rules: Rules) -> Checked<Summary> {
     Ok(summary)
 }
 
-/// The output item open in a Responses stream.
+/// An output item of a Responses stream, from `response.output_item.added` to `.done`.
 struct StreamItem {
-    output_index: u64,
     id: String,
     kind: String,
-    /// Message: the text of the open part and of the closed ones.
+    /// Message: the text of the closed parts, and the open part with its text so far.
     text: String,
     part_open: Option<(u64, String)>,
     parts: u64,
-    /// Function call: call id, name, the arguments so far and whether `.done` came.
+    /// Function call: call id and name, the arguments so far and whether `.done` came.
     call: Option<(String, String)>,
     arguments: String,
     arguments_done: bool,
@@ -1065,12 +1065,39 @@ struct StreamItem {
     reasoning: String,
 }
 
+/// The open item an event names by `output_index` and `item_id`, which must be of `kind`.
+fn open_item<'a>(
+    open: &'a mut BTreeMap<u64, StreamItem>,
+    event: &Value,
+    kind: &str,
+    path: &str,
+) -> Checked<&'a mut StreamItem> {
+    let output_index = count_field(event, "output_index", path)?;
+    let item = open
+        .get_mut(&output_index)
+        .ok_or_else(|| format!("{path}: output_index {output_index} is not an open item"))?;
+    ensure(item.kind == kind, || {
+        format!(
+            "{path}: item {output_index} is a {}, not a {kind}",
+            item.kind
+        )
+    })?;
+    expect_field(event, "item_id", &json!(item.id), path)?;
+    Ok(item)
+}
+
+/// Items may overlap: the official SDKs accumulate events by `output_index`, and a gateway
+/// converting from Chat keeps parallel function calls open because Chat may interleave their
+/// argument fragments. Every event must still name an open item (by `output_index` and
+/// `item_id`), each item must be added before its events and done after them, and the terminal
+/// response must list the items exactly as they were streamed.
 fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checked<Summary> {
     let mut last_sequence: Option<u64> = None;
     let mut created = false;
     let mut terminal: Option<Value> = None;
-    let mut open: Option<StreamItem> = None;
-    let mut streamed: Vec<ItemMeaning> = Vec::new();
+    let mut open: BTreeMap<u64, StreamItem> = BTreeMap::new();
+    // One entry per added item, by output_index; None until the item is done.
+    let mut streamed: Vec<Option<ItemMeaning>> = Vec::new();
     for (position, (name, data)) in events.iter().enumerate() {
         let name = name
             .as_deref()
@@ -1110,9 +1137,6 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
         match name {
             "response.in_progress" | "response.queued" | "keepalive" => {}
             "response.output_item.added" => {
-                ensure(open.is_none(), || {
-                    format!("{path}: an item is added while another is open")
-                })?;
                 let output_index = count_field(&event, "output_index", &path)?;
                 ensure(output_index == streamed.len() as u64, || {
                     format!(
@@ -1123,8 +1147,10 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
                 let item = field(&event, "item", &path)?;
                 let kind = string_field(item, "type", &item_path)?.to_string();
                 let id = non_empty_string_field(item, "id", &item_path)?.to_string();
+                ensure(open.values().all(|other| other.id != id), || {
+                    format!("{item_path}: id {id:?} is already open")
+                })?;
                 let mut stream_item = StreamItem {
-                    output_index,
                     id,
                     kind: kind.clone(),
                     text: String::new(),
@@ -1153,18 +1179,13 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
                         ));
                     }
                 }
-                open = Some(stream_item);
+                open.insert(output_index, stream_item);
+                streamed.push(None);
             }
             "response.output_item.done" => {
-                let item_state = open
-                    .take()
-                    .ok_or_else(|| format!("{path}: no item is open"))?;
                 let output_index = count_field(&event, "output_index", &path)?;
-                ensure(output_index == item_state.output_index, || {
-                    format!(
-                        "{path}: output_index {output_index}, open item is {}",
-                        item_state.output_index
-                    )
+                let item_state = open.remove(&output_index).ok_or_else(|| {
+                    format!("{path}: output_index {output_index} is not an open item")
                 })?;
                 ensure(item_state.part_open.is_none(), || {
                     format!("{path}: the item's content part is still open")
@@ -1212,23 +1233,13 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
                         )
                     })?,
                 }
-                streamed.push(meaning);
+                streamed[output_index as usize] = Some(meaning);
             }
             "response.content_part.added"
             | "response.content_part.done"
             | "response.output_text.delta"
             | "response.output_text.done" => {
-                let item_state = open
-                    .as_mut()
-                    .filter(|item| item.kind == "message")
-                    .ok_or_else(|| format!("{path}: no message item is open"))?;
-                expect_field(&event, "item_id", &json!(item_state.id), &path)?;
-                expect_field(
-                    &event,
-                    "output_index",
-                    &json!(item_state.output_index),
-                    &path,
-                )?;
+                let item_state = open_item(&mut open, &event, "message", &path)?;
                 let content_index = count_field(&event, "content_index", &path)?;
                 match name {
                     "response.content_part.added" => {
@@ -1292,17 +1303,7 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
                 }
             }
             "response.function_call_arguments.delta" | "response.function_call_arguments.done" => {
-                let item_state = open
-                    .as_mut()
-                    .filter(|item| item.kind == "function_call")
-                    .ok_or_else(|| format!("{path}: no function_call item is open"))?;
-                expect_field(&event, "item_id", &json!(item_state.id), &path)?;
-                expect_field(
-                    &event,
-                    "output_index",
-                    &json!(item_state.output_index),
-                    &path,
-                )?;
+                let item_state = open_item(&mut open, &event, "function_call", &path)?;
                 ensure(!item_state.arguments_done, || {
                     format!("{path}: after function_call_arguments.done")
                 })?;
@@ -1321,17 +1322,7 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
             | "response.reasoning_summary_text.done"
             | "response.reasoning_text.delta"
             | "response.reasoning_text.done" => {
-                let item_state = open
-                    .as_mut()
-                    .filter(|item| item.kind == "reasoning")
-                    .ok_or_else(|| format!("{path}: no reasoning item is open"))?;
-                expect_field(&event, "item_id", &json!(item_state.id), &path)?;
-                expect_field(
-                    &event,
-                    "output_index",
-                    &json!(item_state.output_index),
-                    &path,
-                )?;
+                let item_state = open_item(&mut open, &event, "reasoning", &path)?;
                 if name.ends_with("text.delta") {
                     item_state
                         .reasoning
@@ -1339,7 +1330,12 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
                 }
             }
             "response.completed" | "response.incomplete" => {
-                ensure(open.is_none(), || format!("{path}: an item is still open"))?;
+                ensure(open.is_empty(), || {
+                    format!(
+                        "{path}: items {:?} are still open",
+                        open.keys().collect::<Vec<_>>()
+                    )
+                })?;
                 terminal = Some(field(&event, "response", &path)?.clone());
             }
             "response.failed" | "error" => {
@@ -1363,6 +1359,7 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
     let mut summary = Summary::default();
     for (position, (item, streamed_meaning)) in output.iter().zip(streamed).enumerate() {
         let item_path = format!("{path}.output[{position}]");
+        let streamed_meaning = streamed_meaning.expect("every item was done before the end");
         let meaning = responses_item(item, &item_path)?;
         ensure(meaning == streamed_meaning, || {
             format!("{item_path}: {meaning:?} differs from the streamed {streamed_meaning:?}")
