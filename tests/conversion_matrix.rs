@@ -1132,3 +1132,59 @@ fn validators_accept_provider_answers_and_reject_broken_ones() {
         "function call args that are not an object",
     );
 }
+
+/// The upstream request checks accept a well-formed request and name each fault in a broken one.
+#[test]
+fn upstream_checks_accept_a_good_request_and_name_each_fault() {
+    let cell = Cell {
+        client: ClientProtocol::OpenaiChat,
+        channel: ChannelKind::Anthropic,
+        stream: true,
+        feature: Feature::Reasoning,
+    };
+    let expected = upstream_expectation(&cell);
+    let good = json!({
+        "model": upstream_model(ChannelKind::Anthropic), "max_tokens": 8192, "stream": true, "system": SYSTEM_PROMPT,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": user_text(&cell)}]}],
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+    });
+    let recorded = |body: &Value| RecordedRequest {
+        method: "POST".to_string(),
+        path: "/v1/messages".to_string(),
+        query: String::new(),
+        headers: vec![
+            ("x-api-key".to_string(), channel_key(ChannelKind::Anthropic)),
+            ("anthropic-version".to_string(), "2023-06-01".to_string()),
+        ],
+        body: body.to_string().into_bytes(),
+    };
+    assert_eq!(
+        check_request(ChannelKind::Anthropic, &recorded(&good), &expected),
+        Vec::<String>::new()
+    );
+    let faults = [
+        (
+            "/max_completion_tokens",
+            json!(4096),
+            "max_completion_tokens",
+        ),
+        (
+            "/thinking",
+            json!({"type": "enabled", "budget_tokens": 9000}),
+            "budget_tokens",
+        ),
+        ("/system", json!("Something else."), "body.system"),
+        ("/stream", json!(false), "body.stream"),
+        ("/model", json!("another-model"), "body.model"),
+    ];
+    for (pointer, value, named) in faults {
+        let mut broken = good.clone();
+        let (parent, key) = pointer.rsplit_once('/').expect("a pointer");
+        broken.pointer_mut(parent).expect("the parent exists")[key] = value;
+        let problems = check_request(ChannelKind::Anthropic, &recorded(&broken), &expected);
+        assert!(
+            problems.iter().any(|problem| problem.contains(named)),
+            "{pointer}: {problems:?}"
+        );
+    }
+}

@@ -642,6 +642,13 @@ pub fn check_request(
             return problems;
         }
     };
+    let unknown = unknown_fields(kind, &body);
+    note(ensure(unknown.is_empty(), || {
+        format!(
+            "fields the {} API rejects as unknown: {unknown:?}",
+            kind.name()
+        )
+    }));
     match kind {
         ChannelKind::OpenaiChat => check_chat(request, &body, expected, &mut note),
         ChannelKind::OpenaiResponses => check_responses(request, &body, expected, &mut note),
@@ -726,6 +733,183 @@ pub fn check_request(
     problems
 }
 
+/// Top-level request fields each API accepts. All of them answer an unknown field with a 400
+/// (Anthropic: "Extra inputs are not permitted"; OpenAI: "Unrecognized request argument";
+/// Gemini: "Unknown name"), so a converter must never leak one format's fields into another.
+const CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "n",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "reasoning_effort",
+    "response_format",
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "modalities",
+    "audio",
+    "prediction",
+    "verbosity",
+    "safety_identifier",
+    "prompt_cache_key",
+    "web_search_options",
+    "functions",
+    "function_call",
+];
+const RESPONSES_FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "max_output_tokens",
+    "max_tool_calls",
+    "temperature",
+    "top_p",
+    "top_logprobs",
+    "reasoning",
+    "text",
+    "include",
+    "store",
+    "stream",
+    "stream_options",
+    "metadata",
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+    "previous_response_id",
+    "conversation",
+    "truncation",
+    "service_tier",
+    "background",
+    "prompt",
+];
+const ANTHROPIC_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "max_tokens",
+    "metadata",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
+    "container",
+    "mcp_servers",
+    "output_config",
+    "context_management",
+];
+const GEMINI_FIELDS: &[&str] = &[
+    "contents",
+    "systemInstruction",
+    "system_instruction",
+    "tools",
+    "toolConfig",
+    "tool_config",
+    "generationConfig",
+    "generation_config",
+    "safetySettings",
+    "safety_settings",
+    "cachedContent",
+    "cached_content",
+    "labels",
+];
+const GEMINI_GENERATION_FIELDS: &[&str] = &[
+    "temperature",
+    "topP",
+    "topK",
+    "candidateCount",
+    "maxOutputTokens",
+    "stopSequences",
+    "presencePenalty",
+    "frequencyPenalty",
+    "seed",
+    "responseMimeType",
+    "responseSchema",
+    "responseJsonSchema",
+    "responseModalities",
+    "thinkingConfig",
+    "responseLogprobs",
+    "logprobs",
+    "mediaResolution",
+    "speechConfig",
+    "imageConfig",
+    "enableEnhancedCivicAnswers",
+];
+const ANTIGRAVITY_FIELDS: &[&str] = &[
+    "project",
+    "model",
+    "request",
+    "userAgent",
+    "requestType",
+    "requestId",
+];
+
+/// The fields of `body` (and of a Gemini `generationConfig`) that `kind`'s API does not know.
+pub fn unknown_fields(kind: ChannelKind, body: &Value) -> Vec<String> {
+    fn unknown_in(object: &Value, known: &[&str], prefix: &str) -> Vec<String> {
+        object
+            .as_object()
+            .map(|map| {
+                map.keys()
+                    .filter(|key| !known.contains(&key.as_str()))
+                    .map(|key| format!("{prefix}{key}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn gemini_unknown(request: &Value, prefix: &str, extra: &[&str]) -> Vec<String> {
+        let known: Vec<&str> = GEMINI_FIELDS.iter().chain(extra).copied().collect();
+        let mut unknown = unknown_in(request, &known, prefix);
+        for key in ["generationConfig", "generation_config"] {
+            if let Some(config) = request.get(key) {
+                unknown.extend(unknown_in(
+                    config,
+                    GEMINI_GENERATION_FIELDS,
+                    &format!("{prefix}{key}."),
+                ));
+            }
+        }
+        unknown
+    }
+    match kind {
+        ChannelKind::OpenaiChat => unknown_in(body, CHAT_FIELDS, ""),
+        ChannelKind::OpenaiResponses => unknown_in(body, RESPONSES_FIELDS, ""),
+        ChannelKind::Anthropic => unknown_in(body, ANTHROPIC_FIELDS, ""),
+        ChannelKind::Gemini => gemini_unknown(body, "", &[]),
+        ChannelKind::Antigravity => {
+            let mut unknown = unknown_in(body, ANTIGRAVITY_FIELDS, "");
+            if let Some(request) = body.get("request") {
+                // The inner request also carries the conversation's session id.
+                unknown.extend(gemini_unknown(request, "request.", &["sessionId"]));
+            }
+            unknown
+        }
+    }
+}
+
 fn stream_word(stream: bool) -> &'static str {
     if stream { "streaming" } else { "non-stream" }
 }
@@ -799,6 +983,13 @@ fn check_chat(
     ));
     note(expect_value(body, "model", &json!(expected.model), "body"));
     note(check_stream_flag(body, expected.stream));
+    if !expected.stream {
+        // OpenAI: "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+        note(ensure(
+            body.get("stream_options").is_none_or(Value::is_null),
+            || "stream_options on a non-stream request (OpenAI rejects it)".to_string(),
+        ));
+    }
     if expected.stream {
         note(ensure(
             body.pointer("/stream_options/include_usage") == Some(&json!(true)),
