@@ -797,6 +797,11 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
                     }
                     continue;
                 }
+                // A bare signature from another provider (Gemini signs plain text parts) has
+                // nothing to show.
+                if reasoning.text.is_empty() && signature.is_none() {
+                    continue;
+                }
                 content.push(json!({
                     "type": "thinking",
                     "thinking": reasoning.text,
@@ -1395,6 +1400,7 @@ mod signature_tests {
             upstream_model: "claude".to_string(),
             default_max_tokens: 4096,
             stream: false,
+            ..WriteOptions::default()
         }
     }
 

@@ -11,11 +11,11 @@ use crate::protocol::ir::{
     ConvertError, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
 };
 use crate::protocol::sse::SseEvent;
-use crate::protocol::{anthropic, openai_chat};
+use crate::protocol::{anthropic, antigravity, gemini, openai_chat};
 
 /// What a conversion needs to know besides the bodies. Ids and times come from the caller, which
 /// keeps conversion free of clocks and randomness.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct ConvertContext {
     /// The model name the upstream knows; written into converted requests.
     pub upstream_model: String,
@@ -30,6 +30,10 @@ pub struct ConvertContext {
     /// The client asked for usage in its stream (Chat `stream_options.include_usage`; see
     /// [`client_wants_stream_usage`]). Other client formats always get usage.
     pub include_usage: bool,
+    /// The Antigravity account's Google Cloud project, for the request envelope.
+    pub antigravity_project: String,
+    /// A unique id for the upstream request (Antigravity's `requestId`); may be empty.
+    pub request_id: String,
 }
 
 /// Whether the client's request asks for usage in the stream: Chat only sends it when
@@ -43,7 +47,10 @@ pub fn client_wants_stream_usage(client: Format, body: &Value) -> bool {
 
 /// Formats whose request, response and stream converters through the IR exist.
 fn has_converters(format: Format) -> bool {
-    matches!(format, Format::OpenaiChat | Format::Anthropic)
+    matches!(
+        format,
+        Format::OpenaiChat | Format::Anthropic | Format::Gemini | Format::Antigravity
+    )
 }
 
 /// Whether requests in `client` format can be served by an `upstream` channel: the same format
@@ -76,6 +83,8 @@ pub fn convert_request(
         upstream_model: context.upstream_model.clone(),
         default_max_tokens: context.default_max_tokens,
         stream: context.stream,
+        antigravity_project: context.antigravity_project.clone(),
+        request_id: context.request_id.clone(),
     };
     let written = write_request(upstream, &request, &options)?;
     Ok(written.to_string().into_bytes())
@@ -94,8 +103,9 @@ pub fn convert_response(
     let value: Value = serde_json::from_slice(body).map_err(|error| {
         ConvertError::new("", format!("upstream response is not JSON: {error}"))
     })?;
-    let response = parse_response(upstream, &value)?;
-    let written = write_response(client, &response, &response_meta(context))?;
+    let meta = response_meta(context);
+    let response = parse_response(upstream, &value, &meta)?;
+    let written = write_response(client, &response, &meta)?;
     Ok(written.to_string().into_bytes())
 }
 
@@ -110,6 +120,8 @@ enum Decoder {
     PassThrough,
     OpenaiChat(openai_chat::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
+    Gemini(gemini::StreamDecoder),
+    Antigravity(antigravity::StreamDecoder),
     Unsupported(Format),
 }
 
@@ -117,6 +129,7 @@ enum Encoder {
     PassThrough,
     OpenaiChat(openai_chat::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
+    Gemini(gemini::StreamEncoder),
     Unsupported(Format),
 }
 
@@ -131,18 +144,21 @@ impl StreamTranscoder {
                 events: Vec::new(),
             };
         }
+        let meta = response_meta(context);
         let decoder = match upstream {
             Format::OpenaiChat => Decoder::OpenaiChat(openai_chat::StreamDecoder::new()),
             Format::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
+            Format::Gemini => Decoder::Gemini(gemini::StreamDecoder::new(&meta)),
+            Format::Antigravity => Decoder::Antigravity(antigravity::StreamDecoder::new(&meta)),
             other => Decoder::Unsupported(other),
         };
-        let meta = response_meta(context);
         let encoder = match client {
             Format::OpenaiChat => Encoder::OpenaiChat(openai_chat::StreamEncoder::new(
                 &meta,
                 context.include_usage,
             )),
             Format::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new(&meta)),
+            Format::Gemini => Encoder::Gemini(gemini::StreamEncoder::new(&meta)),
             other => Encoder::Unsupported(other),
         };
         StreamTranscoder {
@@ -162,6 +178,8 @@ impl StreamTranscoder {
             }
             Decoder::OpenaiChat(decoder) => decoder.push(event, &mut self.events)?,
             Decoder::Anthropic(decoder) => decoder.push(event, &mut self.events)?,
+            Decoder::Gemini(decoder) => decoder.push(event, &mut self.events)?,
+            Decoder::Antigravity(decoder) => decoder.push(event, &mut self.events)?,
             Decoder::Unsupported(format) => return Err(not_implemented(*format)),
         }
         self.encode_pending(out)
@@ -175,6 +193,8 @@ impl StreamTranscoder {
             Decoder::PassThrough | Decoder::Unsupported(_) => return,
             Decoder::OpenaiChat(decoder) => decoder.finish(&mut self.events),
             Decoder::Anthropic(decoder) => decoder.finish(&mut self.events),
+            Decoder::Gemini(decoder) => decoder.finish(&mut self.events),
+            Decoder::Antigravity(decoder) => decoder.finish(&mut self.events),
         };
         if flushed.is_err() || self.encode_pending(out).is_err() {
             return;
@@ -182,6 +202,7 @@ impl StreamTranscoder {
         match &mut self.encoder {
             Encoder::OpenaiChat(encoder) => encoder.finish(out),
             Encoder::Anthropic(encoder) => encoder.finish(out),
+            Encoder::Gemini(encoder) => encoder.finish(out),
             Encoder::PassThrough | Encoder::Unsupported(_) => {}
         }
     }
@@ -194,6 +215,11 @@ impl StreamTranscoder {
                 }
             }
             Encoder::Anthropic(encoder) => {
+                for event in &self.events {
+                    encoder.encode(event, out);
+                }
+            }
+            Encoder::Gemini(encoder) => {
                 for event in &self.events {
                     encoder.encode(event, out);
                 }
@@ -227,6 +253,7 @@ fn parse_request(format: Format, body: &Value) -> Result<Request, ConvertError> 
     match format {
         Format::OpenaiChat => openai_chat::parse_request(body),
         Format::Anthropic => anthropic::parse_request(body),
+        Format::Gemini => gemini::parse_request(body),
         other => Err(not_implemented(other)),
     }
 }
@@ -239,14 +266,23 @@ fn write_request(
     match format {
         Format::OpenaiChat => openai_chat::write_request(request, options),
         Format::Anthropic => anthropic::write_request(request, options),
+        Format::Gemini => gemini::write_request(request, options),
+        Format::Antigravity => antigravity::write_request(request, options),
         other => Err(not_implemented(other)),
     }
 }
 
-fn parse_response(format: Format, body: &Value) -> Result<Response, ConvertError> {
+/// Gemini and Antigravity name the calls they return after `meta.id`, since they send no ids.
+fn parse_response(
+    format: Format,
+    body: &Value,
+    meta: &ResponseMeta,
+) -> Result<Response, ConvertError> {
     match format {
         Format::OpenaiChat => openai_chat::parse_response(body),
         Format::Anthropic => anthropic::parse_response(body),
+        Format::Gemini => gemini::parse_response(body, meta),
+        Format::Antigravity => antigravity::parse_response(body, meta),
         other => Err(not_implemented(other)),
     }
 }
@@ -259,6 +295,7 @@ fn write_response(
     match format {
         Format::OpenaiChat => Ok(openai_chat::write_response(response, meta)),
         Format::Anthropic => Ok(anthropic::write_response(response, meta)),
+        Format::Gemini => Ok(gemini::write_response(response, meta)),
         other => Err(not_implemented(other)),
     }
 }
@@ -274,6 +311,8 @@ mod tests {
     //! recorded body from the shared fixtures, and a stream input is
     //! `{"$fixture": "<stream file>"}` or `{"events": [{"event": name, "data": json}]}`, plus an
     //! optional `"include_usage"`. A failed conversion is written as `{"convert_error": {...}}`.
+    //! A request input may name the upstream model with `"$upstream_model"` (removed before the
+    //! conversion) when the output depends on it (Gemini 3, Claude on Antigravity).
 
     use std::path::{Path, PathBuf};
 
@@ -287,7 +326,7 @@ mod tests {
     use crate::protocol::ir::{Part, Request, Role, WriteOptions};
     use crate::protocol::sse::{SseEvent, SseParser, encode_event};
     use crate::protocol::testkit;
-    use crate::protocol::{anthropic, openai_chat};
+    use crate::protocol::{anthropic, gemini, openai_chat};
 
     fn testdata_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocol/testdata")
@@ -319,6 +358,8 @@ mod tests {
             response_id: "resp_test".to_string(),
             created_unix: 1_700_000_000,
             include_usage,
+            antigravity_project: "test-project".to_string(),
+            request_id: "agent-test".to_string(),
         }
     }
 
@@ -388,9 +429,15 @@ mod tests {
         let (kind, from, to) = parse_lane(lane);
         match kind {
             "request" => {
-                let body = resolve_input(input);
+                let mut body = resolve_input(input);
+                let upstream_model = body
+                    .as_object_mut()
+                    .and_then(|object| object.remove("$upstream_model"));
                 let stream = body["stream"].as_bool() == Some(true);
-                let context = context(stream, client_wants_stream_usage(from, &body));
+                let mut context = context(stream, client_wants_stream_usage(from, &body));
+                if let Some(Value::String(model)) = upstream_model {
+                    context.upstream_model = model;
+                }
                 match convert_request(from, to, &body, &context) {
                     Ok(bytes) => serde_json::from_slice(&bytes).expect("written request is JSON"),
                     Err(error) => error_output(error),
@@ -470,11 +517,25 @@ mod tests {
             lanes,
             [
                 "request_anthropic_to_chat",
+                "request_anthropic_to_gemini",
                 "request_chat_to_anthropic",
+                "request_chat_to_antigravity",
+                "request_chat_to_gemini",
+                "request_gemini_to_anthropic",
+                "request_gemini_to_chat",
                 "response_anthropic_to_chat",
+                "response_antigravity_to_chat",
                 "response_chat_to_anthropic",
+                "response_chat_to_gemini",
+                "response_gemini_to_anthropic",
+                "response_gemini_to_chat",
                 "stream_anthropic_to_chat",
+                "stream_anthropic_to_gemini",
+                "stream_antigravity_to_chat",
                 "stream_chat_to_anthropic",
+                "stream_chat_to_gemini",
+                "stream_gemini_to_anthropic",
+                "stream_gemini_to_chat",
             ]
         );
     }
@@ -507,6 +568,76 @@ mod tests {
     #[test]
     fn stream_chat_to_anthropic() {
         check_lane("stream_chat_to_anthropic");
+    }
+
+    #[test]
+    fn request_chat_to_gemini() {
+        check_lane("request_chat_to_gemini");
+    }
+
+    #[test]
+    fn request_anthropic_to_gemini() {
+        check_lane("request_anthropic_to_gemini");
+    }
+
+    #[test]
+    fn request_gemini_to_chat() {
+        check_lane("request_gemini_to_chat");
+    }
+
+    #[test]
+    fn request_gemini_to_anthropic() {
+        check_lane("request_gemini_to_anthropic");
+    }
+
+    #[test]
+    fn request_chat_to_antigravity() {
+        check_lane("request_chat_to_antigravity");
+    }
+
+    #[test]
+    fn response_gemini_to_chat() {
+        check_lane("response_gemini_to_chat");
+    }
+
+    #[test]
+    fn response_gemini_to_anthropic() {
+        check_lane("response_gemini_to_anthropic");
+    }
+
+    #[test]
+    fn response_chat_to_gemini() {
+        check_lane("response_chat_to_gemini");
+    }
+
+    #[test]
+    fn response_antigravity_to_chat() {
+        check_lane("response_antigravity_to_chat");
+    }
+
+    #[test]
+    fn stream_gemini_to_chat() {
+        check_lane("stream_gemini_to_chat");
+    }
+
+    #[test]
+    fn stream_gemini_to_anthropic() {
+        check_lane("stream_gemini_to_anthropic");
+    }
+
+    #[test]
+    fn stream_chat_to_gemini() {
+        check_lane("stream_chat_to_gemini");
+    }
+
+    #[test]
+    fn stream_anthropic_to_gemini() {
+        check_lane("stream_anthropic_to_gemini");
+    }
+
+    #[test]
+    fn stream_antigravity_to_chat() {
+        check_lane("stream_antigravity_to_chat");
     }
 
     #[test]
@@ -547,16 +678,18 @@ mod tests {
     fn formats_not_implemented_yet_fail_with_a_convert_error() {
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         let context = context(false, false);
+        // No client speaks Antigravity, so it has no request parser and no stream encoder.
         let error =
-            convert_request(Format::OpenaiChat, Format::Gemini, &body, &context).unwrap_err();
+            convert_request(Format::Antigravity, Format::OpenaiChat, &body, &context).unwrap_err();
         assert_eq!(
             error.message,
-            "conversion for format gemini is not implemented yet"
+            "conversion for format antigravity is not implemented yet"
         );
         assert!(
             convert_response(Format::OpenaiResponses, Format::OpenaiChat, b"{}", &context).is_err()
         );
-        let mut transcoder = StreamTranscoder::new(Format::Gemini, Format::OpenaiChat, &context);
+        let mut transcoder =
+            StreamTranscoder::new(Format::OpenaiChat, Format::Antigravity, &context);
         let event = SseEvent {
             data: "{}".to_string(),
             ..SseEvent::default()
@@ -634,6 +767,43 @@ mod tests {
                 }
                 request.include_usage = false;
             }
+            Format::Gemini => {
+                // Consecutive turns of one role are merged into one content.
+                let mut merged: Vec<crate::protocol::ir::Message> = Vec::new();
+                for message in request.messages.drain(..) {
+                    match merged.last_mut() {
+                        Some(last) if last.role == message.role => last.parts.extend(message.parts),
+                        _ => merged.push(message),
+                    }
+                }
+                request.messages = merged;
+                // Gemini gets no call ids and the parser names calls by position, so ids are
+                // compared by order of first appearance. History without signatures gets the
+                // bypass value on its calls.
+                let mut renamed = std::collections::HashMap::new();
+                let mut rename = |id: &mut String| {
+                    let next = format!("id{}", renamed.len());
+                    *id = renamed.entry(id.clone()).or_insert(next).clone();
+                };
+                for part in request
+                    .messages
+                    .iter_mut()
+                    .flat_map(|message| &mut message.parts)
+                {
+                    match part {
+                        Part::ToolCall(call) => {
+                            rename(&mut call.id);
+                            if call.signature.as_ref().is_some_and(|signature| {
+                                signature.value == gemini::SIGNATURE_BYPASS
+                            }) {
+                                call.signature = None;
+                            }
+                        }
+                        Part::ToolResult(result) => rename(&mut result.call_id),
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
         request
@@ -646,23 +816,39 @@ mod tests {
         for (lane, format) in [
             ("request_chat_to_anthropic", Format::OpenaiChat),
             ("request_anthropic_to_chat", Format::Anthropic),
+            ("request_gemini_to_chat", Format::Gemini),
+            ("request_gemini_to_anthropic", Format::Gemini),
         ] {
             for case in cases(lane) {
-                let body = resolve_input(read_json(
+                let mut body = resolve_input(read_json(
                     &testdata_dir().join(lane).join(format!("{case}.in.json")),
                 ));
+                let upstream_model = body
+                    .as_object_mut()
+                    .and_then(|object| object.remove("$upstream_model"));
                 let parse = |body: &Value| match format {
                     Format::OpenaiChat => openai_chat::parse_request(body),
+                    Format::Gemini => gemini::parse_request(body),
                     _ => anthropic::parse_request(body),
                 };
                 let Ok(first) = parse(&body) else { continue };
+                // A Gemini body names no model; thinking levels only survive on Gemini 3.
+                let default_model = match format {
+                    Format::Gemini => "gemini-3-pro-preview".to_string(),
+                    _ => first.model.clone(),
+                };
                 let options = WriteOptions {
-                    upstream_model: first.model.clone(),
+                    upstream_model: match upstream_model {
+                        Some(Value::String(model)) => model,
+                        _ => default_model,
+                    },
                     default_max_tokens: 4096,
                     stream: first.stream,
+                    ..WriteOptions::default()
                 };
                 let written = match format {
                     Format::OpenaiChat => openai_chat::write_request(&first, &options),
+                    Format::Gemini => gemini::write_request(&first, &options),
                     _ => anthropic::write_request(&first, &options),
                 };
                 let Ok(written) = written else { continue };
@@ -679,6 +865,6 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(checked >= 10, "only {checked} requests were round-tripped");
+        assert!(checked >= 20, "only {checked} requests were round-tripped");
     }
 }

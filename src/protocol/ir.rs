@@ -431,7 +431,7 @@ impl fmt::Display for ConvertError {
 impl std::error::Error for ConvertError {}
 
 /// What a request writer needs besides the IR.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct WriteOptions {
     /// The model name the upstream knows.
     pub upstream_model: String,
@@ -439,6 +439,12 @@ pub struct WriteOptions {
     pub default_max_tokens: u32,
     /// Ask the upstream for a stream.
     pub stream: bool,
+    /// The Google Cloud project of the Antigravity account (from `loadCodeAssist`), written as the
+    /// envelope's `project`; empty for other formats.
+    pub antigravity_project: String,
+    /// A unique id for this upstream request, written as Antigravity's `requestId` (left out when
+    /// empty); other formats ignore it.
+    pub request_id: String,
 }
 
 /// Values a response writer uses when the IR lacks them (and always for `created_unix`).

@@ -5,8 +5,10 @@
 //! of its inputs and can be tested byte for byte.
 
 pub mod anthropic;
+pub mod antigravity;
 pub mod convert;
 pub mod error;
+pub mod gemini;
 pub mod models_list;
 pub mod ir;
 pub mod openai_chat;

@@ -337,6 +337,9 @@ fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &Inbound
         response_id: format!("gen-{}", util::random_alphanumeric(24)),
         created_unix: util::unix_seconds(),
         include_usage: client_wants_stream_usage(call.client_format, &call.body),
+        // The Antigravity project comes from loadCodeAssist, which the relay does not call yet.
+        antigravity_project: String::new(),
+        request_id: format!("agent-{}", util::random_alphanumeric(24)),
     }
 }
 

@@ -1,0 +1,221 @@
+//! Google Antigravity (Cloud Code `v1internal`) to and from the IR: a Gemini request inside the
+//! Antigravity envelope, and Gemini responses and stream chunks wrapped in `{"response", "traceId"}`.
+//! Upstream only: no client speaks this format.
+//!
+//! The envelope (protocols.md §7) is `{project, model, request, userAgent: "antigravity",
+//! requestType: "agent", requestId}` with `sessionId` inside `request`. The project and request id
+//! come from the caller (`WriteOptions`), since this module may not invent them. The session id
+//! must stay the same across the turns of one conversation; it is derived from the first user
+//! message, which every later request of the conversation repeats.
+//!
+//! The inner request differs from Gemini's (see `gemini::write_generate_request`): tool schemas
+//! are `parameters` in the OpenAPI subset with upper-case types, `systemInstruction` has role
+//! `user`, call ids are sent and echoed on `functionResponse.id` (Claude-backed models need them),
+//! Claude models get `functionCallingConfig.mode: VALIDATED` and an output limit above the thinking
+//! budget, and `safetySettings` is never written.
+
+use serde_json::{Map, Value};
+
+use crate::protocol::gemini::{self, Target};
+use crate::protocol::ir::{
+    ConvertError, Part, Request, Response, ResponseMeta, Role, StreamEvent, WriteOptions,
+};
+use crate::protocol::json::field;
+use crate::protocol::sse::SseEvent;
+use crate::util::sha256_hex;
+
+/// Writes the Antigravity request envelope for an upstream.
+pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value, ConvertError> {
+    let mut inner = gemini::write_generate_request(request, options, Target::Antigravity)?;
+    if let Some(session_id) = session_id(request) {
+        inner.insert("sessionId".into(), session_id.into());
+    }
+    let mut envelope = Map::new();
+    envelope.insert("project".into(), options.antigravity_project.clone().into());
+    envelope.insert("model".into(), options.upstream_model.clone().into());
+    envelope.insert("request".into(), Value::Object(inner));
+    envelope.insert("userAgent".into(), "antigravity".into());
+    envelope.insert("requestType".into(), "agent".into());
+    if !options.request_id.is_empty() {
+        envelope.insert("requestId".into(), options.request_id.clone().into());
+    }
+    Ok(Value::Object(envelope))
+}
+
+/// A session id that is stable across one conversation: `-` and a positive 63-bit number taken
+/// from the SHA-256 of the first user message's text, the shape Antigravity's own client sends.
+/// None when the conversation has no user text.
+fn session_id(request: &Request) -> Option<String> {
+    let first_user_text = request
+        .messages
+        .iter()
+        .filter(|message| message.role == Role::User)
+        .flat_map(|message| &message.parts)
+        .find_map(|part| match part {
+            Part::Text(text) if !text.text.is_empty() => Some(text.text.as_str()),
+            _ => None,
+        })?;
+    let digest = sha256_hex(first_user_text.as_bytes());
+    let number = u64::from_str_radix(&digest[..16], 16).ok()? & (i64::MAX as u64);
+    Some(format!("-{number}"))
+}
+
+/// The Gemini body inside an Antigravity envelope; a body without one is taken as it is.
+fn unwrap_envelope(body: &Value) -> &Value {
+    match field(body, "response") {
+        Some(inner) if inner.is_object() => inner,
+        _ => body,
+    }
+}
+
+/// Reads an Antigravity response body. Call ids that Claude-backed models send are kept.
+pub fn parse_response(body: &Value, meta: &ResponseMeta) -> Result<Response, ConvertError> {
+    gemini::parse_response(unwrap_envelope(body), meta)
+}
+
+/// Turns an Antigravity upstream stream into IR events: each chunk is unwrapped and decoded as
+/// Gemini. Errors arrive in the Google shape, unwrapped.
+pub struct StreamDecoder {
+    inner: gemini::StreamDecoder,
+}
+
+impl StreamDecoder {
+    pub fn new(meta: &ResponseMeta) -> StreamDecoder {
+        StreamDecoder {
+            inner: gemini::StreamDecoder::new(meta),
+        }
+    }
+
+    /// Decodes one upstream event.
+    pub fn push(
+        &mut self,
+        event: &SseEvent,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ConvertError> {
+        let data = event.data.trim();
+        if data.is_empty() {
+            return Ok(());
+        }
+        let chunk: Value = serde_json::from_str(data)
+            .map_err(|error| ConvertError::new("stream", format!("invalid chunk JSON: {error}")))?;
+        self.inner.push_chunk(unwrap_envelope(&chunk), out)
+    }
+
+    /// Ends the stream; one that stopped before a finish reason was cut off.
+    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), ConvertError> {
+        self.inner.finish(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::protocol::antigravity::{StreamDecoder, write_request};
+    use crate::protocol::gemini;
+    use crate::protocol::ir::{
+        Message, Part, Request, ResponseMeta, Role, StreamEvent, WriteOptions,
+    };
+    use crate::protocol::sse::{SseEvent, encode_event};
+    use crate::protocol::testkit;
+
+    fn conversation(texts: &[&str]) -> Request {
+        let messages = texts
+            .iter()
+            .enumerate()
+            .map(|(position, text)| {
+                let role = if position % 2 == 0 {
+                    Role::User
+                } else {
+                    Role::Assistant
+                };
+                Message::new(role, vec![Part::text(*text)])
+            })
+            .collect();
+        Request {
+            messages,
+            ..Request::default()
+        }
+    }
+
+    fn session_of(request: &Request) -> Value {
+        let options = WriteOptions {
+            upstream_model: "gemini-2.5-flash".to_string(),
+            ..WriteOptions::default()
+        };
+        write_request(request, &options).unwrap()["request"]["sessionId"].clone()
+    }
+
+    #[test]
+    fn session_id_is_stable_across_turns_and_differs_between_conversations() {
+        let first = session_of(&conversation(&["Plan a trip"]));
+        let later = session_of(&conversation(&["Plan a trip", "Where to?", "Lisbon"]));
+        let other = session_of(&conversation(&["Write a poem"]));
+        assert_eq!(first, later);
+        assert_ne!(first, other);
+        let text = first.as_str().unwrap();
+        assert!(
+            text.starts_with('-') && text[1..].parse::<i64>().is_ok(),
+            "{text}"
+        );
+        assert_eq!(session_of(&Request::default()), Value::Null);
+    }
+
+    #[test]
+    fn envelope_leaves_out_an_empty_request_id() {
+        let written = write_request(&conversation(&["Hi"]), &WriteOptions::default()).unwrap();
+        assert!(written.get("requestId").is_none());
+        assert_eq!(written["userAgent"], "antigravity");
+        assert_eq!(written["requestType"], "agent");
+        assert!(written["request"].get("safetySettings").is_none());
+    }
+
+    fn decode_all(events: &[SseEvent], antigravity: bool) -> Vec<StreamEvent> {
+        let meta = ResponseMeta {
+            id: "resp_1".to_string(),
+            model: String::new(),
+            created_unix: 0,
+        };
+        let mut out = Vec::new();
+        if antigravity {
+            let mut decoder = StreamDecoder::new(&meta);
+            for event in events {
+                decoder.push(event, &mut out).unwrap();
+            }
+            decoder.finish(&mut out).unwrap();
+        } else {
+            let mut decoder = gemini::StreamDecoder::new(&meta);
+            for event in events {
+                decoder.push(event, &mut out).unwrap();
+            }
+            decoder.finish(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// Every recorded Gemini stream, wrapped chunk by chunk in the Antigravity envelope, decodes to
+    /// the same events as the bare stream.
+    #[test]
+    fn wrapped_recorded_streams_decode_like_gemini() {
+        let names: Vec<String> = testkit::all_streams()
+            .into_iter()
+            .filter(|name| name.starts_with("gemini/"))
+            .collect();
+        assert!(!names.is_empty());
+        for name in &names {
+            let events = testkit::parse_pieces(&[&testkit::stream_bytes(name)]);
+            let mut wrapped = Vec::new();
+            for event in events.iter().filter(|event| !event.data.is_empty()) {
+                let chunk: Value = serde_json::from_str(&event.data).unwrap();
+                let envelope = serde_json::json!({"response": chunk, "traceId": "trace-1"});
+                wrapped.extend(encode_event(None, &envelope.to_string()));
+            }
+            let wrapped_events = testkit::parse_pieces(&[&wrapped]);
+            assert_eq!(
+                decode_all(&wrapped_events, true),
+                decode_all(&events, false),
+                "{name}"
+            );
+        }
+    }
+}
