@@ -337,7 +337,7 @@ fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &Inbound
         response_id: format!("gen-{}", util::random_alphanumeric(24)),
         created_unix: util::unix_seconds(),
         include_usage: client_wants_stream_usage(call.client_format, &call.body),
-        // The Antigravity project comes from loadCodeAssist, which the relay does not call yet.
+        // Set per attempt from the key's credential (see `run_attempt`).
         antigravity_project: String::new(),
         request_id: format!("agent-{}", util::random_alphanumeric(24)),
     }
@@ -411,7 +411,14 @@ fn run_attempt(
     control: &CallControl,
 ) -> AttemptResult {
     let upstream_format = channel_format(channel.channel_type);
-    let context = convert_context(state.config.relay.default_max_tokens, upstream_model, call);
+    let credential = match state.credential_for(channel, key, base_url, false) {
+        Ok(credential) => credential,
+        Err(message) => return credential_failure(message),
+    };
+    let mut context = convert_context(state.config.relay.default_max_tokens, upstream_model, call);
+    // The Antigravity envelope names the GCP project of the key's account (configured or
+    // discovered with loadCodeAssist), which only the credential knows.
+    context.antigravity_project = credential.project.clone().unwrap_or_default();
     let (body, transform) = match prepare_request(call.client_format, upstream_format, &call.body, upstream_model, call.stream, &context) {
         Ok(prepared) => prepared,
         Err(error) => {
@@ -421,10 +428,6 @@ fn run_attempt(
                 error,
             };
         }
-    };
-    let credential = match state.credential_for(channel, key, base_url, false) {
-        Ok(credential) => credential,
-        Err(message) => return credential_failure(message),
     };
     let same_format = call.client_format == upstream_format;
     let build_request = |credential: &Credential, body: Vec<u8>| {
