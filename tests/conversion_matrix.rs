@@ -836,7 +836,7 @@ fn recorded_provider_streams_replay_through_every_client_protocol() {
             table.push_str(&format!("{:^18}", mark(problems.is_empty())));
             if !problems.is_empty() {
                 failures.push(format!(
-                    "✗ {} via a {} channel to the {} client\n    {}",
+                    "✗ {} through the {} channel to the {} client\n    {}",
                     recording.file,
                     recording.channel.name(),
                     client.name(),
