@@ -789,7 +789,7 @@ fn recorded_provider_streams_replay_through_every_client_protocol() {
     }
     let client_key = gateway.create_client_key(&token, json!({"name": "replay"}));
 
-    let mut table = format!("{:<70}{:<14}", "recording", "channel");
+    let mut table = format!("{:<70}{:<18}", "recording", "channel");
     for client in ClientProtocol::ALL {
         table.push_str(&format!("{:^18}", client.name()));
     }
@@ -798,7 +798,7 @@ fn recorded_provider_streams_replay_through_every_client_protocol() {
     for (index, recording) in recordings.iter().enumerate() {
         let expected = recorded_meaning(recording);
         table.push_str(&format!(
-            "{:<70}{:<14}",
+            "{:<70}{:<18}",
             recording.file,
             recording.channel.name()
         ));
