@@ -60,7 +60,13 @@ enum AttemptResult {
     /// A complete 2xx answer, already in the client's format.
     Complete { status: u16, body: Vec<u8>, usage: Option<crate::protocol::usage::Usage> },
     /// A 2xx stream whose first events have arrived; nothing was sent to the client yet.
-    StreamReady { body: Box<dyn Read + Send>, parser: SseParser, first_events: Vec<SseEvent>, transform: Transform },
+    StreamReady {
+        body: Box<dyn Read + Send>,
+        parser: SseParser,
+        first_events: Vec<SseEvent>,
+        transform: Transform,
+        context: Box<ConvertContext>,
+    },
     /// The attempt failed; `error` is what the client gets if it was the last one.
     Failed { outcome: AttemptOutcome, error: RelayError, detail: String },
 }
@@ -287,10 +293,9 @@ fn generate(
                         let content_type = "application/json";
                         return Ok(Answer::Complete(Response::bytes(status, content_type, body)));
                     }
-                    AttemptResult::StreamReady { body, parser, first_events, transform } => {
+                    AttemptResult::StreamReady { body, parser, first_events, transform, context } => {
                         remember_sticky(state, &group, api_key.id, item_index);
                         let state = state.clone();
-                        let context = convert_context(state.config.relay.default_max_tokens, &item.model, &call);
                         let translator = EventTranslator::new(transform, call.client_format, call.gemini_json_array, &context);
                         let content_type = if call.gemini_json_array { "application/json" } else { "text/event-stream" };
                         let stream_idle = deadlines.stream_idle;
@@ -337,7 +342,7 @@ fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &Inbound
         response_id: format!("gen-{}", util::random_alphanumeric(24)),
         created_unix: util::unix_seconds(),
         include_usage: client_wants_stream_usage(call.client_format, &call.body),
-        // Set per attempt from the key's credential (see `run_attempt`).
+        // Filled in from the attempt's credential (configured or discovered with loadCodeAssist).
         antigravity_project: String::new(),
         request_id: format!("agent-{}", util::random_alphanumeric(24)),
     }
@@ -416,8 +421,6 @@ fn run_attempt(
         Err(message) => return credential_failure(message),
     };
     let mut context = convert_context(state.config.relay.default_max_tokens, upstream_model, call);
-    // The Antigravity envelope names the GCP project of the key's account (configured or
-    // discovered with loadCodeAssist), which only the credential knows.
     context.antigravity_project = credential.project.clone().unwrap_or_default();
     let (body, transform) = match prepare_request(call.client_format, upstream_format, &call.body, upstream_model, call.stream, &context) {
         Ok(prepared) => prepared,
@@ -546,7 +549,7 @@ fn run_attempt(
             detail: format!("stream opened with an error: {}", info.message),
         };
     }
-    AttemptResult::StreamReady { body, parser, first_events, transform }
+    AttemptResult::StreamReady { body, parser, first_events, transform, context: Box::new(context) }
 }
 
 /// The client headers passed on (the group is not needed today; kept as the hook for
