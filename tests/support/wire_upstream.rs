@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::mock_upstream::{RecordedRequest, Reply, StreamEnd, sse};
-use crate::support::wire::{ChannelKind, Checked, UsageSummary, brief, ensure};
+use crate::support::wire::{ChannelKind, Checked, UsageSummary, brief, ensure, expect_field};
 
 /// What a mock provider answers, independent of the format it is written in.
 #[derive(Clone, Debug)]
@@ -716,9 +716,9 @@ pub fn check_request(
                 "Antigravity must not get x-goog-api-key".to_string()
             }));
             if let Some(project) = &expected.project {
-                note(expect_value(&body, "project", &json!(project), "body"));
+                note(expect_field(&body, "project", &json!(project), "body"));
             }
-            note(expect_value(&body, "model", &json!(expected.model), "body"));
+            note(expect_field(&body, "model", &json!(expected.model), "body"));
             match body.get("request") {
                 Some(inner @ Value::Object(_)) => {
                     check_gemini_request(inner, expected, true, "body.request", &mut note)
@@ -914,10 +914,6 @@ fn stream_word(stream: bool) -> &'static str {
     if stream { "streaming" } else { "non-stream" }
 }
 
-fn expect_value(value: &Value, key: &str, expected: &Value, path: &str) -> Checked<()> {
-    crate::support::wire::expect_field(value, key, expected, path)
-}
-
 /// The `stream` flag of an OpenAI or Anthropic body: true when streaming, absent or false otherwise.
 fn check_stream_flag(body: &Value, stream: bool) -> Checked<()> {
     let flag = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -981,7 +977,7 @@ fn check_chat(
         request.header("authorization") == Some(format!("Bearer {}", expected.key).as_str()),
         || "the bearer key is missing or wrong".to_string(),
     ));
-    note(expect_value(body, "model", &json!(expected.model), "body"));
+    note(expect_field(body, "model", &json!(expected.model), "body"));
     note(check_stream_flag(body, expected.stream));
     if !expected.stream {
         // OpenAI: "The 'stream_options' parameter is only allowed when 'stream' is enabled."
@@ -1105,7 +1101,7 @@ fn check_responses(
         request.header("authorization") == Some(format!("Bearer {}", expected.key).as_str()),
         || "the bearer key is missing or wrong".to_string(),
     ));
-    note(expect_value(body, "model", &json!(expected.model), "body"));
+    note(expect_field(body, "model", &json!(expected.model), "body"));
     note(check_stream_flag(body, expected.stream));
     let items: Vec<Value> = match body.get("input") {
         Some(Value::String(text)) => vec![json!({"role": "user", "content": text})],
@@ -1161,39 +1157,7 @@ fn check_responses(
         }));
     }
     if let Some(tool) = &expected.tool {
-        note((|| {
-            let tools = body
-                .get("tools")
-                .and_then(Value::as_array)
-                .ok_or_else(|| "body.tools: missing".to_string())?;
-            let found = tools
-                .iter()
-                .find(|definition| definition["name"].as_str() == Some(tool.name.as_str()))
-                .ok_or_else(|| {
-                    format!(
-                        "body.tools: no flat function tool named {:?} in {}",
-                        tool.name,
-                        brief(&json!(tools))
-                    )
-                })?;
-            ensure(found["type"] == "function", || {
-                format!(
-                    "body.tools[].type: expected function, got {}",
-                    brief(&found["type"])
-                )
-            })?;
-            check_schema(found.get("parameters"), tool, "body.tools[].parameters")?;
-            if expected.converted {
-                // Responses makes omitted `strict` mean strict mode; converted tools must not change meaning.
-                ensure(found.get("strict") == Some(&json!(false)), || {
-                    format!(
-                        "a converted tool must send strict: false explicitly, got {}",
-                        brief(found)
-                    )
-                })?;
-            }
-            Ok(())
-        })());
+        note(check_responses_tools(body, tool, expected.converted));
     }
     if expected.reasoning {
         let effort = body.pointer("/reasoning/effort").and_then(Value::as_str);
@@ -1226,7 +1190,7 @@ fn check_anthropic(
         request.header("anthropic-version").is_some(),
         || "anthropic-version header missing".to_string(),
     ));
-    note(expect_value(body, "model", &json!(expected.model), "body"));
+    note(expect_field(body, "model", &json!(expected.model), "body"));
     note(check_stream_flag(body, expected.stream));
     let max_tokens = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
     note(ensure(max_tokens > 0, || {
@@ -1290,27 +1254,7 @@ fn check_anthropic(
         }));
     }
     if let Some(tool) = &expected.tool {
-        note((|| {
-            let tools = body
-                .get("tools")
-                .and_then(Value::as_array)
-                .ok_or_else(|| "body.tools: missing".to_string())?;
-            let found = tools
-                .iter()
-                .find(|definition| definition["name"].as_str() == Some(tool.name.as_str()))
-                .ok_or_else(|| {
-                    format!(
-                        "body.tools: no tool named {:?} in {}",
-                        tool.name,
-                        brief(&json!(tools))
-                    )
-                })?;
-            ensure(
-                found.get("type").is_none_or(|kind| kind == "custom"),
-                || format!("body.tools[].type: unexpected {}", brief(&found["type"])),
-            )?;
-            check_schema(found.get("input_schema"), tool, "body.tools[].input_schema")
-        })());
+        note(check_anthropic_tools(body, tool));
     }
     if expected.reasoning {
         let thinking = body.get("thinking").cloned().unwrap_or(Value::Null);
@@ -1325,6 +1269,106 @@ fn check_anthropic(
                 brief(&thinking)
             )
         }));
+    }
+}
+
+/// The flat Responses function tool; `strict: false` is explicit when the tool was converted.
+fn check_responses_tools(body: &Value, tool: &ToolExpectation, converted: bool) -> Checked<()> {
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .ok_or_else(|| "body.tools: missing".to_string())?;
+    let found = tools
+        .iter()
+        .find(|definition| definition["name"].as_str() == Some(tool.name.as_str()))
+        .ok_or_else(|| {
+            format!(
+                "body.tools: no flat function tool named {:?} in {}",
+                tool.name,
+                brief(&json!(tools))
+            )
+        })?;
+    ensure(found["type"] == "function", || {
+        format!(
+            "body.tools[].type: expected function, got {}",
+            brief(&found["type"])
+        )
+    })?;
+    check_schema(found.get("parameters"), tool, "body.tools[].parameters")?;
+    if converted {
+        // Responses makes omitted `strict` mean strict mode; converted tools must not change meaning.
+        ensure(found.get("strict") == Some(&json!(false)), || {
+            format!(
+                "a converted tool must send strict: false explicitly, got {}",
+                brief(found)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The Anthropic tool with its `input_schema`.
+fn check_anthropic_tools(body: &Value, tool: &ToolExpectation) -> Checked<()> {
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .ok_or_else(|| "body.tools: missing".to_string())?;
+    let found = tools
+        .iter()
+        .find(|definition| definition["name"].as_str() == Some(tool.name.as_str()))
+        .ok_or_else(|| {
+            format!(
+                "body.tools: no tool named {:?} in {}",
+                tool.name,
+                brief(&json!(tools))
+            )
+        })?;
+    ensure(
+        found.get("type").is_none_or(|kind| kind == "custom"),
+        || format!("body.tools[].type: unexpected {}", brief(&found["type"])),
+    )?;
+    check_schema(found.get("input_schema"), tool, "body.tools[].input_schema")
+}
+
+/// The Gemini function declaration; Antigravity needs `parameters`.
+fn check_gemini_tools(
+    body: &Value,
+    tool: &ToolExpectation,
+    antigravity: bool,
+    path: &str,
+) -> Checked<()> {
+    let declarations: Vec<&Value> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("{path}.tools: missing"))?
+        .iter()
+        .filter_map(|entry| entry.get("functionDeclarations").and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let found = declarations
+        .iter()
+        .find(|declaration| declaration["name"].as_str() == Some(tool.name.as_str()))
+        .ok_or_else(|| {
+            format!(
+                "{path}.tools: no functionDeclarations entry named {:?}",
+                tool.name
+            )
+        })?;
+    if antigravity {
+        // Antigravity needs the OpenAPI-subset `parameters`, not `parametersJsonSchema`.
+        check_schema(
+            found.get("parameters"),
+            tool,
+            &format!("{path}.tools[].functionDeclarations[].parameters"),
+        )
+    } else {
+        check_schema(
+            found
+                .get("parameters")
+                .or_else(|| found.get("parametersJsonSchema")),
+            tool,
+            &format!("{path}.tools[].functionDeclarations[]"),
+        )
     }
 }
 
@@ -1396,41 +1440,7 @@ fn check_gemini_request(
         ));
     }
     if let Some(tool) = &expected.tool {
-        note((|| {
-            let declarations: Vec<&Value> = body
-                .get("tools")
-                .and_then(Value::as_array)
-                .ok_or_else(|| format!("{path}.tools: missing"))?
-                .iter()
-                .filter_map(|entry| entry.get("functionDeclarations").and_then(Value::as_array))
-                .flatten()
-                .collect();
-            let found = declarations
-                .iter()
-                .find(|declaration| declaration["name"].as_str() == Some(tool.name.as_str()))
-                .ok_or_else(|| {
-                    format!(
-                        "{path}.tools: no functionDeclarations entry named {:?}",
-                        tool.name
-                    )
-                })?;
-            if antigravity {
-                // Antigravity needs the OpenAPI-subset `parameters`, not `parametersJsonSchema`.
-                check_schema(
-                    found.get("parameters"),
-                    tool,
-                    &format!("{path}.tools[].functionDeclarations[].parameters"),
-                )
-            } else {
-                check_schema(
-                    found
-                        .get("parameters")
-                        .or_else(|| found.get("parametersJsonSchema")),
-                    tool,
-                    &format!("{path}.tools[].functionDeclarations[]"),
-                )
-            }
-        })());
+        note(check_gemini_tools(body, tool, antigravity, path));
     }
     if expected.reasoning {
         let config = body
