@@ -11,7 +11,7 @@ use crate::protocol::ir::{
     ConvertError, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
 };
 use crate::protocol::sse::SseEvent;
-use crate::protocol::{anthropic, antigravity, gemini, openai_chat};
+use crate::protocol::{anthropic, antigravity, gemini, openai_chat, openai_responses};
 
 /// What a conversion needs to know besides the bodies. Ids and times come from the caller, which
 /// keeps conversion free of clocks and randomness.
@@ -49,7 +49,11 @@ pub fn client_wants_stream_usage(client: Format, body: &Value) -> bool {
 fn has_converters(format: Format) -> bool {
     matches!(
         format,
-        Format::OpenaiChat | Format::Anthropic | Format::Gemini | Format::Antigravity
+        Format::OpenaiChat
+            | Format::OpenaiResponses
+            | Format::Anthropic
+            | Format::Gemini
+            | Format::Antigravity
     )
 }
 
@@ -119,15 +123,16 @@ pub struct StreamTranscoder {
 enum Decoder {
     PassThrough,
     OpenaiChat(openai_chat::StreamDecoder),
+    OpenaiResponses(openai_responses::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
     Gemini(gemini::StreamDecoder),
     Antigravity(antigravity::StreamDecoder),
-    Unsupported(Format),
 }
 
 enum Encoder {
     PassThrough,
     OpenaiChat(openai_chat::StreamEncoder),
+    OpenaiResponses(openai_responses::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
     Gemini(gemini::StreamEncoder),
     Unsupported(Format),
@@ -147,16 +152,21 @@ impl StreamTranscoder {
         let meta = response_meta(context);
         let decoder = match upstream {
             Format::OpenaiChat => Decoder::OpenaiChat(openai_chat::StreamDecoder::new()),
+            Format::OpenaiResponses => {
+                Decoder::OpenaiResponses(openai_responses::StreamDecoder::new())
+            }
             Format::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
             Format::Gemini => Decoder::Gemini(gemini::StreamDecoder::new(&meta)),
             Format::Antigravity => Decoder::Antigravity(antigravity::StreamDecoder::new(&meta)),
-            other => Decoder::Unsupported(other),
         };
         let encoder = match client {
             Format::OpenaiChat => Encoder::OpenaiChat(openai_chat::StreamEncoder::new(
                 &meta,
                 context.include_usage,
             )),
+            Format::OpenaiResponses => {
+                Encoder::OpenaiResponses(openai_responses::StreamEncoder::new(&meta))
+            }
             Format::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new(&meta)),
             Format::Gemini => Encoder::Gemini(gemini::StreamEncoder::new(&meta)),
             other => Encoder::Unsupported(other),
@@ -177,10 +187,10 @@ impl StreamTranscoder {
                 return Ok(());
             }
             Decoder::OpenaiChat(decoder) => decoder.push(event, &mut self.events)?,
+            Decoder::OpenaiResponses(decoder) => decoder.push(event, &mut self.events)?,
             Decoder::Anthropic(decoder) => decoder.push(event, &mut self.events)?,
             Decoder::Gemini(decoder) => decoder.push(event, &mut self.events)?,
             Decoder::Antigravity(decoder) => decoder.push(event, &mut self.events)?,
-            Decoder::Unsupported(format) => return Err(not_implemented(*format)),
         }
         self.encode_pending(out)
     }
@@ -190,8 +200,9 @@ impl StreamTranscoder {
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         self.events.clear();
         let flushed = match &mut self.decoder {
-            Decoder::PassThrough | Decoder::Unsupported(_) => return,
+            Decoder::PassThrough => return,
             Decoder::OpenaiChat(decoder) => decoder.finish(&mut self.events),
+            Decoder::OpenaiResponses(decoder) => decoder.finish(&mut self.events),
             Decoder::Anthropic(decoder) => decoder.finish(&mut self.events),
             Decoder::Gemini(decoder) => decoder.finish(&mut self.events),
             Decoder::Antigravity(decoder) => decoder.finish(&mut self.events),
@@ -201,6 +212,7 @@ impl StreamTranscoder {
         }
         match &mut self.encoder {
             Encoder::OpenaiChat(encoder) => encoder.finish(out),
+            Encoder::OpenaiResponses(encoder) => encoder.finish(out),
             Encoder::Anthropic(encoder) => encoder.finish(out),
             Encoder::Gemini(encoder) => encoder.finish(out),
             Encoder::PassThrough | Encoder::Unsupported(_) => {}
@@ -210,6 +222,11 @@ impl StreamTranscoder {
     fn encode_pending(&mut self, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         match &mut self.encoder {
             Encoder::OpenaiChat(encoder) => {
+                for event in &self.events {
+                    encoder.encode(event, out);
+                }
+            }
+            Encoder::OpenaiResponses(encoder) => {
                 for event in &self.events {
                     encoder.encode(event, out);
                 }
@@ -252,6 +269,7 @@ fn not_implemented(format: Format) -> ConvertError {
 fn parse_request(format: Format, body: &Value) -> Result<Request, ConvertError> {
     match format {
         Format::OpenaiChat => openai_chat::parse_request(body),
+        Format::OpenaiResponses => openai_responses::parse_request(body),
         Format::Anthropic => anthropic::parse_request(body),
         Format::Gemini => gemini::parse_request(body),
         other => Err(not_implemented(other)),
@@ -265,10 +283,10 @@ fn write_request(
 ) -> Result<Value, ConvertError> {
     match format {
         Format::OpenaiChat => openai_chat::write_request(request, options),
+        Format::OpenaiResponses => openai_responses::write_request(request, options),
         Format::Anthropic => anthropic::write_request(request, options),
         Format::Gemini => gemini::write_request(request, options),
         Format::Antigravity => antigravity::write_request(request, options),
-        other => Err(not_implemented(other)),
     }
 }
 
@@ -280,10 +298,10 @@ fn parse_response(
 ) -> Result<Response, ConvertError> {
     match format {
         Format::OpenaiChat => openai_chat::parse_response(body),
+        Format::OpenaiResponses => openai_responses::parse_response(body),
         Format::Anthropic => anthropic::parse_response(body),
         Format::Gemini => gemini::parse_response(body, meta),
         Format::Antigravity => antigravity::parse_response(body, meta),
-        other => Err(not_implemented(other)),
     }
 }
 
@@ -294,6 +312,7 @@ fn write_response(
 ) -> Result<Value, ConvertError> {
     match format {
         Format::OpenaiChat => Ok(openai_chat::write_response(response, meta)),
+        Format::OpenaiResponses => Ok(openai_responses::write_response(response, meta)),
         Format::Anthropic => Ok(anthropic::write_response(response, meta)),
         Format::Gemini => Ok(gemini::write_response(response, meta)),
         other => Err(not_implemented(other)),
@@ -326,7 +345,7 @@ mod tests {
     use crate::protocol::ir::{Part, Request, Role, WriteOptions};
     use crate::protocol::sse::{SseEvent, SseParser, encode_event};
     use crate::protocol::testkit;
-    use crate::protocol::{anthropic, gemini, openai_chat};
+    use crate::protocol::{anthropic, gemini, openai_chat, openai_responses};
 
     fn testdata_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocol/testdata")
@@ -518,24 +537,35 @@ mod tests {
             [
                 "request_anthropic_to_chat",
                 "request_anthropic_to_gemini",
+                "request_anthropic_to_responses",
                 "request_chat_to_anthropic",
                 "request_chat_to_antigravity",
                 "request_chat_to_gemini",
+                "request_chat_to_responses",
                 "request_gemini_to_anthropic",
                 "request_gemini_to_chat",
+                "request_responses_to_anthropic",
+                "request_responses_to_chat",
                 "response_anthropic_to_chat",
+                "response_anthropic_to_responses",
                 "response_antigravity_to_chat",
                 "response_chat_to_anthropic",
                 "response_chat_to_gemini",
+                "response_chat_to_responses",
                 "response_gemini_to_anthropic",
                 "response_gemini_to_chat",
+                "response_responses_to_chat",
                 "stream_anthropic_to_chat",
                 "stream_anthropic_to_gemini",
+                "stream_anthropic_to_responses",
                 "stream_antigravity_to_chat",
                 "stream_chat_to_anthropic",
                 "stream_chat_to_gemini",
+                "stream_chat_to_responses",
                 "stream_gemini_to_anthropic",
                 "stream_gemini_to_chat",
+                "stream_responses_to_anthropic",
+                "stream_responses_to_chat",
             ]
         );
     }
@@ -568,6 +598,61 @@ mod tests {
     #[test]
     fn stream_chat_to_anthropic() {
         check_lane("stream_chat_to_anthropic");
+    }
+
+    #[test]
+    fn request_chat_to_responses() {
+        check_lane("request_chat_to_responses");
+    }
+
+    #[test]
+    fn request_responses_to_chat() {
+        check_lane("request_responses_to_chat");
+    }
+
+    #[test]
+    fn request_responses_to_anthropic() {
+        check_lane("request_responses_to_anthropic");
+    }
+
+    #[test]
+    fn request_anthropic_to_responses() {
+        check_lane("request_anthropic_to_responses");
+    }
+
+    #[test]
+    fn response_responses_to_chat() {
+        check_lane("response_responses_to_chat");
+    }
+
+    #[test]
+    fn response_chat_to_responses() {
+        check_lane("response_chat_to_responses");
+    }
+
+    #[test]
+    fn response_anthropic_to_responses() {
+        check_lane("response_anthropic_to_responses");
+    }
+
+    #[test]
+    fn stream_responses_to_chat() {
+        check_lane("stream_responses_to_chat");
+    }
+
+    #[test]
+    fn stream_chat_to_responses() {
+        check_lane("stream_chat_to_responses");
+    }
+
+    #[test]
+    fn stream_anthropic_to_responses() {
+        check_lane("stream_anthropic_to_responses");
+    }
+
+    #[test]
+    fn stream_responses_to_anthropic() {
+        check_lane("stream_responses_to_anthropic");
     }
 
     #[test]
@@ -685,8 +770,17 @@ mod tests {
             error.message,
             "conversion for format antigravity is not implemented yet"
         );
-        assert!(
-            convert_response(Format::OpenaiResponses, Format::OpenaiChat, b"{}", &context).is_err()
+        let chat_body = testkit::provider_file("openai-chat/text-response.json");
+        let error = convert_response(
+            Format::OpenaiChat,
+            Format::Antigravity,
+            &chat_body,
+            &context,
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.message,
+            "conversion for format antigravity is not implemented yet"
         );
         let mut transcoder =
             StreamTranscoder::new(Format::OpenaiChat, Format::Antigravity, &context);
@@ -767,6 +861,7 @@ mod tests {
                 }
                 request.include_usage = false;
             }
+            Format::OpenaiResponses => openai_responses_known_losses(&mut request),
             Format::Gemini => {
                 // Consecutive turns of one role are merged into one content.
                 let mut merged: Vec<crate::protocol::ir::Message> = Vec::new();
@@ -809,6 +904,62 @@ mod tests {
         request
     }
 
+    /// What a Responses request loses when it is written back (see openai_responses.rs).
+    fn openai_responses_known_losses(request: &mut Request) {
+        use crate::protocol::ir::ReasoningEffort;
+        for tool in &mut request.tools {
+            tool.strict = tool.strict.or(Some(false));
+        }
+        request.max_tokens = request.max_tokens.map(|limit| limit.max(16));
+        request.reasoning = request
+            .reasoning
+            .take()
+            .filter(|config| match config.effort {
+                Some(effort) => effort != ReasoningEffort::None,
+                None => config.summary.is_some(),
+            })
+            .map(|mut config| {
+                config.summary = config.summary.or(Some("auto".to_string()));
+                config
+            });
+        for message in &mut request.messages {
+            if matches!(message.role, Role::System | Role::Developer) {
+                let text = crate::protocol::ir::hoisted_system_parts(std::slice::from_ref(message))
+                    .iter()
+                    .map(|part| part.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+                message.parts = vec![Part::text(text)];
+            }
+            // Only reasoning that OpenAI encrypted can be handed back to it.
+            message.parts.retain(|part| match part {
+                Part::Reasoning(reasoning) => reasoning
+                    .signature
+                    .as_ref()
+                    .is_some_and(|signature| signature.provider == Format::OpenaiResponses),
+                _ => true,
+            });
+            with_media_defaults(&mut message.parts);
+        }
+    }
+
+    /// Responses spells out an image's `detail` and an inline file's name.
+    fn with_media_defaults(parts: &mut [Part]) {
+        use crate::protocol::ir::MediaSource;
+        for part in parts {
+            match part {
+                Part::Image(media) => {
+                    media.detail = media.detail.take().or(Some("auto".to_string()));
+                }
+                Part::Document(media) if matches!(media.source, MediaSource::Base64 { .. }) => {
+                    media.filename = media.filename.take().or(Some("document.pdf".to_string()));
+                }
+                Part::ToolResult(result) => with_media_defaults(&mut result.content),
+                _ => {}
+            }
+        }
+    }
+
     /// Format -> IR -> same format -> IR keeps the meaning of every request fixture.
     #[test]
     fn requests_round_trip_through_their_own_format() {
@@ -816,6 +967,8 @@ mod tests {
         for (lane, format) in [
             ("request_chat_to_anthropic", Format::OpenaiChat),
             ("request_anthropic_to_chat", Format::Anthropic),
+            ("request_responses_to_chat", Format::OpenaiResponses),
+            ("request_responses_to_anthropic", Format::OpenaiResponses),
             ("request_gemini_to_chat", Format::Gemini),
             ("request_gemini_to_anthropic", Format::Gemini),
         ] {
@@ -828,6 +981,7 @@ mod tests {
                     .and_then(|object| object.remove("$upstream_model"));
                 let parse = |body: &Value| match format {
                     Format::OpenaiChat => openai_chat::parse_request(body),
+                    Format::OpenaiResponses => openai_responses::parse_request(body),
                     Format::Gemini => gemini::parse_request(body),
                     _ => anthropic::parse_request(body),
                 };
@@ -848,6 +1002,7 @@ mod tests {
                 };
                 let written = match format {
                     Format::OpenaiChat => openai_chat::write_request(&first, &options),
+                    Format::OpenaiResponses => openai_responses::write_request(&first, &options),
                     Format::Gemini => gemini::write_request(&first, &options),
                     _ => anthropic::write_request(&first, &options),
                 };

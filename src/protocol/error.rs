@@ -49,7 +49,7 @@ impl ErrorKind {
     }
 
     /// The OpenAI `type` and `code` fields.
-    fn openai_type_and_code(self) -> (&'static str, Option<&'static str>) {
+    pub fn openai_type_and_code(self) -> (&'static str, Option<&'static str>) {
         match self {
             ErrorKind::InvalidRequest => ("invalid_request_error", None),
             ErrorKind::Authentication => ("authentication_error", Some("invalid_api_key")),

@@ -12,6 +12,7 @@ pub mod gemini;
 pub mod models_list;
 pub mod ir;
 pub mod openai_chat;
+pub mod openai_responses;
 pub mod sse;
 pub mod usage;
 

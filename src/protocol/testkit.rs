@@ -28,11 +28,16 @@ pub fn provider_json(relative: &str) -> serde_json::Value {
 ///
 /// `*.sse` files are used as they are. `*.chunks.txt` files hold one JSON payload per line and are
 /// framed as fixtures/README.md says: `event: <type>` lines for Anthropic and Responses, bare
-/// `data:` lines for Chat and Gemini. `cassette-*.json#N` names the body of exchange N.
+/// `data:` lines for Chat and Gemini. `cassette-*.json#N` names the body of exchange N, and
+/// `*.chunks.txt#N` response N of a Responses recording that holds several back to back (each one
+/// ends with its terminal `response.*` event).
 pub fn stream_bytes(name: &str) -> Vec<u8> {
     if let Some((file, index)) = name.split_once('#') {
-        let exchanges = provider_json(file);
         let index: usize = index.parse().expect("exchange index");
+        if file.ends_with(".chunks.txt") {
+            return recorded_response(file, index);
+        }
+        let exchanges = provider_json(file);
         let body = &exchanges[index]["response"]["body"];
         return body
             .as_str()
@@ -61,6 +66,27 @@ pub fn stream_bytes(name: &str) -> Vec<u8> {
         out.extend_from_slice(format!("data: {line}\n\n").as_bytes());
     }
     out
+}
+
+/// Response `wanted` of a chunks file with several Responses streams back to back.
+fn recorded_response(file: &str, wanted: usize) -> Vec<u8> {
+    let whole = String::from_utf8(stream_bytes(file)).expect("stream is UTF-8");
+    let mut responses = vec![String::new()];
+    for event in whole.split_inclusive("\n\n") {
+        responses.last_mut().unwrap().push_str(event);
+        let terminal = ["completed", "incomplete", "failed"]
+            .iter()
+            .any(|status| event.starts_with(&format!("event: response.{status}\n")));
+        if terminal {
+            responses.push(String::new());
+        }
+    }
+    responses.retain(|response| !response.is_empty());
+    responses
+        .get(wanted)
+        .unwrap_or_else(|| panic!("{file} holds {} responses", responses.len()))
+        .as_bytes()
+        .to_vec()
 }
 
 /// Every recorded stream, by the names [`stream_bytes`] accepts.
