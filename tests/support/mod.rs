@@ -1,5 +1,6 @@
 //! Shared test support: an HTTP client, a mock upstream, fresh databases, an in-process gateway,
-//! and for relay tests the client-protocol lanes and a ready gateway fixture.
+//! for relay tests the client-protocol lanes and a ready gateway fixture, and for the conversion
+//! matrix strict per-protocol validators and scripted upstream answers.
 
 pub mod databases;
 pub mod gateway;
@@ -7,3 +8,7 @@ pub mod http_client;
 pub mod lanes;
 pub mod mock_upstream;
 pub mod relay_fixture;
+pub mod shared_fixtures;
+pub mod wire;
+pub mod wire_client;
+pub mod wire_upstream;
