@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use support::http_client::sse_events;
 use support::lanes::{GEMINI, Lane, OPENAI_CHAT};
-use support::mock_upstream::{MockUpstream, paced_reply};
+use support::mock_upstream::{MockUpstream, StreamEnd, paced_reply, stream_reply};
 use support::relay_fixture::{GROUP, RelayFixture, UPSTREAM_MODEL};
 
 const CHANNEL_KEY: &str = "sk-channel-secret-0001";
@@ -332,4 +332,20 @@ fn gemini_stream_without_alt_sse_is_a_json_array() {
     );
     let usage = fixture.records(1)[0].usage.expect("usage is tracked");
     assert_eq!((usage.input_tokens, usage.output_tokens), (10, 5));
+}
+
+#[test]
+fn a_broken_gemini_json_array_stream_still_ends_as_valid_json() {
+    let mock = MockUpstream::start(|request| stream_reply(request, &["Hello", " world"], Duration::ZERO, StreamEnd::Reset));
+    let fixture = RelayFixture::start();
+    fixture.single_channel(&GEMINI, &mock, CHANNEL_KEY);
+    let path = format!("/v1beta/models/{GROUP}:streamGenerateContent");
+    let response = fixture.call_raw(&path, &GEMINI.auth_headers(&fixture.client_key), &[], GEMINI.body(GROUP, true).to_string().as_bytes());
+    assert_eq!(response.status, 200);
+    let items = response.json();
+    let items = items.as_array().expect("the body is still a JSON array");
+    let last = items.last().unwrap();
+    assert!(last["error"]["message"].as_str().unwrap().contains("broke"), "{last}");
+    let text: String = items[..items.len() - 1].iter().map(|item| GEMINI.text(item)).collect();
+    assert_eq!(text, "Hello world");
 }

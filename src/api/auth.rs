@@ -92,8 +92,12 @@ pub fn login(context: &AdminContext, request: &Request) -> Result<Response, ApiE
     let map = body::json_object(request, &["username", "password"], &[])?;
     let username = body::required_string(&map, "username")?;
     let password = body::required_string(&map, "password")?;
-    let user = store_call(context, move |store| store.admin_by_username(&username))?;
-    let verified = user.filter(|user| verify_password(&password, &user.password_hash));
+    // Password hashing is deliberately slow CPU work: it runs on a store thread, like every
+    // other blocking job, so it never holds up the coroutines sharing this worker.
+    let verified = store_call(context, move |store| {
+        let user = store.admin_by_username(&username)?;
+        Ok(user.filter(|user| verify_password(&password, &user.password_hash)))
+    })?;
     let Some(user) = verified else {
         lock_throttle(context).record_failure(address, Instant::now());
         return Err(ApiError::Unauthenticated("wrong username or password".to_string()));
@@ -112,7 +116,7 @@ pub fn change_password(context: &AdminContext, request: &Request, user: &AdminUs
     let map = body::json_object(request, &["old_password", "new_password"], &[])?;
     let old_password = body::required_string(&map, "old_password")?;
     let new_password = body::required_string(&map, "new_password")?;
-    if !verify_password(&old_password, &user.password_hash) {
+    if !verify_password_off_worker(context, &old_password, &user.password_hash) {
         return Err(ApiError::Unauthenticated("the old password is wrong".to_string()));
     }
     if new_password.chars().count() < MIN_PASSWORD_LENGTH {
@@ -121,14 +125,20 @@ pub fn change_password(context: &AdminContext, request: &Request, user: &AdminUs
     if new_password == old_password || new_password == DEFAULT_ADMIN_PASSWORD {
         return Err(ApiError::Invalid("choose a new password different from the old one".to_string()));
     }
-    let new_hash = hash_password(&new_password);
     let user_id = user.id;
     store_call(context, move |store| {
+        let new_hash = hash_password(&new_password);
         store.update_admin_password(user_id, &new_hash, false)?;
         store.delete_sessions_of_user(user_id)
     })?;
     let (token, expires_at) = open_session(context, user_id)?;
     Ok(Response::json(200, &json!({"token": token, "expires_at": expires_at, "must_change_password": false})))
+}
+
+/// Checks a password on a store thread (see `login` for why).
+fn verify_password_off_worker(context: &AdminContext, password: &str, stored_hash: &str) -> bool {
+    let (password, stored_hash) = (password.to_string(), stored_hash.to_string());
+    context.store.call(move |_| verify_password(&password, &stored_hash))
 }
 
 /// `GET /api/v1/auth/me`: who is logged in.

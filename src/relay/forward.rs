@@ -710,8 +710,13 @@ fn pump(
     if let Some(message) = &stream_error {
         out.clear();
         translator.error(ErrorKind::Upstream, message, &mut out);
-        let _ = writer.write_chunk(&out);
+        let written = writer.write_chunk(&out);
         trace.finish(state, 200, Some(message.clone()));
+        // A JSON array was closed after the error element and is only readable if the body ends
+        // properly; an SSE stream is cut short so the client's HTTP layer sees the failure too.
+        if translator.is_json_array() {
+            return written;
+        }
         return Err(std::io::Error::other(message.clone()));
     }
     out.clear();

@@ -78,10 +78,18 @@ impl EventTranslator {
         }
     }
 
-    /// Appends an in-stream error event in the client's format.
+    /// Appends an in-stream error event in the client's format; a JSON array is closed after it.
     pub fn error(&mut self, kind: ErrorKind, message: &str, out: &mut Vec<u8>) {
         let sse_bytes = render_stream_error(self.client_format, kind, message);
         self.frame(&sse_bytes, out);
+        if self.json_array.is_some() {
+            out.extend_from_slice(b"\n]");
+        }
+    }
+
+    /// Whether the client gets a JSON array (Gemini without `alt=sse`) instead of SSE.
+    pub fn is_json_array(&self) -> bool {
+        self.json_array.is_some()
     }
 
     pub fn usage(&self) -> Option<Usage> {
