@@ -117,3 +117,42 @@ fn server_level_errors_on_relay_paths_use_the_client_protocol_shape() {
     assert_eq!(admin.status, 413);
     assert_eq!(admin.json()["error"]["type"], "request_too_large");
 }
+
+#[test]
+fn image_urls_are_downloaded_and_inlined_for_antigravity() {
+    use support::mock_upstream::Reply;
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\nnot-really-pixels";
+    let mock = MockUpstream::start(|request| match request.path.as_str() {
+        "/cat.png" => Reply::Binary { status: 200, content_type: "application/octet-stream".to_string(), bytes: PNG.to_vec() },
+        "/missing.png" => Reply::Json { status: 404, headers: Vec::new(), body: "{}".to_string() },
+        _ => support::mock_upstream::default_reply(request),
+    });
+    let gateway = TestGateway::start_with(databases::sqlite(), |config| config.antigravity.project = "test-project".to_string());
+    let token = gateway.admin_token();
+    let channel = gateway.create_channel(&token, json!({"name": "ag", "type": "antigravity", "base_urls": [mock.base_url()], "keys": ["ya29.access-token-for-tests"]}));
+    gateway.create_group(&token, json!({"name": "ag", "items": [{"channel_id": channel, "model": "gemini-2.5-flash"}]}));
+    let key = gateway.create_client_key(&token, json!({"name": "k"}));
+    let auth = format!("Bearer {key}");
+    let ask = |image_url: String| {
+        json!({"model": "ag", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": image_url}},
+        ]}]})
+    };
+    let response = request(gateway.address, "POST", "/v1/chat/completions", &[("authorization", &auth)], ask(format!("{}/cat.png", mock.base_url())).to_string().as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["choices"][0]["message"]["content"], "Hello from the mock");
+    let sent = mock.requests().into_iter().find(|request| request.path.contains("v1internal")).expect("the upstream call");
+    assert_eq!(sent.header("authorization"), Some("Bearer ya29.access-token-for-tests"));
+    let envelope = sent.json();
+    assert_eq!(envelope["project"], "test-project");
+    let parts = &envelope["request"]["contents"][0]["parts"];
+    let inline = parts.as_array().unwrap().iter().find_map(|part| part.get("inlineData")).expect("the image is inline");
+    assert_eq!(inline["mimeType"], "image/png");
+    assert_eq!(inline["data"], octopus::util::base64_encode(PNG));
+
+    let missing = request(gateway.address, "POST", "/v1/chat/completions", &[("authorization", &auth)], ask(format!("{}/missing.png", mock.base_url())).to_string().as_bytes());
+    assert_eq!(missing.status, 400, "{}", missing.text());
+    let message = missing.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("missing.png") && message.contains("404"), "{message}");
+}

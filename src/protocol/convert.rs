@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::protocol::Format;
 use crate::protocol::ir::{
-    ConvertError, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
+    ConvertError, Media, MediaSource, Part, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
 };
 use crate::protocol::sse::SseEvent;
 use crate::protocol::{anthropic, antigravity, gemini, openai_chat, openai_responses};
@@ -82,7 +82,37 @@ pub fn convert_request(
         }
         return Ok(body.to_string().into_bytes());
     }
-    let request = parse_request(client, body)?;
+    convert_request_with_media(client, upstream, body, context, &mut |_| Err(String::new()), false)
+}
+
+/// Fetches the bytes behind an image URL as `(media type, base64 data)`. The relay injects it, so
+/// this module stays free of IO.
+pub type MediaFetcher<'a> = dyn FnMut(&str) -> Result<(String, String), String> + 'a;
+
+/// Whether an upstream format needs image URLs downloaded and sent inline: Antigravity takes
+/// no URLs (Gemini's public API accepts https URLs as `fileData`, so they are left to it).
+pub fn needs_inline_images(upstream: Format) -> bool {
+    upstream == Format::Antigravity
+}
+
+/// `convert_request`, with every http(s) image URL in the conversation replaced by its bytes
+/// (through `fetch`) when `inline_images` is set. A failed download is a ConvertError naming
+/// the image, so the client learns which URL could not be used.
+pub fn convert_request_with_media(
+    client: Format,
+    upstream: Format,
+    body: &Value,
+    context: &ConvertContext,
+    fetch: &mut MediaFetcher,
+    inline_images: bool,
+) -> Result<Vec<u8>, ConvertError> {
+    if client == upstream {
+        return convert_request(client, upstream, body, context);
+    }
+    let mut request = parse_request(client, body)?;
+    if inline_images {
+        inline_image_urls(&mut request, fetch)?;
+    }
     let options = WriteOptions {
         upstream_model: context.upstream_model.clone(),
         default_max_tokens: context.default_max_tokens,
@@ -92,6 +122,37 @@ pub fn convert_request(
     };
     let written = write_request(upstream, &request, &options)?;
     Ok(written.to_string().into_bytes())
+}
+
+fn inline_image_urls(request: &mut Request, fetch: &mut MediaFetcher) -> Result<(), ConvertError> {
+    for (message_index, message) in request.messages.iter_mut().enumerate() {
+        for (part_index, part) in message.parts.iter_mut().enumerate() {
+            let path = format!("messages[{message_index}].content[{part_index}]");
+            match part {
+                Part::Image(media) => inline_one(media, fetch, &path)?,
+                Part::ToolResult(result) => {
+                    for (inner_index, inner) in result.content.iter_mut().enumerate() {
+                        if let Part::Image(media) = inner {
+                            inline_one(media, fetch, &format!("{path}.content[{inner_index}]"))?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn inline_one(media: &mut Media, fetch: &mut MediaFetcher, path: &str) -> Result<(), ConvertError> {
+    let MediaSource::Url(url) = &media.source else { return Ok(()) };
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Ok(());
+    }
+    let (media_type, data) =
+        fetch(url).map_err(|problem| ConvertError::new(path, format!("the image {url} could not be used: {problem}")))?;
+    media.source = MediaSource::Base64 { media_type, data };
+    Ok(())
 }
 
 /// Converts a complete upstream response body into the client's response body.

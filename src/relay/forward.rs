@@ -16,6 +16,7 @@ use crate::relay::breaker::{BreakerDecision, BreakerKey};
 use crate::relay::client_auth::{authenticate, may_use_model};
 use crate::relay::disconnect::{DisconnectWatch, WatchGuard};
 use crate::relay::error::RelayError;
+use crate::relay::media_fetch::ImageFetcher;
 use crate::relay::inbound::{parse_call, InboundCall, RelayRoute};
 use crate::relay::key_pool::KeyPick;
 use crate::relay::outbound::{attempt_url, channel_format, upstream_headers};
@@ -425,7 +426,9 @@ fn run_attempt(
     };
     let mut context = convert_context(state.config.relay.default_max_tokens, upstream_model, call);
     context.antigravity_project = credential.project.clone().unwrap_or_default();
-    let (body, transform) = match prepare_request(call.client_format, upstream_format, &call.body, upstream_model, call.stream, &context) {
+    let mut images = ImageFetcher::new(&state.upstream, (!channel.proxy.is_empty()).then(|| channel.proxy.clone()));
+    let prepared = prepare_request(call.client_format, upstream_format, &call.body, upstream_model, call.stream, &context, &mut images);
+    let (body, transform) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => {
             return AttemptResult::Failed {

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod health;
 pub mod inbound;
 pub mod key_pool;
+pub mod media_fetch;
 pub mod models;
 pub mod outbound;
 pub mod record;

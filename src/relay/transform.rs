@@ -5,6 +5,8 @@ use serde_json::Value;
 
 use crate::protocol::Format;
 use crate::relay::error::RelayError;
+use crate::protocol::convert::{convert_request_with_media, needs_inline_images, ConvertContext};
+use crate::relay::media_fetch::ImageFetcher;
 use crate::relay::outbound::pass_through_body;
 
 /// How one attempt's request, response and stream are transformed.
@@ -32,21 +34,23 @@ pub fn can_serve(client: Format, upstream: Format) -> bool {
     client == upstream || crate::protocol::convert::supports(client, upstream)
 }
 
-/// Builds the upstream body for one attempt and the transform to apply to its answer.
+/// Builds the upstream body for one attempt and the transform to apply to its answer. Image
+/// URLs are downloaded and inlined for upstreams that cannot fetch them (Antigravity).
 pub fn prepare_request(
     client: Format,
     upstream: Format,
     body: &Value,
     upstream_model: &str,
     stream: bool,
-    context: &crate::protocol::convert::ConvertContext,
+    context: &ConvertContext,
+    images: &mut ImageFetcher,
 ) -> Result<(Vec<u8>, Transform), RelayError> {
     if client == upstream {
         let (bytes, client_wants_usage) = pass_through_body(client, body, upstream_model, stream);
         let strip_usage_chunk = client == Format::OpenaiChat && stream && !client_wants_usage;
         return Ok((bytes, Transform::PassThrough { format: client, strip_usage_chunk }));
     }
-    let bytes = crate::protocol::convert::convert_request(client, upstream, body, context)
+    let bytes = convert_request_with_media(client, upstream, body, context, &mut |url| images.fetch(url), needs_inline_images(upstream))
         .map_err(|error| RelayError::InvalidRequest(error.to_string()))?;
     Ok((bytes, Transform::Convert { client, upstream }))
 }

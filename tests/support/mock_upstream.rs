@@ -76,6 +76,8 @@ pub enum Reply {
     /// Write these bytes as they are (status line, headers and whatever body), then end as
     /// `end` says (`Finish` closes the connection): for truncated or malformed answers.
     Raw { bytes: String, end: StreamEnd },
+    /// A complete response with any content type and binary body (e.g. an image download).
+    Binary { status: u16, content_type: String, bytes: Vec<u8> },
 }
 
 #[derive(Clone, Debug)]
@@ -245,6 +247,10 @@ fn serve_connection(stream: TcpStream, observations: &Observations, script: &Scr
                 return;
             }
             Reply::Close => return,
+            Reply::Binary { status, content_type, bytes } => {
+                let head = format!("HTTP/1.1 {status} Mock\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n", bytes.len());
+                writer.write_all(head.as_bytes()).is_ok() && writer.write_all(&bytes).is_ok()
+            }
             Reply::Raw { bytes, end } => {
                 let _ = writer.write_all(bytes.as_bytes()).and_then(|_| writer.flush());
                 match end {
