@@ -1718,20 +1718,7 @@ mod tests {
                     .any(|event| matches!(event, StreamEvent::Error { .. })),
                 "{name}: error"
             );
-            let byte_pieces: Vec<&[u8]> = bytes.chunks(1).collect();
-            assert_eq!(
-                decode(&testkit::parse_pieces(&byte_pieces)),
-                whole,
-                "{name} bytewise"
-            );
-            for split in testkit::split_points(&bytes, 100) {
-                let (head, tail) = bytes.split_at(split);
-                assert_eq!(
-                    decode(&testkit::parse_pieces(&[head, tail])),
-                    whole,
-                    "{name} at {split}"
-                );
-            }
+            testkit::assert_split_decoding_matches(name, &bytes, &whole, 100, decode);
         }
     }
 

@@ -152,3 +152,20 @@ pub fn parse_pieces(pieces: &[&[u8]]) -> Vec<crate::protocol::sse::SseEvent> {
     parser.finish(&mut events).expect("stream parses");
     events
 }
+
+/// Decoding `bytes` fed one byte at a time, and split in two at each of `split_points(bytes,
+/// max_splits)`, gives exactly `whole` (what decoding them in one piece gave).
+pub fn assert_split_decoding_matches<T: PartialEq + std::fmt::Debug>(
+    name: &str,
+    bytes: &[u8],
+    whole: &[T],
+    max_splits: usize,
+    decode: impl Fn(&[crate::protocol::sse::SseEvent]) -> Vec<T>,
+) {
+    let byte_pieces: Vec<&[u8]> = bytes.chunks(1).collect();
+    assert_eq!(decode(&parse_pieces(&byte_pieces)), whole, "{name} bytewise");
+    for split in split_points(bytes, max_splits) {
+        let (head, tail) = bytes.split_at(split);
+        assert_eq!(decode(&parse_pieces(&[head, tail])), whole, "{name} at {split}");
+    }
+}
