@@ -110,3 +110,37 @@ fn probes_measure_live_endpoints_and_demote_dead_ones() {
     }
     assert!(live.requests().iter().any(|request| request.method == "HEAD"));
 }
+
+/// Some servers answer the HEAD probe with a body anyway (an SSE stream, even). The probe's
+/// connection must never be reused by the relay, or the next request would wait behind (or read)
+/// those stray bytes: it asks for `connection: close`.
+#[test]
+fn probes_never_share_their_connection_with_relayed_requests() {
+    let mock = MockUpstream::start(|request| {
+        if request.method == "HEAD" {
+            Reply::Sse { events: vec!["data: {}\n\n".to_string(); 3], gap: Duration::from_millis(50), end: support::mock_upstream::StreamEnd::Finish }
+        } else {
+            support::mock_upstream::default_reply(request)
+        }
+    });
+    let gateway = TestGateway::start_with(databases::sqlite(), |config| config.relay.probe_interval_seconds = 3600);
+    let token = gateway.admin_token();
+    let base_url = format!("{}/v1", mock.base_url());
+    let channel = gateway.create_channel(&token, json!({"name": "c", "type": "openai_chat", "base_urls": [base_url.clone()], "keys": ["sk-upstream-000000001"]}));
+    gateway.create_group(&token, json!({"name": "g", "items": [{"channel_id": channel, "model": "m"}]}));
+    let key = gateway.create_client_key(&token, json!({"name": "k"}));
+    let relay = gateway.gateway.as_ref().unwrap().relay.clone();
+    let started = Instant::now();
+    while relay.health.lock().endpoints.status(channel, &base_url).is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the channel was never probed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let probe = mock.requests().into_iter().find(|request| request.method == "HEAD").expect("a probe");
+    assert_eq!(probe.header("connection"), Some("close"));
+    for _ in 0..5 {
+        let body = json!({"model": "g", "messages": [{"role": "user", "content": "hi"}]});
+        let response = json_request(gateway.address, "POST", "/v1/chat/completions", Some(&key), Some(&body));
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["choices"][0]["message"]["content"], "Hello from the mock");
+    }
+}

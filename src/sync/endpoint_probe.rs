@@ -20,7 +20,9 @@ pub fn probe(relay: &RelayState, base_url: &str, proxy: &str) -> Option<Duration
         .send(UpstreamRequest {
             method: "HEAD".to_string(),
             url,
-            headers: Vec::new(),
+            // A probe's connection never joins the relay's pool: some servers answer HEAD with
+            // a body anyway, which would corrupt the next request on that connection.
+            headers: vec![("connection".to_string(), "close".to_string())],
             body: Vec::new(),
             proxy: (!proxy.is_empty()).then(|| proxy.to_string()),
             response_head_timeout: Some(PROBE_TIMEOUT),

@@ -193,6 +193,11 @@ impl Transport for MayTransport {
         // ureq asks this when the connection goes back to the pool and when it is taken out
         // again: either way the call that used it is over.
         self.socket.set_owner(NO_OWNER);
+        // Bytes already buffered belong to no request: a server that sent more than its answer
+        // (a body after a HEAD response, say) would have them read as the next call's response.
+        if !self.buffers.input().is_empty() {
+            return false;
+        }
         peek_says_open(self.stream.as_raw_fd())
     }
 }
