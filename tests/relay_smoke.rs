@@ -143,6 +143,9 @@ fn image_urls_are_downloaded_and_inlined_for_antigravity() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["choices"][0]["message"]["content"], "Hello from the mock");
     let sent = mock.requests().into_iter().find(|request| request.path.contains("v1internal")).expect("the upstream call");
+    // A non-stream client answer is assembled from Antigravity's streaming endpoint.
+    assert_eq!(sent.path, "/v1internal:streamGenerateContent");
+    assert_eq!(sent.query, "alt=sse");
     assert_eq!(sent.header("authorization"), Some("Bearer ya29.access-token-for-tests"));
     let envelope = sent.json();
     assert_eq!(envelope["project"], "test-project");

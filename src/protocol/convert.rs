@@ -190,6 +190,72 @@ enum Decoder {
     Antigravity(antigravity::StreamDecoder),
 }
 
+impl Decoder {
+    /// The IR decoder for an upstream format's event stream.
+    fn new(upstream: Format, meta: &ResponseMeta) -> Decoder {
+        match upstream {
+            Format::OpenaiChat => Decoder::OpenaiChat(openai_chat::StreamDecoder::new()),
+            Format::OpenaiResponses => Decoder::OpenaiResponses(openai_responses::StreamDecoder::new()),
+            Format::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
+            Format::Gemini => Decoder::Gemini(gemini::StreamDecoder::new(meta)),
+            Format::Antigravity => Decoder::Antigravity(antigravity::StreamDecoder::new(meta)),
+        }
+    }
+
+    fn push(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), ConvertError> {
+        match self {
+            Decoder::PassThrough => Ok(()),
+            Decoder::OpenaiChat(decoder) => decoder.push(event, out),
+            Decoder::OpenaiResponses(decoder) => decoder.push(event, out),
+            Decoder::Anthropic(decoder) => decoder.push(event, out),
+            Decoder::Gemini(decoder) => decoder.push(event, out),
+            Decoder::Antigravity(decoder) => decoder.push(event, out),
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), ConvertError> {
+        match self {
+            Decoder::PassThrough => Ok(()),
+            Decoder::OpenaiChat(decoder) => decoder.finish(out),
+            Decoder::OpenaiResponses(decoder) => decoder.finish(out),
+            Decoder::Anthropic(decoder) => decoder.finish(out),
+            Decoder::Gemini(decoder) => decoder.finish(out),
+            Decoder::Antigravity(decoder) => decoder.finish(out),
+        }
+    }
+}
+
+/// Whether non-stream requests to this upstream are sent as streams and assembled: Antigravity
+/// serves every model on its streaming endpoint (the non-stream one fails for some).
+pub fn collects_non_stream_from_stream(upstream: Format) -> bool {
+    upstream == Format::Antigravity
+}
+
+/// Converts a whole upstream event stream, already read, into the client's complete response.
+pub fn convert_collected_stream(
+    upstream: Format,
+    client: Format,
+    body: &[u8],
+    context: &ConvertContext,
+) -> Result<Vec<u8>, ConvertError> {
+    let mut parser = crate::protocol::sse::SseParser::new(usize::MAX);
+    let mut sse_events = Vec::new();
+    parser
+        .push(body, &mut sse_events)
+        .and_then(|_| parser.finish(&mut sse_events))
+        .map_err(|error| ConvertError::new("", format!("the upstream stream is malformed: {error}")))?;
+    let meta = response_meta(context);
+    let mut decoder = Decoder::new(upstream, &meta);
+    let mut events = Vec::new();
+    for event in &sse_events {
+        decoder.push(event, &mut events)?;
+    }
+    decoder.finish(&mut events)?;
+    let response = crate::protocol::collect::response_from_events(&events)?;
+    let written = write_response(client, &response, &meta)?;
+    Ok(written.to_string().into_bytes())
+}
+
 enum Encoder {
     PassThrough,
     OpenaiChat(openai_chat::StreamEncoder),
@@ -211,15 +277,7 @@ impl StreamTranscoder {
             };
         }
         let meta = response_meta(context);
-        let decoder = match upstream {
-            Format::OpenaiChat => Decoder::OpenaiChat(openai_chat::StreamDecoder::new()),
-            Format::OpenaiResponses => {
-                Decoder::OpenaiResponses(openai_responses::StreamDecoder::new())
-            }
-            Format::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
-            Format::Gemini => Decoder::Gemini(gemini::StreamDecoder::new(&meta)),
-            Format::Antigravity => Decoder::Antigravity(antigravity::StreamDecoder::new(&meta)),
-        };
+        let decoder = Decoder::new(upstream, &meta);
         let encoder = match client {
             Format::OpenaiChat => Encoder::OpenaiChat(openai_chat::StreamEncoder::new(
                 &meta,
@@ -242,17 +300,11 @@ impl StreamTranscoder {
     /// Converts one upstream event, appending the client's bytes to `out`.
     pub fn push(&mut self, event: &SseEvent, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         self.events.clear();
-        match &mut self.decoder {
-            Decoder::PassThrough => {
-                out.extend_from_slice(&event.raw);
-                return Ok(());
-            }
-            Decoder::OpenaiChat(decoder) => decoder.push(event, &mut self.events)?,
-            Decoder::OpenaiResponses(decoder) => decoder.push(event, &mut self.events)?,
-            Decoder::Anthropic(decoder) => decoder.push(event, &mut self.events)?,
-            Decoder::Gemini(decoder) => decoder.push(event, &mut self.events)?,
-            Decoder::Antigravity(decoder) => decoder.push(event, &mut self.events)?,
+        if let Decoder::PassThrough = self.decoder {
+            out.extend_from_slice(&event.raw);
+            return Ok(());
         }
+        self.decoder.push(event, &mut self.events)?;
         self.encode_pending(out)
     }
 
@@ -260,14 +312,10 @@ impl StreamTranscoder {
     /// writes the client format's closing events.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         self.events.clear();
-        let flushed = match &mut self.decoder {
-            Decoder::PassThrough => return,
-            Decoder::OpenaiChat(decoder) => decoder.finish(&mut self.events),
-            Decoder::OpenaiResponses(decoder) => decoder.finish(&mut self.events),
-            Decoder::Anthropic(decoder) => decoder.finish(&mut self.events),
-            Decoder::Gemini(decoder) => decoder.finish(&mut self.events),
-            Decoder::Antigravity(decoder) => decoder.finish(&mut self.events),
-        };
+        if let Decoder::PassThrough = self.decoder {
+            return;
+        }
+        let flushed = self.decoder.finish(&mut self.events);
         if flushed.is_err() || self.encode_pending(out).is_err() {
             return;
         }

@@ -6,6 +6,7 @@
 
 pub mod anthropic;
 pub mod antigravity;
+pub mod collect;
 pub mod convert;
 pub mod error;
 pub mod gemini;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::http::{Request, Response};
-use crate::protocol::convert::{client_wants_stream_usage, convert_response, ConvertContext};
+use crate::protocol::convert::{
+    client_wants_stream_usage, collects_non_stream_from_stream, convert_collected_stream, convert_response, ConvertContext,
+};
 use crate::protocol::error::{parse_upstream_error, ErrorKind};
 use crate::protocol::sse::{SseEvent, SseParser};
 use crate::protocol::usage::usage_from_response_body;
@@ -439,12 +441,15 @@ fn run_attempt(
         }
     };
     let same_format = call.client_format == upstream_format;
+    // Some upstreams are asked for a stream even when the client wants one complete answer.
+    let collect_stream = !call.stream && collects_non_stream_from_stream(upstream_format);
+    let upstream_stream = call.stream || collect_stream;
     let build_request = |credential: &Credential, body: Vec<u8>| {
-        let mut headers = upstream_headers(call_headers(call, group), same_format, channel, &credential.secret, call.stream);
+        let mut headers = upstream_headers(call_headers(call, group), same_format, channel, &credential.secret, upstream_stream);
         headers.extend(credential.extra_headers.iter().cloned());
         UpstreamRequest {
             method: "POST".to_string(),
-            url: attempt_url(channel, base_url, upstream_model, call.stream),
+            url: attempt_url(channel, base_url, upstream_model, upstream_stream),
             headers,
             body,
             proxy: (!channel.proxy.is_empty()).then(|| channel.proxy.clone()),
@@ -482,19 +487,35 @@ fn run_attempt(
         if let Err(error) = read {
             return transport_failure(UpstreamError::from_io_error(&error), control, false);
         }
-        let usage = usage_from_response_body(upstream_format, &body);
-        let body = match transform {
-            Transform::PassThrough { .. } => body,
-            Transform::Convert { client, upstream } => match convert_response(upstream, client, &body, &context) {
-                Ok(converted) => converted,
-                Err(error) => {
-                    return AttemptResult::Failed {
-                        outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
-                        error: RelayError::UpstreamUnreachable(format!("the upstream answer could not be converted: {error}")),
-                        detail: format!("conversion of the answer failed: {error}"),
-                    };
-                }
-            },
+        let (body, usage) = match transform {
+            Transform::PassThrough { .. } => {
+                let usage = usage_from_response_body(upstream_format, &body);
+                (body, usage)
+            }
+            Transform::Convert { client, upstream } => {
+                let converted = if collect_stream {
+                    convert_collected_stream(upstream, client, &body, &context)
+                } else {
+                    convert_response(upstream, client, &body, &context)
+                };
+                let converted = match converted {
+                    Ok(converted) => converted,
+                    Err(error) => {
+                        return AttemptResult::Failed {
+                            outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
+                            error: RelayError::UpstreamUnreachable(format!("the upstream answer could not be converted: {error}")),
+                            detail: format!("conversion of the answer failed: {error}"),
+                        };
+                    }
+                };
+                // A collected stream's usage is read from the converted answer, its only whole body.
+                let usage = if collect_stream {
+                    usage_from_response_body(client, &converted)
+                } else {
+                    usage_from_response_body(upstream_format, &body)
+                };
+                (converted, usage)
+            }
         };
         return AttemptResult::Complete { status: response.status, body, usage };
     }
