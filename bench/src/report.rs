@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::conversion::{CONVERSION_CONCURRENCY, CPU_TAIL, ConversionResults};
+use crate::lanes::{LANE_STREAM_DELTAS, LANE_STREAM_MODEL};
 use crate::measure::{ErrorTally, LoadOutcome, StreamSample};
 use crate::samples::{median_of_round_medians, percentile, pooled};
 
@@ -85,6 +87,8 @@ pub struct RunResults {
     pub gateway_log_lines: usize,
     /// Where the held streams went: "gateway" or, in a direct-only run, "direct".
     pub held_target: &'static str,
+    /// The conversion lanes; None when the run was direct-only.
+    pub conversion: Option<ConversionResults>,
 }
 
 /// Renders the whole report as Markdown.
@@ -106,6 +110,9 @@ pub fn render(results: &RunResults) -> String {
     render_main_table(&mut out, results);
     render_memory_table(&mut out, results);
     render_notes(&mut out, results);
+    if let Some(conversion) = &results.conversion {
+        render_conversion(&mut out, conversion);
+    }
     out
 }
 
@@ -424,6 +431,150 @@ fn render_notes(out: &mut String, results: &RunResults) {
         "- c=1 latency: {} interleaved rounds (direct, gateway, direct, ...) of {} requests per arm after warm-up; added = gateway − direct.",
         info.latency_rounds, info.requests_per_round
     );
+}
+
+/// The conversion lanes: added latency against each lane's own direct baseline, gateway CPU
+/// per request and per SSE event, each also as a ratio to the pass-through lane.
+fn render_conversion(out: &mut String, conversion: &ConversionResults) {
+    let plan = &conversion.plan;
+    let _ = writeln!(out, "\n### Protocol conversion lanes\n");
+    let _ = writeln!(
+        out,
+        "Every lane sends the same small chat (system prompt, user message, one tool) in the client's \
+         protocol to the gateway; its direct baseline sends that chat straight to the mock in the \
+         upstream's protocol. Added = gateway − direct at c=1 ({} interleaved rounds of {} requests per arm). \
+         CPU = the gateway's utime + stime ÷ completed requests at c={CONVERSION_CONCURRENCY} \
+         ({} × {:.1} s per lane, each read {} ms after the loop). Ratios are to the pass-through lane.\n",
+        plan.latency_rounds,
+        plan.requests_per_round,
+        plan.cpu_rounds,
+        plan.cpu_duration.as_secs_f64(),
+        CPU_TAIL.as_millis(),
+    );
+    let _ = writeln!(
+        out,
+        "| Lane (client → channel) | Direct p50 | Gateway p50 | Added p50 | Added p99 | Added p50 vs pass-through | Gateway CPU per request | CPU vs pass-through | Gateway req/s, c={CONVERSION_CONCURRENCY} | Errors (direct / gateway) |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let added_p50 = |lane: &crate::conversion::LaneResults| {
+        median_of_round_medians(&lane.gateway_rounds) as i64
+            - median_of_round_medians(&lane.direct_rounds) as i64
+    };
+    let cpu_of = |lane: &crate::conversion::LaneResults| {
+        cpu_per_request(lane.gateway_cpu_micros, &lane.load)
+    };
+    let pass_through = conversion
+        .whole
+        .iter()
+        .find(|lane| lane.lane.is_pass_through());
+    let pass_through_added = pass_through.map_or(0, added_p50);
+    let pass_through_cpu = pass_through.and_then(cpu_of);
+    for lane in &conversion.whole {
+        let direct_p50 = median_of_round_medians(&lane.direct_rounds);
+        let gateway_p50 = median_of_round_medians(&lane.gateway_rounds);
+        let direct_p99 = percentile(&mut pooled(&lane.direct_rounds), 0.99);
+        let gateway_p99 = percentile(&mut pooled(&lane.gateway_rounds), 0.99);
+        let added = added_p50(lane);
+        let cpu = cpu_of(lane);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            lane.lane.label,
+            format_duration(direct_p50),
+            format_duration(gateway_p50),
+            format_signed(added),
+            format_signed(gateway_p99 as i64 - direct_p99 as i64),
+            if pass_through_added > 0 {
+                ratio(added as f64, pass_through_added as f64)
+            } else {
+                "—".to_string()
+            },
+            cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
+            match (cpu, pass_through_cpu) {
+                (Some(cpu), Some(base)) => ratio(cpu, base),
+                _ => "—".to_string(),
+            },
+            group_thousands(requests_per_second(&lane.load) as u64),
+            lane.direct_errors.count,
+            lane.gateway_errors.count + lane.load.errors.count,
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n| Streamed lane (client → channel), `{LANE_STREAM_MODEL}`, c={CONVERSION_CONCURRENCY}, {} × {:.1} s | Streams | SSE events per stream | Gateway CPU per stream | Gateway CPU per SSE event | CPU per event vs pass-through | Errors |",
+        plan.cpu_rounds,
+        plan.stream_cpu_duration.as_secs_f64(),
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|");
+    let per_event = |lane: &crate::conversion::StreamLaneResults| {
+        (lane.load.events > 0).then(|| lane.gateway_cpu_micros as f64 / lane.load.events as f64)
+    };
+    let pass_through_per_event = conversion
+        .streams
+        .iter()
+        .find(|lane| lane.lane.is_pass_through())
+        .and_then(per_event);
+    for lane in &conversion.streams {
+        let events_per_stream = if lane.load.completed > 0 {
+            format!(
+                "{:.1}",
+                lane.load.events as f64 / lane.load.completed as f64
+            )
+        } else {
+            "—".to_string()
+        };
+        let cpu_per_event = per_event(lane);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            lane.lane.label,
+            group_thousands(lane.load.completed),
+            events_per_stream,
+            cpu_per_request(lane.gateway_cpu_micros, &lane.load)
+                .map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
+            cpu_per_event.map_or("—".to_string(), |micros| format!("{micros:.2} µs")),
+            match (cpu_per_event, pass_through_per_event) {
+                (Some(cpu), Some(base)) => ratio(cpu, base),
+                _ => "—".to_string(),
+            },
+            lane.load.errors.count,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nNotes on the lanes:\n- The mock streams {LANE_STREAM_DELTAS} deltas with no pause; SSE events are counted as the client receives them (OpenAI chunks for both lanes)."
+    );
+    let _ = writeln!(
+        out,
+        "- CPU counts only the gateway process (all its threads, including the stats writer), so a noisy neighbour slows it without adding to it; latency has no such shield. On a shared machine read the ratios, not the absolute figures."
+    );
+    for lane in &conversion.whole {
+        for (arm, tally) in [
+            ("direct", &lane.direct_errors),
+            ("gateway c=1", &lane.gateway_errors),
+            ("gateway load", &lane.load.errors),
+        ] {
+            if let Some(first) = &tally.first {
+                let _ = writeln!(
+                    out,
+                    "- First {arm} error on lane {}: {}",
+                    lane.lane.label,
+                    one_line(first)
+                );
+            }
+        }
+    }
+    for lane in &conversion.streams {
+        if let Some(first) = &lane.load.errors.first {
+            let _ = writeln!(
+                out,
+                "- First error on streamed lane {}: {}",
+                lane.lane.label,
+                one_line(first)
+            );
+        }
+    }
 }
 
 fn latency_row(out: &mut String, label: &str, direct_nanos: u64, gateway_nanos: Option<u64>) {
