@@ -100,8 +100,9 @@ pub fn run(
 
     progress("conversion lanes: latency at c=1");
     let deadline = Instant::now() + LATENCY_PHASE_LIMIT;
-    for _ in 0..plan.latency_rounds {
-        for rig in &mut lanes {
+    for round in 0..plan.latency_rounds {
+        for lane_index in rotated(round, lanes.len()) {
+            let rig = &mut lanes[lane_index];
             let samples = sequential_requests(
                 &mut rig.direct_client,
                 &rig.direct_request,
@@ -124,8 +125,9 @@ pub fn run(
     progress(&format!(
         "conversion lanes: gateway CPU per request at c={CONVERSION_CONCURRENCY}"
     ));
-    for _ in 0..plan.cpu_rounds {
-        for rig in &mut lanes {
+    for round in 0..plan.cpu_rounds {
+        for lane_index in rotated(round, lanes.len()) {
+            let rig = &mut lanes[lane_index];
             let (outcome, cpu) = measured_loop(
                 gateway,
                 &rig.gateway_request,
@@ -159,8 +161,9 @@ pub fn run(
             },
         ));
     }
-    for _ in 0..plan.cpu_rounds {
-        for (request, results) in &mut streams {
+    for round in 0..plan.cpu_rounds {
+        for lane_index in rotated(round, streams.len()) {
+            let (request, results) = &mut streams[lane_index];
             let (outcome, cpu) =
                 measured_loop(gateway, request, LoadKind::Stream, plan.stream_cpu_duration);
             absorb(&mut results.load, outcome);
@@ -173,6 +176,13 @@ pub fn run(
         whole: lanes.into_iter().map(|rig| rig.results).collect(),
         streams: streams.into_iter().map(|(_, results)| results).collect(),
     })
+}
+
+/// The lane indices `0..count` starting at `round`, wrapping around: each round starts with a
+/// different lane, so no lane always runs first (on a gateway just back from another phase) or
+/// always after the same neighbour.
+fn rotated(round: usize, count: usize) -> impl Iterator<Item = usize> {
+    (0..count).map(move |offset| (round + offset) % count.max(1))
 }
 
 /// One non-streaming lane's clients, prebuilt requests and results.
@@ -347,4 +357,19 @@ fn absorb(total: &mut LoadOutcome, round: LoadOutcome) {
     total.events += round.events;
     total.latencies.extend(round.latencies);
     total.errors.absorb(round.errors);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::conversion::rotated;
+
+    #[test]
+    fn rounds_rotate_which_lane_goes_first() {
+        let orders: Vec<Vec<usize>> = (0..5).map(|round| rotated(round, 4).collect()).collect();
+        assert_eq!(orders[0], [0, 1, 2, 3]);
+        assert_eq!(orders[1], [1, 2, 3, 0]);
+        assert_eq!(orders[3], [3, 0, 1, 2]);
+        assert_eq!(orders[4], [0, 1, 2, 3]);
+        assert_eq!(rotated(7, 0).count(), 0);
+    }
 }

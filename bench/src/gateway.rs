@@ -131,6 +131,15 @@ impl Gateway {
         self.address
     }
 
+    /// How the gateway ended if it is no longer running (exit code or signal), for error
+    /// messages: a measurement that fails because the gateway died must say so.
+    pub fn exit_status(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
     /// The end of the gateway's combined stdout and stderr, for error messages.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read(self.temp_dir.path().join("gateway.log")).unwrap_or_default();

@@ -228,7 +228,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
     progress(run_started, &format!("mock upstream on {}", mock.address()));
 
     let (pin_to_cpu, pinning) = gateway_pinning();
-    let gateway = match &options.gateway_binary {
+    let mut gateway = match &options.gateway_binary {
         Some(binary) => Some(Gateway::start(binary, pin_to_cpu)?),
         None => None,
     };
@@ -398,7 +398,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
     );
     hold_streams(&mock, held_target, &plan, &gateway_rss, &mut memory);
 
-    let conversion = match (&gateway, client_key) {
+    let conversion = match (gateway.as_mut(), client_key) {
         (Some(gateway), Some(client_key)) => {
             let under_test = GatewayUnderTest {
                 pid: gateway.pid(),
@@ -408,7 +408,12 @@ fn run(options: &Options) -> Result<RunResults, String> {
             let results = conversion::run(&mock, &under_test, &plan.conversion, &|message| {
                 progress(run_started, message)
             })
-            .map_err(|error| format!("{error}\ngateway log:\n{}", gateway.log_tail()))?;
+            .map_err(|error| {
+                let exit = gateway.exit_status().map_or(String::new(), |status| {
+                    format!("\nthe gateway is no longer running: {status}")
+                });
+                format!("{error}{exit}\ngateway log:\n{}", gateway.log_tail())
+            })?;
             Some(results)
         }
         _ => None,
