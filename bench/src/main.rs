@@ -310,6 +310,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
     }
     memory.after_warmup = gateway_rss();
 
+    ensure_gateway_running(&mut gateway, "warm-up")?;
     progress(run_started, "latency at c=1");
     let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
     for _ in 0..plan.latency_rounds {
@@ -341,6 +342,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         }
     }
 
+    ensure_gateway_running(&mut gateway, "latency at c=1")?;
     progress(run_started, &format!("throughput at c={LOAD_CONCURRENCY}"));
     for _ in 0..plan.load_rounds {
         load_round(&mock, &direct, None, &plan, &mut direct_results);
@@ -349,6 +351,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         }
     }
     memory.after_load = gateway_rss();
+    ensure_gateway_running(&mut gateway, "throughput")?;
 
     progress(
         run_started,
@@ -386,6 +389,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         }
     }
 
+    ensure_gateway_running(&mut gateway, "streams")?;
     // Held streams measure the gateway's memory per open stream; a direct-only run still holds
     // them against the mock, which checks the rig can.
     let held_target = through_gateway.as_ref().unwrap_or(&direct);
@@ -397,6 +401,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         ),
     );
     hold_streams(&mock, held_target, &plan, &gateway_rss, &mut memory);
+    ensure_gateway_running(&mut gateway, "held streams")?;
 
     let conversion = match (gateway.as_mut(), client_key) {
         (Some(gateway), Some(client_key)) => {
@@ -410,7 +415,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
             })
             .map_err(|error| {
                 let exit = gateway.exit_status().map_or(String::new(), |status| {
-                    format!("\nthe gateway is no longer running: {status}")
+                    format!("\nthe gateway is no longer running ({status}; it exits 0 only on SIGINT or SIGTERM)")
                 });
                 format!("{error}{exit}\ngateway log:\n{}", gateway.log_tail())
             })?;
@@ -441,6 +446,22 @@ fn run(options: &Options) -> Result<RunResults, String> {
         },
         conversion,
     })
+}
+
+/// Stops the run when the gateway has exited during `phase`, rather than measuring errors
+/// against a dead process. The gateway exits 0 only after SIGINT or SIGTERM, so that status
+/// means something on the machine signalled it.
+fn ensure_gateway_running(gateway: &mut Option<Gateway>, phase: &str) -> Result<(), String> {
+    let Some(gateway) = gateway.as_mut() else {
+        return Ok(());
+    };
+    match gateway.exit_status() {
+        None => Ok(()),
+        Some(status) => Err(format!(
+            "the gateway exited during the {phase} phase ({status}; it exits 0 only on SIGINT or SIGTERM)\ngateway log:\n{}",
+            gateway.log_tail()
+        )),
+    }
 }
 
 fn warm_up(
