@@ -62,8 +62,8 @@ pub struct LaneResults {
     pub gateway_errors: ErrorTally,
     /// The gateway's closed loops at `CONVERSION_CONCURRENCY`, all rounds added together.
     pub load: LoadOutcome,
-    /// Gateway CPU over those loops (each with its `CPU_TAIL`).
-    pub gateway_cpu_micros: u64,
+    /// Gateway CPU per round (each loop with its `CPU_TAIL`), counted against completed requests.
+    pub cpu_rounds: Vec<CpuRound>,
 }
 
 /// One streamed lane's measurements: closed loops of whole streams through the gateway.
@@ -71,7 +71,49 @@ pub struct StreamLaneResults {
     pub lane: Lane,
     /// `completed` counts streams read to their end, `events` their SSE events.
     pub load: LoadOutcome,
-    pub gateway_cpu_micros: u64,
+    /// Gateway CPU per round, counted against SSE events received.
+    pub cpu_rounds: Vec<CpuRound>,
+}
+
+/// The gateway CPU one closed-loop round cost, and how much work (requests or SSE events) it
+/// completed.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuRound {
+    pub cpu_micros: u64,
+    pub units: u64,
+}
+
+/// All rounds' CPU over all rounds' work, in microseconds per unit.
+pub fn pooled_cpu_per_unit(rounds: &[CpuRound]) -> Option<f64> {
+    let cpu: u64 = rounds.iter().map(|round| round.cpu_micros).sum();
+    let units: u64 = rounds.iter().map(|round| round.units).sum();
+    (units > 0).then(|| cpu as f64 / units as f64)
+}
+
+/// The median over rounds of `lane`'s CPU per unit divided by `baseline`'s in the same round.
+/// Pairing by round compares lanes measured seconds apart, so a neighbour's load that comes and
+/// goes during the run moves both sides of each ratio instead of one lane's whole figure.
+pub fn paired_cpu_ratio(lane: &[CpuRound], baseline: &[CpuRound]) -> Option<f64> {
+    let per_unit =
+        |round: &CpuRound| (round.units > 0).then(|| round.cpu_micros as f64 / round.units as f64);
+    let mut ratios: Vec<f64> = lane
+        .iter()
+        .zip(baseline)
+        .filter_map(|(lane_round, baseline_round)| {
+            let base = per_unit(baseline_round).filter(|base| *base > 0.0)?;
+            Some(per_unit(lane_round)? / base)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let middle = ratios.len() / 2;
+    Some(if ratios.len().is_multiple_of(2) {
+        (ratios[middle - 1] + ratios[middle]) / 2.0
+    } else {
+        ratios[middle]
+    })
 }
 
 pub struct ConversionResults {
@@ -134,8 +176,11 @@ pub fn run(
                 LoadKind::Whole,
                 plan.cpu_duration,
             );
+            rig.results.cpu_rounds.push(CpuRound {
+                cpu_micros: cpu,
+                units: outcome.completed,
+            });
             absorb(&mut rig.results.load, outcome);
-            rig.results.gateway_cpu_micros += cpu;
         }
     }
 
@@ -157,7 +202,7 @@ pub fn run(
             StreamLaneResults {
                 lane,
                 load: LoadOutcome::default(),
-                gateway_cpu_micros: 0,
+                cpu_rounds: Vec::new(),
             },
         ));
     }
@@ -166,8 +211,11 @@ pub fn run(
             let (request, results) = &mut streams[lane_index];
             let (outcome, cpu) =
                 measured_loop(gateway, request, LoadKind::Stream, plan.stream_cpu_duration);
+            results.cpu_rounds.push(CpuRound {
+                cpu_micros: cpu,
+                units: outcome.events,
+            });
             absorb(&mut results.load, outcome);
-            results.gateway_cpu_micros += cpu;
         }
     }
 
@@ -220,7 +268,7 @@ impl LaneRig {
                 direct_errors: ErrorTally::default(),
                 gateway_errors: ErrorTally::default(),
                 load: LoadOutcome::default(),
-                gateway_cpu_micros: 0,
+                cpu_rounds: Vec::new(),
             },
         }
     }
@@ -361,7 +409,7 @@ fn absorb(total: &mut LoadOutcome, round: LoadOutcome) {
 
 #[cfg(test)]
 mod tests {
-    use crate::conversion::rotated;
+    use crate::conversion::{CpuRound, paired_cpu_ratio, pooled_cpu_per_unit, rotated};
 
     #[test]
     fn rounds_rotate_which_lane_goes_first() {
@@ -371,5 +419,28 @@ mod tests {
         assert_eq!(orders[3], [3, 0, 1, 2]);
         assert_eq!(orders[4], [0, 1, 2, 3]);
         assert_eq!(rotated(7, 0).count(), 0);
+    }
+
+    #[test]
+    fn cpu_ratios_pair_rounds_and_take_the_median() {
+        let round = |cpu_micros, units| CpuRound { cpu_micros, units };
+        // The baseline doubles its cost in round 2 (a noisy neighbour); the lane does too, so
+        // every paired ratio is 1.5 although the pooled figures drift.
+        let baseline = [round(1000, 10), round(2000, 10), round(1000, 10)];
+        let lane = [round(1500, 10), round(3000, 10), round(1500, 10)];
+        assert_eq!(paired_cpu_ratio(&lane, &baseline), Some(1.5));
+        assert_eq!(pooled_cpu_per_unit(&baseline), Some(4000.0 / 30.0));
+        // One outlying round does not move the median; rounds with no work are skipped.
+        let lane = [
+            round(1500, 10),
+            round(9000, 10),
+            round(1500, 10),
+            round(5, 0),
+        ];
+        assert_eq!(paired_cpu_ratio(&lane, &baseline), Some(1.5));
+        let even = [round(1000, 10), round(3000, 10)];
+        assert_eq!(paired_cpu_ratio(&even, &baseline[..2]), Some(1.25));
+        assert_eq!(paired_cpu_ratio(&[], &baseline), None);
+        assert_eq!(pooled_cpu_per_unit(&[round(7, 0)]), None);
     }
 }

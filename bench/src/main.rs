@@ -122,9 +122,9 @@ impl Plan {
                 warmup_requests: 200,
                 latency_rounds: 7,
                 requests_per_round: 200,
-                cpu_rounds: 3,
-                cpu_duration: Duration::from_secs(2),
-                stream_cpu_duration: Duration::from_secs(2),
+                cpu_rounds: 6,
+                cpu_duration: Duration::from_secs(1),
+                stream_cpu_duration: Duration::from_secs(1),
             },
         }
     }
@@ -144,9 +144,9 @@ impl Plan {
                 warmup_requests: 50,
                 latency_rounds: 3,
                 requests_per_round: 50,
-                cpu_rounds: 1,
-                cpu_duration: Duration::from_secs(1),
-                stream_cpu_duration: Duration::from_secs(1),
+                cpu_rounds: 2,
+                cpu_duration: Duration::from_millis(500),
+                stream_cpu_duration: Duration::from_millis(500),
             },
         }
     }

@@ -3,7 +3,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::conversion::{CONVERSION_CONCURRENCY, CPU_TAIL, ConversionResults};
+use crate::conversion::{
+    CONVERSION_CONCURRENCY, CPU_TAIL, ConversionResults, LaneResults, paired_cpu_ratio,
+    pooled_cpu_per_unit,
+};
 use crate::lanes::{LANE_STREAM_DELTAS, LANE_STREAM_MODEL};
 use crate::measure::{ErrorTally, LoadOutcome, StreamSample};
 use crate::samples::{median_of_round_medians, percentile, pooled};
@@ -444,7 +447,8 @@ fn render_conversion(out: &mut String, conversion: &ConversionResults) {
          protocol to the gateway; its direct baseline sends that chat straight to the mock in the \
          upstream's protocol. Added = gateway − direct at c=1 ({} interleaved rounds of {} requests per arm). \
          CPU = the gateway's utime + stime ÷ completed requests at c={CONVERSION_CONCURRENCY} \
-         ({} × {:.1} s per lane, each read {} ms after the loop). Ratios are to the pass-through lane.\n",
+         ({} rounds × {:.1} s per lane, lanes taking turns, each read {} ms after its loop). \
+         \"vs pass-through\" is the median over rounds of the ratio within each round.\n",
         plan.latency_rounds,
         plan.requests_per_round,
         plan.cpu_rounds,
@@ -456,44 +460,36 @@ fn render_conversion(out: &mut String, conversion: &ConversionResults) {
         "| Lane (client → channel) | Direct p50 | Gateway p50 | Added p50 | Added p99 | Added p50 vs pass-through | Gateway CPU per request | CPU vs pass-through | Gateway req/s, c={CONVERSION_CONCURRENCY} | Errors (direct / gateway) |"
     );
     let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    let added_p50 = |lane: &crate::conversion::LaneResults| {
+    let added_p50 = |lane: &LaneResults| {
         median_of_round_medians(&lane.gateway_rounds) as i64
             - median_of_round_medians(&lane.direct_rounds) as i64
-    };
-    let cpu_of = |lane: &crate::conversion::LaneResults| {
-        cpu_per_request(lane.gateway_cpu_micros, &lane.load)
     };
     let pass_through = conversion
         .whole
         .iter()
         .find(|lane| lane.lane.is_pass_through());
     let pass_through_added = pass_through.map_or(0, added_p50);
-    let pass_through_cpu = pass_through.and_then(cpu_of);
     for lane in &conversion.whole {
-        let direct_p50 = median_of_round_medians(&lane.direct_rounds);
-        let gateway_p50 = median_of_round_medians(&lane.gateway_rounds);
         let direct_p99 = percentile(&mut pooled(&lane.direct_rounds), 0.99);
         let gateway_p99 = percentile(&mut pooled(&lane.gateway_rounds), 0.99);
         let added = added_p50(lane);
-        let cpu = cpu_of(lane);
+        let added_ratio = if pass_through_added > 0 {
+            ratio(added as f64, pass_through_added as f64)
+        } else {
+            "—".to_string()
+        };
+        let cpu_ratio = pass_through
+            .and_then(|base| paired_cpu_ratio(&lane.cpu_rounds, &base.cpu_rounds))
+            .map_or("—".to_string(), |value| format!("{value:.2}×"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            "| {} | {} | {} | {} | {} | {added_ratio} | {} | {cpu_ratio} | {} | {} / {} |",
             lane.lane.label,
-            format_duration(direct_p50),
-            format_duration(gateway_p50),
+            format_duration(median_of_round_medians(&lane.direct_rounds)),
+            format_duration(median_of_round_medians(&lane.gateway_rounds)),
             format_signed(added),
             format_signed(gateway_p99 as i64 - direct_p99 as i64),
-            if pass_through_added > 0 {
-                ratio(added as f64, pass_through_added as f64)
-            } else {
-                "—".to_string()
-            },
-            cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
-            match (cpu, pass_through_cpu) {
-                (Some(cpu), Some(base)) => ratio(cpu, base),
-                _ => "—".to_string(),
-            },
+            format_micros(pooled_cpu_per_unit(&lane.cpu_rounds), 1),
             group_thousands(requests_per_second(&lane.load) as u64),
             lane.direct_errors.count,
             lane.gateway_errors.count + lane.load.errors.count,
@@ -507,37 +503,26 @@ fn render_conversion(out: &mut String, conversion: &ConversionResults) {
         plan.stream_cpu_duration.as_secs_f64(),
     );
     let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|");
-    let per_event = |lane: &crate::conversion::StreamLaneResults| {
-        (lane.load.events > 0).then(|| lane.gateway_cpu_micros as f64 / lane.load.events as f64)
-    };
-    let pass_through_per_event = conversion
+    let stream_pass_through = conversion
         .streams
         .iter()
-        .find(|lane| lane.lane.is_pass_through())
-        .and_then(per_event);
+        .find(|lane| lane.lane.is_pass_through());
     for lane in &conversion.streams {
-        let events_per_stream = if lane.load.completed > 0 {
-            format!(
-                "{:.1}",
-                lane.load.events as f64 / lane.load.completed as f64
-            )
-        } else {
-            "—".to_string()
-        };
-        let cpu_per_event = per_event(lane);
+        let streams = lane.load.completed;
+        let events_per_stream = (streams > 0).then(|| lane.load.events as f64 / streams as f64);
+        let cpu_micros: u64 = lane.cpu_rounds.iter().map(|round| round.cpu_micros).sum();
+        let cpu_per_stream = (streams > 0).then(|| cpu_micros as f64 / streams as f64);
+        let cpu_ratio = stream_pass_through
+            .and_then(|base| paired_cpu_ratio(&lane.cpu_rounds, &base.cpu_rounds))
+            .map_or("—".to_string(), |value| format!("{value:.2}×"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {cpu_ratio} | {} |",
             lane.lane.label,
-            group_thousands(lane.load.completed),
-            events_per_stream,
-            cpu_per_request(lane.gateway_cpu_micros, &lane.load)
-                .map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
-            cpu_per_event.map_or("—".to_string(), |micros| format!("{micros:.2} µs")),
-            match (cpu_per_event, pass_through_per_event) {
-                (Some(cpu), Some(base)) => ratio(cpu, base),
-                _ => "—".to_string(),
-            },
+            group_thousands(streams),
+            events_per_stream.map_or("—".to_string(), |events| format!("{events:.1}")),
+            format_micros(cpu_per_stream, 1),
+            format_micros(pooled_cpu_per_unit(&lane.cpu_rounds), 2),
             lane.load.errors.count,
         );
     }
@@ -575,6 +560,13 @@ fn render_conversion(out: &mut String, conversion: &ConversionResults) {
             );
         }
     }
+}
+
+/// Microseconds with `decimals` places, or a dash when there is no figure.
+fn format_micros(micros: Option<f64>, decimals: usize) -> String {
+    micros.map_or("—".to_string(), |micros| {
+        format!("{micros:.decimals$} µs")
+    })
 }
 
 fn latency_row(out: &mut String, label: &str, direct_nanos: u64, gateway_nanos: Option<u64>) {
