@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::http_client::one_shot;
+use crate::mock_upstream::Dialect;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -130,6 +131,15 @@ impl Gateway {
         self.address
     }
 
+    /// How the gateway ended if it is no longer running (exit code or signal), for error
+    /// messages: a measurement that fails because the gateway died must say so.
+    pub fn exit_status(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
     /// The end of the gateway's combined stdout and stderr, for error messages.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read(self.temp_dir.path().join("gateway.log")).unwrap_or_default();
@@ -197,14 +207,18 @@ fn free_port() -> Result<u16, String> {
         .map_err(|error| format!("cannot find a free port: {error}"))
 }
 
-/// One group the bench routes to: client-facing name and the upstream model behind it.
+/// One group the bench routes to: client-facing name, the channel type behind it and the
+/// upstream model it asks that channel for.
+#[derive(Debug, Clone, Copy)]
 pub struct GroupSpec {
     pub group_name: &'static str,
+    pub channel: Dialect,
     pub upstream_model: &'static str,
 }
 
-/// Logs in as the seeded admin, creates one `openai_chat` channel to the mock, one round-robin
-/// group per entry of `groups`, and a client API key; returns that key.
+/// Logs in as the seeded admin, creates one channel to the mock per channel type the groups
+/// use (`openai_chat`, `anthropic`, `gemini`), one round-robin group per entry of `groups`,
+/// and a client API key; returns that key.
 pub fn configure(
     gateway: SocketAddr,
     mock_upstream: SocketAddr,
@@ -218,25 +232,46 @@ pub fn configure(
     )?;
     let token = string_field(&login, "token", "login")?;
 
-    let upstream_models: Vec<&str> = groups.iter().map(|group| group.upstream_model).collect();
-    let channel = admin_call(
-        gateway,
-        "/api/v1/channels",
-        Some(&token),
-        &json!({
-            "name": "mock",
-            "type": "openai_chat",
-            "base_urls": [format!("http://{mock_upstream}/v1")],
-            "keys": ["sk-mock-1", "sk-mock-2"],
-            "models": upstream_models,
-        }),
-    )?;
-    let channel_id = channel
-        .get("id")
-        .cloned()
-        .ok_or_else(|| format!("channel creation answered without an id: {channel}"))?;
+    let mut channel_ids: Vec<(Dialect, Value)> = Vec::new();
+    for group in groups {
+        if channel_ids
+            .iter()
+            .any(|(dialect, _)| *dialect == group.channel)
+        {
+            continue;
+        }
+        let (channel_type, base_path) = channel_type_and_base_path(group.channel);
+        let mut upstream_models: Vec<&str> = Vec::new();
+        for other in groups.iter().filter(|other| other.channel == group.channel) {
+            if !upstream_models.contains(&other.upstream_model) {
+                upstream_models.push(other.upstream_model);
+            }
+        }
+        let channel = admin_call(
+            gateway,
+            "/api/v1/channels",
+            Some(&token),
+            &json!({
+                "name": format!("mock-{channel_type}"),
+                "type": channel_type,
+                "base_urls": [format!("http://{mock_upstream}{base_path}")],
+                "keys": ["sk-mock-1", "sk-mock-2"],
+                "models": upstream_models,
+            }),
+        )?;
+        let channel_id = channel
+            .get("id")
+            .cloned()
+            .ok_or_else(|| format!("channel creation answered without an id: {channel}"))?;
+        channel_ids.push((group.channel, channel_id));
+    }
 
     for group in groups {
+        let channel_id = channel_ids
+            .iter()
+            .find(|(dialect, _)| *dialect == group.channel)
+            .map(|(_, id)| id.clone())
+            .expect("a channel was created for every dialect the groups use");
         admin_call(
             gateway,
             "/api/v1/groups",
@@ -256,6 +291,16 @@ pub fn configure(
         &json!({"name": "bench"}),
     )?;
     string_field(&api_key, "key", "api key creation")
+}
+
+/// The gateway's channel type for an upstream dialect, and the path its base URL ends with
+/// (the gateway appends `/chat/completions`, `/messages` or `/models/{m}:generateContent`).
+fn channel_type_and_base_path(dialect: Dialect) -> (&'static str, &'static str) {
+    match dialect {
+        Dialect::OpenAiChat => ("openai_chat", "/v1"),
+        Dialect::Anthropic => ("anthropic", "/v1"),
+        Dialect::Gemini => ("gemini", "/v1beta"),
+    }
 }
 
 /// POSTs JSON to the admin API and returns the parsed answer, or the status and body as error.

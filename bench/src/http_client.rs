@@ -137,9 +137,26 @@ pub fn build_request(
     bearer: Option<&str>,
     json_body: Option<&[u8]>,
 ) -> Vec<u8> {
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .iter()
+        .map(|value| ("Authorization", value.as_str()))
+        .collect();
+    build_request_with_headers(method, address, path, &headers, json_body)
+}
+
+/// Like `build_request`, with the auth (or any other) headers given by name and value, for
+/// protocols that do not use a bearer token (`x-api-key`, `x-goog-api-key`).
+pub fn build_request_with_headers(
+    method: &str,
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    json_body: Option<&[u8]>,
+) -> Vec<u8> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n");
-    if let Some(token) = bearer {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     let body = json_body.unwrap_or(b"");
     if json_body.is_some() {

@@ -3,11 +3,14 @@
 //!
 //! One run starts a mock upstream in-process, starts the gateway as a subprocess with a private
 //! config and SQLite file, configures it over the admin API, then alternates direct and gateway
-//! arms (ABAB) so drift on a shared, noisy machine hits both sides alike. Run it through
-//! `scripts/bench`, which builds both programs and raises the open-file limit.
+//! arms (ABAB) so drift on a shared, noisy machine hits both sides alike. Last come the
+//! protocol conversion lanes (`conversion.rs`), each read against the pass-through lane. Run it
+//! through `scripts/bench`, which builds both programs and raises the open-file limit.
 
+mod conversion;
 mod gateway;
 mod http_client;
+mod lanes;
 mod measure;
 mod mock_upstream;
 mod proc_stats;
@@ -20,12 +23,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::conversion::{ConversionPlan, GatewayUnderTest};
 use crate::gateway::{Gateway, GroupSpec, configure};
+use crate::lanes::lane_groups;
 use crate::measure::{
-    ErrorTally, SequentialClient, Target, TargetModels, closed_loop, open_held_streams,
+    ErrorTally, LoadKind, SequentialClient, Target, TargetModels, closed_loop, open_held_streams,
     sequential_requests,
 };
-use crate::mock_upstream::MockUpstream;
+use crate::mock_upstream::{Dialect, MockUpstream};
 use crate::proc_stats::{cpu_micros, raise_fd_limit, resident_kib};
 use crate::report::{ArmResults, MemoryResults, RunInfo, RunResults};
 
@@ -33,7 +38,7 @@ const USAGE: &str = "usage: octopus-bench [--quick] (--gateway PATH | --direct-o
 
   --gateway PATH   the octopus binary to start and measure against the direct baseline
   --direct-only    measure only the mock upstream directly (no gateway)
-  --quick          fewer rounds and 100 held streams, for smoke tests
+  --quick          fewer rounds, 100 held streams and short conversion lanes, for smoke tests
 
 Environment: BENCH_TASKSET=1 starts the gateway under `taskset -c 1` (scripts/bench pins the
 bench itself to CPU 0); BENCH_COMMIT and BENCH_RUSTC label the report.";
@@ -50,14 +55,17 @@ const LONG_STREAM_MODEL: &str = "stream-600x100";
 const GROUPS: [GroupSpec; 3] = [
     GroupSpec {
         group_name: "bench",
+        channel: Dialect::OpenAiChat,
         upstream_model: WHOLE_MODEL,
     },
     GroupSpec {
         group_name: "bench-stream-64x20",
+        channel: Dialect::OpenAiChat,
         upstream_model: PACED_STREAM_MODEL,
     },
     GroupSpec {
         group_name: "bench-stream-600x100",
+        channel: Dialect::OpenAiChat,
         upstream_model: LONG_STREAM_MODEL,
     },
 ];
@@ -95,6 +103,7 @@ struct Plan {
     stream_rounds: usize,
     streams_per_round: usize,
     held_streams: usize,
+    conversion: ConversionPlan,
 }
 
 impl Plan {
@@ -109,6 +118,14 @@ impl Plan {
             stream_rounds: 2,
             streams_per_round: 10,
             held_streams: 1000,
+            conversion: ConversionPlan {
+                warmup_requests: 200,
+                latency_rounds: 7,
+                requests_per_round: 200,
+                cpu_rounds: 6,
+                cpu_duration: Duration::from_secs(1),
+                stream_cpu_duration: Duration::from_secs(1),
+            },
         }
     }
 
@@ -123,6 +140,14 @@ impl Plan {
             stream_rounds: 1,
             streams_per_round: 3,
             held_streams: 100,
+            conversion: ConversionPlan {
+                warmup_requests: 50,
+                latency_rounds: 3,
+                requests_per_round: 50,
+                cpu_rounds: 2,
+                cpu_duration: Duration::from_millis(500),
+                stream_cpu_duration: Duration::from_millis(500),
+            },
         }
     }
 }
@@ -203,7 +228,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
     progress(run_started, &format!("mock upstream on {}", mock.address()));
 
     let (pin_to_cpu, pinning) = gateway_pinning();
-    let gateway = match &options.gateway_binary {
+    let mut gateway = match &options.gateway_binary {
         Some(binary) => Some(Gateway::start(binary, pin_to_cpu)?),
         None => None,
     };
@@ -223,28 +248,31 @@ fn run(options: &Options) -> Result<RunResults, String> {
             long_stream: LONG_STREAM_MODEL,
         },
     );
+    let mut client_key = None;
     let through_gateway = match &gateway {
         Some(gateway) => {
             progress(
                 run_started,
                 &format!("gateway pid {} on {}", gateway.pid(), gateway.address()),
             );
-            let client_key =
-                configure(gateway.address(), mock.address(), &GROUPS).map_err(|error| {
-                    format!(
-                        "configuring the gateway failed: {error}\ngateway log:\n{}",
-                        gateway.log_tail()
-                    )
-                })?;
-            Some(Target::new(
+            let groups: Vec<GroupSpec> = GROUPS.into_iter().chain(lane_groups()).collect();
+            let key = configure(gateway.address(), mock.address(), &groups).map_err(|error| {
+                format!(
+                    "configuring the gateway failed: {error}\ngateway log:\n{}",
+                    gateway.log_tail()
+                )
+            })?;
+            let target = Target::new(
                 gateway.address(),
-                &client_key,
+                &key,
                 &TargetModels {
                     whole: GROUPS[0].group_name,
                     paced_stream: GROUPS[1].group_name,
                     long_stream: GROUPS[2].group_name,
                 },
-            ))
+            );
+            client_key = Some(key);
+            Some(target)
         }
         None => None,
     };
@@ -282,6 +310,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
     }
     memory.after_warmup = gateway_rss();
 
+    ensure_gateway_running(&mut gateway, "warm-up")?;
     progress(run_started, "latency at c=1");
     let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
     for _ in 0..plan.latency_rounds {
@@ -313,6 +342,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         }
     }
 
+    ensure_gateway_running(&mut gateway, "latency at c=1")?;
     progress(run_started, &format!("throughput at c={LOAD_CONCURRENCY}"));
     for _ in 0..plan.load_rounds {
         load_round(&mock, &direct, None, &plan, &mut direct_results);
@@ -321,6 +351,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         }
     }
     memory.after_load = gateway_rss();
+    ensure_gateway_running(&mut gateway, "throughput")?;
 
     progress(
         run_started,
@@ -358,6 +389,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         }
     }
 
+    ensure_gateway_running(&mut gateway, "streams")?;
     // Held streams measure the gateway's memory per open stream; a direct-only run still holds
     // them against the mock, which checks the rig can.
     let held_target = through_gateway.as_ref().unwrap_or(&direct);
@@ -369,6 +401,28 @@ fn run(options: &Options) -> Result<RunResults, String> {
         ),
     );
     hold_streams(&mock, held_target, &plan, &gateway_rss, &mut memory);
+    ensure_gateway_running(&mut gateway, "held streams")?;
+
+    let conversion = match (gateway.as_mut(), client_key) {
+        (Some(gateway), Some(client_key)) => {
+            let under_test = GatewayUnderTest {
+                pid: gateway.pid(),
+                address: gateway.address(),
+                client_key,
+            };
+            let results = conversion::run(&mock, &under_test, &plan.conversion, &|message| {
+                progress(run_started, message)
+            })
+            .map_err(|error| {
+                let exit = gateway.exit_status().map_or(String::new(), |status| {
+                    format!("\nthe gateway is no longer running ({status}; it exits 0 only on SIGINT or SIGTERM)")
+                });
+                format!("{error}{exit}\ngateway log:\n{}", gateway.log_tail())
+            })?;
+            Some(results)
+        }
+        _ => None,
+    };
 
     progress(run_started, "done");
     let gateway_log_lines = gateway.as_ref().map_or(0, |gateway| {
@@ -390,7 +444,24 @@ fn run(options: &Options) -> Result<RunResults, String> {
         } else {
             "direct"
         },
+        conversion,
     })
+}
+
+/// Stops the run when the gateway has exited during `phase`, rather than measuring errors
+/// against a dead process. The gateway exits 0 only after SIGINT or SIGTERM, so that status
+/// means something on the machine signalled it.
+fn ensure_gateway_running(gateway: &mut Option<Gateway>, phase: &str) -> Result<(), String> {
+    let Some(gateway) = gateway.as_mut() else {
+        return Ok(());
+    };
+    match gateway.exit_status() {
+        None => Ok(()),
+        Some(status) => Err(format!(
+            "the gateway exited during the {phase} phase ({status}; it exits 0 only on SIGINT or SIGTERM)\ngateway log:\n{}",
+            gateway.log_tail()
+        )),
+    }
 }
 
 fn warm_up(
@@ -426,6 +497,7 @@ fn load_round(
     let outcome = closed_loop(
         target.address,
         Arc::clone(&target.whole_request),
+        LoadKind::Whole,
         LOAD_CONCURRENCY,
         plan.load_duration,
     );

@@ -125,12 +125,23 @@ impl SequentialClient {
 
     /// Sends one request and returns its round-trip time in nanoseconds.
     pub fn timed_request(&mut self, request: &[u8]) -> Result<u64, String> {
+        self.successful_exchange(request)
+            .map(|(elapsed, _)| elapsed)
+    }
+
+    /// Sends one request and returns the body of its 200 answer, for checking what came back.
+    pub fn answer_body(&mut self, request: &[u8]) -> Result<Vec<u8>, String> {
+        self.successful_exchange(request).map(|(_, body)| body)
+    }
+
+    /// One exchange: its round-trip time in nanoseconds and the body, or why it failed.
+    fn successful_exchange(&mut self, request: &[u8]) -> Result<(u64, Vec<u8>), String> {
         let connection = self.ready_connection()?;
         let started = Instant::now();
         let response = connection.exchange(request);
         let elapsed = started.elapsed().as_nanos() as u64;
         match response {
-            Ok(response) if response.status == 200 => Ok(elapsed),
+            Ok(response) if response.status == 200 => Ok((elapsed, response.body)),
             Ok(response) => Err(format!(
                 "status {}: {}",
                 response.status,
@@ -227,11 +238,23 @@ pub fn sequential_requests(
 /// What a closed-loop run achieved.
 #[derive(Debug, Default)]
 pub struct LoadOutcome {
+    /// Completed requests (whole answers or streams read to their end) with status 200.
     pub completed: u64,
     pub errors: ErrorTally,
     pub elapsed: Duration,
-    /// Round-trip time of every completed request, in nanoseconds.
+    /// Round-trip time of every completed request (a stream: until its end), in nanoseconds.
     pub latencies: Vec<u64>,
+    /// SSE events received over all completed streams (0 for whole answers).
+    pub events: u64,
+}
+
+/// What the requests of a closed loop ask for, and so how their answers are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadKind {
+    /// A whole JSON answer.
+    Whole,
+    /// An SSE stream, read to its end with its events counted.
+    Stream,
 }
 
 /// `concurrency` workers, each with its own keep-alive connection, send the same request back
@@ -240,6 +263,7 @@ pub struct LoadOutcome {
 pub fn closed_loop(
     address: SocketAddr,
     request: Arc<Vec<u8>>,
+    kind: LoadKind,
     concurrency: usize,
     duration: Duration,
 ) -> LoadOutcome {
@@ -251,7 +275,7 @@ pub fn closed_loop(
         let spawned = std::thread::Builder::new()
             .name("load-worker".to_string())
             .stack_size(WORKER_STACK_BYTES)
-            .spawn(move || load_worker(address, &request, &start_line, duration));
+            .spawn(move || load_worker(address, &request, kind, &start_line, duration));
         match spawned {
             Ok(worker) => workers.push(worker),
             Err(error) => panic!("cannot start a load worker thread: {error}"),
@@ -261,22 +285,27 @@ pub fn closed_loop(
     let started = Instant::now();
     let mut outcome = LoadOutcome::default();
     for worker in workers {
-        let (latencies, errors) = worker.join().expect("load worker panicked");
+        let (latencies, events, errors) = worker.join().expect("load worker panicked");
         outcome.completed += latencies.len() as u64;
         outcome.latencies.extend(latencies);
+        outcome.events += events;
         outcome.errors.absorb(errors);
     }
     outcome.elapsed = started.elapsed();
     outcome
 }
 
+/// One closed-loop worker; returns the latencies of its completed requests, the SSE events
+/// they carried and its errors.
 fn load_worker(
     address: SocketAddr,
     request: &[u8],
+    kind: LoadKind,
     start_line: &Barrier,
     duration: Duration,
-) -> (Vec<u64>, ErrorTally) {
+) -> (Vec<u64>, u64, ErrorTally) {
     let mut errors = ErrorTally::default();
+    let mut events = 0u64;
     let mut connection = ClientConnection::connect(address, IO_TIMEOUT).ok();
     start_line.wait();
     let deadline = Instant::now() + duration;
@@ -293,14 +322,28 @@ fn load_worker(
             continue;
         };
         let started = Instant::now();
-        match open.exchange(request) {
-            Ok(response) if response.status == 200 => {
+        let answer = match kind {
+            LoadKind::Whole => open.exchange(request).map(|response| {
+                let error_body = (response.status != 200).then_some(response.body);
+                (response.status, 0, error_body)
+            }),
+            LoadKind::Stream => open.stream(request, &mut |_| true).map(|outcome| {
+                let error_body = (outcome.status != 200).then_some(outcome.error_body);
+                (
+                    outcome.status,
+                    outcome.event_arrivals.len() as u64,
+                    error_body,
+                )
+            }),
+        };
+        match answer {
+            Ok((200, answer_events, _)) => {
                 latencies.push(started.elapsed().as_nanos() as u64);
+                events += answer_events;
             }
-            Ok(response) => errors.record(format!(
-                "status {}: {}",
-                response.status,
-                String::from_utf8_lossy(&response.body)
+            Ok((status, _, error_body)) => errors.record(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&error_body.unwrap_or_default())
             )),
             Err(error) => {
                 errors.record(format!("request failed: {error}"));
@@ -308,7 +351,7 @@ fn load_worker(
             }
         }
     }
-    (latencies, errors)
+    (latencies, events, errors)
 }
 
 /// Streams held open at once, each having delivered its first event.

@@ -41,7 +41,7 @@ const DEFAULT_STREAM_DELTAS: u32 = 8;
 /// Token counts the canned answers report, so gateways have a realistic usage object to bill.
 const PROMPT_TOKENS: u32 = 19;
 const CANNED_COMPLETION_TOKENS: u32 = 14;
-const CANNED_TEXT: &str = "Hello! This is a canned reply from the octopus benchmark mock.";
+pub const CANNED_TEXT: &str = "Hello! This is a canned reply from the octopus benchmark mock.";
 
 /// A running mock upstream. Dropping it stops the accept loop; connection threads end on their
 /// own at their next read timeout, write error or stream end.
@@ -55,6 +55,8 @@ struct SharedState {
     stopping: AtomicBool,
     open_streams: AtomicUsize,
     accepted_connections: AtomicUsize,
+    /// Generate requests answered with 200, whole or streamed, indexed by `Dialect as usize`.
+    answered_by_dialect: [AtomicUsize; 3],
 }
 
 impl MockUpstream {
@@ -71,6 +73,7 @@ impl MockUpstream {
             stopping: AtomicBool::new(false),
             open_streams: AtomicUsize::new(0),
             accepted_connections: AtomicUsize::new(0),
+            answered_by_dialect: Default::default(),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = std::thread::Builder::new()
@@ -97,6 +100,12 @@ impl MockUpstream {
     /// connections opens about as many as its peak concurrency, not one per request.
     pub fn accepted_connections(&self) -> usize {
         self.shared.accepted_connections.load(Ordering::Relaxed)
+    }
+
+    /// How many generate requests in `dialect` the mock has answered with 200 so far; the
+    /// conversion lanes use it to check that the gateway called the upstream they meant.
+    pub fn answered_requests(&self, dialect: Dialect) -> usize {
+        self.shared.answered_by_dialect[dialect as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -156,8 +165,12 @@ fn serve_connection(stream: TcpStream, shared: &SharedState) {
         else {
             return;
         };
-        let written = match route(&head.start_line, &body) {
-            Reply::Whole { status, body } => {
+        let reply = route(&head.start_line, &body);
+        if let Some(dialect) = reply.answered_dialect() {
+            shared.answered_by_dialect[dialect as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        let written = match reply {
+            Reply::Whole { status, body, .. } => {
                 write_whole(&mut socket, status, &body, head.connection_close)
             }
             Reply::Stream(plan) => write_stream(&mut socket, &plan, shared),
@@ -170,15 +183,30 @@ fn serve_connection(stream: TcpStream, shared: &SharedState) {
 
 /// The wire format of a request and its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
+pub enum Dialect {
     OpenAiChat,
     Anthropic,
     Gemini,
 }
 
 enum Reply {
-    Whole { status: u16, body: String },
+    Whole {
+        status: u16,
+        body: String,
+        /// The dialect of a generate answer; None for errors and the models list.
+        dialect: Option<Dialect>,
+    },
     Stream(StreamPlan),
+}
+
+impl Reply {
+    /// The dialect of a successful generate answer, whole or streamed.
+    fn answered_dialect(&self) -> Option<Dialect> {
+        match self {
+            Reply::Whole { dialect, .. } => *dialect,
+            Reply::Stream(plan) => Some(plan.dialect),
+        }
+    }
 }
 
 struct StreamPlan {
@@ -197,6 +225,7 @@ fn route(start_line: &str, body: &[u8]) -> Reply {
         ("GET", "/v1/models") => Reply::Whole {
             status: 200,
             body: models_list(),
+            dialect: None,
         },
         ("POST", "/v1/chat/completions") => answer_json_request(Dialect::OpenAiChat, body),
         ("POST", "/v1/messages") => answer_json_request(Dialect::Anthropic, body),
@@ -221,6 +250,7 @@ fn answer_json_request(dialect: Dialect, body: &[u8]) -> Reply {
     Reply::Whole {
         status: 200,
         body: whole_answer(dialect, model),
+        dialect: Some(dialect),
     }
 }
 
@@ -234,6 +264,7 @@ fn answer_gemini(path: &str, query: &str) -> Reply {
         "generateContent" => Reply::Whole {
             status: 200,
             body: whole_answer(Dialect::Gemini, model),
+            dialect: Some(Dialect::Gemini),
         },
         // Without alt=sse Gemini streams a JSON array; gateways always ask for SSE.
         "streamGenerateContent" if query.split('&').any(|pair| pair == "alt=sse") => {
@@ -248,6 +279,7 @@ fn error_reply(status: u16, message: &str) -> Reply {
     Reply::Whole {
         status,
         body: body.to_string(),
+        dialect: None,
     }
 }
 
@@ -591,6 +623,18 @@ mod tests {
             &mut connection,
             address,
             "POST",
+            "/v1/messages",
+            Some(r#"{"model":"bench-upstream","max_tokens":8,"messages":[]}"#),
+        );
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(answer["content"][0]["text"], CANNED_TEXT);
+        assert_eq!(answer["usage"]["output_tokens"], CANNED_COMPLETION_TOKENS);
+
+        let (status, body) = call(
+            &mut connection,
+            address,
+            "POST",
             "/v1beta/models/stream-2x0:streamGenerateContent?alt=sse",
             Some(r#"{"contents":[]}"#),
         );
@@ -618,6 +662,19 @@ mod tests {
 
         let (status, _) = call(&mut connection, address, "POST", "/nowhere", Some("{}"));
         assert_eq!(status, 404);
+        let (status, _) = call(
+            &mut connection,
+            address,
+            "POST",
+            "/v1/messages",
+            Some("not json"),
+        );
+        assert_eq!(status, 400);
+
+        // Only the generate answers with status 200 count, each under its own dialect.
+        assert_eq!(mock.answered_requests(Dialect::OpenAiChat), 2);
+        assert_eq!(mock.answered_requests(Dialect::Anthropic), 2);
+        assert_eq!(mock.answered_requests(Dialect::Gemini), 2);
 
         // All of the above went over the one keep-alive connection.
         assert!(connection.is_reusable());

@@ -3,6 +3,11 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::conversion::{
+    CONVERSION_CONCURRENCY, CPU_TAIL, ConversionResults, LaneResults, paired_cpu_ratio,
+    pooled_cpu_per_unit,
+};
+use crate::lanes::{LANE_STREAM_DELTAS, LANE_STREAM_MODEL};
 use crate::measure::{ErrorTally, LoadOutcome, StreamSample};
 use crate::samples::{median_of_round_medians, percentile, pooled};
 
@@ -85,6 +90,8 @@ pub struct RunResults {
     pub gateway_log_lines: usize,
     /// Where the held streams went: "gateway" or, in a direct-only run, "direct".
     pub held_target: &'static str,
+    /// The conversion lanes; None when the run was direct-only.
+    pub conversion: Option<ConversionResults>,
 }
 
 /// Renders the whole report as Markdown.
@@ -106,6 +113,9 @@ pub fn render(results: &RunResults) -> String {
     render_main_table(&mut out, results);
     render_memory_table(&mut out, results);
     render_notes(&mut out, results);
+    if let Some(conversion) = &results.conversion {
+        render_conversion(&mut out, conversion);
+    }
     out
 }
 
@@ -424,6 +434,139 @@ fn render_notes(out: &mut String, results: &RunResults) {
         "- c=1 latency: {} interleaved rounds (direct, gateway, direct, ...) of {} requests per arm after warm-up; added = gateway − direct.",
         info.latency_rounds, info.requests_per_round
     );
+}
+
+/// The conversion lanes: added latency against each lane's own direct baseline, gateway CPU
+/// per request and per SSE event, each also as a ratio to the pass-through lane.
+fn render_conversion(out: &mut String, conversion: &ConversionResults) {
+    let plan = &conversion.plan;
+    let _ = writeln!(out, "\n### Protocol conversion lanes\n");
+    let _ = writeln!(
+        out,
+        "Every lane sends the same small chat (system prompt, user message, one tool) in the client's \
+         protocol to the gateway; its direct baseline sends that chat straight to the mock in the \
+         upstream's protocol. Added = gateway − direct at c=1 ({} interleaved rounds of {} requests per arm). \
+         CPU = the gateway's utime + stime ÷ completed requests at c={CONVERSION_CONCURRENCY} \
+         ({} rounds × {:.1} s per lane, lanes taking turns, each read {} ms after its loop). \
+         \"vs pass-through\" is the median over rounds of the ratio within each round.\n",
+        plan.latency_rounds,
+        plan.requests_per_round,
+        plan.cpu_rounds,
+        plan.cpu_duration.as_secs_f64(),
+        CPU_TAIL.as_millis(),
+    );
+    let _ = writeln!(
+        out,
+        "| Lane (client → channel) | Direct p50 | Gateway p50 | Added p50 | Added p99 | Added p50 vs pass-through | Gateway CPU per request | CPU vs pass-through | Gateway req/s, c={CONVERSION_CONCURRENCY} | Errors (direct / gateway) |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let added_p50 = |lane: &LaneResults| {
+        median_of_round_medians(&lane.gateway_rounds) as i64
+            - median_of_round_medians(&lane.direct_rounds) as i64
+    };
+    let pass_through = conversion
+        .whole
+        .iter()
+        .find(|lane| lane.lane.is_pass_through());
+    let pass_through_added = pass_through.map_or(0, added_p50);
+    for lane in &conversion.whole {
+        let direct_p99 = percentile(&mut pooled(&lane.direct_rounds), 0.99);
+        let gateway_p99 = percentile(&mut pooled(&lane.gateway_rounds), 0.99);
+        let added = added_p50(lane);
+        let added_ratio = if pass_through_added > 0 {
+            ratio(added as f64, pass_through_added as f64)
+        } else {
+            "—".to_string()
+        };
+        let cpu_ratio = pass_through
+            .and_then(|base| paired_cpu_ratio(&lane.cpu_rounds, &base.cpu_rounds))
+            .map_or("—".to_string(), |value| format!("{value:.2}×"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {added_ratio} | {} | {cpu_ratio} | {} | {} / {} |",
+            lane.lane.label,
+            format_duration(median_of_round_medians(&lane.direct_rounds)),
+            format_duration(median_of_round_medians(&lane.gateway_rounds)),
+            format_signed(added),
+            format_signed(gateway_p99 as i64 - direct_p99 as i64),
+            format_micros(pooled_cpu_per_unit(&lane.cpu_rounds), 1),
+            group_thousands(requests_per_second(&lane.load) as u64),
+            lane.direct_errors.count,
+            lane.gateway_errors.count + lane.load.errors.count,
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n| Streamed lane (client → channel), `{LANE_STREAM_MODEL}`, c={CONVERSION_CONCURRENCY}, {} × {:.1} s | Streams | SSE events per stream | Gateway CPU per stream | Gateway CPU per SSE event | CPU per event vs pass-through | Errors |",
+        plan.cpu_rounds,
+        plan.stream_cpu_duration.as_secs_f64(),
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|");
+    let stream_pass_through = conversion
+        .streams
+        .iter()
+        .find(|lane| lane.lane.is_pass_through());
+    for lane in &conversion.streams {
+        let streams = lane.load.completed;
+        let events_per_stream = (streams > 0).then(|| lane.load.events as f64 / streams as f64);
+        let cpu_micros: u64 = lane.cpu_rounds.iter().map(|round| round.cpu_micros).sum();
+        let cpu_per_stream = (streams > 0).then(|| cpu_micros as f64 / streams as f64);
+        let cpu_ratio = stream_pass_through
+            .and_then(|base| paired_cpu_ratio(&lane.cpu_rounds, &base.cpu_rounds))
+            .map_or("—".to_string(), |value| format!("{value:.2}×"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {cpu_ratio} | {} |",
+            lane.lane.label,
+            group_thousands(streams),
+            events_per_stream.map_or("—".to_string(), |events| format!("{events:.1}")),
+            format_micros(cpu_per_stream, 1),
+            format_micros(pooled_cpu_per_unit(&lane.cpu_rounds), 2),
+            lane.load.errors.count,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nNotes on the lanes:\n- The mock streams {LANE_STREAM_DELTAS} deltas with no pause; SSE events are counted as the client receives them (OpenAI chunks for both lanes)."
+    );
+    let _ = writeln!(
+        out,
+        "- CPU counts only the gateway process (all its threads, including the stats writer), so a noisy neighbour slows it without adding to it; latency has no such shield. On a shared machine read the ratios, not the absolute figures."
+    );
+    for lane in &conversion.whole {
+        for (arm, tally) in [
+            ("direct", &lane.direct_errors),
+            ("gateway c=1", &lane.gateway_errors),
+            ("gateway load", &lane.load.errors),
+        ] {
+            if let Some(first) = &tally.first {
+                let _ = writeln!(
+                    out,
+                    "- First {arm} error on lane {}: {}",
+                    lane.lane.label,
+                    one_line(first)
+                );
+            }
+        }
+    }
+    for lane in &conversion.streams {
+        if let Some(first) = &lane.load.errors.first {
+            let _ = writeln!(
+                out,
+                "- First error on streamed lane {}: {}",
+                lane.lane.label,
+                one_line(first)
+            );
+        }
+    }
+}
+
+/// Microseconds with `decimals` places, or a dash when there is no figure.
+fn format_micros(micros: Option<f64>, decimals: usize) -> String {
+    micros.map_or("—".to_string(), |micros| {
+        format!("{micros:.decimals$} µs")
+    })
 }
 
 fn latency_row(out: &mut String, label: &str, direct_nanos: u64, gateway_nanos: Option<u64>) {
