@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::protocol::ir::ConvertError;
+use crate::protocol::ir::{ConvertError, Part};
 
 /// `path.key`, or `key` at the top level.
 pub fn join(path: &str, key: &str) -> String {
@@ -100,5 +100,28 @@ pub fn opt_array<'a>(
 pub fn insert_some(map: &mut Map<String, Value>, key: &str, value: Option<impl Into<Value>>) {
     if let Some(value) = value {
         map.insert(key.to_string(), value.into());
+    }
+}
+
+/// Reads OpenAI-style `content`: absent, a string (empty means no parts) or an array of parts,
+/// each read by the format's own `parse_part` with its path.
+pub fn string_or_parts(
+    content: Option<&Value>,
+    path: &str,
+    parse_part: impl Fn(&Value, &str) -> Result<Part, ConvertError>,
+) -> Result<Vec<Part>, ConvertError> {
+    match content {
+        None => Ok(Vec::new()),
+        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(vec![Part::text(text.clone())]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(position, item)| parse_part(item, &index(path, position)))
+            .collect(),
+        Some(_) => Err(ConvertError::new(
+            path,
+            "expected a string or an array of parts",
+        )),
     }
 }

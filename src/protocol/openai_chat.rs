@@ -23,7 +23,7 @@ use crate::protocol::ir::{
 };
 use crate::protocol::json::{
     field, index, insert_some, join, object, opt_array, opt_bool, opt_f64, opt_i64, opt_str,
-    opt_u64, req_str,
+    opt_u64, req_str, string_or_parts,
 };
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{Usage, usage_from_value};
@@ -210,20 +210,7 @@ fn parse_assistant(
 
 /// Reads `content`: a string, null, or an array of parts.
 fn parse_content(content: Option<&Value>, path: &str) -> Result<Vec<Part>, ConvertError> {
-    match content {
-        None => Ok(Vec::new()),
-        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
-        Some(Value::String(text)) => Ok(vec![Part::text(text.clone())]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(position, item)| parse_content_part(item, &index(path, position)))
-            .collect(),
-        Some(_) => Err(ConvertError::new(
-            path,
-            "expected a string or an array of parts",
-        )),
-    }
+    string_or_parts(content, path, parse_content_part)
 }
 
 fn parse_content_part(part: &Value, path: &str) -> Result<Part, ConvertError> {

@@ -35,7 +35,7 @@ use crate::protocol::ir::{
 };
 use crate::protocol::json::{
     field, index, insert_some, join, object, opt_array, opt_bool, opt_f64, opt_str, opt_u64,
-    req_str,
+    req_str, string_or_parts,
 };
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{Usage, usage_from_value};
@@ -189,24 +189,7 @@ fn parse_input_item(
         "function_call_output" => {
             let call_id = req_str(item, "call_id", path)?.to_string();
             let output_path = join(path, "output");
-            let content: Vec<Part> = match field(item, "output") {
-                None => Vec::new(),
-                Some(Value::String(text)) if text.is_empty() => Vec::new(),
-                Some(Value::String(text)) => vec![Part::text(text.clone())],
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .enumerate()
-                    .map(|(position, part)| {
-                        parse_content_part(part, &index(&output_path, position))
-                    })
-                    .collect::<Result<_, _>>()?,
-                Some(_) => {
-                    return Err(ConvertError::new(
-                        output_path,
-                        "expected a string or an array of parts",
-                    ));
-                }
-            };
+            let content = parse_content(field(item, "output"), &output_path)?;
             let result = Part::ToolResult(ToolResult {
                 name: call_names.get(&call_id).cloned(),
                 call_id,
@@ -308,20 +291,7 @@ fn parse_message_item(
 
 /// Reads `content`: a string, or an array of parts.
 fn parse_content(content: Option<&Value>, path: &str) -> Result<Vec<Part>, ConvertError> {
-    match content {
-        None => Ok(Vec::new()),
-        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
-        Some(Value::String(text)) => Ok(vec![Part::text(text.clone())]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(position, item)| parse_content_part(item, &index(path, position)))
-            .collect(),
-        Some(_) => Err(ConvertError::new(
-            path,
-            "expected a string or an array of parts",
-        )),
-    }
+    string_or_parts(content, path, parse_content_part)
 }
 
 fn parse_content_part(part: &Value, path: &str) -> Result<Part, ConvertError> {
