@@ -21,7 +21,7 @@ use crate::relay::error::RelayError;
 use crate::relay::media_fetch::ImageFetcher;
 use crate::relay::inbound::{parse_call, InboundCall, RelayRoute};
 use crate::relay::key_pool::KeyPick;
-use crate::relay::outbound::{attempt_url, channel_format, upstream_headers};
+use crate::relay::outbound::{channel_format, upstream_headers};
 use crate::relay::record::{AttemptRecord, RequestRecord};
 use crate::relay::retry::{classify, effects, AttemptOutcome, BreakerEffect, KeyPenalty, RetryBudget, TimeoutPhase, Verdict};
 use crate::relay::rng::Rng;
@@ -31,6 +31,7 @@ use crate::relay::{Credential, RelayState};
 use crate::store::entities::{Channel, ChannelKey, Group};
 use crate::upstream::client::{UpstreamRequest, UpstreamResponse};
 use crate::upstream::control::{with_call_control, CallControl};
+use crate::upstream::endpoint::upstream_url;
 use crate::upstream::error::UpstreamError;
 use crate::util;
 
@@ -260,7 +261,7 @@ fn generate(
                 attempts_made += 1;
                 let attempt_started = Instant::now();
                 let attempt_started_ms = state.health.now_ms();
-                let result = run_attempt(state, &call, &group, &channel, &key, &base_url, &item.model, &deadlines, &control);
+                let result = run_attempt(state, &call, &channel, &key, &base_url, &item.model, &deadlines, &control);
                 let duration = attempt_started.elapsed();
                 let outcome = match &result {
                     AttemptResult::Failed { outcome, .. } => *outcome,
@@ -413,7 +414,6 @@ fn apply_effects(
 fn run_attempt(
     state: &RelayState,
     call: &InboundCall,
-    group: &Group,
     channel: &Channel,
     key: &ChannelKey,
     base_url: &str,
@@ -445,11 +445,11 @@ fn run_attempt(
     let collect_stream = !call.stream && collects_non_stream_from_stream(upstream_format);
     let upstream_stream = call.stream || collect_stream;
     let build_request = |credential: &Credential, body: Vec<u8>| {
-        let mut headers = upstream_headers(call_headers(call, group), same_format, channel, &credential.secret, upstream_stream);
+        let mut headers = upstream_headers(&call.headers, same_format, channel, &credential.secret, upstream_stream);
         headers.extend(credential.extra_headers.iter().cloned());
         UpstreamRequest {
             method: "POST".to_string(),
-            url: attempt_url(channel, base_url, upstream_model, upstream_stream),
+            url: upstream_url(channel.channel_type, base_url, upstream_model, upstream_stream),
             headers,
             body,
             proxy: (!channel.proxy.is_empty()).then(|| channel.proxy.clone()),
@@ -580,12 +580,6 @@ fn run_attempt(
         };
     }
     AttemptResult::StreamReady { body, parser, first_events, transform, context: Box::new(context) }
-}
-
-/// The client headers passed on (the group is not needed today; kept as the hook for
-/// per-group header policy).
-fn call_headers<'a>(call: &'a InboundCall, _group: &Group) -> &'a [(String, String)] {
-    &call.headers
 }
 
 /// The key's credential could not be obtained (e.g. an OAuth refresh was refused): treated like

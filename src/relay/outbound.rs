@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use crate::protocol::Format;
 use crate::store::entities::{Channel, ChannelType};
-use crate::upstream::endpoint::{auth_headers, upstream_url};
+use crate::upstream::endpoint::auth_headers;
 
 /// The wire format a channel type speaks.
 pub fn channel_format(channel_type: ChannelType) -> Format {
@@ -90,11 +90,6 @@ fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str, keep
         return;
     }
     headers.push((name.to_string(), value.to_string()));
-}
-
-/// The URL for an attempt.
-pub fn attempt_url(channel: &Channel, base_url: &str, upstream_model: &str, stream: bool) -> String {
-    upstream_url(channel.channel_type, base_url, upstream_model, stream)
 }
 
 /// Same-format pass-through: the body with only the model rewritten. For OpenAI Chat streams

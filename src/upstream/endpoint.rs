@@ -52,16 +52,6 @@ pub fn auth_headers(channel_type: ChannelType, key: &str) -> Vec<(String, String
     }
 }
 
-/// The base URL a new channel of `channel_type` starts with.
-pub fn default_base_url(channel_type: ChannelType) -> &'static str {
-    match channel_type {
-        ChannelType::OpenaiChat | ChannelType::OpenaiResponses => "https://api.openai.com/v1",
-        ChannelType::Anthropic => "https://api.anthropic.com/v1",
-        ChannelType::Gemini => "https://generativelanguage.googleapis.com/v1beta",
-        ChannelType::Antigravity => "https://cloudcode-pa.googleapis.com",
-    }
-}
-
 /// The URL and headers that list a channel's models, for model sync.
 ///
 /// OpenAI, Anthropic and Gemini take a `GET`. Anthropic pages with `after_id` and Gemini with
@@ -106,7 +96,7 @@ mod tests {
             auth_headers(channel_type, "sk-1"),
             headers(&[("authorization", "Bearer sk-1")])
         );
-        assert_eq!(default_base_url(channel_type), "https://api.openai.com/v1");
+        assert_eq!(channel_type.default_base_url(), "https://api.openai.com/v1");
         assert_eq!(
             models_list_request(channel_type, "https://api.openai.com/v1", "sk-1"),
             (
@@ -127,7 +117,7 @@ mod tests {
             auth_headers(channel_type, "sk-2"),
             headers(&[("authorization", "Bearer sk-2")])
         );
-        assert_eq!(default_base_url(channel_type), "https://api.openai.com/v1");
+        assert_eq!(channel_type.default_base_url(), "https://api.openai.com/v1");
     }
 
     #[test]
@@ -146,7 +136,7 @@ mod tests {
             headers(&[("x-api-key", "sk-ant"), ("anthropic-version", "2023-06-01")]);
         assert_eq!(auth_headers(channel_type, "sk-ant"), expected_headers);
         assert_eq!(
-            default_base_url(channel_type),
+            channel_type.default_base_url(),
             "https://api.anthropic.com/v1"
         );
         assert_eq!(
@@ -177,7 +167,7 @@ mod tests {
         );
         let expected_headers = headers(&[("x-goog-api-key", "AIza")]);
         assert_eq!(auth_headers(channel_type, "AIza"), expected_headers);
-        assert_eq!(default_base_url(channel_type), base);
+        assert_eq!(channel_type.default_base_url(), base);
         assert_eq!(
             models_list_request(channel_type, base, "AIza"),
             (format!("{base}/models?pageSize=1000"), expected_headers)
@@ -208,7 +198,7 @@ mod tests {
                 .iter()
                 .all(|(name, _)| name != "x-goog-api-key")
         );
-        assert_eq!(default_base_url(channel_type), base);
+        assert_eq!(channel_type.default_base_url(), base);
         assert_eq!(
             models_list_request(channel_type, base, "ya29.token"),
             (
