@@ -10,6 +10,8 @@
 
 #![cfg(all(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -24,7 +26,9 @@ use octopus::store::migrate::{
 };
 use octopus::store::pool::StorePool;
 use octopus::store::{self, Store, StoreError};
-use octopus::util::{hex, os_random_bytes, sha256_hex};
+use octopus::util::sha256_hex;
+
+use support::databases;
 
 /// Generates one `#[test]` per case and backend: `sqlite::case`, `postgres::case`, `mysql::case`.
 macro_rules! store_cases {
@@ -93,44 +97,28 @@ struct TestDatabase {
     backend: Backend,
     /// The SQLite file path, or the server URL of the test database.
     location: String,
-    cleanup: Cleanup,
-}
-
-enum Cleanup {
-    Directory(PathBuf),
-    ServerDatabase { admin_url: String, name: String },
+    /// Owns the database (or the SQLite directory) and removes it on drop.
+    _database: databases::TestDatabase,
 }
 
 impl TestDatabase {
     /// None when the server's URL is not configured outside CI (a notice has been printed).
     fn create(backend: Backend) -> Option<TestDatabase> {
-        match backend {
-            Backend::Sqlite => {
-                let directory = std::env::temp_dir().join(unique_name("octopus-store"));
-                // A missing parent directory must be created by the store itself.
-                let location = directory
-                    .join("nested")
-                    .join("data.db")
-                    .to_string_lossy()
-                    .into_owned();
-                Some(TestDatabase {
-                    backend,
-                    location,
-                    cleanup: Cleanup::Directory(directory),
-                })
-            }
-            Backend::Postgres | Backend::Mysql => {
-                let admin_url = server_admin_url(backend)?;
-                let name = unique_name("octopus_test");
-                run_admin_statement(backend, &admin_url, &format!("CREATE DATABASE {name}"));
-                let location = url_with_database(&admin_url, &name);
-                Some(TestDatabase {
-                    backend,
-                    location,
-                    cleanup: Cleanup::ServerDatabase { admin_url, name },
-                })
-            }
-        }
+        let database = match backend {
+            Backend::Sqlite => databases::sqlite(),
+            Backend::Postgres => databases::postgres()?,
+            Backend::Mysql => databases::mysql()?,
+        };
+        let location = match backend {
+            // A missing parent directory must be created by the store itself.
+            Backend::Sqlite => std::path::Path::new(&database.path)
+                .with_file_name("nested")
+                .join("data.db")
+                .to_string_lossy()
+                .into_owned(),
+            Backend::Postgres | Backend::Mysql => database.path.clone(),
+        };
+        Some(TestDatabase { backend, location, _database: database })
     }
 
     fn open(&self) -> Box<dyn Store> {
@@ -177,103 +165,6 @@ impl TestDatabase {
             }
         }
     }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        match &self.cleanup {
-            Cleanup::Directory(directory) => {
-                let _ = std::fs::remove_dir_all(directory);
-            }
-            Cleanup::ServerDatabase { admin_url, name } => {
-                // FORCE ends connections a pool thread may still be closing.
-                let statement = match self.backend {
-                    Backend::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                    _ => format!("DROP DATABASE IF EXISTS {name}"),
-                };
-                if !std::thread::panicking() {
-                    run_admin_statement(self.backend, admin_url, &statement);
-                } else {
-                    // Do not turn a failing test into a double panic; leave the database behind.
-                    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
-                        run_admin_statement(self.backend, admin_url, &statement)
-                    }));
-                }
-            }
-        }
-    }
-}
-
-fn server_admin_url(backend: Backend) -> Option<String> {
-    let (variable, server) = match backend {
-        Backend::Postgres => ("TEST_POSTGRES_URL", "PostgreSQL"),
-        _ => ("TEST_MYSQL_URL", "MySQL/MariaDB"),
-    };
-    match std::env::var(variable) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if running_in_ci() => panic!(
-            "{variable} is not set: {server} is required when CI is set (run eval \"$(scripts/test-databases)\" first)"
-        ),
-        _ => {
-            eprintln!(
-                "\n********************************************************************************\n\
-                 NOTICE: {variable} is not set, so this {server} store test did NOT run.\n\
-                 Run eval \"$(scripts/test-databases)\" to test against {server}.\n\
-                 ********************************************************************************\n"
-            );
-            None
-        }
-    }
-}
-
-fn running_in_ci() -> bool {
-    matches!(std::env::var("CI"), Ok(value) if !value.is_empty() && value != "false" && value != "0")
-}
-
-fn run_admin_statement(backend: Backend, admin_url: &str, statement: &str) {
-    match backend {
-        Backend::Postgres => {
-            let mut client = ::postgres::Client::connect(admin_url, ::postgres::NoTls)
-                .unwrap_or_else(|error| {
-                    panic!("cannot reach PostgreSQL through TEST_POSTGRES_URL: {error}")
-                });
-            client
-                .batch_execute(statement)
-                .unwrap_or_else(|error| panic!("{statement}: {error}"));
-        }
-        _ => {
-            use ::mysql::prelude::Queryable;
-            let opts =
-                ::mysql::Opts::from_url(admin_url).expect("TEST_MYSQL_URL is a valid MySQL URL");
-            let mut connection = ::mysql::Conn::new(opts).unwrap_or_else(|error| {
-                panic!("cannot reach MySQL through TEST_MYSQL_URL: {error}")
-            });
-            connection
-                .query_drop(statement)
-                .unwrap_or_else(|error| panic!("{statement}: {error}"));
-        }
-    }
-}
-
-/// `prefix_<pid>_<random>`: valid as a file name and as an unquoted database name.
-fn unique_name(prefix: &str) -> String {
-    let mut random = [0u8; 5];
-    os_random_bytes(&mut random);
-    format!("{prefix}_{}_{}", std::process::id(), hex(&random))
-}
-
-/// Replaces the database (path) part of a server URL, keeping any `?query`.
-fn url_with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.find('?') {
-        Some(index) => url.split_at(index),
-        None => (url, ""),
-    };
-    let authority_start = base.find("://").map(|index| index + 3).unwrap_or(0);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map(|index| authority_start + index)
-        .unwrap_or(base.len());
-    format!("{}/{database}{query}", &base[..path_start])
 }
 
 fn sample_channel(name: &str) -> Channel {
@@ -1116,11 +1007,11 @@ fn postgres_connection_errors_name_the_server_but_not_the_password() {
         }
         other => panic!("expected a Backend error, got {:?}", other.map(|_| ())),
     }
-    let Some(admin_url) = server_admin_url(Backend::Postgres) else {
+    let Some(admin_url) = databases::server_admin_url("postgres") else {
         return;
     };
-    let missing = unique_name("octopus_missing");
-    match store::open("postgres", &url_with_database(&admin_url, &missing)) {
+    let missing = databases::unique_name("octopus_missing");
+    match store::open("postgres", &databases::url_with_database(&admin_url, &missing)) {
         Err(StoreError::Backend(message)) => {
             assert!(message.contains(&missing), "{message}");
             assert!(message.contains("does not exist"), "{message}");
@@ -1141,11 +1032,11 @@ fn mysql_connection_errors_name_the_server_but_not_the_password() {
         }
         other => panic!("expected a Backend error, got {:?}", other.map(|_| ())),
     }
-    let Some(admin_url) = server_admin_url(Backend::Mysql) else {
+    let Some(admin_url) = databases::server_admin_url("mysql") else {
         return;
     };
-    let missing = unique_name("octopus_missing");
-    match store::open("mysql", &url_with_database(&admin_url, &missing)) {
+    let missing = databases::unique_name("octopus_missing");
+    match store::open("mysql", &databases::url_with_database(&admin_url, &missing)) {
         Err(StoreError::Backend(message)) => {
             assert!(message.contains(&missing), "{message}");
             assert!(message.contains("Unknown database"), "{message}");
@@ -1167,12 +1058,12 @@ fn mysql_connection_errors_name_the_server_but_not_the_password() {
 #[test]
 fn url_with_database_replaces_only_the_path() {
     assert_eq!(
-        url_with_database("mysql://root@127.0.0.1:3306/mysql", "x"),
+        databases::url_with_database("mysql://root@127.0.0.1:3306/mysql", "x"),
         "mysql://root@127.0.0.1:3306/x"
     );
     assert_eq!(
-        url_with_database("postgres://u:p@h:5432/db?sslmode=disable", "x"),
+        databases::url_with_database("postgres://u:p@h:5432/db?sslmode=disable", "x"),
         "postgres://u:p@h:5432/x?sslmode=disable"
     );
-    assert_eq!(url_with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    assert_eq!(databases::url_with_database("postgres://u@h", "x"), "postgres://u@h/x");
 }

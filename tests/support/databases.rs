@@ -1,108 +1,141 @@
 //! Fresh databases for tests: SQLite in a temp dir always, PostgreSQL and MariaDB on the local
 //! servers when `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` are set (scripts/test-databases sets them).
-//! With `CI` set, a missing server URL fails the test instead of skipping it.
+//! With `CI` set, a missing server URL fails the test instead of skipping it. Each database is
+//! removed again when its `TestDatabase` is dropped.
 
 #![allow(dead_code)]
 
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
+
+use octopus::util::{hex, os_random_bytes};
 
 /// A database a gateway or store can be pointed at: (type, path or URL).
 pub struct TestDatabase {
     pub database_type: &'static str,
     pub path: String,
-    cleanup: Option<Box<dyn FnOnce() + Send>>,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Directory(PathBuf),
+    ServerDatabase { admin_url: String, name: String },
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if let Some(cleanup) = self.cleanup.take() {
-            cleanup();
+        match &self.cleanup {
+            Cleanup::Directory(directory) => {
+                let _ = std::fs::remove_dir_all(directory);
+            }
+            Cleanup::ServerDatabase { admin_url, name } => {
+                // FORCE ends connections a pool thread may still be closing.
+                let statement = match self.database_type {
+                    "postgres" => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    _ => format!("DROP DATABASE IF EXISTS {name}"),
+                };
+                if !std::thread::panicking() {
+                    run_admin_statement(self.database_type, admin_url, &statement);
+                } else {
+                    // Do not turn a failing test into a double panic; leave the database behind.
+                    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+                        run_admin_statement(self.database_type, admin_url, &statement)
+                    }));
+                }
+            }
         }
     }
 }
 
+/// `prefix_<pid>_<random>`: valid as a file name and as an unquoted database name.
+pub fn unique_name(prefix: &str) -> String {
+    let mut random = [0u8; 5];
+    os_random_bytes(&mut random);
+    format!("{prefix}_{}_{}", std::process::id(), hex(&random))
+}
+
+/// A new, empty directory under the system temp dir.
 pub fn temp_dir(label: &str) -> PathBuf {
-    let mut random = [0u8; 6];
-    getrandom::fill(&mut random).unwrap();
-    let suffix: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-    let dir = std::env::temp_dir().join(format!("octopus-test-{label}-{}-{suffix}", std::process::id()));
+    let dir = std::env::temp_dir().join(unique_name(&format!("octopus-test-{label}")));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn unique_name() -> String {
-    let mut random = [0u8; 6];
-    getrandom::fill(&mut random).unwrap();
-    let suffix: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("octopus_test_{}_{suffix}", std::process::id())
+/// Replaces the database (path) part of a server URL, keeping any `?query`.
+pub fn url_with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.find('?') {
+        Some(index) => url.split_at(index),
+        None => (url, ""),
+    };
+    let authority_start = base.find("://").map(|index| index + 3).unwrap_or(0);
+    let path_start = base[authority_start..].find('/').map(|index| authority_start + index).unwrap_or(base.len());
+    format!("{}/{database}{query}", &base[..path_start])
 }
 
-pub fn sqlite() -> TestDatabase {
-    let dir = temp_dir("sqlite");
-    TestDatabase { database_type: "sqlite", path: dir.join("data.db").display().to_string(), cleanup: None }
-}
-
-/// The server URL from the environment, or None (after a loud notice) when it is unset outside CI.
-fn server_url(variable: &str) -> Option<String> {
+/// The admin URL of the `postgres` or `mysql` test server, or None (after a loud notice) when
+/// it is unset outside CI.
+pub fn server_admin_url(database_type: &str) -> Option<String> {
+    let (variable, server) = match database_type {
+        "postgres" => ("TEST_POSTGRES_URL", "PostgreSQL"),
+        _ => ("TEST_MYSQL_URL", "MySQL/MariaDB"),
+    };
     match std::env::var(variable) {
-        Ok(url) if !url.is_empty() => Some(url),
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if running_in_ci() => panic!(
+            "{variable} is not set: {server} is required when CI is set (run through scripts/test, or eval \"$(scripts/test-databases)\" first)"
+        ),
         _ => {
-            if std::env::var("CI").is_ok() {
-                panic!("{variable} is not set: CI requires the database server (run through scripts/test)");
-            }
-            eprintln!("NOTICE: {variable} is not set; skipping this backend (run through scripts/test to include it)");
+            eprintln!(
+                "\n********************************************************************************\n\
+                 NOTICE: {variable} is not set, so this {server} test did NOT run.\n\
+                 Run eval \"$(scripts/test-databases)\" to test against {server}.\n\
+                 ********************************************************************************\n"
+            );
             None
         }
     }
 }
 
-/// Replaces the database name at the end of a URL (`scheme://user@host:port/name?query`).
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map(|index| index + 3).unwrap_or(0);
-    let path_start = base[scheme_end..].find('/').map(|index| index + scheme_end).unwrap_or(base.len());
-    format!("{}/{database}{query}", &base[..path_start])
+fn running_in_ci() -> bool {
+    matches!(std::env::var("CI"), Ok(value) if !value.is_empty() && value != "false" && value != "0")
+}
+
+fn run_admin_statement(database_type: &str, admin_url: &str, statement: &str) {
+    if database_type == "postgres" {
+        let mut client = ::postgres::Client::connect(admin_url, ::postgres::NoTls)
+            .unwrap_or_else(|error| panic!("cannot reach PostgreSQL through TEST_POSTGRES_URL: {error}"));
+        client.batch_execute(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
+    } else {
+        use ::mysql::prelude::Queryable;
+        let opts = ::mysql::Opts::from_url(admin_url).expect("TEST_MYSQL_URL is a valid MySQL URL");
+        let mut connection = ::mysql::Conn::new(opts)
+            .unwrap_or_else(|error| panic!("cannot reach MySQL through TEST_MYSQL_URL: {error}"));
+        connection.query_drop(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
+    }
+}
+
+pub fn sqlite() -> TestDatabase {
+    let dir = temp_dir("sqlite");
+    TestDatabase { database_type: "sqlite", path: dir.join("data.db").display().to_string(), cleanup: Cleanup::Directory(dir) }
+}
+
+fn server_database(database_type: &'static str) -> Option<TestDatabase> {
+    let admin_url = server_admin_url(database_type)?;
+    let name = unique_name("octopus_test");
+    run_admin_statement(database_type, &admin_url, &format!("CREATE DATABASE {name}"));
+    Some(TestDatabase {
+        database_type,
+        path: url_with_database(&admin_url, &name),
+        cleanup: Cleanup::ServerDatabase { admin_url, name },
+    })
 }
 
 pub fn postgres() -> Option<TestDatabase> {
-    let admin_url = server_url("TEST_POSTGRES_URL")?;
-    let name = unique_name();
-    let mut client = postgres::Client::connect(&admin_url, postgres::NoTls).expect("connect to the test PostgreSQL server");
-    client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create the test database");
-    let drop_url = admin_url.clone();
-    let drop_name = name.clone();
-    Some(TestDatabase {
-        database_type: "postgres",
-        path: with_database(&admin_url, &name),
-        cleanup: Some(Box::new(move || {
-            if let Ok(mut client) = postgres::Client::connect(&drop_url, postgres::NoTls) {
-                let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {drop_name} WITH (FORCE)"));
-            }
-        })),
-    })
+    server_database("postgres")
 }
 
 pub fn mysql() -> Option<TestDatabase> {
-    use mysql::prelude::Queryable;
-    let admin_url = server_url("TEST_MYSQL_URL")?;
-    let name = unique_name();
-    let mut connection = mysql::Conn::new(mysql::Opts::from_url(&admin_url).expect("a valid MySQL URL")).expect("connect to the test MariaDB server");
-    connection.query_drop(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4")).expect("create the test database");
-    let drop_url = admin_url.clone();
-    let drop_name = name.clone();
-    Some(TestDatabase {
-        database_type: "mysql",
-        path: with_database(&admin_url, &name),
-        cleanup: Some(Box::new(move || {
-            let connection = mysql::Opts::from_url(&drop_url).ok().and_then(|opts| mysql::Conn::new(opts).ok());
-            if let Some(mut connection) = connection {
-                let _ = connection.query_drop(format!("DROP DATABASE IF EXISTS {drop_name}"));
-            }
-        })),
-    })
+    server_database("mysql")
 }
 
 /// SQLite always, plus whichever servers are configured.
