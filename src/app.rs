@@ -9,10 +9,16 @@ use crate::api::{self, AdminContext};
 use crate::config::{self, Config};
 use crate::http::server::{Server, ServerLimits};
 use crate::http::{Handler, Request, Response};
-use crate::relay::record::{RecentRecords, RecordSink, RequestRecord};
+use crate::relay::record::{RecentRecords, RecordSink};
 use crate::relay::{self, RelayState};
+use crate::settings::{Settings, SettingsCell};
+use crate::stats::catalog::Catalog;
+use crate::stats::price_state::PriceState;
+use crate::stats::writer::StatsWriter;
+use crate::stats::StatsService;
 use crate::store::pool::StorePool;
-use crate::sync::endpoint_probe;
+use crate::sync::scheduler::Scheduler;
+use crate::sync::{endpoint_probe, jobs};
 use crate::upstream::client::{ClientOptions, UpstreamClient};
 
 /// How many finished-request records may wait for the consumer before new ones are dropped.
@@ -25,6 +31,10 @@ const SNAPSHOT_REFRESH_INTERVAL: Duration = Duration::from_secs(15);
 /// Coroutine stack size in words (256 KiB). The default 32 KiB overflowed with TLS in the
 /// runtime spike; untouched stack pages cost no memory, so we leave generous room for deep JSON.
 pub const COROUTINE_STACK_WORDS: usize = 0x8000;
+
+/// How long SIGINT/SIGTERM waits for relay requests in flight before writing statistics and
+/// exiting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Coroutines kept ready for reuse between requests.
 const COROUTINE_POOL_CAPACITY: usize = 64;
@@ -62,6 +72,9 @@ pub struct Gateway {
     server: Server,
     pub store: StorePool,
     pub relay: Arc<RelayState>,
+    pub stats: Arc<StatsService>,
+    pub scheduler: Arc<Scheduler>,
+    writer: StatsWriter,
 }
 
 impl Gateway {
@@ -69,8 +82,24 @@ impl Gateway {
         self.server.local_addr()
     }
 
-    pub fn shutdown(self) {
+    /// Stops accepting connections, lets the relay requests in flight finish (up to `grace`),
+    /// then writes every statistic and log still in memory.
+    pub fn shutdown_gracefully(self, grace: Duration) {
         self.server.shutdown();
+        let deadline = std::time::Instant::now() + grace;
+        while self.relay.in_flight() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = self.relay.in_flight();
+        if left > 0 {
+            log::warn!("{left} relay requests still running after the shutdown grace period; stopping anyway");
+        }
+        self.writer.stop_and_flush();
+    }
+
+    /// Stops at once (tests): no grace for requests in flight, but statistics are still written.
+    pub fn shutdown(self) {
+        self.shutdown_gracefully(Duration::ZERO);
     }
 }
 
@@ -115,26 +144,42 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
         user_agent: format!("octopus/{}", env!("CARGO_PKG_VERSION")),
     })
     .map_err(StartError::Upstream)?;
+    let settings = store.call(|store| Settings::load(store)).map_err(|error| StartError::Store(error.to_string()))?;
+    let settings = Arc::new(SettingsCell::new(settings));
+    let prices = PriceState::new(Catalog::builtin());
+    let mut stats = StatsService::new(store.clone(), settings.clone(), prices);
     let (records, record_receiver) = RecordSink::bounded(RECORD_QUEUE_CAPACITY);
     let recent = Arc::new(RecentRecords::new(RECENT_RECORDS_KEPT));
-    spawn_access_log(record_receiver, recent.clone());
-    let relay = Arc::new(RelayState::new(config.clone(), store.clone(), upstream, records, recent));
+    stats.recent = Some(recent.clone());
+    let stats = Arc::new(stats);
+    {
+        let stats = stats.clone();
+        store.call(move |store| stats.prices.rebuild(store)).map_err(|error| StartError::Store(error.to_string()))?;
+    }
+    stats.refresh_spending();
+    let writer = StatsWriter::spawn(stats.clone(), record_receiver);
+    let relay = Arc::new(RelayState::new(config.clone(), store.clone(), upstream, records, recent, stats.clone()));
     relay.reload_snapshot().map_err(|error| StartError::Store(error.to_string()))?;
     spawn_snapshot_refresher(Arc::downgrade(&relay));
     let probing = config.relay.probe_interval_seconds > 0;
-    if probing {
-        endpoint_probe::spawn_periodic(Arc::downgrade(&relay), Duration::from_secs(config.relay.probe_interval_seconds));
-    }
     let relay_for_admin = relay.clone();
+    let stats_for_admin = stats.clone();
     let on_change = Box::new(move || {
         if let Err(error) = relay_for_admin.reload_snapshot() {
             log::error!("could not reload the relay configuration: {error}");
+        }
+        let stats = stats_for_admin.clone();
+        if let Err(error) = stats_for_admin.store.call(move |store| stats.prices.rebuild(store)) {
+            log::error!("could not reload the prices: {error}");
         }
         if probing {
             endpoint_probe::probe_new_endpoints_soon(&relay_for_admin);
         }
     });
-    let admin = AdminContext::new(store.clone(), config.clone(), relay.upstream.clone(), on_change);
+    let scheduler = Arc::new(Scheduler::default());
+    jobs::register_all(&scheduler, &config, &relay, &stats);
+    scheduler.start();
+    let admin = AdminContext::new(store.clone(), config.clone(), relay.upstream.clone(), on_change, stats.clone(), settings, scheduler.clone());
     let handler = Arc::new(GatewayHandler { admin, relay: relay.clone() });
     let limits = ServerLimits {
         max_header_count: config.server.max_header_count,
@@ -147,32 +192,7 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
     let address = format!("{}:{}", config.server.host, config.server.port);
     let server = Server::start(&address, limits, handler).map_err(|error| StartError::Listen(format!("{address}: {error}")))?;
     log::info!("octopus listening on {} ({} database)", server.local_addr(), store.backend_name());
-    Ok(Gateway { server, store, relay })
-}
-
-/// Until the stats writer exists, finished requests are written to the log, one line each.
-fn spawn_access_log(receiver: crossbeam_channel::Receiver<RequestRecord>, recent: Arc<RecentRecords>) {
-    std::thread::Builder::new()
-        .name("access-log".to_string())
-        .spawn(move || {
-            for record in receiver {
-                let usage = record.usage.map(|usage| format!(" tokens={}/{}", usage.input_tokens, usage.output_tokens)).unwrap_or_default();
-                log::info!(
-                    "{} model={} channel={} status={} attempts={} ttft_ms={} total_ms={}{}{}",
-                    record.client_format,
-                    record.group,
-                    record.channel_name,
-                    record.status,
-                    record.attempts.len(),
-                    record.ttft_ms.map(|ttft| ttft.to_string()).unwrap_or_else(|| "-".to_string()),
-                    record.total_ms,
-                    usage,
-                    record.error.as_ref().map(|error| format!(" error={error:?}")).unwrap_or_default(),
-                );
-                recent.push(record);
-            }
-        })
-        .expect("spawn the access-log thread");
+    Ok(Gateway { server, store, relay, stats, writer, scheduler })
 }
 
 /// Reloads the relay snapshot periodically; stops when the gateway is gone.
@@ -253,7 +273,8 @@ pub fn run(config_path: &Path) -> i32 {
     };
     let signal = wait_for_signal(&signals);
     log::info!("received signal {signal}, shutting down");
-    gateway.shutdown();
+    gateway.shutdown_gracefully(SHUTDOWN_GRACE);
+    log::info!("statistics and logs written; bye");
     0
 }
 

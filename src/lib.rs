@@ -6,6 +6,8 @@ pub mod config;
 pub mod http;
 pub mod protocol;
 pub mod relay;
+pub mod settings;
+pub mod stats;
 pub mod store;
 pub mod sync;
 pub mod upstream;

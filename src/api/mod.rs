@@ -20,6 +20,9 @@ use crate::api::auth::LoginThrottle;
 use crate::api::error::ApiError;
 use crate::config::Config;
 use crate::http::{Request, Response};
+use crate::settings::SettingsCell;
+use crate::stats::StatsService;
+use crate::sync::scheduler::Scheduler;
 use crate::store::pool::StorePool;
 use crate::upstream::client::UpstreamClient;
 
@@ -30,8 +33,11 @@ pub struct AdminContext {
     pub login_throttle: Mutex<LoginThrottle>,
     /// For calls the admin makes to upstreams (model sync).
     pub upstream: UpstreamClient,
-    /// Called after writes to channels, groups or API keys.
+    /// Called after writes to channels, groups, API keys or prices.
     pub on_change: Box<dyn Fn() + Send + Sync>,
+    pub stats: Arc<StatsService>,
+    pub settings: Arc<SettingsCell>,
+    pub scheduler: Arc<Scheduler>,
 }
 
 impl AdminContext {
@@ -40,8 +46,20 @@ impl AdminContext {
         config: Arc<Config>,
         upstream: UpstreamClient,
         on_change: Box<dyn Fn() + Send + Sync>,
+        stats: Arc<StatsService>,
+        settings: Arc<SettingsCell>,
+        scheduler: Arc<Scheduler>,
     ) -> AdminContext {
-        AdminContext { store, config, login_throttle: Mutex::new(LoginThrottle::default()), upstream, on_change }
+        AdminContext {
+            store,
+            config,
+            login_throttle: Mutex::new(LoginThrottle::default()),
+            upstream,
+            on_change,
+            stats,
+            settings,
+            scheduler,
+        }
     }
 
     pub fn notify_change(&self) {

@@ -77,6 +77,8 @@ enum AttemptResult {
 struct CallTrace {
     started: Instant,
     record: RequestRecord,
+    /// Dropped with the trace, once the record is out: the request is no longer in flight.
+    _in_flight: crate::relay::InFlightGuard,
 }
 
 impl CallTrace {
@@ -92,6 +94,7 @@ impl CallTrace {
 pub fn handle_generate(state: &Arc<RelayState>, request: &Request, route: &RelayRoute, client_format: Format) -> Response {
     let started = Instant::now();
     let mut trace = CallTrace {
+        _in_flight: state.enter_request(),
         started,
         record: RequestRecord {
             started_at_ms: util::unix_millis(),
@@ -110,6 +113,8 @@ pub fn handle_generate(state: &Arc<RelayState>, request: &Request, route: &Relay
             ttft_ms: None,
             total_ms: 0,
             error: None,
+            request_body: None,
+            response_body: None,
         },
     };
     match generate(state, request, route, client_format, &mut trace) {
@@ -134,6 +139,18 @@ enum Answer {
     Stream(StreamBuilder),
 }
 
+/// Refuses a key whose spending (over all time, every node) has reached its `max_cost`.
+fn check_spending_cap(state: &RelayState, api_key: &crate::store::entities::ApiKey) -> Result<(), RelayError> {
+    let Some(max_cost) = api_key.max_cost else { return Ok(()) };
+    let spent = crate::stats::pricing::micros_to_usd(state.stats.spent_micros(api_key.id));
+    if spent >= max_cost {
+        return Err(RelayError::QuotaExceeded(format!(
+            "this API key has reached its spending cap of ${max_cost:.2} (spent ${spent:.4}); raise max_cost or use another key"
+        )));
+    }
+    Ok(())
+}
+
 fn generate(
     state: &Arc<RelayState>,
     request: &Request,
@@ -145,6 +162,7 @@ fn generate(
     let api_key = authenticate(&snapshot, request, util::unix_seconds())?;
     trace.record.client_key_id = Some(api_key.id);
     trace.record.client_key_name = api_key.name.clone();
+    check_spending_cap(state, &api_key)?;
     let call = parse_call(route, request)?;
     trace.record.group = call.model.clone();
     trace.record.stream = call.stream;

@@ -36,6 +36,7 @@ use crate::relay::inbound::RelayRoute;
 use crate::relay::record::{RecentRecords, RecordSink};
 use crate::relay::snapshot::{Snapshot, SnapshotCell};
 use crate::store::entities::{Channel, ChannelKey, ChannelType};
+use crate::stats::StatsService;
 use crate::store::pool::StorePool;
 use crate::upstream::client::UpstreamClient;
 use crate::upstream::google_oauth::AntigravityAuth;
@@ -51,6 +52,10 @@ pub struct RelayState {
     pub antigravity: AntigravityAuth,
     /// The last finished requests (filled by the record consumer).
     pub recent: Arc<RecentRecords>,
+    /// Spending per client key (for `max_cost`), read on each request of a capped key.
+    pub stats: Arc<StatsService>,
+    /// Requests started and not yet recorded, for the graceful shutdown.
+    in_flight: std::sync::atomic::AtomicUsize,
     seed: AtomicU64,
 }
 
@@ -61,6 +66,7 @@ impl RelayState {
         upstream: UpstreamClient,
         records: RecordSink,
         recent: Arc<RecentRecords>,
+        stats: Arc<StatsService>,
     ) -> RelayState {
         RelayState {
             antigravity: AntigravityAuth::new(upstream.clone(), config.antigravity.clone()),
@@ -71,8 +77,21 @@ impl RelayState {
             upstream,
             records,
             recent,
+            stats,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             seed: AtomicU64::new(crate::util::os_random_u64()),
         }
+    }
+
+    /// Relay requests started whose record has not been emitted yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn enter_request(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard { state: self.clone() }
     }
 
     /// Reloads the snapshot from the store. Callable from coroutines and threads.
@@ -148,4 +167,15 @@ pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
         }
         RelayRoute::Generate(_) | RelayRoute::GeminiGenerate { .. } => forward::handle_generate(state, request, &route, client_format),
     })
+}
+
+/// Keeps one request counted in `RelayState::in_flight` while it lives.
+pub struct InFlightGuard {
+    state: Arc<RelayState>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }

@@ -47,6 +47,10 @@ pub struct RequestRecord {
     pub ttft_ms: Option<u64>,
     pub total_ms: u64,
     pub error: Option<String>,
+    /// The client's request body, when request logs keep bodies (`log_bodies`).
+    pub request_body: Option<Vec<u8>>,
+    /// The body sent to the client (capped), when request logs keep bodies.
+    pub response_body: Option<Vec<u8>>,
 }
 
 /// The sending side: cheap to share, never blocks.
@@ -123,6 +127,8 @@ mod tests {
             ttft_ms: None,
             total_ms: 0,
             error: None,
+            request_body: None,
+            response_body: None,
         }
     }
 

@@ -183,7 +183,7 @@ pub struct ApiKey {
 }
 
 /// A model price in USD per one million tokens, optionally specific to one channel.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelPrice {
     #[serde(default)]
     pub id: i64,
@@ -225,4 +225,215 @@ fn default_true() -> bool {
 
 fn default_weight() -> u32 {
     1
+}
+
+/// The additive counters of one statistics bucket. Every field only ever grows, so buckets from
+/// several gateways (and several flushes) are combined by adding them up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsCounters {
+    pub requests: i64,
+    pub success: i64,
+    pub failed: i64,
+    /// All prompt tokens, cache reads and writes included.
+    pub input_tokens: i64,
+    /// All generated tokens, reasoning included.
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// Cost in micro-dollars (USD x 1e6).
+    pub cost_micros: i64,
+    /// Sum of request latencies, for averages.
+    pub latency_ms_sum: i64,
+    /// Sum of time-to-first-token over the requests that had one (`ttft_count`).
+    pub ttft_ms_sum: i64,
+    pub ttft_count: i64,
+}
+
+impl StatsCounters {
+    pub fn add(&mut self, other: &StatsCounters) {
+        self.requests += other.requests;
+        self.success += other.success;
+        self.failed += other.failed;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_read_tokens += other.cache_read_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.cost_micros += other.cost_micros;
+        self.latency_ms_sum += other.latency_ms_sum;
+        self.ttft_ms_sum += other.ttft_ms_sum;
+        self.ttft_count += other.ttft_count;
+    }
+
+    /// The counters in the order of `STATS_COUNTER_COLUMNS`.
+    pub fn to_array(&self) -> [i64; 12] {
+        [
+            self.requests,
+            self.success,
+            self.failed,
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+            self.cost_micros,
+            self.latency_ms_sum,
+            self.ttft_ms_sum,
+            self.ttft_count,
+        ]
+    }
+
+    /// The inverse of `to_array`.
+    pub fn from_array(values: [i64; 12]) -> StatsCounters {
+        let [requests, success, failed, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, latency_ms_sum, ttft_ms_sum, ttft_count] =
+            values;
+        StatsCounters {
+            requests,
+            success,
+            failed,
+            input_tokens,
+            output_tokens,
+            cache_read_tokens,
+            cache_write_tokens,
+            reasoning_tokens,
+            cost_micros,
+            latency_ms_sum,
+            ttft_ms_sum,
+            ttft_count,
+        }
+    }
+}
+
+/// The counter columns of `stats_hourly`, in `StatsCounters::to_array` order.
+pub const STATS_COUNTER_COLUMNS: [&str; 12] = [
+    "requests",
+    "success",
+    "failed",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_micros",
+    "latency_ms_sum",
+    "ttft_ms_sum",
+    "ttft_count",
+];
+
+/// Which statistics bucket a request lands in: its UTC hour and its dimensions. An id of 0 or an
+/// empty name means the request had none (e.g. it failed before any channel was chosen).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatsKey {
+    /// Unix seconds of the start of the UTC hour.
+    pub hour: i64,
+    pub channel_id: i64,
+    pub api_key_id: i64,
+    pub group: String,
+    /// The upstream model.
+    pub model: String,
+}
+
+/// One row of `stats_hourly`, or of a grouped query over it (then the dimensions that were not
+/// grouped on are zero or empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsRow {
+    pub key: StatsKey,
+    pub counters: StatsCounters,
+}
+
+/// What a statistics query groups by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsGrouping {
+    /// One row over everything.
+    Total,
+    Hour,
+    Channel,
+    ApiKey,
+    Group,
+    ChannelModel,
+}
+
+impl StatsGrouping {
+    /// Keeps only the dimensions this grouping looks at, so in-memory rows can be merged with
+    /// rows the database grouped the same way.
+    pub fn project(self, key: &StatsKey) -> StatsKey {
+        match self {
+            StatsGrouping::Total => StatsKey::default(),
+            StatsGrouping::Hour => StatsKey { hour: key.hour, ..StatsKey::default() },
+            StatsGrouping::Channel => StatsKey { channel_id: key.channel_id, ..StatsKey::default() },
+            StatsGrouping::ApiKey => StatsKey { api_key_id: key.api_key_id, ..StatsKey::default() },
+            StatsGrouping::Group => StatsKey { group: key.group.clone(), ..StatsKey::default() },
+            StatsGrouping::ChannelModel => {
+                StatsKey { channel_id: key.channel_id, model: key.model.clone(), ..StatsKey::default() }
+            }
+        }
+    }
+
+    /// The key columns selected for this grouping, in `StatsKey` order, as SQL expressions.
+    pub fn key_columns(self) -> [&'static str; 5] {
+        let hour = if self == StatsGrouping::Hour { "hour" } else { "0" };
+        let channel = if matches!(self, StatsGrouping::Channel | StatsGrouping::ChannelModel) { "channel_id" } else { "0" };
+        let api_key = if self == StatsGrouping::ApiKey { "api_key_id" } else { "0" };
+        let group = if self == StatsGrouping::Group { "group_name" } else { "''" };
+        let model = if self == StatsGrouping::ChannelModel { "model" } else { "''" };
+        [hour, channel, api_key, group, model]
+    }
+}
+
+/// One try of a logged request, as kept in `relay_logs.attempt_details` (JSON).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoggedAttempt {
+    pub channel_id: i64,
+    pub channel_name: String,
+    pub key_id: i64,
+    pub base_url: String,
+    pub model: String,
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+}
+
+/// One row of `relay_logs`: a finished relay request. Never holds a secret.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestLog {
+    pub id: i64,
+    pub time_ms: i64,
+    pub api_key_id: Option<i64>,
+    pub api_key_name: String,
+    pub group: String,
+    pub channel_id: Option<i64>,
+    pub channel_name: String,
+    pub model: String,
+    pub client_format: String,
+    pub status_code: u16,
+    pub success: bool,
+    pub attempts: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_micros: i64,
+    pub ttft_ms: Option<i64>,
+    pub latency_ms: i64,
+    pub stream: bool,
+    pub error: String,
+    pub attempt_details: Vec<LoggedAttempt>,
+    /// Kept only when `log_bodies` is on; capped and redacted.
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// Filters of `GET /api/v1/logs`; `None` means "any".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogFilter {
+    pub group: Option<String>,
+    pub channel_id: Option<i64>,
+    pub api_key_id: Option<i64>,
+    pub success: Option<bool>,
+    /// Unix milliseconds, inclusive.
+    pub from_ms: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub to_ms: Option<i64>,
 }

@@ -13,23 +13,20 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "init",
-    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-}];
+pub const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, description: "init", sql: include_str!("../../migrations/sqlite/0001_init.sql") },
+    Migration { version: 2, description: "stats_logs", sql: include_str!("../../migrations/sqlite/0002_stats_logs.sql") },
+];
 
-pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "init",
-    sql: include_str!("../../migrations/postgres/0001_init.sql"),
-}];
+pub const POSTGRES_MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, description: "init", sql: include_str!("../../migrations/postgres/0001_init.sql") },
+    Migration { version: 2, description: "stats_logs", sql: include_str!("../../migrations/postgres/0002_stats_logs.sql") },
+];
 
-pub const MYSQL_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "init",
-    sql: include_str!("../../migrations/mysql/0001_init.sql"),
-}];
+pub const MYSQL_MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, description: "init", sql: include_str!("../../migrations/mysql/0001_init.sql") },
+    Migration { version: 2, description: "stats_logs", sql: include_str!("../../migrations/mysql/0002_stats_logs.sql") },
+];
 
 /// The migrations not yet in `applied_versions`, in version order.
 pub fn pending<'a>(migrations: &'a [Migration], applied_versions: &[i64]) -> Vec<&'a Migration> {

@@ -15,10 +15,13 @@ pub mod postgres;
 pub mod sqlite;
 
 mod codec;
+pub mod stats_sql;
 
 use std::fmt;
 
-use crate::store::entities::{AdminSession, AdminUser, ApiKey, Channel, Group, ModelPrice};
+use crate::store::entities::{
+    AdminSession, AdminUser, ApiKey, Channel, Group, LogFilter, ModelPrice, RequestLog, StatsGrouping, StatsRow,
+};
 
 /// What can go wrong in a store call.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +109,23 @@ pub trait Store: Send {
     fn list_settings(&mut self) -> StoreResult<Vec<(String, String)>>;
     fn setting(&mut self, key: &str) -> StoreResult<Option<String>>;
     fn set_setting(&mut self, key: &str, value: &str) -> StoreResult<()>;
+
+    // Statistics: additive hourly buckets (see migrations/*/0002_stats_logs.sql).
+    /// Adds each row's counters to its bucket (creating it when missing), all in one transaction.
+    fn add_stats(&mut self, rows: &[StatsRow]) -> StoreResult<()>;
+    /// Sums over the buckets with `from_hour <= hour < to_hour`, grouped as asked.
+    fn stats_grouped(&mut self, from_hour: i64, to_hour: i64, grouping: StatsGrouping) -> StoreResult<Vec<StatsRow>>;
+
+    // Request logs.
+    /// Inserts the logs in one transaction; a log whose id is already stored is skipped.
+    fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()>;
+    /// A page of logs matching the filter, newest first, without bodies; and how many match.
+    fn list_logs(&mut self, filter: &LogFilter, offset: u64, limit: u64) -> StoreResult<(Vec<RequestLog>, u64)>;
+    /// One log with its bodies.
+    fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>>;
+    /// Deletes the logs older than `before_ms` and all but the newest `keep_rows`; returns how
+    /// many were deleted.
+    fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64>;
 }
 
 /// Opens one store of `database_type` (`sqlite`, `postgres` or `mysql`) at `path_or_url` (a

@@ -17,8 +17,10 @@ use crate::store::codec::{
     u64_to_column,
 };
 use crate::store::entities::{
-    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, ModelPrice,
+    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
+    StatsGrouping, StatsRow,
 };
+use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{
     MYSQL_MIGRATIONS, pending, split_statements, warn_about_unknown_versions,
 };
@@ -830,5 +832,115 @@ impl Store for MysqlStore {
         )
         .map_err(query_error)?;
         Ok(())
+    }
+
+    fn add_stats(&mut self, rows: &[StatsRow]) -> StoreResult<()> {
+        let sql = stats_sql::stats_upsert(Dialect::Mysql);
+        let mut transaction = self.write_transaction()?;
+        for row in rows {
+            transaction.exec_drop(&sql, mysql_parameters(&stats_sql::stats_row_values(row))).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)
+    }
+
+    fn stats_grouped(&mut self, from_hour: i64, to_hour: i64, grouping: StatsGrouping) -> StoreResult<Vec<StatsRow>> {
+        let rows: Vec<Row> = self
+            .connection
+            .exec(stats_sql::stats_grouped_query(Dialect::Mysql, grouping), (from_hour, to_hour))
+            .map_err(query_error)?;
+        rows.iter().map(|row| stats_sql::decode_stats_row(&MysqlColumns(row))).collect()
+    }
+
+    fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
+        let sql = stats_sql::log_insert(Dialect::Mysql);
+        let mut transaction = self.write_transaction()?;
+        for log in logs {
+            transaction.exec_drop(&sql, mysql_parameters(&stats_sql::log_values(log))).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)
+    }
+
+    fn list_logs(&mut self, filter: &LogFilter, offset: u64, limit: u64) -> StoreResult<(Vec<RequestLog>, u64)> {
+        let (clause, values) = stats_sql::log_filter_clause(Dialect::Mysql, filter);
+        let total: Option<i64> = self
+            .connection
+            .exec_first(format!("SELECT COUNT(*) FROM relay_logs{clause}"), mysql_parameters(&values))
+            .map_err(query_error)?;
+        let (sql, mut values) = stats_sql::log_page_query(Dialect::Mysql, filter, false);
+        values.push(SqlValue::Int(u64_to_column(limit)));
+        values.push(SqlValue::Int(u64_to_column(offset)));
+        let rows: Vec<Row> = self.connection.exec(sql, mysql_parameters(&values)).map_err(query_error)?;
+        let logs = rows.iter().map(|row| stats_sql::decode_log(&MysqlColumns(row))).collect::<StoreResult<Vec<_>>>()?;
+        Ok((logs, u64::try_from(total.unwrap_or(0)).unwrap_or(0)))
+    }
+
+    fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>> {
+        let sql = format!("SELECT {} FROM relay_logs WHERE id = ?", stats_sql::log_select_columns(true));
+        let row: Option<Row> = self.connection.exec_first(sql, (id,)).map_err(query_error)?;
+        row.as_ref().map(|row| stats_sql::decode_log(&MysqlColumns(row))).transpose()
+    }
+
+    fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
+        let mut transaction = self.write_transaction()?;
+        transaction.exec_drop("DELETE FROM relay_logs WHERE time_ms < ?", (before_ms,)).map_err(query_error)?;
+        let mut deleted = transaction.affected_rows();
+        let boundary: Option<i64> = transaction
+            .exec_first(stats_sql::log_prune_boundary_query(Dialect::Mysql), (u64_to_column(keep_rows),))
+            .map_err(query_error)?;
+        if let Some(boundary) = boundary {
+            transaction.exec_drop("DELETE FROM relay_logs WHERE id <= ?", (boundary,)).map_err(query_error)?;
+            deleted += transaction.affected_rows();
+        }
+        transaction.commit().map_err(query_error)?;
+        Ok(deleted)
+    }
+
+}
+
+fn mysql_parameters(values: &[SqlValue]) -> Params {
+    Params::Positional(
+        values
+            .iter()
+            .map(|value| match value {
+                SqlValue::Int(number) => Value::Int(*number),
+                SqlValue::OptionalInt(number) => number.map_or(Value::NULL, Value::Int),
+                SqlValue::Text(text) => Value::Bytes(text.as_bytes().to_vec()),
+                SqlValue::OptionalText(text) => {
+                    text.as_ref().map_or(Value::NULL, |text| Value::Bytes(text.as_bytes().to_vec()))
+                }
+                SqlValue::Bool(flag) => Value::Int(i64::from(*flag)),
+            })
+            .collect(),
+    )
+}
+
+/// `ColumnReader` over a MySQL row.
+struct MysqlColumns<'row>(&'row Row);
+
+impl MysqlColumns<'_> {
+    fn get<T: FromValue>(&self, index: usize) -> StoreResult<T> {
+        match self.0.get_opt::<T, usize>(index) {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(_)) => Err(StoreError::Backend(format!("mysql: column {index} has an unexpected type"))),
+            None => Err(StoreError::Backend(format!("mysql: column {index} is missing"))),
+        }
+    }
+}
+
+impl ColumnReader for MysqlColumns<'_> {
+    fn int(&self, index: usize) -> StoreResult<i64> {
+        self.get(index)
+    }
+    fn optional_int(&self, index: usize) -> StoreResult<Option<i64>> {
+        self.get(index)
+    }
+    fn text(&self, index: usize) -> StoreResult<String> {
+        self.get(index)
+    }
+    fn optional_text(&self, index: usize) -> StoreResult<Option<String>> {
+        self.get(index)
+    }
+    fn boolean(&self, index: usize) -> StoreResult<bool> {
+        self.get(index)
     }
 }

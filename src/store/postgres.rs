@@ -18,8 +18,10 @@ use crate::store::codec::{
     u64_to_column,
 };
 use crate::store::entities::{
-    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, ModelPrice,
+    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
+    StatsGrouping, StatsRow,
 };
+use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{POSTGRES_MIGRATIONS, pending, warn_about_unknown_versions};
 use crate::store::{Store, StoreError, StoreResult};
 use crate::util::unix_seconds;
@@ -829,5 +831,105 @@ impl Store for PostgresStore {
             )
             .map_err(query_error)?;
         Ok(())
+    }
+
+    fn add_stats(&mut self, rows: &[StatsRow]) -> StoreResult<()> {
+        let mut transaction = self.client.transaction().map_err(query_error)?;
+        let statement = transaction.prepare(&stats_sql::stats_upsert(Dialect::Postgres)).map_err(query_error)?;
+        for row in rows {
+            let values = stats_sql::stats_row_values(row);
+            transaction.execute(&statement, &postgres_parameters(&values)).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)
+    }
+
+    fn stats_grouped(&mut self, from_hour: i64, to_hour: i64, grouping: StatsGrouping) -> StoreResult<Vec<StatsRow>> {
+        let rows = self
+            .client
+            .query(&stats_sql::stats_grouped_query(Dialect::Postgres, grouping), &[&from_hour, &to_hour])
+            .map_err(query_error)?;
+        rows.iter().map(|row| stats_sql::decode_stats_row(&PostgresColumns(row))).collect()
+    }
+
+    fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
+        let mut transaction = self.client.transaction().map_err(query_error)?;
+        let statement = transaction.prepare(&stats_sql::log_insert(Dialect::Postgres)).map_err(query_error)?;
+        for log in logs {
+            let values = stats_sql::log_values(log);
+            transaction.execute(&statement, &postgres_parameters(&values)).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)
+    }
+
+    fn list_logs(&mut self, filter: &LogFilter, offset: u64, limit: u64) -> StoreResult<(Vec<RequestLog>, u64)> {
+        let (clause, values) = stats_sql::log_filter_clause(Dialect::Postgres, filter);
+        let total: i64 = self
+            .client
+            .query_one(&format!("SELECT COUNT(*) FROM relay_logs{clause}"), &postgres_parameters(&values))
+            .and_then(|row| row.try_get(0))
+            .map_err(query_error)?;
+        let (sql, mut values) = stats_sql::log_page_query(Dialect::Postgres, filter, false);
+        values.push(SqlValue::Int(u64_to_column(limit)));
+        values.push(SqlValue::Int(u64_to_column(offset)));
+        let rows = self.client.query(&sql, &postgres_parameters(&values)).map_err(query_error)?;
+        let logs = rows.iter().map(|row| stats_sql::decode_log(&PostgresColumns(row))).collect::<StoreResult<Vec<_>>>()?;
+        Ok((logs, u64::try_from(total).unwrap_or(0)))
+    }
+
+    fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>> {
+        let sql = format!("SELECT {} FROM relay_logs WHERE id = $1", stats_sql::log_select_columns(true));
+        let rows = self.client.query(&sql, &[&id]).map_err(query_error)?;
+        rows.first().map(|row| stats_sql::decode_log(&PostgresColumns(row))).transpose()
+    }
+
+    fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
+        let mut transaction = self.client.transaction().map_err(query_error)?;
+        let mut deleted = transaction.execute("DELETE FROM relay_logs WHERE time_ms < $1", &[&before_ms]).map_err(query_error)?;
+        let boundary = transaction
+            .query(&stats_sql::log_prune_boundary_query(Dialect::Postgres), &[&u64_to_column(keep_rows)])
+            .map_err(query_error)?;
+        if let Some(row) = boundary.first() {
+            let boundary: i64 = row.try_get(0).map_err(query_error)?;
+            deleted += transaction.execute("DELETE FROM relay_logs WHERE id <= $1", &[&boundary]).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)?;
+        Ok(deleted)
+    }
+
+}
+
+fn postgres_parameters(values: &[SqlValue]) -> Vec<&(dyn ToSql + Sync)> {
+    values
+        .iter()
+        .map(|value| -> &(dyn ToSql + Sync) {
+            match value {
+                SqlValue::Int(number) => number,
+                SqlValue::OptionalInt(number) => number,
+                SqlValue::Text(text) => text,
+                SqlValue::OptionalText(text) => text,
+                SqlValue::Bool(flag) => flag,
+            }
+        })
+        .collect()
+}
+
+/// `ColumnReader` over a PostgreSQL row.
+struct PostgresColumns<'row>(&'row Row);
+
+impl ColumnReader for PostgresColumns<'_> {
+    fn int(&self, index: usize) -> StoreResult<i64> {
+        self.0.try_get(index).map_err(query_error)
+    }
+    fn optional_int(&self, index: usize) -> StoreResult<Option<i64>> {
+        self.0.try_get(index).map_err(query_error)
+    }
+    fn text(&self, index: usize) -> StoreResult<String> {
+        self.0.try_get(index).map_err(query_error)
+    }
+    fn optional_text(&self, index: usize) -> StoreResult<Option<String>> {
+        self.0.try_get(index).map_err(query_error)
+    }
+    fn boolean(&self, index: usize) -> StoreResult<bool> {
+        self.0.try_get(index).map_err(query_error)
     }
 }

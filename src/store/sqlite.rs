@@ -16,8 +16,10 @@ use crate::store::codec::{
     u64_to_column,
 };
 use crate::store::entities::{
-    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, ModelPrice,
+    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
+    StatsGrouping, StatsRow,
 };
+use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{SQLITE_MIGRATIONS, pending, warn_about_unknown_versions};
 use crate::store::{Store, StoreError, StoreResult};
 use crate::util::unix_seconds;
@@ -843,5 +845,122 @@ impl Store for SqliteStore {
             )
             .map_err(query_error)?;
         Ok(())
+    }
+
+    fn add_stats(&mut self, rows: &[StatsRow]) -> StoreResult<()> {
+        let transaction = self.write_transaction()?;
+        {
+            let mut statement =
+                transaction.prepare_cached(&stats_sql::stats_upsert(Dialect::Sqlite)).map_err(query_error)?;
+            for row in rows {
+                let values = stats_sql::stats_row_values(row);
+                statement.execute(rusqlite::params_from_iter(values.iter().map(sqlite_value))).map_err(query_error)?;
+            }
+        }
+        transaction.commit().map_err(query_error)
+    }
+
+    fn stats_grouped(&mut self, from_hour: i64, to_hour: i64, grouping: StatsGrouping) -> StoreResult<Vec<StatsRow>> {
+        let mut statement = self
+            .connection
+            .prepare_cached(&stats_sql::stats_grouped_query(Dialect::Sqlite, grouping))
+            .map_err(query_error)?;
+        let mut rows = statement.query(params![from_hour, to_hour]).map_err(query_error)?;
+        let mut result = Vec::new();
+        while let Some(row) = rows.next().map_err(query_error)? {
+            result.push(stats_sql::decode_stats_row(&SqliteColumns(row))?);
+        }
+        Ok(result)
+    }
+
+    fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
+        let transaction = self.write_transaction()?;
+        {
+            let mut statement = transaction.prepare_cached(&stats_sql::log_insert(Dialect::Sqlite)).map_err(query_error)?;
+            for log in logs {
+                let values = stats_sql::log_values(log);
+                statement.execute(rusqlite::params_from_iter(values.iter().map(sqlite_value))).map_err(query_error)?;
+            }
+        }
+        transaction.commit().map_err(query_error)
+    }
+
+    fn list_logs(&mut self, filter: &LogFilter, offset: u64, limit: u64) -> StoreResult<(Vec<RequestLog>, u64)> {
+        let (clause, values) = stats_sql::log_filter_clause(Dialect::Sqlite, filter);
+        let total: i64 = self
+            .connection
+            .query_row(
+                &format!("SELECT COUNT(*) FROM relay_logs{clause}"),
+                rusqlite::params_from_iter(values.iter().map(sqlite_value)),
+                |row| row.get(0),
+            )
+            .map_err(query_error)?;
+        let (sql, mut values) = stats_sql::log_page_query(Dialect::Sqlite, filter, false);
+        values.push(SqlValue::Int(u64_to_column(limit)));
+        values.push(SqlValue::Int(u64_to_column(offset)));
+        let mut statement = self.connection.prepare_cached(&sql).map_err(query_error)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(values.iter().map(sqlite_value))).map_err(query_error)?;
+        let mut logs = Vec::new();
+        while let Some(row) = rows.next().map_err(query_error)? {
+            logs.push(stats_sql::decode_log(&SqliteColumns(row))?);
+        }
+        Ok((logs, u64::try_from(total).unwrap_or(0)))
+    }
+
+    fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>> {
+        let sql = format!("SELECT {} FROM relay_logs WHERE id = ?1", stats_sql::log_select_columns(true));
+        let mut statement = self.connection.prepare_cached(&sql).map_err(query_error)?;
+        let mut rows = statement.query([id]).map_err(query_error)?;
+        match rows.next().map_err(query_error)? {
+            Some(row) => Ok(Some(stats_sql::decode_log(&SqliteColumns(row))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
+        let transaction = self.write_transaction()?;
+        let mut deleted = transaction.execute("DELETE FROM relay_logs WHERE time_ms < ?1", [before_ms]).map_err(query_error)?;
+        let boundary: Option<i64> = transaction
+            .query_row(&stats_sql::log_prune_boundary_query(Dialect::Sqlite), [u64_to_column(keep_rows)], |row| row.get(0))
+            .optional()
+            .map_err(query_error)?;
+        if let Some(boundary) = boundary {
+            deleted += transaction.execute("DELETE FROM relay_logs WHERE id <= ?1", [boundary]).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)?;
+        Ok(deleted as u64)
+    }
+
+}
+
+fn sqlite_value(value: &SqlValue) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match value {
+        SqlValue::Int(number) => Value::Integer(*number),
+        SqlValue::OptionalInt(number) => number.map_or(Value::Null, Value::Integer),
+        SqlValue::Text(text) => Value::Text(text.clone()),
+        SqlValue::OptionalText(text) => text.clone().map_or(Value::Null, Value::Text),
+        SqlValue::Bool(flag) => Value::Integer(i64::from(*flag)),
+    }
+}
+
+/// `ColumnReader` over a rusqlite row.
+struct SqliteColumns<'row, 'statement>(&'row Row<'statement>);
+
+impl ColumnReader for SqliteColumns<'_, '_> {
+    fn int(&self, index: usize) -> StoreResult<i64> {
+        self.0.get(index).map_err(query_error)
+    }
+    fn optional_int(&self, index: usize) -> StoreResult<Option<i64>> {
+        self.0.get(index).map_err(query_error)
+    }
+    fn text(&self, index: usize) -> StoreResult<String> {
+        self.0.get(index).map_err(query_error)
+    }
+    fn optional_text(&self, index: usize) -> StoreResult<Option<String>> {
+        self.0.get(index).map_err(query_error)
+    }
+    fn boolean(&self, index: usize) -> StoreResult<bool> {
+        self.0.get(index).map_err(query_error)
     }
 }

@@ -2,7 +2,7 @@
 //! brings a demoted one back once it answers again.
 
 use std::io::Read;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::relay::RelayState;
@@ -63,13 +63,3 @@ pub fn probe_new_endpoints_soon(relay: &Arc<RelayState>) {
     });
 }
 
-/// The background prober: one pass at start and then every `interval`, until the relay is gone.
-pub fn spawn_periodic(relay: Weak<RelayState>, interval: Duration) {
-    let _ = std::thread::Builder::new().name("endpoint-prober".to_string()).spawn(move || loop {
-        {
-            let Some(relay) = relay.upgrade() else { return };
-            probe_all(&relay);
-        }
-        std::thread::sleep(interval);
-    });
-}

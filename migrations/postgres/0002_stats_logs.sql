@@ -1,0 +1,59 @@
+-- Statistics and request logs (PostgreSQL).
+--
+-- stats_hourly holds one row per UTC hour and (channel, client key, group, upstream model) that
+-- saw traffic: writers only ever add to it (`x = x + ?`), so several gateways sharing a server
+-- database sum correctly. Days are derived from hours. Ids of 0 and empty names stand for "none".
+CREATE TABLE IF NOT EXISTS stats_hourly (
+    hour BIGINT NOT NULL,
+    channel_id BIGINT NOT NULL,
+    api_key_id BIGINT NOT NULL,
+    group_name TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests BIGINT NOT NULL DEFAULT 0,
+    success BIGINT NOT NULL DEFAULT 0,
+    failed BIGINT NOT NULL DEFAULT 0,
+    input_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+    reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+    cost_micros BIGINT NOT NULL DEFAULT 0,
+    latency_ms_sum BIGINT NOT NULL DEFAULT 0,
+    ttft_ms_sum BIGINT NOT NULL DEFAULT 0,
+    ttft_count BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, channel_id, api_key_id, group_name, model)
+);
+
+-- One row per finished relay request. Ids are made by the gateway (time-ordered, unique across
+-- nodes), so newest-first is ORDER BY id DESC.
+CREATE TABLE IF NOT EXISTS relay_logs (
+    id BIGINT PRIMARY KEY,
+    time_ms BIGINT NOT NULL,
+    api_key_id BIGINT,
+    api_key_name TEXT NOT NULL DEFAULT '',
+    group_name TEXT NOT NULL DEFAULT '',
+    channel_id BIGINT,
+    channel_name TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL DEFAULT '',
+    client_format TEXT NOT NULL DEFAULT '',
+    status_code BIGINT NOT NULL,
+    success BOOLEAN NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    input_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+    reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+    cost_micros BIGINT NOT NULL DEFAULT 0,
+    ttft_ms BIGINT,
+    latency_ms BIGINT NOT NULL DEFAULT 0,
+    stream BOOLEAN NOT NULL DEFAULT FALSE,
+    error TEXT NOT NULL DEFAULT '',
+    attempt_details TEXT NOT NULL DEFAULT '[]',
+    request_body TEXT,
+    response_body TEXT
+);
+CREATE INDEX IF NOT EXISTS relay_logs_time ON relay_logs (time_ms);
+CREATE INDEX IF NOT EXISTS relay_logs_group ON relay_logs (group_name, id);
+CREATE INDEX IF NOT EXISTS relay_logs_channel ON relay_logs (channel_id, id);
+CREATE INDEX IF NOT EXISTS relay_logs_api_key ON relay_logs (api_key_id, id);

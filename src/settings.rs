@@ -1,0 +1,215 @@
+//! Runtime settings stored in the database (`GET|PUT /api/v1/settings`): defaults, validation,
+//! loading, and the shared cell every thread reads the current values from.
+//!
+//! Unlike `config.rs` (a file read once at start), these change while the gateway runs: a PUT
+//! validates every value, stores it, and swaps the cell, and the readers (stats writer,
+//! scheduler, metrics endpoint) pick the new values up on their next look.
+
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::store::{Store, StoreResult};
+
+/// Every runtime setting with its current value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// How often the stats writer flushes counters to the database.
+    pub stats_save_interval_seconds: u64,
+    /// Request logs older than this are pruned.
+    pub log_retention_days: u64,
+    /// At most this many request logs are kept (the oldest go first); 0 writes no logs at all.
+    pub log_max_rows: u64,
+    /// Whether request and response bodies are kept in the logs.
+    pub log_bodies: bool,
+    /// Each kept body is cut to this many bytes.
+    pub log_body_max_bytes: u64,
+    /// How often prices are synced from models.dev; 0 = only at start and on demand.
+    pub price_sync_interval_hours: u64,
+    /// How often channels with `auto_sync` refresh their model lists; 0 = only on demand.
+    pub model_sync_interval_hours: u64,
+    /// Where the models.dev catalogue is fetched from (`{models_dev_url}/api.json`).
+    pub models_dev_url: String,
+    /// Whether `GET /metrics` answers (404 when off).
+    pub metrics_enabled: bool,
+    /// When not empty, `/metrics` requires `Authorization: Bearer <metrics_token>`.
+    pub metrics_token: String,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            stats_save_interval_seconds: 60,
+            log_retention_days: 30,
+            log_max_rows: 100_000,
+            log_bodies: false,
+            log_body_max_bytes: 65_536,
+            price_sync_interval_hours: 24,
+            model_sync_interval_hours: 24,
+            models_dev_url: "https://models.dev".to_string(),
+            metrics_enabled: false,
+            metrics_token: String::new(),
+        }
+    }
+}
+
+/// The names of every setting, in the order the API shows them.
+pub const SETTING_NAMES: [&str; 10] = [
+    "stats_save_interval_seconds",
+    "log_retention_days",
+    "log_max_rows",
+    "log_bodies",
+    "log_body_max_bytes",
+    "price_sync_interval_hours",
+    "model_sync_interval_hours",
+    "models_dev_url",
+    "metrics_enabled",
+    "metrics_token",
+];
+
+/// A setting name prefix in the `settings` table, so other keys stored there never collide.
+const STORAGE_PREFIX: &str = "setting.";
+
+impl Settings {
+    /// Applies a JSON object of changes, validating every field; on error nothing is changed
+    /// and the message names the field and the rule.
+    pub fn with_changes(&self, changes: &Map<String, Value>) -> Result<Settings, String> {
+        let mut updated = self.clone();
+        for (name, value) in changes {
+            updated.apply_one(name, value)?;
+        }
+        Ok(updated)
+    }
+
+    fn apply_one(&mut self, name: &str, value: &Value) -> Result<(), String> {
+        match name {
+            "stats_save_interval_seconds" => self.stats_save_interval_seconds = whole_number(name, value, 1, 86_400)?,
+            "log_retention_days" => self.log_retention_days = whole_number(name, value, 1, 36_500)?,
+            "log_max_rows" => self.log_max_rows = whole_number(name, value, 0, 1_000_000_000)?,
+            "log_bodies" => self.log_bodies = flag(name, value)?,
+            "log_body_max_bytes" => self.log_body_max_bytes = whole_number(name, value, 0, 16 * 1024 * 1024)?,
+            "price_sync_interval_hours" => self.price_sync_interval_hours = whole_number(name, value, 0, 8_760)?,
+            "model_sync_interval_hours" => self.model_sync_interval_hours = whole_number(name, value, 0, 8_760)?,
+            "models_dev_url" => {
+                let url = text(name, value)?.trim().trim_end_matches('/').to_string();
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                    return Err(format!("{name} must be an http:// or https:// URL, got {url:?}"));
+                }
+                self.models_dev_url = url;
+            }
+            "metrics_enabled" => self.metrics_enabled = flag(name, value)?,
+            "metrics_token" => self.metrics_token = text(name, value)?,
+            other => return Err(format!("unknown setting {other:?} (known: {})", SETTING_NAMES.join(", "))),
+        }
+        Ok(())
+    }
+
+    /// The settings as the API shows them.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// Reads the stored settings over the defaults. A stored value that no longer validates (an
+    /// older or hand-edited database) is logged and left at its default rather than stopping.
+    pub fn load(store: &mut dyn Store) -> StoreResult<Settings> {
+        let mut settings = Settings::default();
+        for (key, raw) in store.list_settings()? {
+            let Some(name) = key.strip_prefix(STORAGE_PREFIX) else { continue };
+            let parsed = serde_json::from_str::<Value>(&raw).map_err(|error| error.to_string());
+            if let Err(problem) = parsed.and_then(|value| settings.apply_one(name, &value)) {
+                log::warn!("ignoring the stored setting {name}: {problem}");
+            }
+        }
+        Ok(settings)
+    }
+
+    /// Stores every setting that differs from `previous`.
+    pub fn save_changes(&self, previous: &Settings, store: &mut dyn Store) -> StoreResult<()> {
+        let new_values = self.to_json();
+        let old_values = previous.to_json();
+        for name in SETTING_NAMES {
+            if new_values[name] != old_values[name] {
+                store.set_setting(&format!("{STORAGE_PREFIX}{name}"), &new_values[name].to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn whole_number(name: &str, value: &Value, minimum: u64, maximum: u64) -> Result<u64, String> {
+    match value.as_u64() {
+        Some(number) if (minimum..=maximum).contains(&number) => Ok(number),
+        _ => Err(format!("{name} must be a whole number from {minimum} to {maximum}, got {value}")),
+    }
+}
+
+fn flag(name: &str, value: &Value) -> Result<bool, String> {
+    value.as_bool().ok_or_else(|| format!("{name} must be true or false, got {value}"))
+}
+
+fn text(name: &str, value: &Value) -> Result<String, String> {
+    value.as_str().map(str::to_string).ok_or_else(|| format!("{name} must be a string, got {value}"))
+}
+
+/// The current settings, shared by every thread; replaced whole on change.
+#[derive(Default)]
+pub struct SettingsCell {
+    current: RwLock<Arc<Settings>>,
+}
+
+impl SettingsCell {
+    pub fn new(settings: Settings) -> SettingsCell {
+        SettingsCell { current: RwLock::new(Arc::new(settings)) }
+    }
+
+    pub fn get(&self) -> Arc<Settings> {
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn set(&self, settings: Settings) {
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(settings);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let defaults = Settings::default().to_json();
+        assert_eq!(
+            defaults,
+            json!({"stats_save_interval_seconds": 60, "log_retention_days": 30, "log_max_rows": 100000,
+                   "log_bodies": false, "log_body_max_bytes": 65536, "price_sync_interval_hours": 24,
+                   "model_sync_interval_hours": 24, "models_dev_url": "https://models.dev",
+                   "metrics_enabled": false, "metrics_token": ""})
+        );
+        assert_eq!(defaults.as_object().unwrap().len(), SETTING_NAMES.len());
+    }
+
+    #[test]
+    fn a_bad_value_names_the_field_and_changes_nothing() {
+        let settings = Settings::default();
+        let changes = json!({"log_bodies": true, "stats_save_interval_seconds": 0});
+        let error = settings.with_changes(changes.as_object().unwrap()).unwrap_err();
+        assert!(error.contains("stats_save_interval_seconds"), "{error}");
+        let error = settings.with_changes(json!({"models_dev_url": "ftp://x"}).as_object().unwrap()).unwrap_err();
+        assert!(error.contains("models_dev_url"), "{error}");
+        let error = settings.with_changes(json!({"log_max_rows": -1}).as_object().unwrap()).unwrap_err();
+        assert!(error.contains("log_max_rows"), "{error}");
+        let error = settings.with_changes(json!({"nope": 1}).as_object().unwrap()).unwrap_err();
+        assert!(error.contains("unknown setting"), "{error}");
+    }
+
+    #[test]
+    fn changes_apply_and_urls_lose_their_trailing_slash() {
+        let changes = json!({"models_dev_url": "http://127.0.0.1:9/", "metrics_enabled": true});
+        let updated = Settings::default().with_changes(changes.as_object().unwrap()).unwrap();
+        assert_eq!(updated.models_dev_url, "http://127.0.0.1:9");
+        assert!(updated.metrics_enabled);
+    }
+}

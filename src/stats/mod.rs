@@ -1,0 +1,296 @@
+//! Statistics, prices and request logs: every finished relay request counted, priced and kept.
+//!
+//! The relay hands each finished request to the stats-writer thread as a `RequestRecord` over a
+//! bounded crossbeam channel (`relay::record::RecordSink`, which drops and counts rather than
+//! blocks). That thread prices the record, adds it to in-memory hourly deltas and queues its log
+//! row; it writes logs about every second and adds the deltas to the database every
+//! `stats_save_interval_seconds`, at each UTC hour boundary and on shutdown. The writes are
+//! additive upserts, so several gateways on one database sum correctly.
+//!
+//! Reads (`query`) merge the persisted rows with the deltas not yet written, under a gate that a
+//! flush holds while it commits, so the API is always live and never counts a delta twice.
+//!
+//! Architecture invariants: the relay never waits on this module; nothing here runs on a
+//! coroutine worker except `StatsService`'s quick in-memory reads (the spending check).
+
+pub mod aggregate;
+pub mod catalog;
+pub mod log_id;
+pub mod log_view;
+pub mod price_state;
+pub mod pricing;
+pub mod query;
+pub mod redact;
+pub mod tail;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::relay::record::{RecentRecords, RequestRecord};
+use crate::settings::SettingsCell;
+use crate::stats::log_id::LogIdGenerator;
+use crate::stats::price_state::PriceState;
+use crate::stats::tail::Tail;
+use crate::store::entities::{RequestLog, StatsCounters, StatsGrouping, StatsKey, StatsRow};
+use crate::store::pool::StorePool;
+use crate::store::StoreResult;
+
+/// Log rows held in memory while the database cannot take them; past this the oldest are dropped
+/// (and counted), so a database outage cannot exhaust memory.
+const MAX_PENDING_LOGS: usize = 20_000;
+
+/// The deltas and logs not yet in the database.
+#[derive(Default)]
+struct Books {
+    /// Counted since the last flush began.
+    pending: HashMap<StatsKey, StatsCounters>,
+    /// Taken by the flush in progress (or left by a failed one, retried with the next).
+    flushing: HashMap<StatsKey, StatsCounters>,
+    logs: Vec<RequestLog>,
+}
+
+/// Numbers about the writer itself, for `/metrics` and the API.
+#[derive(Default)]
+pub struct WriterMetrics {
+    pub records: AtomicU64,
+    pub stats_flushes: AtomicU64,
+    pub stats_flush_failures: AtomicU64,
+    pub logs_written: AtomicU64,
+    pub logs_dropped: AtomicU64,
+    pub log_flush_failures: AtomicU64,
+    /// Unix milliseconds of the last successful stats flush (0 = none yet).
+    pub last_flush_at_ms: AtomicI64,
+}
+
+/// The shared statistics state: deltas, spending per client key, prices and the live tail.
+pub struct StatsService {
+    pub store: StorePool,
+    pub settings: Arc<SettingsCell>,
+    pub prices: PriceState,
+    pub tail: Tail,
+    pub metrics: WriterMetrics,
+    books: Mutex<Books>,
+    /// Held for reading while a query merges database rows with the deltas, and for writing while
+    /// a flush commits and forgets its deltas: a reader sees each delta exactly once.
+    flush_gate: RwLock<()>,
+    /// Micro-dollars spent per client key id: the database's total at the last flush plus what
+    /// this node counted since. Read by the relay to enforce `max_cost`.
+    spending: RwLock<HashMap<i64, i64>>,
+    log_ids: LogIdGenerator,
+    /// The last finished requests, kept in memory for tests and diagnostics.
+    pub recent: Option<Arc<RecentRecords>>,
+}
+
+/// One line per finished request at info level: never a key, body or token.
+fn access_log(record: &RequestRecord) {
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
+    let usage = record.usage.map(|usage| format!(" tokens={}/{}", usage.input_tokens, usage.output_tokens)).unwrap_or_default();
+    log::info!(
+        "{} model={} channel={} status={} attempts={} ttft_ms={} total_ms={}{}{}",
+        record.client_format,
+        record.group,
+        record.channel_name,
+        record.status,
+        record.attempts.len(),
+        record.ttft_ms.map(|ttft| ttft.to_string()).unwrap_or_else(|| "-".to_string()),
+        record.total_ms,
+        usage,
+        record.error.as_ref().map(|error| format!(" error={error:?}")).unwrap_or_default(),
+    );
+}
+
+impl StatsService {
+    pub fn new(store: StorePool, settings: Arc<SettingsCell>, prices: PriceState) -> StatsService {
+        StatsService {
+            store,
+            settings,
+            prices,
+            tail: Tail::default(),
+            metrics: WriterMetrics::default(),
+            books: Mutex::new(Books::default()),
+            flush_gate: RwLock::new(()),
+            spending: RwLock::new(HashMap::new()),
+            log_ids: LogIdGenerator::new(crate::util::os_random_u64()),
+            recent: None,
+        }
+    }
+
+    fn books(&self) -> MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Micro-dollars the client key has spent, over all time and every node (as of this node's
+    /// last flush, plus its own requests since).
+    pub fn spent_micros(&self, api_key_id: i64) -> i64 {
+        self.spending.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&api_key_id).copied().unwrap_or(0)
+    }
+
+    /// Prices, counts and queues one finished request. Called on the writer thread.
+    pub fn ingest(&self, record: RequestRecord, finished_at_ms: i64) {
+        self.metrics.records.fetch_add(1, Ordering::Relaxed);
+        access_log(&record);
+        let cost = match &record.usage {
+            Some(usage) => {
+                let (price, _) = self.prices.book().effective(record.channel_id, &record.upstream_model);
+                pricing::cost_micros(usage, &price)
+            }
+            None => 0,
+        };
+        let key = aggregate::stats_key(&record, finished_at_ms);
+        let counters = aggregate::counters_of(&record, cost);
+        let settings = self.settings.get();
+        let log = (settings.log_max_rows > 0).then(|| {
+            let mut log = aggregate::log_of(&record, self.log_ids.next(finished_at_ms), cost);
+            if settings.log_bodies {
+                let limit = usize::try_from(settings.log_body_max_bytes).unwrap_or(usize::MAX);
+                log.request_body = record.request_body.as_deref().map(|body| redact::body_for_log(body, limit));
+                log.response_body = record.response_body.as_deref().map(|body| redact::body_for_log(body, limit));
+            }
+            log
+        });
+        {
+            let mut books = self.books();
+            books.pending.entry(key).or_default().add(&counters);
+            if let Some(log) = &log {
+                if books.logs.len() >= MAX_PENDING_LOGS {
+                    books.logs.remove(0);
+                    self.metrics.logs_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                books.logs.push(log.clone());
+            }
+        }
+        if cost > 0 {
+            if let Some(api_key_id) = record.client_key_id {
+                *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(api_key_id).or_default() += cost;
+            }
+        }
+        if let Some(log) = log {
+            self.tail.publish(&log);
+        }
+        if let Some(recent) = &self.recent {
+            recent.push(record);
+        }
+    }
+
+    /// Adds every pending delta to the database. On failure the deltas are kept and retried with
+    /// the next flush. Called on the writer thread (it blocks on the store).
+    pub fn flush_stats(self: &Arc<Self>, now_ms: i64) -> StoreResult<()> {
+        {
+            let mut books = self.books();
+            let pending = std::mem::take(&mut books.pending);
+            for (key, counters) in pending {
+                books.flushing.entry(key).or_default().add(&counters);
+            }
+            if books.flushing.is_empty() {
+                return Ok(());
+            }
+        }
+        let service = self.clone();
+        let written = self.store.call(move |store| {
+            let _gate = service.flush_gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let rows: Vec<StatsRow> = service
+                .books()
+                .flushing
+                .iter()
+                .map(|(key, counters)| StatsRow { key: key.clone(), counters: *counters })
+                .collect();
+            store.add_stats(&rows)?;
+            service.books().flushing.clear();
+            Ok(())
+        });
+        match written {
+            Ok(()) => {
+                self.metrics.stats_flushes.fetch_add(1, Ordering::Relaxed);
+                self.metrics.last_flush_at_ms.store(now_ms, Ordering::Relaxed);
+                self.refresh_spending();
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.stats_flush_failures.fetch_add(1, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+
+    /// Writes the queued log rows. On failure they stay queued (bounded) for the next try.
+    pub fn flush_logs(&self) -> StoreResult<()> {
+        let logs = std::mem::take(&mut self.books().logs);
+        if logs.is_empty() {
+            return Ok(());
+        }
+        let count = logs.len() as u64;
+        let (logs, result) = self.store.call(move |store| {
+            let result = store.insert_logs(&logs);
+            (logs, result)
+        });
+        match result {
+            Ok(()) => {
+                self.metrics.logs_written.fetch_add(count, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.log_flush_failures.fetch_add(1, Ordering::Relaxed);
+                let mut books = self.books();
+                let newer = std::mem::replace(&mut books.logs, logs);
+                books.logs.extend(newer);
+                let excess = books.logs.len().saturating_sub(MAX_PENDING_LOGS);
+                if excess > 0 {
+                    books.logs.drain(..excess);
+                    self.metrics.logs_dropped.fetch_add(excess as u64, Ordering::Relaxed);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Reloads every key's total spend from the database and adds what is not written yet, so
+    /// spending on other nodes sharing the database counts too.
+    pub fn refresh_spending(&self) {
+        let persisted = self.store.call(|store| store.stats_grouped(i64::MIN, i64::MAX, StatsGrouping::ApiKey));
+        let persisted = match persisted {
+            Ok(rows) => rows,
+            Err(error) => {
+                log::warn!("could not read the client keys' spending: {error}");
+                return;
+            }
+        };
+        let books = self.books();
+        let mut spending: HashMap<i64, i64> =
+            persisted.into_iter().map(|row| (row.key.api_key_id, row.counters.cost_micros)).collect();
+        for (key, counters) in books.pending.iter().chain(books.flushing.iter()) {
+            *spending.entry(key.api_key_id).or_default() += counters.cost_micros;
+        }
+        *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = spending;
+    }
+
+    /// Deltas and queued logs not yet written (for `/metrics` and tests).
+    pub fn backlog(&self) -> (usize, usize) {
+        let books = self.books();
+        (books.pending.len() + books.flushing.len(), books.logs.len())
+    }
+
+    /// Sums over `from_hour <= hour < to_hour`, grouped as asked: the database's rows plus the
+    /// deltas not yet written. Blocks on the store: callable from coroutines (which park) and
+    /// threads.
+    pub fn grouped(self: &Arc<Self>, from_hour: i64, to_hour: i64, grouping: StatsGrouping) -> StoreResult<Vec<StatsRow>> {
+        let service = self.clone();
+        self.store.call(move |store| {
+            let _gate = service.flush_gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut merged: HashMap<StatsKey, StatsCounters> =
+                store.stats_grouped(from_hour, to_hour, grouping)?.into_iter().map(|row| (row.key, row.counters)).collect();
+            let books = service.books();
+            for (key, counters) in books.pending.iter().chain(books.flushing.iter()) {
+                if key.hour >= from_hour && key.hour < to_hour {
+                    merged.entry(grouping.project(key)).or_default().add(counters);
+                }
+            }
+            let mut rows: Vec<StatsRow> = merged.into_iter().map(|(key, counters)| StatsRow { key, counters }).collect();
+            rows.sort_by(|left, right| left.key.cmp(&right.key));
+            Ok(rows)
+        })
+    }
+}

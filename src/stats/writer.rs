@@ -1,0 +1,120 @@
+//! The stats-writer thread: receives finished requests, counts them, and writes logs about every
+//! second and statistics every `stats_save_interval_seconds`, at each UTC hour boundary and when
+//! asked to stop (after draining every record already sent).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use crate::relay::record::RequestRecord;
+use crate::stats::aggregate::hour_of_millis;
+use crate::stats::StatsService;
+use crate::util::unix_millis;
+
+/// How often queued log rows are written.
+const LOG_FLUSH_INTERVAL_MS: i64 = 1_000;
+/// After a failed flush, how long until the next try (shorter than the usual interval so an
+/// outage loses as little as possible when the process dies).
+const RETRY_AFTER_FAILURE_MS: i64 = 5_000;
+
+/// A running writer and the way to stop it.
+pub struct StatsWriter {
+    stop: Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StatsWriter {
+    pub fn spawn(service: Arc<StatsService>, records: Receiver<RequestRecord>) -> StatsWriter {
+        let (stop, stop_receiver) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("stats-writer".to_string())
+            .spawn(move || run(&service, &records, &stop_receiver))
+            .expect("spawn the stats-writer thread");
+        StatsWriter { stop, thread: Some(thread) }
+    }
+
+    /// Drains the records already sent, writes everything and stops. Returns when done.
+    pub fn stop_and_flush(mut self) {
+        let _ = self.stop.send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(service: &Arc<StatsService>, records: &Receiver<RequestRecord>, stop: &Receiver<()>) {
+    let mut next_stats_flush = unix_millis() + stats_interval_ms(service);
+    let mut next_log_flush = unix_millis() + LOG_FLUSH_INTERVAL_MS;
+    let mut current_hour = hour_of_millis(unix_millis());
+    loop {
+        let now = unix_millis();
+        let wake_at = next_stats_flush.min(next_log_flush).min((current_hour + 3_600) * 1_000);
+        let timeout = Duration::from_millis(u64::try_from(wake_at - now).unwrap_or(0));
+        let mut stopping = false;
+        select! {
+            recv(records) -> message => match message {
+                Ok(record) => service.ingest(record, unix_millis()),
+                Err(_) => stopping = true,
+            },
+            recv(stop) -> _ => stopping = true,
+            default(timeout) => {}
+        }
+        if stopping {
+            while let Ok(record) = records.try_recv() {
+                service.ingest(record, unix_millis());
+            }
+            final_flush(service);
+            return;
+        }
+        // Take whatever else is already queued before looking at the clocks.
+        while let Ok(record) = records.try_recv() {
+            service.ingest(record, unix_millis());
+        }
+        let now = unix_millis();
+        if now >= next_log_flush {
+            next_log_flush = now
+                + match service.flush_logs() {
+                    Ok(()) => LOG_FLUSH_INTERVAL_MS,
+                    Err(error) => {
+                        log::warn!("could not write request logs (will retry): {error}");
+                        RETRY_AFTER_FAILURE_MS
+                    }
+                };
+        }
+        let hour = hour_of_millis(now);
+        if now >= next_stats_flush || hour != current_hour {
+            current_hour = hour;
+            next_stats_flush = now
+                + match service.flush_stats(now) {
+                    Ok(()) => stats_interval_ms(service),
+                    Err(error) => {
+                        log::warn!("could not write statistics (will retry): {error}");
+                        RETRY_AFTER_FAILURE_MS.min(stats_interval_ms(service))
+                    }
+                };
+        }
+    }
+}
+
+/// The last writes before the process exits: a few tries each, since what is not written now is
+/// lost.
+fn final_flush(service: &Arc<StatsService>) {
+    for attempt in 1..=3 {
+        let logs = service.flush_logs();
+        let stats = service.flush_stats(unix_millis());
+        match (logs, stats) {
+            (Ok(()), Ok(())) => return,
+            (logs, stats) => {
+                let error = logs.err().or(stats.err()).map(|error| error.to_string()).unwrap_or_default();
+                log::error!("final write of statistics and logs failed (try {attempt} of 3): {error}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+fn stats_interval_ms(service: &StatsService) -> i64 {
+    i64::try_from(service.settings.get().stats_save_interval_seconds.saturating_mul(1_000)).unwrap_or(i64::MAX)
+}

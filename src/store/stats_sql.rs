@@ -1,0 +1,340 @@
+//! The SQL of the statistics and request-log tables, written once for the three dialects.
+//!
+//! These statements differ between backends only in placeholders, integer casts and the upsert
+//! clause, so they are built here from a `Dialect` and each backend binds the `SqlValue`s with its
+//! own driver. Keeping them in one place keeps the three backends' answers identical.
+
+use crate::store::entities::{
+    LogFilter, LoggedAttempt, RequestLog, StatsCounters, StatsGrouping, StatsKey, StatsRow, STATS_COUNTER_COLUMNS,
+};
+use crate::store::{StoreError, StoreResult};
+
+/// The SQL dialect of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+/// A value bound to a placeholder.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SqlValue {
+    Int(i64),
+    OptionalInt(Option<i64>),
+    Text(String),
+    OptionalText(Option<String>),
+    Bool(bool),
+}
+
+/// Typed access to the columns of one result row, implemented by each backend for its driver.
+pub trait ColumnReader {
+    fn int(&self, index: usize) -> StoreResult<i64>;
+    fn optional_int(&self, index: usize) -> StoreResult<Option<i64>>;
+    fn text(&self, index: usize) -> StoreResult<String>;
+    fn optional_text(&self, index: usize) -> StoreResult<Option<String>>;
+    fn boolean(&self, index: usize) -> StoreResult<bool>;
+}
+
+impl Dialect {
+    /// The placeholder of the `position`-th parameter (1-based).
+    pub fn placeholder(self, position: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${position}"),
+            Dialect::Sqlite | Dialect::Mysql => "?".to_string(),
+        }
+    }
+
+    /// A cast of a SUM to a 64-bit integer the driver reads as one (PostgreSQL and MySQL widen
+    /// sums to NUMERIC/DECIMAL).
+    fn integer_sum(self, column: &str) -> String {
+        let integer_type = match self {
+            Dialect::Sqlite => "INTEGER",
+            Dialect::Postgres => "BIGINT",
+            Dialect::Mysql => "SIGNED",
+        };
+        format!("CAST(COALESCE(SUM({column}), 0) AS {integer_type})")
+    }
+}
+
+/// `INSERT` of one `stats_hourly` row that adds to the row when it exists: parameters are the
+/// five key columns then the twelve counters.
+pub fn stats_upsert(dialect: Dialect) -> String {
+    let key_columns = ["hour", "channel_id", "api_key_id", "group_name", "model"];
+    let columns: Vec<&str> = key_columns.iter().chain(STATS_COUNTER_COLUMNS.iter()).copied().collect();
+    let placeholders: Vec<String> = (1..=columns.len()).map(|position| dialect.placeholder(position)).collect();
+    let insert = format!("INSERT INTO stats_hourly ({}) VALUES ({})", columns.join(", "), placeholders.join(", "));
+    let additions: Vec<String> = STATS_COUNTER_COLUMNS
+        .iter()
+        .map(|column| match dialect {
+            Dialect::Sqlite => format!("{column} = {column} + excluded.{column}"),
+            Dialect::Postgres => format!("{column} = stats_hourly.{column} + EXCLUDED.{column}"),
+            Dialect::Mysql => format!("{column} = {column} + VALUES({column})"),
+        })
+        .collect();
+    match dialect {
+        Dialect::Sqlite | Dialect::Postgres => format!(
+            "{insert} ON CONFLICT (hour, channel_id, api_key_id, group_name, model) DO UPDATE SET {}",
+            additions.join(", ")
+        ),
+        Dialect::Mysql => format!("{insert} ON DUPLICATE KEY UPDATE {}", additions.join(", ")),
+    }
+}
+
+/// Sums of `stats_hourly` over `hour >= $1 AND hour < $2`, grouped as asked. Columns: the five
+/// key columns of `StatsKey` (constants where not grouped on), then the twelve counters.
+pub fn stats_grouped_query(dialect: Dialect, grouping: StatsGrouping) -> String {
+    let key_columns = grouping.key_columns();
+    // PostgreSQL types a bare 0 as a 32-bit integer; every key column is read as 64-bit.
+    let mut select: Vec<String> = key_columns
+        .iter()
+        .map(|column| match (*column, dialect) {
+            ("0", Dialect::Postgres) => "CAST(0 AS BIGINT)".to_string(),
+            (column, _) => column.to_string(),
+        })
+        .collect();
+    select.extend(STATS_COUNTER_COLUMNS.iter().map(|column| dialect.integer_sum(column)));
+    let grouped: Vec<&str> = key_columns.iter().copied().filter(|column| !column.starts_with('0') && !column.starts_with('\'')).collect();
+    let mut sql = format!(
+        "SELECT {} FROM stats_hourly WHERE hour >= {} AND hour < {}",
+        select.join(", "),
+        dialect.placeholder(1),
+        dialect.placeholder(2)
+    );
+    if !grouped.is_empty() {
+        sql.push_str(&format!(" GROUP BY {}", grouped.join(", ")));
+    }
+    sql
+}
+
+/// The columns of `relay_logs` in the order `log_insert` binds and `log_select_columns` reads.
+pub const LOG_COLUMNS: [&str; 25] = [
+    "id",
+    "time_ms",
+    "api_key_id",
+    "api_key_name",
+    "group_name",
+    "channel_id",
+    "channel_name",
+    "model",
+    "client_format",
+    "status_code",
+    "success",
+    "attempts",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_micros",
+    "ttft_ms",
+    "latency_ms",
+    "stream",
+    "error",
+    "attempt_details",
+    "request_body",
+    "response_body",
+];
+
+/// `INSERT` of one `relay_logs` row with every column of `LOG_COLUMNS`. A row whose id exists is
+/// skipped, so a batch retried after a failed commit is not written twice.
+pub fn log_insert(dialect: Dialect) -> String {
+    let placeholders: Vec<String> = (1..=LOG_COLUMNS.len()).map(|position| dialect.placeholder(position)).collect();
+    let insert = format!("INTO relay_logs ({}) VALUES ({})", LOG_COLUMNS.join(", "), placeholders.join(", "));
+    match dialect {
+        Dialect::Sqlite => format!("INSERT OR IGNORE {insert}"),
+        Dialect::Postgres => format!("INSERT {insert} ON CONFLICT (id) DO NOTHING"),
+        Dialect::Mysql => format!("INSERT IGNORE {insert}"),
+    }
+}
+
+/// The `WHERE` clause (possibly empty) and its values for a log filter; placeholders start at 1.
+pub fn log_filter_clause(dialect: Dialect, filter: &LogFilter) -> (String, Vec<SqlValue>) {
+    let mut conditions = Vec::new();
+    let mut values = Vec::new();
+    let mut add = |condition: &str, value: SqlValue, values: &mut Vec<SqlValue>| {
+        values.push(value);
+        conditions.push(format!("{condition} {}", dialect.placeholder(values.len())));
+    };
+    if let Some(group) = &filter.group {
+        add("group_name =", SqlValue::Text(group.clone()), &mut values);
+    }
+    if let Some(channel_id) = filter.channel_id {
+        add("channel_id =", SqlValue::Int(channel_id), &mut values);
+    }
+    if let Some(api_key_id) = filter.api_key_id {
+        add("api_key_id =", SqlValue::Int(api_key_id), &mut values);
+    }
+    if let Some(success) = filter.success {
+        add("success =", SqlValue::Bool(success), &mut values);
+    }
+    if let Some(from_ms) = filter.from_ms {
+        add("time_ms >=", SqlValue::Int(from_ms), &mut values);
+    }
+    if let Some(to_ms) = filter.to_ms {
+        add("time_ms <", SqlValue::Int(to_ms), &mut values);
+    }
+    if conditions.is_empty() {
+        (String::new(), values)
+    } else {
+        (format!(" WHERE {}", conditions.join(" AND ")), values)
+    }
+}
+
+/// A page of logs, newest first: the filter's values, then limit and offset.
+pub fn log_page_query(dialect: Dialect, filter: &LogFilter, with_bodies: bool) -> (String, Vec<SqlValue>) {
+    let (clause, values) = log_filter_clause(dialect, filter);
+    let sql = format!(
+        "SELECT {} FROM relay_logs{clause} ORDER BY id DESC LIMIT {} OFFSET {}",
+        log_select_columns(with_bodies),
+        dialect.placeholder(values.len() + 1),
+        dialect.placeholder(values.len() + 2)
+    );
+    (sql, values)
+}
+
+/// The columns read back for a log; without bodies they are read as NULL to keep pages small.
+pub fn log_select_columns(with_bodies: bool) -> String {
+    if with_bodies {
+        LOG_COLUMNS.join(", ")
+    } else {
+        let mut columns: Vec<&str> = LOG_COLUMNS[..LOG_COLUMNS.len() - 2].to_vec();
+        columns.extend(["NULL", "NULL"]);
+        columns.join(", ")
+    }
+}
+
+/// The values of `stats_upsert` for one row.
+pub fn stats_row_values(row: &StatsRow) -> Vec<SqlValue> {
+    let mut values = vec![
+        SqlValue::Int(row.key.hour),
+        SqlValue::Int(row.key.channel_id),
+        SqlValue::Int(row.key.api_key_id),
+        SqlValue::Text(row.key.group.clone()),
+        SqlValue::Text(row.key.model.clone()),
+    ];
+    values.extend(row.counters.to_array().into_iter().map(SqlValue::Int));
+    values
+}
+
+/// Reads one row of `stats_grouped_query`.
+pub fn decode_stats_row(row: &impl ColumnReader) -> StoreResult<StatsRow> {
+    let key = StatsKey {
+        hour: row.int(0)?,
+        channel_id: row.int(1)?,
+        api_key_id: row.int(2)?,
+        group: row.text(3)?,
+        model: row.text(4)?,
+    };
+    let mut counters = [0_i64; 12];
+    for (index, counter) in counters.iter_mut().enumerate() {
+        *counter = row.int(5 + index)?;
+    }
+    Ok(StatsRow { key, counters: StatsCounters::from_array(counters) })
+}
+
+/// The values of `log_insert` for one log, in `LOG_COLUMNS` order.
+pub fn log_values(log: &RequestLog) -> Vec<SqlValue> {
+    vec![
+        SqlValue::Int(log.id),
+        SqlValue::Int(log.time_ms),
+        SqlValue::OptionalInt(log.api_key_id),
+        SqlValue::Text(log.api_key_name.clone()),
+        SqlValue::Text(log.group.clone()),
+        SqlValue::OptionalInt(log.channel_id),
+        SqlValue::Text(log.channel_name.clone()),
+        SqlValue::Text(log.model.clone()),
+        SqlValue::Text(log.client_format.clone()),
+        SqlValue::Int(i64::from(log.status_code)),
+        SqlValue::Bool(log.success),
+        SqlValue::Int(log.attempts),
+        SqlValue::Int(log.input_tokens),
+        SqlValue::Int(log.output_tokens),
+        SqlValue::Int(log.cache_read_tokens),
+        SqlValue::Int(log.cache_write_tokens),
+        SqlValue::Int(log.reasoning_tokens),
+        SqlValue::Int(log.cost_micros),
+        SqlValue::OptionalInt(log.ttft_ms),
+        SqlValue::Int(log.latency_ms),
+        SqlValue::Bool(log.stream),
+        SqlValue::Text(log.error.clone()),
+        SqlValue::Text(serde_json::to_string(&log.attempt_details).unwrap_or_else(|_| "[]".to_string())),
+        SqlValue::OptionalText(log.request_body.clone()),
+        SqlValue::OptionalText(log.response_body.clone()),
+    ]
+}
+
+/// Reads one row selected with `log_select_columns`.
+pub fn decode_log(row: &impl ColumnReader) -> StoreResult<RequestLog> {
+    let attempt_details_json = row.text(22)?;
+    let attempt_details: Vec<LoggedAttempt> = serde_json::from_str(&attempt_details_json)
+        .map_err(|error| StoreError::Backend(format!("relay_logs.attempt_details is not valid JSON: {error}")))?;
+    Ok(RequestLog {
+        id: row.int(0)?,
+        time_ms: row.int(1)?,
+        api_key_id: row.optional_int(2)?,
+        api_key_name: row.text(3)?,
+        group: row.text(4)?,
+        channel_id: row.optional_int(5)?,
+        channel_name: row.text(6)?,
+        model: row.text(7)?,
+        client_format: row.text(8)?,
+        status_code: u16::try_from(row.int(9)?).unwrap_or(0),
+        success: row.boolean(10)?,
+        attempts: row.int(11)?,
+        input_tokens: row.int(12)?,
+        output_tokens: row.int(13)?,
+        cache_read_tokens: row.int(14)?,
+        cache_write_tokens: row.int(15)?,
+        reasoning_tokens: row.int(16)?,
+        cost_micros: row.int(17)?,
+        ttft_ms: row.optional_int(18)?,
+        latency_ms: row.int(19)?,
+        stream: row.boolean(20)?,
+        error: row.text(21)?,
+        attempt_details,
+        request_body: row.optional_text(23)?,
+        response_body: row.optional_text(24)?,
+    })
+}
+
+/// The newest log id past which everything is pruned to keep `keep_rows` rows: parameter is the
+/// offset (`keep_rows`); no row means there is nothing to prune.
+pub fn log_prune_boundary_query(dialect: Dialect) -> String {
+    format!("SELECT id FROM relay_logs ORDER BY id DESC LIMIT 1 OFFSET {}", dialect.placeholder(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upsert_adds_to_every_counter_in_each_dialect() {
+        let sqlite = stats_upsert(Dialect::Sqlite);
+        assert!(sqlite.contains("ttft_count = ttft_count + excluded.ttft_count"));
+        assert!(sqlite.contains("?, ?"));
+        let postgres = stats_upsert(Dialect::Postgres);
+        assert!(postgres.contains("requests = stats_hourly.requests + EXCLUDED.requests"));
+        assert!(postgres.contains("$17)"));
+        let mysql = stats_upsert(Dialect::Mysql);
+        assert!(mysql.contains("ON DUPLICATE KEY UPDATE requests = requests + VALUES(requests)"));
+    }
+
+    #[test]
+    fn grouped_queries_group_only_on_real_columns() {
+        let by_model = stats_grouped_query(Dialect::Postgres, StatsGrouping::ChannelModel);
+        assert!(by_model.starts_with("SELECT 0, channel_id, 0, '', model, CAST(COALESCE(SUM(requests), 0) AS BIGINT)"));
+        assert!(by_model.ends_with("GROUP BY channel_id, model"));
+        let total = stats_grouped_query(Dialect::Mysql, StatsGrouping::Total);
+        assert!(!total.contains("GROUP BY"));
+        assert!(total.contains("AS SIGNED"));
+    }
+
+    #[test]
+    fn log_filters_number_their_placeholders() {
+        let filter = LogFilter { group: Some("g".to_string()), success: Some(false), ..LogFilter::default() };
+        let (sql, values) = log_page_query(Dialect::Postgres, &filter, false);
+        assert!(sql.contains("WHERE group_name = $1 AND success = $2 ORDER BY id DESC LIMIT $3 OFFSET $4"), "{sql}");
+        assert_eq!(values, vec![SqlValue::Text("g".to_string()), SqlValue::Bool(false)]);
+    }
+}
