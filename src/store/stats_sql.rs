@@ -323,7 +323,7 @@ mod tests {
     #[test]
     fn grouped_queries_group_only_on_real_columns() {
         let by_model = stats_grouped_query(Dialect::Postgres, StatsGrouping::ChannelModel);
-        assert!(by_model.starts_with("SELECT 0, channel_id, 0, '', model, CAST(COALESCE(SUM(requests), 0) AS BIGINT)"));
+        assert!(by_model.starts_with("SELECT CAST(0 AS BIGINT), channel_id, CAST(0 AS BIGINT), '', model, CAST(COALESCE(SUM(requests), 0) AS BIGINT)"), "{by_model}");
         assert!(by_model.ends_with("GROUP BY channel_id, model"));
         let total = stats_grouped_query(Dialect::Mysql, StatsGrouping::Total);
         assert!(!total.contains("GROUP BY"));
