@@ -218,6 +218,9 @@ struct GatewayHandler {
 impl Handler for GatewayHandler {
     fn handle(&self, request: Request) -> Response {
         let path = request.path.as_str();
+        if path == "/metrics" && (request.method == "GET" || request.method == "HEAD") {
+            return api::metrics::handle(&self.admin, &self.relay, &request);
+        }
         if path == "/healthz" || path.starts_with("/api/") {
             return api::handle(&self.admin, &request);
         }

@@ -154,6 +154,12 @@ pub fn authenticate(context: &AdminContext, request: &Request) -> Result<AdminUs
         .map(str::trim)
         .filter(|token| !token.is_empty())
         .ok_or_else(|| ApiError::Unauthenticated("log in first: send Authorization: Bearer <token>".to_string()))?;
+    authenticate_token(context, token)
+}
+
+/// Checks a session token however it arrived (a header, or `?token=` where a browser cannot set
+/// headers, as with `EventSource`).
+pub fn authenticate_token(context: &AdminContext, token: &str) -> Result<AdminUser, ApiError> {
     let token_hash = util::sha256_hex(token.as_bytes());
     let now = util::unix_seconds();
     let user = store_call(context, move |store| {

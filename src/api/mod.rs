@@ -10,8 +10,12 @@ pub mod body;
 pub mod channels;
 pub mod error;
 pub mod groups;
+pub mod logs;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod settings;
+pub mod stats;
 pub mod ui;
 
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
-use crate::api::{api_keys, auth, body, channels, groups, openapi, AdminContext};
+use crate::api::{api_keys, auth, body, channels, groups, logs, openapi, settings, stats, AdminContext};
 use crate::http::{Request, Response};
 use crate::store::entities::{AdminUser, ChannelType};
 
@@ -55,6 +55,21 @@ pub static ROUTES: &[Route] = &[
     route("GET", "/api/v1/api-keys/{id}", true, |call| api_keys::get(call.context, id(call))),
     route("PUT", "/api/v1/api-keys/{id}", true, |call| api_keys::update(call.context, call.request, id(call))),
     route("DELETE", "/api/v1/api-keys/{id}", true, |call| api_keys::delete(call.context, id(call))),
+    route("GET", "/api/v1/stats/summary", true, |call| stats::summary(call.context, call.request)),
+    route("GET", "/api/v1/stats/daily", true, |call| stats::daily(call.context, call.request)),
+    route("GET", "/api/v1/stats/hourly", true, |call| stats::hourly(call.context, call.request)),
+    route("GET", "/api/v1/stats/channels", true, |call| stats::by_channel(call.context, call.request)),
+    route("GET", "/api/v1/stats/api-keys", true, |call| stats::by_api_key(call.context, call.request)),
+    route("GET", "/api/v1/stats/groups", true, |call| stats::by_group(call.context, call.request)),
+    route("GET", "/api/v1/stats/models", true, |call| stats::by_model(call.context, call.request)),
+    route("GET", "/api/v1/logs", true, |call| logs::list(call.context, call.request)),
+    // Authenticates itself: the token may come as ?token= (EventSource sends no headers).
+    route("GET", "/api/v1/logs/tail", false, |call| logs::tail(call.context, call.request)),
+    route("GET", "/api/v1/logs/{id}", true, |call| logs::get(call.context, id(call))),
+    route("GET", "/api/v1/settings", true, |call| settings::get(call.context)),
+    route("PUT", "/api/v1/settings", true, |call| settings::update(call.context, call.request)),
+    route("GET", "/api/v1/jobs", true, |call| settings::jobs(call.context)),
+    route("GET", "/api/v1/version", true, |_| settings::version()),
 ];
 
 /// Finds the route for a request, checks the login when needed and runs it.

@@ -75,6 +75,11 @@ impl RecordSink {
         }
     }
 
+    /// Records sent and not yet taken by the consumer.
+    pub fn queued(&self) -> usize {
+        self.sender.len()
+    }
+
     /// Records dropped because the consumer was not keeping up (or was gone).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

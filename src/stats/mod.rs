@@ -17,6 +17,7 @@ pub mod aggregate;
 pub mod catalog;
 pub mod log_id;
 pub mod log_view;
+pub mod metrics;
 pub mod price_state;
 pub mod pricing;
 pub mod query;
@@ -81,6 +82,8 @@ pub struct StatsService {
     log_ids: LogIdGenerator,
     /// The last finished requests, kept in memory for tests and diagnostics.
     pub recent: Option<Arc<RecentRecords>>,
+    /// Prometheus counters and histograms.
+    pub relay_metrics: Mutex<metrics::RelayMetrics>,
 }
 
 /// One line per finished request at info level: never a key, body or token.
@@ -116,6 +119,7 @@ impl StatsService {
             spending: RwLock::new(HashMap::new()),
             log_ids: LogIdGenerator::new(crate::util::os_random_u64()),
             recent: None,
+            relay_metrics: Mutex::new(metrics::RelayMetrics::default()),
         }
     }
 
@@ -133,6 +137,7 @@ impl StatsService {
     pub fn ingest(&self, record: RequestRecord, finished_at_ms: i64) {
         self.metrics.records.fetch_add(1, Ordering::Relaxed);
         access_log(&record);
+        self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(&record);
         let cost = match &record.usage {
             Some(usage) => {
                 let (price, _) = self.prices.book().effective(record.channel_id, &record.upstream_model);
