@@ -85,6 +85,7 @@ impl Gateway {
     /// Stops accepting connections, lets the relay requests in flight finish (up to `grace`),
     /// then writes every statistic and log still in memory.
     pub fn shutdown_gracefully(self, grace: Duration) {
+        self.relay.begin_shutdown();
         self.server.shutdown();
         let deadline = std::time::Instant::now() + grace;
         while self.relay.in_flight() > 0 && std::time::Instant::now() < deadline {

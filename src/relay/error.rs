@@ -34,6 +34,8 @@ pub enum RelayError {
     UpstreamTimeout(String),
     /// 500: a bug or an unexpected internal failure.
     Internal(String),
+    /// 503: the gateway is shutting down and takes no new requests.
+    ShuttingDown(String),
     /// 499 (nginx's "client closed request"): the client left before the answer. Nobody reads
     /// the response; the status is for the request record.
     ClientGone(String),
@@ -47,7 +49,7 @@ impl RelayError {
             RelayError::ModelNotAllowed(message) => (403, ErrorKind::PermissionDenied, message),
             RelayError::QuotaExceeded(message) => (429, ErrorKind::RateLimited, message),
             RelayError::UnknownModel(message) | RelayError::NotFound(message) => (404, ErrorKind::NotFound, message),
-            RelayError::NoAvailableChannel(message) => (503, ErrorKind::Overloaded, message),
+            RelayError::NoAvailableChannel(message) | RelayError::ShuttingDown(message) => (503, ErrorKind::Overloaded, message),
             RelayError::UpstreamUnreachable(message) => (502, ErrorKind::Upstream, message),
             RelayError::UpstreamTimeout(message) => (504, ErrorKind::Timeout, message),
             RelayError::Internal(message) => (500, ErrorKind::Internal, message),

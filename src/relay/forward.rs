@@ -93,8 +93,12 @@ impl CallTrace {
 /// Answers `POST /v1/chat/completions`, `/v1/responses`, `/v1/messages` and the Gemini paths.
 pub fn handle_generate(state: &Arc<RelayState>, request: &Request, route: &RelayRoute, client_format: Format) -> Response {
     let started = Instant::now();
+    let Some(in_flight) = state.enter_request() else {
+        return RelayError::ShuttingDown("the gateway is shutting down; retry on another node or in a moment".to_string())
+            .render(client_format);
+    };
     let mut trace = CallTrace {
-        _in_flight: state.enter_request(),
+        _in_flight: in_flight,
         started,
         record: RequestRecord {
             started_at_ms: util::unix_millis(),
@@ -139,6 +143,15 @@ enum Answer {
     Stream(StreamBuilder),
 }
 
+/// The most response bytes held for a request log. Redaction (which shrinks inline media) runs
+/// later on the writer thread, which then cuts to `log_body_max_bytes`; this only bounds memory.
+const MAX_LOGGED_RESPONSE_BYTES: usize = 1024 * 1024;
+
+fn keep_for_log(kept: &mut Vec<u8>, bytes: &[u8]) {
+    let room = MAX_LOGGED_RESPONSE_BYTES.saturating_sub(kept.len());
+    kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
 /// Refuses a key whose spending (over all time, every node) has reached its `max_cost`.
 fn check_spending_cap(state: &RelayState, api_key: &crate::store::entities::ApiKey) -> Result<(), RelayError> {
     let Some(max_cost) = api_key.max_cost else { return Ok(()) };
@@ -163,6 +176,12 @@ fn generate(
     trace.record.client_key_id = Some(api_key.id);
     trace.record.client_key_name = api_key.name.clone();
     check_spending_cap(state, &api_key)?;
+    if state.stats.settings.get().log_bodies {
+        // Copied only when the admin asked for bodies in the logs; redacted and cut off the
+        // request path, by the stats writer.
+        trace.record.request_body = Some(request.body.clone());
+        trace.record.response_body = Some(Vec::new());
+    }
     let call = parse_call(route, request)?;
     trace.record.group = call.model.clone();
     trace.record.stream = call.stream;
@@ -314,6 +333,9 @@ fn generate(
                         remember_sticky(state, &group, api_key.id, item_index);
                         trace.record.usage = usage;
                         trace.record.ttft_ms = Some(trace.started.elapsed().as_millis() as u64);
+                        if let Some(kept) = trace.record.response_body.as_mut() {
+                            keep_for_log(kept, &body);
+                        }
                         drop(watchdog);
                         let content_type = "application/json";
                         return Ok(Answer::Complete(Response::bytes(status, content_type, body)));
@@ -683,6 +705,9 @@ fn pump(
             translator.translate(event, &mut out);
             if !out.is_empty() {
                 writer.write_chunk(&out)?;
+                if let Some(kept) = trace.record.response_body.as_mut() {
+                    keep_for_log(kept, &out);
+                }
                 if trace.record.ttft_ms.is_none() {
                     trace.record.ttft_ms = Some(trace.started.elapsed().as_millis() as u64);
                 }

@@ -56,6 +56,8 @@ pub struct RelayState {
     pub stats: Arc<StatsService>,
     /// Requests started and not yet recorded, for the graceful shutdown.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Set when shutdown begins: new relay requests get a 503 and no record.
+    shutting_down: std::sync::atomic::AtomicBool,
     seed: AtomicU64,
 }
 
@@ -79,19 +81,30 @@ impl RelayState {
             recent,
             stats,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             seed: AtomicU64::new(crate::util::os_random_u64()),
         }
     }
 
     /// Relay requests started whose record has not been emitted yet.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Counts a request as in flight until the guard is dropped.
-    pub fn enter_request(self: &Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlightGuard { state: self.clone() }
+    /// Counts a request as in flight until the guard is dropped; `None` once shutdown has begun.
+    ///
+    /// The count goes up before the flag is read and the shutdown sets the flag before it reads
+    /// the count (both sequentially consistent), so every request either sees the flag or is
+    /// waited for: none is served after the statistics were written.
+    pub fn enter_request(self: &Arc<Self>) -> Option<InFlightGuard> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlightGuard { state: self.clone() };
+        (!self.shutting_down.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// Refuses new relay requests from now on (graceful shutdown).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
     }
 
     /// Reloads the snapshot from the store. Callable from coroutines and threads.
@@ -176,6 +189,6 @@ pub struct InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

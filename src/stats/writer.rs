@@ -48,8 +48,11 @@ fn run(service: &Arc<StatsService>, records: &Receiver<RequestRecord>, stop: &Re
     let mut next_stats_flush = unix_millis() + stats_interval_ms(service);
     let mut next_log_flush = unix_millis() + LOG_FLUSH_INTERVAL_MS;
     let mut current_hour = hour_of_millis(unix_millis());
+    let mut last_stats_flush = unix_millis();
     loop {
         let now = unix_millis();
+        // A shorter interval set in the settings applies at once, not after the old one ran out.
+        next_stats_flush = next_stats_flush.min(last_stats_flush + stats_interval_ms(service));
         let wake_at = next_stats_flush.min(next_log_flush).min((current_hour + 3_600) * 1_000);
         let timeout = Duration::from_millis(u64::try_from(wake_at - now).unwrap_or(0));
         let mut stopping = false;
@@ -86,6 +89,7 @@ fn run(service: &Arc<StatsService>, records: &Receiver<RequestRecord>, stop: &Re
         let hour = hour_of_millis(now);
         if now >= next_stats_flush || hour != current_hour {
             current_hour = hour;
+            last_stats_flush = now;
             next_stats_flush = now
                 + match service.flush_stats(now) {
                     Ok(()) => stats_interval_ms(service),

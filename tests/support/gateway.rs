@@ -18,6 +18,8 @@ use crate::support::http_client::json_request;
 pub struct TestGateway {
     pub gateway: Option<Gateway>,
     pub address: SocketAddr,
+    /// The configuration it was started with (port 0), for restarts and second nodes.
+    pub config: Config,
     /// Keeps the database alive (and drops it at the end) for server backends.
     _database: TestDatabase,
 }
@@ -35,9 +37,29 @@ impl TestGateway {
         // Probes would add requests to the mocks at unpredictable times; the probe tests turn them on.
         config.relay.probe_interval_seconds = 0;
         tweak(&mut config);
-        let gateway = octopus::app::start(config).unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
+        let gateway = octopus::app::start(config.clone()).unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
         let address = gateway.local_addr();
-        TestGateway { gateway: Some(gateway), address, _database: database }
+        TestGateway { gateway: Some(gateway), address, config, _database: database }
+    }
+
+    /// Stops the gateway (writing its statistics and logs) and starts a new one on the same
+    /// database, as a restart of the process would.
+    pub fn restart(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown();
+        }
+        let gateway = octopus::app::start(self.config.clone()).unwrap_or_else(|error| panic!("gateway failed to restart: {error}"));
+        self.address = gateway.local_addr();
+        self.gateway = Some(gateway);
+    }
+
+    /// Another gateway node on the same database (several nodes sharing PostgreSQL or MySQL).
+    pub fn second_node(&self) -> Gateway {
+        octopus::app::start(self.config.clone()).unwrap_or_else(|error| panic!("second node failed to start: {error}"))
+    }
+
+    pub fn running(&self) -> &Gateway {
+        self.gateway.as_ref().expect("the gateway is running")
     }
 
     pub fn start(database: TestDatabase) -> TestGateway {
@@ -48,6 +70,13 @@ impl TestGateway {
     /// (half the password hashing of `admin_token`, for tests that only need to configure).
     pub fn login_token(&self) -> String {
         let login = json_request(self.address, "POST", "/api/v1/auth/login", None, Some(&json!({"username": "admin", "password": "admin"})));
+        assert_eq!(login.status, 200, "login: {}", login.text());
+        login.json()["token"].as_str().unwrap().to_string()
+    }
+
+    /// Logs in with the password `admin_token` set (after a restart).
+    pub fn login_token_after_change(&self) -> String {
+        let login = json_request(self.address, "POST", "/api/v1/auth/login", None, Some(&json!({"username": "admin", "password": "a-better-password"})));
         assert_eq!(login.status, 200, "login: {}", login.text());
         login.json()["token"].as_str().unwrap().to_string()
     }
