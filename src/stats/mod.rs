@@ -168,10 +168,8 @@ impl StatsService {
                 books.logs.push(log.clone());
             }
         }
-        if cost > 0 {
-            if let Some(api_key_id) = record.client_key_id {
-                *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(api_key_id).or_default() += cost;
-            }
+        if let Some(api_key_id) = record.client_key_id.filter(|_| cost > 0) {
+            *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(api_key_id).or_default() += cost;
         }
         if let Some(log) = log {
             self.tail.publish(&log);

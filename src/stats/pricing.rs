@@ -97,10 +97,8 @@ impl PriceBook {
     /// The price of `model` (the upstream model name) on `channel_id`: the channel's own price,
     /// else the default price, else the catalogue's for the channel's provider.
     pub fn effective(&self, channel_id: Option<i64>, model: &str) -> (Price, PriceSource) {
-        if let Some(channel_id) = channel_id {
-            if let Some(price) = self.channel_prices.get(&(channel_id, model.to_string())) {
-                return (*price, PriceSource::Channel);
-            }
+        if let Some(price) = channel_id.and_then(|channel_id| self.channel_prices.get(&(channel_id, model.to_string()))) {
+            return (*price, PriceSource::Channel);
         }
         if let Some(price) = self.default_prices.get(model) {
             return (*price, PriceSource::Default);
