@@ -96,7 +96,7 @@ fn check_counted(gateway: &TestGateway, token: &str, expected_requests: i64) {
     assert_eq!(days.len(), 7);
     assert_eq!(days.iter().map(|day| day["requests"].as_i64().unwrap()).sum::<i64>(), expected_requests);
     assert_eq!(days[6]["requests"], expected_requests, "today (at +08:00) holds every request: {daily}");
-    let hourly = get(gateway, token, "/api/v1/stats/hourly?tz=%2B08:00");
+    let hourly = get(gateway, token, "/api/v1/stats/hourly?tz=+08:00");
     let hours = hourly["items"].as_array().unwrap();
     assert_eq!(hours.len(), 24);
     assert_eq!(hours.iter().map(|hour| hour["requests"].as_i64().unwrap()).sum::<i64>(), expected_requests);
