@@ -68,10 +68,10 @@ pub fn create(context: &AdminContext, request: &Request) -> Result<Response, Api
         cache_write: price.cache_write,
     };
     let stored = store_call(context, move |store| {
-        if let Some(channel_id) = row.channel_id {
-            if store.channel_by_id(channel_id)?.is_none() {
-                return Ok(None);
-            }
+        if let Some(channel_id) = row.channel_id
+            && store.channel_by_id(channel_id)?.is_none()
+        {
+            return Ok(None);
         }
         store.upsert_price(&row).map(Some)
     })?
@@ -129,10 +129,10 @@ pub fn effective(context: &AdminContext, request: &Request) -> Result<Response, 
         .filter(|model| !model.is_empty())
         .ok_or_else(|| ApiError::Malformed("the model query parameter is required".to_string()))?;
     let channel_id = optional_channel_query(request)?;
-    if let Some(channel_id) = channel_id {
-        if store_call(context, move |store| store.channel_by_id(channel_id))?.is_none() {
-            return Err(ApiError::NotFound(format!("no channel with id {channel_id}")));
-        }
+    if let Some(channel_id) = channel_id
+        && store_call(context, move |store| store.channel_by_id(channel_id))?.is_none()
+    {
+        return Err(ApiError::NotFound(format!("no channel with id {channel_id}")));
     }
     let (price, source) = context.stats.prices.book().effective(channel_id, &model);
     let mut shown = price_fields(&model, channel_id, &price, source);
