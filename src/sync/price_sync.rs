@@ -22,25 +22,28 @@ const MAX_CATALOGUE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Fetches and parses the catalogue, puts it in force and rebuilds the price book. On any
 /// failure the catalogue in force stays, the error is recorded for `GET /api/v1/prices/sync`
-/// and returned. Blocks: call it from a thread or a coroutine (the network and store waits park
+/// and returned. When syncs overlap, the one started last wins (`PriceState::finish_sync`). Blocks: call it from a thread or a coroutine (the network and store waits park
 /// a coroutine rather than its worker).
 pub fn sync_prices(stats: &Arc<StatsService>, client: &UpstreamClient) -> Result<String, String> {
+    let ticket = stats.prices.begin_sync();
     let url = format!("{}/api.json", stats.settings.get().models_dev_url.trim_end_matches('/'));
-    let outcome = fetch_catalog(client, &url).and_then(|catalog| {
-        let models = catalog.len();
-        let providers = catalog.provider_count();
-        stats.prices.replace_catalog(catalog, unix_millis() / 1_000);
-        let service = stats.clone();
-        stats
-            .store
-            .call(move |store| service.prices.rebuild(store))
-            .map_err(|error| format!("the catalogue is in force but the price book could not be rebuilt: {error}"))?;
-        Ok(format!("synced {models} prices of {providers} providers from {url}"))
-    });
-    if let Err(error) = &outcome {
-        stats.prices.record_sync_error(error.clone());
+    let fetched = fetch_catalog(client, &url);
+    let summary = match &fetched {
+        Ok(catalog) => Ok(format!("synced {} prices of {} providers from {url}", catalog.len(), catalog.provider_count())),
+        Err(error) => Err(error.clone()),
+    };
+    let applied = stats.prices.finish_sync(ticket, fetched, unix_millis() / 1_000);
+    let summary = summary?;
+    if !applied {
+        return Ok(format!("{summary}, but a newer sync finished first and stays in force"));
     }
-    outcome
+    let service = stats.clone();
+    stats.store.call(move |store| service.prices.rebuild(store)).map_err(|error| {
+        let message = format!("the catalogue is in force but the price book could not be rebuilt: {error}");
+        stats.prices.record_sync_error(message.clone());
+        message
+    })?;
+    Ok(summary)
 }
 
 /// Downloads `url` within the deadline and size bound and parses it as a models.dev catalogue.
