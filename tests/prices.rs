@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use support::databases::{self, TestDatabase};
 use support::gateway::TestGateway;
-use support::http_client::json_request;
+use support::http_client::{json_request, request};
+use support::lanes::ANTHROPIC;
+use support::mock_upstream::MockUpstream;
 use support::shared_fixtures::fixtures_dir;
 
 /// A model only the full catalogue prices (its provider is not in the compiled-in snapshot), so
@@ -278,4 +280,48 @@ fn an_unknown_model_is_unpriced_and_costs_nothing() {
     let token = gateway.login_token();
     let price = effective(&gateway, &token, None, "no-such-model-anywhere");
     assert_eq!(price, json!({"model": "no-such-model-anywhere", "channel_id": null, "input": 0.0, "output": 0.0, "cache_read": 0.0, "cache_write": 0.0, "source": "unpriced"}));
+}
+
+/// The relay charges by the same tiers: a request on a model only the catalogue prices costs what
+/// models.dev says (the mock reports 10 input and 5 output tokens: 10 * 3 + 5 * 15 = 105
+/// micro-dollars for Claude Sonnet 4.5), and a channel price set through the API applies to the
+/// next request at once (10 * 1 + 5 * 2 = 20 more).
+#[test]
+fn relayed_requests_are_charged_at_the_catalogue_price_then_at_the_channel_price() {
+    let mock = MockUpstream::default_success();
+    let gateway = TestGateway::start(databases::sqlite());
+    let token = gateway.login_token();
+    let channel = gateway.create_channel(
+        &token,
+        json!({"name": "anthropic", "type": ANTHROPIC.channel_type, "base_urls": [ANTHROPIC.base_url(&mock.base_url())], "keys": ["sk-upstream-000000001"]}),
+    );
+    gateway.create_group(&token, json!({"name": "sonnet", "items": [{"channel_id": channel, "model": "claude-sonnet-4-5-20250929"}]}));
+    let key = gateway.create_client_key(&token, json!({"name": "laptop"}));
+    let call = || {
+        let headers = ANTHROPIC.auth_headers(&key);
+        let header_refs: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let body = ANTHROPIC.body("sonnet", false).to_string();
+        let response = request(gateway.address, "POST", &ANTHROPIC.path("sonnet", false), &header_refs, body.as_bytes());
+        assert_eq!(response.status, 200, "{}", response.text());
+    };
+    let wait_for_cost = |expected_micros: i64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, summary) = get(&gateway, &token, "/api/v1/stats/summary");
+            if (summary["cost"].as_f64().unwrap_or(-1.0) - expected_micros as f64 / 1e6).abs() < 1e-12 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "expected a total cost of {expected_micros} micro-dollars: {summary}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    assert_eq!(effective(&gateway, &token, Some(channel), "claude-sonnet-4-5-20250929")["source"], "models.dev");
+    call();
+    wait_for_cost(105);
+
+    let (status, row) = send(&gateway, &token, "POST", "/api/v1/prices", json!({"model": "claude-sonnet-4-5-20250929", "channel_id": channel, "input": 1, "output": 2}));
+    assert_eq!(status, 201, "{row}");
+    call();
+    wait_for_cost(125);
 }
