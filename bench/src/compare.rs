@@ -97,7 +97,7 @@ fn render(arms: &[Arm; 2], baseline_binary: &Path, gateway_binary: &Path, plan: 
     );
     let total = |arm: &Arm| {
         let (cpu, completed) = arm.load_rounds.iter().fold((0, 0), |(cpu, completed), round| (cpu + round.0, completed + round.1));
-        if completed > 0 { cpu * 1_000 / completed } else { 0 }
+        (cpu * 1_000).checked_div(completed).unwrap_or(0)
     };
     row(&mut out, "Gateway CPU per request, all rounds pooled", total(&arms[0]), total(&arms[1]));
     let _ = writeln!(out, "| Errors | {} | {} | |", arms[0].errors.count, arms[1].errors.count);
