@@ -253,6 +253,29 @@ fn parse_message(
             }
             out.push(Message::new(Role::Assistant, parts));
         }
+        // Claude Code 2.1 (beta `mid-conversation-system-2026-04-07`) sends system turns inside
+        // `messages`, after the first user turn. They stay at their position in the IR: formats
+        // with positional system messages keep them there, and formats with one system prompt
+        // hoist them (`ir::hoisted_system_parts`).
+        "system" => {
+            let mut parts = Vec::new();
+            for (position, block) in blocks.iter().enumerate() {
+                let block_path = index(&content_path, position);
+                match req_str(block, "type", &block_path)? {
+                    "text" => parts.push(Part::Text(TextPart {
+                        text: req_str(block, "text", &block_path)?.to_string(),
+                        cache_control: field(block, "cache_control").cloned(),
+                    })),
+                    other => log::debug!(
+                        "anthropic request: {block_path} is a {other:?} block in a system message, \
+                         which only text can fill; dropped"
+                    ),
+                }
+            }
+            if !parts.is_empty() {
+                out.push(Message::new(Role::System, parts));
+            }
+        }
         other => {
             return Err(ConvertError::new(
                 join(path, "role"),

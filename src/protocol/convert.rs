@@ -644,6 +644,8 @@ mod tests {
         assert_eq!(
             lanes,
             [
+                "request_anthropic_to_anthropic",
+                "request_anthropic_to_antigravity",
                 "request_anthropic_to_chat",
                 "request_anthropic_to_gemini",
                 "request_anthropic_to_responses",
@@ -687,6 +689,18 @@ mod tests {
     #[test]
     fn request_anthropic_to_chat() {
         check_lane("request_anthropic_to_chat");
+    }
+
+    /// Same-format lanes pass the body through; these cases show that nothing the relay reads
+    /// first rejects or rewrites what current clients send.
+    #[test]
+    fn request_anthropic_to_anthropic() {
+        check_lane("request_anthropic_to_anthropic");
+    }
+
+    #[test]
+    fn request_anthropic_to_antigravity() {
+        check_lane("request_anthropic_to_antigravity");
     }
 
     #[test]
@@ -969,6 +983,20 @@ mod tests {
                         .insert(0, crate::protocol::ir::Message::new(Role::System, system));
                 }
                 request.include_usage = false;
+                // Thinking is left off when the last assistant turn called tools without an
+                // Anthropic-signed thinking block (Claude Code sends such histories).
+                let last_assistant = request
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|message| message.role == Role::Assistant);
+                let calls_tools_unsigned = last_assistant.is_some_and(|message| {
+                    message.parts.iter().any(|part| matches!(part, Part::ToolCall(_)))
+                        && !message.parts.iter().any(|part| matches!(part, Part::Reasoning(_)))
+                });
+                if calls_tools_unsigned {
+                    request.reasoning = None;
+                }
             }
             Format::OpenaiResponses => openai_responses_known_losses(&mut request),
             Format::Gemini => {
