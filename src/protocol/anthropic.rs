@@ -29,10 +29,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
-use crate::protocol::json::{
-    field, index, insert_some, join, object, opt_array, opt_bool, opt_f64, opt_str, opt_u64,
-    req_str,
-};
+use crate::protocol::json::{field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64, opt_str, opt_u64, req_str};
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_value};
 
@@ -149,6 +146,14 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
     if let Some(metadata) = field(body, "metadata") {
         request.user = opt_str(metadata, "user_id", "metadata")?.map(str::to_string);
     }
+    // Context editing, remote MCP servers and code-execution containers run inside Anthropic's
+    // API; another upstream gets the conversation exactly as the client sent it and no server
+    // tools, which it can still answer.
+    log_dropped_fields(
+        Format::Anthropic,
+        body,
+        &["context_management", "mcp_servers", "container", "service_tier"],
+    );
     Ok(request)
 }
 
@@ -297,11 +302,41 @@ fn parse_user_block(block: &Value, path: &str) -> Result<Option<Part>, ConvertEr
         }
         "image" => Ok(Some(Part::Image(parse_media(block, path)?))),
         "document" => Ok(Some(Part::Document(parse_media(block, path)?))),
+        "search_result" => Ok(Some(Part::text(search_result_text(block, path)?))),
+        // A file uploaded into Anthropic's code-execution container; other upstreams have no
+        // container to put it in.
+        "container_upload" => {
+            log::debug!("anthropic request: {path} is a container_upload block; dropped");
+            Ok(None)
+        }
         other => Err(ConvertError::new(
             join(path, "type"),
             format!("unsupported content block type {other:?}"),
         )),
     }
+}
+
+/// A `search_result` block (a client-side RAG result with its source, for citations) as plain
+/// text: the title, the source and the content, which is what the model needs to use it.
+/// Citations are Anthropic's own feature and are not asked for elsewhere.
+fn search_result_text(block: &Value, path: &str) -> Result<String, ConvertError> {
+    let mut lines = Vec::new();
+    for key in ["title", "source"] {
+        if let Some(value) = opt_str(block, key, path)?
+            && !value.is_empty()
+        {
+            lines.push(value.to_string());
+        }
+    }
+    let content_path = join(path, "content");
+    for (position, inner) in opt_array(block, "content", path)?
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        lines.push(req_str(inner, "text", &index(&content_path, position))?.to_string());
+    }
+    Ok(lines.join("\n"))
 }
 
 fn parse_media(block: &Value, path: &str) -> Result<Media, ConvertError> {
@@ -393,8 +428,12 @@ fn parse_assistant_block(block: &Value, path: &str) -> Result<Option<Part>, Conv
                 .unwrap_or_else(|| "{}".to_string()),
             signature: None,
         }),
-        // Server-side tool blocks (web search and the like) only make sense to Anthropic.
-        _ => return Ok(None),
+        // Server-side tool blocks (`server_tool_use`, `web_search_tool_result` and the like)
+        // record work Anthropic's servers did; only Anthropic can read them back.
+        other => {
+            log::debug!("anthropic: {path} is a {other:?} block with no equivalent elsewhere; dropped");
+            return Ok(None);
+        }
     };
     Ok(Some(part))
 }
@@ -498,6 +537,9 @@ pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value,
     }
     if let Some(user) = &request.user {
         body.insert("metadata".into(), json!({"user_id": user}));
+    }
+    if request.verbosity.is_some() {
+        log::debug!("anthropic upstream: the client's verbosity has no equivalent; dropped");
     }
     if options.stream {
         body.insert("stream".into(), true.into());
