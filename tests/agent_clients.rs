@@ -1,0 +1,162 @@
+//! Requests exactly as today's coding agents send them (issue 10), through a real gateway to every
+//! channel type. Claude Code 2.1 puts `role: "system"` turns inside `messages`, after the first
+//! user turn, under the beta `mid-conversation-system-2026-04-07`; the body here is one recorded
+//! from Claude Code 2.1.197 on a loopback listener (trimmed), shared with the protocol fixtures.
+
+mod support;
+
+use serde_json::{Value, json};
+
+use support::databases;
+use support::gateway::TestGateway;
+use support::http_client::request;
+use support::mock_upstream::{MockUpstream, RecordedRequest};
+use support::wire::{ChannelKind, ClientProtocol, UsageSummary};
+use support::wire_client::{Rules, validate_response};
+use support::wire_upstream::{ScriptedAnswer, scripted_reply};
+
+/// The recorded Claude Code request: a user turn, a system turn, a Bash call and its result.
+const RECORDED_CLAUDE_CODE_REQUEST: &str = include_str!(
+    "../src/protocol/testdata/request_anthropic_to_chat/recorded_claude_code_system_in_messages.in.json"
+);
+/// How the system turn inside `messages` of the recording begins.
+const MID_SYSTEM_START: &str = "Available agent types for the Agent tool:";
+/// The beta list Claude Code 2.1.197 sent with the recording.
+const CLAUDE_CODE_BETAS: &str = "claude-code-20250219,interleaved-thinking-2025-05-14,thinking-token-count-2026-05-13,context-management-2025-06-27,prompt-caching-scope-2026-01-05,mid-conversation-system-2026-04-07";
+const ANTIGRAVITY_PROJECT: &str = "agent-clients-project";
+
+fn answer() -> ScriptedAnswer {
+    ScriptedAnswer {
+        reasoning: Vec::new(),
+        text: vec!["hi".to_string(), " there".to_string()],
+        tool_call: None,
+        usage: UsageSummary {
+            input: 10,
+            cached: 0,
+            output: 2,
+            reasoning: 0,
+        },
+    }
+}
+
+fn upstream_model(channel: ChannelKind) -> String {
+    format!("{}-agent-model", channel.name().replace('_', "-"))
+}
+
+fn channel_key(channel: ChannelKind) -> String {
+    match channel {
+        ChannelKind::Antigravity => "ya29.agent-clients-token".to_string(),
+        other => format!("sk-agent-{}-0001", other.name().replace('_', "-")),
+    }
+}
+
+/// The roles of a list of turns, in order.
+fn roles(turns: &Value) -> Vec<String> {
+    turns
+        .as_array()
+        .expect("a list of turns")
+        .iter()
+        .map(|turn| turn["role"].as_str().unwrap_or("(none)").to_string())
+        .collect()
+}
+
+fn text_of(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|part| part["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// Checks where the recorded system turn landed in the request `channel`'s upstream got.
+fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent: &Value) {
+    let body: Value = serde_json::from_slice(&upstream.body).expect("the upstream body is JSON");
+    let label = channel.name();
+    match channel {
+        ChannelKind::OpenaiChat => {
+            // The top-level system first, then the turns in the client's order.
+            assert_eq!(roles(&body["messages"]), ["system", "user", "system", "assistant", "tool"], "{label}");
+            assert!(text_of(&body["messages"][2]["content"]).starts_with(MID_SYSTEM_START), "{label}");
+        }
+        ChannelKind::OpenaiResponses => {
+            let items = body["input"].as_array().expect("input items");
+            let kinds: Vec<String> = items
+                .iter()
+                .map(|item| format!("{}:{}", item["type"].as_str().unwrap_or(""), item["role"].as_str().unwrap_or("")))
+                .collect();
+            assert_eq!(kinds, ["message:user", "message:system", "function_call:", "function_call_output:"], "{label}");
+            assert!(text_of(&items[1]["content"]).starts_with(MID_SYSTEM_START), "{label}");
+            assert!(body["instructions"].as_str().unwrap().contains("You are a Claude agent"), "{label}");
+        }
+        ChannelKind::Anthropic => {
+            // Passed through untouched but for the model, with the client's betas.
+            let mut expected = sent.clone();
+            expected["model"] = json!(upstream_model(channel));
+            assert_eq!(body, expected, "{label}");
+            let betas = upstream.header("anthropic-beta").unwrap_or("");
+            assert!(betas.contains("mid-conversation-system-2026-04-07"), "{label}: betas {betas:?}");
+        }
+        ChannelKind::Gemini | ChannelKind::Antigravity => {
+            let request = if channel == ChannelKind::Gemini { &body } else { &body["request"] };
+            let parts = request["systemInstruction"]["parts"].as_array().expect("systemInstruction parts");
+            // The top-level system blocks first, then the system turn from inside `messages`.
+            assert_eq!(parts.len(), 4, "{label}");
+            assert!(parts[3]["text"].as_str().unwrap().starts_with(MID_SYSTEM_START), "{label}");
+            assert_eq!(roles(&request["contents"]), ["user", "model", "user"], "{label}");
+        }
+    }
+}
+
+#[test]
+fn claude_code_system_turns_inside_messages_work_on_every_channel_type() {
+    let gateway = TestGateway::start_with(databases::sqlite(), |config| {
+        config.antigravity.project = ANTIGRAVITY_PROJECT.to_string();
+        config.relay.max_attempts = 1;
+    });
+    let token = gateway.admin_token();
+    let mut mocks = Vec::new();
+    for channel in ChannelKind::ALL {
+        let model = upstream_model(channel);
+        let mock = MockUpstream::start(move |request: &RecordedRequest| scripted_reply(channel, &answer(), request, &model));
+        let channel_id = gateway.create_channel(
+            &token,
+            json!({"name": format!("agents-{}", channel.name()), "type": channel.name(),
+                   "base_urls": [channel.base_url(&mock.base_url())], "keys": [channel_key(channel)]}),
+        );
+        gateway.create_group(
+            &token,
+            json!({"name": format!("claude-on-{}", channel.name()), "items": [{"channel_id": channel_id, "model": upstream_model(channel)}]}),
+        );
+        mocks.push((channel, mock));
+    }
+    let client_key = gateway.create_client_key(&token, json!({"name": "claude-code"}));
+    let recorded: Value = serde_json::from_str(RECORDED_CLAUDE_CODE_REQUEST).expect("the recording is JSON");
+
+    for (channel, mock) in &mocks {
+        // Claude Code streams; its one-shot helpers (titles, summaries) do not.
+        for stream in [true, false] {
+            let mut sent = recorded.clone();
+            sent["model"] = json!(format!("claude-on-{}", channel.name()));
+            sent["stream"] = json!(stream);
+            let headers = [
+                ("content-type", "application/json"),
+                ("x-api-key", client_key.as_str()),
+                ("anthropic-version", "2023-06-01"),
+                ("anthropic-beta", CLAUDE_CODE_BETAS),
+                ("user-agent", "claude-cli/2.1.197 (external, sdk-cli)"),
+                ("x-app", "cli"),
+            ];
+            let response = request(gateway.address, "POST", "/v1/messages?beta=true", &headers, sent.to_string().as_bytes());
+            let label = format!("{} channel, stream {stream}", channel.name());
+            let summary = validate_response(ClientProtocol::Anthropic, stream, &response, Rules::STRICT)
+                .unwrap_or_else(|problem| panic!("{label}: {problem}\n{}", response.text()));
+            assert_eq!(summary.text, "hi there", "{label}");
+            let upstream = mock.requests().pop().unwrap_or_else(|| panic!("{label}: the upstream was never called"));
+            check_upstream_request(*channel, &upstream, &sent);
+        }
+    }
+}
