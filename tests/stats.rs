@@ -96,7 +96,7 @@ fn check_counted(gateway: &TestGateway, token: &str, expected_requests: i64) {
     assert_eq!(days.len(), 7);
     assert_eq!(days.iter().map(|day| day["requests"].as_i64().unwrap()).sum::<i64>(), expected_requests);
     assert_eq!(days[6]["requests"], expected_requests, "today (at +08:00) holds every request: {daily}");
-    let hourly = get(gateway, token, "/api/v1/stats/hourly?tz=%2B08:00");
+    let hourly = get(gateway, token, "/api/v1/stats/hourly?tz=+08:00");
     let hours = hourly["items"].as_array().unwrap();
     assert_eq!(hours.len(), 24);
     assert_eq!(hours.iter().map(|hour| hour["requests"].as_i64().unwrap()).sum::<i64>(), expected_requests);
@@ -349,4 +349,85 @@ fn bad_statistics_queries_are_clear_400s() {
     let empty = get(&gateway, &token, "/api/v1/stats/summary");
     assert_eq!(empty["requests"], 0);
     assert_eq!(empty["cost"], 0.0);
+}
+
+fn old_days_roll_up_into_daily_rows(database: TestDatabase) {
+    use octopus::store::entities::{StatsCounters, StatsKey, StatsRow};
+    let gateway = TestGateway::start(database);
+    let token = gateway.admin_token();
+    let now = octopus::util::unix_seconds();
+    let old_day = (now / 86_400 - 40) * 86_400;
+    let recent_hour = now / 3_600 * 3_600 - 3_600;
+    let row = |hour: i64, channel_id: i64, requests: i64| StatsRow {
+        key: StatsKey { hour, channel_id, api_key_id: 1, group: "g".to_string(), model: "m".to_string() },
+        counters: StatsCounters { requests, success: requests, input_tokens: 10 * requests, cost_micros: 7 * requests, ..StatsCounters::default() },
+    };
+    let mut rows: Vec<StatsRow> = (0..24).map(|hour| row(old_day + hour * 3_600, 1 + hour % 2, 1)).collect();
+    rows.push(row(recent_hour, 1, 5));
+    gateway.running().store.call(move |store| store.add_stats(&rows)).unwrap();
+    let before = get(&gateway, &token, "/api/v1/stats/summary");
+    assert_eq!(before["requests"], 29);
+
+    let stats = gateway.running().stats.clone();
+    let summary = octopus::sync::jobs::roll_up_stats(&stats, now).unwrap();
+    assert!(summary.contains("rolled 1 days"), "{summary}");
+    let old = gateway.running().store.call(move |store| store.stats_grouped(old_day, old_day + 86_400, StatsGrouping::Hour)).unwrap();
+    assert_eq!(old.len(), 1, "one bucket hour left for the old day: {old:?}");
+    assert_eq!((old[0].key.hour, old[0].counters.requests), (old_day, 24));
+    let per_channel = gateway.running().store.call(move |store| store.stats_grouped(old_day, old_day + 86_400, StatsGrouping::Channel)).unwrap();
+    assert_eq!(per_channel.iter().map(|row| row.counters.requests).collect::<Vec<_>>(), [12, 12], "dimensions survive");
+    let after = get(&gateway, &token, "/api/v1/stats/summary");
+    assert_eq!(after, before, "totals are unchanged");
+    let recent = gateway.running().store.call(move |store| store.stats_grouped(recent_hour, recent_hour + 3_600, StatsGrouping::Hour)).unwrap();
+    assert_eq!(recent[0].counters.requests, 5, "recent hours keep their detail");
+    assert!(octopus::sync::jobs::roll_up_stats(&stats, now).unwrap().contains("rolled 0 days"));
+    let daily = get(&gateway, &token, "/api/v1/stats/daily?days=60");
+    assert_eq!(daily["items"].as_array().unwrap().iter().map(|day| day["requests"].as_i64().unwrap()).sum::<i64>(), 29);
+}
+
+#[test]
+fn old_hours_roll_up_into_daily_rows_with_totals_unchanged() {
+    for database in databases::all() {
+        old_days_roll_up_into_daily_rows(database);
+    }
+}
+
+#[test]
+fn converted_lanes_and_clients_that_hang_up_are_counted() {
+    use std::io::{Read, Write};
+    let mock = MockUpstream::start(|request| support::mock_upstream::paced_reply(request, Duration::from_millis(40)));
+    let gateway = TestGateway::start(databases::sqlite());
+    let token = gateway.admin_token();
+    set_default_price(&gateway, "claude-up", 2.0, 8.0);
+    let anthropic = gateway.create_channel(&token, json!({"name": "a", "type": "anthropic", "base_urls": [format!("{}/v1", mock.base_url())], "keys": ["sk-ant-000000000001"]}));
+    gateway.create_group(&token, json!({"name": "claude", "items": [{"channel_id": anthropic, "model": "claude-up"}]}));
+    let key = gateway.create_client_key(&token, json!({"name": "k"}));
+    // An OpenAI Chat client that did not ask for usage, streaming from an Anthropic channel.
+    let body = json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let response = request(gateway.address, "POST", "/v1/chat/completions", &[("authorization", &format!("Bearer {key}"))], body.as_bytes());
+    assert_eq!(response.status, 200);
+    assert!(!response.text().contains("\"usage\""), "the client did not ask for usage");
+    // A client that leaves after the first bytes of a stream.
+    let mut socket = std::net::TcpStream::connect(gateway.address).unwrap();
+    write!(socket, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0_u8; 64];
+    let _ = socket.read(&mut first).unwrap();
+    drop(socket);
+    let records = gateway.wait_for_records(2);
+    let summary = poll("both requests counted", || {
+        let summary = get(&gateway, &token, "/api/v1/stats/summary");
+        (summary["requests"] == 2).then_some(summary)
+    });
+    assert_eq!(summary["success"], 1);
+    assert_eq!(summary["failed"], 1, "the abandoned stream counts as failed: {records:#?}");
+    // The converted stream reported 10 in / 5 out; the abandoned one counts what its upstream had
+    // reported when the client left (Anthropic's message_start carries the input tokens).
+    assert_eq!(summary["input_tokens"], 20, "{summary}");
+    assert!(summary["output_tokens"].as_i64().unwrap() >= 5);
+    let failed = poll("the failed log", || {
+        let logs = get(&gateway, &token, "/api/v1/logs?status=failed");
+        (logs["total"] == 1).then_some(logs)
+    });
+    assert_eq!(failed["items"][0]["status_code"], 499);
+    assert!(failed["items"][0]["error"].as_str().unwrap().contains("closed the connection"));
 }

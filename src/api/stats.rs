@@ -66,7 +66,9 @@ fn utc_offset(request: &Request) -> Result<i64, ApiError> {
     match request.query_param("tz") {
         None => Ok(0),
         Some(text) if text.is_empty() => Ok(0),
-        Some(text) => parse_utc_offset(&text)
+        // A literal `+08:00` in a query string arrives as ` 08:00` (form encoding turns `+` into a
+        // space), so a leading space is read as the plus it was.
+        Some(text) => parse_utc_offset(&text.replacen(' ', "+", 1))
             .ok_or_else(|| ApiError::Malformed(format!("tz must be a UTC offset such as +08:00 or -05:00, got {text:?}"))),
     }
 }

@@ -352,6 +352,8 @@ pub enum StatsGrouping {
     ApiKey,
     Group,
     ChannelModel,
+    /// Every dimension but the hour: used to roll a day's hours into one row each.
+    AllDimensions,
 }
 
 impl StatsGrouping {
@@ -367,16 +369,18 @@ impl StatsGrouping {
             StatsGrouping::ChannelModel => {
                 StatsKey { channel_id: key.channel_id, model: key.model.clone(), ..StatsKey::default() }
             }
+            StatsGrouping::AllDimensions => StatsKey { hour: 0, ..key.clone() },
         }
     }
 
     /// The key columns selected for this grouping, in `StatsKey` order, as SQL expressions.
     pub fn key_columns(self) -> [&'static str; 5] {
+        let all = self == StatsGrouping::AllDimensions;
         let hour = if self == StatsGrouping::Hour { "hour" } else { "0" };
-        let channel = if matches!(self, StatsGrouping::Channel | StatsGrouping::ChannelModel) { "channel_id" } else { "0" };
-        let api_key = if self == StatsGrouping::ApiKey { "api_key_id" } else { "0" };
-        let group = if self == StatsGrouping::Group { "group_name" } else { "''" };
-        let model = if self == StatsGrouping::ChannelModel { "model" } else { "''" };
+        let channel = if all || matches!(self, StatsGrouping::Channel | StatsGrouping::ChannelModel) { "channel_id" } else { "0" };
+        let api_key = if all || self == StatsGrouping::ApiKey { "api_key_id" } else { "0" };
+        let group = if all || self == StatsGrouping::Group { "group_name" } else { "''" };
+        let model = if all || self == StatsGrouping::ChannelModel { "model" } else { "''" };
         [hour, channel, api_key, group, model]
     }
 }

@@ -116,6 +116,13 @@ pub trait Store: Send {
     /// Sums over the buckets with `from_hour <= hour < to_hour`, grouped as asked.
     fn stats_grouped(&mut self, from_hour: i64, to_hour: i64, grouping: StatsGrouping) -> StoreResult<Vec<StatsRow>>;
 
+    /// Replaces every bucket with `from_hour <= hour < to_hour` by `rows`, in one transaction
+    /// (the daily rollup of old hours).
+    fn replace_stats_range(&mut self, from_hour: i64, to_hour: i64, rows: &[StatsRow]) -> StoreResult<()>;
+    /// Up to `limit` UTC day starts before `before_hour` that still hold buckets of hours other
+    /// than the day's first (days not rolled up yet), oldest first.
+    fn stats_days_to_roll_up(&mut self, before_hour: i64, limit: u64) -> StoreResult<Vec<i64>>;
+
     // Request logs.
     /// Inserts the logs in one transaction; a log whose id is already stored is skipped.
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()>;

@@ -851,6 +851,24 @@ impl Store for MysqlStore {
         rows.iter().map(|row| stats_sql::decode_stats_row(&MysqlColumns(row))).collect()
     }
 
+    fn replace_stats_range(&mut self, from_hour: i64, to_hour: i64, rows: &[StatsRow]) -> StoreResult<()> {
+        let sql = stats_sql::stats_upsert(Dialect::Mysql);
+        let mut transaction = self.write_transaction()?;
+        transaction.exec_drop(stats_sql::stats_delete_range(Dialect::Mysql), (from_hour, to_hour)).map_err(query_error)?;
+        for row in rows {
+            transaction.exec_drop(&sql, mysql_parameters(&stats_sql::stats_row_values(row))).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)
+    }
+
+    fn stats_days_to_roll_up(&mut self, before_hour: i64, limit: u64) -> StoreResult<Vec<i64>> {
+        let days: Vec<i64> = self
+            .connection
+            .exec(stats_sql::stats_days_to_roll_up_query(Dialect::Mysql), (before_hour, u64_to_column(limit)))
+            .map_err(query_error)?;
+        Ok(days)
+    }
+
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let sql = stats_sql::log_insert(Dialect::Mysql);
         let mut transaction = self.write_transaction()?;

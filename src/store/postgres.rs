@@ -851,6 +851,25 @@ impl Store for PostgresStore {
         rows.iter().map(|row| stats_sql::decode_stats_row(&PostgresColumns(row))).collect()
     }
 
+    fn replace_stats_range(&mut self, from_hour: i64, to_hour: i64, rows: &[StatsRow]) -> StoreResult<()> {
+        let mut transaction = self.client.transaction().map_err(query_error)?;
+        transaction.execute(&stats_sql::stats_delete_range(Dialect::Postgres), &[&from_hour, &to_hour]).map_err(query_error)?;
+        let statement = transaction.prepare(&stats_sql::stats_upsert(Dialect::Postgres)).map_err(query_error)?;
+        for row in rows {
+            let values = stats_sql::stats_row_values(row);
+            transaction.execute(&statement, &postgres_parameters(&values)).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)
+    }
+
+    fn stats_days_to_roll_up(&mut self, before_hour: i64, limit: u64) -> StoreResult<Vec<i64>> {
+        let rows = self
+            .client
+            .query(&stats_sql::stats_days_to_roll_up_query(Dialect::Postgres), &[&before_hour, &u64_to_column(limit)])
+            .map_err(query_error)?;
+        rows.iter().map(|row| row.try_get(0).map_err(query_error)).collect()
+    }
+
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
         let statement = transaction.prepare(&stats_sql::log_insert(Dialect::Postgres)).map_err(query_error)?;

@@ -873,6 +873,29 @@ impl Store for SqliteStore {
         Ok(result)
     }
 
+    fn replace_stats_range(&mut self, from_hour: i64, to_hour: i64, rows: &[StatsRow]) -> StoreResult<()> {
+        let transaction = self.write_transaction()?;
+        transaction.execute(&stats_sql::stats_delete_range(Dialect::Sqlite), params![from_hour, to_hour]).map_err(query_error)?;
+        {
+            let mut statement =
+                transaction.prepare_cached(&stats_sql::stats_upsert(Dialect::Sqlite)).map_err(query_error)?;
+            for row in rows {
+                let values = stats_sql::stats_row_values(row);
+                statement.execute(rusqlite::params_from_iter(values.iter().map(sqlite_value))).map_err(query_error)?;
+            }
+        }
+        transaction.commit().map_err(query_error)
+    }
+
+    fn stats_days_to_roll_up(&mut self, before_hour: i64, limit: u64) -> StoreResult<Vec<i64>> {
+        query_all(
+            &self.connection,
+            &stats_sql::stats_days_to_roll_up_query(Dialect::Sqlite),
+            params![before_hour, u64_to_column(limit)],
+            |row| row.get(0),
+        )
+    }
+
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let transaction = self.write_transaction()?;
         {

@@ -107,6 +107,20 @@ pub fn stats_grouped_query(dialect: Dialect, grouping: StatsGrouping) -> String 
     sql
 }
 
+/// Day starts (parameter 1: before this hour; 2: limit) still holding hours not rolled up.
+pub fn stats_days_to_roll_up_query(dialect: Dialect) -> String {
+    format!(
+        "SELECT DISTINCT hour - hour % 86400 AS day FROM stats_hourly WHERE hour < {} AND hour % 86400 <> 0 ORDER BY day LIMIT {}",
+        dialect.placeholder(1),
+        dialect.placeholder(2)
+    )
+}
+
+/// Deletes the buckets of an hour range (parameters: from, to).
+pub fn stats_delete_range(dialect: Dialect) -> String {
+    format!("DELETE FROM stats_hourly WHERE hour >= {} AND hour < {}", dialect.placeholder(1), dialect.placeholder(2))
+}
+
 /// The columns of `relay_logs` in the order `log_insert` binds and `log_select_columns` reads.
 pub const LOG_COLUMNS: [&str; 25] = [
     "id",

@@ -16,13 +16,27 @@ use crate::util::unix_millis;
 /// Job names, for `Scheduler::run_soon`.
 pub const PRUNE_LOGS: &str = "prune_logs";
 pub const PROBE_ENDPOINTS: &str = "probe_endpoints";
+pub const ROLL_UP_STATS: &str = "roll_up_stats";
 
 /// How often old request logs are pruned (also right after the retention settings change).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+/// Statistics keep hourly detail this long; older days are rolled into one bucket per UTC day
+/// and dimensions, which keeps a year of history at about a twenty-fourth of the rows.
+pub const HOURLY_DETAIL_DAYS: i64 = 35;
+/// Days rolled up per run, so one run stays short even after a long time without any.
+const ROLL_UP_DAYS_PER_RUN: u64 = 60;
 
 pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Arc<RelayState>, stats: &Arc<StatsService>) {
     let stats_for_prune = stats.clone();
     scheduler.register(PRUNE_LOGS, true, Box::new(|| Some(PRUNE_INTERVAL)), Box::new(move || prune_logs(&stats_for_prune)));
+
+    let stats_for_roll_up = stats.clone();
+    scheduler.register(
+        ROLL_UP_STATS,
+        true,
+        Box::new(|| Some(Duration::from_secs(3_600))),
+        Box::new(move || roll_up_stats(&stats_for_roll_up, unix_millis() / 1_000)),
+    );
 
     let probe_interval = config.relay.probe_interval_seconds;
     if probe_interval > 0 {
@@ -48,4 +62,30 @@ pub fn prune_logs(stats: &StatsService) -> Result<String, String> {
     let keep_rows = settings.log_max_rows;
     let deleted = stats.store.call(move |store| store.prune_logs(before_ms, keep_rows)).map_err(|error| error.to_string())?;
     Ok(format!("deleted {deleted} old request logs"))
+}
+
+/// Rolls the hourly buckets of days older than `HOURLY_DETAIL_DAYS` into one bucket per UTC day
+/// (stored at the day's first hour). Idempotent: a rolled day is not picked again, and two nodes
+/// rolling the same day write the same rows.
+pub fn roll_up_stats(stats: &StatsService, now_seconds: i64) -> Result<String, String> {
+    use crate::store::entities::{StatsGrouping, StatsRow};
+    let cutoff = (now_seconds.div_euclid(86_400) - HOURLY_DETAIL_DAYS) * 86_400;
+    stats
+        .store
+        .call(move |store| {
+            let days = store.stats_days_to_roll_up(cutoff, ROLL_UP_DAYS_PER_RUN)?;
+            for day in &days {
+                let rows: Vec<StatsRow> = store
+                    .stats_grouped(*day, day + 86_400, StatsGrouping::AllDimensions)?
+                    .into_iter()
+                    .map(|mut row| {
+                        row.key.hour = *day;
+                        row
+                    })
+                    .collect();
+                store.replace_stats_range(*day, day + 86_400, &rows)?;
+            }
+            Ok(format!("rolled {} days of hourly statistics into daily rows", days.len()))
+        })
+        .map_err(|error: crate::store::StoreError| error.to_string())
 }
