@@ -232,7 +232,11 @@ fn parse_input_item(
                  {STATELESS_ADVICE}"
             ),
         )),
-        other if is_hosted_tool_item(other) => Ok(()),
+        // Hosted and custom tool calls are dropped with their tools (see `parse_tool`).
+        other if is_hosted_tool_item(other) => {
+            log::debug!("responses request: {path} is a {other:?} item of a tool only OpenAI runs; dropped");
+            Ok(())
+        }
         other => Err(ConvertError::new(
             join(path, "type"),
             format!("unsupported input item type {other:?}"),
