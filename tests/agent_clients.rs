@@ -113,6 +113,43 @@ fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent
 
 #[test]
 fn claude_code_system_turns_inside_messages_work_on_every_channel_type() {
+    let agents = start_agent_gateway();
+    let recorded: Value = serde_json::from_str(RECORDED_CLAUDE_CODE_REQUEST).expect("the recording is JSON");
+
+    for (channel, mock) in &agents.mocks {
+        // Claude Code streams; its one-shot helpers (titles, summaries) do not.
+        for stream in [true, false] {
+            let mut sent = recorded.clone();
+            sent["model"] = json!(format!("agents-{}", channel.name()));
+            sent["stream"] = json!(stream);
+            let headers = [
+                ("content-type", "application/json"),
+                ("x-api-key", agents.client_key.as_str()),
+                ("anthropic-version", "2023-06-01"),
+                ("anthropic-beta", CLAUDE_CODE_BETAS),
+                ("user-agent", "claude-cli/2.1.197 (external, sdk-cli)"),
+                ("x-app", "cli"),
+            ];
+            let response = request(agents.gateway.address, "POST", "/v1/messages?beta=true", &headers, sent.to_string().as_bytes());
+            let label = format!("{} channel, stream {stream}", channel.name());
+            let summary = validate_response(ClientProtocol::Anthropic, stream, &response, Rules::STRICT)
+                .unwrap_or_else(|problem| panic!("{label}: {problem}\n{}", response.text()));
+            assert_eq!(summary.text, "hi there", "{label}");
+            let upstream = mock.requests().pop().unwrap_or_else(|| panic!("{label}: the upstream was never called"));
+            check_upstream_request(*channel, &upstream, &sent);
+        }
+    }
+}
+
+/// A gateway with one group per channel type (`agents-<channel>`), each served by a mock that
+/// answers "hi there" in its format.
+struct AgentGateway {
+    gateway: TestGateway,
+    client_key: String,
+    mocks: Vec<(ChannelKind, MockUpstream)>,
+}
+
+fn start_agent_gateway() -> AgentGateway {
     let gateway = TestGateway::start_with(databases::sqlite(), |config| {
         config.antigravity.project = ANTIGRAVITY_PROJECT.to_string();
         config.relay.max_attempts = 1;
@@ -129,34 +166,75 @@ fn claude_code_system_turns_inside_messages_work_on_every_channel_type() {
         );
         gateway.create_group(
             &token,
-            json!({"name": format!("claude-on-{}", channel.name()), "items": [{"channel_id": channel_id, "model": upstream_model(channel)}]}),
+            json!({"name": format!("agents-{}", channel.name()), "items": [{"channel_id": channel_id, "model": upstream_model(channel)}]}),
         );
         mocks.push((channel, mock));
     }
-    let client_key = gateway.create_client_key(&token, json!({"name": "claude-code"}));
-    let recorded: Value = serde_json::from_str(RECORDED_CLAUDE_CODE_REQUEST).expect("the recording is JSON");
+    let client_key = gateway.create_client_key(&token, json!({"name": "agents"}));
+    AgentGateway { gateway, client_key, mocks }
+}
 
-    for (channel, mock) in &mocks {
-        // Claude Code streams; its one-shot helpers (titles, summaries) do not.
-        for stream in [true, false] {
-            let mut sent = recorded.clone();
-            sent["model"] = json!(format!("claude-on-{}", channel.name()));
-            sent["stream"] = json!(stream);
-            let headers = [
-                ("content-type", "application/json"),
-                ("x-api-key", client_key.as_str()),
-                ("anthropic-version", "2023-06-01"),
-                ("anthropic-beta", CLAUDE_CODE_BETAS),
-                ("user-agent", "claude-cli/2.1.197 (external, sdk-cli)"),
-                ("x-app", "cli"),
-            ];
-            let response = request(gateway.address, "POST", "/v1/messages?beta=true", &headers, sent.to_string().as_bytes());
-            let label = format!("{} channel, stream {stream}", channel.name());
-            let summary = validate_response(ClientProtocol::Anthropic, stream, &response, Rules::STRICT)
+fn testdata(relative: &str) -> Value {
+    let path = format!("{}/src/protocol/testdata/{relative}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {path}: {error}"));
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+/// Sends `body` as a non-stream client of `protocol` to `group`.
+fn send_as(agents: &AgentGateway, protocol: ClientProtocol, group: &str, mut body: Value) -> support::http_client::TestResponse {
+    let key = agents.client_key.as_str();
+    let (path, auth) = match protocol {
+        ClientProtocol::OpenaiChat => ("/v1/chat/completions".to_string(), ("authorization", format!("Bearer {key}"))),
+        ClientProtocol::OpenaiResponses => ("/v1/responses".to_string(), ("authorization", format!("Bearer {key}"))),
+        ClientProtocol::Anthropic => ("/v1/messages".to_string(), ("x-api-key", key.to_string())),
+        ClientProtocol::Gemini => (format!("/v1beta/models/{group}:generateContent"), ("x-goog-api-key", key.to_string())),
+    };
+    if protocol != ClientProtocol::Gemini {
+        body["model"] = json!(group);
+    }
+    let headers = [("content-type", "application/json"), ("anthropic-version", "2023-06-01"), (auth.0, auth.1.as_str())];
+    request(agents.gateway.address, "POST", &path, &headers, body.to_string().as_bytes())
+}
+
+/// Fields current SDKs send that another format has no equivalent for are dropped, never
+/// refused: each protocol's request full of them is answered on every other channel type.
+#[test]
+fn fields_without_an_equivalent_do_not_cause_errors_on_any_channel_type() {
+    let agents = start_agent_gateway();
+    for (protocol, fixture) in [
+        (ClientProtocol::Anthropic, "request_anthropic_to_chat/fields_without_equivalent_are_dropped.in.json"),
+        (ClientProtocol::OpenaiChat, "request_chat_to_anthropic/fields_without_equivalent_are_dropped.in.json"),
+        (ClientProtocol::OpenaiResponses, "request_responses_to_chat/fields_without_equivalent_are_dropped.in.json"),
+        (ClientProtocol::Gemini, "request_gemini_to_chat/fields_without_equivalent_are_dropped.in.json"),
+    ] {
+        for channel in ChannelKind::ALL {
+            let group = format!("agents-{}", channel.name());
+            let response = send_as(&agents, protocol, &group, testdata(fixture));
+            let label = format!("{} client with {fixture} on the {} channel", protocol.name(), channel.name());
+            let summary = validate_response(protocol, false, &response, Rules::STRICT)
                 .unwrap_or_else(|problem| panic!("{label}: {problem}\n{}", response.text()));
             assert_eq!(summary.text, "hi there", "{label}");
-            let upstream = mock.requests().pop().unwrap_or_else(|| panic!("{label}: the upstream was never called"));
-            check_upstream_request(*channel, &upstream, &sent);
         }
     }
+}
+
+/// A Gemini `cachedContent` names prompt parts stored at Google: it passes through to Gemini
+/// channels, and elsewhere is refused with a 400 in Gemini's own error shape that names it.
+#[test]
+fn gemini_cached_content_is_refused_in_the_clients_shape_off_gemini() {
+    let agents = start_agent_gateway();
+    let body = testdata("request_gemini_to_chat/cached_content_is_refused.in.json");
+    let response = send_as(&agents, ClientProtocol::Gemini, "agents-gemini", body.clone());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let (_, gemini_mock) = agents.mocks.iter().find(|(channel, _)| *channel == ChannelKind::Gemini).unwrap();
+    let upstream: Value = serde_json::from_slice(&gemini_mock.requests().pop().unwrap().body).unwrap();
+    assert_eq!(upstream["cachedContent"], body["cachedContent"]);
+
+    let response = send_as(&agents, ClientProtocol::Gemini, "agents-openai_chat", body);
+    assert_eq!(response.status, 400, "{}", response.text());
+    let error: Value = serde_json::from_str(&response.text()).expect("a JSON error");
+    assert_eq!(error["error"]["status"], "INVALID_ARGUMENT", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("cachedContent"), "{error}");
+    let (_, chat_mock) = agents.mocks.iter().find(|(channel, _)| *channel == ChannelKind::OpenaiChat).unwrap();
+    assert!(chat_mock.requests().is_empty(), "a refused request must not reach the upstream");
 }
