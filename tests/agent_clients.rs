@@ -81,6 +81,7 @@ fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent
             // The top-level system first, then the turns in the client's order.
             assert_eq!(roles(&body["messages"]), ["system", "user", "system", "assistant", "tool"], "{label}");
             assert!(text_of(&body["messages"][2]["content"]).starts_with(MID_SYSTEM_START), "{label}");
+            assert!(!body.to_string().contains("x-anthropic-billing-header"), "{label}");
         }
         ChannelKind::OpenaiResponses => {
             let items = body["input"].as_array().expect("input items");
@@ -103,9 +104,11 @@ fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent
         ChannelKind::Gemini | ChannelKind::Antigravity => {
             let request = if channel == ChannelKind::Gemini { &body } else { &body["request"] };
             let parts = request["systemInstruction"]["parts"].as_array().expect("systemInstruction parts");
-            // The top-level system blocks first, then the system turn from inside `messages`.
-            assert_eq!(parts.len(), 4, "{label}");
-            assert!(parts[3]["text"].as_str().unwrap().starts_with(MID_SYSTEM_START), "{label}");
+            // The top-level system blocks first (without Claude Code's billing line), then the
+            // system turn from inside `messages`.
+            assert_eq!(parts.len(), 3, "{label}");
+            assert!(parts[0]["text"].as_str().unwrap().starts_with("You are a Claude agent"), "{label}");
+            assert!(parts[2]["text"].as_str().unwrap().starts_with(MID_SYSTEM_START), "{label}");
             assert_eq!(roles(&request["contents"]), ["user", "model", "user"], "{label}");
         }
     }

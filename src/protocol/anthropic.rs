@@ -36,6 +36,9 @@ use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_value};
 /// The smallest thinking budget the API accepts.
 const MIN_THINKING_BUDGET: u64 = 1024;
 
+/// How the system block begins that Claude Code adds for Anthropic's billing.
+const CLAUDE_CODE_BILLING_LINE: &str = "x-anthropic-billing-header:";
+
 /// Image types the Messages API accepts.
 const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
 
@@ -65,8 +68,17 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
             let mut parts = Vec::new();
             for (position, block) in blocks.iter().enumerate() {
                 let path = index("system", position);
+                let text = req_str(block, "text", &path)?;
+                // Claude Code opens its system prompt with a billing line for Anthropic
+                // (`x-anthropic-billing-header: cc_version=...`). It tells another provider's
+                // model nothing, and a line that changes between versions at the very start of
+                // the prompt would defeat that provider's prefix caching.
+                if text.starts_with(CLAUDE_CODE_BILLING_LINE) {
+                    log::debug!("anthropic request: {path} is Claude Code's billing line; dropped");
+                    continue;
+                }
                 parts.push(Part::Text(TextPart {
-                    text: req_str(block, "text", &path)?.to_string(),
+                    text: text.to_string(),
                     cache_control: field(block, "cache_control").cloned(),
                 }));
             }
