@@ -79,19 +79,53 @@ fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent
     match channel {
         ChannelKind::OpenaiChat => {
             // The top-level system first, then the turns in the client's order.
-            assert_eq!(roles(&body["messages"]), ["system", "user", "system", "assistant", "tool"], "{label}");
-            assert!(text_of(&body["messages"][2]["content"]).starts_with(MID_SYSTEM_START), "{label}");
-            assert!(!body.to_string().contains("x-anthropic-billing-header"), "{label}");
+            assert_eq!(
+                roles(&body["messages"]),
+                ["system", "user", "system", "assistant", "tool"],
+                "{label}"
+            );
+            assert!(
+                text_of(&body["messages"][2]["content"]).starts_with(MID_SYSTEM_START),
+                "{label}"
+            );
+            assert!(
+                !body.to_string().contains("x-anthropic-billing-header"),
+                "{label}"
+            );
         }
         ChannelKind::OpenaiResponses => {
             let items = body["input"].as_array().expect("input items");
             let kinds: Vec<String> = items
                 .iter()
-                .map(|item| format!("{}:{}", item["type"].as_str().unwrap_or(""), item["role"].as_str().unwrap_or("")))
+                .map(|item| {
+                    format!(
+                        "{}:{}",
+                        item["type"].as_str().unwrap_or(""),
+                        item["role"].as_str().unwrap_or("")
+                    )
+                })
                 .collect();
-            assert_eq!(kinds, ["message:user", "message:system", "function_call:", "function_call_output:"], "{label}");
-            assert!(text_of(&items[1]["content"]).starts_with(MID_SYSTEM_START), "{label}");
-            assert!(body["instructions"].as_str().unwrap().contains("You are a Claude agent"), "{label}");
+            assert_eq!(
+                kinds,
+                [
+                    "message:user",
+                    "message:system",
+                    "function_call:",
+                    "function_call_output:"
+                ],
+                "{label}"
+            );
+            assert!(
+                text_of(&items[1]["content"]).starts_with(MID_SYSTEM_START),
+                "{label}"
+            );
+            assert!(
+                body["instructions"]
+                    .as_str()
+                    .unwrap()
+                    .contains("You are a Claude agent"),
+                "{label}"
+            );
         }
         ChannelKind::Anthropic => {
             // Passed through untouched but for the model, with the client's betas.
@@ -99,17 +133,42 @@ fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent
             expected["model"] = json!(upstream_model(channel));
             assert_eq!(body, expected, "{label}");
             let betas = upstream.header("anthropic-beta").unwrap_or("");
-            assert!(betas.contains("mid-conversation-system-2026-04-07"), "{label}: betas {betas:?}");
+            assert!(
+                betas.contains("mid-conversation-system-2026-04-07"),
+                "{label}: betas {betas:?}"
+            );
         }
         ChannelKind::Gemini | ChannelKind::Antigravity => {
-            let request = if channel == ChannelKind::Gemini { &body } else { &body["request"] };
-            let parts = request["systemInstruction"]["parts"].as_array().expect("systemInstruction parts");
+            let request = if channel == ChannelKind::Gemini {
+                &body
+            } else {
+                &body["request"]
+            };
+            let parts = request["systemInstruction"]["parts"]
+                .as_array()
+                .expect("systemInstruction parts");
             // The top-level system blocks first (without Claude Code's billing line), then the
             // system turn from inside `messages`.
             assert_eq!(parts.len(), 3, "{label}");
-            assert!(parts[0]["text"].as_str().unwrap().starts_with("You are a Claude agent"), "{label}");
-            assert!(parts[2]["text"].as_str().unwrap().starts_with(MID_SYSTEM_START), "{label}");
-            assert_eq!(roles(&request["contents"]), ["user", "model", "user"], "{label}");
+            assert!(
+                parts[0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("You are a Claude agent"),
+                "{label}"
+            );
+            assert!(
+                parts[2]["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(MID_SYSTEM_START),
+                "{label}"
+            );
+            assert_eq!(
+                roles(&request["contents"]),
+                ["user", "model", "user"],
+                "{label}"
+            );
         }
     }
 }
@@ -117,7 +176,8 @@ fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent
 #[test]
 fn claude_code_system_turns_inside_messages_work_on_every_channel_type() {
     let agents = start_agent_gateway();
-    let recorded: Value = serde_json::from_str(RECORDED_CLAUDE_CODE_REQUEST).expect("the recording is JSON");
+    let recorded: Value =
+        serde_json::from_str(RECORDED_CLAUDE_CODE_REQUEST).expect("the recording is JSON");
 
     for (channel, mock) in &agents.mocks {
         // Claude Code streams; its one-shot helpers (titles, summaries) do not.
@@ -133,12 +193,22 @@ fn claude_code_system_turns_inside_messages_work_on_every_channel_type() {
                 ("user-agent", "claude-cli/2.1.197 (external, sdk-cli)"),
                 ("x-app", "cli"),
             ];
-            let response = request(agents.gateway.address, "POST", "/v1/messages?beta=true", &headers, sent.to_string().as_bytes());
+            let response = request(
+                agents.gateway.address,
+                "POST",
+                "/v1/messages?beta=true",
+                &headers,
+                sent.to_string().as_bytes(),
+            );
             let label = format!("{} channel, stream {stream}", channel.name());
-            let summary = validate_response(ClientProtocol::Anthropic, stream, &response, Rules::STRICT)
-                .unwrap_or_else(|problem| panic!("{label}: {problem}\n{}", response.text()));
+            let summary =
+                validate_response(ClientProtocol::Anthropic, stream, &response, Rules::STRICT)
+                    .unwrap_or_else(|problem| panic!("{label}: {problem}\n{}", response.text()));
             assert_eq!(summary.text, "hi there", "{label}");
-            let upstream = mock.requests().pop().unwrap_or_else(|| panic!("{label}: the upstream was never called"));
+            let upstream = mock
+                .requests()
+                .pop()
+                .unwrap_or_else(|| panic!("{label}: the upstream was never called"));
             check_upstream_request(*channel, &upstream, &sent);
         }
     }
@@ -161,7 +231,9 @@ fn start_agent_gateway() -> AgentGateway {
     let mut mocks = Vec::new();
     for channel in ChannelKind::ALL {
         let model = upstream_model(channel);
-        let mock = MockUpstream::start(move |request: &RecordedRequest| scripted_reply(channel, &answer(), request, &model));
+        let mock = MockUpstream::start(move |request: &RecordedRequest| {
+            scripted_reply(channel, &answer(), request, &model)
+        });
         let channel_id = gateway.create_channel(
             &token,
             json!({"name": format!("agents-{}", channel.name()), "type": channel.name(),
@@ -174,29 +246,61 @@ fn start_agent_gateway() -> AgentGateway {
         mocks.push((channel, mock));
     }
     let client_key = gateway.create_client_key(&token, json!({"name": "agents"}));
-    AgentGateway { gateway, client_key, mocks }
+    AgentGateway {
+        gateway,
+        client_key,
+        mocks,
+    }
 }
 
 fn testdata(relative: &str) -> Value {
-    let path = format!("{}/src/protocol/testdata/{relative}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {path}: {error}"));
+    let path = format!(
+        "{}/src/protocol/testdata/{relative}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {path}: {error}"));
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{path}: {error}"))
 }
 
 /// Sends `body` as a non-stream client of `protocol` to `group`.
-fn send_as(agents: &AgentGateway, protocol: ClientProtocol, group: &str, mut body: Value) -> support::http_client::TestResponse {
+fn send_as(
+    agents: &AgentGateway,
+    protocol: ClientProtocol,
+    group: &str,
+    mut body: Value,
+) -> support::http_client::TestResponse {
     let key = agents.client_key.as_str();
     let (path, auth) = match protocol {
-        ClientProtocol::OpenaiChat => ("/v1/chat/completions".to_string(), ("authorization", format!("Bearer {key}"))),
-        ClientProtocol::OpenaiResponses => ("/v1/responses".to_string(), ("authorization", format!("Bearer {key}"))),
+        ClientProtocol::OpenaiChat => (
+            "/v1/chat/completions".to_string(),
+            ("authorization", format!("Bearer {key}")),
+        ),
+        ClientProtocol::OpenaiResponses => (
+            "/v1/responses".to_string(),
+            ("authorization", format!("Bearer {key}")),
+        ),
         ClientProtocol::Anthropic => ("/v1/messages".to_string(), ("x-api-key", key.to_string())),
-        ClientProtocol::Gemini => (format!("/v1beta/models/{group}:generateContent"), ("x-goog-api-key", key.to_string())),
+        ClientProtocol::Gemini => (
+            format!("/v1beta/models/{group}:generateContent"),
+            ("x-goog-api-key", key.to_string()),
+        ),
     };
     if protocol != ClientProtocol::Gemini {
         body["model"] = json!(group);
     }
-    let headers = [("content-type", "application/json"), ("anthropic-version", "2023-06-01"), (auth.0, auth.1.as_str())];
-    request(agents.gateway.address, "POST", &path, &headers, body.to_string().as_bytes())
+    let headers = [
+        ("content-type", "application/json"),
+        ("anthropic-version", "2023-06-01"),
+        (auth.0, auth.1.as_str()),
+    ];
+    request(
+        agents.gateway.address,
+        "POST",
+        &path,
+        &headers,
+        body.to_string().as_bytes(),
+    )
 }
 
 /// Fields current SDKs send that another format has no equivalent for are dropped, never
@@ -205,15 +309,31 @@ fn send_as(agents: &AgentGateway, protocol: ClientProtocol, group: &str, mut bod
 fn fields_without_an_equivalent_do_not_cause_errors_on_any_channel_type() {
     let agents = start_agent_gateway();
     for (protocol, fixture) in [
-        (ClientProtocol::Anthropic, "request_anthropic_to_chat/fields_without_equivalent_are_dropped.in.json"),
-        (ClientProtocol::OpenaiChat, "request_chat_to_anthropic/fields_without_equivalent_are_dropped.in.json"),
-        (ClientProtocol::OpenaiResponses, "request_responses_to_chat/fields_without_equivalent_are_dropped.in.json"),
-        (ClientProtocol::Gemini, "request_gemini_to_chat/fields_without_equivalent_are_dropped.in.json"),
+        (
+            ClientProtocol::Anthropic,
+            "request_anthropic_to_chat/fields_without_equivalent_are_dropped.in.json",
+        ),
+        (
+            ClientProtocol::OpenaiChat,
+            "request_chat_to_anthropic/fields_without_equivalent_are_dropped.in.json",
+        ),
+        (
+            ClientProtocol::OpenaiResponses,
+            "request_responses_to_chat/fields_without_equivalent_are_dropped.in.json",
+        ),
+        (
+            ClientProtocol::Gemini,
+            "request_gemini_to_chat/fields_without_equivalent_are_dropped.in.json",
+        ),
     ] {
         for channel in ChannelKind::ALL {
             let group = format!("agents-{}", channel.name());
             let response = send_as(&agents, protocol, &group, testdata(fixture));
-            let label = format!("{} client with {fixture} on the {} channel", protocol.name(), channel.name());
+            let label = format!(
+                "{} client with {fixture} on the {} channel",
+                protocol.name(),
+                channel.name()
+            );
             let summary = validate_response(protocol, false, &response, Rules::STRICT)
                 .unwrap_or_else(|problem| panic!("{label}: {problem}\n{}", response.text()));
             assert_eq!(summary.text, "hi there", "{label}");
@@ -227,17 +347,40 @@ fn fields_without_an_equivalent_do_not_cause_errors_on_any_channel_type() {
 fn gemini_cached_content_is_refused_in_the_clients_shape_off_gemini() {
     let agents = start_agent_gateway();
     let body = testdata("request_gemini_to_chat/cached_content_is_refused.in.json");
-    let response = send_as(&agents, ClientProtocol::Gemini, "agents-gemini", body.clone());
+    let response = send_as(
+        &agents,
+        ClientProtocol::Gemini,
+        "agents-gemini",
+        body.clone(),
+    );
     assert_eq!(response.status, 200, "{}", response.text());
-    let (_, gemini_mock) = agents.mocks.iter().find(|(channel, _)| *channel == ChannelKind::Gemini).unwrap();
-    let upstream: Value = serde_json::from_slice(&gemini_mock.requests().pop().unwrap().body).unwrap();
+    let (_, gemini_mock) = agents
+        .mocks
+        .iter()
+        .find(|(channel, _)| *channel == ChannelKind::Gemini)
+        .unwrap();
+    let upstream: Value =
+        serde_json::from_slice(&gemini_mock.requests().pop().unwrap().body).unwrap();
     assert_eq!(upstream["cachedContent"], body["cachedContent"]);
 
     let response = send_as(&agents, ClientProtocol::Gemini, "agents-openai_chat", body);
     assert_eq!(response.status, 400, "{}", response.text());
     let error: Value = serde_json::from_str(&response.text()).expect("a JSON error");
     assert_eq!(error["error"]["status"], "INVALID_ARGUMENT", "{error}");
-    assert!(error["error"]["message"].as_str().unwrap().contains("cachedContent"), "{error}");
-    let (_, chat_mock) = agents.mocks.iter().find(|(channel, _)| *channel == ChannelKind::OpenaiChat).unwrap();
-    assert!(chat_mock.requests().is_empty(), "a refused request must not reach the upstream");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cachedContent"),
+        "{error}"
+    );
+    let (_, chat_mock) = agents
+        .mocks
+        .iter()
+        .find(|(channel, _)| *channel == ChannelKind::OpenaiChat)
+        .unwrap();
+    assert!(
+        chat_mock.requests().is_empty(),
+        "a refused request must not reach the upstream"
+    );
 }

@@ -29,7 +29,10 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
-use crate::protocol::json::{field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64, opt_str, opt_u64, req_str};
+use crate::protocol::json::{
+    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    opt_str, opt_u64, req_str,
+};
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_value};
 
@@ -164,7 +167,12 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
     log_dropped_fields(
         Format::Anthropic,
         body,
-        &["context_management", "mcp_servers", "container", "service_tier"],
+        &[
+            "context_management",
+            "mcp_servers",
+            "container",
+            "service_tier",
+        ],
     );
     Ok(request)
 }
@@ -443,7 +451,9 @@ fn parse_assistant_block(block: &Value, path: &str) -> Result<Option<Part>, Conv
         // Server-side tool blocks (`server_tool_use`, `web_search_tool_result` and the like)
         // record work Anthropic's servers did; only Anthropic can read them back.
         other => {
-            log::debug!("anthropic: {path} is a {other:?} block with no equivalent elsewhere; dropped");
+            log::debug!(
+                "anthropic: {path} is a {other:?} block with no equivalent elsewhere; dropped"
+            );
             return Ok(None);
         }
     };

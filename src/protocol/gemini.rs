@@ -37,7 +37,10 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
-use crate::protocol::json::{field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64, opt_i64, opt_str, opt_u64, req_str};
+use crate::protocol::json::{
+    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    opt_i64, opt_str, opt_u64, req_str,
+};
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{Usage, usage_from_value};
 

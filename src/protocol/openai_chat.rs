@@ -21,7 +21,10 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, StreamEvent, TextPart,
     ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, join_text,
 };
-use crate::protocol::json::{field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64, opt_i64, opt_str, opt_u64, req_str, string_or_parts};
+use crate::protocol::json::{
+    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    opt_i64, opt_str, opt_u64, req_str, string_or_parts,
+};
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{Usage, usage_from_value};
 

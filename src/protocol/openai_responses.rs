@@ -33,7 +33,10 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions,
 };
-use crate::protocol::json::{field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64, opt_str, opt_u64, req_str, string_or_parts};
+use crate::protocol::json::{
+    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    opt_str, opt_u64, req_str, string_or_parts,
+};
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{Usage, usage_from_value};
 
@@ -234,7 +237,9 @@ fn parse_input_item(
         )),
         // Hosted and custom tool calls are dropped with their tools (see `parse_tool`).
         other if is_hosted_tool_item(other) => {
-            log::debug!("responses request: {path} is a {other:?} item of a tool only OpenAI runs; dropped");
+            log::debug!(
+                "responses request: {path} is a {other:?} item of a tool only OpenAI runs; dropped"
+            );
             Ok(())
         }
         other => Err(ConvertError::new(
@@ -430,7 +435,9 @@ fn parse_tool(tool: &Value, path: &str) -> Result<Option<ToolDefinition>, Conver
     if let Some(tool_type) = opt_str(tool, "type", path)?
         && tool_type != "function"
     {
-        log::debug!("responses request: {path} is a {tool_type:?} tool, which only OpenAI runs; dropped");
+        log::debug!(
+            "responses request: {path} is a {tool_type:?} tool, which only OpenAI runs; dropped"
+        );
         return Ok(None);
     }
     Ok(Some(ToolDefinition {

@@ -128,7 +128,8 @@ pub fn client_call(protocol: ClientProtocol, ask: &ClientAsk, key: &str) -> Clie
             if let Some(mid_system) = &ask.mid_system {
                 input.push(json!({"role": "system", "content": [{"type": "input_text", "text": mid_system}]}));
             }
-            let mut body = json!({"model": ask.group, "input": input, "max_output_tokens": ask.max_tokens});
+            let mut body =
+                json!({"model": ask.group, "input": input, "max_output_tokens": ask.max_tokens});
             if let Some(system) = &ask.system {
                 body["instructions"] = json!(system);
             }
@@ -159,7 +160,8 @@ pub fn client_call(protocol: ClientProtocol, ask: &ClientAsk, key: &str) -> Clie
             if let Some(mid_system) = &ask.mid_system {
                 messages.push(json!({"role": "system", "content": mid_system}));
             }
-            let mut body = json!({"model": ask.group, "max_tokens": ask.max_tokens, "messages": messages});
+            let mut body =
+                json!({"model": ask.group, "max_tokens": ask.max_tokens, "messages": messages});
             if let Some(system) = &ask.system {
                 body["system"] = json!(system);
             }
@@ -180,7 +182,10 @@ pub fn client_call(protocol: ClientProtocol, ask: &ClientAsk, key: &str) -> Clie
             ];
             if ask.mid_system.is_some() {
                 // Claude Code names the beta that allows system turns inside `messages`.
-                headers.push(("anthropic-beta".to_string(), MID_CONVERSATION_SYSTEM_BETA.to_string()));
+                headers.push((
+                    "anthropic-beta".to_string(),
+                    MID_CONVERSATION_SYSTEM_BETA.to_string(),
+                ));
             }
             ClientCall {
                 path: "/v1/messages".to_string(),
@@ -201,8 +206,16 @@ pub fn client_call(protocol: ClientProtocol, ask: &ClientAsk, key: &str) -> Clie
                     json!({"thinkingBudget": CLIENT_THINKING_BUDGET, "includeThoughts": true});
             }
             let mut body = json!({"contents": [{"role": "user", "parts": parts}], "generationConfig": generation_config});
-            let mut system_parts: Vec<Value> = ask.system.iter().map(|system| json!({"text": system})).collect();
-            system_parts.extend(ask.mid_system.iter().map(|mid_system| json!({"text": mid_system})));
+            let mut system_parts: Vec<Value> = ask
+                .system
+                .iter()
+                .map(|system| json!({"text": system}))
+                .collect();
+            system_parts.extend(
+                ask.mid_system
+                    .iter()
+                    .map(|mid_system| json!({"text": mid_system})),
+            );
             if !system_parts.is_empty() {
                 body["systemInstruction"] = json!({"parts": system_parts});
             }

@@ -1014,11 +1014,17 @@ fn check_mid_system(
     let empty = Vec::new();
     match kind {
         ChannelKind::OpenaiChat => {
-            let messages = body.get("messages").and_then(Value::as_array).unwrap_or(&empty);
+            let messages = body
+                .get("messages")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
             in_place(messages, &["system", "developer"], &["text"])
         }
         ChannelKind::OpenaiResponses => {
-            let input = body.get("input").and_then(Value::as_array).unwrap_or(&empty);
+            let input = body
+                .get("input")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
             let in_instructions = body
                 .get("instructions")
                 .and_then(Value::as_str)
@@ -1030,7 +1036,10 @@ fn check_mid_system(
         }
         ChannelKind::Anthropic if !expected.converted => {
             // Passed through: the turn stays in `messages` and the client's beta goes along.
-            let messages = body.get("messages").and_then(Value::as_array).unwrap_or(&empty);
+            let messages = body
+                .get("messages")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
             in_place(messages, &["system"], &["text"])?;
             ensure(
                 request
