@@ -15,10 +15,39 @@ use support::wire::{ChannelKind, ClientProtocol, UsageSummary};
 use support::wire_client::{Rules, validate_response};
 use support::wire_upstream::{ScriptedAnswer, scripted_reply};
 
-/// The recorded Claude Code request: a user turn, a system turn, a Bash call and its result.
-const RECORDED_CLAUDE_CODE_REQUEST: &str = include_str!(
-    "../src/protocol/testdata/request_anthropic_to_chat/recorded_claude_code_system_in_messages.in.json"
-);
+/// A recorded Claude Code request and the turns each converted upstream request must have.
+struct Recording {
+    /// The fixture under `src/protocol/testdata/request_anthropic_to_chat/`.
+    fixture: &'static str,
+    /// Chat message roles, the top-level system first.
+    chat_roles: &'static [&'static str],
+    /// Responses input items as `type:role`.
+    responses_items: &'static [&'static str],
+    /// Gemini content roles.
+    gemini_roles: &'static [&'static str],
+}
+
+const RECORDINGS: [Recording; 2] = [
+    // `claude -p "say hi" --model my-group`: a gateway group name, no settings.
+    Recording {
+        fixture: "recorded_claude_code_group_name_sends_system_turn.in.json",
+        chat_roles: &["system", "user", "system"],
+        responses_items: &["message:user", "message:system"],
+        gemini_roles: &["user"],
+    },
+    // The turn after a Bash call: user, system, the call, its result.
+    Recording {
+        fixture: "recorded_claude_code_system_in_messages.in.json",
+        chat_roles: &["system", "user", "system", "assistant", "tool"],
+        responses_items: &[
+            "message:user",
+            "message:system",
+            "function_call:",
+            "function_call_output:",
+        ],
+        gemini_roles: &["user", "model", "user"],
+    },
+];
 /// How the system turn inside `messages` of the recording begins.
 const MID_SYSTEM_START: &str = "Available agent types for the Agent tool:";
 /// The beta list Claude Code 2.1.197 sent with the recording.
@@ -73,17 +102,18 @@ fn text_of(value: &Value) -> String {
 }
 
 /// Checks where the recorded system turn landed in the request `channel`'s upstream got.
-fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent: &Value) {
+fn check_upstream_request(
+    recording: &Recording,
+    channel: ChannelKind,
+    upstream: &RecordedRequest,
+    sent: &Value,
+) {
     let body: Value = serde_json::from_slice(&upstream.body).expect("the upstream body is JSON");
-    let label = channel.name();
+    let label = format!("{}: {}", recording.fixture, channel.name());
     match channel {
         ChannelKind::OpenaiChat => {
             // The top-level system first, then the turns in the client's order.
-            assert_eq!(
-                roles(&body["messages"]),
-                ["system", "user", "system", "assistant", "tool"],
-                "{label}"
-            );
+            assert_eq!(roles(&body["messages"]), recording.chat_roles, "{label}");
             assert!(
                 text_of(&body["messages"][2]["content"]).starts_with(MID_SYSTEM_START),
                 "{label}"
@@ -105,16 +135,7 @@ fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent
                     )
                 })
                 .collect();
-            assert_eq!(
-                kinds,
-                [
-                    "message:user",
-                    "message:system",
-                    "function_call:",
-                    "function_call_output:"
-                ],
-                "{label}"
-            );
+            assert_eq!(kinds, recording.responses_items, "{label}");
             assert!(
                 text_of(&items[1]["content"]).starts_with(MID_SYSTEM_START),
                 "{label}"
@@ -166,7 +187,7 @@ fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent
             );
             assert_eq!(
                 roles(&request["contents"]),
-                ["user", "model", "user"],
+                recording.gemini_roles,
                 "{label}"
             );
         }
@@ -176,41 +197,55 @@ fn check_upstream_request(channel: ChannelKind, upstream: &RecordedRequest, sent
 #[test]
 fn claude_code_system_turns_inside_messages_work_on_every_channel_type() {
     let agents = start_agent_gateway();
-    let recorded: Value =
-        serde_json::from_str(RECORDED_CLAUDE_CODE_REQUEST).expect("the recording is JSON");
-
-    for (channel, mock) in &agents.mocks {
-        // Claude Code streams; its one-shot helpers (titles, summaries) do not.
-        for stream in [true, false] {
-            let mut sent = recorded.clone();
-            sent["model"] = json!(format!("agents-{}", channel.name()));
-            sent["stream"] = json!(stream);
-            let headers = [
-                ("content-type", "application/json"),
-                ("x-api-key", agents.client_key.as_str()),
-                ("anthropic-version", "2023-06-01"),
-                ("anthropic-beta", CLAUDE_CODE_BETAS),
-                ("user-agent", "claude-cli/2.1.197 (external, sdk-cli)"),
-                ("x-app", "cli"),
-            ];
-            let response = request(
-                agents.gateway.address,
-                "POST",
-                "/v1/messages?beta=true",
-                &headers,
-                sent.to_string().as_bytes(),
-            );
-            let label = format!("{} channel, stream {stream}", channel.name());
-            let summary =
-                validate_response(ClientProtocol::Anthropic, stream, &response, Rules::STRICT)
-                    .unwrap_or_else(|problem| panic!("{label}: {problem}\n{}", response.text()));
-            assert_eq!(summary.text, "hi there", "{label}");
-            let upstream = mock
-                .requests()
-                .pop()
-                .unwrap_or_else(|| panic!("{label}: the upstream was never called"));
-            check_upstream_request(*channel, &upstream, &sent);
+    for recording in &RECORDINGS {
+        let recorded = testdata(&format!("request_anthropic_to_chat/{}", recording.fixture));
+        for (channel, mock) in &agents.mocks {
+            check_recording_on_channel(&agents, recording, &recorded, *channel, mock);
         }
+    }
+}
+
+fn check_recording_on_channel(
+    agents: &AgentGateway,
+    recording: &Recording,
+    recorded: &Value,
+    channel: ChannelKind,
+    mock: &MockUpstream,
+) {
+    // Claude Code streams; its one-shot helpers (titles, summaries) do not.
+    for stream in [true, false] {
+        let mut sent = recorded.clone();
+        sent["model"] = json!(format!("agents-{}", channel.name()));
+        sent["stream"] = json!(stream);
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-api-key", agents.client_key.as_str()),
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", CLAUDE_CODE_BETAS),
+            ("user-agent", "claude-cli/2.1.197 (external, sdk-cli)"),
+            ("x-app", "cli"),
+        ];
+        let response = request(
+            agents.gateway.address,
+            "POST",
+            "/v1/messages?beta=true",
+            &headers,
+            sent.to_string().as_bytes(),
+        );
+        let label = format!(
+            "{}: {} channel, stream {stream}",
+            recording.fixture,
+            channel.name()
+        );
+        let summary =
+            validate_response(ClientProtocol::Anthropic, stream, &response, Rules::STRICT)
+                .unwrap_or_else(|problem| panic!("{label}: {problem}\n{}", response.text()));
+        assert_eq!(summary.text, "hi there", "{label}");
+        let upstream = mock
+            .requests()
+            .pop()
+            .unwrap_or_else(|| panic!("{label}: the upstream was never called"));
+        check_upstream_request(recording, channel, &upstream, &sent);
     }
 }
 
