@@ -225,7 +225,8 @@ fn settings_validate_apply_live_and_prune_logs() {
     let settings = get(&gateway, &token, "/api/v1/settings");
     assert_eq!(settings["stats_save_interval_seconds"], 60);
     assert_eq!(settings["log_max_rows"], 100_000);
-    assert_eq!(settings["models_dev_url"], "https://models.dev");
+    // The harness points the catalogue at a closed loopback port (hermetic tests).
+    assert_eq!(settings["models_dev_url"], "http://127.0.0.1:9");
 
     let bad = json_request(gateway.address, "PUT", "/api/v1/settings", Some(&token), Some(&json!({"log_bodies": true, "log_retention_days": 0})));
     assert_eq!(bad.status, 400, "{}", bad.text());

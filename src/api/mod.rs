@@ -13,6 +13,7 @@ pub mod groups;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
+pub mod prices;
 pub mod routes;
 pub mod settings;
 pub mod stats;

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
-use crate::api::{api_keys, auth, body, channels, groups, logs, openapi, settings, stats, AdminContext};
+use crate::api::{api_keys, auth, body, channels, groups, logs, openapi, prices, settings, stats, AdminContext};
 use crate::http::{Request, Response};
 use crate::store::entities::{AdminUser, ChannelType};
 
@@ -66,6 +66,13 @@ pub static ROUTES: &[Route] = &[
     // Authenticates itself: the token may come as ?token= (EventSource sends no headers).
     route("GET", "/api/v1/logs/tail", false, |call| logs::tail(call.context, call.request)),
     route("GET", "/api/v1/logs/{id}", true, |call| logs::get(call.context, id(call))),
+    route("GET", "/api/v1/prices", true, |call| prices::list(call.context, call.request)),
+    route("POST", "/api/v1/prices", true, |call| prices::create(call.context, call.request)),
+    route("GET", "/api/v1/prices/effective", true, |call| prices::effective(call.context, call.request)),
+    route("GET", "/api/v1/prices/sync", true, |call| prices::sync_status(call.context)),
+    route("POST", "/api/v1/prices/sync", true, |call| prices::sync_now(call.context)),
+    route("PUT", "/api/v1/prices/{id}", true, |call| prices::update(call.context, call.request, id(call))),
+    route("DELETE", "/api/v1/prices/{id}", true, |call| prices::delete(call.context, id(call))),
     route("GET", "/api/v1/settings", true, |call| settings::get(call.context)),
     route("PUT", "/api/v1/settings", true, |call| settings::update(call.context, call.request)),
     route("GET", "/api/v1/jobs", true, |call| settings::jobs(call.context)),

@@ -27,7 +27,11 @@ pub fn update(context: &AdminContext, request: &Request) -> Result<Response, Api
     store_call(context, move |store| to_store.save_changes(&before, store))?;
     let retention_changed =
         updated.log_retention_days != previous.log_retention_days || updated.log_max_rows != previous.log_max_rows;
+    let catalogue_moved = updated.models_dev_url != previous.models_dev_url;
     context.settings.set(updated.clone());
+    if catalogue_moved {
+        context.scheduler.run_soon(jobs::PRICE_SYNC);
+    }
     if retention_changed {
         // Pruned within seconds rather than at the next ten-minute pass.
         context.scheduler.run_soon(jobs::PRUNE_LOGS);

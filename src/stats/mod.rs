@@ -25,7 +25,7 @@ pub mod redact;
 pub mod tail;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -49,7 +49,7 @@ struct Books {
     pending: HashMap<StatsKey, StatsCounters>,
     /// Taken by the flush in progress (or left by a failed one, retried with the next).
     flushing: HashMap<StatsKey, StatsCounters>,
-    logs: Vec<RequestLog>,
+    logs: VecDeque<RequestLog>,
 }
 
 /// Numbers about the writer itself, for `/metrics` and the API.
@@ -157,22 +157,22 @@ impl StatsService {
             }
             log
         });
+        if let Some(log) = &log {
+            self.tail.publish(log);
+        }
         {
             let mut books = self.books();
             books.pending.entry(key).or_default().add(&counters);
-            if let Some(log) = &log {
+            if let Some(log) = log {
                 if books.logs.len() >= MAX_PENDING_LOGS {
-                    books.logs.remove(0);
+                    books.logs.pop_front();
                     self.metrics.logs_dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                books.logs.push(log.clone());
+                books.logs.push_back(log);
             }
         }
         if let Some(api_key_id) = record.client_key_id.filter(|_| cost > 0) {
             *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(api_key_id).or_default() += cost;
-        }
-        if let Some(log) = log {
-            self.tail.publish(&log);
         }
         if let Some(recent) = &self.recent {
             recent.push(record);
@@ -221,7 +221,7 @@ impl StatsService {
 
     /// Writes the queued log rows. On failure they stay queued (bounded) for the next try.
     pub fn flush_logs(&self) -> StoreResult<()> {
-        let logs = std::mem::take(&mut self.books().logs);
+        let logs: Vec<RequestLog> = std::mem::take(&mut self.books().logs).into();
         if logs.is_empty() {
             return Ok(());
         }
@@ -238,7 +238,7 @@ impl StatsService {
             Err(error) => {
                 self.metrics.log_flush_failures.fetch_add(1, Ordering::Relaxed);
                 let mut books = self.books();
-                let newer = std::mem::replace(&mut books.logs, logs);
+                let newer = std::mem::replace(&mut books.logs, logs.into());
                 books.logs.extend(newer);
                 let excess = books.logs.len().saturating_sub(MAX_PENDING_LOGS);
                 if excess > 0 {

@@ -2,6 +2,7 @@
 //! it and the admin's prices, and how the last models.dev sync went.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::stats::catalog::Catalog;
@@ -23,7 +24,16 @@ pub struct PriceState {
     catalog: RwLock<Arc<Catalog>>,
     book: RwLock<Arc<PriceBook>>,
     status: Mutex<PriceSyncStatus>,
+    /// The ticket the next sync attempt gets (`begin_sync`).
+    next_sync_ticket: AtomicU64,
+    /// The ticket of the newest attempt whose outcome is in force, guarded with the status so a
+    /// check and the write it allows happen together.
+    applied_sync_ticket: Mutex<u64>,
 }
+
+/// One sync attempt, from `PriceState::begin_sync` to `finish_sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncTicket(u64);
 
 impl PriceState {
     /// Starts with `catalog` (the compiled-in snapshot) and no admin prices until `rebuild`.
@@ -34,6 +44,8 @@ impl PriceState {
             book: RwLock::new(Arc::new(PriceBook::new(&[], HashMap::new(), catalog.clone()))),
             catalog: RwLock::new(catalog),
             status: Mutex::new(status),
+            next_sync_ticket: AtomicU64::new(1),
+            applied_sync_ticket: Mutex::new(0),
         }
     }
 
@@ -68,7 +80,60 @@ impl PriceState {
         self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).last_error = Some(error);
     }
 
+    /// Starts a sync attempt. Attempts may overlap (the scheduled one and an admin's
+    /// `POST /api/v1/prices/sync` to a new URL); `finish_sync` then keeps the outcome of the
+    /// attempt that started last, whatever order they end in.
+    pub fn begin_sync(&self) -> SyncTicket {
+        SyncTicket(self.next_sync_ticket.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Puts an attempt's outcome in force (a new catalogue, or its error) unless an attempt that
+    /// started later has finished already. Returns whether it was applied; the caller rebuilds
+    /// the book after an applied catalogue.
+    pub fn finish_sync(&self, ticket: SyncTicket, outcome: Result<Catalog, String>, at_unix_seconds: i64) -> bool {
+        let mut applied = self.applied_sync_ticket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if ticket.0 < *applied {
+            return false;
+        }
+        *applied = ticket.0;
+        match outcome {
+            Ok(catalog) => self.replace_catalog(catalog, at_unix_seconds),
+            Err(error) => self.record_sync_error(error),
+        }
+        true
+    }
+
     pub fn status(&self) -> PriceSyncStatus {
         self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::pricing::Price;
+
+    fn catalog_of(model: &str) -> Catalog {
+        let document = format!(r#"{{"p": {{"models": {{"{model}": {{"cost": {{"input": 1, "output": 2}}}}}}}}}}"#);
+        Catalog::parse(document.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_older_sync_finishing_last_does_not_undo_a_newer_one() {
+        let state = PriceState::new(Catalog::default());
+        let older = state.begin_sync();
+        let newer = state.begin_sync();
+        assert!(state.finish_sync(newer, Err("unreachable".to_string()), 20));
+        assert!(!state.finish_sync(older, Ok(catalog_of("old")), 10), "the older attempt is stale");
+        assert_eq!(state.status().last_error.as_deref(), Some("unreachable"));
+        assert!(state.catalog().is_empty());
+
+        let older = state.begin_sync();
+        let newer = state.begin_sync();
+        assert!(state.finish_sync(newer, Ok(catalog_of("new")), 30));
+        assert!(!state.finish_sync(older, Err("late failure".to_string()), 31));
+        let status = state.status();
+        assert_eq!((status.last_sync_at, status.last_error, status.models), (Some(30), None, 1));
+        assert_eq!(state.catalog().lookup(None, "new"), Some(Price { input: 1.0, output: 2.0, ..Price::default() }));
     }
 }

@@ -902,7 +902,7 @@ impl Store for SqliteStore {
             let mut statement = transaction.prepare_cached(&stats_sql::log_insert(Dialect::Sqlite)).map_err(query_error)?;
             for log in logs {
                 let values = stats_sql::log_values(log);
-                statement.execute(rusqlite::params_from_iter(values.iter().map(sqlite_value))).map_err(query_error)?;
+                statement.execute(rusqlite::params_from_iter(values.iter())).map_err(query_error)?;
             }
         }
         transaction.commit().map_err(query_error)
@@ -954,6 +954,23 @@ impl Store for SqliteStore {
         Ok(deleted as u64)
     }
 
+}
+
+/// Binds by reference, so texts are not copied once more on the way to SQLite.
+impl rusqlite::ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        Ok(match self {
+            SqlValue::Int(number) => ToSqlOutput::Owned(Value::Integer(*number)),
+            SqlValue::OptionalInt(number) => ToSqlOutput::Owned(number.map_or(Value::Null, Value::Integer)),
+            SqlValue::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            SqlValue::OptionalText(text) => match text {
+                Some(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+                None => ToSqlOutput::Owned(Value::Null),
+            },
+            SqlValue::Bool(flag) => ToSqlOutput::Owned(Value::Integer(i64::from(*flag))),
+        })
+    }
 }
 
 fn sqlite_value(value: &SqlValue) -> rusqlite::types::Value {

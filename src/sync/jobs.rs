@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::relay::RelayState;
 use crate::stats::StatsService;
 use crate::sync::endpoint_probe;
+use crate::sync::price_sync;
 use crate::sync::scheduler::Scheduler;
 use crate::util::unix_millis;
 
@@ -17,6 +18,7 @@ use crate::util::unix_millis;
 pub const PRUNE_LOGS: &str = "prune_logs";
 pub const PROBE_ENDPOINTS: &str = "probe_endpoints";
 pub const ROLL_UP_STATS: &str = "roll_up_stats";
+pub const PRICE_SYNC: &str = "price_sync";
 
 /// How often old request logs are pruned (also right after the retention settings change).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
@@ -36,6 +38,21 @@ pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Ar
         true,
         Box::new(|| Some(Duration::from_secs(3_600))),
         Box::new(move || roll_up_stats(&stats_for_roll_up, unix_millis() / 1_000)),
+    );
+
+    // At start (the compiled-in snapshot may be months old) and then every
+    // `price_sync_interval_hours`; 0 leaves later syncs to `POST /api/v1/prices/sync`.
+    let stats_for_prices = stats.clone();
+    let settings_for_prices = stats.settings.clone();
+    let price_client = relay.upstream.clone();
+    scheduler.register(
+        PRICE_SYNC,
+        true,
+        Box::new(move || {
+            let hours = settings_for_prices.get().price_sync_interval_hours;
+            (hours > 0).then(|| Duration::from_secs(hours.saturating_mul(3_600)))
+        }),
+        Box::new(move || price_sync::sync_prices(&stats_for_prices, &price_client)),
     );
 
     let probe_interval = config.relay.probe_interval_seconds;

@@ -37,6 +37,11 @@ impl TestGateway {
         // Probes would add requests to the mocks at unpredictable times; the probe tests turn them on.
         config.relay.probe_interval_seconds = 0;
         tweak(&mut config);
+        // Keep tests hermetic: the price sync at start must not reach models.dev. Port 9 (discard)
+        // on loopback refuses at once; tests of the sync point the setting at their own server.
+        let mut store = octopus::store::open(&config.database.database_type, &config.database.path).expect("open the test database");
+        store.set_setting("setting.models_dev_url", "\"http://127.0.0.1:9\"").expect("seed models_dev_url");
+        drop(store);
         let gateway = octopus::app::start(config.clone()).unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
         let address = gateway.local_addr();
         TestGateway { gateway: Some(gateway), address, config, _database: database }
