@@ -33,10 +33,10 @@ impl AmpKeySource {
         let now = Instant::now();
         {
             let cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some((resolved_at, key)) = cached.as_ref() {
-                if now.duration_since(*resolved_at) < CACHE_LIFETIME {
-                    return key.clone();
-                }
+            if let Some((resolved_at, key)) = cached.as_ref()
+                && now.duration_since(*resolved_at) < CACHE_LIFETIME
+            {
+                return key.clone();
             }
         }
         let environment_key = std::env::var("AMP_API_KEY").ok();
