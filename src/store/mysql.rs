@@ -16,6 +16,7 @@ use crate::store::codec::{
     attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
     u64_to_column,
 };
+use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
     StatsGrouping, StatsRow,
@@ -869,6 +870,28 @@ impl Store for MysqlStore {
         Ok(days)
     }
 
+    fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>> {
+        let rows: Vec<Row> = self.connection.query(backup::all_stats_rows_query()).map_err(query_error)?;
+        rows.iter().map(|row| stats_sql::decode_stats_row(&MysqlColumns(row))).collect()
+    }
+
+    fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()> {
+        let statements = backup::replace_statements(Dialect::Mysql, backup);
+        let mut transaction = self.write_transaction()?;
+        for statement in &statements {
+            // A statement without placeholders goes as plain text: binding an empty list is not
+            // the same as binding none for the driver.
+            let result = if statement.values.is_empty() {
+                transaction.query_drop(&statement.sql)
+            } else {
+                transaction.exec_drop(&statement.sql, mysql_parameters(&statement.values))
+            };
+            result.map_err(|error| import_error(violation(error)))?;
+        }
+        // A transaction dropped without a commit rolls back, so an error above changed nothing.
+        transaction.commit().map_err(query_error)
+    }
+
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let sql = stats_sql::log_insert(Dialect::Mysql);
         let mut transaction = self.write_transaction()?;
@@ -915,6 +938,16 @@ impl Store for MysqlStore {
 
 }
 
+/// A failed import statement: validation should have caught duplicates and dangling references,
+/// so they are reported as such in case it did not.
+fn import_error(violation: Violation) -> StoreError {
+    match violation {
+        Violation::Unique(constraint) => StoreError::Duplicate(format!("import: {constraint}")),
+        Violation::ForeignKey => StoreError::MissingReference("import: a row refers to one that is not imported".to_owned()),
+        Violation::Other(error) => error,
+    }
+}
+
 fn mysql_parameters(values: &[SqlValue]) -> Params {
     Params::Positional(
         values
@@ -927,6 +960,8 @@ fn mysql_parameters(values: &[SqlValue]) -> Params {
                     text.as_ref().map_or(Value::NULL, |text| Value::Bytes(text.as_bytes().to_vec()))
                 }
                 SqlValue::Bool(flag) => Value::Int(i64::from(*flag)),
+                SqlValue::Float(number) => Value::Double(*number),
+                SqlValue::OptionalFloat(number) => number.map_or(Value::NULL, Value::Double),
             })
             .collect(),
     )

@@ -17,6 +17,7 @@ use crate::store::codec::{
     attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
     u64_to_column,
 };
+use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
     StatsGrouping, StatsRow,
@@ -870,6 +871,23 @@ impl Store for PostgresStore {
         rows.iter().map(|row| row.try_get(0).map_err(query_error)).collect()
     }
 
+    fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>> {
+        let rows = self.client.query(&backup::all_stats_rows_query(), &[]).map_err(query_error)?;
+        rows.iter().map(|row| stats_sql::decode_stats_row(&PostgresColumns(row))).collect()
+    }
+
+    fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()> {
+        let statements = backup::replace_statements(Dialect::Postgres, backup);
+        let mut transaction = self.write_transaction()?;
+        for statement in &statements {
+            transaction
+                .execute(statement.sql.as_str(), &postgres_parameters(&statement.values))
+                .map_err(|error| import_error(violation(error)))?;
+        }
+        // A transaction dropped without a commit rolls back, so an error above changed nothing.
+        transaction.commit().map_err(query_error)
+    }
+
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
         let statement = transaction.prepare(&stats_sql::log_insert(Dialect::Postgres)).map_err(query_error)?;
@@ -917,6 +935,16 @@ impl Store for PostgresStore {
 
 }
 
+/// A failed import statement: validation should have caught duplicates and dangling references,
+/// so they are reported as such in case it did not.
+fn import_error(violation: Violation) -> StoreError {
+    match violation {
+        Violation::Unique(constraint) => StoreError::Duplicate(format!("import: {constraint}")),
+        Violation::ForeignKey => StoreError::MissingReference("import: a row refers to one that is not imported".to_owned()),
+        Violation::Other(error) => error,
+    }
+}
+
 fn postgres_parameters(values: &[SqlValue]) -> Vec<&(dyn ToSql + Sync)> {
     values
         .iter()
@@ -927,6 +955,8 @@ fn postgres_parameters(values: &[SqlValue]) -> Vec<&(dyn ToSql + Sync)> {
                 SqlValue::Text(text) => text,
                 SqlValue::OptionalText(text) => text,
                 SqlValue::Bool(flag) => flag,
+                SqlValue::Float(number) => number,
+                SqlValue::OptionalFloat(number) => number,
             }
         })
         .collect()

@@ -25,6 +25,8 @@ pub enum SqlValue {
     Text(String),
     OptionalText(Option<String>),
     Bool(bool),
+    Float(f64),
+    OptionalFloat(Option<f64>),
 }
 
 /// Typed access to the columns of one result row, implemented by each backend for its driver.
