@@ -93,6 +93,11 @@ pub fn import(context: &AdminContext, request: &Request) -> Result<Response, Api
         "stats": backup.stats.as_ref().map_or(0, Vec::len),
     });
     let stats_replaced = backup.stats.is_some();
+    if stats_replaced {
+        // Counters this gateway has not written yet belong to the statistics being replaced;
+        // written now, they are replaced with the rest instead of landing on top afterwards.
+        context.stats.flush_stats(util::unix_millis()).map_err(ApiError::from)?;
+    }
     store_call(context, move |store| store.replace_configuration(&backup))?;
 
     let previous = context.settings.get();
