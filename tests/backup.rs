@@ -139,6 +139,8 @@ fn an_imported_backup_is_the_same_gateway() {
         // imported channel and its imported key.
         let hits_before = mock.request_count();
         assert_eq!(relay(&target, &LANES[0], &client_key, "chat"), 200, "{database_type}");
+        // Counted once the stats writer has taken the record (it looks every few milliseconds).
+        target.wait_for_records(1);
         assert_eq!(mock.request_count(), hits_before + 1);
         let upstream_key = LANES[0].upstream_key(&mock.requests()[hits_before]).map(str::to_string);
         assert_eq!(upstream_key.as_deref(), Some("sk-upstream-primary-0001"), "{database_type}");

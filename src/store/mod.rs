@@ -144,7 +144,7 @@ pub trait Store: Send {
     fn list_logs(&mut self, filter: &LogFilter, offset: u64, limit: u64) -> StoreResult<(Vec<RequestLog>, u64)>;
     /// One log with its bodies.
     fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>>;
-    /// Deletes the logs older than `before_ms` and all but the newest `keep_rows`; returns how
+    /// Deletes the logs that finished before `before_ms` and all but the newest `keep_rows`; returns how
     /// many were deleted.
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64>;
 }

@@ -21,6 +21,7 @@ use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
     StatsGrouping, StatsRow,
 };
+use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{
     MYSQL_MIGRATIONS, pending, split_statements, warn_about_unknown_versions,
@@ -923,7 +924,7 @@ impl Store for MysqlStore {
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
         let mut transaction = self.write_transaction()?;
-        transaction.exec_drop("DELETE FROM relay_logs WHERE time_ms < ?", (before_ms,)).map_err(query_error)?;
+        transaction.exec_drop(stats_sql::log_prune_by_age(Dialect::Mysql), (first_id_at(before_ms),)).map_err(query_error)?;
         let mut deleted = transaction.affected_rows();
         let boundary: Option<i64> = transaction
             .exec_first(stats_sql::log_prune_boundary_query(Dialect::Mysql), (u64_to_column(keep_rows),))

@@ -22,6 +22,7 @@ use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
     StatsGrouping, StatsRow,
 };
+use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{POSTGRES_MIGRATIONS, pending, warn_about_unknown_versions};
 use crate::store::{Store, StoreError, StoreResult};
@@ -921,7 +922,7 @@ impl Store for PostgresStore {
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
-        let mut deleted = transaction.execute("DELETE FROM relay_logs WHERE time_ms < $1", &[&before_ms]).map_err(query_error)?;
+        let mut deleted = transaction.execute(&stats_sql::log_prune_by_age(Dialect::Postgres), &[&first_id_at(before_ms)]).map_err(query_error)?;
         let boundary = transaction
             .query(&stats_sql::log_prune_boundary_query(Dialect::Postgres), &[&u64_to_column(keep_rows)])
             .map_err(query_error)?;

@@ -20,6 +20,7 @@ use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
     StatsGrouping, StatsRow,
 };
+use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{SQLITE_MIGRATIONS, pending, warn_about_unknown_versions};
 use crate::store::{Store, StoreError, StoreResult};
@@ -966,7 +967,7 @@ impl Store for SqliteStore {
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
         let transaction = self.write_transaction()?;
-        let mut deleted = transaction.execute("DELETE FROM relay_logs WHERE time_ms < ?1", [before_ms]).map_err(query_error)?;
+        let mut deleted = transaction.execute(&stats_sql::log_prune_by_age(Dialect::Sqlite), [first_id_at(before_ms)]).map_err(query_error)?;
         let boundary: Option<i64> = transaction
             .query_row(&stats_sql::log_prune_boundary_query(Dialect::Sqlite), [u64_to_column(keep_rows)], |row| row.get(0))
             .optional()
