@@ -180,7 +180,7 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
     let scheduler = Arc::new(Scheduler::default());
     jobs::register_all(&scheduler, &config, &relay, &stats);
     scheduler.start();
-    let admin = AdminContext::new(store.clone(), config.clone(), relay.upstream.clone(), on_change, stats.clone(), settings, scheduler.clone());
+    let admin = AdminContext::new(store.clone(), config.clone(), relay.upstream.clone(), on_change, stats.clone(), settings, scheduler.clone(), Arc::downgrade(&relay));
     let handler = Arc::new(GatewayHandler { admin, relay: relay.clone() });
     let limits = ServerLimits {
         max_header_count: config.server.max_header_count,

@@ -10,6 +10,7 @@ pub mod backup;
 pub mod body;
 pub mod channels;
 pub mod error;
+pub mod group_trial;
 pub mod groups;
 pub mod logs;
 pub mod metrics;
@@ -44,6 +45,8 @@ pub struct AdminContext {
     pub stats: Arc<StatsService>,
     pub settings: Arc<SettingsCell>,
     pub scheduler: Arc<Scheduler>,
+    /// The relay, for the admin's trial requests (weak: the relay owns no admin state).
+    pub relay: std::sync::Weak<crate::relay::RelayState>,
 }
 
 impl AdminContext {
@@ -55,6 +58,7 @@ impl AdminContext {
         stats: Arc<StatsService>,
         settings: Arc<SettingsCell>,
         scheduler: Arc<Scheduler>,
+        relay: std::sync::Weak<crate::relay::RelayState>,
     ) -> AdminContext {
         AdminContext {
             store,
@@ -65,6 +69,7 @@ impl AdminContext {
             stats,
             settings,
             scheduler,
+            relay,
         }
     }
 
