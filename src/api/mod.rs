@@ -50,29 +50,6 @@ pub struct AdminContext {
 }
 
 impl AdminContext {
-    pub fn new(
-        store: StorePool,
-        config: Arc<Config>,
-        upstream: UpstreamClient,
-        on_change: Box<dyn Fn() + Send + Sync>,
-        stats: Arc<StatsService>,
-        settings: Arc<SettingsCell>,
-        scheduler: Arc<Scheduler>,
-        relay: std::sync::Weak<crate::relay::RelayState>,
-    ) -> AdminContext {
-        AdminContext {
-            store,
-            config,
-            login_throttle: Mutex::new(LoginThrottle::default()),
-            upstream,
-            on_change,
-            stats,
-            settings,
-            scheduler,
-            relay,
-        }
-    }
-
     pub fn notify_change(&self) {
         (self.on_change)();
     }

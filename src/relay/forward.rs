@@ -78,15 +78,18 @@ enum AttemptResult {
 /// model that answered reported back.
 pub enum Caller {
     Client,
-    Admin { answered_by: Arc<std::sync::Mutex<Option<(String, String)>>> },
+    Admin { answered_by: AnsweredBy },
 }
+
+/// Filled with the (channel, upstream model) that answered an admin's trial.
+pub type AnsweredBy = Arc<std::sync::Mutex<Option<(String, String)>>>;
 
 /// Everything about the call that the record needs, filled in as it goes.
 struct CallTrace {
     started: Instant,
     record: RequestRecord,
     /// Where an admin caller wants the answering (channel, model).
-    answered_by: Option<Arc<std::sync::Mutex<Option<(String, String)>>>>,
+    answered_by: Option<AnsweredBy>,
     /// Dropped with the trace, once the record is out: the request is no longer in flight.
     _in_flight: crate::relay::InFlightGuard,
 }
