@@ -721,10 +721,10 @@ fn pump(
             out.clear();
             translator.translate(event, &mut out);
             if !out.is_empty() {
-                writer.write_chunk(&out)?;
                 if let Some(capture) = capture.as_mut() {
-                    capture.observe(&out);
+                    capture.observe(state, &out);
                 }
+                writer.write_chunk(&out)?;
                 if let Some(kept) = trace.record.response_body.as_mut() {
                     keep_for_log(kept, &out);
                 }
@@ -802,13 +802,10 @@ fn pump(
     }
     out.clear();
     translator.finish(&mut out);
+    if let Some(capture) = capture.as_mut() {
+        capture.observe(state, &out);
+    }
     let written = if out.is_empty() { Ok(()) } else { writer.write_chunk(&out) };
     trace.finish(state, 200, None);
-    if let Some(mut capture) = capture
-        && written.is_ok()
-    {
-        capture.observe(&out);
-        capture.finish(state);
-    }
     written
 }

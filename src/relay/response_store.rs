@@ -10,10 +10,15 @@
 //!
 //! Reads go through `StorePool::call` (the coroutine parks, no worker blocks). Writes never
 //! delay an answer: they go over a bounded channel to one saver thread, and are dropped with a
-//! warning when that channel is full or a response is over `MAX_STORED_RESPONSE_BYTES`.
+//! warning when that channel is full or a response is over `MAX_STORED_RESPONSE_BYTES`. A
+//! response is queued before its last bytes reach the client and stays readable from memory
+//! until its row is written, so a client that continues at once never races the database write
+//! (on the same node; nodes sharing a database see it once it is written, a few milliseconds).
 //! Only the client key that created a response may read, continue or delete it; for any other
 //! key it does not exist (404), so ids cannot be probed across keys.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
 use serde_json::{Map, Value, json};
@@ -40,34 +45,69 @@ pub const MAX_STORED_RESPONSES_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
 /// dropped (and logged) rather than holding memory or the client.
 const SAVE_QUEUE_CAPACITY: usize = 256;
 
-/// The sending side of the saver thread.
+/// Responses queued for the saver thread and not written yet, by id.
+type Unsaved = Arc<Mutex<HashMap<String, Arc<StoredResponse>>>>;
+
+/// The sending side of the saver thread, and the responses it has not written yet.
 pub struct ResponseSaver {
-    sender: crossbeam_channel::Sender<StoredResponse>,
+    sender: crossbeam_channel::Sender<Arc<StoredResponse>>,
+    /// Bounded by the queue: an entry is added only when its send succeeds and removed once
+    /// the saver thread is done with it.
+    unsaved: Unsaved,
 }
 
 impl ResponseSaver {
     /// Starts the saver thread; it ends once the saver is dropped and the queue is drained.
     pub fn start(store: StorePool) -> ResponseSaver {
-        let (sender, receiver) = crossbeam_channel::bounded::<StoredResponse>(SAVE_QUEUE_CAPACITY);
+        let (sender, receiver) = crossbeam_channel::bounded::<Arc<StoredResponse>>(SAVE_QUEUE_CAPACITY);
+        let unsaved: Unsaved = Arc::default();
+        let unsaved_for_thread = unsaved.clone();
         let spawned = thread::Builder::new().name("response-saver".to_string()).spawn(move || {
             for response in receiver {
                 let id = response.id.clone();
-                if let Err(error) = store.call(move |store| store.save_response(&response)) {
+                // A response deleted while it waited is not written at all.
+                if !lock(&unsaved_for_thread).contains_key(&id) {
+                    continue;
+                }
+                let to_write = response.clone();
+                if let Err(error) = store.call(move |store| store.save_response(&to_write)) {
                     log::warn!("could not store the response {id}: {error}");
+                }
+                let mut unsaved = lock(&unsaved_for_thread);
+                if unsaved.get(&id).is_some_and(|waiting| Arc::ptr_eq(waiting, &response)) {
+                    unsaved.remove(&id);
                 }
             }
         });
         if let Err(error) = spawned {
             log::error!("cannot start the response saver thread, responses will not be stored: {error}");
         }
-        ResponseSaver { sender }
+        ResponseSaver { sender, unsaved }
     }
 
     fn save(&self, response: StoredResponse) {
-        if let Err(error) = self.sender.try_send(response) {
-            log::warn!("the response store is not keeping up; not storing the response {}", error.into_inner().id);
+        let response = Arc::new(response);
+        let id = response.id.clone();
+        lock(&self.unsaved).insert(id.clone(), response.clone());
+        if self.sender.try_send(response).is_err() {
+            lock(&self.unsaved).remove(&id);
+            log::warn!("the response store is not keeping up; not storing the response {id}");
         }
     }
+
+    /// A response queued and not yet written.
+    fn unsaved(&self, id: &str) -> Option<StoredResponse> {
+        lock(&self.unsaved).get(id).map(|response| StoredResponse::clone(response))
+    }
+
+    /// Forgets a queued response so that it is not written; whether one was queued.
+    fn forget(&self, id: &str) -> bool {
+        lock(&self.unsaved).remove(id).is_some()
+    }
+}
+
+fn lock(unsaved: &Unsaved) -> MutexGuard<'_, HashMap<String, Arc<StoredResponse>>> {
+    unsaved.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What is needed to store the answer of one `POST /v1/responses` once it is known.
@@ -171,21 +211,25 @@ impl PendingSave {
 
 /// Watches the client bytes of a Responses stream for the terminal event, whose `response` is
 /// the object to store. Only complete and incomplete answers are stored; a failed one is not.
+/// The caller shows it each chunk before writing it, so the response is queued (and readable)
+/// before the client can have read the end of the stream and sent its next turn.
 pub struct StreamCapture {
-    pending: PendingSave,
+    pending: Option<PendingSave>,
     parser: SseParser,
     events: Vec<SseEvent>,
-    final_response: Option<Value>,
 }
 
 impl StreamCapture {
     pub fn new(pending: PendingSave) -> StreamCapture {
         // The terminal event repeats the whole output, so it may be as large as a stored response.
-        StreamCapture { pending, parser: SseParser::new(MAX_STORED_RESPONSE_BYTES * 2), events: Vec::new(), final_response: None }
+        StreamCapture { pending: Some(pending), parser: SseParser::new(MAX_STORED_RESPONSE_BYTES * 2), events: Vec::new() }
     }
 
-    /// Looks at the next client bytes.
-    pub fn observe(&mut self, client_bytes: &[u8]) {
+    /// Looks at the next client bytes; stores the response when they hold the terminal event.
+    pub fn observe(&mut self, state: &RelayState, client_bytes: &[u8]) {
+        if self.pending.is_none() {
+            return;
+        }
         self.events.clear();
         if self.parser.push(client_bytes, &mut self.events).is_err() {
             // An oversized event: the response is over the cap anyway.
@@ -199,17 +243,11 @@ impl StreamCapture {
             if let Ok(mut data) = serde_json::from_str::<Value>(&event.data)
                 && matches!(data.get("type").and_then(Value::as_str), Some("response.completed" | "response.incomplete"))
                 && let Some(response) = data.get_mut("response").map(Value::take)
+                && let Some(pending) = self.pending.take()
             {
-                self.final_response = Some(response);
+                pending.save_response_object(state, response);
+                return;
             }
-        }
-    }
-
-    /// Stores the response once the stream ended well; nothing when no terminal event came.
-    pub fn finish(self, state: &RelayState) {
-        match self.final_response {
-            Some(response) => self.pending.save_response_object(state, response),
-            None => log::debug!("not storing a Responses stream that ended without a completed response"),
         }
     }
 }
@@ -254,11 +292,16 @@ fn give_item_ids(items: &mut [Value]) {
 
 /// The stored response with this id if it belongs to `api_key_id` and has not expired.
 fn load_owned(state: &RelayState, api_key_id: i64, id: &str) -> Result<Option<StoredResponse>, RelayError> {
-    let id_owned = id.to_string();
-    let stored = state
-        .store
-        .call(move |store| store.response_by_id(&id_owned))
-        .map_err(|error| RelayError::Internal(format!("the response store could not be read: {error}")))?;
+    let stored = match state.response_saver.unsaved(id) {
+        Some(unsaved) => Some(unsaved),
+        None => {
+            let id_owned = id.to_string();
+            state
+                .store
+                .call(move |store| store.response_by_id(&id_owned))
+                .map_err(|error| RelayError::Internal(format!("the response store could not be read: {error}")))?
+        }
+    };
     let now = util::unix_seconds();
     Ok(stored.filter(|stored| stored.api_key_id == api_key_id && stored.expires_at > now))
 }
@@ -300,12 +343,13 @@ fn get_response(state: &RelayState, request: &Request, id: &str) -> Result<Respo
 
 fn delete_response(state: &RelayState, request: &Request, id: &str) -> Result<Response, RelayError> {
     let stored = owned_or_not_found(state, request, id)?;
+    let was_queued = state.response_saver.forget(&stored.id);
     let id_owned = stored.id.clone();
     let deleted = state
         .store
         .call(move |store| store.delete_response(&id_owned))
         .map_err(|error| RelayError::Internal(format!("the response store could not be written: {error}")))?;
-    if !deleted {
+    if !deleted && !was_queued {
         return Err(not_found(id));
     }
     Ok(Response::json(200, &json!({"id": stored.id, "object": "response", "deleted": true})))
