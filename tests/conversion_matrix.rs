@@ -1188,3 +1188,129 @@ fn upstream_checks_accept_a_good_request_and_name_each_fault() {
         );
     }
 }
+
+/// The words of each turn of the stateful chain, and what the mock answers to each.
+const CHAIN_QUESTIONS: [&str; 3] = ["chain turn one?", "chain turn two?", "chain turn three?"];
+
+/// A mock of `channel`'s format for the stateful chain: answers every request with text naming
+/// the turn (by counting the chain questions it carries) and gives every Responses answer its own
+/// id, as a real Responses upstream does.
+fn start_chain_mock(channel: ChannelKind) -> MockUpstream {
+    let counter = Arc::new(Mutex::new(0usize));
+    MockUpstream::start(move |request: &RecordedRequest| {
+        let body = String::from_utf8_lossy(&request.body);
+        let turn = CHAIN_QUESTIONS.iter().filter(|question| body.contains(*question)).count();
+        let answer = ScriptedAnswer {
+            reasoning: Vec::new(),
+            text: vec!["answer".to_string(), format!(" to turn {turn}")],
+            tool_call: None,
+            usage: scripted_usage(Feature::Text),
+        };
+        let unique = {
+            let mut counter = counter.lock().unwrap();
+            *counter += 1;
+            format!("resp_chain{}", *counter)
+        };
+        match scripted_reply(channel, &answer, request, &upstream_model(channel)) {
+            Reply::Json { status, headers, body } => Reply::Json { status, headers, body: body.replace("resp_mock", &unique) },
+            Reply::Sse { events, gap, end } => {
+                Reply::Sse { events: events.into_iter().map(|event| event.replace("resp_mock", &unique)).collect(), gap, end }
+            }
+            other => other,
+        }
+    })
+}
+
+/// Runs three Responses turns chained with `previous_response_id` against one channel type;
+/// Err lists everything wrong.
+fn run_chain(gateway: &TestGateway, client_key: &str, channel: ChannelKind, mock: &MockUpstream, stream: bool) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let requests_before = mock.requests().len();
+    let mut previous: Option<String> = None;
+    for (turn_index, question) in CHAIN_QUESTIONS.iter().enumerate() {
+        let mut body = json!({"model": group_name(channel), "input": question, "stream": stream, "max_output_tokens": CLIENT_MAX_TOKENS});
+        if let Some(previous) = &previous {
+            body["previous_response_id"] = json!(previous);
+        }
+        let auth = format!("Bearer {client_key}");
+        let response = support::http_client::request(
+            gateway.address,
+            "POST",
+            "/v1/responses",
+            &[("authorization", &auth), ("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        match validate_response(ClientProtocol::OpenaiResponses, stream, &response, Rules::STRICT) {
+            Ok(summary) if summary.text == format!("answer to turn {}", turn_index + 1) => {}
+            Ok(summary) => problems.push(format!("turn {}: the client got {:?}", turn_index + 1, summary.text)),
+            Err(problem) => {
+                problems.push(format!("turn {}: client side: {problem}", turn_index + 1));
+                return Err(problems);
+            }
+        }
+        let object = if stream {
+            sse_events(&response.body)
+                .into_iter()
+                .find(|(name, _)| name.as_deref() == Some("response.completed"))
+                .and_then(|(_, data)| serde_json::from_str::<Value>(&data).ok())
+                .map(|event| event["response"].clone())
+                .unwrap_or(Value::Null)
+        } else {
+            response.json()
+        };
+        previous = object["id"].as_str().map(str::to_string);
+        if previous.is_none() {
+            problems.push(format!("turn {}: no response id in {object}", turn_index + 1));
+            return Err(problems);
+        }
+    }
+    let requests = mock.requests();
+    match requests.get(requests_before + 2) {
+        Some(third) => {
+            let text = String::from_utf8_lossy(&third.body);
+            for needle in CHAIN_QUESTIONS.iter().map(|question| question.to_string()).chain(["answer to turn 1".to_string(), "answer to turn 2".to_string()]) {
+                if !text.contains(&needle) {
+                    problems.push(format!("the third upstream request lacks {needle:?}"));
+                }
+            }
+            if text.contains("previous_response_id") || text.contains("resp_chain") {
+                problems.push("the third upstream request carries a stored response id".to_string());
+            }
+        }
+        None => problems.push(format!("the upstream got {} requests, not 3", requests.len() - requests_before)),
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
+}
+
+/// The stateful column of the matrix: an OpenAI Responses client chains three turns with
+/// `previous_response_id` (and the gateway's response store) against every channel type.
+#[test]
+fn a_stateful_responses_chain_of_three_turns_works_against_every_channel_type() {
+    let gateway = start_gateway();
+    let token = gateway.admin_token();
+    let mocks: Vec<(ChannelKind, MockUpstream)> = ChannelKind::ALL.into_iter().map(|channel| (channel, start_chain_mock(channel))).collect();
+    for (channel, mock) in &mocks {
+        let channel_id = gateway.create_channel(
+            &token,
+            json!({"name": format!("chain-{}", channel.name()), "type": channel.name(),
+                   "base_urls": [channel.base_url(&mock.base_url())], "keys": [channel_key(*channel)]}),
+        );
+        gateway.create_group(&token, json!({"name": group_name(*channel), "items": [{"channel_id": channel_id, "model": upstream_model(*channel)}]}));
+    }
+    let client_key = gateway.create_client_key(&token, json!({"name": "chain"}));
+    let mut table = format!("{:<18}{:<18}|{:^12}|{:^12}\n", "client", "channel", "non-stream", "stream");
+    let mut failures = Vec::new();
+    for (channel, mock) in &mocks {
+        table.push_str(&format!("{:<18}{:<18}|", ClientProtocol::OpenaiResponses.name(), channel.name()));
+        for stream in [false, true] {
+            let result = run_chain(&gateway, &client_key, *channel, mock, stream);
+            table.push_str(&format!("{:^12}|", mark(result.is_ok())));
+            if let Err(problems) = result {
+                failures.push(format!("✗ {} {}\n    {}", channel.name(), mode_name(stream), problems.join("\n    ")));
+            }
+        }
+        table.push('\n');
+    }
+    println!("\nStateful Responses chain (3 turns, previous_response_id):\n{table}");
+    assert!(failures.is_empty(), "chain failures:\n{}", failures.join("\n"));
+}
