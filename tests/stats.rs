@@ -137,6 +137,17 @@ fn every_protocol_is_counted_priced_logged_and_kept(database: TestDatabase) {
     assert_eq!(streamed["total"], 2);
     let failed = get(&gateway, &token, "/api/v1/logs?status=failed");
     assert_eq!(failed["total"], 0);
+    let rfc3339 = |unix_seconds: i64| octopus::stats::log_view::rfc3339_millis(unix_seconds * 1_000);
+    let now = octopus::util::unix_seconds();
+    for (query, expected) in [
+        (format!("from={}", rfc3339(now - 3_600)), 8),
+        (format!("from={}", rfc3339(now + 3_600)), 0),
+        (format!("to={}", rfc3339(now - 3_600)), 0),
+        (format!("from={}&to={}&group=g-gemini", rfc3339(now - 60), rfc3339(now + 60)), 2),
+    ] {
+        let page = get(&gateway, &token, &format!("/api/v1/logs?{query}"));
+        assert_eq!(page["total"], expected, "{query}: {page}");
+    }
 
     // A restart writes everything and reads it back: every total is kept.
     gateway.restart();

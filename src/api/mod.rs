@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod backup;
 pub mod body;
 pub mod channels;
 pub mod error;

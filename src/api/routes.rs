@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
-use crate::api::{api_keys, auth, body, channels, groups, logs, openapi, prices, settings, stats, AdminContext};
+use crate::api::{api_keys, auth, backup, body, channels, groups, logs, openapi, prices, settings, stats, AdminContext};
 use crate::http::{Request, Response};
 use crate::store::entities::{AdminUser, ChannelType};
 
@@ -77,6 +77,8 @@ pub static ROUTES: &[Route] = &[
     route("PUT", "/api/v1/settings", true, |call| settings::update(call.context, call.request)),
     route("GET", "/api/v1/jobs", true, |call| settings::jobs(call.context)),
     route("GET", "/api/v1/version", true, |_| settings::version()),
+    route("GET", "/api/v1/export", true, |call| backup::export(call.context, call.request)),
+    route("POST", "/api/v1/import", true, |call| backup::import(call.context, call.request)),
 ];
 
 /// Finds the route for a request, checks the login when needed and runs it.

@@ -102,6 +102,8 @@ impl StorePool {
 
 /// The body of one pool thread: run jobs until every `StorePool` handle is gone.
 fn serve_jobs(mut store: Box<dyn Store>, job_receiver: crossbeam_channel::Receiver<Job>) {
+    // Database work is admin calls and batched statistics: never more urgent than relaying.
+    crate::util::lower_this_thread_priority();
     for job in job_receiver {
         job(store.as_mut());
     }
