@@ -1206,21 +1206,38 @@ fn upstream_checks_accept_a_good_request_and_name_each_fault() {
     }
 }
 
-/// The words of each turn of the stateful chain, and what the mock answers to each.
-const CHAIN_QUESTIONS: [&str; 3] = ["chain turn one?", "chain turn two?", "chain turn three?"];
+/// The stateful chain, as a coding agent runs it: a question the model answers with a tool call,
+/// the tool's output, then a new question; each turn names only the previous response.
+const CHAIN_FIRST_QUESTION: &str = "chain turn one: the weather in Paris?";
+const CHAIN_TOOL_OUTPUT: &str = "chain tool output: sunny";
+const CHAIN_THIRD_QUESTION: &str = "chain turn three: and tomorrow?";
 
-/// A mock of `channel`'s format for the stateful chain: answers every request with text naming
-/// the turn (by counting the chain questions it carries) and gives every Responses answer its own
-/// id, as a real Responses upstream does.
+/// Which turn of the chain a request is: the newest thing it carries.
+fn chain_turn(body: &str) -> usize {
+    if body.contains(CHAIN_THIRD_QUESTION) {
+        3
+    } else if body.contains(CHAIN_TOOL_OUTPUT) {
+        2
+    } else {
+        1
+    }
+}
+
+/// A mock of `channel`'s format for the stateful chain: a tool call on the first turn, text
+/// naming the turn afterwards; every Responses answer gets its own id, as a real Responses
+/// upstream gives.
 fn start_chain_mock(channel: ChannelKind) -> MockUpstream {
     let counter = Arc::new(Mutex::new(0usize));
     MockUpstream::start(move |request: &RecordedRequest| {
-        let body = String::from_utf8_lossy(&request.body);
-        let turn = CHAIN_QUESTIONS.iter().filter(|question| body.contains(*question)).count();
+        let turn = chain_turn(&String::from_utf8_lossy(&request.body));
         let answer = ScriptedAnswer {
             reasoning: Vec::new(),
-            text: vec!["answer".to_string(), format!(" to turn {turn}")],
-            tool_call: None,
+            text: if turn == 1 { Vec::new() } else { vec!["answer".to_string(), format!(" to turn {turn}")] },
+            tool_call: (turn == 1).then(|| ScriptedToolCall {
+                id: upstream_call_id(channel).unwrap_or("").to_string(),
+                name: "get_weather".to_string(),
+                argument_fragments: ARGUMENT_FRAGMENTS.iter().map(|fragment| fragment.to_string()).collect(),
+            }),
             usage: scripted_usage(Feature::Text),
         };
         let unique = {
@@ -1238,14 +1255,34 @@ fn start_chain_mock(channel: ChannelKind) -> MockUpstream {
     })
 }
 
-/// Runs three Responses turns chained with `previous_response_id` against one channel type;
-/// Err lists everything wrong.
+/// The response object of a Responses answer: the body, or the terminal event's response.
+fn responses_object(response: &support::http_client::TestResponse, stream: bool) -> Value {
+    if !stream {
+        return serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    }
+    sse_events(&response.body)
+        .into_iter()
+        .find(|(name, _)| name.as_deref() == Some("response.completed"))
+        .and_then(|(_, data)| serde_json::from_str::<Value>(&data).ok())
+        .map(|event| event["response"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Runs the three chained turns against one channel type; Err lists everything wrong.
 fn run_chain(gateway: &TestGateway, client_key: &str, channel: ChannelKind, mock: &MockUpstream, stream: bool) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let requests_before = mock.requests().len();
+    let tools = json!([{"type": "function", "name": "get_weather", "description": "The weather",
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]);
     let mut previous: Option<String> = None;
-    for (turn_index, question) in CHAIN_QUESTIONS.iter().enumerate() {
-        let mut body = json!({"model": group_name(channel), "input": question, "stream": stream, "max_output_tokens": CLIENT_MAX_TOKENS});
+    let mut call_id = String::new();
+    for turn in 1..=3 {
+        let input = match turn {
+            1 => json!(CHAIN_FIRST_QUESTION),
+            2 => json!([{"type": "function_call_output", "call_id": call_id, "output": CHAIN_TOOL_OUTPUT}]),
+            _ => json!([{"role": "user", "content": [{"type": "input_text", "text": CHAIN_THIRD_QUESTION}]}]),
+        };
+        let mut body = json!({"model": group_name(channel), "input": input, "tools": tools, "stream": stream, "max_output_tokens": CLIENT_MAX_TOKENS});
         if let Some(previous) = &previous {
             body["previous_response_id"] = json!(previous);
         }
@@ -1258,26 +1295,30 @@ fn run_chain(gateway: &TestGateway, client_key: &str, channel: ChannelKind, mock
             body.to_string().as_bytes(),
         );
         match validate_response(ClientProtocol::OpenaiResponses, stream, &response, Rules::STRICT) {
-            Ok(summary) if summary.text == format!("answer to turn {}", turn_index + 1) => {}
-            Ok(summary) => problems.push(format!("turn {}: the client got {:?}", turn_index + 1, summary.text)),
+            Ok(summary) if turn == 1 && summary.tool_calls.len() == 1 => {}
+            Ok(summary) if turn > 1 && summary.text == format!("answer to turn {turn}") => {}
+            Ok(summary) => problems.push(format!("turn {turn}: the client got {summary:?}")),
             Err(problem) => {
-                problems.push(format!("turn {}: client side: {problem}", turn_index + 1));
+                problems.push(format!("turn {turn}: client side: {problem}"));
                 return Err(problems);
             }
         }
-        let object = if stream {
-            sse_events(&response.body)
-                .into_iter()
-                .find(|(name, _)| name.as_deref() == Some("response.completed"))
-                .and_then(|(_, data)| serde_json::from_str::<Value>(&data).ok())
-                .map(|event| event["response"].clone())
-                .unwrap_or(Value::Null)
-        } else {
-            response.json()
-        };
+        let object = responses_object(&response, stream);
+        if turn == 1 {
+            call_id = object["output"]
+                .as_array()
+                .and_then(|items| items.iter().find(|item| item["type"] == "function_call"))
+                .and_then(|item| item["call_id"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            if call_id.is_empty() {
+                problems.push(format!("turn 1: no function call in {object}"));
+                return Err(problems);
+            }
+        }
         previous = object["id"].as_str().map(str::to_string);
         if previous.is_none() {
-            problems.push(format!("turn {}: no response id in {object}", turn_index + 1));
+            problems.push(format!("turn {turn}: no response id in {object}"));
             return Err(problems);
         }
     }
@@ -1285,9 +1326,9 @@ fn run_chain(gateway: &TestGateway, client_key: &str, channel: ChannelKind, mock
     match requests.get(requests_before + 2) {
         Some(third) => {
             let text = String::from_utf8_lossy(&third.body);
-            for needle in CHAIN_QUESTIONS.iter().map(|question| question.to_string()).chain(["answer to turn 1".to_string(), "answer to turn 2".to_string()]) {
-                if !text.contains(&needle) {
-                    problems.push(format!("the third upstream request lacks {needle:?}"));
+            for needle in [CHAIN_FIRST_QUESTION, "get_weather", "Paris", CHAIN_TOOL_OUTPUT, "answer to turn 2", CHAIN_THIRD_QUESTION] {
+                if !text.contains(needle) {
+                    problems.push(format!("the third upstream request lacks {needle:?}: {text}"));
                 }
             }
             if text.contains("previous_response_id") || text.contains("resp_chain") {
@@ -1299,8 +1340,9 @@ fn run_chain(gateway: &TestGateway, client_key: &str, channel: ChannelKind, mock
     if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
-/// The stateful column of the matrix: an OpenAI Responses client chains three turns with
-/// `previous_response_id` (and the gateway's response store) against every channel type.
+/// The stateful column of the matrix: an OpenAI Responses client chains three turns (a tool
+/// call, its output, a new question) with `previous_response_id` and the gateway's response
+/// store, against every channel type.
 #[test]
 fn a_stateful_responses_chain_of_three_turns_works_against_every_channel_type() {
     let gateway = start_gateway();
