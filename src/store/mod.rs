@@ -63,6 +63,12 @@ pub trait Store: Send {
     /// `sqlite`, `postgres` or `mysql`.
     fn backend_name(&self) -> &'static str;
 
+    /// Whether the connection to a database server is gone (the server restarted, a network
+    /// cut): the pool then opens a new one. Cheap enough to ask after every job.
+    fn connection_lost(&mut self) -> bool {
+        false
+    }
+
     // Admin account and sessions.
     /// Creates the admin account if no admin exists yet; returns true when it did.
     fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool>;

@@ -32,7 +32,12 @@ use crate::util::unix_seconds;
 /// A `Store` on one MySQL or MariaDB connection.
 pub struct MysqlStore {
     connection: Conn,
+    /// When the connection was last known to work; see `connection_lost`.
+    last_checked: std::time::Instant,
 }
+
+/// How often `connection_lost` pings the server (the mysql driver has no cheap "is it closed").
+const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Connects to `url` (`mysql://user[:password]@host[:port]/database`), then applies pending
 /// migrations. Errors name the host, port and database, never the password.
@@ -65,7 +70,7 @@ pub fn open(url: &str) -> StoreResult<MysqlStore> {
             "cannot migrate MySQL database at {target}: {error}"
         ))
     })?;
-    Ok(MysqlStore { connection })
+    Ok(MysqlStore { connection, last_checked: std::time::Instant::now() })
 }
 
 /// The driver's error without its debug-style wrapper (`MySqlError { .. }`).
@@ -485,6 +490,16 @@ fn insert_returning_id(
 }
 
 impl Store for MysqlStore {
+    /// Pings at most every few seconds: a restarted server is noticed within that time, and the
+    /// jobs in between fail with a clear error rather than hang.
+    fn connection_lost(&mut self) -> bool {
+        if self.last_checked.elapsed() < CONNECTION_CHECK_INTERVAL {
+            return false;
+        }
+        self.last_checked = std::time::Instant::now();
+        self.connection.ping().is_err()
+    }
+
     fn backend_name(&self) -> &'static str {
         "mysql"
     }

@@ -416,6 +416,10 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
+    fn connection_lost(&mut self) -> bool {
+        self.client.is_closed()
+    }
+
     fn backend_name(&self) -> &'static str {
         "postgres"
     }
