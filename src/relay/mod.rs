@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod client_auth;
 pub mod count_tokens;
 pub mod disconnect;
+pub mod embeddings;
 pub mod endpoint_pick;
 pub mod error;
 pub mod forward;
@@ -18,6 +19,7 @@ pub mod key_pool;
 pub mod media_fetch;
 pub mod models;
 pub mod outbound;
+pub mod rate_limit;
 pub mod record;
 pub mod retry;
 pub mod rng;
@@ -33,9 +35,11 @@ use crate::config::Config;
 use crate::http::{Request, Response};
 use crate::relay::health::HealthCell;
 use crate::relay::inbound::RelayRoute;
+use crate::relay::rate_limit::RateLimits;
 use crate::relay::record::{RecentRecords, RecordSink};
 use crate::relay::snapshot::{Snapshot, SnapshotCell};
-use crate::store::entities::{Channel, ChannelKey, ChannelType};
+use crate::relay::error::RelayError;
+use crate::store::entities::{ApiKey, Channel, ChannelKey, ChannelType};
 use crate::stats::StatsService;
 use crate::store::pool::StorePool;
 use crate::upstream::client::UpstreamClient;
@@ -54,6 +58,8 @@ pub struct RelayState {
     pub recent: Arc<RecentRecords>,
     /// Spending per client key (for `max_cost`), read on each request of a capped key.
     pub stats: Arc<StatsService>,
+    /// Requests and tokens per client key in the current minute (for `rpm` and `tpm`).
+    pub rate_limits: RateLimits,
     /// Requests started and not yet recorded, for the graceful shutdown.
     in_flight: std::sync::atomic::AtomicUsize,
     /// Set when shutdown begins: new relay requests get a 503 and no record.
@@ -80,6 +86,7 @@ impl RelayState {
             records,
             recent,
             stats,
+            rate_limits: RateLimits::default(),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             seed: AtomicU64::new(crate::util::os_random_u64()),
@@ -112,6 +119,14 @@ impl RelayState {
         let snapshot = self.store.call(|store| Snapshot::load(store))?;
         self.snapshot.replace(snapshot);
         Ok(())
+    }
+
+    /// Refuses a request of a key over its `rpm` or `tpm`, and counts it otherwise.
+    pub fn admit(&self, api_key: &ApiKey) -> Result<(), RelayError> {
+        self.rate_limits.admit(api_key, u64::try_from(crate::util::unix_millis()).unwrap_or(0)).map_err(|refusal| RelayError::RateLimited {
+            message: refusal.message(),
+            retry_after_seconds: refusal.retry_after_seconds(),
+        })
     }
 
     /// A fresh seed for one request's random choices.
@@ -179,6 +194,8 @@ pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
             }
         }
         RelayRoute::Generate(_) | RelayRoute::GeminiGenerate { .. } => forward::handle_generate(state, request, &route, client_format),
+        RelayRoute::GeminiCountTokens { model } => count_tokens::handle_gemini(state, request, model),
+        RelayRoute::Embeddings => embeddings::handle(state, request),
     })
 }
 

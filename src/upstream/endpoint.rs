@@ -37,6 +37,19 @@ pub fn upstream_url(
     }
 }
 
+/// The URL of an embeddings call, or None for channel types that cannot embed (Anthropic,
+/// Antigravity). A verbatim base URL (ending in `#`) names a generate endpoint, so as for model
+/// lists the `#` is dropped and the embeddings path appended.
+pub fn embeddings_url(channel_type: ChannelType, base_url: &str, upstream_model: &str) -> Option<String> {
+    let base = base_url.trim_end_matches('#').trim_end_matches('/');
+    let model = upstream_model.strip_prefix("models/").unwrap_or(upstream_model);
+    match channel_type {
+        ChannelType::OpenaiChat | ChannelType::OpenaiResponses => Some(format!("{base}/embeddings")),
+        ChannelType::Gemini => Some(format!("{base}/models/{model}:batchEmbedContents")),
+        ChannelType::Anthropic | ChannelType::Antigravity => None,
+    }
+}
+
 /// The auth headers for `key`. For Antigravity `key` must already be an OAuth access token
 /// (the caller refreshes it); Antigravity must never get `x-goog-api-key`.
 pub fn auth_headers(channel_type: ChannelType, key: &str) -> Vec<(String, String)> {
