@@ -100,7 +100,15 @@ fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
     warn_about_unknown_versions("mysql", MYSQL_MIGRATIONS, &applied_versions);
     for migration in pending(MYSQL_MIGRATIONS, &applied_versions) {
         for statement in split_statements(migration.sql) {
-            connection.query_drop(statement)?;
+            match connection.query_drop(&statement) {
+                Ok(()) => {}
+                // MySQL has no `ADD COLUMN IF NOT EXISTS` and commits DDL at once: a run that
+                // added the columns and stopped before recording the version finds them there.
+                // Each ALTER adds its columns in one statement, so "already there" means all of them.
+                Err(mysql::Error::MySqlError(error))
+                    if error.code == ER_DUP_FIELDNAME && statement.starts_with("ALTER TABLE") => {}
+                Err(error) => return Err(error),
+            }
         }
         connection.exec_drop(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
@@ -120,6 +128,7 @@ fn query_error(error: mysql::Error) -> StoreError {
 }
 
 const ER_DUP_ENTRY: u16 = 1062;
+const ER_DUP_FIELDNAME: u16 = 1060;
 const ER_NO_REFERENCED_ROW: u16 = 1216;
 const ER_NO_REFERENCED_ROW_2: u16 = 1452;
 
