@@ -117,7 +117,9 @@ impl RelayState {
     /// Reloads the snapshot from the store. Callable from coroutines and threads.
     pub fn reload_snapshot(&self) -> Result<(), crate::store::StoreError> {
         let snapshot = self.store.call(|store| Snapshot::load(store))?;
+        let live_key_ids = snapshot.api_keys_by_hash.values().map(|api_key| api_key.id).collect();
         self.snapshot.replace(snapshot);
+        self.rate_limits.forget_keys_except(&live_key_ids);
         Ok(())
     }
 

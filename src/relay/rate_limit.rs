@@ -13,7 +13,7 @@
 //! across one window boundary; that is the usual trade for exact, lock-free counting.
 //! The decisions take the time as an argument, so the tests need no clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -144,6 +144,17 @@ impl RateLimits {
         self.counters(api_key_id).tokens.add(tokens, now_ms);
     }
 
+    /// Drops the counters of keys that no longer exist (called after each snapshot reload), so
+    /// the map stays as small as the key list.
+    pub fn forget_keys_except(&self, live_key_ids: &HashSet<i64>) {
+        for shard in &self.shards {
+            let mut map = shard.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if map.keys().any(|id| !live_key_ids.contains(id)) {
+                map.retain(|id, _| live_key_ids.contains(id));
+            }
+        }
+    }
+
     /// The counters of a key, created on first use.
     pub fn counters(&self, api_key_id: i64) -> Arc<KeyCounters> {
         let shard = &self.shards[(api_key_id as u64 as usize) % SHARD_COUNT];
@@ -265,6 +276,16 @@ mod tests {
             assert_eq!(limits.admit(&unlimited, MINUTE_START_MS), Ok(()));
         }
         assert_eq!(limits.counters(2).requests.count(MINUTE_START_MS), 0);
+    }
+
+    #[test]
+    fn counters_of_deleted_keys_are_forgotten() {
+        let limits = RateLimits::default();
+        limits.charge_tokens(1, 10, MINUTE_START_MS);
+        limits.charge_tokens(2, 10, MINUTE_START_MS);
+        limits.forget_keys_except(&HashSet::from([2]));
+        assert_eq!(limits.counters(1).tokens.count(MINUTE_START_MS), 0);
+        assert_eq!(limits.counters(2).tokens.count(MINUTE_START_MS), 10);
     }
 
     #[test]
