@@ -124,6 +124,13 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Every setting as a row of the `settings` table (key with its prefix, JSON text), for a
+    /// backup import that replaces them all.
+    pub fn stored_rows(&self) -> Vec<(String, String)> {
+        let values = self.to_json();
+        SETTING_NAMES.iter().map(|name| (format!("{STORAGE_PREFIX}{name}"), values[*name].to_string())).collect()
+    }
+
     /// Stores every setting that differs from `previous`.
     pub fn save_changes(&self, previous: &Settings, store: &mut dyn Store) -> StoreResult<()> {
         let new_values = self.to_json();

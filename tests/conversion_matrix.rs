@@ -1,6 +1,6 @@
 //! The acceptance matrix of protocol conversion (issue 4): every client protocol (4) against every
-//! channel type (5), non-stream and stream, for text, a tool call, image input and reasoning:
-//! 160 cells, each run through one in-process gateway against mock providers that speak the real
+//! channel type (5), non-stream and stream, for text, a tool call, image input, reasoning and a
+//! system turn inside the conversation (issue 10, as Claude Code 2.1 sends them): 200 cells, each run through one in-process gateway against mock providers that speak the real
 //! formats. Each mock checks that the request it gets carries the feature in its own format; each
 //! answer is validated strictly in the client's protocol and compared with what the mock said.
 //!
@@ -30,7 +30,8 @@ use support::wire_client::{
     ClientAsk, Rules, client_call, validate_complete, validate_response, validate_stream,
 };
 use support::wire_upstream::{
-    ANTHROPIC_SIGNATURE, GEMINI_SIGNATURE, InlineImage, RESPONSES_ENCRYPTED_CONTENT,
+    ANTHROPIC_SIGNATURE, GEMINI_SIGNATURE, InlineImage, MidSystemExpectation,
+    RESPONSES_ENCRYPTED_CONTENT,
     ScriptedAnswer, ScriptedToolCall, ToolExpectation, UpstreamExpectation, antigravity_wrap,
     check_request, complete_answer, scripted_reply, streamed_answer,
 };
@@ -42,14 +43,17 @@ enum Feature {
     ToolCall,
     Image,
     Reasoning,
+    /// A system turn after the user's turn (Anthropic `messages[].role: "system"`).
+    SystemInMessages,
 }
 
 impl Feature {
-    const ALL: [Feature; 4] = [
+    const ALL: [Feature; 5] = [
         Feature::Text,
         Feature::ToolCall,
         Feature::Image,
         Feature::Reasoning,
+        Feature::SystemInMessages,
     ];
 
     fn name(self) -> &'static str {
@@ -58,6 +62,7 @@ impl Feature {
             Feature::ToolCall => "tool_call",
             Feature::Image => "image",
             Feature::Reasoning => "reasoning",
+            Feature::SystemInMessages => "system_in_messages",
         }
     }
 
@@ -147,6 +152,8 @@ fn mode_name(stream: bool) -> &'static str {
 }
 
 const SYSTEM_PROMPT: &str = "Answer briefly.";
+/// The system turn a `SystemInMessages` cell sends after the user's turn.
+const MID_CONVERSATION_SYSTEM: &str = "Plan mode is on: do not edit files.";
 const TEXT_DELTAS: [&str; 4] = ["Hello", " from", " the", " mock"];
 const REASONING_DELTAS: [&str; 2] = ["Let me", " think."];
 const ARGUMENT_FRAGMENTS: [&str; 3] = ["{\"ci", "ty\":\"Pa", "ris\"}"];
@@ -200,6 +207,7 @@ fn user_text(cell: &Cell) -> String {
         Feature::ToolCall => "What is the weather in Paris?",
         Feature::Image => "Describe this image.",
         Feature::Reasoning => "Think first, then say hello.",
+        Feature::SystemInMessages => "Follow the later instruction, then say hello.",
     };
     format!("{question} {}", cell.marker())
 }
@@ -210,6 +218,8 @@ fn ask(cell: &Cell) -> ClientAsk {
         stream: cell.stream,
         system: Some(SYSTEM_PROMPT.to_string()),
         user_text: user_text(cell),
+        mid_system: (cell.feature == Feature::SystemInMessages)
+            .then(|| MID_CONVERSATION_SYSTEM.to_string()),
         image: (cell.feature == Feature::Image).then(image),
         tool: (cell.feature == Feature::ToolCall).then(weather_tool),
         reasoning: cell.feature == Feature::Reasoning,
@@ -263,6 +273,10 @@ fn upstream_expectation(cell: &Cell) -> UpstreamExpectation {
         stream: cell.stream,
         system: Some(SYSTEM_PROMPT.to_string()),
         user_text: cell.marker(),
+        mid_system: (cell.feature == Feature::SystemInMessages).then(|| MidSystemExpectation {
+            text: MID_CONVERSATION_SYSTEM.to_string(),
+            after_user: cell.client != ClientProtocol::Gemini,
+        }),
         image: (cell.feature == Feature::Image).then(image),
         tool: (cell.feature == Feature::ToolCall).then(weather_tool),
         reasoning: cell.feature == Feature::Reasoning,
@@ -448,9 +462,11 @@ fn matrix_table(results: &HashMap<Cell, Result<(), Vec<String>>>) -> String {
             Feature::ToolCall => "tool",
             Feature::Image => "image",
             Feature::Reasoning => "reason",
+            Feature::SystemInMessages => "sysmsg",
         })
         .collect();
-    let group = |title: &str| format!("{title:^29}");
+    let group_width = features.len() * 7 + 1;
+    let group = |title: &str| format!("{title:^group_width$}");
     table.push_str(&format!(
         "{:<18}{:<18}|{}|{}\n",
         "client",
@@ -505,7 +521,7 @@ fn every_client_protocol_works_against_every_channel_type() {
     let client_key = gateway.create_client_key(&token, json!({"name": "matrix"}));
 
     let cells = Cell::all();
-    assert_eq!(cells.len(), 160);
+    assert_eq!(cells.len(), 200);
     let mut results = HashMap::new();
     for cell in &cells {
         results.insert(*cell, run_cell(cell, &gateway, &client_key, &log));
@@ -815,6 +831,7 @@ fn recorded_provider_streams_replay_through_every_client_protocol() {
                     stream: true,
                     system: None,
                     user_text: "Replay the recording.".to_string(),
+                    mid_system: None,
                     image: None,
                     tool: None,
                     reasoning: false,

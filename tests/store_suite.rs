@@ -18,8 +18,10 @@ use std::path::PathBuf;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use octopus::store::backup::Backup;
 use octopus::store::entities::{
-    AdminSession, ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice,
+    AdminSession, ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters,
+    StatsKey, StatsRow,
 };
 use octopus::store::migrate::{
     MYSQL_MIGRATIONS, Migration, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS,
@@ -57,6 +59,7 @@ store_cases!(
     api_key_round_trip_and_lookup_by_hash,
     prices_upsert_by_model_and_channel,
     settings_round_trip,
+    replace_configuration_keeps_ids_and_is_all_or_nothing,
     pool_serves_threads_and_coroutines,
     pool_survives_a_panicking_job,
 );
@@ -889,6 +892,91 @@ mod cases {
                 ("site_name".to_owned(), "Octopus 🐙".to_owned())
             ]
         );
+    }
+
+    pub fn replace_configuration_keeps_ids_and_is_all_or_nothing(database: &TestDatabase) {
+        let mut store = database.open();
+        store.create_channel(&sample_channel("before")).unwrap();
+        store.create_api_key(&sample_api_key("before", "sk-octopus-before")).unwrap();
+        store.set_setting("setting.log_bodies", "true").unwrap();
+        store.set_setting("other.key", "kept").unwrap();
+
+        let mut first = sample_channel("first");
+        first.id = 40;
+        first.created_at = 1_700_000_000;
+        first.updated_at = 1_700_000_100;
+        for (index, key) in first.keys.iter_mut().enumerate() {
+            key.id = 70 + index as i64;
+        }
+        let mut second = sample_channel("second");
+        second.id = 41;
+        second.channel_type = ChannelType::Anthropic;
+        second.keys = vec![ChannelKey { id: 75, key: "sk-ant".to_owned(), enabled: true, remark: String::new() }];
+        let mut group = sample_group("imported", vec![item(41, "claude", 0, 1), item(40, "gpt-4o", 2, 5)]);
+        group.id = 9;
+        let mut api_key = sample_api_key("imported", "sk-octopus-imported");
+        api_key.id = 12;
+        api_key.max_cost = None;
+        let mut default_price = price("claude", None, 3.0);
+        default_price.id = 5;
+        let mut channel_price = price("claude", Some(41), 1.5);
+        channel_price.id = 6;
+        let stats = vec![StatsRow {
+            key: StatsKey { hour: 7_200, channel_id: 41, api_key_id: 12, group: "imported".to_owned(), model: "claude".to_owned() },
+            counters: StatsCounters { requests: 3, success: 2, failed: 1, cost_micros: 99, ..StatsCounters::default() },
+        }];
+        let backup = Backup {
+            channels: vec![first, second],
+            groups: vec![group],
+            api_keys: vec![api_key],
+            prices: vec![default_price, channel_price],
+            settings: vec![("setting.log_max_rows".to_owned(), "7".to_owned())],
+            stats: Some(stats.clone()),
+        };
+        store.replace_configuration(&backup).unwrap();
+
+        assert_eq!(store.list_channels().unwrap(), backup.channels);
+        assert_eq!(store.list_groups().unwrap(), backup.groups);
+        assert_eq!(store.list_api_keys().unwrap(), backup.api_keys);
+        assert_eq!(store.list_prices().unwrap(), backup.prices);
+        assert_eq!(
+            store.list_settings().unwrap(),
+            vec![("other.key".to_owned(), "kept".to_owned()), ("setting.log_max_rows".to_owned(), "7".to_owned())]
+        );
+        assert_eq!(store.all_stats_rows().unwrap(), stats);
+
+        // New rows get ids past the imported ones.
+        let created = store.create_channel(&sample_channel("after")).unwrap();
+        assert!(created.id > 41, "channel id {}", created.id);
+        assert!(created.keys.iter().all(|key| key.id > 75), "{:?}", created.keys);
+        let created_group = store.create_group(&sample_group("after", Vec::new())).unwrap();
+        assert!(created_group.id > 9, "group id {}", created_group.id);
+        let created_key = store.create_api_key(&sample_api_key("after", "sk-octopus-after")).unwrap();
+        assert!(created_key.id > 12, "api key id {}", created_key.id);
+        let created_price = store.upsert_price(&price("after", None, 1.0)).unwrap();
+        assert!(created_price.id > 6, "price id {}", created_price.id);
+
+        // A failing statement (an item naming no channel) undoes every one before it.
+        let channels_before = store.list_channels().unwrap();
+        let prices_before = store.list_prices().unwrap();
+        let settings_before = store.list_settings().unwrap();
+        let mut broken = backup.clone();
+        broken.channels.truncate(1);
+        broken.prices.clear();
+        broken.groups[0].items = vec![item(999, "nothing", 0, 1)];
+        broken.stats = Some(Vec::new());
+        assert!(store.replace_configuration(&broken).is_err());
+        assert_eq!(store.list_channels().unwrap(), channels_before);
+        assert_eq!(store.list_prices().unwrap(), prices_before);
+        assert_eq!(store.list_settings().unwrap(), settings_before);
+        assert_eq!(store.all_stats_rows().unwrap(), stats);
+
+        // Without statistics in the backup, the statistics stay.
+        let mut without_stats = backup.clone();
+        without_stats.stats = None;
+        store.replace_configuration(&without_stats).unwrap();
+        assert_eq!(store.all_stats_rows().unwrap(), stats);
+        assert_eq!(store.list_channels().unwrap(), backup.channels);
     }
 
     pub fn pool_serves_threads_and_coroutines(database: &TestDatabase) {

@@ -7,6 +7,7 @@
 //! protocol conversion lanes (`conversion.rs`), each read against the pass-through lane. Run it
 //! through `scripts/bench`, which builds both programs and raises the open-file limit.
 
+mod compare;
 mod conversion;
 mod gateway;
 mod http_client;
@@ -34,9 +35,11 @@ use crate::mock_upstream::{Dialect, MockUpstream};
 use crate::proc_stats::{cpu_micros, raise_fd_limit, resident_kib};
 use crate::report::{ArmResults, MemoryResults, RunInfo, RunResults};
 
-const USAGE: &str = "usage: octopus-bench [--quick] (--gateway PATH | --direct-only)
+const USAGE: &str = "usage: octopus-bench [--quick] (--gateway PATH [--compare BASELINE] | --direct-only)
 
   --gateway PATH   the octopus binary to start and measure against the direct baseline
+  --compare PATH   instead of the full run, measure --gateway against this other build of it
+                   (e.g. the commit before a change), side by side in alternating rounds
   --direct-only    measure only the mock upstream directly (no gateway)
   --quick          fewer rounds, 100 held streams and short conversion lanes, for smoke tests
 
@@ -88,6 +91,8 @@ const WANTED_FD_LIMIT: u64 = 65_536;
 
 struct Options {
     quick: bool,
+    /// `--compare`: a baseline build to measure the gateway against instead of the full run.
+    baseline_binary: Option<PathBuf>,
     /// None for a direct-only run.
     gateway_binary: Option<PathBuf>,
 }
@@ -160,6 +165,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(gateway_binary), Some(baseline_binary)) = (&options.gateway_binary, &options.baseline_binary) {
+        let started = Instant::now();
+        let plan = if options.quick {
+            compare::ComparePlan { rounds: 4, requests_per_round: 200, load_duration: Duration::from_millis(1_000) }
+        } else {
+            compare::ComparePlan { rounds: 10, requests_per_round: 400, load_duration: Duration::from_millis(2_000) }
+        };
+        let (pin_to_cpu, _) = gateway_pinning();
+        return match compare::run(gateway_binary, baseline_binary, &plan, pin_to_cpu, &|message| progress(started, message)) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("octopus-bench: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&options) {
         Ok(results) => {
             print!("{}", report::render(&results));
@@ -176,6 +200,7 @@ fn parse_options() -> Result<Options, String> {
     let mut quick = false;
     let mut direct_only = false;
     let mut gateway_binary = None;
+    let mut baseline_binary = None;
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
         match argument.as_str() {
@@ -184,6 +209,10 @@ fn parse_options() -> Result<Options, String> {
             "--gateway" => {
                 let path = arguments.next().ok_or("--gateway needs a path")?;
                 gateway_binary = Some(PathBuf::from(path));
+            }
+            "--compare" => {
+                let path = arguments.next().ok_or("--compare needs a path")?;
+                baseline_binary = Some(PathBuf::from(path));
             }
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -197,8 +226,12 @@ fn parse_options() -> Result<Options, String> {
     } else if gateway_binary.is_none() {
         return Err("give --gateway PATH or --direct-only".to_string());
     }
+    if baseline_binary.is_some() && gateway_binary.is_none() {
+        return Err("--compare needs --gateway too".to_string());
+    }
     Ok(Options {
         quick,
+        baseline_binary,
         gateway_binary,
     })
 }

@@ -123,7 +123,7 @@ fn apply_fields(api_key: &mut ApiKey, map: &Map<String, Value>) -> Result<(), Ap
 
 /// The largest per-minute limit accepted. Far above any real traffic; it keeps the value exact
 /// in JSON numbers (below 2^53) and in every backend's signed BIGINT.
-const MAX_PER_MINUTE_LIMIT: u64 = 1 << 50;
+pub const MAX_PER_MINUTE_LIMIT: u64 = 1 << 50;
 
 /// Reads `rpm` or `tpm`: a whole number from 0 (no limit) to `MAX_PER_MINUTE_LIMIT`; null means 0.
 fn per_minute_limit(map: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {

@@ -30,14 +30,17 @@ use crate::protocol::ir::{
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
 use crate::protocol::json::{
-    field, index, insert_some, join, object, opt_array, opt_bool, opt_f64, opt_str, opt_u64,
-    req_str,
+    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    opt_str, opt_u64, req_str,
 };
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_value};
 
 /// The smallest thinking budget the API accepts.
 const MIN_THINKING_BUDGET: u64 = 1024;
+
+/// How the system block begins that Claude Code adds for Anthropic's billing.
+const CLAUDE_CODE_BILLING_LINE: &str = "x-anthropic-billing-header:";
 
 /// Image types the Messages API accepts.
 const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
@@ -68,8 +71,17 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
             let mut parts = Vec::new();
             for (position, block) in blocks.iter().enumerate() {
                 let path = index("system", position);
+                let text = req_str(block, "text", &path)?;
+                // Claude Code opens its system prompt with a billing line for Anthropic
+                // (`x-anthropic-billing-header: cc_version=...`). It tells another provider's
+                // model nothing, and a line that changes between versions at the very start of
+                // the prompt would defeat that provider's prefix caching.
+                if text.starts_with(CLAUDE_CODE_BILLING_LINE) {
+                    log::debug!("anthropic request: {path} is Claude Code's billing line; dropped");
+                    continue;
+                }
                 parts.push(Part::Text(TextPart {
-                    text: req_str(block, "text", &path)?.to_string(),
+                    text: text.to_string(),
                     cache_control: field(block, "cache_control").cloned(),
                 }));
             }
@@ -149,6 +161,19 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
     if let Some(metadata) = field(body, "metadata") {
         request.user = opt_str(metadata, "user_id", "metadata")?.map(str::to_string);
     }
+    // Context editing, remote MCP servers and code-execution containers run inside Anthropic's
+    // API; another upstream gets the conversation exactly as the client sent it and no server
+    // tools, which it can still answer.
+    log_dropped_fields(
+        Format::Anthropic,
+        body,
+        &[
+            "context_management",
+            "mcp_servers",
+            "container",
+            "service_tier",
+        ],
+    );
     Ok(request)
 }
 
@@ -253,6 +278,29 @@ fn parse_message(
             }
             out.push(Message::new(Role::Assistant, parts));
         }
+        // Claude Code 2.1 (beta `mid-conversation-system-2026-04-07`) sends system turns inside
+        // `messages`, after the first user turn. They stay at their position in the IR: formats
+        // with positional system messages keep them there, and formats with one system prompt
+        // hoist them (`ir::hoisted_system_parts`).
+        "system" => {
+            let mut parts = Vec::new();
+            for (position, block) in blocks.iter().enumerate() {
+                let block_path = index(&content_path, position);
+                match req_str(block, "type", &block_path)? {
+                    "text" => parts.push(Part::Text(TextPart {
+                        text: req_str(block, "text", &block_path)?.to_string(),
+                        cache_control: field(block, "cache_control").cloned(),
+                    })),
+                    other => log::debug!(
+                        "anthropic request: {block_path} is a {other:?} block in a system message, \
+                         which only text can fill; dropped"
+                    ),
+                }
+            }
+            if !parts.is_empty() {
+                out.push(Message::new(Role::System, parts));
+            }
+        }
         other => {
             return Err(ConvertError::new(
                 join(path, "role"),
@@ -274,11 +322,41 @@ fn parse_user_block(block: &Value, path: &str) -> Result<Option<Part>, ConvertEr
         }
         "image" => Ok(Some(Part::Image(parse_media(block, path)?))),
         "document" => Ok(Some(Part::Document(parse_media(block, path)?))),
+        "search_result" => Ok(Some(Part::text(search_result_text(block, path)?))),
+        // A file uploaded into Anthropic's code-execution container; other upstreams have no
+        // container to put it in.
+        "container_upload" => {
+            log::debug!("anthropic request: {path} is a container_upload block; dropped");
+            Ok(None)
+        }
         other => Err(ConvertError::new(
             join(path, "type"),
             format!("unsupported content block type {other:?}"),
         )),
     }
+}
+
+/// A `search_result` block (a client-side RAG result with its source, for citations) as plain
+/// text: the title, the source and the content, which is what the model needs to use it.
+/// Citations are Anthropic's own feature and are not asked for elsewhere.
+fn search_result_text(block: &Value, path: &str) -> Result<String, ConvertError> {
+    let mut lines = Vec::new();
+    for key in ["title", "source"] {
+        if let Some(value) = opt_str(block, key, path)?
+            && !value.is_empty()
+        {
+            lines.push(value.to_string());
+        }
+    }
+    let content_path = join(path, "content");
+    for (position, inner) in opt_array(block, "content", path)?
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        lines.push(req_str(inner, "text", &index(&content_path, position))?.to_string());
+    }
+    Ok(lines.join("\n"))
 }
 
 fn parse_media(block: &Value, path: &str) -> Result<Media, ConvertError> {
@@ -370,8 +448,14 @@ fn parse_assistant_block(block: &Value, path: &str) -> Result<Option<Part>, Conv
                 .unwrap_or_else(|| "{}".to_string()),
             signature: None,
         }),
-        // Server-side tool blocks (web search and the like) only make sense to Anthropic.
-        _ => return Ok(None),
+        // Server-side tool blocks (`server_tool_use`, `web_search_tool_result` and the like)
+        // record work Anthropic's servers did; only Anthropic can read them back.
+        other => {
+            log::debug!(
+                "anthropic: {path} is a {other:?} block with no equivalent elsewhere; dropped"
+            );
+            return Ok(None);
+        }
     };
     Ok(Some(part))
 }
@@ -475,6 +559,9 @@ pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value,
     }
     if let Some(user) = &request.user {
         body.insert("metadata".into(), json!({"user_id": user}));
+    }
+    if request.verbosity.is_some() {
+        log::debug!("anthropic upstream: the client's verbosity has no equivalent; dropped");
     }
     if options.stream {
         body.insert("stream".into(), true.into());

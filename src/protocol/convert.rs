@@ -451,7 +451,7 @@ mod tests {
         ConvertContext, StreamTranscoder, client_wants_stream_usage, convert_request,
         convert_response,
     };
-    use crate::protocol::ir::{Part, Request, Role, WriteOptions};
+    use crate::protocol::ir::{Part, ReasoningEffort, Request, Role, WriteOptions};
     use crate::protocol::sse::{SseEvent, SseParser, encode_event};
     use crate::protocol::testkit;
     use crate::protocol::{anthropic, gemini, openai_chat, openai_responses};
@@ -644,17 +644,22 @@ mod tests {
         assert_eq!(
             lanes,
             [
+                "request_anthropic_to_anthropic",
+                "request_anthropic_to_antigravity",
                 "request_anthropic_to_chat",
                 "request_anthropic_to_gemini",
                 "request_anthropic_to_responses",
                 "request_chat_to_anthropic",
                 "request_chat_to_antigravity",
+                "request_chat_to_chat",
                 "request_chat_to_gemini",
                 "request_chat_to_responses",
                 "request_gemini_to_anthropic",
                 "request_gemini_to_chat",
+                "request_gemini_to_gemini",
                 "request_responses_to_anthropic",
                 "request_responses_to_chat",
+                "request_responses_to_responses",
                 "response_anthropic_to_chat",
                 "response_anthropic_to_responses",
                 "response_antigravity_to_chat",
@@ -687,6 +692,33 @@ mod tests {
     #[test]
     fn request_anthropic_to_chat() {
         check_lane("request_anthropic_to_chat");
+    }
+
+    /// Same-format lanes pass the body through; these cases show that nothing the relay reads
+    /// first rejects or rewrites what current clients send.
+    #[test]
+    fn request_anthropic_to_anthropic() {
+        check_lane("request_anthropic_to_anthropic");
+    }
+
+    #[test]
+    fn request_chat_to_chat() {
+        check_lane("request_chat_to_chat");
+    }
+
+    #[test]
+    fn request_responses_to_responses() {
+        check_lane("request_responses_to_responses");
+    }
+
+    #[test]
+    fn request_gemini_to_gemini() {
+        check_lane("request_gemini_to_gemini");
+    }
+
+    #[test]
+    fn request_anthropic_to_antigravity() {
+        check_lane("request_anthropic_to_antigravity");
     }
 
     #[test]
@@ -969,6 +1001,36 @@ mod tests {
                         .insert(0, crate::protocol::ir::Message::new(Role::System, system));
                 }
                 request.include_usage = false;
+                // Thinking is left off when the last assistant turn called tools without an
+                // Anthropic-signed thinking block (Claude Code sends such histories).
+                let last_assistant = request
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|message| message.role == Role::Assistant);
+                let calls_tools_unsigned = last_assistant.is_some_and(|message| {
+                    message.parts.iter().any(|part| matches!(part, Part::ToolCall(_)))
+                        && !message.parts.iter().any(|part| matches!(part, Part::Reasoning(_)))
+                });
+                if calls_tools_unsigned {
+                    request.reasoning = None;
+                }
+                // Adaptive thinking (an effort) is written as the budget that effort stands for.
+                if let Some(reasoning) = &mut request.reasoning
+                    && reasoning.budget_tokens.is_none()
+                {
+                    let budget = match reasoning.effort {
+                        Some(ReasoningEffort::Minimal | ReasoningEffort::Low) => Some(1024),
+                        Some(ReasoningEffort::Medium) => Some(2048),
+                        Some(ReasoningEffort::High) => Some(4096),
+                        Some(ReasoningEffort::XHigh) => Some(8192),
+                        Some(ReasoningEffort::None) | None => None,
+                    };
+                    if budget.is_some() {
+                        reasoning.effort = None;
+                        reasoning.budget_tokens = budget;
+                    }
+                }
             }
             Format::OpenaiResponses => openai_responses_known_losses(&mut request),
             Format::Gemini => {

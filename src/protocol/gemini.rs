@@ -38,8 +38,8 @@ use crate::protocol::ir::{
     ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
 use crate::protocol::json::{
-    field, index, insert_some, join, object, opt_array, opt_bool, opt_f64, opt_i64, opt_str,
-    opt_u64, req_str,
+    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    opt_i64, opt_str, opt_u64, req_str,
 };
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{Usage, usage_from_value};
@@ -72,6 +72,24 @@ const DROPPED_SCHEMA_KEYWORDS: [&str; 8] = [
 /// Reads a `generateContent` request body from a Gemini client.
 pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
     object(body, "")?;
+    // A cached content holds part of the prompt (often the system instruction and long
+    // documents) at Google; another upstream would answer without it, which is a different
+    // question, so the request is refused rather than silently changed.
+    let cached_key = key(body, "cachedContent");
+    if field(body, &cached_key).is_some() {
+        return Err(ConvertError::new(
+            cached_key,
+            "cached contents are stored at Google and cannot be sent to this upstream; send the \
+             cached parts in contents or systemInstruction instead",
+        ));
+    }
+    // Safety thresholds, labels and the response modalities steer Google's own serving; another
+    // upstream answers with its own defaults.
+    log_dropped_fields(
+        Format::Gemini,
+        body,
+        &["safetySettings", "safety_settings", "labels"],
+    );
     let mut request = Request::default();
     let system_key = key(body, "systemInstruction");
     if let Some(system) = field(body, &system_key) {
@@ -649,6 +667,9 @@ pub(crate) fn write_generate_request(
         Target::Antigravity => Reader::Antigravity { claude },
     };
     let mut body = Map::new();
+    if request.verbosity.is_some() {
+        log::debug!("gemini upstream: the client's verbosity has no equivalent; dropped");
+    }
 
     let system: Vec<Value> = hoisted_system_parts(&request.messages)
         .iter()

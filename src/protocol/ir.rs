@@ -47,6 +47,9 @@ pub struct Request {
     pub n: Option<u64>,
     pub reasoning: Option<ReasoningConfig>,
     pub response_format: Option<ResponseFormat>,
+    /// How terse the answer should be (Chat `verbosity`, Responses `text.verbosity`: `low`,
+    /// `medium`, `high`); kept as a string because no other format interprets it.
+    pub verbosity: Option<String>,
     pub stream: bool,
     /// The client asked for usage in its stream (Chat `stream_options.include_usage`).
     pub include_usage: bool,

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::protocol::Format;
 use crate::protocol::ir::{ConvertError, Part};
 
 /// `path.key`, or `key` at the top level.
@@ -10,6 +11,21 @@ pub fn join(path: &str, key: &str) -> String {
         key.to_string()
     } else {
         format!("{path}.{key}")
+    }
+}
+
+/// Logs at debug level each of `names` that `body` sets. These are fields current clients send
+/// that have no equivalent in any other format: a converted request leaves them out and is
+/// still served, because refusing it would break the client for a hint the upstream can live
+/// without. docs/client-compatibility.md lists the decision for every such field.
+pub fn log_dropped_fields(format: Format, body: &Value, names: &[&str]) {
+    for name in names {
+        if field(body, name).is_some() {
+            log::debug!(
+                "{} request: {name} has no equivalent in the upstream format; dropped",
+                format.as_str()
+            );
+        }
     }
 }
 

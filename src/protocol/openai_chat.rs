@@ -22,8 +22,8 @@ use crate::protocol::ir::{
     ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, join_text,
 };
 use crate::protocol::json::{
-    field, index, insert_some, join, object, opt_array, opt_bool, opt_f64, opt_i64, opt_str,
-    opt_u64, req_str, string_or_parts,
+    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    opt_i64, opt_str, opt_u64, req_str, string_or_parts,
 };
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{Usage, usage_from_value};
@@ -101,11 +101,36 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
         request.include_usage =
             opt_bool(options, "include_usage", "stream_options")?.unwrap_or(false);
     }
-    request.user = opt_str(body, "user", "")?.map(str::to_string);
+    request.verbosity = opt_str(body, "verbosity", "")?.map(str::to_string);
+    // `safety_identifier` is the newer name for the end-user id.
+    request.user = match opt_str(body, "user", "")? {
+        Some(user) => Some(user.to_string()),
+        None => opt_str(body, "safety_identifier", "")?.map(str::to_string),
+    };
     request.metadata = match field(body, "metadata") {
         None => None,
         Some(metadata) => Some(object(metadata, "metadata")?.clone()),
     };
+    // Audio output (`modalities`, `audio`), predicted outputs and the hosted web search only
+    // exist at OpenAI; the rest steer OpenAI's storage, caching and scheduling. The answer comes
+    // back as text either way, which every Chat client can read.
+    log_dropped_fields(
+        Format::OpenaiChat,
+        body,
+        &[
+            "audio",
+            "modalities",
+            "prediction",
+            "web_search_options",
+            "store",
+            "service_tier",
+            "logit_bias",
+            "logprobs",
+            "top_logprobs",
+            "prompt_cache_key",
+            "prompt_cache_retention",
+        ],
+    );
     Ok(request)
 }
 
@@ -181,6 +206,11 @@ fn parse_assistant(
         && !refusal.is_empty()
     {
         parts.push(Part::Refusal(refusal.to_string()));
+    }
+    // An earlier audio answer is referenced by an id that only OpenAI can resolve; its
+    // transcript, when the client kept one, is in `content`.
+    if field(message, "audio").is_some() {
+        log::debug!("chat request: {path}.audio refers to audio stored at OpenAI; dropped");
     }
     if let Some(calls) = opt_array(message, "tool_calls", path)? {
         for (position, call) in calls.iter().enumerate() {
@@ -396,6 +426,7 @@ pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value,
         "response_format",
         request.response_format.as_ref().map(write_response_format),
     );
+    insert_some(&mut body, "verbosity", request.verbosity.clone());
     insert_some(&mut body, "user", request.user.clone());
     if options.stream {
         body.insert("stream".into(), true.into());

@@ -34,8 +34,8 @@ use crate::protocol::ir::{
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions,
 };
 use crate::protocol::json::{
-    field, index, insert_some, join, object, opt_array, opt_bool, opt_f64, opt_str, opt_u64,
-    req_str, string_or_parts,
+    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    opt_str, opt_u64, req_str, string_or_parts,
 };
 use crate::protocol::sse::{SseEvent, write_event};
 use crate::protocol::usage::{Usage, usage_from_value};
@@ -105,11 +105,31 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
         Some(choice) => Some(parse_tool_choice(choice)?),
     };
     request.reasoning = parse_reasoning(body)?;
-    if let Some(text) = field(body, "text")
-        && let Some(format) = field(text, "format")
-    {
-        request.response_format = Some(parse_text_format(format)?);
+    if let Some(text) = field(body, "text") {
+        if let Some(format) = field(text, "format") {
+            request.response_format = Some(parse_text_format(format)?);
+        }
+        request.verbosity = opt_str(text, "verbosity", "text")?.map(str::to_string);
     }
+    // `include` asks for extra output (encrypted reasoning, logprobs, search sources) that only
+    // OpenAI produces; the writer for a Responses upstream sets its own. `truncation` and the
+    // rest steer OpenAI's own storage, caching and scheduling.
+    log_dropped_fields(
+        Format::OpenaiResponses,
+        body,
+        &[
+            "include",
+            "truncation",
+            "store",
+            "background",
+            "service_tier",
+            "prompt_cache_key",
+            "prompt_cache_retention",
+            "max_tool_calls",
+            "top_logprobs",
+            "stream_options",
+        ],
+    );
     // `safety_identifier` is the newer name for the end-user id.
     request.user = match opt_str(body, "user", "")? {
         Some(user) => Some(user.to_string()),
@@ -215,7 +235,13 @@ fn parse_input_item(
                  {STATELESS_ADVICE}"
             ),
         )),
-        other if is_hosted_tool_item(other) => Ok(()),
+        // Hosted and custom tool calls are dropped with their tools (see `parse_tool`).
+        other if is_hosted_tool_item(other) => {
+            log::debug!(
+                "responses request: {path} is a {other:?} item of a tool only OpenAI runs; dropped"
+            );
+            Ok(())
+        }
         other => Err(ConvertError::new(
             join(path, "type"),
             format!("unsupported input item type {other:?}"),
@@ -403,8 +429,15 @@ fn parse_reasoning_item(item: &Value, path: &str) -> Result<Option<Part>, Conver
 
 fn parse_tool(tool: &Value, path: &str) -> Result<Option<ToolDefinition>, ConvertError> {
     object(tool, path)?;
-    // Hosted and custom tools have no equivalent in other formats.
-    if opt_str(tool, "type", path)?.is_some_and(|tool_type| tool_type != "function") {
+    // Hosted and custom tools have no equivalent in other formats: hosted tools run at OpenAI,
+    // and custom tools take free-form text (often constrained by a grammar) where every other
+    // format takes a JSON object, so the model could not call them as the client expects.
+    if let Some(tool_type) = opt_str(tool, "type", path)?
+        && tool_type != "function"
+    {
+        log::debug!(
+            "responses request: {path} is a {tool_type:?} tool, which only OpenAI runs; dropped"
+        );
         return Ok(None);
     }
     Ok(Some(ToolDefinition {
@@ -541,8 +574,13 @@ pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value,
         body.insert("reasoning".into(), reasoning);
         body.insert("include".into(), json!(["reasoning.encrypted_content"]));
     }
+    let mut text = Map::new();
     if let Some(format) = &request.response_format {
-        body.insert("text".into(), json!({"format": write_text_format(format)}));
+        text.insert("format".into(), write_text_format(format));
+    }
+    insert_some(&mut text, "verbosity", request.verbosity.clone());
+    if !text.is_empty() {
+        body.insert("text".into(), Value::Object(text));
     }
     insert_some(&mut body, "user", request.user.clone());
     insert_some(

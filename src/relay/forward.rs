@@ -73,10 +73,23 @@ pub(crate) enum AttemptResult {
     Failed { outcome: AttemptOutcome, error: RelayError, detail: String },
 }
 
+/// Who is calling: a client with its key (every relay route), or the admin trying a group from
+/// the panel (`POST /api/v1/groups/{id}/test`), who has no client key and gets the channel and
+/// model that answered reported back.
+pub enum Caller {
+    Client,
+    Admin { answered_by: AnsweredBy },
+}
+
+/// Filled with the (channel, upstream model) that answered an admin's trial.
+pub type AnsweredBy = Arc<std::sync::Mutex<Option<(String, String)>>>;
+
 /// Everything about the call that the record needs, filled in as it goes.
 pub(crate) struct CallTrace {
     pub(crate) started: Instant,
     pub(crate) record: RequestRecord,
+    /// Where an admin caller wants the answering (channel, model).
+    answered_by: Option<AnsweredBy>,
     /// Dropped with the trace, once the record is out: the request is no longer in flight.
     _in_flight: crate::relay::InFlightGuard,
 }
@@ -86,6 +99,7 @@ impl CallTrace {
     pub(crate) fn new(in_flight: crate::relay::InFlightGuard, started: Instant, client_format: Format) -> CallTrace {
         CallTrace {
             _in_flight: in_flight,
+            answered_by: None,
             started,
             record: RequestRecord {
                 started_at_ms: util::unix_millis(),
@@ -111,6 +125,10 @@ impl CallTrace {
     }
 
     pub(crate) fn finish(mut self, state: &RelayState, status: u16, error: Option<String>) {
+        if let Some(slot) = &self.answered_by {
+            *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                Some((self.record.channel_name.clone(), self.record.upstream_model.clone()));
+        }
         self.record.status = status;
         self.record.error = error;
         self.record.total_ms = self.started.elapsed().as_millis() as u64;
@@ -124,13 +142,22 @@ impl CallTrace {
 
 /// Answers `POST /v1/chat/completions`, `/v1/responses`, `/v1/messages` and the Gemini paths.
 pub fn handle_generate(state: &Arc<RelayState>, request: &Request, route: &RelayRoute, client_format: Format) -> Response {
+    handle_generate_for(state, request, route, client_format, Caller::Client)
+}
+
+/// `handle_generate` for a given caller.
+pub fn handle_generate_for(state: &Arc<RelayState>, request: &Request, route: &RelayRoute, client_format: Format, caller: Caller) -> Response {
     let started = Instant::now();
     let Some(in_flight) = state.enter_request() else {
         return RelayError::ShuttingDown("the gateway is shutting down; retry on another node or in a moment".to_string())
             .render(client_format);
     };
     let mut trace = CallTrace::new(in_flight, started, client_format);
-    match generate(state, request, route, client_format, &mut trace) {
+    trace.answered_by = match &caller {
+        Caller::Admin { answered_by } => Some(answered_by.clone()),
+        Caller::Client => None,
+    };
+    match generate(state, request, route, client_format, &caller, &mut trace) {
         Ok(Answer::Complete(response)) => {
             let status = response.status;
             trace.finish(state, status, None);
@@ -161,6 +188,24 @@ fn keep_for_log(kept: &mut Vec<u8>, bytes: &[u8]) {
     kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
+/// The stand-in key of an admin's trial request: no id (counted as "no client key"), no limits.
+fn admin_trial_key() -> crate::store::entities::ApiKey {
+    crate::store::entities::ApiKey {
+        id: 0,
+        name: "admin (panel test)".to_string(),
+        key_hash: String::new(),
+        key_prefix: String::new(),
+        enabled: true,
+        expires_at: None,
+        max_cost: None,
+        allowed_models: Vec::new(),
+        rpm: 0,
+        tpm: 0,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
 /// Refuses a key whose spending (over all time, every node) has reached its `max_cost`.
 pub(crate) fn check_spending_cap(state: &RelayState, api_key: &crate::store::entities::ApiKey) -> Result<(), RelayError> {
     let Some(max_cost) = api_key.max_cost else { return Ok(()) };
@@ -178,11 +223,15 @@ fn generate(
     request: &Request,
     route: &RelayRoute,
     client_format: Format,
+    caller: &Caller,
     trace: &mut CallTrace,
 ) -> Result<Answer, RelayError> {
     let snapshot = state.snapshot.current();
-    let api_key = authenticate(&snapshot, request, util::unix_seconds())?;
-    trace.record.client_key_id = Some(api_key.id);
+    let api_key = match caller {
+        Caller::Client => authenticate(&snapshot, request, util::unix_seconds())?,
+        Caller::Admin { .. } => Arc::new(admin_trial_key()),
+    };
+    trace.record.client_key_id = (api_key.id != 0).then_some(api_key.id);
     trace.record.client_key_name = api_key.name.clone();
     check_spending_cap(state, &api_key)?;
     state.admit(&api_key)?;

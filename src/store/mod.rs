@@ -4,6 +4,7 @@
 //! Architecture invariant: database drivers block, so a `Store` is only ever used on the std
 //! threads of `StorePool`; coroutines send closures there and wait on a may-aware channel.
 
+pub mod backup;
 pub mod entities;
 pub mod migrate;
 #[cfg(feature = "mysql")]
@@ -18,6 +19,8 @@ mod codec;
 pub mod stats_sql;
 
 use std::fmt;
+
+use crate::store::backup::Backup;
 
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, Group, LogFilter, ModelPrice, RequestLog, StatsGrouping, StatsRow,
@@ -58,6 +61,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send {
     /// `sqlite`, `postgres` or `mysql`.
     fn backend_name(&self) -> &'static str;
+
+    /// Whether the connection to a database server is gone (the server restarted, a network
+    /// cut): the pool then opens a new one. Cheap enough to ask after every job.
+    fn connection_lost(&mut self) -> bool {
+        false
+    }
 
     // Admin account and sessions.
     /// Creates the admin account if no admin exists yet; returns true when it did.
@@ -123,6 +132,17 @@ pub trait Store: Send {
     /// than the day's first (days not rolled up yet), oldest first.
     fn stats_days_to_roll_up(&mut self, before_hour: i64, limit: u64) -> StoreResult<Vec<i64>>;
 
+    /// Every bucket as stored, in key order (for a backup with statistics).
+    fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>>;
+
+    // Backup.
+    /// Replaces channels (with their keys), groups (with their items), client keys, prices,
+    /// the runtime settings and, when `backup.stats` is set, the statistics, keeping every id,
+    /// in one transaction: on any error nothing is changed. Admin users, sessions and request
+    /// logs are not touched. Afterwards new rows get ids past the imported ones. `backup` must
+    /// be checked first (`api::backup` does): positive unique ids, valid references.
+    fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()>;
+
     // Request logs.
     /// Inserts the logs in one transaction; a log whose id is already stored is skipped.
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()>;
@@ -130,7 +150,7 @@ pub trait Store: Send {
     fn list_logs(&mut self, filter: &LogFilter, offset: u64, limit: u64) -> StoreResult<(Vec<RequestLog>, u64)>;
     /// One log with its bodies.
     fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>>;
-    /// Deletes the logs older than `before_ms` and all but the newest `keep_rows`; returns how
+    /// Deletes the logs that finished before `before_ms` and all but the newest `keep_rows`; returns how
     /// many were deleted.
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64>;
 }

@@ -16,10 +16,12 @@ use crate::store::codec::{
     attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
     u64_to_column,
 };
+use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
     StatsGrouping, StatsRow,
 };
+use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{
     MYSQL_MIGRATIONS, pending, split_statements, warn_about_unknown_versions,
@@ -30,7 +32,12 @@ use crate::util::unix_seconds;
 /// A `Store` on one MySQL or MariaDB connection.
 pub struct MysqlStore {
     connection: Conn,
+    /// When the connection was last known to work; see `connection_lost`.
+    last_checked: std::time::Instant,
 }
+
+/// How often `connection_lost` pings the server (the mysql driver has no cheap "is it closed").
+const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Connects to `url` (`mysql://user[:password]@host[:port]/database`), then applies pending
 /// migrations. Errors name the host, port and database, never the password.
@@ -63,7 +70,7 @@ pub fn open(url: &str) -> StoreResult<MysqlStore> {
             "cannot migrate MySQL database at {target}: {error}"
         ))
     })?;
-    Ok(MysqlStore { connection })
+    Ok(MysqlStore { connection, last_checked: std::time::Instant::now() })
 }
 
 /// The driver's error without its debug-style wrapper (`MySqlError { .. }`).
@@ -495,6 +502,16 @@ fn insert_returning_id(
 }
 
 impl Store for MysqlStore {
+    /// Pings at most every few seconds: a restarted server is noticed within that time, and the
+    /// jobs in between fail with a clear error rather than hang.
+    fn connection_lost(&mut self) -> bool {
+        if self.last_checked.elapsed() < CONNECTION_CHECK_INTERVAL {
+            return false;
+        }
+        self.last_checked = std::time::Instant::now();
+        self.connection.ping().is_err()
+    }
+
     fn backend_name(&self) -> &'static str {
         "mysql"
     }
@@ -885,6 +902,28 @@ impl Store for MysqlStore {
         Ok(days)
     }
 
+    fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>> {
+        let rows: Vec<Row> = self.connection.query(backup::all_stats_rows_query()).map_err(query_error)?;
+        rows.iter().map(|row| stats_sql::decode_stats_row(&MysqlColumns(row))).collect()
+    }
+
+    fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()> {
+        let statements = backup::replace_statements(Dialect::Mysql, backup);
+        let mut transaction = self.write_transaction()?;
+        for statement in &statements {
+            // A statement without placeholders goes as plain text: binding an empty list is not
+            // the same as binding none for the driver.
+            let result = if statement.values.is_empty() {
+                transaction.query_drop(&statement.sql)
+            } else {
+                transaction.exec_drop(&statement.sql, mysql_parameters(&statement.values))
+            };
+            result.map_err(|error| import_error(violation(error)))?;
+        }
+        // A transaction dropped without a commit rolls back, so an error above changed nothing.
+        transaction.commit().map_err(query_error)
+    }
+
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let sql = stats_sql::log_insert(Dialect::Mysql);
         let mut transaction = self.write_transaction()?;
@@ -916,7 +955,7 @@ impl Store for MysqlStore {
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
         let mut transaction = self.write_transaction()?;
-        transaction.exec_drop("DELETE FROM relay_logs WHERE time_ms < ?", (before_ms,)).map_err(query_error)?;
+        transaction.exec_drop(stats_sql::log_prune_by_age(Dialect::Mysql), (first_id_at(before_ms),)).map_err(query_error)?;
         let mut deleted = transaction.affected_rows();
         let boundary: Option<i64> = transaction
             .exec_first(stats_sql::log_prune_boundary_query(Dialect::Mysql), (u64_to_column(keep_rows),))
@@ -931,6 +970,16 @@ impl Store for MysqlStore {
 
 }
 
+/// A failed import statement: validation should have caught duplicates and dangling references,
+/// so they are reported as such in case it did not.
+fn import_error(violation: Violation) -> StoreError {
+    match violation {
+        Violation::Unique(constraint) => StoreError::Duplicate(format!("import: {constraint}")),
+        Violation::ForeignKey => StoreError::MissingReference("import: a row refers to one that is not imported".to_owned()),
+        Violation::Other(error) => error,
+    }
+}
+
 fn mysql_parameters(values: &[SqlValue]) -> Params {
     Params::Positional(
         values
@@ -943,6 +992,8 @@ fn mysql_parameters(values: &[SqlValue]) -> Params {
                     text.as_ref().map_or(Value::NULL, |text| Value::Bytes(text.as_bytes().to_vec()))
                 }
                 SqlValue::Bool(flag) => Value::Int(i64::from(*flag)),
+                SqlValue::Float(number) => Value::Double(*number),
+                SqlValue::OptionalFloat(number) => number.map_or(Value::NULL, Value::Double),
             })
             .collect(),
     )

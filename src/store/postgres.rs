@@ -17,10 +17,12 @@ use crate::store::codec::{
     attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
     u64_to_column,
 };
+use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
     StatsGrouping, StatsRow,
 };
+use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{POSTGRES_MIGRATIONS, pending, warn_about_unknown_versions};
 use crate::store::{Store, StoreError, StoreResult};
@@ -417,6 +419,10 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
+    fn connection_lost(&mut self) -> bool {
+        self.client.is_closed()
+    }
+
     fn backend_name(&self) -> &'static str {
         "postgres"
     }
@@ -877,6 +883,23 @@ impl Store for PostgresStore {
         rows.iter().map(|row| row.try_get(0).map_err(query_error)).collect()
     }
 
+    fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>> {
+        let rows = self.client.query(&backup::all_stats_rows_query(), &[]).map_err(query_error)?;
+        rows.iter().map(|row| stats_sql::decode_stats_row(&PostgresColumns(row))).collect()
+    }
+
+    fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()> {
+        let statements = backup::replace_statements(Dialect::Postgres, backup);
+        let mut transaction = self.write_transaction()?;
+        for statement in &statements {
+            transaction
+                .execute(statement.sql.as_str(), &postgres_parameters(&statement.values))
+                .map_err(|error| import_error(violation(error)))?;
+        }
+        // A transaction dropped without a commit rolls back, so an error above changed nothing.
+        transaction.commit().map_err(query_error)
+    }
+
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
         let statement = transaction.prepare(&stats_sql::log_insert(Dialect::Postgres)).map_err(query_error)?;
@@ -910,7 +933,7 @@ impl Store for PostgresStore {
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
-        let mut deleted = transaction.execute("DELETE FROM relay_logs WHERE time_ms < $1", &[&before_ms]).map_err(query_error)?;
+        let mut deleted = transaction.execute(&stats_sql::log_prune_by_age(Dialect::Postgres), &[&first_id_at(before_ms)]).map_err(query_error)?;
         let boundary = transaction
             .query(&stats_sql::log_prune_boundary_query(Dialect::Postgres), &[&u64_to_column(keep_rows)])
             .map_err(query_error)?;
@@ -924,6 +947,16 @@ impl Store for PostgresStore {
 
 }
 
+/// A failed import statement: validation should have caught duplicates and dangling references,
+/// so they are reported as such in case it did not.
+fn import_error(violation: Violation) -> StoreError {
+    match violation {
+        Violation::Unique(constraint) => StoreError::Duplicate(format!("import: {constraint}")),
+        Violation::ForeignKey => StoreError::MissingReference("import: a row refers to one that is not imported".to_owned()),
+        Violation::Other(error) => error,
+    }
+}
+
 fn postgres_parameters(values: &[SqlValue]) -> Vec<&(dyn ToSql + Sync)> {
     values
         .iter()
@@ -934,6 +967,8 @@ fn postgres_parameters(values: &[SqlValue]) -> Vec<&(dyn ToSql + Sync)> {
                 SqlValue::Text(text) => text,
                 SqlValue::OptionalText(text) => text,
                 SqlValue::Bool(flag) => flag,
+                SqlValue::Float(number) => number,
+                SqlValue::OptionalFloat(number) => number,
             }
         })
         .collect()

@@ -15,10 +15,12 @@ use crate::store::codec::{
     attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
     u64_to_column,
 };
+use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
     StatsGrouping, StatsRow,
 };
+use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{SQLITE_MIGRATIONS, pending, warn_about_unknown_versions};
 use crate::store::{Store, StoreError, StoreResult};
@@ -903,6 +905,29 @@ impl Store for SqliteStore {
         )
     }
 
+    fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>> {
+        let mut statement = self.connection.prepare_cached(&backup::all_stats_rows_query()).map_err(query_error)?;
+        let mut rows = statement.query([]).map_err(query_error)?;
+        let mut result = Vec::new();
+        while let Some(row) = rows.next().map_err(query_error)? {
+            result.push(stats_sql::decode_stats_row(&SqliteColumns(row))?);
+        }
+        Ok(result)
+    }
+
+    fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()> {
+        let statements = backup::replace_statements(Dialect::Sqlite, backup);
+        let transaction = self.write_transaction()?;
+        for statement in &statements {
+            transaction
+                .execute(&statement.sql, rusqlite::params_from_iter(statement.values.iter()))
+                .map_err(|error| import_error(violation(error)))?;
+        }
+        // Dropping the transaction without a commit rolls it back, so an error above left
+        // nothing changed.
+        transaction.commit().map_err(query_error)
+    }
+
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let transaction = self.write_transaction()?;
         {
@@ -949,7 +974,7 @@ impl Store for SqliteStore {
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
         let transaction = self.write_transaction()?;
-        let mut deleted = transaction.execute("DELETE FROM relay_logs WHERE time_ms < ?1", [before_ms]).map_err(query_error)?;
+        let mut deleted = transaction.execute(&stats_sql::log_prune_by_age(Dialect::Sqlite), [first_id_at(before_ms)]).map_err(query_error)?;
         let boundary: Option<i64> = transaction
             .query_row(&stats_sql::log_prune_boundary_query(Dialect::Sqlite), [u64_to_column(keep_rows)], |row| row.get(0))
             .optional()
@@ -961,6 +986,16 @@ impl Store for SqliteStore {
         Ok(deleted as u64)
     }
 
+}
+
+/// A failed import statement: validation should have caught duplicates and dangling references,
+/// so they are reported as such in case it did not.
+fn import_error(violation: Violation) -> StoreError {
+    match violation {
+        Violation::Unique(constraint) => StoreError::Duplicate(format!("import: {constraint}")),
+        Violation::ForeignKey => StoreError::MissingReference("import: a row refers to one that is not imported".to_owned()),
+        Violation::Other(error) => error,
+    }
 }
 
 /// Binds by reference, so texts are not copied once more on the way to SQLite.
@@ -976,6 +1011,8 @@ impl rusqlite::ToSql for SqlValue {
                 None => ToSqlOutput::Owned(Value::Null),
             },
             SqlValue::Bool(flag) => ToSqlOutput::Owned(Value::Integer(i64::from(*flag))),
+            SqlValue::Float(number) => ToSqlOutput::Owned(Value::Real(*number)),
+            SqlValue::OptionalFloat(number) => ToSqlOutput::Owned(number.map_or(Value::Null, Value::Real)),
         })
     }
 }
@@ -988,6 +1025,8 @@ fn sqlite_value(value: &SqlValue) -> rusqlite::types::Value {
         SqlValue::Text(text) => Value::Text(text.clone()),
         SqlValue::OptionalText(text) => text.clone().map_or(Value::Null, Value::Text),
         SqlValue::Bool(flag) => Value::Integer(i64::from(*flag)),
+        SqlValue::Float(number) => Value::Real(*number),
+        SqlValue::OptionalFloat(number) => number.map_or(Value::Null, Value::Real),
     }
 }
 

@@ -32,6 +32,10 @@ pub struct ClientAsk {
     pub stream: bool,
     pub system: Option<String>,
     pub user_text: String,
+    /// A system turn after the user's turn, as Claude Code 2.1 sends them inside `messages`.
+    /// Chat and Responses clients send a `system` message or item at that position; Gemini has
+    /// no system turn inside `contents`, so its client adds a second `systemInstruction` part.
+    pub mid_system: Option<String>,
     pub image: Option<InlineImage>,
     /// A function tool with one required string property.
     pub tool: Option<ToolExpectation>,
@@ -65,6 +69,9 @@ impl ClientCall {
     }
 }
 
+/// The Anthropic beta under which Claude Code sends system turns inside `messages`.
+pub const MID_CONVERSATION_SYSTEM_BETA: &str = "mid-conversation-system-2026-04-07";
+
 /// The thinking budget clients that use budgets ask for; below `ClientAsk::max_tokens`.
 pub const CLIENT_THINKING_BUDGET: u64 = 2048;
 
@@ -89,6 +96,9 @@ pub fn client_call(protocol: ClientProtocol, ask: &ClientAsk, key: &str) -> Clie
                 None => json!(ask.user_text),
             };
             messages.push(json!({"role": "user", "content": user_content}));
+            if let Some(mid_system) = &ask.mid_system {
+                messages.push(json!({"role": "system", "content": mid_system}));
+            }
             let mut body = json!({"model": ask.group, "messages": messages, "max_completion_tokens": ask.max_tokens});
             if let Some(tool) = &ask.tool {
                 body["tools"] = json!([{"type": "function", "function": {"name": tool.name, "description": "Current weather of a city", "parameters": tool_schema(tool)}}]);
@@ -114,7 +124,12 @@ pub fn client_call(protocol: ClientProtocol, ask: &ClientAsk, key: &str) -> Clie
             if let Some(image) = &ask.image {
                 content.push(json!({"type": "input_image", "image_url": image.data_url()}));
             }
-            let mut body = json!({"model": ask.group, "input": [{"role": "user", "content": content}], "max_output_tokens": ask.max_tokens});
+            let mut input = vec![json!({"role": "user", "content": content})];
+            if let Some(mid_system) = &ask.mid_system {
+                input.push(json!({"role": "system", "content": [{"type": "input_text", "text": mid_system}]}));
+            }
+            let mut body =
+                json!({"model": ask.group, "input": input, "max_output_tokens": ask.max_tokens});
             if let Some(system) = &ask.system {
                 body["instructions"] = json!(system);
             }
@@ -141,7 +156,12 @@ pub fn client_call(protocol: ClientProtocol, ask: &ClientAsk, key: &str) -> Clie
             if let Some(image) = &ask.image {
                 content.push(json!({"type": "image", "source": {"type": "base64", "media_type": image.media_type, "data": image.data}}));
             }
-            let mut body = json!({"model": ask.group, "max_tokens": ask.max_tokens, "messages": [{"role": "user", "content": content}]});
+            let mut messages = vec![json!({"role": "user", "content": content})];
+            if let Some(mid_system) = &ask.mid_system {
+                messages.push(json!({"role": "system", "content": mid_system}));
+            }
+            let mut body =
+                json!({"model": ask.group, "max_tokens": ask.max_tokens, "messages": messages});
             if let Some(system) = &ask.system {
                 body["system"] = json!(system);
             }
@@ -155,11 +175,18 @@ pub fn client_call(protocol: ClientProtocol, ask: &ClientAsk, key: &str) -> Clie
             if ask.stream {
                 body["stream"] = json!(true);
             }
-            let headers = vec![
+            let mut headers = vec![
                 content_type,
                 ("x-api-key".to_string(), key.to_string()),
                 ("anthropic-version".to_string(), "2023-06-01".to_string()),
             ];
+            if ask.mid_system.is_some() {
+                // Claude Code names the beta that allows system turns inside `messages`.
+                headers.push((
+                    "anthropic-beta".to_string(),
+                    MID_CONVERSATION_SYSTEM_BETA.to_string(),
+                ));
+            }
             ClientCall {
                 path: "/v1/messages".to_string(),
                 headers,
@@ -179,8 +206,18 @@ pub fn client_call(protocol: ClientProtocol, ask: &ClientAsk, key: &str) -> Clie
                     json!({"thinkingBudget": CLIENT_THINKING_BUDGET, "includeThoughts": true});
             }
             let mut body = json!({"contents": [{"role": "user", "parts": parts}], "generationConfig": generation_config});
-            if let Some(system) = &ask.system {
-                body["systemInstruction"] = json!({"parts": [{"text": system}]});
+            let mut system_parts: Vec<Value> = ask
+                .system
+                .iter()
+                .map(|system| json!({"text": system}))
+                .collect();
+            system_parts.extend(
+                ask.mid_system
+                    .iter()
+                    .map(|mid_system| json!({"text": mid_system})),
+            );
+            if !system_parts.is_empty() {
+                body["systemInstruction"] = json!({"parts": system_parts});
             }
             if let Some(tool) = &ask.tool {
                 body["tools"] = json!([{"functionDeclarations": [{"name": tool.name, "description": "Current weather of a city", "parameters": tool_schema(tool)}]}]);

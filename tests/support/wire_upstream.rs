@@ -595,6 +595,16 @@ pub struct ToolExpectation {
     pub property: String,
 }
 
+/// A system turn the client put after its user turn (Claude Code's system-in-messages).
+#[derive(Clone, Debug)]
+pub struct MidSystemExpectation {
+    pub text: String,
+    /// The client's format has system turns inside the conversation, so an upstream format that
+    /// has them too must keep this one after the user's turn. A Gemini client can only send it
+    /// in `systemInstruction`, so then it only has to reach the system slot.
+    pub after_user: bool,
+}
+
 /// What a request sent upstream must carry.
 #[derive(Clone, Debug)]
 pub struct UpstreamExpectation {
@@ -606,6 +616,8 @@ pub struct UpstreamExpectation {
     pub system: Option<String>,
     /// Text that must appear in a user turn.
     pub user_text: String,
+    /// A system turn the client sent after its user turn.
+    pub mid_system: Option<MidSystemExpectation>,
     pub image: Option<InlineImage>,
     pub tool: Option<ToolExpectation>,
     /// A reasoning control must be on.
@@ -649,6 +661,9 @@ pub fn check_request(
             kind.name()
         )
     }));
+    if let Some(mid_system) = &expected.mid_system {
+        note(check_mid_system(kind, request, &body, expected, mid_system));
+    }
     match kind {
         ChannelKind::OpenaiChat => check_chat(request, &body, expected, &mut note),
         ChannelKind::OpenaiResponses => check_responses(request, &body, expected, &mut note),
@@ -964,6 +979,99 @@ fn any_contains(texts: &[String], needle: &str) -> bool {
     texts.iter().any(|text| text.contains(needle))
 }
 
+/// Where a system turn from the middle of the conversation must land: at its position on Chat
+/// and Responses (and on Anthropic when the body passed through), in the one system slot
+/// elsewhere (Anthropic's `system`, Gemini's `systemInstruction`).
+fn check_mid_system(
+    kind: ChannelKind,
+    request: &RecordedRequest,
+    body: &Value,
+    expected: &UpstreamExpectation,
+    mid_system: &MidSystemExpectation,
+) -> Checked<()> {
+    let text = mid_system.text.as_str();
+    // The positions of the first turn with one of `roles` whose text contains `needle`.
+    let position = |turns: &[Value], roles: &[&str], needle: &str, text_types: &[&str]| {
+        turns.iter().position(|turn| {
+            turn.get("role")
+                .and_then(Value::as_str)
+                .is_some_and(|role| roles.contains(&role))
+                && any_contains(&content_texts(turn.get("content"), text_types), needle)
+        })
+    };
+    let in_place = |turns: &[Value], system_roles: &[&str], text_types: &[&str]| -> Checked<()> {
+        let system_at = position(turns, system_roles, text, text_types)
+            .ok_or_else(|| format!("no {system_roles:?} turn says {text:?}"))?;
+        if mid_system.after_user {
+            let user_at = position(turns, &["user"], &expected.user_text, text_types)
+                .ok_or_else(|| "the user turn is missing".to_string())?;
+            ensure(system_at > user_at, || {
+                format!("the system turn {text:?} moved before the user's turn")
+            })?;
+        }
+        Ok(())
+    };
+    let empty = Vec::new();
+    match kind {
+        ChannelKind::OpenaiChat => {
+            let messages = body
+                .get("messages")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
+            in_place(messages, &["system", "developer"], &["text"])
+        }
+        ChannelKind::OpenaiResponses => {
+            let input = body
+                .get("input")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
+            let in_instructions = body
+                .get("instructions")
+                .and_then(Value::as_str)
+                .is_some_and(|instructions| instructions.contains(text));
+            if in_instructions && !mid_system.after_user {
+                return Ok(());
+            }
+            in_place(input, &["system", "developer"], &["input_text", "text"])
+        }
+        ChannelKind::Anthropic if !expected.converted => {
+            // Passed through: the turn stays in `messages` and the client's beta goes along.
+            let messages = body
+                .get("messages")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
+            in_place(messages, &["system"], &["text"])?;
+            ensure(
+                request
+                    .header("anthropic-beta")
+                    .is_some_and(|betas| betas.contains("mid-conversation-system")),
+                || "the client's anthropic-beta header did not reach the upstream".to_string(),
+            )
+        }
+        ChannelKind::Anthropic => ensure(
+            any_contains(&content_texts(body.get("system"), &["text"]), text),
+            || format!("body.system does not say {text:?}"),
+        ),
+        ChannelKind::Gemini | ChannelKind::Antigravity => {
+            let pointer = if kind == ChannelKind::Gemini {
+                "/systemInstruction/parts"
+            } else {
+                "/request/systemInstruction/parts"
+            };
+            let texts: Vec<String> = body
+                .pointer(pointer)
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+                .iter()
+                .filter_map(|part| part.get("text").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            ensure(any_contains(&texts, text), || {
+                format!("{pointer} does not say {text:?}")
+            })
+        }
+    }
+}
+
 fn check_chat(
     request: &RecordedRequest,
     body: &Value,
@@ -1207,10 +1315,14 @@ fn check_anthropic(
     note(ensure(!messages.is_empty(), || {
         "body.messages: missing or empty".to_string()
     }));
+    // A system turn inside `messages` is valid only under Claude Code's beta, so only a body
+    // the client sent that way (passed through) may carry one.
     note(ensure(
-        messages
-            .iter()
-            .all(|message| message["role"] == "user" || message["role"] == "assistant"),
+        messages.iter().all(|message| {
+            message["role"] == "user"
+                || message["role"] == "assistant"
+                || (message["role"] == "system" && !expected.converted)
+        }),
         || "body.messages: only user and assistant roles are allowed".to_string(),
     ));
     note(ensure(
