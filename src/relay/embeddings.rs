@@ -91,6 +91,8 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
 
     // Items whose channel type can embed this input at all; a group with none is a request no
     // upstream can serve (400), one whose embedding channels are all disabled is a 503.
+    // `embeddings_url` is the one place that knows which channel types have an embeddings
+    // endpoint; its answer for an empty base says whether the type has one at all.
     let can_embed = |channel: &Channel| {
         embeddings_url(channel.channel_type, "", "").is_some() && (parsed.texts.is_some() || channel.channel_type != ChannelType::Gemini)
     };
