@@ -182,7 +182,17 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
     let scheduler = Arc::new(Scheduler::default());
     jobs::register_all(&scheduler, &config, &relay, &stats);
     scheduler.start();
-    let admin = AdminContext::new(store.clone(), config.clone(), relay.upstream.clone(), on_change, stats.clone(), settings, scheduler.clone());
+    let admin = AdminContext {
+        store: store.clone(),
+        config: config.clone(),
+        login_throttle: std::sync::Mutex::new(api::auth::LoginThrottle::default()),
+        upstream: relay.upstream.clone(),
+        on_change,
+        stats: stats.clone(),
+        settings,
+        scheduler: scheduler.clone(),
+        relay: Arc::downgrade(&relay),
+    };
     if config.ampcode.enabled {
         log::info!("Amp CLI proxy enabled: management paths go to {}", config.ampcode.upstream_url);
     }

@@ -130,6 +130,24 @@ pub fn unix_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as i64).unwrap_or(0)
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10) for background work (statistics,
+/// database writes), so that on a small machine the relay's threads win the CPU when both want
+/// it and a batch of writes never delays a client's request. Best effort: a failure only logs.
+pub fn lower_this_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes its
+        // nice value, and a failure is reported through the return value.
+        let result = unsafe {
+            let thread_id = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, thread_id, 10)
+        };
+        if result != 0 {
+            log::debug!("could not lower the priority of a background thread: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,12 @@ fn deeply_nested_json_reaches_every_entry_point_without_overflow() {
     let too_deep = format!("{{\"deep\":{}}}", nested(128));
     let response = request(gateway.address, "POST", "/api/v1/groups", &[("authorization", &auth)], too_deep.as_bytes());
     assert_eq!(response.status, 400, "{}", response.text());
+    // The backup import walks the whole document too.
+    let document = format!("{{\"format\":\"octopus-backup\",\"version\":1,\"deep\":{deep}}}");
+    let response = request(gateway.address, "POST", "/api/v1/import", &[("authorization", &auth)], document.as_bytes());
+    assert_eq!(response.status, 422, "{}", response.text());
+    let response = request(gateway.address, "POST", "/api/v1/import", &[("authorization", &auth)], too_deep.as_bytes());
+    assert_eq!(response.status, 400, "{}", response.text());
 
     // Relay: each client protocol parses the body, forwards it (serialising it again) and the
     // mock receives the same nested value.

@@ -137,6 +137,17 @@ fn every_protocol_is_counted_priced_logged_and_kept(database: TestDatabase) {
     assert_eq!(streamed["total"], 2);
     let failed = get(&gateway, &token, "/api/v1/logs?status=failed");
     assert_eq!(failed["total"], 0);
+    let rfc3339 = |unix_seconds: i64| octopus::stats::log_view::rfc3339_millis(unix_seconds * 1_000);
+    let now = octopus::util::unix_seconds();
+    for (query, expected) in [
+        (format!("from={}", rfc3339(now - 3_600)), 8),
+        (format!("from={}", rfc3339(now + 3_600)), 0),
+        (format!("to={}", rfc3339(now - 3_600)), 0),
+        (format!("from={}&to={}&group=g-gemini", rfc3339(now - 60), rfc3339(now + 60)), 2),
+    ] {
+        let page = get(&gateway, &token, &format!("/api/v1/logs?{query}"));
+        assert_eq!(page["total"], expected, "{query}: {page}");
+    }
 
     // A restart writes everything and reads it back: every total is kept.
     gateway.restart();
@@ -431,4 +442,89 @@ fn converted_lanes_and_clients_that_hang_up_are_counted() {
     });
     assert_eq!(failed["items"][0]["status_code"], 499);
     assert!(failed["items"][0]["error"].as_str().unwrap().contains("closed the connection"));
+}
+
+fn counts_survive_lost_database_connections(database: TestDatabase) {
+    let mock = MockUpstream::default_success();
+    let mut gateway = TestGateway::start_with(database, |config| config.database.connections = 2);
+    let token = gateway.admin_token();
+    let key = configure(&gateway, &token, &mock);
+    let lane = LANES[0];
+    let group = format!("g-{}", lane.name());
+    for _ in 0..3 {
+        send(&gateway, &lane, &key, &group, false);
+    }
+    gateway.wait_for_records(3);
+    // Write the first three, then take the database away from under the gateway.
+    let changed = json_request(gateway.address, "PUT", "/api/v1/settings", Some(&token), Some(&json!({"stats_save_interval_seconds": 1})));
+    assert_eq!(changed.status, 200);
+    std::thread::sleep(Duration::from_millis(1_500));
+    gateway.database.cut_connections();
+    // The relay keeps serving from its in-memory configuration meanwhile.
+    for _ in 0..3 {
+        send(&gateway, &lane, &key, &group, true);
+    }
+    gateway.wait_for_records(6);
+    // The pool reconnects by itself and the writer's retries land every request.
+    let database_type = gateway.database.database_type;
+    poll("every request in the database after the reconnect", || {
+        let rows = gateway.running().store.call(|store| store.stats_grouped(i64::MIN / 4, i64::MAX / 4, StatsGrouping::Total)).ok()?;
+        (rows[0].counters.requests == 6).then_some(())
+    });
+    poll("the admin API answering again", || {
+        let response = json_request(gateway.address, "GET", "/api/v1/stats/summary", Some(&token), None);
+        (response.status == 200 && response.json()["requests"] == 6).then_some(())
+    });
+    gateway.restart();
+    let token = gateway.login_token_after_change();
+    assert_eq!(get(&gateway, &token, "/api/v1/stats/summary")["requests"], 6, "{database_type}");
+    let logs = poll("six logs", || {
+        let logs = get(&gateway, &token, "/api/v1/logs");
+        (logs["total"] == 6).then_some(logs)
+    });
+    assert_eq!(logs["total"], 6);
+}
+
+#[test]
+fn counted_requests_survive_lost_database_connections() {
+    for database in [databases::postgres(), databases::mysql()].into_iter().flatten() {
+        counts_survive_lost_database_connections(database);
+    }
+}
+
+#[test]
+fn the_admin_tries_a_group_through_the_real_relay() {
+    let mock = MockUpstream::start(support::mock_upstream::fail_by_model("anthropic"));
+    let gateway = TestGateway::start(databases::sqlite());
+    let token = gateway.admin_token();
+    let broken = gateway.create_channel(&token, json!({"name": "broken", "type": "anthropic", "base_urls": [format!("{}/v1", mock.base_url())], "keys": ["sk-ant-000000000001"]}));
+    let working = gateway.create_channel(&token, json!({"name": "working", "type": "anthropic", "base_urls": [format!("{}/v1", mock.base_url())], "keys": ["sk-ant-000000000002"]}));
+    let group = gateway.create_group(&token, json!({"name": "tried", "mode": "failover", "items": [
+        {"channel_id": broken, "model": "fail-503", "priority": 0}, {"channel_id": working, "model": "claude-ok", "priority": 1}]}));
+    let trial = gateway.admin_post(&token, &format!("/api/v1/groups/{group}/test"), json!({"prompt": "Say hi"}), 200);
+    assert_eq!(trial["ok"], true, "{trial}");
+    assert_eq!(trial["status"], 200);
+    assert_eq!(trial["text"], "Hello from the mock", "converted from Anthropic to the trial's chat shape");
+    assert_eq!(trial["channel_name"], "working", "failed over past the broken item");
+    assert_eq!(trial["model"], "claude-ok");
+    assert!(trial["latency_ms"].as_u64().is_some());
+    let sent = mock.requests().last().unwrap().json();
+    assert_eq!(sent["messages"][0]["content"], "Say hi");
+
+    let only_broken = gateway.create_group(&token, json!({"name": "broken-only", "items": [{"channel_id": broken, "model": "fail-401"}]}));
+    let failed = gateway.admin_post(&token, &format!("/api/v1/groups/{only_broken}/test"), json!({"prompt": "Say hi"}), 200);
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert_eq!(failed["status"], 401);
+    assert!(failed["error"].as_str().unwrap().contains("said no"), "{failed}");
+    let missing = json_request(gateway.address, "POST", "/api/v1/groups/999/test", Some(&token), Some(&json!({"prompt": "x"})));
+    assert_eq!(missing.status, 404);
+    let empty = json_request(gateway.address, "POST", &format!("/api/v1/groups/{group}/test"), Some(&token), Some(&json!({"prompt": " "})));
+    assert_eq!(empty.status, 422);
+    // Trials are counted and logged like any request, without a client key.
+    let logs = poll("the trial logs", || {
+        let logs = get(&gateway, &token, "/api/v1/logs");
+        (logs["total"] == 2).then_some(logs)
+    });
+    assert_eq!(logs["items"][1]["api_key_name"], "admin (panel test)");
+    assert_eq!(logs["items"][1]["api_key_id"], Value::Null);
 }

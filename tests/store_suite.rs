@@ -18,8 +18,10 @@ use std::path::PathBuf;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use octopus::store::backup::Backup;
 use octopus::store::entities::{
-    AdminSession, ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice,
+    AdminSession, ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters,
+    StatsKey, StatsRow,
 };
 use octopus::store::migrate::{
     MYSQL_MIGRATIONS, Migration, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS,
@@ -57,8 +59,10 @@ store_cases!(
     api_key_round_trip_and_lookup_by_hash,
     prices_upsert_by_model_and_channel,
     settings_round_trip,
+    replace_configuration_keeps_ids_and_is_all_or_nothing,
     pool_serves_threads_and_coroutines,
     pool_survives_a_panicking_job,
+    stored_responses_save_read_delete_and_prune,
 );
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -244,6 +248,8 @@ fn sample_api_key(name: &str, secret: &str) -> ApiKey {
         expires_at: Some(2_000_000_000),
         max_cost: Some(12.5),
         allowed_models: vec!["fast".to_owned(), "smart".to_owned()],
+        rpm: 60,
+        tpm: 100_000,
         created_at: 0,
         updated_at: 0,
     }
@@ -783,6 +789,8 @@ mod cases {
             expires_at: None,
             max_cost: None,
             allowed_models: vec![],
+            rpm: 5,
+            tpm: 0,
             created_at: 1,
             ..created.clone()
         };
@@ -863,6 +871,46 @@ mod cases {
         );
     }
 
+    pub fn stored_responses_save_read_delete_and_prune(database: &TestDatabase) {
+        use octopus::store::entities::StoredResponse;
+        let mut store = database.open();
+        let response = |id: &str, created_at: i64, expires_at: i64, size_bytes: i64| StoredResponse {
+            id: id.to_owned(),
+            api_key_id: 7,
+            created_at,
+            expires_at,
+            model: "team-model".to_owned(),
+            response_json: format!(r#"{{"id":"{id}","object":"response"}}"#),
+            input_items: r#"[{"role":"user","content":"héllo 🐙"}]"#.to_owned(),
+            output_items: "x".repeat(70_000),
+            size_bytes,
+        };
+        assert_eq!(store.response_by_id("resp_a").unwrap(), None);
+        let first = response("resp_a", 100, 1_000, 40);
+        store.save_response(&first).unwrap();
+        assert_eq!(store.response_by_id("resp_a").unwrap(), Some(first.clone()));
+        // Saving the same id again replaces the row.
+        let replaced = StoredResponse { expires_at: 2_000, ..first.clone() };
+        store.save_response(&replaced).unwrap();
+        assert_eq!(store.response_by_id("resp_a").unwrap(), Some(replaced));
+        store.save_response(&response("resp_b", 200, 5_000, 40)).unwrap();
+        store.save_response(&response("resp_c", 300, 5_000, 40)).unwrap();
+        store.save_response(&response("resp_old", 50, 500, 1)).unwrap();
+
+        // The expired one goes first; then the oldest beyond 100 bytes in all (resp_a).
+        assert_eq!(store.prune_responses(600, 100).unwrap(), 2);
+        assert_eq!(store.response_by_id("resp_old").unwrap(), None);
+        assert_eq!(store.response_by_id("resp_a").unwrap(), None);
+        assert!(store.response_by_id("resp_b").unwrap().is_some());
+        assert_eq!(store.prune_responses(600, 1_000).unwrap(), 0);
+
+        assert!(store.delete_response("resp_b").unwrap());
+        assert!(!store.delete_response("resp_b").unwrap());
+        assert!(store.response_by_id("resp_c").unwrap().is_some());
+        assert_eq!(store.prune_responses(5_000, 1_000).unwrap(), 1);
+        assert_eq!(store.response_by_id("resp_c").unwrap(), None);
+    }
+
     pub fn settings_round_trip(database: &TestDatabase) {
         let mut store = database.open();
         assert_eq!(store.setting("site_name").unwrap(), None);
@@ -885,6 +933,91 @@ mod cases {
                 ("site_name".to_owned(), "Octopus 🐙".to_owned())
             ]
         );
+    }
+
+    pub fn replace_configuration_keeps_ids_and_is_all_or_nothing(database: &TestDatabase) {
+        let mut store = database.open();
+        store.create_channel(&sample_channel("before")).unwrap();
+        store.create_api_key(&sample_api_key("before", "sk-octopus-before")).unwrap();
+        store.set_setting("setting.log_bodies", "true").unwrap();
+        store.set_setting("other.key", "kept").unwrap();
+
+        let mut first = sample_channel("first");
+        first.id = 40;
+        first.created_at = 1_700_000_000;
+        first.updated_at = 1_700_000_100;
+        for (index, key) in first.keys.iter_mut().enumerate() {
+            key.id = 70 + index as i64;
+        }
+        let mut second = sample_channel("second");
+        second.id = 41;
+        second.channel_type = ChannelType::Anthropic;
+        second.keys = vec![ChannelKey { id: 75, key: "sk-ant".to_owned(), enabled: true, remark: String::new() }];
+        let mut group = sample_group("imported", vec![item(41, "claude", 0, 1), item(40, "gpt-4o", 2, 5)]);
+        group.id = 9;
+        let mut api_key = sample_api_key("imported", "sk-octopus-imported");
+        api_key.id = 12;
+        api_key.max_cost = None;
+        let mut default_price = price("claude", None, 3.0);
+        default_price.id = 5;
+        let mut channel_price = price("claude", Some(41), 1.5);
+        channel_price.id = 6;
+        let stats = vec![StatsRow {
+            key: StatsKey { hour: 7_200, channel_id: 41, api_key_id: 12, group: "imported".to_owned(), model: "claude".to_owned() },
+            counters: StatsCounters { requests: 3, success: 2, failed: 1, cost_micros: 99, ..StatsCounters::default() },
+        }];
+        let backup = Backup {
+            channels: vec![first, second],
+            groups: vec![group],
+            api_keys: vec![api_key],
+            prices: vec![default_price, channel_price],
+            settings: vec![("setting.log_max_rows".to_owned(), "7".to_owned())],
+            stats: Some(stats.clone()),
+        };
+        store.replace_configuration(&backup).unwrap();
+
+        assert_eq!(store.list_channels().unwrap(), backup.channels);
+        assert_eq!(store.list_groups().unwrap(), backup.groups);
+        assert_eq!(store.list_api_keys().unwrap(), backup.api_keys);
+        assert_eq!(store.list_prices().unwrap(), backup.prices);
+        assert_eq!(
+            store.list_settings().unwrap(),
+            vec![("other.key".to_owned(), "kept".to_owned()), ("setting.log_max_rows".to_owned(), "7".to_owned())]
+        );
+        assert_eq!(store.all_stats_rows().unwrap(), stats);
+
+        // New rows get ids past the imported ones.
+        let created = store.create_channel(&sample_channel("after")).unwrap();
+        assert!(created.id > 41, "channel id {}", created.id);
+        assert!(created.keys.iter().all(|key| key.id > 75), "{:?}", created.keys);
+        let created_group = store.create_group(&sample_group("after", Vec::new())).unwrap();
+        assert!(created_group.id > 9, "group id {}", created_group.id);
+        let created_key = store.create_api_key(&sample_api_key("after", "sk-octopus-after")).unwrap();
+        assert!(created_key.id > 12, "api key id {}", created_key.id);
+        let created_price = store.upsert_price(&price("after", None, 1.0)).unwrap();
+        assert!(created_price.id > 6, "price id {}", created_price.id);
+
+        // A failing statement (an item naming no channel) undoes every one before it.
+        let channels_before = store.list_channels().unwrap();
+        let prices_before = store.list_prices().unwrap();
+        let settings_before = store.list_settings().unwrap();
+        let mut broken = backup.clone();
+        broken.channels.truncate(1);
+        broken.prices.clear();
+        broken.groups[0].items = vec![item(999, "nothing", 0, 1)];
+        broken.stats = Some(Vec::new());
+        assert!(store.replace_configuration(&broken).is_err());
+        assert_eq!(store.list_channels().unwrap(), channels_before);
+        assert_eq!(store.list_prices().unwrap(), prices_before);
+        assert_eq!(store.list_settings().unwrap(), settings_before);
+        assert_eq!(store.all_stats_rows().unwrap(), stats);
+
+        // Without statistics in the backup, the statistics stay.
+        let mut without_stats = backup.clone();
+        without_stats.stats = None;
+        store.replace_configuration(&without_stats).unwrap();
+        assert_eq!(store.all_stats_rows().unwrap(), stats);
+        assert_eq!(store.list_channels().unwrap(), backup.channels);
     }
 
     pub fn pool_serves_threads_and_coroutines(database: &TestDatabase) {

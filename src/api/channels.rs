@@ -196,7 +196,8 @@ fn resolve_keys(stored: &[ChannelKey], submitted: &Value) -> Result<Vec<ChannelK
     Ok(resolved)
 }
 
-fn validate(channel: &Channel) -> Result<(), ApiError> {
+/// The rules every stored channel follows (URLs, proxy, regular expression, header names).
+pub fn validate(channel: &Channel) -> Result<(), ApiError> {
     if channel.base_urls.is_empty() {
         return Err(ApiError::Invalid("base_urls must list at least one URL".to_string()));
     }

@@ -11,7 +11,7 @@ use crate::store::entities::{Group, GroupItem, GroupMode};
 const FIELDS: &[&str] =
     &["name", "mode", "items", "max_attempts", "first_byte_timeout_ms", "total_timeout_ms", "sticky_seconds"];
 const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at"];
-const MAX_ATTEMPTS_LIMIT: u64 = 20;
+pub const MAX_ATTEMPTS_LIMIT: u64 = 20;
 
 pub fn list(context: &AdminContext) -> Result<Response, ApiError> {
     let groups = store_call(context, |store| store.list_groups())?;

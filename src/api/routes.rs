@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
-use crate::api::{api_keys, auth, body, channels, groups, logs, openapi, prices, settings, stats, AdminContext};
+use crate::api::{api_keys, auth, backup, body, channels, group_trial, groups, logs, openapi, prices, settings, stats, AdminContext};
 use crate::http::{Request, Response};
 use crate::store::entities::{AdminUser, ChannelType};
 
@@ -50,6 +50,7 @@ pub static ROUTES: &[Route] = &[
     route("GET", "/api/v1/groups/{id}", true, |call| groups::get(call.context, id(call))),
     route("PUT", "/api/v1/groups/{id}", true, |call| groups::update(call.context, call.request, id(call))),
     route("DELETE", "/api/v1/groups/{id}", true, |call| groups::delete(call.context, id(call))),
+    route("POST", "/api/v1/groups/{id}/test", true, |call| group_trial::test(call.context, call.request, id(call))),
     route("GET", "/api/v1/api-keys", true, |call| api_keys::list(call.context)),
     route("POST", "/api/v1/api-keys", true, |call| api_keys::create(call.context, call.request)),
     route("GET", "/api/v1/api-keys/{id}", true, |call| api_keys::get(call.context, id(call))),
@@ -77,6 +78,8 @@ pub static ROUTES: &[Route] = &[
     route("PUT", "/api/v1/settings", true, |call| settings::update(call.context, call.request)),
     route("GET", "/api/v1/jobs", true, |call| settings::jobs(call.context)),
     route("GET", "/api/v1/version", true, |_| settings::version()),
+    route("GET", "/api/v1/export", true, |call| backup::export(call.context, call.request)),
+    route("POST", "/api/v1/import", true, |call| backup::import(call.context, call.request)),
 ];
 
 /// Finds the route for a request, checks the login when needed and runs it.

@@ -40,6 +40,11 @@ impl LogIdGenerator {
     }
 }
 
+/// The smallest id made at or after `unix_millis`: time bounds become primary-key ranges.
+pub fn first_id_at(unix_millis: i64) -> i64 {
+    (unix_millis - EPOCH_MS).max(0) << (NODE_BITS + SEQUENCE_BITS)
+}
+
 /// The Unix milliseconds an id was made at (give or take the borrowed milliseconds).
 pub fn millis_of(id: i64) -> i64 {
     (id >> (NODE_BITS + SEQUENCE_BITS)) + EPOCH_MS
@@ -58,6 +63,15 @@ mod tests {
         assert_eq!(millis_of(ids[0]), now);
         let far_future = EPOCH_MS + 60 * 365 * 24 * 3_600_000;
         assert!(generator.next(far_future) < (1_i64 << 53));
+    }
+
+    #[test]
+    fn time_bounds_are_id_bounds() {
+        let generator = LogIdGenerator::new(31);
+        let at = EPOCH_MS + 77_000;
+        let id = generator.next(at);
+        assert!(first_id_at(at) <= id && id < first_id_at(at + 1));
+        assert_eq!(first_id_at(0), 0);
     }
 
     #[test]

@@ -28,31 +28,46 @@ impl Histogram {
     }
 }
 
-/// (group, channel, status) of a finished request.
-type RequestLabels = (String, String, u16);
-/// (channel, outcome class) of an upstream attempt.
-type AttemptLabels = (String, String);
-
+/// Maps nested by label (group, then channel, then status), so that counting a request looks
+/// labels up by reference and allocates only the first time a label is seen.
 #[derive(Default)]
 pub struct RelayMetrics {
-    requests: BTreeMap<RequestLabels, Histogram>,
-    attempts: BTreeMap<AttemptLabels, u64>,
+    requests: BTreeMap<String, BTreeMap<String, BTreeMap<u16, Histogram>>>,
+    /// Attempts by channel, then outcome class.
+    attempts: BTreeMap<String, BTreeMap<&'static str, u64>>,
+}
+
+/// The entry for `key`, inserting a default one (and copying the key) only when it is missing.
+fn entry_by_str<'map, V: Default>(map: &'map mut BTreeMap<String, V>, key: &str) -> &'map mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("inserted just above")
 }
 
 impl RelayMetrics {
     pub fn observe(&mut self, record: &RequestRecord) {
-        let labels = (record.group.clone(), record.channel_name.clone(), record.status);
-        self.requests.entry(labels).or_default().observe(record.total_ms as f64 / 1_000.0);
+        let by_channel = entry_by_str(&mut self.requests, &record.group);
+        let by_status = entry_by_str(by_channel, &record.channel_name);
+        by_status.entry(record.status).or_default().observe(record.total_ms as f64 / 1_000.0);
         for attempt in &record.attempts {
             let outcome = outcome_class(&attempt.outcome, attempt.status);
-            *self.attempts.entry((attempt.channel_name.clone(), outcome)).or_default() += 1;
+            *entry_by_str(&mut self.attempts, &attempt.channel_name).entry(outcome).or_default() += 1;
         }
+    }
+
+    fn request_histograms(&self) -> impl Iterator<Item = (&String, &String, u16, &Histogram)> {
+        self.requests.iter().flat_map(|(group, by_channel)| {
+            by_channel.iter().flat_map(move |(channel, by_status)| {
+                by_status.iter().map(move |(status, histogram)| (group, channel, *status, histogram))
+            })
+        })
     }
 
     /// Appends the request and attempt families.
     pub fn render(&self, output: &mut String) {
         output.push_str("# HELP octopus_requests_total Finished relay requests.\n# TYPE octopus_requests_total counter\n");
-        for ((group, channel, status), histogram) in &self.requests {
+        for (group, channel, status, histogram) in self.request_histograms() {
             let _ = writeln!(
                 output,
                 "octopus_requests_total{{group=\"{}\",channel=\"{}\",status=\"{status}\"}} {}",
@@ -64,7 +79,7 @@ impl RelayMetrics {
         output.push_str(
             "# HELP octopus_request_duration_seconds Relay request latency, arrival to last byte.\n# TYPE octopus_request_duration_seconds histogram\n",
         );
-        for ((group, channel, status), histogram) in &self.requests {
+        for (group, channel, status, histogram) in self.request_histograms() {
             let labels = format!("group=\"{}\",channel=\"{}\",status=\"{status}\"", escape(group), escape(channel));
             for (bound, count) in LATENCY_BUCKETS.iter().zip(histogram.bucket_counts.iter()) {
                 let _ = writeln!(output, "octopus_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
@@ -74,29 +89,31 @@ impl RelayMetrics {
             let _ = writeln!(output, "octopus_request_duration_seconds_count{{{labels}}} {}", histogram.count);
         }
         output.push_str("# HELP octopus_upstream_attempts_total Upstream attempts by outcome.\n# TYPE octopus_upstream_attempts_total counter\n");
-        for ((channel, outcome), count) in &self.attempts {
-            let _ = writeln!(output, "octopus_upstream_attempts_total{{channel=\"{}\",outcome=\"{outcome}\"}} {count}", escape(channel));
+        for (channel, by_outcome) in &self.attempts {
+            for (outcome, count) in by_outcome {
+                let _ = writeln!(output, "octopus_upstream_attempts_total{{channel=\"{}\",outcome=\"{outcome}\"}} {count}", escape(channel));
+            }
         }
     }
 }
 
 /// A small fixed set of outcome labels, so label cardinality stays bounded.
-fn outcome_class(outcome: &str, status: Option<u16>) -> String {
+fn outcome_class(outcome: &str, status: Option<u16>) -> &'static str {
     if outcome == "success" {
-        return "success".to_string();
+        return "success";
     }
     if outcome.starts_with("skipped") {
-        return "skipped".to_string();
+        return "skipped";
     }
     if outcome.contains("timeout") {
-        return "timeout".to_string();
+        return "timeout";
     }
     match status {
-        Some(429) => "rate_limited".to_string(),
-        Some(status) if status >= 500 => "server_error".to_string(),
-        Some(status) if status >= 400 => "client_error".to_string(),
-        _ if outcome.contains("connect") => "connect_error".to_string(),
-        _ => "other_error".to_string(),
+        Some(429) => "rate_limited",
+        Some(status) if status >= 500 => "server_error",
+        Some(status) if status >= 400 => "client_error",
+        _ if outcome.contains("connect") => "connect_error",
+        _ => "other_error",
     }
 }
 

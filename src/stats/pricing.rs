@@ -76,7 +76,8 @@ pub fn micros_to_usd(micros: i64) -> f64 {
 /// whenever prices, channels or the catalogue change.
 #[derive(Default)]
 pub struct PriceBook {
-    channel_prices: HashMap<(i64, String), Price>,
+    /// By channel, then model, so a lookup borrows the model name instead of copying it.
+    channel_prices: HashMap<i64, HashMap<String, Price>>,
     default_prices: HashMap<String, Price>,
     channel_types: HashMap<i64, ChannelType>,
     catalog: Arc<Catalog>,
@@ -87,7 +88,7 @@ impl PriceBook {
         let mut book = PriceBook { channel_types, catalog, ..PriceBook::default() };
         for row in rows {
             match row.channel_id {
-                Some(channel_id) => book.channel_prices.insert((channel_id, row.model.clone()), Price::from(row)),
+                Some(channel_id) => book.channel_prices.entry(channel_id).or_default().insert(row.model.clone(), Price::from(row)),
                 None => book.default_prices.insert(row.model.clone(), Price::from(row)),
             };
         }
@@ -97,7 +98,7 @@ impl PriceBook {
     /// The price of `model` (the upstream model name) on `channel_id`: the channel's own price,
     /// else the default price, else the catalogue's for the channel's provider.
     pub fn effective(&self, channel_id: Option<i64>, model: &str) -> (Price, PriceSource) {
-        if let Some(price) = channel_id.and_then(|channel_id| self.channel_prices.get(&(channel_id, model.to_string()))) {
+        if let Some(price) = channel_id.and_then(|channel_id| self.channel_prices.get(&channel_id)).and_then(|models| models.get(model)) {
             return (*price, PriceSource::Channel);
         }
         if let Some(price) = self.default_prices.get(model) {

@@ -47,6 +47,7 @@ impl StatsWriter {
 }
 
 fn run(service: &Arc<StatsService>, records: &Receiver<RequestRecord>, stop: &Receiver<()>) {
+    crate::util::lower_this_thread_priority();
     let mut next_stats_flush = unix_millis() + stats_interval_ms(service);
     let mut next_log_flush = unix_millis() + LOG_FLUSH_INTERVAL_MS;
     let mut current_hour = hour_of_millis(unix_millis());

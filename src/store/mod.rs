@@ -4,6 +4,7 @@
 //! Architecture invariant: database drivers block, so a `Store` is only ever used on the std
 //! threads of `StorePool`; coroutines send closures there and wait on a may-aware channel.
 
+pub mod backup;
 pub mod entities;
 pub mod migrate;
 #[cfg(feature = "mysql")]
@@ -19,8 +20,11 @@ pub mod stats_sql;
 
 use std::fmt;
 
+use crate::store::backup::Backup;
+
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, Group, LogFilter, ModelPrice, RequestLog, StatsGrouping, StatsRow,
+    StoredResponse,
 };
 
 /// What can go wrong in a store call.
@@ -58,6 +62,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send {
     /// `sqlite`, `postgres` or `mysql`.
     fn backend_name(&self) -> &'static str;
+
+    /// Whether the connection to a database server is gone (the server restarted, a network
+    /// cut): the pool then opens a new one. Cheap enough to ask after every job.
+    fn connection_lost(&mut self) -> bool {
+        false
+    }
 
     // Admin account and sessions.
     /// Creates the admin account if no admin exists yet; returns true when it did.
@@ -123,6 +133,17 @@ pub trait Store: Send {
     /// than the day's first (days not rolled up yet), oldest first.
     fn stats_days_to_roll_up(&mut self, before_hour: i64, limit: u64) -> StoreResult<Vec<i64>>;
 
+    /// Every bucket as stored, in key order (for a backup with statistics).
+    fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>>;
+
+    // Backup.
+    /// Replaces channels (with their keys), groups (with their items), client keys, prices,
+    /// the runtime settings and, when `backup.stats` is set, the statistics, keeping every id,
+    /// in one transaction: on any error nothing is changed. Admin users, sessions and request
+    /// logs are not touched. Afterwards new rows get ids past the imported ones. `backup` must
+    /// be checked first (`api::backup` does): positive unique ids, valid references.
+    fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()>;
+
     // Request logs.
     /// Inserts the logs in one transaction; a log whose id is already stored is skipped.
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()>;
@@ -130,9 +151,33 @@ pub trait Store: Send {
     fn list_logs(&mut self, filter: &LogFilter, offset: u64, limit: u64) -> StoreResult<(Vec<RequestLog>, u64)>;
     /// One log with its bodies.
     fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>>;
-    /// Deletes the logs older than `before_ms` and all but the newest `keep_rows`; returns how
+    /// Deletes the logs that finished before `before_ms` and all but the newest `keep_rows`; returns how
     /// many were deleted.
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64>;
+
+    // Stored OpenAI Responses (see migrations/*/0003_responses.sql).
+    /// Inserts the response, replacing a stored one with the same id.
+    fn save_response(&mut self, response: &StoredResponse) -> StoreResult<()>;
+    /// The response as stored, expired or not; the caller compares `expires_at` and the owner.
+    fn response_by_id(&mut self, id: &str) -> StoreResult<Option<StoredResponse>>;
+    fn delete_response(&mut self, id: &str) -> StoreResult<bool>;
+    /// Deletes responses with `expires_at <= now`, then the oldest until the rest hold at most
+    /// `max_total_bytes`; returns how many were deleted.
+    fn prune_responses(&mut self, now: i64, max_total_bytes: u64) -> StoreResult<u64>;
+}
+
+/// Which stored responses to delete so that the newest ones fit in `max_total_bytes`, given
+/// (id, size) pairs newest first. Shared by the backends so they agree on the rule.
+pub fn responses_over_size_cap(newest_first: Vec<(String, i64)>, max_total_bytes: u64) -> Vec<String> {
+    let mut kept_bytes: u64 = 0;
+    let mut over = Vec::new();
+    for (id, size_bytes) in newest_first {
+        kept_bytes = kept_bytes.saturating_add(u64::try_from(size_bytes).unwrap_or(0));
+        if kept_bytes > max_total_bytes {
+            over.push(id);
+        }
+    }
+    over
 }
 
 /// Opens one store of `database_type` (`sqlite`, `postgres` or `mysql`) at `path_or_url` (a

@@ -16,21 +16,28 @@ use crate::store::codec::{
     attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
     u64_to_column,
 };
+use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
-    StatsGrouping, StatsRow,
+    StatsGrouping, StatsRow, StoredResponse,
 };
+use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{
     MYSQL_MIGRATIONS, pending, split_statements, warn_about_unknown_versions,
 };
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult, responses_over_size_cap};
 use crate::util::unix_seconds;
 
 /// A `Store` on one MySQL or MariaDB connection.
 pub struct MysqlStore {
     connection: Conn,
+    /// When the connection was last known to work; see `connection_lost`.
+    last_checked: std::time::Instant,
 }
+
+/// How often `connection_lost` pings the server (the mysql driver has no cheap "is it closed").
+const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Connects to `url` (`mysql://user[:password]@host[:port]/database`), then applies pending
 /// migrations. Errors name the host, port and database, never the password.
@@ -63,7 +70,7 @@ pub fn open(url: &str) -> StoreResult<MysqlStore> {
             "cannot migrate MySQL database at {target}: {error}"
         ))
     })?;
-    Ok(MysqlStore { connection })
+    Ok(MysqlStore { connection, last_checked: std::time::Instant::now() })
 }
 
 /// The driver's error without its debug-style wrapper (`MySqlError { .. }`).
@@ -100,7 +107,15 @@ fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
     warn_about_unknown_versions("mysql", MYSQL_MIGRATIONS, &applied_versions);
     for migration in pending(MYSQL_MIGRATIONS, &applied_versions) {
         for statement in split_statements(migration.sql) {
-            connection.query_drop(statement)?;
+            match connection.query_drop(&statement) {
+                Ok(()) => {}
+                // MySQL has no `ADD COLUMN IF NOT EXISTS` and commits DDL at once: a run that
+                // added the columns and stopped before recording the version finds them there.
+                // Each ALTER adds its columns in one statement, so "already there" means all of them.
+                Err(mysql::Error::MySqlError(error))
+                    if error.code == ER_DUP_FIELDNAME && statement.starts_with("ALTER TABLE") => {}
+                Err(error) => return Err(error),
+            }
         }
         connection.exec_drop(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
@@ -120,6 +135,7 @@ fn query_error(error: mysql::Error) -> StoreError {
 }
 
 const ER_DUP_ENTRY: u16 = 1062;
+const ER_DUP_FIELDNAME: u16 = 1060;
 const ER_NO_REFERENCED_ROW: u16 = 1216;
 const ER_NO_REFERENCED_ROW_2: u16 = 1452;
 
@@ -159,7 +175,8 @@ fn take<T: FromValue>(row: &mut Row, index: usize) -> StoreResult<T> {
 
 const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
 const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
-const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
 fn admin_from_row(mut row: Row) -> StoreResult<AdminUser> {
@@ -247,6 +264,8 @@ fn api_key_from_row(mut row: Row) -> StoreResult<ApiKey> {
         allowed_models: take(&mut row, 7)?,
         created_at: take(&mut row, 8)?,
         updated_at: take(&mut row, 9)?,
+        rpm: take(&mut row, 10)?,
+        tpm: take(&mut row, 11)?,
     }
     .into_api_key()
 }
@@ -483,6 +502,16 @@ fn insert_returning_id(
 }
 
 impl Store for MysqlStore {
+    /// Pings at most every few seconds: a restarted server is noticed within that time, and the
+    /// jobs in between fail with a clear error rather than hang.
+    fn connection_lost(&mut self) -> bool {
+        if self.last_checked.elapsed() < CONNECTION_CHECK_INTERVAL {
+            return false;
+        }
+        self.last_checked = std::time::Instant::now();
+        self.connection.ping().is_err()
+    }
+
     fn backend_name(&self) -> &'static str {
         "mysql"
     }
@@ -714,7 +743,7 @@ impl Store for MysqlStore {
         self.connection
             .exec_drop(
                 "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
-                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, rpm, tpm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     &api_key.name,
                     &api_key.key_hash,
@@ -725,6 +754,8 @@ impl Store for MysqlStore {
                     strings_to_json(&api_key.allowed_models),
                     now,
                     now,
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm),
                 ),
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
@@ -738,7 +769,7 @@ impl Store for MysqlStore {
         let updated = self
             .execute(
                 "UPDATE api_keys SET name = ?, enabled = ?, expires_at = ?, max_cost = ?, allowed_models = ?, \
-                 updated_at = ? WHERE id = ?",
+                 updated_at = ?, rpm = ?, tpm = ? WHERE id = ?",
                 (
                     &api_key.name,
                     api_key.enabled,
@@ -746,6 +777,8 @@ impl Store for MysqlStore {
                     api_key.max_cost,
                     strings_to_json(&api_key.allowed_models),
                     unix_seconds(),
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm),
                     api_key.id,
                 ),
             )
@@ -869,6 +902,28 @@ impl Store for MysqlStore {
         Ok(days)
     }
 
+    fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>> {
+        let rows: Vec<Row> = self.connection.query(backup::all_stats_rows_query()).map_err(query_error)?;
+        rows.iter().map(|row| stats_sql::decode_stats_row(&MysqlColumns(row))).collect()
+    }
+
+    fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()> {
+        let statements = backup::replace_statements(Dialect::Mysql, backup);
+        let mut transaction = self.write_transaction()?;
+        for statement in &statements {
+            // A statement without placeholders goes as plain text: binding an empty list is not
+            // the same as binding none for the driver.
+            let result = if statement.values.is_empty() {
+                transaction.query_drop(&statement.sql)
+            } else {
+                transaction.exec_drop(&statement.sql, mysql_parameters(&statement.values))
+            };
+            result.map_err(|error| import_error(violation(error)))?;
+        }
+        // A transaction dropped without a commit rolls back, so an error above changed nothing.
+        transaction.commit().map_err(query_error)
+    }
+
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let sql = stats_sql::log_insert(Dialect::Mysql);
         let mut transaction = self.write_transaction()?;
@@ -900,7 +955,7 @@ impl Store for MysqlStore {
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
         let mut transaction = self.write_transaction()?;
-        transaction.exec_drop("DELETE FROM relay_logs WHERE time_ms < ?", (before_ms,)).map_err(query_error)?;
+        transaction.exec_drop(stats_sql::log_prune_by_age(Dialect::Mysql), (first_id_at(before_ms),)).map_err(query_error)?;
         let mut deleted = transaction.affected_rows();
         let boundary: Option<i64> = transaction
             .exec_first(stats_sql::log_prune_boundary_query(Dialect::Mysql), (u64_to_column(keep_rows),))
@@ -913,6 +968,63 @@ impl Store for MysqlStore {
         Ok(deleted)
     }
 
+    fn save_response(&mut self, response: &StoredResponse) -> StoreResult<()> {
+        self.connection
+            .exec_drop(
+                "REPLACE INTO stored_responses (id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                Params::Positional(vec![
+                    Value::from(response.id.as_str()),
+                    Value::Int(response.api_key_id),
+                    Value::Int(response.created_at),
+                    Value::Int(response.expires_at),
+                    Value::from(response.model.as_str()),
+                    Value::from(response.response_json.as_str()),
+                    Value::from(response.input_items.as_str()),
+                    Value::from(response.output_items.as_str()),
+                    Value::Int(response.size_bytes),
+                ]),
+            )
+            .map_err(query_error)
+    }
+
+    fn response_by_id(&mut self, id: &str) -> StoreResult<Option<StoredResponse>> {
+        type Columns = (String, i64, i64, i64, String, String, String, String, i64);
+        let row: Option<Columns> =
+            self.connection.exec_first("SELECT id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes FROM stored_responses WHERE id = ?", (id,)).map_err(query_error)?;
+        Ok(row.map(|(id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes)| {
+            StoredResponse { id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes }
+        }))
+    }
+
+    fn delete_response(&mut self, id: &str) -> StoreResult<bool> {
+        self.connection.exec_drop("DELETE FROM stored_responses WHERE id = ?", (id,)).map_err(query_error)?;
+        Ok(self.connection.affected_rows() > 0)
+    }
+
+    fn prune_responses(&mut self, now: i64, max_total_bytes: u64) -> StoreResult<u64> {
+        let mut transaction = self.write_transaction()?;
+        transaction.exec_drop("DELETE FROM stored_responses WHERE expires_at <= ?", (now,)).map_err(query_error)?;
+        let mut deleted = transaction.affected_rows();
+        let newest_first: Vec<(String, i64)> = transaction
+            .query("SELECT id, size_bytes FROM stored_responses ORDER BY created_at DESC, id DESC")
+            .map_err(query_error)?;
+        for id in responses_over_size_cap(newest_first, max_total_bytes) {
+            transaction.exec_drop("DELETE FROM stored_responses WHERE id = ?", (id,)).map_err(query_error)?;
+            deleted += transaction.affected_rows();
+        }
+        transaction.commit().map_err(query_error)?;
+        Ok(deleted)
+    }
+}
+
+/// A failed import statement: validation should have caught duplicates and dangling references,
+/// so they are reported as such in case it did not.
+fn import_error(violation: Violation) -> StoreError {
+    match violation {
+        Violation::Unique(constraint) => StoreError::Duplicate(format!("import: {constraint}")),
+        Violation::ForeignKey => StoreError::MissingReference("import: a row refers to one that is not imported".to_owned()),
+        Violation::Other(error) => error,
+    }
 }
 
 fn mysql_parameters(values: &[SqlValue]) -> Params {
@@ -927,6 +1039,8 @@ fn mysql_parameters(values: &[SqlValue]) -> Params {
                     text.as_ref().map_or(Value::NULL, |text| Value::Bytes(text.as_bytes().to_vec()))
                 }
                 SqlValue::Bool(flag) => Value::Int(i64::from(*flag)),
+                SqlValue::Float(number) => Value::Double(*number),
+                SqlValue::OptionalFloat(number) => number.map_or(Value::NULL, Value::Double),
             })
             .collect(),
     )

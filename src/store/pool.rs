@@ -55,9 +55,11 @@ impl StorePool {
         let (job_sender, job_receiver) = crossbeam_channel::unbounded::<Job>();
         for (thread_index, store) in stores.into_iter().enumerate() {
             let job_receiver = job_receiver.clone();
+            let (database_type, path_or_url) = (database_type.to_string(), path_or_url.to_string());
+            let reopen = move || store::open(&database_type, &path_or_url);
             thread::Builder::new()
                 .name(format!("store-{thread_index}"))
-                .spawn(move || serve_jobs(store, job_receiver))
+                .spawn(move || serve_jobs(store, job_receiver, reopen))
                 .map_err(|error| {
                     StoreError::Backend(format!("cannot start a store thread: {error}"))
                 })?;
@@ -101,8 +103,30 @@ impl StorePool {
 }
 
 /// The body of one pool thread: run jobs until every `StorePool` handle is gone.
-fn serve_jobs(mut store: Box<dyn Store>, job_receiver: crossbeam_channel::Receiver<Job>) {
+///
+/// After a job that found the server connection gone, the thread opens a new one (at most once a
+/// second), so a restarted PostgreSQL or MySQL is used again without restarting the gateway;
+/// until then the jobs fail with the driver's error, which their callers retry or report.
+fn serve_jobs(
+    mut store: Box<dyn Store>,
+    job_receiver: crossbeam_channel::Receiver<Job>,
+    reopen: impl Fn() -> StoreResult<Box<dyn Store>>,
+) {
+    // Database work is admin calls and batched statistics: never more urgent than relaying.
+    crate::util::lower_this_thread_priority();
+    let mut last_reopen_attempt: Option<std::time::Instant> = None;
     for job in job_receiver {
         job(store.as_mut());
+        let may_try = last_reopen_attempt.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1));
+        if may_try && store.connection_lost() {
+            last_reopen_attempt = Some(std::time::Instant::now());
+            match reopen() {
+                Ok(reopened) => {
+                    log::warn!("the {} connection was lost; reconnected", reopened.backend_name());
+                    store = reopened;
+                }
+                Err(error) => log::warn!("the database connection was lost and reconnecting failed (will retry): {error}"),
+            }
+        }
     }
 }

@@ -7,7 +7,11 @@
 use crate::store::entities::{
     LogFilter, LoggedAttempt, RequestLog, StatsCounters, StatsGrouping, StatsKey, StatsRow, STATS_COUNTER_COLUMNS,
 };
+use crate::stats::log_id::first_id_at;
 use crate::store::{StoreError, StoreResult};
+
+/// Longer than any relay request can run (total timeouts are minutes).
+const LONGEST_REQUEST_MS: i64 = 86_400_000;
 
 /// The SQL dialect of a backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +29,8 @@ pub enum SqlValue {
     Text(String),
     OptionalText(Option<String>),
     Bool(bool),
+    Float(f64),
+    OptionalFloat(Option<f64>),
 }
 
 /// Typed access to the columns of one result row, implemented by each backend for its driver.
@@ -182,10 +188,16 @@ pub fn log_filter_clause(dialect: Dialect, filter: &LogFilter) -> (String, Vec<S
     if let Some(success) = filter.success {
         add("success =", SqlValue::Bool(success), &mut values);
     }
+    // Ids grow with the time a request finished, which is never before it started: a start-time
+    // bound is also an id bound, which the primary key serves (logs have no other index). The
+    // upper id bound is loosened by a day, the longest a request can run, so a request that
+    // started before `to` and finished after it still matches.
     if let Some(from_ms) = filter.from_ms {
+        add("id >=", SqlValue::Int(first_id_at(from_ms)), &mut values);
         add("time_ms >=", SqlValue::Int(from_ms), &mut values);
     }
     if let Some(to_ms) = filter.to_ms {
+        add("id <", SqlValue::Int(first_id_at(to_ms.saturating_add(LONGEST_REQUEST_MS))), &mut values);
         add("time_ms <", SqlValue::Int(to_ms), &mut values);
     }
     if conditions.is_empty() {
@@ -310,6 +322,11 @@ pub fn decode_log(row: &impl ColumnReader) -> StoreResult<RequestLog> {
         request_body: row.optional_text(23)?,
         response_body: row.optional_text(24)?,
     })
+}
+
+/// Deletes the logs finished before a time (parameter: `first_id_at` of it).
+pub fn log_prune_by_age(dialect: Dialect) -> String {
+    format!("DELETE FROM relay_logs WHERE id < {}", dialect.placeholder(1))
 }
 
 /// The newest log id past which everything is pruned to keep `keep_rows` rows: parameter is the

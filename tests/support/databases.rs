@@ -145,3 +145,28 @@ pub fn all() -> Vec<TestDatabase> {
     databases.extend(mysql());
     databases
 }
+
+impl TestDatabase {
+    /// Ends every server connection to this database from the outside, as a server restart
+    /// would (the server itself stays up, so other tests are not disturbed).
+    pub fn cut_connections(&self) {
+        let Cleanup::ServerDatabase { admin_url, name } = &self.cleanup else { return };
+        if self.database_type == "postgres" {
+            run_admin_statement(
+                "postgres",
+                admin_url,
+                &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"),
+            );
+        } else {
+            use ::mysql::prelude::Queryable;
+            let opts = ::mysql::Opts::from_url(admin_url).expect("TEST_MYSQL_URL is a valid MySQL URL");
+            let mut connection = ::mysql::Conn::new(opts).expect("reach MySQL");
+            let ids: Vec<u64> = connection
+                .query(format!("SELECT id FROM information_schema.processlist WHERE db = '{name}' AND id <> CONNECTION_ID()"))
+                .expect("list connections");
+            for id in ids {
+                let _ = connection.query_drop(format!("KILL {id}"));
+            }
+        }
+    }
+}

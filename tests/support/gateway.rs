@@ -21,7 +21,7 @@ pub struct TestGateway {
     /// The configuration it was started with (port 0), for restarts and second nodes.
     pub config: Config,
     /// Keeps the database alive (and drops it at the end) for server backends.
-    _database: TestDatabase,
+    pub database: TestDatabase,
 }
 
 impl TestGateway {
@@ -44,7 +44,7 @@ impl TestGateway {
         drop(store);
         let gateway = octopus::app::start(config.clone()).unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
         let address = gateway.local_addr();
-        TestGateway { gateway: Some(gateway), address, config, _database: database }
+        TestGateway { gateway: Some(gateway), address, config, database }
     }
 
     /// Stops the gateway (writing its statistics and logs) and starts a new one on the same
