@@ -78,9 +78,15 @@ fn accepts_gzip(request: &Request) -> bool {
 fn prepared_file(file: &'static File<'static>) -> &'static PreparedFile {
     static PREPARED: OnceLock<HashMap<&'static str, PreparedFile>> = OnceLock::new();
     let prepared = PREPARED.get_or_init(|| {
-        let mut prepared = HashMap::new();
-        prepare_directory(&ASSETS, &mut prepared);
-        prepared
+        // The compressor's state is too big for a request coroutine's small stack, so the one-time
+        // preparation runs on an ordinary thread with a full-size stack.
+        std::thread::spawn(|| {
+            let mut prepared = HashMap::new();
+            prepare_directory(&ASSETS, &mut prepared);
+            prepared
+        })
+        .join()
+        .expect("preparing the panel files does not panic")
     });
     prepared.get(file.path().to_str().unwrap_or("")).expect("every embedded file is prepared")
 }
