@@ -33,6 +33,15 @@ def admin_api(gateway, method, path, body=None):
         return json.loads(response.read() or b"null")
 
 
+def fresh_token(gateway):
+    """Logs in through the API; the flow test's token may be gone after the backup import and the logout."""
+    request = urllib.request.Request(f"{gateway}/api/v1/auth/login", method="POST", data=json.dumps({"username": "admin", "password": NEW_PASSWORD}).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        state["token"] = json.loads(response.read())["token"]
+    return state["token"]
+
+
 def open_page(browser, gateway, width=1280, height=800):
     context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
     page = context.new_page()
@@ -205,6 +214,7 @@ def test_full_admin_flow(browser, gateway, upstream):
 
 def test_screenshots_of_every_page(browser, gateway):
     assert "token" in state, "the flow test logs in first"
+    fresh_token(gateway)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for width, height in ((1280, 800), (390, 844)):
         for theme in ("light", "dark"):
@@ -213,6 +223,8 @@ def test_screenshots_of_every_page(browser, gateway):
             page.goto(f"{gateway}/")
             page.screenshot(path=str(SCREENSHOTS / f"login-{width}-{theme}.png"), full_page=True)
             page.evaluate(f"localStorage.setItem('octopus.token', {json.dumps(state['token'])})")
+            # Changing only the hash is a same-document navigation, so a reload makes the app read the stored token.
+            page.reload()
             for route in PAGES:
                 go(page, gateway, route)
                 page.wait_for_load_state("networkidle")
@@ -253,7 +265,8 @@ def test_channel_test_button(browser, gateway):
     """POST /api/v1/channels/{id}/test answers {ok, status, latency_ms, message}; the panel shows it."""
     page = open_page(browser, gateway)
     page.goto(f"{gateway}/")
-    page.evaluate(f"localStorage.setItem('octopus.token', {json.dumps(state['token'])})")
+    page.evaluate(f"localStorage.setItem('octopus.token', {json.dumps(fresh_token(gateway))})")
+    page.reload()
     go(page, gateway, "channels")
     page.get_by_test_id("channel-table").get_by_role("button", name="Edit").first.click()
     page.get_by_test_id("channel-form").get_by_role("button", name="Test", exact=True).click()
