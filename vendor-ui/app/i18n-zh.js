@@ -50,7 +50,7 @@ export const chineseStrings = {
   "{days} days, busiest day {count} requests": "{days} 天，最忙的一天 {count} 个请求", "{field} price of {model}": "{model} 的{field}价格",
   "{success} ok / {failed} failed": "{success} 成功 / {failed} 失败",
   "round_robin": "轮询", "random": "随机", "failover": "故障转移", "weighted": "加权", "exact": "精确", "fuzzy": "模糊", "regex": "正则",
-  "input": "输入", "output": "输出", "cache_read": "缓存读", "cache_write": "缓存写",
+  "input": "输入", "Cache write": "缓存写入", "(no client key)": "（无客户端密钥）", "(no channel)": "（无渠道）", "output": "输出", "cache_read": "缓存读", "cache_write": "缓存写",
   "channel": "渠道", "default": "默认", "models.dev": "models.dev", "unpriced": "未定价", "timeout": "超时", "error": "错误",
   "Stats save interval (seconds)": "统计写入间隔（秒）", "How often counted requests are written to the database.": "统计数据写入数据库的频率。",
   "Log retention (days)": "日志保留（天）", "Maximum log rows": "日志最大行数", "Keep request and response bodies": "保存请求和响应体",

@@ -72,7 +72,7 @@ function App() {
     <header class="topbar">
       <button type="button" class="ghost menu-button" aria-expanded=${navigationOpen} aria-controls="navigation"
         onClick=${() => setNavigationOpen(!navigationOpen)}>☰ <span class="visually-hidden">${t("Menu")}</span></button>
-      <a class="brand" href="#/dashboard">🐙 octopus</a>
+      <a class="brand" href="#/dashboard">octopus</a>
       ${preferences}
       <button type="button" class="ghost" data-testid="logout" onClick=${logout}>${t("Log out")}</button>
     </header>

@@ -74,7 +74,7 @@ function Rankings({ bounds }) {
       ${channels.data ? html`<div class="table-scroll"><table>
         <thead><tr><th>${t("Channel")}</th><th class="number">${t("Requests")}</th><th class="number">${t("Success rate")}</th><th class="number">${t("Avg latency")}</th><th class="number">${t("Avg TTFT")}</th><th class="number">${t("Cost")}</th></tr></thead>
         <tbody>${byRequests(channels.data.items).map((row) => html`<tr>
-          <td>${row.channel_name || t("(deleted)")}</td><td class="number">${formatNumber(row.requests)}</td><td class="number">${formatPercent(row.success, row.requests)}</td>
+          <td>${row.channel_name || (row.channel_id === null ? t("(no channel)") : t("(deleted)"))}</td><td class="number">${formatNumber(row.requests)}</td><td class="number">${formatPercent(row.success, row.requests)}</td>
           <td class="number">${formatMilliseconds(row.avg_latency_ms)}</td><td class="number">${formatMilliseconds(row.avg_ttft_ms)}</td><td class="number">${formatCost(row.cost)}</td></tr>`)}
         ${channels.data.items?.length ? null : html`<tr><td colspan="6" class="muted">${t("No requests yet.")}</td></tr>`}</tbody></table></div>` : null}
     </section>
@@ -85,7 +85,7 @@ function Rankings({ bounds }) {
     </section>
     <section class="panel" data-testid="key-ranking"><h2>${t("Top client keys")}</h2>
       <${LoadState} state=${keys} />
-      ${keys.data ? html`<ol class="ranking-list">${byRequests(keys.data.items).map((row) => html`<li><span>${row.api_key_name || t("(deleted)")}</span><span>${formatNumber(row.requests)} · ${formatCost(row.cost)}</span></li>`)}
+      ${keys.data ? html`<ol class="ranking-list">${byRequests(keys.data.items).map((row) => html`<li><span>${row.api_key_name || (row.api_key_id === null ? t("(no client key)") : t("(deleted)"))}</span><span>${formatNumber(row.requests)} · ${formatCost(row.cost)}</span></li>`)}
         ${keys.data.items?.length ? null : html`<li class="muted">${t("No requests yet.")}</li>`}</ol>` : null}
     </section>
   </div>`;

@@ -14,7 +14,7 @@ export function LoginPage({ onLoggedIn }) {
     if (login) { setSessionToken(login.token); onLoggedIn(login); }
   };
   return html`<form class="card narrow" onSubmit=${submit} aria-labelledby="login-title">
-    <h1 id="login-title">🐙 ${t("Sign in to octopus")}</h1>
+    <h1 id="login-title">${t("Sign in to octopus")}</h1>
     <${Field} label=${t("Username")}><input name="username" autocomplete="username" required value=${username} onInput=${(event) => setUsername(event.currentTarget.value)} /></${Field}>
     <${Field} label=${t("Password")}><input name="password" type="password" autocomplete="current-password" required value=${password} onInput=${(event) => setPassword(event.currentTarget.value)} /></${Field}>
     <${ErrorMessage} error=${action.error} />

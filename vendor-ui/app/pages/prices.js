@@ -5,6 +5,7 @@ import { t } from "../i18n.js";
 import { useLoad, useAction, LoadState, ErrorMessage, DoneMessage, Badge, confirmAction, formatTime } from "../components.js";
 
 const PRICE_FIELDS = ["input", "output", "cache_read", "cache_write"];
+const PRICE_LABELS = { input: "Input", output: "Output", cache_read: "Cache read", cache_write: "Cache write" };
 const SOURCE_BADGES = { channel: "accent", default: "neutral", "models.dev": "good", unpriced: "warn" };
 
 /** One editable price row; a row without an id is created on save, a row with one is updated. */
@@ -29,8 +30,8 @@ function PriceRow({ row, channelId, onChanged }) {
   };
   return html`<tr data-model=${row.model}>
     <td data-label=${t("Model")}><strong>${row.model}</strong> <${Badge} kind=${SOURCE_BADGES[row.source] || "neutral"}>${t(row.source || "unpriced")}</${Badge}></td>
-    ${PRICE_FIELDS.map((field) => html`<td data-label=${t(field)}><input class="price-input" type="number" min="0" step="any" inputmode="decimal" name=${field}
-      aria-label=${t("{field} price of {model}", { field: t(field), model: row.model })} value=${values[field]}
+    ${PRICE_FIELDS.map((field) => html`<td data-label=${t(PRICE_LABELS[field])}><input class="price-input" type="number" min="0" step="any" inputmode="decimal" name=${field}
+      aria-label=${t("{field} price of {model}", { field: t(PRICE_LABELS[field]), model: row.model })} value=${values[field]}
       onInput=${(event) => setValues({ ...values, [field]: event.currentTarget.value })} onKeyDown=${(event) => { if (event.key === "Enter") save(); }} /></td>`)}
     <td data-label=${t("Actions")} class="actions-cell">
       <button type="button" class="primary" onClick=${save} disabled=${!changed || action.busy}>${t("Save")}</button>
@@ -79,7 +80,7 @@ export function PricesPage() {
     <${LoadState} state=${prices} />
     <${ErrorMessage} error=${channels.error} />
     <div class="table-scroll"><table class="responsive" data-testid="price-table">
-      <thead><tr><th>${t("Model")}</th>${PRICE_FIELDS.map((field) => html`<th>${t(field)}</th>`)}<th>${t("Actions")}</th></tr></thead>
+      <thead><tr><th>${t("Model")}</th>${PRICE_FIELDS.map((field) => html`<th>${t(PRICE_LABELS[field])}</th>`)}<th>${t("Actions")}</th></tr></thead>
       <tbody>${shown.map((row) => html`<${PriceRow} key=${`${channelId}-${row.model}-${row.id}-${row.input}-${row.output}`} row=${row} channelId=${channelId} onChanged=${prices.reload} />`)}
       ${prices.data && !shown.length ? html`<tr><td colspan="6" class="muted">${t("No prices match.")}</td></tr>` : null}</tbody>
     </table></div>
