@@ -23,6 +23,7 @@ use crate::relay::inbound::{parse_call, InboundCall, RelayRoute};
 use crate::relay::key_pool::KeyPick;
 use crate::relay::outbound::{channel_format, upstream_headers};
 use crate::relay::record::{AttemptRecord, RequestRecord};
+use crate::relay::response_store::{self, StreamCapture};
 use crate::relay::retry::{classify, effects, AttemptOutcome, BreakerEffect, KeyPenalty, RetryBudget, TimeoutPhase, Verdict};
 use crate::relay::rng::Rng;
 use crate::relay::stream::{is_error_event, EventTranslator};
@@ -229,12 +230,14 @@ fn generate(
         trace.record.request_body = Some(request.body.clone());
         trace.record.response_body = Some(Vec::new());
     }
-    let call = parse_call(route, request)?;
+    let mut call = parse_call(route, request)?;
     trace.record.group = call.model.clone();
     trace.record.stream = call.stream;
     if !may_use_model(&api_key, &call.model) {
         return Err(RelayError::ModelNotAllowed(format!("this API key may not use the model {:?}", call.model)));
     }
+    // Resolved before any channel is chosen, so the attempts see a stateless request.
+    let mut pending_save = response_store::prepare(state, &api_key, &mut call)?;
     let group = snapshot
         .groups_by_name
         .get(&call.model)
@@ -384,6 +387,11 @@ fn generate(
                             keep_for_log(kept, &body);
                         }
                         drop(watchdog);
+                        if (200..300).contains(&status)
+                            && let Some(pending) = pending_save.take()
+                        {
+                            pending.save_body(state, &body);
+                        }
                         let content_type = "application/json";
                         return Ok(Answer::Complete(Response::bytes(status, content_type, body)));
                     }
@@ -393,9 +401,11 @@ fn generate(
                         let translator = EventTranslator::new(transform, call.client_format, call.gemini_json_array, &context);
                         let content_type = if call.gemini_json_array { "application/json" } else { "text/event-stream" };
                         let stream_idle = deadlines.stream_idle;
+                        let capture = pending_save.take().map(StreamCapture::new);
                         return Ok(Answer::Stream(Box::new(move |trace: CallTrace| {
                             Response::stream(200, content_type, move |writer| {
-                                pump(&state, writer, translator, body, parser, first_events, control, stream_idle, watchdog, trace)
+                                let stream = PumpedStream { translator, body, parser, first_events, capture };
+                                pump(&state, writer, stream, control, stream_idle, watchdog, trace)
                             })
                             .with_header("cache-control", "no-cache")
                             .with_header("x-accel-buffering", "no")
@@ -729,20 +739,27 @@ fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
+/// A committed upstream stream and what turns it into client bytes.
+struct PumpedStream {
+    translator: EventTranslator,
+    body: Box<dyn Read + Send>,
+    parser: SseParser,
+    first_events: Vec<SseEvent>,
+    /// Set for a stored Responses answer: watches the client bytes for the final response.
+    capture: Option<StreamCapture>,
+}
+
 /// Forwards the rest of a committed stream, event by event, then emits the record.
-#[allow(clippy::too_many_arguments)]
 fn pump(
     state: &RelayState,
     writer: &mut dyn crate::http::StreamWriter,
-    mut translator: EventTranslator,
-    mut body: Box<dyn Read + Send>,
-    mut parser: SseParser,
-    first_events: Vec<SseEvent>,
+    stream: PumpedStream,
     control: CallControl,
     stream_idle: Duration,
     watchdog: WatchGuard,
     mut trace: CallTrace,
 ) -> std::io::Result<()> {
+    let PumpedStream { mut translator, mut body, mut parser, first_events, mut capture } = stream;
     let mut out = Vec::with_capacity(4096);
     let mut client_error: Option<std::io::Error> = None;
     let mut stream_error: Option<String> = None;
@@ -751,6 +768,9 @@ fn pump(
             out.clear();
             translator.translate(event, &mut out);
             if !out.is_empty() {
+                if let Some(capture) = capture.as_mut() {
+                    capture.observe(state, &out);
+                }
                 writer.write_chunk(&out)?;
                 if let Some(kept) = trace.record.response_body.as_mut() {
                     keep_for_log(kept, &out);
@@ -829,6 +849,9 @@ fn pump(
     }
     out.clear();
     translator.finish(&mut out);
+    if let Some(capture) = capture.as_mut() {
+        capture.observe(state, &out);
+    }
     let written = if out.is_empty() { Ok(()) } else { writer.write_chunk(&out) };
     trace.finish(state, 200, None);
     written

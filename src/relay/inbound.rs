@@ -61,7 +61,7 @@ pub fn format_for_path(path: &str) -> Format {
         Format::Gemini
     } else if path == "/v1/messages" {
         Format::Anthropic
-    } else if path == "/v1/responses" {
+    } else if path == "/v1/responses" || path.starts_with("/v1/responses/") {
         Format::OpenaiResponses
     } else {
         Format::OpenaiChat

@@ -19,6 +19,7 @@ pub mod media_fetch;
 pub mod models;
 pub mod outbound;
 pub mod record;
+pub mod response_store;
 pub mod retry;
 pub mod rng;
 pub mod snapshot;
@@ -54,6 +55,8 @@ pub struct RelayState {
     pub recent: Arc<RecentRecords>,
     /// Spending per client key (for `max_cost`), read on each request of a capped key.
     pub stats: Arc<StatsService>,
+    /// Queues stored OpenAI Responses for their writer thread (see `response_store`).
+    pub response_saver: response_store::ResponseSaver,
     /// Requests started and not yet recorded, for the graceful shutdown.
     in_flight: std::sync::atomic::AtomicUsize,
     /// Set when shutdown begins: new relay requests get a 503 and no record.
@@ -72,6 +75,7 @@ impl RelayState {
     ) -> RelayState {
         RelayState {
             antigravity: AntigravityAuth::new(upstream.clone(), config.antigravity.clone()),
+            response_saver: response_store::ResponseSaver::start(store.clone()),
             config,
             store,
             snapshot: SnapshotCell::default(),
@@ -154,6 +158,9 @@ pub struct Credential {
 pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
     if request.method == "POST" && request.path == "/v1/messages/count_tokens" {
         return Some(count_tokens::handle(state, request));
+    }
+    if request.path.starts_with("/v1/responses/") {
+        return response_store::handle(state, request);
     }
     let route = inbound::route(&request.method, &request.path)?;
     let client_format = inbound::format_for_path(&request.path);

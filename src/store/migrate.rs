@@ -16,16 +16,19 @@ pub struct Migration {
 pub const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration { version: 1, description: "init", sql: include_str!("../../migrations/sqlite/0001_init.sql") },
     Migration { version: 2, description: "stats_logs", sql: include_str!("../../migrations/sqlite/0002_stats_logs.sql") },
+    Migration { version: 3, description: "responses", sql: include_str!("../../migrations/sqlite/0003_responses.sql") },
 ];
 
 pub const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration { version: 1, description: "init", sql: include_str!("../../migrations/postgres/0001_init.sql") },
     Migration { version: 2, description: "stats_logs", sql: include_str!("../../migrations/postgres/0002_stats_logs.sql") },
+    Migration { version: 3, description: "responses", sql: include_str!("../../migrations/postgres/0003_responses.sql") },
 ];
 
 pub const MYSQL_MIGRATIONS: &[Migration] = &[
     Migration { version: 1, description: "init", sql: include_str!("../../migrations/mysql/0001_init.sql") },
     Migration { version: 2, description: "stats_logs", sql: include_str!("../../migrations/mysql/0002_stats_logs.sql") },
+    Migration { version: 3, description: "responses", sql: include_str!("../../migrations/mysql/0003_responses.sql") },
 ];
 
 /// The migrations not yet in `applied_versions`, in version order.

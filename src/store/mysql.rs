@@ -19,14 +19,14 @@ use crate::store::codec::{
 use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
-    StatsGrouping, StatsRow,
+    StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{
     MYSQL_MIGRATIONS, pending, split_statements, warn_about_unknown_versions,
 };
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult, responses_over_size_cap};
 use crate::util::unix_seconds;
 
 /// A `Store` on one MySQL or MariaDB connection.
@@ -952,6 +952,53 @@ impl Store for MysqlStore {
         Ok(deleted)
     }
 
+    fn save_response(&mut self, response: &StoredResponse) -> StoreResult<()> {
+        self.connection
+            .exec_drop(
+                "REPLACE INTO stored_responses (id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                Params::Positional(vec![
+                    Value::from(response.id.as_str()),
+                    Value::Int(response.api_key_id),
+                    Value::Int(response.created_at),
+                    Value::Int(response.expires_at),
+                    Value::from(response.model.as_str()),
+                    Value::from(response.response_json.as_str()),
+                    Value::from(response.input_items.as_str()),
+                    Value::from(response.output_items.as_str()),
+                    Value::Int(response.size_bytes),
+                ]),
+            )
+            .map_err(query_error)
+    }
+
+    fn response_by_id(&mut self, id: &str) -> StoreResult<Option<StoredResponse>> {
+        type Columns = (String, i64, i64, i64, String, String, String, String, i64);
+        let row: Option<Columns> =
+            self.connection.exec_first("SELECT id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes FROM stored_responses WHERE id = ?", (id,)).map_err(query_error)?;
+        Ok(row.map(|(id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes)| {
+            StoredResponse { id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes }
+        }))
+    }
+
+    fn delete_response(&mut self, id: &str) -> StoreResult<bool> {
+        self.connection.exec_drop("DELETE FROM stored_responses WHERE id = ?", (id,)).map_err(query_error)?;
+        Ok(self.connection.affected_rows() > 0)
+    }
+
+    fn prune_responses(&mut self, now: i64, max_total_bytes: u64) -> StoreResult<u64> {
+        let mut transaction = self.write_transaction()?;
+        transaction.exec_drop("DELETE FROM stored_responses WHERE expires_at <= ?", (now,)).map_err(query_error)?;
+        let mut deleted = transaction.affected_rows();
+        let newest_first: Vec<(String, i64)> = transaction
+            .query("SELECT id, size_bytes FROM stored_responses ORDER BY created_at DESC, id DESC")
+            .map_err(query_error)?;
+        for id in responses_over_size_cap(newest_first, max_total_bytes) {
+            transaction.exec_drop("DELETE FROM stored_responses WHERE id = ?", (id,)).map_err(query_error)?;
+            deleted += transaction.affected_rows();
+        }
+        transaction.commit().map_err(query_error)?;
+        Ok(deleted)
+    }
 }
 
 /// A failed import statement: validation should have caught duplicates and dangling references,

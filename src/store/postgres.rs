@@ -20,12 +20,12 @@ use crate::store::codec::{
 use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
-    StatsGrouping, StatsRow,
+    StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{POSTGRES_MIGRATIONS, pending, warn_about_unknown_versions};
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult, responses_over_size_cap};
 use crate::util::unix_seconds;
 
 /// A `Store` on one PostgreSQL connection.
@@ -938,6 +938,66 @@ impl Store for PostgresStore {
         Ok(deleted)
     }
 
+    fn save_response(&mut self, response: &StoredResponse) -> StoreResult<()> {
+        self.client
+            .execute(
+                "INSERT INTO stored_responses (id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (id) DO UPDATE SET api_key_id = EXCLUDED.api_key_id, created_at = EXCLUDED.created_at, \
+                 expires_at = EXCLUDED.expires_at, model = EXCLUDED.model, response_json = EXCLUDED.response_json, \
+                 input_items = EXCLUDED.input_items, output_items = EXCLUDED.output_items, size_bytes = EXCLUDED.size_bytes",
+                &[
+                    &response.id,
+                    &response.api_key_id,
+                    &response.created_at,
+                    &response.expires_at,
+                    &response.model,
+                    &response.response_json,
+                    &response.input_items,
+                    &response.output_items,
+                    &response.size_bytes,
+                ],
+            )
+            .map_err(query_error)?;
+        Ok(())
+    }
+
+    fn response_by_id(&mut self, id: &str) -> StoreResult<Option<StoredResponse>> {
+        let rows = self.client.query("SELECT id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes FROM stored_responses WHERE id = $1", &[&id]).map_err(query_error)?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        Ok(Some(StoredResponse {
+            id: row.try_get(0).map_err(query_error)?,
+            api_key_id: row.try_get(1).map_err(query_error)?,
+            created_at: row.try_get(2).map_err(query_error)?,
+            expires_at: row.try_get(3).map_err(query_error)?,
+            model: row.try_get(4).map_err(query_error)?,
+            response_json: row.try_get(5).map_err(query_error)?,
+            input_items: row.try_get(6).map_err(query_error)?,
+            output_items: row.try_get(7).map_err(query_error)?,
+            size_bytes: row.try_get(8).map_err(query_error)?,
+        }))
+    }
+
+    fn delete_response(&mut self, id: &str) -> StoreResult<bool> {
+        let deleted = self.client.execute("DELETE FROM stored_responses WHERE id = $1", &[&id]).map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn prune_responses(&mut self, now: i64, max_total_bytes: u64) -> StoreResult<u64> {
+        let mut transaction = self.client.transaction().map_err(query_error)?;
+        let mut deleted = transaction.execute("DELETE FROM stored_responses WHERE expires_at <= $1", &[&now]).map_err(query_error)?;
+        let rows = transaction
+            .query("SELECT id, size_bytes FROM stored_responses ORDER BY created_at DESC, id DESC", &[])
+            .map_err(query_error)?;
+        let mut newest_first = Vec::with_capacity(rows.len());
+        for row in &rows {
+            newest_first.push((row.try_get::<_, String>(0).map_err(query_error)?, row.try_get::<_, i64>(1).map_err(query_error)?));
+        }
+        for id in responses_over_size_cap(newest_first, max_total_bytes) {
+            deleted += transaction.execute("DELETE FROM stored_responses WHERE id = $1", &[&id]).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)?;
+        Ok(deleted)
+    }
 }
 
 /// A failed import statement: validation should have caught duplicates and dangling references,
