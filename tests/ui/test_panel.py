@@ -2,6 +2,7 @@
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -257,7 +258,11 @@ def test_gzip_and_etag(gateway):
 
 def test_fetch_models_for_an_unsaved_channel(gateway, upstream):
     """POST /api/v1/channels/fetch-models lists an upstream's models before the channel is saved."""
-    result = admin_api(gateway, "POST", "/channels/fetch-models", {"name": "draft", "type": "openai_chat", "base_urls": [upstream], "keys": ["sk-mock-0123456789abcdef"]})
+    fresh_token(gateway)
+    try:
+        result = admin_api(gateway, "POST", "/channels/fetch-models", {"name": "draft", "type": "openai_chat", "base_urls": [upstream], "keys": ["sk-mock-0123456789abcdef"]})
+    except urllib.error.HTTPError as error:
+        pytest.fail(f"POST /api/v1/channels/fetch-models answered HTTP {error.code}: the backend endpoint is missing")
     assert result["models"] == ["gpt-4o-mini"]
 
 
@@ -270,4 +275,7 @@ def test_channel_test_button(browser, gateway):
     go(page, gateway, "channels")
     page.get_by_test_id("channel-table").get_by_role("button", name="Edit").first.click()
     page.get_by_test_id("channel-form").get_by_role("button", name="Test", exact=True).click()
-    expect(page.get_by_test_id("channel-test-result")).to_contain_text("✓", timeout=15000)
+    outcome = page.locator("[data-testid=channel-test-result], [data-testid=channel-form] fieldset .error").first
+    expect(outcome).to_be_visible(timeout=15000)
+    assert outcome.get_attribute("data-testid") == "channel-test-result", f"POST /api/v1/channels/{{id}}/test failed in the panel: {outcome.inner_text()}"
+    expect(outcome).to_contain_text("✓")
