@@ -49,7 +49,7 @@ export const chineseStrings = {
   "reasoning": "推理", "stream": "流式", "{count} attempts": "{count} 次尝试", "{count} items added.": "已添加 {count} 个条目。",
   "{days} days, busiest day {count} requests": "{days} 天，最忙的一天 {count} 个请求", "{field} price of {model}": "{model} 的{field}价格",
   "{success} ok / {failed} failed": "{success} 成功 / {failed} 失败",
-  "round_robin": "轮询", "random": "随机", "failover": "故障转移", "weighted": "加权", "exact": "精确", "fuzzy": "模糊", "regex": "正则",
+  "Round robin": "轮询", "Random": "随机", "Failover": "故障转移", "Weighted": "加权", "Stored responses kept (hours)": "响应保存时长（小时）", "For the Responses API's previous_response_id.": "供 Responses API 的 previous_response_id 使用。", "round_robin": "轮询", "random": "随机", "failover": "故障转移", "weighted": "加权", "exact": "精确", "fuzzy": "模糊", "regex": "正则",
   "input": "输入", "Cache write": "缓存写入", "(no client key)": "（无客户端密钥）", "(no channel)": "（无渠道）", "output": "输出", "cache_read": "缓存读", "cache_write": "缓存写",
   "channel": "渠道", "default": "默认", "models.dev": "models.dev", "unpriced": "未定价", "timeout": "超时", "error": "错误",
   "Stats save interval (seconds)": "统计写入间隔（秒）", "How often counted requests are written to the database.": "统计数据写入数据库的频率。",

@@ -5,6 +5,8 @@ import { t } from "../i18n.js";
 import { useLoad, useAction, LoadState, ErrorMessage, Field, Badge, confirmAction, formatMilliseconds } from "../components.js";
 
 const MODES = ["round_robin", "random", "failover", "weighted"];
+/** Readable names for the API's mode identifiers. */
+const MODE_LABELS = { round_robin: "Round robin", random: "Random", failover: "Failover", weighted: "Weighted" };
 
 /** Reads an optional whole number from an input; empty means "use the gateway default" and is sent as null. */
 function optionalNumber(text) {
@@ -73,7 +75,7 @@ function GroupForm({ initial, channels, onSaved, onCancel }) {
   return html`<form class="card form-grid" onSubmit=${submit} data-testid="group-form" novalidate>
     <h2 class="field-wide">${form.id ? t("Edit group {name}", { name: initial.name }) : t("New group")}</h2>
     <${Field} label=${t("Name")} hint=${t("Clients ask for this name as the model.")} error=${problems.name}><input name="name" value=${form.name} onInput=${(event) => update({ name: event.currentTarget.value })} /></${Field}>
-    <${Field} label=${t("Mode")}><select name="mode" value=${form.mode} onChange=${(event) => update({ mode: event.currentTarget.value })}>${MODES.map((mode) => html`<option value=${mode}>${t(mode)}</option>`)}</select></${Field}>
+    <${Field} label=${t("Mode")}><select name="mode" value=${form.mode} onChange=${(event) => update({ mode: event.currentTarget.value })}>${MODES.map((mode) => html`<option value=${mode}>${t(MODE_LABELS[mode])}</option>`)}</select></${Field}>
     ${numberField("sticky_seconds", t("Sticky seconds"), t("0 = off"))}
     ${numberField("max_attempts", t("Max attempts"), t("empty = gateway default"))}
     ${numberField("first_byte_timeout_ms", t("First byte timeout (ms)"), t("empty = gateway default"))}
@@ -144,7 +146,7 @@ export function GroupsPage() {
     <${ErrorMessage} error=${channels.error} />
     <${LoadState} state=${groups} />
     ${list.map((group) => html`<section class="panel" data-testid="group-card">
-      <div class="panel-head"><h2>${group.name} <${Badge}>${t(group.mode)}</${Badge}></h2>
+      <div class="panel-head"><h2>${group.name} <${Badge}>${t(MODE_LABELS[group.mode] || group.mode)}</${Badge}></h2>
         <div><button type="button" onClick=${() => startEditing(group)}>${t("Edit")}</button> <button type="button" class="danger" onClick=${() => remove(group)}>${t("Delete")}</button></div></div>
       <p class="muted">${(group.items || []).map((item) => `${channelName(item.channel_id)} / ${item.model}${group.mode === "weighted" ? ` ×${item.weight}` : ""}`).join(" → ") || t("No items.")}</p>
       <${TryIt} group=${group} />

@@ -17,6 +17,7 @@ const SETTING_LABELS = {
   models_dev_url: ["models.dev URL", ""],
   metrics_enabled: ["Prometheus metrics", ""],
   metrics_token: ["Metrics token", "Empty = no token needed."],
+  response_store_hours: ["Stored responses kept (hours)", "For the Responses API's previous_response_id."],
 };
 
 function SettingsForm({ initial, onSaved }) {
