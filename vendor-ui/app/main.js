@@ -86,4 +86,7 @@ function App() {
   </div>`;
 }
 
-render(html`<${App} />`, document.getElementById("app"));
+const appContainer = document.getElementById("app");
+// The boot placeholder is plain HTML that Preact did not create, so it is removed before the first render.
+appContainer.textContent = "";
+render(html`<${App} />`, appContainer);
