@@ -117,7 +117,7 @@ export function Chart({ labels, series, height = 200, title }) {
         { ...axis, values: (plot, ticks) => ticks.map((tick) => labels[Math.round(tick)] ?? "") },
         { ...axis, size: 60, values: (plot, ticks) => ticks.map((tick) => series[0]?.format ? series[0].format(tick) : formatNumber(tick)) },
       ],
-      series: [{ label: "", value: (plot, index) => labels[Math.round(index)] ?? "" }, ...series.map((one, index) => ({
+      series: [{ label: t("Time"), value: (plot, index) => labels[Math.round(index)] ?? "" }, ...series.map((one, index) => ({
         label: one.label,
         stroke: palette[index % palette.length],
         fill: `${palette[index % palette.length]}22`,
