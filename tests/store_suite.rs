@@ -248,6 +248,8 @@ fn sample_api_key(name: &str, secret: &str) -> ApiKey {
         expires_at: Some(2_000_000_000),
         max_cost: Some(12.5),
         allowed_models: vec!["fast".to_owned(), "smart".to_owned()],
+        rpm: 60,
+        tpm: 100_000,
         created_at: 0,
         updated_at: 0,
     }
@@ -787,6 +789,8 @@ mod cases {
             expires_at: None,
             max_cost: None,
             allowed_models: vec![],
+            rpm: 5,
+            tpm: 0,
             created_at: 1,
             ..created.clone()
         };

@@ -59,7 +59,7 @@ impl Deadlines {
 }
 
 /// What one attempt produced.
-enum AttemptResult {
+pub(crate) enum AttemptResult {
     /// A complete 2xx answer, already in the client's format.
     Complete { status: u16, body: Vec<u8>, usage: Option<crate::protocol::usage::Usage> },
     /// A 2xx stream whose first events have arrived; nothing was sent to the client yet.
@@ -86,9 +86,9 @@ pub enum Caller {
 pub type AnsweredBy = Arc<std::sync::Mutex<Option<(String, String)>>>;
 
 /// Everything about the call that the record needs, filled in as it goes.
-struct CallTrace {
-    started: Instant,
-    record: RequestRecord,
+pub(crate) struct CallTrace {
+    pub(crate) started: Instant,
+    pub(crate) record: RequestRecord,
     /// Where an admin caller wants the answering (channel, model).
     answered_by: Option<AnsweredBy>,
     /// Dropped with the trace, once the record is out: the request is no longer in flight.
@@ -96,7 +96,36 @@ struct CallTrace {
 }
 
 impl CallTrace {
-    fn finish(mut self, state: &RelayState, status: u16, error: Option<String>) {
+    /// An empty record for a request that started at `started` and is counted by `in_flight`.
+    pub(crate) fn new(in_flight: crate::relay::InFlightGuard, started: Instant, client_format: Format) -> CallTrace {
+        CallTrace {
+            _in_flight: in_flight,
+            answered_by: None,
+            started,
+            record: RequestRecord {
+                started_at_ms: util::unix_millis(),
+                client_key_id: None,
+                client_key_name: String::new(),
+                group: String::new(),
+                client_format: client_format.as_str(),
+                stream: false,
+                channel_id: None,
+                channel_name: String::new(),
+                key_id: None,
+                upstream_model: String::new(),
+                status: 0,
+                attempts: Vec::new(),
+                usage: None,
+                ttft_ms: None,
+                total_ms: 0,
+                error: None,
+                request_body: None,
+                response_body: None,
+            },
+        }
+    }
+
+    pub(crate) fn finish(mut self, state: &RelayState, status: u16, error: Option<String>) {
         if let Some(slot) = &self.answered_by {
             *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
                 Some((self.record.channel_name.clone(), self.record.upstream_model.clone()));
@@ -104,6 +133,10 @@ impl CallTrace {
         self.record.status = status;
         self.record.error = error;
         self.record.total_ms = self.started.elapsed().as_millis() as u64;
+        // The key's tokens this minute count against its `tpm` as soon as they are known.
+        if let (Some(client_key_id), Some(usage)) = (self.record.client_key_id, self.record.usage.as_ref()) {
+            state.rate_limits.charge_tokens(client_key_id, usage.total_tokens(), u64::try_from(util::unix_millis()).unwrap_or(0));
+        }
         state.records.emit(self.record);
     }
 }
@@ -120,34 +153,10 @@ pub fn handle_generate_for(state: &Arc<RelayState>, request: &Request, route: &R
         return RelayError::ShuttingDown("the gateway is shutting down; retry on another node or in a moment".to_string())
             .render(client_format);
     };
-    let answered_by = match &caller {
+    let mut trace = CallTrace::new(in_flight, started, client_format);
+    trace.answered_by = match &caller {
         Caller::Admin { answered_by } => Some(answered_by.clone()),
         Caller::Client => None,
-    };
-    let mut trace = CallTrace {
-        _in_flight: in_flight,
-        answered_by,
-        started,
-        record: RequestRecord {
-            started_at_ms: util::unix_millis(),
-            client_key_id: None,
-            client_key_name: String::new(),
-            group: String::new(),
-            client_format: client_format.as_str(),
-            stream: false,
-            channel_id: None,
-            channel_name: String::new(),
-            key_id: None,
-            upstream_model: String::new(),
-            status: 0,
-            attempts: Vec::new(),
-            usage: None,
-            ttft_ms: None,
-            total_ms: 0,
-            error: None,
-            request_body: None,
-            response_body: None,
-        },
     };
     match generate(state, request, route, client_format, &caller, &mut trace) {
         Ok(Answer::Complete(response)) => {
@@ -191,13 +200,15 @@ fn admin_trial_key() -> crate::store::entities::ApiKey {
         expires_at: None,
         max_cost: None,
         allowed_models: Vec::new(),
+        rpm: 0,
+        tpm: 0,
         created_at: 0,
         updated_at: 0,
     }
 }
 
 /// Refuses a key whose spending (over all time, every node) has reached its `max_cost`.
-fn check_spending_cap(state: &RelayState, api_key: &crate::store::entities::ApiKey) -> Result<(), RelayError> {
+pub(crate) fn check_spending_cap(state: &RelayState, api_key: &crate::store::entities::ApiKey) -> Result<(), RelayError> {
     let Some(max_cost) = api_key.max_cost else { return Ok(()) };
     let spent = crate::stats::pricing::micros_to_usd(state.stats.spent_micros(api_key.id));
     if spent >= max_cost {
@@ -224,6 +235,7 @@ fn generate(
     trace.record.client_key_id = (api_key.id != 0).then_some(api_key.id);
     trace.record.client_key_name = api_key.name.clone();
     check_spending_cap(state, &api_key)?;
+    state.admit(&api_key)?;
     if state.stats.settings.get().log_bodies {
         // Copied only when the admin asked for bodies in the logs; redacted and cut off the
         // request path, by the stats writer.
@@ -452,7 +464,7 @@ fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &Inbound
     }
 }
 
-fn skipped_attempt(channel: &Channel, key: &ChannelKey, model: &str, outcome: String) -> AttemptRecord {
+pub(crate) fn skipped_attempt(channel: &Channel, key: &ChannelKey, model: &str, outcome: String) -> AttemptRecord {
     AttemptRecord {
         channel_id: channel.id,
         channel_name: channel.name.clone(),
@@ -465,7 +477,7 @@ fn skipped_attempt(channel: &Channel, key: &ChannelKey, model: &str, outcome: St
     }
 }
 
-fn remember_sticky(state: &RelayState, group: &Group, client_key_id: i64, item_index: usize) {
+pub(crate) fn remember_sticky(state: &RelayState, group: &Group, client_key_id: i64, item_index: usize) {
     if group.sticky_seconds == 0 {
         return;
     }
@@ -474,7 +486,7 @@ fn remember_sticky(state: &RelayState, group: &Group, client_key_id: i64, item_i
 }
 
 #[allow(clippy::too_many_arguments)]
-fn apply_effects(
+pub(crate) fn apply_effects(
     state: &RelayState,
     outcome: &AttemptOutcome,
     channel: &Channel,
@@ -689,7 +701,7 @@ fn credential_failure(message: String) -> AttemptResult {
     }
 }
 
-fn transport_failure(error: UpstreamError, control: &CallControl, after_first_byte: bool) -> AttemptResult {
+pub(crate) fn transport_failure(error: UpstreamError, control: &CallControl, after_first_byte: bool) -> AttemptResult {
     if control.is_cancelled() {
         return AttemptResult::Failed {
             outcome: AttemptOutcome::ClientGone,
@@ -712,7 +724,7 @@ fn transport_failure(error: UpstreamError, control: &CallControl, after_first_by
     AttemptResult::Failed { outcome, error: relay_error, detail: error.to_string() }
 }
 
-fn upstream_status_failure(upstream_format: Format, response: UpstreamResponse, control: &CallControl) -> AttemptResult {
+pub(crate) fn upstream_status_failure(upstream_format: Format, response: UpstreamResponse, control: &CallControl) -> AttemptResult {
     let status = response.status;
     let retry_after_header = response
         .headers

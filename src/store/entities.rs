@@ -178,6 +178,10 @@ pub struct ApiKey {
     pub max_cost: Option<f64>,
     /// Group names this key may call; empty = all.
     pub allowed_models: Vec<String>,
+    /// Requests per minute this key may start; 0 = no limit.
+    pub rpm: u64,
+    /// Tokens (input plus output of finished requests) per minute; 0 = no limit.
+    pub tpm: u64,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -107,7 +107,15 @@ fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
     warn_about_unknown_versions("mysql", MYSQL_MIGRATIONS, &applied_versions);
     for migration in pending(MYSQL_MIGRATIONS, &applied_versions) {
         for statement in split_statements(migration.sql) {
-            connection.query_drop(statement)?;
+            match connection.query_drop(&statement) {
+                Ok(()) => {}
+                // MySQL has no `ADD COLUMN IF NOT EXISTS` and commits DDL at once: a run that
+                // added the columns and stopped before recording the version finds them there.
+                // Each ALTER adds its columns in one statement, so "already there" means all of them.
+                Err(mysql::Error::MySqlError(error))
+                    if error.code == ER_DUP_FIELDNAME && statement.starts_with("ALTER TABLE") => {}
+                Err(error) => return Err(error),
+            }
         }
         connection.exec_drop(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
@@ -127,6 +135,7 @@ fn query_error(error: mysql::Error) -> StoreError {
 }
 
 const ER_DUP_ENTRY: u16 = 1062;
+const ER_DUP_FIELDNAME: u16 = 1060;
 const ER_NO_REFERENCED_ROW: u16 = 1216;
 const ER_NO_REFERENCED_ROW_2: u16 = 1452;
 
@@ -166,7 +175,8 @@ fn take<T: FromValue>(row: &mut Row, index: usize) -> StoreResult<T> {
 
 const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
 const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
-const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
 fn admin_from_row(mut row: Row) -> StoreResult<AdminUser> {
@@ -254,6 +264,8 @@ fn api_key_from_row(mut row: Row) -> StoreResult<ApiKey> {
         allowed_models: take(&mut row, 7)?,
         created_at: take(&mut row, 8)?,
         updated_at: take(&mut row, 9)?,
+        rpm: take(&mut row, 10)?,
+        tpm: take(&mut row, 11)?,
     }
     .into_api_key()
 }
@@ -731,7 +743,7 @@ impl Store for MysqlStore {
         self.connection
             .exec_drop(
                 "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
-                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, rpm, tpm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     &api_key.name,
                     &api_key.key_hash,
@@ -742,6 +754,8 @@ impl Store for MysqlStore {
                     strings_to_json(&api_key.allowed_models),
                     now,
                     now,
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm),
                 ),
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
@@ -755,7 +769,7 @@ impl Store for MysqlStore {
         let updated = self
             .execute(
                 "UPDATE api_keys SET name = ?, enabled = ?, expires_at = ?, max_cost = ?, allowed_models = ?, \
-                 updated_at = ? WHERE id = ?",
+                 updated_at = ?, rpm = ?, tpm = ? WHERE id = ?",
                 (
                     &api_key.name,
                     api_key.enabled,
@@ -763,6 +777,8 @@ impl Store for MysqlStore {
                     api_key.max_cost,
                     strings_to_json(&api_key.allowed_models),
                     unix_seconds(),
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm),
                     api_key.id,
                 ),
             )

@@ -135,7 +135,8 @@ fn violation(error: postgres::Error) -> Violation {
 
 const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
 const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
-const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
 fn admin_from_row(row: &Row) -> Result<AdminUser, postgres::Error> {
@@ -221,6 +222,8 @@ fn api_key_row(row: &Row) -> Result<ApiKeyRow, postgres::Error> {
         allowed_models: row.try_get(7)?,
         created_at: row.try_get(8)?,
         updated_at: row.try_get(9)?,
+        rpm: row.try_get(10)?,
+        tpm: row.try_get(11)?,
     })
 }
 
@@ -709,7 +712,7 @@ impl Store for PostgresStore {
         let now = unix_seconds();
         let sql = format!(
             "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {API_KEY_COLUMNS}"
+             created_at, updated_at, rpm, tpm) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10) RETURNING {API_KEY_COLUMNS}"
         );
         let row = self
             .client
@@ -724,6 +727,8 @@ impl Store for PostgresStore {
                     &api_key.max_cost,
                     &strings_to_json(&api_key.allowed_models),
                     &now,
+                    &u64_to_column(api_key.rpm),
+                    &u64_to_column(api_key.tpm),
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
@@ -733,7 +738,7 @@ impl Store for PostgresStore {
     fn update_api_key(&mut self, api_key: &ApiKey) -> StoreResult<Option<ApiKey>> {
         let sql = format!(
             "UPDATE api_keys SET name = $1, enabled = $2, expires_at = $3, max_cost = $4, allowed_models = $5, \
-             updated_at = $6 WHERE id = $7 RETURNING {API_KEY_COLUMNS}"
+             updated_at = $6, rpm = $8, tpm = $9 WHERE id = $7 RETURNING {API_KEY_COLUMNS}"
         );
         let row = self
             .client
@@ -747,6 +752,8 @@ impl Store for PostgresStore {
                     &strings_to_json(&api_key.allowed_models),
                     &unix_seconds(),
                     &api_key.id,
+                    &u64_to_column(api_key.rpm),
+                    &u64_to_column(api_key.tpm),
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;

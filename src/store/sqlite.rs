@@ -125,7 +125,8 @@ fn violation(error: rusqlite::Error) -> Violation {
 
 const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
 const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
-const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
 fn admin_from_row(row: &Row) -> rusqlite::Result<AdminUser> {
@@ -211,6 +212,8 @@ fn api_key_row(row: &Row) -> rusqlite::Result<ApiKeyRow> {
         allowed_models: row.get(7)?,
         created_at: row.get(8)?,
         updated_at: row.get(9)?,
+        rpm: row.get(10)?,
+        tpm: row.get(11)?,
     })
 }
 
@@ -719,7 +722,7 @@ impl Store for SqliteStore {
         self.connection
             .execute(
                 "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
-                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                 created_at, updated_at, rpm, tpm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
                 params![
                     api_key.name,
                     api_key.key_hash,
@@ -728,7 +731,9 @@ impl Store for SqliteStore {
                     api_key.expires_at,
                     api_key.max_cost,
                     strings_to_json(&api_key.allowed_models),
-                    now
+                    now,
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm)
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
@@ -743,7 +748,7 @@ impl Store for SqliteStore {
             .connection
             .execute(
                 "UPDATE api_keys SET name = ?1, enabled = ?2, expires_at = ?3, max_cost = ?4, allowed_models = ?5, \
-                 updated_at = ?6 WHERE id = ?7",
+                 updated_at = ?6, rpm = ?8, tpm = ?9 WHERE id = ?7",
                 params![
                     api_key.name,
                     api_key.enabled,
@@ -751,7 +756,9 @@ impl Store for SqliteStore {
                     api_key.max_cost,
                     strings_to_json(&api_key.allowed_models),
                     unix_seconds(),
-                    api_key.id
+                    api_key.id,
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm)
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
