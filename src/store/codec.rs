@@ -290,6 +290,7 @@ mod tests {
             sticky_seconds: 0,
             created_at: 0,
             updated_at: 0,
+            match_regex: String::new(),
         };
         assert_eq!(
             row.into_group(),
