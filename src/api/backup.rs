@@ -17,7 +17,7 @@ use crate::settings::Settings;
 use crate::stats::log_view::rfc3339_millis;
 use crate::store::backup::Backup;
 use crate::store::entities::{
-    ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters, StatsKey, StatsRow,
+    ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters, StatsKey, StatsRow,
     STATS_COUNTER_COLUMNS,
 };
 use crate::sync::jobs;
@@ -32,12 +32,12 @@ const DOCUMENT_FIELDS: &[&str] =
     &["format", "version", "exported_at", "channels", "groups", "api_keys", "prices", "settings", "stats"];
 const CHANNEL_FIELDS: &[&str] = &[
     "id", "name", "type", "enabled", "base_urls", "keys", "models", "headers", "proxy", "auto_sync", "match_regex",
-    "created_at", "updated_at",
+    "auto_group", "created_at", "updated_at",
 ];
 const KEY_FIELDS: &[&str] = &["id", "key", "enabled", "remark"];
 const GROUP_FIELDS: &[&str] = &[
     "id", "name", "mode", "items", "max_attempts", "first_byte_timeout_ms", "total_timeout_ms", "sticky_seconds",
-    "created_at", "updated_at",
+    "match_regex", "created_at", "updated_at",
 ];
 const ITEM_FIELDS: &[&str] = &["channel_id", "model", "priority", "weight"];
 const API_KEY_FIELDS: &[&str] = &[
@@ -154,6 +154,7 @@ fn channel_json(channel: &Channel) -> Value {
         "proxy": channel.proxy,
         "auto_sync": channel.auto_sync,
         "match_regex": channel.match_regex,
+        "auto_group": channel.auto_group.as_str(),
         "created_at": channel.created_at,
         "updated_at": channel.updated_at,
     })
@@ -272,6 +273,15 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
             proxy: fields.string_or("proxy", "")?.trim().to_string(),
             auto_sync: fields.bool_or("auto_sync", false)?,
             match_regex: fields.string_or("match_regex", "")?,
+            auto_group: {
+                let auto_group_name = fields.string_or("auto_group", "none")?;
+                AutoGroup::parse(&auto_group_name).ok_or_else(|| {
+                    format!(
+                        "{} {auto_group_name:?} is not an auto_group rule (one of: none, exact, fuzzy, regex)",
+                        fields.at("auto_group")
+                    )
+                })?
+            },
             created_at: fields.int_or("created_at", now)?,
             updated_at: fields.int_or("updated_at", now)?,
         };
@@ -328,6 +338,8 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
             first_byte_timeout_ms: fields.whole_number_or("first_byte_timeout_ms", 0, i64::MAX as u64)?,
             total_timeout_ms: fields.whole_number_or("total_timeout_ms", 0, i64::MAX as u64)?,
             sticky_seconds: fields.whole_number_or("sticky_seconds", 0, i64::MAX as u64)?,
+            match_regex: groups::valid_match_regex(&fields.string_or("match_regex", "")?)
+                .map_err(|error| format!("{path}: {}", api_message(error)))?,
             created_at: fields.int_or("created_at", now)?,
             updated_at: fields.int_or("updated_at", now)?,
         });

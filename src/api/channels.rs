@@ -8,10 +8,10 @@ use crate::api::body;
 use crate::api::error::ApiError;
 use crate::api::{store_call, AdminContext};
 use crate::http::{Request, Response};
-use crate::store::entities::{Channel, ChannelKey, ChannelType};
+use crate::store::entities::{AutoGroup, Channel, ChannelKey, ChannelType};
 
 const FIELDS: &[&str] =
-    &["name", "type", "enabled", "base_urls", "keys", "models", "headers", "proxy", "auto_sync", "match_regex"];
+    &["name", "type", "enabled", "base_urls", "keys", "models", "headers", "proxy", "auto_sync", "match_regex", "auto_group"];
 const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at", "key_info"];
 
 pub fn list(context: &AdminContext) -> Result<Response, ApiError> {
@@ -38,6 +38,7 @@ pub fn create(context: &AdminContext, request: &Request) -> Result<Response, Api
         proxy: String::new(),
         auto_sync: false,
         match_regex: String::new(),
+        auto_group: AutoGroup::None,
         created_at: 0,
         updated_at: 0,
     };
@@ -72,19 +73,23 @@ pub fn delete(context: &AdminContext, id: i64) -> Result<Response, ApiError> {
 }
 
 /// `POST /api/v1/channels/{id}/sync-models`: replaces the channel's model list with what its
-/// upstream lists (filtered by `match_regex`) and reports what changed.
+/// upstream lists (filtered by `match_regex`), updates its groups (see `sync::model_sync`) and
+/// reports what changed.
 pub fn sync_models(context: &AdminContext, id: i64) -> Result<Response, ApiError> {
-    let mut channel = load(context, id)?;
-    let fetched = crate::sync::model_sync::fetch_channel_models(&context.upstream, &channel)
-        .map_err(|message| ApiError::UpstreamFailed(format!("model sync failed: {message}")))?;
-    let added: Vec<String> = fetched.iter().filter(|model| !channel.models.contains(model)).cloned().collect();
-    let removed: Vec<String> = channel.models.iter().filter(|model| !fetched.contains(model)).cloned().collect();
-    channel.models = fetched;
-    let stored = store_call(context, move |store| store.update_channel(&channel))?
-        .ok_or_else(|| ApiError::NotFound(format!("no channel with id {id}")))?;
+    use crate::sync::model_sync::{sync_channel, SyncError};
+    let outcome = sync_channel(&context.upstream, &context.store, id).map_err(|error| match error {
+        SyncError::ChannelMissing(_) => ApiError::NotFound(error.to_string()),
+        SyncError::Upstream(_) => ApiError::UpstreamFailed(error.to_string()),
+        SyncError::Store(store_error) => ApiError::from(store_error),
+    })?;
     context.notify_change();
+    let stored = outcome.channel.ok_or_else(|| ApiError::NotFound(format!("no channel with id {id}")))?;
     let mut shown = channel_json(&stored);
-    shown["sync"] = json!({"added": added, "removed": removed});
+    shown["sync"] = json!({
+        "added": outcome.added,
+        "removed": outcome.removed,
+        "groups_changed": outcome.groups_changed,
+    });
     Ok(Response::json(200, &shown))
 }
 
@@ -121,6 +126,13 @@ fn apply_fields(channel: &mut Channel, map: &Map<String, Value>) -> Result<(), A
     }
     if let Some(match_regex) = body::optional_string(map, "match_regex")? {
         channel.match_regex = match_regex;
+    }
+    if let Some(auto_group_name) = body::optional_string(map, "auto_group")? {
+        channel.auto_group = AutoGroup::parse(&auto_group_name).ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "auto_group {auto_group_name:?} is not a rule (one of: none, exact, fuzzy, regex)"
+            ))
+        })?;
     }
     match map.get("headers") {
         None | Some(Value::Null) => {}
@@ -245,6 +257,7 @@ pub fn channel_json(channel: &Channel) -> Value {
         "proxy": redact_userinfo(&channel.proxy),
         "auto_sync": channel.auto_sync,
         "match_regex": channel.match_regex,
+        "auto_group": channel.auto_group.as_str(),
         "created_at": channel.created_at,
         "updated_at": channel.updated_at,
     })

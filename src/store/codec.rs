@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::store::entities::{
-    ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode,
+    ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -25,6 +25,7 @@ pub struct ChannelRow {
     pub match_regex: String,
     pub created_at: i64,
     pub updated_at: i64,
+    pub auto_group: String,
 }
 
 impl ChannelRow {
@@ -47,6 +48,12 @@ impl ChannelRow {
             proxy: self.proxy,
             auto_sync: self.auto_sync,
             match_regex: self.match_regex,
+            auto_group: AutoGroup::parse(&self.auto_group).ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "channel {} has unknown auto_group '{}'",
+                    self.id, self.auto_group
+                ))
+            })?,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -64,6 +71,7 @@ pub struct GroupRow {
     pub sticky_seconds: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub match_regex: String,
 }
 
 impl GroupRow {
@@ -83,6 +91,7 @@ impl GroupRow {
             first_byte_timeout_ms: u64_from_column(self.first_byte_timeout_ms),
             total_timeout_ms: u64_from_column(self.total_timeout_ms),
             sticky_seconds: u64_from_column(self.sticky_seconds),
+            match_regex: self.match_regex,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -281,6 +290,7 @@ mod tests {
             sticky_seconds: 0,
             created_at: 0,
             updated_at: 0,
+            match_regex: String::new(),
         };
         assert_eq!(
             row.into_group(),

@@ -18,6 +18,7 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration { version: 2, description: "stats_logs", sql: include_str!("../../migrations/sqlite/0002_stats_logs.sql") },
     Migration { version: 3, description: "responses", sql: include_str!("../../migrations/sqlite/0003_responses.sql") },
     Migration { version: 4, description: "api_key_limits", sql: include_str!("../../migrations/sqlite/0004_api_key_limits.sql") },
+    Migration { version: 5, description: "auto_group", sql: include_str!("../../migrations/sqlite/0005_auto_group.sql") },
 ];
 
 pub const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -25,6 +26,7 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration { version: 2, description: "stats_logs", sql: include_str!("../../migrations/postgres/0002_stats_logs.sql") },
     Migration { version: 3, description: "responses", sql: include_str!("../../migrations/postgres/0003_responses.sql") },
     Migration { version: 4, description: "api_key_limits", sql: include_str!("../../migrations/postgres/0004_api_key_limits.sql") },
+    Migration { version: 5, description: "auto_group", sql: include_str!("../../migrations/postgres/0005_auto_group.sql") },
 ];
 
 pub const MYSQL_MIGRATIONS: &[Migration] = &[
@@ -32,6 +34,7 @@ pub const MYSQL_MIGRATIONS: &[Migration] = &[
     Migration { version: 2, description: "stats_logs", sql: include_str!("../../migrations/mysql/0002_stats_logs.sql") },
     Migration { version: 3, description: "responses", sql: include_str!("../../migrations/mysql/0003_responses.sql") },
     Migration { version: 4, description: "api_key_limits", sql: include_str!("../../migrations/mysql/0004_api_key_limits.sql") },
+    Migration { version: 5, description: "auto_group", sql: include_str!("../../migrations/mysql/0005_auto_group.sql") },
 ];
 
 /// The migrations not yet in `applied_versions`, in version order.

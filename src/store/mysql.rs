@@ -173,8 +173,8 @@ fn take<T: FromValue>(row: &mut Row, index: usize) -> StoreResult<T> {
     }
 }
 
-const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
-const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
+const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
+const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
 const API_KEY_COLUMNS: &str =
     "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
@@ -211,6 +211,7 @@ fn channel_from_row(mut row: Row) -> StoreResult<Channel> {
         match_regex: take(&mut row, 9)?,
         created_at: take(&mut row, 10)?,
         updated_at: take(&mut row, 11)?,
+        auto_group: take(&mut row, 12)?,
     }
     .into_channel()
 }
@@ -238,6 +239,7 @@ fn group_from_row(mut row: Row) -> StoreResult<Group> {
         sticky_seconds: take(&mut row, 6)?,
         created_at: take(&mut row, 7)?,
         updated_at: take(&mut row, 8)?,
+        match_regex: take(&mut row, 9)?,
     }
     .into_group()
 }
@@ -384,6 +386,7 @@ fn channel_values(channel: &Channel, tail: &[Value]) -> Vec<Value> {
         Value::from(&channel.proxy),
         Value::from(channel.auto_sync),
         Value::from(&channel.match_regex),
+        Value::from(channel.auto_group.as_str()),
     ];
     values.extend_from_slice(tail);
     values
@@ -457,6 +460,7 @@ fn group_values(group: &Group, tail: &[Value]) -> Vec<Value> {
         Value::from(u64_to_column(group.first_byte_timeout_ms)),
         Value::from(u64_to_column(group.total_timeout_ms)),
         Value::from(u64_to_column(group.sticky_seconds)),
+        Value::from(&group.match_regex),
     ];
     values.extend_from_slice(tail);
     values
@@ -627,7 +631,7 @@ impl Store for MysqlStore {
         let id = insert_returning_id(
             &mut transaction,
             "INSERT INTO channels (name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, \
-             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             auto_group, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             channel_values(channel, &[Value::from(now), Value::from(now)]),
         )
         .map_err(|error| channel_write_error(error, channel))?;
@@ -644,7 +648,7 @@ impl Store for MysqlStore {
         transaction
             .exec_drop(
                 "UPDATE channels SET name = ?, type = ?, enabled = ?, base_urls = ?, models = ?, headers = ?, \
-                 proxy = ?, auto_sync = ?, match_regex = ?, updated_at = ? WHERE id = ?",
+                 proxy = ?, auto_sync = ?, match_regex = ?, auto_group = ?, updated_at = ? WHERE id = ?",
                 channel_values(channel, &[Value::from(unix_seconds()), Value::from(channel.id)]),
             )
             .map_err(|error| channel_write_error(error, channel))?;
@@ -688,7 +692,7 @@ impl Store for MysqlStore {
         let id = insert_returning_id(
             &mut transaction,
             "INSERT INTO channel_groups (name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, \
-             sticky_seconds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             sticky_seconds, match_regex, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             group_values(group, &[Value::from(now), Value::from(now)]),
         )
         .map_err(|error| group_write_error(error, group))?;
@@ -705,7 +709,7 @@ impl Store for MysqlStore {
         transaction
             .exec_drop(
                 "UPDATE channel_groups SET name = ?, mode = ?, max_attempts = ?, first_byte_timeout_ms = ?, \
-                 total_timeout_ms = ?, sticky_seconds = ?, updated_at = ? WHERE id = ?",
+                 total_timeout_ms = ?, sticky_seconds = ?, match_regex = ?, updated_at = ? WHERE id = ?",
                 group_values(group, &[Value::from(unix_seconds()), Value::from(group.id)]),
             )
             .map_err(|error| group_write_error(error, group))?;

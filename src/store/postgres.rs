@@ -133,8 +133,8 @@ fn violation(error: postgres::Error) -> Violation {
     Violation::Other(query_error(error))
 }
 
-const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
-const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
+const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
+const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
 const API_KEY_COLUMNS: &str =
     "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
@@ -171,6 +171,7 @@ fn channel_row(row: &Row) -> Result<ChannelRow, postgres::Error> {
         match_regex: row.try_get(9)?,
         created_at: row.try_get(10)?,
         updated_at: row.try_get(11)?,
+        auto_group: row.try_get(12)?,
     })
 }
 
@@ -197,6 +198,7 @@ fn group_row(row: &Row) -> Result<GroupRow, postgres::Error> {
         sticky_seconds: row.try_get(6)?,
         created_at: row.try_get(7)?,
         updated_at: row.try_get(8)?,
+        match_regex: row.try_get(9)?,
     })
 }
 
@@ -546,7 +548,7 @@ impl Store for PostgresStore {
         let row = transaction
             .query_one(
                 "INSERT INTO channels (name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, \
-                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
+                 auto_group, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
                 &[
                     &channel.name,
                     &channel.channel_type.as_str(),
@@ -557,6 +559,7 @@ impl Store for PostgresStore {
                     &channel.proxy,
                     &channel.auto_sync,
                     &channel.match_regex,
+                    &channel.auto_group.as_str(),
                     &now,
                 ],
             )
@@ -575,7 +578,7 @@ impl Store for PostgresStore {
         let updated = transaction
             .execute(
                 "UPDATE channels SET name = $1, type = $2, enabled = $3, base_urls = $4, models = $5, headers = $6, \
-                 proxy = $7, auto_sync = $8, match_regex = $9, updated_at = $10 WHERE id = $11",
+                 proxy = $7, auto_sync = $8, match_regex = $9, auto_group = $10, updated_at = $11 WHERE id = $12",
                 &[
                     &channel.name,
                     &channel.channel_type.as_str(),
@@ -586,6 +589,7 @@ impl Store for PostgresStore {
                     &channel.proxy,
                     &channel.auto_sync,
                     &channel.match_regex,
+                    &channel.auto_group.as_str(),
                     &unix_seconds(),
                     &channel.id,
                 ],
@@ -636,7 +640,7 @@ impl Store for PostgresStore {
         let row = transaction
             .query_one(
                 "INSERT INTO channel_groups (name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, \
-                 sticky_seconds, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+                 sticky_seconds, match_regex, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
                 &[
                     &group.name,
                     &group.mode.as_str(),
@@ -644,6 +648,7 @@ impl Store for PostgresStore {
                     &u64_to_column(group.first_byte_timeout_ms),
                     &u64_to_column(group.total_timeout_ms),
                     &u64_to_column(group.sticky_seconds),
+                    &group.match_regex,
                     &now,
                 ],
             )
@@ -662,7 +667,7 @@ impl Store for PostgresStore {
         let updated = transaction
             .execute(
                 "UPDATE channel_groups SET name = $1, mode = $2, max_attempts = $3, first_byte_timeout_ms = $4, \
-                 total_timeout_ms = $5, sticky_seconds = $6, updated_at = $7 WHERE id = $8",
+                 total_timeout_ms = $5, sticky_seconds = $6, match_regex = $7, updated_at = $8 WHERE id = $9",
                 &[
                     &group.name,
                     &group.mode.as_str(),
@@ -670,6 +675,7 @@ impl Store for PostgresStore {
                     &u64_to_column(group.first_byte_timeout_ms),
                     &u64_to_column(group.total_timeout_ms),
                     &u64_to_column(group.sticky_seconds),
+                    &group.match_regex,
                     &unix_seconds(),
                     &group.id,
                 ],

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::relay::RelayState;
 use crate::stats::StatsService;
 use crate::sync::endpoint_probe;
+use crate::sync::model_sync;
 use crate::sync::price_sync;
 use crate::sync::scheduler::Scheduler;
 use crate::util::unix_millis;
@@ -20,6 +21,7 @@ pub const PROBE_ENDPOINTS: &str = "probe_endpoints";
 pub const ROLL_UP_STATS: &str = "roll_up_stats";
 pub const PRICE_SYNC: &str = "price_sync";
 pub const PRUNE_RESPONSES: &str = "prune_responses";
+pub const MODEL_SYNC: &str = "model_sync";
 
 /// How often old request logs are pruned (also right after the retention settings change).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
@@ -65,6 +67,23 @@ pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Ar
         Box::new(move || price_sync::sync_prices(&stats_for_prices, &price_client)),
     );
 
+    // Not at start: a restart should not hit every upstream's model list at once. Every
+    // `model_sync_interval_hours`; 0 leaves syncing to `POST /api/v1/channels/{id}/sync-models`.
+    let settings_for_models = stats.settings.clone();
+    let relay_for_models = Arc::downgrade(relay);
+    scheduler.register(
+        MODEL_SYNC,
+        false,
+        Box::new(move || {
+            let hours = settings_for_models.get().model_sync_interval_hours;
+            (hours > 0).then(|| Duration::from_secs(hours.saturating_mul(3_600)))
+        }),
+        Box::new(move || {
+            let relay = relay_for_models.upgrade().ok_or_else(|| "the relay is gone".to_string())?;
+            model_sync_job(&relay)
+        }),
+    );
+
     let probe_interval = config.relay.probe_interval_seconds;
     if probe_interval > 0 {
         let relay = Arc::downgrade(relay);
@@ -79,6 +98,17 @@ pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Ar
             }),
         );
     }
+}
+
+/// The `model_sync` job: syncs every `auto_sync` channel, then reloads the relay's snapshot so
+/// changed model lists and group items route at once (also after a partial failure, since the
+/// channels that did sync were written).
+pub fn model_sync_job(relay: &RelayState) -> Result<String, String> {
+    let result = model_sync::sync_all_auto_channels(&relay.upstream, &relay.store);
+    if let Err(error) = relay.reload_snapshot() {
+        log::warn!("model sync could not reload the relay snapshot: {error}");
+    }
+    result
 }
 
 /// Deletes logs past `log_retention_days` and beyond the newest `log_max_rows`.
