@@ -14,9 +14,33 @@ const FIELDS: &[&str] =
     &["name", "type", "enabled", "base_urls", "keys", "models", "headers", "proxy", "auto_sync", "match_regex", "auto_group"];
 const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at", "key_info"];
 
+/// The list, each channel with `endpoints`: its base URLs with the relay's measured delay
+/// (probes and real requests, smoothed) and whether the relay has demoted the URL after failures.
 pub fn list(context: &AdminContext) -> Result<Response, ApiError> {
     let channels = store_call(context, |store| store.list_channels())?;
-    Ok(Response::json(200, &Value::Array(channels.iter().map(channel_json).collect())))
+    let relay = context.relay.upgrade();
+    let items = channels
+        .iter()
+        .map(|channel| {
+            let mut shown = channel_json(channel);
+            let health = relay.as_ref().map(|relay| relay.health.lock());
+            let endpoints: Vec<Value> = channel
+                .base_urls
+                .iter()
+                .map(|url| {
+                    let status = health.as_ref().and_then(|health| health.endpoints.status(channel.id, url));
+                    json!({
+                        "url": url,
+                        "delay_ms": status.and_then(|status| status.latency_ms).map(|latency| latency.round() as u64),
+                        "demoted": status.is_some_and(|status| status.demoted),
+                    })
+                })
+                .collect();
+            shown["endpoints"] = Value::Array(endpoints);
+            shown
+        })
+        .collect();
+    Ok(Response::json(200, &Value::Array(items)))
 }
 
 pub fn get(context: &AdminContext, id: i64) -> Result<Response, ApiError> {

@@ -5,7 +5,7 @@ export const chineseStrings = {
   "(deleted)": "（已删除）", "0 = off": "0 = 关闭", "0 = off.": "0 = 关闭。", "0 = keep forever.": "0 = 永久保留。", "0 = no limit.": "0 = 不限制。",
   "A name is required.": "名称不能为空。", "Actions": "操作", "Activity over the last year": "过去一年的活动", "Add": "添加", "Add a model": "添加模型",
   "Add all matching": "全部添加", "Add base URL": "添加基础 URL", "Add header": "添加请求头", "Add item": "添加条目", "Add key": "添加密钥", "All": "全部",
-  "Allowed groups": "允许的分组", "At least one base URL is required.": "至少需要一个基础 URL。", "Attempts": "尝试", "Auto group": "自动分组",
+  "Allowed groups": "允许的分组", "At least one base URL is required.": "至少需要一个基础 URL。", "Attempts": "尝试", "Auto group": "自动分组", "Auto-group regex": "自动分组正则", "New models of channels with auto group \"regex\" that match join this group.": "自动分组为“regex”的渠道中匹配的新模型会加入此分组。",
   "Avg TTFT": "平均首字时间", "Avg latency": "平均延迟", "Backup": "备份", "Backup downloaded.": "备份已下载。", "Backup imported.": "备份已导入。",
   "Base URL {number}": "基础 URL {number}", "Base URLs": "基础 URL", "Base URLs start with http:// or https://.": "基础 URL 必须以 http:// 或 https:// 开头。",
   "Cache read": "缓存读取", "Cancel": "取消", "Change password": "修改密码", "Channel": "渠道", "Channel of item {number}": "条目 {number} 的渠道",

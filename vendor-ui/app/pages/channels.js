@@ -171,7 +171,7 @@ export function ChannelsPage() {
 
   const setEnabled = (channel, enabled) => rowAction.run(async () => { await api("PUT", `/channels/${channel.id}`, { enabled }); await channels.reload(); });
   const remove = (channel) => { if (confirmAction(t("Delete channel {name}?", { name: channel.name }))) rowAction.run(async () => { await api("DELETE", `/channels/${channel.id}`); await channels.reload(); }); };
-  const startEditing = (channel) => setEditing(channel ? { ...channelToForm(channel), has_auto_group: "auto_group" in channel } : { ...emptyChannel(types), has_auto_group: false });
+  const startEditing = (channel) => setEditing(channel ? { ...channelToForm(channel), has_auto_group: "auto_group" in channel } : { ...emptyChannel(types), has_auto_group: true });
 
   if (editing) {
     return html`<${ChannelForm} initial=${editing} channelTypes=${types} onCancel=${() => setEditing(null)} onSaved=${() => { setEditing(null); channels.reload(); }} />`;

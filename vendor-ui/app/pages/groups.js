@@ -58,6 +58,7 @@ function GroupForm({ initial, channels, onSaved, onCancel }) {
     if (!form.name.trim()) found.name = t("A name is required.");
     if (form.items.some((item) => !item.channel_id || !item.model)) found.items = t("Every item needs a channel and a model.");
     if (form.items.some((item) => !(Number(item.weight) >= 1))) found.items = t("Weights are whole numbers of at least 1.");
+    if (form.match_regex) { try { new RegExp(form.match_regex); } catch { found.match_regex = t("Not a valid regular expression."); } }
     setProblems(found);
     if (Object.keys(found).length) return;
     const body = {
@@ -66,6 +67,7 @@ function GroupForm({ initial, channels, onSaved, onCancel }) {
       items: form.items.map((item, position) => ({ channel_id: Number(item.channel_id), model: item.model, priority: position, weight: Number(item.weight) || 1 })),
       max_attempts: optionalNumber(form.max_attempts), first_byte_timeout_ms: optionalNumber(form.first_byte_timeout_ms),
       total_timeout_ms: optionalNumber(form.total_timeout_ms), sticky_seconds: optionalNumber(form.sticky_seconds) ?? 0,
+      match_regex: (form.match_regex || "").trim(),
     };
     const saved = await save.run(() => (form.id ? api("PUT", `/groups/${form.id}`, body) : api("POST", "/groups", body)));
     if (saved) onSaved(saved);
@@ -77,6 +79,7 @@ function GroupForm({ initial, channels, onSaved, onCancel }) {
     <${Field} label=${t("Name")} hint=${t("Clients ask for this name as the model.")} error=${problems.name}><input name="name" value=${form.name} onInput=${(event) => update({ name: event.currentTarget.value })} /></${Field}>
     <${Field} label=${t("Mode")}><select name="mode" value=${form.mode} onChange=${(event) => update({ mode: event.currentTarget.value })}>${MODES.map((mode) => html`<option value=${mode}>${t(MODE_LABELS[mode])}</option>`)}</select></${Field}>
     ${numberField("sticky_seconds", t("Sticky seconds"), t("0 = off"))}
+    <${Field} label=${t("Auto-group regex")} hint=${t("New models of channels with auto group \"regex\" that match join this group.")} error=${problems.match_regex}><input name="match_regex" value=${form.match_regex || ""} onInput=${(event) => update({ match_regex: event.currentTarget.value })} /></${Field}>
     ${numberField("max_attempts", t("Max attempts"), t("empty = gateway default"))}
     ${numberField("first_byte_timeout_ms", t("First byte timeout (ms)"), t("empty = gateway default"))}
     ${numberField("total_timeout_ms", t("Total timeout (ms)"), t("empty = gateway default"))}
@@ -137,7 +140,7 @@ export function GroupsPage() {
   const remove = (group) => { if (confirmAction(t("Delete group {name}?", { name: group.name }))) rowAction.run(async () => { await api("DELETE", `/groups/${group.id}`); await groups.reload(); }); };
   const startEditing = (group) => setEditing(group
     ? { ...group, items: [...(group.items || [])].sort((left, right) => left.priority - right.priority).map((item) => ({ ...item, weight: item.weight || 1 })) }
-    : { name: "", mode: "round_robin", items: [], sticky_seconds: 0, max_attempts: null, first_byte_timeout_ms: null, total_timeout_ms: null });
+    : { name: "", mode: "round_robin", items: [], sticky_seconds: 0, max_attempts: null, first_byte_timeout_ms: null, total_timeout_ms: null, match_regex: "" });
 
   if (editing) return html`<${GroupForm} initial=${editing} channels=${channelList} onCancel=${() => setEditing(null)} onSaved=${() => { setEditing(null); groups.reload(); }} />`;
   return html`<div class="stack">
