@@ -263,6 +263,7 @@ fn a_database_error_during_an_import_rolls_everything_back() {
                 first_byte_timeout_ms: 0,
                 total_timeout_ms: 0,
                 sticky_seconds: 0,
+                match_regex: String::new(),
                 created_at: 0,
                 updated_at: 0,
             }],

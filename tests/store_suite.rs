@@ -208,6 +208,7 @@ fn sample_channel(name: &str) -> Channel {
         proxy: "socks5://127.0.0.1:1080".to_owned(),
         auto_sync: true,
         match_regex: "^gpt-".to_owned(),
+        auto_group: "fuzzy".to_owned(),
         created_at: 0,
         updated_at: 0,
     }
@@ -232,6 +233,7 @@ fn sample_group(name: &str, items: Vec<GroupItem>) -> Group {
         first_byte_timeout_ms: 15_000,
         total_timeout_ms: 120_000,
         sticky_seconds: 300,
+        match_regex: "^(gpt|claude)-".to_owned(),
         created_at: 0,
         updated_at: 0,
     }
@@ -488,6 +490,7 @@ mod cases {
             proxy: String::new(),
             auto_sync: false,
             match_regex: String::new(),
+            auto_group: "regex".to_owned(),
             ..created.clone()
         };
         let updated = store
@@ -700,6 +703,7 @@ mod cases {
             first_byte_timeout_ms: 0,
             total_timeout_ms: 600_000,
             sticky_seconds: 0,
+            match_regex: "mini$".to_owned(),
             ..created.clone()
         };
         let updated = store

@@ -32,12 +32,12 @@ const DOCUMENT_FIELDS: &[&str] =
     &["format", "version", "exported_at", "channels", "groups", "api_keys", "prices", "settings", "stats"];
 const CHANNEL_FIELDS: &[&str] = &[
     "id", "name", "type", "enabled", "base_urls", "keys", "models", "headers", "proxy", "auto_sync", "match_regex",
-    "created_at", "updated_at",
+    "auto_group", "created_at", "updated_at",
 ];
 const KEY_FIELDS: &[&str] = &["id", "key", "enabled", "remark"];
 const GROUP_FIELDS: &[&str] = &[
     "id", "name", "mode", "items", "max_attempts", "first_byte_timeout_ms", "total_timeout_ms", "sticky_seconds",
-    "created_at", "updated_at",
+    "match_regex", "created_at", "updated_at",
 ];
 const ITEM_FIELDS: &[&str] = &["channel_id", "model", "priority", "weight"];
 const API_KEY_FIELDS: &[&str] = &[
@@ -153,6 +153,7 @@ fn channel_json(channel: &Channel) -> Value {
         "proxy": channel.proxy,
         "auto_sync": channel.auto_sync,
         "match_regex": channel.match_regex,
+        "auto_group": channel.auto_group,
         "created_at": channel.created_at,
         "updated_at": channel.updated_at,
     })
@@ -269,6 +270,8 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
             proxy: fields.string_or("proxy", "")?.trim().to_string(),
             auto_sync: fields.bool_or("auto_sync", false)?,
             match_regex: fields.string_or("match_regex", "")?,
+            // Documents written before auto-group existed leave it out: nothing is added.
+            auto_group: fields.string_or("auto_group", "none")?,
             created_at: fields.int_or("created_at", now)?,
             updated_at: fields.int_or("updated_at", now)?,
         };
@@ -316,6 +319,11 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
             let weight = item_fields.whole_number_or("weight", 1, 1_000_000)?;
             items.push(GroupItem { channel_id, model, priority, weight: weight as u32 });
         }
+        let group_match_regex = fields.string_or("match_regex", "")?;
+        if !group_match_regex.is_empty() {
+            regex::Regex::new(&group_match_regex)
+                .map_err(|error| format!("{} is not a valid regular expression: {error}", fields.at("match_regex")))?;
+        }
         groups.push(Group {
             id,
             name,
@@ -325,6 +333,7 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
             first_byte_timeout_ms: fields.whole_number_or("first_byte_timeout_ms", 0, i64::MAX as u64)?,
             total_timeout_ms: fields.whole_number_or("total_timeout_ms", 0, i64::MAX as u64)?,
             sticky_seconds: fields.whole_number_or("sticky_seconds", 0, i64::MAX as u64)?,
+            match_regex: group_match_regex,
             created_at: fields.int_or("created_at", now)?,
             updated_at: fields.int_or("updated_at", now)?,
         });

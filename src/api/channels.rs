@@ -8,10 +8,10 @@ use crate::api::body;
 use crate::api::error::ApiError;
 use crate::api::{store_call, AdminContext};
 use crate::http::{Request, Response};
-use crate::store::entities::{Channel, ChannelKey, ChannelType};
+use crate::store::entities::{Channel, ChannelKey, ChannelType, AUTO_GROUP_MODES};
 
 const FIELDS: &[&str] =
-    &["name", "type", "enabled", "base_urls", "keys", "models", "headers", "proxy", "auto_sync", "match_regex"];
+    &["name", "type", "enabled", "base_urls", "keys", "models", "headers", "proxy", "auto_sync", "match_regex", "auto_group"];
 const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at", "key_info"];
 
 pub fn list(context: &AdminContext) -> Result<Response, ApiError> {
@@ -38,6 +38,7 @@ pub fn create(context: &AdminContext, request: &Request) -> Result<Response, Api
         proxy: String::new(),
         auto_sync: false,
         match_regex: String::new(),
+        auto_group: "none".to_string(),
         created_at: 0,
         updated_at: 0,
     };
@@ -121,6 +122,9 @@ fn apply_fields(channel: &mut Channel, map: &Map<String, Value>) -> Result<(), A
     }
     if let Some(match_regex) = body::optional_string(map, "match_regex")? {
         channel.match_regex = match_regex;
+    }
+    if let Some(auto_group) = body::optional_string(map, "auto_group")? {
+        channel.auto_group = auto_group;
     }
     match map.get("headers") {
         None | Some(Value::Null) => {}
@@ -220,6 +224,13 @@ pub fn validate(channel: &Channel) -> Result<(), ApiError> {
         regex::Regex::new(&channel.match_regex)
             .map_err(|error| ApiError::Invalid(format!("match_regex is not a valid regular expression: {error}")))?;
     }
+    if !AUTO_GROUP_MODES.contains(&channel.auto_group.as_str()) {
+        return Err(ApiError::Invalid(format!(
+            "auto_group {:?} is not one of: {}",
+            channel.auto_group,
+            AUTO_GROUP_MODES.join(", ")
+        )));
+    }
     for name in channel.headers.keys() {
         if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_".contains(&byte)) {
             return Err(ApiError::Invalid(format!("header name {name:?} is not valid")));
@@ -245,6 +256,7 @@ pub fn channel_json(channel: &Channel) -> Value {
         "proxy": redact_userinfo(&channel.proxy),
         "auto_sync": channel.auto_sync,
         "match_regex": channel.match_regex,
+        "auto_group": channel.auto_group,
         "created_at": channel.created_at,
         "updated_at": channel.updated_at,
     })

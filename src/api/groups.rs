@@ -9,7 +9,7 @@ use crate::http::{Request, Response};
 use crate::store::entities::{Group, GroupItem, GroupMode};
 
 const FIELDS: &[&str] =
-    &["name", "mode", "items", "max_attempts", "first_byte_timeout_ms", "total_timeout_ms", "sticky_seconds"];
+    &["name", "mode", "items", "max_attempts", "first_byte_timeout_ms", "total_timeout_ms", "sticky_seconds", "match_regex"];
 const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at"];
 pub const MAX_ATTEMPTS_LIMIT: u64 = 20;
 
@@ -33,6 +33,7 @@ pub fn create(context: &AdminContext, request: &Request) -> Result<Response, Api
         first_byte_timeout_ms: 0,
         total_timeout_ms: 0,
         sticky_seconds: 0,
+        match_regex: String::new(),
         created_at: 0,
         updated_at: 0,
     };
@@ -90,6 +91,14 @@ fn apply_fields(group: &mut Group, map: &Map<String, Value>) -> Result<(), ApiEr
     }
     if let Some(seconds) = body::optional_u64(map, "sticky_seconds")? {
         group.sticky_seconds = seconds;
+    }
+    if let Some(match_regex) = body::optional_string(map, "match_regex")? {
+        // Checked here so a bad expression is refused when saved, not found by a later sync.
+        if !match_regex.is_empty() {
+            regex::Regex::new(&match_regex)
+                .map_err(|error| ApiError::Invalid(format!("match_regex is not a valid regular expression: {error}")))?;
+        }
+        group.match_regex = match_regex;
     }
     if let Some(items) = map.get("items").filter(|value| !value.is_null()) {
         group.items = parse_items(items)?;
@@ -169,6 +178,7 @@ pub fn group_json(group: &Group) -> Value {
         "first_byte_timeout_ms": group.first_byte_timeout_ms,
         "total_timeout_ms": group.total_timeout_ms,
         "sticky_seconds": group.sticky_seconds,
+        "match_regex": group.match_regex,
         "created_at": group.created_at,
         "updated_at": group.updated_at,
     })

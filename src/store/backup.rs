@@ -69,7 +69,7 @@ pub fn replace_statements(dialect: Dialect, backup: &Backup) -> Vec<Statement> {
     };
     let channel_sql = insert(
         "channels",
-        &["id", "name", "type", "enabled", "base_urls", "models", "headers", "proxy", "auto_sync", "match_regex", "created_at", "updated_at"],
+        &["id", "name", "type", "enabled", "base_urls", "models", "headers", "proxy", "auto_sync", "match_regex", "auto_group", "created_at", "updated_at"],
     );
     let key_sql = insert("channel_keys", &["id", "channel_id", key_column, "enabled", "remark", "position"]);
     for channel in &backup.channels {
@@ -86,6 +86,7 @@ pub fn replace_statements(dialect: Dialect, backup: &Backup) -> Vec<Statement> {
                 SqlValue::Text(channel.proxy.clone()),
                 SqlValue::Bool(channel.auto_sync),
                 SqlValue::Text(channel.match_regex.clone()),
+                SqlValue::Text(channel.auto_group.clone()),
                 SqlValue::Int(channel.created_at),
                 SqlValue::Int(channel.updated_at),
             ],
@@ -107,7 +108,7 @@ pub fn replace_statements(dialect: Dialect, backup: &Backup) -> Vec<Statement> {
 
     let group_sql = insert(
         "channel_groups",
-        &["id", "name", "mode", "max_attempts", "first_byte_timeout_ms", "total_timeout_ms", "sticky_seconds", "created_at", "updated_at"],
+        &["id", "name", "mode", "max_attempts", "first_byte_timeout_ms", "total_timeout_ms", "sticky_seconds", "match_regex", "created_at", "updated_at"],
     );
     // Group items keep no id of their own in the API, so the database numbers them.
     let item_sql = insert("group_items", &["group_id", "channel_id", "model", "priority", "weight", "position"]);
@@ -207,6 +208,7 @@ fn group_values(group: &Group) -> Vec<SqlValue> {
         SqlValue::Int(u64_to_column(group.first_byte_timeout_ms)),
         SqlValue::Int(u64_to_column(group.total_timeout_ms)),
         SqlValue::Int(u64_to_column(group.sticky_seconds)),
+        SqlValue::Text(group.match_regex.clone()),
         SqlValue::Int(group.created_at),
         SqlValue::Int(group.updated_at),
     ]
@@ -242,6 +244,7 @@ mod tests {
                 proxy: String::new(),
                 auto_sync: false,
                 match_regex: String::new(),
+                auto_group: "exact".to_string(),
                 created_at: 1,
                 updated_at: 2,
             }],
@@ -254,6 +257,7 @@ mod tests {
                 first_byte_timeout_ms: 0,
                 total_timeout_ms: 0,
                 sticky_seconds: 0,
+                match_regex: "^gpt".to_string(),
                 created_at: 1,
                 updated_at: 1,
             }],

@@ -25,6 +25,7 @@ pub struct ChannelRow {
     pub match_regex: String,
     pub created_at: i64,
     pub updated_at: i64,
+    pub auto_group: String,
 }
 
 impl ChannelRow {
@@ -47,6 +48,7 @@ impl ChannelRow {
             proxy: self.proxy,
             auto_sync: self.auto_sync,
             match_regex: self.match_regex,
+            auto_group: self.auto_group,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -64,6 +66,7 @@ pub struct GroupRow {
     pub sticky_seconds: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub match_regex: String,
 }
 
 impl GroupRow {
@@ -83,6 +86,7 @@ impl GroupRow {
             first_byte_timeout_ms: u64_from_column(self.first_byte_timeout_ms),
             total_timeout_ms: u64_from_column(self.total_timeout_ms),
             sticky_seconds: u64_from_column(self.sticky_seconds),
+            match_regex: self.match_regex,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -276,6 +280,7 @@ mod tests {
             sticky_seconds: 0,
             created_at: 0,
             updated_at: 0,
+            match_regex: String::new(),
         };
         assert_eq!(
             row.into_group(),

@@ -128,9 +128,16 @@ pub struct Channel {
     pub auto_sync: bool,
     /// Only models matching this regular expression are kept by model sync; empty keeps all.
     pub match_regex: String,
+    /// How model sync adds this channel's new models to groups: one of `AUTO_GROUP_MODES`.
+    pub auto_group: String,
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+/// The values of `Channel.auto_group`: `none` adds nothing; `exact` adds a model to the group
+/// named like it; `fuzzy` to groups whose name contains the model id or is contained in it, case
+/// aside; `regex` to groups whose `match_regex` matches the model.
+pub const AUTO_GROUP_MODES: [&str; 4] = ["none", "exact", "fuzzy", "regex"];
 
 /// One member of a group: a channel and the model name sent upstream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,6 +165,8 @@ pub struct Group {
     pub total_timeout_ms: u64,
     /// Sticky routing per (client key, group) for this many seconds; 0 = off.
     pub sticky_seconds: u64,
+    /// Models a channel with `auto_group = regex` adds to this group; empty matches none.
+    pub match_regex: String,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -107,7 +107,13 @@ fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
     warn_about_unknown_versions("mysql", MYSQL_MIGRATIONS, &applied_versions);
     for migration in pending(MYSQL_MIGRATIONS, &applied_versions) {
         for statement in split_statements(migration.sql) {
-            connection.query_drop(statement)?;
+            // MySQL commits DDL at once and has no ADD COLUMN IF NOT EXISTS: a column that is
+            // already there means an earlier, interrupted run added it.
+            let is_alter = statement.starts_with("ALTER TABLE");
+            match connection.query_drop(statement) {
+                Err(mysql::Error::MySqlError(server_error)) if is_alter && server_error.code == ER_DUP_FIELDNAME => {}
+                other => other?,
+            }
         }
         connection.exec_drop(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
@@ -127,6 +133,7 @@ fn query_error(error: mysql::Error) -> StoreError {
 }
 
 const ER_DUP_ENTRY: u16 = 1062;
+const ER_DUP_FIELDNAME: u16 = 1060;
 const ER_NO_REFERENCED_ROW: u16 = 1216;
 const ER_NO_REFERENCED_ROW_2: u16 = 1452;
 
@@ -164,8 +171,8 @@ fn take<T: FromValue>(row: &mut Row, index: usize) -> StoreResult<T> {
     }
 }
 
-const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
-const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
+const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
+const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
 const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
@@ -201,6 +208,7 @@ fn channel_from_row(mut row: Row) -> StoreResult<Channel> {
         match_regex: take(&mut row, 9)?,
         created_at: take(&mut row, 10)?,
         updated_at: take(&mut row, 11)?,
+        auto_group: take(&mut row, 12)?,
     }
     .into_channel()
 }
@@ -228,6 +236,7 @@ fn group_from_row(mut row: Row) -> StoreResult<Group> {
         sticky_seconds: take(&mut row, 6)?,
         created_at: take(&mut row, 7)?,
         updated_at: take(&mut row, 8)?,
+        match_regex: take(&mut row, 9)?,
     }
     .into_group()
 }
@@ -372,6 +381,7 @@ fn channel_values(channel: &Channel, tail: &[Value]) -> Vec<Value> {
         Value::from(&channel.proxy),
         Value::from(channel.auto_sync),
         Value::from(&channel.match_regex),
+        Value::from(&channel.auto_group),
     ];
     values.extend_from_slice(tail);
     values
@@ -445,6 +455,7 @@ fn group_values(group: &Group, tail: &[Value]) -> Vec<Value> {
         Value::from(u64_to_column(group.first_byte_timeout_ms)),
         Value::from(u64_to_column(group.total_timeout_ms)),
         Value::from(u64_to_column(group.sticky_seconds)),
+        Value::from(&group.match_regex),
     ];
     values.extend_from_slice(tail);
     values
@@ -615,7 +626,7 @@ impl Store for MysqlStore {
         let id = insert_returning_id(
             &mut transaction,
             "INSERT INTO channels (name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, \
-             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             auto_group, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             channel_values(channel, &[Value::from(now), Value::from(now)]),
         )
         .map_err(|error| channel_write_error(error, channel))?;
@@ -632,7 +643,7 @@ impl Store for MysqlStore {
         transaction
             .exec_drop(
                 "UPDATE channels SET name = ?, type = ?, enabled = ?, base_urls = ?, models = ?, headers = ?, \
-                 proxy = ?, auto_sync = ?, match_regex = ?, updated_at = ? WHERE id = ?",
+                 proxy = ?, auto_sync = ?, match_regex = ?, auto_group = ?, updated_at = ? WHERE id = ?",
                 channel_values(channel, &[Value::from(unix_seconds()), Value::from(channel.id)]),
             )
             .map_err(|error| channel_write_error(error, channel))?;
@@ -676,7 +687,7 @@ impl Store for MysqlStore {
         let id = insert_returning_id(
             &mut transaction,
             "INSERT INTO channel_groups (name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, \
-             sticky_seconds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             sticky_seconds, match_regex, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             group_values(group, &[Value::from(now), Value::from(now)]),
         )
         .map_err(|error| group_write_error(error, group))?;
@@ -693,7 +704,7 @@ impl Store for MysqlStore {
         transaction
             .exec_drop(
                 "UPDATE channel_groups SET name = ?, mode = ?, max_attempts = ?, first_byte_timeout_ms = ?, \
-                 total_timeout_ms = ?, sticky_seconds = ?, updated_at = ? WHERE id = ?",
+                 total_timeout_ms = ?, sticky_seconds = ?, match_regex = ?, updated_at = ? WHERE id = ?",
                 group_values(group, &[Value::from(unix_seconds()), Value::from(group.id)]),
             )
             .map_err(|error| group_write_error(error, group))?;

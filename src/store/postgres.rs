@@ -133,8 +133,8 @@ fn violation(error: postgres::Error) -> Violation {
     Violation::Other(query_error(error))
 }
 
-const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
-const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
+const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
+const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
 const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
@@ -170,6 +170,7 @@ fn channel_row(row: &Row) -> Result<ChannelRow, postgres::Error> {
         match_regex: row.try_get(9)?,
         created_at: row.try_get(10)?,
         updated_at: row.try_get(11)?,
+        auto_group: row.try_get(12)?,
     })
 }
 
@@ -196,6 +197,7 @@ fn group_row(row: &Row) -> Result<GroupRow, postgres::Error> {
         sticky_seconds: row.try_get(6)?,
         created_at: row.try_get(7)?,
         updated_at: row.try_get(8)?,
+        match_regex: row.try_get(9)?,
     })
 }
 
@@ -543,7 +545,7 @@ impl Store for PostgresStore {
         let row = transaction
             .query_one(
                 "INSERT INTO channels (name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, \
-                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
+                 created_at, updated_at, auto_group) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) RETURNING id",
                 &[
                     &channel.name,
                     &channel.channel_type.as_str(),
@@ -555,6 +557,7 @@ impl Store for PostgresStore {
                     &channel.auto_sync,
                     &channel.match_regex,
                     &now,
+                    &channel.auto_group,
                 ],
             )
             .map_err(|error| channel_write_error(error, channel))?;
@@ -572,7 +575,7 @@ impl Store for PostgresStore {
         let updated = transaction
             .execute(
                 "UPDATE channels SET name = $1, type = $2, enabled = $3, base_urls = $4, models = $5, headers = $6, \
-                 proxy = $7, auto_sync = $8, match_regex = $9, updated_at = $10 WHERE id = $11",
+                 proxy = $7, auto_sync = $8, match_regex = $9, updated_at = $10, auto_group = $12 WHERE id = $11",
                 &[
                     &channel.name,
                     &channel.channel_type.as_str(),
@@ -585,6 +588,7 @@ impl Store for PostgresStore {
                     &channel.match_regex,
                     &unix_seconds(),
                     &channel.id,
+                    &channel.auto_group,
                 ],
             )
             .map_err(|error| channel_write_error(error, channel))?;
@@ -633,7 +637,7 @@ impl Store for PostgresStore {
         let row = transaction
             .query_one(
                 "INSERT INTO channel_groups (name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, \
-                 sticky_seconds, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+                 sticky_seconds, created_at, updated_at, match_regex) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING id",
                 &[
                     &group.name,
                     &group.mode.as_str(),
@@ -642,6 +646,7 @@ impl Store for PostgresStore {
                     &u64_to_column(group.total_timeout_ms),
                     &u64_to_column(group.sticky_seconds),
                     &now,
+                    &group.match_regex,
                 ],
             )
             .map_err(|error| group_write_error(error, group))?;
@@ -659,7 +664,7 @@ impl Store for PostgresStore {
         let updated = transaction
             .execute(
                 "UPDATE channel_groups SET name = $1, mode = $2, max_attempts = $3, first_byte_timeout_ms = $4, \
-                 total_timeout_ms = $5, sticky_seconds = $6, updated_at = $7 WHERE id = $8",
+                 total_timeout_ms = $5, sticky_seconds = $6, updated_at = $7, match_regex = $9 WHERE id = $8",
                 &[
                     &group.name,
                     &group.mode.as_str(),
@@ -669,6 +674,7 @@ impl Store for PostgresStore {
                     &u64_to_column(group.sticky_seconds),
                     &unix_seconds(),
                     &group.id,
+                    &group.match_regex,
                 ],
             )
             .map_err(|error| group_write_error(error, group))?;

@@ -123,8 +123,8 @@ fn violation(error: rusqlite::Error) -> Violation {
     Violation::Other(query_error(error))
 }
 
-const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at";
-const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at";
+const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
+const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
 const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
@@ -160,6 +160,7 @@ fn channel_row(row: &Row) -> rusqlite::Result<ChannelRow> {
         match_regex: row.get(9)?,
         created_at: row.get(10)?,
         updated_at: row.get(11)?,
+        auto_group: row.get(12)?,
     })
 }
 
@@ -186,6 +187,7 @@ fn group_row(row: &Row) -> rusqlite::Result<GroupRow> {
         sticky_seconds: row.get(6)?,
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
+        match_regex: row.get(9)?,
     })
 }
 
@@ -544,7 +546,7 @@ impl Store for SqliteStore {
         transaction
             .execute(
                 "INSERT INTO channels (name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, \
-                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                 created_at, updated_at, auto_group) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
                 params![
                     channel.name,
                     channel.channel_type.as_str(),
@@ -555,7 +557,8 @@ impl Store for SqliteStore {
                     channel.proxy,
                     channel.auto_sync,
                     channel.match_regex,
-                    now
+                    now,
+                    channel.auto_group
                 ],
             )
             .map_err(|error| channel_write_error(error, channel))?;
@@ -573,7 +576,7 @@ impl Store for SqliteStore {
         let updated = transaction
             .execute(
                 "UPDATE channels SET name = ?1, type = ?2, enabled = ?3, base_urls = ?4, models = ?5, headers = ?6, \
-                 proxy = ?7, auto_sync = ?8, match_regex = ?9, updated_at = ?10 WHERE id = ?11",
+                 proxy = ?7, auto_sync = ?8, match_regex = ?9, updated_at = ?10, auto_group = ?12 WHERE id = ?11",
                 params![
                     channel.name,
                     channel.channel_type.as_str(),
@@ -585,7 +588,8 @@ impl Store for SqliteStore {
                     channel.auto_sync,
                     channel.match_regex,
                     unix_seconds(),
-                    channel.id
+                    channel.id,
+                    channel.auto_group
                 ],
             )
             .map_err(|error| channel_write_error(error, channel))?;
@@ -638,7 +642,7 @@ impl Store for SqliteStore {
         transaction
             .execute(
                 "INSERT INTO channel_groups (name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, \
-                 sticky_seconds, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                 sticky_seconds, created_at, updated_at, match_regex) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
                 params![
                     group.name,
                     group.mode.as_str(),
@@ -646,7 +650,8 @@ impl Store for SqliteStore {
                     u64_to_column(group.first_byte_timeout_ms),
                     u64_to_column(group.total_timeout_ms),
                     u64_to_column(group.sticky_seconds),
-                    now
+                    now,
+                    group.match_regex
                 ],
             )
             .map_err(|error| group_write_error(error, group))?;
@@ -664,7 +669,7 @@ impl Store for SqliteStore {
         let updated = transaction
             .execute(
                 "UPDATE channel_groups SET name = ?1, mode = ?2, max_attempts = ?3, first_byte_timeout_ms = ?4, \
-                 total_timeout_ms = ?5, sticky_seconds = ?6, updated_at = ?7 WHERE id = ?8",
+                 total_timeout_ms = ?5, sticky_seconds = ?6, updated_at = ?7, match_regex = ?9 WHERE id = ?8",
                 params![
                     group.name,
                     group.mode.as_str(),
@@ -673,7 +678,8 @@ impl Store for SqliteStore {
                     u64_to_column(group.total_timeout_ms),
                     u64_to_column(group.sticky_seconds),
                     unix_seconds(),
-                    group.id
+                    group.id,
+                    group.match_regex
                 ],
             )
             .map_err(|error| group_write_error(error, group))?;
