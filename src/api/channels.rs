@@ -73,19 +73,17 @@ pub fn delete(context: &AdminContext, id: i64) -> Result<Response, ApiError> {
 }
 
 /// `POST /api/v1/channels/{id}/sync-models`: replaces the channel's model list with what its
-/// upstream lists (filtered by `match_regex`) and reports what changed.
+/// upstream lists (filtered by `match_regex`), applies its `auto_group` and reports what changed.
 pub fn sync_models(context: &AdminContext, id: i64) -> Result<Response, ApiError> {
-    let mut channel = load(context, id)?;
-    let fetched = crate::sync::model_sync::fetch_channel_models(&context.upstream, &channel)
-        .map_err(|message| ApiError::UpstreamFailed(format!("model sync failed: {message}")))?;
-    let added: Vec<String> = fetched.iter().filter(|model| !channel.models.contains(model)).cloned().collect();
-    let removed: Vec<String> = channel.models.iter().filter(|model| !fetched.contains(model)).cloned().collect();
-    channel.models = fetched;
-    let stored = store_call(context, move |store| store.update_channel(&channel))?
-        .ok_or_else(|| ApiError::NotFound(format!("no channel with id {id}")))?;
+    use crate::sync::model_sync::{sync_channel, ModelSyncError};
+    let outcome = sync_channel(&context.store, &context.upstream, id).map_err(|error| match error {
+        ModelSyncError::NoSuchChannel(_) => ApiError::NotFound(error.to_string()),
+        ModelSyncError::Upstream(_) => ApiError::UpstreamFailed(error.to_string()),
+        ModelSyncError::Store(store_error) => ApiError::from(store_error),
+    })?;
     context.notify_change();
-    let mut shown = channel_json(&stored);
-    shown["sync"] = json!({"added": added, "removed": removed});
+    let mut shown = channel_json(&outcome.channel);
+    shown["sync"] = json!({"added": outcome.added, "removed": outcome.removed, "groups_changed": outcome.groups_changed});
     Ok(Response::json(200, &shown))
 }
 

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::relay::RelayState;
 use crate::stats::StatsService;
 use crate::sync::endpoint_probe;
+use crate::sync::model_sync;
 use crate::sync::price_sync;
 use crate::sync::scheduler::Scheduler;
 use crate::util::unix_millis;
@@ -19,6 +20,7 @@ pub const PRUNE_LOGS: &str = "prune_logs";
 pub const PROBE_ENDPOINTS: &str = "probe_endpoints";
 pub const ROLL_UP_STATS: &str = "roll_up_stats";
 pub const PRICE_SYNC: &str = "price_sync";
+pub const MODEL_SYNC: &str = "model_sync";
 
 /// How often old request logs are pruned (also right after the retention settings change).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
@@ -55,6 +57,23 @@ pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Ar
         Box::new(move || price_sync::sync_prices(&stats_for_prices, &price_client)),
     );
 
+    // Not at start: a restart should not ask every provider for its list; the first run comes
+    // one `model_sync_interval_hours` later, and 0 leaves syncing to the admin API.
+    let settings_for_models = stats.settings.clone();
+    let relay_for_models = Arc::downgrade(relay);
+    scheduler.register(
+        MODEL_SYNC,
+        false,
+        Box::new(move || {
+            let hours = settings_for_models.get().model_sync_interval_hours;
+            (hours > 0).then(|| Duration::from_secs(hours.saturating_mul(3_600)))
+        }),
+        Box::new(move || {
+            let relay = relay_for_models.upgrade().ok_or_else(|| "the relay is gone".to_string())?;
+            sync_auto_sync_channels(&relay)
+        }),
+    );
+
     let probe_interval = config.relay.probe_interval_seconds;
     if probe_interval > 0 {
         let relay = Arc::downgrade(relay);
@@ -68,6 +87,33 @@ pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Ar
                 Ok("probed every base URL".to_string())
             }),
         );
+    }
+}
+
+/// Syncs the models of every enabled channel with `auto_sync`, one after the other, and reloads
+/// the relay snapshot when anything changed. A failing channel does not stop the others; the
+/// error names every channel that failed.
+pub fn sync_auto_sync_channels(relay: &RelayState) -> Result<String, String> {
+    let channels = relay.store.call(|store| store.list_channels()).map_err(|error| error.to_string())?;
+    let mut synced = 0;
+    let mut changed = false;
+    let mut failures = Vec::new();
+    for channel in channels.iter().filter(|channel| channel.enabled && channel.auto_sync) {
+        match model_sync::sync_channel(&relay.store, &relay.upstream, channel.id) {
+            Ok(outcome) => {
+                synced += 1;
+                changed |= !outcome.added.is_empty() || !outcome.removed.is_empty() || !outcome.groups_changed.is_empty();
+            }
+            Err(error) => failures.push(format!("{} (id {}): {error}", channel.name, channel.id)),
+        }
+    }
+    if changed {
+        relay.reload_snapshot().map_err(|error| format!("synced {synced} channels but could not reload the relay: {error}"))?;
+    }
+    if failures.is_empty() {
+        Ok(format!("synced the models of {synced} channels"))
+    } else {
+        Err(format!("synced {synced} channels; failed: {}", failures.join("; ")))
     }
 }
 
