@@ -26,9 +26,17 @@ pub fn get(context: &AdminContext, id: i64) -> Result<Response, ApiError> {
 
 pub fn create(context: &AdminContext, request: &Request) -> Result<Response, ApiError> {
     let map = body::json_object(request, FIELDS, READ_ONLY_FIELDS)?;
+    let channel = unsaved_channel(&map, body::required_string(&map, "name")?)?;
+    let stored = store_call(context, move |store| store.create_channel(&channel))?;
+    context.notify_change();
+    Ok(Response::json(201, &channel_json(&stored)))
+}
+
+/// A channel built from a create body and validated, not stored.
+fn unsaved_channel(map: &Map<String, Value>, name: String) -> Result<Channel, ApiError> {
     let mut channel = Channel {
         id: 0,
-        name: body::required_string(&map, "name")?,
+        name,
         channel_type: ChannelType::OpenaiChat,
         enabled: true,
         base_urls: Vec::new(),
@@ -45,11 +53,44 @@ pub fn create(context: &AdminContext, request: &Request) -> Result<Response, Api
     if !map.contains_key("type") {
         return Err(ApiError::Invalid(format!("type is required (one of: {})", type_names())));
     }
-    apply_fields(&mut channel, &map)?;
+    apply_fields(&mut channel, map)?;
     validate(&channel)?;
-    let stored = store_call(context, move |store| store.create_channel(&channel))?;
-    context.notify_change();
-    Ok(Response::json(201, &channel_json(&stored)))
+    Ok(channel)
+}
+
+/// `POST /api/v1/channels/fetch-models`: the models an unsaved channel's upstream lists
+/// (filtered by `match_regex`), so the panel can fill the model list before saving.
+pub fn fetch_models(context: &AdminContext, request: &Request) -> Result<Response, ApiError> {
+    let map = body::json_object(request, FIELDS, READ_ONLY_FIELDS)?;
+    let name = body::optional_string(&map, "name")?.unwrap_or_else(|| "unsaved".to_string());
+    let channel = unsaved_channel(&map, name)?;
+    let models = crate::sync::model_sync::fetch_channel_models(&context.upstream, &channel)
+        .map_err(|message| ApiError::UpstreamFailed(format!("fetching models failed: {message}")))?;
+    Ok(Response::json(200, &json!({"models": models})))
+}
+
+/// `POST /api/v1/channels/{id}/test`: one small generation request to the channel's first
+/// enabled key and first base URL, with `{model?}` (default: the channel's first model).
+pub fn test(context: &AdminContext, request: &Request, id: i64) -> Result<Response, ApiError> {
+    let model = if request.body.is_empty() {
+        None
+    } else {
+        body::optional_string(&body::json_object(request, &["model"], &[])?, "model")?
+    };
+    let channel = load(context, id)?;
+    let model = match model.filter(|model| !model.trim().is_empty()) {
+        Some(model) => model.trim().to_string(),
+        None => channel
+            .models
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::Invalid("model is required: the channel lists no models".to_string()))?,
+    };
+    let outcome = crate::sync::channel_test::test_channel(&context.upstream, &channel, &model);
+    Ok(Response::json(
+        200,
+        &json!({"ok": outcome.ok, "status": outcome.status, "latency_ms": outcome.latency_ms, "message": outcome.message}),
+    ))
 }
 
 /// Partial update: fields left out keep their stored values.

@@ -41,10 +41,13 @@ pub static ROUTES: &[Route] = &[
     route("GET", "/api/v1/channel-types", true, |_| Ok(channel_types())),
     route("GET", "/api/v1/channels", true, |call| channels::list(call.context)),
     route("POST", "/api/v1/channels", true, |call| channels::create(call.context, call.request)),
+    // Before the `{id}` routes, so "fetch-models" is never read as an id.
+    route("POST", "/api/v1/channels/fetch-models", true, |call| channels::fetch_models(call.context, call.request)),
     route("GET", "/api/v1/channels/{id}", true, |call| channels::get(call.context, id(call))),
     route("PUT", "/api/v1/channels/{id}", true, |call| channels::update(call.context, call.request, id(call))),
     route("DELETE", "/api/v1/channels/{id}", true, |call| channels::delete(call.context, id(call))),
     route("POST", "/api/v1/channels/{id}/sync-models", true, |call| channels::sync_models(call.context, id(call))),
+    route("POST", "/api/v1/channels/{id}/test", true, |call| channels::test(call.context, call.request, id(call))),
     route("GET", "/api/v1/groups", true, |call| groups::list(call.context)),
     route("POST", "/api/v1/groups", true, |call| groups::create(call.context, call.request)),
     route("GET", "/api/v1/groups/{id}", true, |call| groups::get(call.context, id(call))),
