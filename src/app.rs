@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use crate::amp::{self, AmpRoute};
+use crate::amp::proxy::AmpProxy;
 use crate::api::{self, AdminContext};
 use crate::config::{self, Config};
 use crate::http::server::{Server, ServerLimits};
@@ -180,8 +182,22 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
     let scheduler = Arc::new(Scheduler::default());
     jobs::register_all(&scheduler, &config, &relay, &stats);
     scheduler.start();
-    let admin = AdminContext::new(store.clone(), config.clone(), relay.upstream.clone(), on_change, stats.clone(), settings, scheduler.clone());
-    let handler = Arc::new(GatewayHandler { admin, relay: relay.clone() });
+    let admin = AdminContext {
+        store: store.clone(),
+        config: config.clone(),
+        login_throttle: std::sync::Mutex::new(api::auth::LoginThrottle::default()),
+        upstream: relay.upstream.clone(),
+        on_change,
+        stats: stats.clone(),
+        settings,
+        scheduler: scheduler.clone(),
+        relay: Arc::downgrade(&relay),
+    };
+    if config.ampcode.enabled {
+        log::info!("Amp CLI proxy enabled: management paths go to {}", config.ampcode.upstream_url);
+    }
+    let amp = AmpProxy::new(config.ampcode.clone());
+    let handler = Arc::new(GatewayHandler { admin, relay: relay.clone(), amp });
     let limits = ServerLimits {
         max_header_count: config.server.max_header_count,
         max_head_bytes: config.server.max_head_bytes,
@@ -214,10 +230,25 @@ fn spawn_snapshot_refresher(relay: std::sync::Weak<RelayState>) {
 struct GatewayHandler {
     admin: AdminContext,
     relay: Arc<RelayState>,
+    amp: AmpProxy,
 }
 
 impl Handler for GatewayHandler {
-    fn handle(&self, request: Request) -> Response {
+    fn handle(&self, mut request: Request) -> Response {
+        // Amp's paths come first: its management subtrees under `/api/` are not the admin API
+        // (which is `/api/v1`), and its provider paths are relay calls under another name.
+        match amp::route(&request.path, self.amp.config.enabled) {
+            Some(AmpRoute::Management) => return self.amp.handle(&self.relay, request),
+            Some(AmpRoute::Provider { relay_path }) => {
+                request.path = relay_path;
+                if let Some(response) = relay::handle(&self.relay, &request) {
+                    return response;
+                }
+                let message = format!("no Amp provider route {} {}", request.method, request.path);
+                return relay::error::RelayError::NotFound(message).render(relay::inbound::format_for_path(&request.path));
+            }
+            None => {}
+        }
         let path = request.path.as_str();
         if path == "/metrics" && (request.method == "GET" || request.method == "HEAD") {
             return api::metrics::handle(&self.admin, &self.relay, &request);

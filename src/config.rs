@@ -20,6 +20,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub auth: AuthConfig,
     pub antigravity: AntigravityConfig,
+    pub ampcode: AmpcodeConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,6 +95,22 @@ pub struct AntigravityConfig {
     pub project: String,
 }
 
+/// The Amp CLI proxy (`src/amp/`): Amp's provider calls go through the relay, its management
+/// calls are reverse-proxied to `upstream_url` with the Amp key put in place of the client's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AmpcodeConfig {
+    /// Off by default: the management paths are then not served at all (404).
+    pub enabled: bool,
+    /// Where management calls go, e.g. `https://ampcode.com`.
+    pub upstream_url: String,
+    /// The Amp API key; empty = `AMP_API_KEY`, then `~/.local/share/amp/secrets.json`.
+    pub upstream_api_key: String,
+    /// True: peers on a loopback address may use the management paths without a client key.
+    /// False: everyone needs a client key (set it when a reverse proxy on the same host makes
+    /// every peer look local). A valid client key is accepted either way.
+    pub restrict_management_to_localhost: bool,
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -131,6 +148,12 @@ impl Default for Config {
                 client_id: String::new(),
                 client_secret: String::new(),
                 project: String::new(),
+            },
+            ampcode: AmpcodeConfig {
+                enabled: false,
+                upstream_url: "https://ampcode.com".to_string(),
+                upstream_api_key: String::new(),
+                restrict_management_to_localhost: true,
             },
         }
     }
@@ -355,6 +378,14 @@ fn validate(config: &Config, source: &str) -> Result<(), ConfigError> {
     if config.server.max_header_count > 1000 {
         return Err(error("server.max_header_count", "must be at most 1000".to_string()));
     }
+    let amp_url = config.ampcode.upstream_url.trim();
+    let amp_url_is_http = amp_url.strip_prefix("https://").or_else(|| amp_url.strip_prefix("http://")).is_some_and(|rest| !rest.is_empty());
+    if config.ampcode.enabled && !amp_url_is_http {
+        return Err(error(
+            "ampcode.upstream_url",
+            format!("must be an absolute http:// or https:// URL when ampcode.enabled is true, found {:?}", config.ampcode.upstream_url),
+        ));
+    }
     if !config.relay.extra_ca_file.is_empty() && !Path::new(&config.relay.extra_ca_file).is_file() {
         return Err(error("relay.extra_ca_file", format!("{:?} is not a readable file", config.relay.extra_ca_file)));
     }
@@ -481,6 +512,34 @@ mod tests {
             assert!(error.to_string().contains(problem), "{text}: {error}");
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the user's file must not change");
         }
+    }
+
+    #[test]
+    fn ampcode_block_defaults_file_and_environment() {
+        let defaults = Config::default().ampcode;
+        assert!(!defaults.enabled);
+        assert_eq!(defaults.upstream_url, "https://ampcode.com");
+        assert_eq!(defaults.upstream_api_key, "");
+        assert!(defaults.restrict_management_to_localhost);
+        let path = temp_dir("amp").join("config.json");
+        std::fs::write(&path, r#"{"ampcode":{"enabled":true,"upstream_url":"http://127.0.0.1:9"}}"#).unwrap();
+        let environment = env(&[
+            ("OCTOPUS_AMPCODE_UPSTREAM_API_KEY", "sgamp_from_env"),
+            ("OCTOPUS_AMPCODE_RESTRICT_MANAGEMENT_TO_LOCALHOST", "false"),
+        ]);
+        let config = load(&path, &environment).unwrap().config;
+        assert!(config.ampcode.enabled);
+        assert_eq!(config.ampcode.upstream_url, "http://127.0.0.1:9");
+        assert_eq!(config.ampcode.upstream_api_key, "sgamp_from_env");
+        assert!(!config.ampcode.restrict_management_to_localhost);
+        let config = from_environment(&env(&[("OCTOPUS_AMPCODE_ENABLED", "1"), ("OCTOPUS_AMPCODE_UPSTREAM_URL", "https://amp.example")])).unwrap();
+        assert!(config.ampcode.enabled);
+        assert_eq!(config.ampcode.upstream_url, "https://amp.example");
+        let error = from_environment(&env(&[("OCTOPUS_AMPCODE_ENABLED", "maybe")])).unwrap_err();
+        assert_eq!(error.key, "OCTOPUS_AMPCODE_ENABLED");
+        let error = from_environment(&env(&[("OCTOPUS_AMPCODE_ENABLED", "true"), ("OCTOPUS_AMPCODE_UPSTREAM_URL", "ampcode.com")])).unwrap_err();
+        assert_eq!(error.key, "ampcode.upstream_url");
+        assert!(error.problem.contains("http://"), "{error}");
     }
 
     #[test]

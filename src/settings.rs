@@ -35,6 +35,8 @@ pub struct Settings {
     pub metrics_enabled: bool,
     /// When not empty, `/metrics` requires `Authorization: Bearer <metrics_token>`.
     pub metrics_token: String,
+    /// Stored OpenAI Responses (for `previous_response_id`) are kept this many hours.
+    pub response_store_hours: u64,
 }
 
 impl Default for Settings {
@@ -50,12 +52,13 @@ impl Default for Settings {
             models_dev_url: "https://models.dev".to_string(),
             metrics_enabled: false,
             metrics_token: String::new(),
+            response_store_hours: 24,
         }
     }
 }
 
 /// The names of every setting, in the order the API shows them.
-pub const SETTING_NAMES: [&str; 10] = [
+pub const SETTING_NAMES: [&str; 11] = [
     "stats_save_interval_seconds",
     "log_retention_days",
     "log_max_rows",
@@ -66,6 +69,7 @@ pub const SETTING_NAMES: [&str; 10] = [
     "models_dev_url",
     "metrics_enabled",
     "metrics_token",
+    "response_store_hours",
 ];
 
 /// A setting name prefix in the `settings` table, so other keys stored there never collide.
@@ -100,6 +104,9 @@ impl Settings {
             }
             "metrics_enabled" => self.metrics_enabled = flag(name, value)?,
             "metrics_token" => self.metrics_token = text(name, value)?,
+            // At least an hour so a chain of turns survives a pause; at most 30 days, the
+            // longest OpenAI keeps a response itself.
+            "response_store_hours" => self.response_store_hours = whole_number(name, value, 1, 720)?,
             other => return Err(format!("unknown setting {other:?} (known: {})", SETTING_NAMES.join(", "))),
         }
         Ok(())
@@ -193,7 +200,8 @@ mod tests {
             json!({"stats_save_interval_seconds": 60, "log_retention_days": 30, "log_max_rows": 100000,
                    "log_bodies": false, "log_body_max_bytes": 65536, "price_sync_interval_hours": 24,
                    "model_sync_interval_hours": 24, "models_dev_url": "https://models.dev",
-                   "metrics_enabled": false, "metrics_token": ""})
+                   "metrics_enabled": false, "metrics_token": "",
+                   "response_store_hours": 24})
         );
         assert_eq!(defaults.as_object().unwrap().len(), SETTING_NAMES.len());
     }
@@ -208,14 +216,19 @@ mod tests {
         assert!(error.contains("models_dev_url"), "{error}");
         let error = settings.with_changes(json!({"log_max_rows": -1}).as_object().unwrap()).unwrap_err();
         assert!(error.contains("log_max_rows"), "{error}");
+        let error = settings.with_changes(json!({"response_store_hours": 0}).as_object().unwrap()).unwrap_err();
+        assert!(error.contains("response_store_hours"), "{error}");
+        let error = settings.with_changes(json!({"response_store_hours": 721}).as_object().unwrap()).unwrap_err();
+        assert!(error.contains("response_store_hours"), "{error}");
         let error = settings.with_changes(json!({"nope": 1}).as_object().unwrap()).unwrap_err();
         assert!(error.contains("unknown setting"), "{error}");
     }
 
     #[test]
     fn changes_apply_and_urls_lose_their_trailing_slash() {
-        let changes = json!({"models_dev_url": "http://127.0.0.1:9/", "metrics_enabled": true});
+        let changes = json!({"models_dev_url": "http://127.0.0.1:9/", "metrics_enabled": true, "response_store_hours": 2});
         let updated = Settings::default().with_changes(changes.as_object().unwrap()).unwrap();
+        assert_eq!(updated.response_store_hours, 2);
         assert_eq!(updated.models_dev_url, "http://127.0.0.1:9");
         assert!(updated.metrics_enabled);
     }

@@ -67,7 +67,7 @@ fn configure(gateway: &TestGateway, token: &str, mock: &MockUpstream) -> String 
     gateway.admin_post(token, "/api/v1/prices", json!({"model": "claude", "channel_id": second, "input": 3.0, "output": 15.0, "cache_read": 0.3}), 201);
     let settings = json_request(gateway.address, "PUT", "/api/v1/settings", Some(token), Some(&json!({"log_bodies": true, "log_max_rows": 5000})));
     assert_eq!(settings.status, 200, "{}", settings.text());
-    gateway.create_client_key(token, json!({"name": "laptop", "max_cost": 12.5, "allowed_models": ["chat"]}))
+    gateway.create_client_key(token, json!({"name": "laptop", "max_cost": 12.5, "allowed_models": ["chat"], "rpm": 100, "tpm": 1_000_000}))
 }
 
 fn import(gateway: &TestGateway, token: &str, document: &Value) -> (u16, Value) {
@@ -108,6 +108,7 @@ fn an_imported_backup_is_the_same_gateway() {
         let api_key = &document["api_keys"][0];
         assert_eq!(api_key["key_hash"].as_str().unwrap().len(), 64);
         assert!(api_key.get("key").is_none(), "a client key's secret is never exported: {api_key}");
+        assert_eq!((api_key["rpm"].clone(), api_key["tpm"].clone()), (json!(100), json!(1_000_000)), "{database_type}");
         assert!(!document.to_string().contains(&client_key), "{database_type}: the client key's secret leaked");
         assert_eq!(document["settings"]["log_max_rows"], 5000);
         let stats = document["stats"].as_array().unwrap();
@@ -122,7 +123,7 @@ fn an_imported_backup_is_the_same_gateway() {
         assert_eq!(status, 200, "{database_type}: {answer}");
         assert_eq!(
             answer,
-            json!({"imported": {"channels": 2, "groups": 1, "api_keys": 1, "prices": 2, "settings": 10, "stats": stats.len()}}),
+            json!({"imported": {"channels": 2, "groups": 1, "api_keys": 1, "prices": 2, "settings": octopus::settings::SETTING_NAMES.len(), "stats": stats.len()}}),
             "{database_type}"
         );
 

@@ -1205,3 +1205,171 @@ fn upstream_checks_accept_a_good_request_and_name_each_fault() {
         );
     }
 }
+
+/// The stateful chain, as a coding agent runs it: a question the model answers with a tool call,
+/// the tool's output, then a new question; each turn names only the previous response.
+const CHAIN_FIRST_QUESTION: &str = "chain turn one: the weather in Paris?";
+const CHAIN_TOOL_OUTPUT: &str = "chain tool output: sunny";
+const CHAIN_THIRD_QUESTION: &str = "chain turn three: and tomorrow?";
+
+/// Which turn of the chain a request is: the newest thing it carries.
+fn chain_turn(body: &str) -> usize {
+    if body.contains(CHAIN_THIRD_QUESTION) {
+        3
+    } else if body.contains(CHAIN_TOOL_OUTPUT) {
+        2
+    } else {
+        1
+    }
+}
+
+/// A mock of `channel`'s format for the stateful chain: a tool call on the first turn, text
+/// naming the turn afterwards; every Responses answer gets its own id, as a real Responses
+/// upstream gives.
+fn start_chain_mock(channel: ChannelKind) -> MockUpstream {
+    let counter = Arc::new(Mutex::new(0usize));
+    MockUpstream::start(move |request: &RecordedRequest| {
+        let turn = chain_turn(&String::from_utf8_lossy(&request.body));
+        let answer = ScriptedAnswer {
+            reasoning: Vec::new(),
+            text: if turn == 1 { Vec::new() } else { vec!["answer".to_string(), format!(" to turn {turn}")] },
+            tool_call: (turn == 1).then(|| ScriptedToolCall {
+                id: upstream_call_id(channel).unwrap_or("").to_string(),
+                name: "get_weather".to_string(),
+                argument_fragments: ARGUMENT_FRAGMENTS.iter().map(|fragment| fragment.to_string()).collect(),
+            }),
+            usage: scripted_usage(Feature::Text),
+        };
+        let unique = {
+            let mut counter = counter.lock().unwrap();
+            *counter += 1;
+            format!("resp_chain{}", *counter)
+        };
+        match scripted_reply(channel, &answer, request, &upstream_model(channel)) {
+            Reply::Json { status, headers, body } => Reply::Json { status, headers, body: body.replace("resp_mock", &unique) },
+            Reply::Sse { events, gap, end } => {
+                Reply::Sse { events: events.into_iter().map(|event| event.replace("resp_mock", &unique)).collect(), gap, end }
+            }
+            other => other,
+        }
+    })
+}
+
+/// The response object of a Responses answer: the body, or the terminal event's response.
+fn responses_object(response: &support::http_client::TestResponse, stream: bool) -> Value {
+    if !stream {
+        return serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    }
+    sse_events(&response.body)
+        .into_iter()
+        .find(|(name, _)| name.as_deref() == Some("response.completed"))
+        .and_then(|(_, data)| serde_json::from_str::<Value>(&data).ok())
+        .map(|event| event["response"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Runs the three chained turns against one channel type; Err lists everything wrong.
+fn run_chain(gateway: &TestGateway, client_key: &str, channel: ChannelKind, mock: &MockUpstream, stream: bool) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let requests_before = mock.requests().len();
+    let tools = json!([{"type": "function", "name": "get_weather", "description": "The weather",
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]);
+    let mut previous: Option<String> = None;
+    let mut call_id = String::new();
+    for turn in 1..=3 {
+        let input = match turn {
+            1 => json!(CHAIN_FIRST_QUESTION),
+            2 => json!([{"type": "function_call_output", "call_id": call_id, "output": CHAIN_TOOL_OUTPUT}]),
+            _ => json!([{"role": "user", "content": [{"type": "input_text", "text": CHAIN_THIRD_QUESTION}]}]),
+        };
+        let mut body = json!({"model": group_name(channel), "input": input, "tools": tools, "stream": stream, "max_output_tokens": CLIENT_MAX_TOKENS});
+        if let Some(previous) = &previous {
+            body["previous_response_id"] = json!(previous);
+        }
+        let auth = format!("Bearer {client_key}");
+        let response = support::http_client::request(
+            gateway.address,
+            "POST",
+            "/v1/responses",
+            &[("authorization", &auth), ("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        match validate_response(ClientProtocol::OpenaiResponses, stream, &response, Rules::STRICT) {
+            Ok(summary) if turn == 1 && summary.tool_calls.len() == 1 => {}
+            Ok(summary) if turn > 1 && summary.text == format!("answer to turn {turn}") => {}
+            Ok(summary) => problems.push(format!("turn {turn}: the client got {summary:?}")),
+            Err(problem) => {
+                problems.push(format!("turn {turn}: client side: {problem}"));
+                return Err(problems);
+            }
+        }
+        let object = responses_object(&response, stream);
+        if turn == 1 {
+            call_id = object["output"]
+                .as_array()
+                .and_then(|items| items.iter().find(|item| item["type"] == "function_call"))
+                .and_then(|item| item["call_id"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            if call_id.is_empty() {
+                problems.push(format!("turn 1: no function call in {object}"));
+                return Err(problems);
+            }
+        }
+        previous = object["id"].as_str().map(str::to_string);
+        if previous.is_none() {
+            problems.push(format!("turn {turn}: no response id in {object}"));
+            return Err(problems);
+        }
+    }
+    let requests = mock.requests();
+    match requests.get(requests_before + 2) {
+        Some(third) => {
+            let text = String::from_utf8_lossy(&third.body);
+            for needle in [CHAIN_FIRST_QUESTION, "get_weather", "Paris", CHAIN_TOOL_OUTPUT, "answer to turn 2", CHAIN_THIRD_QUESTION] {
+                if !text.contains(needle) {
+                    problems.push(format!("the third upstream request lacks {needle:?}: {text}"));
+                }
+            }
+            if text.contains("previous_response_id") || text.contains("resp_chain") {
+                problems.push("the third upstream request carries a stored response id".to_string());
+            }
+        }
+        None => problems.push(format!("the upstream got {} requests, not 3", requests.len() - requests_before)),
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
+}
+
+/// The stateful column of the matrix: an OpenAI Responses client chains three turns (a tool
+/// call, its output, a new question) with `previous_response_id` and the gateway's response
+/// store, against every channel type.
+#[test]
+fn a_stateful_responses_chain_of_three_turns_works_against_every_channel_type() {
+    let gateway = start_gateway();
+    let token = gateway.admin_token();
+    let mocks: Vec<(ChannelKind, MockUpstream)> = ChannelKind::ALL.into_iter().map(|channel| (channel, start_chain_mock(channel))).collect();
+    for (channel, mock) in &mocks {
+        let channel_id = gateway.create_channel(
+            &token,
+            json!({"name": format!("chain-{}", channel.name()), "type": channel.name(),
+                   "base_urls": [channel.base_url(&mock.base_url())], "keys": [channel_key(*channel)]}),
+        );
+        gateway.create_group(&token, json!({"name": group_name(*channel), "items": [{"channel_id": channel_id, "model": upstream_model(*channel)}]}));
+    }
+    let client_key = gateway.create_client_key(&token, json!({"name": "chain"}));
+    let mut table = format!("{:<18}{:<18}|{:^12}|{:^12}\n", "client", "channel", "non-stream", "stream");
+    let mut failures = Vec::new();
+    for (channel, mock) in &mocks {
+        table.push_str(&format!("{:<18}{:<18}|", ClientProtocol::OpenaiResponses.name(), channel.name()));
+        for stream in [false, true] {
+            let result = run_chain(&gateway, &client_key, *channel, mock, stream);
+            table.push_str(&format!("{:^12}|", mark(result.is_ok())));
+            if let Err(problems) = result {
+                failures.push(format!("✗ {} {}\n    {}", channel.name(), mode_name(stream), problems.join("\n    ")));
+            }
+        }
+        table.push('\n');
+    }
+    println!("\nStateful Responses chain (3 turns, previous_response_id):\n{table}");
+    assert!(failures.is_empty(), "chain failures:\n{}", failures.join("\n"));
+}

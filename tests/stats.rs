@@ -491,3 +491,40 @@ fn counted_requests_survive_lost_database_connections() {
         counts_survive_lost_database_connections(database);
     }
 }
+
+#[test]
+fn the_admin_tries_a_group_through_the_real_relay() {
+    let mock = MockUpstream::start(support::mock_upstream::fail_by_model("anthropic"));
+    let gateway = TestGateway::start(databases::sqlite());
+    let token = gateway.admin_token();
+    let broken = gateway.create_channel(&token, json!({"name": "broken", "type": "anthropic", "base_urls": [format!("{}/v1", mock.base_url())], "keys": ["sk-ant-000000000001"]}));
+    let working = gateway.create_channel(&token, json!({"name": "working", "type": "anthropic", "base_urls": [format!("{}/v1", mock.base_url())], "keys": ["sk-ant-000000000002"]}));
+    let group = gateway.create_group(&token, json!({"name": "tried", "mode": "failover", "items": [
+        {"channel_id": broken, "model": "fail-503", "priority": 0}, {"channel_id": working, "model": "claude-ok", "priority": 1}]}));
+    let trial = gateway.admin_post(&token, &format!("/api/v1/groups/{group}/test"), json!({"prompt": "Say hi"}), 200);
+    assert_eq!(trial["ok"], true, "{trial}");
+    assert_eq!(trial["status"], 200);
+    assert_eq!(trial["text"], "Hello from the mock", "converted from Anthropic to the trial's chat shape");
+    assert_eq!(trial["channel_name"], "working", "failed over past the broken item");
+    assert_eq!(trial["model"], "claude-ok");
+    assert!(trial["latency_ms"].as_u64().is_some());
+    let sent = mock.requests().last().unwrap().json();
+    assert_eq!(sent["messages"][0]["content"], "Say hi");
+
+    let only_broken = gateway.create_group(&token, json!({"name": "broken-only", "items": [{"channel_id": broken, "model": "fail-401"}]}));
+    let failed = gateway.admin_post(&token, &format!("/api/v1/groups/{only_broken}/test"), json!({"prompt": "Say hi"}), 200);
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert_eq!(failed["status"], 401);
+    assert!(failed["error"].as_str().unwrap().contains("said no"), "{failed}");
+    let missing = json_request(gateway.address, "POST", "/api/v1/groups/999/test", Some(&token), Some(&json!({"prompt": "x"})));
+    assert_eq!(missing.status, 404);
+    let empty = json_request(gateway.address, "POST", &format!("/api/v1/groups/{group}/test"), Some(&token), Some(&json!({"prompt": " "})));
+    assert_eq!(empty.status, 422);
+    // Trials are counted and logged like any request, without a client key.
+    let logs = poll("the trial logs", || {
+        let logs = get(&gateway, &token, "/api/v1/logs");
+        (logs["total"] == 2).then_some(logs)
+    });
+    assert_eq!(logs["items"][1]["api_key_name"], "admin (panel test)");
+    assert_eq!(logs["items"][1]["api_key_id"], Value::Null);
+}

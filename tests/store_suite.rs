@@ -62,6 +62,7 @@ store_cases!(
     replace_configuration_keeps_ids_and_is_all_or_nothing,
     pool_serves_threads_and_coroutines,
     pool_survives_a_panicking_job,
+    stored_responses_save_read_delete_and_prune,
 );
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -249,6 +250,8 @@ fn sample_api_key(name: &str, secret: &str) -> ApiKey {
         expires_at: Some(2_000_000_000),
         max_cost: Some(12.5),
         allowed_models: vec!["fast".to_owned(), "smart".to_owned()],
+        rpm: 60,
+        tpm: 100_000,
         created_at: 0,
         updated_at: 0,
     }
@@ -790,6 +793,8 @@ mod cases {
             expires_at: None,
             max_cost: None,
             allowed_models: vec![],
+            rpm: 5,
+            tpm: 0,
             created_at: 1,
             ..created.clone()
         };
@@ -868,6 +873,46 @@ mod cases {
             store.list_prices().unwrap(),
             vec![other_model, replaced_global]
         );
+    }
+
+    pub fn stored_responses_save_read_delete_and_prune(database: &TestDatabase) {
+        use octopus::store::entities::StoredResponse;
+        let mut store = database.open();
+        let response = |id: &str, created_at: i64, expires_at: i64, size_bytes: i64| StoredResponse {
+            id: id.to_owned(),
+            api_key_id: 7,
+            created_at,
+            expires_at,
+            model: "team-model".to_owned(),
+            response_json: format!(r#"{{"id":"{id}","object":"response"}}"#),
+            input_items: r#"[{"role":"user","content":"héllo 🐙"}]"#.to_owned(),
+            output_items: "x".repeat(70_000),
+            size_bytes,
+        };
+        assert_eq!(store.response_by_id("resp_a").unwrap(), None);
+        let first = response("resp_a", 100, 1_000, 40);
+        store.save_response(&first).unwrap();
+        assert_eq!(store.response_by_id("resp_a").unwrap(), Some(first.clone()));
+        // Saving the same id again replaces the row.
+        let replaced = StoredResponse { expires_at: 2_000, ..first.clone() };
+        store.save_response(&replaced).unwrap();
+        assert_eq!(store.response_by_id("resp_a").unwrap(), Some(replaced));
+        store.save_response(&response("resp_b", 200, 5_000, 40)).unwrap();
+        store.save_response(&response("resp_c", 300, 5_000, 40)).unwrap();
+        store.save_response(&response("resp_old", 50, 500, 1)).unwrap();
+
+        // The expired one goes first; then the oldest beyond 100 bytes in all (resp_a).
+        assert_eq!(store.prune_responses(600, 100).unwrap(), 2);
+        assert_eq!(store.response_by_id("resp_old").unwrap(), None);
+        assert_eq!(store.response_by_id("resp_a").unwrap(), None);
+        assert!(store.response_by_id("resp_b").unwrap().is_some());
+        assert_eq!(store.prune_responses(600, 1_000).unwrap(), 0);
+
+        assert!(store.delete_response("resp_b").unwrap());
+        assert!(!store.delete_response("resp_b").unwrap());
+        assert!(store.response_by_id("resp_c").unwrap().is_some());
+        assert_eq!(store.prune_responses(5_000, 1_000).unwrap(), 1);
+        assert_eq!(store.response_by_id("resp_c").unwrap(), None);
     }
 
     pub fn settings_round_trip(database: &TestDatabase) {

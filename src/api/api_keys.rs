@@ -15,7 +15,7 @@ const CLIENT_KEY_RANDOM_LENGTH: usize = 48;
 /// How much of the key is kept in clear for display: the prefix plus four characters.
 const DISPLAY_PREFIX_LENGTH: usize = CLIENT_KEY_PREFIX.len() + 4;
 
-const FIELDS: &[&str] = &["name", "enabled", "expires_at", "max_cost", "allowed_models"];
+const FIELDS: &[&str] = &["name", "enabled", "expires_at", "max_cost", "allowed_models", "rpm", "tpm"];
 const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at", "key_prefix"];
 
 /// A fresh client key from OS randomness.
@@ -44,6 +44,8 @@ pub fn create(context: &AdminContext, request: &Request) -> Result<Response, Api
         expires_at: None,
         max_cost: None,
         allowed_models: Vec::new(),
+        rpm: 0,
+        tpm: 0,
         created_at: 0,
         updated_at: 0,
     };
@@ -110,7 +112,30 @@ fn apply_fields(api_key: &mut ApiKey, map: &Map<String, Value>) -> Result<(), Ap
     if let Some(models) = body::optional_string_list(map, "allowed_models")? {
         api_key.allowed_models = models;
     }
+    if let Some(rpm) = per_minute_limit(map, "rpm")? {
+        api_key.rpm = rpm;
+    }
+    if let Some(tpm) = per_minute_limit(map, "tpm")? {
+        api_key.tpm = tpm;
+    }
     Ok(())
+}
+
+/// The largest per-minute limit accepted. Far above any real traffic; it keeps the value exact
+/// in JSON numbers (below 2^53) and in every backend's signed BIGINT.
+pub const MAX_PER_MINUTE_LIMIT: u64 = 1 << 50;
+
+/// Reads `rpm` or `tpm`: a whole number from 0 (no limit) to `MAX_PER_MINUTE_LIMIT`; null means 0.
+fn per_minute_limit(map: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(0)),
+        Some(value) => value
+            .as_u64()
+            .filter(|limit| *limit <= MAX_PER_MINUTE_LIMIT)
+            .map(Some)
+            .ok_or_else(|| ApiError::Invalid(format!("{field} must be a whole number per minute, 0 or more (0 = no limit)"))),
+    }
 }
 
 /// The key as listed: never the secret, only its display prefix.
@@ -123,6 +148,8 @@ pub fn api_key_json(api_key: &ApiKey) -> Value {
         "expires_at": api_key.expires_at,
         "max_cost": api_key.max_cost,
         "allowed_models": api_key.allowed_models,
+        "rpm": api_key.rpm,
+        "tpm": api_key.tpm,
         "created_at": api_key.created_at,
         "updated_at": api_key.updated_at,
     })

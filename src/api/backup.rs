@@ -41,7 +41,8 @@ const GROUP_FIELDS: &[&str] = &[
 ];
 const ITEM_FIELDS: &[&str] = &["channel_id", "model", "priority", "weight"];
 const API_KEY_FIELDS: &[&str] = &[
-    "id", "name", "key_hash", "key_prefix", "enabled", "expires_at", "max_cost", "allowed_models", "created_at", "updated_at",
+    "id", "name", "key_hash", "key_prefix", "enabled", "expires_at", "max_cost", "allowed_models", "rpm", "tpm", "created_at",
+    "updated_at",
 ];
 const PRICE_FIELDS: &[&str] = &["id", "model", "channel_id", "input", "output", "cache_read", "cache_write"];
 const STATS_KEY_FIELDS: &[&str] = &["hour", "channel_id", "api_key_id", "group", "model"];
@@ -170,6 +171,8 @@ fn api_key_json(api_key: &ApiKey) -> Value {
         "expires_at": api_key.expires_at,
         "max_cost": api_key.max_cost,
         "allowed_models": api_key.allowed_models,
+        "rpm": api_key.rpm,
+        "tpm": api_key.tpm,
         "created_at": api_key.created_at,
         "updated_at": api_key.updated_at,
     })
@@ -375,6 +378,9 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
             expires_at,
             max_cost,
             allowed_models: fields.string_list("allowed_models")?,
+            // Documents from before per-key limits have none: 0, no limit.
+            rpm: fields.whole_number_or("rpm", 0, crate::api::api_keys::MAX_PER_MINUTE_LIMIT)?,
+            tpm: fields.whole_number_or("tpm", 0, crate::api::api_keys::MAX_PER_MINUTE_LIMIT)?,
             created_at: fields.int_or("created_at", now)?,
             updated_at: fields.int_or("updated_at", now)?,
         });
@@ -669,6 +675,7 @@ mod tests {
         assert_eq!(backup.channels[0].keys[1].id, 11, "a key without an id gets one after the largest");
         assert_eq!(backup.groups[0].items[0].channel_id, 9);
         assert_eq!(backup.api_keys[0].max_cost, Some(1.5));
+        assert_eq!((backup.api_keys[0].rpm, backup.api_keys[0].tpm), (0, 0), "limits default to off");
         assert_eq!(backup.prices[1].id, 2);
         assert!(settings.log_bodies);
         assert_eq!(backup.settings.len(), crate::settings::SETTING_NAMES.len());

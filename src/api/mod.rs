@@ -10,6 +10,7 @@ pub mod backup;
 pub mod body;
 pub mod channels;
 pub mod error;
+pub mod group_trial;
 pub mod groups;
 pub mod logs;
 pub mod metrics;
@@ -44,30 +45,11 @@ pub struct AdminContext {
     pub stats: Arc<StatsService>,
     pub settings: Arc<SettingsCell>,
     pub scheduler: Arc<Scheduler>,
+    /// The relay, for the admin's trial requests (weak: the relay owns no admin state).
+    pub relay: std::sync::Weak<crate::relay::RelayState>,
 }
 
 impl AdminContext {
-    pub fn new(
-        store: StorePool,
-        config: Arc<Config>,
-        upstream: UpstreamClient,
-        on_change: Box<dyn Fn() + Send + Sync>,
-        stats: Arc<StatsService>,
-        settings: Arc<SettingsCell>,
-        scheduler: Arc<Scheduler>,
-    ) -> AdminContext {
-        AdminContext {
-            store,
-            config,
-            login_throttle: Mutex::new(LoginThrottle::default()),
-            upstream,
-            on_change,
-            stats,
-            settings,
-            scheduler,
-        }
-    }
-
     pub fn notify_change(&self) {
         (self.on_change)();
     }

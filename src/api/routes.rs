@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
-use crate::api::{api_keys, auth, backup, body, channels, groups, logs, openapi, prices, settings, stats, AdminContext};
+use crate::api::{api_keys, auth, backup, body, channels, group_trial, groups, logs, openapi, prices, settings, stats, AdminContext};
 use crate::http::{Request, Response};
 use crate::store::entities::{AdminUser, ChannelType};
 
@@ -53,6 +53,7 @@ pub static ROUTES: &[Route] = &[
     route("GET", "/api/v1/groups/{id}", true, |call| groups::get(call.context, id(call))),
     route("PUT", "/api/v1/groups/{id}", true, |call| groups::update(call.context, call.request, id(call))),
     route("DELETE", "/api/v1/groups/{id}", true, |call| groups::delete(call.context, id(call))),
+    route("POST", "/api/v1/groups/{id}/test", true, |call| group_trial::test(call.context, call.request, id(call))),
     route("GET", "/api/v1/api-keys", true, |call| api_keys::list(call.context)),
     route("POST", "/api/v1/api-keys", true, |call| api_keys::create(call.context, call.request)),
     route("GET", "/api/v1/api-keys/{id}", true, |call| api_keys::get(call.context, id(call))),

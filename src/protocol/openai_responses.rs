@@ -1,9 +1,11 @@
 //! OpenAI Responses to and from the IR: requests, responses, and stream events.
 //!
 //! Lossy choices, each deliberate (protocols.md §1B, §2B, §3B and "Responses-specific traps"):
-//! - The gateway stores nothing, so `previous_response_id`, `conversation`, `item_reference`
-//!   items and stored `prompt` templates cannot be resolved: a request that uses them is refused
-//!   with a `ConvertError` that says so, which the relay answers with a 400.
+//! - `previous_response_id` is resolved by the relay (`relay::response_store`) before a request
+//!   gets here, by prepending the stored conversation to `input`; this pure converter cannot
+//!   resolve it and refuses one that reaches it. `conversation`, `item_reference` items and
+//!   stored `prompt` templates point at state kept by OpenAI and are refused likewise, with a
+//!   `ConvertError` that the relay answers with a 400.
 //! - Chat-style `role:"tool"` messages and `assistant.tool_calls` in `input` are refused, as the
 //!   Responses API itself refuses them.
 //! - Hosted tools (web search, file search, code interpreter…) and the call items they leave in
@@ -149,8 +151,8 @@ fn refuse_stored_state(body: &Value) -> Result<(), ConvertError> {
         return Err(ConvertError::new(
             "previous_response_id",
             format!(
-                "this gateway does not store responses, so previous_response_id cannot be \
-                 resolved; {STATELESS_ADVICE}"
+                "previous_response_id must be resolved into input before conversion; \
+                 {STATELESS_ADVICE}"
             ),
         ));
     }

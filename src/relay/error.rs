@@ -18,6 +18,8 @@ pub enum RelayError {
     ModelNotAllowed(String),
     /// 429: the key has spent its `max_cost`.
     QuotaExceeded(String),
+    /// 429: the key is over its `rpm` or `tpm`; the client may retry after the window frees.
+    RateLimited { message: String, retry_after_seconds: u64 },
     /// 404: no group has this name.
     UnknownModel(String),
     /// 404: no relay endpoint at this path.
@@ -48,6 +50,7 @@ impl RelayError {
             RelayError::Unauthenticated(message) => (401, ErrorKind::Authentication, message),
             RelayError::ModelNotAllowed(message) => (403, ErrorKind::PermissionDenied, message),
             RelayError::QuotaExceeded(message) => (429, ErrorKind::RateLimited, message),
+            RelayError::RateLimited { message, .. } => (429, ErrorKind::RateLimited, message),
             RelayError::UnknownModel(message) | RelayError::NotFound(message) => (404, ErrorKind::NotFound, message),
             RelayError::NoAvailableChannel(message) | RelayError::ShuttingDown(message) => (503, ErrorKind::Overloaded, message),
             RelayError::UpstreamUnreachable(message) => (502, ErrorKind::Upstream, message),
@@ -69,7 +72,11 @@ impl RelayError {
             };
         }
         let (status, kind, message) = self.status_kind_message();
-        Response::bytes(status, "application/json", render_error(client, status, kind, message))
+        let response = Response::bytes(status, "application/json", render_error(client, status, kind, message));
+        match self {
+            RelayError::RateLimited { retry_after_seconds, .. } => response.with_header("retry-after", &retry_after_seconds.to_string()),
+            _ => response,
+        }
     }
 
     /// The status this error is answered with (before protocol-specific remapping).

@@ -23,6 +23,7 @@ use crate::relay::inbound::{parse_call, InboundCall, RelayRoute};
 use crate::relay::key_pool::KeyPick;
 use crate::relay::outbound::{channel_format, upstream_headers};
 use crate::relay::record::{AttemptRecord, RequestRecord};
+use crate::relay::response_store::{self, StreamCapture};
 use crate::relay::retry::{classify, effects, AttemptOutcome, BreakerEffect, KeyPenalty, RetryBudget, TimeoutPhase, Verdict};
 use crate::relay::rng::Rng;
 use crate::relay::stream::{is_error_event, EventTranslator};
@@ -58,7 +59,7 @@ impl Deadlines {
 }
 
 /// What one attempt produced.
-enum AttemptResult {
+pub(crate) enum AttemptResult {
     /// A complete 2xx answer, already in the client's format.
     Complete { status: u16, body: Vec<u8>, usage: Option<crate::protocol::usage::Usage> },
     /// A 2xx stream whose first events have arrived; nothing was sent to the client yet.
@@ -73,55 +74,91 @@ enum AttemptResult {
     Failed { outcome: AttemptOutcome, error: RelayError, detail: String },
 }
 
+/// Who is calling: a client with its key (every relay route), or the admin trying a group from
+/// the panel (`POST /api/v1/groups/{id}/test`), who has no client key and gets the channel and
+/// model that answered reported back.
+pub enum Caller {
+    Client,
+    Admin { answered_by: AnsweredBy },
+}
+
+/// Filled with the (channel, upstream model) that answered an admin's trial.
+pub type AnsweredBy = Arc<std::sync::Mutex<Option<(String, String)>>>;
+
 /// Everything about the call that the record needs, filled in as it goes.
-struct CallTrace {
-    started: Instant,
-    record: RequestRecord,
+pub(crate) struct CallTrace {
+    pub(crate) started: Instant,
+    pub(crate) record: RequestRecord,
+    /// Where an admin caller wants the answering (channel, model).
+    answered_by: Option<AnsweredBy>,
     /// Dropped with the trace, once the record is out: the request is no longer in flight.
     _in_flight: crate::relay::InFlightGuard,
 }
 
 impl CallTrace {
-    fn finish(mut self, state: &RelayState, status: u16, error: Option<String>) {
+    /// An empty record for a request that started at `started` and is counted by `in_flight`.
+    pub(crate) fn new(in_flight: crate::relay::InFlightGuard, started: Instant, client_format: Format) -> CallTrace {
+        CallTrace {
+            _in_flight: in_flight,
+            answered_by: None,
+            started,
+            record: RequestRecord {
+                started_at_ms: util::unix_millis(),
+                client_key_id: None,
+                client_key_name: String::new(),
+                group: String::new(),
+                client_format: client_format.as_str(),
+                stream: false,
+                channel_id: None,
+                channel_name: String::new(),
+                key_id: None,
+                upstream_model: String::new(),
+                status: 0,
+                attempts: Vec::new(),
+                usage: None,
+                ttft_ms: None,
+                total_ms: 0,
+                error: None,
+                request_body: None,
+                response_body: None,
+            },
+        }
+    }
+
+    pub(crate) fn finish(mut self, state: &RelayState, status: u16, error: Option<String>) {
+        if let Some(slot) = &self.answered_by {
+            *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                Some((self.record.channel_name.clone(), self.record.upstream_model.clone()));
+        }
         self.record.status = status;
         self.record.error = error;
         self.record.total_ms = self.started.elapsed().as_millis() as u64;
+        // The key's tokens this minute count against its `tpm` as soon as they are known.
+        if let (Some(client_key_id), Some(usage)) = (self.record.client_key_id, self.record.usage.as_ref()) {
+            state.rate_limits.charge_tokens(client_key_id, usage.total_tokens(), u64::try_from(util::unix_millis()).unwrap_or(0));
+        }
         state.records.emit(self.record);
     }
 }
 
 /// Answers `POST /v1/chat/completions`, `/v1/responses`, `/v1/messages` and the Gemini paths.
 pub fn handle_generate(state: &Arc<RelayState>, request: &Request, route: &RelayRoute, client_format: Format) -> Response {
+    handle_generate_for(state, request, route, client_format, Caller::Client)
+}
+
+/// `handle_generate` for a given caller.
+pub fn handle_generate_for(state: &Arc<RelayState>, request: &Request, route: &RelayRoute, client_format: Format, caller: Caller) -> Response {
     let started = Instant::now();
     let Some(in_flight) = state.enter_request() else {
         return RelayError::ShuttingDown("the gateway is shutting down; retry on another node or in a moment".to_string())
             .render(client_format);
     };
-    let mut trace = CallTrace {
-        _in_flight: in_flight,
-        started,
-        record: RequestRecord {
-            started_at_ms: util::unix_millis(),
-            client_key_id: None,
-            client_key_name: String::new(),
-            group: String::new(),
-            client_format: client_format.as_str(),
-            stream: false,
-            channel_id: None,
-            channel_name: String::new(),
-            key_id: None,
-            upstream_model: String::new(),
-            status: 0,
-            attempts: Vec::new(),
-            usage: None,
-            ttft_ms: None,
-            total_ms: 0,
-            error: None,
-            request_body: None,
-            response_body: None,
-        },
+    let mut trace = CallTrace::new(in_flight, started, client_format);
+    trace.answered_by = match &caller {
+        Caller::Admin { answered_by } => Some(answered_by.clone()),
+        Caller::Client => None,
     };
-    match generate(state, request, route, client_format, &mut trace) {
+    match generate(state, request, route, client_format, &caller, &mut trace) {
         Ok(Answer::Complete(response)) => {
             let status = response.status;
             trace.finish(state, status, None);
@@ -152,8 +189,26 @@ fn keep_for_log(kept: &mut Vec<u8>, bytes: &[u8]) {
     kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
+/// The stand-in key of an admin's trial request: no id (counted as "no client key"), no limits.
+fn admin_trial_key() -> crate::store::entities::ApiKey {
+    crate::store::entities::ApiKey {
+        id: 0,
+        name: "admin (panel test)".to_string(),
+        key_hash: String::new(),
+        key_prefix: String::new(),
+        enabled: true,
+        expires_at: None,
+        max_cost: None,
+        allowed_models: Vec::new(),
+        rpm: 0,
+        tpm: 0,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
 /// Refuses a key whose spending (over all time, every node) has reached its `max_cost`.
-fn check_spending_cap(state: &RelayState, api_key: &crate::store::entities::ApiKey) -> Result<(), RelayError> {
+pub(crate) fn check_spending_cap(state: &RelayState, api_key: &crate::store::entities::ApiKey) -> Result<(), RelayError> {
     let Some(max_cost) = api_key.max_cost else { return Ok(()) };
     let spent = crate::stats::pricing::micros_to_usd(state.stats.spent_micros(api_key.id));
     if spent >= max_cost {
@@ -169,25 +224,32 @@ fn generate(
     request: &Request,
     route: &RelayRoute,
     client_format: Format,
+    caller: &Caller,
     trace: &mut CallTrace,
 ) -> Result<Answer, RelayError> {
     let snapshot = state.snapshot.current();
-    let api_key = authenticate(&snapshot, request, util::unix_seconds())?;
-    trace.record.client_key_id = Some(api_key.id);
+    let api_key = match caller {
+        Caller::Client => authenticate(&snapshot, request, util::unix_seconds())?,
+        Caller::Admin { .. } => Arc::new(admin_trial_key()),
+    };
+    trace.record.client_key_id = (api_key.id != 0).then_some(api_key.id);
     trace.record.client_key_name = api_key.name.clone();
     check_spending_cap(state, &api_key)?;
+    state.admit(&api_key)?;
     if state.stats.settings.get().log_bodies {
         // Copied only when the admin asked for bodies in the logs; redacted and cut off the
         // request path, by the stats writer.
         trace.record.request_body = Some(request.body.clone());
         trace.record.response_body = Some(Vec::new());
     }
-    let call = parse_call(route, request)?;
+    let mut call = parse_call(route, request)?;
     trace.record.group = call.model.clone();
     trace.record.stream = call.stream;
     if !may_use_model(&api_key, &call.model) {
         return Err(RelayError::ModelNotAllowed(format!("this API key may not use the model {:?}", call.model)));
     }
+    // Resolved before any channel is chosen, so the attempts see a stateless request.
+    let mut pending_save = response_store::prepare(state, &api_key, &mut call)?;
     let group = snapshot
         .groups_by_name
         .get(&call.model)
@@ -337,6 +399,11 @@ fn generate(
                             keep_for_log(kept, &body);
                         }
                         drop(watchdog);
+                        if (200..300).contains(&status)
+                            && let Some(pending) = pending_save.take()
+                        {
+                            pending.save_body(state, &body);
+                        }
                         let content_type = "application/json";
                         return Ok(Answer::Complete(Response::bytes(status, content_type, body)));
                     }
@@ -346,9 +413,11 @@ fn generate(
                         let translator = EventTranslator::new(transform, call.client_format, call.gemini_json_array, &context);
                         let content_type = if call.gemini_json_array { "application/json" } else { "text/event-stream" };
                         let stream_idle = deadlines.stream_idle;
+                        let capture = pending_save.take().map(StreamCapture::new);
                         return Ok(Answer::Stream(Box::new(move |trace: CallTrace| {
                             Response::stream(200, content_type, move |writer| {
-                                pump(&state, writer, translator, body, parser, first_events, control, stream_idle, watchdog, trace)
+                                let stream = PumpedStream { translator, body, parser, first_events, capture };
+                                pump(&state, writer, stream, control, stream_idle, watchdog, trace)
                             })
                             .with_header("cache-control", "no-cache")
                             .with_header("x-accel-buffering", "no")
@@ -395,7 +464,7 @@ fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &Inbound
     }
 }
 
-fn skipped_attempt(channel: &Channel, key: &ChannelKey, model: &str, outcome: String) -> AttemptRecord {
+pub(crate) fn skipped_attempt(channel: &Channel, key: &ChannelKey, model: &str, outcome: String) -> AttemptRecord {
     AttemptRecord {
         channel_id: channel.id,
         channel_name: channel.name.clone(),
@@ -408,7 +477,7 @@ fn skipped_attempt(channel: &Channel, key: &ChannelKey, model: &str, outcome: St
     }
 }
 
-fn remember_sticky(state: &RelayState, group: &Group, client_key_id: i64, item_index: usize) {
+pub(crate) fn remember_sticky(state: &RelayState, group: &Group, client_key_id: i64, item_index: usize) {
     if group.sticky_seconds == 0 {
         return;
     }
@@ -417,7 +486,7 @@ fn remember_sticky(state: &RelayState, group: &Group, client_key_id: i64, item_i
 }
 
 #[allow(clippy::too_many_arguments)]
-fn apply_effects(
+pub(crate) fn apply_effects(
     state: &RelayState,
     outcome: &AttemptOutcome,
     channel: &Channel,
@@ -632,7 +701,7 @@ fn credential_failure(message: String) -> AttemptResult {
     }
 }
 
-fn transport_failure(error: UpstreamError, control: &CallControl, after_first_byte: bool) -> AttemptResult {
+pub(crate) fn transport_failure(error: UpstreamError, control: &CallControl, after_first_byte: bool) -> AttemptResult {
     if control.is_cancelled() {
         return AttemptResult::Failed {
             outcome: AttemptOutcome::ClientGone,
@@ -655,7 +724,7 @@ fn transport_failure(error: UpstreamError, control: &CallControl, after_first_by
     AttemptResult::Failed { outcome, error: relay_error, detail: error.to_string() }
 }
 
-fn upstream_status_failure(upstream_format: Format, response: UpstreamResponse, control: &CallControl) -> AttemptResult {
+pub(crate) fn upstream_status_failure(upstream_format: Format, response: UpstreamResponse, control: &CallControl) -> AttemptResult {
     let status = response.status;
     let retry_after_header = response
         .headers
@@ -682,20 +751,27 @@ fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
+/// A committed upstream stream and what turns it into client bytes.
+struct PumpedStream {
+    translator: EventTranslator,
+    body: Box<dyn Read + Send>,
+    parser: SseParser,
+    first_events: Vec<SseEvent>,
+    /// Set for a stored Responses answer: watches the client bytes for the final response.
+    capture: Option<StreamCapture>,
+}
+
 /// Forwards the rest of a committed stream, event by event, then emits the record.
-#[allow(clippy::too_many_arguments)]
 fn pump(
     state: &RelayState,
     writer: &mut dyn crate::http::StreamWriter,
-    mut translator: EventTranslator,
-    mut body: Box<dyn Read + Send>,
-    mut parser: SseParser,
-    first_events: Vec<SseEvent>,
+    stream: PumpedStream,
     control: CallControl,
     stream_idle: Duration,
     watchdog: WatchGuard,
     mut trace: CallTrace,
 ) -> std::io::Result<()> {
+    let PumpedStream { mut translator, mut body, mut parser, first_events, mut capture } = stream;
     let mut out = Vec::with_capacity(4096);
     let mut client_error: Option<std::io::Error> = None;
     let mut stream_error: Option<String> = None;
@@ -704,6 +780,9 @@ fn pump(
             out.clear();
             translator.translate(event, &mut out);
             if !out.is_empty() {
+                if let Some(capture) = capture.as_mut() {
+                    capture.observe(state, &out);
+                }
                 writer.write_chunk(&out)?;
                 if let Some(kept) = trace.record.response_body.as_mut() {
                     keep_for_log(kept, &out);
@@ -782,6 +861,9 @@ fn pump(
     }
     out.clear();
     translator.finish(&mut out);
+    if let Some(capture) = capture.as_mut() {
+        capture.observe(state, &out);
+    }
     let written = if out.is_empty() { Ok(()) } else { writer.write_chunk(&out) };
     trace.finish(state, 200, None);
     written

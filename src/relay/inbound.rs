@@ -26,6 +26,10 @@ pub enum RelayRoute {
     Generate(Format),
     /// `POST /v1beta/models/{model}:generateContent` or `:streamGenerateContent`.
     GeminiGenerate { model: String, stream: bool },
+    /// `POST /v1beta/models/{model}:countTokens`, answered locally.
+    GeminiCountTokens { model: String },
+    /// `POST /v1/embeddings` (OpenAI's shape).
+    Embeddings,
     ListModels,
     ListGeminiModels,
 }
@@ -38,17 +42,19 @@ pub fn route(method: &str, path: &str) -> Option<RelayRoute> {
         ("POST", "/v1/messages") => Some(RelayRoute::Generate(Format::Anthropic)),
         ("GET", "/v1/models") => Some(RelayRoute::ListModels),
         ("GET", "/v1beta/models") => Some(RelayRoute::ListGeminiModels),
+        ("POST", "/v1/embeddings") => Some(RelayRoute::Embeddings),
         ("POST", _) => {
             // The Google GenAI SDKs call `/v1beta/...` by default, but `/v1/...` (and `/v1alpha`)
             // when configured or with a custom base URL; all mean the same here.
             let rest = ["/v1beta/models/", "/v1/models/", "/v1alpha/models/"].iter().find_map(|prefix| path.strip_prefix(prefix))?;
             let (model, method_name) = rest.rsplit_once(':')?;
-            let stream = match method_name {
-                "generateContent" => false,
-                "streamGenerateContent" => true,
-                _ => return None,
-            };
-            Some(RelayRoute::GeminiGenerate { model: crate::util::percent_decode(model), stream })
+            let model = crate::util::percent_decode(model);
+            match method_name {
+                "generateContent" => Some(RelayRoute::GeminiGenerate { model, stream: false }),
+                "streamGenerateContent" => Some(RelayRoute::GeminiGenerate { model, stream: true }),
+                "countTokens" => Some(RelayRoute::GeminiCountTokens { model }),
+                _ => None,
+            }
         }
         _ => None,
     }
@@ -61,7 +67,7 @@ pub fn format_for_path(path: &str) -> Format {
         Format::Gemini
     } else if path == "/v1/messages" {
         Format::Anthropic
-    } else if path == "/v1/responses" {
+    } else if path == "/v1/responses" || path.starts_with("/v1/responses/") {
         Format::OpenaiResponses
     } else {
         Format::OpenaiChat
@@ -95,8 +101,8 @@ pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, 
             let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
             Ok(InboundCall { client_format: *format, model, stream, gemini_json_array: false, body, headers: request.headers.clone() })
         }
-        RelayRoute::ListModels | RelayRoute::ListGeminiModels => {
-            Err(RelayError::Internal("a model list is not a generation call".to_string()))
+        RelayRoute::ListModels | RelayRoute::ListGeminiModels | RelayRoute::GeminiCountTokens { .. } | RelayRoute::Embeddings => {
+            Err(RelayError::Internal("this endpoint is not a generation call".to_string()))
         }
     }
 }
@@ -115,7 +121,11 @@ mod tests {
             _ => panic!("expected a Gemini route"),
         }
         assert!(matches!(route("POST", "/v1beta/models/a%2Fb:generateContent"), Some(RelayRoute::GeminiGenerate { model, stream: false }) if model == "a/b"));
-        assert!(route("POST", "/v1beta/models/x:countTokens").is_none());
+        assert!(matches!(route("POST", "/v1beta/models/x:countTokens"), Some(RelayRoute::GeminiCountTokens { model }) if model == "x"));
+        assert!(matches!(route("POST", "/v1/models/x:countTokens"), Some(RelayRoute::GeminiCountTokens { model }) if model == "x"));
+        assert_eq!(format_for_path("/v1/models/x:countTokens"), Format::Gemini);
+        assert!(route("POST", "/v1beta/models/x:embedContent").is_none());
+        assert!(matches!(route("POST", "/v1/embeddings"), Some(RelayRoute::Embeddings)));
         assert!(matches!(route("POST", "/v1/models/g:generateContent"), Some(RelayRoute::GeminiGenerate { model, stream: false }) if model == "g"));
         assert_eq!(format_for_path("/v1/models/g:streamGenerateContent"), Format::Gemini);
         assert_eq!(format_for_path("/v1/models"), Format::OpenaiChat);

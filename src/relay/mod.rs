@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod client_auth;
 pub mod count_tokens;
 pub mod disconnect;
+pub mod embeddings;
 pub mod endpoint_pick;
 pub mod error;
 pub mod forward;
@@ -18,7 +19,9 @@ pub mod key_pool;
 pub mod media_fetch;
 pub mod models;
 pub mod outbound;
+pub mod rate_limit;
 pub mod record;
+pub mod response_store;
 pub mod retry;
 pub mod rng;
 pub mod snapshot;
@@ -33,9 +36,11 @@ use crate::config::Config;
 use crate::http::{Request, Response};
 use crate::relay::health::HealthCell;
 use crate::relay::inbound::RelayRoute;
+use crate::relay::rate_limit::RateLimits;
 use crate::relay::record::{RecentRecords, RecordSink};
 use crate::relay::snapshot::{Snapshot, SnapshotCell};
-use crate::store::entities::{Channel, ChannelKey, ChannelType};
+use crate::relay::error::RelayError;
+use crate::store::entities::{ApiKey, Channel, ChannelKey, ChannelType};
 use crate::stats::StatsService;
 use crate::store::pool::StorePool;
 use crate::upstream::client::UpstreamClient;
@@ -54,6 +59,10 @@ pub struct RelayState {
     pub recent: Arc<RecentRecords>,
     /// Spending per client key (for `max_cost`), read on each request of a capped key.
     pub stats: Arc<StatsService>,
+    /// Requests and tokens per client key in the current minute (for `rpm` and `tpm`).
+    pub rate_limits: RateLimits,
+    /// Queues stored OpenAI Responses for their writer thread (see `response_store`).
+    pub response_saver: response_store::ResponseSaver,
     /// Requests started and not yet recorded, for the graceful shutdown.
     in_flight: std::sync::atomic::AtomicUsize,
     /// Set when shutdown begins: new relay requests get a 503 and no record.
@@ -72,6 +81,7 @@ impl RelayState {
     ) -> RelayState {
         RelayState {
             antigravity: AntigravityAuth::new(upstream.clone(), config.antigravity.clone()),
+            response_saver: response_store::ResponseSaver::start(store.clone()),
             config,
             store,
             snapshot: SnapshotCell::default(),
@@ -80,6 +90,7 @@ impl RelayState {
             records,
             recent,
             stats,
+            rate_limits: RateLimits::default(),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             seed: AtomicU64::new(crate::util::os_random_u64()),
@@ -110,8 +121,18 @@ impl RelayState {
     /// Reloads the snapshot from the store. Callable from coroutines and threads.
     pub fn reload_snapshot(&self) -> Result<(), crate::store::StoreError> {
         let snapshot = self.store.call(|store| Snapshot::load(store))?;
+        let live_key_ids = snapshot.api_keys_by_hash.values().map(|api_key| api_key.id).collect();
         self.snapshot.replace(snapshot);
+        self.rate_limits.forget_keys_except(&live_key_ids);
         Ok(())
+    }
+
+    /// Refuses a request of a key over its `rpm` or `tpm`, and counts it otherwise.
+    pub fn admit(&self, api_key: &ApiKey) -> Result<(), RelayError> {
+        self.rate_limits.admit(api_key, u64::try_from(crate::util::unix_millis()).unwrap_or(0)).map_err(|refusal| RelayError::RateLimited {
+            message: refusal.message(),
+            retry_after_seconds: refusal.retry_after_seconds(),
+        })
     }
 
     /// A fresh seed for one request's random choices.
@@ -155,6 +176,9 @@ pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
     if request.method == "POST" && request.path == "/v1/messages/count_tokens" {
         return Some(count_tokens::handle(state, request));
     }
+    if request.path.starts_with("/v1/responses/") {
+        return response_store::handle(state, request);
+    }
     let route = inbound::route(&request.method, &request.path)?;
     let client_format = inbound::format_for_path(&request.path);
     Some(match &route {
@@ -179,6 +203,8 @@ pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
             }
         }
         RelayRoute::Generate(_) | RelayRoute::GeminiGenerate { .. } => forward::handle_generate(state, request, &route, client_format),
+        RelayRoute::GeminiCountTokens { model } => count_tokens::handle_gemini(state, request, model),
+        RelayRoute::Embeddings => embeddings::handle(state, request),
     })
 }
 

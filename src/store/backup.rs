@@ -131,7 +131,10 @@ pub fn replace_statements(dialect: Dialect, backup: &Backup) -> Vec<Statement> {
 
     let api_key_sql = insert(
         "api_keys",
-        &["id", "name", "key_hash", "key_prefix", "enabled", "expires_at", "max_cost", "allowed_models", "created_at", "updated_at"],
+        &[
+            "id", "name", "key_hash", "key_prefix", "enabled", "expires_at", "max_cost", "allowed_models", "rpm", "tpm", "created_at",
+            "updated_at",
+        ],
     );
     for api_key in &backup.api_keys {
         statements.push(Statement {
@@ -145,6 +148,8 @@ pub fn replace_statements(dialect: Dialect, backup: &Backup) -> Vec<Statement> {
                 SqlValue::OptionalInt(api_key.expires_at),
                 SqlValue::OptionalFloat(api_key.max_cost),
                 SqlValue::Text(strings_to_json(&api_key.allowed_models)),
+                SqlValue::Int(u64_to_column(api_key.rpm)),
+                SqlValue::Int(u64_to_column(api_key.tpm)),
                 SqlValue::Int(api_key.created_at),
                 SqlValue::Int(api_key.updated_at),
             ],

@@ -112,6 +112,9 @@ pub struct ApiKeyRow {
     pub expires_at: Option<i64>,
     pub max_cost: Option<f64>,
     pub allowed_models: String,
+    /// Stored as a signed integer (every backend has one); negative values read as 0 (off).
+    pub rpm: i64,
+    pub tpm: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -127,6 +130,8 @@ impl ApiKeyRow {
             enabled: self.enabled,
             expires_at: self.expires_at,
             max_cost: self.max_cost,
+            rpm: u64_from_column(self.rpm),
+            tpm: u64_from_column(self.tpm),
             created_at: self.created_at,
             updated_at: self.updated_at,
         })

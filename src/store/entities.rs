@@ -187,6 +187,10 @@ pub struct ApiKey {
     pub max_cost: Option<f64>,
     /// Group names this key may call; empty = all.
     pub allowed_models: Vec<String>,
+    /// Requests per minute this key may start; 0 = no limit.
+    pub rpm: u64,
+    /// Tokens (input plus output of finished requests) per minute; 0 = no limit.
+    pub tpm: u64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -449,4 +453,28 @@ pub struct LogFilter {
     pub from_ms: Option<i64>,
     /// Unix milliseconds, exclusive.
     pub to_ms: Option<i64>,
+}
+
+/// One stored OpenAI Responses answer (`stored_responses`), for `previous_response_id` and the
+/// `/v1/responses/{id}` endpoints. The JSON columns are kept as text: the store never looks
+/// inside them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredResponse {
+    /// The `resp_…` id the client saw.
+    pub id: String,
+    /// The client key that created it; only that key may read, continue or delete it.
+    pub api_key_id: i64,
+    pub created_at: i64,
+    /// Unix seconds after which the response is treated as gone (and pruned).
+    pub expires_at: i64,
+    /// The group (model) the client asked for.
+    pub model: String,
+    /// The response object as the client received it (streams: the terminal event's response).
+    pub response_json: String,
+    /// A JSON array: every input item of the conversation up to this turn, earlier turns expanded.
+    pub input_items: String,
+    /// A JSON array: this response's output items.
+    pub output_items: String,
+    /// The bytes of the three JSON texts, the unit of the size caps.
+    pub size_bytes: i64,
 }

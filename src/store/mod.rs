@@ -24,6 +24,7 @@ use crate::store::backup::Backup;
 
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, Group, LogFilter, ModelPrice, RequestLog, StatsGrouping, StatsRow,
+    StoredResponse,
 };
 
 /// What can go wrong in a store call.
@@ -153,6 +154,30 @@ pub trait Store: Send {
     /// Deletes the logs that finished before `before_ms` and all but the newest `keep_rows`; returns how
     /// many were deleted.
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64>;
+
+    // Stored OpenAI Responses (see migrations/*/0003_responses.sql).
+    /// Inserts the response, replacing a stored one with the same id.
+    fn save_response(&mut self, response: &StoredResponse) -> StoreResult<()>;
+    /// The response as stored, expired or not; the caller compares `expires_at` and the owner.
+    fn response_by_id(&mut self, id: &str) -> StoreResult<Option<StoredResponse>>;
+    fn delete_response(&mut self, id: &str) -> StoreResult<bool>;
+    /// Deletes responses with `expires_at <= now`, then the oldest until the rest hold at most
+    /// `max_total_bytes`; returns how many were deleted.
+    fn prune_responses(&mut self, now: i64, max_total_bytes: u64) -> StoreResult<u64>;
+}
+
+/// Which stored responses to delete so that the newest ones fit in `max_total_bytes`, given
+/// (id, size) pairs newest first. Shared by the backends so they agree on the rule.
+pub fn responses_over_size_cap(newest_first: Vec<(String, i64)>, max_total_bytes: u64) -> Vec<String> {
+    let mut kept_bytes: u64 = 0;
+    let mut over = Vec::new();
+    for (id, size_bytes) in newest_first {
+        kept_bytes = kept_bytes.saturating_add(u64::try_from(size_bytes).unwrap_or(0));
+        if kept_bytes > max_total_bytes {
+            over.push(id);
+        }
+    }
+    over
 }
 
 /// Opens one store of `database_type` (`sqlite`, `postgres` or `mysql`) at `path_or_url` (a

@@ -19,14 +19,14 @@ use crate::store::codec::{
 use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
-    StatsGrouping, StatsRow,
+    StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{
     MYSQL_MIGRATIONS, pending, split_statements, warn_about_unknown_versions,
 };
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult, responses_over_size_cap};
 use crate::util::unix_seconds;
 
 /// A `Store` on one MySQL or MariaDB connection.
@@ -107,12 +107,14 @@ fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
     warn_about_unknown_versions("mysql", MYSQL_MIGRATIONS, &applied_versions);
     for migration in pending(MYSQL_MIGRATIONS, &applied_versions) {
         for statement in split_statements(migration.sql) {
-            // MySQL commits DDL at once and has no ADD COLUMN IF NOT EXISTS: a column that is
-            // already there means an earlier, interrupted run added it.
-            let is_alter = statement.starts_with("ALTER TABLE");
-            match connection.query_drop(statement) {
-                Err(mysql::Error::MySqlError(server_error)) if is_alter && server_error.code == ER_DUP_FIELDNAME => {}
-                other => other?,
+            match connection.query_drop(&statement) {
+                Ok(()) => {}
+                // MySQL has no `ADD COLUMN IF NOT EXISTS` and commits DDL at once: a run that
+                // added the columns and stopped before recording the version finds them there.
+                // Each ALTER adds its columns in one statement, so "already there" means all of them.
+                Err(mysql::Error::MySqlError(error))
+                    if error.code == ER_DUP_FIELDNAME && statement.starts_with("ALTER TABLE") => {}
+                Err(error) => return Err(error),
             }
         }
         connection.exec_drop(
@@ -173,7 +175,8 @@ fn take<T: FromValue>(row: &mut Row, index: usize) -> StoreResult<T> {
 
 const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
 const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
-const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
 fn admin_from_row(mut row: Row) -> StoreResult<AdminUser> {
@@ -263,6 +266,8 @@ fn api_key_from_row(mut row: Row) -> StoreResult<ApiKey> {
         allowed_models: take(&mut row, 7)?,
         created_at: take(&mut row, 8)?,
         updated_at: take(&mut row, 9)?,
+        rpm: take(&mut row, 10)?,
+        tpm: take(&mut row, 11)?,
     }
     .into_api_key()
 }
@@ -742,7 +747,7 @@ impl Store for MysqlStore {
         self.connection
             .exec_drop(
                 "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
-                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, rpm, tpm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     &api_key.name,
                     &api_key.key_hash,
@@ -753,6 +758,8 @@ impl Store for MysqlStore {
                     strings_to_json(&api_key.allowed_models),
                     now,
                     now,
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm),
                 ),
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
@@ -766,7 +773,7 @@ impl Store for MysqlStore {
         let updated = self
             .execute(
                 "UPDATE api_keys SET name = ?, enabled = ?, expires_at = ?, max_cost = ?, allowed_models = ?, \
-                 updated_at = ? WHERE id = ?",
+                 updated_at = ?, rpm = ?, tpm = ? WHERE id = ?",
                 (
                     &api_key.name,
                     api_key.enabled,
@@ -774,6 +781,8 @@ impl Store for MysqlStore {
                     api_key.max_cost,
                     strings_to_json(&api_key.allowed_models),
                     unix_seconds(),
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm),
                     api_key.id,
                 ),
             )
@@ -963,6 +972,53 @@ impl Store for MysqlStore {
         Ok(deleted)
     }
 
+    fn save_response(&mut self, response: &StoredResponse) -> StoreResult<()> {
+        self.connection
+            .exec_drop(
+                "REPLACE INTO stored_responses (id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                Params::Positional(vec![
+                    Value::from(response.id.as_str()),
+                    Value::Int(response.api_key_id),
+                    Value::Int(response.created_at),
+                    Value::Int(response.expires_at),
+                    Value::from(response.model.as_str()),
+                    Value::from(response.response_json.as_str()),
+                    Value::from(response.input_items.as_str()),
+                    Value::from(response.output_items.as_str()),
+                    Value::Int(response.size_bytes),
+                ]),
+            )
+            .map_err(query_error)
+    }
+
+    fn response_by_id(&mut self, id: &str) -> StoreResult<Option<StoredResponse>> {
+        type Columns = (String, i64, i64, i64, String, String, String, String, i64);
+        let row: Option<Columns> =
+            self.connection.exec_first("SELECT id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes FROM stored_responses WHERE id = ?", (id,)).map_err(query_error)?;
+        Ok(row.map(|(id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes)| {
+            StoredResponse { id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes }
+        }))
+    }
+
+    fn delete_response(&mut self, id: &str) -> StoreResult<bool> {
+        self.connection.exec_drop("DELETE FROM stored_responses WHERE id = ?", (id,)).map_err(query_error)?;
+        Ok(self.connection.affected_rows() > 0)
+    }
+
+    fn prune_responses(&mut self, now: i64, max_total_bytes: u64) -> StoreResult<u64> {
+        let mut transaction = self.write_transaction()?;
+        transaction.exec_drop("DELETE FROM stored_responses WHERE expires_at <= ?", (now,)).map_err(query_error)?;
+        let mut deleted = transaction.affected_rows();
+        let newest_first: Vec<(String, i64)> = transaction
+            .query("SELECT id, size_bytes FROM stored_responses ORDER BY created_at DESC, id DESC")
+            .map_err(query_error)?;
+        for id in responses_over_size_cap(newest_first, max_total_bytes) {
+            transaction.exec_drop("DELETE FROM stored_responses WHERE id = ?", (id,)).map_err(query_error)?;
+            deleted += transaction.affected_rows();
+        }
+        transaction.commit().map_err(query_error)?;
+        Ok(deleted)
+    }
 }
 
 /// A failed import statement: validation should have caught duplicates and dangling references,

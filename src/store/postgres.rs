@@ -20,12 +20,12 @@ use crate::store::codec::{
 use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
-    StatsGrouping, StatsRow,
+    StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{POSTGRES_MIGRATIONS, pending, warn_about_unknown_versions};
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult, responses_over_size_cap};
 use crate::util::unix_seconds;
 
 /// A `Store` on one PostgreSQL connection.
@@ -135,7 +135,8 @@ fn violation(error: postgres::Error) -> Violation {
 
 const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
 const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
-const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
 fn admin_from_row(row: &Row) -> Result<AdminUser, postgres::Error> {
@@ -223,6 +224,8 @@ fn api_key_row(row: &Row) -> Result<ApiKeyRow, postgres::Error> {
         allowed_models: row.try_get(7)?,
         created_at: row.try_get(8)?,
         updated_at: row.try_get(9)?,
+        rpm: row.try_get(10)?,
+        tpm: row.try_get(11)?,
     })
 }
 
@@ -715,7 +718,7 @@ impl Store for PostgresStore {
         let now = unix_seconds();
         let sql = format!(
             "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {API_KEY_COLUMNS}"
+             created_at, updated_at, rpm, tpm) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10) RETURNING {API_KEY_COLUMNS}"
         );
         let row = self
             .client
@@ -730,6 +733,8 @@ impl Store for PostgresStore {
                     &api_key.max_cost,
                     &strings_to_json(&api_key.allowed_models),
                     &now,
+                    &u64_to_column(api_key.rpm),
+                    &u64_to_column(api_key.tpm),
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
@@ -739,7 +744,7 @@ impl Store for PostgresStore {
     fn update_api_key(&mut self, api_key: &ApiKey) -> StoreResult<Option<ApiKey>> {
         let sql = format!(
             "UPDATE api_keys SET name = $1, enabled = $2, expires_at = $3, max_cost = $4, allowed_models = $5, \
-             updated_at = $6 WHERE id = $7 RETURNING {API_KEY_COLUMNS}"
+             updated_at = $6, rpm = $8, tpm = $9 WHERE id = $7 RETURNING {API_KEY_COLUMNS}"
         );
         let row = self
             .client
@@ -753,6 +758,8 @@ impl Store for PostgresStore {
                     &strings_to_json(&api_key.allowed_models),
                     &unix_seconds(),
                     &api_key.id,
+                    &u64_to_column(api_key.rpm),
+                    &u64_to_column(api_key.tpm),
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
@@ -944,6 +951,66 @@ impl Store for PostgresStore {
         Ok(deleted)
     }
 
+    fn save_response(&mut self, response: &StoredResponse) -> StoreResult<()> {
+        self.client
+            .execute(
+                "INSERT INTO stored_responses (id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (id) DO UPDATE SET api_key_id = EXCLUDED.api_key_id, created_at = EXCLUDED.created_at, \
+                 expires_at = EXCLUDED.expires_at, model = EXCLUDED.model, response_json = EXCLUDED.response_json, \
+                 input_items = EXCLUDED.input_items, output_items = EXCLUDED.output_items, size_bytes = EXCLUDED.size_bytes",
+                &[
+                    &response.id,
+                    &response.api_key_id,
+                    &response.created_at,
+                    &response.expires_at,
+                    &response.model,
+                    &response.response_json,
+                    &response.input_items,
+                    &response.output_items,
+                    &response.size_bytes,
+                ],
+            )
+            .map_err(query_error)?;
+        Ok(())
+    }
+
+    fn response_by_id(&mut self, id: &str) -> StoreResult<Option<StoredResponse>> {
+        let rows = self.client.query("SELECT id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes FROM stored_responses WHERE id = $1", &[&id]).map_err(query_error)?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        Ok(Some(StoredResponse {
+            id: row.try_get(0).map_err(query_error)?,
+            api_key_id: row.try_get(1).map_err(query_error)?,
+            created_at: row.try_get(2).map_err(query_error)?,
+            expires_at: row.try_get(3).map_err(query_error)?,
+            model: row.try_get(4).map_err(query_error)?,
+            response_json: row.try_get(5).map_err(query_error)?,
+            input_items: row.try_get(6).map_err(query_error)?,
+            output_items: row.try_get(7).map_err(query_error)?,
+            size_bytes: row.try_get(8).map_err(query_error)?,
+        }))
+    }
+
+    fn delete_response(&mut self, id: &str) -> StoreResult<bool> {
+        let deleted = self.client.execute("DELETE FROM stored_responses WHERE id = $1", &[&id]).map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn prune_responses(&mut self, now: i64, max_total_bytes: u64) -> StoreResult<u64> {
+        let mut transaction = self.client.transaction().map_err(query_error)?;
+        let mut deleted = transaction.execute("DELETE FROM stored_responses WHERE expires_at <= $1", &[&now]).map_err(query_error)?;
+        let rows = transaction
+            .query("SELECT id, size_bytes FROM stored_responses ORDER BY created_at DESC, id DESC", &[])
+            .map_err(query_error)?;
+        let mut newest_first = Vec::with_capacity(rows.len());
+        for row in &rows {
+            newest_first.push((row.try_get::<_, String>(0).map_err(query_error)?, row.try_get::<_, i64>(1).map_err(query_error)?));
+        }
+        for id in responses_over_size_cap(newest_first, max_total_bytes) {
+            deleted += transaction.execute("DELETE FROM stored_responses WHERE id = $1", &[&id]).map_err(query_error)?;
+        }
+        transaction.commit().map_err(query_error)?;
+        Ok(deleted)
+    }
 }
 
 /// A failed import statement: validation should have caught duplicates and dangling references,

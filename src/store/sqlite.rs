@@ -18,12 +18,12 @@ use crate::store::codec::{
 use crate::store::backup::{self, Backup};
 use crate::store::entities::{
     AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
-    StatsGrouping, StatsRow,
+    StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
 use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
 use crate::store::migrate::{SQLITE_MIGRATIONS, pending, warn_about_unknown_versions};
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult, responses_over_size_cap};
 use crate::util::unix_seconds;
 
 /// A `Store` on one SQLite connection.
@@ -125,7 +125,8 @@ fn violation(error: rusqlite::Error) -> Violation {
 
 const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
 const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
-const API_KEY_COLUMNS: &str = "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at";
+const API_KEY_COLUMNS: &str =
+    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
 fn admin_from_row(row: &Row) -> rusqlite::Result<AdminUser> {
@@ -213,6 +214,8 @@ fn api_key_row(row: &Row) -> rusqlite::Result<ApiKeyRow> {
         allowed_models: row.get(7)?,
         created_at: row.get(8)?,
         updated_at: row.get(9)?,
+        rpm: row.get(10)?,
+        tpm: row.get(11)?,
     })
 }
 
@@ -725,7 +728,7 @@ impl Store for SqliteStore {
         self.connection
             .execute(
                 "INSERT INTO api_keys (name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, \
-                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                 created_at, updated_at, rpm, tpm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
                 params![
                     api_key.name,
                     api_key.key_hash,
@@ -734,7 +737,9 @@ impl Store for SqliteStore {
                     api_key.expires_at,
                     api_key.max_cost,
                     strings_to_json(&api_key.allowed_models),
-                    now
+                    now,
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm)
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
@@ -749,7 +754,7 @@ impl Store for SqliteStore {
             .connection
             .execute(
                 "UPDATE api_keys SET name = ?1, enabled = ?2, expires_at = ?3, max_cost = ?4, allowed_models = ?5, \
-                 updated_at = ?6 WHERE id = ?7",
+                 updated_at = ?6, rpm = ?8, tpm = ?9 WHERE id = ?7",
                 params![
                     api_key.name,
                     api_key.enabled,
@@ -757,7 +762,9 @@ impl Store for SqliteStore {
                     api_key.max_cost,
                     strings_to_json(&api_key.allowed_models),
                     unix_seconds(),
-                    api_key.id
+                    api_key.id,
+                    u64_to_column(api_key.rpm),
+                    u64_to_column(api_key.tpm)
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
@@ -985,6 +992,66 @@ impl Store for SqliteStore {
         Ok(deleted as u64)
     }
 
+    fn save_response(&mut self, response: &StoredResponse) -> StoreResult<()> {
+        self.connection
+            .execute(
+                "INSERT OR REPLACE INTO stored_responses (id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    response.id,
+                    response.api_key_id,
+                    response.created_at,
+                    response.expires_at,
+                    response.model,
+                    response.response_json,
+                    response.input_items,
+                    response.output_items,
+                    response.size_bytes
+                ],
+            )
+            .map_err(query_error)?;
+        Ok(())
+    }
+
+    fn response_by_id(&mut self, id: &str) -> StoreResult<Option<StoredResponse>> {
+        self.connection
+            .query_row("SELECT id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes FROM stored_responses WHERE id = ?1", [id], |row| {
+                Ok(StoredResponse {
+                    id: row.get(0)?,
+                    api_key_id: row.get(1)?,
+                    created_at: row.get(2)?,
+                    expires_at: row.get(3)?,
+                    model: row.get(4)?,
+                    response_json: row.get(5)?,
+                    input_items: row.get(6)?,
+                    output_items: row.get(7)?,
+                    size_bytes: row.get(8)?,
+                })
+            })
+            .optional()
+            .map_err(query_error)
+    }
+
+    fn delete_response(&mut self, id: &str) -> StoreResult<bool> {
+        let deleted = self.connection.execute("DELETE FROM stored_responses WHERE id = ?1", [id]).map_err(query_error)?;
+        Ok(deleted > 0)
+    }
+
+    fn prune_responses(&mut self, now: i64, max_total_bytes: u64) -> StoreResult<u64> {
+        let transaction = self.write_transaction()?;
+        let mut deleted = transaction.execute("DELETE FROM stored_responses WHERE expires_at <= ?1", [now]).map_err(query_error)? as u64;
+        let newest_first: Vec<(String, i64)> = {
+            let mut statement = transaction
+                .prepare("SELECT id, size_bytes FROM stored_responses ORDER BY created_at DESC, id DESC")
+                .map_err(query_error)?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).map_err(query_error)?;
+            rows.collect::<Result<_, _>>().map_err(query_error)?
+        };
+        for id in responses_over_size_cap(newest_first, max_total_bytes) {
+            deleted += transaction.execute("DELETE FROM stored_responses WHERE id = ?1", [id]).map_err(query_error)? as u64;
+        }
+        transaction.commit().map_err(query_error)?;
+        Ok(deleted)
+    }
 }
 
 /// A failed import statement: validation should have caught duplicates and dangling references,

@@ -21,6 +21,7 @@ pub const PROBE_ENDPOINTS: &str = "probe_endpoints";
 pub const ROLL_UP_STATS: &str = "roll_up_stats";
 pub const PRICE_SYNC: &str = "price_sync";
 pub const MODEL_SYNC: &str = "model_sync";
+pub const PRUNE_RESPONSES: &str = "prune_responses";
 
 /// How often old request logs are pruned (also right after the retention settings change).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
@@ -33,6 +34,15 @@ const ROLL_UP_DAYS_PER_RUN: u64 = 60;
 pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Arc<RelayState>, stats: &Arc<StatsService>) {
     let stats_for_prune = stats.clone();
     scheduler.register(PRUNE_LOGS, true, Box::new(|| Some(PRUNE_INTERVAL)), Box::new(move || prune_logs(&stats_for_prune)));
+
+    // Stored OpenAI Responses past `response_store_hours`, then the oldest beyond the total cap.
+    let store_for_responses = relay.store.clone();
+    scheduler.register(
+        PRUNE_RESPONSES,
+        true,
+        Box::new(|| Some(PRUNE_INTERVAL)),
+        Box::new(move || crate::relay::response_store::prune(&store_for_responses, unix_millis() / 1_000)),
+    );
 
     let stats_for_roll_up = stats.clone();
     scheduler.register(

@@ -3,7 +3,7 @@
 //!
 //! A job's interval is read from the live settings every time it is planned, so a changed
 //! setting applies at once. A failing job is logged with its error, shown in `status`, and
-//! retried after `RETRY_AFTER_FAILURE` (or its interval, when shorter).
+//! retried after `retry_delay` (5 minutes, doubling while it keeps failing, never past its interval).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,8 @@ pub struct JobStatus {
     pub running: bool,
     pub runs: u64,
     pub failures: u64,
+    /// Failures since the last success: each one doubles the wait before the next try.
+    pub consecutive_failures: u32,
     pub last_started_ms: Option<i64>,
     pub last_finished_ms: Option<i64>,
     pub last_ok: Option<bool>,
@@ -152,16 +154,19 @@ impl Scheduler {
             let next_in = match &outcome {
                 Ok(summary) => {
                     log::debug!("job {} finished: {summary}", job.name);
+                    entry.consecutive_failures = 0;
                     entry.last_ok = Some(true);
                     entry.last_result = Some(summary.clone());
                     (job.interval)()
                 }
                 Err(error) => {
-                    log::warn!("job {} failed (will retry): {error}", job.name);
                     entry.failures += 1;
+                    entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
                     entry.last_ok = Some(false);
                     entry.last_result = Some(error.clone());
-                    Some((job.interval)().map_or(RETRY_AFTER_FAILURE, |interval| interval.min(RETRY_AFTER_FAILURE)))
+                    let retry_in = retry_delay(entry.consecutive_failures, (job.interval)());
+                    log::warn!("job {} failed (next try in {} s): {error}", job.name, retry_in.as_secs());
+                    Some(retry_in)
                 }
             };
             entry.next_run_ms = next_in.map(|interval| finished + interval.as_millis() as i64);
@@ -174,6 +179,14 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// The wait after the `consecutive_failures`-th failure in a row: 5 minutes, doubling each time
+/// (an offline machine is not told every five minutes all day), never past the job's own
+/// interval, nor past a day for jobs that only run on demand.
+pub fn retry_delay(consecutive_failures: u32, interval: Option<Duration>) -> Duration {
+    let doubled = RETRY_AFTER_FAILURE.saturating_mul(1_u32 << consecutive_failures.saturating_sub(1).min(10));
+    doubled.min(interval.unwrap_or(Duration::from_secs(86_400)))
 }
 
 fn run(weak: &std::sync::Weak<Scheduler>, triggers: &Receiver<&'static str>) {
@@ -244,6 +257,17 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("condition not met within 2 s");
+    }
+
+    #[test]
+    fn retries_back_off_up_to_the_interval() {
+        let hour = Some(Duration::from_secs(3_600));
+        assert_eq!(retry_delay(1, hour), Duration::from_secs(300));
+        assert_eq!(retry_delay(2, hour), Duration::from_secs(600));
+        assert_eq!(retry_delay(3, hour), Duration::from_secs(1_200));
+        assert_eq!(retry_delay(5, hour), Duration::from_secs(3_600));
+        assert_eq!(retry_delay(60, None), Duration::from_secs(86_400));
+        assert_eq!(retry_delay(1, Some(Duration::from_secs(60))), Duration::from_secs(60));
     }
 
     #[test]

@@ -37,6 +37,27 @@ pub fn upstream_url(
     }
 }
 
+/// The URL of an embeddings call, or None for channel types that cannot embed (Anthropic,
+/// Antigravity). A verbatim base URL (ending in `#`) names a generate endpoint, so as for model
+/// lists the `#` is dropped and the embeddings path appended.
+pub fn embeddings_url(
+    channel_type: ChannelType,
+    base_url: &str,
+    upstream_model: &str,
+) -> Option<String> {
+    let base = base_url.trim_end_matches('#').trim_end_matches('/');
+    let model = upstream_model
+        .strip_prefix("models/")
+        .unwrap_or(upstream_model);
+    match channel_type {
+        ChannelType::OpenaiChat | ChannelType::OpenaiResponses => {
+            Some(format!("{base}/embeddings"))
+        }
+        ChannelType::Gemini => Some(format!("{base}/models/{model}:batchEmbedContents")),
+        ChannelType::Anthropic | ChannelType::Antigravity => None,
+    }
+}
+
 /// The auth headers for `key`. For Antigravity `key` must already be an OAuth access token
 /// (the caller refreshes it); Antigravity must never get `x-goog-api-key`.
 pub fn auth_headers(channel_type: ChannelType, key: &str) -> Vec<(String, String)> {
@@ -226,6 +247,45 @@ mod tests {
         assert_eq!(
             models_list_request(ChannelType::OpenaiChat, "https://proxy.example/v1/#", "k").0,
             "https://proxy.example/v1/models"
+        );
+    }
+
+    #[test]
+    fn embeddings_go_to_openai_and_gemini_paths_only() {
+        assert_eq!(
+            embeddings_url(
+                ChannelType::OpenaiResponses,
+                "https://api.openai.com/v1/",
+                "m"
+            ),
+            Some("https://api.openai.com/v1/embeddings".to_string())
+        );
+        assert_eq!(
+            embeddings_url(
+                ChannelType::Gemini,
+                "https://generativelanguage.googleapis.com/v1beta",
+                "models/text-embedding-004"
+            ),
+            Some(
+                "https://generativelanguage.googleapis.com/v1beta/models/text-embedding-004:batchEmbedContents"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            embeddings_url(
+                ChannelType::OpenaiChat,
+                "https://proxy.example/v1/chat#",
+                "m"
+            ),
+            Some("https://proxy.example/v1/chat/embeddings".to_string())
+        );
+        assert_eq!(
+            embeddings_url(ChannelType::Anthropic, "https://x", "m"),
+            None
+        );
+        assert_eq!(
+            embeddings_url(ChannelType::Antigravity, "https://x", "m"),
+            None
         );
     }
 }

@@ -337,6 +337,10 @@ pub fn format_of(request: &RecordedRequest) -> &'static str {
     let path = request.path.as_str();
     if path.ends_with("/chat/completions") {
         "openai_chat"
+    } else if path.ends_with("/embeddings") {
+        "openai_embeddings"
+    } else if path.ends_with(":batchEmbedContents") {
+        "gemini_embeddings"
     } else if path.ends_with("/responses") {
         "openai_responses"
     } else if path.ends_with("/messages") {
@@ -354,6 +358,9 @@ pub const DEFAULT_WORDS: [&str; 4] = ["Hello", " from", " the", " mock"];
 /// A successful answer in the request's format, streamed when the request asks for it.
 pub fn default_reply(request: &RecordedRequest) -> Reply {
     let model = request.model();
+    if let Some(body) = embeddings_body(request) {
+        return Reply::Json { status: 200, headers: Vec::new(), body: body.to_string() };
+    }
     if request.wants_stream() {
         Reply::Sse { events: stream_events(format_of(request), &model, &DEFAULT_WORDS), gap: Duration::ZERO, end: StreamEnd::Finish }
     } else {
@@ -458,6 +465,34 @@ pub fn complete_body(format: &str, model: &str, text: &str) -> Value {
             "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15},
             "modelVersion": model,
         }),
+    }
+}
+
+/// The mock's embeddings answer, or None when the request is not an embeddings call. Every
+/// input gets the vector `[0.25, -0.5, <input index>]`; OpenAI's answer reports 3 prompt tokens
+/// per input, Gemini's (like the real one) reports no usage.
+pub fn embeddings_body(request: &RecordedRequest) -> Option<Value> {
+    let body = request.json();
+    match format_of(request) {
+        "openai_embeddings" => {
+            let count = match &body["input"] {
+                Value::Array(items) => items.len(),
+                _ => 1,
+            };
+            let data: Vec<Value> = (0..count)
+                .map(|index| json!({"object": "embedding", "index": index, "embedding": [0.25, -0.5, index as f64]}))
+                .collect();
+            Some(json!({
+                "object": "list", "data": data, "model": request.model(),
+                "usage": {"prompt_tokens": 3 * count, "total_tokens": 3 * count},
+            }))
+        }
+        "gemini_embeddings" => {
+            let count = body["requests"].as_array().map_or(0, Vec::len);
+            let embeddings: Vec<Value> = (0..count).map(|index| json!({"values": [0.25, -0.5, index as f64]})).collect();
+            Some(json!({"embeddings": embeddings}))
+        }
+        _ => None,
     }
 }
 
