@@ -202,3 +202,33 @@ fn channel_test_reports_success_and_upstream_failures_without_the_key() {
     assert!(!response.text().contains("sk-upstream-000000001"));
     assert_eq!(json_request(gateway.address, "POST", "/api/v1/channels/999/test", Some(&token), None).status, 404);
 }
+
+#[test]
+fn backups_carry_auto_group_and_group_expressions() {
+    for database in databases::all() {
+        let gateway = TestGateway::start(database);
+        let token = gateway.admin_token();
+        let channel = gateway.create_channel(&token, channel_body("c", "http://127.0.0.1:1", "regex"));
+        let group = gateway.create_group(&token, json!({"name": "small", "match_regex": "mini$"}));
+        let document = json_request(gateway.address, "GET", "/api/v1/export", Some(&token), None).json();
+        assert_eq!(document["channels"][0]["auto_group"], "regex");
+        assert_eq!(document["groups"][0]["match_regex"], "mini$");
+
+        // Change both, import the document, and the exported values come back.
+        json_request(gateway.address, "PUT", &format!("/api/v1/channels/{channel}"), Some(&token), Some(&json!({"auto_group": "none"})));
+        json_request(gateway.address, "PUT", &format!("/api/v1/groups/{group}"), Some(&token), Some(&json!({"match_regex": ""})));
+        let imported = json_request(gateway.address, "POST", "/api/v1/import", Some(&token), Some(&document));
+        assert_eq!(imported.status, 200, "{}", imported.text());
+        let stored_channel = json_request(gateway.address, "GET", &format!("/api/v1/channels/{channel}"), Some(&token), None).json();
+        assert_eq!(stored_channel["auto_group"], "regex");
+        let stored_group = json_request(gateway.address, "GET", &format!("/api/v1/groups/{group}"), Some(&token), None).json();
+        assert_eq!(stored_group["match_regex"], "mini$");
+
+        // A document with a bad value is refused with the path of the field.
+        let mut bad = document.clone();
+        bad["channels"][0]["auto_group"] = json!("always");
+        let refused = json_request(gateway.address, "POST", "/api/v1/import", Some(&token), Some(&bad));
+        assert!((400..500).contains(&refused.status), "{}", refused.text());
+        assert!(refused.text().contains("auto_group"), "{}", refused.text());
+    }
+}
