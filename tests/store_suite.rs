@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use octopus::store::backup::Backup;
 use octopus::store::entities::{
-    AdminSession, ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters,
+    AdminSession, ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters,
     StatsKey, StatsRow,
 };
 use octopus::store::migrate::{
@@ -209,7 +209,7 @@ fn sample_channel(name: &str) -> Channel {
         proxy: "socks5://127.0.0.1:1080".to_owned(),
         auto_sync: true,
         match_regex: "^gpt-".to_owned(),
-        auto_group: "fuzzy".to_owned(),
+        auto_group: AutoGroup::Fuzzy,
         created_at: 0,
         updated_at: 0,
     }
@@ -234,7 +234,7 @@ fn sample_group(name: &str, items: Vec<GroupItem>) -> Group {
         first_byte_timeout_ms: 15_000,
         total_timeout_ms: 120_000,
         sticky_seconds: 300,
-        match_regex: "^(gpt|claude)-".to_owned(),
+        match_regex: "^(gpt|o)[0-9-]".to_owned(),
         created_at: 0,
         updated_at: 0,
     }
@@ -493,7 +493,7 @@ mod cases {
             proxy: String::new(),
             auto_sync: false,
             match_regex: String::new(),
-            auto_group: "regex".to_owned(),
+            auto_group: AutoGroup::Regex,
             ..created.clone()
         };
         let updated = store
@@ -706,7 +706,7 @@ mod cases {
             first_byte_timeout_ms: 0,
             total_timeout_ms: 600_000,
             sticky_seconds: 0,
-            match_regex: "mini$".to_owned(),
+            match_regex: String::new(),
             ..created.clone()
         };
         let updated = store

@@ -17,7 +17,7 @@ use crate::settings::Settings;
 use crate::stats::log_view::rfc3339_millis;
 use crate::store::backup::Backup;
 use crate::store::entities::{
-    ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters, StatsKey, StatsRow,
+    ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters, StatsKey, StatsRow,
     STATS_COUNTER_COLUMNS,
 };
 use crate::sync::jobs;
@@ -154,7 +154,7 @@ fn channel_json(channel: &Channel) -> Value {
         "proxy": channel.proxy,
         "auto_sync": channel.auto_sync,
         "match_regex": channel.match_regex,
-        "auto_group": channel.auto_group,
+        "auto_group": channel.auto_group.as_str(),
         "created_at": channel.created_at,
         "updated_at": channel.updated_at,
     })
@@ -273,8 +273,15 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
             proxy: fields.string_or("proxy", "")?.trim().to_string(),
             auto_sync: fields.bool_or("auto_sync", false)?,
             match_regex: fields.string_or("match_regex", "")?,
-            // Documents written before auto-group existed leave it out: nothing is added.
-            auto_group: fields.string_or("auto_group", "none")?,
+            auto_group: {
+                let auto_group_name = fields.string_or("auto_group", "none")?;
+                AutoGroup::parse(&auto_group_name).ok_or_else(|| {
+                    format!(
+                        "{} {auto_group_name:?} is not an auto_group rule (one of: none, exact, fuzzy, regex)",
+                        fields.at("auto_group")
+                    )
+                })?
+            },
             created_at: fields.int_or("created_at", now)?,
             updated_at: fields.int_or("updated_at", now)?,
         };
@@ -322,11 +329,6 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
             let weight = item_fields.whole_number_or("weight", 1, 1_000_000)?;
             items.push(GroupItem { channel_id, model, priority, weight: weight as u32 });
         }
-        let group_match_regex = fields.string_or("match_regex", "")?;
-        if !group_match_regex.is_empty() {
-            regex::Regex::new(&group_match_regex)
-                .map_err(|error| format!("{} is not a valid regular expression: {error}", fields.at("match_regex")))?;
-        }
         groups.push(Group {
             id,
             name,
@@ -336,7 +338,8 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
             first_byte_timeout_ms: fields.whole_number_or("first_byte_timeout_ms", 0, i64::MAX as u64)?,
             total_timeout_ms: fields.whole_number_or("total_timeout_ms", 0, i64::MAX as u64)?,
             sticky_seconds: fields.whole_number_or("sticky_seconds", 0, i64::MAX as u64)?,
-            match_regex: group_match_regex,
+            match_regex: groups::valid_match_regex(&fields.string_or("match_regex", "")?)
+                .map_err(|error| format!("{path}: {}", api_message(error)))?,
             created_at: fields.int_or("created_at", now)?,
             updated_at: fields.int_or("updated_at", now)?,
         });

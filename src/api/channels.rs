@@ -8,7 +8,7 @@ use crate::api::body;
 use crate::api::error::ApiError;
 use crate::api::{store_call, AdminContext};
 use crate::http::{Request, Response};
-use crate::store::entities::{Channel, ChannelKey, ChannelType, AUTO_GROUP_MODES};
+use crate::store::entities::{AutoGroup, Channel, ChannelKey, ChannelType};
 
 const FIELDS: &[&str] =
     &["name", "type", "enabled", "base_urls", "keys", "models", "headers", "proxy", "auto_sync", "match_regex", "auto_group"];
@@ -46,7 +46,7 @@ fn unsaved_channel(map: &Map<String, Value>, name: String) -> Result<Channel, Ap
         proxy: String::new(),
         auto_sync: false,
         match_regex: String::new(),
-        auto_group: "none".to_string(),
+        auto_group: AutoGroup::None,
         created_at: 0,
         updated_at: 0,
     };
@@ -114,17 +114,23 @@ pub fn delete(context: &AdminContext, id: i64) -> Result<Response, ApiError> {
 }
 
 /// `POST /api/v1/channels/{id}/sync-models`: replaces the channel's model list with what its
-/// upstream lists (filtered by `match_regex`), applies its `auto_group` and reports what changed.
+/// upstream lists (filtered by `match_regex`), updates its groups (see `sync::model_sync`) and
+/// reports what changed.
 pub fn sync_models(context: &AdminContext, id: i64) -> Result<Response, ApiError> {
-    use crate::sync::model_sync::{sync_channel, ModelSyncError};
-    let outcome = sync_channel(&context.store, &context.upstream, id).map_err(|error| match error {
-        ModelSyncError::NoSuchChannel(_) => ApiError::NotFound(error.to_string()),
-        ModelSyncError::Upstream(_) => ApiError::UpstreamFailed(error.to_string()),
-        ModelSyncError::Store(store_error) => ApiError::from(store_error),
+    use crate::sync::model_sync::{sync_channel, SyncError};
+    let outcome = sync_channel(&context.upstream, &context.store, id).map_err(|error| match error {
+        SyncError::ChannelMissing(_) => ApiError::NotFound(error.to_string()),
+        SyncError::Upstream(_) => ApiError::UpstreamFailed(error.to_string()),
+        SyncError::Store(store_error) => ApiError::from(store_error),
     })?;
     context.notify_change();
-    let mut shown = channel_json(&outcome.channel);
-    shown["sync"] = json!({"added": outcome.added, "removed": outcome.removed, "groups_changed": outcome.groups_changed});
+    let stored = outcome.channel.ok_or_else(|| ApiError::NotFound(format!("no channel with id {id}")))?;
+    let mut shown = channel_json(&stored);
+    shown["sync"] = json!({
+        "added": outcome.added,
+        "removed": outcome.removed,
+        "groups_changed": outcome.groups_changed,
+    });
     Ok(Response::json(200, &shown))
 }
 
@@ -162,8 +168,12 @@ fn apply_fields(channel: &mut Channel, map: &Map<String, Value>) -> Result<(), A
     if let Some(match_regex) = body::optional_string(map, "match_regex")? {
         channel.match_regex = match_regex;
     }
-    if let Some(auto_group) = body::optional_string(map, "auto_group")? {
-        channel.auto_group = auto_group;
+    if let Some(auto_group_name) = body::optional_string(map, "auto_group")? {
+        channel.auto_group = AutoGroup::parse(&auto_group_name).ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "auto_group {auto_group_name:?} is not a rule (one of: none, exact, fuzzy, regex)"
+            ))
+        })?;
     }
     match map.get("headers") {
         None | Some(Value::Null) => {}
@@ -263,13 +273,6 @@ pub fn validate(channel: &Channel) -> Result<(), ApiError> {
         regex::Regex::new(&channel.match_regex)
             .map_err(|error| ApiError::Invalid(format!("match_regex is not a valid regular expression: {error}")))?;
     }
-    if !AUTO_GROUP_MODES.contains(&channel.auto_group.as_str()) {
-        return Err(ApiError::Invalid(format!(
-            "auto_group {:?} is not one of: {}",
-            channel.auto_group,
-            AUTO_GROUP_MODES.join(", ")
-        )));
-    }
     for name in channel.headers.keys() {
         if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_".contains(&byte)) {
             return Err(ApiError::Invalid(format!("header name {name:?} is not valid")));
@@ -295,7 +298,7 @@ pub fn channel_json(channel: &Channel) -> Value {
         "proxy": redact_userinfo(&channel.proxy),
         "auto_sync": channel.auto_sync,
         "match_regex": channel.match_regex,
-        "auto_group": channel.auto_group,
+        "auto_group": channel.auto_group.as_str(),
         "created_at": channel.created_at,
         "updated_at": channel.updated_at,
     })

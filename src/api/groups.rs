@@ -93,12 +93,7 @@ fn apply_fields(group: &mut Group, map: &Map<String, Value>) -> Result<(), ApiEr
         group.sticky_seconds = seconds;
     }
     if let Some(match_regex) = body::optional_string(map, "match_regex")? {
-        // Checked here so a bad expression is refused when saved, not found by a later sync.
-        if !match_regex.is_empty() {
-            regex::Regex::new(&match_regex)
-                .map_err(|error| ApiError::Invalid(format!("match_regex is not a valid regular expression: {error}")))?;
-        }
-        group.match_regex = match_regex;
+        group.match_regex = valid_match_regex(&match_regex)?;
     }
     if let Some(items) = map.get("items").filter(|value| !value.is_null()) {
         group.items = parse_items(items)?;
@@ -164,6 +159,17 @@ fn check_channels_exist(context: &AdminContext, group: &Group) -> Result<(), Api
         }
     }
     Ok(())
+}
+
+/// The group's `match_regex`, checked to compile: a broken pattern would otherwise fail
+/// silently at every model sync instead of once, here, where the admin can fix it.
+pub fn valid_match_regex(pattern: &str) -> Result<String, ApiError> {
+    if !pattern.is_empty() {
+        regex::Regex::new(pattern).map_err(|error| {
+            ApiError::Invalid(format!("match_regex is not a valid regular expression: {error}"))
+        })?;
+    }
+    Ok(pattern.to_string())
 }
 
 pub fn group_json(group: &Group) -> Value {

@@ -136,7 +136,7 @@ mod tests {
             proxy: String::new(),
             auto_sync: false,
             match_regex: String::new(),
-            auto_group: "none".to_string(),
+            auto_group: crate::store::entities::AutoGroup::None,
             created_at: 0,
             updated_at: 0,
         }

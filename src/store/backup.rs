@@ -86,7 +86,7 @@ pub fn replace_statements(dialect: Dialect, backup: &Backup) -> Vec<Statement> {
                 SqlValue::Text(channel.proxy.clone()),
                 SqlValue::Bool(channel.auto_sync),
                 SqlValue::Text(channel.match_regex.clone()),
-                SqlValue::Text(channel.auto_group.clone()),
+                SqlValue::Text(channel.auto_group.as_str().to_string()),
                 SqlValue::Int(channel.created_at),
                 SqlValue::Int(channel.updated_at),
             ],
@@ -233,7 +233,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::store::entities::{ChannelKey, ChannelType, GroupItem, GroupMode, StatsKey};
+    use crate::store::entities::{AutoGroup, ChannelKey, ChannelType, GroupItem, GroupMode, StatsKey};
 
     fn sample() -> Backup {
         Backup {
@@ -249,7 +249,7 @@ mod tests {
                 proxy: String::new(),
                 auto_sync: false,
                 match_regex: String::new(),
-                auto_group: "exact".to_string(),
+                auto_group: AutoGroup::None,
                 created_at: 1,
                 updated_at: 2,
             }],
@@ -262,7 +262,7 @@ mod tests {
                 first_byte_timeout_ms: 0,
                 total_timeout_ms: 0,
                 sticky_seconds: 0,
-                match_regex: "^gpt".to_string(),
+                match_regex: String::new(),
                 created_at: 1,
                 updated_at: 1,
             }],

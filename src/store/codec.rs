@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::store::entities::{
-    ApiKey, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode,
+    ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -48,7 +48,12 @@ impl ChannelRow {
             proxy: self.proxy,
             auto_sync: self.auto_sync,
             match_regex: self.match_regex,
-            auto_group: self.auto_group,
+            auto_group: AutoGroup::parse(&self.auto_group).ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "channel {} has unknown auto_group '{}'",
+                    self.id, self.auto_group
+                ))
+            })?,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })

@@ -99,6 +99,38 @@ impl GroupMode {
     }
 }
 
+/// How model sync files a channel's newly listed models into existing groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AutoGroup {
+    /// New models are not added to any group.
+    #[default]
+    None,
+    /// A new model joins the group whose name equals the model id.
+    Exact,
+    /// A new model joins every group whose name contains the model id or is contained in it,
+    /// ignoring case.
+    Fuzzy,
+    /// A new model joins every group whose `match_regex` matches the model id.
+    Regex,
+}
+
+impl AutoGroup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoGroup::None => "none",
+            AutoGroup::Exact => "exact",
+            AutoGroup::Fuzzy => "fuzzy",
+            AutoGroup::Regex => "regex",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<AutoGroup> {
+        [AutoGroup::None, AutoGroup::Exact, AutoGroup::Fuzzy, AutoGroup::Regex]
+            .into_iter()
+            .find(|mode| mode.as_str() == name)
+    }
+}
+
 /// One upstream API key of a channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChannelKey {
@@ -128,16 +160,11 @@ pub struct Channel {
     pub auto_sync: bool,
     /// Only models matching this regular expression are kept by model sync; empty keeps all.
     pub match_regex: String,
-    /// How model sync adds this channel's new models to groups: one of `AUTO_GROUP_MODES`.
-    pub auto_group: String,
+    /// How model sync adds this channel's new models to groups.
+    pub auto_group: AutoGroup,
     pub created_at: i64,
     pub updated_at: i64,
 }
-
-/// The values of `Channel.auto_group`: `none` adds nothing; `exact` adds a model to the group
-/// named like it; `fuzzy` to groups whose name contains the model id or is contained in it, case
-/// aside; `regex` to groups whose `match_regex` matches the model.
-pub const AUTO_GROUP_MODES: [&str; 4] = ["none", "exact", "fuzzy", "regex"];
 
 /// One member of a group: a channel and the model name sent upstream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,7 +192,8 @@ pub struct Group {
     pub total_timeout_ms: u64,
     /// Sticky routing per (client key, group) for this many seconds; 0 = off.
     pub sticky_seconds: u64,
-    /// Models a channel with `auto_group = regex` adds to this group; empty matches none.
+    /// Model ids this regular expression matches are added to the group by model sync on
+    /// channels whose `auto_group` is `regex`; empty matches nothing.
     pub match_regex: String,
     pub created_at: i64,
     pub updated_at: i64,

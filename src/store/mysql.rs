@@ -386,7 +386,7 @@ fn channel_values(channel: &Channel, tail: &[Value]) -> Vec<Value> {
         Value::from(&channel.proxy),
         Value::from(channel.auto_sync),
         Value::from(&channel.match_regex),
-        Value::from(&channel.auto_group),
+        Value::from(channel.auto_group.as_str()),
     ];
     values.extend_from_slice(tail);
     values

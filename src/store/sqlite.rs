@@ -549,7 +549,7 @@ impl Store for SqliteStore {
         transaction
             .execute(
                 "INSERT INTO channels (name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, \
-                 created_at, updated_at, auto_group) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+                 auto_group, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
                 params![
                     channel.name,
                     channel.channel_type.as_str(),
@@ -560,8 +560,8 @@ impl Store for SqliteStore {
                     channel.proxy,
                     channel.auto_sync,
                     channel.match_regex,
-                    now,
-                    channel.auto_group
+                    channel.auto_group.as_str(),
+                    now
                 ],
             )
             .map_err(|error| channel_write_error(error, channel))?;
@@ -579,7 +579,7 @@ impl Store for SqliteStore {
         let updated = transaction
             .execute(
                 "UPDATE channels SET name = ?1, type = ?2, enabled = ?3, base_urls = ?4, models = ?5, headers = ?6, \
-                 proxy = ?7, auto_sync = ?8, match_regex = ?9, updated_at = ?10, auto_group = ?12 WHERE id = ?11",
+                 proxy = ?7, auto_sync = ?8, match_regex = ?9, auto_group = ?10, updated_at = ?11 WHERE id = ?12",
                 params![
                     channel.name,
                     channel.channel_type.as_str(),
@@ -590,9 +590,9 @@ impl Store for SqliteStore {
                     channel.proxy,
                     channel.auto_sync,
                     channel.match_regex,
+                    channel.auto_group.as_str(),
                     unix_seconds(),
-                    channel.id,
-                    channel.auto_group
+                    channel.id
                 ],
             )
             .map_err(|error| channel_write_error(error, channel))?;
@@ -645,7 +645,7 @@ impl Store for SqliteStore {
         transaction
             .execute(
                 "INSERT INTO channel_groups (name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, \
-                 sticky_seconds, created_at, updated_at, match_regex) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                 sticky_seconds, match_regex, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
                 params![
                     group.name,
                     group.mode.as_str(),
@@ -653,8 +653,8 @@ impl Store for SqliteStore {
                     u64_to_column(group.first_byte_timeout_ms),
                     u64_to_column(group.total_timeout_ms),
                     u64_to_column(group.sticky_seconds),
-                    now,
-                    group.match_regex
+                    group.match_regex,
+                    now
                 ],
             )
             .map_err(|error| group_write_error(error, group))?;
@@ -672,7 +672,7 @@ impl Store for SqliteStore {
         let updated = transaction
             .execute(
                 "UPDATE channel_groups SET name = ?1, mode = ?2, max_attempts = ?3, first_byte_timeout_ms = ?4, \
-                 total_timeout_ms = ?5, sticky_seconds = ?6, updated_at = ?7, match_regex = ?9 WHERE id = ?8",
+                 total_timeout_ms = ?5, sticky_seconds = ?6, match_regex = ?7, updated_at = ?8 WHERE id = ?9",
                 params![
                     group.name,
                     group.mode.as_str(),
@@ -680,9 +680,9 @@ impl Store for SqliteStore {
                     u64_to_column(group.first_byte_timeout_ms),
                     u64_to_column(group.total_timeout_ms),
                     u64_to_column(group.sticky_seconds),
+                    group.match_regex,
                     unix_seconds(),
-                    group.id,
-                    group.match_regex
+                    group.id
                 ],
             )
             .map_err(|error| group_write_error(error, group))?;

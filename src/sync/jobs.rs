@@ -20,8 +20,8 @@ pub const PRUNE_LOGS: &str = "prune_logs";
 pub const PROBE_ENDPOINTS: &str = "probe_endpoints";
 pub const ROLL_UP_STATS: &str = "roll_up_stats";
 pub const PRICE_SYNC: &str = "price_sync";
-pub const MODEL_SYNC: &str = "model_sync";
 pub const PRUNE_RESPONSES: &str = "prune_responses";
+pub const MODEL_SYNC: &str = "model_sync";
 
 /// How often old request logs are pruned (also right after the retention settings change).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
@@ -67,8 +67,8 @@ pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Ar
         Box::new(move || price_sync::sync_prices(&stats_for_prices, &price_client)),
     );
 
-    // Not at start: a restart should not ask every provider for its list; the first run comes
-    // one `model_sync_interval_hours` later, and 0 leaves syncing to the admin API.
+    // Not at start: a restart should not hit every upstream's model list at once. Every
+    // `model_sync_interval_hours`; 0 leaves syncing to `POST /api/v1/channels/{id}/sync-models`.
     let settings_for_models = stats.settings.clone();
     let relay_for_models = Arc::downgrade(relay);
     scheduler.register(
@@ -80,7 +80,7 @@ pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Ar
         }),
         Box::new(move || {
             let relay = relay_for_models.upgrade().ok_or_else(|| "the relay is gone".to_string())?;
-            sync_auto_sync_channels(&relay)
+            model_sync_job(&relay)
         }),
     );
 
@@ -100,31 +100,15 @@ pub fn register_all(scheduler: &Arc<Scheduler>, config: &Arc<Config>, relay: &Ar
     }
 }
 
-/// Syncs the models of every enabled channel with `auto_sync`, one after the other, and reloads
-/// the relay snapshot when anything changed. A failing channel does not stop the others; the
-/// error names every channel that failed.
-pub fn sync_auto_sync_channels(relay: &RelayState) -> Result<String, String> {
-    let channels = relay.store.call(|store| store.list_channels()).map_err(|error| error.to_string())?;
-    let mut synced = 0;
-    let mut changed = false;
-    let mut failures = Vec::new();
-    for channel in channels.iter().filter(|channel| channel.enabled && channel.auto_sync) {
-        match model_sync::sync_channel(&relay.store, &relay.upstream, channel.id) {
-            Ok(outcome) => {
-                synced += 1;
-                changed |= !outcome.added.is_empty() || !outcome.removed.is_empty() || !outcome.groups_changed.is_empty();
-            }
-            Err(error) => failures.push(format!("{} (id {}): {error}", channel.name, channel.id)),
-        }
+/// The `model_sync` job: syncs every `auto_sync` channel, then reloads the relay's snapshot so
+/// changed model lists and group items route at once (also after a partial failure, since the
+/// channels that did sync were written).
+pub fn model_sync_job(relay: &RelayState) -> Result<String, String> {
+    let result = model_sync::sync_all_auto_channels(&relay.upstream, &relay.store);
+    if let Err(error) = relay.reload_snapshot() {
+        log::warn!("model sync could not reload the relay snapshot: {error}");
     }
-    if changed {
-        relay.reload_snapshot().map_err(|error| format!("synced {synced} channels but could not reload the relay: {error}"))?;
-    }
-    if failures.is_empty() {
-        Ok(format!("synced the models of {synced} channels"))
-    } else {
-        Err(format!("synced {synced} channels; failed: {}", failures.join("; ")))
-    }
+    result
 }
 
 /// Deletes logs past `log_retention_days` and beyond the newest `log_max_rows`.

@@ -1,12 +1,30 @@
-//! Model sync: a channel's model list fetched from its upstream, stored, and spread over groups
-//! by the channel's `auto_group` (`POST /api/v1/channels/{id}/sync-models` and job `model_sync`).
+//! Model sync: fetching a channel's model list from its upstream and applying it to the channel
+//! and its groups, for `POST /api/v1/channels/{id}/sync-models` and the scheduled `model_sync` job.
+//!
+//! Applying a fetched list does three things, in one store call so nothing edits the channel or
+//! its groups in between:
+//!
+//! 1. The channel's `models` become the fetched list.
+//! 2. Group items of this channel whose model the upstream no longer lists are removed, because a
+//!    request routed to a vanished model can only fail and cost a failover attempt.
+//! 3. Models that are new since the last sync are added to groups by the channel's `auto_group`
+//!    rule (`exact`, `fuzzy` or `regex`). Only new models are considered: a model the admin took
+//!    out of a group by hand stays out, sync after sync.
+//!
+//! A new item is appended after the group's existing items, with priority one above the group's
+//! current highest and weight 1. Groups in failover mode try items in priority order, which the
+//! admin arranged on purpose (the trusted channel first, the cheap fallback last); a model that
+//! just appeared on some channel must not jump ahead of that order, so it goes last, where it can
+//! only help once everything the admin put before it has failed. An item already present for
+//! the same channel and model is never added twice.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::time::Duration;
 
 use crate::protocol::models_list::parse_model_page;
 use crate::relay::outbound::channel_format;
-use crate::store::entities::{Channel, ChannelType, Group, GroupItem};
+use crate::store::entities::{AutoGroup, Channel, ChannelType, Group, GroupItem};
 use crate::store::pool::StorePool;
 use crate::store::StoreError;
 use crate::upstream::client::{UpstreamClient, UpstreamRequest};
@@ -84,118 +102,168 @@ fn fetch_all_pages(client: &UpstreamClient, channel: &Channel, base_url: &str, k
     Ok(ids)
 }
 
-/// What one channel's sync changed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChannelSyncOutcome {
+/// What one sync changed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncOutcome {
     /// The channel as stored after the sync.
-    pub channel: Channel,
-    /// Models the upstream lists now that the channel did not have.
+    pub channel: Option<Channel>,
+    /// Models listed now that were not before.
     pub added: Vec<String>,
-    /// Models the channel had that the upstream no longer lists.
+    /// Models listed before that the upstream no longer lists.
     pub removed: Vec<String>,
-    /// Names of the groups whose items changed, in group id order.
+    /// Names of the groups whose items changed (items added or removed).
     pub groups_changed: Vec<String>,
 }
 
-/// Why a channel could not be synced.
+/// Why a sync failed.
 #[derive(Debug)]
-pub enum ModelSyncError {
-    NoSuchChannel(i64),
+pub enum SyncError {
+    /// There is no channel with this id (deleted meanwhile).
+    ChannelMissing(i64),
+    /// The upstream could not be asked or refused; the message says which base URL and why.
     Upstream(String),
     Store(StoreError),
 }
 
-impl std::fmt::Display for ModelSyncError {
+impl std::fmt::Display for SyncError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ModelSyncError::NoSuchChannel(id) => write!(formatter, "no channel with id {id}"),
-            ModelSyncError::Upstream(message) => write!(formatter, "model sync failed: {message}"),
-            ModelSyncError::Store(error) => write!(formatter, "{error}"),
+            SyncError::ChannelMissing(id) => write!(formatter, "no channel with id {id}"),
+            SyncError::Upstream(message) => write!(formatter, "model sync failed: {message}"),
+            SyncError::Store(error) => write!(formatter, "{error}"),
         }
     }
 }
 
-/// Syncs one channel: fetches its models, stores them, removes the group items of models that
-/// vanished and adds its models to groups by its `auto_group`. The caller reloads the relay
-/// snapshot afterwards (the admin API through `notify_change`, the job directly).
-pub fn sync_channel(store: &StorePool, client: &UpstreamClient, channel_id: i64) -> Result<ChannelSyncOutcome, ModelSyncError> {
+/// Fetches the channel's models and applies them to the channel and its groups (see the module
+/// documentation). The caller reloads the relay snapshot afterwards.
+pub fn sync_channel(client: &UpstreamClient, store: &StorePool, channel_id: i64) -> Result<SyncOutcome, SyncError> {
     let channel = store
         .call(move |store| store.channel_by_id(channel_id))
-        .map_err(ModelSyncError::Store)?
-        .ok_or(ModelSyncError::NoSuchChannel(channel_id))?;
-    // The upstream is asked outside the store thread, so a slow provider never holds a connection.
-    let fetched = fetch_channel_models(client, &channel).map_err(ModelSyncError::Upstream)?;
+        .map_err(SyncError::Store)?
+        .ok_or(SyncError::ChannelMissing(channel_id))?;
+    let fetched = fetch_channel_models(client, &channel).map_err(SyncError::Upstream)?;
     store
-        .call(move |store| -> Result<Result<ChannelSyncOutcome, ModelSyncError>, StoreError> {
-            // Read again right before writing, so an admin edit made during the fetch is kept.
-            let Some(mut channel) = store.channel_by_id(channel_id)? else {
-                return Ok(Err(ModelSyncError::NoSuchChannel(channel_id)));
-            };
+        .call(move |store| -> Result<SyncOutcome, SyncError> {
+            // Read again: the fetch may have taken long enough for an admin edit to land, and
+            // writing back the copy from before it would undo that edit.
+            let mut channel = store
+                .channel_by_id(channel_id)
+                .map_err(SyncError::Store)?
+                .ok_or(SyncError::ChannelMissing(channel_id))?;
+            let groups = store.list_groups().map_err(SyncError::Store)?;
             let added: Vec<String> = fetched.iter().filter(|model| !channel.models.contains(model)).cloned().collect();
             let removed: Vec<String> = channel.models.iter().filter(|model| !fetched.contains(model)).cloned().collect();
+            let changed_groups = plan_group_changes(&channel, &fetched, &added, &groups);
             channel.models = fetched;
-            let Some(stored) = store.update_channel(&channel)? else {
-                return Ok(Err(ModelSyncError::NoSuchChannel(channel_id)));
-            };
-            let groups = store.list_groups()?;
-            let changed = plan_group_changes(&stored, &removed, &groups);
-            let mut groups_changed = Vec::with_capacity(changed.len());
-            for group in &changed {
-                if store.update_group(group)?.is_some() {
+            let stored = store
+                .update_channel(&channel)
+                .map_err(SyncError::Store)?
+                .ok_or(SyncError::ChannelMissing(channel_id))?;
+            let mut groups_changed = Vec::with_capacity(changed_groups.len());
+            for group in &changed_groups {
+                // A group deleted meanwhile has nothing left to change.
+                if store.update_group(group).map_err(SyncError::Store)?.is_some() {
                     groups_changed.push(group.name.clone());
                 }
             }
-            Ok(Ok(ChannelSyncOutcome { channel: stored, added, removed, groups_changed }))
+            Ok(SyncOutcome { channel: Some(stored), added, removed, groups_changed })
         })
-        .map_err(ModelSyncError::Store)?
 }
 
-/// The groups that change after `channel` was synced, with their new items: items of the channel
-/// whose model is in `removed` leave, and each of the channel's models joins the groups its
-/// `auto_group` selects unless the group already has an item for (channel, model). New items
-/// come after the existing ones (priority = highest + 1, weight 1). Every current model is
-/// considered, not only the newly listed ones, so a channel saved with models from the panel
-/// and then synced gets its groups too; the duplicate check keeps repeated syncs a no-op.
-pub fn plan_group_changes(channel: &Channel, removed: &[String], groups: &[Group]) -> Vec<Group> {
-    let fuzzy_models: Vec<String> = channel.models.iter().map(|model| model.to_lowercase()).collect();
+/// The groups that change when `channel` now lists `listed`, of which `new_models` are new:
+/// items of vanished models go, new models join the groups the channel's `auto_group` rule
+/// picks. Returns only the groups that changed, with their complete new item lists.
+pub fn plan_group_changes(channel: &Channel, listed: &[String], new_models: &[String], groups: &[Group]) -> Vec<Group> {
+    let listed: HashSet<&str> = listed.iter().map(String::as_str).collect();
     let mut changed = Vec::new();
     for group in groups {
         let mut items: Vec<GroupItem> = group
             .items
             .iter()
-            .filter(|item| !(item.channel_id == channel.id && removed.contains(&item.model)))
+            .filter(|item| item.channel_id != channel.id || listed.contains(item.model.as_str()))
             .cloned()
             .collect();
-        let group_regex = match (channel.auto_group.as_str(), group.match_regex.is_empty()) {
-            ("regex", false) => match regex::Regex::new(&group.match_regex) {
-                Ok(regex) => Some(regex),
-                Err(error) => {
-                    // The API refuses bad expressions; one from an older import is skipped, not fatal.
-                    log::warn!("group {:?} has an invalid match_regex, skipped by auto-group: {error}", group.name);
-                    None
-                }
-            },
-            _ => None,
-        };
-        let group_name_lower = group.name.to_lowercase();
-        for (model, model_lower) in channel.models.iter().zip(&fuzzy_models) {
-            let selected = match channel.auto_group.as_str() {
-                "exact" => group.name == *model,
-                "fuzzy" => model_lower.contains(&group_name_lower) || group_name_lower.contains(model_lower.as_str()),
-                "regex" => group_regex.as_ref().is_some_and(|regex| regex.is_match(model)),
-                _ => false,
-            };
-            if !selected || items.iter().any(|item| item.channel_id == channel.id && item.model == *model) {
+        let mut group_changed = items.len() != group.items.len();
+        let group_regex = compiled_group_regex(channel.auto_group, group);
+        for model in new_models {
+            if !auto_group_matches(channel.auto_group, group, group_regex.as_ref(), model) {
+                continue;
+            }
+            if items.iter().any(|item| item.channel_id == channel.id && &item.model == model) {
                 continue;
             }
             let priority = items.iter().map(|item| item.priority).max().map_or(0, |highest| highest.saturating_add(1));
             items.push(GroupItem { channel_id: channel.id, model: model.clone(), priority, weight: 1 });
+            group_changed = true;
         }
-        if items != group.items {
+        if group_changed {
             changed.push(Group { items, ..group.clone() });
         }
     }
     changed
+}
+
+/// The group's `match_regex`, compiled, when the rule is `regex` and the pattern is set. A
+/// pattern that does not compile (the API refuses those, but a backup or an old row may hold
+/// one) matches nothing rather than failing the whole sync.
+fn compiled_group_regex(rule: AutoGroup, group: &Group) -> Option<regex::Regex> {
+    if rule != AutoGroup::Regex || group.match_regex.is_empty() {
+        return None;
+    }
+    match regex::Regex::new(&group.match_regex) {
+        Ok(compiled) => Some(compiled),
+        Err(error) => {
+            log::warn!("group {:?} has an invalid match_regex, skipped by model sync: {error}", group.name);
+            None
+        }
+    }
+}
+
+/// Whether `rule` puts `model` into `group`.
+fn auto_group_matches(rule: AutoGroup, group: &Group, group_regex: Option<&regex::Regex>, model: &str) -> bool {
+    match rule {
+        AutoGroup::None => false,
+        AutoGroup::Exact => group.name == model,
+        AutoGroup::Fuzzy => {
+            let group_name = group.name.to_lowercase();
+            let model = model.to_lowercase();
+            model.contains(&group_name) || group_name.contains(&model)
+        }
+        AutoGroup::Regex => group_regex.is_some_and(|compiled| compiled.is_match(model)),
+    }
+}
+
+/// The scheduled job: syncs every enabled channel with `auto_sync`, going on past a failing one.
+/// A disabled channel is skipped: its admin switched it off, often because its key or upstream is
+/// broken, and asking that upstream every interval would only add failures. The error names every
+/// channel that failed, so the scheduler's status shows which to look at.
+pub fn sync_all_auto_channels(client: &UpstreamClient, store: &StorePool) -> Result<String, String> {
+    let channels = store.call(|store| store.list_channels()).map_err(|error| error.to_string())?;
+    let mut synced = 0usize;
+    let mut groups_changed = 0usize;
+    let mut failures = Vec::new();
+    for channel in channels.iter().filter(|channel| channel.enabled && channel.auto_sync) {
+        match sync_channel(client, store, channel.id) {
+            Ok(outcome) => {
+                synced += 1;
+                groups_changed += outcome.groups_changed.len();
+            }
+            // Deleted between the listing and its turn: nothing to sync, nothing failed.
+            Err(SyncError::ChannelMissing(_)) => {}
+            Err(error) => failures.push(format!("{} (id {}): {error}", channel.name, channel.id)),
+        }
+    }
+    if failures.is_empty() {
+        Ok(format!("synced the models of {synced} channels; {groups_changed} group changes"))
+    } else {
+        Err(format!(
+            "model sync failed for {} of {} channels: {}",
+            failures.len(),
+            failures.len() + synced,
+            failures.join("; ")
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -205,28 +273,28 @@ mod tests {
     use super::*;
     use crate::store::entities::GroupMode;
 
-    fn channel(auto_group: &str, models: &[&str]) -> Channel {
+    fn channel(auto_group: AutoGroup) -> Channel {
         Channel {
-            id: 5,
-            name: "c".to_string(),
+            id: 7,
+            name: "upstream".to_string(),
             channel_type: ChannelType::OpenaiChat,
             enabled: true,
-            base_urls: vec!["http://127.0.0.1:1".to_string()],
+            base_urls: Vec::new(),
             keys: Vec::new(),
-            models: models.iter().map(|model| model.to_string()).collect(),
+            models: Vec::new(),
             headers: BTreeMap::new(),
             proxy: String::new(),
             auto_sync: true,
             match_regex: String::new(),
-            auto_group: auto_group.to_string(),
+            auto_group,
             created_at: 0,
             updated_at: 0,
         }
     }
 
-    fn group(id: i64, name: &str, match_regex: &str, items: Vec<GroupItem>) -> Group {
+    fn group(name: &str, match_regex: &str, items: Vec<GroupItem>) -> Group {
         Group {
-            id,
+            id: 1,
             name: name.to_string(),
             mode: GroupMode::Failover,
             items,
@@ -244,53 +312,45 @@ mod tests {
         GroupItem { channel_id, model: model.to_string(), priority, weight: 1 }
     }
 
-    fn models_of(groups: &[Group], name: &str) -> Vec<(i64, String, i32)> {
-        groups
-            .iter()
-            .find(|group| group.name == name)
-            .map(|group| group.items.iter().map(|item| (item.channel_id, item.model.clone(), item.priority)).collect())
-            .unwrap_or_default()
+    fn names(models: &[&str]) -> Vec<String> {
+        models.iter().map(|model| model.to_string()).collect()
     }
 
     #[test]
-    fn exact_adds_only_to_the_group_named_like_the_model_after_existing_items() {
-        let groups = vec![group(1, "gpt-4o", "", vec![item(9, "other", 3)]), group(2, "gpt", "", Vec::new())];
-        let changed = plan_group_changes(&channel("exact", &["gpt-4o", "gpt-4o-mini"]), &[], &groups);
+    fn exact_adds_after_the_existing_items_and_never_twice() {
+        let groups = vec![group("gpt-4o", "", vec![item(2, "gpt-4o", 0), item(3, "gpt-4o", 5)])];
+        let listed = names(&["gpt-4o", "gpt-4o-mini"]);
+        let changed = plan_group_changes(&channel(AutoGroup::Exact), &listed, &listed, &groups);
         assert_eq!(changed.len(), 1);
-        assert_eq!(models_of(&changed, "gpt-4o"), vec![(9, "other".to_string(), 3), (5, "gpt-4o".to_string(), 4)]);
+        assert_eq!(changed[0].items.last(), Some(&item(7, "gpt-4o", 6)));
+        assert_eq!(changed[0].items.len(), 3);
+        let again = plan_group_changes(&channel(AutoGroup::Exact), &listed, &listed, &changed);
+        assert!(again.is_empty(), "a second sync must not add a duplicate: {again:?}");
     }
 
     #[test]
-    fn fuzzy_matches_both_ways_ignoring_case() {
-        let groups = vec![group(1, "GPT-4o", "", Vec::new()), group(2, "claude-sonnet-4-latest", "", Vec::new())];
-        let changed = plan_group_changes(&channel("fuzzy", &["gpt-4o-mini", "claude-sonnet-4", "gemini"]), &[], &groups);
-        assert_eq!(models_of(&changed, "GPT-4o"), vec![(5, "gpt-4o-mini".to_string(), 0)]);
-        assert_eq!(models_of(&changed, "claude-sonnet-4-latest"), vec![(5, "claude-sonnet-4".to_string(), 0)]);
-    }
-
-    #[test]
-    fn regex_uses_the_group_expression_and_skips_empty_or_invalid_ones() {
-        let groups = vec![group(1, "small", "mini$", Vec::new()), group(2, "none", "", Vec::new()), group(3, "bad", "(", Vec::new())];
-        let changed = plan_group_changes(&channel("regex", &["gpt-4o", "gpt-4o-mini", "o4-mini"]), &[], &groups);
+    fn fuzzy_matches_either_way_ignoring_case() {
+        let groups = vec![group("GPT-4o", "", Vec::new()), group("claude", "", Vec::new())];
+        let listed = names(&["gpt-4o-2024-08-06", "gpt"]);
+        let changed = plan_group_changes(&channel(AutoGroup::Fuzzy), &listed, &listed, &groups);
         assert_eq!(changed.len(), 1);
-        assert_eq!(
-            models_of(&changed, "small"),
-            vec![(5, "gpt-4o-mini".to_string(), 0), (5, "o4-mini".to_string(), 1)]
-        );
+        assert_eq!(changed[0].items, vec![item(7, "gpt-4o-2024-08-06", 0), item(7, "gpt", 1)]);
     }
 
     #[test]
-    fn vanished_models_leave_and_existing_items_are_never_duplicated() {
-        let groups = vec![group(1, "gpt-4o", "", vec![item(5, "gpt-4o", 0), item(5, "gpt-3", 1), item(7, "gpt-3", 2)])];
-        let changed = plan_group_changes(&channel("exact", &["gpt-4o"]), &["gpt-3".to_string()], &groups);
-        assert_eq!(models_of(&changed, "gpt-4o"), vec![(5, "gpt-4o".to_string(), 0), (7, "gpt-3".to_string(), 2)]);
-        let unchanged = plan_group_changes(&channel("exact", &["gpt-4o"]), &[], &changed);
-        assert!(unchanged.is_empty());
+    fn regex_uses_the_group_pattern_and_none_adds_nothing() {
+        let groups = vec![group("fast", "-mini$", Vec::new()), group("broken", "([", Vec::new())];
+        let listed = names(&["gpt-4o", "gpt-4o-mini"]);
+        let changed = plan_group_changes(&channel(AutoGroup::Regex), &listed, &listed, &groups);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].items, vec![item(7, "gpt-4o-mini", 0)]);
+        assert!(plan_group_changes(&channel(AutoGroup::None), &listed, &listed, &groups).is_empty());
     }
 
     #[test]
-    fn none_adds_nothing() {
-        let groups = vec![group(1, "gpt-4o", "gpt", Vec::new())];
-        assert!(plan_group_changes(&channel("none", &["gpt-4o"]), &[], &groups).is_empty());
+    fn vanished_models_leave_only_this_channels_items() {
+        let groups = vec![group("smart", "", vec![item(7, "old", 0), item(2, "old", 1), item(7, "kept", 2)])];
+        let changed = plan_group_changes(&channel(AutoGroup::None), &names(&["kept"]), &[], &groups);
+        assert_eq!(changed[0].items, vec![item(2, "old", 1), item(7, "kept", 2)]);
     }
 }
