@@ -234,14 +234,16 @@ fn auto_group_matches(rule: AutoGroup, group: &Group, group_regex: Option<&regex
     }
 }
 
-/// The scheduled job: syncs every channel with `auto_sync`, going on past a failing one. The
-/// error names every channel that failed, so the scheduler's status shows which to look at.
+/// The scheduled job: syncs every enabled channel with `auto_sync`, going on past a failing one.
+/// A disabled channel is skipped: its admin switched it off, often because its key or upstream is
+/// broken, and asking that upstream every interval would only add failures. The error names every
+/// channel that failed, so the scheduler's status shows which to look at.
 pub fn sync_all_auto_channels(client: &UpstreamClient, store: &StorePool) -> Result<String, String> {
     let channels = store.call(|store| store.list_channels()).map_err(|error| error.to_string())?;
     let mut synced = 0usize;
     let mut groups_changed = 0usize;
     let mut failures = Vec::new();
-    for channel in channels.iter().filter(|channel| channel.auto_sync) {
+    for channel in channels.iter().filter(|channel| channel.enabled && channel.auto_sync) {
         match sync_channel(client, store, channel.id) {
             Ok(outcome) => {
                 synced += 1;
