@@ -266,14 +266,20 @@ def test_fetch_models_for_an_unsaved_channel(gateway, upstream):
     assert result["models"] == ["gpt-4o-mini"]
 
 
-def test_channel_test_button(browser, gateway):
+def test_channel_test_button(browser, gateway, upstream):
     """POST /api/v1/channels/{id}/test answers {ok, status, latency_ms, message}; the panel shows it."""
+    token = fresh_token(gateway)
+    # Its own channel, so the test does not depend on what the flow test left behind.
+    admin_api(gateway, "POST", "/channels", {"name": "tested-channel", "type": "openai_chat", "base_urls": [upstream],
+                                             "keys": ["sk-mock-0123456789abcdef"], "models": ["gpt-4o-mini"]})
     page = open_page(browser, gateway)
     page.goto(f"{gateway}/")
-    page.evaluate(f"localStorage.setItem('octopus.token', {json.dumps(fresh_token(gateway))})")
+    page.evaluate(f"localStorage.setItem('octopus.token', {json.dumps(token)})")
     page.reload()
     go(page, gateway, "channels")
-    page.get_by_test_id("channel-table").get_by_role("button", name="Edit").first.click()
+    row = page.get_by_test_id("channel-table").get_by_role("row").filter(has_text="tested-channel")
+    expect(row).to_be_visible(timeout=15000)
+    row.get_by_role("button", name="Edit").click()
     page.get_by_test_id("channel-form").get_by_role("button", name="Test", exact=True).click()
     outcome = page.locator("[data-testid=channel-test-result], [data-testid=channel-form] fieldset .error").first
     expect(outcome).to_be_visible(timeout=15000)
