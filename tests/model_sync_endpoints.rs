@@ -1,5 +1,6 @@
 //! The admin endpoints around model sync (auto-group per mode, the `model_sync` job, fetching the
-//! models of an unsaved channel, the channel test, backups of the new fields) against loopback mocks.
+//! models of an unsaved channel, the channel test, backups of the new fields, the channel list's
+//! measured delays) against loopback mocks.
 
 mod support;
 
@@ -231,4 +232,26 @@ fn backups_carry_auto_group_and_group_expressions() {
         assert!((400..500).contains(&refused.status), "{}", refused.text());
         assert!(refused.text().contains("auto_group"), "{}", refused.text());
     }
+}
+
+#[test]
+fn the_channel_list_shows_each_base_urls_measured_delay() {
+    let (mock, _listed) = model_list_mock(&[]);
+    let gateway = TestGateway::start(databases::sqlite());
+    let token = gateway.admin_token();
+    let channel = gateway.create_channel(&token, json!({"name": "c", "type": "openai_chat",
+        "base_urls": [format!("{}/v1", mock.base_url()), "http://127.0.0.1:9/v1"], "keys": ["sk-upstream-000000001"]}));
+    gateway.create_group(&token, json!({"name": "g", "items": [{"channel_id": channel, "model": "m"}]}));
+    let listed = json_request(gateway.address, "GET", "/api/v1/channels", Some(&token), None).json();
+    assert_eq!(listed[0]["endpoints"][0]["delay_ms"], Value::Null, "not measured yet: {listed}");
+    let key = gateway.create_client_key(&token, json!({"name": "k"}));
+    let body = json!({"model": "g", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let response = support::http_client::request(gateway.address, "POST", "/v1/chat/completions", &[("authorization", &format!("Bearer {key}"))], body.as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let listed = json_request(gateway.address, "GET", "/api/v1/channels", Some(&token), None).json();
+    let endpoints = listed[0]["endpoints"].as_array().unwrap().clone();
+    assert_eq!(endpoints.len(), 2);
+    assert_eq!(endpoints[0]["url"], format!("{}/v1", mock.base_url()));
+    assert!(endpoints[0]["delay_ms"].is_u64(), "measured by the request: {listed}");
+    assert_eq!(endpoints[0]["demoted"], false);
 }
