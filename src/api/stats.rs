@@ -31,10 +31,7 @@ pub fn counters_json(counters: &StatsCounters) -> Map<String, Value> {
         "reasoning_tokens": counters.reasoning_tokens,
         "cost": micros_to_usd(counters.cost_micros),
     });
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
+    object(value)
 }
 
 /// The fields plus average latency and time to first token.

@@ -23,7 +23,7 @@ use crate::relay::client_auth::{authenticate, may_use_model};
 use crate::relay::count_tokens::estimate_text_tokens;
 use crate::relay::disconnect::DisconnectWatch;
 use crate::relay::error::RelayError;
-use crate::relay::forward::{apply_effects, check_spending_cap, skipped_attempt, transport_failure, upstream_status_failure, AttemptResult, CallTrace};
+use crate::relay::forward::{apply_effects, check_spending_cap, group_limits, started_plus, GroupLimits, skipped_attempt, transport_failure, upstream_status_failure, AttemptResult, CallTrace};
 use crate::relay::key_pool::KeyPick;
 use crate::relay::outbound::{channel_format, upstream_headers};
 use crate::relay::record::AttemptRecord;
@@ -137,14 +137,8 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
     };
 
     let config = &state.config.relay;
-    let first_byte = Duration::from_millis(if group.first_byte_timeout_ms > 0 {
-        group.first_byte_timeout_ms
-    } else {
-        config.first_byte_timeout_seconds * 1000
-    });
-    let total_ms = if group.total_timeout_ms > 0 { group.total_timeout_ms } else { config.total_timeout_seconds * 1000 };
-    let deadline = trace.started.checked_add(Duration::from_millis(total_ms)).unwrap_or(trace.started + Duration::from_secs(86_400));
-    let max_attempts = if group.max_attempts > 0 { group.max_attempts } else { config.max_attempts };
+    let GroupLimits { first_byte, total_ms, max_attempts } = group_limits(&group, config);
+    let deadline = started_plus(trace.started, total_ms);
     let elapsed_ms = trace.started.elapsed().as_millis() as u64;
     let budget = RetryBudget::new(max_attempts, state.health.now_ms().saturating_sub(elapsed_ms), total_ms);
     let control = CallControl::new();

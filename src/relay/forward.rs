@@ -256,18 +256,12 @@ fn generate(
         .cloned()
         .ok_or_else(|| RelayError::UnknownModel(format!("the model {:?} does not exist", call.model)))?;
     let config = &state.config.relay;
-    let first_byte = Duration::from_millis(if group.first_byte_timeout_ms > 0 {
-        group.first_byte_timeout_ms
-    } else {
-        config.first_byte_timeout_seconds * 1000
-    });
-    let total_ms = if group.total_timeout_ms > 0 { group.total_timeout_ms } else { config.total_timeout_seconds * 1000 };
+    let GroupLimits { first_byte, total_ms, max_attempts } = group_limits(&group, config);
     let deadlines = Deadlines {
         first_byte,
         stream_idle: Duration::from_secs(config.stream_idle_timeout_seconds),
         total_deadline: started_plus(trace.started, total_ms),
     };
-    let max_attempts = if group.max_attempts > 0 { group.max_attempts } else { config.max_attempts };
 
     // Items that could serve at all: enabled channel, at least one enabled key, a format the
     // relay can reach from the client's.
@@ -446,7 +440,26 @@ fn generate(
     Err(RelayError::NoAvailableChannel(format!("no upstream could take the request: {reasons}")))
 }
 
-fn started_plus(started: Instant, milliseconds: u64) -> Instant {
+/// A group's own timeouts and attempts, or the relay's defaults where the group leaves them at 0.
+pub(crate) struct GroupLimits {
+    pub first_byte: Duration,
+    pub total_ms: u64,
+    pub max_attempts: u32,
+}
+
+pub(crate) fn group_limits(group: &Group, config: &crate::config::RelayConfig) -> GroupLimits {
+    GroupLimits {
+        first_byte: Duration::from_millis(if group.first_byte_timeout_ms > 0 {
+            group.first_byte_timeout_ms
+        } else {
+            config.first_byte_timeout_seconds * 1000
+        }),
+        total_ms: if group.total_timeout_ms > 0 { group.total_timeout_ms } else { config.total_timeout_seconds * 1000 },
+        max_attempts: if group.max_attempts > 0 { group.max_attempts } else { config.max_attempts },
+    }
+}
+
+pub(crate) fn started_plus(started: Instant, milliseconds: u64) -> Instant {
     started.checked_add(Duration::from_millis(milliseconds)).unwrap_or(started + Duration::from_secs(86_400 * 365))
 }
 
