@@ -2,7 +2,7 @@
 export const chineseStrings = {
   "Dashboard": "仪表盘", "Channels": "渠道", "Groups": "分组", "Client keys": "客户端密钥", "Prices": "价格", "Logs": "日志", "Settings": "设置",
   "Today": "今天", "7 days": "7 天", "30 days": "30 天", "Period": "时间范围",
-  "(deleted)": "（已删除）", "0 = off": "0 = 关闭", "0 = off.": "0 = 关闭。", "0 = keep forever.": "0 = 永久保留。", "0 = no limit.": "0 = 不限制。",
+  "(deleted)": "（已删除）", "0 = off": "0 = 关闭", "0 = off.": "0 = 关闭。", "1 or more; older logs are deleted.": "至少为 1；更早的日志会被删除。", "0 = keep no request logs.": "0 = 不保存请求日志。",
   "A name is required.": "名称不能为空。", "Actions": "操作", "Activity over the last year": "过去一年的活动", "Add": "添加", "Add a model": "添加模型",
   "Add all matching": "全部添加", "Add base URL": "添加基础 URL", "Add header": "添加请求头", "Add item": "添加条目", "Add key": "添加密钥", "All": "全部",
   "Allowed groups": "允许的分组", "At least one base URL is required.": "至少需要一个基础 URL。", "Attempts": "尝试", "Auto group": "自动分组", "Auto-group regex": "自动分组正则", "New models of channels with auto group \"regex\" that match join this group.": "自动分组为“regex”的渠道中匹配的新模型会加入此分组。",

@@ -8,8 +8,8 @@ import { useLoad, useAction, LoadState, ErrorMessage, DoneMessage, Field, Toggle
 /** Labels and hints for the known settings; a setting the backend adds later still shows, under its own name. */
 const SETTING_LABELS = {
   stats_save_interval_seconds: ["Stats save interval (seconds)", "How often counted requests are written to the database."],
-  log_retention_days: ["Log retention (days)", "0 = keep forever."],
-  log_max_rows: ["Maximum log rows", "0 = no limit."],
+  log_retention_days: ["Log retention (days)", "1 or more; older logs are deleted."],
+  log_max_rows: ["Maximum log rows", "0 = keep no request logs."],
   log_bodies: ["Keep request and response bodies", ""],
   log_body_max_bytes: ["Largest kept body (bytes)", ""],
   price_sync_interval_hours: ["Price sync interval (hours)", "0 = off."],
