@@ -127,6 +127,11 @@ impl std::fmt::Display for StartError {
     }
 }
 
+/// Set to 1, the relay counts and logs nothing: `scripts/bench --stats-off` runs the same build
+/// with and without it to measure what statistics cost per request. Deliberately not a config
+/// key: no user should run a gateway that forgets its requests and its spending caps.
+const BENCH_WITHOUT_STATS_VARIABLE: &str = "OCTOPUS_BENCH_WITHOUT_STATS";
+
 /// Opens the store, seeds the admin account and starts serving. Returns once listening.
 pub fn start(config: Config) -> Result<Gateway, StartError> {
     configure_runtime(config.server.workers);
@@ -151,7 +156,11 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
     let settings = Arc::new(SettingsCell::new(settings));
     let prices = PriceState::new(Catalog::builtin());
     let mut stats = StatsService::new(store.clone(), settings.clone(), prices);
-    let (records, record_receiver) = RecordSink::bounded(RECORD_QUEUE_CAPACITY);
+    let (mut records, record_receiver) = RecordSink::bounded(RECORD_QUEUE_CAPACITY);
+    if std::env::var_os(BENCH_WITHOUT_STATS_VARIABLE).is_some_and(|value| value == "1") {
+        log::warn!("{BENCH_WITHOUT_STATS_VARIABLE}=1: statistics and request logs are off (a benchmark switch, not for use)");
+        records = RecordSink::discarding();
+    }
     let recent = Arc::new(RecentRecords::new(RECENT_RECORDS_KEPT));
     stats.recent = Some(recent.clone());
     let stats = Arc::new(stats);

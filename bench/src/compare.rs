@@ -7,7 +7,7 @@
 //! measures c=1 latency (sequential keep-alive requests) and gateway CPU per request at c=64.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,17 @@ impl Arm {
     }
 }
 
+/// What the gateway under test is measured against.
+pub enum Baseline {
+    /// Another build of the gateway, e.g. the commit before a change.
+    OtherBuild(PathBuf),
+    /// The same build with statistics and request logs switched off, to price what they cost.
+    SameBuildWithoutStats,
+}
+
+/// The gateway's benchmark switch for `Baseline::SameBuildWithoutStats`.
+const WITHOUT_STATS: (&str, &str) = ("OCTOPUS_BENCH_WITHOUT_STATS", "1");
+
 pub struct ComparePlan {
     pub rounds: usize,
     pub requests_per_round: usize,
@@ -40,10 +51,16 @@ pub struct ComparePlan {
 }
 
 /// Runs the comparison and returns the Markdown report.
-pub fn run(gateway_binary: &Path, baseline_binary: &Path, plan: &ComparePlan, pin_to_cpu: Option<u32>, progress: &dyn Fn(&str)) -> Result<String, String> {
+pub fn run(gateway_binary: &Path, baseline: &Baseline, plan: &ComparePlan, pin_to_cpu: Option<u32>, progress: &dyn Fn(&str)) -> Result<String, String> {
     let mock = MockUpstream::start().map_err(|error| format!("cannot start the mock: {error}"))?;
-    let baseline = Gateway::start(baseline_binary, pin_to_cpu)?;
-    let under_test = Gateway::start(gateway_binary, pin_to_cpu)?;
+    let (baseline_label, baseline) = match baseline {
+        Baseline::OtherBuild(binary) => (format!("`{}`", binary.display()), Gateway::start(binary, pin_to_cpu, &[])?),
+        Baseline::SameBuildWithoutStats => (
+            format!("the same build with `{}={}` (statistics and request logs off)", WITHOUT_STATS.0, WITHOUT_STATS.1),
+            Gateway::start(gateway_binary, pin_to_cpu, &[WITHOUT_STATS])?,
+        ),
+    };
+    let under_test = Gateway::start(gateway_binary, pin_to_cpu, &[])?;
     let groups = [crate::GROUPS[0]];
     let mut targets = Vec::new();
     for gateway in [&baseline, &under_test] {
@@ -73,13 +90,13 @@ pub fn run(gateway_binary: &Path, baseline_binary: &Path, plan: &ComparePlan, pi
             arms[index].errors.absorb(outcome.errors);
         }
     }
-    Ok(render(&arms, baseline_binary, gateway_binary, plan))
+    Ok(render(&arms, &baseline_label, gateway_binary, plan))
 }
 
-fn render(arms: &[Arm; 2], baseline_binary: &Path, gateway_binary: &Path, plan: &ComparePlan) -> String {
+fn render(arms: &[Arm; 2], baseline_label: &str, gateway_binary: &Path, plan: &ComparePlan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "### Gateway against a baseline build ({} alternating rounds)\n", plan.rounds);
-    let _ = writeln!(out, "baseline: `{}` · under test: `{}`\n", baseline_binary.display(), gateway_binary.display());
+    let _ = writeln!(out, "baseline: {baseline_label} · under test: `{}`\n", gateway_binary.display());
     let _ = writeln!(out, "| Metric | Baseline | Under test | Under test / baseline |");
     let _ = writeln!(out, "|---|--:|--:|--:|");
     let row = |out: &mut String, label: &str, baseline: u64, under_test: u64| {

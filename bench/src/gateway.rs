@@ -65,8 +65,20 @@ pub struct Gateway {
 impl Gateway {
     /// Writes a config (127.0.0.1, a free port, SQLite in a temp dir, log level warn), starts
     /// `binary start --config ...`, optionally under `taskset -c CPU`, and waits for
-    /// `GET /healthz` to answer 200.
-    pub fn start(binary: &Path, pin_to_cpu: Option<u32>) -> Result<Gateway, String> {
+    /// `GET /healthz` to answer 200. `environment` is added to the gateway's environment.
+    pub fn start(binary: &Path, pin_to_cpu: Option<u32>, environment: &[(&str, &str)]) -> Result<Gateway, String> {
+        // taskset execs the gateway, so the child's pid is the gateway's own.
+        let prefix = match pin_to_cpu {
+            Some(cpu) => vec!["taskset".to_string(), "-c".to_string(), cpu.to_string()],
+            None => Vec::new(),
+        };
+        Gateway::start_under(&prefix, binary, environment, STARTUP_TIMEOUT)
+    }
+
+    /// `start` with the gateway run by another program (`prefix`, e.g. taskset or valgrind,
+    /// which must run it in its own process so the child's pid stays the gateway's) and a
+    /// startup timeout to match (valgrind makes startup many times slower).
+    pub fn start_under(prefix: &[String], binary: &Path, environment: &[(&str, &str)], startup_timeout: Duration) -> Result<Gateway, String> {
         let temp_dir = TempDir::create("octopus-bench")?;
         let port = free_port()?;
         let config_path = temp_dir.path().join("config.json");
@@ -83,11 +95,10 @@ impl Gateway {
         let log_for_stderr = log
             .try_clone()
             .map_err(|error| format!("cannot clone log handle: {error}"))?;
-        let mut command = match pin_to_cpu {
-            Some(cpu) => {
-                // taskset execs the gateway, so the child's pid is the gateway's own.
-                let mut command = Command::new("taskset");
-                command.arg("-c").arg(cpu.to_string()).arg(binary);
+        let mut command = match prefix.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary);
                 command
             }
             None => Command::new(binary),
@@ -96,6 +107,7 @@ impl Gateway {
             .arg("start")
             .arg("--config")
             .arg(&config_path)
+            .envs(environment.iter().copied())
             .current_dir(temp_dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -119,7 +131,7 @@ impl Gateway {
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             temp_dir,
         };
-        gateway.wait_until_healthy()?;
+        gateway.wait_until_healthy(startup_timeout)?;
         Ok(gateway)
     }
 
@@ -147,8 +159,8 @@ impl Gateway {
         String::from_utf8_lossy(&log[tail_start..]).into_owned()
     }
 
-    fn wait_until_healthy(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
+    fn wait_until_healthy(&mut self, startup_timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + startup_timeout;
         while Instant::now() < deadline {
             if let Ok(Some(exit)) = self.child.try_wait() {
                 return Err(format!(
@@ -170,7 +182,7 @@ impl Gateway {
             std::thread::sleep(HEALTH_POLL_INTERVAL);
         }
         Err(format!(
-            "the gateway did not answer GET /healthz with 200 within {STARTUP_TIMEOUT:?}; its log:\n{}",
+            "the gateway did not answer GET /healthz with 200 within {startup_timeout:?}; its log:\n{}",
             self.log_tail()
         ))
     }

@@ -11,6 +11,7 @@ mod compare;
 mod conversion;
 mod gateway;
 mod http_client;
+mod instructions;
 mod lanes;
 mod measure;
 mod mock_upstream;
@@ -35,11 +36,17 @@ use crate::mock_upstream::{Dialect, MockUpstream};
 use crate::proc_stats::{cpu_micros, raise_fd_limit, resident_kib};
 use crate::report::{ArmResults, MemoryResults, RunInfo, RunResults};
 
-const USAGE: &str = "usage: octopus-bench [--quick] (--gateway PATH [--compare BASELINE] | --direct-only)
+const USAGE: &str = "usage: octopus-bench [--quick] (--gateway PATH [--compare BASELINE | --stats-off | --instructions | --record | --check] | --direct-only)
 
   --gateway PATH   the octopus binary to start and measure against the direct baseline
   --compare PATH   instead of the full run, measure --gateway against this other build of it
                    (e.g. the commit before a change), side by side in alternating rounds
+  --stats-off      instead of the full run, measure --gateway against itself with statistics
+                   and request logs switched off (OCTOPUS_BENCH_WITHOUT_STATS=1), like --compare
+  --instructions   instead of the full run, count instructions and allocations per request of
+                   every lane under callgrind (deterministic, unlike timings)
+  --record         --instructions, then write the counts to bench/instructions.json
+  --check          --instructions, then fail if a lane grew more than 5% over the recorded count
   --direct-only    measure only the mock upstream directly (no gateway)
   --quick          fewer rounds, 100 held streams and short conversion lanes, for smoke tests
 
@@ -89,10 +96,19 @@ const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// and mock side) plus headroom.
 const WANTED_FD_LIMIT: u64 = 65_536;
 
+/// What to do with instruction counts (`--instructions`, `--record`, `--check`).
+#[derive(Clone, Copy, PartialEq)]
+enum InstructionMode {
+    Print,
+    Record,
+    Check,
+}
+
 struct Options {
     quick: bool,
-    /// `--compare`: a baseline build to measure the gateway against instead of the full run.
-    baseline_binary: Option<PathBuf>,
+    instructions: Option<InstructionMode>,
+    /// `--compare` or `--stats-off`: what to measure the gateway against instead of the full run.
+    baseline: Option<compare::Baseline>,
     /// None for a direct-only run.
     gateway_binary: Option<PathBuf>,
 }
@@ -165,7 +181,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let (Some(gateway_binary), Some(baseline_binary)) = (&options.gateway_binary, &options.baseline_binary) {
+    if let (Some(gateway_binary), Some(mode)) = (&options.gateway_binary, options.instructions) {
+        return run_instructions(gateway_binary, mode);
+    }
+    if let (Some(gateway_binary), Some(baseline)) = (&options.gateway_binary, &options.baseline) {
         let started = Instant::now();
         let plan = if options.quick {
             compare::ComparePlan { rounds: 4, requests_per_round: 200, load_duration: Duration::from_millis(1_000) }
@@ -173,7 +192,7 @@ fn main() -> ExitCode {
             compare::ComparePlan { rounds: 10, requests_per_round: 400, load_duration: Duration::from_millis(2_000) }
         };
         let (pin_to_cpu, _) = gateway_pinning();
-        return match compare::run(gateway_binary, baseline_binary, &plan, pin_to_cpu, &|message| progress(started, message)) {
+        return match compare::run(gateway_binary, baseline, &plan, pin_to_cpu, &|message| progress(started, message)) {
             Ok(report) => {
                 print!("{report}");
                 ExitCode::SUCCESS
@@ -200,7 +219,8 @@ fn parse_options() -> Result<Options, String> {
     let mut quick = false;
     let mut direct_only = false;
     let mut gateway_binary = None;
-    let mut baseline_binary = None;
+    let mut baseline = None;
+    let mut instructions = None;
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
         match argument.as_str() {
@@ -212,8 +232,12 @@ fn parse_options() -> Result<Options, String> {
             }
             "--compare" => {
                 let path = arguments.next().ok_or("--compare needs a path")?;
-                baseline_binary = Some(PathBuf::from(path));
+                baseline = Some(compare::Baseline::OtherBuild(PathBuf::from(path)));
             }
+            "--stats-off" => baseline = Some(compare::Baseline::SameBuildWithoutStats),
+            "--instructions" => instructions = Some(InstructionMode::Print),
+            "--record" => instructions = Some(InstructionMode::Record),
+            "--check" => instructions = Some(InstructionMode::Check),
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -226,14 +250,80 @@ fn parse_options() -> Result<Options, String> {
     } else if gateway_binary.is_none() {
         return Err("give --gateway PATH or --direct-only".to_string());
     }
-    if baseline_binary.is_some() && gateway_binary.is_none() {
-        return Err("--compare needs --gateway too".to_string());
+    if (baseline.is_some() || instructions.is_some()) && gateway_binary.is_none() {
+        return Err("--compare, --stats-off, --instructions, --record and --check need --gateway too".to_string());
     }
     Ok(Options {
         quick,
-        baseline_binary,
+        instructions,
+        baseline,
         gateway_binary,
     })
+}
+
+/// Where `--record` writes the counts and `--check` reads them.
+fn instructions_record_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("instructions.json")
+}
+
+fn run_instructions(gateway_binary: &std::path::Path, mode: InstructionMode) -> ExitCode {
+    let started = Instant::now();
+    let record_path = instructions_record_path();
+    let recorded = match mode {
+        InstructionMode::Record => None,
+        InstructionMode::Print | InstructionMode::Check => {
+            let recorded = std::fs::read_to_string(&record_path)
+                .map_err(|error| format!("cannot read {}: {error}", record_path.display()))
+                .and_then(|text| serde_json::from_str(&text).map_err(|error| format!("{} is not JSON: {error}", record_path.display())))
+                .and_then(|value| instructions::from_json(&value).map_err(|error| format!("{}: {error}", record_path.display())));
+            match (recorded, mode) {
+                (Ok(recorded), _) => Some(recorded),
+                (Err(message), InstructionMode::Check) => {
+                    eprintln!("octopus-bench: {message}");
+                    return ExitCode::FAILURE;
+                }
+                (Err(_), _) => None,
+            }
+        }
+    };
+    let counts = match instructions::measure(gateway_binary, &|message| progress(started, message)) {
+        Ok(counts) => counts,
+        Err(message) => {
+            eprintln!("octopus-bench: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", instructions::render(&counts, recorded.as_deref()));
+    match mode {
+        InstructionMode::Print => ExitCode::SUCCESS,
+        InstructionMode::Record => {
+            let commit = std::env::var("BENCH_COMMIT").unwrap_or_else(|_| "unknown".to_string());
+            let rustc = std::env::var("BENCH_RUSTC").unwrap_or_else(|_| "rustc ?".to_string());
+            let text = serde_json::to_string_pretty(&instructions::to_json(&counts, &commit, &rustc)).expect("counts serialise") + "\n";
+            match std::fs::write(&record_path, text) {
+                Ok(()) => {
+                    eprintln!("recorded in {}", record_path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("octopus-bench: cannot write {}: {error}", record_path.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        InstructionMode::Check => {
+            let problems = instructions::regressions(&counts, recorded.as_deref().unwrap_or_default());
+            if problems.is_empty() {
+                eprintln!("instruction counts within {:.0}% of {}", instructions::ALLOWED_GROWTH * 100.0, record_path.display());
+                ExitCode::SUCCESS
+            } else {
+                for problem in &problems {
+                    eprintln!("regression: {problem}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+    }
 }
 
 /// Progress goes to stderr so stdout carries only the Markdown report.
@@ -262,7 +352,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
 
     let (pin_to_cpu, pinning) = gateway_pinning();
     let mut gateway = match &options.gateway_binary {
-        Some(binary) => Some(Gateway::start(binary, pin_to_cpu)?),
+        Some(binary) => Some(Gateway::start(binary, pin_to_cpu, &[])?),
         None => None,
     };
     let gateway_pid = gateway.as_ref().map(Gateway::pid);

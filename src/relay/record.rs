@@ -55,7 +55,8 @@ pub struct RequestRecord {
 
 /// The sending side: cheap to share, never blocks.
 pub struct RecordSink {
-    sender: Sender<RequestRecord>,
+    /// `None` when statistics are switched off for a benchmark (`discarding`).
+    sender: Option<Sender<RequestRecord>>,
     dropped: AtomicU64,
 }
 
@@ -63,11 +64,18 @@ impl RecordSink {
     /// A sink and its receiver, holding at most `capacity` records in flight.
     pub fn bounded(capacity: usize) -> (RecordSink, Receiver<RequestRecord>) {
         let (sender, receiver) = crossbeam_channel::bounded(capacity);
-        (RecordSink { sender, dropped: AtomicU64::new(0) }, receiver)
+        (RecordSink { sender: Some(sender), dropped: AtomicU64::new(0) }, receiver)
+    }
+
+    /// A sink that throws every record away: statistics and request logs off. Only the benchmark
+    /// uses it (`OCTOPUS_BENCH_WITHOUT_STATS`), to measure what counting costs per request.
+    pub fn discarding() -> RecordSink {
+        RecordSink { sender: None, dropped: AtomicU64::new(0) }
     }
 
     pub fn emit(&self, record: RequestRecord) {
-        match self.sender.try_send(record) {
+        let Some(sender) = &self.sender else { return };
+        match sender.try_send(record) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -77,7 +85,7 @@ impl RecordSink {
 
     /// Records sent and not yet taken by the consumer.
     pub fn queued(&self) -> usize {
-        self.sender.len()
+        self.sender.as_ref().map_or(0, Sender::len)
     }
 
     /// Records dropped because the consumer was not keeping up (or was gone).
