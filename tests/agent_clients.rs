@@ -744,6 +744,18 @@ fn system_start(turn: &AgentTurn) -> String {
     text.chars().take(60).collect()
 }
 
+/// Whether the client turned reasoning on with a level the other formats can carry: Claude
+/// Code's adaptive thinking, Codex's `reasoning.effort` (sent for models it knows). Gemini CLI
+/// only asks for thought summaries, and Codex for an unknown model only for a reasoning summary,
+/// which leave the level to the model.
+fn asks_for_reasoning(turn: &AgentTurn) -> bool {
+    match turn.protocol {
+        ClientProtocol::Anthropic => turn.body["thinking"]["type"] != "disabled",
+        ClientProtocol::OpenaiResponses => turn.body["reasoning"]["effort"].is_string(),
+        _ => false,
+    }
+}
+
 /// What the upstream answers a recorded turn with, and the call the client must get: the
 /// client's own shell tool on a first turn, Codex's `apply_patch` (a custom tool) after the
 /// shell call's result, text otherwise. A Responses channel answers Codex's `apply_patch` turn
@@ -864,6 +876,9 @@ fn check_turn_upstream(
         );
         return;
     }
+    let after_a_call = !tool_view(turn.protocol.channel(), &turn.body, false)
+        .calls
+        .is_empty();
     let expectation = UpstreamExpectation {
         model: upstream_model(channel),
         key: channel_key(channel),
@@ -873,7 +888,9 @@ fn check_turn_upstream(
         mid_system: None,
         image: None,
         tool: None,
-        reasoning: false,
+        // Anthropic refuses thinking after a tool call made without its own signed thinking
+        // block, so the gateway leaves thinking off there (`protocol::anthropic`).
+        reasoning: asks_for_reasoning(turn) && !(channel == ChannelKind::Anthropic && after_a_call),
         converted: true,
         project: (channel == ChannelKind::Antigravity).then(|| ANTIGRAVITY_PROJECT.to_string()),
     };

@@ -1,8 +1,8 @@
 //! OpenAI Responses `custom` tools (free-form input, often constrained by a grammar) carried
 //! through formats that only know JSON function tools.
 //!
-//! Codex's `apply_patch` is the custom tool that matters: `{"type": "custom", "name", "description",
-//! "format": {"type": "grammar", "syntax": "lark", "definition"}}`, called by the model with a
+//! Codex's `apply_patch` is the custom tool that matters: `{"type": "custom", "name",
+//! "description", "format": {"type": "grammar", "syntax": "lark", "definition"}}`, called with a
 //! `custom_tool_call` item whose `input` is the patch text. Every other format takes tool
 //! arguments as a JSON object, so on the way to another upstream a custom tool becomes a function
 //! tool with one required string parameter, [`INPUT_PARAMETER`], whose description carries the
