@@ -1554,6 +1554,7 @@ mod signature_tests {
             id: "msg_x".to_string(),
             model: "m".to_string(),
             created_unix: 0,
+            custom_tools: Vec::new(),
         };
         let written = write_response(&response, &meta);
         assert_eq!(written["content"][0]["signature"], "");

@@ -175,6 +175,7 @@ mod tests {
             id: "resp_1".to_string(),
             model: String::new(),
             created_unix: 0,
+            custom_tools: Vec::new(),
         };
         let mut out = Vec::new();
         if antigravity {

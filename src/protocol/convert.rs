@@ -11,7 +11,7 @@ use crate::protocol::ir::{
     ConvertError, Media, MediaSource, Part, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
 };
 use crate::protocol::sse::SseEvent;
-use crate::protocol::{anthropic, antigravity, gemini, openai_chat, openai_responses};
+use crate::protocol::{anthropic, antigravity, custom_tools, gemini, openai_chat, openai_responses};
 
 /// What a conversion needs to know besides the bodies. Ids and times come from the caller, which
 /// keeps conversion free of clocks and randomness.
@@ -34,6 +34,9 @@ pub struct ConvertContext {
     pub antigravity_project: String,
     /// A unique id for the upstream request (Antigravity's `requestId`); may be empty.
     pub request_id: String,
+    /// The client's OpenAI Responses `custom` tools by name ([`client_custom_tools`]), whose
+    /// calls the answer must give back as `custom_tool_call`s.
+    pub custom_tools: Vec<String>,
 }
 
 /// Whether the client's request asks for usage in the stream: Chat only sends it when
@@ -42,6 +45,15 @@ pub fn client_wants_stream_usage(client: Format, body: &Value) -> bool {
     match client {
         Format::OpenaiChat => body["stream_options"]["include_usage"].as_bool() == Some(true),
         _ => true,
+    }
+}
+
+/// The names of the client's OpenAI Responses `custom` tools, for [`ConvertContext::custom_tools`];
+/// other client formats have none.
+pub fn client_custom_tools(client: Format, body: &Value) -> Vec<String> {
+    match client {
+        Format::OpenaiResponses => custom_tools::custom_tool_names(body),
+        _ => Vec::new(),
     }
 }
 
@@ -362,6 +374,7 @@ fn response_meta(context: &ConvertContext) -> ResponseMeta {
         id: context.response_id.clone(),
         model: context.upstream_model.clone(),
         created_unix: context.created_unix,
+        custom_tools: context.custom_tools.clone(),
     }
 }
 
@@ -438,7 +451,9 @@ mod tests {
     //! An input may be `{"$fixture": "<provider file>", "$pointer": "/json/pointer"}` to use a
     //! recorded body from the shared fixtures, and a stream input is
     //! `{"$fixture": "<stream file>"}` or `{"events": [{"event": name, "data": json}]}`, plus an
-    //! optional `"include_usage"`. A failed conversion is written as `{"convert_error": {...}}`.
+    //! optional `"include_usage"`. A response or stream input may name the client's Responses
+    //! custom tools with `"$custom_tools": [names]`, whose calls are then written as custom tool
+    //! calls. A failed conversion is written as `{"convert_error": {...}}`.
     //! A request input may name the upstream model with `"$upstream_model"` (removed before the
     //! conversion) when the output depends on it (Gemini 3, Claude on Antigravity).
 
@@ -488,6 +503,7 @@ mod tests {
             include_usage,
             antigravity_project: "test-project".to_string(),
             request_id: "agent-test".to_string(),
+            custom_tools: Vec::new(),
         }
     }
 
@@ -572,15 +588,20 @@ mod tests {
                 }
             }
             "response" => {
-                let body = resolve_input(input).to_string();
-                match convert_response(from, to, body.as_bytes(), &context(false, false)) {
+                let mut body = resolve_input(input);
+                let mut context = context(false, false);
+                context.custom_tools = take_custom_tools(&mut body);
+                let body = body.to_string();
+                match convert_response(from, to, body.as_bytes(), &context) {
                     Ok(bytes) => serde_json::from_slice(&bytes).expect("written response is JSON"),
                     Err(error) => error_output(error),
                 }
             }
             "stream" => {
                 let include_usage = input["include_usage"].as_bool().unwrap_or(false);
-                let mut transcoder = StreamTranscoder::new(from, to, &context(true, include_usage));
+                let mut context = context(true, include_usage);
+                context.custom_tools = take_custom_tools(&mut input.clone());
+                let mut transcoder = StreamTranscoder::new(from, to, &context);
                 let mut out = Vec::new();
                 for event in parse_stream(&stream_input(&input)) {
                     if let Err(error) = transcoder.push(&event, &mut out) {
@@ -592,6 +613,21 @@ mod tests {
             }
             other => panic!("unknown lane kind {other}"),
         }
+    }
+
+    /// Removes `"$custom_tools"` (the names of the client's Responses custom tools, which a
+    /// response or stream case needs to know) from a case input.
+    fn take_custom_tools(input: &mut Value) -> Vec<String> {
+        let Some(Value::Array(names)) = input
+            .as_object_mut()
+            .and_then(|object| object.remove("$custom_tools"))
+        else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .map(|name| name.as_str().expect("custom tool names are strings").to_string())
+            .collect()
     }
 
     /// Checks one case against its expected output; returns a description of any mismatch.
@@ -659,6 +695,7 @@ mod tests {
                 "request_gemini_to_gemini",
                 "request_responses_to_anthropic",
                 "request_responses_to_chat",
+                "request_responses_to_gemini",
                 "request_responses_to_responses",
                 "response_anthropic_to_chat",
                 "response_anthropic_to_responses",
@@ -754,6 +791,11 @@ mod tests {
     #[test]
     fn request_responses_to_anthropic() {
         check_lane("request_responses_to_anthropic");
+    }
+
+    #[test]
+    fn request_responses_to_gemini() {
+        check_lane("request_responses_to_gemini");
     }
 
     #[test]

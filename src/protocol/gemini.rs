@@ -1689,6 +1689,7 @@ mod tests {
             id: "resp_1".to_string(),
             model: "gemini-2.5-flash".to_string(),
             created_unix: 0,
+            custom_tools: Vec::new(),
         }
     }
 

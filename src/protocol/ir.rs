@@ -451,11 +451,14 @@ pub struct WriteOptions {
 }
 
 /// Values a response writer uses when the IR lacks them (and always for `created_unix`).
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct ResponseMeta {
     pub id: String,
     pub model: String,
     pub created_unix: i64,
+    /// The names of the client's OpenAI Responses `custom` tools: a Responses writer answers a
+    /// call of one of them with a `custom_tool_call` (see `protocol::custom_tools`).
+    pub custom_tools: Vec<String>,
 }
 
 /// The text parts of every system and developer message, in conversation order: the hoisting

@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod antigravity;
 pub mod collect;
 pub mod convert;
+pub mod custom_tools;
 pub mod embeddings;
 pub mod error;
 pub mod gemini;

@@ -10,6 +10,9 @@
 //!   Responses API itself refuses them.
 //! - Hosted tools (web search, file search, code interpreter…) and the call items they leave in
 //!   `input` have no equivalent in other formats and are dropped.
+//! - `custom` tools (free-form input, Codex's `apply_patch`) become function tools with one
+//!   string parameter, and calls of them come back to the client as `custom_tool_call`s; see
+//!   `protocol::custom_tools`.
 //! - Requests written for a Responses upstream: a leading system message becomes `instructions`,
 //!   later system and developer messages stay input items in place; function tools get
 //!   `strict:false` unless the client chose, because Responses would otherwise make them strict;
@@ -29,6 +32,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
+use crate::protocol::custom_tools::{self, StreamingInputDecoder};
 use crate::protocol::error::{ErrorKind, parse_upstream_error};
 use crate::protocol::ir::{
     ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
@@ -208,7 +212,22 @@ fn parse_input_item(
             assistant_message(out).parts.push(Part::ToolCall(call));
             Ok(())
         }
-        "function_call_output" => {
+        // A custom tool's call carries free-form text; the other formats get it as the one
+        // string argument of the function tool the custom tool became (see `parse_tool`).
+        "custom_tool_call" => {
+            let call = ToolCall {
+                id: req_str(item, "call_id", path)?.to_string(),
+                name: req_str(item, "name", path)?.to_string(),
+                arguments: custom_tools::arguments_for_input(
+                    opt_str(item, "input", path)?.unwrap_or_default(),
+                ),
+                signature: None,
+            };
+            call_names.insert(call.id.clone(), call.name.clone());
+            assistant_message(out).parts.push(Part::ToolCall(call));
+            Ok(())
+        }
+        "function_call_output" | "custom_tool_call_output" => {
             let call_id = req_str(item, "call_id", path)?.to_string();
             let output_path = join(path, "output");
             let content = parse_content(field(item, "output"), &output_path)?;
@@ -237,7 +256,7 @@ fn parse_input_item(
                  {STATELESS_ADVICE}"
             ),
         )),
-        // Hosted and custom tool calls are dropped with their tools (see `parse_tool`).
+        // Hosted tool calls are dropped with their tools (see `parse_tool`).
         other if is_hosted_tool_item(other) => {
             log::debug!(
                 "responses request: {path} is a {other:?} item of a tool only OpenAI runs; dropped"
@@ -431,16 +450,30 @@ fn parse_reasoning_item(item: &Value, path: &str) -> Result<Option<Part>, Conver
 
 fn parse_tool(tool: &Value, path: &str) -> Result<Option<ToolDefinition>, ConvertError> {
     object(tool, path)?;
-    // Hosted and custom tools have no equivalent in other formats: hosted tools run at OpenAI,
-    // and custom tools take free-form text (often constrained by a grammar) where every other
-    // format takes a JSON object, so the model could not call them as the client expects.
-    if let Some(tool_type) = opt_str(tool, "type", path)?
-        && tool_type != "function"
-    {
-        log::debug!(
-            "responses request: {path} is a {tool_type:?} tool, which only OpenAI runs; dropped"
-        );
-        return Ok(None);
+    match opt_str(tool, "type", path)? {
+        None | Some("function") => {}
+        // Custom tools take free-form text (often constrained by a grammar) where every other
+        // format takes a JSON object: they become a function with one string parameter, and
+        // the response writers turn its calls back into custom tool calls.
+        Some("custom") => {
+            let format = field(tool, "format");
+            return Ok(Some(ToolDefinition {
+                name: req_str(tool, "name", path)?.to_string(),
+                description: Some(custom_tools::function_description(
+                    opt_str(tool, "description", path)?,
+                    format,
+                )),
+                parameters: custom_tools::input_schema(),
+                strict: None,
+            }));
+        }
+        // Hosted tools run at OpenAI; other formats have nothing to run them.
+        Some(tool_type) => {
+            log::debug!(
+                "responses request: {path} is a {tool_type:?} tool, which only OpenAI runs; dropped"
+            );
+            return Ok(None);
+        }
     }
     Ok(Some(ToolDefinition {
         name: req_str(tool, "name", path)?.to_string(),
@@ -457,7 +490,7 @@ fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, ConvertError> {
     match choice {
         Value::String(mode) => tool_choice_mode(mode, path),
         Value::Object(_) => match req_str(choice, "type", path)? {
-            "function" => Ok(ToolChoice::Named(
+            "function" | "custom" => Ok(ToolChoice::Named(
                 req_str(choice, "name", path)?.to_string(),
             )),
             // The subset of allowed tools has no equivalent elsewhere; only the mode is kept.
@@ -1027,6 +1060,23 @@ fn function_call_item(id: &str, status: &str, call: &ToolCall) -> Value {
     })
 }
 
+/// A call of one of the client's custom tools, with its free-form `input`.
+fn custom_tool_call_item(id: &str, status: &str, call: &ToolCall, input: &str) -> Value {
+    json!({
+        "id": id,
+        "type": "custom_tool_call",
+        "status": status,
+        "call_id": call.id,
+        "name": call.name,
+        "input": input,
+    })
+}
+
+/// Whether `name` is one of the client's custom tools, whose calls are written as custom calls.
+fn is_custom_tool(meta_custom_tools: &[String], name: &str) -> bool {
+    meta_custom_tools.iter().any(|custom| custom == name)
+}
+
 /// Writes a Responses response body for a client. The id is the gateway's (`meta.id`): a Responses
 /// id names a response object, which an upstream message or completion id is not. Reasoning signed
 /// by another provider is written without its signature, since the client would hand it back to us
@@ -1054,6 +1104,12 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
                 flush(&mut content, &mut output);
                 let item_id = item_id("rs", id, output.len());
                 output.push(reasoning_item(&item_id, &reasoning.text, signature));
+            }
+            Part::ToolCall(call) if is_custom_tool(&meta.custom_tools, &call.name) => {
+                flush(&mut content, &mut output);
+                let item_id = item_id("ctc", id, output.len());
+                let input = custom_tools::input_from_arguments(&call.arguments);
+                output.push(custom_tool_call_item(&item_id, "completed", call, &input));
             }
             Part::ToolCall(call) => {
                 flush(&mut content, &mut output);
@@ -1510,12 +1566,22 @@ enum OpenItem {
     },
 }
 
-/// A function-call item being written, by IR tool index.
+/// A function-call or custom-tool-call item being written, by IR tool index.
 struct ToolItem {
     output_index: usize,
     item_id: String,
     call: ToolCall,
     done: bool,
+    /// Set for a call of one of the client's custom tools: its input is decoded out of the
+    /// argument fragments and streamed as `response.custom_tool_call_input.delta` events.
+    custom: Option<CustomInput>,
+}
+
+/// The free-form input of a custom tool call being streamed.
+struct CustomInput {
+    decoder: StreamingInputDecoder,
+    /// The input text sent in deltas so far.
+    streamed: String,
 }
 
 /// Writes IR events as a Responses stream for a client.
@@ -1530,6 +1596,7 @@ struct ToolItem {
 pub struct StreamEncoder {
     id: String,
     model: String,
+    custom_tools: Vec<String>,
     created_at: i64,
     next_sequence_number: u64,
     started: bool,
@@ -1548,6 +1615,7 @@ impl StreamEncoder {
         StreamEncoder {
             id: meta.id.clone(),
             model: meta.model.clone(),
+            custom_tools: meta.custom_tools.clone(),
             created_at: meta.created_unix,
             next_sequence_number: 0,
             started: false,
@@ -1641,9 +1709,11 @@ impl StreamEncoder {
                 self.ensure_started(out);
                 self.close_open(out);
                 let output_index = self.take_output_index();
+                let custom = is_custom_tool(&self.custom_tools, name);
+                let prefix = if custom { "ctc" } else { "fc" };
                 let tool = ToolItem {
                     output_index,
-                    item_id: item_id("fc", &self.id, output_index),
+                    item_id: item_id(prefix, &self.id, output_index),
                     call: ToolCall {
                         id: id.clone(),
                         name: name.clone(),
@@ -1651,8 +1721,16 @@ impl StreamEncoder {
                         signature: None,
                     },
                     done: false,
+                    custom: custom.then(|| CustomInput {
+                        decoder: StreamingInputDecoder::new(),
+                        streamed: String::new(),
+                    }),
                 };
-                let item = function_call_item(&tool.item_id, "in_progress", &tool.call);
+                let item = if custom {
+                    custom_tool_call_item(&tool.item_id, "in_progress", &tool.call, "")
+                } else {
+                    function_call_item(&tool.item_id, "in_progress", &tool.call)
+                };
                 let data = json!({"output_index": output_index, "item": item});
                 self.emit("response.output_item.added", data, out);
                 self.tools.insert(*index, tool);
@@ -1662,12 +1740,27 @@ impl StreamEncoder {
                     return;
                 };
                 tool.call.arguments.push_str(fragment);
+                let (event_type, delta) = match &mut tool.custom {
+                    Some(custom) => {
+                        let text = custom.decoder.push(fragment);
+                        custom.streamed.push_str(&text);
+                        ("response.custom_tool_call_input.delta", text)
+                    }
+                    None => (
+                        "response.function_call_arguments.delta",
+                        fragment.to_string(),
+                    ),
+                };
+                // A fragment that only opens the JSON object holds no input text yet.
+                if delta.is_empty() && tool.custom.is_some() {
+                    return;
+                }
                 let data = json!({
                     "item_id": tool.item_id,
                     "output_index": tool.output_index,
-                    "delta": fragment,
+                    "delta": delta,
                 });
-                self.emit("response.function_call_arguments.delta", data, out);
+                self.emit(event_type, data, out);
             }
             StreamEvent::ToolCallEnd { index } => self.close_tool(*index, out),
             StreamEvent::Finish { reason } => {
@@ -1899,8 +1992,14 @@ impl StreamEncoder {
             return;
         };
         tool.done = true;
-        tool.call.arguments = normalized_arguments(&tool.call.arguments);
         let output_index = tool.output_index;
+        if let Some(custom) = tool.custom.take() {
+            let item_id = tool.item_id.clone();
+            let call = tool.call.clone();
+            self.close_custom_tool(output_index, &item_id, &call, custom, out);
+            return;
+        }
+        tool.call.arguments = normalized_arguments(&tool.call.arguments);
         let data = json!({
             "item_id": tool.item_id,
             "output_index": output_index,
@@ -1908,6 +2007,35 @@ impl StreamEncoder {
         });
         let item = function_call_item(&tool.item_id, "completed", &tool.call);
         self.emit("response.function_call_arguments.done", data, out);
+        self.finish_item(output_index, item, out);
+    }
+
+    /// Ends a custom tool call. Its input is the one the complete arguments hold, unless that
+    /// does not continue the text the deltas already sent (arguments cut off mid-string), in
+    /// which case the streamed text is the input. Whatever the deltas have not sent yet goes out
+    /// as one last delta, so that they always add up to the `.done` input.
+    fn close_custom_tool(
+        &mut self,
+        output_index: usize,
+        item_id: &str,
+        call: &ToolCall,
+        custom: CustomInput,
+        out: &mut Vec<u8>,
+    ) {
+        let parsed = custom_tools::input_from_arguments(&call.arguments);
+        let input = if parsed.starts_with(&custom.streamed) {
+            parsed
+        } else {
+            custom.streamed.clone()
+        };
+        let rest = &input[custom.streamed.len()..];
+        if !rest.is_empty() {
+            let data = json!({"item_id": item_id, "output_index": output_index, "delta": rest});
+            self.emit("response.custom_tool_call_input.delta", data, out);
+        }
+        let data = json!({"item_id": item_id, "output_index": output_index, "input": input});
+        self.emit("response.custom_tool_call_input.done", data, out);
+        let item = custom_tool_call_item(item_id, "completed", call, &input);
         self.finish_item(output_index, item, out);
     }
 
@@ -2173,6 +2301,7 @@ mod stream_tests {
             id: "resp_gateway".to_string(),
             model: "gateway-model".to_string(),
             created_unix: 1_700_000_000,
+            custom_tools: Vec::new(),
         }
     }
 
@@ -2398,6 +2527,7 @@ mod body_tests {
             id: "resp_gateway".to_string(),
             model: "gateway-model".to_string(),
             created_unix: 1_700_000_000,
+            custom_tools: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::http::{Request, Response};
 use crate::protocol::convert::{
-    client_wants_stream_usage, collects_non_stream_from_stream, convert_collected_stream, convert_response, ConvertContext,
+    client_custom_tools, client_wants_stream_usage, collects_non_stream_from_stream, convert_collected_stream, convert_response, ConvertContext,
 };
 use crate::protocol::error::{parse_upstream_error, ErrorKind};
 use crate::protocol::sse::{SseEvent, SseParser};
@@ -474,6 +474,7 @@ fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &Inbound
         // Filled in from the attempt's credential (configured or discovered with loadCodeAssist).
         antigravity_project: String::new(),
         request_id: format!("agent-{}", util::random_alphanumeric(24)),
+        custom_tools: client_custom_tools(call.client_format, &call.body),
     }
 }
 

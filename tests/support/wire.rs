@@ -129,7 +129,8 @@ pub struct ToolCallSummary {
     /// None where the client format has no call id (Gemini may omit it).
     pub id: Option<String>,
     pub name: String,
-    /// The arguments parsed into JSON (always an object for a valid call).
+    /// The arguments parsed into JSON (always an object for a valid call); for a call of an
+    /// OpenAI Responses custom tool, its free-form input as a JSON string.
     pub arguments: Value,
 }
 

@@ -964,6 +964,7 @@ struct ItemMeaning {
     kind: String,
     text: String,
     reasoning: String,
+    /// Call id, name and the JSON arguments (a custom tool call: its free-form input).
     call: Option<(String, String, String)>,
 }
 
@@ -998,6 +999,13 @@ fn responses_item(item: &Value, path: &str) -> Checked<ItemMeaning> {
             let name = non_empty_string_field(item, "name", path)?;
             let arguments = string_field(item, "arguments", path)?;
             meaning.call = Some((call_id.to_string(), name.to_string(), arguments.to_string()));
+        }
+        "custom_tool_call" => {
+            non_empty_string_field(item, "id", path)?;
+            let call_id = non_empty_string_field(item, "call_id", path)?;
+            let name = non_empty_string_field(item, "name", path)?;
+            let input = string_field(item, "input", path)?;
+            meaning.call = Some((call_id.to_string(), name.to_string(), input.to_string()));
         }
         "reasoning" => {
             non_empty_string_field(item, "id", path)?;
@@ -1045,7 +1053,12 @@ fn add_item(summary: &mut Summary, meaning: ItemMeaning, path: &str) -> Checked<
     summary.text.push_str(&meaning.text);
     summary.reasoning.push_str(&meaning.reasoning);
     if let Some((call_id, name, arguments)) = meaning.call {
-        let arguments = parse_arguments(&arguments, &format!("{path}.arguments"))?;
+        // A custom tool call's input is free-form text, summarized as a JSON string.
+        let arguments = if meaning.kind == "custom_tool_call" {
+            Value::String(arguments)
+        } else {
+            parse_arguments(&arguments, &format!("{path}.arguments"))?
+        };
         summary.tool_calls.push(ToolCallSummary {
             id: Some(call_id),
             name,
@@ -1200,13 +1213,17 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
                 };
                 match kind.as_str() {
                     "message" => expect_field(item, "role", &json!("assistant"), &item_path)?,
-                    "function_call" => {
+                    "function_call" | "custom_tool_call" => {
                         let call_id = non_empty_string_field(item, "call_id", &item_path)?;
                         let name = non_empty_string_field(item, "name", &item_path)?;
-                        stream_item.arguments =
-                            optional_string_field(item, "arguments", &item_path)?
-                                .unwrap_or("")
-                                .to_string();
+                        let so_far = if kind == "function_call" {
+                            "arguments"
+                        } else {
+                            "input"
+                        };
+                        stream_item.arguments = optional_string_field(item, so_far, &item_path)?
+                            .unwrap_or("")
+                            .to_string();
                         stream_item.call = Some((call_id.to_string(), name.to_string()));
                     }
                     "reasoning" => {}
@@ -1243,10 +1260,10 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
                             meaning.text, item_state.text
                         )
                     })?,
-                    "function_call" => {
+                    "function_call" | "custom_tool_call" => {
                         ensure(item_state.arguments_done, || {
                             format!(
-                                "{path}: no response.function_call_arguments.done before the item ends"
+                                "{path}: no arguments or input .done event before the item ends"
                             )
                         })?;
                         let (call_id, name) = item_state
@@ -1337,6 +1354,20 @@ fn responses_stream(events: &[(Option<String>, String)], rules: Rules) -> Checke
                         }
                         item_state.text.push_str(&text);
                     }
+                }
+            }
+            "response.custom_tool_call_input.delta" | "response.custom_tool_call_input.done" => {
+                let item_state = open_item(&mut open, &event, "custom_tool_call", &path)?;
+                ensure(!item_state.arguments_done, || {
+                    format!("{path}: after custom_tool_call_input.done")
+                })?;
+                if name.ends_with(".delta") {
+                    item_state
+                        .arguments
+                        .push_str(string_field(&event, "delta", &path)?);
+                } else {
+                    expect_field(&event, "input", &json!(item_state.arguments), &path)?;
+                    item_state.arguments_done = true;
                 }
             }
             "response.function_call_arguments.delta" | "response.function_call_arguments.done" => {
