@@ -16,6 +16,7 @@ pub mod models_list;
 pub mod ir;
 pub mod openai_chat;
 pub mod openai_responses;
+pub mod raw_json;
 pub mod sse;
 pub mod usage;
 

@@ -17,6 +17,9 @@ pub struct InboundCall {
     pub gemini_json_array: bool,
     /// The body as JSON (always an object).
     pub body: Value,
+    /// The client's bytes of `body`, while `body` still matches them: whoever edits `body` sets
+    /// this to `None`. Same-format pass-through splices the model into them.
+    pub raw_body: Option<Vec<u8>>,
     /// The client's headers (lower-case names), for forwarding.
     pub headers: Vec<(String, String)>,
 }
@@ -88,6 +91,7 @@ pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, 
             stream: *stream,
             gemini_json_array: *stream && request.query_param("alt").as_deref() != Some("sse"),
             body,
+            raw_body: Some(request.body.clone()),
             headers: request.headers.clone(),
         }),
         RelayRoute::Generate(format) => {
@@ -99,7 +103,15 @@ pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, 
                 .ok_or_else(|| RelayError::InvalidRequest("the request must name a model (a group name)".to_string()))?
                 .to_string();
             let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-            Ok(InboundCall { client_format: *format, model, stream, gemini_json_array: false, body, headers: request.headers.clone() })
+            Ok(InboundCall {
+                client_format: *format,
+                model,
+                stream,
+                gemini_json_array: false,
+                body,
+                raw_body: Some(request.body.clone()),
+                headers: request.headers.clone(),
+            })
         }
         RelayRoute::ListModels | RelayRoute::ListGeminiModels | RelayRoute::GeminiCountTokens { .. } | RelayRoute::Embeddings => {
             Err(RelayError::Internal("this endpoint is not a generation call".to_string()))

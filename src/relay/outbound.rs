@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::protocol::Format;
+use crate::protocol::{raw_json, Format};
 use crate::store::entities::{Channel, ChannelType};
 use crate::upstream::endpoint::auth_headers;
 
@@ -95,18 +95,23 @@ fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str, keep
 /// Same-format pass-through: the body with only the model rewritten. For OpenAI Chat streams
 /// `stream_options.include_usage` is forced on so usage can always be counted; the returned
 /// flag says whether the client asked for it itself (if not, the usage chunk is stripped).
-pub fn pass_through_body(format: Format, body: &Value, upstream_model: &str, stream: bool) -> (Vec<u8>, bool) {
+///
+/// `raw_body`, the client's bytes while `body` still matches them, lets the common cases splice
+/// the new model into those bytes instead of cloning and re-serialising the whole request (the
+/// largest cost of a pass-through request before); anything unusual takes the `Value` path.
+pub fn pass_through_body(format: Format, body: &Value, raw_body: Option<&[u8]>, upstream_model: &str, stream: bool) -> (Vec<u8>, bool) {
+    let client_wants_usage = format != Format::OpenaiChat
+        || !stream
+        || body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    if let Some(bytes) = raw_body.and_then(|raw| splice_pass_through(format, body, raw, upstream_model, client_wants_usage)) {
+        return (bytes, client_wants_usage);
+    }
     let mut body = body.clone();
-    let mut client_wants_usage = true;
     match format {
         Format::Gemini | Format::Antigravity => {}
         _ => body["model"] = Value::String(upstream_model.to_string()),
     }
-    if format == Format::OpenaiChat && stream {
-        client_wants_usage = body
-            .pointer("/stream_options/include_usage")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+    if !client_wants_usage {
         match body.get_mut("stream_options").and_then(Value::as_object_mut) {
             Some(options) => {
                 options.insert("include_usage".to_string(), Value::Bool(true));
@@ -115,6 +120,31 @@ pub fn pass_through_body(format: Format, body: &Value, upstream_model: &str, str
         }
     }
     (serde_json::to_vec(&body).unwrap_or_default(), client_wants_usage)
+}
+
+/// `pass_through_body` on the client's bytes, or `None` when only the `Value` path can do it.
+fn splice_pass_through(format: Format, body: &Value, raw: &[u8], upstream_model: &str, client_wants_usage: bool) -> Option<Vec<u8>> {
+    let mut bytes = match format {
+        // Gemini names the model in the path: the body goes as it came.
+        Format::Gemini | Format::Antigravity => raw.to_vec(),
+        _ => {
+            let ranges = raw_json::top_level_value_ranges(raw, "model")?;
+            if ranges.is_empty() {
+                return None;
+            }
+            let model = serde_json::to_vec(upstream_model).ok()?;
+            raw_json::replace_ranges(raw, &ranges, &model)
+        }
+    };
+    if !client_wants_usage {
+        // Only the common case splices: no `stream_options` at all. An existing object without
+        // `include_usage: true` is edited through the `Value` path.
+        if body.get("stream_options").is_some() {
+            return None;
+        }
+        bytes = raw_json::append_member(&bytes, br#""stream_options":{"include_usage":true}"#)?;
+    }
+    Some(bytes)
 }
 
 #[cfg(test)]
@@ -185,15 +215,43 @@ mod tests {
     #[test]
     fn chat_streams_force_include_usage_and_remember_the_client_choice() {
         let body = json!({"model": "group", "stream": true, "messages": []});
-        let (bytes, wanted) = pass_through_body(Format::OpenaiChat, &body, "gpt-real", true);
+        let (bytes, wanted) = pass_through_body(Format::OpenaiChat, &body, None, "gpt-real", true);
         let sent: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(sent["model"], "gpt-real");
         assert_eq!(sent["stream_options"]["include_usage"], true);
         assert!(!wanted);
         let body = json!({"model": "group", "stream": true, "stream_options": {"include_usage": true}});
-        assert!(pass_through_body(Format::OpenaiChat, &body, "m", true).1);
+        assert!(pass_through_body(Format::OpenaiChat, &body, None, "m", true).1);
         let gemini = json!({"contents": []});
-        let (bytes, _) = pass_through_body(Format::Gemini, &gemini, "gemini-real", true);
+        let (bytes, _) = pass_through_body(Format::Gemini, &gemini, None, "gemini-real", true);
         assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), gemini);
+    }
+
+    /// The spliced bytes must mean exactly what the `Value` path produces, for every case the
+    /// splice takes and every case it hands back.
+    #[test]
+    fn splicing_the_raw_body_means_the_same_as_editing_the_value() {
+        let cases = [
+            (Format::OpenaiChat, false, r#"{"model":"group","messages":[{"role":"user","content":"hi \"model\""}]}"#),
+            (Format::OpenaiChat, true, r#"{"model":"group","stream":true,"messages":[]}"#),
+            (Format::OpenaiChat, true, r#"{"model":"group","stream":true,"stream_options":{"include_usage":true}}"#),
+            (Format::OpenaiChat, true, r#"{"model":"group","stream":true,"stream_options":{"include_usage":false}}"#),
+            (Format::OpenaiChat, true, r#"{"model":"group","stream":true,"stream_options":{}}"#),
+            (Format::Anthropic, true, r#" {"system":"s","model" : "group","model":"dup","max_tokens":5} "#),
+            (Format::OpenaiResponses, false, r#"{"mod\u0065l":"group","input":"x"}"#),
+            (Format::Gemini, true, r#"{"contents":[{"parts":[{"text":"x"}]}]}"#),
+        ];
+        for (format, stream, raw) in cases {
+            let body: Value = serde_json::from_str(raw).unwrap();
+            let (spliced, spliced_wants) = pass_through_body(format, &body, Some(raw.as_bytes()), "real-model", stream);
+            let (edited, edited_wants) = pass_through_body(format, &body, None, "real-model", stream);
+            assert_eq!(spliced_wants, edited_wants, "{raw}");
+            assert_eq!(serde_json::from_slice::<Value>(&spliced).unwrap(), serde_json::from_slice::<Value>(&edited).unwrap(), "{raw}");
+        }
+        // The common case really is spliced: the client's own spacing survives.
+        let raw = r#"{ "model" :  "group",  "messages": [] }"#;
+        let body: Value = serde_json::from_str(raw).unwrap();
+        let (bytes, _) = pass_through_body(Format::OpenaiChat, &body, Some(raw.as_bytes()), "m2", false);
+        assert_eq!(String::from_utf8(bytes).unwrap(), r#"{ "model" :  "m2",  "messages": [] }"#);
     }
 }

@@ -147,6 +147,8 @@ pub fn prepare(state: &RelayState, api_key: &ApiKey, call: &mut InboundCall) -> 
         input_items = history;
         body.remove("previous_response_id");
         body.insert("input".to_string(), Value::Array(input_items.clone()));
+        // The client's bytes no longer stand for the body.
+        call.raw_body = None;
     }
     if body.get("store").and_then(Value::as_bool) == Some(false) {
         return Ok(None);

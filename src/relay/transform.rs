@@ -40,13 +40,14 @@ pub fn prepare_request(
     client: Format,
     upstream: Format,
     body: &Value,
+    raw_body: Option<&[u8]>,
     upstream_model: &str,
     stream: bool,
     context: &ConvertContext,
     images: &mut ImageFetcher,
 ) -> Result<(Vec<u8>, Transform), RelayError> {
     if client == upstream {
-        let (bytes, client_wants_usage) = pass_through_body(client, body, upstream_model, stream);
+        let (bytes, client_wants_usage) = pass_through_body(client, body, raw_body, upstream_model, stream);
         let strip_usage_chunk = client == Format::OpenaiChat && stream && !client_wants_usage;
         return Ok((bytes, Transform::PassThrough { format: client, strip_usage_chunk }));
     }

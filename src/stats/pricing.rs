@@ -4,7 +4,7 @@
 //! which is the integer unit every counter stores.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::protocol::usage::Usage;
 use crate::stats::catalog::Catalog;
@@ -81,7 +81,16 @@ pub struct PriceBook {
     default_prices: HashMap<String, Price>,
     channel_types: HashMap<i64, ChannelType>,
     catalog: Arc<Catalog>,
+    /// Catalogue answers already found: a catalogue lookup normalises the model id and tries
+    /// several providers, the costliest step of counting a request, and the same few (channel
+    /// type, model) pairs come back all day. A book is rebuilt whenever prices change, so this
+    /// never outlives what it remembers.
+    catalog_answers: Mutex<HashMap<Option<ChannelType>, HashMap<String, Option<Price>>>>,
 }
+
+/// Past this many remembered catalogue answers the memo starts over, so a client sending ever
+/// new model names cannot grow it without bound.
+const MAX_CATALOG_ANSWERS: usize = 4_096;
 
 impl PriceBook {
     pub fn new(rows: &[ModelPrice], channel_types: HashMap<i64, ChannelType>, catalog: Arc<Catalog>) -> PriceBook {
@@ -105,10 +114,24 @@ impl PriceBook {
             return (*price, PriceSource::Default);
         }
         let channel_type = channel_id.and_then(|channel_id| self.channel_types.get(&channel_id).copied());
-        match self.catalog.lookup(channel_type, model) {
+        match self.catalog_lookup(channel_type, model) {
             Some(price) => (price, PriceSource::ModelsDev),
             None => (Price::default(), PriceSource::Unpriced),
         }
+    }
+
+    fn catalog_lookup(&self, channel_type: Option<ChannelType>, model: &str) -> Option<Price> {
+        let mut answers = self.catalog_answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let answers = answers.entry(channel_type).or_default();
+        if let Some(answer) = answers.get(model) {
+            return *answer;
+        }
+        let answer = self.catalog.lookup(channel_type, model);
+        if answers.len() >= MAX_CATALOG_ANSWERS {
+            answers.clear();
+        }
+        answers.insert(model.to_string(), answer);
+        answer
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
