@@ -550,7 +550,7 @@ fn run_attempt(
     };
     let mut context = convert_context(state.config.relay.default_max_tokens, upstream_model, call);
     context.antigravity_project = credential.project.clone().unwrap_or_default();
-    let mut images = ImageFetcher::new(&state.upstream, (!channel.proxy.is_empty()).then(|| channel.proxy.clone()));
+    let mut images = ImageFetcher::new(&state.upstream, state.config.relay.allow_private_media_urls);
     let prepared = prepare_request(call.client_format, upstream_format, &call.body, upstream_model, call.stream, &context, &mut images);
     let (body, transform) = match prepared {
         Ok(prepared) => prepared,
