@@ -407,6 +407,9 @@ fn init_logging(level: &str) {
         .set_thread_level(log::LevelFilter::Off)
         // may logs every socket it adds to epoll at info level; that is noise for our users.
         .add_filter_ignore_str("may")
+        // ureq-proto hex-dumps every byte sent and received at trace level, header values
+        // included: channel keys and the Amp key would reach the log (tests/secrets.rs).
+        .add_filter_ignore_str("ureq_proto")
         .build();
     // A second initialisation (tests starting several gateways) is harmless; ignore it.
     let _ = simplelog::SimpleLogger::init(filter, log_config);
