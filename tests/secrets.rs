@@ -109,6 +109,9 @@ fn start_binary(dir: &Path, port: u16, mock: &MockUpstream) -> RunningBinary {
     child
 }
 
+/// A relay call: label, path with query, headers, body.
+type RelayCall<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a str);
+
 /// Every answer seen, with a label, so a leak names where it happened.
 #[derive(Default)]
 struct Answers {
@@ -192,8 +195,8 @@ fn no_secret_reaches_a_log_line_or_an_api_answer() {
         Some(json!({"old_password": "admin", "new_password": NEW_PASSWORD})),
     );
     assert_eq!(changed.status, 200, "{}", changed.text());
-    let token = changed.json()["token"].as_str().unwrap().to_string();
-    let token = Some(token.as_str());
+    let session_token = changed.json()["token"].as_str().unwrap().to_string();
+    let token = Some(session_token.as_str());
 
     // Configuration with a channel key, a client key and a metrics token.
     let channel = admin(
@@ -251,7 +254,7 @@ fn no_secret_reaches_a_log_line_or_an_api_answer() {
             .to_string();
     let leaky =
         json!({"model": "leaky", "messages": [{"role": "user", "content": "hi"}]}).to_string();
-    let calls: Vec<(&str, String, Vec<(&str, &str)>, &str)> = vec![
+    let calls: Vec<RelayCall> = vec![
         (
             "relay bearer",
             "/v1/chat/completions".to_string(),
@@ -364,7 +367,7 @@ fn no_secret_reaches_a_log_line_or_an_api_answer() {
     let tail = OpenResponse::start(
         address,
         "GET",
-        &format!("/api/v1/logs/tail?token={}", token.unwrap()),
+        &format!("/api/v1/logs/tail?token={}", session_token.as_str()),
         &[],
         b"",
     );
@@ -479,7 +482,7 @@ fn no_secret_reaches_a_log_line_or_an_api_answer() {
         lines_containing(&log, "ureq")
     );
     let log = format!("{log}\n{}", joined_wire_dump_columns(&log));
-    let session_tokens = [first_token.as_str(), token.unwrap()];
+    let session_tokens = [first_token.as_str(), session_token.as_str()];
     let secrets = [
         CHANNEL_KEY,
         AMP_KEY,
@@ -506,7 +509,7 @@ fn no_secret_reaches_a_log_line_or_an_api_answer() {
     answers.assert_absent(WRONG_CLIENT_KEY, &[]);
     answers.assert_absent(&client_key, &["client key create"]);
     answers.assert_absent(&first_token, &["login"]);
-    answers.assert_absent(token.unwrap(), &["password change"]);
+    answers.assert_absent(session_token.as_str(), &["password change"]);
     // The admin chose the metrics token and reads it back in the settings; nowhere else.
     answers.assert_absent(METRICS_TOKEN, &["settings put", "/api/v1/settings"]);
 }

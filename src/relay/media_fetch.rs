@@ -587,12 +587,15 @@ mod tests {
         assert!(redirect_target(base, "gopher://x").is_err());
     }
 
+    /// Status, headers and body of one canned HTTP answer.
+    type CannedAnswer = (u16, Vec<(&'static str, &'static str)>, &'static [u8]);
+
     /// A network where DNS answers from a table (a different answer on each lookup when the
     /// table says so) and each URL has a canned answer; it records where every GET went.
     struct FakeNetwork {
         dns: HashMap<&'static str, Vec<Vec<&'static str>>>,
         lookups: RefCell<HashMap<String, usize>>,
-        answers: HashMap<&'static str, (u16, Vec<(&'static str, &'static str)>, &'static [u8])>,
+        answers: HashMap<&'static str, CannedAnswer>,
         sent: RefCell<Vec<(String, Vec<SocketAddr>)>>,
     }
 
