@@ -289,8 +289,10 @@ impl Handler for GatewayHandler {
                 Some(AmpRoute::Management) => return parts.amp.handle(&parts.relay, request),
                 Some(AmpRoute::Provider { relay_path }) => {
                     request.path = relay_path;
+                    // No CORS here: Amp is a command-line client, and its paths are not opened
+                    // to web pages (see http::cors).
                     if let Some(response) = relay::handle(&parts.relay, &request) {
-                        return self.with_cors(&request, response);
+                        return response;
                     }
                     let message = format!("no Amp provider route {} {}", request.method, request.path);
                     return relay::error::RelayError::NotFound(message).render(relay::inbound::format_for_path(&request.path));
