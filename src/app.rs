@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::amp::{self, AmpRoute};
 use crate::amp::proxy::AmpProxy;
-use crate::api::{self, AdminContext};
+use crate::api::{self, security_headers, AdminContext};
 use crate::config::{self, Config};
 use crate::http::server::{Server, ServerLimits};
-use crate::http::{Handler, Request, Response};
+use crate::http::{cors, Handler, Request, Response};
 use crate::relay::record::{RecentRecords, RecordSink};
 use crate::relay::{self, RelayState};
 use crate::settings::{Settings, SettingsCell};
@@ -72,6 +72,8 @@ fn tune_allocator() {
 /// A started gateway: its address and the handle to stop it.
 pub struct Gateway {
     server: Server,
+    /// The admin API and panel's own listener when `server.admin_listen` is set.
+    admin_server: Option<Server>,
     pub store: StorePool,
     pub relay: Arc<RelayState>,
     pub stats: Arc<StatsService>,
@@ -80,8 +82,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The relay's address (and the admin API's too, unless `server.admin_listen` is set).
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Where the admin API and the panel answer.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_server.as_ref().unwrap_or(&self.server).local_addr()
     }
 
     /// Stops accepting connections, lets the relay requests in flight finish (up to `grace`),
@@ -89,6 +97,9 @@ impl Gateway {
     pub fn shutdown_gracefully(self, grace: Duration) {
         self.relay.begin_shutdown();
         self.server.shutdown();
+        if let Some(admin_server) = self.admin_server {
+            admin_server.shutdown();
+        }
         let deadline = std::time::Instant::now() + grace;
         while self.relay.in_flight() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -206,7 +217,7 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
         log::info!("Amp CLI proxy enabled: management paths go to {}", config.ampcode.upstream_url);
     }
     let amp = AmpProxy::new(config.ampcode.clone());
-    let handler = Arc::new(GatewayHandler { admin, relay: relay.clone(), amp });
+    let parts = Arc::new(GatewayParts { admin, relay: relay.clone(), amp });
     let limits = ServerLimits {
         max_header_count: config.server.max_header_count,
         max_head_bytes: config.server.max_head_bytes,
@@ -215,10 +226,22 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
         read_timeout: Duration::from_secs(config.server.read_timeout_seconds),
         write_timeout: Duration::from_secs(config.server.write_timeout_seconds),
     };
+    let admin_listen = config.server.admin_listen.trim();
+    let main_surface = if admin_listen.is_empty() { Surface::Everything } else { Surface::RelayOnly };
     let address = format!("{}:{}", config.server.host, config.server.port);
+    let handler = Arc::new(GatewayHandler { parts: parts.clone(), surface: main_surface });
     let server = Server::start(&address, limits, handler).map_err(|error| StartError::Listen(format!("{address}: {error}")))?;
     log::info!("octopus listening on {} ({} database)", server.local_addr(), store.backend_name());
-    Ok(Gateway { server, store, relay, stats, writer, scheduler })
+    let admin_server = if admin_listen.is_empty() {
+        None
+    } else {
+        let handler = Arc::new(GatewayHandler { parts, surface: Surface::AdminOnly });
+        let admin_server =
+            Server::start(admin_listen, limits, handler).map_err(|error| StartError::Listen(format!("{admin_listen} (server.admin_listen): {error}")))?;
+        log::info!("admin API and panel listening on {}", admin_server.local_addr());
+        Some(admin_server)
+    };
+    Ok(Gateway { server, admin_server, store, relay, stats, writer, scheduler })
 }
 
 /// Reloads the relay snapshot periodically; stops when the gateway is gone.
@@ -235,48 +258,82 @@ fn spawn_snapshot_refresher(relay: std::sync::Weak<RelayState>) {
         .expect("spawn the snapshot refresher");
 }
 
-/// Routes every request to the admin API, the relay or the panel.
-struct GatewayHandler {
+/// What both listeners share when `server.admin_listen` splits them.
+struct GatewayParts {
     admin: AdminContext,
     relay: Arc<RelayState>,
     amp: AmpProxy,
 }
 
+/// Which parts one listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Surface {
+    /// One listener for everything (the default).
+    Everything,
+    /// The relay's listener when the admin API has its own: relay, Amp and `/healthz`.
+    RelayOnly,
+    /// The `server.admin_listen` listener: admin API, panel, `/metrics` and `/healthz`.
+    AdminOnly,
+}
+
+/// Routes every request to the admin API, the relay or the panel, as its listener allows, and
+/// adds the headers browsers are told (security headers, CORS).
+struct GatewayHandler {
+    parts: Arc<GatewayParts>,
+    surface: Surface,
+}
+
 impl Handler for GatewayHandler {
     fn handle(&self, mut request: Request) -> Response {
+        let parts = &*self.parts;
+        let serves_relay = self.surface != Surface::AdminOnly;
+        let serves_admin = self.surface != Surface::RelayOnly;
+        if cors::is_preflight(&request) {
+            return self.preflight(&request);
+        }
         // Amp's paths come first: its management subtrees under `/api/` are not the admin API
         // (which is `/api/v1`), and its provider paths are relay calls under another name.
-        match amp::route(&request.path, self.amp.config.enabled) {
-            Some(AmpRoute::Management) => return self.amp.handle(&self.relay, request),
-            Some(AmpRoute::Provider { relay_path }) => {
-                request.path = relay_path;
-                if let Some(response) = relay::handle(&self.relay, &request) {
-                    return response;
+        if serves_relay {
+            match amp::route(&request.path, parts.amp.config.enabled) {
+                Some(AmpRoute::Management) => return parts.amp.handle(&parts.relay, request),
+                Some(AmpRoute::Provider { relay_path }) => {
+                    request.path = relay_path;
+                    // No CORS here: Amp is a command-line client, and its paths are not opened
+                    // to web pages (see http::cors).
+                    if let Some(response) = relay::handle(&parts.relay, &request) {
+                        return response;
+                    }
+                    let message = format!("no Amp provider route {} {}", request.method, request.path);
+                    return relay::error::RelayError::NotFound(message).render(relay::inbound::format_for_path(&request.path));
                 }
-                let message = format!("no Amp provider route {} {}", request.method, request.path);
-                return relay::error::RelayError::NotFound(message).render(relay::inbound::format_for_path(&request.path));
+                None => {}
             }
-            None => {}
         }
         let path = request.path.as_str();
-        if path == "/metrics" && (request.method == "GET" || request.method == "HEAD") {
-            return api::metrics::handle(&self.admin, &self.relay, &request);
+        if path == "/healthz" {
+            return security_headers::for_api(api::handle(&parts.admin, &request));
         }
-        if path == "/healthz" || path.starts_with("/api/") {
-            return api::handle(&self.admin, &request);
+        if serves_admin {
+            if path == "/metrics" && (request.method == "GET" || request.method == "HEAD") {
+                return security_headers::for_api(api::metrics::handle(&parts.admin, &parts.relay, &request));
+            }
+            if path.starts_with("/api/") {
+                return security_headers::for_api(api::handle(&parts.admin, &request));
+            }
         }
-        if let Some(response) = relay::handle(&self.relay, &request) {
-            return response;
+        if serves_relay && let Some(response) = relay::handle(&parts.relay, &request) {
+            return self.with_cors(&request, response);
         }
-        if let Some(response) = api::ui::serve(&request) {
-            return response;
+        if serves_admin && let Some(response) = api::ui::serve(&request) {
+            return security_headers::for_panel(response);
         }
         let message = format!("no route {} {}", request.method, request.path);
-        if request.path.starts_with("/v1") {
+        if serves_relay && request.path.starts_with("/v1") {
             // Relay clients get the error in their own protocol's shape.
-            return relay::error::RelayError::NotFound(message).render(relay::inbound::format_for_path(&request.path));
+            let response = relay::error::RelayError::NotFound(message).render(relay::inbound::format_for_path(&request.path));
+            return self.with_cors(&request, response);
         }
-        Response::json(404, &serde_json::json!({"error": {"message": message, "type": "not_found"}}))
+        security_headers::for_api(Response::json(404, &serde_json::json!({"error": {"message": message, "type": "not_found"}})))
     }
 
     fn server_error_body(&self, path: Option<&str>, status: u16, message: &str) -> Option<Vec<u8>> {
@@ -287,6 +344,37 @@ impl Handler for GatewayHandler {
             _ => crate::protocol::error::ErrorKind::Internal,
         };
         Some(crate::protocol::error::render_error(relay::inbound::format_for_path(path), status, kind, message))
+    }
+}
+
+impl GatewayHandler {
+    /// A browser asks before a cross-origin call. Only relay paths on a listener that serves the
+    /// relay can be allowed, and only for origins in `cors_allowed_origins` (see `http::cors`).
+    fn preflight(&self, request: &Request) -> Response {
+        let origin = request.header("origin").unwrap_or("");
+        let relay_path = self.surface != Surface::AdminOnly && cors::is_relay_path(&request.path);
+        if relay_path {
+            let allowed = self.parts.admin.settings.get();
+            if cors::origin_allowed(origin, &allowed.cors_allowed_origins) {
+                return cors::allowed_preflight_response(request, origin);
+            }
+            let message = format!("the origin {origin:?} may not call this gateway from a browser; the admin can allow it in the setting cors_allowed_origins");
+            let format = relay::inbound::format_for_path(&request.path);
+            let body = crate::protocol::error::render_error(format, 403, crate::protocol::error::ErrorKind::PermissionDenied, &message);
+            return Response::bytes(403, "application/json", body);
+        }
+        let message = "cross-origin calls to the admin API and the panel are not allowed";
+        security_headers::for_api(Response::json(403, &serde_json::json!({"error": {"message": message, "type": "forbidden"}})))
+    }
+
+    /// Lets an allowed page read a relay answer. Requests without `Origin` (every non-browser
+    /// client) skip the settings read altogether.
+    fn with_cors(&self, request: &Request, response: Response) -> Response {
+        let Some(origin) = request.header("origin") else { return response };
+        if cors::origin_allowed(origin, &self.parts.admin.settings.get().cors_allowed_origins) {
+            return cors::with_allowed_origin(response, origin);
+        }
+        response
     }
 }
 
@@ -330,6 +418,9 @@ fn init_logging(level: &str) {
         .set_thread_level(log::LevelFilter::Off)
         // may logs every socket it adds to epoll at info level; that is noise for our users.
         .add_filter_ignore_str("may")
+        // ureq-proto hex-dumps every byte sent and received at trace level, header values
+        // included: channel keys and the Amp key would reach the log (tests/secrets.rs).
+        .add_filter_ignore_str("ureq_proto")
         .build();
     // A second initialisation (tests starting several gateways) is harmless; ignore it.
     let _ = simplelog::SimpleLogger::init(filter, log_config);

@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub idle_timeout_seconds: u64,
     pub read_timeout_seconds: u64,
     pub write_timeout_seconds: u64,
+    /// When not empty (`127.0.0.1:8081`, say), the admin API and the panel are served on this
+    /// address only, and the relay's address answers 404 for them.
+    pub admin_listen: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +76,10 @@ pub struct RelayConfig {
     pub extra_ca_file: String,
     /// How often every channel base URL is probed for its delay; 0 turns probing off.
     pub probe_interval_seconds: u64,
+    /// Whether image URLs from clients may point at loopback, private, link-local or CGNAT
+    /// addresses when the gateway downloads them for an upstream (off: such URLs are refused,
+    /// so a client cannot make the gateway reach into its own network).
+    pub allow_private_media_urls: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +88,10 @@ pub struct AuthConfig {
     pub token_ttl_seconds: u64,
     /// Failed logins from one address within `login_window_seconds` before it gets 429.
     pub max_failed_logins: u32,
+    /// Failed logins for one username (from any address) within the window before it gets 429.
+    /// Higher than the per-address limit: it stops guessing spread over many addresses, while
+    /// one address alone hits its own limit first.
+    pub max_failed_logins_per_user: u32,
     pub login_window_seconds: u64,
 }
 
@@ -124,6 +135,7 @@ impl Default for Config {
                 idle_timeout_seconds: 75,
                 read_timeout_seconds: 30,
                 write_timeout_seconds: 60,
+                admin_listen: String::new(),
             },
             database: DatabaseConfig {
                 database_type: "sqlite".to_string(),
@@ -141,8 +153,14 @@ impl Default for Config {
                 default_max_tokens: 8192,
                 extra_ca_file: String::new(),
                 probe_interval_seconds: 600,
+                allow_private_media_urls: false,
             },
-            auth: AuthConfig { token_ttl_seconds: 7 * 24 * 3600, max_failed_logins: 5, login_window_seconds: 900 },
+            auth: AuthConfig {
+                token_ttl_seconds: 7 * 24 * 3600,
+                max_failed_logins: 5,
+                max_failed_logins_per_user: 20,
+                login_window_seconds: 900,
+            },
             antigravity: AntigravityConfig {
                 token_url: "https://oauth2.googleapis.com/token".to_string(),
                 client_id: String::new(),
@@ -240,11 +258,28 @@ pub fn from_environment(environment: &[(String, String)]) -> Result<Config, Conf
 
 fn write_default_file(path: &Path) -> Result<(), String> {
     if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
+        create_private_dir_all(parent).map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
     }
     let mut text = serde_json::to_string_pretty(&Config::default()).expect("the default config serializes");
     text.push('\n');
-    std::fs::write(path, text).map_err(|error| format!("cannot write the default config: {error}"))
+    write_private_file(path, text.as_bytes()).map_err(|error| format!("cannot write the default config: {error}"))
+}
+
+/// Creates a directory and its missing parents readable by the owner only (0700): the data
+/// directory holds the database with every provider key. Directories that exist are left as
+/// the admin made them.
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Creates a new file readable and writable by the owner only (0600), whatever the umask: the
+/// config may hold the Amp key and OAuth client secrets. Fails if the file exists.
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents)
 }
 
 /// Copies each leaf of `file` over `target`, rejecting unknown keys and type mismatches.
@@ -368,6 +403,7 @@ fn validate(config: &Config, source: &str) -> Result<(), ConfigError> {
         ("relay.default_max_tokens", config.relay.default_max_tokens as u64),
         ("auth.token_ttl_seconds", config.auth.token_ttl_seconds),
         ("auth.max_failed_logins", config.auth.max_failed_logins as u64),
+        ("auth.max_failed_logins_per_user", config.auth.max_failed_logins_per_user as u64),
         ("auth.login_window_seconds", config.auth.login_window_seconds),
     ];
     for (key, value) in positive {
@@ -384,6 +420,13 @@ fn validate(config: &Config, source: &str) -> Result<(), ConfigError> {
         return Err(error(
             "ampcode.upstream_url",
             format!("must be an absolute http:// or https:// URL when ampcode.enabled is true, found {:?}", config.ampcode.upstream_url),
+        ));
+    }
+    let admin_listen = config.server.admin_listen.trim();
+    if !admin_listen.is_empty() && admin_listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(error(
+            "server.admin_listen",
+            format!("must be empty or an address with a port, like 127.0.0.1:8081 or [::1]:8081, found {admin_listen:?}"),
         ));
     }
     if !config.relay.extra_ca_file.is_empty() && !Path::new(&config.relay.extra_ca_file).is_file() {
@@ -458,6 +501,18 @@ mod tests {
         assert_eq!(written["database"]["path"], "data/data.db");
         assert_eq!(written["log"]["level"], "info");
         assert!(!load(&path, &[]).unwrap().created);
+    }
+
+    #[test]
+    fn the_default_file_and_its_new_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = temp_dir("private");
+        let path = base.join("fresh/data/config.json");
+        load(&path, &[]).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "the config file");
+        assert_eq!(mode(&base.join("fresh/data")), 0o700, "the data directory");
+        assert_eq!(mode(&base.join("fresh")), 0o700, "a missing parent made on the way");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Settings {
     pub metrics_token: String,
     /// Stored OpenAI Responses (for `previous_response_id`) are kept this many hours.
     pub response_store_hours: u64,
+    /// Web origins whose pages may call the relay endpoints from a browser (`https://chat.example`,
+    /// comma separated, `*` for any); empty refuses every cross-origin call. See `http::cors`.
+    pub cors_allowed_origins: String,
 }
 
 impl Default for Settings {
@@ -53,12 +56,13 @@ impl Default for Settings {
             metrics_enabled: false,
             metrics_token: String::new(),
             response_store_hours: 24,
+            cors_allowed_origins: String::new(),
         }
     }
 }
 
 /// The names of every setting, in the order the API shows them.
-pub const SETTING_NAMES: [&str; 11] = [
+pub const SETTING_NAMES: [&str; 12] = [
     "stats_save_interval_seconds",
     "log_retention_days",
     "log_max_rows",
@@ -70,6 +74,7 @@ pub const SETTING_NAMES: [&str; 11] = [
     "metrics_enabled",
     "metrics_token",
     "response_store_hours",
+    "cors_allowed_origins",
 ];
 
 /// A setting name prefix in the `settings` table, so other keys stored there never collide.
@@ -107,6 +112,10 @@ impl Settings {
             // At least an hour so a chain of turns survives a pause; at most 30 days, the
             // longest OpenAI keeps a response itself.
             "response_store_hours" => self.response_store_hours = whole_number(name, value, 1, 720)?,
+            "cors_allowed_origins" => {
+                self.cors_allowed_origins = crate::http::cors::normalize_allowed_origins(&text(name, value)?)
+                    .map_err(|problem| format!("{name}: {problem}"))?;
+            }
             other => return Err(format!("unknown setting {other:?} (known: {})", SETTING_NAMES.join(", "))),
         }
         Ok(())
@@ -201,7 +210,7 @@ mod tests {
                    "log_bodies": false, "log_body_max_bytes": 65536, "price_sync_interval_hours": 24,
                    "model_sync_interval_hours": 24, "models_dev_url": "https://models.dev",
                    "metrics_enabled": false, "metrics_token": "",
-                   "response_store_hours": 24})
+                   "response_store_hours": 24, "cors_allowed_origins": ""})
         );
         assert_eq!(defaults.as_object().unwrap().len(), SETTING_NAMES.len());
     }
@@ -220,14 +229,18 @@ mod tests {
         assert!(error.contains("response_store_hours"), "{error}");
         let error = settings.with_changes(json!({"response_store_hours": 721}).as_object().unwrap()).unwrap_err();
         assert!(error.contains("response_store_hours"), "{error}");
+        let error = settings.with_changes(json!({"cors_allowed_origins": "example.com"}).as_object().unwrap()).unwrap_err();
+        assert!(error.contains("cors_allowed_origins"), "{error}");
         let error = settings.with_changes(json!({"nope": 1}).as_object().unwrap()).unwrap_err();
         assert!(error.contains("unknown setting"), "{error}");
     }
 
     #[test]
     fn changes_apply_and_urls_lose_their_trailing_slash() {
-        let changes = json!({"models_dev_url": "http://127.0.0.1:9/", "metrics_enabled": true, "response_store_hours": 2});
+        let changes = json!({"models_dev_url": "http://127.0.0.1:9/", "metrics_enabled": true, "response_store_hours": 2,
+                             "cors_allowed_origins": "https://Chat.Example/ http://localhost:3000"});
         let updated = Settings::default().with_changes(changes.as_object().unwrap()).unwrap();
+        assert_eq!(updated.cors_allowed_origins, "https://chat.example, http://localhost:3000");
         assert_eq!(updated.response_store_hours, 2);
         assert_eq!(updated.models_dev_url, "http://127.0.0.1:9");
         assert!(updated.metrics_enabled);

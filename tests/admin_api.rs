@@ -215,7 +215,9 @@ fn invalid_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(json_request(address, "GET", "/api/v1/channels", token, None).json(), json!([]));
     assert_eq!(json_request(address, "GET", "/api/v1/groups", token, None).json(), json!([]));
     assert_eq!(json_request(address, "GET", "/api/v1/channels/abc", token, None).status, 404);
-    assert_eq!(json_request(address, "PATCH", "/api/v1/channels", token, None).status, 405);
+    let patch = json_request(address, "PATCH", "/api/v1/channels", token, None);
+    assert_eq!(patch.status, 405);
+    assert_eq!(patch.header("allow"), Some("GET, HEAD, POST"), "RFC 9110 wants the allowed methods on a 405");
     assert_eq!(json_request(address, "GET", "/api/v1/nothing-here", token, None).status, 404);
 }
 

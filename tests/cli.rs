@@ -5,6 +5,8 @@ mod support;
 
 use std::io::Read;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,16 +49,23 @@ fn version_help_and_bad_arguments() {
 fn first_start_creates_config_and_database_and_serves_the_admin_api() {
     let dir = temp_dir("first-start");
     let port = free_port();
-    let child = Command::new(BINARY)
+    let mut command = Command::new(BINARY);
+    command
         .arg("start")
         .current_dir(&dir)
         .env("OCTOPUS_SERVER_HOST", "127.0.0.1")
         .env("OCTOPUS_SERVER_PORT", port.to_string())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = RunningBinary(child);
+        .stderr(Stdio::null());
+    // A permissive umask, as on most systems, so the permission checks below can fail.
+    // SAFETY: umask is async-signal-safe and touches only the child's own process state.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    let mut child = RunningBinary(command.spawn().unwrap());
     let address = format!("127.0.0.1:{port}").parse().unwrap();
     let started = Instant::now();
     loop {
@@ -72,6 +81,14 @@ fn first_start_creates_config_and_database_and_serves_the_admin_api() {
     assert_eq!(config["server"]["port"], 8080, "the file holds the defaults; the environment only overrides");
     assert_eq!(config["database"]["type"], "sqlite");
     assert!(dir.join("data/data.db").exists());
+    // The data directory, the config and the database hold every provider key: owner only,
+    // whatever the umask of whoever started the gateway.
+    let mode = |name: &str| std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("data"), 0o700, "the data directory");
+    assert_eq!(mode("data/config.json"), 0o600, "the config file");
+    assert_eq!(mode("data/data.db"), 0o600, "the database file");
+    assert!(dir.join("data/data.db-wal").exists(), "the database runs in WAL mode");
+    assert_eq!(mode("data/data.db-wal"), 0o600, "SQLite's write-ahead log follows the database file");
     let login = json_request(address, "POST", "/api/v1/auth/login", None, Some(&json!({"username": "admin", "password": "admin"})));
     assert_eq!(login.status, 200);
     assert_eq!(login.json()["must_change_password"], true);

@@ -123,11 +123,16 @@ fn image_urls_are_downloaded_and_inlined_for_antigravity() {
     use support::mock_upstream::Reply;
     const PNG: &[u8] = b"\x89PNG\r\n\x1a\nnot-really-pixels";
     let mock = MockUpstream::start(|request| match request.path.as_str() {
-        "/cat.png" => Reply::Binary { status: 200, content_type: "application/octet-stream".to_string(), bytes: PNG.to_vec() },
+        // A wrong image type: the bytes decide which one is sent upstream.
+        "/cat.png" => Reply::Binary { status: 200, content_type: "image/jpeg".to_string(), bytes: PNG.to_vec() },
         "/missing.png" => Reply::Json { status: 404, headers: Vec::new(), body: "{}".to_string() },
         _ => support::mock_upstream::default_reply(request),
     });
-    let gateway = TestGateway::start_with(databases::sqlite(), |config| config.antigravity.project = "test-project".to_string());
+    let gateway = TestGateway::start_with(databases::sqlite(), |config| {
+        config.antigravity.project = "test-project".to_string();
+        // The image server is on loopback (tests/media_fetch.rs has the refusals).
+        config.relay.allow_private_media_urls = true;
+    });
     let token = gateway.admin_token();
     let channel = gateway.create_channel(&token, json!({"name": "ag", "type": "antigravity", "base_urls": [mock.base_url()], "keys": ["ya29.access-token-for-tests"]}));
     gateway.create_group(&token, json!({"name": "ag", "items": [{"channel_id": channel, "model": "gemini-2.5-flash"}]}));

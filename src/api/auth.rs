@@ -41,68 +41,124 @@ pub fn verify_password(password: &str, stored_hash: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Counts failed logins per client address in a sliding window.
+/// How many failed logins are allowed within one window, per client address and per username.
+#[derive(Clone, Copy, Debug)]
+pub struct ThrottleLimits {
+    pub per_address: u32,
+    pub per_username: u32,
+    pub window: Duration,
+}
+
+/// Whose failures a count belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    Address(IpAddr),
+    Username(String),
+}
+
+/// At most this many addresses and usernames are tracked; see `record_failure`.
+const MAX_TRACKED: usize = 10_000;
+/// Usernames are tracked by at most this many bytes, so a huge made-up name costs no memory.
+const MAX_TRACKED_USERNAME_BYTES: usize = 128;
+
+/// Counts failed logins in a sliding window, per client address and per username. Pure: the
+/// caller passes the time in, so the tests step a clock of their own.
+///
+/// The address limit stops one machine guessing; the username limit stops guessing spread over
+/// many addresses. The username limit also lets anyone keep that account locked out by failing
+/// on purpose, which is why it is higher than the address limit and why `server.admin_listen`
+/// on a private address is the real protection for an exposed gateway.
 #[derive(Default)]
 pub struct LoginThrottle {
-    failures: HashMap<IpAddr, Vec<Instant>>,
+    failures: HashMap<ThrottleKey, Vec<Instant>>,
 }
 
 impl LoginThrottle {
-    /// Seconds until this address may try again, when it is blocked.
-    pub fn blocked_for(&mut self, address: IpAddr, max_failures: u32, window: Duration, now: Instant) -> Option<u64> {
-        let failures = self.failures.get_mut(&address)?;
-        failures.retain(|failed_at| now.duration_since(*failed_at) < window);
+    /// Seconds until a login for `username` from `address` may be tried again, when either is
+    /// blocked (the longer wait of the two).
+    pub fn blocked_for(&mut self, address: IpAddr, username: &str, limits: ThrottleLimits, now: Instant) -> Option<u64> {
+        let by_address = self.blocked_key_for(&ThrottleKey::Address(address), limits.per_address, limits.window, now);
+        let by_username = self.blocked_key_for(&username_key(username), limits.per_username, limits.window, now);
+        by_address.max(by_username)
+    }
+
+    fn blocked_key_for(&mut self, key: &ThrottleKey, max_failures: u32, window: Duration, now: Instant) -> Option<u64> {
+        let failures = self.failures.get_mut(key)?;
+        failures.retain(|failed_at| now.saturating_duration_since(*failed_at) < window);
         if failures.len() < max_failures as usize {
             return None;
         }
-        let oldest = failures.first().copied()?;
-        let remaining = window.saturating_sub(now.duration_since(oldest));
+        // Only the newest `max_failures` matter: the wait ends when the oldest of them leaves.
+        let first_counted = failures[failures.len() - max_failures as usize];
+        let remaining = window.saturating_sub(now.saturating_duration_since(first_counted));
         Some(remaining.as_secs().max(1))
     }
 
-    pub fn record_failure(&mut self, address: IpAddr, now: Instant) {
-        // Bound the table so a flood of spoofed addresses cannot grow it without limit.
-        if self.failures.len() > 10_000 {
-            self.failures.clear();
+    /// Counts a failure for both the address and the username. The table is bounded: when it
+    /// is full, expired entries go first, and if that is not enough everything is forgotten
+    /// (a flood of made-up addresses or names must not grow memory without limit).
+    pub fn record_failure(&mut self, address: IpAddr, username: &str, window: Duration, now: Instant) {
+        if self.failures.len() >= MAX_TRACKED {
+            self.failures.retain(|_, failures| failures.last().is_some_and(|last| now.saturating_duration_since(*last) < window));
+            if self.failures.len() >= MAX_TRACKED {
+                self.failures.clear();
+            }
         }
-        self.failures.entry(address).or_default().push(now);
+        for key in [ThrottleKey::Address(address), username_key(username)] {
+            let failures = self.failures.entry(key).or_default();
+            failures.push(now);
+            // Older failures than the largest limit could ever need are dropped as they come.
+            if failures.len() > 1_000 {
+                failures.remove(0);
+            }
+        }
     }
 
-    pub fn record_success(&mut self, address: IpAddr) {
-        self.failures.remove(&address);
+    /// A successful login clears the address's and the username's failures.
+    pub fn record_success(&mut self, address: IpAddr, username: &str) {
+        self.failures.remove(&ThrottleKey::Address(address));
+        self.failures.remove(&username_key(username));
     }
+}
+
+fn username_key(username: &str) -> ThrottleKey {
+    let mut end = username.len().min(MAX_TRACKED_USERNAME_BYTES);
+    while !username.is_char_boundary(end) {
+        end -= 1;
+    }
+    ThrottleKey::Username(username[..end].to_string())
 }
 
 /// `POST /api/v1/auth/login` `{username, password}`.
 pub fn login(context: &AdminContext, request: &Request) -> Result<Response, ApiError> {
     let address = request.peer.ip();
     let auth_config = &context.config.auth;
-    let window = Duration::from_secs(auth_config.login_window_seconds);
-    if let Some(retry_after_seconds) = lock_throttle(context).blocked_for(
-        address,
-        auth_config.max_failed_logins,
-        window,
-        Instant::now(),
-    ) {
+    let limits = ThrottleLimits {
+        per_address: auth_config.max_failed_logins,
+        per_username: auth_config.max_failed_logins_per_user,
+        window: Duration::from_secs(auth_config.login_window_seconds),
+    };
+    let map = body::json_object(request, &["username", "password"], &[])?;
+    let username = body::required_string(&map, "username")?;
+    let password = body::required_string(&map, "password")?;
+    if let Some(retry_after_seconds) = lock_throttle(context).blocked_for(address, &username, limits, Instant::now()) {
         return Err(ApiError::TooManyRequests {
             message: format!("too many failed logins; try again in {retry_after_seconds} s"),
             retry_after_seconds,
         });
     }
-    let map = body::json_object(request, &["username", "password"], &[])?;
-    let username = body::required_string(&map, "username")?;
-    let password = body::required_string(&map, "password")?;
     // Password hashing is deliberately slow CPU work: it runs on a store thread, like every
     // other blocking job, so it never holds up the coroutines sharing this worker.
+    let throttled_username = username.clone();
     let verified = store_call(context, move |store| {
         let user = store.admin_by_username(&username)?;
         Ok(user.filter(|user| verify_password(&password, &user.password_hash)))
     })?;
     let Some(user) = verified else {
-        lock_throttle(context).record_failure(address, Instant::now());
+        lock_throttle(context).record_failure(address, &throttled_username, limits.window, Instant::now());
         return Err(ApiError::Unauthenticated("wrong username or password".to_string()));
     };
-    lock_throttle(context).record_success(address);
+    lock_throttle(context).record_success(address, &throttled_username);
     let (token, expires_at) = open_session(context, user.id)?;
     Ok(Response::json(
         200,
@@ -206,20 +262,68 @@ mod tests {
         assert!(!verify_password("correct horse", "not a hash"));
     }
 
+    fn limits(per_address: u32, per_username: u32) -> ThrottleLimits {
+        ThrottleLimits { per_address, per_username, window: Duration::from_secs(900) }
+    }
+
     #[test]
-    fn throttle_blocks_after_the_limit_and_forgets_after_the_window() {
+    fn an_address_is_blocked_after_its_limit_and_freed_after_the_window() {
         let mut throttle = LoginThrottle::default();
-        let address: IpAddr = "127.0.0.1".parse().unwrap();
+        let address: IpAddr = "192.0.2.1".parse().unwrap();
+        let limits = limits(5, 100);
         let start = Instant::now();
-        let window = Duration::from_secs(60);
-        for _ in 0..3 {
-            assert_eq!(throttle.blocked_for(address, 3, window, start), None);
-            throttle.record_failure(address, start);
+        for failure_index in 0..5 {
+            assert_eq!(throttle.blocked_for(address, "admin", limits, start), None, "failure {failure_index}");
+            throttle.record_failure(address, &format!("user{failure_index}"), limits.window, start + Duration::from_secs(failure_index));
         }
-        assert_eq!(throttle.blocked_for(address, 3, window, start + Duration::from_secs(10)), Some(50));
-        assert_eq!(throttle.blocked_for(address, 3, window, start + Duration::from_secs(61)), None);
-        throttle.record_failure(address, start);
-        throttle.record_success(address);
-        assert_eq!(throttle.blocked_for(address, 1, window, start), None);
+        // Five failures at 0..4 s: blocked until the first leaves the 900 s window.
+        assert_eq!(throttle.blocked_for(address, "anyone", limits, start + Duration::from_secs(10)), Some(890));
+        assert_eq!(throttle.blocked_for(address, "anyone", limits, start + Duration::from_secs(899)), Some(1));
+        assert_eq!(throttle.blocked_for(address, "anyone", limits, start + Duration::from_secs(900)), None, "one failure left the window");
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(throttle.blocked_for(other, "anyone", limits, start + Duration::from_secs(10)), None, "other addresses are not affected");
+    }
+
+    #[test]
+    fn a_username_is_blocked_after_failures_from_many_addresses() {
+        let mut throttle = LoginThrottle::default();
+        let limits = limits(5, 3);
+        let start = Instant::now();
+        for address_index in 1..=3u8 {
+            let address = IpAddr::from([198, 51, 100, address_index]);
+            assert_eq!(throttle.blocked_for(address, "admin", limits, start), None);
+            throttle.record_failure(address, "admin", limits.window, start);
+        }
+        let fresh_address = IpAddr::from([203, 0, 113, 9]);
+        assert_eq!(throttle.blocked_for(fresh_address, "admin", limits, start + Duration::from_secs(60)), Some(840));
+        assert_eq!(throttle.blocked_for(fresh_address, "someone-else", limits, start + Duration::from_secs(60)), None);
+        assert_eq!(throttle.blocked_for(fresh_address, "admin", limits, start + Duration::from_secs(900)), None);
+    }
+
+    #[test]
+    fn the_longer_of_the_two_waits_is_reported_and_success_clears_both() {
+        let mut throttle = LoginThrottle::default();
+        let address: IpAddr = "::1".parse().unwrap();
+        let limits = limits(2, 2);
+        let start = Instant::now();
+        throttle.record_failure(address, "admin", limits.window, start);
+        throttle.record_failure(address, "admin", limits.window, start + Duration::from_secs(100));
+        throttle.record_failure(IpAddr::from([10, 0, 0, 1]), "root", limits.window, start + Duration::from_secs(300));
+        throttle.record_failure(IpAddr::from([10, 0, 0, 2]), "root", limits.window, start + Duration::from_secs(400));
+        // The address is free at 900 s, the username "root" only at 1200 s.
+        assert_eq!(throttle.blocked_for(address, "root", limits, start + Duration::from_secs(500)), Some(700));
+        throttle.record_success(address, "admin");
+        assert_eq!(throttle.blocked_for(address, "admin", limits, start + Duration::from_secs(500)), None);
+    }
+
+    #[test]
+    fn huge_usernames_are_tracked_by_a_bounded_prefix() {
+        let mut throttle = LoginThrottle::default();
+        let limits = limits(100, 1);
+        let start = Instant::now();
+        let long_name = "é".repeat(1000);
+        throttle.record_failure(IpAddr::from([10, 0, 0, 1]), &long_name, limits.window, start);
+        assert!(matches!(username_key(&long_name), ThrottleKey::Username(kept) if kept.len() <= MAX_TRACKED_USERNAME_BYTES));
+        assert_eq!(throttle.blocked_for(IpAddr::from([10, 0, 0, 2]), &long_name, limits, start), Some(900));
     }
 }

@@ -14,8 +14,9 @@ pub enum ApiError {
     Unauthenticated(String),
     /// 404: no such resource or route.
     NotFound(String),
-    /// 405: the route exists but not for this method.
-    MethodNotAllowed(String),
+    /// 405: the route exists but not for this method; `allow` lists the methods it has, for
+    /// the `Allow` header RFC 9110 requires on a 405.
+    MethodNotAllowed { message: String, allow: String },
     /// 409: a unique name is already taken.
     Conflict(String),
     /// 422: well-formed JSON whose content is invalid (unknown channel type, empty base URL list...).
@@ -34,7 +35,7 @@ impl ApiError {
             ApiError::Malformed(_) => 400,
             ApiError::Unauthenticated(_) => 401,
             ApiError::NotFound(_) => 404,
-            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::Invalid(_) => 422,
             ApiError::TooManyRequests { .. } => 429,
@@ -48,7 +49,7 @@ impl ApiError {
             ApiError::Malformed(_) => "malformed_request",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooManyRequests { .. } => "rate_limited",
@@ -62,7 +63,7 @@ impl ApiError {
             ApiError::Malformed(message)
             | ApiError::Unauthenticated(message)
             | ApiError::NotFound(message)
-            | ApiError::MethodNotAllowed(message)
+            | ApiError::MethodNotAllowed { message, .. }
             | ApiError::Conflict(message)
             | ApiError::Invalid(message)
             | ApiError::UpstreamFailed(message)
@@ -82,6 +83,7 @@ impl ApiError {
                 response.with_header("retry-after", &retry_after_seconds.to_string())
             }
             ApiError::Unauthenticated(_) => response.with_header("www-authenticate", "Bearer"),
+            ApiError::MethodNotAllowed { allow, .. } => response.with_header("allow", allow),
             _ => response,
         }
     }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod prices;
 pub mod routes;
+pub mod security_headers;
 pub mod settings;
 pub mod stats;
 pub mod ui;

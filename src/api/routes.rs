@@ -87,10 +87,13 @@ pub static ROUTES: &[Route] = &[
 
 /// Finds the route for a request, checks the login when needed and runs it.
 pub fn dispatch(context: &AdminContext, request: &Request) -> Result<Response, ApiError> {
-    let mut path_matched = false;
+    let mut allowed_methods: Vec<&str> = Vec::new();
     for route in ROUTES {
         let Some(raw_id) = match_pattern(route.pattern, &request.path) else { continue };
-        path_matched = true;
+        allowed_methods.push(route.method);
+        if route.method == "GET" {
+            allowed_methods.push("HEAD");
+        }
         let method_matches = route.method == request.method || (route.method == "GET" && request.method == "HEAD");
         if !method_matches {
             continue;
@@ -99,8 +102,11 @@ pub fn dispatch(context: &AdminContext, request: &Request) -> Result<Response, A
         let user = if route.requires_login { Some(auth::authenticate(context, request)?) } else { None };
         return (route.handler)(&RouteCall { context, request, id, user });
     }
-    if path_matched {
-        return Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", request.method, request.path)));
+    if !allowed_methods.is_empty() {
+        return Err(ApiError::MethodNotAllowed {
+            message: format!("{} is not allowed on {}", request.method, request.path),
+            allow: allowed_methods.join(", "),
+        });
     }
     Err(ApiError::NotFound(format!("no route {} {}", request.method, request.path)))
 }
@@ -114,7 +120,9 @@ fn match_pattern<'a>(pattern: &str, path: &'a str) -> Option<Option<&'a str>> {
     loop {
         match (pattern_segments.next(), path_segments.next()) {
             (None, None) => return Some(id),
-            (Some("{id}"), Some(segment)) if !segment.is_empty() => id = Some(segment),
+            // Ids are whole numbers, so `/prices/sync` never reads as price "sync" (a PUT there
+            // is then a 405 listing the methods of `/prices/sync`, not a 404 for a missing price).
+            (Some("{id}"), Some(segment)) if !segment.is_empty() && segment.bytes().all(|byte| byte.is_ascii_digit()) => id = Some(segment),
             (Some(expected), Some(segment)) if expected == segment => {}
             _ => return None,
         }
@@ -156,5 +164,7 @@ mod tests {
         assert_eq!(match_pattern("/api/v1/channels/{id}", "/api/v1/channels"), None);
         assert_eq!(match_pattern("/api/v1/channels/{id}", "/api/v1/channels/1/x"), None);
         assert_eq!(match_pattern("/healthz", "/healthzz"), None);
+        assert_eq!(match_pattern("/api/v1/prices/{id}", "/api/v1/prices/sync"), None, "ids are numbers");
+        assert_eq!(match_pattern("/api/v1/prices/{id}", "/api/v1/prices/-1"), None);
     }
 }

@@ -7,6 +7,7 @@
 
 mod chunked;
 mod connection;
+pub mod cors;
 mod head;
 mod response_writer;
 pub mod server;

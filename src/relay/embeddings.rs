@@ -313,7 +313,7 @@ fn run_attempt(
         Err(error) => return transport_failure(error, control, false),
     };
     if !(200..300).contains(&response.status) {
-        return upstream_status_failure(upstream_format, response, control);
+        return upstream_status_failure(upstream_format, response, control, &[&credential.secret, &target.key.key]);
     }
     control.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
     let mut answer = Vec::new();

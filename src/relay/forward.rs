@@ -551,7 +551,7 @@ fn run_attempt(
     };
     let mut context = convert_context(state.config.relay.default_max_tokens, upstream_model, call);
     context.antigravity_project = credential.project.clone().unwrap_or_default();
-    let mut images = ImageFetcher::new(&state.upstream, (!channel.proxy.is_empty()).then(|| channel.proxy.clone()));
+    let mut images = ImageFetcher::new(&state.upstream, state.config.relay.allow_private_media_urls);
     let prepared = prepare_request(call.client_format, upstream_format, &call.body, call.raw_body.as_deref(), upstream_model, call.stream, &context, &mut images);
     let (body, transform) = match prepared {
         Ok(prepared) => prepared,
@@ -601,7 +601,7 @@ fn run_attempt(
         };
     }
     if !(200..300).contains(&response.status) {
-        return upstream_status_failure(upstream_format, response, control);
+        return upstream_status_failure(upstream_format, response, control, &[&credential.secret, &key.key]);
     }
     if !call.stream {
         control.set_read_timeout(Some(deadlines.remaining().max(Duration::from_millis(1))));
@@ -690,13 +690,14 @@ fn run_attempt(
         }
     }
     if let Some(error_event) = first_events.iter().find(|event| is_error_event(upstream_format, event)) {
-        let info = parse_upstream_error(upstream_format, 500, error_event.data.as_bytes());
+        let error_body = without_secrets(error_event.data.as_bytes().to_vec(), &[&credential.secret, &key.key]);
+        let info = parse_upstream_error(upstream_format, 500, &error_body);
         return AttemptResult::Failed {
             outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
             error: RelayError::Upstream {
                 upstream_format,
                 status: if info.status >= 400 { info.status } else { 502 },
-                body: error_event.data.as_bytes().to_vec(),
+                body: error_body,
                 retry_after_seconds: info.retry_after_seconds,
             },
             detail: format!("stream opened with an error: {}", info.message),
@@ -738,7 +739,10 @@ pub(crate) fn transport_failure(error: UpstreamError, control: &CallControl, aft
     AttemptResult::Failed { outcome, error: relay_error, detail: error.to_string() }
 }
 
-pub(crate) fn upstream_status_failure(upstream_format: Format, response: UpstreamResponse, control: &CallControl) -> AttemptResult {
+/// `secrets` are the channel key and the credential sent for it: some OpenAI-compatible
+/// providers echo the key in their error message, and it must reach neither the client nor the
+/// request log, so the body is cleaned before anything reads it.
+pub(crate) fn upstream_status_failure(upstream_format: Format, response: UpstreamResponse, control: &CallControl, secrets: &[&str]) -> AttemptResult {
     let status = response.status;
     let retry_after_header = response
         .headers
@@ -748,6 +752,7 @@ pub(crate) fn upstream_status_failure(upstream_format: Format, response: Upstrea
     let mut body = Vec::new();
     control.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = with_call_control(control, || response.body.take(MAX_ERROR_BODY_BYTES).read_to_end(&mut body));
+    let body = without_secrets(body, secrets);
     let info = parse_upstream_error(upstream_format, status, &body);
     let retry_after_seconds = retry_after_header.or(info.retry_after_seconds);
     AttemptResult::Failed {
@@ -759,6 +764,33 @@ pub(crate) fn upstream_status_failure(upstream_format: Format, response: Upstrea
         error: RelayError::Upstream { upstream_format, status, body, retry_after_seconds },
         detail: format!("status {status}: {}", truncate(&info.message, 300)),
     }
+}
+
+/// What a secret echoed by an upstream is replaced with.
+const SECRET_REPLACEMENT: &[u8] = b"[channel key]";
+
+/// `body` with every occurrence of each secret replaced. Secrets shorter than 8 bytes are left
+/// alone: masking such common strings would garble messages without hiding anything real.
+pub(crate) fn without_secrets(body: Vec<u8>, secrets: &[&str]) -> Vec<u8> {
+    let mut body = body;
+    for secret in secrets.iter().map(|secret| secret.as_bytes()).filter(|secret| secret.len() >= 8) {
+        if !body.windows(secret.len()).any(|window| window == secret) {
+            continue;
+        }
+        let mut cleaned = Vec::with_capacity(body.len());
+        let mut index = 0;
+        while index < body.len() {
+            if body[index..].starts_with(secret) {
+                cleaned.extend_from_slice(SECRET_REPLACEMENT);
+                index += secret.len();
+            } else {
+                cleaned.push(body[index]);
+                index += 1;
+            }
+        }
+        body = cleaned;
+    }
+    body
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {
@@ -881,4 +913,18 @@ fn pump(
     let written = if out.is_empty() { Ok(()) } else { writer.write_chunk(&out) };
     trace.finish(state, 200, None);
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_secrets_are_replaced_everywhere_and_short_ones_left_alone() {
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-live-0123456789 (sk-live-0123456789)"}}"#.to_vec();
+        let cleaned = String::from_utf8(without_secrets(body, &["sk-live-0123456789", "abc"])).unwrap();
+        assert_eq!(cleaned, r#"{"error":{"message":"Incorrect API key provided: [channel key] ([channel key])"}}"#);
+        assert_eq!(without_secrets(b"abc abc".to_vec(), &["abc"]), b"abc abc");
+        assert_eq!(without_secrets(b"nothing here".to_vec(), &["sk-live-0123456789"]), b"nothing here");
+    }
 }

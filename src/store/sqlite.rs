@@ -36,6 +36,7 @@ pub struct SqliteStore {
 /// in-memory database.
 pub fn open(path: &str) -> StoreResult<SqliteStore> {
     create_parent_directory(path)?;
+    create_private_file(path)?;
     let mut connection = Connection::open(path).map_err(|error| {
         StoreError::Backend(format!("cannot open SQLite database {path}: {error}"))
     })?;
@@ -48,13 +49,14 @@ pub fn open(path: &str) -> StoreResult<SqliteStore> {
     Ok(SqliteStore { connection })
 }
 
+/// A new parent directory is made 0700: it holds the database with every provider key.
 fn create_parent_directory(path: &str) -> StoreResult<()> {
-    if path == ":memory:" || path.starts_with("file:") {
+    if is_not_a_plain_file(path) {
         return Ok(());
     }
     match Path::new(path).parent() {
         Some(parent) if !parent.as_os_str().is_empty() => {
-            std::fs::create_dir_all(parent).map_err(|error| {
+            crate::config::create_private_dir_all(parent).map_err(|error| {
                 StoreError::Backend(format!(
                     "cannot create directory {} for the SQLite database: {error}",
                     parent.display()
@@ -63,6 +65,25 @@ fn create_parent_directory(path: &str) -> StoreResult<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Creates a missing database file as 0600 before SQLite opens it, whatever the umask. SQLite
+/// gives its `-wal` and `-shm` files the permissions of the database file, so they follow.
+/// An existing file keeps the permissions the admin gave it.
+fn create_private_file(path: &str) -> StoreResult<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if is_not_a_plain_file(path) {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(StoreError::Backend(format!("cannot create SQLite database {path}: {error}"))),
+    }
+}
+
+fn is_not_a_plain_file(path: &str) -> bool {
+    path == ":memory:" || path.starts_with("file:")
 }
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,7 +18,8 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use ureq::http::header::{ACCEPT_ENCODING, HeaderName, HeaderValue};
 use ureq::http::{self, Method, Uri};
-use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{ConnectProxyConnector, Connector, NextTimeout};
 use ureq::{Agent, AsSendBody, BodyReader, Proxy, ProxyProtocol};
 
 use crate::upstream::control::current_call_control;
@@ -163,24 +165,51 @@ impl UpstreamClient {
             )
         }?;
 
-        let (parts, body) = response.into_parts();
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str().to_string(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        Ok(UpstreamResponse {
-            status: parts.status.as_u16(),
-            headers,
-            body: Box::new(UpstreamBody {
-                reader: body.into_reader(),
-            }),
-        })
+        Ok(into_upstream_response(response))
+    }
+
+    /// Looks `host` up (off the coroutine's thread, through the shared cache), for callers that
+    /// must see the addresses before anything connects (the media fetcher's address check).
+    pub fn resolve_host(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, UpstreamError> {
+        self.shared
+            .resolver
+            .resolve_host(host, port, self.shared.options.connect_timeout)
+            .map_err(|error| classify_ureq_error(&error))
+    }
+
+    /// Sends a bodiless request to exactly the given addresses, whatever the URL's host name
+    /// resolves to now: the host name only goes into the `Host` header and the TLS server name.
+    /// This is how a caller that checked the addresses keeps a second DNS answer (rebinding)
+    /// from sending the call elsewhere. No proxy, no redirects (a 3xx comes back as data), no
+    /// pooled connection shared with other calls, and `total_timeout` covers the whole call,
+    /// body included.
+    pub fn send_to_addresses(
+        &self,
+        request: UpstreamRequest,
+        addresses: Vec<SocketAddr>,
+        total_timeout: Duration,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let options = &self.shared.options;
+        let config = Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .input_buffer_size(BUFFER_SIZE)
+            .output_buffer_size(BUFFER_SIZE)
+            .max_idle_connections_per_host(0)
+            .max_idle_connections(0)
+            .timeout_connect(Some(options.connect_timeout))
+            .timeout_global(Some(total_timeout))
+            .user_agent(options.user_agent.as_str())
+            .no_delay(true)
+            .build();
+        let connector =
+            ().chain(MayConnector)
+                .chain(TlsConnector::new(self.shared.tls_config.clone()));
+        let agent = Agent::with_parts(config, connector, PinnedResolver { addresses });
+        let builder = request_builder(&request)?;
+        let response = run(&agent, builder.body(()), request.response_head_timeout)?;
+        Ok(into_upstream_response(response))
     }
 
     fn agent_for(&self, proxy_url: &str) -> Result<Agent, UpstreamError> {
@@ -211,6 +240,49 @@ impl fmt::Debug for UpstreamClient {
             .debug_struct("UpstreamClient")
             .field("options", &self.shared.options)
             .finish_non_exhaustive()
+    }
+}
+
+fn into_upstream_response(response: http::Response<ureq::Body>) -> UpstreamResponse {
+    let (parts, body) = response.into_parts();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    UpstreamResponse {
+        status: parts.status.as_u16(),
+        headers,
+        body: Box::new(UpstreamBody {
+            reader: body.into_reader(),
+        }),
+    }
+}
+
+/// A resolver that answers every name with addresses fixed in advance (see
+/// `UpstreamClient::send_to_addresses`).
+#[derive(Debug)]
+struct PinnedResolver {
+    addresses: Vec<SocketAddr>,
+}
+
+impl Resolver for PinnedResolver {
+    fn resolve(
+        &self,
+        _uri: &Uri,
+        _config: &ureq::config::Config,
+        _timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let mut resolved = self.empty();
+        for address in self.addresses.iter().take(16) {
+            resolved.push(*address);
+        }
+        Ok(resolved)
     }
 }
 

@@ -78,6 +78,31 @@ impl Resolver for CachingResolver {
 }
 
 impl CachingResolver {
+    /// The addresses of `host` (an IP literal, or a name looked up off-thread and cached).
+    pub(crate) fn resolve_host(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, ureq::Error> {
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare_host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let cache_key = format!("{bare_host}:{port}");
+        if let Some(addrs) = self.cached(&cache_key) {
+            return Ok(addrs);
+        }
+        let limit = NextTimeout {
+            after: UreqDuration::Exact(timeout),
+            reason: ureq::Timeout::Resolve,
+            ..NextTimeout::default()
+        };
+        let addrs = look_up_off_thread(bare_host, port, limit)?;
+        self.remember(cache_key, addrs.clone());
+        Ok(addrs)
+    }
+
     fn cached(&self, cache_key: &str) -> Option<Vec<SocketAddr>> {
         let cache = self.lock_cache();
         let answer = cache.get(cache_key)?;

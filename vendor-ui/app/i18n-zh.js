@@ -56,4 +56,5 @@ export const chineseStrings = {
   "Log retention (days)": "日志保留（天）", "Maximum log rows": "日志最大行数", "Keep request and response bodies": "保存请求和响应体",
   "Largest kept body (bytes)": "保存的最大正文（字节）", "Price sync interval (hours)": "价格同步间隔（小时）", "Model sync interval (hours)": "模型同步间隔（小时）",
   "models.dev URL": "models.dev 地址", "Prometheus metrics": "Prometheus 指标", "Metrics token": "指标令牌", "Empty = no token needed.": "留空 = 无需令牌。",
+  "Browser origins allowed on the relay": "允许在浏览器中调用中转的来源", "Web pages that may call /v1 from a browser, e.g. https://chat.example.com, comma separated; * = any. Empty = none. The admin API is never opened.": "可在浏览器中调用 /v1 的网页来源，例如 https://chat.example.com，用逗号分隔；* = 任意。留空 = 不允许。管理 API 从不开放。",
 };

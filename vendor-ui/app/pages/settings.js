@@ -18,6 +18,7 @@ const SETTING_LABELS = {
   metrics_enabled: ["Prometheus metrics", ""],
   metrics_token: ["Metrics token", "Empty = no token needed."],
   response_store_hours: ["Stored responses kept (hours)", "For the Responses API's previous_response_id."],
+  cors_allowed_origins: ["Browser origins allowed on the relay", "Web pages that may call /v1 from a browser, e.g. https://chat.example.com, comma separated; * = any. Empty = none. The admin API is never opened."],
 };
 
 function SettingsForm({ initial, onSaved }) {
