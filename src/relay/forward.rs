@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::http::{Request, Response};
 use crate::protocol::convert::{
-    client_custom_tools, client_wants_stream_usage, collects_non_stream_from_stream, convert_collected_stream, convert_response, ConvertContext,
+    client_custom_tools, collects_non_stream_from_stream, convert_collected_stream, convert_response, ConvertContext,
 };
 use crate::protocol::error::{parse_upstream_error, ErrorKind};
 use crate::protocol::sse::{SseEvent, SseParser};
@@ -470,11 +470,12 @@ fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &Inbound
         default_max_tokens,
         response_id: format!("gen-{}", util::random_alphanumeric(24)),
         created_unix: util::unix_seconds(),
-        include_usage: client_wants_stream_usage(call.client_format, &call.body),
+        include_usage: call.client_format != Format::OpenaiChat || call.stream_usage_requested,
         // Filled in from the attempt's credential (configured or discovered with loadCodeAssist).
         antigravity_project: String::new(),
         request_id: format!("agent-{}", util::random_alphanumeric(24)),
-        custom_tools: client_custom_tools(call.client_format, &call.body),
+        // Only Responses clients have custom tools; asking anyone else would parse their body.
+        custom_tools: if call.client_format == Format::OpenaiResponses { client_custom_tools(call.client_format, call.body()) } else { Vec::new() },
     }
 }
 
@@ -552,7 +553,7 @@ fn run_attempt(
     let mut context = convert_context(state.config.relay.default_max_tokens, upstream_model, call);
     context.antigravity_project = credential.project.clone().unwrap_or_default();
     let mut images = ImageFetcher::new(&state.upstream, state.config.relay.allow_private_media_urls);
-    let prepared = prepare_request(call.client_format, upstream_format, &call.body, call.raw_body.as_deref(), upstream_model, call.stream, &context, &mut images);
+    let prepared = prepare_request(call.client_format, upstream_format, call, upstream_model, &context, &mut images);
     let (body, transform) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => {

@@ -1,5 +1,10 @@
 //! Recognising relay requests: which client protocol, which group (model), streaming or not.
 
+use std::cell::OnceCell;
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::http::Request;
@@ -7,6 +12,11 @@ use crate::protocol::Format;
 use crate::relay::error::RelayError;
 
 /// A parsed client call on one of the generation endpoints.
+///
+/// Only the members the relay always needs are read up front (`BodyHead`); the whole body is
+/// parsed into a `Value` the first time something asks for it (`body`). A same-format
+/// pass-through never does: it forwards the client's bytes with the model spliced in, and
+/// building and dropping a `Value` tree was about a sixth of such a request's instructions.
 #[derive(Debug)]
 pub struct InboundCall {
     pub client_format: Format,
@@ -15,13 +25,110 @@ pub struct InboundCall {
     pub stream: bool,
     /// Gemini's `:streamGenerateContent` without `alt=sse` answers with a JSON array, not SSE.
     pub gemini_json_array: bool,
-    /// The body as JSON (always an object).
-    pub body: Value,
-    /// The client's bytes of `body`, while `body` still matches them: whoever edits `body` sets
-    /// this to `None`. Same-format pass-through splices the model into them.
-    pub raw_body: Option<Vec<u8>>,
+    /// `stream_options.include_usage` is `true` (OpenAI Chat clients ask for the usage chunk so).
+    pub stream_usage_requested: bool,
+    /// The body has a `stream_options` member at all.
+    pub has_stream_options: bool,
     /// The client's headers (lower-case names), for forwarding.
     pub headers: Vec<(String, String)>,
+    /// The client's bytes, while the body has not been edited (see `body_mut`).
+    raw_body: Option<Vec<u8>>,
+    parsed_body: OnceCell<Value>,
+}
+
+impl InboundCall {
+    /// The body as JSON (an object), parsed on first use.
+    pub fn body(&self) -> &Value {
+        self.parsed_body.get_or_init(|| {
+            // The bytes were checked to be a JSON object when the call was read, so this parse
+            // succeeds; `Null` would only make a conversion answer 400.
+            self.raw_body.as_deref().and_then(|raw| serde_json::from_slice(raw).ok()).unwrap_or(Value::Null)
+        })
+    }
+
+    /// The body for editing. The client's bytes no longer stand for it afterwards.
+    pub fn body_mut(&mut self) -> &mut Value {
+        self.body();
+        self.raw_body = None;
+        self.parsed_body.get_mut().expect("the body was parsed just above")
+    }
+
+    /// The client's bytes of the body, unless the relay edited it.
+    pub fn raw_body(&self) -> Option<&[u8]> {
+        self.raw_body.as_deref()
+    }
+
+    /// A call made from a body already in hand (tests, and callers that build bodies).
+    pub fn from_value(client_format: Format, model: &str, stream: bool, body: Value) -> InboundCall {
+        let head = BodyHead { stream_options: body.get("stream_options").cloned(), ..BodyHead::default() };
+        let mut call = InboundCall::new(client_format, model.to_string(), stream, false, &head, None, Vec::new());
+        call.parsed_body = OnceCell::from(body);
+        call
+    }
+
+    fn new(
+        client_format: Format,
+        model: String,
+        stream: bool,
+        gemini_json_array: bool,
+        head: &BodyHead,
+        raw_body: Option<Vec<u8>>,
+        headers: Vec<(String, String)>,
+    ) -> InboundCall {
+        let stream_options = head.stream_options.as_ref();
+        InboundCall {
+            client_format,
+            model,
+            stream,
+            gemini_json_array,
+            stream_usage_requested: stream_options.and_then(|options| options.get("include_usage")).and_then(Value::as_bool) == Some(true),
+            has_stream_options: stream_options.is_some(),
+            headers,
+            raw_body,
+            parsed_body: OnceCell::new(),
+        }
+    }
+}
+
+/// The top-level members of a call body the relay reads before anything else. Every other
+/// member is skipped without being built (it is still checked to be valid JSON). Duplicates keep
+/// the last, as a full parse does.
+#[derive(Debug, Default)]
+struct BodyHead {
+    model: Option<Value>,
+    stream: Option<Value>,
+    stream_options: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for BodyHead {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<BodyHead, D::Error> {
+        deserializer.deserialize_map(BodyHeadVisitor)
+    }
+}
+
+struct BodyHeadVisitor;
+
+impl<'de> Visitor<'de> for BodyHeadVisitor {
+    type Value = BodyHead;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyHead, A::Error> {
+        let mut head = BodyHead::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "model" => head.model = Some(map.next_value()?),
+                "stream" => head.stream = Some(map.next_value()?),
+                "stream_options" => head.stream_options = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(head)
+    }
 }
 
 /// Which relay endpoint a request targets.
@@ -77,41 +184,36 @@ pub fn format_for_path(path: &str) -> Format {
     }
 }
 
-/// Parses the body of a generation call.
+/// Reads a generation call: its protocol, group and streaming choice, and the body's bytes.
 pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, RelayError> {
-    let body: Value = serde_json::from_slice(&request.body)
-        .map_err(|error| RelayError::InvalidRequest(format!("the request body is not valid JSON: {error}")))?;
-    if !body.is_object() {
-        return Err(RelayError::InvalidRequest("the request body must be a JSON object".to_string()));
+    // Skipped members are not decoded as text, so the bytes are checked here once.
+    if let Err(error) = std::str::from_utf8(&request.body) {
+        return Err(RelayError::InvalidRequest(format!("the request body is not valid JSON: it is not UTF-8 ({error})")));
     }
+    let head: BodyHead = serde_json::from_slice(&request.body).map_err(|error| {
+        if error.classify() == serde_json::error::Category::Data {
+            RelayError::InvalidRequest("the request body must be a JSON object".to_string())
+        } else {
+            RelayError::InvalidRequest(format!("the request body is not valid JSON: {error}"))
+        }
+    })?;
+    let raw_body = Some(request.body.clone());
     match route {
-        RelayRoute::GeminiGenerate { model, stream } => Ok(InboundCall {
-            client_format: Format::Gemini,
-            model: model.clone(),
-            stream: *stream,
-            gemini_json_array: *stream && request.query_param("alt").as_deref() != Some("sse"),
-            body,
-            raw_body: Some(request.body.clone()),
-            headers: request.headers.clone(),
-        }),
+        RelayRoute::GeminiGenerate { model, stream } => {
+            let gemini_json_array = *stream && request.query_param("alt").as_deref() != Some("sse");
+            Ok(InboundCall::new(Format::Gemini, model.clone(), *stream, gemini_json_array, &head, raw_body, request.headers.clone()))
+        }
         RelayRoute::Generate(format) => {
-            let model = body
-                .get("model")
+            let model = head
+                .model
+                .as_ref()
                 .and_then(Value::as_str)
                 .map(str::trim)
                 .filter(|model| !model.is_empty())
                 .ok_or_else(|| RelayError::InvalidRequest("the request must name a model (a group name)".to_string()))?
                 .to_string();
-            let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-            Ok(InboundCall {
-                client_format: *format,
-                model,
-                stream,
-                gemini_json_array: false,
-                body,
-                raw_body: Some(request.body.clone()),
-                headers: request.headers.clone(),
-            })
+            let stream = head.stream.as_ref().and_then(Value::as_bool).unwrap_or(false);
+            Ok(InboundCall::new(*format, model, stream, false, &head, raw_body, request.headers.clone()))
         }
         RelayRoute::ListModels | RelayRoute::ListGeminiModels | RelayRoute::GeminiCountTokens { .. } | RelayRoute::Embeddings => {
             Err(RelayError::Internal("this endpoint is not a generation call".to_string()))

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::protocol::{raw_json, Format};
+use crate::relay::inbound::InboundCall;
 use crate::store::entities::{Channel, ChannelType};
 use crate::upstream::endpoint::auth_headers;
 
@@ -96,17 +97,15 @@ fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str, keep
 /// `stream_options.include_usage` is forced on so usage can always be counted; the returned
 /// flag says whether the client asked for it itself (if not, the usage chunk is stripped).
 ///
-/// `raw_body`, the client's bytes while `body` still matches them, lets the common cases splice
-/// the new model into those bytes instead of cloning and re-serialising the whole request (the
-/// largest cost of a pass-through request before); anything unusual takes the `Value` path.
-pub fn pass_through_body(format: Format, body: &Value, raw_body: Option<&[u8]>, upstream_model: &str, stream: bool) -> (Vec<u8>, bool) {
-    let client_wants_usage = format != Format::OpenaiChat
-        || !stream
-        || body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    if let Some(bytes) = raw_body.and_then(|raw| splice_pass_through(format, body, raw, upstream_model, client_wants_usage)) {
+/// The common cases splice the new model into the client's bytes; anything unusual (an edited
+/// body, escaped keys, `stream_options` present without `include_usage: true`) edits the parsed
+/// body instead. Re-serialising the whole request was the largest cost of a pass-through.
+pub fn pass_through_body(format: Format, call: &InboundCall, upstream_model: &str) -> (Vec<u8>, bool) {
+    let client_wants_usage = format != Format::OpenaiChat || !call.stream || call.stream_usage_requested;
+    if let Some(bytes) = call.raw_body().and_then(|raw| splice_pass_through(format, call, raw, upstream_model, client_wants_usage)) {
         return (bytes, client_wants_usage);
     }
-    let mut body = body.clone();
+    let mut body = call.body().clone();
     match format {
         Format::Gemini | Format::Antigravity => {}
         _ => body["model"] = Value::String(upstream_model.to_string()),
@@ -122,8 +121,8 @@ pub fn pass_through_body(format: Format, body: &Value, raw_body: Option<&[u8]>, 
     (serde_json::to_vec(&body).unwrap_or_default(), client_wants_usage)
 }
 
-/// `pass_through_body` on the client's bytes, or `None` when only the `Value` path can do it.
-fn splice_pass_through(format: Format, body: &Value, raw: &[u8], upstream_model: &str, client_wants_usage: bool) -> Option<Vec<u8>> {
+/// `pass_through_body` on the client's bytes, or `None` when only the parsed body can do it.
+fn splice_pass_through(format: Format, call: &InboundCall, raw: &[u8], upstream_model: &str, client_wants_usage: bool) -> Option<Vec<u8>> {
     let mut bytes = match format {
         // Gemini names the model in the path: the body goes as it came.
         Format::Gemini | Format::Antigravity => raw.to_vec(),
@@ -137,9 +136,8 @@ fn splice_pass_through(format: Format, body: &Value, raw: &[u8], upstream_model:
         }
     };
     if !client_wants_usage {
-        // Only the common case splices: no `stream_options` at all. An existing object without
-        // `include_usage: true` is edited through the `Value` path.
-        if body.get("stream_options").is_some() {
+        // Only the common case splices: no `stream_options` at all.
+        if call.has_stream_options {
             return None;
         }
         bytes = raw_json::append_member(&bytes, br#""stream_options":{"include_usage":true}"#)?;
@@ -215,15 +213,15 @@ mod tests {
     #[test]
     fn chat_streams_force_include_usage_and_remember_the_client_choice() {
         let body = json!({"model": "group", "stream": true, "messages": []});
-        let (bytes, wanted) = pass_through_body(Format::OpenaiChat, &body, None, "gpt-real", true);
+        let (bytes, wanted) = pass_through_body(Format::OpenaiChat, &InboundCall::from_value(Format::OpenaiChat, "group", true, body), "gpt-real");
         let sent: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(sent["model"], "gpt-real");
         assert_eq!(sent["stream_options"]["include_usage"], true);
         assert!(!wanted);
         let body = json!({"model": "group", "stream": true, "stream_options": {"include_usage": true}});
-        assert!(pass_through_body(Format::OpenaiChat, &body, None, "m", true).1);
+        assert!(pass_through_body(Format::OpenaiChat, &InboundCall::from_value(Format::OpenaiChat, "group", true, body), "m").1);
         let gemini = json!({"contents": []});
-        let (bytes, _) = pass_through_body(Format::Gemini, &gemini, None, "gemini-real", true);
+        let (bytes, _) = pass_through_body(Format::Gemini, &InboundCall::from_value(Format::Gemini, "group", true, gemini.clone()), "gemini-real");
         assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), gemini);
     }
 
@@ -243,15 +241,36 @@ mod tests {
         ];
         for (format, stream, raw) in cases {
             let body: Value = serde_json::from_str(raw).unwrap();
-            let (spliced, spliced_wants) = pass_through_body(format, &body, Some(raw.as_bytes()), "real-model", stream);
-            let (edited, edited_wants) = pass_through_body(format, &body, None, "real-model", stream);
+            let (spliced, spliced_wants) = pass_through_body(format, &read_call(format, raw, stream), "real-model");
+            let (edited, edited_wants) = pass_through_body(format, &InboundCall::from_value(format, "group", stream, body), "real-model");
             assert_eq!(spliced_wants, edited_wants, "{raw}");
             assert_eq!(serde_json::from_slice::<Value>(&spliced).unwrap(), serde_json::from_slice::<Value>(&edited).unwrap(), "{raw}");
         }
         // The common case really is spliced: the client's own spacing survives.
         let raw = r#"{ "model" :  "group",  "messages": [] }"#;
-        let body: Value = serde_json::from_str(raw).unwrap();
-        let (bytes, _) = pass_through_body(Format::OpenaiChat, &body, Some(raw.as_bytes()), "m2", false);
+        let (bytes, _) = pass_through_body(Format::OpenaiChat, &read_call(Format::OpenaiChat, raw, false), "m2");
         assert_eq!(String::from_utf8(bytes).unwrap(), r#"{ "model" :  "m2",  "messages": [] }"#);
+    }
+
+    /// The call the relay reads from a client sending `raw` in `format`.
+    fn read_call(format: Format, raw: &str, stream: bool) -> InboundCall {
+        let (path, route) = match format {
+            Format::Gemini => (
+                if stream { "/v1beta/models/group:streamGenerateContent?alt=sse" } else { "/v1beta/models/group:generateContent" },
+                crate::relay::inbound::RelayRoute::GeminiGenerate { model: "group".to_string(), stream },
+            ),
+            _ => ("/v1/x", crate::relay::inbound::RelayRoute::Generate(format)),
+        };
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let request = crate::http::Request {
+            method: "POST".to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            headers: Vec::new(),
+            body: raw.as_bytes().to_vec(),
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            client: crate::http::ClientProbe::detached(),
+        };
+        crate::relay::inbound::parse_call(&route, &request).expect("the test body is a valid call")
     }
 }

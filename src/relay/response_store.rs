@@ -125,7 +125,7 @@ pub fn prepare(state: &RelayState, api_key: &ApiKey, call: &mut InboundCall) -> 
     if call.client_format != Format::OpenaiResponses {
         return Ok(None);
     }
-    let Some(body) = call.body.as_object_mut() else { return Ok(None) };
+    let Some(body) = call.body().as_object() else { return Ok(None) };
     let mut input_items = match body.get("input") {
         None => Vec::new(),
         Some(Value::String(text)) => vec![json!({"type": "message", "role": "user", "content": text})],
@@ -145,12 +145,12 @@ pub fn prepare(state: &RelayState, api_key: &ApiKey, call: &mut InboundCall) -> 
         let mut history = continuation_items(&previous);
         history.append(&mut input_items);
         input_items = history;
-        body.remove("previous_response_id");
-        body.insert("input".to_string(), Value::Array(input_items.clone()));
-        // The client's bytes no longer stand for the body.
-        call.raw_body = None;
+        if let Some(body) = call.body_mut().as_object_mut() {
+            body.remove("previous_response_id");
+            body.insert("input".to_string(), Value::Array(input_items.clone()));
+        }
     }
-    if body.get("store").and_then(Value::as_bool) == Some(false) {
+    if call.body().get("store").and_then(Value::as_bool) == Some(false) {
         return Ok(None);
     }
     let hours = state.stats.settings.get().response_store_hours;

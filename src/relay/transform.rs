@@ -1,12 +1,11 @@
 //! The one place where protocol conversion plugs into the relay: per attempt, either the body
 //! passes through (same format on both sides) or it is converted through the IR.
 
-use serde_json::Value;
-
 use crate::protocol::Format;
 use crate::relay::error::RelayError;
 use crate::protocol::convert::{convert_request_with_media, needs_inline_images, ConvertContext};
 use crate::relay::media_fetch::ImageFetcher;
+use crate::relay::inbound::InboundCall;
 use crate::relay::outbound::pass_through_body;
 
 /// How one attempt's request, response and stream are transformed.
@@ -39,19 +38,17 @@ pub fn can_serve(client: Format, upstream: Format) -> bool {
 pub fn prepare_request(
     client: Format,
     upstream: Format,
-    body: &Value,
-    raw_body: Option<&[u8]>,
+    call: &InboundCall,
     upstream_model: &str,
-    stream: bool,
     context: &ConvertContext,
     images: &mut ImageFetcher,
 ) -> Result<(Vec<u8>, Transform), RelayError> {
     if client == upstream {
-        let (bytes, client_wants_usage) = pass_through_body(client, body, raw_body, upstream_model, stream);
-        let strip_usage_chunk = client == Format::OpenaiChat && stream && !client_wants_usage;
+        let (bytes, client_wants_usage) = pass_through_body(client, call, upstream_model);
+        let strip_usage_chunk = client == Format::OpenaiChat && call.stream && !client_wants_usage;
         return Ok((bytes, Transform::PassThrough { format: client, strip_usage_chunk }));
     }
-    let bytes = convert_request_with_media(client, upstream, body, context, &mut |url| images.fetch(url), needs_inline_images(upstream))
+    let bytes = convert_request_with_media(client, upstream, call.body(), context, &mut |url| images.fetch(url), needs_inline_images(upstream))
         .map_err(|error| RelayError::InvalidRequest(error.to_string()))?;
     Ok((bytes, Transform::Convert { client, upstream }))
 }

@@ -85,8 +85,11 @@ pub struct PriceBook {
     /// several providers, the costliest step of counting a request, and the same few (channel
     /// type, model) pairs come back all day. A book is rebuilt whenever prices change, so this
     /// never outlives what it remembers.
-    catalog_answers: Mutex<HashMap<Option<ChannelType>, HashMap<String, Option<Price>>>>,
+    catalog_answers: Mutex<HashMap<Option<ChannelType>, CatalogAnswers>>,
 }
+
+/// The catalogue's answer per model name, for one channel type.
+type CatalogAnswers = HashMap<String, Option<Price>>;
 
 /// Past this many remembered catalogue answers the memo starts over, so a client sending ever
 /// new model names cannot grow it without bound.
