@@ -536,6 +536,8 @@ mod tests {
             ("OCTOPUS_DATABASE_PATH", "postgres://postgres@127.0.0.1/octopus"),
             ("OCTOPUS_LOG_LEVEL", "warn"),
             ("OCTOPUS_RELAY_MAX_SSE_EVENT_SIZE", "1024"),
+            ("OCTOPUS_RELAY_ALLOW_PRIVATE_MEDIA_URLS", "true"),
+            ("OCTOPUS_SERVER_ADMIN_LISTEN", "127.0.0.1:8081"),
         ]);
         let config = load(&path, &environment).unwrap().config;
         assert_eq!(config.server.port, 7070);
@@ -544,6 +546,8 @@ mod tests {
         assert_eq!(config.database.path, "postgres://postgres@127.0.0.1/octopus");
         assert_eq!(config.log.level, "warn");
         assert_eq!(config.relay.max_sse_event_size, 1024);
+        assert!(config.relay.allow_private_media_urls);
+        assert_eq!(config.server.admin_listen, "127.0.0.1:8081");
     }
 
     #[test]
@@ -557,6 +561,7 @@ mod tests {
             (r#"{"log":{"level":"loud"}}"#, "log.level", "unknown level"),
             (r#"{"sever":{"port":1}}"#, "sever", "unknown key"),
             (r#"{"server":5}"#, "server", "expected a JSON object"),
+            (r#"{"server":{"admin_listen":"localhost"}}"#, "server.admin_listen", "an address with a port"),
         ];
         for (text, key, problem) in cases {
             let path = temp_dir("bad").join("config.json");
