@@ -16,6 +16,7 @@ pub mod ir;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod sse;
+pub mod stream_end;
 pub mod usage;
 
 mod json;
