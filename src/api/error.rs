@@ -25,6 +25,9 @@ pub enum ApiError {
     UpstreamFailed(String),
     /// 429: too many failed logins from this address.
     TooManyRequests { message: String, retry_after_seconds: u64 },
+    /// 503: the database cannot serve right now (lost connection, full disk, held lock); the
+    /// message says so, since there is nothing secret in it and the admin can act on it.
+    Unavailable(String),
     /// 500: a database or other internal failure; details go to the log, not the client.
     Internal(String),
 }
@@ -40,6 +43,7 @@ impl ApiError {
             ApiError::Invalid(_) => 422,
             ApiError::TooManyRequests { .. } => 429,
             ApiError::UpstreamFailed(_) => 502,
+            ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
     }
@@ -54,6 +58,7 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid_request",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::UpstreamFailed(_) => "upstream_error",
+            ApiError::Unavailable(_) => "database_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -67,14 +72,17 @@ impl ApiError {
             | ApiError::Conflict(message)
             | ApiError::Invalid(message)
             | ApiError::UpstreamFailed(message)
+            | ApiError::Unavailable(message)
             | ApiError::TooManyRequests { message, .. } => message,
             ApiError::Internal(_) => "internal error; see the gateway log",
         }
     }
 
     pub fn to_response(&self) -> Response {
-        if let ApiError::Internal(detail) = self {
-            log::error!("admin api: {detail}");
+        match self {
+            ApiError::Internal(detail) => log::error!("admin api: {detail}"),
+            ApiError::Unavailable(detail) => log::warn!("admin api: {detail}"),
+            _ => {}
         }
         let body = serde_json::json!({"error": {"message": self.message(), "type": self.type_name()}});
         let response = Response::json(self.status(), &body);
@@ -101,6 +109,9 @@ impl From<StoreError> for ApiError {
             StoreError::Duplicate(what) => ApiError::Conflict(format!("already exists: {what}")),
             StoreError::MissingReference(what) => ApiError::Invalid(format!("refers to something missing: {what}")),
             StoreError::Backend(message) => ApiError::Internal(message),
+            StoreError::Unavailable(message) => ApiError::Unavailable(format!(
+                "the database is unavailable ({message}); the relay keeps serving from memory, retry this call later"
+            )),
         }
     }
 }

@@ -239,6 +239,39 @@ pub fn parse_upstream_error(upstream: Format, status: u16, body: &[u8]) -> Upstr
     }
 }
 
+/// What is wrong with a 2xx answer body that is not an answer after all.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum SuccessBodyProblem {
+    /// Not a JSON object (an HTML page from a proxy, a body cut short); holds the body's start.
+    NotJson(String),
+    /// An error object, `{"error": ...}` or Anthropic's `{"type": "error", ...}`, which some
+    /// compatible servers send with a 200; holds the error's message.
+    ErrorObject(String),
+}
+
+/// Checks a 2xx non-stream body in the upstream's `format` for the two ways it can fail to be an
+/// answer. A body that reports usage is an answer, so callers may skip this for those: it parses
+/// the whole body again.
+pub fn success_body_problem(format: Format, body: &[u8]) -> Option<SuccessBodyProblem> {
+    let Ok(parsed) = serde_json::from_slice::<Value>(body) else {
+        return Some(SuccessBodyProblem::NotJson(raw_message(200, body)));
+    };
+    // Google's stream endpoint without alt=sse answers with an array of chunk objects.
+    let first = match &parsed {
+        Value::Array(items) if matches!(format, Format::Gemini | Format::Antigravity) => {
+            items.first()
+        }
+        other => Some(other),
+    };
+    let Some(Value::Object(object)) = first else {
+        return Some(SuccessBodyProblem::NotJson(raw_message(200, body)));
+    };
+    let is_error = object.get("error").is_some_and(|error| !error.is_null())
+        || object.get("type").and_then(Value::as_str) == Some("error");
+    is_error
+        .then(|| SuccessBodyProblem::ErrorObject(parse_upstream_error(format, 502, body).message))
+}
+
 /// Converts an upstream error into the client's format: the status the client expects and a body
 /// in its shape (protocols.md §4 mapping table).
 ///
@@ -407,8 +440,8 @@ mod tests {
 
     use crate::protocol::Format;
     use crate::protocol::error::{
-        ErrorKind, convert_error, parse_duration_seconds_ceil, parse_upstream_error, render_error,
-        render_stream_error,
+        ErrorKind, SuccessBodyProblem, convert_error, parse_duration_seconds_ceil,
+        parse_upstream_error, render_error, render_stream_error, success_body_problem,
     };
     use crate::protocol::sse::SseParser;
     use crate::protocol::testkit;
@@ -838,5 +871,45 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(parse_duration_seconds_ceil(text), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn success_bodies_that_are_not_answers() {
+        let answer = br#"{"id":"x","choices":[{"message":{"content":"error"}}],"error":null}"#;
+        assert_eq!(success_body_problem(Format::OpenaiChat, answer), None);
+        assert_eq!(
+            success_body_problem(Format::Gemini, br#"[{"candidates":[]}]"#),
+            None
+        );
+        assert_eq!(
+            success_body_problem(
+                Format::OpenaiChat,
+                br#"{"error":{"message":"the model crashed","type":"server_error"}}"#
+            ),
+            Some(SuccessBodyProblem::ErrorObject(
+                "the model crashed".to_string()
+            ))
+        );
+        assert_eq!(
+            success_body_problem(
+                Format::Anthropic,
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            ),
+            Some(SuccessBodyProblem::ErrorObject("Overloaded".to_string()))
+        );
+        assert_eq!(
+            success_body_problem(Format::Anthropic, b"<html>502 Bad Gateway</html>"),
+            Some(SuccessBodyProblem::NotJson(
+                "<html>502 Bad Gateway</html>".to_string()
+            ))
+        );
+        assert!(matches!(
+            success_body_problem(Format::OpenaiChat, b"[1, 2]"),
+            Some(SuccessBodyProblem::NotJson(_))
+        ));
+        assert!(matches!(
+            success_body_problem(Format::OpenaiChat, br#"{"id": "cut"#),
+            Some(SuccessBodyProblem::NotJson(_))
+        ));
     }
 }

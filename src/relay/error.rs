@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::http::Response;
-use crate::protocol::error::{convert_error, render_error, ErrorKind};
+use crate::protocol::error::{convert_error, parse_upstream_error, render_error, ErrorKind};
 use crate::protocol::Format;
 
 /// Why a relay request did not get an upstream answer through. Each variant knows its status;
@@ -88,8 +88,11 @@ impl RelayError {
 impl fmt::Display for RelayError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RelayError::Upstream { status, upstream_format, .. } => {
-                write!(formatter, "upstream {} answered {status}", upstream_format.as_str())
+            RelayError::Upstream { status, upstream_format, body, .. } => {
+                // The upstream's own explanation, so a request log says why, not only that.
+                let message = parse_upstream_error(*upstream_format, *status, body).message;
+                let message: String = message.chars().take(300).collect();
+                write!(formatter, "upstream {} error {status}: {message}", upstream_format.as_str())
             }
             other => {
                 let (status, _, message) = other.status_kind_message();

@@ -9,7 +9,7 @@ use crate::http::{Request, Response};
 use crate::protocol::convert::{
     client_custom_tools, collects_non_stream_from_stream, convert_collected_stream, convert_response, ConvertContext,
 };
-use crate::protocol::error::{parse_upstream_error, ErrorKind};
+use crate::protocol::error::{parse_upstream_error, success_body_problem, ErrorKind, SuccessBodyProblem};
 use crate::protocol::sse::{SseEvent, SseParser};
 use crate::protocol::usage::usage_from_response_body;
 use crate::protocol::Format;
@@ -611,11 +611,18 @@ fn run_attempt(
         if let Err(error) = read {
             return transport_failure(UpstreamError::from_io_error(&error), control, false);
         }
+        // A 2xx that is no answer (an error object, an HTML page from a proxy) fails the attempt
+        // like an error status would. A body that reports usage is an answer, which keeps the
+        // second parse of the check off the common path.
+        let upstream_usage = if collect_stream { None } else { usage_from_response_body(upstream_format, &body) };
+        if upstream_usage.is_none()
+            && !collect_stream
+            && let Some(problem) = success_body_problem(upstream_format, &body)
+        {
+            return success_body_failure(upstream_format, response.status, body, problem);
+        }
         let (body, usage) = match transform {
-            Transform::PassThrough { .. } => {
-                let usage = usage_from_response_body(upstream_format, &body);
-                (body, usage)
-            }
+            Transform::PassThrough { .. } => (body, upstream_usage),
             Transform::Convert { client, upstream } => {
                 let converted = if collect_stream {
                     convert_collected_stream(upstream, client, &body, &context)
@@ -633,11 +640,7 @@ fn run_attempt(
                     }
                 };
                 // A collected stream's usage is read from the converted answer, its only whole body.
-                let usage = if collect_stream {
-                    usage_from_response_body(client, &converted)
-                } else {
-                    usage_from_response_body(upstream_format, &body)
-                };
+                let usage = if collect_stream { usage_from_response_body(client, &converted) } else { upstream_usage };
                 (converted, usage)
             }
         };
@@ -648,6 +651,14 @@ fn run_attempt(
         .iter()
         .any(|(name, value)| name.eq_ignore_ascii_case("content-type") && value.to_ascii_lowercase().contains("text/event-stream"));
     if !is_event_stream {
+        // Some servers answer a stream request that failed with a JSON error and a 200: their
+        // explanation is worth the read (bounded in size and by the request's deadline).
+        let mut body = Vec::new();
+        control.set_read_timeout(Some(deadlines.remaining().max(Duration::from_millis(1))));
+        let _ = with_call_control(control, || response.body.take(MAX_ERROR_BODY_BYTES).read_to_end(&mut body));
+        if let Some(problem @ SuccessBodyProblem::ErrorObject(_)) = success_body_problem(upstream_format, &body) {
+            return success_body_failure(upstream_format, response.status, body, problem);
+        }
         return AttemptResult::Failed {
             outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
             error: RelayError::UpstreamUnreachable("the upstream answered a stream request without an event stream".to_string()),
@@ -705,6 +716,26 @@ fn run_attempt(
         };
     }
     AttemptResult::StreamReady { body, parser, first_events, transform, context: Box::new(context) }
+}
+
+/// A 2xx non-stream answer that `success_body_problem` found to be no answer: the upstream's own
+/// error reaches the client (in its format) when there is one, else a 502 quoting the body.
+fn success_body_failure(upstream_format: Format, status: u16, body: Vec<u8>, problem: SuccessBodyProblem) -> AttemptResult {
+    match problem {
+        SuccessBodyProblem::ErrorObject(message) => AttemptResult::Failed {
+            outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
+            detail: format!("status {status} with an error body: {}", truncate(&message, 300)),
+            error: RelayError::Upstream { upstream_format, status: 502, body, retry_after_seconds: None },
+        },
+        SuccessBodyProblem::NotJson(excerpt) => AttemptResult::Failed {
+            outcome: AttemptOutcome::StreamErrorBeforeFirstByte,
+            detail: format!("status {status} with a body that is not JSON: {}", truncate(&excerpt, 300)),
+            error: RelayError::UpstreamUnreachable(format!(
+                "the upstream answered {status} with a body that is not JSON: {}",
+                truncate(&excerpt, 200)
+            )),
+        },
+    }
 }
 
 /// The key's credential could not be obtained (e.g. an OAuth refresh was refused): treated like
@@ -907,13 +938,17 @@ fn pump(
         return Err(std::io::Error::other(message.clone()));
     }
     out.clear();
-    translator.finish(&mut out);
+    let failure = translator.finish(&mut out);
     if let Some(capture) = capture.as_mut() {
         capture.observe(state, &out);
     }
     let written = if out.is_empty() { Ok(()) } else { writer.write_chunk(&out) };
-    trace.finish(state, 200, None);
-    written
+    trace.finish(state, 200, failure.clone());
+    match failure {
+        // Cut short like a broken stream (see above), so the client's HTTP layer sees it too.
+        Some(message) if !translator.is_json_array() => Err(std::io::Error::other(message)),
+        _ => written,
+    }
 }
 
 #[cfg(test)]

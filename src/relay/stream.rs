@@ -5,8 +5,9 @@
 use serde_json::Value;
 
 use crate::protocol::convert::{ConvertContext, StreamTranscoder};
-use crate::protocol::error::{render_stream_error, ErrorKind};
+use crate::protocol::error::{parse_upstream_error, render_stream_error, ErrorKind};
 use crate::protocol::sse::{SseEvent, SseParser};
+use crate::protocol::stream_end::is_final_event;
 use crate::protocol::usage::{StreamUsageTracker, Usage};
 use crate::protocol::Format;
 use crate::relay::transform::Transform;
@@ -19,7 +20,31 @@ pub struct EventTranslator {
     transcoder: Option<StreamTranscoder>,
     /// Set for Gemini clients that asked for the JSON-array stream instead of SSE.
     json_array: Option<JsonArrayFraming>,
+    ending: StreamEnding,
 }
+
+/// How the upstream stream went, from its events: whether its format's final event arrived and
+/// whether it sent an error. A stream that ends without the one or with the other failed, even
+/// though its bytes arrived intact.
+struct StreamEnding {
+    format: Format,
+    final_event_seen: bool,
+    upstream_error: Option<String>,
+}
+
+impl StreamEnding {
+    fn observe(&mut self, event: &SseEvent) {
+        if self.upstream_error.is_none() && is_error_event(self.format, event) {
+            self.upstream_error = Some(parse_upstream_error(self.format, 500, event.data.as_bytes()).message);
+        } else if !self.final_event_seen {
+            self.final_event_seen = is_final_event(self.format, event);
+        }
+    }
+}
+
+/// The message recorded (and, for streams relayed as they are, sent) when the upstream stream
+/// ended before its final event.
+pub const CUT_OFF_MESSAGE: &str = "the upstream stream ended before it finished";
 
 struct JsonArrayFraming {
     reframer: SseParser,
@@ -38,12 +63,14 @@ impl EventTranslator {
             usage: StreamUsageTracker::new(transform.upstream_format()),
             transcoder,
             json_array: gemini_json_array.then(|| JsonArrayFraming { reframer: SseParser::new(usize::MAX), items_written: 0 }),
+            ending: StreamEnding { format: transform.upstream_format(), final_event_seen: false, upstream_error: None },
         }
     }
 
     /// Appends the client bytes for one upstream event (possibly none).
     pub fn translate(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
         self.usage.observe(event);
+        self.ending.observe(event);
         let mut sse_bytes = Vec::new();
         match (&self.transform, &mut self.transcoder) {
             (Transform::PassThrough { strip_usage_chunk, .. }, _) => {
@@ -66,16 +93,31 @@ impl EventTranslator {
         self.frame(&sse_bytes, out);
     }
 
-    /// Appends whatever closes the stream for the client (final converted events, `]`).
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    /// Appends whatever closes the stream for the client (final converted events, `]`) once the
+    /// upstream stream has ended. Returns why the stream failed when the upstream sent an error
+    /// event or stopped before its final event; the client has been told in its own format
+    /// either way (by the upstream's relayed error event, by the converter, or by an error event
+    /// appended here for a relayed stream that was cut off).
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Option<String> {
         let mut sse_bytes = Vec::new();
         if let Some(transcoder) = &mut self.transcoder {
             transcoder.finish(&mut sse_bytes);
         }
+        let failure = match &self.ending.upstream_error {
+            Some(message) => Some(format!("the upstream stream failed: {message}")),
+            None if !self.ending.final_event_seen => {
+                if matches!(self.transform, Transform::PassThrough { .. }) {
+                    sse_bytes.extend(render_stream_error(self.client_format, ErrorKind::Upstream, CUT_OFF_MESSAGE));
+                }
+                Some(CUT_OFF_MESSAGE.to_string())
+            }
+            None => None,
+        };
         self.frame(&sse_bytes, out);
         if let Some(framing) = &mut self.json_array {
             out.extend_from_slice(if framing.items_written == 0 { b"[]" } else { b"\n]" });
         }
+        failure
     }
 
     /// Appends an in-stream error event in the client's format; a JSON array is closed after it.

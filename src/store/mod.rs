@@ -38,6 +38,10 @@ pub enum StoreError {
     MissingReference(String),
     /// The database could not be opened, reached, migrated or queried.
     Backend(String),
+    /// The database is there but cannot serve right now: the connection was lost, the server is
+    /// shutting down or starting, the disk is full, another writer held the lock past the busy
+    /// timeout. An operational state to report plainly and retry, not a bug.
+    Unavailable(String),
 }
 
 impl fmt::Display for StoreError {
@@ -46,6 +50,7 @@ impl fmt::Display for StoreError {
             StoreError::Duplicate(what) => write!(formatter, "duplicate: {what}"),
             StoreError::MissingReference(what) => write!(formatter, "missing reference: {what}"),
             StoreError::Backend(message) => write!(formatter, "database: {message}"),
+            StoreError::Unavailable(message) => write!(formatter, "database unavailable: {message}"),
         }
     }
 }

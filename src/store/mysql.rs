@@ -131,7 +131,29 @@ fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
 }
 
 fn query_error(error: mysql::Error) -> StoreError {
-    StoreError::Backend(format!("mysql: {}", describe(&error)))
+    let message = format!("mysql: {}", describe(&error));
+    if is_unavailable(&error) { StoreError::Unavailable(message) } else { StoreError::Backend(message) }
+}
+
+/// Server error codes that say the server cannot serve now: disk full, shutdown in progress,
+/// connection killed.
+const ER_DISK_FULL: u16 = 1021;
+const ER_SERVER_SHUTDOWN: u16 = 1053;
+const ER_CONNECTION_KILLED: u16 = 1927;
+
+/// A lost or refused connection, or one of the server codes above. A connection the server
+/// closed fails its next query with a codec error around the IO error (broken pipe).
+fn is_unavailable(error: &mysql::Error) -> bool {
+    match error {
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => true,
+        mysql::Error::DriverError(driver_error) => {
+            matches!(driver_error, mysql::DriverError::CouldNotConnect(_) | mysql::DriverError::ConnectTimeout | mysql::DriverError::Timeout)
+        }
+        mysql::Error::MySqlError(server_error) => {
+            matches!(server_error.code, ER_DISK_FULL | ER_SERVER_SHUTDOWN | ER_CONNECTION_KILLED)
+        }
+        _ => false,
+    }
 }
 
 const ER_DUP_ENTRY: u16 = 1062;

@@ -118,7 +118,24 @@ fn migrate(client: &mut Client) -> Result<(), postgres::Error> {
 }
 
 fn query_error(error: postgres::Error) -> StoreError {
-    StoreError::Backend(format!("postgres: {}", describe(&error)))
+    let message = format!("postgres: {}", describe(&error));
+    if is_unavailable(&error) { StoreError::Unavailable(message) } else { StoreError::Backend(message) }
+}
+
+/// A lost connection, an IO failure, or a server that is shutting down, starting up or out of
+/// disk (SQLSTATE classes 08 and 57P, and 53100) says the server cannot serve now, not that the
+/// statement is wrong.
+fn is_unavailable(error: &postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    match error.as_db_error() {
+        Some(database_error) => {
+            let code = database_error.code().code();
+            code.starts_with("08") || code.starts_with("57P") || code == "53100"
+        }
+        None => error.source().is_some_and(|cause| cause.is::<std::io::Error>()),
+    }
 }
 
 fn violation(error: postgres::Error) -> Violation {

@@ -128,7 +128,19 @@ fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
 }
 
 fn query_error(error: rusqlite::Error) -> StoreError {
-    StoreError::Backend(format!("sqlite: {error}"))
+    let unavailable = matches!(
+        error.sqlite_error_code(),
+        Some(
+            rusqlite::ErrorCode::DiskFull
+                | rusqlite::ErrorCode::ReadOnly
+                | rusqlite::ErrorCode::DatabaseBusy
+                | rusqlite::ErrorCode::DatabaseLocked
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::CannotOpen
+        )
+    );
+    let message = format!("sqlite: {error}");
+    if unavailable { StoreError::Unavailable(message) } else { StoreError::Backend(message) }
 }
 
 fn violation(error: rusqlite::Error) -> Violation {

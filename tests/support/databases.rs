@@ -19,6 +19,8 @@ pub struct TestDatabase {
 
 enum Cleanup {
     Directory(PathBuf),
+    /// The caller owns the file and removes it.
+    Nothing,
     ServerDatabase { admin_url: String, name: String },
 }
 
@@ -28,6 +30,7 @@ impl Drop for TestDatabase {
             Cleanup::Directory(directory) => {
                 let _ = std::fs::remove_dir_all(directory);
             }
+            Cleanup::Nothing => {}
             Cleanup::ServerDatabase { admin_url, name } => {
                 // FORCE ends connections a pool thread may still be closing.
                 let statement = match self.database_type {
@@ -117,6 +120,11 @@ fn run_admin_statement(database_type: &str, admin_url: &str, statement: &str) {
 pub fn sqlite() -> TestDatabase {
     let dir = temp_dir("sqlite");
     TestDatabase { database_type: "sqlite", path: dir.join("data.db").display().to_string(), cleanup: Cleanup::Directory(dir) }
+}
+
+/// SQLite at a path the caller owns and cleans up (e.g. on a file system mounted for the test).
+pub fn sqlite_at(path: String) -> TestDatabase {
+    TestDatabase { database_type: "sqlite", path, cleanup: Cleanup::Nothing }
 }
 
 fn server_database(database_type: &'static str) -> Option<TestDatabase> {

@@ -98,6 +98,7 @@ pub struct MockUpstream {
     pub address: SocketAddr,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     accepted_connections: Arc<AtomicUsize>,
+    open_connections: Arc<AtomicUsize>,
     aborted_streams: Arc<AtomicUsize>,
     peer_hangups: Arc<Mutex<Vec<Instant>>>,
     stopped: Arc<AtomicBool>,
@@ -118,6 +119,7 @@ impl MockUpstream {
         let address = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let accepted_connections = Arc::new(AtomicUsize::new(0));
+        let open_connections = Arc::new(AtomicUsize::new(0));
         let aborted_streams = Arc::new(AtomicUsize::new(0));
         let peer_hangups = Arc::new(Mutex::new(Vec::new()));
         let stopped = Arc::new(AtomicBool::new(false));
@@ -126,6 +128,7 @@ impl MockUpstream {
             let observations =
                 Observations { requests: requests.clone(), aborted_streams: aborted_streams.clone(), peer_hangups: peer_hangups.clone() };
             let accepted_connections = accepted_connections.clone();
+            let open_connections = open_connections.clone();
             let stopped = stopped.clone();
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
@@ -134,13 +137,17 @@ impl MockUpstream {
                     }
                     let Ok(stream) = stream else { continue };
                     accepted_connections.fetch_add(1, Ordering::SeqCst);
+                    let open = OpenConnection::count(&open_connections);
                     let script = script.clone();
                     let observations = observations.clone();
-                    std::thread::spawn(move || serve_connection(stream, &observations, &*script));
+                    std::thread::spawn(move || {
+                        serve_connection(stream, &observations, &*script);
+                        drop(open);
+                    });
                 }
             });
         }
-        MockUpstream { address, requests, accepted_connections, aborted_streams, peer_hangups, stopped }
+        MockUpstream { address, requests, accepted_connections, open_connections, aborted_streams, peer_hangups, stopped }
     }
 
     /// A mock that answers every request with the default success for its format.
@@ -169,6 +176,13 @@ impl MockUpstream {
         self.accepted_connections.load(Ordering::SeqCst)
     }
 
+    /// Connections the mock is serving right now. A connection stays open while the gateway
+    /// keeps it (idle in its pool, or in the middle of an answer); the mock ends its side when
+    /// the gateway closes it, after a scripted close or reset, or after 30 s without a request.
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::SeqCst)
+    }
+
     /// Streams that ended because writing to the gateway failed (the gateway hung up).
     pub fn aborted_streams(&self) -> usize {
         self.aborted_streams.load(Ordering::SeqCst)
@@ -186,6 +200,22 @@ impl Drop for MockUpstream {
         self.stopped.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect_timeout(&self.address, Duration::from_millis(200));
+    }
+}
+
+/// Counts one open connection for as long as it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn count(open_connections: &Arc<AtomicUsize>) -> OpenConnection {
+        open_connections.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(open_connections.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
