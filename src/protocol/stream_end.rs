@@ -7,7 +7,7 @@
 //! only looks for the marker in the text, the way the usage tracker does.
 
 use crate::protocol::Format;
-use crate::protocol::sse::SseEvent;
+use crate::protocol::sse::{SseEvent, contains};
 
 /// True for the event that completes a stream in `format`:
 /// - Chat Completions: `data: [DONE]`, or a chunk with a finish reason (some compatible servers
@@ -27,13 +27,13 @@ pub fn is_final_event(format: Format, event: &SseEvent) -> bool {
                 "\"response.failed\"",
             ]
             .iter()
-            .any(|name| data.contains(name)),
+            .any(|name| contains(data, name)),
         },
         Format::Anthropic => match event.event.as_deref() {
             Some(name) => name == "message_stop",
-            None => data.contains("\"message_stop\""),
+            None => contains(data, "\"message_stop\""),
         },
-        Format::Gemini | Format::Antigravity => data.contains("\"finishReason\""),
+        Format::Gemini | Format::Antigravity => contains(data, "\"finishReason\""),
     }
 }
 
@@ -48,7 +48,7 @@ fn is_responses_final(name: &str) -> bool {
 fn has_finish_reason(data: &str) -> bool {
     const KEY: &str = "\"finish_reason\"";
     let mut rest = data;
-    while let Some(position) = rest.find(KEY) {
+    while let Some(position) = memchr::memmem::find(rest.as_bytes(), KEY.as_bytes()) {
         rest = &rest[position + KEY.len()..];
         let value = rest
             .trim_start()

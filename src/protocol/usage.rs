@@ -60,7 +60,7 @@ impl StreamUsageTracker {
         let data = event.data.as_str();
         match self.format {
             Format::OpenaiChat => {
-                if !data.contains("\"usage\"") {
+                if !crate::protocol::sse::contains(data, "\"usage\"") {
                     return;
                 }
                 // Some compatible upstreams send usage on a content chunk and again later; the
@@ -91,7 +91,7 @@ impl StreamUsageTracker {
                 }
             }
             Format::Anthropic => {
-                if !data.contains("\"usage\"") {
+                if !crate::protocol::sse::contains(data, "\"usage\"") {
                     return;
                 }
                 let Ok(parsed) = serde_json::from_str::<AnthropicEvent>(data) else {

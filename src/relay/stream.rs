@@ -71,15 +71,18 @@ impl EventTranslator {
     pub fn translate(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
         self.usage.observe(event);
         self.ending.observe(event);
+        if let (Transform::PassThrough { strip_usage_chunk, .. }, None) = (&self.transform, &self.json_array) {
+            // The common relayed stream: the event's bytes go straight to the client's buffer.
+            if !(*strip_usage_chunk && is_bare_usage_chunk(event)) {
+                append_raw_event(event, out);
+            }
+            return;
+        }
         let mut sse_bytes = Vec::new();
         match (&self.transform, &mut self.transcoder) {
             (Transform::PassThrough { strip_usage_chunk, .. }, _) => {
                 if !(*strip_usage_chunk && is_bare_usage_chunk(event)) {
-                    sse_bytes.extend_from_slice(&event.raw);
-                    // An event flushed at the end of the upstream body may lack its blank line.
-                    if !(event.raw.ends_with(b"\n\n") || event.raw.ends_with(b"\r\r") || event.raw.ends_with(b"\r\n\r\n")) {
-                        sse_bytes.extend_from_slice(b"\n\n");
-                    }
+                    append_raw_event(event, &mut sse_bytes);
                 }
             }
             (Transform::Convert { .. }, Some(transcoder)) => {
@@ -154,9 +157,18 @@ impl EventTranslator {
     }
 }
 
+/// Appends a relayed event as the upstream sent it.
+fn append_raw_event(event: &SseEvent, out: &mut Vec<u8>) {
+    out.extend_from_slice(&event.raw);
+    // An event flushed at the end of the upstream body may lack its blank line.
+    if !(event.raw.ends_with(b"\n\n") || event.raw.ends_with(b"\r\r") || event.raw.ends_with(b"\r\n\r\n")) {
+        out.extend_from_slice(b"\n\n");
+    }
+}
+
 /// The usage-only chunk OpenAI sends last when `include_usage` is on: `choices: []` and a usage.
 fn is_bare_usage_chunk(event: &SseEvent) -> bool {
-    if !event.data.contains("\"usage\"") {
+    if !crate::protocol::sse::contains(&event.data, "\"usage\"") {
         return false;
     }
     let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { return false };
@@ -174,7 +186,7 @@ pub fn is_error_event(format: Format, event: &SseEvent) -> bool {
     match format {
         Format::OpenaiChat | Format::Gemini | Format::Antigravity => {
             event.data.starts_with("{\"error\"")
-                || (event.data.contains("\"error\"")
+                || (crate::protocol::sse::contains(&event.data, "\"error\"")
                     && serde_json::from_str::<Value>(&event.data).is_ok_and(|value| value.get("error").is_some_and(|error| !error.is_null())))
         }
         Format::Anthropic | Format::OpenaiResponses => false,
