@@ -221,7 +221,13 @@ impl StatsService {
 
     /// Writes the queued log rows. On failure they stay queued (bounded) for the next try.
     pub fn flush_logs(&self) -> StoreResult<()> {
-        let logs: Vec<RequestLog> = std::mem::take(&mut self.books().logs).into();
+        let logs: Vec<RequestLog> = {
+            let mut books = self.books();
+            // The next second's rows come at about this rate; starting the queue at that size
+            // spares it growing again row by row.
+            let capacity = books.logs.len().min(MAX_PENDING_LOGS);
+            std::mem::replace(&mut books.logs, VecDeque::with_capacity(capacity)).into()
+        };
         if logs.is_empty() {
             return Ok(());
         }
