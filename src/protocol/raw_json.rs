@@ -81,6 +81,35 @@ pub fn append_member(raw: &[u8], member: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether arrays and objects in `raw` nest deeper than `limit`. A body read without building
+/// it (only the head members are decoded) must still be refused where a full parse would be
+/// (serde_json stops at 128 levels), and must never reach a converter that recurses.
+pub fn nests_deeper_than(raw: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut position = 0;
+    while position < raw.len() {
+        match raw[position] {
+            b'"' => match string_range(raw, position) {
+                Some(range) => {
+                    position = range.end;
+                    continue;
+                }
+                None => return false,
+            },
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        position += 1;
+    }
+    false
+}
+
 fn skip_whitespace(raw: &[u8], mut position: usize) -> usize {
     while raw.get(position).is_some_and(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r')) {
         position += 1;
@@ -185,6 +214,14 @@ mod tests {
         assert!(top_level_value_ranges(br#"{"model":"a"} x"#, "model").is_none());
         assert!(top_level_value_ranges(br#"{"model":"a""#, "model").is_none());
         assert_eq!(top_level_value_ranges(b" {} ", "model"), Some(Vec::new()));
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings_only() {
+        let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        assert!(!nests_deeper_than(format!("{{\"x\":{}}}", nested(127)).as_bytes(), 128));
+        assert!(nests_deeper_than(format!("{{\"x\":{}}}", nested(128)).as_bytes(), 128));
+        assert!(!nests_deeper_than(format!("{{\"x\":\"{}\\\"\"}}", "[".repeat(500)).as_bytes(), 128));
     }
 
     #[test]

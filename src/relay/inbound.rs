@@ -8,8 +8,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::http::Request;
-use crate::protocol::Format;
+use crate::protocol::{raw_json, Format};
 use crate::relay::error::RelayError;
+
+/// The deepest nesting of arrays and objects a call body may have: serde_json's own limit, so a
+/// body refused by a full parse is refused before anything reads it.
+const MAX_BODY_NESTING: usize = 128;
 
 /// A parsed client call on one of the generation endpoints.
 ///
@@ -197,6 +201,11 @@ pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, 
             RelayError::InvalidRequest(format!("the request body is not valid JSON: {error}"))
         }
     })?;
+    if raw_json::nests_deeper_than(&request.body, MAX_BODY_NESTING) {
+        return Err(RelayError::InvalidRequest(format!(
+            "the request body is not valid JSON: it nests deeper than {MAX_BODY_NESTING} levels"
+        )));
+    }
     let raw_body = Some(request.body.clone());
     match route {
         RelayRoute::GeminiGenerate { model, stream } => {
