@@ -5,9 +5,9 @@
 //! `Response`, whose body is either a byte buffer or a streaming closure that writes one chunk
 //! per call, flushed at once (used for SSE).
 
-mod chunked;
-mod connection;
-mod head;
+pub(crate) mod chunked;
+pub(crate) mod connection;
+pub(crate) mod head;
 mod response_writer;
 pub mod server;
 
