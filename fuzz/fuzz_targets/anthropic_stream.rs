@@ -1,6 +1,7 @@
 //! An upstream's event stream in the anthropic format, arriving in pieces, for one client format
-//! (the first byte picks both): usage tracked, transcoded for the client, collected into one
-//! response, and the client stream decoded again. Nothing may panic.
+//! (the first byte picks the client, the relay path and the split): usage tracked, then either
+//! transcoded for the client and our output decoded again, or collected into one response.
+//! Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

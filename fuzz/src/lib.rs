@@ -226,18 +226,18 @@ pub fn parse_events(pieces: &[&[u8]], max_event_size: usize) -> Option<Vec<SseEv
 }
 
 /// An upstream's event stream in `upstream` format for one client format, arriving in pieces.
-/// The first input byte picks both: its low two bits the client format (of
-/// [`CLIENT_FORMATS`]), the rest the split (see [`pieces`]); one client per run keeps each run
-/// short, and the fuzzer varies the byte. The stream's usage is tracked, it is transcoded for
-/// the client event by event (the relay's streaming path) and collected into a complete response
-/// (the relay's non-stream path over a stream), and the client stream we produced is decoded
-/// again by the client format's own decoder.
+/// The first input byte picks the client format (its low two bits, of [`CLIENT_FORMATS`]), the
+/// relay path (bit 2) and the split (the rest, see [`pieces`]); one client and one path per run
+/// keep each run short, and the fuzzer varies the byte. The stream's usage is always tracked.
+/// Path 0 is the relay's streaming path: the stream transcoded for the client event by event,
+/// and what we produced decoded again by the client format's own decoder. Path 1 is its
+/// non-stream path over a stream: the events collected into one complete response.
 pub fn stream_round_trip(upstream: Format, data: &[u8]) {
     let Some((&settings, stream)) = data.split_first() else {
         return;
     };
     let client = CLIENT_FORMATS[usize::from(settings % 4)];
-    let Some(events) = parse_events(&pieces(settings / 4, stream), 1 << 20) else {
+    let Some(events) = parse_events(&pieces(settings / 8, stream), 1 << 20) else {
         return;
     };
     let mut usage = StreamUsageTracker::new(upstream);
@@ -245,7 +245,10 @@ pub fn stream_round_trip(upstream: Format, data: &[u8]) {
         usage.observe(event);
     }
     let _ = usage.usage();
-    let _ = convert::convert_collected_stream(upstream, client, stream, &context(false));
+    if settings & 4 != 0 {
+        let _ = convert::convert_collected_stream(upstream, client, stream, &context(false));
+        return;
+    }
     let mut transcoder = convert::StreamTranscoder::new(upstream, client, &context(true));
     let mut client_bytes = Vec::new();
     let mut failed = false;
