@@ -212,34 +212,45 @@ pub struct LoadedConfig {
 /// An existing file is never rewritten.
 pub fn load(path: &Path, environment: &[(String, String)]) -> Result<LoadedConfig, ConfigError> {
     let source = path.display().to_string();
-    let defaults = serde_json::to_value(Config::default()).expect("the default config serializes");
-    let (file_value, created) = if path.exists() {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-            source: source.clone(),
-            key: String::new(),
-            problem: format!("cannot read the file: {error}"),
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|error| ConfigError {
-            source: source.clone(),
-            key: String::new(),
-            problem: format!("not valid JSON: {error}"),
-        })?;
-        (value, false)
-    } else {
+    if !path.exists() {
         write_default_file(path).map_err(|problem| ConfigError { source: source.clone(), key: String::new(), problem })?;
-        (defaults.clone(), true)
-    };
-    let mut merged = defaults.clone();
-    merge_over_defaults(&mut merged, &file_value, "", &source)?;
-    apply_environment(&mut merged, "", environment)?;
-    check_port_range(&merged, &source)?;
-    let config: Config = serde_json::from_value(merged).map_err(|error| ConfigError {
+        let defaults = serde_json::to_value(Config::default()).expect("the default config serializes");
+        let config = from_file_value(&defaults, &source, environment)?;
+        return Ok(LoadedConfig { config, path: path.to_path_buf(), created: true });
+    }
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
         source: source.clone(),
+        key: String::new(),
+        problem: format!("cannot read the file: {error}"),
+    })?;
+    let config = from_text(&text, &source, environment)?;
+    Ok(LoadedConfig { config, path: path.to_path_buf(), created: false })
+}
+
+/// The config a file with this text would give (`source` names the file in errors): the text
+/// merged over the defaults, then the environment, then validation. `load` without the IO, so
+/// the fuzz targets can drive it too.
+pub fn from_text(text: &str, source: &str, environment: &[(String, String)]) -> Result<Config, ConfigError> {
+    let file_value: Value = serde_json::from_str(text).map_err(|error| ConfigError {
+        source: source.to_string(),
+        key: String::new(),
+        problem: format!("not valid JSON: {error}"),
+    })?;
+    from_file_value(&file_value, source, environment)
+}
+
+fn from_file_value(file_value: &Value, source: &str, environment: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut merged = serde_json::to_value(Config::default()).expect("the default config serializes");
+    merge_over_defaults(&mut merged, file_value, "", source)?;
+    apply_environment(&mut merged, "", environment)?;
+    check_port_range(&merged, source)?;
+    let config: Config = serde_json::from_value(merged).map_err(|error| ConfigError {
+        source: source.to_string(),
         key: String::new(),
         problem: error.to_string(),
     })?;
-    validate(&config, &source)?;
-    Ok(LoadedConfig { config, path: path.to_path_buf(), created })
+    validate(&config, source)?;
+    Ok(config)
 }
 
 /// Builds a validated config from defaults plus an environment only (used by tests and tools).

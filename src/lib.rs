@@ -4,6 +4,8 @@ pub mod amp;
 pub mod api;
 pub mod app;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod http;
 pub mod protocol;
 pub mod relay;

@@ -102,7 +102,11 @@ impl Settings {
             "model_sync_interval_hours" => self.model_sync_interval_hours = whole_number(name, value, 0, 8_760)?,
             "models_dev_url" => {
                 let url = text(name, value)?.trim().trim_end_matches('/').to_string();
-                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                // A URL holds no whitespace. Accepted, it would only fail at the next price sync,
+                // and taking off a trailing slash could bare a space that the next read (a reload,
+                // or the panel saving the settings it was shown) trims, so the value would drift.
+                let is_http = url.starts_with("http://") || url.starts_with("https://");
+                if !is_http || url.len() < 10 || url.contains(char::is_whitespace) {
                     return Err(format!("{name} must be an http:// or https:// URL, got {url:?}"));
                 }
                 self.models_dev_url = url;
@@ -233,6 +237,20 @@ mod tests {
         assert!(error.contains("cors_allowed_origins"), "{error}");
         let error = settings.with_changes(json!({"nope": 1}).as_object().unwrap()).unwrap_err();
         assert!(error.contains("unknown setting"), "{error}");
+    }
+
+    /// Found by the `admin_settings_body` fuzz target: `"https://models[0, /"` lost its slash and
+    /// kept the space before it, and sent back as shown it lost the space too.
+    #[test]
+    fn a_models_dev_url_with_whitespace_is_refused() {
+        for url in ["https://models[0, /", "https://models.dev /", "https://models .dev", "https://models.dev\t/x"] {
+            let error = Settings::default().with_changes(json!({"models_dev_url": url}).as_object().unwrap()).unwrap_err();
+            assert!(error.contains("models_dev_url"), "{url:?}: {error}");
+        }
+        let accepted = Settings::default().with_changes(json!({"models_dev_url": " https://models.dev/x// "}).as_object().unwrap()).unwrap();
+        assert_eq!(accepted.models_dev_url, "https://models.dev/x");
+        let shown_and_sent_back = accepted.with_changes(accepted.to_json().as_object().unwrap()).unwrap();
+        assert_eq!(shown_and_sent_back, accepted);
     }
 
     #[test]

@@ -15,8 +15,8 @@ const CLIENT_KEY_RANDOM_LENGTH: usize = 48;
 /// How much of the key is kept in clear for display: the prefix plus four characters.
 const DISPLAY_PREFIX_LENGTH: usize = CLIENT_KEY_PREFIX.len() + 4;
 
-const FIELDS: &[&str] = &["name", "enabled", "expires_at", "max_cost", "allowed_models", "rpm", "tpm"];
-const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at", "key_prefix"];
+pub(crate) const FIELDS: &[&str] = &["name", "enabled", "expires_at", "max_cost", "allowed_models", "rpm", "tpm"];
+pub(crate) const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at", "key_prefix"];
 
 /// A fresh client key from OS randomness.
 pub fn generate_client_key() -> String {
@@ -79,7 +79,7 @@ fn load(context: &AdminContext, id: i64) -> Result<ApiKey, ApiError> {
     store_call(context, move |store| store.api_key_by_id(id))?.ok_or_else(|| ApiError::NotFound(format!("no api key with id {id}")))
 }
 
-fn apply_fields(api_key: &mut ApiKey, map: &Map<String, Value>) -> Result<(), ApiError> {
+pub(crate) fn apply_fields(api_key: &mut ApiKey, map: &Map<String, Value>) -> Result<(), ApiError> {
     if let Some(name) = body::optional_string(map, "name")? {
         api_key.name = body::check_name("name", &name)?;
     }

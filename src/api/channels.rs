@@ -10,9 +10,9 @@ use crate::api::{store_call, AdminContext};
 use crate::http::{Request, Response};
 use crate::store::entities::{AutoGroup, Channel, ChannelKey, ChannelType};
 
-const FIELDS: &[&str] =
+pub(crate) const FIELDS: &[&str] =
     &["name", "type", "enabled", "base_urls", "keys", "models", "headers", "proxy", "auto_sync", "match_regex", "auto_group"];
-const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at", "key_info"];
+pub(crate) const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at", "key_info"];
 
 /// The list, each channel with `endpoints`: its base URLs with the relay's measured delay
 /// (probes and real requests, smoothed) and whether the relay has demoted the URL after failures.
@@ -57,7 +57,7 @@ pub fn create(context: &AdminContext, request: &Request) -> Result<Response, Api
 }
 
 /// A channel built from a create body and validated, not stored.
-fn unsaved_channel(map: &Map<String, Value>, name: String) -> Result<Channel, ApiError> {
+pub(crate) fn unsaved_channel(map: &Map<String, Value>, name: String) -> Result<Channel, ApiError> {
     let mut channel = Channel {
         id: 0,
         name,
@@ -165,7 +165,7 @@ fn load(context: &AdminContext, id: i64) -> Result<Channel, ApiError> {
 
 /// Copies the given fields onto `channel`. Keys are matched against the stored ones so that
 /// sending back the masked list from a GET keeps every secret and id.
-fn apply_fields(channel: &mut Channel, map: &Map<String, Value>) -> Result<(), ApiError> {
+pub(crate) fn apply_fields(channel: &mut Channel, map: &Map<String, Value>) -> Result<(), ApiError> {
     if let Some(name) = body::optional_string(map, "name")? {
         channel.name = body::check_name("name", &name)?;
     }

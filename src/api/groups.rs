@@ -8,9 +8,9 @@ use crate::api::{store_call, AdminContext};
 use crate::http::{Request, Response};
 use crate::store::entities::{Group, GroupItem, GroupMode};
 
-const FIELDS: &[&str] =
+pub(crate) const FIELDS: &[&str] =
     &["name", "mode", "items", "max_attempts", "first_byte_timeout_ms", "total_timeout_ms", "sticky_seconds", "match_regex"];
-const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at"];
+pub(crate) const READ_ONLY_FIELDS: &[&str] = &["id", "created_at", "updated_at"];
 pub const MAX_ATTEMPTS_LIMIT: u64 = 20;
 
 pub fn list(context: &AdminContext) -> Result<Response, ApiError> {
@@ -68,7 +68,7 @@ fn load(context: &AdminContext, id: i64) -> Result<Group, ApiError> {
     store_call(context, move |store| store.group_by_id(id))?.ok_or_else(|| ApiError::NotFound(format!("no group with id {id}")))
 }
 
-fn apply_fields(group: &mut Group, map: &Map<String, Value>) -> Result<(), ApiError> {
+pub(crate) fn apply_fields(group: &mut Group, map: &Map<String, Value>) -> Result<(), ApiError> {
     if let Some(name) = body::optional_string(map, "name")? {
         group.name = body::check_name("name", &name)?;
     }

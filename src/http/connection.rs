@@ -328,7 +328,7 @@ impl Connection<'_> {
 
 /// Looks for the empty line that ends a head (`\n\r\n` or `\n\n`), scanning from `scan_from`.
 /// Returns the end of the head if found, and where the next scan should start.
-fn find_head_end(buffer: &[u8], scan_from: usize) -> (Option<usize>, usize) {
+pub(crate) fn find_head_end(buffer: &[u8], scan_from: usize) -> (Option<usize>, usize) {
     let mut position = scan_from;
     while let Some(offset) = buffer[position..].iter().position(|&byte| byte == b'\n') {
         let line_feed = position + offset;

@@ -5,10 +5,10 @@
 //! `Response`, whose body is either a byte buffer or a streaming closure that writes one chunk
 //! per call, flushed at once (used for SSE).
 
-mod chunked;
-mod connection;
+pub(crate) mod chunked;
+pub(crate) mod connection;
 pub mod cors;
-mod head;
+pub(crate) mod head;
 mod response_writer;
 pub mod server;
 
