@@ -211,8 +211,41 @@ pub fn load(path: &Path, environment: &[(String, String)]) -> Result<LoadedConfi
         write_default_file(path).map_err(|problem| ConfigError { source: source.clone(), key: String::new(), problem })?;
         (defaults.clone(), true)
     };
-    let mut merged = defaults.clone();
-    merge_over_defaults(&mut merged, &file_value, "", &source)?;
+    let config = merge_and_validate(defaults, &file_value, environment, &source)?;
+    Ok(LoadedConfig { config, path: path.to_path_buf(), created })
+}
+
+/// Reads an existing `path`, applies the environment and validates, never writing anything: the
+/// headless admin commands (`octopus export`, `reset-password`, ...) must not create a config
+/// whose defaults would then point them at an empty database.
+pub fn read_existing(path: &Path, environment: &[(String, String)]) -> Result<Config, ConfigError> {
+    let source = path.display().to_string();
+    let whole_file_error = |problem: String| ConfigError { source: source.clone(), key: String::new(), problem };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(whole_file_error(
+                "the file does not exist (octopus start writes it on first start; or pass --config PATH)".to_string(),
+            ));
+        }
+        Err(error) => return Err(whole_file_error(format!("cannot read the file: {error}"))),
+    };
+    let file_value: Value =
+        serde_json::from_str(&text).map_err(|error| whole_file_error(format!("not valid JSON: {error}")))?;
+    let defaults = serde_json::to_value(Config::default()).expect("the default config serializes");
+    merge_and_validate(defaults, &file_value, environment, &source)
+}
+
+/// The defaults with the file's keys over them, then the environment, checked.
+fn merge_and_validate(
+    defaults: Value,
+    file_value: &Value,
+    environment: &[(String, String)],
+    source: &str,
+) -> Result<Config, ConfigError> {
+    let source = source.to_string();
+    let mut merged = defaults;
+    merge_over_defaults(&mut merged, file_value, "", &source)?;
     apply_environment(&mut merged, "", environment)?;
     check_port_range(&merged, &source)?;
     let config: Config = serde_json::from_value(merged).map_err(|error| ConfigError {
@@ -221,7 +254,19 @@ pub fn load(path: &Path, environment: &[(String, String)]) -> Result<LoadedConfi
         problem: error.to_string(),
     })?;
     validate(&config, &source)?;
-    Ok(LoadedConfig { config, path: path.to_path_buf(), created })
+    Ok(config)
+}
+
+/// The `OCTOPUS_*` variables of this process, the overrides `load` and `read_existing` apply.
+/// Values that are not UTF-8 are kept (lossily) so validation names the variable instead of the
+/// process panicking or silently ignoring it.
+pub fn environment_overrides() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            name.starts_with("OCTOPUS_").then(|| (name, value.to_string_lossy().into_owned()))
+        })
+        .collect()
 }
 
 /// Builds a validated config from defaults plus an environment only (used by tests and tools).

@@ -3,6 +3,7 @@
 pub mod amp;
 pub mod api;
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod http;
 pub mod protocol;
