@@ -380,8 +380,7 @@ impl GatewayHandler {
 
 /// `octopus start`: load the config, start, and run until SIGINT or SIGTERM. Returns the exit code.
 pub fn run(config_path: &Path) -> i32 {
-    let environment: Vec<(String, String)> = std::env::vars().filter(|(name, _)| name.starts_with("OCTOPUS_")).collect();
-    let loaded = match config::load(config_path, &environment) {
+    let loaded = match config::load(config_path, &config::environment_overrides()) {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("octopus: config error: {error}");

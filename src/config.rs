@@ -253,6 +253,36 @@ fn from_file_value(file_value: &Value, source: &str, environment: &[(String, Str
     Ok(config)
 }
 
+/// Reads an existing `path`, applies the environment and validates, never writing anything: the
+/// headless admin commands (`octopus export`, `reset-password`, ...) must not create a config
+/// whose defaults would then point them at an empty database.
+pub fn read_existing(path: &Path, environment: &[(String, String)]) -> Result<Config, ConfigError> {
+    let source = path.display().to_string();
+    let whole_file_error = |problem: String| ConfigError { source: source.clone(), key: String::new(), problem };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(whole_file_error(
+                "the file does not exist (octopus start writes it on first start; or pass --config PATH)".to_string(),
+            ));
+        }
+        Err(error) => return Err(whole_file_error(format!("cannot read the file: {error}"))),
+    };
+    from_text(&text, &source, environment)
+}
+
+/// The `OCTOPUS_*` variables of this process, the overrides `load` and `read_existing` apply.
+/// Values that are not UTF-8 are kept (lossily) so validation names the variable instead of the
+/// process panicking or silently ignoring it.
+pub fn environment_overrides() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            name.starts_with("OCTOPUS_").then(|| (name, value.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
 /// Builds a validated config from defaults plus an environment only (used by tests and tools).
 pub fn from_environment(environment: &[(String, String)]) -> Result<Config, ConfigError> {
     let mut merged = serde_json::to_value(Config::default()).expect("the default config serializes");

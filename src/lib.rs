@@ -3,6 +3,7 @@
 pub mod amp;
 pub mod api;
 pub mod app;
+pub mod commands;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz_entry;

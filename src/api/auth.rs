@@ -16,6 +16,7 @@ use crate::api::error::ApiError;
 use crate::api::{store_call, AdminContext};
 use crate::http::{Request, Response};
 use crate::store::entities::{AdminSession, AdminUser};
+use crate::store::{Store, StoreResult};
 use crate::util;
 
 /// The account created on first start; its password must be changed.
@@ -32,6 +33,27 @@ pub fn hash_password(password: &str) -> String {
         .hash_password(password.as_bytes(), &salt)
         .expect("argon2 with default parameters accepts any password")
         .to_string()
+}
+
+/// The rules every new admin password follows, from the API or `octopus reset-password`.
+pub fn check_new_password(new_password: &str) -> Result<(), String> {
+    if new_password.chars().count() < MIN_PASSWORD_LENGTH {
+        return Err(format!("the new password must have at least {MIN_PASSWORD_LENGTH} characters"));
+    }
+    if new_password == DEFAULT_ADMIN_PASSWORD {
+        return Err("choose a new password different from the default one".to_string());
+    }
+    Ok(())
+}
+
+/// Stores a checked new password for an account and ends all of its sessions, so tokens issued
+/// under the old password die with it. The account's owner chose this password, so it no longer
+/// has to be changed. Shared by `POST /api/v1/auth/password` and `octopus reset-password`.
+/// Returns how many sessions ended.
+pub fn replace_password(store: &mut dyn Store, user_id: i64, new_password: &str) -> StoreResult<u64> {
+    let new_hash = hash_password(new_password);
+    store.update_admin_password(user_id, &new_hash, false)?;
+    store.delete_sessions_of_user(user_id)
 }
 
 /// Checks a password against a stored PHC string; a malformed hash never verifies.
@@ -175,18 +197,12 @@ pub fn change_password(context: &AdminContext, request: &Request, user: &AdminUs
     if !verify_password_off_worker(context, &old_password, &user.password_hash) {
         return Err(ApiError::Unauthenticated("the old password is wrong".to_string()));
     }
-    if new_password.chars().count() < MIN_PASSWORD_LENGTH {
-        return Err(ApiError::Invalid(format!("the new password must have at least {MIN_PASSWORD_LENGTH} characters")));
-    }
-    if new_password == old_password || new_password == DEFAULT_ADMIN_PASSWORD {
+    check_new_password(&new_password).map_err(ApiError::Invalid)?;
+    if new_password == old_password {
         return Err(ApiError::Invalid("choose a new password different from the old one".to_string()));
     }
     let user_id = user.id;
-    store_call(context, move |store| {
-        let new_hash = hash_password(&new_password);
-        store.update_admin_password(user_id, &new_hash, false)?;
-        store.delete_sessions_of_user(user_id)
-    })?;
+    store_call(context, move |store| replace_password(store, user_id, &new_password))?;
     let (token, expires_at) = open_session(context, user_id)?;
     Ok(Response::json(200, &json!({"token": token, "expires_at": expires_at, "must_change_password": false})))
 }

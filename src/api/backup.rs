@@ -16,6 +16,7 @@ use crate::http::{Request, Response};
 use crate::settings::Settings;
 use crate::stats::log_view::rfc3339_millis;
 use crate::store::backup::Backup;
+use crate::store::{Store, StoreResult};
 use crate::store::entities::{
     ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters, StatsKey, StatsRow,
     STATS_COUNTER_COLUMNS,
@@ -59,19 +60,7 @@ pub fn export(context: &AdminContext, request: &Request) -> Result<Response, Api
         // Counters not written yet would otherwise be missing from the backup.
         context.stats.flush_stats(now_ms).map_err(ApiError::from)?;
     }
-    let (channels, groups, api_keys, prices, stats) = store_call(context, move |store| {
-        let stats = if include_stats { Some(store.all_stats_rows()?) } else { None };
-        Ok((store.list_channels()?, store.list_groups()?, store.list_api_keys()?, store.list_prices()?, stats))
-    })?;
-    let backup = Backup {
-        channels,
-        groups,
-        api_keys,
-        prices,
-        settings: Vec::new(),
-        stats,
-    };
-    let document = document_json(&backup, &context.settings.get(), now_ms);
+    let document = store_call(context, move |store| export_document(store, include_stats, now_ms))?;
     let (year, month, day) = crate::stats::query::civil_from_days(now_ms.div_euclid(86_400_000));
     let disposition = format!("attachment; filename=\"octopus-backup-{year:04}{month:02}{day:02}.json\"");
     Ok(Response::json(200, &document).with_header("content-disposition", &disposition).with_header("cache-control", "no-store"))
@@ -79,20 +68,12 @@ pub fn export(context: &AdminContext, request: &Request) -> Result<Response, Api
 
 /// `POST /api/v1/import`: replaces the configuration with the document's, in one transaction.
 pub fn import(context: &AdminContext, request: &Request) -> Result<Response, ApiError> {
-    if request.body.is_empty() {
-        return Err(ApiError::Malformed("the request body is empty; send a backup document".to_string()));
-    }
-    let document: Value = serde_json::from_slice(&request.body)
-        .map_err(|error| ApiError::Malformed(format!("the body is not valid JSON: {error}")))?;
-    let (backup, settings) = parse_document(&document).map_err(ApiError::Invalid)?;
-    let counts = json!({
-        "channels": backup.channels.len(),
-        "groups": backup.groups.len(),
-        "api_keys": backup.api_keys.len(),
-        "prices": backup.prices.len(),
-        "settings": backup.settings.len(),
-        "stats": backup.stats.as_ref().map_or(0, Vec::len),
-    });
+    let checked = check_document(&request.body).map_err(|problem| match problem {
+        DocumentProblem::Malformed(message) => ApiError::Malformed(message),
+        DocumentProblem::Invalid(message) => ApiError::Invalid(message),
+    })?;
+    let counts = checked.counts();
+    let CheckedDocument { backup, settings } = checked;
     let stats_replaced = backup.stats.is_some();
     if stats_replaced {
         // Counters this gateway has not written yet belong to the statistics being replaced;
@@ -118,6 +99,72 @@ pub fn import(context: &AdminContext, request: &Request) -> Result<Response, Api
         context.scheduler.run_soon(jobs::PRUNE_LOGS);
     }
     Ok(Response::json(200, &json!({ "imported": counts })))
+}
+
+/// Reads the whole configuration (and, when asked, the hourly statistics) into a backup
+/// document. The admin API and `octopus export` both call this, so their files are the same.
+pub fn export_document(store: &mut dyn Store, include_stats: bool, now_ms: i64) -> StoreResult<Value> {
+    let stats = if include_stats { Some(store.all_stats_rows()?) } else { None };
+    let backup = Backup {
+        channels: store.list_channels()?,
+        groups: store.list_groups()?,
+        api_keys: store.list_api_keys()?,
+        prices: store.list_prices()?,
+        settings: Vec::new(),
+        stats,
+    };
+    let settings = Settings::load(store)?;
+    Ok(document_json(&backup, &settings, now_ms))
+}
+
+/// Why a backup document cannot be imported.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocumentProblem {
+    /// Not JSON at all (or empty).
+    Malformed(String),
+    /// JSON, but a field is wrong; the message names the first bad path.
+    Invalid(String),
+}
+
+impl std::fmt::Display for DocumentProblem {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DocumentProblem::Malformed(message) | DocumentProblem::Invalid(message) => formatter.write_str(message),
+        }
+    }
+}
+
+/// A backup document that passed every check: what the store writes, and the settings it puts
+/// in force.
+pub struct CheckedDocument {
+    pub backup: Backup,
+    pub settings: Settings,
+}
+
+impl CheckedDocument {
+    /// How many rows of each kind the import writes, as both the API and the CLI report it.
+    pub fn counts(&self) -> Value {
+        json!({
+            "channels": self.backup.channels.len(),
+            "groups": self.backup.groups.len(),
+            "api_keys": self.backup.api_keys.len(),
+            "prices": self.backup.prices.len(),
+            "settings": self.backup.settings.len(),
+            "stats": self.backup.stats.as_ref().map_or(0, Vec::len),
+        })
+    }
+}
+
+/// Checks the bytes of a backup document completely, before anything is written. The admin API
+/// and `octopus import` both call this.
+pub fn check_document(bytes: &[u8]) -> Result<CheckedDocument, DocumentProblem> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DocumentProblem::Malformed("the document is empty; send a backup document".to_string()));
+    }
+    let document: Value = serde_json::from_slice(bytes)
+        .map_err(|error| DocumentProblem::Malformed(format!("the document is not valid JSON: {error}")))?;
+    let (backup, settings) = parse_document(&document).map_err(DocumentProblem::Invalid)?;
+    Ok(CheckedDocument { backup, settings })
 }
 
 /// The backup document of `backup` (its `settings` field is ignored: `settings` is shown instead).
