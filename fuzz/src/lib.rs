@@ -65,6 +65,8 @@ pub fn context(stream: bool) -> ConvertContext {
         include_usage: true,
         antigravity_project: "fuzz-project".to_string(),
         request_id: "req-fuzz".to_string(),
+        // Codex's free-form tool, so the custom-tool mapping is driven too.
+        custom_tools: vec!["apply_patch".to_string()],
     }
 }
 
@@ -73,6 +75,7 @@ fn meta() -> ResponseMeta {
         id: "resp_fuzz".to_string(),
         model: "fuzz-model".to_string(),
         created_unix: 1_700_000_000,
+        custom_tools: vec!["apply_patch".to_string()],
     }
 }
 
