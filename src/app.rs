@@ -25,8 +25,6 @@ use crate::upstream::client::{ClientOptions, UpstreamClient};
 
 /// How many finished-request records may wait for the consumer before new ones are dropped.
 const RECORD_QUEUE_CAPACITY: usize = 10_000;
-/// Finished requests kept in memory for the live view.
-const RECENT_RECORDS_KEPT: usize = 200;
 /// How often each node reloads the relay snapshot, so several nodes on one database converge.
 const SNAPSHOT_REFRESH_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -145,6 +143,13 @@ const BENCH_WITHOUT_STATS_VARIABLE: &str = "OCTOPUS_BENCH_WITHOUT_STATS";
 
 /// Opens the store, seeds the admin account and starts serving. Returns once listening.
 pub fn start(config: Config) -> Result<Gateway, StartError> {
+    start_keeping_records(config, 0)
+}
+
+/// `start`, also keeping the last `kept_records` finished-request records in memory
+/// (`RelayState::recent`). Tests read them; a production gateway keeps none, since copying every
+/// record for a list nobody reads is work on every request.
+pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gateway, StartError> {
     configure_runtime(config.server.workers);
     let config = Arc::new(config);
     let store = StorePool::open(&config.database.database_type, &config.database.path, config.database.connections)
@@ -172,8 +177,10 @@ pub fn start(config: Config) -> Result<Gateway, StartError> {
         log::warn!("{BENCH_WITHOUT_STATS_VARIABLE}=1: statistics and request logs are off (a benchmark switch, not for use)");
         records = RecordSink::discarding();
     }
-    let recent = Arc::new(RecentRecords::new(RECENT_RECORDS_KEPT));
-    stats.recent = Some(recent.clone());
+    let recent = Arc::new(RecentRecords::new(kept_records));
+    if kept_records > 0 {
+        stats.recent = Some(recent.clone());
+    }
     let stats = Arc::new(stats);
     {
         let stats = stats.clone();

@@ -672,7 +672,7 @@ fn sqlite_on_a_full_disk_answers_clearly_and_loses_nothing() {
         .unwrap();
     assert_eq!(integrity, "ok", "the database survived the full disk");
     let logs: i64 = connection
-        .query_row("SELECT COUNT(*) FROM relay_logs", [], |row| row.get(0))
+        .query_row("SELECT COUNT(*) FROM request_logs", [], |row| row.get(0))
         .unwrap();
     assert_eq!(logs, 11);
     let channels: i64 = connection

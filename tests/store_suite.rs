@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use octopus::store::backup::Backup;
 use octopus::store::entities::{
-    AdminSession, ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, ModelPrice, StatsCounters,
-    StatsKey, StatsRow,
+    AdminSession, ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, LogFilter, LoggedAttempt,
+    ModelPrice, RequestLog, StatsCounters, StatsKey, StatsRow,
 };
 use octopus::store::migrate::{
     MYSQL_MIGRATIONS, Migration, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS,
@@ -63,6 +63,7 @@ store_cases!(
     pool_serves_threads_and_coroutines,
     pool_survives_a_panicking_job,
     stored_responses_save_read_delete_and_prune,
+    wide_request_logs_are_carried_into_the_compact_table,
 );
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -134,6 +135,32 @@ impl TestDatabase {
     fn pool(&self, connections: usize) -> StorePool {
         StorePool::open(self.backend.database_type(), &self.location, connections)
             .unwrap_or_else(|error| panic!("cannot open a {:?} pool: {error}", self.backend))
+    }
+
+    /// Runs statements with the driver directly, outside the store.
+    fn execute_raw(&self, statements: &[&str]) {
+        match self.backend {
+            Backend::Sqlite => {
+                let connection = ::rusqlite::Connection::open(&self.location).expect("open the SQLite file");
+                for statement in statements {
+                    connection.execute_batch(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
+                }
+            }
+            Backend::Postgres => {
+                let mut client = ::postgres::Client::connect(&self.location, ::postgres::NoTls).expect("connect");
+                for statement in statements {
+                    client.batch_execute(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
+                }
+            }
+            Backend::Mysql => {
+                use ::mysql::prelude::Queryable;
+                let mut connection =
+                    ::mysql::Conn::new(::mysql::Opts::from_url(&self.location).expect("url")).expect("connect");
+                for statement in statements {
+                    connection.query_drop(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
+                }
+            }
+        }
     }
 
     /// The rows of `schema_migrations`, read with the driver directly.
@@ -320,6 +347,102 @@ mod cases {
             .map(|migration| migration.version)
             .collect();
         assert_eq!(database.applied_migration_versions(), expected);
+    }
+
+    /// A database written before migration 6 keeps its request logs: the wide `relay_logs` rows
+    /// are carried into `request_logs` and read back field for field.
+    pub fn wide_request_logs_are_carried_into_the_compact_table(database: &TestDatabase) {
+        drop(database.open());
+        // Put the database back to version 5: the wide table of migration 2, with two rows.
+        let version_2 = database.backend.migrations().iter().find(|migration| migration.version == 2).unwrap().sql;
+        let wide_table_start = version_2.find("CREATE TABLE IF NOT EXISTS relay_logs").expect("migration 2 creates relay_logs");
+        let wide_table = &version_2[wide_table_start..];
+        let wide_table = &wide_table[..wide_table.find(';').unwrap()];
+        let (yes, no) = if database.backend == Backend::Postgres { ("TRUE", "FALSE") } else { ("1", "0") };
+        let columns = "id, time_ms, api_key_id, api_key_name, group_name, channel_id, channel_name, model, \
+                       client_format, status_code, success, attempts, input_tokens, output_tokens, cache_read_tokens, \
+                       cache_write_tokens, reasoning_tokens, cost_micros, ttft_ms, latency_ms, stream, error, \
+                       attempt_details, request_body, response_body";
+        let answered = format!(
+            "INSERT INTO relay_logs ({columns}) VALUES (101, 1780000000000, 3, 'laptop \"x\"', 'smart', 2, 'openai', \
+             'gpt-4o-mini', 'openai_chat', 200, {yes}, 1, 10, 5, 4, 1, 2, 20000, 35, 120, {yes}, '', \
+             '[{{\"channel_id\":2,\"channel_name\":\"openai\",\"key_id\":7,\"base_url\":\"http://127.0.0.1:9/v1\",\
+             \"model\":\"gpt-4o-mini\",\"outcome\":\"success\",\"status\":200,\"duration_ms\":118}}]', \
+             '{{\"model\":\"smart\"}}', NULL)"
+        );
+        let failed = format!(
+            "INSERT INTO relay_logs ({columns}) VALUES (102, 1780000001000, NULL, '', 'other', NULL, '', '', \
+             'anthropic', 404, {no}, 0, 0, 0, 0, 0, 0, 0, NULL, 3, {no}, 'no group named other', '[]', NULL, NULL)"
+        );
+        database.execute_raw(&[
+            "DROP TABLE request_logs",
+            wide_table,
+            &answered,
+            &failed,
+            "DELETE FROM schema_migrations WHERE version = 6",
+        ]);
+
+        let mut store = database.open();
+        let expected_answered = RequestLog {
+            id: 101,
+            time_ms: 1_780_000_000_000,
+            api_key_id: Some(3),
+            api_key_name: "laptop \"x\"".to_string(),
+            group: "smart".to_string(),
+            channel_id: Some(2),
+            channel_name: "openai".to_string(),
+            model: "gpt-4o-mini".to_string(),
+            client_format: "openai_chat".to_string(),
+            status_code: 200,
+            success: true,
+            attempts: 1,
+            input_tokens: 10,
+            output_tokens: 5,
+            cache_read_tokens: 4,
+            cache_write_tokens: 1,
+            reasoning_tokens: 2,
+            cost_micros: 20_000,
+            ttft_ms: Some(35),
+            latency_ms: 120,
+            stream: true,
+            error: String::new(),
+            attempt_details: vec![LoggedAttempt {
+                channel_id: 2,
+                channel_name: "openai".to_string(),
+                key_id: 7,
+                base_url: "http://127.0.0.1:9/v1".to_string(),
+                model: "gpt-4o-mini".to_string(),
+                outcome: "success".to_string(),
+                status: Some(200),
+                duration_ms: 118,
+            }],
+            request_body: Some(r#"{"model":"smart"}"#.to_string()),
+            response_body: None,
+        };
+        assert_eq!(store.log_by_id(101).unwrap(), Some(expected_answered));
+        let expected_failed = RequestLog {
+            id: 102,
+            time_ms: 1_780_000_001_000,
+            group: "other".to_string(),
+            client_format: "anthropic".to_string(),
+            status_code: 404,
+            latency_ms: 3,
+            error: "no group named other".to_string(),
+            ..RequestLog::default()
+        };
+        assert_eq!(store.log_by_id(102).unwrap(), Some(expected_failed));
+        let (page, total) = store.list_logs(&LogFilter { success: Some(false), ..LogFilter::default() }, 0, 10).unwrap();
+        assert_eq!((total, page.len(), page[0].id), (1, 1, 102));
+
+        // New rows go into the same table, and the migrated database opens again unchanged.
+        let new_log = RequestLog { id: 103, time_ms: 1_780_000_002_000, group: "smart".to_string(), success: true, ..RequestLog::default() };
+        store.insert_logs(std::slice::from_ref(&new_log)).unwrap();
+        drop(store);
+        let mut reopened = database.open();
+        let (page, total) = reopened.list_logs(&LogFilter { group: Some("smart".to_string()), ..LogFilter::default() }, 0, 10).unwrap();
+        assert_eq!(total, 2);
+        assert_eq!(page.iter().map(|log| log.id).collect::<Vec<_>>(), vec![103, 101]);
+        assert_eq!(page[0], new_log);
     }
 
     pub fn admin_seed_lookup_and_password_update(database: &TestDatabase) {

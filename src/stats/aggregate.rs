@@ -49,21 +49,22 @@ pub fn counters_of(record: &RequestRecord, cost_micros: i64) -> StatsCounters {
     }
 }
 
-/// The log row of a record (bodies are added by the caller when they are kept).
-pub fn log_of(record: &RequestRecord, id: i64, cost_micros: i64) -> RequestLog {
+/// The log row of a record (bodies are added by the caller when they are kept). Takes the record
+/// so that its strings move into the row instead of being copied: this runs for every request.
+pub fn log_of(record: RequestRecord, id: i64, cost_micros: i64) -> RequestLog {
     let usage = record.usage.unwrap_or_default();
     RequestLog {
         id,
         time_ms: record.started_at_ms,
         api_key_id: record.client_key_id,
-        api_key_name: record.client_key_name.clone(),
-        group: record.group.clone(),
+        success: succeeded(&record),
+        api_key_name: record.client_key_name,
+        group: record.group,
         channel_id: record.channel_id,
-        channel_name: record.channel_name.clone(),
-        model: record.upstream_model.clone(),
+        channel_name: record.channel_name,
+        model: record.upstream_model,
         client_format: record.client_format.to_string(),
         status_code: record.status,
-        success: succeeded(record),
         attempts: record.attempts.len() as i64,
         input_tokens: saturating_i64(usage.input_tokens),
         output_tokens: saturating_i64(usage.output_tokens),
@@ -74,17 +75,17 @@ pub fn log_of(record: &RequestRecord, id: i64, cost_micros: i64) -> RequestLog {
         ttft_ms: record.ttft_ms.map(saturating_i64),
         latency_ms: saturating_i64(record.total_ms),
         stream: record.stream,
-        error: record.error.clone().unwrap_or_default(),
+        error: record.error.unwrap_or_default(),
         attempt_details: record
             .attempts
-            .iter()
+            .into_iter()
             .map(|attempt| LoggedAttempt {
                 channel_id: attempt.channel_id,
-                channel_name: attempt.channel_name.clone(),
+                channel_name: attempt.channel_name,
                 key_id: attempt.key_id,
-                base_url: attempt.base_url.clone(),
-                model: attempt.upstream_model.clone(),
-                outcome: attempt.outcome.clone(),
+                base_url: attempt.base_url,
+                model: attempt.upstream_model,
+                outcome: attempt.outcome,
                 status: attempt.status,
                 duration_ms: attempt.duration_ms,
             })

@@ -134,7 +134,7 @@ impl StatsService {
     }
 
     /// Prices, counts and queues one finished request. Called on the writer thread.
-    pub fn ingest(&self, record: RequestRecord, finished_at_ms: i64) {
+    pub fn ingest(&self, mut record: RequestRecord, finished_at_ms: i64) {
         self.metrics.records.fetch_add(1, Ordering::Relaxed);
         access_log(&record);
         self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(&record);
@@ -147,13 +147,18 @@ impl StatsService {
         };
         let key = aggregate::stats_key(&record, finished_at_ms);
         let counters = aggregate::counters_of(&record, cost);
+        let client_key_id = record.client_key_id;
+        if let Some(recent) = &self.recent {
+            recent.push(record.clone());
+        }
         let settings = self.settings.get();
         let log = (settings.log_max_rows > 0).then(|| {
-            let mut log = aggregate::log_of(&record, self.log_ids.next(finished_at_ms), cost);
-            if settings.log_bodies {
+            let bodies = settings.log_bodies.then(|| (record.request_body.take(), record.response_body.take()));
+            let mut log = aggregate::log_of(record, self.log_ids.next(finished_at_ms), cost);
+            if let Some((request_body, response_body)) = bodies {
                 let limit = usize::try_from(settings.log_body_max_bytes).unwrap_or(usize::MAX);
-                log.request_body = record.request_body.as_deref().map(|body| redact::body_for_log(body, limit));
-                log.response_body = record.response_body.as_deref().map(|body| redact::body_for_log(body, limit));
+                log.request_body = request_body.as_deref().map(|body| redact::body_for_log(body, limit));
+                log.response_body = response_body.as_deref().map(|body| redact::body_for_log(body, limit));
             }
             log
         });
@@ -171,11 +176,8 @@ impl StatsService {
                 books.logs.push_back(log);
             }
         }
-        if let Some(api_key_id) = record.client_key_id.filter(|_| cost > 0) {
+        if let Some(api_key_id) = client_key_id.filter(|_| cost > 0) {
             *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(api_key_id).or_default() += cost;
-        }
-        if let Some(recent) = &self.recent {
-            recent.push(record);
         }
     }
 

@@ -426,7 +426,7 @@ impl StatsGrouping {
     }
 }
 
-/// One try of a logged request, as kept in `relay_logs.attempt_details` (JSON).
+/// One try of a logged request, kept in the `detail` text of its log (`store::log_detail`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoggedAttempt {
     pub channel_id: i64,
@@ -439,7 +439,7 @@ pub struct LoggedAttempt {
     pub duration_ms: u64,
 }
 
-/// One row of `relay_logs`: a finished relay request. Never holds a secret.
+/// One request log (`request_logs`): a finished relay request. Never holds a secret.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RequestLog {
     pub id: i64,

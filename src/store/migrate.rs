@@ -19,6 +19,7 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration { version: 3, description: "responses", sql: include_str!("../../migrations/sqlite/0003_responses.sql") },
     Migration { version: 4, description: "api_key_limits", sql: include_str!("../../migrations/sqlite/0004_api_key_limits.sql") },
     Migration { version: 5, description: "auto_group", sql: include_str!("../../migrations/sqlite/0005_auto_group.sql") },
+    Migration { version: 6, description: "compact_logs", sql: include_str!("../../migrations/sqlite/0006_compact_logs.sql") },
 ];
 
 pub const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -27,6 +28,7 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration { version: 3, description: "responses", sql: include_str!("../../migrations/postgres/0003_responses.sql") },
     Migration { version: 4, description: "api_key_limits", sql: include_str!("../../migrations/postgres/0004_api_key_limits.sql") },
     Migration { version: 5, description: "auto_group", sql: include_str!("../../migrations/postgres/0005_auto_group.sql") },
+    Migration { version: 6, description: "compact_logs", sql: include_str!("../../migrations/postgres/0006_compact_logs.sql") },
 ];
 
 pub const MYSQL_MIGRATIONS: &[Migration] = &[
@@ -35,6 +37,7 @@ pub const MYSQL_MIGRATIONS: &[Migration] = &[
     Migration { version: 3, description: "responses", sql: include_str!("../../migrations/mysql/0003_responses.sql") },
     Migration { version: 4, description: "api_key_limits", sql: include_str!("../../migrations/mysql/0004_api_key_limits.sql") },
     Migration { version: 5, description: "auto_group", sql: include_str!("../../migrations/mysql/0005_auto_group.sql") },
+    Migration { version: 6, description: "compact_logs", sql: include_str!("../../migrations/mysql/0006_compact_logs.sql") },
 ];
 
 /// The migrations not yet in `applied_versions`, in version order.
@@ -152,14 +155,17 @@ mod tests {
 
     #[test]
     fn the_mysql_migrations_split_into_repeatable_statements() {
-        // Only statements a repeated run tolerates: `CREATE TABLE IF NOT EXISTS`, and
-        // `ALTER TABLE ... ADD COLUMN`, whose "duplicate column" error the backend skips.
+        // Only statements a repeated run tolerates: `CREATE TABLE IF NOT EXISTS`, `DROP TABLE IF
+        // EXISTS`, `ALTER TABLE ... ADD COLUMN`, whose "duplicate column" error the backend skips,
+        // and `INSERT IGNORE INTO ... SELECT`, whose "no such table" error it skips.
         for migration in MYSQL_MIGRATIONS {
             let statements = split_statements(migration.sql);
             assert!(!statements.is_empty());
             for statement in &statements {
                 let repeatable = statement.starts_with("CREATE TABLE IF NOT EXISTS")
-                    || (statement.starts_with("ALTER TABLE") && statement.contains("ADD COLUMN"));
+                    || statement.starts_with("DROP TABLE IF EXISTS")
+                    || (statement.starts_with("ALTER TABLE") && statement.contains("ADD COLUMN"))
+                    || (statement.starts_with("INSERT IGNORE INTO") && statement.contains("\nSELECT "));
                 assert!(repeatable, "unexpected statement: {statement}");
             }
         }

@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod entities;
+pub mod log_detail;
 pub mod migrate;
 #[cfg(feature = "mysql")]
 pub mod mysql;

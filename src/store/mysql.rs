@@ -114,6 +114,10 @@ fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
                 // Each ALTER adds its columns in one statement, so "already there" means all of them.
                 Err(mysql::Error::MySqlError(error))
                     if error.code == ER_DUP_FIELDNAME && statement.starts_with("ALTER TABLE") => {}
+                // A copy whose source table is gone ran before: the table is dropped only after
+                // its rows were copied (0006 moves `relay_logs` into `request_logs`).
+                Err(mysql::Error::MySqlError(error))
+                    if error.code == ER_NO_SUCH_TABLE && statement.starts_with("INSERT IGNORE INTO") => {}
                 Err(error) => return Err(error),
             }
         }
@@ -157,6 +161,7 @@ fn is_unavailable(error: &mysql::Error) -> bool {
 }
 
 const ER_DUP_ENTRY: u16 = 1062;
+const ER_NO_SUCH_TABLE: u16 = 1146;
 const ER_DUP_FIELDNAME: u16 = 1060;
 const ER_NO_REFERENCED_ROW: u16 = 1216;
 const ER_NO_REFERENCED_ROW_2: u16 = 1452;
@@ -951,10 +956,16 @@ impl Store for MysqlStore {
     }
 
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
-        let sql = stats_sql::log_insert(Dialect::Mysql);
         let mut transaction = self.write_transaction()?;
-        for log in logs {
-            transaction.exec_drop(&sql, mysql_parameters(&stats_sql::log_values(log))).map_err(query_error)?;
+        let mut values = Vec::with_capacity(stats_sql::LOG_INSERT_SIZES[0] * stats_sql::LOG_COLUMNS.len());
+        for chunk in stats_sql::log_insert_chunks(logs) {
+            values.clear();
+            for log in chunk {
+                stats_sql::push_log_values(log, &mut values);
+            }
+            transaction
+                .exec_drop(stats_sql::log_insert(Dialect::Mysql, chunk.len()), mysql_parameters(&values))
+                .map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)
     }
@@ -963,7 +974,7 @@ impl Store for MysqlStore {
         let (clause, values) = stats_sql::log_filter_clause(Dialect::Mysql, filter);
         let total: Option<i64> = self
             .connection
-            .exec_first(format!("SELECT COUNT(*) FROM relay_logs{clause}"), mysql_parameters(&values))
+            .exec_first(format!("SELECT COUNT(*) FROM {}{clause}", stats_sql::LOG_TABLE), mysql_parameters(&values))
             .map_err(query_error)?;
         let (sql, mut values) = stats_sql::log_page_query(Dialect::Mysql, filter, false);
         values.push(SqlValue::Int(u64_to_column(limit)));
@@ -974,7 +985,7 @@ impl Store for MysqlStore {
     }
 
     fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>> {
-        let sql = format!("SELECT {} FROM relay_logs WHERE id = ?", stats_sql::log_select_columns(true));
+        let sql = format!("SELECT {} FROM {} WHERE id = ?", stats_sql::log_select_columns(true), stats_sql::LOG_TABLE);
         let row: Option<Row> = self.connection.exec_first(sql, (id,)).map_err(query_error)?;
         row.as_ref().map(|row| stats_sql::decode_log(&MysqlColumns(row))).transpose()
     }
@@ -987,7 +998,7 @@ impl Store for MysqlStore {
             .exec_first(stats_sql::log_prune_boundary_query(Dialect::Mysql), (u64_to_column(keep_rows),))
             .map_err(query_error)?;
         if let Some(boundary) = boundary {
-            transaction.exec_drop("DELETE FROM relay_logs WHERE id <= ?", (boundary,)).map_err(query_error)?;
+            transaction.exec_drop(format!("DELETE FROM {} WHERE id <= ?", stats_sql::LOG_TABLE), (boundary,)).map_err(query_error)?;
             deleted += transaction.affected_rows();
         }
         transaction.commit().map_err(query_error)?;

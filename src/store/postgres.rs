@@ -925,10 +925,15 @@ impl Store for PostgresStore {
 
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
-        let statement = transaction.prepare(&stats_sql::log_insert(Dialect::Postgres)).map_err(query_error)?;
-        for log in logs {
-            let values = stats_sql::log_values(log);
-            transaction.execute(&statement, &postgres_parameters(&values)).map_err(query_error)?;
+        let mut values = Vec::with_capacity(stats_sql::LOG_INSERT_SIZES[0] * stats_sql::LOG_COLUMNS.len());
+        for chunk in stats_sql::log_insert_chunks(logs) {
+            values.clear();
+            for log in chunk {
+                stats_sql::push_log_values(log, &mut values);
+            }
+            transaction
+                .execute(stats_sql::log_insert(Dialect::Postgres, chunk.len()), &postgres_parameters(&values))
+                .map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)
     }
@@ -937,7 +942,7 @@ impl Store for PostgresStore {
         let (clause, values) = stats_sql::log_filter_clause(Dialect::Postgres, filter);
         let total: i64 = self
             .client
-            .query_one(&format!("SELECT COUNT(*) FROM relay_logs{clause}"), &postgres_parameters(&values))
+            .query_one(&format!("SELECT COUNT(*) FROM {}{clause}", stats_sql::LOG_TABLE), &postgres_parameters(&values))
             .and_then(|row| row.try_get(0))
             .map_err(query_error)?;
         let (sql, mut values) = stats_sql::log_page_query(Dialect::Postgres, filter, false);
@@ -949,7 +954,7 @@ impl Store for PostgresStore {
     }
 
     fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>> {
-        let sql = format!("SELECT {} FROM relay_logs WHERE id = $1", stats_sql::log_select_columns(true));
+        let sql = format!("SELECT {} FROM {} WHERE id = $1", stats_sql::log_select_columns(true), stats_sql::LOG_TABLE);
         let rows = self.client.query(&sql, &[&id]).map_err(query_error)?;
         rows.first().map(|row| stats_sql::decode_log(&PostgresColumns(row))).transpose()
     }
@@ -962,7 +967,7 @@ impl Store for PostgresStore {
             .map_err(query_error)?;
         if let Some(row) = boundary.first() {
             let boundary: i64 = row.try_get(0).map_err(query_error)?;
-            deleted += transaction.execute("DELETE FROM relay_logs WHERE id <= $1", &[&boundary]).map_err(query_error)?;
+            deleted += transaction.execute(&format!("DELETE FROM {} WHERE id <= $1", stats_sql::LOG_TABLE), &[&boundary]).map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)?;
         Ok(deleted)

@@ -46,6 +46,9 @@ pub fn open(path: &str) -> StoreResult<SqliteStore> {
     migrate(&mut connection).map_err(|error| {
         StoreError::Backend(format!("cannot migrate SQLite database {path}: {error}"))
     })?;
+    prepare_log_inserts(&connection).map_err(|error| {
+        StoreError::Backend(format!("cannot prepare the request-log inserts on SQLite database {path}: {error}"))
+    })?;
     Ok(SqliteStore { connection })
 }
 
@@ -84,6 +87,20 @@ fn create_private_file(path: &str) -> StoreResult<()> {
 
 fn is_not_a_plain_file(path: &str) -> bool {
     path == ":memory:" || path.starts_with("file:")
+}
+
+/// Statements kept compiled per connection: the few of the hot writes (log batches, statistics)
+/// and the admin's queries, so that none is compiled again while the gateway runs.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// Compiles the multi-row log inserts into the statement cache once, at open: compiling the
+/// 64-row one costs about as much as writing a hundred rows, so it must not happen per batch.
+fn prepare_log_inserts(connection: &Connection) -> rusqlite::Result<()> {
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    for rows in stats_sql::LOG_INSERT_SIZES {
+        connection.prepare_cached(stats_sql::log_insert(Dialect::Sqlite, rows))?;
+    }
+    Ok(())
 }
 
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
@@ -969,12 +986,15 @@ impl Store for SqliteStore {
 
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let transaction = self.write_transaction()?;
-        {
-            let mut statement = transaction.prepare_cached(&stats_sql::log_insert(Dialect::Sqlite)).map_err(query_error)?;
-            for log in logs {
-                let values = stats_sql::log_values(log);
-                statement.execute(rusqlite::params_from_iter(values.iter())).map_err(query_error)?;
+        let mut values = Vec::with_capacity(stats_sql::LOG_INSERT_SIZES[0] * stats_sql::LOG_COLUMNS.len());
+        for chunk in stats_sql::log_insert_chunks(logs) {
+            values.clear();
+            for log in chunk {
+                stats_sql::push_log_values(log, &mut values);
             }
+            let mut statement =
+                transaction.prepare_cached(stats_sql::log_insert(Dialect::Sqlite, chunk.len())).map_err(query_error)?;
+            statement.execute(rusqlite::params_from_iter(values.iter())).map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)
     }
@@ -984,7 +1004,7 @@ impl Store for SqliteStore {
         let total: i64 = self
             .connection
             .query_row(
-                &format!("SELECT COUNT(*) FROM relay_logs{clause}"),
+                &format!("SELECT COUNT(*) FROM {}{clause}", stats_sql::LOG_TABLE),
                 rusqlite::params_from_iter(values.iter().map(sqlite_value)),
                 |row| row.get(0),
             )
@@ -1002,7 +1022,7 @@ impl Store for SqliteStore {
     }
 
     fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>> {
-        let sql = format!("SELECT {} FROM relay_logs WHERE id = ?1", stats_sql::log_select_columns(true));
+        let sql = format!("SELECT {} FROM {} WHERE id = ?1", stats_sql::log_select_columns(true), stats_sql::LOG_TABLE);
         let mut statement = self.connection.prepare_cached(&sql).map_err(query_error)?;
         let mut rows = statement.query([id]).map_err(query_error)?;
         match rows.next().map_err(query_error)? {
@@ -1019,7 +1039,7 @@ impl Store for SqliteStore {
             .optional()
             .map_err(query_error)?;
         if let Some(boundary) = boundary {
-            deleted += transaction.execute("DELETE FROM relay_logs WHERE id <= ?1", [boundary]).map_err(query_error)?;
+            deleted += transaction.execute(&format!("DELETE FROM {} WHERE id <= ?1", stats_sql::LOG_TABLE), [boundary]).map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)?;
         Ok(deleted as u64)

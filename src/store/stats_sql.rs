@@ -5,10 +5,13 @@
 //! own driver. Keeping them in one place keeps the three backends' answers identical.
 
 use crate::store::entities::{
-    LogFilter, LoggedAttempt, RequestLog, StatsCounters, StatsGrouping, StatsKey, StatsRow, STATS_COUNTER_COLUMNS,
+    LogFilter, RequestLog, StatsCounters, StatsGrouping, StatsKey, StatsRow, STATS_COUNTER_COLUMNS,
 };
+use crate::store::log_detail;
+use std::sync::OnceLock;
+
 use crate::stats::log_id::first_id_at;
-use crate::store::{StoreError, StoreResult};
+use crate::store::StoreResult;
 
 /// Longer than any relay request can run (total timeouts are minutes).
 const LONGEST_REQUEST_MS: i64 = 86_400_000;
@@ -127,40 +130,61 @@ pub fn stats_delete_range(dialect: Dialect) -> String {
     format!("DELETE FROM stats_hourly WHERE hour >= {} AND hour < {}", dialect.placeholder(1), dialect.placeholder(2))
 }
 
-/// The columns of `relay_logs` in the order `log_insert` binds and `log_select_columns` reads.
-pub const LOG_COLUMNS: [&str; 25] = [
-    "id",
-    "time_ms",
-    "api_key_id",
-    "api_key_name",
-    "group_name",
-    "channel_id",
-    "channel_name",
-    "model",
-    "client_format",
-    "status_code",
-    "success",
-    "attempts",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_micros",
-    "ttft_ms",
-    "latency_ms",
-    "stream",
-    "error",
-    "attempt_details",
-    "request_body",
-    "response_body",
-];
+/// The table of request logs.
+pub const LOG_TABLE: &str = "request_logs";
 
-/// `INSERT` of one `relay_logs` row with every column of `LOG_COLUMNS`. A row whose id exists is
-/// skipped, so a batch retried after a failed commit is not written twice.
-pub fn log_insert(dialect: Dialect) -> String {
-    let placeholders: Vec<String> = (1..=LOG_COLUMNS.len()).map(|position| dialect.placeholder(position)).collect();
-    let insert = format!("INTO relay_logs ({}) VALUES ({})", LOG_COLUMNS.join(", "), placeholders.join(", "));
+/// The columns of `request_logs` in the order `log_insert` binds and `log_select_columns` reads:
+/// the ones the admin API filters on, then everything else as one `detail` text
+/// (`store::log_detail`), then the bodies kept when `log_bodies` is on.
+pub const LOG_COLUMNS: [&str; 9] =
+    ["id", "time_ms", "api_key_id", "group_name", "channel_id", "success", "detail", "request_body", "response_body"];
+
+/// Row counts of the multi-row `INSERT`s a batch of logs is cut into, largest first. Fewer
+/// statements mean fewer steps and resets (and, on the server databases, round trips). Only these
+/// few sizes exist, so each is compiled once and then found in the driver's statement cache: a
+/// statement per batch size would be compiled anew almost every second. 64 rows bind 576
+/// values, far below every backend's limit.
+pub const LOG_INSERT_SIZES: [usize; 4] = [64, 16, 4, 1];
+
+/// Cuts `logs` into runs of `LOG_INSERT_SIZES` rows, largest first.
+pub fn log_insert_chunks<T>(mut logs: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = LOG_INSERT_SIZES.into_iter().find(|size| *size <= logs.len())?;
+        let (chunk, rest) = logs.split_at(size);
+        logs = rest;
+        Some(chunk)
+    })
+}
+
+/// `INSERT` of `rows` (one of `LOG_INSERT_SIZES`) request logs with every column of
+/// `LOG_COLUMNS`. A row whose id exists is skipped, so a batch retried after a failed commit is
+/// not written twice. Built once per dialect and size.
+pub fn log_insert(dialect: Dialect, rows: usize) -> &'static str {
+    static STATEMENTS: OnceLock<Vec<(Dialect, usize, String)>> = OnceLock::new();
+    let statements = STATEMENTS.get_or_init(|| {
+        let mut statements = Vec::new();
+        for dialect in [Dialect::Sqlite, Dialect::Postgres, Dialect::Mysql] {
+            for rows in LOG_INSERT_SIZES {
+                statements.push((dialect, rows, build_log_insert(dialect, rows)));
+            }
+        }
+        statements
+    });
+    statements
+        .iter()
+        .find(|(known_dialect, known_rows, _)| *known_dialect == dialect && *known_rows == rows)
+        .map(|(_, _, sql)| sql.as_str())
+        .expect("log inserts come only in LOG_INSERT_SIZES")
+}
+
+fn build_log_insert(dialect: Dialect, rows: usize) -> String {
+    let mut tuples = Vec::with_capacity(rows);
+    for row in 0..rows {
+        let placeholders: Vec<String> =
+            (1..=LOG_COLUMNS.len()).map(|column| dialect.placeholder(row * LOG_COLUMNS.len() + column)).collect();
+        tuples.push(format!("({})", placeholders.join(", ")));
+    }
+    let insert = format!("INTO {LOG_TABLE} ({}) VALUES {}", LOG_COLUMNS.join(", "), tuples.join(", "));
     match dialect {
         Dialect::Sqlite => format!("INSERT OR IGNORE {insert}"),
         Dialect::Postgres => format!("INSERT {insert} ON CONFLICT (id) DO NOTHING"),
@@ -211,7 +235,7 @@ pub fn log_filter_clause(dialect: Dialect, filter: &LogFilter) -> (String, Vec<S
 pub fn log_page_query(dialect: Dialect, filter: &LogFilter, with_bodies: bool) -> (String, Vec<SqlValue>) {
     let (clause, values) = log_filter_clause(dialect, filter);
     let sql = format!(
-        "SELECT {} FROM relay_logs{clause} ORDER BY id DESC LIMIT {} OFFSET {}",
+        "SELECT {} FROM {LOG_TABLE}{clause} ORDER BY id DESC LIMIT {} OFFSET {}",
         log_select_columns(with_bodies),
         dialect.placeholder(values.len() + 1),
         dialect.placeholder(values.len() + 2)
@@ -259,80 +283,47 @@ pub fn decode_stats_row(row: &impl ColumnReader) -> StoreResult<StatsRow> {
     Ok(StatsRow { key, counters: StatsCounters::from_array(counters) })
 }
 
-/// The values of `log_insert` for one log, in `LOG_COLUMNS` order.
-pub fn log_values(log: &RequestLog) -> Vec<SqlValue> {
-    vec![
+/// Appends the values of `log_insert` for one log, in `LOG_COLUMNS` order.
+pub fn push_log_values(log: &RequestLog, values: &mut Vec<SqlValue>) {
+    values.extend([
         SqlValue::Int(log.id),
         SqlValue::Int(log.time_ms),
         SqlValue::OptionalInt(log.api_key_id),
-        SqlValue::Text(log.api_key_name.clone()),
         SqlValue::Text(log.group.clone()),
         SqlValue::OptionalInt(log.channel_id),
-        SqlValue::Text(log.channel_name.clone()),
-        SqlValue::Text(log.model.clone()),
-        SqlValue::Text(log.client_format.clone()),
-        SqlValue::Int(i64::from(log.status_code)),
         SqlValue::Bool(log.success),
-        SqlValue::Int(log.attempts),
-        SqlValue::Int(log.input_tokens),
-        SqlValue::Int(log.output_tokens),
-        SqlValue::Int(log.cache_read_tokens),
-        SqlValue::Int(log.cache_write_tokens),
-        SqlValue::Int(log.reasoning_tokens),
-        SqlValue::Int(log.cost_micros),
-        SqlValue::OptionalInt(log.ttft_ms),
-        SqlValue::Int(log.latency_ms),
-        SqlValue::Bool(log.stream),
-        SqlValue::Text(log.error.clone()),
-        SqlValue::Text(serde_json::to_string(&log.attempt_details).unwrap_or_else(|_| "[]".to_string())),
+        SqlValue::Text(log_detail::encode(log)),
         SqlValue::OptionalText(log.request_body.clone()),
         SqlValue::OptionalText(log.response_body.clone()),
-    ]
+    ]);
 }
 
 /// Reads one row selected with `log_select_columns`.
 pub fn decode_log(row: &impl ColumnReader) -> StoreResult<RequestLog> {
-    let attempt_details_json = row.text(22)?;
-    let attempt_details: Vec<LoggedAttempt> = serde_json::from_str(&attempt_details_json)
-        .map_err(|error| StoreError::Backend(format!("relay_logs.attempt_details is not valid JSON: {error}")))?;
-    Ok(RequestLog {
+    let mut log = RequestLog {
         id: row.int(0)?,
         time_ms: row.int(1)?,
         api_key_id: row.optional_int(2)?,
-        api_key_name: row.text(3)?,
-        group: row.text(4)?,
-        channel_id: row.optional_int(5)?,
-        channel_name: row.text(6)?,
-        model: row.text(7)?,
-        client_format: row.text(8)?,
-        status_code: u16::try_from(row.int(9)?).unwrap_or(0),
-        success: row.boolean(10)?,
-        attempts: row.int(11)?,
-        input_tokens: row.int(12)?,
-        output_tokens: row.int(13)?,
-        cache_read_tokens: row.int(14)?,
-        cache_write_tokens: row.int(15)?,
-        reasoning_tokens: row.int(16)?,
-        cost_micros: row.int(17)?,
-        ttft_ms: row.optional_int(18)?,
-        latency_ms: row.int(19)?,
-        stream: row.boolean(20)?,
-        error: row.text(21)?,
-        attempt_details,
-        request_body: row.optional_text(23)?,
-        response_body: row.optional_text(24)?,
-    })
+        group: row.text(3)?,
+        channel_id: row.optional_int(4)?,
+        success: row.boolean(5)?,
+        request_body: row.optional_text(7)?,
+        response_body: row.optional_text(8)?,
+        ..RequestLog::default()
+    };
+    log_detail::decode_into(&row.text(6)?, &mut log)?;
+    Ok(log)
 }
 
 /// Deletes the logs finished before a time (parameter: `first_id_at` of it).
 pub fn log_prune_by_age(dialect: Dialect) -> String {
-    format!("DELETE FROM relay_logs WHERE id < {}", dialect.placeholder(1))
+    format!("DELETE FROM {LOG_TABLE} WHERE id < {}", dialect.placeholder(1))
 }
 
 /// The newest log id past which everything is pruned to keep `keep_rows` rows: parameter is the
 /// offset (`keep_rows`); no row means there is nothing to prune.
 pub fn log_prune_boundary_query(dialect: Dialect) -> String {
-    format!("SELECT id FROM relay_logs ORDER BY id DESC LIMIT 1 OFFSET {}", dialect.placeholder(1))
+    format!("SELECT id FROM {LOG_TABLE} ORDER BY id DESC LIMIT 1 OFFSET {}", dialect.placeholder(1))
 }
 
 #[cfg(test)]
@@ -359,6 +350,20 @@ mod tests {
         let total = stats_grouped_query(Dialect::Mysql, StatsGrouping::Total);
         assert!(!total.contains("GROUP BY"));
         assert!(total.contains("AS SIGNED"));
+    }
+
+    #[test]
+    fn log_batches_use_only_the_cached_insert_sizes() {
+        let logs: Vec<u32> = (0..64 + 16 + 16 + 4 + 3).collect();
+        let sizes: Vec<usize> = log_insert_chunks(&logs).map(<[u32]>::len).collect();
+        assert_eq!(sizes, vec![64, 16, 16, 4, 1, 1, 1]);
+        assert_eq!(log_insert_chunks::<u32>(&[]).count(), 0);
+        let one_row = log_insert(Dialect::Postgres, 1);
+        assert!(one_row.ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING"), "{one_row}");
+        let four_rows = log_insert(Dialect::Postgres, 4);
+        assert!(four_rows.contains("($28, $29, $30, $31, $32, $33, $34, $35, $36) ON CONFLICT"), "{four_rows}");
+        assert_eq!(log_insert(Dialect::Sqlite, 64).matches("(?, ?, ?, ?, ?, ?, ?, ?, ?)").count(), 64);
+        assert!(log_insert(Dialect::Mysql, 16).starts_with("INSERT IGNORE INTO request_logs (id, time_ms, "));
     }
 
     #[test]

@@ -14,6 +14,9 @@ use octopus::relay::record::RequestRecord;
 use crate::support::databases::TestDatabase;
 use crate::support::http_client::json_request;
 
+/// Finished-request records the in-process gateway keeps for `wait_for_records`.
+const KEPT_RECORDS: usize = 200;
+
 /// A running gateway and what a test needs to talk to it.
 pub struct TestGateway {
     pub gateway: Option<Gateway>,
@@ -42,7 +45,7 @@ impl TestGateway {
         let mut store = octopus::store::open(&config.database.database_type, &config.database.path).expect("open the test database");
         store.set_setting("setting.models_dev_url", "\"http://127.0.0.1:9\"").expect("seed models_dev_url");
         drop(store);
-        let gateway = octopus::app::start(config.clone()).unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
+        let gateway = octopus::app::start_keeping_records(config.clone(), KEPT_RECORDS).unwrap_or_else(|error| panic!("gateway failed to start: {error}"));
         let address = gateway.local_addr();
         TestGateway { gateway: Some(gateway), address, config, database }
     }
@@ -53,14 +56,14 @@ impl TestGateway {
         if let Some(gateway) = self.gateway.take() {
             gateway.shutdown();
         }
-        let gateway = octopus::app::start(self.config.clone()).unwrap_or_else(|error| panic!("gateway failed to restart: {error}"));
+        let gateway = octopus::app::start_keeping_records(self.config.clone(), KEPT_RECORDS).unwrap_or_else(|error| panic!("gateway failed to restart: {error}"));
         self.address = gateway.local_addr();
         self.gateway = Some(gateway);
     }
 
     /// Another gateway node on the same database (several nodes sharing PostgreSQL or MySQL).
     pub fn second_node(&self) -> Gateway {
-        octopus::app::start(self.config.clone()).unwrap_or_else(|error| panic!("second node failed to start: {error}"))
+        octopus::app::start_keeping_records(self.config.clone(), KEPT_RECORDS).unwrap_or_else(|error| panic!("second node failed to start: {error}"))
     }
 
     pub fn running(&self) -> &Gateway {

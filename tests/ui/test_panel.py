@@ -217,22 +217,26 @@ def test_screenshots_of_every_page(browser, gateway):
     assert "token" in state, "the flow test logs in first"
     fresh_token(gateway)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for width, height in ((1280, 800), (390, 844)):
-        for theme in ("light", "dark"):
-            page = open_page(browser, gateway, width, height)
-            page.add_init_script(f"localStorage.setItem('octopus.theme', '{theme}'); localStorage.setItem('octopus.language', 'en');")
-            page.goto(f"{gateway}/")
-            page.screenshot(path=str(SCREENSHOTS / f"login-{width}-{theme}.png"), full_page=True)
-            page.evaluate(f"localStorage.setItem('octopus.token', {json.dumps(state['token'])})")
-            # Changing only the hash is a same-document navigation, so a reload makes the app read the stored token.
-            page.reload()
-            for route in PAGES:
-                go(page, gateway, route)
-                page.wait_for_load_state("networkidle")
-                page.wait_for_timeout(300)
-                page.screenshot(path=str(SCREENSHOTS / f"{route}-{width}-{theme}.png"), full_page=True)
-            assert page.console_errors == [], page.console_errors
-            page.context.close()
+    # Every page in English at both sizes and themes; in Chinese once per size (longer and wider
+    # glyphs are where labels overflow).
+    variants = [(width, height, theme, "en") for width, height in ((1280, 800), (390, 844)) for theme in ("light", "dark")]
+    variants += [(1280, 800, "light", "zh"), (390, 844, "dark", "zh")]
+    for width, height, theme, language in variants:
+        suffix = f"{width}-{theme}" + ("" if language == "en" else f"-{language}")
+        page = open_page(browser, gateway, width, height)
+        page.add_init_script(f"localStorage.setItem('octopus.theme', '{theme}'); localStorage.setItem('octopus.language', '{language}');")
+        page.goto(f"{gateway}/")
+        page.screenshot(path=str(SCREENSHOTS / f"login-{suffix}.png"), full_page=True)
+        page.evaluate(f"localStorage.setItem('octopus.token', {json.dumps(state['token'])})")
+        # Changing only the hash is a same-document navigation, so a reload makes the app read the stored token.
+        page.reload()
+        for route in PAGES:
+            go(page, gateway, route)
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(SCREENSHOTS / f"{route}-{suffix}.png"), full_page=True)
+        assert page.console_errors == [], page.console_errors
+        page.context.close()
 
 
 def test_dashboard_first_contentful_paint(browser, gateway):
