@@ -3,7 +3,8 @@
 //! Pure: the clock, ids and prices are passed in.
 
 use crate::relay::record::RequestRecord;
-use crate::store::entities::{LoggedAttempt, RequestLog, StatsCounters, StatsKey};
+use crate::stats::deltas::BucketRef;
+use crate::store::entities::{LoggedAttempt, RequestLog, StatsCounters};
 
 /// Seconds in an hour; buckets start on whole UTC hours.
 pub const HOUR_SECONDS: i64 = 3_600;
@@ -19,13 +20,13 @@ pub fn succeeded(record: &RequestRecord) -> bool {
 }
 
 /// The bucket a record lands in: the hour it finished in, and its channel, key, group and model.
-pub fn stats_key(record: &RequestRecord, finished_at_ms: i64) -> StatsKey {
-    StatsKey {
+pub fn bucket_of(record: &RequestRecord, finished_at_ms: i64) -> BucketRef<'_> {
+    BucketRef {
         hour: hour_of_millis(finished_at_ms),
         channel_id: record.channel_id.unwrap_or(0),
         api_key_id: record.client_key_id.unwrap_or(0),
-        group: record.group.clone(),
-        model: record.upstream_model.clone(),
+        group: &record.group,
+        model: &record.upstream_model,
     }
 }
 
@@ -139,7 +140,7 @@ mod tests {
         assert_eq!((counters.input_tokens, counters.output_tokens, counters.cache_read_tokens), (10, 4, 2));
         assert_eq!((counters.cache_write_tokens, counters.reasoning_tokens, counters.cost_micros), (1, 3, 7));
         assert_eq!((counters.ttft_count, counters.latency_ms_sum), (0, 50));
-        let key = stats_key(&record, 7_200_500);
-        assert_eq!((key.hour, key.channel_id, key.api_key_id), (7_200, 2, 3));
+        let key = bucket_of(&record, 7_200_500);
+        assert_eq!((key.hour, key.channel_id, key.api_key_id, key.group, key.model), (7_200, 2, 3, record.group.as_str(), record.upstream_model.as_str()));
     }
 }

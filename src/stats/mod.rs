@@ -15,6 +15,7 @@
 
 pub mod aggregate;
 pub mod catalog;
+pub mod deltas;
 pub mod log_id;
 pub mod log_view;
 pub mod metrics;
@@ -31,8 +32,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::relay::record::{RecentRecords, RequestRecord};
 use crate::settings::SettingsCell;
+use crate::stats::deltas::Deltas;
 use crate::stats::log_id::LogIdGenerator;
 use crate::stats::price_state::PriceState;
+use crate::stats::pricing::{Price, PriceBook};
 use crate::stats::tail::Tail;
 use crate::store::entities::{RequestLog, StatsCounters, StatsGrouping, StatsKey, StatsRow};
 use crate::store::pool::StorePool;
@@ -46,9 +49,9 @@ const MAX_PENDING_LOGS: usize = 20_000;
 #[derive(Default)]
 struct Books {
     /// Counted since the last flush began.
-    pending: HashMap<StatsKey, StatsCounters>,
+    pending: Deltas,
     /// Taken by the flush in progress (or left by a failed one, retried with the next).
-    flushing: HashMap<StatsKey, StatsCounters>,
+    flushing: Deltas,
     logs: VecDeque<RequestLog>,
 }
 
@@ -84,6 +87,17 @@ pub struct StatsService {
     pub recent: Option<Arc<RecentRecords>>,
     /// Prometheus counters and histograms.
     pub relay_metrics: Mutex<metrics::RelayMetrics>,
+    /// The last price looked up: consecutive requests mostly hit the same channel and model, and
+    /// the three-tier lookup (four hash maps and a lock) runs for every request otherwise.
+    last_price: Mutex<Option<RememberedPrice>>,
+}
+
+/// A price and what it was looked up for, from which book.
+struct RememberedPrice {
+    book: Arc<PriceBook>,
+    channel_id: Option<i64>,
+    model: String,
+    price: Price,
 }
 
 /// One line per finished request at info level: never a key, body or token.
@@ -120,6 +134,7 @@ impl StatsService {
             log_ids: LogIdGenerator::new(crate::util::os_random_u64()),
             recent: None,
             relay_metrics: Mutex::new(metrics::RelayMetrics::default()),
+            last_price: Mutex::new(None),
         }
     }
 
@@ -139,14 +154,11 @@ impl StatsService {
         access_log(&record);
         self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(&record);
         let cost = match &record.usage {
-            Some(usage) => {
-                let (price, _) = self.prices.book().effective(record.channel_id, &record.upstream_model);
-                pricing::cost_micros(usage, &price)
-            }
+            Some(usage) => pricing::cost_micros(usage, &self.price_of(record.channel_id, &record.upstream_model)),
             None => 0,
         };
-        let key = aggregate::stats_key(&record, finished_at_ms);
         let counters = aggregate::counters_of(&record, cost);
+        self.books().pending.add(aggregate::bucket_of(&record, finished_at_ms), &counters);
         let client_key_id = record.client_key_id;
         if let Some(recent) = &self.recent {
             recent.push(record.clone());
@@ -167,7 +179,6 @@ impl StatsService {
         }
         {
             let mut books = self.books();
-            books.pending.entry(key).or_default().add(&counters);
             if let Some(log) = log {
                 if books.logs.len() >= MAX_PENDING_LOGS {
                     books.logs.pop_front();
@@ -181,15 +192,29 @@ impl StatsService {
         }
     }
 
+    /// The price in force for a model on a channel, remembered for the next request.
+    fn price_of(&self, channel_id: Option<i64>, model: &str) -> Price {
+        let book = self.prices.book();
+        let mut last = self.last_price.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(remembered) = last.as_ref()
+            && Arc::ptr_eq(&remembered.book, &book)
+            && remembered.channel_id == channel_id
+            && remembered.model == model
+        {
+            return remembered.price;
+        }
+        let (price, _) = book.effective(channel_id, model);
+        *last = Some(RememberedPrice { book, channel_id, model: model.to_string(), price });
+        price
+    }
+
     /// Adds every pending delta to the database. On failure the deltas are kept and retried with
     /// the next flush. Called on the writer thread (it blocks on the store).
     pub fn flush_stats(self: &Arc<Self>, now_ms: i64) -> StoreResult<()> {
         {
             let mut books = self.books();
-            let pending = std::mem::take(&mut books.pending);
-            for (key, counters) in pending {
-                books.flushing.entry(key).or_default().add(&counters);
-            }
+            let Books { pending, flushing, .. } = &mut *books;
+            flushing.absorb(pending);
             if books.flushing.is_empty() {
                 return Ok(());
             }

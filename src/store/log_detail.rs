@@ -24,11 +24,11 @@ use crate::store::{StoreError, StoreResult};
 /// characters) still go through serde_json's escaper.
 pub fn encode(log: &RequestLog) -> String {
     // A typical detail is 150-400 bytes; one allocation of that size avoids regrowing.
-    let mut out = String::with_capacity(256);
-    out.push('[');
+    let mut out = DetailWriter(Vec::with_capacity(256));
+    out.0.push(b'[');
     for text in [&log.api_key_name, &log.channel_name, &log.model, &log.client_format] {
-        push_string(&mut out, text);
-        out.push(',');
+        out.string(text);
+        out.0.push(b',');
     }
     for number in [
         i64::from(log.status_code),
@@ -40,79 +40,77 @@ pub fn encode(log: &RequestLog) -> String {
         log.reasoning_tokens,
         log.cost_micros,
     ] {
-        push_integer(&mut out, number);
-        out.push(',');
+        out.integer(number);
+        out.0.push(b',');
     }
-    push_optional_integer(&mut out, log.ttft_ms);
-    out.push(',');
-    push_integer(&mut out, log.latency_ms);
-    out.push(',');
-    out.push(if log.stream { '1' } else { '0' });
-    out.push(',');
-    push_string(&mut out, &log.error);
-    out.push_str(",[");
+    out.optional_integer(log.ttft_ms);
+    out.0.push(b',');
+    out.integer(log.latency_ms);
+    out.0.extend_from_slice(if log.stream { b",1," } else { b",0," });
+    out.string(&log.error);
+    out.0.extend_from_slice(b",[");
     for (index, attempt) in log.attempt_details.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        out.push('[');
-        push_integer(&mut out, attempt.channel_id);
-        out.push(',');
-        push_string(&mut out, &attempt.channel_name);
-        out.push(',');
-        push_integer(&mut out, attempt.key_id);
-        out.push(',');
-        push_string(&mut out, &attempt.base_url);
-        out.push(',');
-        push_string(&mut out, &attempt.model);
-        out.push(',');
-        push_string(&mut out, &attempt.outcome);
-        out.push(',');
-        push_optional_integer(&mut out, attempt.status.map(i64::from));
-        out.push(',');
-        push_integer(&mut out, i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX));
-        out.push(']');
+        out.0.extend_from_slice(if index == 0 { b"[" } else { b",[" });
+        out.integer(attempt.channel_id);
+        out.0.push(b',');
+        out.string(&attempt.channel_name);
+        out.0.push(b',');
+        out.integer(attempt.key_id);
+        out.0.push(b',');
+        out.string(&attempt.base_url);
+        out.0.push(b',');
+        out.string(&attempt.model);
+        out.0.push(b',');
+        out.string(&attempt.outcome);
+        out.0.push(b',');
+        out.optional_integer(attempt.status.map(i64::from));
+        out.0.push(b',');
+        out.integer(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX));
+        out.0.push(b']');
     }
-    out.push_str("]]");
-    out
+    out.0.extend_from_slice(b"]]");
+    String::from_utf8(out.0).expect("the detail is built from UTF-8 strings and ASCII")
 }
 
-/// A JSON string literal.
-fn push_string(out: &mut String, text: &str) {
-    if text.bytes().all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\') {
-        out.push('"');
-        out.push_str(text);
-        out.push('"');
-    } else {
-        out.push_str(&serde_json::to_string(text).expect("a string is always serialisable"));
-    }
-}
+/// JSON text built byte by byte.
+struct DetailWriter(Vec<u8>);
 
-fn push_optional_integer(out: &mut String, number: Option<i64>) {
-    match number {
-        Some(number) => push_integer(out, number),
-        None => out.push_str("null"),
-    }
-}
-
-/// Decimal digits of an integer, without the formatting machinery of `write!`.
-fn push_integer(out: &mut String, number: i64) {
-    if number < 0 {
-        out.push('-');
-    }
-    let mut magnitude = number.unsigned_abs();
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (magnitude % 10) as u8;
-        magnitude /= 10;
-        if magnitude == 0 {
-            break;
+impl DetailWriter {
+    /// A JSON string literal.
+    fn string(&mut self, text: &str) {
+        if text.bytes().all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\') {
+            self.0.push(b'"');
+            self.0.extend_from_slice(text.as_bytes());
+            self.0.push(b'"');
+        } else {
+            serde_json::to_writer(&mut self.0, text).expect("a string is always serialisable");
         }
     }
-    for digit in &digits[start..] {
-        out.push(char::from(*digit));
+
+    fn optional_integer(&mut self, number: Option<i64>) {
+        match number {
+            Some(number) => self.integer(number),
+            None => self.0.extend_from_slice(b"null"),
+        }
+    }
+
+    /// Decimal digits of an integer, without the formatting machinery of `write!`.
+    fn integer(&mut self, number: i64) {
+        if number < 0 {
+            self.0.push(b'-');
+        }
+        let mut magnitude = number.unsigned_abs();
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (magnitude % 10) as u8;
+            magnitude /= 10;
+            if magnitude == 0 {
+                break;
+            }
+        }
+        self.0.extend_from_slice(&digits[start..]);
     }
 }
 
