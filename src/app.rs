@@ -154,10 +154,17 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
     let config = Arc::new(config);
     let store = StorePool::open(&config.database.database_type, &config.database.path, config.database.connections)
         .map_err(|error| StartError::Store(error.to_string()))?;
-    let admin_password_hash = api::auth::hash_password(api::auth::DEFAULT_ADMIN_PASSWORD);
-    let seeded = store
-        .call(move |store| store.seed_admin(api::auth::DEFAULT_ADMIN_USERNAME, &admin_password_hash))
-        .map_err(|error| StartError::Store(error.to_string()))?;
+    // Hashing the first password is deliberately slow (argon2: about 25 ms and 19 MiB), so it is
+    // done only when there is no admin to seed, not on every start.
+    let has_admin = store.call(|store| store.has_admin()).map_err(|error| StartError::Store(error.to_string()))?;
+    let seeded = if has_admin {
+        false
+    } else {
+        let admin_password_hash = api::auth::hash_password(api::auth::DEFAULT_ADMIN_PASSWORD);
+        store
+            .call(move |store| store.seed_admin(api::auth::DEFAULT_ADMIN_USERNAME, &admin_password_hash))
+            .map_err(|error| StartError::Store(error.to_string()))?
+    };
     if seeded {
         log::warn!("created the admin account admin/admin; log in and change the password");
     }

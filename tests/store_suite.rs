@@ -448,7 +448,9 @@ mod cases {
     pub fn admin_seed_lookup_and_password_update(database: &TestDatabase) {
         let mut store = database.open();
         assert_eq!(store.admin_by_username("admin").unwrap(), None);
+        assert!(!store.has_admin().unwrap());
         assert!(store.seed_admin("admin", "hash-one").unwrap());
+        assert!(store.has_admin().unwrap());
         assert!(
             !store.seed_admin("admin", "hash-two").unwrap(),
             "a second seed must not replace the admin"

@@ -76,6 +76,8 @@ pub trait Store: Send {
     }
 
     // Admin account and sessions.
+    /// Whether any admin account exists (so a start can skip hashing the first password).
+    fn has_admin(&mut self) -> StoreResult<bool>;
     /// Creates the admin account if no admin exists yet; returns true when it did.
     fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool>;
     fn admin_by_username(&mut self, username: &str) -> StoreResult<Option<AdminUser>>;

@@ -547,6 +547,11 @@ impl Store for MysqlStore {
         "mysql"
     }
 
+    fn has_admin(&mut self) -> StoreResult<bool> {
+        let exists: Option<i64> = self.connection.query_first("SELECT EXISTS (SELECT 1 FROM admin_users)").map_err(query_error)?;
+        Ok(exists == Some(1))
+    }
+
     fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool> {
         let now = unix_seconds();
         let inserted = self.execute(

@@ -446,6 +446,10 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    fn has_admin(&mut self) -> StoreResult<bool> {
+        self.client.query_one("SELECT EXISTS (SELECT 1 FROM admin_users)", &[]).and_then(|row| row.try_get(0)).map_err(query_error)
+    }
+
     fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool> {
         let now = unix_seconds();
         let inserted = self.client.execute(

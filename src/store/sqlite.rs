@@ -473,6 +473,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn has_admin(&mut self) -> StoreResult<bool> {
+        self.connection.query_row("SELECT EXISTS (SELECT 1 FROM admin_users)", [], |row| row.get(0)).map_err(query_error)
+    }
+
     fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool> {
         let now = unix_seconds();
         let inserted = self
