@@ -33,7 +33,7 @@ use crate::protocol::json::{
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str,
 };
-use crate::protocol::sse::{SseEvent, write_event};
+use crate::protocol::sse::{SseEvent, write_json_event};
 use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_value};
 
 /// The smallest thinking budget the API accepts.
@@ -1272,12 +1272,8 @@ impl StreamEncoder {
             "delta": {"stop_reason": finish_reason_to_anthropic(reason), "stop_sequence": null},
             "usage": usage,
         });
-        write_event(out, Some("message_delta"), &delta.to_string());
-        write_event(
-            out,
-            Some("message_stop"),
-            &json!({"type": "message_stop"}).to_string(),
-        );
+        write_json_event(out, Some("message_delta"), &delta);
+        write_json_event(out, Some("message_stop"), &json!({"type": "message_stop"}));
     }
 
     fn ensure_start(&mut self, out: &mut Vec<u8>) {
@@ -1300,7 +1296,7 @@ impl StreamEncoder {
                 "usage": usage,
             },
         });
-        write_event(out, Some("message_start"), &start.to_string());
+        write_json_event(out, Some("message_start"), &start);
     }
 
     fn ensure_block(&mut self, kind: OpenBlock, out: &mut Vec<u8>) {
@@ -1322,7 +1318,7 @@ impl StreamEncoder {
             "index": self.next_block_index,
             "content_block": block,
         });
-        write_event(out, Some("content_block_start"), &start.to_string());
+        write_json_event(out, Some("content_block_start"), &start);
         self.open = Some(kind);
         self.next_block_index += 1;
     }
@@ -1333,13 +1329,13 @@ impl StreamEncoder {
             "index": self.next_block_index - 1,
             "delta": delta,
         });
-        write_event(out, Some("content_block_delta"), &event.to_string());
+        write_json_event(out, Some("content_block_delta"), &event);
     }
 
     fn close_block(&mut self, out: &mut Vec<u8>) {
         if self.open.take().is_some() {
             let stop = json!({"type": "content_block_stop", "index": self.next_block_index - 1});
-            write_event(out, Some("content_block_stop"), &stop.to_string());
+            write_json_event(out, Some("content_block_stop"), &stop);
         }
     }
 }

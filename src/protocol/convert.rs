@@ -92,7 +92,7 @@ pub fn convert_request(
         {
             object.insert("model".into(), context.upstream_model.clone().into());
         }
-        return Ok(body.to_string().into_bytes());
+        return Ok(serde_json::to_vec(&body).expect("a JSON value always serialises into memory"));
     }
     convert_request_with_media(client, upstream, body, context, &mut |_| Err(String::new()), false)
 }
@@ -133,7 +133,7 @@ pub fn convert_request_with_media(
         request_id: context.request_id.clone(),
     };
     let written = write_request(upstream, &request, &options)?;
-    Ok(written.to_string().into_bytes())
+    Ok(serde_json::to_vec(&written).expect("a JSON value always serialises into memory"))
 }
 
 fn inline_image_urls(request: &mut Request, fetch: &mut MediaFetcher) -> Result<(), ConvertError> {
@@ -183,7 +183,7 @@ pub fn convert_response(
     let meta = response_meta(context);
     let response = parse_response(upstream, &value, &meta)?;
     let written = write_response(client, &response, &meta)?;
-    Ok(written.to_string().into_bytes())
+    Ok(serde_json::to_vec(&written).expect("a JSON value always serialises into memory"))
 }
 
 /// Converts an upstream event stream into the client's event stream, one event at a time.
@@ -265,7 +265,7 @@ pub fn convert_collected_stream(
     decoder.finish(&mut events)?;
     let response = crate::protocol::collect::response_from_events(&events)?;
     let written = write_response(client, &response, &meta)?;
-    Ok(written.to_string().into_bytes())
+    Ok(serde_json::to_vec(&written).expect("a JSON value always serialises into memory"))
 }
 
 enum Encoder {

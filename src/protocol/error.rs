@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::protocol::Format;
-use crate::protocol::sse::write_event;
+use crate::protocol::sse::write_json_event;
 
 /// What went wrong, independent of any wire format.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -114,7 +114,7 @@ pub fn render_stream_error(client: Format, kind: ErrorKind, message: &str) -> Ve
     match client {
         Format::OpenaiChat => {
             let body = error_value(client, kind.http_status(), kind, message);
-            write_event(&mut out, None, &body.to_string());
+            write_json_event(&mut out, None, &body);
         }
         Format::OpenaiResponses => {
             let (_, code) = kind.openai_type_and_code();
@@ -125,7 +125,7 @@ pub fn render_stream_error(client: Format, kind: ErrorKind, message: &str) -> Ve
                 "message": message,
                 "param": null,
             });
-            write_event(&mut out, Some("error"), &error_event.to_string());
+            write_json_event(&mut out, Some("error"), &error_event);
             let failed_event = json!({
                 "type": "response.failed",
                 "response": {
@@ -137,15 +137,15 @@ pub fn render_stream_error(client: Format, kind: ErrorKind, message: &str) -> Ve
                     "usage": null,
                 },
             });
-            write_event(&mut out, Some("response.failed"), &failed_event.to_string());
+            write_json_event(&mut out, Some("response.failed"), &failed_event);
         }
         Format::Anthropic => {
             let body = error_value(client, kind.http_status(), kind, message);
-            write_event(&mut out, Some("error"), &body.to_string());
+            write_json_event(&mut out, Some("error"), &body);
         }
         Format::Gemini | Format::Antigravity => {
             let body = error_value(client, kind.http_status(), kind, message);
-            write_event(&mut out, None, &body.to_string());
+            write_json_event(&mut out, None, &body);
         }
     }
     out

@@ -41,7 +41,7 @@ use crate::protocol::json::{
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_i64, opt_str, opt_u64, req_str,
 };
-use crate::protocol::sse::{SseEvent, write_event};
+use crate::protocol::sse::{SseEvent, write_json_event};
 use crate::protocol::usage::{Usage, usage_from_value};
 
 /// The documented `thoughtSignature` value that tells Gemini to skip signature validation, for
@@ -1644,7 +1644,7 @@ impl StreamEncoder {
             "modelVersion": self.model,
             "responseId": self.id,
         });
-        write_event(out, None, &chunk.to_string());
+        write_json_event(out, None, &chunk);
     }
 
     fn flush_calls(&mut self, out: &mut Vec<u8>) {
@@ -1663,7 +1663,7 @@ impl StreamEncoder {
             "modelVersion": self.model,
             "responseId": self.id,
         });
-        write_event(out, None, &chunk.to_string());
+        write_json_event(out, None, &chunk);
     }
 }
 

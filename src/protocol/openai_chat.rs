@@ -25,7 +25,7 @@ use crate::protocol::json::{
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_i64, opt_str, opt_u64, req_str, string_or_parts,
 };
-use crate::protocol::sse::{SseEvent, write_event};
+use crate::protocol::sse::{SseEvent, write_event, write_json_event};
 use crate::protocol::usage::{Usage, usage_from_value};
 
 /// Reads a Chat Completions request body.
@@ -1036,7 +1036,7 @@ impl StreamEncoder {
             StreamEvent::Finish { reason } => {
                 self.ensure_role(out);
                 let chunk = self.chunk(json!({}), Some(finish_reason_to_chat(*reason)));
-                write_event(out, None, &chunk.to_string());
+                write_json_event(out, None, &chunk);
             }
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
             StreamEvent::Error { kind, message } => {
@@ -1062,7 +1062,7 @@ impl StreamEncoder {
             let mut chunk = self.chunk(json!({}), None);
             chunk["choices"] = json!([]);
             chunk["usage"] = usage_value(&usage);
-            write_event(out, None, &chunk.to_string());
+            write_json_event(out, None, &chunk);
         }
         write_event(out, None, "[DONE]");
     }
@@ -1073,13 +1073,13 @@ impl StreamEncoder {
         }
         self.role_sent = true;
         let chunk = self.chunk(json!({"role": "assistant", "content": ""}), None);
-        write_event(out, None, &chunk.to_string());
+        write_json_event(out, None, &chunk);
     }
 
     fn delta(&mut self, delta: Value, out: &mut Vec<u8>) {
         self.ensure_role(out);
         let chunk = self.chunk(delta, None);
-        write_event(out, None, &chunk.to_string());
+        write_json_event(out, None, &chunk);
     }
 
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {

@@ -43,7 +43,7 @@ use crate::protocol::json::{
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str, string_or_parts,
 };
-use crate::protocol::sse::{SseEvent, write_event};
+use crate::protocol::sse::{SseEvent, write_json_event};
 use crate::protocol::usage::{Usage, usage_from_value};
 
 /// The smallest `max_output_tokens` the Responses API accepts.
@@ -1808,7 +1808,7 @@ impl StreamEncoder {
         data["type"] = event_type.into();
         data["sequence_number"] = self.next_sequence_number.into();
         self.next_sequence_number += 1;
-        write_event(out, Some(event_type), &data.to_string());
+        write_json_event(out, Some(event_type), &data);
     }
 
     fn take_output_index(&mut self) -> usize {

@@ -296,6 +296,21 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
     out.push(b'\n');
 }
 
+/// Appends one event whose data is `value` as compact JSON. Compact JSON never holds a raw line
+/// break (strings escape them), so it is one `data:` line, written straight into `out`: going
+/// through `Value`'s `Display` first cost about three times as much (formatter calls per token)
+/// and a temporary string per event.
+pub fn write_json_event(out: &mut Vec<u8>, event: Option<&str>, value: &serde_json::Value) {
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut *out, value).expect("a JSON value always serialises into memory");
+    out.extend_from_slice(b"\n\n");
+}
+
 /// Whether `needle` occurs in `haystack`. Relayed events are searched for a few markers each
 /// (usage, errors, the final event); `str::contains` costs several instructions per byte there,
 /// memchr's SIMD search a fraction of one.
@@ -305,7 +320,18 @@ pub fn contains(haystack: &str, needle: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::protocol::sse::{SseError, SseEvent, SseParser, encode_event};
+    use crate::protocol::sse::{SseError, SseEvent, SseParser, encode_event, write_json_event};
+
+    #[test]
+    fn a_json_event_is_the_same_bytes_as_its_text_encoded() {
+        let value = serde_json::json!({"text": "line one\nline two\r\n", "n": 1});
+        let mut written = Vec::new();
+        write_json_event(&mut written, Some("delta"), &value);
+        assert_eq!(written, encode_event(Some("delta"), &value.to_string()));
+        let mut unnamed = Vec::new();
+        write_json_event(&mut unnamed, None, &value);
+        assert_eq!(unnamed, encode_event(None, &value.to_string()));
+    }
     use crate::protocol::testkit;
 
     const LIMIT: usize = 1 << 20;
