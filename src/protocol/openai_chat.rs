@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
@@ -1015,13 +1016,11 @@ impl StreamEncoder {
                 }
                 self.ensure_role(out);
             }
-            StreamEvent::TextDelta(text) => self.delta(json!({"content": text}), out),
-            StreamEvent::ReasoningDelta(text) => {
-                self.delta(json!({"reasoning_content": text}), out)
-            }
+            StreamEvent::TextDelta(text) => self.delta(&ContentDelta { content: text }, out),
+            StreamEvent::ReasoningDelta(text) => self.delta(&ReasoningContentDelta { reasoning_content: text }, out),
             StreamEvent::ReasoningSignature { .. } | StreamEvent::ToolCallEnd { .. } => {}
             StreamEvent::ToolCallStart { index, id, name } => self.delta(
-                json!({"tool_calls": [{
+                &json!({"tool_calls": [{
                     "index": index,
                     "id": id,
                     "type": "function",
@@ -1030,13 +1029,12 @@ impl StreamEncoder {
                 out,
             ),
             StreamEvent::ToolCallArgsDelta { index, fragment } => self.delta(
-                json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}),
+                &json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}),
                 out,
             ),
             StreamEvent::Finish { reason } => {
                 self.ensure_role(out);
-                let chunk = self.chunk(json!({}), Some(finish_reason_to_chat(*reason)));
-                write_json_event(out, None, &chunk);
+                self.write_chunk(&json!({}), Some(finish_reason_to_chat(*reason)), out);
             }
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
             StreamEvent::Error { kind, message } => {
@@ -1059,9 +1057,14 @@ impl StreamEncoder {
         if self.include_usage
             && let Some(usage) = self.usage
         {
-            let mut chunk = self.chunk(json!({}), None);
-            chunk["choices"] = json!([]);
-            chunk["usage"] = usage_value(&usage);
+            let chunk = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage_value(&usage),
+            });
             write_json_event(out, None, &chunk);
         }
         write_event(out, None, "[DONE]");
@@ -1072,25 +1075,55 @@ impl StreamEncoder {
             return;
         }
         self.role_sent = true;
-        let chunk = self.chunk(json!({"role": "assistant", "content": ""}), None);
-        write_json_event(out, None, &chunk);
+        self.write_chunk(&json!({"role": "assistant", "content": ""}), None, out);
     }
 
-    fn delta(&mut self, delta: Value, out: &mut Vec<u8>) {
+    fn delta(&mut self, delta: &impl Serialize, out: &mut Vec<u8>) {
         self.ensure_role(out);
-        let chunk = self.chunk(delta, None);
-        write_json_event(out, None, &chunk);
+        self.write_chunk(delta, None, out);
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-        })
+    /// One chunk event. Serialised from borrowed parts rather than built as a `Value`: this runs
+    /// for every streamed token, and the map it built cost more than the rest of the event.
+    fn write_chunk(&self, delta: &impl Serialize, finish_reason: Option<&str>, out: &mut Vec<u8>) {
+        let chunk = ChunkOut {
+            choices: [ChoiceOut { delta, finish_reason, index: 0, logprobs: None }],
+            created: self.created,
+            id: &self.id,
+            model: &self.model,
+            object: "chat.completion.chunk",
+        };
+        write_json_event(out, None, &chunk);
     }
+}
+
+/// A `chat.completion.chunk` with one choice. Fields are in alphabetical order, the order the
+/// sorted map of `json!` wrote them in, so the bytes clients get did not change.
+#[derive(Serialize)]
+struct ChunkOut<'chunk, Delta: Serialize> {
+    choices: [ChoiceOut<'chunk, Delta>; 1],
+    created: i64,
+    id: &'chunk str,
+    model: &'chunk str,
+    object: &'static str,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'chunk, Delta: Serialize> {
+    delta: &'chunk Delta,
+    finish_reason: Option<&'chunk str>,
+    index: u32,
+    logprobs: Option<()>,
+}
+
+#[derive(Serialize)]
+struct ContentDelta<'text> {
+    content: &'text str,
+}
+
+#[derive(Serialize)]
+struct ReasoningContentDelta<'text> {
+    reasoning_content: &'text str,
 }
 
 #[cfg(test)]
@@ -1099,6 +1132,28 @@ mod tests {
     use crate::protocol::openai_chat::StreamDecoder;
     use crate::protocol::sse::SseEvent;
     use crate::protocol::testkit;
+
+    #[test]
+    fn chunks_keep_the_bytes_of_a_sorted_json_map() {
+        use crate::protocol::ir::ResponseMeta;
+        let meta = ResponseMeta { id: "chatcmpl-1".to_string(), model: "m".to_string(), created_unix: 7, custom_tools: Vec::new() };
+        let mut encoder = super::StreamEncoder::new(&meta, false);
+        let mut out = Vec::new();
+        encoder.encode(&StreamEvent::TextDelta("hi \"you\"".to_string()), &mut out);
+        encoder.encode(&StreamEvent::Finish { reason: FinishReason::Stop }, &mut out);
+        let expected = [
+            serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]}),
+            serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": "hi \"you\""}, "logprobs": null, "finish_reason": null}]}),
+            serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                "choices": [{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}]}),
+        ]
+        .iter()
+        .map(|chunk| format!("data: {chunk}\n\n"))
+        .collect::<String>();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
 
     fn decode(events: &[SseEvent]) -> Vec<StreamEvent> {
         let mut decoder = StreamDecoder::new();

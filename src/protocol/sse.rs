@@ -296,18 +296,18 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
     out.push(b'\n');
 }
 
-/// Appends one event whose data is `value` as compact JSON. Compact JSON never holds a raw line
+/// Appends one event whose data is `value` serialised as compact JSON. Compact JSON never holds a raw line
 /// break (strings escape them), so it is one `data:` line, written straight into `out`: going
 /// through `Value`'s `Display` first cost about three times as much (formatter calls per token)
 /// and a temporary string per event.
-pub fn write_json_event(out: &mut Vec<u8>, event: Option<&str>, value: &serde_json::Value) {
+pub fn write_json_event(out: &mut Vec<u8>, event: Option<&str>, value: &impl serde::Serialize) {
     if let Some(name) = event {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
         out.push(b'\n');
     }
     out.extend_from_slice(b"data: ");
-    serde_json::to_writer(&mut *out, value).expect("a JSON value always serialises into memory");
+    serde_json::to_writer(&mut *out, value).expect("our event types and JSON values always serialise into memory");
     out.extend_from_slice(b"\n\n");
 }
 
