@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
@@ -963,6 +963,34 @@ fn delta_content_field(kind: &str) -> Option<&'static str> {
     }
 }
 
+/// A `content_block_delta` event as the encoder writes it. Fields are in alphabetical order,
+/// the order the sorted map of `json!` wrote them in, so the bytes clients get did not change.
+#[derive(Serialize)]
+struct BlockDeltaOut<'delta> {
+    delta: &'delta DeltaOut<'delta>,
+    index: usize,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// A delta of one type with its one text field (`text`, `thinking`, `signature` or
+/// `partial_json`, each sorting before `type`).
+struct DeltaOut<'text> {
+    kind: &'static str,
+    field: &'static str,
+    value: &'text str,
+}
+
+impl Serialize for DeltaOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry(self.field, self.value)?;
+        map.serialize_entry("type", self.kind)?;
+        map.end()
+    }
+}
+
 /// A `content_block_delta` event, borrowed from its text where no escape forces a copy.
 #[derive(Deserialize)]
 struct BlockDeltaIn<'event> {
@@ -1259,21 +1287,18 @@ impl StreamEncoder {
             }
             StreamEvent::TextDelta(text) => {
                 self.ensure_block(OpenBlock::Text, out);
-                self.block_delta(json!({"type": "text_delta", "text": text}), out);
+                self.block_delta(&DeltaOut { kind: "text_delta", field: "text", value: text }, out);
             }
             StreamEvent::ReasoningDelta(text) => {
                 self.ensure_block(OpenBlock::Thinking, out);
-                self.block_delta(json!({"type": "thinking_delta", "thinking": text}), out);
+                self.block_delta(&DeltaOut { kind: "thinking_delta", field: "thinking", value: text }, out);
             }
             StreamEvent::ReasoningSignature {
                 provider,
                 signature,
             } => {
                 if *provider == Format::Anthropic && self.open == Some(OpenBlock::Thinking) {
-                    self.block_delta(
-                        json!({"type": "signature_delta", "signature": signature}),
-                        out,
-                    );
+                    self.block_delta(&DeltaOut { kind: "signature_delta", field: "signature", value: signature }, out);
                 }
             }
             StreamEvent::ToolCallStart { index, id, name } => {
@@ -1285,10 +1310,7 @@ impl StreamEncoder {
             }
             StreamEvent::ToolCallArgsDelta { index, fragment } => {
                 if self.open == Some(OpenBlock::Tool(*index)) {
-                    self.block_delta(
-                        json!({"type": "input_json_delta", "partial_json": fragment}),
-                        out,
-                    );
+                    self.block_delta(&DeltaOut { kind: "input_json_delta", field: "partial_json", value: fragment }, out);
                 }
             }
             StreamEvent::ToolCallEnd { index } => {
@@ -1374,12 +1396,10 @@ impl StreamEncoder {
         self.next_block_index += 1;
     }
 
-    fn block_delta(&mut self, delta: Value, out: &mut Vec<u8>) {
-        let event = json!({
-            "type": "content_block_delta",
-            "index": self.next_block_index - 1,
-            "delta": delta,
-        });
+    /// One `content_block_delta`, serialised from borrowed parts: this runs for every streamed
+    /// token, and building it as a `Value` cost more than the rest of the event.
+    fn block_delta(&mut self, delta: &DeltaOut<'_>, out: &mut Vec<u8>) {
+        let event = BlockDeltaOut { delta, index: self.next_block_index - 1, kind: "content_block_delta" };
         write_json_event(out, Some("content_block_delta"), &event);
     }
 
@@ -1413,6 +1433,31 @@ mod stream_tests {
     use crate::protocol::ir::{FinishReason, StreamEvent};
     use crate::protocol::sse::SseEvent;
     use crate::protocol::testkit;
+
+    #[test]
+    fn deltas_keep_the_bytes_of_a_sorted_json_map() {
+        use crate::protocol::anthropic::StreamEncoder;
+        use crate::protocol::ir::ResponseMeta;
+        use crate::protocol::sse::encode_event;
+        let meta = ResponseMeta { id: "msg_1".to_string(), model: "m".to_string(), created_unix: 0, custom_tools: Vec::new() };
+        let mut encoder = StreamEncoder::new(&meta);
+        let mut out = Vec::new();
+        encoder.encode(&StreamEvent::TextDelta("a \"quoted\" line\n".to_string()), &mut out);
+        let written = String::from_utf8(out).unwrap();
+        let expected = serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a \"quoted\" line\n"}});
+        let expected = String::from_utf8(encode_event(Some("content_block_delta"), &expected.to_string())).unwrap();
+        assert!(written.ends_with(&expected), "{written}");
+    }
+
+    #[test]
+    fn a_delta_event_of_the_wrong_shape_gets_the_general_paths_error() {
+        let mut decoder = StreamDecoder::new();
+        let mut out = Vec::new();
+        let event = SseEvent { event: Some("content_block_delta".to_string()), data: r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":5}}"#.to_string(), id: None, raw: Vec::new() };
+        let error = decoder.push(&event, &mut out).unwrap_err().to_string();
+        assert!(error.contains("text"), "{error}");
+        assert!(out.is_empty());
+    }
 
     fn decode(events: &[SseEvent]) -> Vec<StreamEvent> {
         let mut decoder = StreamDecoder::new();

@@ -10,9 +10,11 @@
 //! - Only the first choice of a response or stream is converted (n>1 passes through only between
 //!   identical formats).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
@@ -771,6 +773,42 @@ pub struct StreamDecoder {
     failed: bool,
 }
 
+/// A chunk as `StreamDecoder::fast_text_chunk` reads it: text borrowed where no escape forces a
+/// copy, and only the presence of what sends a chunk down the general path.
+#[derive(Deserialize)]
+struct TextChunkIn<'chunk> {
+    #[serde(borrow, default)]
+    choices: Vec<TextChoiceIn<'chunk>>,
+    #[serde(default)]
+    usage: Option<IgnoredAny>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct TextChoiceIn<'chunk> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    delta: Option<TextDeltaIn<'chunk>>,
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct TextDeltaIn<'chunk> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'chunk, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'chunk, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'chunk, str>>,
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'chunk, str>>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+}
+
 impl StreamDecoder {
     pub fn new() -> StreamDecoder {
         StreamDecoder::default()
@@ -788,6 +826,9 @@ impl StreamDecoder {
         }
         if data == "[DONE]" {
             self.saw_done = true;
+            return Ok(());
+        }
+        if self.started && self.fast_text_chunk(data, out) {
             return Ok(());
         }
         let chunk: Value = serde_json::from_str(data)
@@ -828,6 +869,40 @@ impl StreamDecoder {
             out.push(StreamEvent::Usage(usage));
         }
         Ok(())
+    }
+
+    /// Most chunks after the first carry one piece of text: they are read into borrowed fields
+    /// instead of a `Value` (which cost more than everything else done per token). Returns false
+    /// for anything else (tool calls, a finish reason, usage, errors, other choices, a field of
+    /// the wrong type); the general path then reads the chunk, with its precise errors.
+    fn fast_text_chunk(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> bool {
+        let Ok(chunk) = serde_json::from_str::<TextChunkIn<'_>>(data) else {
+            return false;
+        };
+        if chunk.error.is_some() || chunk.usage.is_some() || chunk.choices.len() > 1 {
+            return false;
+        }
+        let Some(choice) = chunk.choices.into_iter().next() else {
+            return true;
+        };
+        if choice.index.unwrap_or(0) != 0 || choice.finish_reason.is_some() {
+            return false;
+        }
+        let Some(delta) = choice.delta else {
+            return true;
+        };
+        if delta.tool_calls.is_some() {
+            return false;
+        }
+        if let Some(text) = [&delta.reasoning_content, &delta.reasoning].into_iter().flatten().find(|text| !text.is_empty()) {
+            out.push(StreamEvent::ReasoningDelta(text.to_string()));
+        }
+        for text in [&delta.content, &delta.refusal].into_iter().flatten() {
+            if !text.is_empty() {
+                out.push(StreamEvent::TextDelta(text.to_string()));
+            }
+        }
+        true
     }
 
     fn decode_choice(
