@@ -31,7 +31,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
-use crate::protocol::json::{
+use crate::protocol::json::{object_of, 
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str,
 };
@@ -636,7 +636,7 @@ fn write_messages(messages: &[Message]) -> Result<Vec<Value>, ConvertError> {
                 }
                 _ => Value::Array(blocks),
             };
-            json!({"role": role, "content": content})
+            object_of([("role", role.into()), ("content", content)])
         })
         .collect())
 }
@@ -807,7 +807,7 @@ fn write_tool(tool: &ToolDefinition) -> Value {
     } else if schema.get("type").is_none() {
         schema["type"] = "object".into();
     }
-    let mut written = json!({"name": tool.name, "input_schema": schema});
+    let mut written = object_of([("name", tool.name.clone().into()), ("input_schema", schema)]);
     if let Some(description) = &tool.description {
         written["description"] = description.clone().into();
     }

@@ -37,7 +37,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
-use crate::protocol::json::{
+use crate::protocol::json::{object_of, 
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_i64, opt_str, opt_u64, req_str,
 };
@@ -676,7 +676,7 @@ pub(crate) fn write_generate_request(
         .map(|part| json!({"text": part.text}))
         .collect();
     if !system.is_empty() {
-        let mut instruction = json!({"parts": system});
+        let mut instruction = object_of([("parts", system.into())]);
         // Antigravity wants the role spelled out; Gemini ignores it.
         if target == Target::Antigravity {
             instruction["role"] = "user".into();
@@ -864,7 +864,7 @@ fn write_contents(
             if role == "model" && bypass_signatures {
                 add_signature_bypass(&mut parts);
             }
-            json!({"role": role, "parts": parts})
+            object_of([("role", role.into()), ("parts", parts.into())])
         })
         .collect())
 }
@@ -1068,7 +1068,7 @@ fn reasoning_part(reasoning: &Reasoning, reader: Reader, written: &mut [Value]) 
 }
 
 fn function_call_part(call: &ToolCall, reader: Reader) -> Value {
-    let mut function_call = json!({"name": call.name, "args": call.arguments_object()});
+    let mut function_call = object_of([("name", call.name.clone().into()), ("args", Value::Object(call.arguments_object()))]);
     match reader {
         Reader::Gemini => {}
         Reader::Antigravity { .. } => {

@@ -5,6 +5,13 @@ use serde_json::{Map, Value};
 use crate::protocol::Format;
 use crate::protocol::ir::{ConvertError, Part};
 
+/// An object from key-value pairs, moving the values in. `json!` serialises every value it is
+/// given into a new `Value`, which for message contents and tool schemas is a deep copy made
+/// on every converted request.
+pub fn object_of<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Object(entries.into_iter().map(|(key, value)| (key.to_string(), value)).collect())
+}
+
 /// `path.key`, or `key` at the top level.
 pub fn join(path: &str, key: &str) -> String {
     if path.is_empty() {

@@ -24,7 +24,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, StreamEvent, TextPart,
     ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, join_text,
 };
-use crate::protocol::json::{
+use crate::protocol::json::{object_of, 
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_i64, opt_str, opt_u64, req_str, string_or_parts,
 };
@@ -459,7 +459,7 @@ fn write_message(message: &Message, path: &str, out: &mut Vec<Value>) -> Result<
         Role::User if message.parts.is_empty() => {}
         Role::User => {
             let content = write_content(&message.parts, path)?;
-            out.push(named(json!({"role": "user", "content": content}), message));
+            out.push(named(object_of([("role", "user".into()), ("content", content)]), message));
         }
         Role::Assistant => out.push(named(write_assistant(&message.parts), message)),
         Role::Tool => {
@@ -483,7 +483,7 @@ fn write_message(message: &Message, path: &str, out: &mut Vec<Value>) -> Result<
             }
             if !images.is_empty() {
                 let content = write_content(&images, path)?;
-                out.push(json!({"role": "user", "content": content}));
+                out.push(object_of([("role", "user".into()), ("content", content)]));
             }
         }
     }

@@ -39,7 +39,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions,
 };
-use crate::protocol::json::{
+use crate::protocol::json::{object_of, 
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str, string_or_parts,
 };
@@ -668,7 +668,7 @@ fn write_message(
                 [only] if only["type"] == "input_text" => only["text"].clone(),
                 _ => Value::Array(parts),
             };
-            items.push(json!({"type": "message", "role": "user", "content": content}));
+            items.push(object_of([("type", "message".into()), ("role", "user".into()), ("content", content)]));
         }
         Role::Assistant => write_assistant_items(&message.parts, items),
         Role::Tool => {
@@ -781,7 +781,7 @@ fn write_assistant_items(parts: &[Part], items: &mut Vec<Value>) {
     let flush = |content: &mut Vec<Value>, items: &mut Vec<Value>| {
         if !content.is_empty() {
             let content = std::mem::take(content);
-            items.push(json!({"type": "message", "role": "assistant", "content": content}));
+            items.push(object_of([("type", "message".into()), ("role", "assistant".into()), ("content", content.into())]));
         }
     };
     for part in parts {
@@ -1038,7 +1038,13 @@ fn output_text(text: &str) -> Value {
 }
 
 fn message_item(id: &str, status: &str, content: Vec<Value>) -> Value {
-    json!({"id": id, "type": "message", "status": status, "role": "assistant", "content": content})
+    object_of([
+        ("id", id.into()),
+        ("type", "message".into()),
+        ("status", status.into()),
+        ("role", "assistant".into()),
+        ("content", content.into()),
+    ])
 }
 
 fn reasoning_item(id: &str, text: &str, encrypted_content: Option<&str>) -> Value {
