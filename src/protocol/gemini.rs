@@ -711,7 +711,7 @@ pub(crate) fn write_generate_request(
         if let Some(config) = function_calling_config(request.tool_choice.as_ref(), claude) {
             body.insert(
                 "toolConfig".into(),
-                json!({"functionCallingConfig": config}),
+                object_of([("functionCallingConfig", config)]),
             );
         }
     }
@@ -963,7 +963,7 @@ fn write_function_responses(
         if matches!(reader, Reader::Antigravity { .. }) {
             response["id"] = call_id_for_antigravity(&result.call_id).into();
         }
-        written.push(json!({"functionResponse": response}));
+        written.push(object_of([("functionResponse", response)]));
         for (inner, content) in result.content.iter().enumerate() {
             let content_path = index(&join(&part_path, "content"), inner);
             match content {

@@ -601,7 +601,7 @@ fn write_tool(tool: &ToolDefinition) -> Value {
     insert_some(&mut function, "description", tool.description.clone());
     function.insert("parameters".into(), tool.parameters.clone());
     insert_some(&mut function, "strict", tool.strict);
-    json!({"type": "function", "function": function})
+    object_of([("type", "function".into()), ("function", Value::Object(function))])
 }
 
 fn write_tool_choice(choice: &ToolChoice) -> Value {
@@ -632,7 +632,7 @@ fn write_response_format(format: &ResponseFormat) -> Value {
             insert_some(&mut spec, "description", description.clone());
             spec.insert("schema".into(), schema.clone());
             insert_some(&mut spec, "strict", *strict);
-            json!({"type": "json_schema", "json_schema": spec})
+            object_of([("type", "json_schema".into()), ("json_schema", Value::Object(spec))])
         }
     }
 }

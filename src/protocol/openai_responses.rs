@@ -1737,7 +1737,7 @@ impl StreamEncoder {
                 } else {
                     function_call_item(&tool.item_id, "in_progress", &tool.call)
                 };
-                let data = json!({"output_index": output_index, "item": item});
+                let data = object_of([("output_index", output_index.into()), ("item", item)]);
                 self.emit("response.output_item.added", data, out);
                 self.tools.insert(*index, tool);
             }
@@ -1790,7 +1790,7 @@ impl StreamEncoder {
                 self.emit("error", data, out);
                 let error = json!({"code": code, "message": message});
                 let response = self.response_object("failed", error, Value::Null);
-                self.emit("response.failed", json!({"response": response}), out);
+                self.emit("response.failed", object_of([("response", response)]), out);
                 self.failed = true;
             }
         }
@@ -1807,7 +1807,7 @@ impl StreamEncoder {
         let (status, incomplete_details, error) = status_fields(reason);
         let response = self.response_object(status, error, incomplete_details);
         let event_type = format!("response.{status}");
-        self.emit(&event_type, json!({"response": response}), out);
+        self.emit(&event_type, object_of([("response", response)]), out);
     }
 
     fn emit(&mut self, event_type: &str, mut data: Value, out: &mut Vec<u8>) {
@@ -1851,7 +1851,7 @@ impl StreamEncoder {
         self.started = true;
         for event_type in ["response.created", "response.in_progress"] {
             let response = self.response_object("in_progress", Value::Null, Value::Null);
-            self.emit(event_type, json!({"response": response}), out);
+            self.emit(event_type, object_of([("response", response)]), out);
         }
     }
 
@@ -1864,7 +1864,7 @@ impl StreamEncoder {
         let output_index = self.take_output_index();
         let item_id = item_id("msg", &self.id, output_index);
         let item = message_item(&item_id, "in_progress", Vec::new());
-        let data = json!({"output_index": output_index, "item": item});
+        let data = object_of([("output_index", output_index.into()), ("item", item)]);
         self.emit("response.output_item.added", data, out);
         let data = json!({
             "item_id": item_id,
@@ -1889,7 +1889,7 @@ impl StreamEncoder {
         let output_index = self.take_output_index();
         let item_id = item_id("rs", &self.id, output_index);
         let item = reasoning_item(&item_id, "", None);
-        let data = json!({"output_index": output_index, "item": item});
+        let data = object_of([("output_index", output_index.into()), ("item", item)]);
         self.emit("response.output_item.added", data, out);
         self.open = Some(OpenItem::Reasoning {
             output_index,
