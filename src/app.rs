@@ -9,6 +9,7 @@ use crate::amp::{self, AmpRoute};
 use crate::amp::proxy::AmpProxy;
 use crate::api::{self, security_headers, AdminContext};
 use crate::config::{self, Config};
+use crate::http::descriptor_limit;
 use crate::http::server::{Server, ServerLimits};
 use crate::http::{cors, Handler, Request, Response};
 use crate::relay::record::{RecentRecords, RecordSink};
@@ -232,6 +233,13 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
         idle_timeout: Duration::from_secs(config.server.idle_timeout_seconds),
         read_timeout: Duration::from_secs(config.server.read_timeout_seconds),
         write_timeout: Duration::from_secs(config.server.write_timeout_seconds),
+        request_head_timeout: Duration::from_secs(config.server.request_head_timeout_seconds),
+        min_body_bytes_per_second: config.server.min_body_bytes_per_second,
+        max_connections: match config.server.max_connections {
+            0 => descriptor_limit::default_max_connections(descriptor_limit::current_soft_limit()),
+            configured => configured,
+        },
+        max_buffered_body_bytes: config.server.max_buffered_body_bytes,
     };
     let admin_listen = config.server.admin_listen.trim();
     let main_surface = if admin_listen.is_empty() { Surface::Everything } else { Surface::RelayOnly };
@@ -348,6 +356,7 @@ impl Handler for GatewayHandler {
         let kind = match status {
             413 => crate::protocol::error::ErrorKind::RequestTooLarge,
             400 | 408 | 431 => crate::protocol::error::ErrorKind::InvalidRequest,
+            503 => crate::protocol::error::ErrorKind::Overloaded,
             _ => crate::protocol::error::ErrorKind::Internal,
         };
         Some(crate::protocol::error::render_error(relay::inbound::format_for_path(path), status, kind, message))
@@ -397,6 +406,13 @@ pub fn run(config_path: &Path) -> i32 {
     init_logging(&loaded.config.log.level);
     if loaded.created {
         log::info!("wrote the default configuration to {}", loaded.path.display());
+    }
+    match descriptor_limit::raise_to_hard_limit() {
+        Ok(limits) if limits.soft_after > limits.soft_before => {
+            log::info!("raised the open-file limit from {} to {} (the hard limit)", limits.soft_before, limits.soft_after)
+        }
+        Ok(limits) => log::info!("open-file limit {} (hard limit {})", limits.soft_after, limits.hard),
+        Err(error) => log::warn!("could not raise the open-file limit: {error}"),
     }
     // Block the shutdown signals before any thread starts so that every thread inherits the mask
     // and only the main thread's sigwait receives them.

@@ -61,6 +61,7 @@ fn short_timeouts() -> ServerLimits {
     ServerLimits {
         idle_timeout: Duration::from_millis(300),
         read_timeout: Duration::from_millis(300),
+        request_head_timeout: Duration::from_millis(300),
         ..ServerLimits::default()
     }
 }
