@@ -43,7 +43,7 @@ pub struct ServerConfig {
     pub min_body_bytes_per_second: usize,
     /// Open connections per listener; past it a new connection replaces the one that has waited
     /// longest for a request head, or gets 503 when all are busy. 0 = derived from the open-file
-    /// limit (half of it after a reserve of 192, between 16 and 16384).
+    /// limit (half of it after a reserve of 256, between 16 and 16384).
     pub max_connections: usize,
     /// Request-body bytes held at once by all connections of a listener; a body that would
     /// pass it gets 503 with `Retry-After`. At least `max_body_bytes`.

@@ -21,6 +21,11 @@ use may::net::TcpStream;
 /// How many shed connections may be answered at once; more are closed without an answer, so
 /// shedding itself cannot use up descriptors or coroutines.
 pub(crate) const MAX_CONNECTIONS_BEING_SHED: usize = 64;
+/// How far evicted connections that have not closed yet may take the open count past the cap
+/// before the accept loop waits for them (see `wait_for_evicted`).
+pub(crate) const MAX_EVICTED_NOT_YET_CLOSED: usize = 64;
+/// The longest the accept loop waits for evicted connections to close.
+const EVICTION_WAIT_LIMIT: Duration = Duration::from_millis(200);
 /// How long a shed connection is kept to let the client read its 503 before we close.
 const SHED_LINGER: Duration = Duration::from_millis(500);
 /// What a shed connection is told: a short 503 the client can act on.
@@ -42,8 +47,10 @@ pub(crate) struct ConnectionTable {
 
 /// What the accept loop does with a new connection.
 pub(crate) enum Admission {
-    /// Serve it; the slot is given back when the value is dropped.
-    Serve(ConnectionSlot),
+    /// Serve it; the slot is given back when the value is dropped. The connection counts as
+    /// waiting for its first head from the moment it is admitted, so that a burst of new
+    /// connections can evict each other before their coroutines have even run.
+    Serve(ConnectionSlot, WaitingForHead),
     /// Answer 503 and close (the connection counts against `being_shed` until the guard drops).
     Shed(ShedSlot),
     /// Too many connections are being shed already: close at once.
@@ -65,13 +72,14 @@ impl ConnectionTable {
 
     /// Decides about a connection just accepted. Only the accept loop calls this, so the count
     /// cannot be raced past the cap by another admission.
-    pub(crate) fn admit(self: &Arc<Self>) -> Admission {
+    /// `fd` is the new connection's socket.
+    pub(crate) fn admit(self: &Arc<Self>, fd: RawFd) -> Admission {
         let open = self.open.load(Ordering::Acquire);
         if open < self.max_connections || self.evict_longest_waiting() {
             // After an eviction the count is one over the cap until the evicted connection's
             // coroutine wakes up and ends, which it does at once.
             self.open.fetch_add(1, Ordering::AcqRel);
-            return Admission::Serve(ConnectionSlot { table: Arc::clone(self) });
+            return Admission::Serve(ConnectionSlot { table: Arc::clone(self) }, self.wait_for_head(fd));
         }
         self.shed_total.fetch_add(1, Ordering::Relaxed);
         if self.being_shed.fetch_add(1, Ordering::AcqRel) < MAX_CONNECTIONS_BEING_SHED {
@@ -96,11 +104,25 @@ impl ConnectionTable {
         true
     }
 
+    /// Lets evicted connections close before more are accepted: a burst of connections would
+    /// otherwise be accepted faster than the evicted ones' coroutines run, and every one of them
+    /// holds a descriptor until it does. Called by the accept loop after each admission.
+    pub(crate) fn wait_for_evicted(&self) {
+        if self.open.load(Ordering::Acquire) <= self.max_connections {
+            return;
+        }
+        may::coroutine::yield_now();
+        let deadline = Instant::now() + EVICTION_WAIT_LIMIT;
+        while self.open.load(Ordering::Acquire) > self.max_connections + MAX_EVICTED_NOT_YET_CLOSED && Instant::now() < deadline {
+            may::coroutine::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Marks the connection on `fd` as waiting for a request head until the guard is dropped.
-    pub(crate) fn wait_for_head(&self, fd: RawFd) -> WaitingForHead<'_> {
+    pub(crate) fn wait_for_head(self: &Arc<Self>, fd: RawFd) -> WaitingForHead {
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         lock(&self.waiting_for_head).insert(ticket, fd);
-        WaitingForHead { table: self, ticket }
+        WaitingForHead { table: Arc::clone(self), ticket }
     }
 
     /// Connections open now (served ones, not the ones being shed).
@@ -142,12 +164,12 @@ impl Drop for ShedSlot {
 
 /// While this lives, the connection may be evicted to make room for a new one. It must be
 /// dropped before the connection's socket is closed.
-pub(crate) struct WaitingForHead<'table> {
-    table: &'table ConnectionTable,
+pub(crate) struct WaitingForHead {
+    table: Arc<ConnectionTable>,
     ticket: u64,
 }
 
-impl Drop for WaitingForHead<'_> {
+impl Drop for WaitingForHead {
     fn drop(&mut self) {
         lock(&self.table.waiting_for_head).remove(&self.ticket);
     }
@@ -266,16 +288,18 @@ mod tests {
     #[test]
     fn a_full_table_evicts_the_longest_waiting_connection_and_sheds_when_none_waits() {
         let table = Arc::new(ConnectionTable::new(2));
-        let Admission::Serve(_first) = table.admit() else { panic!("first connection not served") };
-        let Admission::Serve(_second) = table.admit() else { panic!("second connection not served") };
+        // Admitted connections wait for their first head until they are being served.
+        let Admission::Serve(_first, first_waiting) = table.admit(-1) else { panic!("first connection not served") };
+        let Admission::Serve(_second, second_waiting) = table.admit(-1) else { panic!("second connection not served") };
+        drop((first_waiting, second_waiting));
         // Nobody waits for a head: the third is shed.
-        assert!(matches!(table.admit(), Admission::Shed(_)));
+        assert!(matches!(table.admit(-1), Admission::Shed(_)));
         // A socket pair stands in for a connection waiting for its head.
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors socketpair() writes.
         assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) }, 0);
         let waiting = table.wait_for_head(fds[0]);
-        let Admission::Serve(_third) = table.admit() else { panic!("third connection not served after eviction") };
+        let Admission::Serve(_third, _third_waiting) = table.admit(-1) else { panic!("third connection not served after eviction") };
         assert_eq!(table.evicted_total.load(Ordering::Relaxed), 1);
         // The evicted socket reads end-of-file.
         let mut byte = [0u8; 1];

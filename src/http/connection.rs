@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use may::net::TcpStream;
 
-use crate::http::admission::{BodyReservation, ConnectionSlot};
+use crate::http::admission::{BodyReservation, ConnectionSlot, WaitingForHead};
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
 use crate::http::head::{BodyFraming, HeadError, RequestHead, parse_request_head};
 use crate::http::response_writer::{
@@ -33,6 +33,8 @@ const INITIAL_BODY_CAPACITY: usize = 1024 * 1024;
 const LINGER_DURATION: Duration = Duration::from_secs(1);
 /// How many bytes that lingering read discards at most.
 const LINGER_MAX_BYTES: usize = 1024 * 1024;
+/// The 408 message when a body falls behind the minimum pace.
+const BODY_TOO_SLOW: &str = "request body arrived too slowly";
 /// The 503 message when the listener's budget of buffered request bodies is spent.
 const BODY_BUDGET_SPENT: &str = "the gateway is holding too many request bodies at once; retry shortly";
 
@@ -51,8 +53,9 @@ impl From<HeadError> for ConnectionEnd {
 }
 
 /// Serves every request on `stream` until the connection ends.
-/// `slot` is the connection's place under the cap, given back when this returns.
-pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedState, slot: ConnectionSlot) {
+/// `slot` is the connection's place under the cap, given back when this returns; `waiting`
+/// marks it as waiting for its first head (evictable) and must be dropped before the socket.
+pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedState, slot: ConnectionSlot, waiting: WaitingForHead) {
     let _slot = slot;
     // Small responses and SSE events must leave at once rather than wait for Nagle's algorithm.
     if stream.set_nodelay(true).is_err()
@@ -60,9 +63,11 @@ pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedStat
             .set_write_timeout(Some(shared.limits.write_timeout))
             .is_err()
     {
+        drop(waiting);
         return;
     }
     let mut connection = Connection {
+        first_head_wait: Some(waiting),
         stream,
         peer,
         buffer: Vec::new(),
@@ -89,6 +94,9 @@ pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedStat
 }
 
 struct Connection<'shared> {
+    /// The eviction mark set at admission, until the first head arrives. Declared before the
+    /// stream so that it is dropped first: an evictable entry must never outlive its socket.
+    first_head_wait: Option<WaitingForHead>,
     stream: TcpStream,
     peer: SocketAddr,
     /// Bytes received but not consumed yet: the start of the next request, possibly more.
@@ -172,7 +180,10 @@ impl<'shared> Connection<'shared> {
     fn read_head(&mut self) -> Result<RequestHead, ConnectionEnd> {
         let shared = self.shared;
         let limits = shared.limits;
-        let _waiting = shared.connections.wait_for_head(self.stream.as_raw_fd());
+        let _waiting = match self.first_head_wait.take() {
+            Some(waiting) => waiting,
+            None => shared.connections.wait_for_head(self.stream.as_raw_fd()),
+        };
         self.requests_read += 1;
         // RFC 9112 section 2.2: empty lines before a request line are ignored (some clients
         // send a CRLF after a POST body).
@@ -283,10 +294,7 @@ impl<'shared> Connection<'shared> {
                 // A body too slow for the minimum pace is told so; one that stops arriving
                 // or a vanished client just ends the connection: the client has no use for a
                 // response to half a request.
-                Err(error) if is_timeout(&error) => {
-                    self.body_read_timeout(started, filled)?;
-                    return Err(ConnectionEnd::Drop);
-                }
+                Err(error) if is_timeout(&error) => return Err(self.body_timed_out(timeout)),
                 _ => return Err(ConnectionEnd::Drop),
             }
         }
@@ -319,12 +327,20 @@ impl<'shared> Connection<'shared> {
             match self.fill_buffer(timeout) {
                 Ok(0) => return Err(ConnectionEnd::Drop),
                 Ok(count) => received += count,
-                Err(error) if is_timeout(&error) => {
-                    self.body_read_timeout(started, received)?;
-                    return Err(ConnectionEnd::Drop);
-                }
+                Err(error) if is_timeout(&error) => return Err(self.body_timed_out(timeout)),
                 Err(_) => return Err(ConnectionEnd::Drop),
             }
+        }
+    }
+
+    /// How a body read that waited `timeout` in vain ends the connection: with a 408 when the
+    /// minimum pace set the timeout (the timer may fire a hair early, so this does not look at
+    /// the clock again), silently when the body simply stopped.
+    fn body_timed_out(&self, timeout: Duration) -> ConnectionEnd {
+        if timeout < self.shared.limits.read_timeout {
+            ConnectionEnd::Reject(408, BODY_TOO_SLOW)
+        } else {
+            ConnectionEnd::Drop
         }
     }
 
@@ -339,7 +355,7 @@ impl<'shared> Connection<'shared> {
         let earned = Duration::from_secs_f64(received as f64 / limits.min_body_bytes_per_second as f64);
         let remaining = (started + limits.request_head_timeout + earned).saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(ConnectionEnd::Reject(408, "request body arrived too slowly"));
+            return Err(ConnectionEnd::Reject(408, BODY_TOO_SLOW));
         }
         Ok(remaining.min(limits.read_timeout))
     }

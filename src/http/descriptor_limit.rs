@@ -8,12 +8,12 @@
 
 use std::io;
 
-use crate::http::admission::MAX_CONNECTIONS_BEING_SHED;
+use crate::http::admission::{MAX_CONNECTIONS_BEING_SHED, MAX_EVICTED_NOT_YET_CLOSED};
 
 /// Descriptors kept for everything that is not a client connection or its upstream socket:
 /// the store pool, SQLite's journal files, listeners, epoll, the log, the spare descriptor of
-/// the accept loop, and connections being shed.
-const RESERVED_DESCRIPTORS: u64 = 128 + MAX_CONNECTIONS_BEING_SHED as u64;
+/// the accept loop, connections being shed, and evicted connections not closed yet.
+const RESERVED_DESCRIPTORS: u64 = 128 + (MAX_CONNECTIONS_BEING_SHED + MAX_EVICTED_NOT_YET_CLOSED) as u64;
 /// The derived cap never goes above this: past it, memory (about 20 KiB per idle connection,
 /// see docs/security.md) matters more than descriptors, and an admin who wants more says so.
 const DERIVED_CAP_CEILING: u64 = 16_384;
@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn the_default_cap_leaves_a_reserve_and_room_for_upstream_sockets() {
-        assert_eq!(default_max_connections(1024), (1024 - 192) / 2);
+        assert_eq!(default_max_connections(1024), (1024 - 256) / 2);
         assert_eq!(default_max_connections(100), 16);
         assert_eq!(default_max_connections(1 << 20), 16_384);
         assert!(current_soft_limit() > 0);

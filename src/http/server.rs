@@ -223,10 +223,11 @@ fn accept_connections(listener: TcpListener, shared: Arc<SharedState>) {
             return;
         }
         match accepted {
-            Ok((stream, peer)) => match shared.connections.admit() {
-                Admission::Serve(slot) => {
+            Ok((stream, peer)) => match shared.connections.admit(stream.as_raw_fd()) {
+                Admission::Serve(slot, waiting) => {
                     let connection_shared = Arc::clone(&shared);
-                    may::go!(move || serve_connection(stream, peer, &connection_shared, slot));
+                    may::go!(move || serve_connection(stream, peer, &connection_shared, slot, waiting));
+                    shared.connections.wait_for_evicted();
                 }
                 Admission::Shed(slot) => {
                     may::go!(move || shed_connection(stream, slot));
