@@ -236,6 +236,10 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
         request_head_timeout: Duration::from_secs(config.server.request_head_timeout_seconds),
         min_body_bytes_per_second: config.server.min_body_bytes_per_second,
         max_connections: match config.server.max_connections {
+            // A separate admin listener takes its own connections out of the descriptors first.
+            0 if !config.server.admin_listen.trim().is_empty() => descriptor_limit::default_max_connections(
+                descriptor_limit::current_soft_limit().saturating_sub(ADMIN_LISTENER_MAX_CONNECTIONS as u64),
+            ),
             0 => descriptor_limit::default_max_connections(descriptor_limit::current_soft_limit()),
             configured => configured,
         },
@@ -251,13 +255,19 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
         None
     } else {
         let handler = Arc::new(GatewayHandler { parts, surface: Surface::AdminOnly });
+        // The admin listener has a connection table of its own, so a flood on the relay's
+        // address never takes its slots; it needs few, as only the panel and admin tools use it.
+        let admin_limits = ServerLimits { max_connections: limits.max_connections.min(ADMIN_LISTENER_MAX_CONNECTIONS), ..limits };
         let admin_server =
-            Server::start(admin_listen, limits, handler).map_err(|error| StartError::Listen(format!("{admin_listen} (server.admin_listen): {error}")))?;
+            Server::start(admin_listen, admin_limits, handler).map_err(|error| StartError::Listen(format!("{admin_listen} (server.admin_listen): {error}")))?;
         log::info!("admin API and panel listening on {}", admin_server.local_addr());
         Some(admin_server)
     };
     Ok(Gateway { server, admin_server, store, relay, stats, writer, scheduler })
 }
+
+/// The connection cap of the `server.admin_listen` listener (at most `server.max_connections`).
+const ADMIN_LISTENER_MAX_CONNECTIONS: usize = 256;
 
 /// Reloads the relay snapshot periodically; stops when the gateway is gone.
 fn spawn_snapshot_refresher(relay: std::sync::Weak<RelayState>) {
