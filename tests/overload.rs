@@ -477,3 +477,60 @@ fn running_out_of_descriptors_sheds_without_crashing_and_serves_again_after() {
         flood_ended - flood_started
     );
 }
+
+/// Opens a connection that sends a head announcing a body, waits for the gateway's
+/// `100 Continue` (so the head has been read and the body is being waited for), sends part of
+/// the body and stalls: a busy connection, which cannot be evicted.
+fn open_busy_connection(address: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 100000\r\n\r\n").unwrap();
+    let mut continue_line = [0u8; 25];
+    stream.read_exact(&mut continue_line).expect("a 100 Continue");
+    assert_eq!(&continue_line, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"{\"model\":").unwrap();
+    stream
+}
+
+#[test]
+fn when_every_slot_is_busy_new_connections_get_503_and_a_separate_admin_listener_keeps_answering() {
+    const CAP: usize = 20;
+    let admin_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin_address: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    // No minimum pace, so stalled bodies hold their slots for the 30 s read timeout.
+    let mut gateway = start(
+        "overload-busy",
+        json!({"max_connections": CAP, "min_body_bytes_per_second": 0, "admin_listen": admin_address.to_string()}),
+        None,
+    );
+    let busy: Vec<TcpStream> = (0..CAP).map(|_| open_busy_connection(gateway.address)).collect();
+    // Every slot is busy: the relay's address sheds, with a short 503 the client can act on.
+    let mut raw = TcpStream::connect(gateway.address).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    raw.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    let _ = raw.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(response.starts_with("http/1.1 503"), "{response}");
+    assert!(response.contains("retry-after: 1") && response.contains("connection: close"), "{response}");
+    assert!(response.contains("connection limit"), "{response}");
+    for _ in 0..5 {
+        let shed = try_request(gateway.address, "GET", "/healthz", &[], b"");
+        assert!(matches!(shed, Ok((503, _))), "{shed:?}");
+    }
+    // The admin listener has its own table: its slots are untouched by the relay's flood.
+    for _ in 0..5 {
+        let health = try_request(admin_address, "GET", "/healthz", &[], b"");
+        assert!(matches!(health, Ok((200, _))), "{health:?}");
+    }
+    let login = try_request(admin_address, "POST", "/api/v1/auth/login", &[("content-type", "application/json")], br#"{"username":"admin","password":"admin"}"#);
+    assert!(matches!(login, Ok((200, _))), "{login:?}");
+    // The busy clients leave; the relay's address serves again.
+    drop(busy);
+    let guard = Instant::now() + Duration::from_secs(20);
+    while !matches!(try_request(gateway.address, "GET", "/healthz", &[], b""), Ok((200, _))) {
+        assert!(Instant::now() < guard, "the relay's address did not serve again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gateway.assert_alive();
+}
