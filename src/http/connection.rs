@@ -25,6 +25,8 @@ use crate::http::{ClientProbe, Request};
 
 /// Socket reads go into the connection buffer this many bytes at a time.
 const READ_CHUNK_BYTES: usize = 8 * 1024;
+/// The first read of a new connection goes to the stack, at most this many bytes.
+const FIRST_READ_BYTES: usize = 2 * 1024;
 /// A Content-Length body buffer starts at most this large and grows as data arrives, so a
 /// client announcing a huge body cannot make us allocate it up front.
 const INITIAL_BODY_CAPACITY: usize = 1024 * 1024;
@@ -363,6 +365,15 @@ impl<'shared> Connection<'shared> {
     /// Reads once from the socket, appending to the buffer; returns the byte count (0 at EOF).
     fn fill_buffer(&mut self, timeout: Duration) -> io::Result<usize> {
         self.set_read_timeout(timeout)?;
+        if self.buffer.capacity() == 0 {
+            // A new connection waits for its first bytes without a heap buffer: thousands of
+            // idle connections would otherwise hold 8 KiB each, and the heap keeps much of that
+            // memory after they are gone.
+            let mut first_bytes = [0u8; FIRST_READ_BYTES];
+            let received = self.stream.read(&mut first_bytes)?;
+            self.buffer.extend_from_slice(&first_bytes[..received]);
+            return Ok(received);
+        }
         let filled = self.buffer.len();
         self.buffer.resize(filled + READ_CHUNK_BYTES, 0);
         let result = self.stream.read(&mut self.buffer[filled..]);

@@ -14,7 +14,7 @@ use crate::http::admission::{MAX_CONNECTIONS_BEING_SHED, MAX_EVICTED_NOT_YET_CLO
 /// the store pool, SQLite's journal files, listeners, epoll, the log, the spare descriptor of
 /// the accept loop, connections being shed, and evicted connections not closed yet.
 const RESERVED_DESCRIPTORS: u64 = 128 + (MAX_CONNECTIONS_BEING_SHED + MAX_EVICTED_NOT_YET_CLOSED) as u64;
-/// The derived cap never goes above this: past it, memory (about 20 KiB per idle connection,
+/// The derived cap never goes above this: past it, memory (about 17 KiB per idle connection,
 /// see docs/security.md) matters more than descriptors, and an admin who wants more says so.
 const DERIVED_CAP_CEILING: u64 = 16_384;
 /// The derived cap never goes below this, however low the descriptor limit.
