@@ -95,6 +95,15 @@ impl Gateway {
     /// then writes every statistic and log still in memory.
     pub fn shutdown_gracefully(self, grace: Duration) {
         self.relay.begin_shutdown();
+        // What overload protection did over the process's life, for the operator.
+        let counts = self.server.connection_counts();
+        log::info!(
+            "connections at shutdown: {} open (cap {}); since start {} evicted while waiting for a request head, {} shed with 503",
+            counts.open,
+            counts.max,
+            counts.evicted,
+            counts.shed
+        );
         self.server.shutdown();
         if let Some(admin_server) = self.admin_server {
             admin_server.shutdown();
