@@ -38,8 +38,9 @@ pub struct ServerConfig {
     /// A request head must arrive in full within this time (of the accept for a connection's
     /// first request, of its first byte for later ones); slow clients are dropped.
     pub request_head_timeout_seconds: u64,
-    /// After `request_head_timeout_seconds` of grace, a request body must keep arriving at this
-    /// average pace or the connection gets 408 and closes; 0 turns the check off.
+    /// A request body must bring at least this many bytes a second in every window of
+    /// `request_head_timeout_seconds` (until it is complete) or the connection gets 408 and
+    /// closes; 0 turns the check off.
     pub min_body_bytes_per_second: usize,
     /// Open connections per listener; past it a new connection replaces the one that has waited
     /// longest for a request head, or gets 503 when all are busy. 0 = derived from the open-file

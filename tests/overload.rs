@@ -322,11 +322,38 @@ fn a_body_slower_than_the_minimum_pace_gets_408_while_a_prompt_body_is_read() {
     let status = parse_response(&received).map(|(status, _)| status);
     assert_eq!(status, Some(408), "the slow body's answer: {}", String::from_utf8_lossy(&received));
     assert!(sent < 50_000, "the body was cut off before it was complete");
+    // Bytes sent fast at first earn no credit: 30000 bytes at once (30 s worth at the minimum
+    // pace), then 10 bytes every 200 ms. Paced by windows of 1 s, the body is cut off within a
+    // window or two; an average over the whole body would let the trickle run for 30 s (1500 bytes).
+    let mut bursty = TcpStream::connect(gateway.address).unwrap();
+    bursty.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    bursty.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 50000\r\n\r\n").unwrap();
+    bursty.write_all(&[b'x'; 30_000]).unwrap();
+    let mut trickled = 0;
+    let mut bursty_received = Vec::new();
+    loop {
+        assert!(Instant::now() < guard + Duration::from_secs(20), "the bursty body was not cut off");
+        if bursty_received.is_empty() && bursty.write_all(&[b'x'; 10]).is_ok() {
+            trickled += 10;
+        }
+        let mut buffer = [0u8; 4096];
+        match bursty.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(count) => bursty_received.extend_from_slice(&buffer[..count]),
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        if bursty_received.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert_eq!(parse_response(&bursty_received).map(|(status, _)| status), Some(408), "{}", String::from_utf8_lossy(&bursty_received));
+    assert!(trickled < 500, "the trickle after a fast start ran on for {trickled} bytes");
     // A prompt client with the same body size is read in full (then refused for its missing key).
     let prompt = try_request(gateway.address, "POST", "/v1/chat/completions", &[], &vec![b'x'; 50_000]).unwrap();
     assert_eq!(prompt.0, 401, "{}", prompt.1);
     gateway.assert_alive();
-    eprintln!("slow body: cut off with 408 after {sent} of 50000 bytes at about 330 B/s (minimum 1000 B/s after 1 s of grace)");
+    eprintln!("slow body: cut off with 408 after {sent} of 50000 bytes at about 330 B/s (minimum 1000 B/s in windows of 1 s); after a fast 30000 bytes, a trickle was cut off after {trickled} bytes");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::http::head::{BodyFraming, HeadError, RequestHead, parse_request_head}
 use crate::http::response_writer::{
     ResponseContext, ResponseOutcome, error_response_bytes, write_response,
 };
-use crate::http::server::SharedState;
+use crate::http::server::{ServerLimits, SharedState};
 use crate::http::{ClientProbe, Request};
 
 /// Socket reads go into the connection buffer this many bytes at a time.
@@ -270,23 +270,23 @@ impl<'shared> Connection<'shared> {
                 return Err(ConnectionEnd::Drop);
             }
         }
-        let started = Instant::now();
+        let mut pace = BodyPace::new(&shared.limits);
         let body = match head.body_framing {
             BodyFraming::Empty => Vec::new(),
             // The check above bounds the length by max_body_bytes, a usize.
-            BodyFraming::Length(length) => self.read_sized_body(length as usize, started)?,
-            BodyFraming::Chunked => self.read_chunked_body(started, &mut reservation)?,
+            BodyFraming::Length(length) => self.read_sized_body(length as usize, &mut pace)?,
+            BodyFraming::Chunked => self.read_chunked_body(&mut pace, &mut reservation)?,
         };
         Ok((body, reservation))
     }
 
-    fn read_sized_body(&mut self, length: usize, started: Instant) -> Result<Vec<u8>, ConnectionEnd> {
+    fn read_sized_body(&mut self, length: usize, pace: &mut BodyPace) -> Result<Vec<u8>, ConnectionEnd> {
         let mut body = Vec::with_capacity(length.min(INITIAL_BODY_CAPACITY));
         let buffered = length.min(self.buffer.len());
         body.extend_from_slice(&self.buffer[..buffered]);
         self.buffer.drain(..buffered);
         while body.len() < length {
-            let timeout = self.body_read_timeout(started, body.len())?;
+            let timeout = pace.next_read_timeout(body.len())?;
             self.set_read_timeout(timeout).map_err(|_| ConnectionEnd::Drop)?;
             let filled = body.len();
             let wanted = (length - filled).min(64 * 1024);
@@ -296,14 +296,14 @@ impl<'shared> Connection<'shared> {
                 // A body too slow for the minimum pace is told so; one that stops arriving
                 // or a vanished client just ends the connection: the client has no use for a
                 // response to half a request.
-                Err(error) if is_timeout(&error) => return Err(self.body_timed_out(timeout)),
+                Err(error) if is_timeout(&error) => return Err(pace.timed_out(timeout)),
                 _ => return Err(ConnectionEnd::Drop),
             }
         }
         Ok(body)
     }
 
-    fn read_chunked_body(&mut self, started: Instant, reservation: &mut BodyReservation<'_>) -> Result<Vec<u8>, ConnectionEnd> {
+    fn read_chunked_body(&mut self, pace: &mut BodyPace, reservation: &mut BodyReservation<'_>) -> Result<Vec<u8>, ConnectionEnd> {
         let limits = self.shared.limits;
         let mut decoder = ChunkedDecoder::new(limits.max_body_bytes, limits.max_head_bytes);
         let mut body = Vec::new();
@@ -325,41 +325,14 @@ impl<'shared> Connection<'shared> {
             if decoder.is_done() {
                 return Ok(body);
             }
-            let timeout = self.body_read_timeout(started, received)?;
+            let timeout = pace.next_read_timeout(received)?;
             match self.fill_buffer(timeout) {
                 Ok(0) => return Err(ConnectionEnd::Drop),
                 Ok(count) => received += count,
-                Err(error) if is_timeout(&error) => return Err(self.body_timed_out(timeout)),
+                Err(error) if is_timeout(&error) => return Err(pace.timed_out(timeout)),
                 Err(_) => return Err(ConnectionEnd::Drop),
             }
         }
-    }
-
-    /// How a body read that waited `timeout` in vain ends the connection: with a 408 when the
-    /// minimum pace set the timeout (the timer may fire a hair early, so this does not look at
-    /// the clock again), silently when the body simply stopped.
-    fn body_timed_out(&self, timeout: Duration) -> ConnectionEnd {
-        if timeout < self.shared.limits.read_timeout {
-            ConnectionEnd::Reject(408, BODY_TOO_SLOW)
-        } else {
-            ConnectionEnd::Drop
-        }
-    }
-
-    /// How long the next body read may wait: the read timeout, or less when the body must keep
-    /// the minimum pace (`received` bytes since `started`, after a grace of the head timeout).
-    /// A 408 when the body is already behind.
-    fn body_read_timeout(&self, started: Instant, received: usize) -> Result<Duration, ConnectionEnd> {
-        let limits = self.shared.limits;
-        if limits.min_body_bytes_per_second == 0 {
-            return Ok(limits.read_timeout);
-        }
-        let earned = Duration::from_secs_f64(received as f64 / limits.min_body_bytes_per_second as f64);
-        let remaining = (started + limits.request_head_timeout + earned).saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(ConnectionEnd::Reject(408, BODY_TOO_SLOW));
-        }
-        Ok(remaining.min(limits.read_timeout))
     }
 
     /// Reads once from the socket, appending to the buffer; returns the byte count (0 at EOF).
@@ -419,6 +392,66 @@ impl<'shared> Connection<'shared> {
                 Ok(received) => discarded += received,
             }
         }
+    }
+}
+
+/// The minimum pace of a request body: every window (the head timeout) must bring at least
+/// `min_body_bytes_per_second` times its length in bytes, or the body ends with a 408. Windows
+/// rather than an average over the whole body, so that bytes sent fast at first earn no credit
+/// for trickling the rest (an average would let a client that sent 60 MiB quickly then hold its
+/// connection and its reserved bytes for hours).
+struct BodyPace {
+    window: Duration,
+    bytes_per_window: usize,
+    read_timeout: Duration,
+    window_started: Instant,
+    received_at_window_start: usize,
+}
+
+impl BodyPace {
+    fn new(limits: &ServerLimits) -> BodyPace {
+        let bytes_per_window = (limits.min_body_bytes_per_second as f64 * limits.request_head_timeout.as_secs_f64()) as usize;
+        BodyPace {
+            window: limits.request_head_timeout,
+            bytes_per_window,
+            read_timeout: limits.read_timeout,
+            window_started: Instant::now(),
+            received_at_window_start: 0,
+        }
+    }
+
+    /// How long the next body read may wait with `received` bytes of the body in so far: the
+    /// rest of the current window (a new one starts once it has its bytes), at most the read
+    /// timeout. A 408 when a window ended short.
+    fn next_read_timeout(&mut self, received: usize) -> Result<Duration, ConnectionEnd> {
+        if self.min_pace_is_off() {
+            return Ok(self.read_timeout);
+        }
+        let now = Instant::now();
+        if received.saturating_sub(self.received_at_window_start) >= self.bytes_per_window {
+            self.window_started = now;
+            self.received_at_window_start = received;
+        }
+        let remaining = (self.window_started + self.window).saturating_duration_since(now);
+        if remaining.is_zero() {
+            return Err(ConnectionEnd::Reject(408, BODY_TOO_SLOW));
+        }
+        Ok(remaining.min(self.read_timeout))
+    }
+
+    /// How a body read that waited `timeout` in vain ends the connection: with a 408 when the
+    /// window set the timeout (the timer may fire a hair early, so this does not look at the
+    /// clock again), silently when the body simply stopped for the read timeout.
+    fn timed_out(&self, timeout: Duration) -> ConnectionEnd {
+        if !self.min_pace_is_off() && timeout < self.read_timeout {
+            ConnectionEnd::Reject(408, BODY_TOO_SLOW)
+        } else {
+            ConnectionEnd::Drop
+        }
+    }
+
+    fn min_pace_is_off(&self) -> bool {
+        self.bytes_per_window == 0
     }
 }
 

@@ -36,7 +36,7 @@ pub struct ServerLimits {
     /// A request head must arrive in full within this time: of the accept for a connection's
     /// first request, of its first byte for later ones (else 408, or a close when nothing came).
     pub request_head_timeout: Duration,
-    /// After `request_head_timeout` of grace, a body must keep arriving at this average pace
+    /// Every window of `request_head_timeout` must bring a body this many bytes a second
     /// (else 408 and close); 0 turns the check off.
     pub min_body_bytes_per_second: usize,
     /// Open connections on this listener above which new ones evict a connection waiting for a
