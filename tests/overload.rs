@@ -64,6 +64,9 @@ impl Process {
 /// both the soft and hard RLIMIT_NOFILE of the child (so raising to the hard limit changes
 /// nothing and the limit is exact).
 fn start(label: &str, server: Value, descriptor_limit: Option<u64>) -> Process {
+    // The floods hold hundreds of sockets in this process too, and the tests run in parallel:
+    // a soft limit of 1024 would not do.
+    octopus::http::descriptor_limit::raise_to_hard_limit().expect("raise this process's open-file limit");
     let directory = temp_dir(label);
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let database = directory.join("data.db").to_string_lossy().to_string();
