@@ -9,6 +9,7 @@ use crate::amp::{self, AmpRoute};
 use crate::amp::proxy::AmpProxy;
 use crate::api::{self, security_headers, AdminContext};
 use crate::config::{self, Config};
+use crate::http::descriptor_limit;
 use crate::http::server::{Server, ServerLimits};
 use crate::http::{cors, Handler, Request, Response};
 use crate::relay::record::{RecentRecords, RecordSink};
@@ -94,6 +95,15 @@ impl Gateway {
     /// then writes every statistic and log still in memory.
     pub fn shutdown_gracefully(self, grace: Duration) {
         self.relay.begin_shutdown();
+        // What overload protection did over the process's life, for the operator.
+        let counts = self.server.connection_counts();
+        log::info!(
+            "connections at shutdown: {} open (cap {}); since start {} evicted while waiting for a request head, {} shed with 503",
+            counts.open,
+            counts.max,
+            counts.evicted,
+            counts.shed
+        );
         self.server.shutdown();
         if let Some(admin_server) = self.admin_server {
             admin_server.shutdown();
@@ -239,6 +249,17 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
         idle_timeout: Duration::from_secs(config.server.idle_timeout_seconds),
         read_timeout: Duration::from_secs(config.server.read_timeout_seconds),
         write_timeout: Duration::from_secs(config.server.write_timeout_seconds),
+        request_head_timeout: Duration::from_secs(config.server.request_head_timeout_seconds),
+        min_body_bytes_per_second: config.server.min_body_bytes_per_second,
+        max_connections: match config.server.max_connections {
+            // A separate admin listener takes its own connections out of the descriptors first.
+            0 if !config.server.admin_listen.trim().is_empty() => descriptor_limit::default_max_connections(
+                descriptor_limit::current_soft_limit().saturating_sub(ADMIN_LISTENER_MAX_CONNECTIONS as u64),
+            ),
+            0 => descriptor_limit::default_max_connections(descriptor_limit::current_soft_limit()),
+            configured => configured,
+        },
+        max_buffered_body_bytes: config.server.max_buffered_body_bytes,
     };
     let admin_listen = config.server.admin_listen.trim();
     let main_surface = if admin_listen.is_empty() { Surface::Everything } else { Surface::RelayOnly };
@@ -250,13 +271,19 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
         None
     } else {
         let handler = Arc::new(GatewayHandler { parts, surface: Surface::AdminOnly });
+        // The admin listener has a connection table of its own, so a flood on the relay's
+        // address never takes its slots; it needs few, as only the panel and admin tools use it.
+        let admin_limits = ServerLimits { max_connections: limits.max_connections.min(ADMIN_LISTENER_MAX_CONNECTIONS), ..limits };
         let admin_server =
-            Server::start(admin_listen, limits, handler).map_err(|error| StartError::Listen(format!("{admin_listen} (server.admin_listen): {error}")))?;
+            Server::start(admin_listen, admin_limits, handler).map_err(|error| StartError::Listen(format!("{admin_listen} (server.admin_listen): {error}")))?;
         log::info!("admin API and panel listening on {}", admin_server.local_addr());
         Some(admin_server)
     };
     Ok(Gateway { server, admin_server, store, relay, stats, writer, scheduler })
 }
+
+/// The connection cap of the `server.admin_listen` listener (at most `server.max_connections`).
+const ADMIN_LISTENER_MAX_CONNECTIONS: usize = 256;
 
 /// Reloads the relay snapshot periodically; stops when the gateway is gone.
 fn spawn_snapshot_refresher(relay: std::sync::Weak<RelayState>) {
@@ -355,6 +382,7 @@ impl Handler for GatewayHandler {
         let kind = match status {
             413 => crate::protocol::error::ErrorKind::RequestTooLarge,
             400 | 408 | 431 => crate::protocol::error::ErrorKind::InvalidRequest,
+            503 => crate::protocol::error::ErrorKind::Overloaded,
             _ => crate::protocol::error::ErrorKind::Internal,
         };
         Some(crate::protocol::error::render_error(relay::inbound::format_for_path(path), status, kind, message))
@@ -404,6 +432,13 @@ pub fn run(config_path: &Path) -> i32 {
     init_logging(&loaded.config.log.level);
     if loaded.created {
         log::info!("wrote the default configuration to {}", loaded.path.display());
+    }
+    match descriptor_limit::raise_to_hard_limit() {
+        Ok(limits) if limits.soft_after > limits.soft_before => {
+            log::info!("raised the open-file limit from {} to {} (the hard limit)", limits.soft_before, limits.soft_after)
+        }
+        Ok(limits) => log::info!("open-file limit {} (hard limit {})", limits.soft_after, limits.hard),
+        Err(error) => log::warn!("could not raise the open-file limit: {error}"),
     }
     // Block the shutdown signals before any thread starts so that every thread inherits the mask
     // and only the main thread's sigwait receives them.

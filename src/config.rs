@@ -35,6 +35,20 @@ pub struct ServerConfig {
     pub idle_timeout_seconds: u64,
     pub read_timeout_seconds: u64,
     pub write_timeout_seconds: u64,
+    /// A request head must arrive in full within this time (of the accept for a connection's
+    /// first request, of its first byte for later ones); slow clients are dropped.
+    pub request_head_timeout_seconds: u64,
+    /// A request body must bring at least this many bytes a second in every window of
+    /// `request_head_timeout_seconds` (until it is complete) or the connection gets 408 and
+    /// closes; 0 turns the check off.
+    pub min_body_bytes_per_second: usize,
+    /// Open connections per listener; past it a new connection replaces the one that has waited
+    /// longest for a request head, or gets 503 when all are busy. 0 = derived from the open-file
+    /// limit (half of it after a reserve of 256, between 16 and 16384).
+    pub max_connections: usize,
+    /// Request-body bytes held at once by all connections of a listener; a body that would
+    /// pass it gets 503 with `Retry-After`. At least `max_body_bytes`.
+    pub max_buffered_body_bytes: usize,
     /// When not empty (`127.0.0.1:8081`, say), the admin API and the panel are served on this
     /// address only, and the relay's address answers 404 for them.
     pub admin_listen: String,
@@ -135,6 +149,10 @@ impl Default for Config {
                 idle_timeout_seconds: 75,
                 read_timeout_seconds: 30,
                 write_timeout_seconds: 60,
+                request_head_timeout_seconds: 10,
+                min_body_bytes_per_second: 4096,
+                max_connections: 0,
+                max_buffered_body_bytes: 256 * 1024 * 1024,
                 admin_listen: String::new(),
             },
             database: DatabaseConfig {
@@ -435,6 +453,8 @@ fn validate(config: &Config, source: &str) -> Result<(), ConfigError> {
         ("server.idle_timeout_seconds", config.server.idle_timeout_seconds),
         ("server.read_timeout_seconds", config.server.read_timeout_seconds),
         ("server.write_timeout_seconds", config.server.write_timeout_seconds),
+        ("server.request_head_timeout_seconds", config.server.request_head_timeout_seconds),
+        ("server.max_buffered_body_bytes", config.server.max_buffered_body_bytes as u64),
         ("relay.max_sse_event_size", config.relay.max_sse_event_size as u64),
         ("relay.connect_timeout_seconds", config.relay.connect_timeout_seconds),
         ("relay.first_byte_timeout_seconds", config.relay.first_byte_timeout_seconds),
@@ -451,6 +471,15 @@ fn validate(config: &Config, source: &str) -> Result<(), ConfigError> {
         if value == 0 {
             return Err(error(key, "must be greater than 0".to_string()));
         }
+    }
+    if config.server.max_buffered_body_bytes < config.server.max_body_bytes {
+        return Err(error(
+            "server.max_buffered_body_bytes",
+            format!(
+                "must be at least server.max_body_bytes ({}), or a body of the largest allowed size could never be read, found {}",
+                config.server.max_body_bytes, config.server.max_buffered_body_bytes
+            ),
+        ));
     }
     if config.server.max_header_count > 1000 {
         return Err(error("server.max_header_count", "must be at most 1000".to_string()));
@@ -579,6 +608,9 @@ mod tests {
             ("OCTOPUS_RELAY_MAX_SSE_EVENT_SIZE", "1024"),
             ("OCTOPUS_RELAY_ALLOW_PRIVATE_MEDIA_URLS", "true"),
             ("OCTOPUS_SERVER_ADMIN_LISTEN", "127.0.0.1:8081"),
+            ("OCTOPUS_SERVER_MAX_CONNECTIONS", "500"),
+            ("OCTOPUS_SERVER_REQUEST_HEAD_TIMEOUT_SECONDS", "5"),
+            ("OCTOPUS_SERVER_MIN_BODY_BYTES_PER_SECOND", "0"),
         ]);
         let config = load(&path, &environment).unwrap().config;
         assert_eq!(config.server.port, 7070);
@@ -589,6 +621,9 @@ mod tests {
         assert_eq!(config.relay.max_sse_event_size, 1024);
         assert!(config.relay.allow_private_media_urls);
         assert_eq!(config.server.admin_listen, "127.0.0.1:8081");
+        assert_eq!(config.server.max_connections, 500);
+        assert_eq!(config.server.request_head_timeout_seconds, 5);
+        assert_eq!(config.server.min_body_bytes_per_second, 0);
     }
 
     #[test]
@@ -603,6 +638,8 @@ mod tests {
             (r#"{"sever":{"port":1}}"#, "sever", "unknown key"),
             (r#"{"server":5}"#, "server", "expected a JSON object"),
             (r#"{"server":{"admin_listen":"localhost"}}"#, "server.admin_listen", "an address with a port"),
+            (r#"{"server":{"request_head_timeout_seconds":0}}"#, "server.request_head_timeout_seconds", "greater than 0"),
+            (r#"{"server":{"max_buffered_body_bytes":1024}}"#, "server.max_buffered_body_bytes", "at least server.max_body_bytes"),
         ];
         for (text, key, problem) in cases {
             let path = temp_dir("bad").join("config.json");

@@ -61,6 +61,10 @@ fn short_timeouts() -> ServerLimits {
     ServerLimits {
         idle_timeout: Duration::from_millis(300),
         read_timeout: Duration::from_millis(300),
+        request_head_timeout: Duration::from_millis(300),
+        // These tests are about the read timeout; the minimum body pace has its own test
+        // (tests/overload.rs).
+        min_body_bytes_per_second: 0,
         ..ServerLimits::default()
     }
 }

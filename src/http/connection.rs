@@ -14,16 +14,19 @@ use std::time::{Duration, Instant};
 
 use may::net::TcpStream;
 
+use crate::http::admission::{BodyReservation, ConnectionSlot, WaitingForHead};
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
 use crate::http::head::{BodyFraming, HeadError, RequestHead, parse_request_head};
 use crate::http::response_writer::{
     ResponseContext, ResponseOutcome, error_response_bytes, write_response,
 };
-use crate::http::server::SharedState;
+use crate::http::server::{ServerLimits, SharedState};
 use crate::http::{ClientProbe, Request};
 
 /// Socket reads go into the connection buffer this many bytes at a time.
 const READ_CHUNK_BYTES: usize = 8 * 1024;
+/// The first read of a new connection goes to the stack, at most this many bytes.
+const FIRST_READ_BYTES: usize = 2 * 1024;
 /// A Content-Length body buffer starts at most this large and grows as data arrives, so a
 /// client announcing a huge body cannot make us allocate it up front.
 const INITIAL_BODY_CAPACITY: usize = 1024 * 1024;
@@ -32,6 +35,10 @@ const INITIAL_BODY_CAPACITY: usize = 1024 * 1024;
 const LINGER_DURATION: Duration = Duration::from_secs(1);
 /// How many bytes that lingering read discards at most.
 const LINGER_MAX_BYTES: usize = 1024 * 1024;
+/// The 408 message when a body falls behind the minimum pace.
+const BODY_TOO_SLOW: &str = "request body arrived too slowly";
+/// The 503 message when the listener's budget of buffered request bodies is spent.
+const BODY_BUDGET_SPENT: &str = "the gateway is holding too many request bodies at once; retry shortly";
 
 /// Why a connection stops.
 enum ConnectionEnd {
@@ -48,21 +55,28 @@ impl From<HeadError> for ConnectionEnd {
 }
 
 /// Serves every request on `stream` until the connection ends.
-pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedState) {
+/// `slot` is the connection's place under the cap, given back when this returns; `waiting`
+/// marks it as waiting for its first head (evictable) and must be dropped before the socket.
+pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedState, slot: ConnectionSlot, waiting: WaitingForHead) {
+    let _slot = slot;
     // Small responses and SSE events must leave at once rather than wait for Nagle's algorithm.
     if stream.set_nodelay(true).is_err()
         || stream
             .set_write_timeout(Some(shared.limits.write_timeout))
             .is_err()
     {
+        drop(waiting);
         return;
     }
     let mut connection = Connection {
+        first_head_wait: Some(waiting),
         stream,
         peer,
         buffer: Vec::new(),
         read_timeout: None,
         current_path: None,
+        accepted_at: Instant::now(),
+        requests_read: 0,
         shared,
     };
     match connection.serve_requests() {
@@ -82,6 +96,9 @@ pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedStat
 }
 
 struct Connection<'shared> {
+    /// The eviction mark set at admission, until the first head arrives. Declared before the
+    /// stream so that it is dropped first: an evictable entry must never outlive its socket.
+    first_head_wait: Option<WaitingForHead>,
     stream: TcpStream,
     peer: SocketAddr,
     /// Bytes received but not consumed yet: the start of the next request, possibly more.
@@ -90,10 +107,13 @@ struct Connection<'shared> {
     read_timeout: Option<Duration>,
     /// The path of the request being read or served, for shaping a server error response.
     current_path: Option<String>,
+    /// The first request's head must arrive within the head timeout of this instant.
+    accepted_at: Instant,
+    requests_read: u64,
     shared: &'shared SharedState,
 }
 
-impl Connection<'_> {
+impl<'shared> Connection<'shared> {
     /// The request loop; returns how the connection ends.
     fn serve_requests(&mut self) -> ConnectionEnd {
         loop {
@@ -106,7 +126,9 @@ impl Connection<'_> {
                 Err(end) => return end,
             };
             self.current_path = Some(head.path.clone());
-            let body = match self.read_body(&head) {
+            // The reservation holds the body's bytes against the listener's budget until the
+            // response has been written.
+            let (body, _body_reservation) = match self.read_body(&head) {
                 Ok(body) => body,
                 Err(end) => return end,
             };
@@ -156,20 +178,38 @@ impl Connection<'_> {
     }
 
     /// Waits for the next request and reads its head, leaving the bytes after it buffered.
+    /// While it waits, the connection may be evicted to make room for a new one.
     fn read_head(&mut self) -> Result<RequestHead, ConnectionEnd> {
-        let limits = self.shared.limits;
+        let shared = self.shared;
+        let limits = shared.limits;
+        let _waiting = match self.first_head_wait.take() {
+            Some(waiting) => waiting,
+            None => shared.connections.wait_for_head(self.stream.as_raw_fd()),
+        };
+        self.requests_read += 1;
         // RFC 9112 section 2.2: empty lines before a request line are ignored (some clients
         // send a CRLF after a POST body).
         self.discard_leading_empty_lines();
+        // A new connection must send its whole first head within the head timeout of the
+        // accept, so that connecting and saying nothing holds a slot no longer than trickling.
+        let first_request = self.requests_read == 1;
+        let mut deadline = first_request.then(|| self.accepted_at + limits.request_head_timeout);
         while self.buffer.is_empty() {
-            match self.fill_buffer(limits.idle_timeout) {
+            let wait = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => limits.idle_timeout,
+            };
+            if wait.is_zero() {
+                return Err(ConnectionEnd::Drop);
+            }
+            match self.fill_buffer(wait) {
                 Ok(0) | Err(_) => return Err(ConnectionEnd::Drop),
                 Ok(_) => self.discard_leading_empty_lines(),
             }
         }
-        // The whole head must arrive within the read timeout of its first byte, so a client
-        // trickling bytes cannot hold the connection open forever.
-        let deadline = Instant::now() + limits.read_timeout;
+        // Later heads must arrive in full within the head timeout of their first byte, so a
+        // client trickling bytes cannot hold the connection open forever.
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.request_head_timeout);
         let mut scan_from = 0;
         loop {
             let (head_end, next_scan_from) = find_head_end(&self.buffer, scan_from);
@@ -204,12 +244,21 @@ impl Connection<'_> {
     }
 
     /// Reads the whole body of the request whose head was just read.
-    fn read_body(&mut self, head: &RequestHead) -> Result<Vec<u8>, ConnectionEnd> {
-        let max_body_bytes = self.shared.limits.max_body_bytes;
+    /// Returns it with its reservation against the listener's body budget.
+    fn read_body(&mut self, head: &RequestHead) -> Result<(Vec<u8>, BodyReservation<'shared>), ConnectionEnd> {
+        let shared = self.shared;
+        let max_body_bytes = shared.limits.max_body_bytes;
+        // Refused before a byte of the body is read: an announced size costs us nothing.
         if let BodyFraming::Length(length) = head.body_framing
             && length > max_body_bytes as u64
         {
             return Err(ConnectionEnd::Reject(413, "request body is too large"));
+        }
+        let mut reservation = shared.body_budget.empty_reservation();
+        if let BodyFraming::Length(length) = head.body_framing
+            && !reservation.grow_to(length as usize)
+        {
+            return Err(ConnectionEnd::Reject(503, BODY_BUDGET_SPENT));
         }
         if head.expects_continue && head.body_framing != BodyFraming::Empty {
             // Clients that sent `Expect: 100-continue` hold the body back until told to go on.
@@ -221,39 +270,44 @@ impl Connection<'_> {
                 return Err(ConnectionEnd::Drop);
             }
         }
-        match head.body_framing {
-            BodyFraming::Empty => Ok(Vec::new()),
+        let mut pace = BodyPace::new(&shared.limits);
+        let body = match head.body_framing {
+            BodyFraming::Empty => Vec::new(),
             // The check above bounds the length by max_body_bytes, a usize.
-            BodyFraming::Length(length) => self.read_sized_body(length as usize),
-            BodyFraming::Chunked => self.read_chunked_body(),
-        }
+            BodyFraming::Length(length) => self.read_sized_body(length as usize, &mut pace)?,
+            BodyFraming::Chunked => self.read_chunked_body(&mut pace, &mut reservation)?,
+        };
+        Ok((body, reservation))
     }
 
-    fn read_sized_body(&mut self, length: usize) -> Result<Vec<u8>, ConnectionEnd> {
+    fn read_sized_body(&mut self, length: usize, pace: &mut BodyPace) -> Result<Vec<u8>, ConnectionEnd> {
         let mut body = Vec::with_capacity(length.min(INITIAL_BODY_CAPACITY));
         let buffered = length.min(self.buffer.len());
         body.extend_from_slice(&self.buffer[..buffered]);
         self.buffer.drain(..buffered);
-        self.set_read_timeout(self.shared.limits.read_timeout)
-            .map_err(|_| ConnectionEnd::Drop)?;
         while body.len() < length {
+            let timeout = pace.next_read_timeout(body.len())?;
+            self.set_read_timeout(timeout).map_err(|_| ConnectionEnd::Drop)?;
             let filled = body.len();
             let wanted = (length - filled).min(64 * 1024);
             body.resize(filled + wanted, 0);
             match self.stream.read(&mut body[filled..]) {
-                // A body that stops arriving or a vanished client just ends the connection:
-                // the client has no use for a response to half a request.
-                Ok(0) | Err(_) => return Err(ConnectionEnd::Drop),
-                Ok(received) => body.truncate(filled + received),
+                Ok(received) if received > 0 => body.truncate(filled + received),
+                // A body too slow for the minimum pace is told so; one that stops arriving
+                // or a vanished client just ends the connection: the client has no use for a
+                // response to half a request.
+                Err(error) if is_timeout(&error) => return Err(pace.timed_out(timeout)),
+                _ => return Err(ConnectionEnd::Drop),
             }
         }
         Ok(body)
     }
 
-    fn read_chunked_body(&mut self) -> Result<Vec<u8>, ConnectionEnd> {
+    fn read_chunked_body(&mut self, pace: &mut BodyPace, reservation: &mut BodyReservation<'_>) -> Result<Vec<u8>, ConnectionEnd> {
         let limits = self.shared.limits;
         let mut decoder = ChunkedDecoder::new(limits.max_body_bytes, limits.max_head_bytes);
         let mut body = Vec::new();
+        let mut received = 0;
         loop {
             let consumed =
                 decoder
@@ -265,12 +319,18 @@ impl Connection<'_> {
                         }
                     })?;
             self.buffer.drain(..consumed);
+            if !reservation.grow_to(body.len()) {
+                return Err(ConnectionEnd::Reject(503, BODY_BUDGET_SPENT));
+            }
             if decoder.is_done() {
                 return Ok(body);
             }
-            match self.fill_buffer(limits.read_timeout) {
-                Ok(0) | Err(_) => return Err(ConnectionEnd::Drop),
-                Ok(_) => {}
+            let timeout = pace.next_read_timeout(received)?;
+            match self.fill_buffer(timeout) {
+                Ok(0) => return Err(ConnectionEnd::Drop),
+                Ok(count) => received += count,
+                Err(error) if is_timeout(&error) => return Err(pace.timed_out(timeout)),
+                Err(_) => return Err(ConnectionEnd::Drop),
             }
         }
     }
@@ -278,6 +338,15 @@ impl Connection<'_> {
     /// Reads once from the socket, appending to the buffer; returns the byte count (0 at EOF).
     fn fill_buffer(&mut self, timeout: Duration) -> io::Result<usize> {
         self.set_read_timeout(timeout)?;
+        if self.buffer.capacity() == 0 {
+            // A new connection waits for its first bytes without a heap buffer: thousands of
+            // idle connections would otherwise hold 8 KiB each, and the heap keeps much of that
+            // memory after they are gone.
+            let mut first_bytes = [0u8; FIRST_READ_BYTES];
+            let received = self.stream.read(&mut first_bytes)?;
+            self.buffer.extend_from_slice(&first_bytes[..received]);
+            return Ok(received);
+        }
         let filled = self.buffer.len();
         self.buffer.resize(filled + READ_CHUNK_BYTES, 0);
         let result = self.stream.read(&mut self.buffer[filled..]);
@@ -323,6 +392,66 @@ impl Connection<'_> {
                 Ok(received) => discarded += received,
             }
         }
+    }
+}
+
+/// The minimum pace of a request body: every window (the head timeout) must bring at least
+/// `min_body_bytes_per_second` times its length in bytes, or the body ends with a 408. Windows
+/// rather than an average over the whole body, so that bytes sent fast at first earn no credit
+/// for trickling the rest (an average would let a client that sent 60 MiB quickly then hold its
+/// connection and its reserved bytes for hours).
+struct BodyPace {
+    window: Duration,
+    bytes_per_window: usize,
+    read_timeout: Duration,
+    window_started: Instant,
+    received_at_window_start: usize,
+}
+
+impl BodyPace {
+    fn new(limits: &ServerLimits) -> BodyPace {
+        let bytes_per_window = (limits.min_body_bytes_per_second as f64 * limits.request_head_timeout.as_secs_f64()) as usize;
+        BodyPace {
+            window: limits.request_head_timeout,
+            bytes_per_window,
+            read_timeout: limits.read_timeout,
+            window_started: Instant::now(),
+            received_at_window_start: 0,
+        }
+    }
+
+    /// How long the next body read may wait with `received` bytes of the body in so far: the
+    /// rest of the current window (a new one starts once it has its bytes), at most the read
+    /// timeout. A 408 when a window ended short.
+    fn next_read_timeout(&mut self, received: usize) -> Result<Duration, ConnectionEnd> {
+        if self.min_pace_is_off() {
+            return Ok(self.read_timeout);
+        }
+        let now = Instant::now();
+        if received.saturating_sub(self.received_at_window_start) >= self.bytes_per_window {
+            self.window_started = now;
+            self.received_at_window_start = received;
+        }
+        let remaining = (self.window_started + self.window).saturating_duration_since(now);
+        if remaining.is_zero() {
+            return Err(ConnectionEnd::Reject(408, BODY_TOO_SLOW));
+        }
+        Ok(remaining.min(self.read_timeout))
+    }
+
+    /// How a body read that waited `timeout` in vain ends the connection: with a 408 when the
+    /// window set the timeout (the timer may fire a hair early, so this does not look at the
+    /// clock again), silently when the body simply stopped for the read timeout.
+    fn timed_out(&self, timeout: Duration) -> ConnectionEnd {
+        if !self.min_pace_is_off() && timeout < self.read_timeout {
+            ConnectionEnd::Reject(408, BODY_TOO_SLOW)
+        } else {
+            ConnectionEnd::Drop
+        }
+    }
+
+    fn min_pace_is_off(&self) -> bool {
+        self.bytes_per_window == 0
     }
 }
 

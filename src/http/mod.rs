@@ -5,9 +5,11 @@
 //! `Response`, whose body is either a byte buffer or a streaming closure that writes one chunk
 //! per call, flushed at once (used for SSE).
 
+pub(crate) mod admission;
 pub(crate) mod chunked;
 pub(crate) mod connection;
 pub mod cors;
+pub mod descriptor_limit;
 pub(crate) mod head;
 mod response_writer;
 pub mod server;

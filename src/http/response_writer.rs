@@ -130,13 +130,18 @@ pub fn error_response_bytes(status: u16, message: &str, custom_body: Option<Vec<
         408 => "request_timeout",
         413 => "request_too_large",
         431 => "request_header_fields_too_large",
+        503 => "overloaded",
         _ => "internal_error",
     };
     let body = custom_body.unwrap_or_else(|| {
         let body = serde_json::json!({"error": {"message": message, "type": error_type}});
         serde_json::to_vec(&body).unwrap_or_default()
     });
-    let headers = [("Content-Type".to_string(), "application/json".to_string())];
+    let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+    // A 503 from the server itself means "overloaded now": tell the client when to come back.
+    if status == 503 {
+        headers.push(("Retry-After".to_string(), "1".to_string()));
+    }
     let mut bytes = response_head(
         status,
         &headers,

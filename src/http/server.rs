@@ -2,7 +2,9 @@
 //!
 //! `Server::start` binds the listener and runs the accept loop on its own coroutine; every
 //! accepted connection gets a coroutine of its own (see `connection.rs`), so a slow client only
-//! ever parks its own coroutine.
+//! ever parks its own coroutine. The accept loop admits connections under the cap (see
+//! `admission.rs`) and keeps one spare descriptor so that running out of descriptors sheds
+//! clients with a 503 instead of leaving them in the backlog or spinning.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -15,6 +17,7 @@ use may::coroutine::JoinHandle;
 use may::net::TcpListener;
 
 use crate::http::Handler;
+use crate::http::admission::{Admission, BodyBudget, ConnectionTable, shed_connection, shed_without_waiting};
 use crate::http::connection::serve_connection;
 
 /// Caps and timeouts applied to every connection.
@@ -28,9 +31,20 @@ pub struct ServerLimits {
     pub max_body_bytes: usize,
     /// How long a keep-alive connection may wait for the first byte of its next request.
     pub idle_timeout: Duration,
-    /// A request head must arrive in full within this time of its first byte (else 408), and
-    /// no read of a request body may wait longer than this (else the connection is closed).
+    /// No read of a request body may wait longer than this (else the connection is closed).
     pub read_timeout: Duration,
+    /// A request head must arrive in full within this time: of the accept for a connection's
+    /// first request, of its first byte for later ones (else 408, or a close when nothing came).
+    pub request_head_timeout: Duration,
+    /// Every window of `request_head_timeout` must bring a body this many bytes a second
+    /// (else 408 and close); 0 turns the check off.
+    pub min_body_bytes_per_second: usize,
+    /// Open connections on this listener above which new ones evict a connection waiting for a
+    /// head, or are shed with 503 when none waits.
+    pub max_connections: usize,
+    /// Request-body bytes all connections of this listener may hold at once; a body that would
+    /// pass it gets a 503 with `Retry-After`.
+    pub max_buffered_body_bytes: usize,
     /// A write to the client that makes no progress for this long closes the connection.
     pub write_timeout: Duration,
 }
@@ -44,8 +58,23 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(75),
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(60),
+            request_head_timeout: Duration::from_secs(10),
+            min_body_bytes_per_second: 4096,
+            max_connections: 1024,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
         }
     }
+}
+
+/// The connection figures of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    pub open: usize,
+    pub max: usize,
+    /// Connections closed while waiting for a request head, to make room for new ones.
+    pub evicted: u64,
+    /// Connections answered 503 (or closed at once) because every slot was busy.
+    pub shed: u64,
 }
 
 /// A running server. Dropping it (or calling `shutdown`) stops accepting connections.
@@ -62,6 +91,8 @@ pub(crate) struct SharedState {
     pub(crate) handler: Arc<dyn Handler>,
     /// Set by `shutdown`: no new connections, and open ones close after their current request.
     pub(crate) stopping: AtomicBool,
+    pub(crate) connections: Arc<ConnectionTable>,
+    pub(crate) body_budget: BodyBudget,
 }
 
 /// The listen backlog. The standard library listens with 128, which under a burst of new
@@ -94,6 +125,8 @@ impl Server {
             limits,
             handler,
             stopping: AtomicBool::new(false),
+            connections: Arc::new(ConnectionTable::new(limits.max_connections)),
+            body_budget: BodyBudget::new(limits.max_buffered_body_bytes),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_loop = may::go!(move || accept_connections(listener, accept_shared));
@@ -107,6 +140,17 @@ impl Server {
     /// The address the server listens on (with the real port when started on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connections open now, and how many were evicted or shed since start.
+    pub fn connection_counts(&self) -> ConnectionCounts {
+        let table = &self.shared.connections;
+        ConnectionCounts {
+            open: table.open_connections(),
+            max: table.max_connections(),
+            evicted: table.evicted_total.load(Ordering::Relaxed),
+            shed: table.shed_total.load(Ordering::Relaxed),
+        }
     }
 
     /// Stops accepting connections and closes the listener. Open connections finish their
@@ -161,27 +205,72 @@ fn loopback_for(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// How long the accept loop pauses when accept() fails for want of descriptors or memory and
+/// the spare descriptor is gone too, so that it does not spin.
+const ACCEPT_FAILURE_PAUSE: Duration = Duration::from_millis(100);
+/// The accept loop logs failures at most this often (a flood would otherwise flood the log).
+const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
 fn accept_connections(listener: TcpListener, shared: Arc<SharedState>) {
+    // A descriptor held in reserve: when accept() fails with EMFILE, closing it lets us accept
+    // the waiting client and tell it 503, instead of leaving it to time out in the backlog.
+    let mut spare_descriptor = open_spare_descriptor();
+    let mut failures_since_log = 0u64;
+    let mut last_failure_log: Option<Instant> = None;
     loop {
         let accepted = listener.accept();
         if shared.stopping.load(Ordering::Acquire) {
             return;
         }
         match accepted {
-            Ok((stream, peer)) => {
-                let connection_shared = Arc::clone(&shared);
-                may::go!(move || serve_connection(stream, peer, &connection_shared));
-            }
-            Err(error) => match error.raw_os_error() {
-                // The client gave up before we accepted it, or a signal interrupted us.
-                Some(libc::ECONNABORTED | libc::EINTR) => {}
-                // Out of descriptors or memory: pause so we do not spin, and let open
-                // connections finish and free resources.
-                _ => {
-                    log::warn!("accept failed: {error}");
-                    may::coroutine::sleep(Duration::from_millis(100));
+            Ok((stream, peer)) => match shared.connections.admit(stream.as_raw_fd()) {
+                Admission::Serve(slot, waiting) => {
+                    let connection_shared = Arc::clone(&shared);
+                    may::go!(move || serve_connection(stream, peer, &connection_shared, slot, waiting));
+                    shared.connections.wait_for_evicted();
                 }
+                Admission::Shed(slot) => {
+                    may::go!(move || shed_connection(stream, slot));
+                }
+                Admission::Close => drop(stream),
             },
+            Err(error) => {
+                let raw_error = error.raw_os_error();
+                // The client gave up before we accepted it, or a signal interrupted us.
+                if matches!(raw_error, Some(libc::ECONNABORTED | libc::EINTR)) {
+                    continue;
+                }
+                failures_since_log += 1;
+                if last_failure_log.is_none_or(|logged| logged.elapsed() >= ACCEPT_FAILURE_LOG_INTERVAL) {
+                    log::warn!(
+                        "accept failed {failures_since_log} time(s) (last: {error}); {} of {} connections open",
+                        shared.connections.open_connections(),
+                        shared.connections.max_connections()
+                    );
+                    failures_since_log = 0;
+                    last_failure_log = Some(Instant::now());
+                }
+                let out_of_descriptors = matches!(raw_error, Some(libc::EMFILE | libc::ENFILE));
+                if out_of_descriptors && spare_descriptor.take().is_some() {
+                    // The spare is closed now: accept the waiting client, answer 503, close it.
+                    shared.connections.shed_total.fetch_add(1, Ordering::Relaxed);
+                    if let Ok((stream, _)) = listener.accept() {
+                        shed_without_waiting(&stream);
+                    }
+                    spare_descriptor = open_spare_descriptor();
+                } else {
+                    // Out of memory, or the spare is gone as well: pause so we do not spin,
+                    // and let open connections finish and free resources.
+                    may::coroutine::sleep(ACCEPT_FAILURE_PAUSE);
+                    if spare_descriptor.is_none() {
+                        spare_descriptor = open_spare_descriptor();
+                    }
+                }
+            }
         }
     }
+}
+
+fn open_spare_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
