@@ -29,7 +29,7 @@ fail_or_skip() {
 # libFuzzer needs the nightly compiler's sanitizer-coverage support: use a nightly toolchain when
 # rustup has one, else the stable compiler with RUSTC_BOOTSTRAP=1 (which unlocks the same flags).
 if command -v rustup >/dev/null && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  FUZZ_TOOLCHAIN="nightly"
+  FUZZ_TOOLCHAIN="nightly ($(rustc +nightly --version | cut -d" " -f2-))"
   CARGO_FUZZ=(cargo +nightly fuzz)
 else
   command -v cargo >/dev/null || fail_or_skip "no cargo found"

@@ -338,7 +338,7 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
     // Keys without an id get fresh ones after every id the document names.
     let mut next_key_id = key_ids.keys().copied().max().unwrap_or(0);
     for (channel_index, key_index) in pending_key_ids {
-        next_key_id += 1;
+        next_key_id = fresh_id_after(next_key_id, &format!("channels[{channel_index}].keys[{key_index}]"))?;
         channels[channel_index].keys[key_index].id = next_key_id;
     }
 
@@ -469,7 +469,7 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
     }
     let mut next_price_id = price_ids.keys().copied().max().unwrap_or(0);
     for price_index in pending_price_ids {
-        next_price_id += 1;
+        next_price_id = fresh_id_after(next_price_id, &format!("prices[{price_index}]"))?;
         prices[price_index].id = next_price_id;
     }
 
@@ -511,6 +511,15 @@ pub fn parse_document(document: &Value) -> Result<(Backup, Settings), String> {
 
     let backup = Backup { channels, groups, api_keys, prices, settings: settings.stored_rows(), stats };
     Ok((backup, settings))
+}
+
+/// The id given to a record at `path` that the document left without one: the one after
+/// `largest`, the largest id so far. A document whose largest id is already i64::MAX leaves no
+/// id to give, which is the document's problem to fix rather than a number to wrap around.
+fn fresh_id_after(largest: i64, path: &str) -> Result<i64, String> {
+    largest.checked_add(1).ok_or_else(|| {
+        format!("{path}.id is missing and no id is left after the largest one in the document ({largest}); give it an id")
+    })
 }
 
 /// The message of an API error without its status, for nesting under a document path.
@@ -732,6 +741,35 @@ mod tests {
         let stats = backup.stats.unwrap();
         assert_eq!(stats[0].counters.requests, 2);
         assert_eq!(stats[0].counters.cost_micros, 7);
+    }
+
+    #[test]
+    fn ids_to_assign_after_the_largest_possible_id_are_refused_not_wrapped() {
+        // Found by the admin_import_body fuzz target: `largest + 1` overflowed (a panic in a
+        // checked build, a negative id otherwise) when a record without an id followed one
+        // whose id was i64::MAX.
+        let mut document = valid_document();
+        document["channels"][0]["keys"][0]["id"] = json!(i64::MAX);
+        assert_eq!(
+            error_of(document),
+            format!(
+                "channels[0].keys[1].id is missing and no id is left after the largest one in the document ({}); give it an id",
+                i64::MAX
+            )
+        );
+        let mut document = valid_document();
+        document["prices"][0]["id"] = json!(i64::MAX);
+        assert_eq!(
+            error_of(document),
+            format!(
+                "prices[1].id is missing and no id is left after the largest one in the document ({}); give it an id",
+                i64::MAX
+            )
+        );
+        let mut document = valid_document();
+        document["prices"][0]["id"] = json!(i64::MAX - 1);
+        let (backup, _) = parse_document(&document).unwrap();
+        assert_eq!(backup.prices[1].id, i64::MAX, "the very last id is still given");
     }
 
     #[test]
