@@ -630,6 +630,17 @@ fn rate_limit_storm(retry_after: Option<&'static str>) {
             );
         } else {
             assert!(answer.message.contains("cooling down"), "{answer:?}");
+            // The 503 says when the first key is free again.
+            let seconds: u64 = answer
+                .retry_after
+                .as_deref()
+                .expect("a 503 for keys cooling down carries Retry-After")
+                .parse()
+                .expect("Retry-After is whole seconds");
+            assert!(seconds >= 1, "{answer:?}");
+            if let Some(upstream_seconds) = retry_after {
+                assert!(seconds <= upstream_seconds.parse::<u64>().unwrap(), "{answer:?}");
+            }
         }
     }
     // Eight clients at most: the pool holds no more connections than were ever used at once.

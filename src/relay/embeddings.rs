@@ -23,7 +23,7 @@ use crate::relay::client_auth::{authenticate, may_use_model};
 use crate::relay::count_tokens::estimate_text_tokens;
 use crate::relay::disconnect::DisconnectWatch;
 use crate::relay::error::RelayError;
-use crate::relay::forward::{apply_effects, check_spending_cap, group_limits, started_plus, GroupLimits, skipped_attempt, transport_failure, upstream_status_failure, AttemptResult, CallTrace};
+use crate::relay::forward::{apply_effects, check_spending_cap, group_limits, started_plus, GroupLimits, skipped_attempt, transport_failure, SkippedItems, upstream_status_failure, AttemptResult, CallTrace};
 use crate::relay::key_pool::KeyPick;
 use crate::relay::outbound::{channel_format, upstream_headers};
 use crate::relay::record::AttemptRecord;
@@ -124,10 +124,13 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
         })
         .collect();
     if candidates.is_empty() {
-        return Err(RelayError::NoAvailableChannel(format!(
-            "the model {:?} has no enabled embedding channel with a key",
-            parsed.model
-        )));
+        return Err(RelayError::NoAvailableChannel {
+            message: format!(
+                "the model {:?} has no enabled embedding channel with a key",
+                parsed.model
+            ),
+            retry_after_seconds: None,
+        });
     }
     let order: Vec<usize> = {
         let mut health = state.health.lock();
@@ -145,7 +148,7 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
     let _watchdog = DisconnectWatch::global().register(request.client, control.clone());
     let mut attempts_made: u32 = 0;
     let mut last_error: Option<RelayError> = None;
-    let mut skipped_reasons: Vec<String> = Vec::new();
+    let mut skipped = SkippedItems::default();
 
     'items: for item_index in order {
         let item = &group.items[item_index];
@@ -160,8 +163,8 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
                 let mut rng = Rng::new(state.next_seed());
                 match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, state.health.now_ms(), &mut rng) {
                     KeyPick::Chosen(choice) => channel.keys[choice.key_index].clone(),
-                    KeyPick::AllCoolingDown { .. } => {
-                        skipped_reasons.push(format!("{}: every key is cooling down", channel.name));
+                    KeyPick::AllCoolingDown { free_at_ms } => {
+                        skipped.wait(&channel.name, "every key is cooling down", free_at_ms.saturating_sub(state.health.now_ms()));
                         continue 'items;
                     }
                     KeyPick::NoKeyLeft => continue 'items,
@@ -169,9 +172,9 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
             };
             tried_keys.push(key.id);
             let breaker_key = BreakerKey { channel_id: channel.id, key_id: key.id, model: item.model.clone() };
-            if let BreakerDecision::Open { .. } = state.health.lock().breakers.allow(&breaker_key, state.health.now_ms()) {
+            if let BreakerDecision::Open { retry_in_ms } = state.health.lock().breakers.allow(&breaker_key, state.health.now_ms()) {
                 trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, "skipped: circuit open".to_string()));
-                skipped_reasons.push(format!("{}: circuit open", channel.name));
+                skipped.wait(&channel.name, "circuit open", retry_in_ms);
                 continue 'keys;
             }
             let endpoint_order = state.health.lock().endpoints.order_endpoints(channel.id, &channel.base_urls);
@@ -245,8 +248,7 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
     if let Some(error) = last_error {
         return Err(error);
     }
-    let reasons = if skipped_reasons.is_empty() { "no attempt was possible".to_string() } else { skipped_reasons.join("; ") };
-    Err(RelayError::NoAvailableChannel(format!("no upstream could take the request: {reasons}")))
+    Err(skipped.into_error())
 }
 
 /// Where one attempt goes.

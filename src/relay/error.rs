@@ -25,8 +25,9 @@ pub enum RelayError {
     /// 404: no relay endpoint at this path.
     NotFound(String),
     /// 503: the group has no item that could serve this request (disabled channels, no keys,
-    /// every key cooling down or every breaker open).
-    NoAvailableChannel(String),
+    /// every key cooling down or every breaker open). When only cooldowns and open breakers stood
+    /// in the way, the client is told when the first of them ends (`Retry-After`).
+    NoAvailableChannel { message: String, retry_after_seconds: Option<u64> },
     /// The last upstream answer when every attempt failed (or a final 4xx): forwarded with its
     /// status, its error converted from the upstream's format into the client's.
     Upstream { upstream_format: Format, status: u16, body: Vec<u8>, retry_after_seconds: Option<u64> },
@@ -52,7 +53,7 @@ impl RelayError {
             RelayError::QuotaExceeded(message) => (429, ErrorKind::RateLimited, message),
             RelayError::RateLimited { message, .. } => (429, ErrorKind::RateLimited, message),
             RelayError::UnknownModel(message) | RelayError::NotFound(message) => (404, ErrorKind::NotFound, message),
-            RelayError::NoAvailableChannel(message) | RelayError::ShuttingDown(message) => (503, ErrorKind::Overloaded, message),
+            RelayError::NoAvailableChannel { message, .. } | RelayError::ShuttingDown(message) => (503, ErrorKind::Overloaded, message),
             RelayError::UpstreamUnreachable(message) => (502, ErrorKind::Upstream, message),
             RelayError::UpstreamTimeout(message) => (504, ErrorKind::Timeout, message),
             RelayError::Internal(message) => (500, ErrorKind::Internal, message),
@@ -74,7 +75,10 @@ impl RelayError {
         let (status, kind, message) = self.status_kind_message();
         let response = Response::bytes(status, "application/json", render_error(client, status, kind, message));
         match self {
-            RelayError::RateLimited { retry_after_seconds, .. } => response.with_header("retry-after", &retry_after_seconds.to_string()),
+            RelayError::RateLimited { retry_after_seconds, .. }
+            | RelayError::NoAvailableChannel { retry_after_seconds: Some(retry_after_seconds), .. } => {
+                response.with_header("retry-after", &retry_after_seconds.to_string())
+            }
             _ => response,
         }
     }

@@ -280,10 +280,13 @@ fn generate(
         .map(|(item_index, item)| CandidateItem { item_index, priority: item.priority, weight: item.weight })
         .collect();
     if candidates.is_empty() {
-        return Err(RelayError::NoAvailableChannel(format!(
-            "the model {:?} has no enabled channel with a key that can serve this request",
-            call.model
-        )));
+        return Err(RelayError::NoAvailableChannel {
+            message: format!(
+                "the model {:?} has no enabled channel with a key that can serve this request",
+                call.model
+            ),
+            retry_after_seconds: None,
+        });
     }
     let order = {
         let mut health = state.health.lock();
@@ -309,7 +312,7 @@ fn generate(
     let budget = RetryBudget::new(max_attempts, state.health.now_ms().saturating_sub(elapsed_ms), total_ms);
     let mut attempts_made: u32 = 0;
     let mut last_error: Option<RelayError> = None;
-    let mut skipped_reasons: Vec<String> = Vec::new();
+    let mut skipped = SkippedItems::default();
 
     'items: for item_index in order {
         let item = &group.items[item_index];
@@ -325,8 +328,7 @@ fn generate(
                 match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, state.health.now_ms(), &mut rng) {
                     KeyPick::Chosen(choice) => channel.keys[choice.key_index].clone(),
                     KeyPick::AllCoolingDown { free_at_ms } => {
-                        let wait_seconds = free_at_ms.saturating_sub(state.health.now_ms()).div_ceil(1000);
-                        skipped_reasons.push(format!("{}: every key is cooling down ({wait_seconds} s left)", channel.name));
+                        skipped.wait(&channel.name, "every key is cooling down", free_at_ms.saturating_sub(state.health.now_ms()));
                         continue 'items;
                     }
                     KeyPick::NoKeyLeft => continue 'items,
@@ -337,7 +339,7 @@ fn generate(
             let decision = state.health.lock().breakers.allow(&breaker_key, state.health.now_ms());
             if let BreakerDecision::Open { retry_in_ms } = decision {
                 trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, format!("skipped: circuit open ({} s left)", retry_in_ms.div_ceil(1000))));
-                skipped_reasons.push(format!("{}: circuit open", channel.name));
+                skipped.wait(&channel.name, "circuit open", retry_in_ms);
                 continue 'keys;
             }
             let endpoint_order = state.health.lock().endpoints.order_endpoints(channel.id, &channel.base_urls);
@@ -436,8 +438,33 @@ fn generate(
     if let Some(error) = last_error {
         return Err(error);
     }
-    let reasons = if skipped_reasons.is_empty() { "no attempt was possible".to_string() } else { skipped_reasons.join("; ") };
-    Err(RelayError::NoAvailableChannel(format!("no upstream could take the request: {reasons}")))
+    Err(skipped.into_error())
+}
+
+/// Why the items of a group were passed over without an attempt, and when the first of them may
+/// take requests again: what a 503 tells the client (the reasons, and `Retry-After`).
+#[derive(Default)]
+pub(crate) struct SkippedItems {
+    reasons: Vec<String>,
+    shortest_wait_ms: Option<u64>,
+}
+
+impl SkippedItems {
+    /// An item passed over until `wait_ms` from now (keys cooling down, an open breaker).
+    pub(crate) fn wait(&mut self, channel_name: &str, why: &str, wait_ms: u64) {
+        let wait_seconds = wait_ms.div_ceil(1000);
+        self.reasons.push(format!("{channel_name}: {why} ({wait_seconds} s left)"));
+        self.shortest_wait_ms = Some(self.shortest_wait_ms.map_or(wait_ms, |shortest| shortest.min(wait_ms)));
+    }
+
+    /// The 503 when no attempt could be made; `Retry-After` at least one second.
+    pub(crate) fn into_error(self) -> RelayError {
+        let reasons = if self.reasons.is_empty() { "no attempt was possible".to_string() } else { self.reasons.join("; ") };
+        RelayError::NoAvailableChannel {
+            message: format!("no upstream could take the request: {reasons}"),
+            retry_after_seconds: self.shortest_wait_ms.map(|wait_ms| wait_ms.div_ceil(1000).max(1)),
+        }
+    }
 }
 
 /// A group's own timeouts and attempts, or the relay's defaults where the group leaves them at 0.
