@@ -42,6 +42,9 @@ function App() {
     whenUnauthorized(() => setSession({ state: "anonymous" }));
     const onHashChange = () => { setRoute(currentRoute()); setNavigationOpen(false); };
     addEventListener("hashchange", onHashChange);
+    // The hash may have changed between the first render and this effect (a link opened while the
+    // page was loading): without this the panel stayed on the page it first rendered.
+    setRoute(currentRoute());
     if (sessionToken()) {
       api("GET", "/auth/me").then(
         (user) => setSession({ state: user.must_change_password ? "must-change" : "ready", user }),
