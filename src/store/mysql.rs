@@ -962,15 +962,8 @@ impl Store for MysqlStore {
 
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let mut transaction = self.write_transaction()?;
-        let mut values = Vec::with_capacity(stats_sql::LOG_INSERT_SIZES[0] * stats_sql::LOG_COLUMNS.len());
-        for chunk in stats_sql::log_insert_chunks(logs) {
-            values.clear();
-            for log in chunk {
-                stats_sql::push_log_values(log, &mut values);
-            }
-            transaction
-                .exec_drop(stats_sql::log_insert(Dialect::Mysql, chunk.len()), mysql_parameters(&values))
-                .map_err(query_error)?;
+        for (sql, values) in stats_sql::log_insert_batches(Dialect::Mysql, logs) {
+            transaction.exec_drop(sql, mysql_parameters(&values)).map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)
     }

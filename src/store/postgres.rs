@@ -929,15 +929,8 @@ impl Store for PostgresStore {
 
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
-        let mut values = Vec::with_capacity(stats_sql::LOG_INSERT_SIZES[0] * stats_sql::LOG_COLUMNS.len());
-        for chunk in stats_sql::log_insert_chunks(logs) {
-            values.clear();
-            for log in chunk {
-                stats_sql::push_log_values(log, &mut values);
-            }
-            transaction
-                .execute(stats_sql::log_insert(Dialect::Postgres, chunk.len()), &postgres_parameters(&values))
-                .map_err(query_error)?;
+        for (sql, values) in stats_sql::log_insert_batches(Dialect::Postgres, logs) {
+            transaction.execute(sql, &postgres_parameters(&values)).map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)
     }

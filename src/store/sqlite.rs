@@ -990,14 +990,8 @@ impl Store for SqliteStore {
 
     fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
         let transaction = self.write_transaction()?;
-        let mut values = Vec::with_capacity(stats_sql::LOG_INSERT_SIZES[0] * stats_sql::LOG_COLUMNS.len());
-        for chunk in stats_sql::log_insert_chunks(logs) {
-            values.clear();
-            for log in chunk {
-                stats_sql::push_log_values(log, &mut values);
-            }
-            let mut statement =
-                transaction.prepare_cached(stats_sql::log_insert(Dialect::Sqlite, chunk.len())).map_err(query_error)?;
+        for (sql, values) in stats_sql::log_insert_batches(Dialect::Sqlite, logs) {
+            let mut statement = transaction.prepare_cached(sql).map_err(query_error)?;
             statement.execute(rusqlite::params_from_iter(values.iter())).map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)

@@ -156,6 +156,18 @@ pub fn log_insert_chunks<T>(mut logs: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// The statements that write `logs`, each with its values: one multi-row `INSERT` per run of
+/// `log_insert_chunks`. Every backend executes these with its own driver.
+pub fn log_insert_batches(dialect: Dialect, logs: &[RequestLog]) -> impl Iterator<Item = (&'static str, Vec<SqlValue>)> + '_ {
+    log_insert_chunks(logs).map(move |chunk| {
+        let mut values = Vec::with_capacity(chunk.len() * LOG_COLUMNS.len());
+        for log in chunk {
+            push_log_values(log, &mut values);
+        }
+        (log_insert(dialect, chunk.len()), values)
+    })
+}
+
 /// `INSERT` of `rows` (one of `LOG_INSERT_SIZES`) request logs with every column of
 /// `LOG_COLUMNS`. A row whose id exists is skipped, so a batch retried after a failed commit is
 /// not written twice. Built once per dialect and size.
@@ -284,7 +296,7 @@ pub fn decode_stats_row(row: &impl ColumnReader) -> StoreResult<StatsRow> {
 }
 
 /// Appends the values of `log_insert` for one log, in `LOG_COLUMNS` order.
-pub fn push_log_values(log: &RequestLog, values: &mut Vec<SqlValue>) {
+fn push_log_values(log: &RequestLog, values: &mut Vec<SqlValue>) {
     values.extend([
         SqlValue::Int(log.id),
         SqlValue::Int(log.time_ms),
