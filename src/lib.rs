@@ -1,5 +1,6 @@
 //! The octopus gateway as a library: the binary in `main.rs` and the integration tests both drive it.
 
+pub mod allocator;
 pub mod amp;
 pub mod api;
 pub mod app;

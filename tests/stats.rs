@@ -288,10 +288,13 @@ fn metrics_are_off_by_default_then_guarded_by_their_token() {
     gateway.create_group(&token, json!({"name": "g", "items": [{"channel_id": channel, "model": "m"}]}));
     let key = gateway.create_client_key(&token, json!({"name": "k"}));
     let body = json!({"model": "g", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    // A request while metrics are off is not in the series: they count from when they are on.
     request(gateway.address, "POST", "/v1/chat/completions", &[("authorization", &format!("Bearer {key}"))], body.as_bytes());
     gateway.wait_for_records(1);
     let enabled = json_request(gateway.address, "PUT", "/api/v1/settings", Some(&token), Some(&json!({"metrics_enabled": true, "metrics_token": "scrape-me"})));
     assert_eq!(enabled.status, 200);
+    request(gateway.address, "POST", "/v1/chat/completions", &[("authorization", &format!("Bearer {key}"))], body.as_bytes());
+    gateway.wait_for_records(2);
     assert_eq!(request(gateway.address, "GET", "/metrics", &[], b"").status, 401);
     assert_eq!(request(gateway.address, "GET", "/metrics", &[("authorization", "Bearer wrong")], b"").status, 401);
     let metrics = request(gateway.address, "GET", "/metrics", &[("authorization", "Bearer scrape-me")], b"");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use octopus::store::backup::Backup;
 use octopus::store::entities::{
-    AdminSession, ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, LogFilter, LoggedAttempt,
+    AdminSession, ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode, LogFilter, LogRow, LoggedAttempt,
     ModelPrice, RequestLog, StatsCounters, StatsKey, StatsRow,
 };
 use octopus::store::migrate::{
@@ -436,7 +436,7 @@ mod cases {
 
         // New rows go into the same table, and the migrated database opens again unchanged.
         let new_log = RequestLog { id: 103, time_ms: 1_780_000_002_000, group: "smart".to_string(), success: true, ..RequestLog::default() };
-        store.insert_logs(std::slice::from_ref(&new_log)).unwrap();
+        store.insert_logs(&[LogRow::of(&new_log)]).unwrap();
         drop(store);
         let mut reopened = database.open();
         let (page, total) = reopened.list_logs(&LogFilter { group: Some("smart".to_string()), ..LogFilter::default() }, 0, 10).unwrap();

@@ -216,8 +216,18 @@ fn dump_files(directory: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// The allocator entry points whose calls count as allocations (`realloc` moves or grows one).
-const ALLOCATOR_FUNCTIONS: [&str; 4] = ["malloc", "calloc", "realloc", "posix_memalign"];
+/// The allocator entry points whose calls count as allocations (`realloc` moves or grows one):
+/// Rust's (the gateway's global allocator is mimalloc, which these reach without passing through
+/// C's `malloc`) and C's (SQLite and other C code call those directly).
+const ALLOCATOR_FUNCTIONS: [&str; 7] = [
+    "__rustc::__rust_alloc",
+    "__rustc::__rust_alloc_zeroed",
+    "__rustc::__rust_realloc",
+    "malloc",
+    "calloc",
+    "realloc",
+    "posix_memalign",
+];
 
 /// Reads the instruction total and the calls into the allocator from a callgrind dump.
 ///

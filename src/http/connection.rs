@@ -17,6 +17,7 @@ use may::net::TcpStream;
 use crate::http::admission::{BodyReservation, ConnectionSlot, WaitingForHead};
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
 use crate::http::head::{BodyFraming, HeadError, RequestHead, parse_request_head};
+use crate::http::read_buffer::ReadBuffer;
 use crate::http::response_writer::{
     ResponseContext, ResponseOutcome, error_response_bytes, write_response,
 };
@@ -72,7 +73,7 @@ pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedStat
         first_head_wait: Some(waiting),
         stream,
         peer,
-        buffer: Vec::new(),
+        buffer: ReadBuffer::default(),
         read_timeout: None,
         current_path: None,
         accepted_at: Instant::now(),
@@ -102,7 +103,7 @@ struct Connection<'shared> {
     stream: TcpStream,
     peer: SocketAddr,
     /// Bytes received but not consumed yet: the start of the next request, possibly more.
-    buffer: Vec<u8>,
+    buffer: ReadBuffer,
     /// The read timeout currently set on the socket, to skip redundant system calls.
     read_timeout: Option<Duration>,
     /// The path of the request being read or served, for shaping a server error response.
@@ -166,9 +167,7 @@ impl<'shared> Connection<'shared> {
             }
             if self.buffer.is_empty() {
                 // A large request may have grown the buffer; do not keep that memory while idle.
-                if self.buffer.capacity() > 4 * READ_CHUNK_BYTES {
-                    self.buffer.shrink_to(READ_CHUNK_BYTES);
-                }
+                self.buffer.shrink_when_empty(4 * READ_CHUNK_BYTES, READ_CHUNK_BYTES);
             } else {
                 // Coroutines are not preempted, and reads of already-buffered pipelined
                 // requests never park: let other connections on this worker run in between.
@@ -212,16 +211,16 @@ impl<'shared> Connection<'shared> {
         let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.request_head_timeout);
         let mut scan_from = 0;
         loop {
-            let (head_end, next_scan_from) = find_head_end(&self.buffer, scan_from);
+            let (head_end, next_scan_from) = find_head_end(self.buffer.data(), scan_from);
             scan_from = next_scan_from;
             if let Some(head_end) = head_end {
                 if head_end > limits.max_head_bytes {
                     return Err(ConnectionEnd::Reject(431, "request head is too large"));
                 }
                 if let Some((head, head_length)) =
-                    parse_request_head(&self.buffer[..head_end], limits.max_header_count)?
+                    parse_request_head(&self.buffer.data()[..head_end], limits.max_header_count)?
                 {
-                    self.buffer.drain(..head_length);
+                    self.buffer.consume(head_length);
                     return Ok(head);
                 }
             }
@@ -283,8 +282,8 @@ impl<'shared> Connection<'shared> {
     fn read_sized_body(&mut self, length: usize, pace: &mut BodyPace) -> Result<Vec<u8>, ConnectionEnd> {
         let mut body = Vec::with_capacity(length.min(INITIAL_BODY_CAPACITY));
         let buffered = length.min(self.buffer.len());
-        body.extend_from_slice(&self.buffer[..buffered]);
-        self.buffer.drain(..buffered);
+        body.extend_from_slice(&self.buffer.data()[..buffered]);
+        self.buffer.consume(buffered);
         while body.len() < length {
             let timeout = pace.next_read_timeout(body.len())?;
             self.set_read_timeout(timeout).map_err(|_| ConnectionEnd::Drop)?;
@@ -311,14 +310,14 @@ impl<'shared> Connection<'shared> {
         loop {
             let consumed =
                 decoder
-                    .decode(&self.buffer, &mut body)
+                    .decode(self.buffer.data(), &mut body)
                     .map_err(|error| match error {
                         ChunkedError::Malformed(message) => ConnectionEnd::Reject(400, message),
                         ChunkedError::TooLarge => {
                             ConnectionEnd::Reject(413, "request body is too large")
                         }
                     })?;
-            self.buffer.drain(..consumed);
+            self.buffer.consume(consumed);
             if !reservation.grow_to(body.len()) {
                 return Err(ConnectionEnd::Reject(503, BODY_BUDGET_SPENT));
             }
@@ -338,7 +337,7 @@ impl<'shared> Connection<'shared> {
     /// Reads once from the socket, appending to the buffer; returns the byte count (0 at EOF).
     fn fill_buffer(&mut self, timeout: Duration) -> io::Result<usize> {
         self.set_read_timeout(timeout)?;
-        if self.buffer.capacity() == 0 {
+        if !self.buffer.has_storage() {
             // A new connection waits for its first bytes without a heap buffer: thousands of
             // idle connections would otherwise hold 8 KiB each, and the heap keeps much of that
             // memory after they are gone.
@@ -347,12 +346,9 @@ impl<'shared> Connection<'shared> {
             self.buffer.extend_from_slice(&first_bytes[..received]);
             return Ok(received);
         }
-        let filled = self.buffer.len();
-        self.buffer.resize(filled + READ_CHUNK_BYTES, 0);
-        let result = self.stream.read(&mut self.buffer[filled..]);
-        self.buffer
-            .truncate(filled + *result.as_ref().unwrap_or(&0));
-        result
+        let received = self.stream.read(self.buffer.spare(READ_CHUNK_BYTES))?;
+        self.buffer.commit(received);
+        Ok(received)
     }
 
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
@@ -366,10 +362,11 @@ impl<'shared> Connection<'shared> {
     fn discard_leading_empty_lines(&mut self) {
         let empty_line_bytes = self
             .buffer
+            .data()
             .iter()
             .take_while(|byte| matches!(byte, b'\r' | b'\n'))
             .count();
-        self.buffer.drain(..empty_line_bytes);
+        self.buffer.consume(empty_line_bytes);
     }
 
     /// Closes our side after a final response. Reading on for a moment lets the client receive

@@ -11,6 +11,7 @@ pub(crate) mod connection;
 pub mod cors;
 pub mod descriptor_limit;
 pub(crate) mod head;
+pub(crate) mod read_buffer;
 mod response_writer;
 pub mod server;
 

@@ -4,7 +4,8 @@
 
 use crate::relay::record::RequestRecord;
 use crate::stats::deltas::BucketRef;
-use crate::store::entities::{LoggedAttempt, RequestLog, StatsCounters};
+use crate::store::entities::{LogRow, StatsCounters};
+use crate::store::log_detail::{self, AttemptFields, DetailFields};
 
 /// Seconds in an hour; buckets start on whole UTC hours.
 pub const HOUR_SECONDS: i64 = 3_600;
@@ -50,21 +51,16 @@ pub fn counters_of(record: &RequestRecord, cost_micros: i64) -> StatsCounters {
     }
 }
 
-/// The log row of a record (bodies are added by the caller when they are kept). Takes the record
-/// so that its strings move into the row instead of being copied: this runs for every request.
-pub fn log_of(record: RequestRecord, id: i64, cost_micros: i64) -> RequestLog {
+/// The log row of a record (bodies are added by the caller when they are kept): its `detail`
+/// encoded straight from the record's strings, which are not copied (this runs for every
+/// request); only the group name moves into the row.
+pub fn row_of(record: RequestRecord, id: i64, cost_micros: i64) -> LogRow {
     let usage = record.usage.unwrap_or_default();
-    RequestLog {
-        id,
-        time_ms: record.started_at_ms,
-        api_key_id: record.client_key_id,
-        success: succeeded(&record),
-        api_key_name: record.client_key_name,
-        group: record.group,
-        channel_id: record.channel_id,
-        channel_name: record.channel_name,
-        model: record.upstream_model,
-        client_format: record.client_format.to_string(),
+    let detail = log_detail::encode(DetailFields {
+        api_key_name: &record.client_key_name,
+        channel_name: &record.channel_name,
+        model: &record.upstream_model,
+        client_format: record.client_format,
         status_code: record.status,
         attempts: record.attempts.len() as i64,
         input_tokens: saturating_i64(usage.input_tokens),
@@ -76,21 +72,26 @@ pub fn log_of(record: RequestRecord, id: i64, cost_micros: i64) -> RequestLog {
         ttft_ms: record.ttft_ms.map(saturating_i64),
         latency_ms: saturating_i64(record.total_ms),
         stream: record.stream,
-        error: record.error.unwrap_or_default(),
-        attempt_details: record
-            .attempts
-            .into_iter()
-            .map(|attempt| LoggedAttempt {
-                channel_id: attempt.channel_id,
-                channel_name: attempt.channel_name,
-                key_id: attempt.key_id,
-                base_url: attempt.base_url,
-                model: attempt.upstream_model,
-                outcome: attempt.outcome,
-                status: attempt.status,
-                duration_ms: attempt.duration_ms,
-            })
-            .collect(),
+        error: record.error.as_deref().unwrap_or_default(),
+        attempt_details: record.attempts.iter().map(|attempt| AttemptFields {
+            channel_id: attempt.channel_id,
+            channel_name: &attempt.channel_name,
+            key_id: attempt.key_id,
+            base_url: &attempt.base_url,
+            model: &attempt.upstream_model,
+            outcome: &attempt.outcome,
+            status: attempt.status,
+            duration_ms: attempt.duration_ms,
+        }),
+    });
+    LogRow {
+        id,
+        time_ms: record.started_at_ms,
+        api_key_id: record.client_key_id,
+        success: succeeded(&record),
+        channel_id: record.channel_id,
+        group: record.group,
+        detail,
         request_body: None,
         response_body: None,
     }

@@ -24,46 +24,66 @@ pub struct BucketRef<'record> {
 #[derive(Default)]
 pub struct Deltas {
     counters: HashMap<StatsKey, StatsCounters>,
+    /// The bucket the last request went to, kept apart from the map: consecutive requests
+    /// almost always share their bucket, and comparing it is cheaper than hashing its names.
+    /// A bucket is never in both places.
+    recent: Option<(StatsKey, StatsCounters)>,
 }
 
 impl Deltas {
     /// Adds to the bucket, creating it (and copying its names) when it is new.
     pub fn add(&mut self, bucket: BucketRef<'_>, counters: &StatsCounters) {
-        if let Some(existing) = self.counters.get_mut(&bucket as &dyn BucketView) {
+        if let Some((key, existing)) = &mut self.recent
+            && key.parts() == bucket.parts()
+        {
             existing.add(counters);
             return;
         }
-        let key = StatsKey {
-            hour: bucket.hour,
-            channel_id: bucket.channel_id,
-            api_key_id: bucket.api_key_id,
-            group: bucket.group.to_string(),
-            model: bucket.model.to_string(),
+        let mut promoted = match self.counters.remove_entry(&bucket as &dyn BucketView) {
+            Some(entry) => entry,
+            None => (
+                StatsKey {
+                    hour: bucket.hour,
+                    channel_id: bucket.channel_id,
+                    api_key_id: bucket.api_key_id,
+                    group: bucket.group.to_string(),
+                    model: bucket.model.to_string(),
+                },
+                StatsCounters::default(),
+            ),
         };
-        self.counters.insert(key, *counters);
+        promoted.1.add(counters);
+        if let Some((key, previous)) = self.recent.replace(promoted) {
+            self.counters.insert(key, previous);
+        }
     }
 
     /// Adds every bucket of `other`, leaving it empty.
     pub fn absorb(&mut self, other: &mut Deltas) {
-        for (key, counters) in other.counters.drain() {
-            self.counters.entry(key).or_default().add(&counters);
+        let drained: Vec<(StatsKey, StatsCounters)> = other.counters.drain().chain(other.recent.take()).collect();
+        for (key, counters) in drained {
+            match &mut self.recent {
+                Some((recent_key, recent)) if *recent_key == key => recent.add(&counters),
+                _ => self.counters.entry(key).or_default().add(&counters),
+            }
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&StatsKey, &StatsCounters)> {
-        self.counters.iter()
+        self.counters.iter().chain(self.recent.iter().map(|(key, counters)| (key, counters)))
     }
 
     pub fn len(&self) -> usize {
-        self.counters.len()
+        self.counters.len() + usize::from(self.recent.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counters.is_empty()
+        self.len() == 0
     }
 
     pub fn clear(&mut self) {
         self.counters.clear();
+        self.recent = None;
     }
 }
 
@@ -148,5 +168,32 @@ mod tests {
         assert!(deltas.is_empty());
         let merged: Vec<(i64, i64)> = total.iter().filter(|(key, _)| key.model == "m").map(|(_, counters)| (counters.requests, counters.input_tokens)).collect();
         assert_eq!(merged, vec![(3, 30)]);
+    }
+
+    #[test]
+    fn alternating_buckets_keep_one_entry_each() {
+        let mut deltas = Deltas::default();
+        let first = BucketRef { hour: 0, channel_id: 1, api_key_id: 0, group: "g", model: "m" };
+        let second = BucketRef { channel_id: 2, ..first };
+        for _ in 0..3 {
+            deltas.add(first, &one_request());
+            deltas.add(second, &one_request());
+        }
+        deltas.add(second, &one_request());
+        assert_eq!(deltas.len(), 2);
+        let mut counts: Vec<(i64, i64)> = deltas.iter().map(|(key, counters)| (key.channel_id, counters.requests)).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, vec![(1, 3), (2, 4)]);
+
+        // Absorbing into a map whose recent bucket is one of the incoming ones adds to it.
+        let mut total = Deltas::default();
+        total.add(second, &one_request());
+        total.absorb(&mut deltas);
+        assert!(deltas.is_empty());
+        let mut totals: Vec<(i64, i64)> = total.iter().map(|(key, counters)| (key.channel_id, counters.requests)).collect();
+        totals.sort_unstable();
+        assert_eq!(totals, vec![(1, 3), (2, 5)]);
+        total.clear();
+        assert!(total.is_empty() && total.iter().next().is_none());
     }
 }

@@ -37,7 +37,7 @@ use crate::stats::log_id::LogIdGenerator;
 use crate::stats::price_state::PriceState;
 use crate::stats::pricing::{Price, PriceBook};
 use crate::stats::tail::Tail;
-use crate::store::entities::{RequestLog, StatsCounters, StatsGrouping, StatsKey, StatsRow};
+use crate::store::entities::{LogRow, StatsCounters, StatsGrouping, StatsKey, StatsRow};
 use crate::store::pool::StorePool;
 use crate::store::StoreResult;
 
@@ -52,7 +52,7 @@ struct Books {
     pending: Deltas,
     /// Taken by the flush in progress (or left by a failed one, retried with the next).
     flushing: Deltas,
-    logs: VecDeque<RequestLog>,
+    logs: VecDeque<LogRow>,
 }
 
 /// Numbers about the writer itself, for `/metrics` and the API.
@@ -152,7 +152,13 @@ impl StatsService {
     pub fn ingest(&self, mut record: RequestRecord, finished_at_ms: i64) {
         self.metrics.records.fetch_add(1, Ordering::Relaxed);
         access_log(&record);
-        self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(&record);
+        let settings = self.settings.get();
+        // Prometheus series are kept only while `/metrics` is served: nobody reads them
+        // otherwise, and they cost each request a few label lookups. Switched on, they count
+        // from then on, as after a restart.
+        if settings.metrics_enabled {
+            self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(&record);
+        }
         let cost = match &record.usage {
             Some(usage) => pricing::cost_micros(usage, &self.price_of(record.channel_id, &record.upstream_model)),
             None => 0,
@@ -163,28 +169,27 @@ impl StatsService {
         if let Some(recent) = &self.recent {
             recent.push(record.clone());
         }
-        let settings = self.settings.get();
-        let log = (settings.log_max_rows > 0).then(|| {
+        let row = (settings.log_max_rows > 0).then(|| {
             let bodies = settings.log_bodies.then(|| (record.request_body.take(), record.response_body.take()));
-            let mut log = aggregate::log_of(record, self.log_ids.next(finished_at_ms), cost);
+            let mut row = aggregate::row_of(record, self.log_ids.next(finished_at_ms), cost);
             if let Some((request_body, response_body)) = bodies {
                 let limit = usize::try_from(settings.log_body_max_bytes).unwrap_or(usize::MAX);
-                log.request_body = request_body.as_deref().map(|body| redact::body_for_log(body, limit));
-                log.response_body = response_body.as_deref().map(|body| redact::body_for_log(body, limit));
+                row.request_body = request_body.as_deref().map(|body| redact::body_for_log(body, limit));
+                row.response_body = response_body.as_deref().map(|body| redact::body_for_log(body, limit));
             }
-            log
+            row
         });
-        if let Some(log) = &log {
-            self.tail.publish(log);
+        if let Some(row) = &row {
+            self.tail.publish(row);
         }
         {
             let mut books = self.books();
-            if let Some(log) = log {
+            if let Some(row) = row {
                 if books.logs.len() >= MAX_PENDING_LOGS {
                     books.logs.pop_front();
                     self.metrics.logs_dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                books.logs.push_back(log);
+                books.logs.push_back(row);
             }
         }
         if let Some(api_key_id) = client_key_id.filter(|_| cost > 0) {
@@ -248,7 +253,7 @@ impl StatsService {
 
     /// Writes the queued log rows. On failure they stay queued (bounded) for the next try.
     pub fn flush_logs(&self) -> StoreResult<()> {
-        let logs: Vec<RequestLog> = {
+        let logs: Vec<LogRow> = {
             let mut books = self.books();
             // The next second's rows come at about this rate; starting the queue at that size
             // spares it growing again row by row.

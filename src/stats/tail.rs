@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::stats::log_view::log_item;
-use crate::store::entities::RequestLog;
+use crate::store::entities::LogRow;
 
 /// A listener falls this many logs behind before it is cut off.
 const LISTENER_BACKLOG: usize = 1_000;
@@ -43,13 +43,21 @@ impl Tail {
         TailReceiver { receiver, queued }
     }
 
-    /// Sends the log to every listener that is still there and keeping up.
-    pub fn publish(&self, log: &RequestLog) {
+    /// Sends the log to every listener that is still there and keeping up. The row is read back
+    /// into a log only when someone listens: almost always nobody does.
+    pub fn publish(&self, row: &LogRow) {
         let mut listeners = self.lock();
         if listeners.is_empty() {
             return;
         }
-        let json: Arc<str> = Arc::from(log_item(log).to_string());
+        let log = match row.clone().into_log() {
+            Ok(log) => log,
+            Err(error) => {
+                log::error!("live tail: {error}");
+                return;
+            }
+        };
+        let json: Arc<str> = Arc::from(log_item(&log).to_string());
         listeners.retain(|listener| {
             if listener.queued.load(std::sync::atomic::Ordering::Relaxed) >= LISTENER_BACKLOG {
                 return false;

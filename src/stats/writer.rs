@@ -28,7 +28,7 @@ pub struct StatsWriter {
 }
 
 impl StatsWriter {
-    pub fn spawn(service: Arc<StatsService>, records: Receiver<RequestRecord>) -> StatsWriter {
+    pub fn spawn(service: Arc<StatsService>, records: Receiver<Box<RequestRecord>>) -> StatsWriter {
         let (stop, stop_receiver) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("stats-writer".to_string())
@@ -46,7 +46,7 @@ impl StatsWriter {
     }
 }
 
-fn run(service: &Arc<StatsService>, records: &Receiver<RequestRecord>, stop: &Receiver<()>) {
+fn run(service: &Arc<StatsService>, records: &Receiver<Box<RequestRecord>>, stop: &Receiver<()>) {
     crate::util::lower_this_thread_priority();
     let mut next_stats_flush = unix_millis() + stats_interval_ms(service);
     let mut next_log_flush = unix_millis() + LOG_FLUSH_INTERVAL_MS;
@@ -63,7 +63,7 @@ fn run(service: &Arc<StatsService>, records: &Receiver<RequestRecord>, stop: &Re
         let mut disconnected = false;
         loop {
             match records.try_recv() {
-                Ok(record) => service.ingest(record, unix_millis()),
+                Ok(record) => service.ingest(*record, unix_millis()),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     disconnected = true;

@@ -470,6 +470,56 @@ pub struct RequestLog {
     pub response_body: Option<String>,
 }
 
+/// A request log as it is written: the columns the admin API filters on, the `detail` text
+/// holding everything else (`store::log_detail`), and the bodies. The stats writer builds these
+/// straight from the relay's records; reads come back as `RequestLog`s.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogRow {
+    pub id: i64,
+    pub time_ms: i64,
+    pub api_key_id: Option<i64>,
+    pub group: String,
+    pub channel_id: Option<i64>,
+    pub success: bool,
+    pub detail: String,
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+}
+
+impl LogRow {
+    /// The row of a log (its `detail` encoded).
+    pub fn of(log: &RequestLog) -> LogRow {
+        LogRow {
+            id: log.id,
+            time_ms: log.time_ms,
+            api_key_id: log.api_key_id,
+            group: log.group.clone(),
+            channel_id: log.channel_id,
+            success: log.success,
+            detail: crate::store::log_detail::encode_log(log),
+            request_body: log.request_body.clone(),
+            response_body: log.response_body.clone(),
+        }
+    }
+
+    /// The log this row holds (its `detail` decoded).
+    pub fn into_log(self) -> crate::store::StoreResult<RequestLog> {
+        let mut log = RequestLog {
+            id: self.id,
+            time_ms: self.time_ms,
+            api_key_id: self.api_key_id,
+            group: self.group,
+            channel_id: self.channel_id,
+            success: self.success,
+            request_body: self.request_body,
+            response_body: self.response_body,
+            ..RequestLog::default()
+        };
+        crate::store::log_detail::decode_into(&self.detail, &mut log)?;
+        Ok(log)
+    }
+}
+
 /// Filters of `GET /api/v1/logs`; `None` means "any".
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LogFilter {

@@ -18,50 +18,126 @@ use serde::Deserialize;
 use crate::store::entities::{LoggedAttempt, RequestLog};
 use crate::store::{StoreError, StoreResult};
 
-/// The `detail` text of a log. Written by hand rather than through serde: this runs for every
-/// request, and serde_json's per-element machinery cost three times the bytes it wrote
+/// The fields a `detail` text holds, borrowed: from a `RequestLog`, or straight from the relay's
+/// record when the stats writer queues a new row (so a request's strings are never copied into
+/// an intermediate log first).
+pub struct DetailFields<'a, Attempts> {
+    pub api_key_name: &'a str,
+    pub channel_name: &'a str,
+    pub model: &'a str,
+    pub client_format: &'a str,
+    pub status_code: u16,
+    pub attempts: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_micros: i64,
+    pub ttft_ms: Option<i64>,
+    pub latency_ms: i64,
+    pub stream: bool,
+    pub error: &'a str,
+    /// The tries, oldest first.
+    pub attempt_details: Attempts,
+}
+
+/// One try inside `DetailFields`, borrowed.
+pub struct AttemptFields<'a> {
+    pub channel_id: i64,
+    pub channel_name: &'a str,
+    pub key_id: i64,
+    pub base_url: &'a str,
+    pub model: &'a str,
+    pub outcome: &'a str,
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+}
+
+impl<'a> AttemptFields<'a> {
+    pub fn of_logged(attempt: &'a LoggedAttempt) -> AttemptFields<'a> {
+        AttemptFields {
+            channel_id: attempt.channel_id,
+            channel_name: &attempt.channel_name,
+            key_id: attempt.key_id,
+            base_url: &attempt.base_url,
+            model: &attempt.model,
+            outcome: &attempt.outcome,
+            status: attempt.status,
+            duration_ms: attempt.duration_ms,
+        }
+    }
+}
+
+/// The `detail` text of a stored log.
+pub fn encode_log(log: &RequestLog) -> String {
+    encode(DetailFields {
+        api_key_name: &log.api_key_name,
+        channel_name: &log.channel_name,
+        model: &log.model,
+        client_format: &log.client_format,
+        status_code: log.status_code,
+        attempts: log.attempts,
+        input_tokens: log.input_tokens,
+        output_tokens: log.output_tokens,
+        cache_read_tokens: log.cache_read_tokens,
+        cache_write_tokens: log.cache_write_tokens,
+        reasoning_tokens: log.reasoning_tokens,
+        cost_micros: log.cost_micros,
+        ttft_ms: log.ttft_ms,
+        latency_ms: log.latency_ms,
+        stream: log.stream,
+        error: &log.error,
+        attempt_details: log.attempt_details.iter().map(AttemptFields::of_logged),
+    })
+}
+
+/// The `detail` text of the fields. Written by hand rather than through serde: this runs for
+/// every request, and serde_json's per-element machinery cost three times the bytes it wrote
 /// (measured with callgrind). Strings that need escaping (rare: quotes, backslashes, control
 /// characters) still go through serde_json's escaper.
-pub fn encode(log: &RequestLog) -> String {
-    // A typical detail is 150-400 bytes; one allocation of that size avoids regrowing.
-    let mut out = DetailWriter(Vec::with_capacity(256));
+pub fn encode<'a>(fields: DetailFields<'a, impl Iterator<Item = AttemptFields<'a>>>) -> String {
+    // Room for the strings and numbers of a request with one or two tries, so the text is
+    // allocated once.
+    let strings = fields.api_key_name.len() + fields.channel_name.len() + fields.model.len() + fields.error.len();
+    let mut out = DetailWriter(Vec::with_capacity(256 + 2 * strings));
     out.0.push(b'[');
-    for text in [&log.api_key_name, &log.channel_name, &log.model, &log.client_format] {
+    for text in [fields.api_key_name, fields.channel_name, fields.model, fields.client_format] {
         out.string(text);
         out.0.push(b',');
     }
     for number in [
-        i64::from(log.status_code),
-        log.attempts,
-        log.input_tokens,
-        log.output_tokens,
-        log.cache_read_tokens,
-        log.cache_write_tokens,
-        log.reasoning_tokens,
-        log.cost_micros,
+        i64::from(fields.status_code),
+        fields.attempts,
+        fields.input_tokens,
+        fields.output_tokens,
+        fields.cache_read_tokens,
+        fields.cache_write_tokens,
+        fields.reasoning_tokens,
+        fields.cost_micros,
     ] {
         out.integer(number);
         out.0.push(b',');
     }
-    out.optional_integer(log.ttft_ms);
+    out.optional_integer(fields.ttft_ms);
     out.0.push(b',');
-    out.integer(log.latency_ms);
-    out.0.extend_from_slice(if log.stream { b",1," } else { b",0," });
-    out.string(&log.error);
+    out.integer(fields.latency_ms);
+    out.0.extend_from_slice(if fields.stream { b",1," } else { b",0," });
+    out.string(fields.error);
     out.0.extend_from_slice(b",[");
-    for (index, attempt) in log.attempt_details.iter().enumerate() {
+    for (index, attempt) in fields.attempt_details.enumerate() {
         out.0.extend_from_slice(if index == 0 { b"[" } else { b",[" });
         out.integer(attempt.channel_id);
         out.0.push(b',');
-        out.string(&attempt.channel_name);
+        out.string(attempt.channel_name);
         out.0.push(b',');
         out.integer(attempt.key_id);
         out.0.push(b',');
-        out.string(&attempt.base_url);
+        out.string(attempt.base_url);
         out.0.push(b',');
-        out.string(&attempt.model);
+        out.string(attempt.model);
         out.0.push(b',');
-        out.string(&attempt.outcome);
+        out.string(attempt.outcome);
         out.0.push(b',');
         out.optional_integer(attempt.status.map(i64::from));
         out.0.push(b',');
@@ -77,13 +153,14 @@ struct DetailWriter(Vec<u8>);
 
 impl DetailWriter {
     /// A JSON string literal.
+    #[inline]
     fn string(&mut self, text: &str) {
-        if text.bytes().all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\') {
+        if needs_escaping(text.as_bytes()) {
+            serde_json::to_writer(&mut self.0, text).expect("a string is always serialisable");
+        } else {
             self.0.push(b'"');
             self.0.extend_from_slice(text.as_bytes());
             self.0.push(b'"');
-        } else {
-            serde_json::to_writer(&mut self.0, text).expect("a string is always serialisable");
         }
     }
 
@@ -95,7 +172,13 @@ impl DetailWriter {
     }
 
     /// Decimal digits of an integer, without the formatting machinery of `write!`.
+    #[inline]
     fn integer(&mut self, number: i64) {
+        if (0..10).contains(&number) {
+            // Token counts of zero and single-digit flags are the most common numbers here.
+            self.0.push(b'0' + number as u8);
+            return;
+        }
         if number < 0 {
             self.0.push(b'-');
         }
@@ -112,6 +195,38 @@ impl DetailWriter {
         }
         self.0.extend_from_slice(&digits[start..]);
     }
+}
+
+/// Whether a JSON string literal of these bytes needs escapes: a quote, a backslash or a control
+/// character. Checked eight bytes at a time (the usual bit tricks for "some byte is below n" and
+/// "some byte equals c"), since every string of every log passes through here.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    if bytes.len() < 8 {
+        return bytes.iter().any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\');
+    }
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        if word_needs_escaping(u64::from_le_bytes(chunk.try_into().expect("chunks of eight"))) {
+            return true;
+        }
+    }
+    // The last partial chunk is checked as the last eight bytes, overlapping checked ones.
+    !chunks.remainder().is_empty()
+        && word_needs_escaping(u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("eight bytes")))
+}
+
+/// Whether any of the eight bytes of `word` is a control character, a quote or a backslash.
+#[inline]
+fn word_needs_escaping(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    // A byte below 0x20 (its high bit clear) borrows when 0x20 is subtracted from it; a byte
+    // equal to c becomes zero when XORed with c, and a zero byte borrows when 1 is subtracted.
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let zero_in = |value: u64| value.wrapping_sub(ONES) & !value;
+    (control | zero_in(quote) | zero_in(backslash)) & HIGH_BITS != 0
 }
 
 /// Fills the fields of `log` kept in its `detail` text.
@@ -227,7 +342,7 @@ mod tests {
     #[test]
     fn every_detail_field_reads_back() {
         let log = sample_log();
-        let text = encode(&log);
+        let text = encode_log(&log);
         let mut read = RequestLog { id: log.id, time_ms: log.time_ms, api_key_id: log.api_key_id, group: log.group.clone(), channel_id: log.channel_id, success: log.success, ..RequestLog::default() };
         decode_into(&text, &mut read).unwrap();
         assert_eq!(read, log);
@@ -235,7 +350,7 @@ mod tests {
 
     #[test]
     fn the_layout_is_positional() {
-        let text = encode(&sample_log());
+        let text = encode_log(&sample_log());
         assert!(text.starts_with(r#"["laptop \"quoted\"","openai ✓","gpt-4o-mini","openai_chat",200,2,10,5,4,1,2,20000,null,123,1,"line\nbreak",[[2,"#), "{text}");
     }
 
@@ -246,7 +361,7 @@ mod tests {
         log.latency_ms = i64::MAX;
         log.error = "tab\t, quote \", backslash \\, bell \u{7}".to_string();
         log.attempt_details[0].duration_ms = u64::MAX;
-        let text = encode(&log);
+        let text = encode_log(&log);
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed[11], serde_json::json!(i64::MIN));
         assert_eq!(parsed[13], serde_json::json!(i64::MAX));
@@ -255,7 +370,22 @@ mod tests {
         assert_eq!(read.error, log.error);
         assert_eq!(read.attempt_details[0].duration_ms, i64::MAX as u64);
         let empty = RequestLog { attempt_details: Vec::new(), ..log };
-        assert!(encode(&empty).ends_with(",[]]"));
+        assert!(encode_log(&empty).ends_with(",[]]"));
+    }
+
+    #[test]
+    fn the_escape_check_agrees_with_the_plain_one_for_every_byte_at_every_position() {
+        let plain = |bytes: &[u8]| bytes.iter().any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\');
+        for length in [1, 7, 8, 9, 16, 23] {
+            for position in 0..length {
+                for byte in 0..=255u8 {
+                    let mut bytes = vec![b'a'; length];
+                    bytes[position] = byte;
+                    assert_eq!(needs_escaping(&bytes), plain(&bytes), "byte {byte:#04x} at {position} of {length}");
+                }
+            }
+        }
+        assert!(!needs_escaping("é ✓ ünïcödé text without escapes".as_bytes()));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::fmt;
 use crate::store::backup::Backup;
 
 use crate::store::entities::{
-    AdminSession, AdminUser, ApiKey, Channel, Group, LogFilter, ModelPrice, RequestLog, StatsGrouping, StatsRow,
+    AdminSession, AdminUser, ApiKey, Channel, Group, LogFilter, LogRow, ModelPrice, RequestLog, StatsGrouping, StatsRow,
     StoredResponse,
 };
 
@@ -154,7 +154,7 @@ pub trait Store: Send {
 
     // Request logs.
     /// Inserts the logs in one transaction; a log whose id is already stored is skipped.
-    fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()>;
+    fn insert_logs(&mut self, rows: &[LogRow]) -> StoreResult<()>;
     /// A page of logs matching the filter, newest first, without bodies; and how many match.
     fn list_logs(&mut self, filter: &LogFilter, offset: u64, limit: u64) -> StoreResult<(Vec<RequestLog>, u64)>;
     /// One log with its bodies.

@@ -18,7 +18,7 @@ use crate::store::codec::{
 };
 use crate::store::backup::{self, Backup};
 use crate::store::entities::{
-    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
+    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, LogRow, ModelPrice, RequestLog,
     StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
@@ -960,9 +960,9 @@ impl Store for MysqlStore {
         transaction.commit().map_err(query_error)
     }
 
-    fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
+    fn insert_logs(&mut self, rows: &[LogRow]) -> StoreResult<()> {
         let mut transaction = self.write_transaction()?;
-        for (sql, values) in stats_sql::log_insert_batches(Dialect::Mysql, logs) {
+        for (sql, values) in stats_sql::log_insert_batches(Dialect::Mysql, rows) {
             transaction.exec_drop(sql, mysql_parameters(&values)).map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)

@@ -19,7 +19,7 @@ use crate::store::codec::{
 };
 use crate::store::backup::{self, Backup};
 use crate::store::entities::{
-    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
+    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, LogRow, ModelPrice, RequestLog,
     StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
@@ -927,9 +927,9 @@ impl Store for PostgresStore {
         transaction.commit().map_err(query_error)
     }
 
-    fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
+    fn insert_logs(&mut self, rows: &[LogRow]) -> StoreResult<()> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
-        for (sql, values) in stats_sql::log_insert_batches(Dialect::Postgres, logs) {
+        for (sql, values) in stats_sql::log_insert_batches(Dialect::Postgres, rows) {
             transaction.execute(sql, &postgres_parameters(&values)).map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)

@@ -17,7 +17,7 @@ use crate::store::codec::{
 };
 use crate::store::backup::{self, Backup};
 use crate::store::entities::{
-    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, ModelPrice, RequestLog,
+    AdminSession, AdminUser, ApiKey, Channel, ChannelKey, Group, GroupItem, LogFilter, LogRow, ModelPrice, RequestLog,
     StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
@@ -988,11 +988,17 @@ impl Store for SqliteStore {
         transaction.commit().map_err(query_error)
     }
 
-    fn insert_logs(&mut self, logs: &[RequestLog]) -> StoreResult<()> {
+    fn insert_logs(&mut self, rows: &[LogRow]) -> StoreResult<()> {
         let transaction = self.write_transaction()?;
-        for (sql, values) in stats_sql::log_insert_batches(Dialect::Sqlite, logs) {
-            let mut statement = transaction.prepare_cached(sql).map_err(query_error)?;
-            statement.execute(rusqlite::params_from_iter(values.iter())).map_err(query_error)?;
+        // Bound straight from the rows, not through `log_insert_batches`' values: that would copy
+        // every string once more, and this runs for every relayed request.
+        for chunk in stats_sql::log_insert_chunks(rows) {
+            let mut statement =
+                transaction.prepare_cached(stats_sql::log_insert(Dialect::Sqlite, chunk.len())).map_err(query_error)?;
+            for (position, row) in chunk.iter().enumerate() {
+                bind_log_row(&mut statement, position * stats_sql::LOG_COLUMNS.len(), row).map_err(query_error)?;
+            }
+            statement.raw_execute().map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)
     }
@@ -1132,6 +1138,20 @@ impl rusqlite::ToSql for SqlValue {
             SqlValue::OptionalFloat(number) => ToSqlOutput::Owned(number.map_or(Value::Null, Value::Real)),
         })
     }
+}
+
+/// Binds one row of a multi-row log `INSERT` (columns in `LOG_COLUMNS` order), its first
+/// placeholder being `before + 1`.
+fn bind_log_row(statement: &mut rusqlite::CachedStatement<'_>, before: usize, row: &LogRow) -> rusqlite::Result<()> {
+    statement.raw_bind_parameter(before + 1, row.id)?;
+    statement.raw_bind_parameter(before + 2, row.time_ms)?;
+    statement.raw_bind_parameter(before + 3, row.api_key_id)?;
+    statement.raw_bind_parameter(before + 4, row.group.as_str())?;
+    statement.raw_bind_parameter(before + 5, row.channel_id)?;
+    statement.raw_bind_parameter(before + 6, row.success)?;
+    statement.raw_bind_parameter(before + 7, row.detail.as_str())?;
+    statement.raw_bind_parameter(before + 8, row.request_body.as_deref())?;
+    statement.raw_bind_parameter(before + 9, row.response_body.as_deref())
 }
 
 fn sqlite_value(value: &SqlValue) -> rusqlite::types::Value {

@@ -5,9 +5,8 @@
 //! own driver. Keeping them in one place keeps the three backends' answers identical.
 
 use crate::store::entities::{
-    LogFilter, RequestLog, StatsCounters, StatsGrouping, StatsKey, StatsRow, STATS_COUNTER_COLUMNS,
+    LogFilter, LogRow, RequestLog, StatsCounters, StatsGrouping, StatsKey, StatsRow, STATS_COUNTER_COLUMNS,
 };
-use crate::store::log_detail;
 use std::sync::OnceLock;
 
 use crate::stats::log_id::first_id_at;
@@ -158,11 +157,11 @@ pub fn log_insert_chunks<T>(mut logs: &[T]) -> impl Iterator<Item = &[T]> {
 
 /// The statements that write `logs`, each with its values: one multi-row `INSERT` per run of
 /// `log_insert_chunks`. Every backend executes these with its own driver.
-pub fn log_insert_batches(dialect: Dialect, logs: &[RequestLog]) -> impl Iterator<Item = (&'static str, Vec<SqlValue>)> + '_ {
-    log_insert_chunks(logs).map(move |chunk| {
+pub fn log_insert_batches(dialect: Dialect, rows: &[LogRow]) -> impl Iterator<Item = (&'static str, Vec<SqlValue>)> + '_ {
+    log_insert_chunks(rows).map(move |chunk| {
         let mut values = Vec::with_capacity(chunk.len() * LOG_COLUMNS.len());
-        for log in chunk {
-            push_log_values(log, &mut values);
+        for row in chunk {
+            push_log_values(row, &mut values);
         }
         (log_insert(dialect, chunk.len()), values)
     })
@@ -296,35 +295,34 @@ pub fn decode_stats_row(row: &impl ColumnReader) -> StoreResult<StatsRow> {
 }
 
 /// Appends the values of `log_insert` for one log, in `LOG_COLUMNS` order.
-fn push_log_values(log: &RequestLog, values: &mut Vec<SqlValue>) {
+fn push_log_values(row: &LogRow, values: &mut Vec<SqlValue>) {
     values.extend([
-        SqlValue::Int(log.id),
-        SqlValue::Int(log.time_ms),
-        SqlValue::OptionalInt(log.api_key_id),
-        SqlValue::Text(log.group.clone()),
-        SqlValue::OptionalInt(log.channel_id),
-        SqlValue::Bool(log.success),
-        SqlValue::Text(log_detail::encode(log)),
-        SqlValue::OptionalText(log.request_body.clone()),
-        SqlValue::OptionalText(log.response_body.clone()),
+        SqlValue::Int(row.id),
+        SqlValue::Int(row.time_ms),
+        SqlValue::OptionalInt(row.api_key_id),
+        SqlValue::Text(row.group.clone()),
+        SqlValue::OptionalInt(row.channel_id),
+        SqlValue::Bool(row.success),
+        SqlValue::Text(row.detail.clone()),
+        SqlValue::OptionalText(row.request_body.clone()),
+        SqlValue::OptionalText(row.response_body.clone()),
     ]);
 }
 
 /// Reads one row selected with `log_select_columns`.
 pub fn decode_log(row: &impl ColumnReader) -> StoreResult<RequestLog> {
-    let mut log = RequestLog {
+    LogRow {
         id: row.int(0)?,
         time_ms: row.int(1)?,
         api_key_id: row.optional_int(2)?,
         group: row.text(3)?,
         channel_id: row.optional_int(4)?,
         success: row.boolean(5)?,
+        detail: row.text(6)?,
         request_body: row.optional_text(7)?,
         response_body: row.optional_text(8)?,
-        ..RequestLog::default()
-    };
-    log_detail::decode_into(&row.text(6)?, &mut log)?;
-    Ok(log)
+    }
+    .into_log()
 }
 
 /// Deletes the logs finished before a time (parameter: `first_id_at` of it).
