@@ -60,8 +60,7 @@ impl Deltas {
 
     /// Adds every bucket of `other`, leaving it empty.
     pub fn absorb(&mut self, other: &mut Deltas) {
-        let drained: Vec<(StatsKey, StatsCounters)> = other.counters.drain().chain(other.recent.take()).collect();
-        for (key, counters) in drained {
+        for (key, counters) in other.counters.drain().chain(other.recent.take()) {
             match &mut self.recent {
                 Some((recent_key, recent)) if *recent_key == key => recent.add(&counters),
                 _ => self.counters.entry(key).or_default().add(&counters),
