@@ -400,6 +400,40 @@ fn sequential_requests_reuse_one_connection() {
     assert_eq!(requests[0].header("content-length"), Some("1"));
 }
 
+/// Answers with the request body echoed and a response head of about 12 KiB, larger than the
+/// first size of a connection's input buffer.
+fn echo_with_a_long_head(request: &MockRequest, stream: &mut dyn Write) -> io::Result<()> {
+    let body = format!("{{\"echo\":{}}}", String::from_utf8_lossy(&request.body));
+    let long_header = format!("x-long: {}\r\n", "h".repeat(12 * 1024));
+    respond(stream, "200 OK", &long_header, &body)
+}
+
+/// Two requests on one connection, each with a 300 KB body both ways and a long response head:
+/// the connection's buffers grow for the head, write the body in pieces, give the output back
+/// while the long response is read, and take it again for the second request.
+fn large_bodies_and_heads_both_ways(client: UpstreamClient, url: String) {
+    let digits: String = (0..300_000).map(|index| char::from(b'0' + (index % 10) as u8)).collect();
+    let sent = digits.clone();
+    let (first, second) = in_coroutine(move || {
+        let mut first = client.send(post(url.clone(), &sent)).unwrap();
+        let first_body = (first.status, header(&first, "x-long").map(str::len), read_body(&mut first));
+        let mut second = client.send(post(url, &sent[..1000])).unwrap();
+        (first_body, (second.status, read_body(&mut second)))
+    });
+    assert_eq!(first.0, 200);
+    assert_eq!(first.1, Some(12 * 1024));
+    assert_eq!(first.2, format!("{{\"echo\":{digits}}}"));
+    assert_eq!(second, (200, format!("{{\"echo\":{}}}", &digits[..1000])));
+}
+
+#[test]
+fn large_bodies_and_long_heads_pass_through_plain_connections() {
+    let mock = MockServer::start(echo_with_a_long_head);
+    large_bodies_and_heads_both_ways(client(), mock.url("/v1/x"));
+    assert_eq!(mock.accepted(), 1);
+    assert_eq!(mock.requests()[0].body.len(), 300_000);
+}
+
 #[test]
 fn dropping_a_body_midway_closes_its_connection() {
     let write_failed = Arc::new(AtomicBool::new(false));
@@ -770,6 +804,24 @@ fn tls_succeeds_with_the_extra_ca_file() {
 
     assert_eq!(status, 200);
     assert_eq!(body, "{\"echo\":42}");
+}
+
+#[test]
+fn large_bodies_and_long_heads_pass_through_tls_connections() {
+    let config = tls_server_config();
+    let handler: Handler = Arc::new(echo_with_a_long_head);
+    let mock = MockServer::start_accepting(move |stream| {
+        let Ok(connection) = rustls::ServerConnection::new(config.clone()) else {
+            return;
+        };
+        serve_http(rustls::StreamOwned::new(connection, stream), &handler, &Mutex::new(Vec::new()));
+    });
+    let client = client_with(ClientOptions {
+        extra_ca_pem_file: Some(fixture("ca.pem")),
+        ..ClientOptions::default()
+    });
+    large_bodies_and_heads_both_ways(client, format!("https://localhost:{}/v1/x", mock.addr.port()));
+    assert_eq!(mock.accepted(), 1);
 }
 
 #[test]

@@ -33,7 +33,7 @@ use crate::measure::{
     sequential_requests,
 };
 use crate::mock_upstream::{Dialect, MockUpstream};
-use crate::proc_stats::{cpu_micros, raise_fd_limit, resident_kib};
+use crate::proc_stats::{cpu_micros, raise_fd_limit, resident, Resident};
 use crate::report::{ArmResults, MemoryResults, RunInfo, RunResults};
 
 const USAGE: &str = "usage: octopus-bench [--quick] (--gateway PATH [--compare BASELINE | --stats-off | --instructions | --record | --check] | --direct-only)
@@ -356,7 +356,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         None => None,
     };
     let gateway_pid = gateway.as_ref().map(Gateway::pid);
-    let gateway_rss = || gateway_pid.and_then(resident_kib);
+    let gateway_rss = || gateway_pid.and_then(resident);
     let mut memory = MemoryResults {
         at_start: gateway_rss(),
         ..MemoryResults::default()
@@ -671,7 +671,7 @@ fn hold_streams(
     mock: &MockUpstream,
     target: &Target,
     plan: &Plan,
-    gateway_rss: &dyn Fn() -> Option<u64>,
+    gateway_rss: &dyn Fn() -> Option<Resident>,
     memory: &mut MemoryResults,
 ) {
     memory.before_holding = gateway_rss();

@@ -1,10 +1,23 @@
 //! Process facts from /proc (resident memory, CPU time) and the file-descriptor limit.
 
-/// Resident set size (VmRSS) of `pid` in KiB, or None when the process is gone.
-pub fn resident_kib(pid: u32) -> Option<u64> {
+/// A process's resident memory in KiB: all of it (VmRSS) and its anonymous part (RssAnon: heap,
+/// stacks, buffers). The rest is mostly file-backed pages of the binary and the shared libraries,
+/// which the kernel maps around every page fault (fault-around) and may drop and reread under
+/// memory pressure, so the anonymous part is what the process itself holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resident {
+    pub total_kib: u64,
+    pub anonymous_kib: u64,
+}
+
+/// The resident memory of `pid`, or None when the process is gone.
+pub fn resident(pid: u32) -> Option<Resident> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|line| line.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(Resident { total_kib: field("VmRSS:")?, anonymous_kib: field("RssAnon:")? })
 }
 
 /// User plus system CPU time consumed so far by `pid` (all its threads), in microseconds.

@@ -9,6 +9,7 @@ use crate::conversion::{
 };
 use crate::lanes::{LANE_STREAM_DELTAS, LANE_STREAM_MODEL};
 use crate::measure::{ErrorTally, LoadOutcome, StreamSample};
+use crate::proc_stats::Resident;
 use crate::samples::{median_of_round_medians, percentile, pooled};
 
 /// A gap this much longer than scheduled is flagged as a stall. Linux's minimum delayed-ACK
@@ -60,14 +61,14 @@ pub struct ArmResults {
 /// Resident memory of the gateway (KiB) at the points of the run, and the held-streams phase.
 #[derive(Default)]
 pub struct MemoryResults {
-    pub at_start: Option<u64>,
-    pub idle_configured: Option<u64>,
-    pub after_warmup: Option<u64>,
-    pub after_load: Option<u64>,
+    pub at_start: Option<Resident>,
+    pub idle_configured: Option<Resident>,
+    pub after_warmup: Option<Resident>,
+    pub after_load: Option<Resident>,
     /// After the stream phase, just before the held streams are opened.
-    pub before_holding: Option<u64>,
-    pub holding_streams: Option<u64>,
-    pub after_close: Option<u64>,
+    pub before_holding: Option<Resident>,
+    pub holding_streams: Option<Resident>,
+    pub after_close: Option<Resident>,
     pub held_open: usize,
     pub held_errors: ErrorTally,
     pub held_open_time: Duration,
@@ -306,8 +307,8 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
     let memory = &results.memory;
     let info = &results.info;
     if results.gateway.is_some() {
-        let _ = writeln!(out, "| Gateway memory (VmRSS) | |");
-        let _ = writeln!(out, "|---|--:|");
+        let _ = writeln!(out, "| Gateway memory | VmRSS | of which anonymous (RssAnon) |");
+        let _ = writeln!(out, "|---|--:|--:|");
         let rows = [
             ("At start (first `/healthz` 200)", memory.at_start),
             (
@@ -333,8 +334,9 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
         for (label, kib) in rows {
             let _ = writeln!(
                 out,
-                "| {label} | {} |",
-                kib.map_or("—".to_string(), format_kib)
+                "| {label} | {} | {} |",
+                kib.map_or("—".to_string(), |resident| format_kib(resident.total_kib)),
+                kib.map_or("—".to_string(), |resident| format_kib(resident.anonymous_kib))
             );
         }
         let per_stream_rows = [
@@ -351,11 +353,13 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
             if let (Some(holding), Some(baseline)) = (memory.holding_streams, baseline)
                 && memory.held_open > 0
             {
-                let per_stream = (holding as f64 - baseline as f64) / memory.held_open as f64;
+                let per_stream = |holding: u64, baseline: u64| (holding as f64 - baseline as f64) / memory.held_open as f64;
                 let _ = writeln!(
                     out,
-                    "| {label} / {}) | {per_stream:.1} KiB |",
-                    group_thousands(memory.held_open as u64)
+                    "| {label} / {}) | {:.1} KiB | {:.1} KiB |",
+                    group_thousands(memory.held_open as u64),
+                    per_stream(holding.total_kib, baseline.total_kib),
+                    per_stream(holding.anonymous_kib, baseline.anonymous_kib)
                 );
             }
         }

@@ -15,10 +15,11 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use ureq::tls::{PemItem, parse_pem};
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport,
+    Buffers, ConnectionDetails, Connector, Either, NextTimeout, Transport,
     TransportAdapter,
 };
 
+use crate::upstream::buffers::ConnectionBuffers;
 use crate::upstream::error::TransportFailure;
 use crate::upstream::transport::remaining_connect_timeout;
 
@@ -116,7 +117,7 @@ impl<In: Transport> Connector<In> for TlsConnector {
             .into_ureq_error());
         }
 
-        let buffers = LazyBuffers::new(
+        let buffers = ConnectionBuffers::new(
             details.config.input_buffer_size(),
             details.config.output_buffer_size(),
         );
@@ -135,7 +136,7 @@ impl fmt::Debug for TlsConnector {
 
 /// A TLS session over another transport.
 pub(crate) struct TlsTransport {
-    buffers: LazyBuffers,
+    buffers: ConnectionBuffers,
     stream: StreamOwned<ClientConnection, TransportAdapter>,
 }
 

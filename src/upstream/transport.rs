@@ -19,10 +19,11 @@ use ureq::config::Config;
 use ureq::http::Uri;
 use ureq::unversioned::transport::time::{Duration as UreqDuration, Instant as UreqInstant};
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, ShutdownHandle,
+    Buffers, ConnectionDetails, Connector, Either, NextTimeout, ShutdownHandle,
     Transport, TransportAdapter,
 };
 
+use crate::upstream::buffers::ConnectionBuffers;
 use crate::upstream::control::{CallControl, current_call_control};
 use crate::upstream::error::TransportFailure;
 use crate::upstream::socks::{SocksCredentials, SocksTarget, socks5_handshake};
@@ -67,14 +68,14 @@ impl<In: Transport> Connector<In> for MayConnector {
 pub(crate) struct MayTransport {
     stream: may::net::TcpStream,
     socket: Arc<SharedSocket>,
-    buffers: LazyBuffers,
+    buffers: ConnectionBuffers,
     /// The timeouts last set on the stream, to skip redundant setsockopt calls.
     applied_read_timeout: Option<Duration>,
     applied_write_timeout: Option<Duration>,
 }
 
 impl MayTransport {
-    fn new(stream: may::net::TcpStream, buffers: LazyBuffers) -> MayTransport {
+    fn new(stream: may::net::TcpStream, buffers: ConnectionBuffers) -> MayTransport {
         let socket = Arc::new(SharedSocket::new(stream.as_raw_fd()));
         MayTransport {
             stream,
@@ -342,7 +343,7 @@ fn new_transport(
     stream: may::net::TcpStream,
     details: &ConnectionDetails,
 ) -> Result<MayTransport, ureq::Error> {
-    let buffers = LazyBuffers::new(
+    let buffers = ConnectionBuffers::new(
         details.config.input_buffer_size(),
         details.config.output_buffer_size(),
     );

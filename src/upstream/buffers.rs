@@ -1,0 +1,274 @@
+//! The input and output buffers of one upstream connection, sized by what the connection is
+//! doing rather than allocated at their largest up front.
+//!
+//! ureq's own `LazyBuffers` allocate (and zero) the whole configured input and output size on
+//! first use and keep both for the life of the connection: 32 KiB for every open stream, and
+//! twice that over TLS, where the TLS session and the socket under it each have a pair. A
+//! stream that is being held open spends hours reading small SSE events and never writes again.
+//! Here the input starts small and grows (up to the configured size) only when a read fills it,
+//! and the output, needed only while a request is sent, is given back after a few reads in a row
+//! without a write, so a held stream keeps a few KiB instead of 32.
+
+use ureq::unversioned::transport::Buffers;
+
+/// The input's size before any read has filled it. Most reads of an SSE stream and most
+/// response heads fit; a read that fills it doubles it.
+const FIRST_INPUT_BYTES: usize = 4 * 1024;
+
+/// Reads in a row, without a write in between, after which the output is released. A request
+/// that is answered at once reads its response in one or two; a stream reads on for minutes.
+const READS_BEFORE_RELEASING_OUTPUT: u32 = 4;
+
+/// ureq reads a request body into the free part of the input (its "tmp"), this much at least.
+const MINIMUM_TMP_BYTES: usize = 10 * 1024;
+
+pub struct ConnectionBuffers {
+    /// `input[consumed..filled]` is read and not yet consumed; `input[filled..]` is free.
+    input: Vec<u8>,
+    filled: usize,
+    consumed: usize,
+    /// The most the input grows to when reads keep filling it (ureq's `input_buffer_size`).
+    largest_input: usize,
+    /// Empty while released; `output_size` long while a request may be written.
+    output: Vec<u8>,
+    output_size: usize,
+    /// Whether the last consume took any bytes (ureq's "progress", see `can_use_input`).
+    progress: bool,
+    reads_since_output: u32,
+}
+
+impl ConnectionBuffers {
+    /// Buffers that grow the input up to `largest_input` bytes and write through an output of
+    /// `output_size` bytes. Nothing is allocated yet.
+    pub fn new(largest_input: usize, output_size: usize) -> ConnectionBuffers {
+        assert!(
+            largest_input > 0 && output_size > 0,
+            "ureq's buffer sizes are never zero"
+        );
+        ConnectionBuffers {
+            input: Vec::new(),
+            filled: 0,
+            consumed: 0,
+            largest_input,
+            output: Vec::new(),
+            output_size,
+            progress: false,
+            reads_since_output: 0,
+        }
+    }
+
+    /// Bytes held by the two buffers.
+    #[cfg(test)]
+    fn allocated_bytes(&self) -> usize {
+        self.input.len() + self.output.len()
+    }
+
+    fn ensure_output(&mut self) {
+        self.reads_since_output = 0;
+        if self.output.len() < self.output_size {
+            self.output.resize(self.output_size, 0);
+        }
+    }
+
+    /// Moves the unconsumed bytes to the front when that frees room at the back.
+    fn shift_consumed_out(&mut self) {
+        if self.consumed == 0 {
+            return;
+        }
+        if self.consumed == self.filled {
+            self.consumed = 0;
+            self.filled = 0;
+        } else {
+            self.input.copy_within(self.consumed..self.filled, 0);
+            self.filled -= self.consumed;
+            self.consumed = 0;
+        }
+    }
+
+    fn grow_input_to(&mut self, size: usize) {
+        if self.input.len() < size {
+            self.input.resize(size, 0);
+        }
+    }
+}
+
+impl Buffers for ConnectionBuffers {
+    fn output(&mut self) -> &mut [u8] {
+        self.ensure_output();
+        &mut self.output
+    }
+
+    fn input(&self) -> &[u8] {
+        &self.input[self.consumed..self.filled]
+    }
+
+    /// Called by the transports once per read: the place to notice that the connection has
+    /// stopped writing.
+    fn input_append_buf(&mut self) -> &mut [u8] {
+        self.reads_since_output = self.reads_since_output.saturating_add(1);
+        if self.reads_since_output >= READS_BEFORE_RELEASING_OUTPUT && !self.output.is_empty() {
+            self.output = Vec::new();
+        }
+        self.shift_consumed_out();
+        if self.input.is_empty() {
+            self.grow_input_to(FIRST_INPUT_BYTES.min(self.largest_input));
+        } else if self.filled == self.input.len() && self.input.len() < self.largest_input {
+            // Full of unconsumed bytes (a response head or a chunk header longer than the
+            // input so far): make room, up to the configured size, as ureq's buffer would have.
+            self.grow_input_to((self.input.len() * 2).min(self.largest_input));
+        }
+        &mut self.input[self.filled..]
+    }
+
+    fn input_appended(&mut self, amount: usize) {
+        self.filled += amount;
+        assert!(
+            self.filled <= self.input.len(),
+            "appended past the input buffer"
+        );
+        // A read that filled all the room it was given suggests more is waiting: a larger
+        // buffer takes it in fewer reads.
+        if self.filled == self.input.len() && self.input.len() < self.largest_input {
+            self.grow_input_to((self.input.len() * 2).min(self.largest_input));
+        }
+    }
+
+    fn input_consume(&mut self, amount: usize) {
+        self.progress = amount > 0;
+        self.consumed += amount;
+        assert!(self.consumed <= self.filled, "consumed past the input read");
+    }
+
+    fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
+        self.ensure_output();
+        self.shift_consumed_out();
+        self.grow_input_to(self.filled + MINIMUM_TMP_BYTES);
+        (&mut self.input[self.filled..], &mut self.output)
+    }
+
+    fn can_use_input(&self) -> bool {
+        self.consumed < self.filled && self.progress
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(buffers: &mut ConnectionBuffers, bytes: &[u8]) -> usize {
+        let room = buffers.input_append_buf();
+        let amount = bytes.len().min(room.len());
+        room[..amount].copy_from_slice(&bytes[..amount]);
+        buffers.input_appended(amount);
+        amount
+    }
+
+    #[test]
+    fn nothing_is_allocated_before_the_first_use() {
+        let buffers = ConnectionBuffers::new(16 * 1024, 16 * 1024);
+        assert_eq!(buffers.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn the_input_starts_small_and_doubles_when_reads_fill_it_up_to_the_configured_size() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 1024);
+        assert_eq!(buffers.input_append_buf().len(), FIRST_INPUT_BYTES);
+        let large = vec![b'x'; 64 * 1024];
+        let mut sizes = Vec::new();
+        for _ in 0..4 {
+            append(&mut buffers, &large);
+            let unconsumed = buffers.input().len();
+            buffers.input_consume(unconsumed);
+            sizes.push(buffers.input.len());
+        }
+        assert_eq!(sizes, [8 * 1024, 16 * 1024, 16 * 1024, 16 * 1024]);
+    }
+
+    #[test]
+    fn small_reads_keep_the_input_small() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 1024);
+        for _ in 0..100 {
+            append(&mut buffers, b"data: {\"delta\":\"hi\"}\n\n");
+            let unconsumed = buffers.input().len();
+            buffers.input_consume(unconsumed);
+        }
+        assert_eq!(buffers.input.len(), FIRST_INPUT_BYTES);
+    }
+
+    #[test]
+    fn a_head_longer_than_the_first_size_is_kept_whole_while_the_input_grows() {
+        let head: Vec<u8> = (0..10_000u32)
+            .map(|index| b'a' + (index % 26) as u8)
+            .collect();
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 1024);
+        let mut offered = 0;
+        while offered < head.len() {
+            // Nothing is consumed: the parser waits for the whole head.
+            offered += append(&mut buffers, &head[offered..]);
+        }
+        assert_eq!(buffers.input(), &head[..]);
+    }
+
+    #[test]
+    fn the_input_never_grows_past_the_configured_size() {
+        let mut buffers = ConnectionBuffers::new(6 * 1024, 1024);
+        let large = vec![b'x'; 64 * 1024];
+        append(&mut buffers, &large);
+        append(&mut buffers, &large);
+        assert_eq!(buffers.input().len(), 6 * 1024);
+        assert!(buffers.input_append_buf().is_empty());
+    }
+
+    #[test]
+    fn unconsumed_bytes_move_to_the_front_and_stay_in_order() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 1024);
+        append(&mut buffers, b"0123456789");
+        buffers.input_consume(4);
+        append(&mut buffers, b"abc");
+        assert_eq!(buffers.input(), b"456789abc");
+        assert_eq!(buffers.consumed, 0);
+    }
+
+    #[test]
+    fn the_output_is_released_after_reads_without_a_write_and_comes_back_on_the_next_write() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 16 * 1024);
+        buffers.output()[..4].copy_from_slice(b"POST");
+        assert_eq!(buffers.output.len(), 16 * 1024);
+        for _ in 0..READS_BEFORE_RELEASING_OUTPUT - 1 {
+            append(&mut buffers, b"x");
+        }
+        assert_eq!(
+            buffers.output.len(),
+            16 * 1024,
+            "a response read in a few reads keeps the output"
+        );
+        append(&mut buffers, b"x");
+        assert!(
+            buffers.output.is_empty(),
+            "a stream that only reads gives the output back"
+        );
+        assert_eq!(buffers.output().len(), 16 * 1024);
+        assert_eq!(buffers.reads_since_output, 0);
+    }
+
+    #[test]
+    fn the_tmp_has_room_for_a_body_chunk_beside_unconsumed_input() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 8 * 1024);
+        append(&mut buffers, b"HTTP/1.1 100 Continue\r\n\r\n");
+        let (tmp, output) = buffers.tmp_and_output();
+        assert!(tmp.len() >= MINIMUM_TMP_BYTES);
+        assert_eq!(output.len(), 8 * 1024);
+        assert_eq!(buffers.input(), b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn input_is_usable_only_after_a_consume_that_made_progress() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 1024);
+        append(&mut buffers, b"partial");
+        assert!(!buffers.can_use_input());
+        buffers.input_consume(3);
+        assert!(buffers.can_use_input());
+        buffers.input_consume(0);
+        assert!(!buffers.can_use_input());
+    }
+}
