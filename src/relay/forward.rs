@@ -490,17 +490,17 @@ pub(crate) fn started_plus(started: Instant, milliseconds: u64) -> Instant {
     started.checked_add(Duration::from_millis(milliseconds)).unwrap_or(started + Duration::from_secs(86_400 * 365))
 }
 
-fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &InboundCall) -> ConvertContext {
+fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &InboundCall, rng: &mut Rng) -> ConvertContext {
     ConvertContext {
         upstream_model: upstream_model.to_string(),
         stream: call.stream,
         default_max_tokens,
-        response_id: format!("gen-{}", util::random_alphanumeric(24)),
+        response_id: format!("gen-{}", rng.alphanumeric(24)),
         created_unix: util::unix_seconds(),
         include_usage: call.client_format != Format::OpenaiChat || call.stream_usage_requested,
         // Filled in from the attempt's credential (configured or discovered with loadCodeAssist).
         antigravity_project: String::new(),
-        request_id: format!("agent-{}", util::random_alphanumeric(24)),
+        request_id: format!("agent-{}", rng.alphanumeric(24)),
         // Only Responses clients have custom tools; asking anyone else would parse their body.
         custom_tools: if call.client_format == Format::OpenaiResponses { client_custom_tools(call.client_format, call.body()) } else { Vec::new() },
     }
@@ -577,7 +577,7 @@ fn run_attempt(
         Ok(credential) => credential,
         Err(message) => return credential_failure(message),
     };
-    let mut context = convert_context(state.config.relay.default_max_tokens, upstream_model, call);
+    let mut context = convert_context(state.config.relay.default_max_tokens, upstream_model, call, &mut Rng::new(state.next_seed()));
     context.antigravity_project = credential.project.clone().unwrap_or_default();
     let mut images = ImageFetcher::new(&state.upstream, state.config.relay.allow_private_media_urls);
     let prepared = prepare_request(call.client_format, upstream_format, call, upstream_model, &context, &mut images);

@@ -63,11 +63,35 @@ impl Rng {
             values.swap(upper, other);
         }
     }
+
+    /// `length` characters from `[0-9A-Za-z]`, for identifiers that must differ from each other
+    /// but need not be secret (response and request ids made up for an upstream or a client).
+    /// Secrets (keys, tokens) come from `crate::util::random_alphanumeric`, which asks the
+    /// operating system each time: a system call per id was, before this, two of the syscalls
+    /// of every relayed request.
+    pub fn alphanumeric(&mut self, length: usize) -> String {
+        const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        (0..length).map(|_| char::from(ALPHABET[self.below(62) as usize])).collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::relay::rng::Rng;
+
+    #[test]
+    fn alphanumeric_ids_use_the_whole_alphabet_and_differ_between_seeds() {
+        let mut rng = Rng::new(11);
+        let long = rng.alphanumeric(20_000);
+        assert_eq!(long.len(), 20_000);
+        let mut seen = std::collections::BTreeSet::new();
+        for character in long.chars() {
+            assert!(character.is_ascii_alphanumeric(), "{character:?}");
+            seen.insert(character);
+        }
+        assert_eq!(seen.len(), 62, "every letter and digit appears");
+        assert_ne!(Rng::new(1).alphanumeric(24), Rng::new(2).alphanumeric(24));
+    }
 
     #[test]
     fn seed_zero_matches_the_published_splitmix64_sequence() {
