@@ -1,6 +1,7 @@
-//! Small shared helpers: percent decoding, hex, SHA-256 digests, OS randomness, base64 and clocks.
+//! Small shared helpers: percent decoding, hex, SHA-256 digests, OS randomness, base64, clocks
+//! and socket timeouts.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -120,6 +121,23 @@ pub fn base64_encode(input: &[u8]) -> String {
     out
 }
 
+/// Whether a socket whose read or write timeout is `applied` may keep it for a wait that should
+/// last at most `wanted`: it may if it is the same, or longer by a hair (1/64 of the wait, at
+/// most 50 ms).
+///
+/// Deadlines make the wanted timeout a little shorter on every read (120 s, then 119.998 s, ...),
+/// and setting it is a system call per read (may passes it on to `SO_RCVTIMEO`, which its
+/// non-blocking sockets never use). Waiting a hair longer than asked is harmless; waiting less
+/// would fail a read early, so a shorter applied timeout never fits.
+pub fn applied_timeout_fits(applied: Option<Duration>, wanted: Option<Duration>) -> bool {
+    const MOST_TOLERATED: Duration = Duration::from_millis(50);
+    match (applied, wanted) {
+        (None, None) => true,
+        (Some(applied), Some(wanted)) => applied >= wanted && applied - wanted <= (wanted / 64).min(MOST_TOLERATED),
+        _ => false,
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_seconds() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or(0)
@@ -151,6 +169,21 @@ pub fn lower_this_thread_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_applied_timeout_fits_a_wait_it_covers_by_at_most_a_hair() {
+        let seconds = Duration::from_secs;
+        let millis = Duration::from_millis;
+        assert!(applied_timeout_fits(None, None));
+        assert!(applied_timeout_fits(Some(seconds(120)), Some(seconds(120))));
+        assert!(applied_timeout_fits(Some(seconds(120)), Some(millis(119_990))), "10 ms longer on a 2 min wait");
+        assert!(!applied_timeout_fits(Some(seconds(120)), Some(millis(119_900))), "100 ms is more than 50 ms");
+        assert!(!applied_timeout_fits(Some(millis(119_990)), Some(seconds(120))), "never shorter than asked");
+        assert!(applied_timeout_fits(Some(millis(101)), Some(millis(100))), "1 ms on a 100 ms wait");
+        assert!(!applied_timeout_fits(Some(millis(103)), Some(millis(100))), "3 ms is more than 1/64 of 100 ms");
+        assert!(!applied_timeout_fits(Some(seconds(1)), None), "no timeout is not a long one");
+        assert!(!applied_timeout_fits(None, Some(seconds(1))));
+    }
 
     #[test]
     fn percent_decoding_handles_escapes_plus_and_junk() {

@@ -352,7 +352,7 @@ impl<'shared> Connection<'shared> {
     }
 
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        if self.read_timeout != Some(timeout) {
+        if !crate::util::applied_timeout_fits(self.read_timeout, Some(timeout)) {
             self.stream.set_read_timeout(Some(timeout))?;
             self.read_timeout = Some(timeout);
         }

@@ -27,6 +27,7 @@ use crate::upstream::buffers::ConnectionBuffers;
 use crate::upstream::control::{CallControl, current_call_control};
 use crate::upstream::error::TransportFailure;
 use crate::upstream::socks::{SocksCredentials, SocksTarget, socks5_handshake};
+use crate::util::applied_timeout_fits;
 
 /// The owner id of a socket that no `CallControl` is using.
 const NO_OWNER: u64 = 0;
@@ -69,7 +70,8 @@ pub(crate) struct MayTransport {
     stream: may::net::TcpStream,
     socket: Arc<SharedSocket>,
     buffers: ConnectionBuffers,
-    /// The timeouts last set on the stream, to skip redundant setsockopt calls.
+    /// The timeouts last set on the stream, to skip setting them again (see
+    /// `util::applied_timeout_fits`).
     applied_read_timeout: Option<Duration>,
     applied_write_timeout: Option<Duration>,
 }
@@ -103,7 +105,7 @@ impl MayTransport {
     }
 
     fn apply_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if self.applied_read_timeout != timeout {
+        if !applied_timeout_fits(self.applied_read_timeout, timeout) {
             self.stream.set_read_timeout(timeout)?;
             self.applied_read_timeout = timeout;
         }
@@ -111,7 +113,7 @@ impl MayTransport {
     }
 
     fn apply_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if self.applied_write_timeout != timeout {
+        if !applied_timeout_fits(self.applied_write_timeout, timeout) {
             self.stream.set_write_timeout(timeout)?;
             self.applied_write_timeout = timeout;
         }
