@@ -26,6 +26,7 @@
 //!
 //! Parsers accept camelCase and snake_case field names alike, as Google's proto JSON does.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
@@ -1119,29 +1120,36 @@ fn sanitize_schema_node(
     let Value::Object(keywords) = node else {
         return node.clone();
     };
-    let mut keywords = keywords.clone();
+    // Borrowed unless a `$ref` brings in keywords: copying every node here copied each subtree
+    // once per level above it.
+    let mut keywords: Cow<'_, Map<String, Value>> = Cow::Borrowed(keywords);
     let mut ref_depth = ref_depth;
-    if let Some(Value::String(reference)) = keywords.get("$ref") {
-        let name = reference
-            .strip_prefix("#/$defs/")
-            .or_else(|| reference.strip_prefix("#/definitions/"));
-        if let Some(Value::Object(target)) = name.and_then(|name| definitions.get(name))
+    let reference = match keywords.get("$ref") {
+        Some(Value::String(reference)) => Some(
+            reference
+                .strip_prefix("#/$defs/")
+                .or_else(|| reference.strip_prefix("#/definitions/"))
+                .and_then(|name| definitions.get(name)),
+        ),
+        _ => None,
+    };
+    if let Some(target) = reference {
+        if let Some(Value::Object(target)) = target
             && ref_depth < MAX_REF_DEPTH
         {
             // The node's own keywords (a description, say) win over the definition's.
+            let merged = keywords.to_mut();
             for (keyword, value) in target {
-                keywords
-                    .entry(keyword.clone())
-                    .or_insert_with(|| value.clone());
+                merged.entry(keyword.clone()).or_insert_with(|| value.clone());
             }
             ref_depth += 1;
         } else if !keywords.contains_key("type") {
             // An unknown or too deeply recursive reference: any object will do.
-            keywords.insert("type".into(), "object".into());
+            keywords.to_mut().insert("type".into(), "object".into());
         }
     }
     let mut sanitized = Map::new();
-    for (keyword, value) in &keywords {
+    for (keyword, value) in keywords.iter() {
         if DROPPED_SCHEMA_KEYWORDS.contains(&keyword.as_str()) {
             continue;
         }
