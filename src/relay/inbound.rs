@@ -2,9 +2,11 @@
 
 use std::cell::OnceCell;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::http::Request;
@@ -37,6 +39,10 @@ pub struct InboundCall {
     pub headers: Vec<(String, String)>,
     /// The client's bytes, while the body has not been edited (see `body_mut`).
     raw_body: Option<Vec<u8>>,
+    /// Where the values of the top-level `model` members are in `raw_body` (JSON keeps the last
+    /// of duplicates; a pass-through rewrites them all alike), found by the parse that read the
+    /// call so that the pass-through need not scan the bytes again.
+    raw_model_ranges: Vec<Range<usize>>,
     parsed_body: OnceCell<Value>,
 }
 
@@ -62,6 +68,12 @@ impl InboundCall {
         self.raw_body.as_deref()
     }
 
+    /// The byte ranges of the top-level `model` values in `raw_body` (ascending), while there is
+    /// one; empty when the body has no `model` member.
+    pub fn raw_model_ranges(&self) -> &[Range<usize>] {
+        if self.raw_body.is_some() { &self.raw_model_ranges } else { &[] }
+    }
+
     /// A call made from a body already in hand (tests, and callers that build bodies).
     pub fn from_value(client_format: Format, model: &str, stream: bool, body: Value) -> InboundCall {
         let head = BodyHead { stream_options: body.get("stream_options").cloned(), ..BodyHead::default() };
@@ -75,11 +87,24 @@ impl InboundCall {
         model: String,
         stream: bool,
         gemini_json_array: bool,
-        head: &BodyHead,
+        head: &BodyHead<'_>,
         raw_body: Option<Vec<u8>>,
         headers: Vec<(String, String)>,
     ) -> InboundCall {
         let stream_options = head.stream_options.as_ref();
+        // The raw values borrow from the bytes the head was parsed from, which `raw_body` holds
+        // a copy of: the offsets are the same in both.
+        let raw_model_ranges = match (&raw_body, head.parsed_from) {
+            (Some(_), Some(parsed_from)) => head
+                .model_values
+                .iter()
+                .map(|value| {
+                    let start = value.get().as_ptr() as usize - parsed_from.as_ptr() as usize;
+                    start..start + value.get().len()
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         InboundCall {
             client_format,
             model,
@@ -89,6 +114,7 @@ impl InboundCall {
             has_stream_options: stream_options.is_some(),
             headers,
             raw_body,
+            raw_model_ranges,
             parsed_body: OnceCell::new(),
         }
     }
@@ -98,35 +124,84 @@ impl InboundCall {
 /// member is skipped without being built (it is still checked to be valid JSON). Duplicates keep
 /// the last, as a full parse does.
 #[derive(Debug, Default)]
-struct BodyHead {
+struct BodyHead<'de> {
     model: Option<Value>,
     stream: Option<Value>,
     stream_options: Option<Value>,
+    /// Every top-level `model` value as written, borrowed from the parsed bytes.
+    model_values: Vec<&'de RawValue>,
+    /// The bytes the head was parsed from (None for a head made up from a `Value`).
+    parsed_from: Option<&'de [u8]>,
 }
 
-impl<'de> Deserialize<'de> for BodyHead {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<BodyHead, D::Error> {
+impl<'de> BodyHead<'de> {
+    fn parse(body: &'de [u8]) -> serde_json::Result<BodyHead<'de>> {
+        let mut head: BodyHead<'de> = serde_json::from_slice(body)?;
+        head.parsed_from = Some(body);
+        Ok(head)
+    }
+}
+
+impl<'de> Deserialize<'de> for BodyHead<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<BodyHead<'de>, D::Error> {
         deserializer.deserialize_map(BodyHeadVisitor)
+    }
+}
+
+/// A top-level member name, told apart without allocating a `String` for it.
+enum HeadKey {
+    Model,
+    Stream,
+    StreamOptions,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for HeadKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<HeadKey, D::Error> {
+        deserializer.deserialize_identifier(HeadKeyVisitor)
+    }
+}
+
+struct HeadKeyVisitor;
+
+impl Visitor<'_> for HeadKeyVisitor {
+    type Value = HeadKey;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a member name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<HeadKey, E> {
+        Ok(match name {
+            "model" => HeadKey::Model,
+            "stream" => HeadKey::Stream,
+            "stream_options" => HeadKey::StreamOptions,
+            _ => HeadKey::Other,
+        })
     }
 }
 
 struct BodyHeadVisitor;
 
 impl<'de> Visitor<'de> for BodyHeadVisitor {
-    type Value = BodyHead;
+    type Value = BodyHead<'de>;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
         formatter.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyHead, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyHead<'de>, A::Error> {
         let mut head = BodyHead::default();
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "model" => head.model = Some(map.next_value()?),
-                "stream" => head.stream = Some(map.next_value()?),
-                "stream_options" => head.stream_options = Some(map.next_value()?),
-                _ => {
+        while let Some(key) = map.next_key::<HeadKey>()? {
+            match key {
+                HeadKey::Model => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    head.model = Some(serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?);
+                    head.model_values.push(raw);
+                }
+                HeadKey::Stream => head.stream = Some(map.next_value()?),
+                HeadKey::StreamOptions => head.stream_options = Some(map.next_value()?),
+                HeadKey::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -194,7 +269,7 @@ pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, 
     if let Err(error) = std::str::from_utf8(&request.body) {
         return Err(RelayError::InvalidRequest(format!("the request body is not valid JSON: it is not UTF-8 ({error})")));
     }
-    let head: BodyHead = serde_json::from_slice(&request.body).map_err(|error| {
+    let head = BodyHead::parse(&request.body).map_err(|error| {
         if error.classify() == serde_json::error::Category::Data {
             RelayError::InvalidRequest("the request body must be a JSON object".to_string())
         } else {
@@ -233,6 +308,35 @@ pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The raw `model` values the call remembers for `raw`.
+    fn model_values(raw: &str) -> Vec<&str> {
+        let head = BodyHead::parse(raw.as_bytes()).expect("valid JSON");
+        let call = InboundCall::new(Format::OpenaiChat, "g".to_string(), false, false, &head, Some(raw.as_bytes().to_vec()), Vec::new());
+        call.raw_model_ranges().iter().map(|range| &raw[range.clone()]).collect()
+    }
+
+    #[test]
+    fn the_top_level_model_values_are_found_and_nested_ones_are_not() {
+        let raw = r#" { "messages": [{"role":"user","content":"say \"model\": {x}"}], "model" : "group-a", "metadata": {"model": "keep"}, "n": 1 } "#;
+        assert_eq!(model_values(raw), [r#""group-a""#]);
+        assert_eq!(model_values(r#"{"model":"a","x":[1,{"y":"]"}],"model":"b"}"#), [r#""a""#, r#""b""#], "every duplicate");
+        assert_eq!(model_values(r#"{"mod\u0065l":"a"}"#), [r#""a""#], "a name written with escapes");
+        let kinds = r#"{"a":-1.5e3,"b":true,"c":null,"d":"\\","e":{},"f":[],"model":"m\u00e9","g":"\u00e9"}"#;
+        assert_eq!(model_values(kinds), [r#""m\u00e9""#]);
+        assert_eq!(model_values(r#"{"model": 5 }"#), ["5"]);
+        assert!(model_values(r#"{"messages":[]}"#).is_empty());
+    }
+
+    #[test]
+    fn an_edited_body_has_no_raw_model_ranges() {
+        let raw = br#"{"model":"a"}"#;
+        let head = BodyHead::parse(raw).unwrap();
+        let mut call = InboundCall::new(Format::OpenaiChat, "a".to_string(), false, false, &head, Some(raw.to_vec()), Vec::new());
+        assert_eq!(call.raw_model_ranges().to_vec(), vec![Range { start: 9, end: 12 }]);
+        call.body_mut()["model"] = Value::from("edited");
+        assert!(call.raw_model_ranges().is_empty());
+    }
 
     #[test]
     fn gemini_paths_carry_model_and_stream_mode() {

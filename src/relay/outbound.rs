@@ -98,8 +98,8 @@ fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str, keep
 /// flag says whether the client asked for it itself (if not, the usage chunk is stripped).
 ///
 /// The common cases splice the new model into the client's bytes; anything unusual (an edited
-/// body, escaped keys, `stream_options` present without `include_usage: true`) edits the parsed
-/// body instead. Re-serialising the whole request was the largest cost of a pass-through.
+/// body, no `model` member, `stream_options` present without `include_usage: true`) edits the
+/// parsed body instead. Re-serialising the whole request was the largest cost of a pass-through.
 pub fn pass_through_body(format: Format, call: &InboundCall, upstream_model: &str) -> (Vec<u8>, bool) {
     let client_wants_usage = format != Format::OpenaiChat || !call.stream || call.stream_usage_requested;
     if let Some(bytes) = call.raw_body().and_then(|raw| splice_pass_through(format, call, raw, upstream_model, client_wants_usage)) {
@@ -127,12 +127,13 @@ fn splice_pass_through(format: Format, call: &InboundCall, raw: &[u8], upstream_
         // Gemini names the model in the path: the body goes as it came.
         Format::Gemini | Format::Antigravity => raw.to_vec(),
         _ => {
-            let ranges = raw_json::top_level_value_ranges(raw, "model")?;
+            // Found while the call was read, escaped member names included.
+            let ranges = call.raw_model_ranges();
             if ranges.is_empty() {
                 return None;
             }
             let model = serde_json::to_vec(upstream_model).ok()?;
-            raw_json::replace_ranges(raw, &ranges, &model)
+            raw_json::replace_ranges(raw, ranges, &model)
         }
     };
     if !client_wants_usage {
