@@ -88,9 +88,11 @@ pub fn os_random_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+/// The characters of generated identifiers and keys: `[0-9A-Za-z]`.
+pub const ALPHANUMERIC: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
 /// A random string of `length` characters from `[0-9A-Za-z]`, without modulo bias.
 pub fn random_alphanumeric(length: usize) -> String {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut out = String::with_capacity(length);
     let mut pool = [0u8; 64];
     while out.len() < length {
@@ -98,7 +100,7 @@ pub fn random_alphanumeric(length: usize) -> String {
         for byte in pool {
             // 248 = 4 * 62: values at or above it would favour the first characters.
             if byte < 248 && out.len() < length {
-                out.push(ALPHABET[(byte % 62) as usize] as char);
+                out.push(ALPHANUMERIC[(byte % 62) as usize] as char);
             }
         }
     }

@@ -70,8 +70,8 @@ impl Rng {
     /// operating system each time: a system call per id was, before this, two of the syscalls
     /// of every relayed request.
     pub fn alphanumeric(&mut self, length: usize) -> String {
-        const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        (0..length).map(|_| char::from(ALPHABET[self.below(62) as usize])).collect()
+        let alphabet = crate::util::ALPHANUMERIC;
+        (0..length).map(|_| char::from(alphabet[self.below(alphabet.len() as u64) as usize])).collect()
     }
 }
 
