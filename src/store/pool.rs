@@ -7,7 +7,9 @@
 //! thread it blocks the thread.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Weak};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::store::{self, Store, StoreError, StoreResult};
 
@@ -28,13 +30,22 @@ pub struct StorePool {
     // worker thread.
     job_sender: crossbeam_channel::Sender<Job>,
     backend_name: &'static str,
+    /// Gone once every clone is dropped: a thread still trying to open its store then stops.
+    _alive: Arc<()>,
 }
 
 impl StorePool {
     /// Opens `connections` stores of `database_type` (`sqlite`, `postgres` or `mysql`) at
-    /// `path_or_url` and starts one thread per store. The first store applies the migrations.
-    /// SQLite is limited to 4 connections (an in-memory database to 1, since each connection
-    /// would see its own); at least one connection is always opened.
+    /// `path_or_url` and starts one thread per store. SQLite is limited to 4 connections (an
+    /// in-memory database to 1, since each connection would see its own); at least one
+    /// connection is always opened.
+    ///
+    /// Only the first store is opened here (it applies the migrations, and its errors are the
+    /// caller's); each other thread opens its own store and then joins in, so the gateway does
+    /// not wait for connections it does not need yet (on SQLite each costs about two
+    /// milliseconds of schema reading and pragmas). Jobs sent meanwhile go to the threads
+    /// already serving. A thread whose store cannot be opened logs why and tries again, less
+    /// and less often, until the pool is dropped.
     ///
     /// Blocks while connecting: call it at startup on a std thread, not on a coroutine.
     pub fn open(
@@ -47,19 +58,29 @@ impl StorePool {
             "sqlite" => connections.clamp(1, MAX_SQLITE_CONNECTIONS),
             _ => connections.clamp(1, MAX_SERVER_CONNECTIONS),
         };
-        let mut stores = Vec::with_capacity(connection_count);
-        for _ in 0..connection_count {
-            stores.push(store::open(database_type, path_or_url)?);
-        }
-        let backend_name = stores[0].backend_name();
+        let first_store = store::open(database_type, path_or_url)?;
+        let backend_name = first_store.backend_name();
         let (job_sender, job_receiver) = crossbeam_channel::unbounded::<Job>();
-        for (thread_index, store) in stores.into_iter().enumerate() {
+        let alive = Arc::new(());
+        let mut first_store = Some(first_store);
+        for thread_index in 0..connection_count {
             let job_receiver = job_receiver.clone();
             let (database_type, path_or_url) = (database_type.to_string(), path_or_url.to_string());
             let reopen = move || store::open(&database_type, &path_or_url);
+            let opened = first_store.take();
+            let pool_alive = Arc::downgrade(&alive);
             thread::Builder::new()
                 .name(format!("store-{thread_index}"))
-                .spawn(move || serve_jobs(store, job_receiver, reopen))
+                .spawn(move || {
+                    let store = match opened {
+                        Some(store) => store,
+                        None => match open_while_pool_alive(&reopen, &pool_alive) {
+                            Some(store) => store,
+                            None => return,
+                        },
+                    };
+                    serve_jobs(store, job_receiver, reopen)
+                })
                 .map_err(|error| {
                     StoreError::Backend(format!("cannot start a store thread: {error}"))
                 })?;
@@ -67,6 +88,7 @@ impl StorePool {
         Ok(StorePool {
             job_sender,
             backend_name,
+            _alive: alive,
         })
     }
 
@@ -107,6 +129,32 @@ impl StorePool {
 /// After a job that found the server connection gone, the thread opens a new one (at most once a
 /// second), so a restarted PostgreSQL or MySQL is used again without restarting the gateway;
 /// until then the jobs fail with the driver's error, which their callers retry or report.
+/// Opens a pool thread's store, trying again after a failure (1 s, doubling to a minute) for as
+/// long as the pool exists. `None` when the pool was dropped first.
+fn open_while_pool_alive(
+    open: &impl Fn() -> StoreResult<Box<dyn Store>>,
+    pool_alive: &Weak<()>,
+) -> Option<Box<dyn Store>> {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        if pool_alive.strong_count() == 0 {
+            return None;
+        }
+        match open() {
+            Ok(store) => return Some(store),
+            Err(error) => {
+                log::warn!("a database connection of the pool could not be opened (next try in {} s): {error}", pause.as_secs());
+            }
+        }
+        // Sleeps in short steps so that a dropped pool ends this thread soon.
+        let until = Instant::now() + pause;
+        while Instant::now() < until && pool_alive.strong_count() > 0 {
+            thread::sleep(Duration::from_millis(100));
+        }
+        pause = (pause * 2).min(Duration::from_secs(60));
+    }
+}
+
 fn serve_jobs(
     mut store: Box<dyn Store>,
     job_receiver: crossbeam_channel::Receiver<Job>,
@@ -114,12 +162,12 @@ fn serve_jobs(
 ) {
     // Database work is admin calls and batched statistics: never more urgent than relaying.
     crate::util::lower_this_thread_priority();
-    let mut last_reopen_attempt: Option<std::time::Instant> = None;
+    let mut last_reopen_attempt: Option<Instant> = None;
     for job in job_receiver {
         job(store.as_mut());
-        let may_try = last_reopen_attempt.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1));
+        let may_try = last_reopen_attempt.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
         if may_try && store.connection_lost() {
-            last_reopen_attempt = Some(std::time::Instant::now());
+            last_reopen_attempt = Some(Instant::now());
             match reopen() {
                 Ok(reopened) => {
                     log::warn!("the {} connection was lost; reconnected", reopened.backend_name());
@@ -128,5 +176,83 @@ fn serve_jobs(
                 Err(error) => log::warn!("the database connection was lost and reconnecting failed (will retry): {error}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    /// A SQLite file in a directory of its own, removed at the end.
+    struct TempDatabase(std::path::PathBuf);
+
+    impl TempDatabase {
+        fn new(name: &str) -> TempDatabase {
+            let directory = std::env::temp_dir().join(format!("octopus-pool-{name}-{}-{}", std::process::id(), crate::util::unix_millis()));
+            std::fs::create_dir_all(&directory).unwrap();
+            TempDatabase(directory)
+        }
+
+        fn path(&self) -> String {
+            self.0.join("octopus.db").to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for TempDatabase {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn every_thread_serves_once_it_has_opened_its_own_store() {
+        let database = TempDatabase::new("all-serve");
+        let pool = StorePool::open("sqlite", &database.path(), 4).unwrap();
+        // Four jobs that each wait for the other three can only finish if four threads run
+        // them at once: the three stores opened in the background joined in.
+        let barrier = Arc::new(Barrier::new(4));
+        let (done_sender, done_receiver) = crossbeam_channel::unbounded();
+        for _ in 0..4 {
+            let (pool, barrier, done_sender) = (pool.clone(), barrier.clone(), done_sender.clone());
+            thread::spawn(move || {
+                let answered = pool.call(move |store| {
+                    barrier.wait();
+                    store.has_admin()
+                });
+                done_sender.send(answered.is_ok()).unwrap();
+            });
+        }
+        for _ in 0..4 {
+            assert_eq!(done_receiver.recv_timeout(Duration::from_secs(30)), Ok(true), "a pool thread never served");
+        }
+    }
+
+    #[test]
+    fn a_store_that_fails_to_open_is_tried_again() {
+        let alive = Arc::new(());
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let open = || -> StoreResult<Box<dyn Store>> {
+            if attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                return Err(StoreError::Backend("refused".to_string()));
+            }
+            store::open("sqlite", ":memory:")
+        };
+        let store = open_while_pool_alive(&open, &Arc::downgrade(&alive));
+        assert!(store.is_some());
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_thread_still_trying_to_open_its_store_ends_with_the_pool() {
+        let alive = Arc::new(());
+        let pool_alive = Arc::downgrade(&alive);
+        let trying = thread::spawn(move || {
+            let never = || -> StoreResult<Box<dyn Store>> { Err(StoreError::Backend("refused".to_string())) };
+            open_while_pool_alive(&never, &pool_alive).is_none()
+        });
+        thread::sleep(Duration::from_millis(150));
+        drop(alive);
+        assert!(trying.join().unwrap(), "the thread gave up without a store once the pool was gone");
     }
 }

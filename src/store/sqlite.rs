@@ -94,7 +94,9 @@ fn is_not_a_plain_file(path: &str) -> bool {
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 
 /// Compiles the multi-row log inserts into the statement cache once, at open: compiling the
-/// 64-row one costs about as much as writing a hundred rows, so it must not happen per batch.
+/// 64-row one costs about as much as writing a hundred rows, so it must not happen per batch,
+/// nor at the first batch of each connection (a stall a benchmark sees). Only the pool's first
+/// connection is opened on the way to answering the first request (`StorePool::open`).
 fn prepare_log_inserts(connection: &Connection) -> rusqlite::Result<()> {
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     for rows in stats_sql::LOG_INSERT_SIZES {
