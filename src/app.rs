@@ -51,8 +51,15 @@ pub fn configure_runtime(workers: usize) {
             workers
         };
         // may keeps a pool of ready coroutines; each pooled one holds a touched page of its stack,
-        // so its default of 1000 costs about 8 MiB at idle. Busy periods grow it on demand.
-        may::config().set_workers(workers).set_stack_size(COROUTINE_STACK_WORDS).set_pool_capacity(COROUTINE_POOL_CAPACITY);
+        // so its default of 1000 costs about 8 MiB at idle. It also fills the whole pool when
+        // its scheduler starts (a stack mapped, guarded and touched per coroutine: about two
+        // milliseconds for 64 on a small machine, before the gateway can answer). So the
+        // scheduler is started here with a pool of one, and the capacity raised after: finished
+        // coroutines then fill the pool as the load needs them, up to the capacity.
+        may::config().set_workers(workers).set_stack_size(COROUTINE_STACK_WORDS).set_pool_capacity(1);
+        // Spawning the first coroutine starts the scheduler.
+        let _ = may::go!(|| ()).join();
+        may::config().set_pool_capacity(COROUTINE_POOL_CAPACITY);
     });
 }
 
