@@ -15,7 +15,6 @@ use crate::http::{cors, Handler, Request, Response};
 use crate::relay::record::{RecentRecords, RecordSink};
 use crate::relay::{self, RelayState};
 use crate::settings::{Settings, SettingsCell};
-use crate::stats::catalog::Catalog;
 use crate::stats::price_state::PriceState;
 use crate::stats::writer::StatsWriter;
 use crate::stats::StatsService;
@@ -194,7 +193,7 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
     .map_err(StartError::Upstream)?;
     let settings = store.call(|store| Settings::load(store)).map_err(|error| StartError::Store(error.to_string()))?;
     let settings = Arc::new(SettingsCell::new(settings));
-    let prices = PriceState::new(Catalog::builtin());
+    let prices = PriceState::new(None);
     let mut stats = StatsService::new(store.clone(), settings.clone(), prices);
     let (mut records, record_receiver) = RecordSink::bounded(RECORD_QUEUE_CAPACITY);
     if std::env::var_os(BENCH_WITHOUT_STATS_VARIABLE).is_some_and(|value| value == "1") {

@@ -32,7 +32,7 @@ pub fn list(context: &AdminContext, request: &Request) -> Result<Response, ApiEr
     let channel_types = channels.iter().map(|channel| (channel.id, channel.channel_type)).collect();
     // Built from the rows just read rather than taken from the shared book, so a list right after
     // a write shows that write even if another node made it.
-    let book = PriceBook::new(&rows, channel_types, context.stats.prices.catalog());
+    let book = PriceBook::new(&rows, channel_types, Some(context.stats.prices.catalog()));
     let items = match channel_id {
         None => defaults_view(&rows, &channels, &groups, &book),
         Some(channel_id) => {

@@ -30,9 +30,10 @@
 //! All indexes are built once at parse time, so a lookup is at most four hash probes and the
 //! answer never depends on hash order.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
@@ -64,6 +65,9 @@ const SNAPSHOT: &str = include_str!("models_dev_snapshot.json");
 
 /// The snapshot's format tag; `scripts/price-snapshot` writes the same.
 const SNAPSHOT_FORMAT: &str = "octopus-models-dev-snapshot-1";
+
+/// The compiled-in snapshot, parsed (`Catalog::builtin`).
+static BUILTIN_CATALOG: OnceLock<Arc<Catalog>> = OnceLock::new();
 
 /// Prices by provider id, then by model id, as models.dev lists them, plus the indexes of the
 /// mapping rule.
@@ -104,17 +108,23 @@ impl Catalog {
 
     /// Parses the compact snapshot `scripts/price-snapshot` writes:
     /// `{"format", "providers": {provider: {model: [input, output, cache_read?, cache_write?]}}}`.
+    /// Read into borrowed types rather than a `Value` tree: this runs at every start.
     pub fn parse_snapshot(document: &[u8]) -> Result<Catalog, String> {
-        let value: Value = serde_json::from_slice(document).map_err(|error| format!("the price snapshot is not valid JSON: {error}"))?;
-        if value.get("format").and_then(Value::as_str) != Some(SNAPSHOT_FORMAT) {
+        #[derive(serde::Deserialize)]
+        struct Snapshot<'a> {
+            #[serde(borrow)]
+            format: Cow<'a, str>,
+            #[serde(borrow)]
+            providers: HashMap<Cow<'a, str>, HashMap<Cow<'a, str>, Vec<f64>>>,
+        }
+        let snapshot: Snapshot =
+            serde_json::from_slice(document).map_err(|error| format!("the price snapshot is not readable: {error}"))?;
+        if snapshot.format != SNAPSHOT_FORMAT {
             return Err(format!("the price snapshot is not in the {SNAPSHOT_FORMAT} format"));
         }
-        let providers = value.get("providers").and_then(Value::as_object).ok_or_else(|| "the price snapshot has no providers object".to_string())?;
         let mut entries = Vec::new();
-        for (provider_id, models) in providers {
-            let models = models.as_object().ok_or_else(|| format!("snapshot provider {provider_id:?} is not an object"))?;
-            for (model_id, prices) in models {
-                let numbers: Vec<f64> = prices.as_array().map(|items| items.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+        for (provider_id, models) in snapshot.providers {
+            for (model_id, numbers) in models {
                 if numbers.len() < 2 || numbers.len() > 4 || numbers.iter().any(|number| !number.is_finite() || *number < 0.0) {
                     return Err(format!("snapshot price of {provider_id}/{model_id} must be 2 to 4 numbers of 0 or more"));
                 }
@@ -124,7 +134,7 @@ impl Catalog {
                     cache_read: numbers.get(2).copied().unwrap_or(0.0),
                     cache_write: numbers.get(3).copied().unwrap_or(0.0),
                 };
-                entries.push((provider_id.clone(), model_id.clone(), price));
+                entries.push((provider_id.to_string(), model_id.into_owned(), price));
             }
         }
         if entries.is_empty() {
@@ -134,35 +144,61 @@ impl Catalog {
     }
 
     /// The snapshot compiled into the binary, so prices work offline from the first start. It is
-    /// parsed once per process; a test keeps it parseable, and should it ever fail the gateway
-    /// starts with an empty catalogue (and says so) rather than not at all.
-    pub fn builtin() -> Catalog {
-        static BUILTIN: OnceLock<Catalog> = OnceLock::new();
-        BUILTIN
+    /// parsed once per process and shared; a test keeps it parseable, and should it ever fail
+    /// the gateway starts with an empty catalogue (and says so) rather than not at all.
+    pub fn builtin() -> Arc<Catalog> {
+        BUILTIN_CATALOG
             .get_or_init(|| {
-                Catalog::parse_snapshot(SNAPSHOT.as_bytes()).unwrap_or_else(|error| {
+                Arc::new(Catalog::parse_snapshot(SNAPSHOT.as_bytes()).unwrap_or_else(|error| {
                     log::error!("the compiled-in price snapshot is unusable, starting without it: {error}");
                     Catalog::default()
-                })
+                }))
             })
             .clone()
     }
 
     /// Builds the catalogue and its indexes from (provider, model id, price) entries.
-    fn from_entries(mut entries: Vec<(String, String, Price)>) -> Catalog {
+    fn from_entries(entries: Vec<(String, String, Price)>) -> Catalog {
+        struct Entry {
+            provider_rank: usize,
+            provider: String,
+            model: String,
+            normalised: String,
+            price: Price,
+        }
+        let mut entries: Vec<Entry> = entries
+            .into_iter()
+            .map(|(provider, model, price)| Entry { provider_rank: provider_rank(&provider), normalised: normalise_model_id(&model), provider, model, price })
+            .collect();
         // Insertion order decides every tie: the preferred provider first, then within one
         // provider the id that is already normal, then the greatest id (the newest date).
-        entries.sort_by_cached_key(|(provider, model, _)| {
-            let already_normal = normalise_model_id(model) == *model;
-            (provider_rank(provider), provider.clone(), !already_normal, Reverse(model.clone()))
+        entries.sort_unstable_by(|left, right| {
+            (left.provider_rank, &left.provider, left.normalised != left.model, Reverse(&left.model))
+                .cmp(&(right.provider_rank, &right.provider, right.normalised != right.model, Reverse(&right.model)))
         });
         let mut catalog = Catalog::default();
-        for (provider, model, price) in entries {
-            let normalised = normalise_model_id(&model);
-            catalog.by_exact_id.entry(model.clone()).or_insert(price);
-            catalog.by_normalised_id.entry(normalised.clone()).or_insert(price);
-            catalog.normalised_by_provider.entry(provider.clone()).or_default().entry(normalised).or_insert(price);
-            catalog.providers.entry(provider).or_default().insert(model, price);
+        // Every index keeps the first price it sees for a key, so a key is copied only when it is
+        // new (the catalogue is built at every start and after every sync).
+        fn keep_first(index: &mut HashMap<String, Price>, key: &str, price: Price) {
+            if !index.contains_key(key) {
+                index.insert(key.to_string(), price);
+            }
+        }
+        for entry in entries {
+            keep_first(&mut catalog.by_exact_id, &entry.model, entry.price);
+            keep_first(&mut catalog.by_normalised_id, &entry.normalised, entry.price);
+            if !catalog.providers.contains_key(&entry.provider) {
+                catalog.providers.insert(entry.provider.clone(), HashMap::new());
+                catalog.normalised_by_provider.insert(entry.provider.clone(), HashMap::new());
+            }
+            if let Some(normalised) = catalog.normalised_by_provider.get_mut(&entry.provider)
+                && !normalised.contains_key(&entry.normalised)
+            {
+                normalised.insert(entry.normalised, entry.price);
+            }
+            if let Some(models) = catalog.providers.get_mut(&entry.provider) {
+                models.insert(entry.model, entry.price);
+            }
         }
         catalog
     }
@@ -383,7 +419,7 @@ mod tests {
         assert_eq!(catalog.lookup(Some(ChannelType::OpenaiChat), "gpt-4o").map(|price| price.input), Some(2.5));
         assert!(catalog.lookup(Some(ChannelType::Gemini), "models/gemini-2.5-flash").is_some());
         assert!(catalog.lookup(None, "deepseek-chat").is_some());
-        assert_eq!(Catalog::builtin(), catalog);
+        assert_eq!(*Catalog::builtin(), catalog);
         let full = Catalog::parse(&fixture("api.json")).unwrap();
         for model in ["gpt-4o", "claude-sonnet-4-5", "gemini-2.5-pro", "grok-4.3", "codestral-latest", "deepseek-reasoner"] {
             assert_eq!(catalog.lookup(None, model), full.lookup(None, model), "{model}");

@@ -21,7 +21,10 @@ pub struct PriceSyncStatus {
 }
 
 pub struct PriceState {
-    catalog: RwLock<Arc<Catalog>>,
+    /// `None` until a sync puts a catalogue in force: the compiled-in snapshot
+    /// (`Catalog::builtin`), parsed at its first use rather than on the way to answering the
+    /// first request (it takes a few milliseconds).
+    catalog: RwLock<Option<Arc<Catalog>>>,
     book: RwLock<Arc<PriceBook>>,
     status: Mutex<PriceSyncStatus>,
     /// The ticket the next sync attempt gets (`begin_sync`).
@@ -36,14 +39,13 @@ pub struct PriceState {
 pub struct SyncTicket(u64);
 
 impl PriceState {
-    /// Starts with `catalog` (the compiled-in snapshot) and no admin prices until `rebuild`.
-    pub fn new(catalog: Catalog) -> PriceState {
-        let catalog = Arc::new(catalog);
-        let status = PriceSyncStatus { models: catalog.len(), ..PriceSyncStatus::default() };
+    /// Starts with `catalog` (`None`: the compiled-in snapshot) and no admin prices until
+    /// `rebuild`.
+    pub fn new(catalog: Option<Arc<Catalog>>) -> PriceState {
         PriceState {
             book: RwLock::new(Arc::new(PriceBook::new(&[], HashMap::new(), catalog.clone()))),
             catalog: RwLock::new(catalog),
-            status: Mutex::new(status),
+            status: Mutex::new(PriceSyncStatus::default()),
             next_sync_ticket: AtomicU64::new(1),
             applied_sync_ticket: Mutex::new(0),
         }
@@ -54,6 +56,11 @@ impl PriceState {
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog_in_force().unwrap_or_else(Catalog::builtin)
+    }
+
+    /// The synced catalogue, or `None` while the compiled-in snapshot is in force.
+    fn catalog_in_force(&self) -> Option<Arc<Catalog>> {
         self.catalog.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
@@ -62,7 +69,7 @@ impl PriceState {
     pub fn rebuild(&self, store: &mut dyn Store) -> StoreResult<()> {
         let rows = store.list_prices()?;
         let channel_types = store.list_channels()?.into_iter().map(|channel| (channel.id, channel.channel_type)).collect();
-        let book = PriceBook::new(&rows, channel_types, self.catalog());
+        let book = PriceBook::new(&rows, channel_types, self.catalog_in_force());
         *self.book.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(book);
         Ok(())
     }
@@ -70,7 +77,7 @@ impl PriceState {
     /// Puts a freshly synced catalogue in force (the caller rebuilds the book after).
     pub fn replace_catalog(&self, catalog: Catalog, at_unix_seconds: i64) {
         let models = catalog.len();
-        *self.catalog.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(catalog);
+        *self.catalog.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(catalog));
         let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         *status = PriceSyncStatus { last_sync_at: Some(at_unix_seconds), last_error: None, models };
     }
@@ -104,7 +111,11 @@ impl PriceState {
     }
 
     pub fn status(&self) -> PriceSyncStatus {
-        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        let mut status = self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        if self.catalog_in_force().is_none() {
+            status.models = Catalog::builtin().len();
+        }
+        status
     }
 }
 
@@ -120,7 +131,7 @@ mod tests {
 
     #[test]
     fn an_older_sync_finishing_last_does_not_undo_a_newer_one() {
-        let state = PriceState::new(Catalog::default());
+        let state = PriceState::new(Some(Arc::new(Catalog::default())));
         let older = state.begin_sync();
         let newer = state.begin_sync();
         assert!(state.finish_sync(newer, Err("unreachable".to_string()), 20));

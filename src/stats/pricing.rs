@@ -80,7 +80,8 @@ pub struct PriceBook {
     channel_prices: HashMap<i64, HashMap<String, Price>>,
     default_prices: HashMap<String, Price>,
     channel_types: HashMap<i64, ChannelType>,
-    catalog: Arc<Catalog>,
+    /// `None`: the compiled-in snapshot (`Catalog::builtin`), parsed at its first lookup.
+    catalog: Option<Arc<Catalog>>,
     /// Catalogue answers already found: a catalogue lookup normalises the model id and tries
     /// several providers, the costliest step of counting a request, and the same few (channel
     /// type, model) pairs come back all day. A book is rebuilt whenever prices change, so this
@@ -96,7 +97,8 @@ type CatalogAnswers = HashMap<String, Option<Price>>;
 const MAX_CATALOG_ANSWERS: usize = 4_096;
 
 impl PriceBook {
-    pub fn new(rows: &[ModelPrice], channel_types: HashMap<i64, ChannelType>, catalog: Arc<Catalog>) -> PriceBook {
+    /// The book of the admin's price rows, with `catalog` (`None`: the compiled-in snapshot).
+    pub fn new(rows: &[ModelPrice], channel_types: HashMap<i64, ChannelType>, catalog: Option<Arc<Catalog>>) -> PriceBook {
         let mut book = PriceBook { channel_types, catalog, ..PriceBook::default() };
         for row in rows {
             match row.channel_id {
@@ -129,7 +131,7 @@ impl PriceBook {
         if let Some(answer) = answers.get(model) {
             return *answer;
         }
-        let answer = self.catalog.lookup(channel_type, model);
+        let answer = self.catalog().lookup(channel_type, model);
         if answers.len() >= MAX_CATALOG_ANSWERS {
             answers.clear();
         }
@@ -137,8 +139,8 @@ impl PriceBook {
         answer
     }
 
-    pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.catalog
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone().unwrap_or_else(Catalog::builtin)
     }
 }
 
@@ -181,7 +183,7 @@ mod tests {
             ModelPrice { id: 1, model: "m".to_string(), channel_id: Some(7), input: 1.0, ..ModelPrice::default() },
             ModelPrice { id: 2, model: "m".to_string(), channel_id: None, input: 2.0, ..ModelPrice::default() },
         ];
-        let book = PriceBook::new(&rows, HashMap::new(), Arc::new(Catalog::default()));
+        let book = PriceBook::new(&rows, HashMap::new(), Some(Arc::new(Catalog::default())));
         assert_eq!(book.effective(Some(7), "m"), (Price { input: 1.0, ..Price::default() }, PriceSource::Channel));
         assert_eq!(book.effective(Some(8), "m"), (Price { input: 2.0, ..Price::default() }, PriceSource::Default));
         assert_eq!(book.effective(Some(8), "other").1, PriceSource::Unpriced);
