@@ -15,6 +15,8 @@ use crate::mock_upstream::Dialect;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// Polling this often adds at most this much to a measured cold start.
+const COLD_START_POLL_INTERVAL: Duration = Duration::from_micros(200);
 const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// After SIGTERM the gateway gets this long to exit before SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -60,6 +62,59 @@ pub struct Gateway {
     child: Child,
     address: SocketAddr,
     temp_dir: TempDir,
+    launch: Launch,
+}
+
+/// How the gateway process is started, kept to start it again (`Gateway::cold_starts`).
+struct Launch {
+    /// A program that runs the gateway in its own process (taskset, valgrind), or nothing.
+    prefix: Vec<String>,
+    binary: PathBuf,
+    config_path: PathBuf,
+    environment: Vec<(String, String)>,
+    directory: PathBuf,
+}
+
+impl Launch {
+    /// Starts `binary start --config ...` with stdout and stderr appended to `gateway.log`.
+    fn spawn(&self) -> Result<Child, String> {
+        let log_path = self.directory.join("gateway.log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|error| format!("cannot open {}: {error}", log_path.display()))?;
+        let log_for_stderr = log.try_clone().map_err(|error| format!("cannot clone log handle: {error}"))?;
+        let mut command = match self.prefix.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        command
+            .arg("start")
+            .arg("--config")
+            .arg(&self.config_path)
+            .envs(self.environment.iter().map(|(name, value)| (name, value)))
+            .current_dir(&self.directory)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_for_stderr));
+        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+        // async-signal-safe. PDEATHSIG kills the gateway if the bench dies without running its
+        // destructors (Ctrl-C, kill), so no gateway outlives a run.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.spawn().map_err(|error| format!("cannot start {}: {error}", self.binary.display()))
+    }
 }
 
 impl Gateway {
@@ -90,49 +145,70 @@ impl Gateway {
         std::fs::write(&config_path, config.to_string())
             .map_err(|error| format!("cannot write {}: {error}", config_path.display()))?;
 
-        let log_path = temp_dir.path().join("gateway.log");
-        let log = File::create(&log_path).map_err(|error| format!("cannot create log: {error}"))?;
-        let log_for_stderr = log
-            .try_clone()
-            .map_err(|error| format!("cannot clone log handle: {error}"))?;
-        let mut command = match prefix.split_first() {
-            Some((program, arguments)) => {
-                let mut command = Command::new(program);
-                command.args(arguments).arg(binary);
-                command
-            }
-            None => Command::new(binary),
+        let launch = Launch {
+            prefix: prefix.to_vec(),
+            binary: binary.to_path_buf(),
+            config_path,
+            environment: environment.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+            directory: temp_dir.path().to_path_buf(),
         };
-        command
-            .arg("start")
-            .arg("--config")
-            .arg(&config_path)
-            .envs(environment.iter().copied())
-            .current_dir(temp_dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_for_stderr));
-        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
-        // async-signal-safe. PDEATHSIG kills the gateway if the bench dies without running its
-        // destructors (Ctrl-C, kill), so no gateway outlives a run.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
+        let child = launch.spawn()?;
         let mut gateway = Gateway {
             child,
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             temp_dir,
+            launch,
         };
         gateway.wait_until_healthy(startup_timeout)?;
         Ok(gateway)
+    }
+
+    /// Cold starts: `runs` times, stops the gateway (SIGTERM) and starts it again on the same
+    /// database, timing from the spawn to the first `GET /healthz` answered 200 (polled every
+    /// 200 µs). The database then holds the run's configuration, statistics and logs, as a
+    /// restarted gateway's would; the first admin password was hashed at the first start, so
+    /// these times leave argon2 out. The gateway runs again afterwards, with a new pid.
+    pub fn cold_starts(&mut self, runs: usize) -> Result<Vec<Duration>, String> {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            self.stop();
+            let started = Instant::now();
+            self.child = self.launch.spawn()?;
+            loop {
+                if let Ok(Some(exit)) = self.child.try_wait() {
+                    return Err(format!("the gateway exited during a cold start ({exit}); its log:\n{}", self.log_tail()));
+                }
+                let health = one_shot(self.address, "GET", "/healthz", None, None, Duration::from_secs(2));
+                if matches!(health, Ok(ref response) if response.status == 200) {
+                    times.push(started.elapsed());
+                    break;
+                }
+                if started.elapsed() > STARTUP_TIMEOUT {
+                    return Err(format!("a cold start did not answer GET /healthz within {STARTUP_TIMEOUT:?}; its log:\n{}", self.log_tail()));
+                }
+                std::thread::sleep(COLD_START_POLL_INTERVAL);
+            }
+        }
+        Ok(times)
+    }
+
+    /// SIGTERM, then SIGKILL after `SHUTDOWN_GRACE`; returns once the process is gone.
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill has no memory preconditions; the pid is our own live child.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + SHUTDOWN_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {
@@ -190,21 +266,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill has no memory preconditions; the pid is our own live child.
-            unsafe {
-                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + SHUTDOWN_GRACE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.stop();
     }
 }
 

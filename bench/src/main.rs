@@ -124,6 +124,8 @@ struct Plan {
     stream_rounds: usize,
     streams_per_round: usize,
     held_streams: usize,
+    /// Restarts timed from spawn to the first 200 (`Gateway::cold_starts`).
+    cold_starts: usize,
     conversion: ConversionPlan,
 }
 
@@ -139,6 +141,7 @@ impl Plan {
             stream_rounds: 2,
             streams_per_round: 10,
             held_streams: 1000,
+            cold_starts: 20,
             conversion: ConversionPlan {
                 warmup_requests: 200,
                 latency_rounds: 7,
@@ -161,6 +164,7 @@ impl Plan {
             stream_rounds: 1,
             streams_per_round: 3,
             held_streams: 100,
+            cold_starts: 3,
             conversion: ConversionPlan {
                 warmup_requests: 50,
                 latency_rounds: 3,
@@ -547,6 +551,12 @@ fn run(options: &Options) -> Result<RunResults, String> {
         _ => None,
     };
 
+    // Last, since each restart gives the gateway a new pid: the memory figures above are the
+    // first process's.
+    if let Some(gateway) = gateway.as_mut() {
+        progress(run_started, &format!("cold starts ({})", plan.cold_starts));
+        memory.cold_starts = gateway.cold_starts(plan.cold_starts)?;
+    }
     progress(run_started, "done");
     let gateway_log_lines = gateway.as_ref().map_or(0, |gateway| {
         let log = gateway.log_tail();

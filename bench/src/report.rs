@@ -70,6 +70,8 @@ pub struct MemoryResults {
     pub holding_streams: Option<Resident>,
     pub after_close: Option<Resident>,
     pub held_open: usize,
+    /// Restarts on the run's database, each from spawn to the first `GET /healthz` 200.
+    pub cold_starts: Vec<Duration>,
     pub held_errors: ErrorTally,
     pub held_open_time: Duration,
     /// Streams the mock was writing while they were held, and a few seconds after the clients
@@ -364,6 +366,20 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
             }
         }
         let _ = writeln!(out);
+        if !memory.cold_starts.is_empty() {
+            let mut times: Vec<f64> = memory.cold_starts.iter().map(|time| time.as_secs_f64() * 1000.0).collect();
+            times.sort_by(f64::total_cmp);
+            let _ = writeln!(
+                out,
+                "**Cold start to first 200** (restarted {} times on the run's database, spawn to `GET /healthz`): \
+                 median {:.1} ms, fastest {:.1} ms, slowest {:.1} ms.",
+                times.len(),
+                times[times.len() / 2],
+                times[0],
+                times[times.len() - 1]
+            );
+            let _ = writeln!(out);
+        }
     }
 }
 
