@@ -124,11 +124,6 @@ impl StorePool {
     }
 }
 
-/// The body of one pool thread: run jobs until every `StorePool` handle is gone.
-///
-/// After a job that found the server connection gone, the thread opens a new one (at most once a
-/// second), so a restarted PostgreSQL or MySQL is used again without restarting the gateway;
-/// until then the jobs fail with the driver's error, which their callers retry or report.
 /// Opens a pool thread's store, trying again after a failure (1 s, doubling to a minute) for as
 /// long as the pool exists. `None` when the pool was dropped first.
 fn open_while_pool_alive(
@@ -155,6 +150,11 @@ fn open_while_pool_alive(
     }
 }
 
+/// The body of one pool thread: run jobs until every `StorePool` handle is gone.
+///
+/// After a job that found the server connection gone, the thread opens a new one (at most once a
+/// second), so a restarted PostgreSQL or MySQL is used again without restarting the gateway;
+/// until then the jobs fail with the driver's error, which their callers retry or report.
 fn serve_jobs(
     mut store: Box<dyn Store>,
     job_receiver: crossbeam_channel::Receiver<Job>,
