@@ -64,6 +64,7 @@ store_cases!(
     pool_survives_a_panicking_job,
     stored_responses_save_read_delete_and_prune,
     wide_request_logs_are_carried_into_the_compact_table,
+    logs_without_keys_channels_or_bodies_read_back_empty_after_logs_with_them,
 );
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -443,6 +444,33 @@ mod cases {
         assert_eq!(total, 2);
         assert_eq!(page.iter().map(|log| log.id).collect::<Vec<_>>(), vec![103, 101]);
         assert_eq!(page[0], new_log);
+    }
+
+    /// A batch of logs with every optional value, then batches without them (one row and four,
+    /// so both go through statements the first batch used): the missing values read back as
+    /// missing, not as the earlier rows' values. SQLite leaves missing values unbound and relies
+    /// on reused statements being cleared.
+    pub fn logs_without_keys_channels_or_bodies_read_back_empty_after_logs_with_them(database: &TestDatabase) {
+        let mut store = database.open();
+        let full = |id: i64| RequestLog {
+            id,
+            time_ms: 1_780_000_000_000 + id,
+            api_key_id: Some(7),
+            channel_id: Some(3),
+            group: "full".to_string(),
+            success: true,
+            request_body: Some(format!("request {id}")),
+            response_body: Some(format!("response {id}")),
+            ..RequestLog::default()
+        };
+        let bare = |id: i64| RequestLog { id, time_ms: 1_780_000_000_000 + id, group: "bare".to_string(), ..RequestLog::default() };
+        let full_logs: Vec<RequestLog> = (1..=5).map(full).collect();
+        let bare_logs: Vec<RequestLog> = (11..=15).map(bare).collect();
+        store.insert_logs(&full_logs.iter().map(LogRow::of).collect::<Vec<_>>()).unwrap();
+        store.insert_logs(&bare_logs.iter().map(LogRow::of).collect::<Vec<_>>()).unwrap();
+        for expected in full_logs.iter().chain(&bare_logs) {
+            assert_eq!(store.log_by_id(expected.id).unwrap().as_ref(), Some(expected), "log {}", expected.id);
+        }
     }
 
     pub fn admin_seed_lookup_and_password_update(database: &TestDatabase) {

@@ -137,7 +137,8 @@ impl CallTrace {
         if let (Some(client_key_id), Some(usage)) = (self.record.client_key_id, self.record.usage.as_ref()) {
             state.rate_limits.charge_tokens(client_key_id, usage.total_tokens(), u64::try_from(util::unix_millis()).unwrap_or(0));
         }
-        state.records.emit(self.record);
+        let record = self.record;
+        state.records.emit_with(|| state.stats.count(record, util::unix_millis()));
     }
 }
 

@@ -41,7 +41,7 @@ use crate::relay::record::{RecentRecords, RecordSink};
 use crate::relay::snapshot::{Snapshot, SnapshotCell};
 use crate::relay::error::RelayError;
 use crate::store::entities::{ApiKey, Channel, ChannelKey, ChannelType};
-use crate::stats::StatsService;
+use crate::stats::{CountedRequest, StatsService};
 use crate::store::pool::StorePool;
 use crate::upstream::client::UpstreamClient;
 use crate::upstream::google_oauth::AntigravityAuth;
@@ -53,7 +53,7 @@ pub struct RelayState {
     pub snapshot: SnapshotCell,
     pub health: HealthCell,
     pub upstream: UpstreamClient,
-    pub records: RecordSink,
+    pub records: RecordSink<CountedRequest>,
     pub antigravity: AntigravityAuth,
     /// The last finished requests (filled by the record consumer).
     pub recent: Arc<RecentRecords>,
@@ -75,7 +75,7 @@ impl RelayState {
         config: Arc<Config>,
         store: StorePool,
         upstream: UpstreamClient,
-        records: RecordSink,
+        records: RecordSink<CountedRequest>,
         recent: Arc<RecentRecords>,
         stats: Arc<StatsService>,
     ) -> RelayState {

@@ -1,5 +1,5 @@
-//! Counters and latency histograms for Prometheus, filled by the writer thread from each record
-//! (never on the relay's path), and their rendering in the text exposition format 0.0.4.
+//! Counters and latency histograms for Prometheus, filled by the writer thread from each request's
+//! `MetricsSample`, and their rendering in the text exposition format 0.0.4.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,14 +45,42 @@ fn entry_by_str<'map, V: Default>(map: &'map mut BTreeMap<String, V>, key: &str)
     map.get_mut(key).expect("inserted just above")
 }
 
+/// What the metrics count of one finished request: taken from its record on the relay's worker
+/// (strings moved, not copied), counted on the writer thread.
+pub struct MetricsSample {
+    channel_name: String,
+    status: u16,
+    total_ms: u64,
+    /// Each attempt's channel and outcome class.
+    attempts: Vec<(String, &'static str)>,
+}
+
+impl MetricsSample {
+    pub fn of(record: RequestRecord) -> MetricsSample {
+        MetricsSample {
+            channel_name: record.channel_name,
+            status: record.status,
+            total_ms: record.total_ms,
+            attempts: record
+                .attempts
+                .into_iter()
+                .map(|attempt| {
+                    let class = outcome_class(&attempt.outcome, attempt.status);
+                    (attempt.channel_name, class)
+                })
+                .collect(),
+        }
+    }
+}
+
 impl RelayMetrics {
-    pub fn observe(&mut self, record: &RequestRecord) {
-        let by_channel = entry_by_str(&mut self.requests, &record.group);
-        let by_status = entry_by_str(by_channel, &record.channel_name);
-        by_status.entry(record.status).or_default().observe(record.total_ms as f64 / 1_000.0);
-        for attempt in &record.attempts {
-            let outcome = outcome_class(&attempt.outcome, attempt.status);
-            *entry_by_str(&mut self.attempts, &attempt.channel_name).entry(outcome).or_default() += 1;
+    /// Counts one request of `group`.
+    pub fn observe(&mut self, group: &str, sample: &MetricsSample) {
+        let by_channel = entry_by_str(&mut self.requests, group);
+        let by_status = entry_by_str(by_channel, &sample.channel_name);
+        by_status.entry(sample.status).or_default().observe(sample.total_ms as f64 / 1_000.0);
+        for (channel_name, outcome) in &sample.attempts {
+            *entry_by_str(&mut self.attempts, channel_name).entry(outcome).or_default() += 1;
         }
     }
 
@@ -160,7 +188,7 @@ mod tests {
             request_body: None,
             response_body: None,
         };
-        metrics.observe(&record);
+        metrics.observe("g", &MetricsSample::of(record));
         let mut text = String::new();
         metrics.render(&mut text);
         assert!(text.contains("octopus_requests_total{group=\"g\",channel=\"c\\\"1\",status=\"200\"} 1"), "{text}");

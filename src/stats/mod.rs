@@ -1,17 +1,19 @@
 //! Statistics, prices and request logs: every finished relay request counted, priced and kept.
 //!
-//! The relay hands each finished request to the stats-writer thread as a `RequestRecord` over a
-//! bounded crossbeam channel (`relay::record::RecordSink`, which drops and counts rather than
-//! blocks). That thread prices the record, adds it to in-memory hourly deltas and queues its log
-//! row; it writes logs about every second and adds the deltas to the database every
+//! The relay's worker prices each finished request, counts it and encodes its log row
+//! (`StatsService::count`: CPU only, no waiting), and hands the `CountedRequest` to the
+//! stats-writer thread over a bounded crossbeam channel (`relay::record::RecordSink`, which drops
+//! and counts rather than blocks). That thread adds it to in-memory hourly deltas and queues its
+//! log row; it writes logs about every second and adds the deltas to the database every
 //! `stats_save_interval_seconds`, at each UTC hour boundary and on shutdown. The writes are
 //! additive upserts, so several gateways on one database sum correctly.
 //!
 //! Reads (`query`) merge the persisted rows with the deltas not yet written, under a gate that a
 //! flush holds while it commits, so the API is always live and never counts a delta twice.
 //!
-//! Architecture invariants: the relay never waits on this module; nothing here runs on a
-//! coroutine worker except `StatsService`'s quick in-memory reads (the spending check).
+//! Architecture invariants: the relay never waits on this module; on a coroutine worker only
+//! `count` (pure work, and locks held for a lookup; a contended price memo is passed by) and the
+//! spending check run, never the store or the log.
 
 pub mod aggregate;
 pub mod catalog;
@@ -28,10 +30,12 @@ pub mod writer;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 
 use crate::relay::record::{RecentRecords, RequestRecord};
 use crate::settings::SettingsCell;
+pub use crate::stats::aggregate::CountedRequest;
+use crate::stats::aggregate::CountingOptions;
 use crate::stats::deltas::Deltas;
 use crate::stats::log_id::LogIdGenerator;
 use crate::stats::price_state::PriceState;
@@ -100,26 +104,6 @@ struct RememberedPrice {
     price: Price,
 }
 
-/// One line per finished request at info level: never a key, body or token.
-fn access_log(record: &RequestRecord) {
-    if !log::log_enabled!(log::Level::Info) {
-        return;
-    }
-    let usage = record.usage.map(|usage| format!(" tokens={}/{}", usage.input_tokens, usage.output_tokens)).unwrap_or_default();
-    log::info!(
-        "{} model={} channel={} status={} attempts={} ttft_ms={} total_ms={}{}{}",
-        record.client_format,
-        record.group,
-        record.channel_name,
-        record.status,
-        record.attempts.len(),
-        record.ttft_ms.map(|ttft| ttft.to_string()).unwrap_or_else(|| "-".to_string()),
-        record.total_ms,
-        usage,
-        record.error.as_ref().map(|error| format!(" error={error:?}")).unwrap_or_default(),
-    );
-}
-
 impl StatsService {
     pub fn new(store: StorePool, settings: Arc<SettingsCell>, prices: PriceState) -> StatsService {
         StatsService {
@@ -148,35 +132,44 @@ impl StatsService {
         self.spending.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&api_key_id).copied().unwrap_or(0)
     }
 
-    /// Prices, counts and queues one finished request. Called on the writer thread.
-    pub fn ingest(&self, mut record: RequestRecord, finished_at_ms: i64) {
-        self.metrics.records.fetch_add(1, Ordering::Relaxed);
-        access_log(&record);
+    /// Prices and counts a request that finished at `finished_at_ms`, and encodes its log row.
+    /// Called on the relay's worker (see `CountedRequest` for why there); the writer takes the
+    /// result in `ingest`.
+    pub fn count(&self, record: RequestRecord, finished_at_ms: i64) -> CountedRequest {
+        let kept_copy = self.recent.as_ref().map(|_| record.clone());
         let settings = self.settings.get();
-        // Prometheus series are kept only while `/metrics` is served: nobody reads them
-        // otherwise, and they cost each request a few label lookups. Switched on, they count
-        // from then on, as after a restart.
-        if settings.metrics_enabled {
-            self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(&record);
-        }
         let cost = match &record.usage {
             Some(usage) => pricing::cost_micros(usage, &self.price_of(record.channel_id, &record.upstream_model)),
             None => 0,
         };
-        let counters = aggregate::counters_of(&record, cost);
-        self.books().pending.add(aggregate::bucket_of(&record, finished_at_ms), &counters);
-        let client_key_id = record.client_key_id;
-        if let Some(recent) = &self.recent {
-            recent.push(record.clone());
+        let options = CountingOptions {
+            keep_log: settings.log_max_rows > 0,
+            body_limit: settings.log_bodies.then(|| usize::try_from(settings.log_body_max_bytes).unwrap_or(usize::MAX)),
+            // Prometheus series are kept only while `/metrics` is served: nobody reads them
+            // otherwise, and they cost each request a few label lookups. Switched on, they count
+            // from then on, as after a restart.
+            metrics: settings.metrics_enabled,
+            // One line per finished request at info level: never a key, body or token.
+            access_log: log::log_enabled!(log::Level::Info),
+        };
+        CountedRequest { recent: kept_copy, ..aggregate::count(record, finished_at_ms, cost, &options) }
+    }
+
+    /// Adds a counted request to the deltas and queues its log row. Called on the writer thread.
+    pub fn ingest(&self, counted: CountedRequest) {
+        self.metrics.records.fetch_add(1, Ordering::Relaxed);
+        if let Some(line) = &counted.access_line {
+            log::info!("{line}");
         }
-        let row = (settings.log_max_rows > 0).then(|| {
-            let bodies = settings.log_bodies.then(|| (record.request_body.take(), record.response_body.take()));
-            let mut row = aggregate::row_of(record, self.log_ids.next(finished_at_ms), cost);
-            if let Some((request_body, response_body)) = bodies {
-                let limit = usize::try_from(settings.log_body_max_bytes).unwrap_or(usize::MAX);
-                row.request_body = request_body.as_deref().map(|body| redact::body_for_log(body, limit));
-                row.response_body = response_body.as_deref().map(|body| redact::body_for_log(body, limit));
-            }
+        if let Some(sample) = &counted.metrics {
+            self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(&counted.group, sample);
+        }
+        self.books().pending.add(counted.bucket(), &counted.counters);
+        let cost = counted.counters.cost_micros;
+        let CountedRequest { finished_at_ms, client_key_id, group, row, recent: kept_copy, .. } = counted;
+        let row = row.map(|mut row| {
+            row.id = self.log_ids.next(finished_at_ms);
+            row.group = group;
             row
         });
         if let Some(row) = &row {
@@ -195,12 +188,21 @@ impl StatsService {
         if let Some(api_key_id) = client_key_id.filter(|_| cost > 0) {
             *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(api_key_id).or_default() += cost;
         }
+        if let (Some(recent), Some(record)) = (&self.recent, kept_copy) {
+            recent.push(record);
+        }
     }
 
     /// The price in force for a model on a channel, remembered for the next request.
     fn price_of(&self, channel_id: Option<i64>, model: &str) -> Price {
         let book = self.prices.book();
-        let mut last = self.last_price.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The relay's workers call this at the same time: a memo another one holds is passed by
+        // (the full lookup is a few hash probes), never waited for.
+        let mut last = match self.last_price.try_lock() {
+            Ok(last) => last,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return book.effective(channel_id, model).0,
+        };
         if let Some(remembered) = last.as_ref()
             && Arc::ptr_eq(&remembered.book, &book)
             && remembered.channel_id == channel_id

@@ -1,4 +1,4 @@
-//! The stats-writer thread: takes finished requests every few milliseconds, counts them, and writes logs about every
+//! The stats-writer thread: takes counted requests every few milliseconds, adds them up, and writes logs about every
 //! second and statistics every `stats_save_interval_seconds`, at each UTC hour boundary and when
 //! asked to stop (after draining every record already sent).
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::relay::record::RequestRecord;
+use crate::stats::aggregate::CountedRequest;
 use crate::stats::aggregate::hour_of_millis;
 use crate::stats::StatsService;
 use crate::util::unix_millis;
@@ -28,7 +28,7 @@ pub struct StatsWriter {
 }
 
 impl StatsWriter {
-    pub fn spawn(service: Arc<StatsService>, records: Receiver<Box<RequestRecord>>) -> StatsWriter {
+    pub fn spawn(service: Arc<StatsService>, records: Receiver<Box<CountedRequest>>) -> StatsWriter {
         let (stop, stop_receiver) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("stats-writer".to_string())
@@ -46,7 +46,7 @@ impl StatsWriter {
     }
 }
 
-fn run(service: &Arc<StatsService>, records: &Receiver<Box<RequestRecord>>, stop: &Receiver<()>) {
+fn run(service: &Arc<StatsService>, records: &Receiver<Box<CountedRequest>>, stop: &Receiver<()>) {
     crate::util::lower_this_thread_priority();
     let mut next_stats_flush = unix_millis() + stats_interval_ms(service);
     let mut next_log_flush = unix_millis() + LOG_FLUSH_INTERVAL_MS;
@@ -63,7 +63,7 @@ fn run(service: &Arc<StatsService>, records: &Receiver<Box<RequestRecord>>, stop
         let mut disconnected = false;
         loop {
             match records.try_recv() {
-                Ok(record) => service.ingest(*record, unix_millis()),
+                Ok(counted) => service.ingest(*counted),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     disconnected = true;

@@ -1144,16 +1144,28 @@ impl rusqlite::ToSql for SqlValue {
 
 /// Binds one row of a multi-row log `INSERT` (columns in `LOG_COLUMNS` order), its first
 /// placeholder being `before + 1`.
+/// Binds a log row's values. A missing value is not bound at all: the statement comes from
+/// rusqlite's cache, which clears every binding to NULL when a statement goes back (and a new
+/// one starts so), and the bodies are missing from almost every row.
 fn bind_log_row(statement: &mut rusqlite::CachedStatement<'_>, before: usize, row: &LogRow) -> rusqlite::Result<()> {
     statement.raw_bind_parameter(before + 1, row.id)?;
     statement.raw_bind_parameter(before + 2, row.time_ms)?;
-    statement.raw_bind_parameter(before + 3, row.api_key_id)?;
+    if let Some(api_key_id) = row.api_key_id {
+        statement.raw_bind_parameter(before + 3, api_key_id)?;
+    }
     statement.raw_bind_parameter(before + 4, row.group.as_str())?;
-    statement.raw_bind_parameter(before + 5, row.channel_id)?;
+    if let Some(channel_id) = row.channel_id {
+        statement.raw_bind_parameter(before + 5, channel_id)?;
+    }
     statement.raw_bind_parameter(before + 6, row.success)?;
     statement.raw_bind_parameter(before + 7, row.detail.as_str())?;
-    statement.raw_bind_parameter(before + 8, row.request_body.as_deref())?;
-    statement.raw_bind_parameter(before + 9, row.response_body.as_deref())
+    if let Some(request_body) = &row.request_body {
+        statement.raw_bind_parameter(before + 8, request_body.as_str())?;
+    }
+    if let Some(response_body) = &row.response_body {
+        statement.raw_bind_parameter(before + 9, response_body.as_str())?;
+    }
+    Ok(())
 }
 
 fn sqlite_value(value: &SqlValue) -> rusqlite::types::Value {
