@@ -4,7 +4,10 @@
 //!
 //! Both gateways run at once on the same mock, each pinned like the main run's gateway; rounds
 //! alternate which one goes first so drift on a shared machine hits both alike. Each round
-//! measures c=1 latency (sequential keep-alive requests) and gateway CPU per request at c=64.
+//! measures c=1 latency (sequential keep-alive requests) and gateway CPU per request at c=64
+//! (read after the gateway has had time to write that phase's request logs). The report also
+//! gives the share of each gateway's CPU spent on its statistics threads, read per thread from
+//! /proc: a figure that does not depend on two noisy runs agreeing.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::gateway::{configure, Gateway};
 use crate::measure::{closed_loop, sequential_requests, ErrorTally, LoadKind, SequentialClient, Target, TargetModels};
 use crate::mock_upstream::MockUpstream;
-use crate::proc_stats::cpu_micros;
+use crate::proc_stats::{cpu_micros, thread_cpu_micros};
 use crate::samples::{median, median_of_round_medians, percentile, pooled};
 
 /// Everything one gateway did across the rounds.
@@ -24,6 +27,9 @@ struct Arm {
     /// Per round: (gateway CPU microseconds, completed requests).
     load_rounds: Vec<(u64, u64)>,
     errors: ErrorTally,
+    /// CPU of the whole gateway and of its statistics threads over all rounds (microseconds).
+    all_rounds_cpu: u64,
+    stats_threads_cpu: u64,
 }
 
 impl Arm {
@@ -39,6 +45,23 @@ pub enum Baseline {
     OtherBuild(PathBuf),
     /// The same build with statistics and request logs switched off, to price what they cost.
     SameBuildWithoutStats,
+}
+
+/// After each load phase, how long the gateway gets before its CPU time is read: it writes
+/// request logs about every second, so without this wait the writes of a phase's last second
+/// would fall outside every measured window and the statistics would look cheaper than they are.
+const WRITER_SETTLE: Duration = Duration::from_millis(1_300);
+
+/// The threads that do the statistics' work: the stats writer (pricing, counting, encoding log
+/// rows) and the store pool (the database writes; outside the bench's traffic they only serve
+/// the snapshot refresh, which both gateways do alike).
+fn is_stats_thread(name: &str) -> bool {
+    name == "stats-writer" || name.starts_with("store-")
+}
+
+/// Summed CPU of the statistics threads of `pid` (microseconds).
+fn stats_threads_cpu(pid: u32) -> u64 {
+    thread_cpu_micros(pid).into_iter().filter(|(name, _)| is_stats_thread(name)).map(|(_, cpu)| cpu).sum()
 }
 
 /// The gateway's benchmark switch for `Baseline::SameBuildWithoutStats`.
@@ -74,6 +97,7 @@ pub fn run(gateway_binary: &Path, baseline: &Baseline, plan: &ComparePlan, pin_t
         crate::warm_up(client, &targets[index], 300, Instant::now() + crate::PHASE_TIME_LIMIT, "compare")?;
     }
     let mut arms = [Arm::default(), Arm::default()];
+    let window_start = pids.map(|pid| (cpu_micros(pid).unwrap_or(0), stats_threads_cpu(pid)));
     for round in 0..plan.rounds {
         progress(&format!("compare: round {} of {}", round + 1, plan.rounds));
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -85,10 +109,15 @@ pub fn run(gateway_binary: &Path, baseline: &Baseline, plan: &ComparePlan, pin_t
         for index in order {
             let before = cpu_micros(pids[index]).unwrap_or(0);
             let outcome = closed_loop(targets[index].address, Arc::clone(&targets[index].whole_request), LoadKind::Whole, crate::LOAD_CONCURRENCY, plan.load_duration);
+            std::thread::sleep(WRITER_SETTLE);
             let after = cpu_micros(pids[index]).unwrap_or(0);
             arms[index].load_rounds.push((after.saturating_sub(before), outcome.completed));
             arms[index].errors.absorb(outcome.errors);
         }
+    }
+    for (index, arm) in arms.iter_mut().enumerate() {
+        arm.all_rounds_cpu = cpu_micros(pids[index]).unwrap_or(0).saturating_sub(window_start[index].0);
+        arm.stats_threads_cpu = stats_threads_cpu(pids[index]).saturating_sub(window_start[index].1);
     }
     Ok(render(&arms, &baseline_label, gateway_binary, plan))
 }
@@ -117,6 +146,10 @@ fn render(arms: &[Arm; 2], baseline_label: &str, gateway_binary: &Path, plan: &C
         (cpu * 1_000).checked_div(completed).unwrap_or(0)
     };
     row(&mut out, "Gateway CPU per request, all rounds pooled", total(&arms[0]), total(&arms[1]));
+    let share = |arm: &Arm| {
+        if arm.all_rounds_cpu == 0 { "—".to_string() } else { format!("{:.1}%", arm.stats_threads_cpu as f64 * 100.0 / arm.all_rounds_cpu as f64) }
+    };
+    let _ = writeln!(out, "| Share of the gateway's CPU on the stats-writer and store threads, all rounds | {} | {} | |", share(&arms[0]), share(&arms[1]));
     let _ = writeln!(out, "| Errors | {} | {} | |", arms[0].errors.count, arms[1].errors.count);
     out
 }

@@ -22,7 +22,25 @@ pub fn resident(pid: u32) -> Option<Resident> {
 
 /// User plus system CPU time consumed so far by `pid` (all its threads), in microseconds.
 pub fn cpu_micros(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_micros(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU time consumed so far by each thread of `pid` (microseconds), with the thread's name.
+/// Threads that ended are not listed: their time is only in the process's total.
+pub fn thread_cpu_micros(pid: u32) -> Vec<(String, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|task| {
+            let directory = task.ok()?.path();
+            let name = std::fs::read_to_string(directory.join("comm")).ok()?.trim_end().to_string();
+            let cpu = stat_cpu_micros(&std::fs::read_to_string(directory.join("stat")).ok()?)?;
+            Some((name, cpu))
+        })
+        .collect()
+}
+
+/// utime plus stime of a /proc `stat` line, in microseconds.
+fn stat_cpu_micros(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses, so fields are counted
     // from the last ')'. After it come field 3 (state) onwards; utime and stime are fields
     // 14 and 15, i.e. the 12th and 13th words here.
