@@ -141,6 +141,33 @@ pub fn applied_timeout_fits(applied: Option<Duration>, wanted: Option<Duration>)
 }
 
 /// Seconds since the Unix epoch.
+/// The parts joined into one string, allocated once at its final size. For strings built on
+/// every request (upstream URLs, auth headers): `format!` goes through the formatting machinery
+/// and grows its buffer step by step, several times the work for a few joined slices.
+pub fn concat(parts: &[&str]) -> String {
+    let mut joined = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        joined.push_str(part);
+    }
+    joined
+}
+
+/// Appends the decimal digits of `number`, without the formatting machinery of `write!` (for
+/// bytes written on every request).
+pub fn push_decimal(out: &mut Vec<u8>, mut number: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
 pub fn unix_seconds() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or(0)
 }
@@ -171,6 +198,17 @@ pub fn lower_this_thread_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_and_joined_strings_match_format() {
+        for number in [0, 7, 10, 99, 200, 404, 65_535, u64::from(u32::MAX), u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, number);
+            assert_eq!(out, format!("x{number}").into_bytes());
+        }
+        assert_eq!(concat(&["http://h/v1", "/models/", "m", ":generateContent"]), "http://h/v1/models/m:generateContent");
+        assert_eq!(concat(&[]), "");
+    }
 
     #[test]
     fn an_applied_timeout_fits_a_wait_it_covers_by_at_most_a_hair() {

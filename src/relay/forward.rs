@@ -496,12 +496,12 @@ fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &Inbound
         upstream_model: upstream_model.to_string(),
         stream: call.stream,
         default_max_tokens,
-        response_id: format!("gen-{}", rng.alphanumeric(24)),
+        response_id: rng.prefixed_alphanumeric("gen-", 24),
         created_unix: util::unix_seconds(),
         include_usage: call.client_format != Format::OpenaiChat || call.stream_usage_requested,
         // Filled in from the attempt's credential (configured or discovered with loadCodeAssist).
         antigravity_project: String::new(),
-        request_id: format!("agent-{}", rng.alphanumeric(24)),
+        request_id: rng.prefixed_alphanumeric("agent-", 24),
         // Only Responses clients have custom tools; asking anyone else would parse their body.
         custom_tools: if call.client_format == Format::OpenaiResponses { client_custom_tools(call.client_format, call.body()) } else { Vec::new() },
     }

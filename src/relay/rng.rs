@@ -70,8 +70,17 @@ impl Rng {
     /// operating system each time: a system call per id was, before this, two of the syscalls
     /// of every relayed request.
     pub fn alphanumeric(&mut self, length: usize) -> String {
+        self.prefixed_alphanumeric("", length)
+    }
+
+    /// `prefix` followed by `length` random letters and digits, allocated once (ids made for
+    /// every request).
+    pub fn prefixed_alphanumeric(&mut self, prefix: &str, length: usize) -> String {
         let alphabet = crate::util::ALPHANUMERIC;
-        (0..length).map(|_| char::from(alphabet[self.below(alphabet.len() as u64) as usize])).collect()
+        let mut id = String::with_capacity(prefix.len() + length);
+        id.push_str(prefix);
+        id.extend((0..length).map(|_| char::from(alphabet[self.below(alphabet.len() as u64) as usize])));
+        id
     }
 }
 

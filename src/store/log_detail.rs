@@ -182,18 +182,7 @@ impl DetailWriter {
         if number < 0 {
             self.0.push(b'-');
         }
-        let mut magnitude = number.unsigned_abs();
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (magnitude % 10) as u8;
-            magnitude /= 10;
-            if magnitude == 0 {
-                break;
-            }
-        }
-        self.0.extend_from_slice(&digits[start..]);
+        crate::util::push_decimal(&mut self.0, number.unsigned_abs());
     }
 }
 

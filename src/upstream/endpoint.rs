@@ -6,6 +6,7 @@
 //! then owns the whole URL, including `?alt=sse` for Gemini streams).
 
 use crate::store::entities::ChannelType;
+use crate::util::concat;
 
 /// The URL of a generate call for `upstream_model` on a channel of `channel_type`.
 pub fn upstream_url(
@@ -23,17 +24,13 @@ pub fn upstream_url(
         .strip_prefix("models/")
         .unwrap_or(upstream_model);
     match (channel_type, stream) {
-        (ChannelType::OpenaiChat, _) => format!("{base}/chat/completions"),
-        (ChannelType::OpenaiResponses, _) => format!("{base}/responses"),
-        (ChannelType::Anthropic, _) => format!("{base}/messages"),
-        (ChannelType::Gemini, false) => format!("{base}/models/{model}:generateContent"),
-        (ChannelType::Gemini, true) => {
-            format!("{base}/models/{model}:streamGenerateContent?alt=sse")
-        }
-        (ChannelType::Antigravity, false) => format!("{base}/v1internal:generateContent"),
-        (ChannelType::Antigravity, true) => {
-            format!("{base}/v1internal:streamGenerateContent?alt=sse")
-        }
+        (ChannelType::OpenaiChat, _) => concat(&[base, "/chat/completions"]),
+        (ChannelType::OpenaiResponses, _) => concat(&[base, "/responses"]),
+        (ChannelType::Anthropic, _) => concat(&[base, "/messages"]),
+        (ChannelType::Gemini, false) => concat(&[base, "/models/", model, ":generateContent"]),
+        (ChannelType::Gemini, true) => concat(&[base, "/models/", model, ":streamGenerateContent?alt=sse"]),
+        (ChannelType::Antigravity, false) => concat(&[base, "/v1internal:generateContent"]),
+        (ChannelType::Antigravity, true) => concat(&[base, "/v1internal:streamGenerateContent?alt=sse"]),
     }
 }
 
@@ -63,7 +60,7 @@ pub fn embeddings_url(
 pub fn auth_headers(channel_type: ChannelType, key: &str) -> Vec<(String, String)> {
     match channel_type {
         ChannelType::OpenaiChat | ChannelType::OpenaiResponses | ChannelType::Antigravity => {
-            vec![("authorization".to_string(), format!("Bearer {key}"))]
+            vec![("authorization".to_string(), concat(&["Bearer ", key]))]
         }
         ChannelType::Anthropic => vec![
             ("x-api-key".to_string(), key.to_string()),
