@@ -168,6 +168,16 @@ pub fn push_decimal(out: &mut Vec<u8>, mut number: u64) {
     out.extend_from_slice(&digits[start..]);
 }
 
+/// `bytes` as text, invalid sequences replaced with U+FFFD, like `String::from_utf8_lossy`; but
+/// valid input (nearly all of it: headers, SSE fields) is checked by `str::from_utf8`, which
+/// skips ASCII a word at a time, rather than by the lossy decoder's walk byte by byte.
+pub fn text_lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 pub fn unix_seconds() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs() as i64).unwrap_or(0)
 }
@@ -208,6 +218,14 @@ mod tests {
         }
         assert_eq!(concat(&["http://h/v1", "/models/", "m", ":generateContent"]), "http://h/v1/models/m:generateContent");
         assert_eq!(concat(&[]), "");
+    }
+
+    #[test]
+    fn lossy_text_matches_the_standard_lossy_decoder() {
+        for bytes in [&b"plain ascii"[..], "ünïcödé ✓".as_bytes(), b"bad \xff byte", b"cut \xe2\x9c", b""] {
+            assert_eq!(text_lossy(bytes), String::from_utf8_lossy(bytes));
+        }
+        assert!(matches!(text_lossy(b"ok"), std::borrow::Cow::Borrowed("ok")));
     }
 
     #[test]

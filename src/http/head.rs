@@ -83,7 +83,7 @@ pub fn parse_request_head(
         .headers
         .iter()
         .map(|header| {
-            let value = String::from_utf8_lossy(header.value).trim().to_string();
+            let value = crate::util::text_lossy(header.value).trim().to_string();
             (header.name.to_ascii_lowercase(), value)
         })
         .collect();

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::util::text_lossy;
+
 const BYTE_ORDER_MARK: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
 /// One dispatched event.
@@ -248,17 +250,17 @@ fn process_line(line: &[u8], fields: &mut PendingFields) {
     };
     match name {
         b"event" => {
-            fields.event = (!value.is_empty()).then(|| String::from_utf8_lossy(value).into_owned());
+            fields.event = (!value.is_empty()).then(|| text_lossy(value).into_owned());
         }
         b"data" => {
             if fields.data_lines > 0 {
                 fields.data.push('\n');
             }
-            fields.data.push_str(&String::from_utf8_lossy(value));
+            fields.data.push_str(&text_lossy(value));
             fields.data_lines += 1;
         }
         b"id" if !value.contains(&0) => {
-            fields.id = Some(String::from_utf8_lossy(value).into_owned());
+            fields.id = Some(text_lossy(value).into_owned());
         }
         _ => {}
     }

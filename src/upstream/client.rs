@@ -251,7 +251,7 @@ fn into_upstream_response(response: http::Response<ureq::Body>) -> UpstreamRespo
         .map(|(name, value)| {
             (
                 name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                crate::util::text_lossy(value.as_bytes()).into_owned(),
             )
         })
         .collect();
