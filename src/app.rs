@@ -12,9 +12,10 @@ use crate::config::{self, Config};
 use crate::http::descriptor_limit;
 use crate::http::server::{Server, ServerLimits};
 use crate::http::{cors, Handler, Request, Response};
-use crate::relay::record::{RecentRecords, RecordSink};
+use crate::relay::record::RecentRecords;
 use crate::relay::{self, RelayState};
 use crate::settings::{Settings, SettingsCell};
+use crate::stats::batches::CountedBatches;
 use crate::stats::price_state::PriceState;
 use crate::stats::writer::StatsWriter;
 use crate::stats::StatsService;
@@ -23,7 +24,8 @@ use crate::sync::scheduler::Scheduler;
 use crate::sync::{endpoint_probe, jobs};
 use crate::upstream::client::{ClientOptions, UpstreamClient};
 
-/// How many finished-request records may wait for the consumer before new ones are dropped.
+/// How many counted requests one relay thread's batch may hold for the stats writer before new
+/// ones are dropped.
 const RECORD_QUEUE_CAPACITY: usize = 10_000;
 /// How often each node reloads the relay snapshot, so several nodes on one database converge.
 const SNAPSHOT_REFRESH_INTERVAL: Duration = Duration::from_secs(15);
@@ -195,11 +197,12 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
     let settings = Arc::new(SettingsCell::new(settings));
     let prices = PriceState::new(None);
     let mut stats = StatsService::new(store.clone(), settings.clone(), prices);
-    let (mut records, record_receiver) = RecordSink::bounded(RECORD_QUEUE_CAPACITY);
+    let mut records = CountedBatches::new(RECORD_QUEUE_CAPACITY);
     if std::env::var_os(BENCH_WITHOUT_STATS_VARIABLE).is_some_and(|value| value == "1") {
         log::warn!("{BENCH_WITHOUT_STATS_VARIABLE}=1: statistics and request logs are off (a benchmark switch, not for use)");
-        records = RecordSink::discarding();
+        records = CountedBatches::discarding();
     }
+    let records = Arc::new(records);
     let recent = Arc::new(RecentRecords::new(kept_records));
     if kept_records > 0 {
         stats.recent = Some(recent.clone());
@@ -210,7 +213,7 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
         store.call(move |store| stats.prices.rebuild(store)).map_err(|error| StartError::Store(error.to_string()))?;
     }
     stats.refresh_spending();
-    let writer = StatsWriter::spawn(stats.clone(), record_receiver);
+    let writer = StatsWriter::spawn(stats.clone(), records.clone());
     let relay = Arc::new(RelayState::new(config.clone(), store.clone(), upstream, records, recent, stats.clone()));
     relay.reload_snapshot().map_err(|error| StartError::Store(error.to_string()))?;
     spawn_snapshot_refresher(Arc::downgrade(&relay));

@@ -154,8 +154,19 @@ pub fn concat(parts: &[&str]) -> String {
 
 /// Appends the decimal digits of `number`, without the formatting machinery of `write!` (for
 /// bytes written on every request).
-pub fn push_decimal(out: &mut Vec<u8>, mut number: u64) {
-    let mut digits = [0u8; 20];
+pub fn push_decimal(out: &mut Vec<u8>, number: u64) {
+    out.extend_from_slice(decimal_digits(number, &mut [0; 20]));
+}
+
+/// `push_decimal` for text.
+pub fn push_decimal_text(out: &mut String, number: u64) {
+    let mut buffer = [0; 20];
+    let digits = decimal_digits(number, &mut buffer);
+    out.push_str(std::str::from_utf8(digits).expect("decimal digits are ASCII"));
+}
+
+/// The decimal digits of `number`, written at the end of `digits`.
+fn decimal_digits(mut number: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut start = digits.len();
     loop {
         start -= 1;
@@ -165,7 +176,7 @@ pub fn push_decimal(out: &mut Vec<u8>, mut number: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    &digits[start..]
 }
 
 /// `bytes` as text, invalid sequences replaced with U+FFFD, like `String::from_utf8_lossy`; but

@@ -138,7 +138,7 @@ impl CallTrace {
             state.rate_limits.charge_tokens(client_key_id, usage.total_tokens(), u64::try_from(util::unix_millis()).unwrap_or(0));
         }
         let record = self.record;
-        state.records.emit_with(|| state.stats.count(record, util::unix_millis()));
+        state.records.push_with(|batch, sequence| state.stats.count_into(batch, sequence, record, util::unix_millis()));
     }
 }
 

@@ -37,11 +37,12 @@ use crate::http::{Request, Response};
 use crate::relay::health::HealthCell;
 use crate::relay::inbound::RelayRoute;
 use crate::relay::rate_limit::RateLimits;
-use crate::relay::record::{RecentRecords, RecordSink};
+use crate::relay::record::RecentRecords;
 use crate::relay::snapshot::{Snapshot, SnapshotCell};
 use crate::relay::error::RelayError;
 use crate::store::entities::{ApiKey, Channel, ChannelKey, ChannelType};
-use crate::stats::{CountedRequest, StatsService};
+use crate::stats::StatsService;
+use crate::stats::batches::CountedBatches;
 use crate::store::pool::StorePool;
 use crate::upstream::client::UpstreamClient;
 use crate::upstream::google_oauth::AntigravityAuth;
@@ -53,7 +54,8 @@ pub struct RelayState {
     pub snapshot: SnapshotCell,
     pub health: HealthCell,
     pub upstream: UpstreamClient,
-    pub records: RecordSink<CountedRequest>,
+    /// Where finished requests are counted for the stats writer.
+    pub records: Arc<CountedBatches>,
     pub antigravity: AntigravityAuth,
     /// The last finished requests (filled by the record consumer).
     pub recent: Arc<RecentRecords>,
@@ -75,7 +77,7 @@ impl RelayState {
         config: Arc<Config>,
         store: StorePool,
         upstream: UpstreamClient,
-        records: RecordSink<CountedRequest>,
+        records: Arc<CountedBatches>,
         recent: Arc<RecentRecords>,
         stats: Arc<StatsService>,
     ) -> RelayState {

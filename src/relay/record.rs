@@ -1,13 +1,8 @@
-//! The record every finished relay request emits, and the bounded channel that takes it (counted,
-//! as a `stats::CountedRequest`) to the stats writer.
-//!
-//! The relay never waits on stats: a full channel drops the record and counts the drop.
+//! The record every finished relay request emits (counted into `stats::batches` for the stats
+//! writer), and the last few records kept in memory.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-
-use crossbeam_channel::{Receiver, Sender};
 
 use crate::protocol::usage::Usage;
 
@@ -52,55 +47,6 @@ pub struct RequestRecord {
     pub request_body: Option<Vec<u8>>,
     /// The body sent to the client (capped), when request logs keep bodies.
     pub response_body: Option<Vec<u8>>,
-}
-
-/// The sending side: cheap to share, never blocks. `Message` is what a record becomes before
-/// it is sent (`stats::CountedRequest` in the gateway).
-pub struct RecordSink<Message> {
-    /// `None` when statistics are switched off for a benchmark (`discarding`). Messages travel
-    /// boxed: the channel allocates its slots in zeroed blocks of 31, and zeroing 31 of them
-    /// cost more per request than one small allocation.
-    sender: Option<Sender<Box<Message>>>,
-    /// Records that may wait for the consumer; past this, new ones are dropped and counted.
-    capacity: usize,
-    dropped: AtomicU64,
-}
-
-impl<Message> RecordSink<Message> {
-    /// A sink and its receiver, holding at most about `capacity` records in flight (concurrent
-    /// senders may pass it by a few). The channel is crossbeam's list flavour with the bound
-    /// checked here, not its array flavour: that one allocates and touches every slot up front,
-    /// which for 10,000 records was 3.4 MiB of an idle gateway's memory; a list grows in small
-    /// blocks only while records wait.
-    pub fn bounded(capacity: usize) -> (RecordSink<Message>, Receiver<Box<Message>>) {
-        let (sender, receiver) = crossbeam_channel::unbounded();
-        (RecordSink { sender: Some(sender), capacity, dropped: AtomicU64::new(0) }, receiver)
-    }
-
-    /// A sink that throws every record away: statistics and request logs off. Only the benchmark
-    /// uses it (`OCTOPUS_BENCH_WITHOUT_STATS`), to measure what counting costs per request.
-    pub fn discarding() -> RecordSink<Message> {
-        RecordSink { sender: None, capacity: 0, dropped: AtomicU64::new(0) }
-    }
-
-    /// Sends what `make` builds, unless statistics are off or the channel is full (then `make`
-    /// is not called: a dropped record costs nothing more).
-    pub fn emit_with(&self, make: impl FnOnce() -> Message) {
-        let Some(sender) = &self.sender else { return };
-        if sender.len() >= self.capacity || sender.send(Box::new(make())).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Records sent and not yet taken by the consumer.
-    pub fn queued(&self) -> usize {
-        self.sender.as_ref().map_or(0, Sender::len)
-    }
-
-    /// Records dropped because the consumer was not keeping up (or was gone).
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
 }
 
 /// The last few finished requests, newest last, for the panel's live view and for tests.
@@ -162,22 +108,5 @@ mod tests {
         }
         let statuses: Vec<u16> = recent.snapshot().iter().map(|record| record.status).collect();
         assert_eq!(statuses, [429, 500]);
-    }
-
-    #[test]
-    fn a_full_channel_drops_and_counts_instead_of_blocking() {
-        let (sink, receiver) = RecordSink::bounded(2);
-        let mut made = 0;
-        for status in [200, 201, 202, 203] {
-            sink.emit_with(|| {
-                made += 1;
-                record(status)
-            });
-        }
-        assert_eq!(sink.dropped(), 2);
-        assert_eq!(made, 2, "a record that cannot be sent is not converted");
-        assert_eq!(receiver.try_recv().unwrap().status, 200);
-        assert_eq!(receiver.try_recv().unwrap().status, 201);
-        assert!(receiver.try_recv().is_err());
     }
 }

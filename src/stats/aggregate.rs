@@ -2,55 +2,25 @@
 //!
 //! Pure: the clock, ids and prices are passed in.
 
+use std::fmt::Write as _;
+
 use crate::relay::record::RequestRecord;
+use crate::stats::batches::{CountedBatch, CountedEntry, EntryExtras, LoggedFields};
 use crate::stats::deltas::BucketRef;
 use crate::stats::metrics::MetricsSample;
 use crate::stats::redact;
-use crate::store::entities::{LogRow, StatsCounters};
+use crate::store::entities::StatsCounters;
 use crate::store::log_detail::{self, AttemptFields, DetailFields};
 
-/// A finished request as the stats writer takes it: priced, counted, and with its log row
-/// encoded.
-///
-/// It is made from the `RequestRecord` on the relay's worker, and the record is dropped there.
-/// Sending the record itself and freeing its dozen strings on the writer thread cost the workers
-/// more than the counting did: memory freed by another thread returns to the allocating thread
-/// by a slower shared path, and the worker's next allocations miss its cache. Measured with
-/// `scripts/bench --stats-off`: shipping each record to a thread that only dropped it added 5%
-/// CPU per request. Now a few strings cross over, and the detail is encoded while the record's
-/// strings are still in the worker's cache.
-pub struct CountedRequest {
-    pub finished_at_ms: i64,
-    /// The bucket's channel (0: none answered) and the client key.
-    pub channel_id: i64,
-    pub client_key_id: Option<i64>,
-    pub group: String,
-    pub model: String,
-    pub counters: StatsCounters,
-    /// The log row, when logs are kept: without its id (the writer gives ids, in order) and with
-    /// an empty group (the writer moves `group` in once the request is counted).
-    pub row: Option<LogRow>,
-    /// When `/metrics` is served.
-    pub metrics: Option<MetricsSample>,
-    /// The access-log line, when info logging is on (written by the writer: a coroutine worker
-    /// never writes to the log).
-    pub access_line: Option<String>,
-    /// A copy of the record for `StatsService::recent`, when it keeps records: pushed by the
-    /// writer once the request is counted, so whoever sees it there can read its numbers.
-    pub recent: Option<RequestRecord>,
-}
-
-impl CountedRequest {
-    /// The statistics bucket the request lands in: the UTC hour it finished in, and its channel,
-    /// key, group and model.
-    pub fn bucket(&self) -> BucketRef<'_> {
-        BucketRef {
-            hour: hour_of_millis(self.finished_at_ms),
-            channel_id: self.channel_id,
-            api_key_id: self.client_key_id.unwrap_or(0),
-            group: &self.group,
-            model: &self.model,
-        }
+/// The statistics bucket an entry lands in: the UTC hour it finished in, and its channel, key,
+/// group and model.
+pub fn bucket_of<'batch>(batch: &'batch CountedBatch, entry: &CountedEntry) -> BucketRef<'batch> {
+    BucketRef {
+        hour: hour_of_millis(entry.finished_at_ms),
+        channel_id: entry.channel_id,
+        api_key_id: entry.client_key_id.unwrap_or(0),
+        group: batch.text(entry.group),
+        model: batch.text(entry.model),
     }
 }
 
@@ -61,42 +31,61 @@ pub struct CountingOptions {
     pub body_limit: Option<usize>,
     pub metrics: bool,
     pub access_log: bool,
+    /// Whether a copy of the record is kept for the recent-records view.
+    pub keep_record: bool,
 }
 
-/// Counts a record that cost `cost_micros` and finished at `finished_at_ms`, consuming it.
-pub fn count(mut record: RequestRecord, finished_at_ms: i64, cost_micros: i64, options: &CountingOptions) -> CountedRequest {
+/// Counts a record that cost `cost_micros` and finished at `finished_at_ms` into `batch`, as
+/// the entry numbered `sequence`, consuming the record.
+///
+/// This runs on the relay's worker, which drops the record; the writer gets plain numbers and
+/// text in the batch's buffer (see `stats::batches` for why no memory of a request crosses
+/// threads). The log's detail is encoded here, while the record's strings are in the worker's
+/// cache.
+pub fn count_into(batch: &mut CountedBatch, sequence: u64, record: RequestRecord, finished_at_ms: i64, cost_micros: i64, options: &CountingOptions) {
     let counters = counters_of(&record, cost_micros);
-    let access_line = options.access_log.then(|| access_line(&record));
-    let row = options.keep_log.then(|| {
-        let mut row = row_of(&record, cost_micros);
-        if let Some(limit) = options.body_limit {
-            row.request_body = record.request_body.as_deref().map(|body| redact::body_for_log(body, limit));
-            row.response_body = record.response_body.as_deref().map(|body| redact::body_for_log(body, limit));
-        }
-        row
+    let access_line = options.access_log.then(|| batch.write_text(|out| write_access_line(out, &record)));
+    let log = options.keep_log.then(|| LoggedFields {
+        time_ms: record.started_at_ms,
+        api_key_id: record.client_key_id,
+        channel_id: record.channel_id,
+        success: succeeded(&record),
+        detail: batch.write_text(|out| encode_detail(out, &record, cost_micros)),
+        request_body: options.body_limit.zip(record.request_body.as_deref()).map(|(limit, body)| batch.push_text(&redact::body_for_log(body, limit))),
+        response_body: options.body_limit.zip(record.response_body.as_deref()).map(|(limit, body)| batch.push_text(&redact::body_for_log(body, limit))),
     });
-    let group = std::mem::take(&mut record.group);
-    let model = std::mem::take(&mut record.upstream_model);
+    let group = batch.push_text(&record.group);
+    let model = batch.push_text(&record.upstream_model);
     let (channel_id, client_key_id) = (record.channel_id.unwrap_or(0), record.client_key_id);
-    let metrics = options.metrics.then(|| MetricsSample::of(record));
-    CountedRequest { finished_at_ms, channel_id, client_key_id, group, model, counters, row, metrics, access_line, recent: None }
+    let extras = (options.metrics || options.keep_record).then(|| {
+        let recent = options.keep_record.then(|| record.clone());
+        Box::new(EntryExtras { metrics: options.metrics.then(|| MetricsSample::of(record)), recent })
+    });
+    batch.entries.push(CountedEntry { sequence, finished_at_ms, channel_id, client_key_id, group, model, counters, log, access_line, extras });
 }
 
 /// The access-log line of a record: never a key, body or token.
-pub fn access_line(record: &RequestRecord) -> String {
-    let usage = record.usage.map(|usage| format!(" tokens={}/{}", usage.input_tokens, usage.output_tokens)).unwrap_or_default();
-    format!(
-        "{} model={} channel={} status={} attempts={} ttft_ms={} total_ms={}{}{}",
+pub fn write_access_line(out: &mut String, record: &RequestRecord) {
+    let _ = write!(
+        out,
+        "{} model={} channel={} status={} attempts={} ttft_ms=",
         record.client_format,
         record.group,
         record.channel_name,
         record.status,
         record.attempts.len(),
-        record.ttft_ms.map(|ttft| ttft.to_string()).unwrap_or_else(|| "-".to_string()),
-        record.total_ms,
-        usage,
-        record.error.as_ref().map(|error| format!(" error={error:?}")).unwrap_or_default(),
-    )
+    );
+    let _ = match record.ttft_ms {
+        Some(ttft) => write!(out, "{ttft}"),
+        None => write!(out, "-"),
+    };
+    let _ = write!(out, " total_ms={}", record.total_ms);
+    if let Some(usage) = record.usage {
+        let _ = write!(out, " tokens={}/{}", usage.input_tokens, usage.output_tokens);
+    }
+    if let Some(error) = &record.error {
+        let _ = write!(out, " error={error:?}");
+    }
 }
 
 /// Seconds in an hour; buckets start on whole UTC hours.
@@ -132,12 +121,11 @@ pub fn counters_of(record: &RequestRecord, cost_micros: i64) -> StatsCounters {
     }
 }
 
-/// The log row of a record, without id, group and bodies (see `CountedRequest::row`): its
-/// `detail` encoded straight from the record's strings, which are not copied (this runs for
-/// every request).
-fn row_of(record: &RequestRecord, cost_micros: i64) -> LogRow {
+/// Appends the `detail` column of a record's log, encoded straight from the record's strings,
+/// which are not copied (this runs for every request).
+fn encode_detail(out: &mut String, record: &RequestRecord, cost_micros: i64) {
     let usage = record.usage.unwrap_or_default();
-    let detail = log_detail::encode(DetailFields {
+    log_detail::encode_into(out, DetailFields {
         api_key_name: &record.client_key_name,
         channel_name: &record.channel_name,
         model: &record.upstream_model,
@@ -165,17 +153,6 @@ fn row_of(record: &RequestRecord, cost_micros: i64) -> LogRow {
             duration_ms: attempt.duration_ms,
         }),
     });
-    LogRow {
-        id: 0,
-        time_ms: record.started_at_ms,
-        api_key_id: record.client_key_id,
-        success: succeeded(record),
-        channel_id: record.channel_id,
-        group: String::new(),
-        detail,
-        request_body: None,
-        response_body: None,
-    }
 }
 
 fn saturating_i64(value: u64) -> i64 {
@@ -222,13 +199,19 @@ mod tests {
         assert_eq!((counters.input_tokens, counters.output_tokens, counters.cache_read_tokens), (10, 4, 2));
         assert_eq!((counters.cache_write_tokens, counters.reasoning_tokens, counters.cost_micros), (1, 3, 7));
         assert_eq!((counters.ttft_count, counters.latency_ms_sum), (0, 50));
-        let options = CountingOptions { keep_log: true, body_limit: None, metrics: false, access_log: false };
-        let counted = count(record.clone(), 7_200_500, 7, &options);
-        let key = counted.bucket();
+        let options = CountingOptions { keep_log: true, body_limit: None, metrics: false, access_log: false, keep_record: false };
+        let mut batch = CountedBatch::default();
+        count_into(&mut batch, 41, record.clone(), 7_200_500, 7, &options);
+        let counted = &batch.entries[0];
+        assert_eq!((counted.sequence, counted.counters), (41, counters));
+        let key = bucket_of(&batch, counted);
         assert_eq!((key.hour, key.channel_id, key.api_key_id, key.group, key.model), (7_200, 2, 3, "g", "m"));
-        let row = counted.row.as_ref().unwrap();
-        assert_eq!((row.id, row.group.as_str(), row.api_key_id, row.channel_id, row.success), (0, "", Some(3), Some(2), false));
-        assert!(row.request_body.is_none() && counted.metrics.is_none() && counted.access_line.is_none());
+        let log = counted.log.unwrap();
+        assert_eq!((log.time_ms, log.api_key_id, log.channel_id, log.success), (0, Some(3), Some(2), false));
+        let mut detail = crate::store::entities::RequestLog::default();
+        crate::store::log_detail::decode_into(batch.text(log.detail), &mut detail).unwrap();
+        assert_eq!((detail.api_key_name.as_str(), detail.error.as_str(), detail.cost_micros), ("k", "client gone mid-stream", 7));
+        assert!(log.request_body.is_none() && counted.extras.is_none() && counted.access_line.is_none());
     }
 
     #[test]
@@ -253,15 +236,21 @@ mod tests {
             request_body: Some(b"{\"model\":\"g\"}".to_vec()),
             response_body: Some(b"{}".to_vec()),
         };
-        let without_log = count(record.clone(), 0, 0, &CountingOptions { keep_log: false, body_limit: Some(100), metrics: false, access_log: false });
-        assert!(without_log.row.is_none());
-        let everything = count(record, 0, 0, &CountingOptions { keep_log: true, body_limit: Some(100), metrics: true, access_log: true });
-        let row = everything.row.as_ref().unwrap();
-        assert_eq!(row.request_body.as_deref(), Some("{\"model\":\"g\"}"));
-        assert_eq!(row.response_body.as_deref(), Some("{}"));
-        assert!(everything.metrics.is_some());
-        let line = everything.access_line.unwrap();
+        let mut batch = CountedBatch::default();
+        let nothing_more = CountingOptions { keep_log: false, body_limit: Some(100), metrics: false, access_log: false, keep_record: false };
+        count_into(&mut batch, 0, record.clone(), 0, 0, &nothing_more);
+        assert!(batch.entries[0].log.is_none() && batch.entries[0].extras.is_none());
+        let everything = CountingOptions { keep_log: true, body_limit: Some(100), metrics: true, access_log: true, keep_record: true };
+        count_into(&mut batch, 1, record.clone(), 0, 0, &everything);
+        let entry = &batch.entries[1];
+        let log = entry.log.unwrap();
+        assert_eq!(log.request_body.map(|span| batch.text(span)), Some("{\"model\":\"g\"}"));
+        assert_eq!(log.response_body.map(|span| batch.text(span)), Some("{}"));
+        let extras = entry.extras.as_ref().unwrap();
+        assert!(extras.metrics.is_some());
+        assert_eq!(extras.recent.as_ref(), Some(&record));
+        let line = batch.text(entry.access_line.unwrap());
         assert!(line.starts_with("anthropic model=g channel=c status=502") && line.ends_with("error=\"boom\""), "{line}");
-        assert_eq!((everything.group.as_str(), everything.model.as_str(), everything.channel_id), ("g", "m", 0));
+        assert_eq!((batch.text(entry.group), batch.text(entry.model), entry.channel_id), ("g", "m", 0));
     }
 }

@@ -47,6 +47,7 @@ fn entry_by_str<'map, V: Default>(map: &'map mut BTreeMap<String, V>, key: &str)
 
 /// What the metrics count of one finished request: taken from its record on the relay's worker
 /// (strings moved, not copied), counted on the writer thread.
+#[derive(Debug)]
 pub struct MetricsSample {
     channel_name: String,
     status: u16,

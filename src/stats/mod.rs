@@ -1,10 +1,10 @@
 //! Statistics, prices and request logs: every finished relay request counted, priced and kept.
 //!
-//! The relay's worker prices each finished request, counts it and encodes its log row
-//! (`StatsService::count`: CPU only, no waiting), and hands the `CountedRequest` to the
-//! stats-writer thread over a bounded crossbeam channel (`relay::record::RecordSink`, which drops
-//! and counts rather than blocks). That thread adds it to in-memory hourly deltas and queues its
-//! log row; it writes logs about every second and adds the deltas to the database every
+//! The relay's worker prices each finished request, counts it and encodes its log row into its
+//! thread's batch (`StatsService::count_into`: CPU only, no waiting; `batches::CountedBatches`,
+//! which drops and counts rather than grows past its bound). The stats-writer thread takes the
+//! batches every few milliseconds, adds them to in-memory hourly deltas and queues their log
+//! rows; it writes logs about every second and adds the deltas to the database every
 //! `stats_save_interval_seconds`, at each UTC hour boundary and on shutdown. The writes are
 //! additive upserts, so several gateways on one database sum correctly.
 //!
@@ -12,10 +12,12 @@
 //! flush holds while it commits, so the API is always live and never counts a delta twice.
 //!
 //! Architecture invariants: the relay never waits on this module; on a coroutine worker only
-//! `count` (pure work, and locks held for a lookup; a contended price memo is passed by) and the
-//! spending check run, never the store or the log.
+//! `count_into` (pure work, and locks held for a lookup; a contended price memo is passed by) and
+//! the spending check run, never the store or the log. No memory allocated for a request is
+//! freed on another thread (see `batches`).
 
 pub mod aggregate;
+pub mod batches;
 pub mod catalog;
 pub mod deltas;
 pub mod log_id;
@@ -34,8 +36,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 
 use crate::relay::record::{RecentRecords, RequestRecord};
 use crate::settings::SettingsCell;
-pub use crate::stats::aggregate::CountedRequest;
 use crate::stats::aggregate::CountingOptions;
+use crate::stats::batches::{CountedBatch, CountedEntry};
 use crate::stats::deltas::Deltas;
 use crate::stats::log_id::LogIdGenerator;
 use crate::stats::price_state::PriceState;
@@ -132,11 +134,10 @@ impl StatsService {
         self.spending.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&api_key_id).copied().unwrap_or(0)
     }
 
-    /// Prices and counts a request that finished at `finished_at_ms`, and encodes its log row.
-    /// Called on the relay's worker (see `CountedRequest` for why there); the writer takes the
-    /// result in `ingest`.
-    pub fn count(&self, record: RequestRecord, finished_at_ms: i64) -> CountedRequest {
-        let kept_copy = self.recent.as_ref().map(|_| record.clone());
+    /// Prices and counts a request that finished at `finished_at_ms` into `batch` (this thread's
+    /// batch, as entry `sequence`), with its log row encoded. Called on the relay's worker (see
+    /// `aggregate::count_into` for why there); the writer takes the batch in `ingest`.
+    pub fn count_into(&self, batch: &mut CountedBatch, sequence: u64, record: RequestRecord, finished_at_ms: i64) {
         let settings = self.settings.get();
         let cost = match &record.usage {
             Some(usage) => pricing::cost_micros(usage, &self.price_of(record.channel_id, &record.upstream_model)),
@@ -151,46 +152,73 @@ impl StatsService {
             metrics: settings.metrics_enabled,
             // One line per finished request at info level: never a key, body or token.
             access_log: log::log_enabled!(log::Level::Info),
+            keep_record: self.recent.is_some(),
         };
-        CountedRequest { recent: kept_copy, ..aggregate::count(record, finished_at_ms, cost, &options) }
+        aggregate::count_into(batch, sequence, record, finished_at_ms, cost, &options);
     }
 
-    /// Adds a counted request to the deltas and queues its log row. Called on the writer thread.
-    pub fn ingest(&self, counted: CountedRequest) {
-        self.metrics.records.fetch_add(1, Ordering::Relaxed);
-        if let Some(line) = &counted.access_line {
-            log::info!("{line}");
-        }
-        if let Some(sample) = &counted.metrics {
-            self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(&counted.group, sample);
-        }
-        self.books().pending.add(counted.bucket(), &counted.counters);
-        let cost = counted.counters.cost_micros;
-        let CountedRequest { finished_at_ms, client_key_id, group, row, recent: kept_copy, .. } = counted;
-        let row = row.map(|mut row| {
-            row.id = self.log_ids.next(finished_at_ms);
-            row.group = group;
-            row
-        });
-        if let Some(row) = &row {
-            self.tail.publish(row);
-        }
+    /// Adds the entries of the batches taken from the relay's threads to the deltas and queues
+    /// their log rows, in the order the requests finished. Called on the writer thread.
+    pub fn ingest(&self, batches: &mut [CountedBatch]) {
+        let mut spent: Vec<(i64, i64)> = Vec::new();
         {
             let mut books = self.books();
-            if let Some(row) = row {
-                if books.logs.len() >= MAX_PENDING_LOGS {
-                    books.logs.pop_front();
-                    self.metrics.logs_dropped.fetch_add(1, Ordering::Relaxed);
+            batches::for_each_in_order(batches, |batch, entry| {
+                self.ingest_entry(&mut books, batch, entry);
+                if let Some(api_key_id) = entry.client_key_id.filter(|_| entry.counters.cost_micros > 0) {
+                    spent.push((api_key_id, entry.counters.cost_micros));
                 }
-                books.logs.push_back(row);
+            });
+        }
+        if !spent.is_empty() {
+            let mut spending = self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (api_key_id, cost) in spent {
+                *spending.entry(api_key_id).or_default() += cost;
             }
         }
-        if let Some(api_key_id) = client_key_id.filter(|_| cost > 0) {
-            *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(api_key_id).or_default() += cost;
+        // The recent records are pushed once the requests are counted, so whoever sees one there
+        // can read its numbers.
+        if let Some(recent) = &self.recent {
+            let mut records: Vec<(u64, RequestRecord)> = batches
+                .iter_mut()
+                .flat_map(|batch| batch.entries.iter_mut())
+                .filter_map(|entry| Some((entry.sequence, entry.extras.as_mut()?.recent.take()?)))
+                .collect();
+            records.sort_by_key(|(sequence, _)| *sequence);
+            for (_, record) in records {
+                recent.push(record);
+            }
         }
-        if let (Some(recent), Some(record)) = (&self.recent, kept_copy) {
-            recent.push(record);
+    }
+
+    fn ingest_entry(&self, books: &mut Books, batch: &CountedBatch, entry: &CountedEntry) {
+        self.metrics.records.fetch_add(1, Ordering::Relaxed);
+        let group = batch.text(entry.group);
+        if let Some(line) = entry.access_line {
+            log::info!("{}", batch.text(line));
         }
+        if let Some(sample) = entry.extras.as_ref().and_then(|extras| extras.metrics.as_ref()) {
+            self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(group, sample);
+        }
+        books.pending.add(aggregate::bucket_of(batch, entry), &entry.counters);
+        let Some(log) = entry.log else { return };
+        let row = LogRow {
+            id: self.log_ids.next(entry.finished_at_ms),
+            time_ms: log.time_ms,
+            api_key_id: log.api_key_id,
+            group: group.to_string(),
+            channel_id: log.channel_id,
+            success: log.success,
+            detail: batch.text(log.detail).to_string(),
+            request_body: log.request_body.map(|span| batch.text(span).to_string()),
+            response_body: log.response_body.map(|span| batch.text(span).to_string()),
+        };
+        self.tail.publish(&row);
+        if books.logs.len() >= MAX_PENDING_LOGS {
+            books.logs.pop_front();
+            self.metrics.logs_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        books.logs.push_back(row);
     }
 
     /// The price in force for a model on a channel, remembered for the next request.

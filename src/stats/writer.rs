@@ -1,19 +1,20 @@
-//! The stats-writer thread: takes counted requests every few milliseconds, adds them up, and writes logs about every
-//! second and statistics every `stats_save_interval_seconds`, at each UTC hour boundary and when
-//! asked to stop (after draining every record already sent).
+//! The stats-writer thread: takes the relay threads' batches of counted requests every few
+//! milliseconds, adds them up, and writes logs about every second and statistics every
+//! `stats_save_interval_seconds`, at each UTC hour boundary and when asked to stop (after taking
+//! every request already counted).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::stats::aggregate::CountedRequest;
 use crate::stats::aggregate::hour_of_millis;
+use crate::stats::batches::{CountedBatch, CountedBatches};
 use crate::stats::StatsService;
 use crate::util::unix_millis;
 
-/// How often the writer takes the records the relay sent since the last look.
+/// How often the writer takes the requests the relay counted since the last look.
 const INGEST_TICK: Duration = Duration::from_millis(25);
 /// How often queued log rows are written.
 const LOG_FLUSH_INTERVAL_MS: i64 = 1_000;
@@ -28,16 +29,16 @@ pub struct StatsWriter {
 }
 
 impl StatsWriter {
-    pub fn spawn(service: Arc<StatsService>, records: Receiver<Box<CountedRequest>>) -> StatsWriter {
+    pub fn spawn(service: Arc<StatsService>, batches: Arc<CountedBatches>) -> StatsWriter {
         let (stop, stop_receiver) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("stats-writer".to_string())
-            .spawn(move || run(&service, &records, &stop_receiver))
+            .spawn(move || run(&service, &batches, &stop_receiver))
             .expect("spawn the stats-writer thread");
         StatsWriter { stop, thread: Some(thread) }
     }
 
-    /// Drains the records already sent, writes everything and stops. Returns when done.
+    /// Takes the requests already counted, writes everything and stops. Returns when done.
     pub fn stop_and_flush(mut self) {
         let _ = self.stop.send(());
         if let Some(thread) = self.thread.take() {
@@ -46,32 +47,32 @@ impl StatsWriter {
     }
 }
 
-fn run(service: &Arc<StatsService>, records: &Receiver<Box<CountedRequest>>, stop: &Receiver<()>) {
+fn run(service: &Arc<StatsService>, batches: &CountedBatches, stop: &Receiver<()>) {
     crate::util::lower_this_thread_priority();
     let mut next_stats_flush = unix_millis() + stats_interval_ms(service);
     let mut next_log_flush = unix_millis() + LOG_FLUSH_INTERVAL_MS;
     let mut current_hour = hour_of_millis(unix_millis());
     let mut last_stats_flush = unix_millis();
+    // Taken batches, and emptied ones to hand back: their buffers go round between the relay's
+    // threads and this one instead of being freed and allocated again.
+    let (mut taken, mut spares): (Vec<CountedBatch>, Vec<CountedBatch>) = (Vec::new(), Vec::new());
     loop {
-        // Sleeping between batches instead of blocking on the channel means a relay request's
-        // send never has to wake this thread: under load that saves a futex call and a context
-        // switch per request, for at most one tick of delay in the statistics.
+        // Sleeping between takes means a finished request never has to wake this thread: under
+        // load that saves a futex call and a context switch per request, for at most one tick of
+        // delay in the statistics.
         let stopping = match stop.recv_timeout(INGEST_TICK) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
             Err(RecvTimeoutError::Timeout) => false,
         };
-        let mut disconnected = false;
-        loop {
-            match records.try_recv() {
-                Ok(counted) => service.ingest(*counted),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    break;
-                }
+        batches.take_into(&mut taken, &mut spares);
+        if !taken.is_empty() {
+            service.ingest(&mut taken);
+            for mut batch in taken.drain(..) {
+                batch.clear();
+                spares.push(batch);
             }
         }
-        if stopping || disconnected {
+        if stopping {
             final_flush(service);
             return;
         }

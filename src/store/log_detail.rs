@@ -100,11 +100,18 @@ pub fn encode<'a>(fields: DetailFields<'a, impl Iterator<Item = AttemptFields<'a
     // Room for the strings and numbers of a request with one or two tries, so the text is
     // allocated once.
     let strings = fields.api_key_name.len() + fields.channel_name.len() + fields.model.len() + fields.error.len();
-    let mut out = DetailWriter(Vec::with_capacity(256 + 2 * strings));
-    out.0.push(b'[');
+    let mut text = String::with_capacity(256 + 2 * strings);
+    encode_into(&mut text, fields);
+    text
+}
+
+/// `encode`, appended to `text` (the stats batches' shared buffer).
+pub fn encode_into<'a>(text: &mut String, fields: DetailFields<'a, impl Iterator<Item = AttemptFields<'a>>>) {
+    let mut out = DetailWriter(text);
+    out.0.push('[');
     for text in [fields.api_key_name, fields.channel_name, fields.model, fields.client_format] {
         out.string(text);
-        out.0.push(b',');
+        out.0.push(',');
     }
     for number in [
         i64::from(fields.status_code),
@@ -117,57 +124,56 @@ pub fn encode<'a>(fields: DetailFields<'a, impl Iterator<Item = AttemptFields<'a
         fields.cost_micros,
     ] {
         out.integer(number);
-        out.0.push(b',');
+        out.0.push(',');
     }
     out.optional_integer(fields.ttft_ms);
-    out.0.push(b',');
+    out.0.push(',');
     out.integer(fields.latency_ms);
-    out.0.extend_from_slice(if fields.stream { b",1," } else { b",0," });
+    out.0.push_str(if fields.stream { ",1," } else { ",0," });
     out.string(fields.error);
-    out.0.extend_from_slice(b",[");
+    out.0.push_str(",[");
     for (index, attempt) in fields.attempt_details.enumerate() {
-        out.0.extend_from_slice(if index == 0 { b"[" } else { b",[" });
+        out.0.push_str(if index == 0 { "[" } else { ",[" });
         out.integer(attempt.channel_id);
-        out.0.push(b',');
+        out.0.push(',');
         out.string(attempt.channel_name);
-        out.0.push(b',');
+        out.0.push(',');
         out.integer(attempt.key_id);
-        out.0.push(b',');
+        out.0.push(',');
         out.string(attempt.base_url);
-        out.0.push(b',');
+        out.0.push(',');
         out.string(attempt.model);
-        out.0.push(b',');
+        out.0.push(',');
         out.string(attempt.outcome);
-        out.0.push(b',');
+        out.0.push(',');
         out.optional_integer(attempt.status.map(i64::from));
-        out.0.push(b',');
+        out.0.push(',');
         out.integer(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX));
-        out.0.push(b']');
+        out.0.push(']');
     }
-    out.0.extend_from_slice(b"]]");
-    String::from_utf8(out.0).expect("the detail is built from UTF-8 strings and ASCII")
+    out.0.push_str("]]");
 }
 
-/// JSON text built byte by byte.
-struct DetailWriter(Vec<u8>);
+/// JSON text appended piece by piece.
+struct DetailWriter<'text>(&'text mut String);
 
-impl DetailWriter {
+impl DetailWriter<'_> {
     /// A JSON string literal.
     #[inline]
     fn string(&mut self, text: &str) {
         if needs_escaping(text.as_bytes()) {
-            serde_json::to_writer(&mut self.0, text).expect("a string is always serialisable");
+            self.0.push_str(&serde_json::to_string(text).expect("a string is always serialisable"));
         } else {
-            self.0.push(b'"');
-            self.0.extend_from_slice(text.as_bytes());
-            self.0.push(b'"');
+            self.0.push('"');
+            self.0.push_str(text);
+            self.0.push('"');
         }
     }
 
     fn optional_integer(&mut self, number: Option<i64>) {
         match number {
             Some(number) => self.integer(number),
-            None => self.0.extend_from_slice(b"null"),
+            None => self.0.push_str("null"),
         }
     }
 
@@ -176,13 +182,13 @@ impl DetailWriter {
     fn integer(&mut self, number: i64) {
         if (0..10).contains(&number) {
             // Token counts of zero and single-digit flags are the most common numbers here.
-            self.0.push(b'0' + number as u8);
+            self.0.push(char::from(b'0' + number as u8));
             return;
         }
         if number < 0 {
-            self.0.push(b'-');
+            self.0.push('-');
         }
-        crate::util::push_decimal(&mut self.0, number.unsigned_abs());
+        crate::util::push_decimal_text(self.0, number.unsigned_abs());
     }
 }
 
