@@ -193,7 +193,7 @@ fn main() -> ExitCode {
         let plan = if options.quick {
             compare::ComparePlan { rounds: 4, requests_per_round: 200, load_duration: Duration::from_millis(1_000) }
         } else {
-            compare::ComparePlan { rounds: 10, requests_per_round: 400, load_duration: Duration::from_millis(2_000) }
+            compare::ComparePlan { rounds: compare_rounds(), requests_per_round: 400, load_duration: Duration::from_millis(2_000) }
         };
         let (pin_to_cpu, _) = gateway_pinning();
         return match compare::run(gateway_binary, baseline, &plan, pin_to_cpu, &|message| progress(started, message)) {
@@ -787,4 +787,10 @@ fn run_info(plan: &Plan, pinning: String) -> RunInfo {
         held_stream_model: LONG_STREAM_MODEL,
         held_stream_count: plan.held_streams,
     }
+}
+
+/// Rounds of `--compare` and `--stats-off`: 10, or `BENCH_ROUNDS` (for differences smaller than
+/// the machine's noise, which more rounds average out).
+fn compare_rounds() -> usize {
+    std::env::var("BENCH_ROUNDS").ok().and_then(|rounds| rounds.parse().ok()).filter(|rounds| (1..=200).contains(rounds)).unwrap_or(10)
 }

@@ -59,6 +59,9 @@ struct Books {
     /// Taken by the flush in progress (or left by a failed one, retried with the next).
     flushing: Deltas,
     logs: VecDeque<LogRow>,
+    /// Rows the last log write took, kept for their strings' buffers: the next second's rows are
+    /// written into them rather than into new allocations. Never more than one write's worth.
+    spare_rows: Vec<LogRow>,
 }
 
 /// Numbers about the writer itself, for `/metrics` and the API.
@@ -202,17 +205,16 @@ impl StatsService {
         }
         books.pending.add(aggregate::bucket_of(batch, entry), &entry.counters);
         let Some(log) = entry.log else { return };
-        let row = LogRow {
-            id: self.log_ids.next(entry.finished_at_ms),
-            time_ms: log.time_ms,
-            api_key_id: log.api_key_id,
-            group: group.to_string(),
-            channel_id: log.channel_id,
-            success: log.success,
-            detail: batch.text(log.detail).to_string(),
-            request_body: log.request_body.map(|span| batch.text(span).to_string()),
-            response_body: log.response_body.map(|span| batch.text(span).to_string()),
-        };
+        let mut row = books.spare_rows.pop().unwrap_or_default();
+        row.id = self.log_ids.next(entry.finished_at_ms);
+        row.time_ms = log.time_ms;
+        row.api_key_id = log.api_key_id;
+        replace_text(&mut row.group, group);
+        row.channel_id = log.channel_id;
+        row.success = log.success;
+        replace_text(&mut row.detail, batch.text(log.detail));
+        replace_optional_text(&mut row.request_body, log.request_body.map(|span| batch.text(span)));
+        replace_optional_text(&mut row.response_body, log.response_body.map(|span| batch.text(span)));
         self.tail.publish(&row);
         if books.logs.len() >= MAX_PENDING_LOGS {
             books.logs.pop_front();
@@ -301,6 +303,8 @@ impl StatsService {
         match result {
             Ok(()) => {
                 self.metrics.logs_written.fetch_add(count, Ordering::Relaxed);
+                // Spares left from before are dropped here: the pool follows the load down.
+                self.books().spare_rows = logs;
                 Ok(())
             }
             Err(error) => {
@@ -363,5 +367,19 @@ impl StatsService {
             rows.sort_by(|left, right| left.key.cmp(&right.key));
             Ok(rows)
         })
+    }
+}
+
+/// Sets `text` to `new`, in its buffer.
+fn replace_text(text: &mut String, new: &str) {
+    text.clear();
+    text.push_str(new);
+}
+
+/// `replace_text` for a text that may be absent.
+fn replace_optional_text(text: &mut Option<String>, new: Option<&str>) {
+    match (text.as_mut(), new) {
+        (Some(text), Some(new)) => replace_text(text, new),
+        (_, new) => *text = new.map(str::to_string),
     }
 }

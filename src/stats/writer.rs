@@ -14,8 +14,10 @@ use crate::stats::batches::{CountedBatch, CountedBatches};
 use crate::stats::StatsService;
 use crate::util::unix_millis;
 
-/// How often the writer takes the requests the relay counted since the last look.
-const INGEST_TICK: Duration = Duration::from_millis(25);
+/// How often the writer takes the requests the relay counted since the last look. Each look
+/// wakes this thread, which takes the relay's core from it under load; statistics and the
+/// live tail are at most this late.
+const INGEST_TICK: Duration = Duration::from_millis(100);
 /// How often queued log rows are written.
 const LOG_FLUSH_INTERVAL_MS: i64 = 1_000;
 /// After a failed flush, how long until the next try (shorter than the usual interval so an
