@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::gateway::{configure, Gateway};
+use crate::gateway::{configure, counted_and_logged, Gateway};
 use crate::measure::{closed_loop, sequential_requests, ErrorTally, LoadKind, SequentialClient, Target, TargetModels};
 use crate::mock_upstream::MockUpstream;
 use crate::proc_stats::{cpu_micros, thread_cpu_micros};
@@ -30,6 +30,8 @@ struct Arm {
     /// CPU of the whole gateway and of its statistics threads over all rounds (microseconds).
     all_rounds_cpu: u64,
     stats_threads_cpu: u64,
+    /// Requests counted and request logs written, read from the admin API after the rounds.
+    counted_and_logged: Option<(u64, u64)>,
 }
 
 impl Arm {
@@ -119,6 +121,11 @@ pub fn run(gateway_binary: &Path, baseline: &Baseline, plan: &ComparePlan, pin_t
         arm.all_rounds_cpu = cpu_micros(pids[index]).unwrap_or(0).saturating_sub(window_start[index].0);
         arm.stats_threads_cpu = stats_threads_cpu(pids[index]).saturating_sub(window_start[index].1);
     }
+    // The last logs are written within a second of the last round (or sooner, by their count).
+    std::thread::sleep(WRITER_SETTLE);
+    for (index, gateway) in [&baseline, &under_test].into_iter().enumerate() {
+        arms[index].counted_and_logged = Some(counted_and_logged(gateway.address())?);
+    }
     Ok(render(&arms, &baseline_label, gateway_binary, plan))
 }
 
@@ -150,6 +157,8 @@ fn render(arms: &[Arm; 2], baseline_label: &str, gateway_binary: &Path, plan: &C
         if arm.all_rounds_cpu == 0 { "—".to_string() } else { format!("{:.1}%", arm.stats_threads_cpu as f64 * 100.0 / arm.all_rounds_cpu as f64) }
     };
     let _ = writeln!(out, "| Share of the gateway's CPU on the stats-writer and store threads, all rounds | {} | {} | |", share(&arms[0]), share(&arms[1]));
+    let counted = |arm: &Arm| arm.counted_and_logged.map_or("—".to_string(), |(requests, logs)| format!("{requests} / {logs}"));
+    let _ = writeln!(out, "| Requests counted / request logs written (all phases) | {} | {} | |", counted(&arms[0]), counted(&arms[1]));
     let _ = writeln!(out, "| Errors | {} | {} | |", arms[0].errors.count, arms[1].errors.count);
     out
 }

@@ -377,6 +377,25 @@ fn channel_type_and_base_path(dialect: Dialect) -> (&'static str, &'static str) 
     }
 }
 
+/// Requests the gateway counted and request logs it holds, from its admin API (statistics
+/// merged with what is not written yet; logs as written). A gateway that keeps up writes a log for
+/// every request it counted, so the two should match once its writer caught up.
+pub fn counted_and_logged(gateway: SocketAddr) -> Result<(u64, u64), String> {
+    let login = admin_call(gateway, "/api/v1/auth/login", None, &json!({"username": "admin", "password": "admin"}))?;
+    let token = string_field(&login, "token", "login")?;
+    let get = |path: &str| -> Result<Value, String> {
+        let response = one_shot(gateway, "GET", path, Some(&token), None, ADMIN_CALL_TIMEOUT).map_err(|error| format!("GET {path} failed: {error}"))?;
+        if response.status != 200 {
+            return Err(format!("GET {path} answered {}: {}", response.status, String::from_utf8_lossy(&response.body)));
+        }
+        serde_json::from_slice(&response.body).map_err(|error| format!("GET {path} answered with a body that is not JSON: {error}"))
+    };
+    let number = |object: &Value, field: &str| object.get(field).and_then(Value::as_u64).ok_or_else(|| format!("no number `{field}` in {object}"));
+    let requests = number(&get("/api/v1/stats/summary")?, "requests")?;
+    let logs = number(&get("/api/v1/logs?page_size=1")?, "total")?;
+    Ok((requests, logs))
+}
+
 /// POSTs JSON to the admin API and returns the parsed answer, or the status and body as error.
 fn admin_call(
     gateway: SocketAddr,

@@ -3,9 +3,9 @@
 //! The relay's worker prices each finished request, counts it and encodes its log row into its
 //! thread's batch (`StatsService::count_into`: CPU only, no waiting; `batches::CountedBatches`,
 //! which drops and counts rather than grows past its bound). The stats-writer thread takes the
-//! batches every few milliseconds, adds them to in-memory hourly deltas and queues their log
-//! rows; it writes logs about every second and adds the deltas to the database every
-//! `stats_save_interval_seconds`, at each UTC hour boundary and on shutdown. The writes are
+//! batches every 100 ms, adds them to in-memory hourly deltas and queues their log rows; it
+//! writes logs about every second (sooner when 5,000 wait) and adds the deltas to the database
+//! every `stats_save_interval_seconds`, at each UTC hour boundary and on shutdown. The writes are
 //! additive upserts, so several gateways on one database sum correctly.
 //!
 //! Reads (`query`) merge the persisted rows with the deltas not yet written, under a gate that a
@@ -62,6 +62,9 @@ struct Books {
     /// Rows the last log write took, kept for their strings' buffers: the next second's rows are
     /// written into them rather than into new allocations. Never more than one write's worth.
     spare_rows: Vec<LogRow>,
+    /// An empty buffer (the spare rows' old one) that becomes the next queue, so the queue is
+    /// not allocated anew, and page-faulted in again, every second.
+    spare_queue: Vec<LogRow>,
 }
 
 /// Numbers about the writer itself, for `/metrics` and the API.
@@ -287,14 +290,12 @@ impl StatsService {
     pub fn flush_logs(&self) -> StoreResult<()> {
         let logs: Vec<LogRow> = {
             let mut books = self.books();
-            // The next second's rows come at about this rate; starting the queue at that size
-            // spares it growing again row by row.
-            let capacity = books.logs.len().min(MAX_PENDING_LOGS);
-            std::mem::replace(&mut books.logs, VecDeque::with_capacity(capacity)).into()
+            if books.logs.is_empty() {
+                return Ok(());
+            }
+            let next_queue = VecDeque::from(std::mem::take(&mut books.spare_queue));
+            std::mem::replace(&mut books.logs, next_queue).into()
         };
-        if logs.is_empty() {
-            return Ok(());
-        }
         let count = logs.len() as u64;
         let (logs, result) = self.store.call(move |store| {
             let result = store.insert_logs(&logs);
@@ -303,8 +304,12 @@ impl StatsService {
         match result {
             Ok(()) => {
                 self.metrics.logs_written.fetch_add(count, Ordering::Relaxed);
-                // Spares left from before are dropped here: the pool follows the load down.
-                self.books().spare_rows = logs;
+                // Spares left from before are dropped here, so the pool follows the load down;
+                // their buffer is the next queue's.
+                let mut books = self.books();
+                let mut old_spares = std::mem::replace(&mut books.spare_rows, logs);
+                old_spares.clear();
+                books.spare_queue = old_spares;
                 Ok(())
             }
             Err(error) => {

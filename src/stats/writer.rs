@@ -1,5 +1,5 @@
-//! The stats-writer thread: takes the relay threads' batches of counted requests every few
-//! milliseconds, adds them up, and writes logs about every second and statistics every
+//! The stats-writer thread: takes the relay threads' batches of counted requests every 100 ms,
+//! adds them up, and writes logs about every second (or once 5,000 wait) and statistics every
 //! `stats_save_interval_seconds`, at each UTC hour boundary and when asked to stop (after taking
 //! every request already counted).
 
@@ -20,6 +20,10 @@ use crate::util::unix_millis;
 const INGEST_TICK: Duration = Duration::from_millis(100);
 /// How often queued log rows are written.
 const LOG_FLUSH_INTERVAL_MS: i64 = 1_000;
+/// Queued log rows that are written at once, without waiting for the interval: at tens of
+/// thousands of requests a second, a second's rows would pass the queue's bound
+/// (`MAX_PENDING_LOGS`) and the oldest would be dropped.
+const LOG_FLUSH_ROWS: usize = 5_000;
 /// After a failed flush, how long until the next try (shorter than the usual interval so an
 /// outage loses as little as possible when the process dies).
 const RETRY_AFTER_FAILURE_MS: i64 = 5_000;
@@ -53,6 +57,8 @@ fn run(service: &Arc<StatsService>, batches: &CountedBatches, stop: &Receiver<()
     crate::util::lower_this_thread_priority();
     let mut next_stats_flush = unix_millis() + stats_interval_ms(service);
     let mut next_log_flush = unix_millis() + LOG_FLUSH_INTERVAL_MS;
+    // While the database refuses logs, they wait for the retry time, however many queue up.
+    let mut log_flush_failing = false;
     let mut current_hour = hour_of_millis(unix_millis());
     let mut last_stats_flush = unix_millis();
     // Taken batches, and emptied ones to hand back: their buffers go round between the relay's
@@ -79,12 +85,14 @@ fn run(service: &Arc<StatsService>, batches: &CountedBatches, stop: &Receiver<()
             return;
         }
         let now = unix_millis();
-        if now >= next_log_flush {
+        if log_flush_due(now, next_log_flush, log_flush_failing, || service.backlog().1) {
+            log_flush_failing = false;
             next_log_flush = now
                 + match service.flush_logs() {
                     Ok(()) => LOG_FLUSH_INTERVAL_MS,
                     Err(error) => {
                         log::warn!("could not write request logs (will retry): {error}");
+                        log_flush_failing = true;
                         RETRY_AFTER_FAILURE_MS
                     }
                 };
@@ -124,6 +132,26 @@ fn final_flush(service: &Arc<StatsService>) {
     }
 }
 
+/// Whether queued logs are written now: when their interval (or retry time) has come, or when
+/// enough wait, unless the database is refusing them.
+fn log_flush_due(now: i64, next_log_flush: i64, failing: bool, queued: impl FnOnce() -> usize) -> bool {
+    now >= next_log_flush || (!failing && queued() >= LOG_FLUSH_ROWS)
+}
+
 fn stats_interval_ms(service: &StatsService) -> i64 {
     i64::try_from(service.settings.get().stats_save_interval_seconds.saturating_mul(1_000)).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_written_on_time_or_when_many_wait_but_never_early_while_the_database_refuses() {
+        assert!(log_flush_due(1_000, 1_000, false, || 0), "the interval has come");
+        assert!(!log_flush_due(999, 1_000, false, || LOG_FLUSH_ROWS - 1), "few wait: the interval rules");
+        assert!(log_flush_due(999, 1_000, false, || LOG_FLUSH_ROWS), "enough wait: written at once");
+        assert!(!log_flush_due(999, 1_000, true, || LOG_FLUSH_ROWS * 3), "after a failure, the retry time rules");
+        assert!(log_flush_due(1_000, 1_000, true, || 0), "and the retry comes");
+    }
 }
