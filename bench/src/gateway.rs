@@ -305,6 +305,10 @@ pub fn configure(
         &json!({"username": "admin", "password": "admin"}),
     )?;
     let token = string_field(&login, "token", "login")?;
+    // Benchmarks talk only to 127.0.0.1: the price sync is pointed at the discard port, so the
+    // restarts of the cold-start phase never look up models.dev. (The first start has already
+    // tried once, before any setting could be changed.)
+    admin_request(gateway, "PUT", "/api/v1/settings", Some(&token), &json!({"models_dev_url": "http://127.0.0.1:9"}))?;
 
     let mut channel_ids: Vec<(Dialect, Value)> = Vec::new();
     for group in groups {
@@ -403,25 +407,36 @@ fn admin_call(
     token: Option<&str>,
     body: &Value,
 ) -> Result<Value, String> {
+    admin_request(gateway, "POST", path, token, body)
+}
+
+/// `admin_call` with another method.
+fn admin_request(
+    gateway: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Result<Value, String> {
     let body_bytes = body.to_string().into_bytes();
     let response = one_shot(
         gateway,
-        "POST",
+        method,
         path,
         token,
         Some(&body_bytes),
         ADMIN_CALL_TIMEOUT,
     )
-    .map_err(|error| format!("POST {path} failed: {error}"))?;
+    .map_err(|error| format!("{method} {path} failed: {error}"))?;
     if !(200..300).contains(&response.status) {
         return Err(format!(
-            "POST {path} answered {}: {}",
+            "{method} {path} answered {}: {}",
             response.status,
             String::from_utf8_lossy(&response.body)
         ));
     }
     serde_json::from_slice(&response.body)
-        .map_err(|error| format!("POST {path} answered with a body that is not JSON: {error}"))
+        .map_err(|error| format!("{method} {path} answered with a body that is not JSON: {error}"))
 }
 
 fn string_field(object: &Value, field: &str, call: &str) -> Result<String, String> {
