@@ -160,5 +160,13 @@ fn render(arms: &[Arm; 2], baseline_label: &str, gateway_binary: &Path, plan: &C
     let counted = |arm: &Arm| arm.counted_and_logged.map_or("—".to_string(), |(requests, logs)| format!("{requests} / {logs}"));
     let _ = writeln!(out, "| Requests counted / request logs written (all phases) | {} | {} | |", counted(&arms[0]), counted(&arms[1]));
     let _ = writeln!(out, "| Errors | {} | {} | |", arms[0].errors.count, arms[1].errors.count);
+    // Round by round, so a trend (a slow start, a busy spell) shows instead of hiding in a median.
+    let ratios: Vec<String> = arms[0]
+        .cpu_per_request_rounds()
+        .iter()
+        .zip(arms[1].cpu_per_request_rounds())
+        .map(|(baseline, under_test)| if *baseline > 0 { format!("{:.2}", under_test as f64 / *baseline as f64) } else { "—".to_string() })
+        .collect();
+    let _ = writeln!(out, "\nCPU per request, under test / baseline, round by round: {}", ratios.join(", "));
     out
 }
