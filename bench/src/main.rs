@@ -789,8 +789,10 @@ fn run_info(plan: &Plan, pinning: String) -> RunInfo {
     }
 }
 
-/// Rounds of `--compare` and `--stats-off`: 10, or `BENCH_ROUNDS` (for differences smaller than
-/// the machine's noise, which more rounds average out).
+/// Rounds of `--compare` and `--stats-off`: 30 (about three and a half minutes), or
+/// `BENCH_ROUNDS`. On a shared machine one round's ratio swings by ten points either way (seen
+/// here: 0.91 to 1.23 within one `--stats-off` run), so the median of ten rounds often landed a few
+/// points away from that of thirty.
 fn compare_rounds() -> usize {
-    std::env::var("BENCH_ROUNDS").ok().and_then(|rounds| rounds.parse().ok()).filter(|rounds| (1..=200).contains(rounds)).unwrap_or(10)
+    std::env::var("BENCH_ROUNDS").ok().and_then(|rounds| rounds.parse().ok()).filter(|rounds| (1..=200).contains(rounds)).unwrap_or(30)
 }
