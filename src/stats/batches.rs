@@ -11,7 +11,6 @@
 //! request on either side.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -91,13 +90,6 @@ impl CountedBatch {
         let start = self.text.len();
         write(&mut self.text);
         TextSpan { start, end: self.text.len() }
-    }
-
-    /// Writes formatted text into the batch (for the rare access line, not the per-request path).
-    pub fn format_text(&mut self, arguments: std::fmt::Arguments<'_>) -> TextSpan {
-        self.write_text(|out| {
-            let _ = out.write_fmt(arguments);
-        })
     }
 
     pub fn is_empty(&self) -> bool {
