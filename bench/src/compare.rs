@@ -4,8 +4,9 @@
 //!
 //! Both gateways run at once on the same mock, each pinned like the main run's gateway; rounds
 //! alternate which one goes first so drift on a shared machine hits both alike. Each round
-//! measures c=1 latency (sequential keep-alive requests) and gateway CPU per request at c=64
-//! (read after the gateway has had time to write that phase's request logs). The report also
+//! measures c=1 latency (sequential keep-alive requests) and gateway CPU per request at c=64:
+//! the closed loop moves between the two gateways every quarter second, and both gateways' CPU
+//! is read over the whole round, after each has had time to write the round's request logs. The report also
 //! gives the share of each gateway's CPU spent on its statistics threads, read per thread from
 //! /proc: a figure that does not depend on two noisy runs agreeing.
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::gateway::{configure, counted_and_logged, Gateway};
-use crate::measure::{closed_loop, sequential_requests, ErrorTally, LoadKind, SequentialClient, Target, TargetModels};
+use crate::measure::{interleaved_closed_loops, sequential_requests, ErrorTally, SequentialClient, Target, TargetModels};
 use crate::mock_upstream::MockUpstream;
 use crate::proc_stats::{cpu_micros, thread_cpu_micros};
 use crate::samples::{median, median_of_round_medians, percentile, pooled};
@@ -53,6 +54,10 @@ pub enum Baseline {
 /// request logs about every second, so without this wait the writes of a phase's last second
 /// would fall outside every measured window and the statistics would look cheaper than they are.
 const WRITER_SETTLE: Duration = Duration::from_millis(1_300);
+
+/// How long the c=64 load stays on one gateway before it moves to the other. Short turns pair
+/// the two arms closely in time; each turn still holds thousands of requests.
+const LOAD_SLICE: Duration = Duration::from_millis(250);
 
 /// The threads that do the statistics' work: the stats writer (pricing, counting, encoding log
 /// rows) and the store pool (the database writes; outside the bench's traffic they only serve
@@ -108,13 +113,18 @@ pub fn run(gateway_binary: &Path, baseline: &Baseline, plan: &ComparePlan, pin_t
             let samples = sequential_requests(&mut clients[index], &targets[index].whole_request, plan.requests_per_round, deadline, &mut arms[index].errors);
             arms[index].latency_rounds.push(samples);
         }
-        for index in order {
-            let before = cpu_micros(pids[index]).unwrap_or(0);
-            let outcome = closed_loop(targets[index].address, Arc::clone(&targets[index].whole_request), LoadKind::Whole, crate::LOAD_CONCURRENCY, plan.load_duration);
-            std::thread::sleep(WRITER_SETTLE);
+        // Both gateways' CPU is read over the same window: the load takes turns between them
+        // every `LOAD_SLICE`, and the window ends after the writers have caught up.
+        let before = pids.map(|pid| cpu_micros(pid).unwrap_or(0));
+        let slices_per_arm = (plan.load_duration.as_millis() / LOAD_SLICE.as_millis()).max(1) as usize;
+        let addresses = [targets[0].address, targets[1].address];
+        let requests = [Arc::clone(&targets[0].whole_request), Arc::clone(&targets[1].whole_request)];
+        let counts = interleaved_closed_loops(addresses, requests, crate::LOAD_CONCURRENCY, LOAD_SLICE, slices_per_arm, order[0]);
+        std::thread::sleep(WRITER_SETTLE);
+        for (index, arm_counts) in counts.into_iter().enumerate() {
             let after = cpu_micros(pids[index]).unwrap_or(0);
-            arms[index].load_rounds.push((after.saturating_sub(before), outcome.completed));
-            arms[index].errors.absorb(outcome.errors);
+            arms[index].load_rounds.push((after.saturating_sub(before[index]), arm_counts.completed));
+            arms[index].errors.absorb(arm_counts.errors);
         }
     }
     for (index, arm) in arms.iter_mut().enumerate() {

@@ -2,6 +2,7 @@
 //! SSE streams and a set of held-open streams. Each loop is bounded by a count and a deadline.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -352,6 +353,92 @@ fn load_worker(
         }
     }
     (latencies, events, errors)
+}
+
+/// Counts per arm of `interleaved_closed_loops`.
+#[derive(Default)]
+pub struct ArmCounts {
+    /// Requests answered with status 200.
+    pub completed: u64,
+    pub errors: ErrorTally,
+}
+
+/// A closed loop of `concurrency` workers against two servers at once, taking turns: every
+/// `slice` all workers move from one server to the other, starting with `first`, for
+/// `slices_per_arm` turns each. Each worker keeps a keep-alive connection to both.
+///
+/// Two servers measured this way meet the same machine within a fraction of a second of each
+/// other, where phases of seconds each let a neighbour's busy spell fall on one of them only.
+pub fn interleaved_closed_loops(
+    addresses: [SocketAddr; 2],
+    requests: [Arc<Vec<u8>>; 2],
+    concurrency: usize,
+    slice: Duration,
+    slices_per_arm: usize,
+    first: usize,
+) -> [ArmCounts; 2] {
+    // The arm being loaded, or `STOPPED` once every slice has run.
+    const STOPPED: usize = usize::MAX;
+    let active = Arc::new(AtomicUsize::new(first));
+    let start_line = Arc::new(Barrier::new(concurrency + 1));
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (requests, active, start_line) = (requests.clone(), Arc::clone(&active), Arc::clone(&start_line));
+        let spawned = std::thread::Builder::new()
+            .name("load-worker".to_string())
+            .stack_size(WORKER_STACK_BYTES)
+            .spawn(move || {
+                let mut connections = addresses.map(|address| ClientConnection::connect(address, IO_TIMEOUT).ok());
+                let mut counts = [ArmCounts::default(), ArmCounts::default()];
+                start_line.wait();
+                loop {
+                    let arm = active.load(Ordering::Acquire);
+                    if arm == STOPPED {
+                        break;
+                    }
+                    let Some(open) = connections[arm].as_mut().filter(|connection| connection.is_reusable()) else {
+                        match ClientConnection::connect(addresses[arm], IO_TIMEOUT) {
+                            Ok(fresh) => connections[arm] = Some(fresh),
+                            Err(error) => {
+                                counts[arm].errors.record(format!("connect: {error}"));
+                                std::thread::sleep(RECONNECT_BACKOFF);
+                            }
+                        }
+                        continue;
+                    };
+                    match open.exchange(&requests[arm]) {
+                        Ok(response) if response.status == 200 => counts[arm].completed += 1,
+                        Ok(response) => counts[arm]
+                            .errors
+                            .record(format!("status {}: {}", response.status, String::from_utf8_lossy(&response.body))),
+                        Err(error) => {
+                            counts[arm].errors.record(format!("request failed: {error}"));
+                            connections[arm] = None;
+                        }
+                    }
+                }
+                counts
+            });
+        match spawned {
+            Ok(worker) => workers.push(worker),
+            Err(error) => panic!("cannot start a load worker thread: {error}"),
+        }
+    }
+    start_line.wait();
+    for turn in 1..2 * slices_per_arm {
+        std::thread::sleep(slice);
+        active.store((first + turn) % 2, Ordering::Release);
+    }
+    std::thread::sleep(slice);
+    active.store(STOPPED, Ordering::Release);
+    let mut totals = [ArmCounts::default(), ArmCounts::default()];
+    for worker in workers {
+        for (total, counts) in totals.iter_mut().zip(worker.join().expect("load worker panicked")) {
+            total.completed += counts.completed;
+            total.errors.absorb(counts.errors);
+        }
+    }
+    totals
 }
 
 /// Streams held open at once, each having delivered its first event.
