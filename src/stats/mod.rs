@@ -168,9 +168,12 @@ impl StatsService {
     pub fn ingest(&self, batches: &mut [CountedBatch]) {
         let mut spent: Vec<(i64, i64)> = Vec::new();
         {
+            // Asked once per take rather than per row: almost always nobody listens, and a
+            // listener that arrives meanwhile gets the rows from the next take on.
+            let tail_listening = self.tail.listener_count() > 0;
             let mut books = self.books();
             batches::for_each_in_order(batches, |batch, entry| {
-                self.ingest_entry(&mut books, batch, entry);
+                self.ingest_entry(&mut books, batch, entry, tail_listening);
                 if let Some(api_key_id) = entry.client_key_id.filter(|_| entry.counters.cost_micros > 0) {
                     spent.push((api_key_id, entry.counters.cost_micros));
                 }
@@ -197,7 +200,7 @@ impl StatsService {
         }
     }
 
-    fn ingest_entry(&self, books: &mut Books, batch: &CountedBatch, entry: &CountedEntry) {
+    fn ingest_entry(&self, books: &mut Books, batch: &CountedBatch, entry: &CountedEntry, tail_listening: bool) {
         self.metrics.records.fetch_add(1, Ordering::Relaxed);
         let group = batch.text(entry.group);
         if let Some(line) = entry.access_line {
@@ -218,7 +221,9 @@ impl StatsService {
         replace_text(&mut row.detail, batch.text(log.detail));
         replace_optional_text(&mut row.request_body, log.request_body.map(|span| batch.text(span)));
         replace_optional_text(&mut row.response_body, log.response_body.map(|span| batch.text(span)));
-        self.tail.publish(&row);
+        if tail_listening {
+            self.tail.publish(&row);
+        }
         if books.logs.len() >= MAX_PENDING_LOGS {
             books.logs.pop_front();
             self.metrics.logs_dropped.fetch_add(1, Ordering::Relaxed);

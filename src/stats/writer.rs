@@ -3,11 +3,10 @@
 //! `stats_save_interval_seconds`, at each UTC hour boundary and when asked to stop (after taking
 //! every request already counted).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::stats::aggregate::hour_of_millis;
 use crate::stats::batches::{CountedBatch, CountedBatches};
@@ -30,30 +29,44 @@ const RETRY_AFTER_FAILURE_MS: i64 = 5_000;
 
 /// A running writer and the way to stop it.
 pub struct StatsWriter {
-    stop: Sender<()>,
+    /// Set once the writer is to take what was counted, write everything and end.
+    stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl StatsWriter {
     pub fn spawn(service: Arc<StatsService>, batches: Arc<CountedBatches>) -> StatsWriter {
-        let (stop, stop_receiver) = crossbeam_channel::bounded(1);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stopping);
         let thread = std::thread::Builder::new()
             .name("stats-writer".to_string())
-            .spawn(move || run(&service, &batches, &stop_receiver))
+            .spawn(move || run(&service, &batches, &stop_flag))
             .expect("spawn the stats-writer thread");
-        StatsWriter { stop, thread: Some(thread) }
+        StatsWriter { stopping, thread: Some(thread) }
     }
 
     /// Takes the requests already counted, writes everything and stops. Returns when done.
     pub fn stop_and_flush(mut self) {
-        let _ = self.stop.send(());
+        self.stopping.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
 }
 
-fn run(service: &Arc<StatsService>, batches: &CountedBatches, stop: &Receiver<()>) {
+impl Drop for StatsWriter {
+    /// A writer dropped without `stop_and_flush` still writes what was counted and ends, in the
+    /// background.
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+    }
+}
+
+fn run(service: &Arc<StatsService>, batches: &CountedBatches, stopping: &AtomicBool) {
     crate::util::lower_this_thread_priority();
     let mut next_stats_flush = unix_millis() + stats_interval_ms(service);
     let mut next_log_flush = unix_millis() + LOG_FLUSH_INTERVAL_MS;
@@ -67,11 +80,10 @@ fn run(service: &Arc<StatsService>, batches: &CountedBatches, stop: &Receiver<()
     loop {
         // Sleeping between takes means a finished request never has to wake this thread: under
         // load that saves a futex call and a context switch per request, for at most one tick of
-        // delay in the statistics.
-        let stopping = match stop.recv_timeout(INGEST_TICK) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-            Err(RecvTimeoutError::Timeout) => false,
-        };
+        // delay in the statistics. Parking sleeps at once, where a channel's timed receive first
+        // spins and yields the core a few times, each yield a context switch on a loaded core.
+        std::thread::park_timeout(INGEST_TICK);
+        let stopping = stopping.load(Ordering::Acquire);
         batches.take_into(&mut taken, &mut spares);
         if !taken.is_empty() {
             service.ingest(&mut taken);

@@ -11,7 +11,11 @@
 //! output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, ttft_ms
 //! (or null), latency_ms, stream (0 or 1), error, attempt_details]`, where each attempt is
 //! `[channel_id, channel_name, key_id, base_url, model, outcome, status (or null), duration_ms]`.
-//! Rows migrated from the older wide table keep their attempts as JSON objects; both read back.
+//! An attempt's `channel_name` and `model` are `null` when they are the log's own: most requests
+//! succeed at their first try, and every byte of a row is written twice (the WAL, then the
+//! database file), so those repeats cost more than the rest of the row's statistics work.
+//! Rows written before that rule carry the names; rows migrated from the older wide table keep
+//! their attempts as JSON objects; all of them read back.
 
 use serde::Deserialize;
 
@@ -136,13 +140,13 @@ pub fn encode_into<'a>(text: &mut String, fields: DetailFields<'a, impl Iterator
         out.0.push_str(if index == 0 { "[" } else { ",[" });
         out.integer(attempt.channel_id);
         out.0.push(',');
-        out.string(attempt.channel_name);
+        out.string_unless_same(attempt.channel_name, fields.channel_name);
         out.0.push(',');
         out.integer(attempt.key_id);
         out.0.push(',');
         out.string(attempt.base_url);
         out.0.push(',');
-        out.string(attempt.model);
+        out.string_unless_same(attempt.model, fields.model);
         out.0.push(',');
         out.string(attempt.outcome);
         out.0.push(',');
@@ -167,6 +171,16 @@ impl DetailWriter<'_> {
             self.0.push('"');
             self.0.push_str(text);
             self.0.push('"');
+        }
+    }
+
+    /// `null` when `text` is the log's own value (`same_as`), which the reader puts back.
+    #[inline]
+    fn string_unless_same(&mut self, text: &str, same_as: &str) {
+        if text == same_as {
+            self.0.push_str("null");
+        } else {
+            self.string(text);
         }
     }
 
@@ -244,7 +258,8 @@ pub fn decode_into(text: &str, log: &mut RequestLog) -> StoreResult<()> {
     log.latency_ms = detail.13;
     log.stream = detail.14 != 0;
     log.error = detail.15;
-    log.attempt_details = detail.16.into_iter().map(AttemptIn::into_attempt).collect();
+    log.attempt_details =
+        detail.16.into_iter().map(|attempt| attempt.into_attempt(&log.channel_name, &log.model)).collect();
     Ok(())
 }
 
@@ -269,19 +284,30 @@ struct DetailIn(
     Vec<AttemptIn>,
 );
 
-/// An attempt as this version writes it, or as the wide table kept it (an object).
+/// An attempt as this version writes it (channel name and model `null` when they are the
+/// log's), or as the wide table kept it (an object).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum AttemptIn {
-    Positional(i64, String, i64, String, String, String, Option<u16>, u64),
+    Positional(i64, Option<String>, i64, String, Option<String>, String, Option<u16>, u64),
     Named(LoggedAttempt),
 }
 
 impl AttemptIn {
-    fn into_attempt(self) -> LoggedAttempt {
+    /// The attempt, with a left-out channel name or model taken from its log.
+    fn into_attempt(self, log_channel_name: &str, log_model: &str) -> LoggedAttempt {
         match self {
             AttemptIn::Positional(channel_id, channel_name, key_id, base_url, model, outcome, status, duration_ms) => {
-                LoggedAttempt { channel_id, channel_name, key_id, base_url, model, outcome, status, duration_ms }
+                LoggedAttempt {
+                    channel_id,
+                    channel_name: channel_name.unwrap_or_else(|| log_channel_name.to_string()),
+                    key_id,
+                    base_url,
+                    model: model.unwrap_or_else(|| log_model.to_string()),
+                    outcome,
+                    status,
+                    duration_ms,
+                }
             }
             AttemptIn::Named(attempt) => attempt,
         }
@@ -381,6 +407,27 @@ mod tests {
             }
         }
         assert!(!needs_escaping("é ✓ ünïcödé text without escapes".as_bytes()));
+    }
+
+    #[test]
+    fn an_attempt_leaves_out_the_channel_name_and_model_it_shares_with_its_log() {
+        let mut log = sample_log();
+        log.attempt_details[1].channel_name = "anthropic".to_string();
+        log.attempt_details[1].model = "claude".to_string();
+        let text = encode_log(&log);
+        assert!(text.ends_with(r#"[[2,null,9,"http://127.0.0.1:9/v1",null,"rate_limited",429,4],[0,"anthropic",0,"","claude","success",null,0]]]"#), "{text}");
+        let mut read = RequestLog { id: log.id, time_ms: log.time_ms, api_key_id: log.api_key_id, group: log.group.clone(), channel_id: log.channel_id, success: log.success, ..RequestLog::default() };
+        decode_into(&text, &mut read).unwrap();
+        assert_eq!(read, log);
+    }
+
+    #[test]
+    fn attempts_written_with_every_name_still_read() {
+        let text = r#"["k","c","m","openai_chat",200,1,0,0,0,0,0,0,null,9,0,"",[[1,"other",4,"u","other-model","success",200,9]]]"#;
+        let mut log = RequestLog::default();
+        decode_into(text, &mut log).unwrap();
+        assert_eq!(log.attempt_details[0].channel_name, "other");
+        assert_eq!(log.attempt_details[0].model, "other-model");
     }
 
     #[test]

@@ -105,15 +105,29 @@ fn prepare_log_inserts(connection: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The page size of a new database.
+const PAGE_SIZE_BYTES: i64 = 16 * 1024;
+/// The WAL size at which a commit checkpoints it into the database.
+const WAL_CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
+
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
     connection.busy_timeout(Duration::from_millis(5000))?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // Only a new, empty database takes this; an existing one keeps the page size it was made
+    // with. Request logs are appended all day, and every page of them is written twice (to the
+    // WAL, then by the checkpoint into the database) with a system call or two per page each
+    // time, so 16 KiB pages make those calls a quarter as many as the default 4 KiB.
+    connection.pragma_update(None, "page_size", PAGE_SIZE_BYTES)?;
     // journal_mode answers with the mode in effect (an in-memory database stays "memory").
     let _mode: String =
         connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     // In WAL mode NORMAL is still safe against application crashes; only a power cut can lose
     // the last transactions, and it saves an fsync per commit on slow router flash.
     connection.pragma_update(None, "synchronous", "NORMAL")?;
+    // The WAL is checkpointed at about 4 MiB whatever the page size (SQLite's default is 1,000
+    // pages), so it takes no more room on a router's flash than with 4 KiB pages.
+    let page_size: i64 = connection.pragma_query_value(None, "page_size", |row| row.get(0))?;
+    connection.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_BYTES / page_size.max(512))?;
     Ok(())
 }
 
@@ -1199,5 +1213,63 @@ impl ColumnReader for SqliteColumns<'_, '_> {
     }
     fn boolean(&self, index: usize) -> StoreResult<bool> {
         self.0.get(index).map_err(query_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own for one test's database files, removed at the end.
+    struct TempDirectory(std::path::PathBuf);
+
+    impl TempDirectory {
+        fn new(name: &str) -> TempDirectory {
+            let directory = std::env::temp_dir().join(format!("octopus-sqlite-{name}-{}-{}", std::process::id(), crate::util::unix_millis()));
+            std::fs::create_dir_all(&directory).unwrap();
+            TempDirectory(directory)
+        }
+
+        fn database(&self) -> String {
+            self.0.join("octopus.db").to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for TempDirectory {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn pragma(store: &SqliteStore, name: &str) -> i64 {
+        store.connection.pragma_query_value(None, name, |row| row.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_new_database_has_16_kib_pages_and_checkpoints_at_4_mib() {
+        let directory = TempDirectory::new("new");
+        let store = open(&directory.database()).unwrap();
+        assert_eq!(pragma(&store, "page_size"), 16 * 1024);
+        assert_eq!(pragma(&store, "wal_autocheckpoint"), 256);
+        drop(store);
+        let reopened = open(&directory.database()).unwrap();
+        assert_eq!(pragma(&reopened, "page_size"), 16 * 1024);
+    }
+
+    #[test]
+    fn an_existing_database_keeps_its_page_size_and_its_wal_stays_about_4_mib() {
+        let directory = TempDirectory::new("existing");
+        {
+            // A database made by an earlier version, with SQLite's default page size.
+            let connection = Connection::open(directory.database()).unwrap();
+            connection.pragma_update(None, "page_size", 4096).unwrap();
+            connection.pragma_update(None, "journal_mode", "WAL").unwrap();
+            connection.execute_batch("CREATE TABLE kept (value INTEGER); INSERT INTO kept VALUES (7);").unwrap();
+        }
+        let store = open(&directory.database()).unwrap();
+        assert_eq!(pragma(&store, "page_size"), 4096);
+        assert_eq!(pragma(&store, "wal_autocheckpoint"), 1024);
+        let kept: i64 = store.connection.query_row("SELECT value FROM kept", [], |row| row.get(0)).unwrap();
+        assert_eq!(kept, 7);
     }
 }
