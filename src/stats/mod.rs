@@ -4,7 +4,7 @@
 //! thread's batch (`StatsService::count_into`: CPU only, no waiting; `batches::CountedBatches`,
 //! which drops and counts rather than grows past its bound). The stats-writer thread takes the
 //! batches every 100 ms, adds them to in-memory hourly deltas and queues their log rows; it
-//! writes logs about every second (sooner when 5,000 wait) and adds the deltas to the database
+//! writes logs about every second (sooner when 1,000 wait) and adds the deltas to the database
 //! every `stats_save_interval_seconds`, at each UTC hour boundary and on shutdown. The writes are
 //! additive upserts, so several gateways on one database sum correctly.
 //!
