@@ -18,11 +18,12 @@ use crate::http::admission::{BodyReservation, ConnectionSlot, WaitingForHead};
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
 use crate::http::head::{BodyFraming, HeadError, RequestHead, parse_request_head};
 use crate::http::read_buffer::ReadBuffer;
+use crate::http::stack_pages::StackEntry;
 use crate::http::response_writer::{
     ResponseContext, ResponseOutcome, error_response_bytes, write_response,
 };
 use crate::http::server::{ServerLimits, SharedState};
-use crate::http::{ClientProbe, Request};
+use crate::http::{Body, ClientProbe, Request};
 
 /// Socket reads go into the connection buffer this many bytes at a time.
 const READ_CHUNK_BYTES: usize = 8 * 1024;
@@ -59,6 +60,7 @@ impl From<HeadError> for ConnectionEnd {
 /// `slot` is the connection's place under the cap, given back when this returns; `waiting`
 /// marks it as waiting for its first head (evictable) and must be dropped before the socket.
 pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedState, slot: ConnectionSlot, waiting: WaitingForHead) {
+    let stack_entry = StackEntry::here();
     let _slot = slot;
     // Small responses and SSE events must leave at once rather than wait for Nagle's algorithm.
     if stream.set_nodelay(true).is_err()
@@ -79,6 +81,7 @@ pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedStat
         accepted_at: Instant::now(),
         requests_read: 0,
         shared,
+        stack_entry,
     };
     match connection.serve_requests() {
         ConnectionEnd::Reject(status, message) => {
@@ -112,6 +115,8 @@ struct Connection<'shared> {
     accepted_at: Instant,
     requests_read: u64,
     shared: &'shared SharedState,
+    /// The top of this connection's coroutine stack (`stack_pages`).
+    stack_entry: StackEntry,
 }
 
 impl<'shared> Connection<'shared> {
@@ -137,6 +142,7 @@ impl<'shared> Connection<'shared> {
                 is_head_request: head.method == "HEAD",
                 is_http_1_0: head.minor_version == 0,
                 keep_alive: head.keep_alive && !self.shared.stopping.load(Ordering::Acquire),
+                stack_entry: self.stack_entry,
             };
             let request = Request {
                 method: head.method,
@@ -153,6 +159,11 @@ impl<'shared> Connection<'shared> {
                 log::error!("handler panicked on {method} {path}; answering 500");
                 return ConnectionEnd::Reject(500, "internal error");
             };
+            if matches!(response.body, Body::Stream(_)) {
+                // Nothing is read from the client while a stream is sent, and a stream may be
+                // held open for minutes: its connection need not keep a read buffer meanwhile.
+                self.buffer.release_when_empty();
+            }
             match write_response(&mut self.stream, response, context) {
                 ResponseOutcome::Sent { keep_alive: true } => {}
                 ResponseOutcome::Sent { keep_alive: false } => {

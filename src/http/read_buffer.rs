@@ -84,6 +84,13 @@ impl ReadBuffer {
         }
     }
 
+    /// Frees the storage if no bytes wait in it; the next read allocates it again.
+    pub fn release_when_empty(&mut self) {
+        if self.is_empty() {
+            self.storage = Vec::new();
+        }
+    }
+
     /// Bytes of storage held (for tests).
     #[cfg(test)]
     fn storage_len(&self) -> usize {
@@ -94,6 +101,20 @@ impl ReadBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_is_released_only_when_no_bytes_wait() {
+        let mut buffer = ReadBuffer::default();
+        buffer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\nPOST");
+        buffer.consume(18);
+        buffer.release_when_empty();
+        assert_eq!(buffer.data(), b"POST", "a pipelined request's start is kept");
+        buffer.consume(4);
+        buffer.release_when_empty();
+        assert!(!buffer.has_storage());
+        buffer.extend_from_slice(b"next");
+        assert_eq!(buffer.data(), b"next");
+    }
 
     #[test]
     fn data_survives_consuming_compacting_and_growing() {

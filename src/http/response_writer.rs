@@ -3,8 +3,10 @@
 //! per `write_chunk`, each written as soon as it is produced).
 
 use std::io::{self, Write};
+use std::time::{Duration, Instant};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::http::stack_pages::StackEntry;
 use crate::http::{Body, Response, StreamWriter, reason_phrase};
 
 /// What the server knows about the request a response answers.
@@ -17,6 +19,9 @@ pub struct ResponseContext {
     pub is_http_1_0: bool,
     /// Whether the connection may be reused after this response, as far as the request goes.
     pub keep_alive: bool,
+    /// The top of the connection coroutine's stack: a streamed body releases the deeper pages
+    /// its request touched before it runs (`stack_pages`).
+    pub stack_entry: StackEntry,
 }
 
 /// How writing a response ended.
@@ -95,6 +100,8 @@ pub fn write_response(
                 pending_head: Some(head),
                 chunked,
                 failed: false,
+                message: Vec::new(),
+                stack_release: Some((context.stack_entry, Instant::now() + STACK_RELEASE_AFTER)),
             };
             match catch_unwind(AssertUnwindSafe(|| write_body(&mut writer))) {
                 Err(_) if writer.pending_head.is_some() => ResponseOutcome::PanickedBeforeWriting,
@@ -223,7 +230,18 @@ struct ChunkWriter<'stream, S: Write> {
     pending_head: Option<Vec<u8>>,
     chunked: bool,
     failed: bool,
+    /// The bytes of the chunk being written, kept from one chunk to the next.
+    message: Vec<u8>,
+    /// The connection's stack and when its deeper pages are to be released, until they are.
+    stack_release: Option<(StackEntry, Instant)>,
 }
+
+/// How long a streamed body runs before the deeper pages of its coroutine's stack are released
+/// (`stack_pages`). The handler that made the response went deepest, and a stream that lasts
+/// holds those pages for nothing while it relays events a few frames down. Streams that end
+/// sooner give the stack back to the next request as it is, without a release and the page
+/// faults that would follow it.
+const STACK_RELEASE_AFTER: Duration = Duration::from_millis(500);
 
 impl<S: Write> ChunkWriter<'_, S> {
     /// Writes the head if no chunk carried it, then the terminating chunk.
@@ -254,10 +272,13 @@ impl<S: Write> StreamWriter for ChunkWriter<'_, S> {
         if data.is_empty() {
             return Ok(());
         }
-        let mut message = self.pending_head.take().unwrap_or_default();
+        let message = &mut self.message;
+        message.clear();
+        if let Some(head) = self.pending_head.take() {
+            message.extend_from_slice(&head);
+        }
         if self.chunked {
-            message.reserve(data.len() + 20);
-            message.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            push_chunk_size(message, data.len());
             message.extend_from_slice(data);
             message.extend_from_slice(b"\r\n");
         } else {
@@ -265,23 +286,49 @@ impl<S: Write> StreamWriter for ChunkWriter<'_, S> {
         }
         let written = self
             .stream
-            .write_all(&message)
+            .write_all(message)
             .and_then(|()| self.stream.flush());
         if written.is_err() {
             self.failed = true;
         }
+        if let Some((stack_entry, release_at)) = self.stack_release
+            && Instant::now() >= release_at
+        {
+            self.stack_release = None;
+            stack_entry.release_deeper_pages();
+        }
         written
     }
+}
+
+/// A chunk's size line: the length in hexadecimal, then CRLF.
+fn push_chunk_size(message: &mut Vec<u8>, length: usize) {
+    const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - length.leading_zeros()).div_ceil(4).max(1);
+    for digit in (0..digits).rev() {
+        message.push(HEX_DIGITS[(length >> (digit * 4)) & 0xf]);
+    }
+    message.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn chunk_sizes_are_lowercase_hexadecimal_without_leading_zeros() {
+        for length in [1usize, 9, 10, 15, 16, 255, 256, 4095, 65_536, 1 << 40] {
+            let mut line = Vec::new();
+            push_chunk_size(&mut line, length);
+            assert_eq!(String::from_utf8(line).unwrap(), format!("{length:x}\r\n"));
+        }
+    }
+
     const KEEP_ALIVE_1_1: ResponseContext = ResponseContext {
         is_head_request: false,
         is_http_1_0: false,
         keep_alive: true,
+        stack_entry: StackEntry::NOWHERE,
     };
 
     fn written(response: Response, context: ResponseContext) -> (String, ResponseOutcome) {

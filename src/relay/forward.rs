@@ -878,7 +878,9 @@ fn pump(
     mut trace: CallTrace,
 ) -> std::io::Result<()> {
     let PumpedStream { mut translator, mut body, mut parser, first_events, mut capture } = stream;
-    let mut out = Vec::with_capacity(4096);
+    // Grows to the largest event translated; most are a few hundred bytes, and a held stream
+    // keeps this for its whole life.
+    let mut out = Vec::new();
     let mut client_error: Option<std::io::Error> = None;
     let mut stream_error: Option<String> = None;
     let mut send_events = |events: &[SseEvent], translator: &mut EventTranslator, trace: &mut CallTrace| -> std::io::Result<()> {

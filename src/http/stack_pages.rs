@@ -1,0 +1,212 @@
+//! Gives the deep pages of a connection coroutine's stack back to the system before the
+//! connection settles into a long, shallow phase: a streamed response.
+//!
+//! A coroutine's stack pages stay resident once touched. Answering a request goes deep (parsing
+//! and converting JSON, routing, connecting upstream, reading the first event), while relaying
+//! the rest of a stream runs a few frames below the connection's loop. Without this, every open
+//! stream would keep the deepest stack its request ever reached, tens of KiB, for as long as the
+//! stream lasts. `madvise(MADV_DONTNEED)` on the pages below the current frame drops them; if
+//! the stream goes deeper again, the kernel hands it zeroed pages.
+//!
+//! The stack's bounds are not exposed by may, so they are worked out from where the
+//! connection's coroutine started (`StackEntry`, an address near the top of its stack) and the
+//! configured stack size. The first release in a process checks that arithmetic against
+//! `/proc/self/maps`: the range must lie inside the one anonymous mapping of exactly the stack's
+//! size that holds the entry, above its lowest pages (where the coroutine library keeps a
+//! sentinel it checks when the coroutine ends). If the check fails, releasing is switched off
+//! for the life of the process: it is a memory saving, never worth a risk.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The lowest part of the stack that is never released: it holds the coroutine library's
+/// sentinel words, and it leaves room for the frames above the entry mark (the coroutine's
+/// start-up frames and the connection function's own frame).
+const KEPT_AT_THE_BOTTOM_BYTES: usize = 32 * 1024;
+/// Room kept below the current frame: the red zone and the frames of the release itself.
+const KEPT_BELOW_THE_FRAME_BYTES: usize = 8 * 1024;
+
+/// The system's page size (4 KiB on x86-64, up to 64 KiB on some arm64 kernels).
+fn page_bytes() -> usize {
+    static PAGE_BYTES: OnceLock<usize> = OnceLock::new();
+    // SAFETY: sysconf only reads a system constant.
+    *PAGE_BYTES.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|bytes| *bytes > 0).unwrap_or(4096))
+}
+
+/// Whether releasing has been checked against the process's mappings yet, and how that went.
+static CHECKED: AtomicU8 = AtomicU8::new(UNCHECKED);
+const UNCHECKED: u8 = 0;
+const SAFE: u8 = 1;
+const OFF: u8 = 2;
+
+/// An address near the top of the current coroutine's stack, taken when its connection began.
+#[derive(Debug, Clone, Copy)]
+pub struct StackEntry {
+    address: usize,
+    /// Zero on a plain thread (tests serve connections there too), where nothing is released.
+    stack_bytes: usize,
+}
+
+impl StackEntry {
+    /// No stack to release from (a response written outside a connection, as in tests).
+    #[cfg(test)]
+    pub const NOWHERE: StackEntry = StackEntry { address: 0, stack_bytes: 0 };
+
+    /// Marks the current frame as the top of the connection's stack. Call it first thing in the
+    /// coroutine's function, so that as little as possible lies above the mark.
+    #[inline(never)]
+    pub fn here() -> StackEntry {
+        let marker = 0u8;
+        let address = std::ptr::addr_of!(marker) as usize;
+        let stack_bytes =
+            if may::coroutine::is_coroutine() { may::config().get_stack_size() * std::mem::size_of::<usize>() } else { 0 };
+        StackEntry { address, stack_bytes }
+    }
+
+    /// Releases the stack pages below the caller's frame, down to the kept bottom. Returns the
+    /// range released, if any.
+    #[inline(never)]
+    pub fn release_deeper_pages(&self) -> Option<std::ops::Range<usize>> {
+        if self.stack_bytes == 0 || CHECKED.load(Ordering::Relaxed) == OFF {
+            return None;
+        }
+        let marker = 0u8;
+        let current = std::ptr::addr_of!(marker) as usize;
+        let range = release_range(self.address, self.stack_bytes, current)?;
+        if CHECKED.load(Ordering::Relaxed) == UNCHECKED {
+            let safe = range_is_inside_this_stack(self.address, self.stack_bytes, &range);
+            CHECKED.store(if safe { SAFE } else { OFF }, Ordering::Relaxed);
+            if !safe {
+                log::debug!("coroutine stack pages are not released: the stack's layout is not the expected one");
+                return None;
+            }
+        }
+        // SAFETY: the range lies inside this coroutine's own stack mapping (checked against the
+        // process's mappings once, and computed the same way every time), below every live
+        // frame of this coroutine, so nothing there is in use; MADV_DONTNEED on private
+        // anonymous memory only makes the pages read back as zeroes.
+        unsafe {
+            libc::madvise(range.start as *mut libc::c_void, range.end - range.start, libc::MADV_DONTNEED);
+        }
+        Some(range)
+    }
+}
+
+/// The page-aligned addresses to release, if there are any: from the kept bottom of the stack
+/// (which ends at most `stack_bytes` below the entry) to a little below `current`.
+fn release_range(entry: usize, stack_bytes: usize, current: usize) -> Option<std::ops::Range<usize>> {
+    let page = page_bytes();
+    let lowest = entry.checked_sub(stack_bytes)?.checked_add(KEPT_AT_THE_BOTTOM_BYTES)?;
+    let start = lowest.checked_add(page - 1)? / page * page;
+    let end = current.checked_sub(KEPT_BELOW_THE_FRAME_BYTES)? / page * page;
+    (end > start && current <= entry).then_some(start..end)
+}
+
+/// Whether `range` lies in this coroutine's stack mapping, at least one page above its bottom:
+/// the anonymous read-write mapping that holds `entry`, directly above its inaccessible guard
+/// page (the guard keeps the kernel from merging it with a mapping below, so its start is the
+/// stack's bottom), starting no lower than a whole stack below the entry.
+fn range_is_inside_this_stack(entry: usize, stack_bytes: usize, range: &std::ops::Range<usize>) -> bool {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return false };
+    let mappings: Vec<Mapping> = maps.lines().filter_map(parse_mapping).collect();
+    let Some(index) = mappings.iter().position(|mapping| mapping.range.contains(&entry)) else { return false };
+    let stack = &mappings[index];
+    let guarded = index > 0 && mappings[index - 1].range.end == stack.range.start && mappings[index - 1].permissions.starts_with("---");
+    guarded
+        && stack.anonymous
+        && stack.permissions.starts_with("rw")
+        && stack.range.start >= entry.saturating_sub(stack_bytes)
+        && range.start >= stack.range.start + page_bytes()
+        && range.end <= entry
+}
+
+/// One line of `/proc/self/maps`.
+#[derive(Debug, PartialEq, Eq)]
+struct Mapping {
+    range: std::ops::Range<usize>,
+    permissions: String,
+    /// No file and no `[name]`.
+    anonymous: bool,
+}
+
+fn parse_mapping(line: &str) -> Option<Mapping> {
+    let mut fields = line.split_ascii_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let permissions = fields.next()?.to_string();
+    let anonymous = fields.nth(3).is_none();
+    Some(Mapping { range: usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?, permissions, anonymous })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_range_lies_between_the_kept_bottom_and_the_current_frame() {
+        let entry = 0x7000_0004_0000 - 512;
+        let stack_bytes = 256 * 1024;
+        let range = release_range(entry, stack_bytes, entry - 100 * 1024).unwrap();
+        assert_eq!(range.start % page_bytes(), 0);
+        assert_eq!(range.end % page_bytes(), 0);
+        assert!(range.start >= entry - stack_bytes + KEPT_AT_THE_BOTTOM_BYTES);
+        assert!(range.end <= entry - 100 * 1024 - KEPT_BELOW_THE_FRAME_BYTES);
+        assert!(release_range(entry, stack_bytes, entry - 220 * 1024).is_none(), "nothing left to release that deep");
+        assert!(release_range(entry, stack_bytes, entry + 64).is_none(), "a frame above the entry is not this stack");
+    }
+
+    #[test]
+    fn maps_lines_are_read_with_their_permissions_and_kind() {
+        let anonymous = parse_mapping("7f00aa000000-7f00aa040000 rw-p 00000000 00:00 0 ").unwrap();
+        assert_eq!(anonymous, Mapping { range: 0x7f00_aa00_0000..0x7f00_aa04_0000, permissions: "rw-p".to_string(), anonymous: true });
+        assert!(!parse_mapping("7ffc1000-7ffc2000 rw-p 00000000 00:00 0  [stack]").unwrap().anonymous);
+        assert!(!parse_mapping("55d0-55e0 r-xp 00000000 08:01 1234 /usr/bin/octopus").unwrap().anonymous);
+        assert_eq!(parse_mapping("garbage"), None);
+    }
+
+    #[test]
+    fn a_coroutine_stack_is_found_and_released_and_the_coroutine_ends_normally() {
+        // A coroutine with the gateway's stack size touches its stack deep, comes back up and
+        // releases what lies below; the coroutine library's end-of-life check of its sentinel
+        // must still pass (it would end the process otherwise), and the stack must still work.
+        may::config().set_stack_size(crate::app::COROUTINE_STACK_WORDS);
+        let (range, resident_before, resident_after, first_sum, second_sum) = may::go!(|| {
+            let entry = StackEntry::here();
+            assert!(entry.stack_bytes > 0);
+            let first_sum = touch_stack_deeply(40);
+            // What is resident where the release will go (it starts a few frames below here).
+            let probe = release_range(entry.address, entry.stack_bytes, entry.address - page_bytes()).unwrap();
+            let resident_before = resident_pages(&probe);
+            let range = entry.release_deeper_pages().expect("the 80 KiB touched below are released");
+            let resident_after = resident_pages(&range);
+            (range, resident_before, resident_after, first_sum, touch_stack_deeply(40))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(CHECKED.load(Ordering::Relaxed), SAFE, "the stack layout was recognised");
+        assert!(range.end - range.start >= 64 * 1024, "{range:x?}");
+        assert!(resident_before >= 16, "40 frames of 2 KiB touched at least 16 pages: {resident_before}");
+        assert_eq!(resident_after, 0, "every released page left memory");
+        assert_eq!(first_sum, second_sum, "the released pages work again");
+    }
+
+    /// Pages of `range` in memory, asked of the kernel with `mincore`.
+    fn resident_pages(range: &std::ops::Range<usize>) -> usize {
+        let pages = (range.end - range.start) / page_bytes();
+        let mut residency = vec![0u8; pages];
+        // SAFETY: `range` is page-aligned and mapped (a coroutine stack); the vector has one
+        // byte per page, as mincore requires.
+        let result = unsafe { libc::mincore(range.start as *mut libc::c_void, range.end - range.start, residency.as_mut_ptr()) };
+        assert_eq!(result, 0, "mincore: {}", std::io::Error::last_os_error());
+        residency.iter().filter(|byte| **byte & 1 == 1).count()
+    }
+
+    /// Recursion with a 2 KiB frame each level; returns a sum so it is not optimised away.
+    #[inline(never)]
+    fn touch_stack_deeply(levels: u32) -> u64 {
+        let mut frame = [0u8; 2048];
+        frame[usize::try_from(levels).unwrap() % 2048] = levels as u8;
+        let below = if levels == 0 { 0 } else { touch_stack_deeply(levels - 1) };
+        std::hint::black_box(&frame);
+        below + u64::from(frame[usize::try_from(levels).unwrap() % 2048])
+    }
+}
