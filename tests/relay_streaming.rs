@@ -11,8 +11,8 @@ use serde_json::json;
 use support::http_client::{OpenResponse, send_request};
 use support::lanes::Lane;
 use support::mock_upstream::{
-    DEFAULT_WORDS, MockUpstream, RecordedRequest, Reply, StreamEnd, default_reply, stream_events,
-    stream_reply,
+    DEFAULT_WORDS, MockUpstream, RecordedRequest, Reply, StreamEnd, default_reply, paced_reply,
+    stream_events, stream_reply,
 };
 use support::relay_fixture::{GROUP, RelayFixture};
 
@@ -23,6 +23,7 @@ crate::lane_tests!(
     oversized_event_ends_the_stream_with_an_error_event,
     client_leaving_mid_stream_stops_the_upstream_stream,
     client_leaving_before_the_first_byte_closes_the_upstream_connection,
+    a_stream_that_outlasts_the_stack_release_arrives_whole,
 );
 
 /// Polls `condition` every 10 ms for up to `limit`; returns whether it became true.
@@ -35,6 +36,26 @@ fn eventually(limit: Duration, condition: impl Fn() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     condition()
+}
+
+/// A streamed response releases the deeper pages of its coroutine's stack once it has run for
+/// 500 ms (`http::stack_pages`): what the stream relays after that must arrive whole, and the
+/// gateway must go on serving.
+fn a_stream_that_outlasts_the_stack_release_arrives_whole(lane: &Lane) {
+    let mock = MockUpstream::start(|request: &RecordedRequest| paced_reply(request, Duration::from_millis(250)));
+    let fixture = RelayFixture::start();
+    let channel = fixture.channel(lane, "main", &[lane.base_url(&mock.base_url())], &["sk-key-000000001"]);
+    fixture.failover_group(GROUP, channel, &["paced"], json!({}));
+    for _ in 0..2 {
+        let releases_before = octopus::http::stack_pages::releases();
+        let started = Instant::now();
+        let response = fixture.call(lane, GROUP, true);
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert!(started.elapsed() >= Duration::from_millis(600), "the stream outlasted the release delay: {:?}", started.elapsed());
+        assert_eq!(lane.stream_text(&response.body), DEFAULT_WORDS.concat(), "{}", response.text());
+        assert_eq!(lane.stream_error(&response.body), None);
+        assert!(octopus::http::stack_pages::releases() > releases_before, "the stream's stack pages were released");
+    }
 }
 
 fn reset_after_the_first_events_ends_the_stream_with_an_error_event(lane: &Lane) {

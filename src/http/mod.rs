@@ -14,7 +14,7 @@ pub(crate) mod head;
 pub(crate) mod read_buffer;
 mod response_writer;
 pub mod server;
-pub(crate) mod stack_pages;
+pub mod stack_pages;
 
 use std::io;
 use std::net::SocketAddr;

@@ -17,7 +17,7 @@
 //! for the life of the process: it is a memory saving, never worth a risk.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// The lowest part of the stack that is never released: it holds the coroutine library's
 /// sentinel words, and it leaves room for the frames above the entry mark (the coroutine's
@@ -38,6 +38,14 @@ static CHECKED: AtomicU8 = AtomicU8::new(UNCHECKED);
 const UNCHECKED: u8 = 0;
 const SAFE: u8 = 1;
 const OFF: u8 = 2;
+
+/// How many releases this process has made (read by tests).
+static RELEASES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times stack pages were released so far in this process.
+pub fn releases() -> u64 {
+    RELEASES.load(Ordering::Relaxed)
+}
 
 /// An address near the top of the current coroutine's stack, taken when its connection began.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +96,7 @@ impl StackEntry {
         unsafe {
             libc::madvise(range.start as *mut libc::c_void, range.end - range.start, libc::MADV_DONTNEED);
         }
+        RELEASES.fetch_add(1, Ordering::Relaxed);
         Some(range)
     }
 }
