@@ -11,10 +11,11 @@
 //! The stack's bounds are not exposed by may, so they are worked out from where the
 //! connection's coroutine started (`StackEntry`, an address near the top of its stack) and the
 //! configured stack size. The first release in a process checks that arithmetic against
-//! `/proc/self/maps`: the range must lie inside the one anonymous mapping of exactly the stack's
-//! size that holds the entry, above its lowest pages (where the coroutine library keeps a
-//! sentinel it checks when the coroutine ends). If the check fails, releasing is switched off
-//! for the life of the process: it is a memory saving, never worth a risk.
+//! `/proc/self/maps`: the range must lie inside the anonymous read-write mapping that holds the
+//! entry, directly above its guard page, and above that mapping's lowest page (where the
+//! coroutine library keeps a sentinel it checks when the coroutine ends). If the check fails,
+//! releasing is switched off for the life of the process: it is a memory saving, never worth a
+//! risk.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

@@ -18,6 +18,8 @@ pub mod sqlite;
 
 mod codec;
 pub mod stats_sql;
+#[cfg(test)]
+pub(crate) mod temp_database;
 
 use std::fmt;
 

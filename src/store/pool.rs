@@ -182,32 +182,12 @@ fn serve_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::temp_database::TempDatabase;
     use std::sync::Barrier;
-
-    /// A SQLite file in a directory of its own, removed at the end.
-    struct TempDatabase(std::path::PathBuf);
-
-    impl TempDatabase {
-        fn new(name: &str) -> TempDatabase {
-            let directory = std::env::temp_dir().join(format!("octopus-pool-{name}-{}-{}", std::process::id(), crate::util::unix_millis()));
-            std::fs::create_dir_all(&directory).unwrap();
-            TempDatabase(directory)
-        }
-
-        fn path(&self) -> String {
-            self.0.join("octopus.db").to_string_lossy().into_owned()
-        }
-    }
-
-    impl Drop for TempDatabase {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     #[test]
     fn every_thread_serves_once_it_has_opened_its_own_store() {
-        let database = TempDatabase::new("all-serve");
+        let database = TempDatabase::new("pool-all-serve");
         let pool = StorePool::open("sqlite", &database.path(), 4).unwrap();
         // Four jobs that each wait for the other three can only finish if four threads run
         // them at once: the three stores opened in the background joined in.

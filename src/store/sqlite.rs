@@ -1219,27 +1219,7 @@ impl ColumnReader for SqliteColumns<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A directory of its own for one test's database files, removed at the end.
-    struct TempDirectory(std::path::PathBuf);
-
-    impl TempDirectory {
-        fn new(name: &str) -> TempDirectory {
-            let directory = std::env::temp_dir().join(format!("octopus-sqlite-{name}-{}-{}", std::process::id(), crate::util::unix_millis()));
-            std::fs::create_dir_all(&directory).unwrap();
-            TempDirectory(directory)
-        }
-
-        fn database(&self) -> String {
-            self.0.join("octopus.db").to_string_lossy().into_owned()
-        }
-    }
-
-    impl Drop for TempDirectory {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::store::temp_database::TempDatabase;
 
     fn pragma(store: &SqliteStore, name: &str) -> i64 {
         store.connection.pragma_query_value(None, name, |row| row.get(0)).unwrap()
@@ -1247,26 +1227,26 @@ mod tests {
 
     #[test]
     fn a_new_database_has_16_kib_pages_and_checkpoints_at_4_mib() {
-        let directory = TempDirectory::new("new");
-        let store = open(&directory.database()).unwrap();
+        let database = TempDatabase::new("sqlite-new");
+        let store = open(&database.path()).unwrap();
         assert_eq!(pragma(&store, "page_size"), 16 * 1024);
         assert_eq!(pragma(&store, "wal_autocheckpoint"), 256);
         drop(store);
-        let reopened = open(&directory.database()).unwrap();
+        let reopened = open(&database.path()).unwrap();
         assert_eq!(pragma(&reopened, "page_size"), 16 * 1024);
     }
 
     #[test]
     fn an_existing_database_keeps_its_page_size_and_its_wal_stays_about_4_mib() {
-        let directory = TempDirectory::new("existing");
+        let database = TempDatabase::new("sqlite-existing");
         {
             // A database made by an earlier version, with SQLite's default page size.
-            let connection = Connection::open(directory.database()).unwrap();
+            let connection = Connection::open(database.path()).unwrap();
             connection.pragma_update(None, "page_size", 4096).unwrap();
             connection.pragma_update(None, "journal_mode", "WAL").unwrap();
             connection.execute_batch("CREATE TABLE kept (value INTEGER); INSERT INTO kept VALUES (7);").unwrap();
         }
-        let store = open(&directory.database()).unwrap();
+        let store = open(&database.path()).unwrap();
         assert_eq!(pragma(&store, "page_size"), 4096);
         assert_eq!(pragma(&store, "wal_autocheckpoint"), 1024);
         let kept: i64 = store.connection.query_row("SELECT value FROM kept", [], |row| row.get(0)).unwrap();
