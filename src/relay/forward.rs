@@ -40,9 +40,10 @@ use crate::util;
 const MAX_ERROR_BODY_BYTES: u64 = 1024 * 1024;
 /// Largest non-stream upstream answer accepted.
 const MAX_RESPONSE_BODY_BYTES: u64 = 256 * 1024 * 1024;
-/// Our read buffer for upstream streams. ureq keeps its own 16 KiB buffer; this one only needs
-/// to hold a few events, and a smaller one keeps the memory of each open stream down.
-const STREAM_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Our read buffer for upstream streams, kept for the stream's whole life. ureq's input (4 KiB
+/// while streaming, `upstream::buffers`) holds what has arrived; one read here takes a few
+/// typical events (100 to 600 bytes each), and a longer event simply takes several reads.
+const STREAM_READ_BUFFER_BYTES: usize = 2 * 1024;
 
 /// The deadlines of one call.
 #[derive(Clone, Copy)]
@@ -67,6 +68,8 @@ pub(crate) enum AttemptResult {
         body: Box<dyn Read + Send>,
         parser: SseParser,
         first_events: Vec<SseEvent>,
+        /// The buffer the first events were read with, which the pump goes on reading with.
+        read_buffer: Vec<u8>,
         transform: Transform,
         context: Box<ConvertContext>,
     },
@@ -404,7 +407,7 @@ fn generate(
                         let content_type = "application/json";
                         return Ok(Answer::Complete(Response::bytes(status, content_type, body)));
                     }
-                    AttemptResult::StreamReady { body, parser, first_events, transform, context } => {
+                    AttemptResult::StreamReady { body, parser, first_events, read_buffer, transform, context } => {
                         remember_sticky(state, &group, api_key.id, item_index);
                         let state = state.clone();
                         let translator = EventTranslator::new(transform, call.client_format, call.gemini_json_array, &context);
@@ -413,7 +416,7 @@ fn generate(
                         let capture = pending_save.take().map(StreamCapture::new);
                         return Ok(Answer::Stream(Box::new(move |trace: CallTrace| {
                             Response::stream(200, content_type, move |writer| {
-                                let stream = PumpedStream { translator, body, parser, first_events, capture };
+                                let stream = PumpedStream { translator, body, parser, first_events, read_buffer, capture };
                                 pump(&state, writer, stream, control, stream_idle, watchdog, trace)
                             })
                             .with_header("cache-control", "no-cache")
@@ -743,7 +746,7 @@ fn run_attempt(
             detail: format!("stream opened with an error: {}", info.message),
         };
     }
-    AttemptResult::StreamReady { body, parser, first_events, transform, context: Box::new(context) }
+    AttemptResult::StreamReady { body, parser, first_events, read_buffer: buffer, transform, context: Box::new(context) }
 }
 
 /// A 2xx non-stream answer that `success_body_problem` found to be no answer: the upstream's own
@@ -863,6 +866,7 @@ struct PumpedStream {
     body: Box<dyn Read + Send>,
     parser: SseParser,
     first_events: Vec<SseEvent>,
+    read_buffer: Vec<u8>,
     /// Set for a stored Responses answer: watches the client bytes for the final response.
     capture: Option<StreamCapture>,
 }
@@ -877,7 +881,7 @@ fn pump(
     watchdog: WatchGuard,
     mut trace: CallTrace,
 ) -> std::io::Result<()> {
-    let PumpedStream { mut translator, mut body, mut parser, first_events, mut capture } = stream;
+    let PumpedStream { mut translator, mut body, mut parser, first_events, read_buffer: mut buffer, mut capture } = stream;
     // Grows to the largest event translated; most are a few hundred bytes, and a held stream
     // keeps this for its whole life.
     let mut out = Vec::new();
@@ -905,7 +909,6 @@ fn pump(
     if let Err(error) = send_events(&first_events, &mut translator, &mut trace) {
         client_error = Some(error);
     }
-    let mut buffer = vec![0u8; STREAM_READ_BUFFER_BYTES];
     let mut events = Vec::new();
     while client_error.is_none() {
         control.set_read_timeout(Some(stream_idle));

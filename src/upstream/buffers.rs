@@ -7,7 +7,9 @@
 //! stream that is being held open spends hours reading small SSE events and never writes again.
 //! Here the input starts small and grows (up to the configured size) only when a read fills it,
 //! and the output, needed only while a request is sent, is given back after a few reads in a row
-//! without a write, so a held stream keeps a few KiB instead of 32.
+//! without a write. The input shrinks back to its first size at the same moment: sending a
+//! request body grew it to make room for ureq's "tmp", which a stream that only reads no longer
+//! needs. A held stream keeps 4 KiB instead of 32.
 
 use ureq::unversioned::transport::Buffers;
 
@@ -85,6 +87,17 @@ impl ConnectionBuffers {
         }
     }
 
+    /// Gives back input grown past its first size (by a request body's tmp, or a long response
+    /// head) when what is unconsumed fits in half of the first size; a later read that fills
+    /// the smaller input grows it again.
+    fn shrink_input_to_first_size(&mut self) {
+        let first_size = FIRST_INPUT_BYTES.min(self.largest_input);
+        if self.input.len() > first_size && self.filled <= first_size / 2 {
+            self.input.truncate(first_size);
+            self.input.shrink_to_fit();
+        }
+    }
+
     fn grow_input_to(&mut self, size: usize) {
         if self.input.len() < size {
             self.input.resize(size, 0);
@@ -106,10 +119,14 @@ impl Buffers for ConnectionBuffers {
     /// stopped writing.
     fn input_append_buf(&mut self) -> &mut [u8] {
         self.reads_since_output = self.reads_since_output.saturating_add(1);
-        if self.reads_since_output >= READS_BEFORE_RELEASING_OUTPUT && !self.output.is_empty() {
+        let releasing = self.reads_since_output >= READS_BEFORE_RELEASING_OUTPUT && !self.output.is_empty();
+        if releasing {
             self.output = Vec::new();
         }
         self.shift_consumed_out();
+        if releasing {
+            self.shrink_input_to_first_size();
+        }
         if self.input.is_empty() {
             self.grow_input_to(FIRST_INPUT_BYTES.min(self.largest_input));
         } else if self.filled == self.input.len() && self.input.len() < self.largest_input {
@@ -249,6 +266,44 @@ mod tests {
         );
         assert_eq!(buffers.output().len(), 16 * 1024);
         assert_eq!(buffers.reads_since_output, 0);
+    }
+
+    #[test]
+    fn the_input_grown_for_a_request_body_shrinks_back_when_the_output_is_released() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 16 * 1024);
+        let (tmp, _) = buffers.tmp_and_output();
+        assert!(tmp.len() >= MINIMUM_TMP_BYTES);
+        assert!(buffers.input.len() > FIRST_INPUT_BYTES);
+        for _ in 0..READS_BEFORE_RELEASING_OUTPUT {
+            append(&mut buffers, b"data: {}\n\n");
+            let unconsumed = buffers.input().len();
+            buffers.input_consume(unconsumed);
+        }
+        assert_eq!(
+            (buffers.output.len(), buffers.input.len(), buffers.input.capacity()),
+            (0, FIRST_INPUT_BYTES, FIRST_INPUT_BYTES)
+        );
+        append(&mut buffers, b"data: {\"more\": true}\n\n");
+        assert_eq!(buffers.input(), b"data: {\"more\": true}\n\n");
+    }
+
+    #[test]
+    fn unconsumed_input_larger_than_half_the_first_size_is_not_shrunk() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 16 * 1024);
+        buffers.tmp_and_output();
+        let grown = buffers.input.len();
+        for _ in 0..READS_BEFORE_RELEASING_OUTPUT - 2 {
+            append(&mut buffers, b"x");
+            let unconsumed = buffers.input().len();
+            buffers.input_consume(unconsumed);
+        }
+        // Half an event more than half the first size, waiting for the rest.
+        let partial_event = vec![b'x'; FIRST_INPUT_BYTES / 2 + 1];
+        append(&mut buffers, &partial_event);
+        append(&mut buffers, b"y");
+        assert!(buffers.output.is_empty());
+        assert_eq!(buffers.input.len(), grown);
+        assert_eq!(buffers.input().len(), FIRST_INPUT_BYTES / 2 + 2);
     }
 
     #[test]
