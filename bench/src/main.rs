@@ -36,7 +36,7 @@ use crate::mock_upstream::{Dialect, MockUpstream};
 use crate::proc_stats::{cpu_micros, raise_fd_limit, resident, Resident};
 use crate::report::{ArmResults, MemoryResults, RunInfo, RunResults};
 
-const USAGE: &str = "usage: octopus-bench [--quick] (--gateway PATH [--compare BASELINE | --stats-off | --instructions | --record | --check] | --direct-only)
+const USAGE: &str = "usage: octopus-bench [--quick] [--held-streams N] (--gateway PATH [--compare BASELINE | --stats-off | --instructions | --record | --check] | --direct-only)
 
   --gateway PATH   the octopus binary to start and measure against the direct baseline
   --compare PATH   instead of the full run, measure --gateway against this other build of it
@@ -49,6 +49,9 @@ const USAGE: &str = "usage: octopus-bench [--quick] (--gateway PATH [--compare B
   --check          --instructions, then fail if a lane grew more than 5% over the recorded count
   --direct-only    measure only the mock upstream directly (no gateway)
   --quick          fewer rounds, 100 held streams and short conversion lanes, for smoke tests
+  --held-streams N hold N streams instead of 1,000 (100 with --quick); above 1,000 they are
+                   paced a second apart. Each takes two descriptors in the bench and two in the
+                   gateway, so the open-file limit caps N at about half of it
 
 Environment: BENCH_TASKSET=1 starts the gateway under `taskset -c 1` (scripts/bench pins the
 bench itself to CPU 0); BENCH_COMMIT and BENCH_RUSTC label the report.";
@@ -60,9 +63,15 @@ const PACED_STREAM_DELTAS: u32 = 64;
 const PACED_STREAM_PACE: Duration = Duration::from_millis(20);
 /// 600 deltas 100 ms apart: a 60-second stream, far longer than the held-streams phase.
 const LONG_STREAM_MODEL: &str = "stream-600x100";
+/// 300 deltas a second apart: the held streams of a `--held-streams` run above 1,000. The mock
+/// serves each stream from a thread of its own on the bench's one core; at 100 ms it could not
+/// keep 10,000 streams paced (or open them within the time limit).
+const SLOW_LONG_STREAM_MODEL: &str = "stream-300x1000";
+/// Held streams above this count use `SLOW_LONG_STREAM_MODEL`.
+const HELD_STREAMS_AT_FULL_PACE: usize = 1000;
 
 /// The gateway groups, one per upstream model, so clients name a group as their model.
-const GROUPS: [GroupSpec; 3] = [
+const GROUPS: [GroupSpec; 4] = [
     GroupSpec {
         group_name: "bench",
         channel: Dialect::OpenAiChat,
@@ -78,6 +87,11 @@ const GROUPS: [GroupSpec; 3] = [
         channel: Dialect::OpenAiChat,
         upstream_model: LONG_STREAM_MODEL,
     },
+    GroupSpec {
+        group_name: "bench-stream-300x1000",
+        channel: Dialect::OpenAiChat,
+        upstream_model: SLOW_LONG_STREAM_MODEL,
+    },
 ];
 
 /// Concurrency of the throughput arms.
@@ -88,8 +102,11 @@ const STREAM_OPENER_THREADS: usize = 16;
 const PHASE_TIME_LIMIT: Duration = Duration::from_secs(120);
 const HELD_STREAMS_OPEN_LIMIT: Duration = Duration::from_secs(60);
 /// Held streams settle this long before the RSS sample, so buffers allocated on the first
-/// few events are counted.
+/// few events are counted and those given back after the first few are not: the upstream
+/// connection's output goes after four reads without a write, and the deeper stack pages after
+/// half a second. Slow-paced held streams settle for five of their events.
 const HELD_STREAMS_SETTLE: Duration = Duration::from_secs(1);
+const SLOW_HELD_STREAMS_SETTLE: Duration = Duration::from_secs(5);
 /// How long the mock's open streams may take to end after the clients closed theirs.
 const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// The open-file limit asked for: two descriptors per held stream in this process (client
@@ -106,6 +123,8 @@ enum InstructionMode {
 
 struct Options {
     quick: bool,
+    /// `--held-streams N`: overrides the plan's count.
+    held_streams: Option<usize>,
     instructions: Option<InstructionMode>,
     /// `--compare` or `--stats-off`: what to measure the gateway against instead of the full run.
     baseline: Option<compare::Baseline>,
@@ -221,6 +240,7 @@ fn main() -> ExitCode {
 
 fn parse_options() -> Result<Options, String> {
     let mut quick = false;
+    let mut held_streams = None;
     let mut direct_only = false;
     let mut gateway_binary = None;
     let mut baseline = None;
@@ -230,6 +250,15 @@ fn parse_options() -> Result<Options, String> {
         match argument.as_str() {
             "--quick" => quick = true,
             "--direct-only" => direct_only = true,
+            "--held-streams" => {
+                let count = arguments.next().ok_or("--held-streams needs a count")?;
+                let count = count
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|count| *count > 0)
+                    .ok_or_else(|| format!("--held-streams needs a positive count, not `{count}`"))?;
+                held_streams = Some(count);
+            }
             "--gateway" => {
                 let path = arguments.next().ok_or("--gateway needs a path")?;
                 gateway_binary = Some(PathBuf::from(path));
@@ -259,6 +288,7 @@ fn parse_options() -> Result<Options, String> {
     }
     Ok(Options {
         quick,
+        held_streams,
         instructions,
         baseline,
         gateway_binary,
@@ -337,14 +367,19 @@ fn progress(run_started: Instant, message: &str) {
 
 fn run(options: &Options) -> Result<RunResults, String> {
     let run_started = Instant::now();
-    let plan = if options.quick {
+    let mut plan = if options.quick {
         Plan::quick()
     } else {
         Plan::full()
     };
+    if let Some(held_streams) = options.held_streams {
+        plan.held_streams = held_streams;
+    }
 
     let fd_limit = raise_fd_limit(WANTED_FD_LIMIT);
-    let needed_fds = (plan.held_streams * 2 + 512) as u64;
+    // Two per held stream, plus the gateway's pooled upstream connections from the throughput
+    // phase (their mock ends live here) and this process's own files and sockets.
+    let needed_fds = (plan.held_streams * 2 + LOAD_CONCURRENCY + 96) as u64;
     if fd_limit < needed_fds {
         return Err(format!(
             "the open-file limit is {fd_limit}, the held-streams phase needs {needed_fds}; raise it with `ulimit -n`"
@@ -372,7 +407,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         &TargetModels {
             whole: WHOLE_MODEL,
             paced_stream: PACED_STREAM_MODEL,
-            long_stream: LONG_STREAM_MODEL,
+            long_stream: held_stream_model(plan.held_streams),
         },
     );
     let mut client_key = None;
@@ -395,7 +430,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
                 &TargetModels {
                     whole: GROUPS[0].group_name,
                     paced_stream: GROUPS[1].group_name,
-                    long_stream: GROUPS[2].group_name,
+                    long_stream: held_stream_group(plan.held_streams),
                 },
             );
             client_key = Some(key);
@@ -523,8 +558,9 @@ fn run(options: &Options) -> Result<RunResults, String> {
     progress(
         run_started,
         &format!(
-            "holding {} streams ({LONG_STREAM_MODEL})",
-            plan.held_streams
+            "holding {} streams ({})",
+            plan.held_streams,
+            held_stream_model(plan.held_streams)
         ),
     );
     hold_streams(&mock, held_target, &plan, &gateway_rss, &mut memory);
@@ -696,7 +732,11 @@ fn hold_streams(
     memory.held_open = held.connections.len();
     memory.held_errors = held.errors;
     memory.held_open_time = held.open_time;
-    std::thread::sleep(HELD_STREAMS_SETTLE);
+    std::thread::sleep(if plan.held_streams > HELD_STREAMS_AT_FULL_PACE {
+        SLOW_HELD_STREAMS_SETTLE
+    } else {
+        HELD_STREAMS_SETTLE
+    });
     memory.holding_streams = gateway_rss();
     memory.upstream_open_while_held = mock.open_streams().saturating_sub(upstream_before);
     let mut connections = held.connections;
@@ -784,7 +824,7 @@ fn run_info(plan: &Plan, pinning: String) -> RunInfo {
         stream_model: PACED_STREAM_MODEL,
         stream_pace: PACED_STREAM_PACE,
         streams_per_arm: plan.stream_rounds * plan.streams_per_round,
-        held_stream_model: LONG_STREAM_MODEL,
+        held_stream_model: held_stream_model(plan.held_streams),
         held_stream_count: plan.held_streams,
     }
 }
@@ -795,4 +835,22 @@ fn run_info(plan: &Plan, pinning: String) -> RunInfo {
 /// points away from that of thirty.
 fn compare_rounds() -> usize {
     std::env::var("BENCH_ROUNDS").ok().and_then(|rounds| rounds.parse().ok()).filter(|rounds| (1..=200).contains(rounds)).unwrap_or(30)
+}
+
+/// The upstream model of the held streams: paced at 100 ms up to 1,000 streams, a second above.
+fn held_stream_model(held_streams: usize) -> &'static str {
+    held_stream_group_spec(held_streams).upstream_model
+}
+
+/// The gateway group that serves `held_stream_model`.
+fn held_stream_group(held_streams: usize) -> &'static str {
+    held_stream_group_spec(held_streams).group_name
+}
+
+fn held_stream_group_spec(held_streams: usize) -> &'static GroupSpec {
+    if held_streams > HELD_STREAMS_AT_FULL_PACE {
+        &GROUPS[3]
+    } else {
+        &GROUPS[2]
+    }
 }
