@@ -10,6 +10,12 @@
 //! without a write. The input shrinks back to its first size at the same moment: sending a
 //! request body grew it to make room for ureq's "tmp", which a stream that only reads no longer
 //! needs. A held stream keeps 4 KiB instead of 32.
+//!
+//! The buffers also hold back a request head until its body is written, so the two leave in one
+//! write (`take_output`): ureq transmits the head and then the body, and two writes cost a
+//! system call more and reach the upstream as two segments, the first of which it can do
+//! nothing with. Whatever is held back is sent before the connection next reads
+//! (`take_held_output`), and every request is followed by reading its response.
 
 use ureq::unversioned::transport::Buffers;
 
@@ -34,6 +40,8 @@ pub struct ConnectionBuffers {
     /// Empty while released; `output_size` long while a request may be written.
     output: Vec<u8>,
     output_size: usize,
+    /// `output[..held_output]` was transmitted by ureq but not yet sent (see `take_output`).
+    held_output: usize,
     /// Whether the last consume took any bytes (ureq's "progress", see `can_use_input`).
     progress: bool,
     reads_since_output: u32,
@@ -54,6 +62,7 @@ impl ConnectionBuffers {
             largest_input,
             output: Vec::new(),
             output_size,
+            held_output: 0,
             progress: false,
             reads_since_output: 0,
         }
@@ -70,6 +79,34 @@ impl ConnectionBuffers {
         if self.output.len() < self.output_size {
             self.output.resize(self.output_size, 0);
         }
+    }
+
+    /// Takes the `amount` bytes ureq has just written to the output and transmits: the bytes
+    /// to send now (with any held back before them), or `None` when they are held back. A
+    /// write that ends a request head (`\r\n\r\n`) and follows nothing held is held, while
+    /// the output has room left for a body to join it.
+    pub fn take_output(&mut self, amount: usize) -> Option<&[u8]> {
+        let end = self.held_output + amount;
+        assert!(end <= self.output.len(), "transmitted past the output buffer");
+        if self.held_output == 0 && end < self.output.len() && self.output[..end].ends_with(b"\r\n\r\n") {
+            self.held_output = end;
+            return None;
+        }
+        self.held_output = 0;
+        Some(&self.output[..end])
+    }
+
+    /// The bytes held back by `take_output`, if any, which are then no longer held: the
+    /// transport sends them before it reads.
+    pub fn take_held_output(&mut self) -> Option<&[u8]> {
+        let held = std::mem::take(&mut self.held_output);
+        (held > 0).then(|| &self.output[..held])
+    }
+
+    /// Whether bytes are held back: a connection returned to the pool with a request head
+    /// never sent must not be reused.
+    pub fn holds_output(&self) -> bool {
+        self.held_output > 0
     }
 
     /// Moves the unconsumed bytes to the front when that frees room at the back.
@@ -108,7 +145,7 @@ impl ConnectionBuffers {
 impl Buffers for ConnectionBuffers {
     fn output(&mut self) -> &mut [u8] {
         self.ensure_output();
-        &mut self.output
+        &mut self.output[self.held_output..]
     }
 
     fn input(&self) -> &[u8] {
@@ -119,7 +156,7 @@ impl Buffers for ConnectionBuffers {
     /// stopped writing.
     fn input_append_buf(&mut self) -> &mut [u8] {
         self.reads_since_output = self.reads_since_output.saturating_add(1);
-        let releasing = self.reads_since_output >= READS_BEFORE_RELEASING_OUTPUT && !self.output.is_empty();
+        let releasing = self.reads_since_output >= READS_BEFORE_RELEASING_OUTPUT && !self.output.is_empty() && self.held_output == 0;
         if releasing {
             self.output = Vec::new();
         }
@@ -160,7 +197,7 @@ impl Buffers for ConnectionBuffers {
         self.ensure_output();
         self.shift_consumed_out();
         self.grow_input_to(self.filled + MINIMUM_TMP_BYTES);
-        (&mut self.input[self.filled..], &mut self.output)
+        (&mut self.input[self.filled..], &mut self.output[self.held_output..])
     }
 
     fn can_use_input(&self) -> bool {
@@ -304,6 +341,58 @@ mod tests {
         assert!(buffers.output.is_empty());
         assert_eq!(buffers.input.len(), grown);
         assert_eq!(buffers.input().len(), FIRST_INPUT_BYTES / 2 + 2);
+    }
+
+    fn transmit<'a>(buffers: &'a mut ConnectionBuffers, bytes: &[u8]) -> Option<&'a [u8]> {
+        buffers.output()[..bytes.len()].copy_from_slice(bytes);
+        buffers.take_output(bytes.len())
+    }
+
+    #[test]
+    fn a_request_head_is_held_back_until_its_body_joins_it() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 1024);
+        let head = b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n";
+        assert_eq!(transmit(&mut buffers, head), None);
+        assert!(buffers.holds_output());
+        let (_, output) = buffers.tmp_and_output();
+        assert_eq!(output.len(), 1024 - head.len(), "the body is written after the held head");
+        let sent = transmit(&mut buffers, b"{}").expect("the body sends the head with it").to_vec();
+        assert_eq!(sent, [&head[..], b"{}"].concat());
+        assert!(!buffers.holds_output());
+        assert_eq!(buffers.take_held_output(), None);
+    }
+
+    #[test]
+    fn a_head_without_a_body_is_sent_before_the_response_is_read() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 1024);
+        let head = b"GET /v1/models HTTP/1.1\r\nhost: upstream\r\n\r\n";
+        assert_eq!(transmit(&mut buffers, head), None);
+        assert_eq!(buffers.take_held_output(), Some(&head[..]));
+        assert!(!buffers.holds_output());
+        assert_eq!(buffers.take_held_output(), None);
+    }
+
+    #[test]
+    fn writes_that_end_no_head_or_fill_the_output_are_sent_at_once() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 64);
+        assert_eq!(transmit(&mut buffers, b"a part of a long head\r\n"), Some(&b"a part of a long head\r\n"[..]));
+        let full = [b"x".repeat(60), b"\r\n\r\n".to_vec()].concat();
+        assert_eq!(transmit(&mut buffers, &full), Some(&full[..]), "no room is left for a body");
+        let head = b"POST / HTTP/1.1\r\n\r\n";
+        assert_eq!(transmit(&mut buffers, head), None);
+        let chunk_end = b"0\r\n\r\n";
+        let sent = transmit(&mut buffers, chunk_end).expect("nothing is held twice").to_vec();
+        assert_eq!(sent, [&head[..], &chunk_end[..]].concat());
+    }
+
+    #[test]
+    fn the_output_is_not_released_while_it_holds_a_head() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 1024);
+        assert_eq!(transmit(&mut buffers, b"GET / HTTP/1.1\r\n\r\n"), None);
+        for _ in 0..READS_BEFORE_RELEASING_OUTPUT + 1 {
+            append(&mut buffers, b"x");
+        }
+        assert_eq!(buffers.take_held_output(), Some(&b"GET / HTTP/1.1\r\n\r\n"[..]));
     }
 
     #[test]

@@ -148,12 +148,19 @@ impl Transport for TlsTransport {
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
         // The inner transport applies the timeout (and the CallControl) to each socket IO.
         self.stream.get_mut().set_timeout(timeout);
-        let output = &self.buffers.output()[..amount];
-        self.stream.write_all(output).map_err(record_error)
+        // A request head is held back until its body joins it (one TLS record, one write) or
+        // the response is read (`ConnectionBuffers::take_output`).
+        match self.buffers.take_output(amount) {
+            Some(bytes) => self.stream.write_all(bytes).map_err(record_error),
+            None => Ok(()),
+        }
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         self.stream.get_mut().set_timeout(timeout);
+        if let Some(held) = self.buffers.take_held_output() {
+            self.stream.write_all(held).map_err(record_error)?;
+        }
         let input = self.buffers.input_append_buf();
         let amount = self.stream.read(input).map_err(record_error)?;
         self.buffers.input_appended(amount);
@@ -161,7 +168,7 @@ impl Transport for TlsTransport {
     }
 
     fn is_open(&mut self) -> bool {
-        self.stream.get_mut().get_mut().is_open()
+        !self.buffers.holds_output() && self.stream.get_mut().get_mut().is_open()
     }
 
     fn is_tls(&self) -> bool {

@@ -133,7 +133,11 @@ impl Transport for MayTransport {
             return Err(ureq::Error::Timeout(timeout.reason));
         }
         self.apply_write_timeout(timeout.not_zero().map(|limit| *limit))?;
-        let result = write_all_retrying(&mut self.stream, &self.buffers.output()[..amount]);
+        let Some(bytes) = self.buffers.take_output(amount) else {
+            // A request head, held back until its body joins it or the response is read.
+            return Ok(());
+        };
+        let result = write_all_retrying(&mut self.stream, bytes);
         if control.is_some_and(|control| control.is_cancelled()) {
             return Err(TransportFailure::Cancelled.into_ureq_error());
         }
@@ -160,6 +164,20 @@ impl Transport for MayTransport {
             (None, Some(control_limit)) => (Some(control_limit), true),
             (ureq_limit, _) => (ureq_limit, false),
         };
+        if self.buffers.holds_output() {
+            // A request without a body: its head goes out now, under the read's time limit.
+            self.apply_write_timeout(limit)?;
+            let held = self.buffers.take_held_output().unwrap_or_default();
+            let written = write_all_retrying(&mut self.stream, held);
+            if control.as_ref().is_some_and(|control| control.is_cancelled()) {
+                return Err(TransportFailure::Cancelled.into_ureq_error());
+            }
+            match written {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::TimedOut => return Err(ureq::Error::Timeout(timeout.reason)),
+                Err(error) => return Err(ureq::Error::Io(error)),
+            }
+        }
         self.apply_read_timeout(limit)?;
         let mut spurious_errors = 0;
         let result = loop {
@@ -198,7 +216,7 @@ impl Transport for MayTransport {
         self.socket.set_owner(NO_OWNER);
         // Bytes already buffered belong to no request: a server that sent more than its answer
         // (a body after a HEAD response, say) would have them read as the next call's response.
-        if !self.buffers.input().is_empty() {
+        if !self.buffers.input().is_empty() || self.buffers.holds_output() {
             return false;
         }
         peek_says_open(self.stream.as_raw_fd())
