@@ -137,17 +137,8 @@ impl Transport for MayTransport {
             // A request head, held back until its body joins it or the response is read.
             return Ok(());
         };
-        let result = write_all_retrying(&mut self.stream, bytes);
-        if control.is_some_and(|control| control.is_cancelled()) {
-            return Err(TransportFailure::Cancelled.into_ureq_error());
-        }
-        match result {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::TimedOut => {
-                Err(ureq::Error::Timeout(timeout.reason))
-            }
-            Err(error) => Err(ureq::Error::Io(error)),
-        }
+        let written = write_all_retrying(&mut self.stream, bytes);
+        write_result(written, control.as_ref(), timeout.reason)
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
@@ -169,14 +160,7 @@ impl Transport for MayTransport {
             self.apply_write_timeout(limit)?;
             let held = self.buffers.take_held_output().unwrap_or_default();
             let written = write_all_retrying(&mut self.stream, held);
-            if control.as_ref().is_some_and(|control| control.is_cancelled()) {
-                return Err(TransportFailure::Cancelled.into_ureq_error());
-            }
-            match written {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::TimedOut => return Err(ureq::Error::Timeout(timeout.reason)),
-                Err(error) => return Err(ureq::Error::Io(error)),
-            }
+            write_result(written, control.as_ref(), timeout.reason)?;
         }
         self.apply_read_timeout(limit)?;
         let mut spurious_errors = 0;
@@ -220,6 +204,19 @@ impl Transport for MayTransport {
             return false;
         }
         peek_says_open(self.stream.as_raw_fd())
+    }
+}
+
+/// What a write to the socket means for ureq: a cancel (which shuts the socket down, so the
+/// write's own error says nothing) comes first, then a timeout, then any other IO error.
+fn write_result(written: io::Result<()>, control: Option<&CallControl>, reason: ureq::Timeout) -> Result<(), ureq::Error> {
+    if control.is_some_and(|control| control.is_cancelled()) {
+        return Err(TransportFailure::Cancelled.into_ureq_error());
+    }
+    match written {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::TimedOut => Err(ureq::Error::Timeout(reason)),
+        Err(error) => Err(ureq::Error::Io(error)),
     }
 }
 
