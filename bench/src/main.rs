@@ -732,11 +732,7 @@ fn hold_streams(
     memory.held_open = held.connections.len();
     memory.held_errors = held.errors;
     memory.held_open_time = held.open_time;
-    std::thread::sleep(if plan.held_streams > HELD_STREAMS_AT_FULL_PACE {
-        SLOW_HELD_STREAMS_SETTLE
-    } else {
-        HELD_STREAMS_SETTLE
-    });
+    std::thread::sleep(held_stream_pace(plan.held_streams).settle);
     memory.holding_streams = gateway_rss();
     memory.upstream_open_while_held = mock.open_streams().saturating_sub(upstream_before);
     let mut connections = held.connections;
@@ -839,18 +835,25 @@ fn compare_rounds() -> usize {
 
 /// The upstream model of the held streams: paced at 100 ms up to 1,000 streams, a second above.
 fn held_stream_model(held_streams: usize) -> &'static str {
-    held_stream_group_spec(held_streams).upstream_model
+    held_stream_pace(held_streams).group.upstream_model
 }
 
 /// The gateway group that serves `held_stream_model`.
 fn held_stream_group(held_streams: usize) -> &'static str {
-    held_stream_group_spec(held_streams).group_name
+    held_stream_pace(held_streams).group.group_name
 }
 
-fn held_stream_group_spec(held_streams: usize) -> &'static GroupSpec {
+/// How a held-streams phase of this size is paced: the group its streams use and how long they
+/// settle before the RSS sample.
+struct HeldStreamPace {
+    group: &'static GroupSpec,
+    settle: Duration,
+}
+
+fn held_stream_pace(held_streams: usize) -> HeldStreamPace {
     if held_streams > HELD_STREAMS_AT_FULL_PACE {
-        &GROUPS[3]
+        HeldStreamPace { group: &GROUPS[3], settle: SLOW_HELD_STREAMS_SETTLE }
     } else {
-        &GROUPS[2]
+        HeldStreamPace { group: &GROUPS[2], settle: HELD_STREAMS_SETTLE }
     }
 }
