@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::protocol::Format;
 use crate::protocol::error::{ErrorKind, parse_upstream_error, render_stream_error};
@@ -32,7 +32,7 @@ use crate::protocol::ir::{
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
 use crate::protocol::json::{object_of, 
-    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    field, index, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str,
 };
 use crate::protocol::sse::{SseEvent, write_json_event};
@@ -471,42 +471,110 @@ fn anthropic_signature(value: Option<&str>) -> Option<Signature> {
         })
 }
 
+/// A Messages request body as it is written. The top level and the tools are serialised
+/// straight from the IR (a tool's schema by reference, not copied), because building the whole
+/// body as a `Value` tree, then serialising and dropping it, cost a converted request more
+/// instructions than anything else it did. Fields are in alphabetical order, the order the
+/// sorted maps of `json!` wrote them in, so the upstream gets the same bytes as before.
+#[derive(Serialize)]
+pub struct RequestOut<'request> {
+    max_tokens: u64,
+    messages: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<MetadataOut<'request>>,
+    model: &'request str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<Value>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'request [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<SystemOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoiceOut<'request>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct MetadataOut<'request> {
+    user_id: &'request str,
+}
+
+/// The top-level system prompt: a plain string when it is one part without a cache hint.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SystemOut<'request> {
+    Text(&'request str),
+    Blocks(Vec<Value>),
+}
+
+#[derive(Serialize)]
+struct ToolChoiceOut<'request> {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    disable_parallel_tool_use: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'request str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct ToolOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'request str>,
+    input_schema: Cow<'request, Value>,
+    name: &'request str,
+}
+
 /// Writes a Messages request body for an upstream.
-pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value, ConvertError> {
+pub fn write_request<'request>(
+    request: &'request Request,
+    options: &'request WriteOptions,
+) -> Result<RequestOut<'request>, ConvertError> {
     if request.n.is_some_and(|n| n > 1) {
         return Err(ConvertError::new(
             "n",
             "anthropic cannot return more than one choice",
         ));
     }
-    let mut body = Map::new();
-    body.insert("model".into(), options.upstream_model.clone().into());
+    let system = match hoisted_system_parts(&request.messages).as_slice() {
+        [] => None,
+        [only] if only.cache_control.is_none() => Some(SystemOut::Text(&only.text)),
+        parts => Some(SystemOut::Blocks(parts.iter().map(|part| text_block(part)).collect())),
+    };
+    let mut written = RequestOut {
+        max_tokens: request.max_tokens.unwrap_or(u64::from(options.default_max_tokens)),
+        messages: write_messages(&request.messages)?,
+        metadata: request.user.as_deref().map(|user_id| MetadataOut { user_id }),
+        model: &options.upstream_model,
+        output_config: None,
+        stop_sequences: &request.stop,
+        stream: options.stream,
+        system,
+        temperature: None,
+        thinking: None,
+        tool_choice: None,
+        tools: request.tools.iter().map(write_tool).collect(),
+        top_k: None,
+        top_p: None,
+    };
 
-    let system = hoisted_system_parts(&request.messages);
-    match system.as_slice() {
-        [] => {}
-        [only] if only.cache_control.is_none() => {
-            body.insert("system".into(), only.text.clone().into());
-        }
-        parts => {
-            let blocks: Vec<Value> = parts.iter().map(|part| text_block(part)).collect();
-            body.insert("system".into(), blocks.into());
-        }
-    }
-    body.insert("messages".into(), write_messages(&request.messages)?.into());
-
-    let mut max_tokens = request
-        .max_tokens
-        .unwrap_or(u64::from(options.default_max_tokens));
     let thinking_budget = thinking_budget(request);
     if let Some(budget) = thinking_budget {
-        if max_tokens <= budget {
-            max_tokens = budget.saturating_add(max_tokens);
+        if written.max_tokens <= budget {
+            written.max_tokens = budget.saturating_add(written.max_tokens);
         }
-        body.insert(
-            "thinking".into(),
-            json!({"type": "enabled", "budget_tokens": budget}),
-        );
+        written.thinking = Some(json!({"type": "enabled", "budget_tokens": budget}));
     } else {
         let turned_off = request
             .reasoning
@@ -514,61 +582,42 @@ pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value,
             .and_then(ReasoningConfig::effective_effort)
             == Some(ReasoningEffort::None);
         if turned_off {
-            body.insert("thinking".into(), json!({"type": "disabled"}));
+            written.thinking = Some(json!({"type": "disabled"}));
         }
-        insert_some(
-            &mut body,
-            "temperature",
-            request.temperature.map(|value| value.clamp(0.0, 1.0)),
-        );
-        insert_some(&mut body, "top_k", request.top_k);
+        written.temperature = request.temperature.map(|value| value.clamp(0.0, 1.0));
+        written.top_k = request.top_k;
     }
-    body.insert("max_tokens".into(), max_tokens.into());
-    let top_p = request
+    written.top_p = request
         .top_p
         .filter(|top_p| thinking_budget.is_none() || *top_p >= 0.95);
-    insert_some(&mut body, "top_p", top_p);
-    if !request.stop.is_empty() {
-        body.insert("stop_sequences".into(), request.stop.clone().into());
-    }
 
     if !request.tools.is_empty() {
-        let tools: Vec<Value> = request.tools.iter().map(write_tool).collect();
-        body.insert("tools".into(), tools.into());
-        let mut choice = match &request.tool_choice {
-            None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
-            Some(ToolChoice::None) => json!({"type": "none"}),
+        let (kind, name) = match &request.tool_choice {
+            None | Some(ToolChoice::Auto) => ("auto", None),
+            Some(ToolChoice::None) => ("none", None),
             // Thinking does not allow forcing a tool.
             Some(ToolChoice::Required | ToolChoice::Named(_)) if thinking_budget.is_some() => {
-                json!({"type": "auto"})
+                ("auto", None)
             }
-            Some(ToolChoice::Required) => json!({"type": "any"}),
-            Some(ToolChoice::Named(name)) => json!({"type": "tool", "name": name}),
+            Some(ToolChoice::Required) => ("any", None),
+            Some(ToolChoice::Named(name)) => ("tool", Some(name.as_str())),
         };
-        let serial_calls = request.parallel_tool_calls == Some(false) && choice["type"] != "none";
-        if serial_calls {
-            choice["disable_parallel_tool_use"] = true.into();
-        }
+        let serial_calls = request.parallel_tool_calls == Some(false) && kind != "none";
         if request.tool_choice.is_some() || serial_calls {
-            body.insert("tool_choice".into(), choice);
+            written.tool_choice = Some(ToolChoiceOut {
+                disable_parallel_tool_use: serial_calls,
+                name,
+                kind,
+            });
         }
     }
     if let Some(ResponseFormat::JsonSchema { schema, .. }) = &request.response_format {
-        body.insert(
-            "output_config".into(),
-            json!({"format": {"type": "json_schema", "schema": schema}}),
-        );
-    }
-    if let Some(user) = &request.user {
-        body.insert("metadata".into(), json!({"user_id": user}));
+        written.output_config = Some(json!({"format": {"type": "json_schema", "schema": schema}}));
     }
     if request.verbosity.is_some() {
         log::debug!("anthropic upstream: the client's verbosity has no equivalent; dropped");
     }
-    if options.stream {
-        body.insert("stream".into(), true.into());
-    }
-    Ok(Value::Object(body))
+    Ok(written)
 }
 
 /// The thinking budget to request, or None when thinking stays off.
@@ -799,19 +848,23 @@ fn tool_use_id(id: &str) -> String {
         .collect()
 }
 
-fn write_tool(tool: &ToolDefinition) -> Value {
-    let mut schema = tool.parameters.clone();
+/// A tool with its schema borrowed; only a schema the API would refuse is rewritten.
+fn write_tool(tool: &ToolDefinition) -> ToolOut<'_> {
     // The API insists on an object schema at the top.
-    if !schema.is_object() {
-        schema = json!({"type": "object", "properties": {}});
-    } else if schema.get("type").is_none() {
+    let input_schema = if !tool.parameters.is_object() {
+        Cow::Owned(json!({"type": "object", "properties": {}}))
+    } else if tool.parameters.get("type").is_none() {
+        let mut schema = tool.parameters.clone();
         schema["type"] = "object".into();
+        Cow::Owned(schema)
+    } else {
+        Cow::Borrowed(&tool.parameters)
+    };
+    ToolOut {
+        description: tool.description.as_deref(),
+        input_schema,
+        name: &tool.name,
     }
-    let mut written = object_of([("name", tool.name.clone().into()), ("input_schema", schema)]);
-    if let Some(description) = &tool.description {
-        written["description"] = description.clone().into();
-    }
-    written
 }
 
 /// Reads a Messages response body.
@@ -855,23 +908,83 @@ fn finish_reason_to_anthropic(reason: FinishReason) -> &'static str {
     }
 }
 
-/// The Anthropic `usage` object: `input_tokens` excludes cache reads and writes.
+/// The Anthropic `usage` object: `input_tokens` excludes cache reads and writes. Fields are in
+/// alphabetical order, like every typed body written here: the order the sorted maps of `json!`
+/// used, so clients get the same bytes either way.
+#[derive(Serialize)]
+struct UsageOut {
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+impl UsageOut {
+    fn new(usage: &Usage) -> UsageOut {
+        UsageOut {
+            cache_creation_input_tokens: usage.cache_write_tokens,
+            cache_read_input_tokens: usage.cached_tokens,
+            input_tokens: usage
+                .input_tokens
+                .saturating_sub(usage.cached_tokens)
+                .saturating_sub(usage.cache_write_tokens),
+            output_tokens: usage.output_tokens,
+        }
+    }
+}
+
+/// The `usage` object as a `Value`, for stream events that add to it.
 pub fn usage_value(usage: &Usage) -> Value {
-    let uncached = usage
-        .input_tokens
-        .saturating_sub(usage.cached_tokens)
-        .saturating_sub(usage.cache_write_tokens);
-    json!({
-        "input_tokens": uncached,
-        "output_tokens": usage.output_tokens,
-        "cache_read_input_tokens": usage.cached_tokens,
-        "cache_creation_input_tokens": usage.cache_write_tokens,
-    })
+    serde_json::to_value(UsageOut::new(usage)).expect("usage serialises")
+}
+
+/// A `message` body, serialised straight from the IR's strings rather than built as a `Value`
+/// tree first (which cost more than reading the upstream's answer).
+#[derive(Serialize)]
+struct MessageOut<'response> {
+    content: Vec<ContentBlockOut<'response>>,
+    id: &'response str,
+    model: &'response str,
+    role: &'static str,
+    stop_reason: &'static str,
+    stop_sequence: Option<()>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    usage: UsageOut,
+}
+
+/// One content block of a response; each variant names its own `type`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ContentBlockOut<'response> {
+    RedactedThinking {
+        data: &'response str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+    Thinking {
+        signature: &'response str,
+        thinking: &'response str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+    Text {
+        text: &'response str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+    ToolUse {
+        id: String,
+        input: serde_json::Map<String, Value>,
+        name: &'response str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
 }
 
 /// Writes a Messages response body for a client. Reasoning signed by another provider is written
 /// without its signature, since the client would send it back to us as if Anthropic had signed it.
-pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
+pub fn write_response(response: &Response, meta: &ResponseMeta) -> Vec<u8> {
     let mut content = Vec::new();
     for part in &response.parts {
         match part {
@@ -882,7 +995,10 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
                     .filter(|signature| signature.provider == Format::Anthropic);
                 if reasoning.redacted {
                     if let Some(signature) = signature {
-                        content.push(json!({"type": "redacted_thinking", "data": signature.value}));
+                        content.push(ContentBlockOut::RedactedThinking {
+                            data: &signature.value,
+                            kind: "redacted_thinking",
+                        });
                     }
                     continue;
                 }
@@ -891,35 +1007,35 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
                 if reasoning.text.is_empty() && signature.is_none() {
                     continue;
                 }
-                content.push(json!({
-                    "type": "thinking",
-                    "thinking": reasoning.text,
-                    "signature": signature.map(|signature| signature.value.as_str()).unwrap_or(""),
-                }));
+                content.push(ContentBlockOut::Thinking {
+                    signature: signature.map(|signature| signature.value.as_str()).unwrap_or(""),
+                    thinking: &reasoning.text,
+                    kind: "thinking",
+                });
             }
             Part::Text(text) if text.text.is_empty() => {}
-            Part::Text(text) => content.push(json!({"type": "text", "text": text.text})),
-            Part::Refusal(text) => content.push(json!({"type": "text", "text": text})),
-            Part::ToolCall(call) => content.push(json!({
-                "type": "tool_use",
-                "id": tool_use_id(&call.id),
-                "name": call.name,
-                "input": call.arguments_object(),
-            })),
+            Part::Text(text) => content.push(ContentBlockOut::Text { text: &text.text, kind: "text" }),
+            Part::Refusal(text) => content.push(ContentBlockOut::Text { text, kind: "text" }),
+            Part::ToolCall(call) => content.push(ContentBlockOut::ToolUse {
+                id: tool_use_id(&call.id),
+                input: call.arguments_object(),
+                name: &call.name,
+                kind: "tool_use",
+            }),
             Part::Image(_) | Part::Document(_) | Part::Audio { .. } | Part::ToolResult(_) => {}
         }
     }
-    let usage = response.usage.unwrap_or_default();
-    json!({
-        "id": if response.id.is_empty() { &meta.id } else { &response.id },
-        "type": "message",
-        "role": "assistant",
-        "model": if response.model.is_empty() { &meta.model } else { &response.model },
-        "content": content,
-        "stop_reason": finish_reason_to_anthropic(response.finish_reason),
-        "stop_sequence": null,
-        "usage": usage_value(&usage),
-    })
+    let body = MessageOut {
+        content,
+        id: if response.id.is_empty() { &meta.id } else { &response.id },
+        model: if response.model.is_empty() { &meta.model } else { &response.model },
+        role: "assistant",
+        stop_reason: finish_reason_to_anthropic(response.finish_reason),
+        stop_sequence: None,
+        kind: "message",
+        usage: UsageOut::new(&response.usage.unwrap_or_default()),
+    };
+    serde_json::to_vec(&body).expect("a response body always serialises into memory")
 }
 
 /// What an upstream content block turns into.
@@ -1612,7 +1728,7 @@ mod signature_tests {
     /// left off so the unsigned tool turn is not rejected.
     #[test]
     fn case_18_foreign_signatures_are_dropped_and_thinking_disabled() {
-        let written = write_request(&tool_loop(Format::Gemini), &options()).unwrap();
+        let written = serde_json::to_value(write_request(&tool_loop(Format::Gemini), &options()).unwrap()).unwrap();
         assert_eq!(
             written["messages"][1]["content"],
             json!([{"type": "tool_use", "id": "call_1", "name": "now", "input": {}}])
@@ -1622,7 +1738,7 @@ mod signature_tests {
 
     #[test]
     fn anthropic_signatures_are_kept_and_thinking_stays_on() {
-        let written = write_request(&tool_loop(Format::Anthropic), &options()).unwrap();
+        let written = serde_json::to_value(write_request(&tool_loop(Format::Anthropic), &options()).unwrap()).unwrap();
         assert_eq!(
             written["messages"][1]["content"][0],
             json!({"type": "thinking", "thinking": "thinking", "signature": "sig"})
@@ -1648,7 +1764,7 @@ mod signature_tests {
             created_unix: 0,
             custom_tools: Vec::new(),
         };
-        let written = write_response(&response, &meta);
+        let written: serde_json::Value = serde_json::from_slice(&write_response(&response, &meta)).unwrap();
         assert_eq!(written["content"][0]["signature"], "");
         assert_eq!(written["id"], "msg_x");
     }

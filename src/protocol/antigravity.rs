@@ -14,9 +14,10 @@
 //! Claude models get `functionCallingConfig.mode: VALIDATED` and an output limit above the thinking
 //! budget, and `safetySettings` is never written.
 
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::protocol::gemini::{self, Target};
+use crate::protocol::gemini::{self, GenerateRequestOut, Target};
 use crate::protocol::ir::{
     ConvertError, Part, Request, Response, ResponseMeta, Role, StreamEvent, WriteOptions,
 };
@@ -24,22 +25,35 @@ use crate::protocol::json::field;
 use crate::protocol::sse::SseEvent;
 use crate::util::sha256_hex;
 
+/// The Antigravity request envelope around a Gemini body. Fields are in alphabetical order, the
+/// order the sorted maps of `json!` wrote them in.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvelopeOut<'request> {
+    model: &'request str,
+    project: &'request str,
+    request: GenerateRequestOut<'request>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    request_id: &'request str,
+    request_type: &'static str,
+    user_agent: &'static str,
+}
+
 /// Writes the Antigravity request envelope for an upstream.
-pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value, ConvertError> {
+pub fn write_request<'request>(
+    request: &'request Request,
+    options: &'request WriteOptions,
+) -> Result<EnvelopeOut<'request>, ConvertError> {
     let mut inner = gemini::write_generate_request(request, options, Target::Antigravity)?;
-    if let Some(session_id) = session_id(request) {
-        inner.insert("sessionId".into(), session_id.into());
-    }
-    let mut envelope = Map::new();
-    envelope.insert("project".into(), options.antigravity_project.clone().into());
-    envelope.insert("model".into(), options.upstream_model.clone().into());
-    envelope.insert("request".into(), Value::Object(inner));
-    envelope.insert("userAgent".into(), "antigravity".into());
-    envelope.insert("requestType".into(), "agent".into());
-    if !options.request_id.is_empty() {
-        envelope.insert("requestId".into(), options.request_id.clone().into());
-    }
-    Ok(Value::Object(envelope))
+    inner.session_id = session_id(request);
+    Ok(EnvelopeOut {
+        model: &options.upstream_model,
+        project: &options.antigravity_project,
+        request: inner,
+        request_id: &options.request_id,
+        request_type: "agent",
+        user_agent: "antigravity",
+    })
 }
 
 /// A session id that is stable across one conversation: `-` and a positive 63-bit number taken
@@ -143,7 +157,7 @@ mod tests {
             upstream_model: "gemini-2.5-flash".to_string(),
             ..WriteOptions::default()
         };
-        write_request(request, &options).unwrap()["request"]["sessionId"].clone()
+        serde_json::to_value(write_request(request, &options).unwrap()).unwrap()["request"]["sessionId"].clone()
     }
 
     #[test]
@@ -163,7 +177,7 @@ mod tests {
 
     #[test]
     fn envelope_leaves_out_an_empty_request_id() {
-        let written = write_request(&conversation(&["Hi"]), &WriteOptions::default()).unwrap();
+        let written = serde_json::to_value(write_request(&conversation(&["Hi"]), &WriteOptions::default()).unwrap()).unwrap();
         assert!(written.get("requestId").is_none());
         assert_eq!(written["userAgent"], "antigravity");
         assert_eq!(written["requestType"], "agent");

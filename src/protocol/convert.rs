@@ -132,8 +132,7 @@ pub fn convert_request_with_media(
         antigravity_project: context.antigravity_project.clone(),
         request_id: context.request_id.clone(),
     };
-    let written = write_request(upstream, &request, &options)?;
-    Ok(serde_json::to_vec(&written).expect("a JSON value always serialises into memory"))
+    write_request(upstream, &request, &options)
 }
 
 fn inline_image_urls(request: &mut Request, fetch: &mut MediaFetcher) -> Result<(), ConvertError> {
@@ -182,8 +181,7 @@ pub fn convert_response(
     })?;
     let meta = response_meta(context);
     let response = parse_response(upstream, &value, &meta)?;
-    let written = write_response(client, &response, &meta)?;
-    Ok(serde_json::to_vec(&written).expect("a JSON value always serialises into memory"))
+    write_response(client, &response, &meta)
 }
 
 /// Converts an upstream event stream into the client's event stream, one event at a time.
@@ -264,8 +262,7 @@ pub fn convert_collected_stream(
     }
     decoder.finish(&mut events)?;
     let response = crate::protocol::collect::response_from_events(&events)?;
-    let written = write_response(client, &response, &meta)?;
-    Ok(serde_json::to_vec(&written).expect("a JSON value always serialises into memory"))
+    write_response(client, &response, &meta)
 }
 
 enum Encoder {
@@ -398,18 +395,25 @@ fn parse_request(format: Format, body: &Value) -> Result<Request, ConvertError> 
     }
 }
 
+/// The upstream's request body as bytes.
 fn write_request(
     format: Format,
     request: &Request,
     options: &WriteOptions,
-) -> Result<Value, ConvertError> {
-    match format {
-        Format::OpenaiChat => openai_chat::write_request(request, options),
-        Format::OpenaiResponses => openai_responses::write_request(request, options),
-        Format::Anthropic => anthropic::write_request(request, options),
-        Format::Gemini => gemini::write_request(request, options),
-        Format::Antigravity => antigravity::write_request(request, options),
-    }
+) -> Result<Vec<u8>, ConvertError> {
+    Ok(match format {
+        Format::OpenaiChat => body_bytes(&openai_chat::write_request(request, options)?),
+        Format::OpenaiResponses => body_bytes(&openai_responses::write_request(request, options)?),
+        Format::Anthropic => body_bytes(&anthropic::write_request(request, options)?),
+        Format::Gemini => body_bytes(&gemini::write_request(request, options)?),
+        Format::Antigravity => body_bytes(&antigravity::write_request(request, options)?),
+    })
+}
+
+/// A written body's bytes; serialising into memory cannot fail for these types (string keys,
+/// finite numbers).
+fn body_bytes(body: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(body).expect("a written body always serialises into memory")
 }
 
 /// Gemini and Antigravity name the calls they return after `meta.id`, since they send no ids.
@@ -427,18 +431,21 @@ fn parse_response(
     }
 }
 
+/// The client's response body as bytes. Writers that serialise typed bodies return bytes
+/// themselves; the others build a `Value`, serialised here.
 fn write_response(
     format: Format,
     response: &Response,
     meta: &ResponseMeta,
-) -> Result<Value, ConvertError> {
-    match format {
-        Format::OpenaiChat => Ok(openai_chat::write_response(response, meta)),
-        Format::OpenaiResponses => Ok(openai_responses::write_response(response, meta)),
-        Format::Anthropic => Ok(anthropic::write_response(response, meta)),
-        Format::Gemini => Ok(gemini::write_response(response, meta)),
-        other => Err(not_implemented(other)),
-    }
+) -> Result<Vec<u8>, ConvertError> {
+    let written = match format {
+        Format::OpenaiChat => return Ok(openai_chat::write_response(response, meta)),
+        Format::OpenaiResponses => openai_responses::write_response(response, meta),
+        Format::Anthropic => return Ok(anthropic::write_response(response, meta)),
+        Format::Gemini => gemini::write_response(response, meta),
+        other => return Err(not_implemented(other)),
+    };
+    Ok(body_bytes(&written))
 }
 
 #[cfg(test)]
@@ -1214,10 +1221,13 @@ mod tests {
                     ..WriteOptions::default()
                 };
                 let written = match format {
-                    Format::OpenaiChat => openai_chat::write_request(&first, &options),
+                    Format::OpenaiChat => openai_chat::write_request(&first, &options)
+                        .map(|body| serde_json::to_value(body).expect("serialises")),
                     Format::OpenaiResponses => openai_responses::write_request(&first, &options),
-                    Format::Gemini => gemini::write_request(&first, &options),
-                    _ => anthropic::write_request(&first, &options),
+                    Format::Gemini => gemini::write_request(&first, &options)
+                        .map(|body| serde_json::to_value(body).expect("serialises")),
+                    _ => anthropic::write_request(&first, &options)
+                        .map(|body| serde_json::to_value(body).expect("serialises")),
                 };
                 let Ok(written) = written else { continue };
                 let second = parse(&written).unwrap_or_else(|error| {

@@ -29,6 +29,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
@@ -650,85 +651,191 @@ enum Reader {
     Client,
 }
 
+/// A `generateContent` request body as it is written: the top level, the generation config and
+/// the tool declarations are serialised straight from the IR rather than built as `Value` maps
+/// first. Fields are in alphabetical order, the order the sorted maps of `json!` wrote them in,
+/// so the upstream gets the same bytes as before.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateRequestOut<'request> {
+    contents: Vec<Value>,
+    #[serde(skip_serializing_if = "GenerationConfigOut::is_empty")]
+    generation_config: GenerationConfigOut<'request>,
+    /// Antigravity only: a stable id for the conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<SystemInstructionOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<ToolConfigOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<[ToolsOut<'request>; 1]>,
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfigOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate_count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_json_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'request [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_config: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+}
+
+impl GenerationConfigOut<'_> {
+    fn is_empty(&self) -> bool {
+        self.candidate_count.is_none()
+            && self.frequency_penalty.is_none()
+            && self.max_output_tokens.is_none()
+            && self.presence_penalty.is_none()
+            && self.response_json_schema.is_none()
+            && self.response_mime_type.is_none()
+            && self.response_schema.is_none()
+            && self.seed.is_none()
+            && self.stop_sequences.is_empty()
+            && self.temperature.is_none()
+            && self.thinking_config.is_none()
+            && self.top_k.is_none()
+            && self.top_p.is_none()
+    }
+}
+
+#[derive(Serialize)]
+struct SystemInstructionOut<'request> {
+    parts: Vec<TextOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct TextOut<'request> {
+    text: &'request str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolConfigOut {
+    function_calling_config: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolsOut<'request> {
+    function_declarations: Vec<FunctionDeclarationOut<'request>>,
+}
+
+/// A function declaration; its schema goes under `parametersJsonSchema` for Gemini and under
+/// `parameters` (the OpenAPI subset) for Antigravity.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionDeclarationOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'request str>,
+    name: &'request str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters_json_schema: Option<Value>,
+}
+
 /// Writes a `generateContent` request body for a Gemini upstream.
-pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value, ConvertError> {
-    write_generate_request(request, options, Target::Gemini).map(Value::Object)
+pub fn write_request<'request>(
+    request: &'request Request,
+    options: &WriteOptions,
+) -> Result<GenerateRequestOut<'request>, ConvertError> {
+    write_generate_request(request, options, Target::Gemini)
 }
 
 /// Writes the Gemini request body for either target; Antigravity wraps it in its envelope.
-pub(crate) fn write_generate_request(
-    request: &Request,
+pub(crate) fn write_generate_request<'request>(
+    request: &'request Request,
     options: &WriteOptions,
     target: Target,
-) -> Result<Map<String, Value>, ConvertError> {
+) -> Result<GenerateRequestOut<'request>, ConvertError> {
     let model = options.upstream_model.to_ascii_lowercase();
     let claude = target == Target::Antigravity && model.starts_with("claude");
     let reader = match target {
         Target::Gemini => Reader::Gemini,
         Target::Antigravity => Reader::Antigravity { claude },
     };
-    let mut body = Map::new();
     if request.verbosity.is_some() {
         log::debug!("gemini upstream: the client's verbosity has no equivalent; dropped");
     }
 
-    let system: Vec<Value> = hoisted_system_parts(&request.messages)
+    let system: Vec<TextOut> = hoisted_system_parts(&request.messages)
         .iter()
-        .map(|part| json!({"text": part.text}))
+        .map(|part| TextOut { text: &part.text })
         .collect();
-    if !system.is_empty() {
-        let mut instruction = object_of([("parts", system.into())]);
+    let system_instruction = (!system.is_empty()).then(|| SystemInstructionOut {
+        parts: system,
         // Antigravity wants the role spelled out; Gemini ignores it.
-        if target == Target::Antigravity {
-            instruction["role"] = "user".into();
-        }
-        body.insert("systemInstruction".into(), instruction);
-    }
+        role: (target == Target::Antigravity).then_some("user"),
+    });
     // Claude models behind Antigravity validate Claude signatures, not Gemini's bypass value.
     let bypass_signatures = !claude;
     let contents = write_contents(&request.messages, reader, bypass_signatures)?;
-    body.insert("contents".into(), contents.into());
 
+    let mut tools = None;
+    let mut tool_config = None;
     if !request.tools.is_empty() {
-        let (schema_key, style) = match target {
-            Target::Gemini => ("parametersJsonSchema", SchemaStyle::JsonSchema),
-            Target::Antigravity => ("parameters", SchemaStyle::OpenApi),
+        let style = match target {
+            Target::Gemini => SchemaStyle::JsonSchema,
+            Target::Antigravity => SchemaStyle::OpenApi,
         };
-        let declarations: Vec<Value> = request
+        let declarations = request
             .tools
             .iter()
             .map(|tool| {
-                let mut declaration = Map::new();
-                declaration.insert("name".into(), tool.name.clone().into());
-                insert_some(&mut declaration, "description", tool.description.clone());
-                declaration.insert(schema_key.into(), sanitize_schema(&tool.parameters, style));
-                Value::Object(declaration)
+                let schema = Some(sanitize_schema(&tool.parameters, style));
+                let (parameters, parameters_json_schema) = match style {
+                    SchemaStyle::OpenApi => (schema, None),
+                    SchemaStyle::JsonSchema => (None, schema),
+                };
+                FunctionDeclarationOut {
+                    description: tool.description.as_deref(),
+                    name: &tool.name,
+                    parameters,
+                    parameters_json_schema,
+                }
             })
             .collect();
-        body.insert(
-            "tools".into(),
-            json!([{"functionDeclarations": declarations}]),
-        );
-        if let Some(config) = function_calling_config(request.tool_choice.as_ref(), claude) {
-            body.insert(
-                "toolConfig".into(),
-                object_of([("functionCallingConfig", config)]),
-            );
-        }
+        tools = Some([ToolsOut { function_declarations: declarations }]);
+        tool_config = function_calling_config(request.tool_choice.as_ref(), claude)
+            .map(|function_calling_config| ToolConfigOut { function_calling_config });
     }
 
-    let mut config = Map::new();
-    insert_some(&mut config, "temperature", request.temperature);
-    insert_some(&mut config, "topP", request.top_p);
-    insert_some(&mut config, "topK", request.top_k);
-    insert_some(&mut config, "candidateCount", request.n);
-    insert_some(&mut config, "seed", request.seed);
-    insert_some(&mut config, "presencePenalty", request.presence_penalty);
-    insert_some(&mut config, "frequencyPenalty", request.frequency_penalty);
-    if !request.stop.is_empty() {
-        let stop: Vec<&String> = request.stop.iter().take(MAX_STOP_SEQUENCES).collect();
-        config.insert("stopSequences".into(), json!(stop));
-    }
+    let mut config = GenerationConfigOut {
+        candidate_count: request.n,
+        frequency_penalty: request.frequency_penalty,
+        presence_penalty: request.presence_penalty,
+        seed: request.seed,
+        stop_sequences: &request.stop[..request.stop.len().min(MAX_STOP_SEQUENCES)],
+        temperature: request.temperature,
+        top_k: request.top_k,
+        top_p: request.top_p,
+        ..GenerationConfigOut::default()
+    };
     let mut max_tokens = request.max_tokens;
     if let Some(reasoning) = &request.reasoning {
         let gemini3 = model.contains("gemini-3");
@@ -741,31 +848,34 @@ pub(crate) fn write_generate_request(
             {
                 max_tokens = Some(budget.saturating_add(limit));
             }
-            config.insert("thinkingConfig".into(), thinking);
+            config.thinking_config = Some(thinking);
         }
     }
-    insert_some(&mut config, "maxOutputTokens", max_tokens);
+    config.max_output_tokens = max_tokens;
     match &request.response_format {
         None => {}
-        Some(ResponseFormat::Text) => {
-            config.insert("responseMimeType".into(), "text/plain".into());
-        }
-        Some(ResponseFormat::JsonObject) => {
-            config.insert("responseMimeType".into(), "application/json".into());
-        }
+        Some(ResponseFormat::Text) => config.response_mime_type = Some("text/plain"),
+        Some(ResponseFormat::JsonObject) => config.response_mime_type = Some("application/json"),
         Some(ResponseFormat::JsonSchema { schema, .. }) => {
-            config.insert("responseMimeType".into(), "application/json".into());
-            let (schema_key, style) = match target {
-                Target::Gemini => ("responseJsonSchema", SchemaStyle::JsonSchema),
-                Target::Antigravity => ("responseSchema", SchemaStyle::OpenApi),
-            };
-            config.insert(schema_key.into(), sanitize_schema(schema, style));
+            config.response_mime_type = Some("application/json");
+            match target {
+                Target::Gemini => {
+                    config.response_json_schema = Some(sanitize_schema(schema, SchemaStyle::JsonSchema));
+                }
+                Target::Antigravity => {
+                    config.response_schema = Some(sanitize_schema(schema, SchemaStyle::OpenApi));
+                }
+            }
         }
     }
-    if !config.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(config));
-    }
-    Ok(body)
+    Ok(GenerateRequestOut {
+        contents,
+        generation_config: config,
+        session_id: None,
+        system_instruction,
+        tool_config,
+        tools,
+    })
 }
 
 /// `functionCallingConfig` for a tool choice; None leaves Gemini's default (AUTO). Claude models
@@ -1868,7 +1978,7 @@ mod tests {
             ],
             ..Request::default()
         };
-        let written = write_request(&request, &WriteOptions::default()).unwrap();
+        let written = serde_json::to_value(write_request(&request, &WriteOptions::default()).unwrap()).unwrap();
         let parts = &written["contents"][1]["parts"];
         assert_eq!(
             parts[0],
@@ -1905,7 +2015,7 @@ mod tests {
             ],
             ..Request::default()
         };
-        let written = write_request(&request, &WriteOptions::default()).unwrap();
+        let written = serde_json::to_value(write_request(&request, &WriteOptions::default()).unwrap()).unwrap();
         assert_eq!(
             written["contents"][1]["parts"],
             json!([{"functionCall": {"name": "now", "args": {}}, "thoughtSignature": SIGNATURE_BYPASS}])

@@ -380,62 +380,107 @@ fn parse_response_format(format: &Value) -> Result<ResponseFormat, ConvertError>
     }
 }
 
+/// A Chat Completions request body as it is written: the top level and the tools serialised
+/// straight from the IR (a tool's schema by reference, not copied), like the response body
+/// below. Fields are in alphabetical order, the order the sorted maps of `json!` wrote them in.
+#[derive(Serialize)]
+pub struct RequestOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u64>,
+    messages: Vec<Value>,
+    model: &'request str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'request [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptionsOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'request str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verbosity: Option<&'request str>,
+}
+
+#[derive(Serialize)]
+struct StreamOptionsOut {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct ToolOut<'request> {
+    function: FunctionOut<'request>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'request str>,
+    name: &'request str,
+    parameters: &'request Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
+}
+
 /// Writes a Chat Completions request body for an upstream.
-pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value, ConvertError> {
-    let mut body = Map::new();
-    body.insert("model".into(), options.upstream_model.clone().into());
+pub fn write_request<'request>(
+    request: &'request Request,
+    options: &'request WriteOptions,
+) -> Result<RequestOut<'request>, ConvertError> {
     let mut messages = Vec::new();
     for (position, message) in request.messages.iter().enumerate() {
         write_message(message, &index("messages", position), &mut messages)?;
     }
-    body.insert("messages".into(), messages.into());
-
-    if !request.tools.is_empty() {
-        let tools: Vec<Value> = request.tools.iter().map(write_tool).collect();
-        body.insert("tools".into(), tools.into());
-        insert_some(
-            &mut body,
-            "tool_choice",
-            request.tool_choice.as_ref().map(write_tool_choice),
-        );
-        insert_some(
-            &mut body,
-            "parallel_tool_calls",
-            request.parallel_tool_calls,
-        );
-    }
-    insert_some(&mut body, "max_completion_tokens", request.max_tokens);
-    insert_some(&mut body, "temperature", request.temperature);
-    insert_some(&mut body, "top_p", request.top_p);
-    insert_some(&mut body, "seed", request.seed);
-    insert_some(&mut body, "presence_penalty", request.presence_penalty);
-    insert_some(&mut body, "frequency_penalty", request.frequency_penalty);
-    insert_some(&mut body, "n", request.n);
-    if !request.stop.is_empty() {
-        body.insert("stop".into(), request.stop.clone().into());
-    }
+    let has_tools = !request.tools.is_empty();
     let effort = request
         .reasoning
         .as_ref()
         .and_then(ReasoningConfig::effective_effort)
         .filter(|effort| *effort != ReasoningEffort::None);
-    insert_some(
-        &mut body,
-        "reasoning_effort",
-        effort.map(ReasoningEffort::as_str),
-    );
-    insert_some(
-        &mut body,
-        "response_format",
-        request.response_format.as_ref().map(write_response_format),
-    );
-    insert_some(&mut body, "verbosity", request.verbosity.clone());
-    insert_some(&mut body, "user", request.user.clone());
-    if options.stream {
-        body.insert("stream".into(), true.into());
-        body.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    Ok(Value::Object(body))
+    Ok(RequestOut {
+        frequency_penalty: request.frequency_penalty,
+        max_completion_tokens: request.max_tokens,
+        messages,
+        model: &options.upstream_model,
+        n: request.n,
+        parallel_tool_calls: request.parallel_tool_calls.filter(|_| has_tools),
+        presence_penalty: request.presence_penalty,
+        reasoning_effort: effort.map(ReasoningEffort::as_str),
+        response_format: request.response_format.as_ref().map(write_response_format),
+        seed: request.seed,
+        stop: &request.stop,
+        stream: options.stream,
+        stream_options: options.stream.then_some(StreamOptionsOut { include_usage: true }),
+        temperature: request.temperature,
+        tool_choice: request.tool_choice.as_ref().filter(|_| has_tools).map(write_tool_choice),
+        tools: request.tools.iter().map(write_tool).collect(),
+        top_p: request.top_p,
+        user: request.user.as_deref(),
+        verbosity: request.verbosity.as_deref(),
+    })
 }
 
 fn write_message(message: &Message, path: &str, out: &mut Vec<Value>) -> Result<(), ConvertError> {
@@ -536,12 +581,8 @@ fn write_assistant(parts: &[Part]) -> Value {
 
 /// Arguments as Chat clients expect them: a JSON string that always parses (an empty string from
 /// an argument-less call becomes `{}`).
-fn normalized_arguments(arguments: &str) -> String {
-    if arguments.trim().is_empty() {
-        "{}".to_string()
-    } else {
-        arguments.to_string()
-    }
+fn normalized_arguments(arguments: &str) -> &str {
+    if arguments.trim().is_empty() { "{}" } else { arguments }
 }
 
 /// A single text part is written as a plain string, anything else as an array of parts.
@@ -595,13 +636,16 @@ fn write_content(parts: &[Part], path: &str) -> Result<Value, ConvertError> {
     Ok(written.into())
 }
 
-fn write_tool(tool: &ToolDefinition) -> Value {
-    let mut function = Map::new();
-    function.insert("name".into(), tool.name.clone().into());
-    insert_some(&mut function, "description", tool.description.clone());
-    function.insert("parameters".into(), tool.parameters.clone());
-    insert_some(&mut function, "strict", tool.strict);
-    object_of([("type", "function".into()), ("function", Value::Object(function))])
+fn write_tool(tool: &ToolDefinition) -> ToolOut<'_> {
+    ToolOut {
+        function: FunctionOut {
+            description: tool.description.as_deref(),
+            name: &tool.name,
+            parameters: &tool.parameters,
+            strict: tool.strict,
+        },
+        kind: "function",
+    }
 }
 
 fn write_tool_choice(choice: &ToolChoice) -> Value {
@@ -699,54 +743,136 @@ fn finish_reason_to_chat(reason: FinishReason) -> &'static str {
     }
 }
 
-/// The Chat `usage` object.
-pub fn usage_value(usage: &Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.total_tokens(),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-    })
+/// The Chat `usage` object. Fields are in alphabetical order, like every typed body written
+/// here: the order the sorted maps of `json!` used, so clients get the same bytes either way.
+#[derive(Serialize)]
+struct UsageOut {
+    completion_tokens: u64,
+    completion_tokens_details: ReasoningTokensOut,
+    prompt_tokens: u64,
+    prompt_tokens_details: CachedTokensOut,
+    total_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ReasoningTokensOut {
+    reasoning_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct CachedTokensOut {
+    cached_tokens: u64,
+}
+
+impl UsageOut {
+    fn new(usage: &Usage) -> UsageOut {
+        UsageOut {
+            completion_tokens: usage.output_tokens,
+            completion_tokens_details: ReasoningTokensOut { reasoning_tokens: usage.reasoning_tokens },
+            prompt_tokens: usage.input_tokens,
+            prompt_tokens_details: CachedTokensOut { cached_tokens: usage.cached_tokens },
+            total_tokens: usage.total_tokens(),
+        }
+    }
+}
+
+/// A `chat.completion` body, serialised straight from the IR's strings: building it as a
+/// `Value` tree first, then serialising and dropping the tree, cost more instructions than
+/// reading the upstream's answer.
+#[derive(Serialize)]
+struct CompletionOut<'response> {
+    choices: [CompletionChoiceOut<'response>; 1],
+    created: i64,
+    id: &'response str,
+    model: &'response str,
+    object: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageOut>,
+}
+
+#[derive(Serialize)]
+struct CompletionChoiceOut<'response> {
+    finish_reason: &'static str,
+    index: u32,
+    logprobs: Option<()>,
+    message: AssistantMessageOut<'response>,
+}
+
+/// The assistant's message of a response. `content` is null only beside tool calls; `refusal`
+/// is always present (null without one), as OpenAI writes it.
+#[derive(Serialize)]
+struct AssistantMessageOut<'response> {
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+    refusal: Option<String>,
+    role: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOut<'response>>,
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'call> {
+    function: FunctionCallOut<'call>,
+    id: &'call str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct FunctionCallOut<'call> {
+    arguments: &'call str,
+    name: &'call str,
+}
+
+impl<'call> ToolCallOut<'call> {
+    fn new(call: &'call ToolCall) -> ToolCallOut<'call> {
+        ToolCallOut {
+            function: FunctionCallOut {
+                arguments: normalized_arguments(&call.arguments),
+                name: &call.name,
+            },
+            id: &call.id,
+            kind: "function",
+        }
+    }
 }
 
 /// Writes a Chat Completions response body for a client.
-pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
-    let mut message = write_assistant(&response.parts);
-    let has_tool_calls = message.get("tool_calls").is_some();
-    if !has_tool_calls && message["content"].is_null() {
-        message["content"] = "".into();
+pub fn write_response(response: &Response, meta: &ResponseMeta) -> Vec<u8> {
+    let text = join_text(&response.parts);
+    let mut tool_calls = Vec::new();
+    let mut refusal = String::new();
+    let mut reasoning = String::new();
+    for part in &response.parts {
+        match part {
+            Part::ToolCall(call) => tool_calls.push(ToolCallOut::new(call)),
+            Part::Refusal(text) => refusal.push_str(text),
+            Part::Reasoning(part) => reasoning.push_str(&part.text),
+            _ => {}
+        }
     }
-    if message.get("refusal").is_none() {
-        message["refusal"] = Value::Null;
-    }
-    let reasoning: String = response
-        .parts
-        .iter()
-        .filter_map(|part| match part {
-            Part::Reasoning(reasoning) => Some(reasoning.text.as_str()),
-            _ => None,
-        })
-        .collect();
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = reasoning.into();
-    }
-    let mut body = json!({
-        "id": non_empty_or(&response.id, &meta.id),
-        "object": "chat.completion",
-        "created": meta.created_unix,
-        "model": non_empty_or(&response.model, &meta.model),
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason_to_chat(response.finish_reason),
+    let content = if text.is_empty() && !tool_calls.is_empty() { None } else { Some(text) };
+    let body = CompletionOut {
+        choices: [CompletionChoiceOut {
+            finish_reason: finish_reason_to_chat(response.finish_reason),
+            index: 0,
+            logprobs: None,
+            message: AssistantMessageOut {
+                content,
+                reasoning_content: Some(reasoning).filter(|text| !text.is_empty()),
+                refusal: Some(refusal).filter(|text| !text.is_empty()),
+                role: "assistant",
+                tool_calls,
+            },
         }],
-    });
-    if let Some(usage) = &response.usage {
-        body["usage"] = usage_value(usage);
-    }
-    body
+        created: meta.created_unix,
+        id: non_empty_or(&response.id, &meta.id),
+        model: non_empty_or(&response.model, &meta.model),
+        object: "chat.completion",
+        usage: response.usage.as_ref().map(UsageOut::new),
+    };
+    serde_json::to_vec(&body).expect("a response body always serialises into memory")
 }
 
 fn non_empty_or<'a>(value: &'a str, fallback: &'a str) -> &'a str {
@@ -1138,7 +1264,7 @@ impl StreamEncoder {
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
-                "usage": usage_value(&usage),
+                "usage": UsageOut::new(&usage),
             });
             write_json_event(out, None, &chunk);
         }
