@@ -31,7 +31,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
-use crate::protocol::json::{object_of, 
+use crate::protocol::json::{FieldPath, element, object_of,
     field, index, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str,
 };
@@ -226,7 +226,7 @@ fn parse_thinking(body: &Value) -> Result<Option<ReasoningConfig>, ConvertError>
 /// in order) followed by a user message with the remaining blocks.
 fn parse_message(
     message: &Value,
-    path: &str,
+    path: &FieldPath,
     call_names: &mut HashMap<String, String>,
     out: &mut Vec<Message>,
 ) -> Result<(), ConvertError> {
@@ -313,7 +313,7 @@ fn parse_message(
     Ok(())
 }
 
-fn parse_user_block(block: &Value, path: &str) -> Result<Option<Part>, ConvertError> {
+fn parse_user_block(block: &Value, path: &FieldPath) -> Result<Option<Part>, ConvertError> {
     match req_str(block, "type", path)? {
         "text" => {
             let text = req_str(block, "text", path)?;
@@ -341,7 +341,7 @@ fn parse_user_block(block: &Value, path: &str) -> Result<Option<Part>, ConvertEr
 /// A `search_result` block (a client-side RAG result with its source, for citations) as plain
 /// text: the title, the source and the content, which is what the model needs to use it.
 /// Citations are Anthropic's own feature and are not asked for elsewhere.
-fn search_result_text(block: &Value, path: &str) -> Result<String, ConvertError> {
+fn search_result_text(block: &Value, path: &FieldPath) -> Result<String, ConvertError> {
     let mut lines = Vec::new();
     for key in ["title", "source"] {
         if let Some(value) = opt_str(block, key, path)?
@@ -361,10 +361,10 @@ fn search_result_text(block: &Value, path: &str) -> Result<String, ConvertError>
     Ok(lines.join("\n"))
 }
 
-fn parse_media(block: &Value, path: &str) -> Result<Media, ConvertError> {
+fn parse_media(block: &Value, path: &FieldPath) -> Result<Media, ConvertError> {
     let source_path = join(path, "source");
     let source =
-        field(block, "source").ok_or_else(|| ConvertError::new(&source_path, "is required"))?;
+        field(block, "source").ok_or_else(|| ConvertError::new(source_path, "is required"))?;
     let source = match req_str(source, "type", &source_path)? {
         "base64" => MediaSource::Base64 {
             media_type: req_str(source, "media_type", &source_path)?.to_string(),
@@ -399,7 +399,7 @@ fn parse_media(block: &Value, path: &str) -> Result<Media, ConvertError> {
 
 fn parse_tool_result(
     block: &Value,
-    path: &str,
+    path: &FieldPath,
     call_names: &HashMap<String, String>,
 ) -> Result<ToolResult, ConvertError> {
     let call_id = req_str(block, "tool_use_id", path)?.to_string();
@@ -429,7 +429,7 @@ fn parse_tool_result(
     })
 }
 
-fn parse_assistant_block(block: &Value, path: &str) -> Result<Option<Part>, ConvertError> {
+fn parse_assistant_block(block: &Value, path: &FieldPath) -> Result<Option<Part>, ConvertError> {
     let part = match req_str(block, "type", path)? {
         "text" => Part::text(req_str(block, "text", path)?),
         "thinking" => Part::Reasoning(Reasoning {
@@ -698,10 +698,10 @@ fn text_block(part: &TextPart) -> Value {
     block
 }
 
-fn write_user_blocks(parts: &[Part], path: &str) -> Result<Vec<Value>, ConvertError> {
+fn write_user_blocks(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, ConvertError> {
     let mut blocks = Vec::new();
     for (position, part) in parts.iter().enumerate() {
-        let part_path = index(&join(path, "content"), position);
+        let part_path = element(path, "content", position);
         match part {
             Part::Text(text) if text.text.is_empty() => {}
             Part::Text(text) => blocks.push(text_block(text)),
@@ -720,7 +720,7 @@ fn write_user_blocks(parts: &[Part], path: &str) -> Result<Vec<Value>, ConvertEr
     Ok(blocks)
 }
 
-fn image_block(media: &Media, path: &str) -> Result<Value, ConvertError> {
+fn image_block(media: &Media, path: &FieldPath) -> Result<Value, ConvertError> {
     let source = match &media.source {
         MediaSource::Url(url) => json!({"type": "url", "url": url}),
         MediaSource::Base64 { media_type, data } => {
@@ -742,7 +742,7 @@ fn image_block(media: &Media, path: &str) -> Result<Value, ConvertError> {
     Ok(json!({"type": "image", "source": source}))
 }
 
-fn document_block(media: &Media, path: &str) -> Result<Value, ConvertError> {
+fn document_block(media: &Media, path: &FieldPath) -> Result<Value, ConvertError> {
     let source = match &media.source {
         MediaSource::Url(url) => json!({"type": "url", "url": url}),
         MediaSource::Base64 { media_type, data } => {
@@ -771,13 +771,13 @@ fn document_block(media: &Media, path: &str) -> Result<Value, ConvertError> {
     Ok(block)
 }
 
-fn write_tool_results(parts: &[Part], path: &str) -> Result<Vec<Value>, ConvertError> {
+fn write_tool_results(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, ConvertError> {
     let mut blocks = Vec::new();
     for (position, part) in parts.iter().enumerate() {
         let Part::ToolResult(result) = part else {
             continue;
         };
-        let part_path = index(&join(path, "content"), position);
+        let part_path = element(path, "content", position);
         let content = match result.content.as_slice() {
             [] => Value::String(String::new()),
             [Part::Text(text)] => text.text.clone().into(),

@@ -39,7 +39,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
-use crate::protocol::json::{object_of, 
+use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_i64, opt_str, opt_u64, req_str,
 };
@@ -95,7 +95,7 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
     let mut request = Request::default();
     let system_key = key(body, "systemInstruction");
     if let Some(system) = field(body, &system_key) {
-        let parts = parse_system_instruction(system, &system_key)?;
+        let parts = parse_system_instruction(system, &system_key.as_field_path())?;
         if !parts.is_empty() {
             request.messages.push(Message::new(Role::System, parts));
         }
@@ -112,7 +112,7 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
     request.tool_choice = parse_tool_config(body)?;
     let config_key = key(body, "generationConfig");
     if let Some(config) = field(body, &config_key) {
-        parse_generation_config(config, &config_key, &mut request)?;
+        parse_generation_config(config, &config_key.as_field_path(), &mut request)?;
     }
     Ok(request)
 }
@@ -139,7 +139,7 @@ fn key(value: &Value, camel: &str) -> String {
     }
 }
 
-fn parse_system_instruction(system: &Value, path: &str) -> Result<Vec<Part>, ConvertError> {
+fn parse_system_instruction(system: &Value, path: &FieldPath) -> Result<Vec<Part>, ConvertError> {
     // Some clients send a plain string, which the REST API also accepts.
     if let Value::String(text) = system {
         return Ok(if text.is_empty() {
@@ -154,7 +154,7 @@ fn parse_system_instruction(system: &Value, path: &str) -> Result<Vec<Part>, Con
         .flatten()
         .enumerate()
     {
-        let part_path = index(&join(path, "parts"), position);
+        let part_path = element(path, "parts", position);
         if let Some(text) = opt_str(part, "text", &part_path)?
             && !text.is_empty()
         {
@@ -195,7 +195,7 @@ impl CallMatcher {
 fn parse_content(
     content: &Value,
     turn: usize,
-    path: &str,
+    path: &FieldPath,
     matcher: &mut CallMatcher,
     out: &mut Vec<Message>,
 ) -> Result<(), ConvertError> {
@@ -258,7 +258,7 @@ fn parse_content(
 
 fn parse_function_response(
     response: &Value,
-    path: &str,
+    path: &FieldPath,
     fallback_id: String,
     matcher: &mut CallMatcher,
 ) -> Result<ToolResult, ConvertError> {
@@ -302,7 +302,7 @@ fn function_response_text(response: Option<&Value>) -> (String, bool) {
     }
 }
 
-fn parse_user_part(part: &Value, path: &str) -> Result<Option<Part>, ConvertError> {
+fn parse_user_part(part: &Value, path: &FieldPath) -> Result<Option<Part>, ConvertError> {
     if let Some(text) = opt_str(part, "text", path)? {
         return Ok((!text.is_empty()).then(|| Part::text(text)));
     }
@@ -320,7 +320,7 @@ fn parse_user_part(part: &Value, path: &str) -> Result<Option<Part>, ConvertErro
 }
 
 /// Reads an `inlineData` or `fileData` part; None for any other part.
-fn parse_media_part(part: &Value, path: &str) -> Result<Option<Part>, ConvertError> {
+fn parse_media_part(part: &Value, path: &FieldPath) -> Result<Option<Part>, ConvertError> {
     let inline_key = key(part, "inlineData");
     if let Some(inline) = field(part, &inline_key) {
         let inline_path = join(path, &inline_key);
@@ -415,7 +415,7 @@ fn gemini_signature(value: &str) -> Signature {
 /// part right after the text, which the writers put back on the text part.
 pub(crate) fn parse_model_parts(
     parts: &[Value],
-    path: &str,
+    path: &FieldPath,
     synthesize_id: &mut dyn FnMut(usize) -> String,
 ) -> Result<Vec<Part>, ConvertError> {
     let mut out = Vec::new();
@@ -559,7 +559,7 @@ fn parse_tool_config(body: &Value) -> Result<Option<ToolChoice>, ConvertError> {
 
 fn parse_generation_config(
     config: &Value,
-    path: &str,
+    path: &FieldPath,
     request: &mut Request,
 ) -> Result<(), ConvertError> {
     object(config, path)?;
@@ -997,10 +997,10 @@ fn add_signature_bypass(parts: &mut [Value]) {
     }
 }
 
-fn write_user_parts(parts: &[Part], path: &str) -> Result<Vec<Value>, ConvertError> {
+fn write_user_parts(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, ConvertError> {
     let mut written = Vec::new();
     for (position, part) in parts.iter().enumerate() {
-        let part_path = index(&join(path, "content"), position);
+        let part_path = element(path, "content", position);
         match part {
             Part::Text(text) if text.text.is_empty() => {}
             Part::Text(text) => written.push(json!({"text": text.text})),
@@ -1014,7 +1014,7 @@ fn write_user_parts(parts: &[Part], path: &str) -> Result<Vec<Value>, ConvertErr
     Ok(written)
 }
 
-fn media_part(media: &Media, image: bool, path: &str) -> Result<Value, ConvertError> {
+fn media_part(media: &Media, image: bool, path: &FieldPath) -> Result<Value, ConvertError> {
     Ok(match &media.source {
         MediaSource::Base64 { media_type, data } => {
             json!({"inlineData": {"mimeType": media_type, "data": data}})
@@ -1044,7 +1044,7 @@ fn audio_part(data: &str, format: &str) -> Value {
 /// user turn.
 fn write_function_responses(
     parts: &[Part],
-    path: &str,
+    path: &FieldPath,
     call_names: &HashMap<&str, &str>,
     reader: Reader,
 ) -> Result<Vec<Value>, ConvertError> {
@@ -1054,7 +1054,7 @@ fn write_function_responses(
         let Part::ToolResult(result) = part else {
             continue;
         };
-        let part_path = index(&join(path, "content"), position);
+        let part_path = element(path, "content", position);
         let name = match &result.name {
             Some(name) => name.as_str(),
             None => call_names
@@ -1062,7 +1062,7 @@ fn write_function_responses(
                 .copied()
                 .ok_or_else(|| {
                     ConvertError::new(
-                        &part_path,
+                        part_path,
                         format!(
                             "gemini needs the function name of tool result {:?}, and no earlier call has that id",
                             result.call_id
@@ -1076,7 +1076,7 @@ fn write_function_responses(
         }
         written.push(object_of([("functionResponse", response)]));
         for (inner, content) in result.content.iter().enumerate() {
-            let content_path = index(&join(&part_path, "content"), inner);
+            let content_path = element(&part_path, "content", inner);
             match content {
                 Part::Image(image) => media.push(media_part(image, true, &content_path)?),
                 Part::Document(document) => media.push(media_part(document, false, &content_path)?),
@@ -1117,12 +1117,12 @@ fn call_id_for_antigravity(id: &str) -> String {
 
 fn write_model_parts(
     parts: &[Part],
-    path: &str,
+    path: &FieldPath,
     reader: Reader,
 ) -> Result<Vec<Value>, ConvertError> {
     let mut written: Vec<Value> = Vec::new();
     for (position, part) in parts.iter().enumerate() {
-        let part_path = index(&join(path, "content"), position);
+        let part_path = element(path, "content", position);
         match part {
             Part::Reasoning(reasoning) => {
                 if let Some(part) = reasoning_part(reasoning, reader, &mut written) {
@@ -1359,7 +1359,7 @@ pub fn parse_response(body: &Value, meta: &ResponseMeta) -> Result<Response, Con
             let content_parts = opt_array(content, "parts", "candidates[0].content")?
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            parts = parse_model_parts(content_parts, "candidates[0].content.parts", &mut |n| {
+            parts = parse_model_parts(content_parts, &"candidates[0].content.parts".as_field_path(), &mut |n| {
                 synthesized_call_id(&meta.id, n)
             })?;
         }
@@ -1450,7 +1450,7 @@ pub fn usage_value(usage: &Usage) -> Value {
 /// Writes a `generateContent` response body for a Gemini client.
 pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
     // Writing for a client cannot fail: media parts in a response are inline or URLs.
-    let parts = write_model_parts(&response.parts, "", Reader::Client).unwrap_or_default();
+    let parts = write_model_parts(&response.parts, &FieldPath::ROOT, Reader::Client).unwrap_or_default();
     let mut body = json!({
         "candidates": [{
             "content": {"role": "model", "parts": parts},
@@ -1562,7 +1562,7 @@ impl StreamDecoder {
                 .unwrap_or_default();
             let seed = &self.call_id_seed;
             let first_ordinal = self.n_calls;
-            let parsed = parse_model_parts(parts, "candidates[0].content.parts", &mut |n| {
+            let parsed = parse_model_parts(parts, &"candidates[0].content.parts".as_field_path(), &mut |n| {
                 synthesized_call_id(seed, first_ordinal + n)
             })?;
             for part in parsed {

@@ -24,7 +24,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, StreamEvent, TextPart,
     ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, join_text,
 };
-use crate::protocol::json::{object_of, 
+use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_i64, opt_str, opt_u64, req_str, string_or_parts,
 };
@@ -139,7 +139,7 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
 
 fn parse_message(
     message: &Value,
-    path: &str,
+    path: &FieldPath,
     call_names: &mut HashMap<String, String>,
 ) -> Result<Message, ConvertError> {
     object(message, path)?;
@@ -187,7 +187,7 @@ fn parse_message(
 
 fn parse_assistant(
     message: &Value,
-    path: &str,
+    path: &FieldPath,
     call_names: &mut HashMap<String, String>,
 ) -> Result<Message, ConvertError> {
     let mut parts = Vec::new();
@@ -217,7 +217,7 @@ fn parse_assistant(
     }
     if let Some(calls) = opt_array(message, "tool_calls", path)? {
         for (position, call) in calls.iter().enumerate() {
-            let call_path = index(&join(path, "tool_calls"), position);
+            let call_path = element(path, "tool_calls", position);
             let function = field(call, "function")
                 .ok_or_else(|| ConvertError::new(join(&call_path, "function"), "is required"))?;
             let function_path = join(&call_path, "function");
@@ -242,11 +242,11 @@ fn parse_assistant(
 }
 
 /// Reads `content`: a string, null, or an array of parts.
-fn parse_content(content: Option<&Value>, path: &str) -> Result<Vec<Part>, ConvertError> {
+fn parse_content(content: Option<&Value>, path: &FieldPath) -> Result<Vec<Part>, ConvertError> {
     string_or_parts(content, path, parse_content_part)
 }
 
-fn parse_content_part(part: &Value, path: &str) -> Result<Part, ConvertError> {
+fn parse_content_part(part: &Value, path: &FieldPath) -> Result<Part, ConvertError> {
     object(part, path)?;
     let part_type = req_str(part, "type", path)?;
     match part_type {
@@ -258,7 +258,7 @@ fn parse_content_part(part: &Value, path: &str) -> Result<Part, ConvertError> {
         "image_url" => {
             let image_path = join(path, "image_url");
             let image = field(part, "image_url")
-                .ok_or_else(|| ConvertError::new(&image_path, "is required"))?;
+                .ok_or_else(|| ConvertError::new(image_path, "is required"))?;
             // Some clients send the URL directly as a string.
             let (url, detail) = match image {
                 Value::String(url) => (url.as_str(), None),
@@ -276,7 +276,7 @@ fn parse_content_part(part: &Value, path: &str) -> Result<Part, ConvertError> {
         "input_audio" => {
             let audio_path = join(path, "input_audio");
             let audio = field(part, "input_audio")
-                .ok_or_else(|| ConvertError::new(&audio_path, "is required"))?;
+                .ok_or_else(|| ConvertError::new(audio_path, "is required"))?;
             Ok(Part::Audio {
                 data: req_str(audio, "data", &audio_path)?.to_string(),
                 format: req_str(audio, "format", &audio_path)?.to_string(),
@@ -285,7 +285,7 @@ fn parse_content_part(part: &Value, path: &str) -> Result<Part, ConvertError> {
         "file" => {
             let file_path = join(path, "file");
             let file =
-                field(part, "file").ok_or_else(|| ConvertError::new(&file_path, "is required"))?;
+                field(part, "file").ok_or_else(|| ConvertError::new(file_path, "is required"))?;
             let source = if let Some(data) = opt_str(file, "file_data", &file_path)? {
                 match MediaSource::from_url(data) {
                     MediaSource::Url(_) => {
@@ -314,7 +314,7 @@ fn parse_content_part(part: &Value, path: &str) -> Result<Part, ConvertError> {
     }
 }
 
-fn parse_tool(tool: &Value, path: &str) -> Result<Option<ToolDefinition>, ConvertError> {
+fn parse_tool(tool: &Value, path: &FieldPath) -> Result<Option<ToolDefinition>, ConvertError> {
     object(tool, path)?;
     // Only function tools have an equivalent in every format; others are dropped.
     if opt_str(tool, "type", path)?.is_some_and(|tool_type| tool_type != "function") {
@@ -322,7 +322,7 @@ fn parse_tool(tool: &Value, path: &str) -> Result<Option<ToolDefinition>, Conver
     }
     let function_path = join(path, "function");
     let function =
-        field(tool, "function").ok_or_else(|| ConvertError::new(&function_path, "is required"))?;
+        field(tool, "function").ok_or_else(|| ConvertError::new(function_path, "is required"))?;
     Ok(Some(ToolDefinition {
         name: req_str(function, "name", &function_path)?.to_string(),
         description: opt_str(function, "description", &function_path)?.map(str::to_string),
@@ -365,7 +365,7 @@ fn parse_response_format(format: &Value) -> Result<ResponseFormat, ConvertError>
         "json_schema" => {
             let schema_path = join(path, "json_schema");
             let spec = field(format, "json_schema")
-                .ok_or_else(|| ConvertError::new(&schema_path, "is required"))?;
+                .ok_or_else(|| ConvertError::new(schema_path, "is required"))?;
             Ok(ResponseFormat::JsonSchema {
                 name: opt_str(spec, "name", &schema_path)?.map(str::to_string),
                 description: opt_str(spec, "description", &schema_path)?.map(str::to_string),
@@ -483,7 +483,7 @@ pub fn write_request<'request>(
     })
 }
 
-fn write_message(message: &Message, path: &str, out: &mut Vec<Value>) -> Result<(), ConvertError> {
+fn write_message(message: &Message, path: &FieldPath, out: &mut Vec<Value>) -> Result<(), ConvertError> {
     match message.role {
         Role::System | Role::Developer => {
             // System content is text only; one string is what every compatible server accepts.
@@ -586,19 +586,19 @@ fn normalized_arguments(arguments: &str) -> &str {
 }
 
 /// A single text part is written as a plain string, anything else as an array of parts.
-fn write_content(parts: &[Part], path: &str) -> Result<Value, ConvertError> {
+fn write_content(parts: &[Part], path: &FieldPath) -> Result<Value, ConvertError> {
     if let [Part::Text(text)] = parts {
         return Ok(text.text.clone().into());
     }
     let mut written = Vec::new();
     for (position, part) in parts.iter().enumerate() {
-        let part_path = index(&join(path, "content"), position);
+        let part_path = element(path, "content", position);
         let value = match part {
             Part::Text(text) => json!({"type": "text", "text": text.text}),
             Part::Image(media) => {
                 let url = media.source.to_url().ok_or_else(|| {
                     ConvertError::new(
-                        &part_path,
+                        part_path,
                         "this image source is not supported by openai chat",
                     )
                 })?;
@@ -693,7 +693,7 @@ pub fn parse_response(body: &Value) -> Result<Response, ConvertError> {
     let message =
         field(choice, "message").ok_or_else(|| ConvertError::new(message_path, "is required"))?;
     let mut call_names = HashMap::new();
-    let mut parts = parse_assistant(message, message_path, &mut call_names)?.parts;
+    let mut parts = parse_assistant(message, &message_path.as_field_path(), &mut call_names)?.parts;
     // Some compatible servers call the reasoning field `reasoning`.
     if let Some(reasoning) = opt_str(message, "reasoning", message_path)?
         && !reasoning.is_empty()

@@ -39,7 +39,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions,
 };
-use crate::protocol::json::{object_of, 
+use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str, string_or_parts,
 };
@@ -184,7 +184,7 @@ fn refuse_stored_state(body: &Value) -> Result<(), ConvertError> {
 /// calls and their results together.
 fn parse_input_item(
     item: &Value,
-    path: &str,
+    path: &FieldPath,
     call_names: &mut HashMap<String, String>,
     out: &mut Vec<Message>,
 ) -> Result<(), ConvertError> {
@@ -290,7 +290,7 @@ fn assistant_message(out: &mut Vec<Message>) -> &mut Message {
 
 fn parse_message_item(
     item: &Value,
-    path: &str,
+    path: &FieldPath,
     out: &mut Vec<Message>,
 ) -> Result<(), ConvertError> {
     let role = req_str(item, "role", path)?;
@@ -337,11 +337,11 @@ fn parse_message_item(
 }
 
 /// Reads `content`: a string, or an array of parts.
-fn parse_content(content: Option<&Value>, path: &str) -> Result<Vec<Part>, ConvertError> {
+fn parse_content(content: Option<&Value>, path: &FieldPath) -> Result<Vec<Part>, ConvertError> {
     string_or_parts(content, path, parse_content_part)
 }
 
-fn parse_content_part(part: &Value, path: &str) -> Result<Part, ConvertError> {
+fn parse_content_part(part: &Value, path: &FieldPath) -> Result<Part, ConvertError> {
     object(part, path)?;
     match req_str(part, "type", path)? {
         // `text` is not in the API reference, but several clients send it.
@@ -413,7 +413,7 @@ fn media_type_from_filename(filename: Option<&str>) -> &'static str {
 
 /// Reads a reasoning item (input or output): the summary texts, or the raw reasoning text when
 /// there is no summary, and the encrypted content as a Responses-bound signature.
-fn parse_reasoning_item(item: &Value, path: &str) -> Result<Option<Part>, ConvertError> {
+fn parse_reasoning_item(item: &Value, path: &FieldPath) -> Result<Option<Part>, ConvertError> {
     let mut texts = Vec::new();
     for key in ["summary", "content"] {
         for (position, entry) in opt_array(item, key, path)?
@@ -421,7 +421,7 @@ fn parse_reasoning_item(item: &Value, path: &str) -> Result<Option<Part>, Conver
             .flatten()
             .enumerate()
         {
-            let entry_path = index(&join(path, key), position);
+            let entry_path = element(path, key, position);
             if let Some(text) = opt_str(entry, "text", &entry_path)?
                 && !text.is_empty()
             {
@@ -448,7 +448,7 @@ fn parse_reasoning_item(item: &Value, path: &str) -> Result<Option<Part>, Conver
     })))
 }
 
-fn parse_tool(tool: &Value, path: &str) -> Result<Option<ToolDefinition>, ConvertError> {
+fn parse_tool(tool: &Value, path: &FieldPath) -> Result<Option<ToolDefinition>, ConvertError> {
     object(tool, path)?;
     match opt_str(tool, "type", path)? {
         None | Some("function") => {}
@@ -486,7 +486,7 @@ fn parse_tool(tool: &Value, path: &str) -> Result<Option<ToolDefinition>, Conver
 }
 
 fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, ConvertError> {
-    let path = "tool_choice";
+    let path = &"tool_choice".as_field_path();
     match choice {
         Value::String(mode) => tool_choice_mode(mode, path),
         Value::Object(_) => match req_str(choice, "type", path)? {
@@ -504,7 +504,7 @@ fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, ConvertError> {
     }
 }
 
-fn tool_choice_mode(mode: &str, path: &str) -> Result<ToolChoice, ConvertError> {
+fn tool_choice_mode(mode: &str, path: &FieldPath) -> Result<ToolChoice, ConvertError> {
     match mode {
         "auto" => Ok(ToolChoice::Auto),
         "none" => Ok(ToolChoice::None),
@@ -644,7 +644,7 @@ fn system_text(message: &Message) -> String {
 
 fn write_message(
     message: &Message,
-    path: &str,
+    path: &FieldPath,
     items: &mut Vec<Value>,
 ) -> Result<(), ConvertError> {
     match message.role {
@@ -676,7 +676,7 @@ fn write_message(
                 let Part::ToolResult(result) = part else {
                     continue;
                 };
-                let part_path = index(&join(path, "content"), position);
+                let part_path = element(path, "content", position);
                 items.push(json!({
                     "type": "function_call_output",
                     "call_id": result.call_id,
@@ -689,10 +689,10 @@ fn write_message(
 }
 
 /// User content as Responses input parts.
-fn input_parts(parts: &[Part], path: &str) -> Result<Vec<Value>, ConvertError> {
+fn input_parts(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, ConvertError> {
     let mut written = Vec::new();
     for (position, part) in parts.iter().enumerate() {
-        let part_path = index(&join(path, "content"), position);
+        let part_path = element(path, "content", position);
         let value = match part {
             Part::Text(text) if text.text.is_empty() => continue,
             Part::Text(text) => json!({"type": "input_text", "text": text.text}),
@@ -754,7 +754,7 @@ fn input_parts(parts: &[Part], path: &str) -> Result<Vec<Value>, ConvertError> {
 
 /// A tool result: a string, or input parts when it holds images or files. An error result gets
 /// an `Error: ` prefix, since Responses has no error flag.
-fn write_tool_output(result: &ToolResult, path: &str) -> Result<Value, ConvertError> {
+fn write_tool_output(result: &ToolResult, path: &FieldPath) -> Result<Value, ConvertError> {
     let has_media = result
         .content
         .iter()
@@ -936,7 +936,7 @@ pub fn parse_response(body: &Value) -> Result<Response, ConvertError> {
 }
 
 /// The parts of one output item; items of hosted tools give none.
-fn parse_output_item(item: &Value, path: &str) -> Result<Vec<Part>, ConvertError> {
+fn parse_output_item(item: &Value, path: &FieldPath) -> Result<Vec<Part>, ConvertError> {
     object(item, path)?;
     let mut parts = Vec::new();
     match opt_str(item, "type", path)?.unwrap_or_default() {
@@ -1295,7 +1295,7 @@ impl StreamDecoder {
         item: &Value,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), ConvertError> {
-        let path = "item";
+        let path = &"item".as_field_path();
         let decoded = match opt_str(item, "type", path)?.unwrap_or_default() {
             "function_call" => {
                 let index = self.next_tool_index;
@@ -1346,7 +1346,7 @@ impl StreamDecoder {
         if !self.items.contains_key(&output_index) {
             self.item_added(output_index, item, out)?;
         }
-        let path = "item";
+        let path = &"item".as_field_path();
         match self.items.get_mut(&output_index) {
             Some(DecodedItem::Message { emitted_text }) => {
                 if !*emitted_text {
