@@ -941,7 +941,7 @@ pub fn usage_value(usage: &Usage) -> Value {
 /// A `message` body, serialised straight from the IR's strings rather than built as a `Value`
 /// tree first (which cost more than reading the upstream's answer).
 #[derive(Serialize)]
-struct MessageOut<'response> {
+pub struct MessageOut<'response> {
     content: Vec<ContentBlockOut<'response>>,
     id: &'response str,
     model: &'response str,
@@ -984,7 +984,7 @@ enum ContentBlockOut<'response> {
 
 /// Writes a Messages response body for a client. Reasoning signed by another provider is written
 /// without its signature, since the client would send it back to us as if Anthropic had signed it.
-pub fn write_response(response: &Response, meta: &ResponseMeta) -> Vec<u8> {
+pub fn write_response<'response>(response: &'response Response, meta: &'response ResponseMeta) -> MessageOut<'response> {
     let mut content = Vec::new();
     for part in &response.parts {
         match part {
@@ -1025,7 +1025,8 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Vec<u8> {
             Part::Image(_) | Part::Document(_) | Part::Audio { .. } | Part::ToolResult(_) => {}
         }
     }
-    let body = MessageOut {
+    
+    MessageOut {
         content,
         id: if response.id.is_empty() { &meta.id } else { &response.id },
         model: if response.model.is_empty() { &meta.model } else { &response.model },
@@ -1034,8 +1035,7 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Vec<u8> {
         stop_sequence: None,
         kind: "message",
         usage: UsageOut::new(&response.usage.unwrap_or_default()),
-    };
-    serde_json::to_vec(&body).expect("a response body always serialises into memory")
+    }
 }
 
 /// What an upstream content block turns into.
@@ -1764,7 +1764,7 @@ mod signature_tests {
             created_unix: 0,
             custom_tools: Vec::new(),
         };
-        let written: serde_json::Value = serde_json::from_slice(&write_response(&response, &meta)).unwrap();
+        let written = serde_json::to_value(write_response(&response, &meta)).unwrap();
         assert_eq!(written["content"][0]["signature"], "");
         assert_eq!(written["id"], "msg_x");
     }

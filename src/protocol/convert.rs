@@ -431,21 +431,19 @@ fn parse_response(
     }
 }
 
-/// The client's response body as bytes. Writers that serialise typed bodies return bytes
-/// themselves; the others build a `Value`, serialised here.
+/// The client's response body as bytes.
 fn write_response(
     format: Format,
     response: &Response,
     meta: &ResponseMeta,
 ) -> Result<Vec<u8>, ConvertError> {
-    let written = match format {
-        Format::OpenaiChat => return Ok(openai_chat::write_response(response, meta)),
-        Format::OpenaiResponses => openai_responses::write_response(response, meta),
-        Format::Anthropic => return Ok(anthropic::write_response(response, meta)),
-        Format::Gemini => gemini::write_response(response, meta),
+    Ok(match format {
+        Format::OpenaiChat => body_bytes(&openai_chat::write_response(response, meta)),
+        Format::OpenaiResponses => body_bytes(&openai_responses::write_response(response, meta)),
+        Format::Anthropic => body_bytes(&anthropic::write_response(response, meta)),
+        Format::Gemini => body_bytes(&gemini::write_response(response, meta)),
         other => return Err(not_implemented(other)),
-    };
-    Ok(body_bytes(&written))
+    })
 }
 
 #[cfg(test)]

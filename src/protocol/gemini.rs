@@ -1431,39 +1431,83 @@ fn finish_reason_to_gemini(reason: FinishReason) -> &'static str {
     }
 }
 
-/// Gemini's `usageMetadata`: `candidatesTokenCount` excludes the thoughts.
+/// Gemini's `usageMetadata`: candidates exclude thoughts, and the thought and cached counts
+/// appear only when there are some. Fields are in alphabetical order, like every typed body
+/// written here: the order the sorted maps of `json!` used, so clients get the same bytes.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageOut {
+    #[serde(skip_serializing_if = "is_zero")]
+    cached_content_token_count: u64,
+    candidates_token_count: u64,
+    prompt_token_count: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    thoughts_token_count: u64,
+    total_token_count: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
+}
+
+impl UsageOut {
+    fn new(usage: &Usage) -> UsageOut {
+        UsageOut {
+            cached_content_token_count: usage.cached_tokens,
+            candidates_token_count: usage.output_tokens.saturating_sub(usage.reasoning_tokens),
+            prompt_token_count: usage.input_tokens,
+            thoughts_token_count: usage.reasoning_tokens,
+            total_token_count: usage.total_tokens(),
+        }
+    }
+}
+
+/// The `usageMetadata` object as a `Value`, for stream chunks built as values.
 pub fn usage_value(usage: &Usage) -> Value {
-    let mut value = json!({
-        "promptTokenCount": usage.input_tokens,
-        "candidatesTokenCount": usage.output_tokens.saturating_sub(usage.reasoning_tokens),
-        "totalTokenCount": usage.total_tokens(),
-    });
-    if usage.reasoning_tokens > 0 {
-        value["thoughtsTokenCount"] = usage.reasoning_tokens.into();
-    }
-    if usage.cached_tokens > 0 {
-        value["cachedContentTokenCount"] = usage.cached_tokens.into();
-    }
-    value
+    serde_json::to_value(UsageOut::new(usage)).expect("usage serialises")
+}
+
+/// A `generateContent` response body, serialised from the IR rather than built as a `Value`
+/// tree first; the parts are the history writer's values, moved in.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateResponseOut<'response> {
+    candidates: [CandidateOut; 1],
+    model_version: &'response str,
+    response_id: &'response str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_metadata: Option<UsageOut>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CandidateOut {
+    content: ContentOut,
+    finish_reason: &'static str,
+    index: u32,
+}
+
+#[derive(Serialize)]
+struct ContentOut {
+    parts: Vec<Value>,
+    role: &'static str,
 }
 
 /// Writes a `generateContent` response body for a Gemini client.
-pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
+pub fn write_response<'response>(response: &'response Response, meta: &'response ResponseMeta) -> GenerateResponseOut<'response> {
     // Writing for a client cannot fail: media parts in a response are inline or URLs.
     let parts = write_model_parts(&response.parts, &FieldPath::ROOT, Reader::Client).unwrap_or_default();
-    let mut body = json!({
-        "candidates": [{
-            "content": {"role": "model", "parts": parts},
-            "finishReason": finish_reason_to_gemini(response.finish_reason),
-            "index": 0,
+    
+    GenerateResponseOut {
+        candidates: [CandidateOut {
+            content: ContentOut { parts, role: "model" },
+            finish_reason: finish_reason_to_gemini(response.finish_reason),
+            index: 0,
         }],
-        "modelVersion": non_empty_or(&response.model, &meta.model),
-        "responseId": non_empty_or(&response.id, &meta.id),
-    });
-    if let Some(usage) = &response.usage {
-        body["usageMetadata"] = usage_value(usage);
+        model_version: non_empty_or(&response.model, &meta.model),
+        response_id: non_empty_or(&response.id, &meta.id),
+        usage_metadata: response.usage.as_ref().map(UsageOut::new),
     }
-    body
 }
 
 fn non_empty_or<'a>(value: &'a str, fallback: &'a str) -> &'a str {

@@ -780,7 +780,7 @@ impl UsageOut {
 /// `Value` tree first, then serialising and dropping the tree, cost more instructions than
 /// reading the upstream's answer.
 #[derive(Serialize)]
-struct CompletionOut<'response> {
+pub struct CompletionOut<'response> {
     choices: [CompletionChoiceOut<'response>; 1],
     created: i64,
     id: &'response str,
@@ -839,7 +839,7 @@ impl<'call> ToolCallOut<'call> {
 }
 
 /// Writes a Chat Completions response body for a client.
-pub fn write_response(response: &Response, meta: &ResponseMeta) -> Vec<u8> {
+pub fn write_response<'response>(response: &'response Response, meta: &'response ResponseMeta) -> CompletionOut<'response> {
     let text = join_text(&response.parts);
     let mut tool_calls = Vec::new();
     let mut refusal = String::new();
@@ -853,7 +853,8 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Vec<u8> {
         }
     }
     let content = if text.is_empty() && !tool_calls.is_empty() { None } else { Some(text) };
-    let body = CompletionOut {
+    
+    CompletionOut {
         choices: [CompletionChoiceOut {
             finish_reason: finish_reason_to_chat(response.finish_reason),
             index: 0,
@@ -871,8 +872,7 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Vec<u8> {
         model: non_empty_or(&response.model, &meta.model),
         object: "chat.completion",
         usage: response.usage.as_ref().map(UsageOut::new),
-    };
-    serde_json::to_vec(&body).expect("a response body always serialises into memory")
+    }
 }
 
 fn non_empty_or<'a>(value: &'a str, fallback: &'a str) -> &'a str {
