@@ -29,6 +29,7 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
@@ -1087,7 +1088,7 @@ fn is_custom_tool(meta_custom_tools: &[String], name: &str) -> bool {
 /// id names a response object, which an upstream message or completion id is not. Reasoning signed
 /// by another provider is written without its signature, since the client would hand it back to us
 /// as OpenAI's.
-pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
+pub fn write_response<'response>(response: &'response Response, meta: &'response ResponseMeta) -> ResponseOut<'response> {
     let id = meta.id.as_str();
     let mut output: Vec<Value> = Vec::new();
     let mut content: Vec<Value> = Vec::new();
@@ -1131,17 +1132,33 @@ pub fn write_response(response: &Response, meta: &ResponseMeta) -> Value {
     }
     flush(&mut content, &mut output);
     let (status, incomplete_details, error) = status_fields(response.finish_reason);
-    json!({
-        "id": id,
-        "object": "response",
-        "created_at": meta.created_unix,
-        "status": status,
-        "error": error,
-        "incomplete_details": incomplete_details,
-        "model": non_empty_or(&response.model, &meta.model),
-        "output": output,
-        "usage": response.usage.as_ref().map_or(Value::Null, usage_value),
-    })
+    ResponseOut {
+        created_at: meta.created_unix,
+        error,
+        id,
+        incomplete_details,
+        model: non_empty_or(&response.model, &meta.model),
+        object: "response",
+        output,
+        status,
+        usage: response.usage.as_ref().map(usage_value),
+    }
+}
+
+/// A `response` object. The output items are the values the stream encoder builds too, moved
+/// in: `json!` would have deep-copied them. Fields are in alphabetical order, the order the
+/// sorted maps of `json!` wrote them in, so clients get the same bytes as before.
+#[derive(Serialize)]
+pub struct ResponseOut<'response> {
+    created_at: i64,
+    error: Value,
+    id: &'response str,
+    incomplete_details: Value,
+    model: &'response str,
+    object: &'static str,
+    output: Vec<Value>,
+    status: &'static str,
+    usage: Option<Value>,
 }
 
 fn non_empty_or<'a>(value: &'a str, fallback: &'a str) -> &'a str {
@@ -2545,7 +2562,7 @@ mod body_tests {
             "openai-responses/reasoning-response.json",
         ] {
             let parsed = parse_response(&testkit::provider_json(name)).unwrap();
-            let written = write_response(&parsed, &meta());
+            let written = serde_json::to_value(write_response(&parsed, &meta())).unwrap();
             assert_eq!(written["id"], "resp_gateway", "{name}");
             assert_eq!(written["object"], "response");
             let mut read_back = parse_response(&written).unwrap();
