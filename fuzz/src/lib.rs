@@ -153,17 +153,26 @@ fn parse_request(
     }
 }
 
+/// A written body (the writers return typed bodies) as a `Value`; serialising one cannot fail.
+/// A macro because the fuzz crate does not name serde's `Serialize` trait.
+macro_rules! as_value {
+    ($body:expr) => {
+        serde_json::to_value($body).expect("a written body serialises")
+    };
+}
+
 fn write_request(
     format: Format,
     request: &octopus::protocol::ir::Request,
     options: &WriteOptions,
 ) -> Result<Value, octopus::protocol::ir::ConvertError> {
+    // The writers return typed bodies (Responses a `Value`); as values they read back the same way.
     match format {
-        Format::OpenaiChat => openai_chat::write_request(request, options),
+        Format::OpenaiChat => openai_chat::write_request(request, options).map(|body| as_value!(body)),
         Format::OpenaiResponses => openai_responses::write_request(request, options),
-        Format::Anthropic => anthropic::write_request(request, options),
-        Format::Gemini => gemini::write_request(request, options),
-        Format::Antigravity => antigravity::write_request(request, options),
+        Format::Anthropic => anthropic::write_request(request, options).map(|body| as_value!(body)),
+        Format::Gemini => gemini::write_request(request, options).map(|body| as_value!(body)),
+        Format::Antigravity => antigravity::write_request(request, options).map(|body| as_value!(body)),
     }
 }
 
@@ -182,10 +191,10 @@ fn parse_response(
 
 fn write_response(format: Format, response: &octopus::protocol::ir::Response) -> Option<Value> {
     match format {
-        Format::OpenaiChat => Some(openai_chat::write_response(response, &meta())),
-        Format::OpenaiResponses => Some(openai_responses::write_response(response, &meta())),
-        Format::Anthropic => Some(anthropic::write_response(response, &meta())),
-        Format::Gemini => Some(gemini::write_response(response, &meta())),
+        Format::OpenaiChat => Some(as_value!(openai_chat::write_response(response, &meta()))),
+        Format::OpenaiResponses => Some(as_value!(openai_responses::write_response(response, &meta()))),
+        Format::Anthropic => Some(as_value!(anthropic::write_response(response, &meta()))),
+        Format::Gemini => Some(as_value!(gemini::write_response(response, &meta()))),
         Format::Antigravity => None,
     }
 }
