@@ -542,39 +542,42 @@ fn named(mut message: Value, source: &Message) -> Value {
     message
 }
 
+/// The assistant's turn as Chat writes it, in history and in a response alike: its text (None,
+/// written as null, when there is none beside tool calls), its tool calls and its refusal text.
+struct AssistantTurn<'parts> {
+    content: Option<String>,
+    tool_calls: Vec<ToolCallOut<'parts>>,
+    refusal: String,
+}
+
+fn assistant_turn(parts: &[Part]) -> AssistantTurn<'_> {
+    let mut tool_calls = Vec::new();
+    let mut refusal = String::new();
+    for part in parts {
+        match part {
+            Part::ToolCall(call) => tool_calls.push(ToolCallOut::new(call)),
+            Part::Refusal(text) => refusal.push_str(text),
+            _ => {}
+        }
+    }
+    let text = join_text(parts);
+    let content = if text.is_empty() && !tool_calls.is_empty() { None } else { Some(text) };
+    AssistantTurn { content, tool_calls, refusal }
+}
+
+/// An assistant message of the conversation history: `refusal` and `tool_calls` only when there
+/// are some.
 fn write_assistant(parts: &[Part]) -> Value {
+    let turn = assistant_turn(parts);
     let mut message = Map::new();
     message.insert("role".into(), "assistant".into());
-    let text = join_text(parts);
-    let tool_calls: Vec<Value> = parts
-        .iter()
-        .filter_map(|part| match part {
-            Part::ToolCall(call) => Some(json!({
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": normalized_arguments(&call.arguments)},
-            })),
-            _ => None,
-        })
-        .collect();
-    let refusal: String = parts
-        .iter()
-        .filter_map(|part| match part {
-            Part::Refusal(refusal) => Some(refusal.as_str()),
-            _ => None,
-        })
-        .collect();
-    let content = if text.is_empty() && !tool_calls.is_empty() {
-        Value::Null
-    } else {
-        text.into()
-    };
-    message.insert("content".into(), content);
-    if !refusal.is_empty() {
-        message.insert("refusal".into(), refusal.into());
+    message.insert("content".into(), turn.content.map_or(Value::Null, Value::from));
+    if !turn.refusal.is_empty() {
+        message.insert("refusal".into(), turn.refusal.into());
     }
-    if !tool_calls.is_empty() {
-        message.insert("tool_calls".into(), tool_calls.into());
+    if !turn.tool_calls.is_empty() {
+        let tool_calls = serde_json::to_value(&turn.tool_calls).expect("tool calls serialise");
+        message.insert("tool_calls".into(), tool_calls);
     }
     Value::Object(message)
 }
@@ -840,31 +843,26 @@ impl<'call> ToolCallOut<'call> {
 
 /// Writes a Chat Completions response body for a client.
 pub fn write_response<'response>(response: &'response Response, meta: &'response ResponseMeta) -> CompletionOut<'response> {
-    let text = join_text(&response.parts);
-    let mut tool_calls = Vec::new();
-    let mut refusal = String::new();
-    let mut reasoning = String::new();
-    for part in &response.parts {
-        match part {
-            Part::ToolCall(call) => tool_calls.push(ToolCallOut::new(call)),
-            Part::Refusal(text) => refusal.push_str(text),
-            Part::Reasoning(part) => reasoning.push_str(&part.text),
-            _ => {}
-        }
-    }
-    let content = if text.is_empty() && !tool_calls.is_empty() { None } else { Some(text) };
-    
+    let turn = assistant_turn(&response.parts);
+    let reasoning: String = response
+        .parts
+        .iter()
+        .filter_map(|part| match part {
+            Part::Reasoning(reasoning) => Some(reasoning.text.as_str()),
+            _ => None,
+        })
+        .collect();
     CompletionOut {
         choices: [CompletionChoiceOut {
             finish_reason: finish_reason_to_chat(response.finish_reason),
             index: 0,
             logprobs: None,
             message: AssistantMessageOut {
-                content,
+                content: turn.content,
                 reasoning_content: Some(reasoning).filter(|text| !text.is_empty()),
-                refusal: Some(refusal).filter(|text| !text.is_empty()),
+                refusal: Some(turn.refusal).filter(|text| !text.is_empty()),
                 role: "assistant",
-                tool_calls,
+                tool_calls: turn.tool_calls,
             },
         }],
         created: meta.created_unix,
