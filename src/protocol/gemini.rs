@@ -672,7 +672,7 @@ pub struct GenerateRequestOut<'request> {
     tools: Option<[ToolsOut<'request>; 1]>,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct GenerationConfigOut<'request> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -704,20 +704,9 @@ struct GenerationConfigOut<'request> {
 }
 
 impl GenerationConfigOut<'_> {
+    /// Nothing set: the body then leaves `generationConfig` out.
     fn is_empty(&self) -> bool {
-        self.candidate_count.is_none()
-            && self.frequency_penalty.is_none()
-            && self.max_output_tokens.is_none()
-            && self.presence_penalty.is_none()
-            && self.response_json_schema.is_none()
-            && self.response_mime_type.is_none()
-            && self.response_schema.is_none()
-            && self.seed.is_none()
-            && self.stop_sequences.is_empty()
-            && self.temperature.is_none()
-            && self.thinking_config.is_none()
-            && self.top_k.is_none()
-            && self.top_p.is_none()
+        *self == GenerationConfigOut::default()
     }
 }
 
