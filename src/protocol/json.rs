@@ -42,12 +42,6 @@ impl<'a> FieldPath<'a> {
         depth: 0,
     };
 
-    /// `self[position]`, keeping the segments' own lifetime (the free functions below borrow
-    /// the path they extend).
-    pub fn at(self, position: usize) -> FieldPath<'a> {
-        self.with(Segment::Index(position))
-    }
-
     fn with(&self, segment: Segment<'a>) -> FieldPath<'a> {
         let mut longer = *self;
         if longer.depth < MAX_PATH_SEGMENTS {
@@ -275,11 +269,10 @@ mod tests {
 
     #[test]
     fn a_path_deeper_than_its_segments_ends_in_an_ellipsis() {
-        let mut path = index("input", 0);
-        for depth in 0..10 {
-            path = path.at(depth);
+        fn nested(path: &FieldPath, depth: usize, levels: usize) -> String {
+            if depth == levels { path.to_string() } else { nested(&index(path, depth), depth + 1, levels) }
         }
-        assert_eq!(path.to_string(), "input[0][0][1][2][3][4][5]…");
+        assert_eq!(nested(&index("input", 0), 0, 10), "input[0][0][1][2][3][4][5]…");
     }
 
     #[test]
