@@ -109,14 +109,20 @@ pub fn request_round_trip(client: Format, data: &[u8]) {
                 Err("refused".to_string())
             }
         };
+        let parse = || &body;
         let _ = convert::convert_request_with_media(
             client,
             upstream,
-            &body,
+            convert::ClientBody::Bytes { bytes: data, parse: &parse },
             &context(false),
             &mut fetch,
             true,
         );
+    }
+    // The typed reader may leave a body to the `Value` reader, but where it reads one it must
+    // read it exactly as the `Value` reader does.
+    if let Some(typed) = octopus::protocol::typed_read::read_request(client, data) {
+        assert_eq!(parse_request(client, &body).ok(), Some(typed), "the typed reader and the Value reader disagree");
     }
     let Ok(request) = parse_request(client, &body) else {
         return;

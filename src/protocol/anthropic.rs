@@ -42,7 +42,7 @@ use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_value};
 const MIN_THINKING_BUDGET: u64 = 1024;
 
 /// How the system block begins that Claude Code adds for Anthropic's billing.
-const CLAUDE_CODE_BILLING_LINE: &str = "x-anthropic-billing-header:";
+pub(crate) const CLAUDE_CODE_BILLING_LINE: &str = "x-anthropic-billing-header:";
 
 /// Image types the Messages API accepts.
 const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
@@ -121,22 +121,7 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
         }
     }
     if let Some(choice) = field(body, "tool_choice") {
-        let path = "tool_choice";
-        request.tool_choice = Some(match req_str(choice, "type", path)? {
-            "auto" => ToolChoice::Auto,
-            "any" => ToolChoice::Required,
-            "none" => ToolChoice::None,
-            "tool" => ToolChoice::Named(req_str(choice, "name", path)?.to_string()),
-            other => {
-                return Err(ConvertError::new(
-                    join(path, "type"),
-                    format!("unknown type {other:?}"),
-                ));
-            }
-        });
-        if opt_bool(choice, "disable_parallel_tool_use", path)? == Some(true) {
-            request.parallel_tool_calls = Some(false);
-        }
+        parse_tool_choice(choice, &mut request)?;
     }
     if let Some(stop) = opt_array(body, "stop_sequences", "")? {
         for (position, sequence) in stop.iter().enumerate() {
@@ -146,20 +131,8 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
             request.stop.push(sequence.to_string());
         }
     }
-    request.reasoning = parse_thinking(body)?;
-    if let Some(format) = field(body, "output_config").and_then(|config| field(config, "format")) {
-        let path = "output_config.format";
-        if req_str(format, "type", path)? == "json_schema" {
-            request.response_format = Some(ResponseFormat::JsonSchema {
-                name: None,
-                description: None,
-                schema: field(format, "schema")
-                    .cloned()
-                    .unwrap_or_else(|| json!({})),
-                strict: None,
-            });
-        }
-    }
+    request.reasoning = parse_thinking(field(body, "thinking"), field(body, "output_config"))?;
+    request.response_format = parse_output_format(field(body, "output_config"))?;
     if let Some(metadata) = field(body, "metadata") {
         request.user = opt_str(metadata, "user_id", "metadata")?.map(str::to_string);
     }
@@ -179,8 +152,52 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
     Ok(request)
 }
 
-fn parse_thinking(body: &Value) -> Result<Option<ReasoningConfig>, ConvertError> {
-    let Some(thinking) = field(body, "thinking") else {
+/// Reads `tool_choice` into the request: the choice, and `disable_parallel_tool_use`.
+pub(crate) fn parse_tool_choice(choice: &Value, request: &mut Request) -> Result<(), ConvertError> {
+    let path = "tool_choice";
+    request.tool_choice = Some(match req_str(choice, "type", path)? {
+        "auto" => ToolChoice::Auto,
+        "any" => ToolChoice::Required,
+        "none" => ToolChoice::None,
+        "tool" => ToolChoice::Named(req_str(choice, "name", path)?.to_string()),
+        other => {
+            return Err(ConvertError::new(
+                join(path, "type"),
+                format!("unknown type {other:?}"),
+            ));
+        }
+    });
+    if opt_bool(choice, "disable_parallel_tool_use", path)? == Some(true) {
+        request.parallel_tool_calls = Some(false);
+    }
+    Ok(())
+}
+
+/// Reads `output_config.format`: a JSON schema the answer must follow.
+pub(crate) fn parse_output_format(output_config: Option<&Value>) -> Result<Option<ResponseFormat>, ConvertError> {
+    let Some(format) = output_config.and_then(|config| field(config, "format")) else {
+        return Ok(None);
+    };
+    let path = "output_config.format";
+    if req_str(format, "type", path)? != "json_schema" {
+        return Ok(None);
+    }
+    Ok(Some(ResponseFormat::JsonSchema {
+        name: None,
+        description: None,
+        schema: field(format, "schema")
+            .cloned()
+            .unwrap_or_else(|| json!({})),
+        strict: None,
+    }))
+}
+
+/// Reads `thinking`, with the effort of adaptive thinking from `output_config`.
+pub(crate) fn parse_thinking(
+    thinking: Option<&Value>,
+    output_config: Option<&Value>,
+) -> Result<Option<ReasoningConfig>, ConvertError> {
+    let Some(thinking) = thinking else {
         return Ok(None);
     };
     let path = "thinking";
@@ -195,7 +212,7 @@ fn parse_thinking(body: &Value) -> Result<Option<ReasoningConfig>, ConvertError>
             ..ReasoningConfig::default()
         },
         "adaptive" => {
-            let effort = match field(body, "output_config") {
+            let effort = match output_config {
                 Some(config) => opt_str(config, "effort", "output_config")?,
                 None => None,
             };
@@ -462,7 +479,7 @@ fn parse_assistant_block(block: &Value, path: &FieldPath) -> Result<Option<Part>
     Ok(Some(part))
 }
 
-fn anthropic_signature(value: Option<&str>) -> Option<Signature> {
+pub(crate) fn anthropic_signature(value: Option<&str>) -> Option<Signature> {
     value
         .filter(|value| !value.is_empty())
         .map(|value| Signature {

@@ -11,7 +11,7 @@ use crate::protocol::ir::{
     ConvertError, Media, MediaSource, Part, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
 };
 use crate::protocol::sse::SseEvent;
-use crate::protocol::{anthropic, antigravity, custom_tools, gemini, openai_chat, openai_responses};
+use crate::protocol::{anthropic, antigravity, custom_tools, gemini, openai_chat, openai_responses, typed_read};
 
 /// What a conversion needs to know besides the bodies. Ids and times come from the caller, which
 /// keeps conversion free of clocks and randomness.
@@ -94,7 +94,27 @@ pub fn convert_request(
         }
         return Ok(serde_json::to_vec(&body).expect("a JSON value always serialises into memory"));
     }
-    convert_request_with_media(client, upstream, body, context, &mut |_| Err(String::new()), false)
+    convert_request_with_media(client, upstream, ClientBody::Parsed(body), context, &mut |_| Err(String::new()), false)
+}
+
+/// A client's request body as the relay holds it: parsed as JSON, or the bytes the client sent
+/// (while nothing has edited them) with the function that parses them, which only runs when
+/// something needs the `Value`. Converting from the bytes skips the `Value` tree for the formats
+/// `typed_read` handles.
+#[derive(Clone, Copy)]
+pub enum ClientBody<'body> {
+    Parsed(&'body Value),
+    Bytes { bytes: &'body [u8], parse: &'body dyn Fn() -> &'body Value },
+}
+
+impl<'body> ClientBody<'body> {
+    /// The body as JSON, parsed now if it was not yet.
+    pub fn value(&self) -> &'body Value {
+        match self {
+            ClientBody::Parsed(body) => body,
+            ClientBody::Bytes { parse, .. } => parse(),
+        }
+    }
 }
 
 /// Fetches the bytes behind an image URL as `(media type, base64 data)`. The relay injects it, so
@@ -113,15 +133,22 @@ pub fn needs_inline_images(upstream: Format) -> bool {
 pub fn convert_request_with_media(
     client: Format,
     upstream: Format,
-    body: &Value,
+    body: ClientBody,
     context: &ConvertContext,
     fetch: &mut MediaFetcher,
     inline_images: bool,
 ) -> Result<Vec<u8>, ConvertError> {
     if client == upstream {
-        return convert_request(client, upstream, body, context);
+        return convert_request(client, upstream, body.value(), context);
     }
-    let mut request = parse_request(client, body)?;
+    let typed = match body {
+        ClientBody::Bytes { bytes, .. } => typed_read::read_request(client, bytes),
+        ClientBody::Parsed(_) => None,
+    };
+    let mut request = match typed {
+        Some(request) => request,
+        None => parse_request(client, body.value())?,
+    };
     if inline_images {
         inline_image_urls(&mut request, fetch)?;
     }
@@ -468,13 +495,13 @@ mod tests {
 
     use crate::protocol::Format;
     use crate::protocol::convert::{
-        ConvertContext, StreamTranscoder, client_wants_stream_usage, convert_request,
-        convert_response,
+        ClientBody, ConvertContext, StreamTranscoder, client_wants_stream_usage, convert_request,
+        convert_request_with_media, convert_response, parse_request,
     };
     use crate::protocol::ir::{Part, ReasoningEffort, Request, Role, WriteOptions};
     use crate::protocol::sse::{SseEvent, SseParser, encode_event};
     use crate::protocol::testkit;
-    use crate::protocol::{anthropic, gemini, openai_chat, openai_responses};
+    use crate::protocol::{anthropic, gemini, openai_chat, openai_responses, typed_read};
 
     fn testdata_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocol/testdata")
@@ -587,7 +614,19 @@ mod tests {
                 if let Some(Value::String(model)) = upstream_model {
                     context.upstream_model = model;
                 }
-                match convert_request(from, to, &body, &context) {
+                // From the bytes, as the relay converts: the typed reader where it can, the
+                // `Value` reader for the rest and for every error.
+                let bytes = serde_json::to_vec(&body).expect("serialises");
+                let parse = || &body;
+                let converted = convert_request_with_media(
+                    from,
+                    to,
+                    ClientBody::Bytes { bytes: &bytes, parse: &parse },
+                    &context,
+                    &mut |_| Err(String::new()),
+                    false,
+                );
+                match converted {
                     Ok(bytes) => serde_json::from_slice(&bytes).expect("written request is JSON"),
                     Err(error) => error_output(error),
                 }
@@ -1175,6 +1214,45 @@ mod tests {
                 Part::ToolResult(result) => with_media_defaults(&mut result.content),
                 _ => {}
             }
+        }
+    }
+
+    /// Wherever a typed reader reads a request fixture, it reads it as the format's `Value` reader
+    /// does; and it reads most of them, so the relay's fast path is the one the fixtures pin.
+    #[test]
+    fn typed_readers_read_requests_as_the_value_readers_do() {
+        for (prefix, format) in [("request_chat_to_", Format::OpenaiChat), ("request_anthropic_to_", Format::Anthropic)] {
+            let mut lanes: Vec<String> = std::fs::read_dir(testdata_dir())
+                .expect("testdata")
+                .filter_map(|entry| entry.ok()?.file_name().to_str().map(str::to_string))
+                .filter(|lane| lane.starts_with(prefix))
+                .collect();
+            lanes.sort();
+            let (mut typed_cases, mut value_cases) = (0, Vec::new());
+            for lane in &lanes {
+                for case in cases(lane) {
+                    let body = resolve_input(read_json(&testdata_dir().join(lane).join(format!("{case}.in.json"))));
+                    let bytes = serde_json::to_vec(&body).expect("serialises");
+                    let by_value = parse_request(format, &body);
+                    match typed_read::read_request(format, &bytes) {
+                        Some(typed) => {
+                            assert_eq!(by_value, Ok(typed), "{lane}/{case}");
+                            typed_cases += 1;
+                        }
+                        None => {
+                            let outcome = by_value.map_or_else(|error| error.to_string(), |_| "read".to_string());
+                            value_cases.push(format!("{lane}/{case}: {outcome}"));
+                        }
+                    }
+                }
+            }
+            // The cases left to the `Value` reader are its errors and the blocks the typed reader
+            // does not model; they must stay the few.
+            assert!(
+                typed_cases >= 4 * value_cases.len(),
+                "{format:?}: {typed_cases} cases read typed, {} left to the Value reader: {value_cases:#?}",
+                value_cases.len()
+            );
         }
     }
 

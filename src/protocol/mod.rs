@@ -18,6 +18,7 @@ pub mod openai_chat;
 pub mod openai_responses;
 pub mod raw_json;
 pub mod sse;
+pub mod typed_read;
 pub mod stream_end;
 pub mod usage;
 

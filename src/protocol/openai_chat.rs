@@ -73,20 +73,7 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
     request.presence_penalty = opt_f64(body, "presence_penalty", "")?;
     request.frequency_penalty = opt_f64(body, "frequency_penalty", "")?;
     request.n = opt_u64(body, "n", "")?;
-    request.stop = match field(body, "stop") {
-        None => Vec::new(),
-        Some(Value::String(stop)) => vec![stop.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(position, item)| {
-                item.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ConvertError::new(index("stop", position), "expected a string"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ConvertError::new("stop", "expected a string or an array")),
-    };
+    request.stop = parse_stop(field(body, "stop"))?;
     if let Some(effort) = opt_str(body, "reasoning_effort", "")? {
         let effort = ReasoningEffort::from_name(effort)
             .ok_or_else(|| ConvertError::new("reasoning_effort", "unknown effort"))?;
@@ -333,7 +320,25 @@ fn parse_tool(tool: &Value, path: &FieldPath) -> Result<Option<ToolDefinition>, 
     }))
 }
 
-fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, ConvertError> {
+/// Reads `stop`: one string or an array of them.
+pub(crate) fn parse_stop(stop: Option<&Value>) -> Result<Vec<String>, ConvertError> {
+    match stop {
+        None => Ok(Vec::new()),
+        Some(Value::String(stop)) => Ok(vec![stop.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(position, item)| {
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ConvertError::new(index("stop", position), "expected a string"))
+            })
+            .collect(),
+        Some(_) => Err(ConvertError::new("stop", "expected a string or an array")),
+    }
+}
+
+pub(crate) fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, ConvertError> {
     match choice {
         Value::String(mode) => match mode.as_str() {
             "auto" => Ok(ToolChoice::Auto),
@@ -357,7 +362,7 @@ fn parse_tool_choice(choice: &Value) -> Result<ToolChoice, ConvertError> {
     }
 }
 
-fn parse_response_format(format: &Value) -> Result<ResponseFormat, ConvertError> {
+pub(crate) fn parse_response_format(format: &Value) -> Result<ResponseFormat, ConvertError> {
     let path = "response_format";
     match req_str(format, "type", path)? {
         "text" => Ok(ResponseFormat::Text),

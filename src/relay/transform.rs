@@ -3,7 +3,7 @@
 
 use crate::protocol::Format;
 use crate::relay::error::RelayError;
-use crate::protocol::convert::{convert_request_with_media, needs_inline_images, ConvertContext};
+use crate::protocol::convert::{convert_request_with_media, needs_inline_images, ClientBody, ConvertContext};
 use crate::relay::media_fetch::ImageFetcher;
 use crate::relay::inbound::InboundCall;
 use crate::relay::outbound::pass_through_body;
@@ -48,7 +48,12 @@ pub fn prepare_request(
         let strip_usage_chunk = client == Format::OpenaiChat && call.stream && !client_wants_usage;
         return Ok((bytes, Transform::PassThrough { format: client, strip_usage_chunk }));
     }
-    let bytes = convert_request_with_media(client, upstream, call.body(), context, &mut |url| images.fetch(url), needs_inline_images(upstream))
+    let parse = || call.body();
+    let body = match call.raw_body() {
+        Some(bytes) => ClientBody::Bytes { bytes, parse: &parse },
+        None => ClientBody::Parsed(call.body()),
+    };
+    let bytes = convert_request_with_media(client, upstream, body, context, &mut |url| images.fetch(url), needs_inline_images(upstream))
         .map_err(|error| RelayError::InvalidRequest(error.to_string()))?;
     Ok((bytes, Transform::Convert { client, upstream }))
 }

@@ -1,0 +1,209 @@
+//! Reading request bodies straight from their bytes into the IR, without a `serde_json::Value`
+//! tree in between: the fast path of the converted lanes.
+//!
+//! Building a `Value` tree of the client's body, walking it into the IR and dropping it was the
+//! largest cost of a converted request (about a fifth of its instructions). The readers here
+//! deserialise borrowing structs shaped like the format and build the IR from them.
+//!
+//! The contract that keeps them safe: a typed reader returns `None` for any body it does not
+//! model exactly (a missing required member, a member of an unexpected type, a value it does not
+//! know), and the format's `Value` reader then reads the body and names the problem. So the typed
+//! readers never decide an error, and wherever they return `Some` their IR must equal the
+//! `Value` reader's. The tests below check that on every request fixture, and the request fuzz
+//! targets (`fuzz/src/lib.rs`, `request_round_trip`) on arbitrary bodies.
+//!
+//! With debug logging on, the typed readers step aside: the `Value` readers log each member they
+//! drop, and keeping that in one place is worth more than speed while debugging.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::protocol::Format;
+use crate::protocol::ir::Request;
+
+pub mod anthropic;
+pub mod openai_chat;
+
+/// Reads a request of `format` from its bytes, or `None` when the `Value` reader must.
+pub fn read_request(format: Format, body: &[u8]) -> Option<Request> {
+    if log::log_enabled!(log::Level::Debug) {
+        return None;
+    }
+    match format {
+        Format::OpenaiChat => openai_chat::read_request(body),
+        Format::Anthropic => anthropic::read_request(body),
+        _ => None,
+    }
+}
+
+/// A member that is either a string or an array of `Item`s (message content in most formats).
+pub(super) enum TextOrList<Item> {
+    Text(String),
+    List(Vec<Item>),
+}
+
+impl<'de, Item: Deserialize<'de>> Deserialize<'de> for TextOrList<Item> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextOrListVisitor<Item>(PhantomData<Item>);
+
+        impl<'de, Item: Deserialize<'de>> Visitor<'de> for TextOrListVisitor<Item> {
+            type Value = TextOrList<Item>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a string or an array")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(TextOrList::Text(text.to_string()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(TextOrList::Text(text))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+                let mut list = Vec::with_capacity(items.size_hint().unwrap_or(0));
+                while let Some(item) = items.next_element()? {
+                    list.push(item);
+                }
+                Ok(TextOrList::List(list))
+            }
+        }
+
+        deserializer.deserialize_any(TextOrListVisitor(PhantomData))
+    }
+}
+
+/// A member that is either a string or an object (Chat's `image_url`, sent both ways).
+pub(super) enum TextOrObject<'a, Object> {
+    Text(Cow<'a, str>),
+    Object(Object),
+}
+
+impl<'de: 'a, 'a, Object: Deserialize<'de>> Deserialize<'de> for TextOrObject<'a, Object> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextOrObjectVisitor<'a, Object>(PhantomData<(&'a (), Object)>);
+
+        impl<'de: 'a, 'a, Object: Deserialize<'de>> Visitor<'de> for TextOrObjectVisitor<'a, Object> {
+            type Value = TextOrObject<'a, Object>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a string or an object")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(TextOrObject::Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(TextOrObject::Text(Cow::Owned(text.to_string())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(TextOrObject::Text(Cow::Owned(text)))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, members: A) -> Result<Self::Value, A::Error> {
+                Object::deserialize(MapAccessDeserializer::new(members)).map(TextOrObject::Object)
+            }
+        }
+
+        deserializer.deserialize_any(TextOrObjectVisitor(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use crate::protocol::ir::Part;
+    use crate::protocol::typed_read::read_request;
+    use crate::protocol::{Format, anthropic, openai_chat};
+
+    fn by_value(format: Format, body: &Value) -> crate::protocol::ir::Request {
+        match format {
+            Format::OpenaiChat => openai_chat::parse_request(body),
+            _ => anthropic::parse_request(body),
+        }
+        .expect("the Value reader reads it")
+    }
+
+    #[test]
+    fn escaped_and_plain_strings_read_alike() {
+        let body = json!({
+            "model": "m\u{e9}",
+            "messages": [
+                {"role": "system", "content": "line one\nline \"two\" \u{1F600}"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "tab\there"},
+                    {"type": "image_url", "image_url": "data:image/png;base64,iVBORw0KGgo="},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a\u{2028}b.png", "detail": "low"}}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"b": 1, "a": [2]}}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "done"}
+            ],
+            "stop": ["\n\n"],
+            "reasoning_effort": "low"
+        });
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let typed = read_request(Format::OpenaiChat, &bytes).expect("read typed");
+        assert_eq!(typed, by_value(Format::OpenaiChat, &body));
+        assert!(
+            matches!(&typed.messages[3].parts[..], [Part::ToolResult(result)] if result.name.as_deref() == Some("f")),
+            "the tool result names the function of its call: {:?}",
+            typed.messages[3]
+        );
+    }
+
+    #[test]
+    fn bodies_it_does_not_model_are_left_to_the_value_reader() {
+        let left = [
+            (Format::OpenaiChat, r#"{"messages": [{"role": "user", "content": 5}]}"#),
+            (Format::OpenaiChat, r#"{"messages": [{"role": "wizard", "content": "hi"}]}"#),
+            (Format::OpenaiChat, r#"{"model": "a", "model": "b", "messages": []}"#),
+            (Format::OpenaiChat, r#"{"messages": [], "reasoning_effort": "enormous"}"#),
+            (Format::OpenaiChat, r#"{"model": "m"}"#),
+            (Format::OpenaiChat, r#"["not", "an", "object"]"#),
+            (Format::Anthropic, r#"{"messages": [{"role": "user", "content": [{"type": "search_result", "title": "t", "source": "s", "content": []}]}]}"#),
+            (Format::Anthropic, r#"{"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "content", "content": []}}]}]}"#),
+            (Format::Anthropic, r#"{"messages": [], "tool_choice": {"type": "sometimes"}}"#),
+        ];
+        for (format, body) in left {
+            assert_eq!(read_request(format, body.as_bytes()), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn anthropic_string_content_and_tool_results_read_alike() {
+        let body = json!({
+            "model": "claude",
+            "max_tokens": 100,
+            "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=1"}, {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": ""},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": "sig"},
+                    {"type": "redacted_thinking", "data": "opaque"},
+                    {"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {}},
+                    {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"z": 1, "a": 2}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "ok"}], "is_error": true},
+                    {"type": "text", "text": "next"}
+                ]}
+            ],
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "metadata": {"user_id": "u1"}
+        });
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let typed = read_request(Format::Anthropic, &bytes).expect("read typed");
+        assert_eq!(typed, by_value(Format::Anthropic, &body));
+    }
+}

@@ -1,0 +1,262 @@
+//! Reads an OpenAI Chat Completions request from its bytes into the IR (see `typed_read`); the
+//! rules are `openai_chat::parse_request`'s.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::protocol::ir::{
+    Media, MediaSource, Message, Part, Reasoning, ReasoningConfig, ReasoningEffort, Request, Role,
+    TextPart, ToolCall, ToolDefinition, ToolResult,
+};
+use crate::protocol::openai_chat::{parse_response_format, parse_stop, parse_tool_choice};
+use crate::protocol::typed_read::{TextOrList, TextOrObject};
+
+#[derive(Deserialize)]
+struct RequestIn<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    messages: Option<Vec<MessageIn<'a>>>,
+    #[serde(borrow)]
+    tools: Option<Vec<ToolIn<'a>>>,
+    // The members below are small and rare; they are read as `Value`s by the `Value` reader's
+    // own functions.
+    tool_choice: Option<Value>,
+    stop: Option<Value>,
+    response_format: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+    max_completion_tokens: Option<u64>,
+    max_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<i64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    n: Option<u64>,
+    #[serde(borrow)]
+    reasoning_effort: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptionsIn>,
+    verbosity: Option<String>,
+    user: Option<String>,
+    safety_identifier: Option<String>,
+    metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptionsIn {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct MessageIn<'a> {
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<TextOrList<PartIn<'a>>>,
+    name: Option<String>,
+    tool_call_id: Option<String>,
+    reasoning_content: Option<String>,
+    refusal: Option<String>,
+    tool_calls: Option<Vec<ToolCallIn>>,
+}
+
+#[derive(Deserialize)]
+struct PartIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    text: Option<String>,
+    cache_control: Option<Value>,
+    refusal: Option<String>,
+    #[serde(borrow)]
+    image_url: Option<TextOrObject<'a, ImageUrlIn<'a>>>,
+    input_audio: Option<AudioIn>,
+    #[serde(borrow)]
+    file: Option<FileIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ImageUrlIn<'a> {
+    #[serde(borrow)]
+    url: Option<Cow<'a, str>>,
+    detail: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AudioIn {
+    data: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FileIn<'a> {
+    #[serde(borrow)]
+    file_data: Option<Cow<'a, str>>,
+    file_id: Option<String>,
+    filename: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallIn {
+    id: Option<String>,
+    function: Option<FunctionCallIn>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCallIn {
+    name: Option<String>,
+    arguments: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ToolIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    function: Option<FunctionIn>,
+}
+
+#[derive(Deserialize)]
+struct FunctionIn {
+    name: Option<String>,
+    description: Option<String>,
+    parameters: Option<Value>,
+    strict: Option<bool>,
+}
+
+/// Reads a Chat Completions request, or `None` when `openai_chat::parse_request` must.
+pub fn read_request(body: &[u8]) -> Option<Request> {
+    let body: RequestIn = serde_json::from_slice(body).ok()?;
+    let mut request = Request {
+        model: body.model.map(Cow::into_owned).unwrap_or_default(),
+        ..Request::default()
+    };
+    // Tool messages do not repeat the tool's name, but Gemini needs it, so it is looked up here.
+    let mut call_names: HashMap<String, String> = HashMap::new();
+    for message in body.messages? {
+        request.messages.push(read_message(message, &mut call_names)?);
+    }
+    for tool in body.tools.into_iter().flatten() {
+        if tool.kind.as_deref().is_some_and(|kind| kind != "function") {
+            continue;
+        }
+        let function = tool.function?;
+        request.tools.push(ToolDefinition {
+            name: function.name?,
+            description: function.description,
+            parameters: function.parameters.unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            strict: function.strict,
+        });
+    }
+    request.tool_choice = match &body.tool_choice {
+        None => None,
+        Some(choice) => Some(parse_tool_choice(choice).ok()?),
+    };
+    request.parallel_tool_calls = body.parallel_tool_calls;
+    request.max_tokens = body.max_completion_tokens.or(body.max_tokens);
+    request.temperature = body.temperature;
+    request.top_p = body.top_p;
+    request.seed = body.seed;
+    request.presence_penalty = body.presence_penalty;
+    request.frequency_penalty = body.frequency_penalty;
+    request.n = body.n;
+    request.stop = parse_stop(body.stop.as_ref()).ok()?;
+    if let Some(effort) = body.reasoning_effort {
+        request.reasoning = Some(ReasoningConfig {
+            effort: Some(ReasoningEffort::from_name(&effort)?),
+            ..ReasoningConfig::default()
+        });
+    }
+    request.response_format = match &body.response_format {
+        None => None,
+        Some(format) => Some(parse_response_format(format).ok()?),
+    };
+    request.stream = body.stream.unwrap_or(false);
+    request.include_usage = body.stream_options.and_then(|options| options.include_usage).unwrap_or(false);
+    request.verbosity = body.verbosity;
+    request.user = body.user.or(body.safety_identifier);
+    request.metadata = body.metadata;
+    Some(request)
+}
+
+fn read_message(message: MessageIn, call_names: &mut HashMap<String, String>) -> Option<Message> {
+    let mut read = match message.role?.as_ref() {
+        "system" => Message::new(Role::System, read_content(message.content)?),
+        "developer" => Message::new(Role::Developer, read_content(message.content)?),
+        "user" => Message::new(Role::User, read_content(message.content)?),
+        "assistant" => {
+            let mut parts = Vec::new();
+            if let Some(reasoning) = message.reasoning_content.filter(|reasoning| !reasoning.is_empty()) {
+                parts.push(Part::Reasoning(Reasoning { text: reasoning, signature: None, redacted: false }));
+            }
+            parts.extend(read_content(message.content)?);
+            if let Some(refusal) = message.refusal.filter(|refusal| !refusal.is_empty()) {
+                parts.push(Part::Refusal(refusal));
+            }
+            for call in message.tool_calls.into_iter().flatten() {
+                let function = call.function?;
+                let id = call.id?;
+                let name = function.name?;
+                let arguments = match function.arguments {
+                    None => String::new(),
+                    Some(Value::String(arguments)) => arguments,
+                    Some(other) => other.to_string(),
+                };
+                call_names.insert(id.clone(), name.clone());
+                parts.push(Part::ToolCall(ToolCall { id, name, arguments, signature: None }));
+            }
+            Message::new(Role::Assistant, parts)
+        }
+        "tool" => {
+            let call_id = message.tool_call_id?;
+            let content = read_content(message.content)?;
+            let name = call_names.get(&call_id).cloned();
+            Message::new(Role::Tool, vec![Part::ToolResult(ToolResult { call_id, name, content, is_error: false })])
+        }
+        _ => return None,
+    };
+    read.name = message.name;
+    Some(read)
+}
+
+fn read_content(content: Option<TextOrList<PartIn>>) -> Option<Vec<Part>> {
+    match content {
+        None => Some(Vec::new()),
+        Some(TextOrList::Text(text)) if text.is_empty() => Some(Vec::new()),
+        Some(TextOrList::Text(text)) => Some(vec![Part::text(text)]),
+        Some(TextOrList::List(parts)) => parts.into_iter().map(read_part).collect(),
+    }
+}
+
+fn read_part(part: PartIn) -> Option<Part> {
+    Some(match part.kind?.as_ref() {
+        "text" => Part::Text(TextPart { text: part.text?, cache_control: part.cache_control }),
+        "refusal" => Part::Refusal(part.refusal?),
+        "image_url" => {
+            let (url, detail) = match part.image_url? {
+                TextOrObject::Text(url) => (url, None),
+                TextOrObject::Object(image) => (image.url?, image.detail),
+            };
+            Part::Image(Media { source: MediaSource::from_url(&url), detail, filename: None })
+        }
+        "input_audio" => {
+            let audio = part.input_audio?;
+            Part::Audio { data: audio.data?, format: audio.format? }
+        }
+        "file" => {
+            let file = part.file?;
+            let source = match (file.file_data, file.file_id) {
+                (Some(data), _) => match MediaSource::from_url(&data) {
+                    MediaSource::Url(_) => return None,
+                    inline => inline,
+                },
+                (None, Some(file_id)) => MediaSource::FileId(file_id),
+                (None, None) => return None,
+            };
+            Part::Document(Media { source, detail: None, filename: file.filename })
+        }
+        _ => return None,
+    })
+}
