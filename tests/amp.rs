@@ -20,7 +20,9 @@ fn mock_amp() -> MockUpstream {
     MockUpstream::start(|recorded| {
         if recorded.path == "/api/threads/stream" {
             let events = (0..4).map(|index| format!("data: {{\"part\":{index}}}\n\n")).collect();
-            return Reply::Sse { events, gap: Duration::from_millis(60), end: StreamEnd::Finish };
+            // Far enough apart that a loaded machine (CI builds beside the tests) still hands
+            // them over one by one; at 60 ms, a stall of the test once merged three into one read.
+            return Reply::Sse { events, gap: Duration::from_millis(150), end: StreamEnd::Finish };
         }
         let body = json!({"path": recorded.path, "method": recorded.method, "ok": true}).to_string();
         Reply::Json { status: 200, headers: vec![("x-amp-served".to_string(), "yes".to_string())], body }

@@ -21,7 +21,11 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Value, json};
 
 use crate::protocol::Format;
@@ -29,7 +33,7 @@ use crate::protocol::error::{ErrorKind, parse_upstream_error, render_stream_erro
 use crate::protocol::ir::{
     ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
-    TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
+    TextPart, ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
 use crate::protocol::json::{FieldPath, element, object_of,
     field, index, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
@@ -113,9 +117,7 @@ pub fn parse_request(body: &Value) -> Result<Request, ConvertError> {
             request.tools.push(ToolDefinition {
                 name: req_str(tool, "name", &path)?.to_string(),
                 description: opt_str(tool, "description", &path)?.map(str::to_string),
-                parameters: field(tool, "input_schema")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                parameters: field(tool, "input_schema").map_or_else(JsonSchema::empty_object, JsonSchema::from_value),
                 strict: None,
             });
         }
@@ -549,7 +551,7 @@ struct ToolChoiceOut<'request> {
 struct ToolOut<'request> {
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'request str>,
-    input_schema: Cow<'request, Value>,
+    input_schema: Cow<'request, RawValue>,
     name: &'request str,
 }
 
@@ -867,21 +869,66 @@ fn tool_use_id(id: &str) -> String {
 
 /// A tool with its schema borrowed; only a schema the API would refuse is rewritten.
 fn write_tool(tool: &ToolDefinition) -> ToolOut<'_> {
-    // The API insists on an object schema at the top.
-    let input_schema = if !tool.parameters.is_object() {
-        Cow::Owned(json!({"type": "object", "properties": {}}))
-    } else if tool.parameters.get("type").is_none() {
-        let mut schema = tool.parameters.clone();
-        schema["type"] = "object".into();
-        Cow::Owned(schema)
-    } else {
-        Cow::Borrowed(&tool.parameters)
+    // The API insists on an object schema with a `type` at the top.
+    let input_schema = match schema_has_type(tool.parameters.raw()) {
+        Some(true) => Cow::Borrowed(tool.parameters.raw()),
+        Some(false) => {
+            let mut schema = tool.parameters.to_value();
+            schema["type"] = "object".into();
+            Cow::Owned(to_raw_value(&schema).expect("a Value always serialises"))
+        }
+        None => Cow::Owned(JsonSchema::empty_object().raw().to_owned()),
     };
     ToolOut {
         description: tool.description.as_deref(),
         input_schema,
         name: &tool.name,
     }
+}
+
+/// Whether a schema has a top-level `type` member (of any value, as the API checks it), read
+/// without building the schema; `None` when it is not an object at all.
+fn schema_has_type(schema: &RawValue) -> Option<bool> {
+    struct TypeMemberVisitor;
+
+    impl<'de> Visitor<'de> for TypeMemberVisitor {
+        type Value = bool;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<bool, A::Error> {
+            let mut has_type = false;
+            while let Some(is_type) = members.next_key::<IsTypeKey>()? {
+                members.next_value::<IgnoredAny>()?;
+                has_type |= is_type.0;
+            }
+            Ok(has_type)
+        }
+    }
+
+    /// A member name, compared with `type` without allocating it.
+    struct IsTypeKey(bool);
+
+    impl<'de> Deserialize<'de> for IsTypeKey {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<IsTypeKey, D::Error> {
+            struct KeyVisitor;
+            impl Visitor<'_> for KeyVisitor {
+                type Value = IsTypeKey;
+                fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                    formatter.write_str("a member name")
+                }
+                fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<IsTypeKey, E> {
+                    Ok(IsTypeKey(name == "type"))
+                }
+            }
+            deserializer.deserialize_identifier(KeyVisitor)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_str(schema.get());
+    deserializer.deserialize_map(TypeMemberVisitor).ok()
 }
 
 /// Reads a Messages response body.
@@ -1546,7 +1593,37 @@ impl StreamEncoder {
 
 #[cfg(test)]
 mod tests {
-    use crate::protocol::anthropic::tool_use_id;
+    use serde_json::json;
+    use serde_json::value::RawValue;
+
+    use crate::protocol::anthropic::{tool_use_id, write_tool};
+    use crate::protocol::ir::{JsonSchema, ToolDefinition};
+
+    /// The API refuses a tool whose schema is not an object with a top-level `type`; such a
+    /// schema is mended, and any other is sent as the client wrote it.
+    #[test]
+    fn tool_schemas_get_the_object_type_the_api_insists_on() {
+        let cases = [
+            (r#"{"properties": {"a": {"type": "string"}}}"#, json!({"type": "object", "properties": {"a": {"type": "string"}}})),
+            (r#"{"type": "object", "properties": {}}"#, json!({"type": "object", "properties": {}})),
+            (r#"{"type": null}"#, json!({"type": null})),
+            (r#"{"t\u0079pe": "object"}"#, json!({"type": "object"})),
+            (r#"["type"]"#, json!({"type": "object", "properties": {}})),
+            (r#""object""#, json!({"type": "object", "properties": {}})),
+        ];
+        for (schema, expected) in cases {
+            // As the typed readers keep it: the client's text, escapes and all.
+            let raw: Box<RawValue> = serde_json::from_str(schema).unwrap();
+            let tool = ToolDefinition {
+                name: "f".to_string(),
+                description: None,
+                parameters: JsonSchema::from_raw(&raw),
+                strict: None,
+            };
+            let written = serde_json::to_value(write_tool(&tool)).unwrap();
+            assert_eq!(written["input_schema"], expected, "{schema}");
+        }
+    }
 
     #[test]
     fn tool_use_ids_are_sanitized_consistently() {

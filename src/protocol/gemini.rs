@@ -37,7 +37,7 @@ use crate::protocol::error::{ErrorKind, parse_upstream_error, render_stream_erro
 use crate::protocol::ir::{
     ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
-    ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
+    ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
 use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
@@ -494,11 +494,11 @@ fn parse_tools(body: &Value) -> Result<Vec<ToolDefinition>, ConvertError> {
             let path = index(&declarations_path, inner);
             let json_schema_key = key(declaration, "parametersJsonSchema");
             let parameters = if let Some(schema) = field(declaration, &json_schema_key) {
-                schema.clone()
+                JsonSchema::from_value(schema)
             } else if let Some(schema) = field(declaration, "parameters") {
-                lowercase_schema_types(schema)
+                JsonSchema::from_value(&lowercase_schema_types(schema))
             } else {
-                json!({"type": "object", "properties": {}})
+                JsonSchema::empty_object()
             };
             definitions.push(ToolDefinition {
                 name: req_str(declaration, "name", &path)?.to_string(),
@@ -796,7 +796,7 @@ pub(crate) fn write_generate_request<'request>(
             .tools
             .iter()
             .map(|tool| {
-                let schema = Some(sanitize_schema(&tool.parameters, style));
+                let schema = Some(sanitize_schema(&tool.parameters.to_value(), style));
                 let (parameters, parameters_json_schema) = match style {
                     SchemaStyle::OpenApi => (schema, None),
                     SchemaStyle::JsonSchema => (None, schema),

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
@@ -22,7 +23,7 @@ use crate::protocol::error::parse_upstream_error;
 use crate::protocol::ir::{
     ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, StreamEvent, TextPart,
-    ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions, join_text,
+    ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions, join_text,
 };
 use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
@@ -313,9 +314,7 @@ fn parse_tool(tool: &Value, path: &FieldPath) -> Result<Option<ToolDefinition>, 
     Ok(Some(ToolDefinition {
         name: req_str(function, "name", &function_path)?.to_string(),
         description: opt_str(function, "description", &function_path)?.map(str::to_string),
-        parameters: field(function, "parameters")
-            .cloned()
-            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        parameters: field(function, "parameters").map_or_else(JsonSchema::empty_object, JsonSchema::from_value),
         strict: opt_bool(function, "strict", &function_path)?,
     }))
 }
@@ -445,7 +444,7 @@ struct FunctionOut<'request> {
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'request str>,
     name: &'request str,
-    parameters: &'request Value,
+    parameters: &'request RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     strict: Option<bool>,
 }
@@ -649,7 +648,7 @@ fn write_tool(tool: &ToolDefinition) -> ToolOut<'_> {
         function: FunctionOut {
             description: tool.description.as_deref(),
             name: &tool.name,
-            parameters: &tool.parameters,
+            parameters: tool.parameters.raw(),
             strict: tool.strict,
         },
         kind: "function",

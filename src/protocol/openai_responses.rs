@@ -38,7 +38,7 @@ use crate::protocol::error::{ErrorKind, parse_upstream_error};
 use crate::protocol::ir::{
     ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
-    TextPart, ToolCall, ToolChoice, ToolDefinition, ToolResult, WriteOptions,
+    TextPart, ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions,
 };
 use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
@@ -464,7 +464,7 @@ fn parse_tool(tool: &Value, path: &FieldPath) -> Result<Option<ToolDefinition>, 
                     opt_str(tool, "description", path)?,
                     format,
                 )),
-                parameters: custom_tools::input_schema(),
+                parameters: JsonSchema::from_value(&custom_tools::input_schema()),
                 strict: None,
             }));
         }
@@ -479,9 +479,7 @@ fn parse_tool(tool: &Value, path: &FieldPath) -> Result<Option<ToolDefinition>, 
     Ok(Some(ToolDefinition {
         name: req_str(tool, "name", path)?.to_string(),
         description: opt_str(tool, "description", path)?.map(str::to_string),
-        parameters: field(tool, "parameters")
-            .cloned()
-            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        parameters: field(tool, "parameters").map_or_else(JsonSchema::empty_object, JsonSchema::from_value),
         strict: opt_bool(tool, "strict", path)?,
     }))
 }
@@ -848,7 +846,7 @@ fn write_tool(tool: &ToolDefinition) -> Value {
     written.insert("type".into(), "function".into());
     written.insert("name".into(), tool.name.clone().into());
     insert_some(&mut written, "description", tool.description.clone());
-    written.insert("parameters".into(), tool.parameters.clone());
+    written.insert("parameters".into(), tool.parameters.to_value());
     // Responses makes a tool strict when `strict` is left out, which rejects the loose schemas
     // Chat and Anthropic clients send, so the non-strict default of those formats is spelled out.
     written.insert("strict".into(), tool.strict.unwrap_or(false).into());

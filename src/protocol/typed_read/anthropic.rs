@@ -6,13 +6,14 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::protocol::anthropic::{
     CLAUDE_CODE_BILLING_LINE, anthropic_signature, parse_output_format, parse_thinking, parse_tool_choice,
 };
 use crate::protocol::ir::{
-    Media, MediaSource, Message, Part, Reasoning, Request, Role, TextPart, ToolCall, ToolDefinition, ToolResult,
+    Media, MediaSource, Message, Part, Reasoning, Request, Role, TextPart, ToolCall, JsonSchema, ToolDefinition, ToolResult,
 };
 use crate::protocol::typed_read::TextOrList;
 
@@ -90,7 +91,8 @@ struct ToolIn<'a> {
     kind: Option<Cow<'a, str>>,
     name: Option<String>,
     description: Option<String>,
-    input_schema: Option<Value>,
+    #[serde(borrow)]
+    input_schema: Option<&'a RawValue>,
 }
 
 /// Reads a Messages request, or `None` when `anthropic::parse_request` must.
@@ -134,7 +136,7 @@ pub fn read_request(body: &[u8]) -> Option<Request> {
         request.tools.push(ToolDefinition {
             name: tool.name?,
             description: tool.description,
-            parameters: tool.input_schema.unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            parameters: tool.input_schema.map_or_else(JsonSchema::empty_object, JsonSchema::from_raw),
             strict: None,
         });
     }

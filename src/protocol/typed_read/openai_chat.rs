@@ -5,11 +5,12 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use crate::protocol::ir::{
     Media, MediaSource, Message, Part, Reasoning, ReasoningConfig, ReasoningEffort, Request, Role,
-    TextPart, ToolCall, ToolDefinition, ToolResult,
+    TextPart, ToolCall, JsonSchema, ToolDefinition, ToolResult,
 };
 use crate::protocol::openai_chat::{parse_response_format, parse_stop, parse_tool_choice};
 use crate::protocol::typed_read::{TextOrList, TextOrObject};
@@ -115,14 +116,16 @@ struct FunctionCallIn {
 struct ToolIn<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
-    function: Option<FunctionIn>,
+    #[serde(borrow)]
+    function: Option<FunctionIn<'a>>,
 }
 
 #[derive(Deserialize)]
-struct FunctionIn {
+struct FunctionIn<'a> {
     name: Option<String>,
     description: Option<String>,
-    parameters: Option<Value>,
+    #[serde(borrow)]
+    parameters: Option<&'a RawValue>,
     strict: Option<bool>,
 }
 
@@ -146,7 +149,7 @@ pub fn read_request(body: &[u8]) -> Option<Request> {
         request.tools.push(ToolDefinition {
             name: function.name?,
             description: function.description,
-            parameters: function.parameters.unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            parameters: function.parameters.map_or_else(JsonSchema::empty_object, JsonSchema::from_raw),
             strict: function.strict,
         });
     }
