@@ -21,9 +21,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use std::fmt;
-
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Value, json};
@@ -870,7 +867,7 @@ fn tool_use_id(id: &str) -> String {
 /// A tool with its schema borrowed; only a schema the API would refuse is rewritten.
 fn write_tool(tool: &ToolDefinition) -> ToolOut<'_> {
     // The API insists on an object schema with a `type` at the top.
-    let input_schema = match schema_has_type(tool.parameters.raw()) {
+    let input_schema = match tool.parameters.has_top_level_member("type") {
         Some(true) => Cow::Borrowed(tool.parameters.raw()),
         Some(false) => {
             let mut schema = tool.parameters.to_value();
@@ -884,51 +881,6 @@ fn write_tool(tool: &ToolDefinition) -> ToolOut<'_> {
         input_schema,
         name: &tool.name,
     }
-}
-
-/// Whether a schema has a top-level `type` member (of any value, as the API checks it), read
-/// without building the schema; `None` when it is not an object at all.
-fn schema_has_type(schema: &RawValue) -> Option<bool> {
-    struct TypeMemberVisitor;
-
-    impl<'de> Visitor<'de> for TypeMemberVisitor {
-        type Value = bool;
-
-        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-            formatter.write_str("a JSON object")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<bool, A::Error> {
-            let mut has_type = false;
-            while let Some(is_type) = members.next_key::<IsTypeKey>()? {
-                members.next_value::<IgnoredAny>()?;
-                has_type |= is_type.0;
-            }
-            Ok(has_type)
-        }
-    }
-
-    /// A member name, compared with `type` without allocating it.
-    struct IsTypeKey(bool);
-
-    impl<'de> Deserialize<'de> for IsTypeKey {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<IsTypeKey, D::Error> {
-            struct KeyVisitor;
-            impl Visitor<'_> for KeyVisitor {
-                type Value = IsTypeKey;
-                fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-                    formatter.write_str("a member name")
-                }
-                fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<IsTypeKey, E> {
-                    Ok(IsTypeKey(name == "type"))
-                }
-            }
-            deserializer.deserialize_identifier(KeyVisitor)
-        }
-    }
-
-    let mut deserializer = serde_json::Deserializer::from_str(schema.get());
-    deserializer.deserialize_map(TypeMemberVisitor).ok()
 }
 
 /// Reads a Messages response body.

@@ -30,6 +30,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
@@ -743,9 +744,31 @@ struct FunctionDeclarationOut<'request> {
     description: Option<&'request str>,
     name: &'request str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<Value>,
+    parameters: Option<SchemaOut<'request>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters_json_schema: Option<Value>,
+    parameters_json_schema: Option<SchemaOut<'request>>,
+}
+
+/// A tool's schema as written: the client's text when the sanitiser would not change it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SchemaOut<'request> {
+    AsSent(&'request RawValue),
+    Sanitized(Value),
+}
+
+/// Writes a tool's schema in `style`. Gemini's JSON Schema style only differs from the client's
+/// schema where a keyword the sanitiser rewrites appears, which a scan of the text finds without
+/// building the schema; Antigravity's upper-case OpenAPI types always need the rewrite.
+fn write_schema(schema: &JsonSchema, style: SchemaStyle) -> SchemaOut<'_> {
+    // The keywords `sanitize_schema_node` drops or rewrites in JSON Schema style.
+    let rewritten = style == SchemaStyle::OpenApi
+        || schema.has_member_anywhere(&|name| DROPPED_SCHEMA_KEYWORDS.contains(&name) || name == "const");
+    if rewritten {
+        SchemaOut::Sanitized(sanitize_schema(&schema.to_value(), style))
+    } else {
+        SchemaOut::AsSent(schema.raw())
+    }
 }
 
 /// Writes a `generateContent` request body for a Gemini upstream.
@@ -796,7 +819,7 @@ pub(crate) fn write_generate_request<'request>(
             .tools
             .iter()
             .map(|tool| {
-                let schema = Some(sanitize_schema(&tool.parameters.to_value(), style));
+                let schema = Some(write_schema(&tool.parameters, style));
                 let (parameters, parameters_json_schema) = match style {
                     SchemaStyle::OpenApi => (schema, None),
                     SchemaStyle::JsonSchema => (None, schema),

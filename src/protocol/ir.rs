@@ -20,11 +20,11 @@
 
 use std::fmt;
 
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::protocol::Format;
 use crate::protocol::error::ErrorKind;
+pub use crate::protocol::json_schema::JsonSchema;
 use crate::protocol::usage::Usage;
 
 /// A generation request.
@@ -247,47 +247,6 @@ pub struct ToolDefinition {
     /// The JSON schema of the arguments.
     pub parameters: JsonSchema,
     pub strict: Option<bool>,
-}
-
-/// A tool's JSON Schema, kept as the JSON text it arrived in. Most writers send a schema on
-/// unchanged, and building a `Value` tree of every schema, serialising it and dropping it was a
-/// large part of a converted request's cost; writers that must look inside (Gemini's sanitiser,
-/// Anthropic's top-level `type`) read it themselves. Two schemas are equal when they are the same
-/// JSON value, whatever their key order and spacing.
-#[derive(Clone, Debug)]
-pub struct JsonSchema(Box<RawValue>);
-
-impl JsonSchema {
-    /// The schema of a tool that declares none: an object with no properties.
-    pub fn empty_object() -> JsonSchema {
-        JsonSchema::from_value(&serde_json::json!({"type": "object", "properties": {}}))
-    }
-
-    /// A schema read as a `Value`.
-    pub fn from_value(schema: &Value) -> JsonSchema {
-        JsonSchema(serde_json::value::to_raw_value(schema).expect("a Value always serialises"))
-    }
-
-    /// A schema as the JSON text it was sent in.
-    pub fn from_raw(schema: &RawValue) -> JsonSchema {
-        JsonSchema(schema.to_owned())
-    }
-
-    /// The schema's JSON text, to be written as it is.
-    pub fn raw(&self) -> &RawValue {
-        &self.0
-    }
-
-    /// The schema as a `Value`, for writers that rewrite it.
-    pub fn to_value(&self) -> Value {
-        serde_json::from_str(self.0.get()).expect("a schema is always JSON")
-    }
-}
-
-impl PartialEq for JsonSchema {
-    fn eq(&self, other: &JsonSchema) -> bool {
-        self.0.get() == other.0.get() || self.to_value() == other.to_value()
-    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod gemini;
 pub mod models_list;
 pub mod ir;
+pub mod json_schema;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod raw_json;
