@@ -213,8 +213,13 @@ pub fn response_round_trip(upstream: Format, data: &[u8]) {
         let _ = convert::convert_response(upstream, client, data, &context(false));
     }
     let Ok(body) = serde_json::from_slice::<Value>(data) else {
+        assert_eq!(octopus::protocol::typed_read::read_response(upstream, data), None, "the typed reader read what is not JSON");
         return;
     };
+    // Where the typed reader reads an answer, it reads it as the `Value` reader does.
+    if let Some(typed) = octopus::protocol::typed_read::read_response(upstream, data) {
+        assert_eq!(parse_response(upstream, &body).ok(), Some(typed), "the typed reader and the Value reader disagree");
+    }
     let Ok(response) = parse_response(upstream, &body) else {
         return;
     };

@@ -906,7 +906,7 @@ pub fn parse_response(body: &Value) -> Result<Response, ConvertError> {
     })
 }
 
-fn finish_reason_from_anthropic(reason: &str) -> FinishReason {
+pub(crate) fn finish_reason_from_anthropic(reason: &str) -> FinishReason {
     match reason {
         "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
         "tool_use" => FinishReason::ToolCalls,

@@ -203,11 +203,16 @@ pub fn convert_response(
     if client == upstream {
         return Ok(body.to_vec());
     }
-    let value: Value = serde_json::from_slice(body).map_err(|error| {
-        ConvertError::new("", format!("upstream response is not JSON: {error}"))
-    })?;
     let meta = response_meta(context);
-    let response = parse_response(upstream, &value, &meta)?;
+    let response = match typed_read::read_response(upstream, body) {
+        Some(response) => response,
+        None => {
+            let value: Value = serde_json::from_slice(body).map_err(|error| {
+                ConvertError::new("", format!("upstream response is not JSON: {error}"))
+            })?;
+            parse_response(upstream, &value, &meta)?
+        }
+    };
     write_response(client, &response, &meta)
 }
 
@@ -496,8 +501,9 @@ mod tests {
     use crate::protocol::Format;
     use crate::protocol::convert::{
         ClientBody, ConvertContext, StreamTranscoder, client_wants_stream_usage, convert_request,
-        convert_request_with_media, convert_response, parse_request,
+        convert_request_with_media, convert_response, parse_request, parse_response, response_meta,
     };
+    use crate::protocol::ir::ConvertError;
     use crate::protocol::ir::{Part, ReasoningEffort, Request, Role, WriteOptions};
     use crate::protocol::sse::{SseEvent, SseParser, encode_event};
     use crate::protocol::testkit;
@@ -1222,38 +1228,59 @@ mod tests {
     #[test]
     fn typed_readers_read_requests_as_the_value_readers_do() {
         for (prefix, format) in [("request_chat_to_", Format::OpenaiChat), ("request_anthropic_to_", Format::Anthropic)] {
-            let mut lanes: Vec<String> = std::fs::read_dir(testdata_dir())
-                .expect("testdata")
-                .filter_map(|entry| entry.ok()?.file_name().to_str().map(str::to_string))
-                .filter(|lane| lane.starts_with(prefix))
-                .collect();
-            lanes.sort();
-            let (mut typed_cases, mut value_cases) = (0, Vec::new());
-            for lane in &lanes {
-                for case in cases(lane) {
-                    let body = resolve_input(read_json(&testdata_dir().join(lane).join(format!("{case}.in.json"))));
-                    let bytes = serde_json::to_vec(&body).expect("serialises");
-                    let by_value = parse_request(format, &body);
-                    match typed_read::read_request(format, &bytes) {
-                        Some(typed) => {
-                            assert_eq!(by_value, Ok(typed), "{lane}/{case}");
-                            typed_cases += 1;
-                        }
-                        None => {
-                            let outcome = by_value.map_or_else(|error| error.to_string(), |_| "read".to_string());
-                            value_cases.push(format!("{lane}/{case}: {outcome}"));
-                        }
+            check_typed_reader(prefix, |bytes| typed_read::read_request(format, bytes), |body| parse_request(format, body));
+        }
+    }
+
+    /// The same for the answers of Chat and Anthropic upstreams.
+    #[test]
+    fn typed_readers_read_responses_as_the_value_readers_do() {
+        let meta = response_meta(&context(false, false));
+        for (prefix, format) in [("response_chat_to_", Format::OpenaiChat), ("response_anthropic_to_", Format::Anthropic)] {
+            check_typed_reader(prefix, |bytes| typed_read::read_response(format, bytes), |body| parse_response(format, body, &meta));
+        }
+    }
+
+    /// Reads every fixture input of the lanes starting with `prefix` both ways: the typed reader
+    /// must agree wherever it reads one, and must read at least four in five.
+    fn check_typed_reader<T: PartialEq + std::fmt::Debug>(
+        prefix: &str,
+        read_typed: impl Fn(&[u8]) -> Option<T>,
+        read_value: impl Fn(&Value) -> Result<T, ConvertError>,
+    ) {
+        let mut lanes: Vec<String> = std::fs::read_dir(testdata_dir())
+            .expect("testdata")
+            .filter_map(|entry| entry.ok()?.file_name().to_str().map(str::to_string))
+            .filter(|lane| lane.starts_with(prefix))
+            .collect();
+        lanes.sort();
+        assert!(!lanes.is_empty(), "no lanes start with {prefix}");
+        let (mut typed_cases, mut value_cases) = (0, Vec::new());
+        for lane in &lanes {
+            for case in cases(lane) {
+                let mut body = resolve_input(read_json(&testdata_dir().join(lane).join(format!("{case}.in.json"))));
+                take_custom_tools(&mut body);
+                let bytes = serde_json::to_vec(&body).expect("serialises");
+                let by_value = read_value(&body);
+                match read_typed(&bytes) {
+                    Some(typed) => {
+                        assert_eq!(by_value, Ok(typed), "{lane}/{case}");
+                        typed_cases += 1;
+                    }
+                    None => {
+                        let outcome = by_value.map_or_else(|error| error.to_string(), |_| "read".to_string());
+                        value_cases.push(format!("{lane}/{case}: {outcome}"));
                     }
                 }
             }
-            // The cases left to the `Value` reader are its errors and the blocks the typed reader
-            // does not model; they must stay the few.
-            assert!(
-                typed_cases >= 4 * value_cases.len(),
-                "{format:?}: {typed_cases} cases read typed, {} left to the Value reader: {value_cases:#?}",
-                value_cases.len()
-            );
         }
+        // The cases left to the `Value` reader are its errors and what the typed reader does not
+        // model; they must stay the few.
+        assert!(
+            typed_cases >= 4 * value_cases.len(),
+            "{prefix}: {typed_cases} cases read typed, {} left to the Value reader: {value_cases:#?}",
+            value_cases.len()
+        );
     }
 
     /// Format -> IR -> same format -> IR keeps the meaning of every request fixture.

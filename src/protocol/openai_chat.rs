@@ -731,7 +731,7 @@ pub fn parse_response(body: &Value) -> Result<Response, ConvertError> {
 
 /// Maps a Chat finish reason. Some compatible servers say `stop` after a tool call, and clients of
 /// other formats need to know a call is waiting, so calls win.
-fn finish_reason_from_chat(reason: &str, has_tool_calls: bool) -> FinishReason {
+pub(crate) fn finish_reason_from_chat(reason: &str, has_tool_calls: bool) -> FinishReason {
     match reason {
         "length" => FinishReason::Length,
         "content_filter" => FinishReason::ContentFilter,

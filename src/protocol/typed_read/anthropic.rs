@@ -1,5 +1,5 @@
-//! Reads an Anthropic Messages request from its bytes into the IR (see `typed_read`); the rules
-//! are `anthropic::parse_request`'s. Blocks only Anthropic's own servers understand (search
+//! Reads Anthropic Messages requests and responses from their bytes into the IR (see
+//! `typed_read`); the rules are `anthropic::parse_request`'s and `parse_response`'s. Blocks only Anthropic's own servers understand (search
 //! results, documents built from content blocks) are left to the `Value` reader.
 
 use std::borrow::Cow;
@@ -9,11 +9,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::protocol::Format;
 use crate::protocol::anthropic::{
-    CLAUDE_CODE_BILLING_LINE, anthropic_signature, parse_output_format, parse_thinking, parse_tool_choice,
+    CLAUDE_CODE_BILLING_LINE, anthropic_signature, finish_reason_from_anthropic, parse_output_format, parse_thinking,
+    parse_tool_choice,
 };
+use crate::protocol::usage::usage_from_value;
 use crate::protocol::ir::{
-    Media, MediaSource, Message, Part, Reasoning, Request, Role, TextPart, ToolCall, JsonSchema, ToolDefinition, ToolResult,
+    Media, MediaSource, Message, Part, Reasoning, Request, Response, Role, TextPart, ToolCall, JsonSchema, ToolDefinition, ToolResult,
 };
 use crate::protocol::typed_read::TextOrList;
 
@@ -205,6 +208,33 @@ fn read_message(message: MessageIn, call_names: &mut HashMap<String, String>, ou
         _ => return None,
     }
     Some(())
+}
+
+#[derive(Deserialize)]
+struct MessageBodyIn<'a> {
+    id: Option<String>,
+    model: Option<String>,
+    #[serde(borrow)]
+    content: Option<Vec<BlockIn<'a>>>,
+    #[serde(borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+    usage: Option<Value>,
+}
+
+/// Reads a `message` body, or `None` when `anthropic::parse_response` must.
+pub fn read_response(body: &[u8]) -> Option<Response> {
+    let body: MessageBodyIn = serde_json::from_slice(body).ok()?;
+    let mut parts = Vec::new();
+    for block in body.content.into_iter().flatten() {
+        parts.extend(read_assistant_block(block)?);
+    }
+    Some(Response {
+        id: body.id.unwrap_or_default(),
+        model: body.model.unwrap_or_default(),
+        parts,
+        finish_reason: finish_reason_from_anthropic(body.stop_reason.as_deref().unwrap_or("end_turn")),
+        usage: body.usage.as_ref().and_then(|usage| usage_from_value(Format::Anthropic, usage)),
+    })
 }
 
 /// A string content, as the text block it stands for.

@@ -1,5 +1,5 @@
-//! Reading request bodies straight from their bytes into the IR, without a `serde_json::Value`
-//! tree in between: the fast path of the converted lanes.
+//! Reading request and response bodies straight from their bytes into the IR, without a
+//! `serde_json::Value` tree in between: the fast path of the converted lanes.
 //!
 //! Building a `Value` tree of the client's body, walking it into the IR and dropping it was the
 //! largest cost of a converted request (about a fifth of its instructions). The readers here
@@ -24,7 +24,7 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::protocol::Format;
-use crate::protocol::ir::Request;
+use crate::protocol::ir::{Request, Response};
 
 pub mod anthropic;
 pub mod openai_chat;
@@ -37,6 +37,19 @@ pub fn read_request(format: Format, body: &[u8]) -> Option<Request> {
     match format {
         Format::OpenaiChat => openai_chat::read_request(body),
         Format::Anthropic => anthropic::read_request(body),
+        _ => None,
+    }
+}
+
+/// Reads an upstream's response body of `format` from its bytes, or `None` when the `Value`
+/// reader must.
+pub fn read_response(format: Format, body: &[u8]) -> Option<Response> {
+    if log::log_enabled!(log::Level::Debug) {
+        return None;
+    }
+    match format {
+        Format::OpenaiChat => openai_chat::read_response(body),
+        Format::Anthropic => anthropic::read_response(body),
         _ => None,
     }
 }

@@ -1,5 +1,5 @@
-//! Reads an OpenAI Chat Completions request from its bytes into the IR (see `typed_read`); the
-//! rules are `openai_chat::parse_request`'s.
+//! Reads OpenAI Chat Completions requests and responses from their bytes into the IR (see
+//! `typed_read`); the rules are `openai_chat::parse_request`'s and `parse_response`'s.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -9,10 +9,12 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::protocol::ir::{
-    Media, MediaSource, Message, Part, Reasoning, ReasoningConfig, ReasoningEffort, Request, Role,
+    Media, MediaSource, Message, Part, Reasoning, ReasoningConfig, ReasoningEffort, Request, Response, Role,
     TextPart, ToolCall, JsonSchema, ToolDefinition, ToolResult,
 };
-use crate::protocol::openai_chat::{parse_response_format, parse_stop, parse_tool_choice};
+use crate::protocol::Format;
+use crate::protocol::openai_chat::{finish_reason_from_chat, parse_response_format, parse_stop, parse_tool_choice};
+use crate::protocol::usage::usage_from_value;
 use crate::protocol::typed_read::{TextOrList, TextOrObject};
 
 #[derive(Deserialize)]
@@ -189,29 +191,7 @@ fn read_message(message: MessageIn, call_names: &mut HashMap<String, String>) ->
         "system" => Message::new(Role::System, read_content(message.content)?),
         "developer" => Message::new(Role::Developer, read_content(message.content)?),
         "user" => Message::new(Role::User, read_content(message.content)?),
-        "assistant" => {
-            let mut parts = Vec::new();
-            if let Some(reasoning) = message.reasoning_content.filter(|reasoning| !reasoning.is_empty()) {
-                parts.push(Part::Reasoning(Reasoning { text: reasoning, signature: None, redacted: false }));
-            }
-            parts.extend(read_content(message.content)?);
-            if let Some(refusal) = message.refusal.filter(|refusal| !refusal.is_empty()) {
-                parts.push(Part::Refusal(refusal));
-            }
-            for call in message.tool_calls.into_iter().flatten() {
-                let function = call.function?;
-                let id = call.id?;
-                let name = function.name?;
-                let arguments = match function.arguments {
-                    None => String::new(),
-                    Some(Value::String(arguments)) => arguments,
-                    Some(other) => other.to_string(),
-                };
-                call_names.insert(id.clone(), name.clone());
-                parts.push(Part::ToolCall(ToolCall { id, name, arguments, signature: None }));
-            }
-            Message::new(Role::Assistant, parts)
-        }
+        "assistant" => Message::new(Role::Assistant, read_assistant_parts(message.reasoning_content, message.content, message.refusal, message.tool_calls, call_names)?),
         "tool" => {
             let call_id = message.tool_call_id?;
             let content = read_content(message.content)?;
@@ -222,6 +202,89 @@ fn read_message(message: MessageIn, call_names: &mut HashMap<String, String>) ->
     };
     read.name = message.name;
     Some(read)
+}
+
+/// An assistant turn's parts, in a request's history or a response: reasoning, content, refusal
+/// and tool calls, as `openai_chat::parse_assistant` orders them.
+fn read_assistant_parts(
+    reasoning: Option<String>,
+    content: Option<TextOrList<PartIn>>,
+    refusal: Option<String>,
+    tool_calls: Option<Vec<ToolCallIn>>,
+    call_names: &mut HashMap<String, String>,
+) -> Option<Vec<Part>> {
+    let mut parts = Vec::new();
+    if let Some(reasoning) = reasoning.filter(|reasoning| !reasoning.is_empty()) {
+        parts.push(Part::Reasoning(Reasoning { text: reasoning, signature: None, redacted: false }));
+    }
+    parts.extend(read_content(content)?);
+    if let Some(refusal) = refusal.filter(|refusal| !refusal.is_empty()) {
+        parts.push(Part::Refusal(refusal));
+    }
+    for call in tool_calls.into_iter().flatten() {
+        let function = call.function?;
+        let id = call.id?;
+        let name = function.name?;
+        let arguments = match function.arguments {
+            None => String::new(),
+            Some(Value::String(arguments)) => arguments,
+            Some(other) => other.to_string(),
+        };
+        call_names.insert(id.clone(), name.clone());
+        parts.push(Part::ToolCall(ToolCall { id, name, arguments, signature: None }));
+    }
+    Some(parts)
+}
+
+#[derive(Deserialize)]
+struct CompletionIn<'a> {
+    id: Option<String>,
+    model: Option<String>,
+    #[serde(borrow)]
+    choices: Option<Vec<ChoiceIn<'a>>>,
+    usage: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceIn<'a> {
+    #[serde(borrow)]
+    message: Option<ResponseMessageIn<'a>>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseMessageIn<'a> {
+    #[serde(borrow)]
+    content: Option<TextOrList<PartIn<'a>>>,
+    reasoning_content: Option<String>,
+    /// What some compatible servers call `reasoning_content`.
+    reasoning: Option<String>,
+    refusal: Option<String>,
+    tool_calls: Option<Vec<ToolCallIn>>,
+}
+
+/// Reads a `chat.completion` body (its first choice), or `None` when
+/// `openai_chat::parse_response` must.
+pub fn read_response(body: &[u8]) -> Option<Response> {
+    let body: CompletionIn = serde_json::from_slice(body).ok()?;
+    let choice = body.choices?.into_iter().next()?;
+    let message = choice.message?;
+    let mut parts =
+        read_assistant_parts(message.reasoning_content, message.content, message.refusal, message.tool_calls, &mut HashMap::new())?;
+    if let Some(reasoning) = message.reasoning.filter(|reasoning| !reasoning.is_empty())
+        && !parts.iter().any(|part| matches!(part, Part::Reasoning(_)))
+    {
+        parts.insert(0, Part::Reasoning(Reasoning { text: reasoning, signature: None, redacted: false }));
+    }
+    let has_tool_calls = parts.iter().any(|part| matches!(part, Part::ToolCall(_)));
+    Some(Response {
+        id: body.id.unwrap_or_default(),
+        model: body.model.unwrap_or_default(),
+        finish_reason: finish_reason_from_chat(choice.finish_reason.as_deref().unwrap_or("stop"), has_tool_calls),
+        parts,
+        usage: body.usage.as_ref().and_then(|usage| usage_from_value(Format::OpenaiChat, usage)),
+    })
 }
 
 fn read_content(content: Option<TextOrList<PartIn>>) -> Option<Vec<Part>> {
