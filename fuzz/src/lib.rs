@@ -213,7 +213,11 @@ pub fn response_round_trip(upstream: Format, data: &[u8]) {
         let _ = convert::convert_response(upstream, client, data, &context(false));
     }
     let Ok(body) = serde_json::from_slice::<Value>(data) else {
-        assert_eq!(octopus::protocol::typed_read::read_response(upstream, data), None, "the typed reader read what is not JSON");
+        // JSON a Value cannot hold (a lone surrogate escape, a number beyond f64) in a member the
+        // typed reader skips is still read; bytes that are not UTF-8 never are.
+        if std::str::from_utf8(data).is_err() {
+            assert_eq!(octopus::protocol::typed_read::read_response(upstream, data), None, "the typed reader read bytes that are not UTF-8");
+        }
         return;
     };
     // Where the typed reader reads an answer, it reads it as the `Value` reader does.

@@ -18,7 +18,7 @@ use crate::protocol::usage::usage_from_value;
 use crate::protocol::ir::{
     Media, MediaSource, Message, Part, Reasoning, Request, Response, Role, TextPart, ToolCall, JsonSchema, ToolDefinition, ToolResult,
 };
-use crate::protocol::typed_read::TextOrList;
+use crate::protocol::typed_read::{JsonObject, TextOrList, read_body};
 
 #[derive(Deserialize)]
 struct RequestIn<'a> {
@@ -30,17 +30,17 @@ struct RequestIn<'a> {
     top_k: Option<u64>,
     stream: Option<bool>,
     #[serde(borrow)]
-    system: Option<TextOrList<BlockIn<'a>>>,
+    system: Option<TextOrList<JsonObject<BlockIn<'a>>>>,
     #[serde(borrow)]
-    messages: Option<Vec<MessageIn<'a>>>,
+    messages: Option<Vec<JsonObject<MessageIn<'a>>>>,
     #[serde(borrow)]
-    tools: Option<Vec<ToolIn<'a>>>,
+    tools: Option<Vec<JsonObject<ToolIn<'a>>>>,
     stop_sequences: Option<Vec<String>>,
     // Small and rare: read as `Value`s by the `Value` reader's own functions.
     tool_choice: Option<Value>,
     thinking: Option<Value>,
     output_config: Option<Value>,
-    metadata: Option<MetadataIn>,
+    metadata: Option<JsonObject<MetadataIn>>,
 }
 
 #[derive(Deserialize)]
@@ -53,7 +53,7 @@ struct MessageIn<'a> {
     #[serde(borrow)]
     role: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    content: Option<TextOrList<BlockIn<'a>>>,
+    content: Option<TextOrList<JsonObject<BlockIn<'a>>>>,
 }
 
 /// Any content block: the members of every block type this reader handles, each optional.
@@ -64,14 +64,14 @@ struct BlockIn<'a> {
     text: Option<String>,
     cache_control: Option<Value>,
     #[serde(borrow)]
-    source: Option<SourceIn<'a>>,
+    source: Option<JsonObject<SourceIn<'a>>>,
     title: Option<String>,
     id: Option<String>,
     name: Option<String>,
     input: Option<Value>,
     tool_use_id: Option<String>,
     #[serde(borrow)]
-    content: Option<TextOrList<BlockIn<'a>>>,
+    content: Option<TextOrList<JsonObject<BlockIn<'a>>>>,
     is_error: Option<bool>,
     thinking: Option<String>,
     signature: Option<String>,
@@ -100,7 +100,7 @@ struct ToolIn<'a> {
 
 /// Reads a Messages request, or `None` when `anthropic::parse_request` must.
 pub fn read_request(body: &[u8]) -> Option<Request> {
-    let body: RequestIn = serde_json::from_slice(body).ok()?;
+    let body: RequestIn = read_body(body)?;
     let mut request = Request {
         model: body.model.map(Cow::into_owned).unwrap_or_default(),
         max_tokens: body.max_tokens,
@@ -116,7 +116,7 @@ pub fn read_request(body: &[u8]) -> Option<Request> {
         Some(TextOrList::Text(text)) => request.messages.push(Message::new(Role::System, vec![Part::text(text)])),
         Some(TextOrList::List(blocks)) => {
             let mut parts = Vec::new();
-            for block in blocks {
+            for JsonObject(block) in blocks {
                 let text = block.text?;
                 // Claude Code's billing line, dropped as `anthropic::parse_request` explains.
                 if !text.starts_with(CLAUDE_CODE_BILLING_LINE) {
@@ -129,10 +129,10 @@ pub fn read_request(body: &[u8]) -> Option<Request> {
         }
     }
     let mut call_names: HashMap<String, String> = HashMap::new();
-    for message in body.messages? {
+    for JsonObject(message) in body.messages? {
         read_message(message, &mut call_names, &mut request.messages)?;
     }
-    for tool in body.tools.into_iter().flatten() {
+    for JsonObject(tool) in body.tools.into_iter().flatten() {
         if tool.kind.as_deref().is_some_and(|kind| kind != "custom") {
             continue;
         }
@@ -149,7 +149,7 @@ pub fn read_request(body: &[u8]) -> Option<Request> {
     request.stop = body.stop_sequences.unwrap_or_default();
     request.reasoning = parse_thinking(body.thinking.as_ref(), body.output_config.as_ref()).ok()?;
     request.response_format = parse_output_format(body.output_config.as_ref()).ok()?;
-    request.user = body.metadata.and_then(|metadata| metadata.user_id);
+    request.user = body.metadata.and_then(|JsonObject(metadata)| metadata.user_id);
     Some(request)
 }
 
@@ -159,7 +159,7 @@ fn read_message(message: MessageIn, call_names: &mut HashMap<String, String>, ou
     let role = message.role?;
     let blocks = match message.content {
         None => Vec::new(),
-        Some(TextOrList::Text(text)) => vec![text_block(text)],
+        Some(TextOrList::Text(text)) => vec![JsonObject(text_block(text))],
         Some(TextOrList::List(blocks)) => blocks,
     };
     match role.as_ref() {
@@ -167,7 +167,7 @@ fn read_message(message: MessageIn, call_names: &mut HashMap<String, String>, ou
             let had_blocks = !blocks.is_empty();
             let mut results = Vec::new();
             let mut parts = Vec::new();
-            for block in blocks {
+            for JsonObject(block) in blocks {
                 if block.kind.as_deref()? == "tool_result" {
                     results.push(Part::ToolResult(read_tool_result(block, call_names)?));
                 } else {
@@ -183,7 +183,7 @@ fn read_message(message: MessageIn, call_names: &mut HashMap<String, String>, ou
         }
         "assistant" => {
             let mut parts = Vec::new();
-            for block in blocks {
+            for JsonObject(block) in blocks {
                 if let Some(part) = read_assistant_block(block)? {
                     if let Part::ToolCall(call) = &part {
                         call_names.insert(call.id.clone(), call.name.clone());
@@ -195,7 +195,7 @@ fn read_message(message: MessageIn, call_names: &mut HashMap<String, String>, ou
         }
         "system" => {
             let mut parts = Vec::new();
-            for block in blocks {
+            for JsonObject(block) in blocks {
                 // Only text fills a system turn; other blocks are dropped.
                 if block.kind.as_deref()? == "text" {
                     parts.push(Part::Text(TextPart { text: block.text?, cache_control: block.cache_control }));
@@ -215,7 +215,7 @@ struct MessageBodyIn<'a> {
     id: Option<String>,
     model: Option<String>,
     #[serde(borrow)]
-    content: Option<Vec<BlockIn<'a>>>,
+    content: Option<Vec<JsonObject<BlockIn<'a>>>>,
     #[serde(borrow)]
     stop_reason: Option<Cow<'a, str>>,
     usage: Option<Value>,
@@ -223,9 +223,9 @@ struct MessageBodyIn<'a> {
 
 /// Reads a `message` body, or `None` when `anthropic::parse_response` must.
 pub fn read_response(body: &[u8]) -> Option<Response> {
-    let body: MessageBodyIn = serde_json::from_slice(body).ok()?;
+    let body: MessageBodyIn = read_body(body)?;
     let mut parts = Vec::new();
-    for block in body.content.into_iter().flatten() {
+    for JsonObject(block) in body.content.into_iter().flatten() {
         parts.extend(read_assistant_block(block)?);
     }
     Some(Response {
@@ -262,8 +262,8 @@ fn text_block<'a>(text: String) -> BlockIn<'a> {
 fn read_user_block(block: BlockIn) -> Option<Option<Part>> {
     Some(match block.kind?.as_ref() {
         "text" => Some(Part::Text(TextPart { text: block.text?, cache_control: block.cache_control })),
-        "image" => Some(Part::Image(read_media(block.source?, block.title)?)),
-        "document" => Some(Part::Document(read_media(block.source?, block.title)?)),
+        "image" => Some(Part::Image(read_media(block.source?.0, block.title)?)),
+        "document" => Some(Part::Document(read_media(block.source?.0, block.title)?)),
         // A file in Anthropic's code-execution container, which other upstreams do not have.
         "container_upload" => None,
         _ => return None,
@@ -288,7 +288,7 @@ fn read_tool_result(block: BlockIn, call_names: &HashMap<String, String>) -> Opt
         Some(TextOrList::Text(text)) => vec![Part::text(text)],
         Some(TextOrList::List(blocks)) => {
             let mut parts = Vec::new();
-            for inner in blocks {
+            for JsonObject(inner) in blocks {
                 parts.extend(read_user_block(inner)?);
             }
             parts

@@ -9,8 +9,13 @@
 //! model exactly (a missing required member, a member of an unexpected type, a value it does not
 //! know), and the format's `Value` reader then reads the body and names the problem. So the typed
 //! readers never decide an error, and wherever they return `Some` their IR must equal the
-//! `Value` reader's. The tests below check that on every request fixture, and the request fuzz
-//! targets (`fuzz/src/lib.rs`, `request_round_trip`) on arbitrary bodies.
+//! `Value` reader's. The tests below check that on every request fixture, and the request and
+//! response fuzz targets (`fuzz/src/lib.rs`) on arbitrary bodies. Two traps the fuzzing found and
+//! `read_body` and `JsonObject` close: serde_json skips unread members without checking that
+//! they are UTF-8, and serde's derived structs also accept arrays. One leniency stays, on purpose:
+//! a member the typed reader skips may hold JSON that a `Value` cannot (a lone surrogate escape, a
+//! number beyond `f64`), which the `Value` reader refuses as a whole body and the typed reader
+//! reads, as a pass-through would have forwarded it.
 //!
 //! With debug logging on, the typed readers step aside: the `Value` readers log each member they
 //! drop, and keeping that in one place is worth more than speed while debugging.
@@ -51,6 +56,40 @@ pub fn read_response(format: Format, body: &[u8]) -> Option<Response> {
         Format::OpenaiChat => openai_chat::read_response(body),
         Format::Anthropic => anthropic::read_response(body),
         _ => None,
+    }
+}
+
+/// Deserialises a body's top level, which must be a JSON object, from bytes that must be UTF-8.
+///
+/// serde_json skips the members nobody asked for without checking that their strings are UTF-8,
+/// so the whole body is checked first: the `Value` readers refuse such a body, and so must this.
+pub(super) fn read_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
+    let text = std::str::from_utf8(body).ok()?;
+    serde_json::from_str::<JsonObject<T>>(text).ok().map(|JsonObject(value)| value)
+}
+
+/// A `T` read only from a JSON object. Serde's derived structs also accept an array of their
+/// members in order, which no format allows and the `Value` readers refuse, so every struct a
+/// typed reader reads is wrapped in this.
+pub(super) struct JsonObject<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct JsonObjectVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for JsonObjectVisitor<T> {
+            type Value = JsonObject<T>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, members: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(members)).map(JsonObject)
+            }
+        }
+
+        deserializer.deserialize_map(JsonObjectVisitor(PhantomData))
     }
 }
 
@@ -187,10 +226,18 @@ mod tests {
             (Format::Anthropic, r#"{"messages": [{"role": "user", "content": [{"type": "search_result", "title": "t", "source": "s", "content": []}]}]}"#),
             (Format::Anthropic, r#"{"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "content", "content": []}}]}]}"#),
             (Format::Anthropic, r#"{"messages": [], "tool_choice": {"type": "sometimes"}}"#),
+            // Arrays where objects belong, which serde's derived structs would read in order.
+            (Format::Anthropic, r#"{"messages": [], "metadata": ["someone"]}"#),
+            (Format::OpenaiChat, r#"{"messages": [["user", "hi"]]}"#),
+            (Format::OpenaiChat, r#"[null, [{"role": "user", "content": "hi"}]]"#),
         ];
         for (format, body) in left {
             assert_eq!(read_request(format, body.as_bytes()), None, "{body}");
         }
+        // Bytes that are not UTF-8 in a member no reader looks at.
+        let not_utf8 = b"{\"messages\": [], \"unread\": \"\xff\"}";
+        assert_eq!(read_request(Format::OpenaiChat, not_utf8), None);
+        assert!(serde_json::from_slice::<Value>(not_utf8).is_err(), "the Value reader refuses it too");
     }
 
     #[test]

@@ -15,16 +15,16 @@ use crate::protocol::ir::{
 use crate::protocol::Format;
 use crate::protocol::openai_chat::{finish_reason_from_chat, parse_response_format, parse_stop, parse_tool_choice};
 use crate::protocol::usage::usage_from_value;
-use crate::protocol::typed_read::{TextOrList, TextOrObject};
+use crate::protocol::typed_read::{JsonObject, TextOrList, TextOrObject, read_body};
 
 #[derive(Deserialize)]
 struct RequestIn<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    messages: Option<Vec<MessageIn<'a>>>,
+    messages: Option<Vec<JsonObject<MessageIn<'a>>>>,
     #[serde(borrow)]
-    tools: Option<Vec<ToolIn<'a>>>,
+    tools: Option<Vec<JsonObject<ToolIn<'a>>>>,
     // The members below are small and rare; they are read as `Value`s by the `Value` reader's
     // own functions.
     tool_choice: Option<Value>,
@@ -42,7 +42,7 @@ struct RequestIn<'a> {
     #[serde(borrow)]
     reasoning_effort: Option<Cow<'a, str>>,
     stream: Option<bool>,
-    stream_options: Option<StreamOptionsIn>,
+    stream_options: Option<JsonObject<StreamOptionsIn>>,
     verbosity: Option<String>,
     user: Option<String>,
     safety_identifier: Option<String>,
@@ -59,12 +59,12 @@ struct MessageIn<'a> {
     #[serde(borrow)]
     role: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    content: Option<TextOrList<PartIn<'a>>>,
+    content: Option<TextOrList<JsonObject<PartIn<'a>>>>,
     name: Option<String>,
     tool_call_id: Option<String>,
     reasoning_content: Option<String>,
     refusal: Option<String>,
-    tool_calls: Option<Vec<ToolCallIn>>,
+    tool_calls: Option<Vec<JsonObject<ToolCallIn>>>,
 }
 
 #[derive(Deserialize)]
@@ -76,9 +76,9 @@ struct PartIn<'a> {
     refusal: Option<String>,
     #[serde(borrow)]
     image_url: Option<TextOrObject<'a, ImageUrlIn<'a>>>,
-    input_audio: Option<AudioIn>,
+    input_audio: Option<JsonObject<AudioIn>>,
     #[serde(borrow)]
-    file: Option<FileIn<'a>>,
+    file: Option<JsonObject<FileIn<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -105,7 +105,7 @@ struct FileIn<'a> {
 #[derive(Deserialize)]
 struct ToolCallIn {
     id: Option<String>,
-    function: Option<FunctionCallIn>,
+    function: Option<JsonObject<FunctionCallIn>>,
 }
 
 #[derive(Deserialize)]
@@ -119,7 +119,7 @@ struct ToolIn<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    function: Option<FunctionIn<'a>>,
+    function: Option<JsonObject<FunctionIn<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -133,21 +133,21 @@ struct FunctionIn<'a> {
 
 /// Reads a Chat Completions request, or `None` when `openai_chat::parse_request` must.
 pub fn read_request(body: &[u8]) -> Option<Request> {
-    let body: RequestIn = serde_json::from_slice(body).ok()?;
+    let body: RequestIn = read_body(body)?;
     let mut request = Request {
         model: body.model.map(Cow::into_owned).unwrap_or_default(),
         ..Request::default()
     };
     // Tool messages do not repeat the tool's name, but Gemini needs it, so it is looked up here.
     let mut call_names: HashMap<String, String> = HashMap::new();
-    for message in body.messages? {
+    for JsonObject(message) in body.messages? {
         request.messages.push(read_message(message, &mut call_names)?);
     }
-    for tool in body.tools.into_iter().flatten() {
+    for JsonObject(tool) in body.tools.into_iter().flatten() {
         if tool.kind.as_deref().is_some_and(|kind| kind != "function") {
             continue;
         }
-        let function = tool.function?;
+        let JsonObject(function) = tool.function?;
         request.tools.push(ToolDefinition {
             name: function.name?,
             description: function.description,
@@ -179,7 +179,7 @@ pub fn read_request(body: &[u8]) -> Option<Request> {
         Some(format) => Some(parse_response_format(format).ok()?),
     };
     request.stream = body.stream.unwrap_or(false);
-    request.include_usage = body.stream_options.and_then(|options| options.include_usage).unwrap_or(false);
+    request.include_usage = body.stream_options.and_then(|JsonObject(options)| options.include_usage).unwrap_or(false);
     request.verbosity = body.verbosity;
     request.user = body.user.or(body.safety_identifier);
     request.metadata = body.metadata;
@@ -208,9 +208,9 @@ fn read_message(message: MessageIn, call_names: &mut HashMap<String, String>) ->
 /// and tool calls, as `openai_chat::parse_assistant` orders them.
 fn read_assistant_parts(
     reasoning: Option<String>,
-    content: Option<TextOrList<PartIn>>,
+    content: Option<TextOrList<JsonObject<PartIn>>>,
     refusal: Option<String>,
-    tool_calls: Option<Vec<ToolCallIn>>,
+    tool_calls: Option<Vec<JsonObject<ToolCallIn>>>,
     call_names: &mut HashMap<String, String>,
 ) -> Option<Vec<Part>> {
     let mut parts = Vec::new();
@@ -221,8 +221,8 @@ fn read_assistant_parts(
     if let Some(refusal) = refusal.filter(|refusal| !refusal.is_empty()) {
         parts.push(Part::Refusal(refusal));
     }
-    for call in tool_calls.into_iter().flatten() {
-        let function = call.function?;
+    for JsonObject(call) in tool_calls.into_iter().flatten() {
+        let JsonObject(function) = call.function?;
         let id = call.id?;
         let name = function.name?;
         let arguments = match function.arguments {
@@ -241,14 +241,14 @@ struct CompletionIn<'a> {
     id: Option<String>,
     model: Option<String>,
     #[serde(borrow)]
-    choices: Option<Vec<ChoiceIn<'a>>>,
+    choices: Option<Vec<JsonObject<ChoiceIn<'a>>>>,
     usage: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct ChoiceIn<'a> {
     #[serde(borrow)]
-    message: Option<ResponseMessageIn<'a>>,
+    message: Option<JsonObject<ResponseMessageIn<'a>>>,
     #[serde(borrow)]
     finish_reason: Option<Cow<'a, str>>,
 }
@@ -256,20 +256,20 @@ struct ChoiceIn<'a> {
 #[derive(Deserialize)]
 struct ResponseMessageIn<'a> {
     #[serde(borrow)]
-    content: Option<TextOrList<PartIn<'a>>>,
+    content: Option<TextOrList<JsonObject<PartIn<'a>>>>,
     reasoning_content: Option<String>,
     /// What some compatible servers call `reasoning_content`.
     reasoning: Option<String>,
     refusal: Option<String>,
-    tool_calls: Option<Vec<ToolCallIn>>,
+    tool_calls: Option<Vec<JsonObject<ToolCallIn>>>,
 }
 
 /// Reads a `chat.completion` body (its first choice), or `None` when
 /// `openai_chat::parse_response` must.
 pub fn read_response(body: &[u8]) -> Option<Response> {
-    let body: CompletionIn = serde_json::from_slice(body).ok()?;
-    let choice = body.choices?.into_iter().next()?;
-    let message = choice.message?;
+    let body: CompletionIn = read_body(body)?;
+    let JsonObject(choice) = body.choices?.into_iter().next()?;
+    let JsonObject(message) = choice.message?;
     let mut parts =
         read_assistant_parts(message.reasoning_content, message.content, message.refusal, message.tool_calls, &mut HashMap::new())?;
     if let Some(reasoning) = message.reasoning.filter(|reasoning| !reasoning.is_empty())
@@ -287,12 +287,12 @@ pub fn read_response(body: &[u8]) -> Option<Response> {
     })
 }
 
-fn read_content(content: Option<TextOrList<PartIn>>) -> Option<Vec<Part>> {
+fn read_content(content: Option<TextOrList<JsonObject<PartIn>>>) -> Option<Vec<Part>> {
     match content {
         None => Some(Vec::new()),
         Some(TextOrList::Text(text)) if text.is_empty() => Some(Vec::new()),
         Some(TextOrList::Text(text)) => Some(vec![Part::text(text)]),
-        Some(TextOrList::List(parts)) => parts.into_iter().map(read_part).collect(),
+        Some(TextOrList::List(parts)) => parts.into_iter().map(|JsonObject(part)| read_part(part)).collect(),
     }
 }
 
@@ -308,11 +308,11 @@ fn read_part(part: PartIn) -> Option<Part> {
             Part::Image(Media { source: MediaSource::from_url(&url), detail, filename: None })
         }
         "input_audio" => {
-            let audio = part.input_audio?;
+            let JsonObject(audio) = part.input_audio?;
             Part::Audio { data: audio.data?, format: audio.format? }
         }
         "file" => {
-            let file = part.file?;
+            let JsonObject(file) = part.file?;
             let source = match (file.file_data, file.file_id) {
                 (Some(data), _) => match MediaSource::from_url(&data) {
                     MediaSource::Url(_) => return None,
