@@ -7,6 +7,7 @@
 //! thread it blocks the thread.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,8 +31,27 @@ pub struct StorePool {
     // worker thread.
     job_sender: crossbeam_channel::Sender<Job>,
     backend_name: &'static str,
-    /// Gone once every clone is dropped: a thread still trying to open its store then stops.
-    _alive: Arc<()>,
+    /// Gone once every clone is dropped: a spare thread still waiting, or trying to open its
+    /// store, then stops.
+    shared: Arc<PoolShared>,
+    counts: Arc<ThreadCounts>,
+}
+
+/// What the threads reach through a `Weak`, so that it goes away with the last handle.
+struct PoolShared {
+    /// Wakes one spare thread (one that has not opened its store yet); holds a message for
+    /// each spare, so sending never blocks.
+    spare_wake: crossbeam_channel::Sender<()>,
+}
+
+#[derive(Default)]
+struct ThreadCounts {
+    /// Serving threads waiting for a job, or about to: a thread counts as free from the moment
+    /// its job has its answer, so a caller that sends its next job right away does not see
+    /// every thread busy.
+    idle: AtomicUsize,
+    /// Threads that have their store: the connections open.
+    serving: AtomicUsize,
 }
 
 impl StorePool {
@@ -41,11 +61,12 @@ impl StorePool {
     /// connection is always opened.
     ///
     /// Only the first store is opened here (it applies the migrations, and its errors are the
-    /// caller's); each other thread opens its own store and then joins in, so the gateway does
-    /// not wait for connections it does not need yet (on SQLite each costs about two
-    /// milliseconds of schema reading and pragmas). Jobs sent meanwhile go to the threads
-    /// already serving. A thread whose store cannot be opened logs why and tries again, less
-    /// and less often, until the pool is dropped.
+    /// caller's). The other threads are spares: each opens its store the first time a job finds
+    /// no serving thread free, then serves too. A gateway whose database work never overlaps
+    /// keeps one connection (each SQLite connection holds about 390 KB of caches and schema, a
+    /// tenth of an idle gateway's own memory), and one that needs more gets them as it does.
+    /// A thread whose store cannot be opened logs why and tries again, less and less often,
+    /// until the pool is dropped; jobs meanwhile go to the threads already serving.
     ///
     /// Blocks while connecting: call it at startup on a std thread, not on a coroutine.
     pub fn open(
@@ -61,25 +82,37 @@ impl StorePool {
         let first_store = store::open(database_type, path_or_url)?;
         let backend_name = first_store.backend_name();
         let (job_sender, job_receiver) = crossbeam_channel::unbounded::<Job>();
-        let alive = Arc::new(());
+        let (spare_wake, spare_wake_receiver) = crossbeam_channel::bounded::<()>(connection_count);
+        let shared = Arc::new(PoolShared { spare_wake });
+        // The first thread serves at once: free before it even starts.
+        let counts = Arc::new(ThreadCounts { idle: AtomicUsize::new(1), serving: AtomicUsize::new(1) });
         let mut first_store = Some(first_store);
         for thread_index in 0..connection_count {
-            let job_receiver = job_receiver.clone();
             let (database_type, path_or_url) = (database_type.to_string(), path_or_url.to_string());
             let reopen = move || store::open(&database_type, &path_or_url);
             let opened = first_store.take();
-            let pool_alive = Arc::downgrade(&alive);
+            let serving = Serving { jobs: job_receiver.clone(), pool: Arc::downgrade(&shared), counts: counts.clone() };
+            let spare_wake_receiver = spare_wake_receiver.clone();
             thread::Builder::new()
                 .name(format!("store-{thread_index}"))
                 .spawn(move || {
                     let store = match opened {
                         Some(store) => store,
-                        None => match open_while_pool_alive(&reopen, &pool_alive) {
-                            Some(store) => store,
-                            None => return,
-                        },
+                        None => {
+                            // A spare: waits until it is needed, or ends with the pool.
+                            if spare_wake_receiver.recv().is_err() {
+                                return;
+                            }
+                            let store = match open_while_pool_alive(&reopen, &serving.pool) {
+                                Some(store) => store,
+                                None => return,
+                            };
+                            serving.counts.serving.fetch_add(1, Ordering::SeqCst);
+                            serving.counts.idle.fetch_add(1, Ordering::SeqCst);
+                            store
+                        }
                     };
-                    serve_jobs(store, job_receiver, reopen)
+                    serve_jobs(store, serving, reopen)
                 })
                 .map_err(|error| {
                     StoreError::Backend(format!("cannot start a store thread: {error}"))
@@ -88,7 +121,8 @@ impl StorePool {
         Ok(StorePool {
             job_sender,
             backend_name,
-            _alive: alive,
+            shared,
+            counts,
         })
     }
 
@@ -103,13 +137,21 @@ impl StorePool {
         job: impl FnOnce(&mut dyn Store) -> T + Send + 'static,
     ) -> T {
         let (reply_sender, reply_receiver) = may::sync::mpsc::channel();
+        let counts = self.counts.clone();
         let wrapped_job: Job = Box::new(move |store: &mut dyn Store| {
             let outcome = panic::catch_unwind(AssertUnwindSafe(|| job(store)));
+            counts.idle.fetch_add(1, Ordering::SeqCst);
             // The caller may have gone away (its coroutine was cancelled); nothing to do then.
             let _ = reply_sender.send(outcome);
         });
         if self.job_sender.send(wrapped_job).is_err() {
             panic!("the store pool has no running threads");
+        }
+        // A job waiting while no serving thread is free wakes a spare. (The serving thread that
+        // takes a job checks the same after it, which covers the job sent just as the last free
+        // thread took another.)
+        if self.counts.idle.load(Ordering::SeqCst) == 0 && !self.job_sender.is_empty() {
+            let _ = self.shared.spare_wake.try_send(());
         }
         match reply_receiver.recv() {
             Ok(Ok(value)) => value,
@@ -122,13 +164,18 @@ impl StorePool {
     pub fn backend_name(&self) -> &'static str {
         self.backend_name
     }
+
+    /// How many connections are open: the first, and the spares that were needed so far.
+    pub fn open_connections(&self) -> usize {
+        self.counts.serving.load(Ordering::SeqCst)
+    }
 }
 
 /// Opens a pool thread's store, trying again after a failure (1 s, doubling to a minute) for as
 /// long as the pool exists. `None` when the pool was dropped first.
-fn open_while_pool_alive(
+fn open_while_pool_alive<Pool>(
     open: &impl Fn() -> StoreResult<Box<dyn Store>>,
-    pool_alive: &Weak<()>,
+    pool_alive: &Weak<Pool>,
 ) -> Option<Box<dyn Store>> {
     let mut pause = Duration::from_secs(1);
     loop {
@@ -150,6 +197,13 @@ fn open_while_pool_alive(
     }
 }
 
+/// What a thread serving jobs holds of its pool.
+struct Serving {
+    jobs: crossbeam_channel::Receiver<Job>,
+    pool: Weak<PoolShared>,
+    counts: Arc<ThreadCounts>,
+}
+
 /// The body of one pool thread: run jobs until every `StorePool` handle is gone.
 ///
 /// After a job that found the server connection gone, the thread opens a new one (at most once a
@@ -157,13 +211,23 @@ fn open_while_pool_alive(
 /// until then the jobs fail with the driver's error, which their callers retry or report.
 fn serve_jobs(
     mut store: Box<dyn Store>,
-    job_receiver: crossbeam_channel::Receiver<Job>,
+    serving: Serving,
     reopen: impl Fn() -> StoreResult<Box<dyn Store>>,
 ) {
     // Database work is admin calls and batched statistics: never more urgent than relaying.
     crate::util::lower_this_thread_priority();
     let mut last_reopen_attempt: Option<Instant> = None;
-    for job in job_receiver {
+    // Counted free already (see `ThreadCounts::idle`): by `StorePool::open` or the spare's wake,
+    // and after each job by the job itself, just before its answer.
+    loop {
+        let Ok(job) = serving.jobs.recv() else { break };
+        serving.counts.idle.fetch_sub(1, Ordering::SeqCst);
+        // More jobs waiting behind this one: a spare should take them.
+        if !serving.jobs.is_empty()
+            && let Some(pool) = serving.pool.upgrade()
+        {
+            let _ = pool.spare_wake.try_send(());
+        }
         job(store.as_mut());
         let may_try = last_reopen_attempt.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
         if may_try && store.connection_lost() {
@@ -186,11 +250,21 @@ mod tests {
     use std::sync::Barrier;
 
     #[test]
+    fn spare_connections_open_only_when_jobs_overlap() {
+        let database = TempDatabase::new("pool-lazy");
+        let pool = StorePool::open("sqlite", &database.path(), 4).unwrap();
+        for _ in 0..50 {
+            assert!(pool.call(|store| store.has_admin()).is_ok());
+        }
+        assert_eq!(pool.open_connections(), 1, "one caller at a time needs one connection");
+    }
+
+    #[test]
     fn every_thread_serves_once_it_has_opened_its_own_store() {
         let database = TempDatabase::new("pool-all-serve");
         let pool = StorePool::open("sqlite", &database.path(), 4).unwrap();
         // Four jobs that each wait for the other three can only finish if four threads run
-        // them at once: the three stores opened in the background joined in.
+        // them at once: the three spares opened their stores and joined in.
         let barrier = Arc::new(Barrier::new(4));
         let (done_sender, done_receiver) = crossbeam_channel::unbounded();
         for _ in 0..4 {
@@ -206,6 +280,7 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(done_receiver.recv_timeout(Duration::from_secs(30)), Ok(true), "a pool thread never served");
         }
+        assert_eq!(pool.open_connections(), 4);
     }
 
     #[test]
