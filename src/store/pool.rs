@@ -61,8 +61,8 @@ impl StorePool {
     /// connection is always opened.
     ///
     /// Only the first store is opened here (it applies the migrations, and its errors are the
-    /// caller's). The other threads are spares: each opens its store the first time a job finds
-    /// no serving thread free, then serves too. A gateway whose database work never overlaps
+    /// caller's). The other threads are spares: each opens its store the first time jobs wait
+    /// with no serving thread free for longer than a moment (`SPARE_GRACE`), then serves too. A gateway whose database work never overlaps
     /// keeps one connection (each SQLite connection holds about 390 KB of caches and schema, a
     /// tenth of an idle gateway's own memory), and one that needs more gets them as it does.
     /// A thread whose store cannot be opened logs why and tries again, less and less often,
@@ -100,7 +100,7 @@ impl StorePool {
                         Some(store) => store,
                         None => {
                             // A spare: waits until it is needed, or ends with the pool.
-                            if spare_wake_receiver.recv().is_err() {
+                            if !wait_until_needed(&spare_wake_receiver, &serving) {
                                 return;
                             }
                             let store = match open_while_pool_alive(&reopen, &serving.pool) {
@@ -194,6 +194,25 @@ fn open_while_pool_alive<Pool>(
             thread::sleep(Duration::from_millis(100));
         }
         pause = (pause * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// How long a spare waits after a wake before it opens its store: jobs that merely overlap for
+/// a moment (the gateway's start runs a few at once) are done by then, and a backlog that
+/// lasts is still there.
+const SPARE_GRACE: Duration = Duration::from_millis(25);
+
+/// Waits for wakes until jobs are still waiting with no serving thread free a moment after one;
+/// false when the pool is gone.
+fn wait_until_needed(wakes: &crossbeam_channel::Receiver<()>, serving: &Serving) -> bool {
+    loop {
+        if wakes.recv().is_err() {
+            return false;
+        }
+        thread::sleep(SPARE_GRACE);
+        if serving.counts.idle.load(Ordering::SeqCst) == 0 && !serving.jobs.is_empty() {
+            return true;
+        }
     }
 }
 
