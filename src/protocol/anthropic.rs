@@ -580,7 +580,7 @@ pub fn write_request<'request>(
         temperature: None,
         thinking: None,
         tool_choice: None,
-        tools: request.tools.iter().map(write_tool).collect(),
+        tools: request.tools.iter().map(write_tool).collect::<Result<_, _>>()?,
         top_k: None,
         top_p: None,
     };
@@ -865,22 +865,22 @@ fn tool_use_id(id: &str) -> String {
 }
 
 /// A tool with its schema borrowed; only a schema the API would refuse is rewritten.
-fn write_tool(tool: &ToolDefinition) -> ToolOut<'_> {
+fn write_tool(tool: &ToolDefinition) -> Result<ToolOut<'_>, ConvertError> {
     // The API insists on an object schema with a `type` at the top.
     let input_schema = match tool.parameters.has_top_level_member("type") {
         Some(true) => Cow::Borrowed(tool.parameters.raw()),
         Some(false) => {
-            let mut schema = tool.parameters.to_value();
+            let mut schema = tool.schema_value()?;
             schema["type"] = "object".into();
             Cow::Owned(to_raw_value(&schema).expect("a Value always serialises"))
         }
         None => Cow::Owned(JsonSchema::empty_object().raw().to_owned()),
     };
-    ToolOut {
+    Ok(ToolOut {
         description: tool.description.as_deref(),
         input_schema,
         name: &tool.name,
-    }
+    })
 }
 
 /// Reads a Messages response body.
@@ -1572,7 +1572,7 @@ mod tests {
                 parameters: JsonSchema::from_raw(&raw),
                 strict: None,
             };
-            let written = serde_json::to_value(write_tool(&tool)).unwrap();
+            let written = serde_json::to_value(write_tool(&tool).unwrap()).unwrap();
             assert_eq!(written["input_schema"], expected, "{schema}");
         }
     }

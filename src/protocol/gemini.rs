@@ -760,14 +760,14 @@ enum SchemaOut<'request> {
 /// Writes a tool's schema in `style`. Gemini's JSON Schema style only differs from the client's
 /// schema where a keyword the sanitiser rewrites appears, which a scan of the text finds without
 /// building the schema; Antigravity's upper-case OpenAPI types always need the rewrite.
-fn write_schema(schema: &JsonSchema, style: SchemaStyle) -> SchemaOut<'_> {
+fn write_schema(tool: &ToolDefinition, style: SchemaStyle) -> Result<SchemaOut<'_>, ConvertError> {
     // The keywords `sanitize_schema_node` drops or rewrites in JSON Schema style.
     let rewritten = style == SchemaStyle::OpenApi
-        || schema.has_member_anywhere(&|name| DROPPED_SCHEMA_KEYWORDS.contains(&name) || name == "const");
+        || tool.parameters.has_member_anywhere(&|name| DROPPED_SCHEMA_KEYWORDS.contains(&name) || name == "const");
     if rewritten {
-        SchemaOut::Sanitized(sanitize_schema(&schema.to_value(), style))
+        Ok(SchemaOut::Sanitized(sanitize_schema(&tool.schema_value()?, style)))
     } else {
-        SchemaOut::AsSent(schema.raw())
+        Ok(SchemaOut::AsSent(tool.parameters.raw()))
     }
 }
 
@@ -819,19 +819,19 @@ pub(crate) fn write_generate_request<'request>(
             .tools
             .iter()
             .map(|tool| {
-                let schema = Some(write_schema(&tool.parameters, style));
+                let schema = Some(write_schema(tool, style)?);
                 let (parameters, parameters_json_schema) = match style {
                     SchemaStyle::OpenApi => (schema, None),
                     SchemaStyle::JsonSchema => (None, schema),
                 };
-                FunctionDeclarationOut {
+                Ok(FunctionDeclarationOut {
                     description: tool.description.as_deref(),
                     name: &tool.name,
                     parameters,
                     parameters_json_schema,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, ConvertError>>()?;
         tools = Some([ToolsOut { function_declarations: declarations }]);
         tool_config = function_calling_config(request.tool_choice.as_ref(), claude)
             .map(|function_calling_config| ToolConfigOut { function_calling_config });

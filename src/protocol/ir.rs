@@ -249,6 +249,22 @@ pub struct ToolDefinition {
     pub strict: Option<bool>,
 }
 
+impl ToolDefinition {
+    /// The schema as a `Value`, for writers that rewrite it, or an error naming the tool when its
+    /// schema holds JSON a `Value` cannot (see [`JsonSchema::to_value`]).
+    pub fn schema_value(&self) -> Result<Value, ConvertError> {
+        self.parameters.to_value().ok_or_else(|| {
+            ConvertError::new(
+                "tools",
+                format!(
+                    "the parameters schema of {:?} holds JSON that cannot be converted (a lone surrogate escape or a number beyond the range of a double)",
+                    self.name
+                ),
+            )
+        })
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum ToolChoice {
     Auto,

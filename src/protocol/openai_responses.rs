@@ -582,7 +582,7 @@ pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value,
     body.insert("input".into(), items.into());
 
     if !request.tools.is_empty() {
-        let tools: Vec<Value> = request.tools.iter().map(write_tool).collect();
+        let tools: Vec<Value> = request.tools.iter().map(write_tool).collect::<Result<_, _>>()?;
         body.insert("tools".into(), tools.into());
         insert_some(
             &mut body,
@@ -841,16 +841,16 @@ fn normalized_arguments(arguments: &str) -> String {
     }
 }
 
-fn write_tool(tool: &ToolDefinition) -> Value {
+fn write_tool(tool: &ToolDefinition) -> Result<Value, ConvertError> {
     let mut written = Map::new();
     written.insert("type".into(), "function".into());
     written.insert("name".into(), tool.name.clone().into());
     insert_some(&mut written, "description", tool.description.clone());
-    written.insert("parameters".into(), tool.parameters.to_value());
+    written.insert("parameters".into(), tool.schema_value()?);
     // Responses makes a tool strict when `strict` is left out, which rejects the loose schemas
     // Chat and Anthropic clients send, so the non-strict default of those formats is spelled out.
     written.insert("strict".into(), tool.strict.unwrap_or(false).into());
-    Value::Object(written)
+    Ok(Value::Object(written))
 }
 
 fn write_tool_choice(choice: &ToolChoice) -> Value {

@@ -173,6 +173,7 @@ impl<'de: 'a, 'a, Object: Deserialize<'de>> Deserialize<'de> for TextOrObject<'a
 mod tests {
     use serde_json::{Value, json};
 
+    use crate::protocol::convert::{ClientBody, ConvertContext, convert_request_with_media};
     use crate::protocol::ir::Part;
     use crate::protocol::typed_read::read_request;
     use crate::protocol::{Format, anthropic, openai_chat};
@@ -238,6 +239,31 @@ mod tests {
         let not_utf8 = b"{\"messages\": [], \"unread\": \"\xff\"}";
         assert_eq!(read_request(Format::OpenaiChat, not_utf8), None);
         assert!(serde_json::from_slice::<Value>(not_utf8).is_err(), "the Value reader refuses it too");
+    }
+
+    /// A schema kept as text may hold JSON a `Value` cannot; a writer that must rewrite it answers
+    /// with an error naming the tool instead of failing, and one that sends it as it is does so.
+    #[test]
+    fn a_schema_no_value_can_hold_is_an_error_where_it_must_be_rewritten() {
+        let body = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "odd", "parameters":
+            {"properties": {"a": {"description": "\ud800", "maximum": 1e999}}}}}]}"#;
+        let unreadable = || -> &Value { panic!("the typed reader reads this body") };
+        let context = ConvertContext { upstream_model: "m".to_string(), ..ConvertContext::default() };
+        let convert = |upstream| {
+            convert_request_with_media(
+                Format::OpenaiChat,
+                upstream,
+                ClientBody::Bytes { bytes: body, parse: &unreadable },
+                &context,
+                &mut |_| Err(String::new()),
+                false,
+            )
+        };
+        for upstream in [Format::Anthropic, Format::Gemini, Format::Antigravity, Format::OpenaiResponses] {
+            let error = convert(upstream).expect_err("the schema must be rewritten for this upstream");
+            assert!(error.to_string().contains("\"odd\""), "{upstream:?}: {error}");
+        }
     }
 
     #[test]
