@@ -1123,6 +1123,33 @@ impl Serialize for DeltaOut<'_> {
     }
 }
 
+/// The block index and text of a text delta written exactly as the API writes it, compactly and
+/// in its member order: `{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"…"}}`.
+/// Nearly every event of a streamed answer is one, and reading it by its bytes costs a tenth of a
+/// deserializer's walk. Anything else, from other spacing to an extra member, is `None` and goes
+/// to the deserializer, which decides about it.
+fn exact_text_delta(data: &str) -> Option<(u64, Cow<'_, str>)> {
+    const HEAD: &str = r#"{"type":"content_block_delta","index":"#;
+    const BETWEEN: &str = r#","delta":{"type":"text_delta","text":""#;
+    const TAIL: &str = r#""}}"#;
+    let after_head = data.strip_prefix(HEAD)?;
+    let digits = after_head.bytes().take_while(u8::is_ascii_digit).count();
+    // JSON numbers have no leading zeros; a long run would overflow.
+    if digits == 0 || digits > 18 || (digits > 1 && after_head.starts_with('0')) {
+        return None;
+    }
+    let block_index = after_head[..digits].parse().ok()?;
+    let quoted_text_start = data.len() - after_head.len() + digits + BETWEEN.len() - 1;
+    let text = after_head[digits..].strip_prefix(BETWEEN)?.strip_suffix(TAIL)?;
+    if !text.bytes().any(|byte| byte == b'"' || byte == b'\\' || byte < 0x20) {
+        return Some((block_index, Cow::Borrowed(text)));
+    }
+    // Escapes (a newline is one) are decoded by serde_json from the quoted string; an unescaped
+    // quote or control byte inside fails there and leaves the event to the deserializer.
+    let quoted_text = &data[quoted_text_start..quoted_text_start + text.len() + 2];
+    serde_json::from_str::<String>(quoted_text).ok().map(|text| (block_index, Cow::Owned(text)))
+}
+
 /// A `content_block_delta` event, borrowed from its text where no escape forces a copy.
 #[derive(Deserialize)]
 struct BlockDeltaIn<'event> {
@@ -1312,6 +1339,10 @@ impl StreamDecoder {
     /// cost more than everything else done per event). Returns false when the event is not a
     /// well-formed `content_block_delta`; the general path then reads it, with its precise errors.
     fn fast_block_delta(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> bool {
+        if let Some((block_index, text)) = exact_text_delta(&event.data) {
+            self.apply_block_delta(block_index, "text_delta", &text, out);
+            return true;
+        }
         let Ok(parsed) = serde_json::from_str::<BlockDeltaIn<'_>>(&event.data) else {
             return false;
         };
@@ -1609,6 +1640,55 @@ mod stream_tests {
         let expected = serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a \"quoted\" line\n"}});
         let expected = String::from_utf8(encode_event(Some("content_block_delta"), &expected.to_string())).unwrap();
         assert!(written.ends_with(&expected), "{written}");
+    }
+
+    #[test]
+    fn text_deltas_read_by_their_bytes_decode_as_the_deserializer_reads_them() {
+        let delta_event = |data: &str| SseEvent {
+            event: Some("content_block_delta".to_string()),
+            data: data.to_string(),
+            id: None,
+            raw: Vec::new(),
+        };
+        let text = |index: &str, text: &str| {
+            format!(r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":"{text}"}}}}"#)
+        };
+        let cases = [
+            text("0", "Hello"),
+            text("12", r#"line\nbreak \"quoted\" \\ \u00e9 \ud83d\ude00 \"}}"#),
+            text("3", "é ✓ 😀"),
+            text("0", ""),
+            text("01", "leading zero"),
+            text("0", r#"unescaped " quote"#),
+            text("0", "control \u{1} byte"),
+            text("0", r#"\"#),
+            text("99999999999999999999", "huge index"),
+            text("-1", "negative"),
+            format!("{} ", text("0", "trailing space")),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","extra":1}}"#.to_string(),
+        ];
+        for data in &cases {
+            let exact = super::exact_text_delta(data);
+            // The deserializer's reading: BlockDeltaIn, as the general fast path uses it.
+            let general = serde_json::from_str::<super::BlockDeltaIn<'_>>(data).ok().and_then(|parsed| {
+                let delta = parsed.delta?;
+                (delta.kind == "text_delta").then(|| (parsed.index.unwrap_or(0), delta.text.unwrap_or_default().into_owned()))
+            });
+            if let Some((index, text)) = &exact {
+                assert_eq!(Some((*index, text.to_string())), general, "{data}");
+            }
+            // Events the byte reader leaves alone decode (or fail) as before, through push.
+            let mut decoder = StreamDecoder::new();
+            let mut out = Vec::new();
+            let pushed = decoder.push(&delta_event(data), &mut out);
+            match general {
+                Some((_, text)) if !text.is_empty() => assert_eq!(out, vec![StreamEvent::TextDelta(text)], "{data}"),
+                Some(_) => assert!(out.is_empty(), "{data}"),
+                None => assert!(pushed.is_err() || out.is_empty(), "{data}"),
+            }
+        }
+        let read_by_bytes = cases.iter().filter(|data| super::exact_text_delta(data).is_some()).count();
+        assert_eq!(read_by_bytes, 4, "the well-formed compact deltas (and only they) are read by their bytes");
     }
 
     #[test]

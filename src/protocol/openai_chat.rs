@@ -1189,6 +1189,10 @@ pub struct StreamEncoder {
     role_sent: bool,
     usage: Option<Usage>,
     failed: bool,
+    /// What follows the delta in every chunk without a finish reason, serialised once per stream
+    /// (and again if the upstream's start renames it): the choice's other members, the id, the
+    /// model and the object type. Written afresh for each token, these cost more than the delta.
+    unfinished_chunk_tail: Option<Vec<u8>>,
 }
 
 impl StreamEncoder {
@@ -1202,6 +1206,7 @@ impl StreamEncoder {
             role_sent: false,
             usage: None,
             failed: false,
+            unfinished_chunk_tail: None,
         }
     }
 
@@ -1217,22 +1222,32 @@ impl StreamEncoder {
                 if !model.is_empty() {
                     self.model = model.clone();
                 }
+                self.unfinished_chunk_tail = None;
                 self.ensure_role(out);
             }
             StreamEvent::TextDelta(text) => self.delta(&ContentDelta { content: text }, out),
             StreamEvent::ReasoningDelta(text) => self.delta(&ReasoningContentDelta { reasoning_content: text }, out),
             StreamEvent::ReasoningSignature { .. } | StreamEvent::ToolCallEnd { .. } => {}
             StreamEvent::ToolCallStart { index, id, name } => self.delta(
-                &json!({"tool_calls": [{
-                    "index": index,
-                    "id": id,
-                    "type": "function",
-                    "function": {"name": name, "arguments": ""},
-                }]}),
+                &ToolCallsDelta {
+                    tool_calls: [ToolCallDelta {
+                        function: FunctionDelta { arguments: "", name: Some(name) },
+                        id: Some(id),
+                        index: *index,
+                        kind: Some("function"),
+                    }],
+                },
                 out,
             ),
             StreamEvent::ToolCallArgsDelta { index, fragment } => self.delta(
-                &json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}),
+                &ToolCallsDelta {
+                    tool_calls: [ToolCallDelta {
+                        function: FunctionDelta { arguments: fragment, name: None },
+                        id: None,
+                        index: *index,
+                        kind: None,
+                    }],
+                },
                 out,
             ),
             StreamEvent::Finish { reason } => {
@@ -1288,17 +1303,43 @@ impl StreamEncoder {
 
     /// One chunk event. Serialised from borrowed parts rather than built as a `Value`: this runs
     /// for every streamed token, and the map it built cost more than the rest of the event.
-    fn write_chunk(&self, delta: &impl Serialize, finish_reason: Option<&str>, out: &mut Vec<u8>) {
-        let chunk = ChunkOut {
-            choices: [ChoiceOut { delta, finish_reason, index: 0, logprobs: None }],
-            created: self.created,
-            id: &self.id,
-            model: &self.model,
-            object: "chat.completion.chunk",
-        };
-        write_json_event(out, None, &chunk);
+    fn write_chunk(&mut self, delta: &impl Serialize, finish_reason: Option<&str>, out: &mut Vec<u8>) {
+        if finish_reason.is_some() {
+            let chunk = ChunkOut {
+                choices: [ChoiceOut { delta, finish_reason, index: 0, logprobs: None }],
+                created: self.created,
+                id: &self.id,
+                model: &self.model,
+                object: "chat.completion.chunk",
+            };
+            write_json_event(out, None, &chunk);
+            return;
+        }
+        // The members are in alphabetical order with the delta first, so a token's chunk is a
+        // fixed head, the delta, and this stream's fixed tail.
+        let tail = self.unfinished_chunk_tail.get_or_insert_with(|| {
+            let chunk = ChunkOut {
+                choices: [ChoiceOut { delta: &(), finish_reason: None, index: 0, logprobs: None }],
+                created: self.created,
+                id: &self.id,
+                model: &self.model,
+                object: "chat.completion.chunk",
+            };
+            let whole = serde_json::to_vec(&chunk).expect("a chunk serialises into memory");
+            let tail_start = UNFINISHED_CHUNK_HEAD.len() + b"null".len();
+            debug_assert!(whole.starts_with(UNFINISHED_CHUNK_HEAD));
+            whole[tail_start..].to_vec()
+        });
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(UNFINISHED_CHUNK_HEAD);
+        serde_json::to_writer(&mut *out, delta).expect("a delta serialises into memory");
+        out.extend_from_slice(tail);
+        out.extend_from_slice(b"\n\n");
     }
 }
+
+/// What every chunk's JSON starts with, up to its delta.
+const UNFINISHED_CHUNK_HEAD: &[u8] = b"{\"choices\":[{\"delta\":";
 
 /// A `chat.completion.chunk` with one choice. Fields are in alphabetical order, the order the
 /// sorted map of `json!` wrote them in, so the bytes clients get did not change.
@@ -1329,6 +1370,29 @@ struct ReasoningContentDelta<'text> {
     reasoning_content: &'text str,
 }
 
+/// A tool call's start or a piece of its arguments, members in alphabetical order like the rest.
+#[derive(Serialize)]
+struct ToolCallsDelta<'call> {
+    tool_calls: [ToolCallDelta<'call>; 1],
+}
+
+#[derive(Serialize)]
+struct ToolCallDelta<'call> {
+    function: FunctionDelta<'call>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'call str>,
+    index: usize,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct FunctionDelta<'call> {
+    arguments: &'call str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'call str>,
+}
+
 #[cfg(test)]
 mod tests {
     use crate::protocol::ir::{FinishReason, StreamEvent};
@@ -1343,6 +1407,10 @@ mod tests {
         let mut encoder = super::StreamEncoder::new(&meta, false);
         let mut out = Vec::new();
         encoder.encode(&StreamEvent::TextDelta("hi \"you\"".to_string()), &mut out);
+        encoder.encode(&StreamEvent::ToolCallStart { index: 0, id: "call_1".to_string(), name: "f".to_string() }, &mut out);
+        encoder.encode(&StreamEvent::ToolCallArgsDelta { index: 0, fragment: "{\"a\":".to_string() }, &mut out);
+        encoder.encode(&StreamEvent::Start { id: "chatcmpl-2".to_string(), model: "n".to_string() }, &mut out);
+        encoder.encode(&StreamEvent::ToolCallArgsDelta { index: 0, fragment: "1}".to_string() }, &mut out);
         encoder.encode(&StreamEvent::Finish { reason: FinishReason::Stop }, &mut out);
         let expected = [
             serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
@@ -1350,6 +1418,16 @@ mod tests {
             serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
                 "choices": [{"index": 0, "delta": {"content": "hi \"you\""}, "logprobs": null, "finish_reason": null}]}),
             serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": "f", "arguments": ""}}]}, "logprobs": null, "finish_reason": null}]}),
+            serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]},
+                    "logprobs": null, "finish_reason": null}]}),
+            // An upstream that names the stream late renames every chunk after it.
+            serde_json::json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 7, "model": "n",
+                "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]},
+                    "logprobs": null, "finish_reason": null}]}),
+            serde_json::json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 7, "model": "n",
                 "choices": [{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}]}),
         ]
         .iter()

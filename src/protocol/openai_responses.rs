@@ -1605,6 +1605,20 @@ struct CustomInput {
     streamed: String,
 }
 
+
+/// `response.output_text.delta`, members in alphabetical order as the map of `emit` writes them.
+#[derive(Serialize)]
+struct TextDeltaOut<'event> {
+    content_index: u32,
+    delta: &'event str,
+    item_id: &'event str,
+    logprobs: [(); 0],
+    output_index: usize,
+    sequence_number: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
 /// Writes IR events as a Responses stream for a client.
 ///
 /// Every event is `event: <type>` plus `data: {type, sequence_number, …}` with strictly increasing
@@ -1676,14 +1690,19 @@ impl StreamEncoder {
                     return;
                 };
                 accumulated.push_str(text);
-                let data = json!({
-                    "item_id": item_id,
-                    "output_index": output_index,
-                    "content_index": 0,
-                    "delta": text,
-                    "logprobs": [],
-                });
-                self.emit("response.output_text.delta", data, out);
+                // A typed event rather than `emit`'s map: this runs for every token.
+                let sequence_number = self.next_sequence_number;
+                self.next_sequence_number += 1;
+                let delta = TextDeltaOut {
+                    content_index: 0,
+                    delta: text,
+                    item_id,
+                    logprobs: [],
+                    output_index: *output_index,
+                    sequence_number,
+                    kind: "response.output_text.delta",
+                };
+                write_json_event(out, Some(delta.kind), &delta);
             }
             StreamEvent::ReasoningDelta(text) => {
                 if text.is_empty() {

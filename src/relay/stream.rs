@@ -78,22 +78,26 @@ impl EventTranslator {
             }
             return;
         }
-        let mut sse_bytes = Vec::new();
+        // Events framed as SSE go straight to the client's buffer; a JSON array is reframed.
+        let mut to_reframe = Vec::new();
+        let sse_bytes = if self.json_array.is_some() { &mut to_reframe } else { &mut *out };
         match (&self.transform, &mut self.transcoder) {
             (Transform::PassThrough { strip_usage_chunk, .. }, _) => {
                 if !(*strip_usage_chunk && is_bare_usage_chunk(event)) {
-                    append_raw_event(event, &mut sse_bytes);
+                    append_raw_event(event, sse_bytes);
                 }
             }
             (Transform::Convert { .. }, Some(transcoder)) => {
-                if let Err(error) = transcoder.push(event, &mut sse_bytes) {
+                if let Err(error) = transcoder.push(event, sse_bytes) {
                     // A malformed upstream event is reported once, in the client's format.
                     sse_bytes.extend(render_stream_error(self.client_format, ErrorKind::Upstream, &error.to_string()));
                 }
             }
             (Transform::Convert { .. }, None) => {}
         }
-        self.frame(&sse_bytes, out);
+        if self.json_array.is_some() {
+            self.frame(&to_reframe, out);
+        }
     }
 
     /// Appends whatever closes the stream for the client (final converted events, `]`) once the
