@@ -127,6 +127,9 @@ pub fn request_round_trip(client: Format, data: &[u8]) {
     let Ok(request) = parse_request(client, &body) else {
         return;
     };
+    for tool in &request.tools {
+        schema_scans_agree_with_the_tree(&tool.parameters);
+    }
     for upstream in ALL_FORMATS {
         for stream in [false, true] {
             let Ok(written) = write_request(upstream, &request, &write_options(stream)) else {
@@ -207,6 +210,31 @@ fn write_response(format: Format, response: &octopus::protocol::ir::Response) ->
 
 /// An upstream's complete response body in `upstream` format: usage read from it, converted for
 /// every client (the relay's entry point), and through the IR into every client format and back.
+/// The writers' byte scans of a tool schema answer as its `Value` tree would. A tree keeps only
+/// the last of duplicate member names, which the scan for a name anywhere sees all of, so that
+/// scan may say yes where the tree says no (the conservative direction), never the other way.
+fn schema_scans_agree_with_the_tree(schema: &octopus::protocol::ir::JsonSchema) {
+    let Some(tree) = schema.to_value() else {
+        return;
+    };
+    for name in ["type", "const", "$ref", "properties"] {
+        let in_tree = tree.as_object().map(|members| members.contains_key(name));
+        assert_eq!(schema.has_top_level_member(name), in_tree, "top-level `{name}` in {}", schema.raw().get());
+        let wanted = |member: &str| member == name;
+        if has_member_in_tree(&tree, &wanted) {
+            assert!(schema.has_member_anywhere(&wanted), "`{name}` anywhere in {}", schema.raw().get());
+        }
+    }
+}
+
+fn has_member_in_tree(value: &Value, is_wanted: &dyn Fn(&str) -> bool) -> bool {
+    match value {
+        Value::Object(members) => members.iter().any(|(name, member)| is_wanted(name) || has_member_in_tree(member, is_wanted)),
+        Value::Array(items) => items.iter().any(|item| has_member_in_tree(item, is_wanted)),
+        _ => false,
+    }
+}
+
 pub fn response_round_trip(upstream: Format, data: &[u8]) {
     let _ = usage_from_response_body(upstream, data);
     for client in CLIENT_FORMATS {
@@ -216,12 +244,12 @@ pub fn response_round_trip(upstream: Format, data: &[u8]) {
         // JSON a Value cannot hold (a lone surrogate escape, a number beyond f64) in a member the
         // typed reader skips is still read; bytes that are not UTF-8 never are.
         if std::str::from_utf8(data).is_err() {
-            assert_eq!(octopus::protocol::typed_read::read_response(upstream, data), None, "the typed reader read bytes that are not UTF-8");
+            assert_eq!(octopus::protocol::typed_read::read_response(upstream, data, &meta()), None, "the typed reader read bytes that are not UTF-8");
         }
         return;
     };
     // Where the typed reader reads an answer, it reads it as the `Value` reader does.
-    if let Some(typed) = octopus::protocol::typed_read::read_response(upstream, data) {
+    if let Some(typed) = octopus::protocol::typed_read::read_response(upstream, data, &meta()) {
         assert_eq!(parse_response(upstream, &body).ok(), Some(typed), "the typed reader and the Value reader disagree");
     }
     let Ok(response) = parse_response(upstream, &body) else {

@@ -11,6 +11,7 @@ use crate::protocol::ir::{
     ConvertError, Media, MediaSource, Part, Request, Response, ResponseMeta, StreamEvent, WriteOptions,
 };
 use crate::protocol::sse::SseEvent;
+use crate::protocol::usage::{Usage, usage_from_response_body};
 use crate::protocol::{anthropic, antigravity, custom_tools, gemini, openai_chat, openai_responses, typed_read};
 
 /// What a conversion needs to know besides the bodies. Ids and times come from the caller, which
@@ -200,11 +201,23 @@ pub fn convert_response(
     body: &[u8],
     context: &ConvertContext,
 ) -> Result<Vec<u8>, ConvertError> {
+    convert_response_and_usage(upstream, client, body, context).map(|(converted, _)| converted)
+}
+
+/// Converts a complete upstream response body into the client's response body, and returns the
+/// usage the upstream reported, normalized as `usage_from_response_body` would read it from the
+/// same body: the relay bills from it rather than parsing the answer a second time.
+pub fn convert_response_and_usage(
+    upstream: Format,
+    client: Format,
+    body: &[u8],
+    context: &ConvertContext,
+) -> Result<(Vec<u8>, Option<Usage>), ConvertError> {
     if client == upstream {
-        return Ok(body.to_vec());
+        return Ok((body.to_vec(), usage_from_response_body(upstream, body)));
     }
     let meta = response_meta(context);
-    let response = match typed_read::read_response(upstream, body) {
+    let response = match typed_read::read_response(upstream, body, &meta) {
         Some(response) => response,
         None => {
             let value: Value = serde_json::from_slice(body).map_err(|error| {
@@ -213,7 +226,7 @@ pub fn convert_response(
             parse_response(upstream, &value, &meta)?
         }
     };
-    write_response(client, &response, &meta)
+    Ok((write_response(client, &response, &meta)?, response.usage))
 }
 
 /// Converts an upstream event stream into the client's event stream, one event at a time.
@@ -501,8 +514,10 @@ mod tests {
     use crate::protocol::Format;
     use crate::protocol::convert::{
         ClientBody, ConvertContext, StreamTranscoder, client_wants_stream_usage, convert_request,
-        convert_request_with_media, convert_response, parse_request, parse_response, response_meta,
+        convert_request_with_media, convert_response, convert_response_and_usage, parse_request, parse_response,
+        response_meta,
     };
+    use crate::protocol::usage::usage_from_response_body;
     use crate::protocol::ir::ConvertError;
     use crate::protocol::ir::{Part, ReasoningEffort, Request, Role, WriteOptions};
     use crate::protocol::sse::{SseEvent, SseParser, encode_event};
@@ -642,8 +657,13 @@ mod tests {
                 let mut context = context(false, false);
                 context.custom_tools = take_custom_tools(&mut body);
                 let body = body.to_string();
-                match convert_response(from, to, body.as_bytes(), &context) {
-                    Ok(bytes) => serde_json::from_slice(&bytes).expect("written response is JSON"),
+                match convert_response_and_usage(from, to, body.as_bytes(), &context) {
+                    Ok((bytes, usage)) => {
+                        // The relay bills from the usage the conversion read; it must be what
+                        // the usage reader finds in the same body.
+                        assert_eq!(usage, usage_from_response_body(from, body.as_bytes()), "usage of {from:?} → {to:?}");
+                        serde_json::from_slice(&bytes).expect("written response is JSON")
+                    }
                     Err(error) => error_output(error),
                 }
             }
@@ -1232,12 +1252,16 @@ mod tests {
         }
     }
 
-    /// The same for the answers of Chat and Anthropic upstreams.
+    /// The same for the answers of Chat, Anthropic and Gemini upstreams.
     #[test]
     fn typed_readers_read_responses_as_the_value_readers_do() {
         let meta = response_meta(&context(false, false));
-        for (prefix, format) in [("response_chat_to_", Format::OpenaiChat), ("response_anthropic_to_", Format::Anthropic)] {
-            check_typed_reader(prefix, |bytes| typed_read::read_response(format, bytes), |body| parse_response(format, body, &meta));
+        for (prefix, format) in [
+            ("response_chat_to_", Format::OpenaiChat),
+            ("response_anthropic_to_", Format::Anthropic),
+            ("response_gemini_to_", Format::Gemini),
+        ] {
+            check_typed_reader(prefix, |bytes| typed_read::read_response(format, bytes, &meta), |body| parse_response(format, body, &meta));
         }
     }
 

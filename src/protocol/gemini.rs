@@ -401,7 +401,7 @@ fn guess_media_type(url: &str, image: bool) -> &'static str {
     }
 }
 
-fn gemini_signature(value: &str) -> Signature {
+pub(crate) fn gemini_signature(value: &str) -> Signature {
     Signature {
         provider: Format::Gemini,
         value: value.to_string(),
@@ -1395,7 +1395,7 @@ pub fn parse_response(body: &Value, meta: &ResponseMeta) -> Result<Response, Con
     })
 }
 
-fn synthesized_call_id(seed: &str, ordinal: usize) -> String {
+pub(crate) fn synthesized_call_id(seed: &str, ordinal: usize) -> String {
     format!("call_{seed}_{ordinal}")
 }
 
@@ -1417,7 +1417,7 @@ fn prompt_block_reason(body: &Value) -> Option<&str> {
 
 /// Maps a Gemini finish reason (protocols.md §5). Gemini says STOP even after a function call,
 /// and Antigravity may say OTHER, so calls win over those.
-fn finish_reason_from_gemini(reason: &str, has_calls: bool) -> FinishReason {
+pub(crate) fn finish_reason_from_gemini(reason: &str, has_calls: bool) -> FinishReason {
     match reason {
         "MAX_TOKENS" => FinishReason::Length,
         "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" => {
@@ -1742,12 +1742,12 @@ impl StreamEncoder {
             }
             StreamEvent::TextDelta(text) => {
                 if !text.is_empty() {
-                    self.write_chunk(vec![json!({"text": text})], out);
+                    self.write_chunk([TextPartOut { text, thought: None }], out);
                 }
             }
             StreamEvent::ReasoningDelta(text) => {
                 if !text.is_empty() {
-                    self.write_chunk(vec![json!({"text": text, "thought": true})], out);
+                    self.write_chunk([TextPartOut { text, thought: Some(true) }], out);
                 }
             }
             StreamEvent::ReasoningSignature {
@@ -1831,14 +1831,46 @@ impl StreamEncoder {
         self.write_chunk(vec![function_call_part(call, Reader::Client)], out);
     }
 
-    fn write_chunk(&self, parts: Vec<Value>, out: &mut Vec<u8>) {
-        let chunk = json!({
-            "candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}],
-            "modelVersion": self.model,
-            "responseId": self.id,
-        });
+    /// One chunk with `parts`, serialised from borrowed parts rather than built as a `Value`:
+    /// this runs for every streamed token.
+    fn write_chunk<Parts: Serialize>(&self, parts: Parts, out: &mut Vec<u8>) {
+        let chunk = StreamChunkOut {
+            candidates: [StreamCandidateOut { content: StreamContentOut { parts, role: "model" }, index: 0 }],
+            model_version: &self.model,
+            response_id: &self.id,
+        };
         write_json_event(out, None, &chunk);
     }
+}
+
+/// A streamed chunk with one candidate. Members are in alphabetical order, as the sorted map of
+/// `json!` wrote them before.
+#[derive(Serialize)]
+struct StreamChunkOut<'chunk, Parts: Serialize> {
+    candidates: [StreamCandidateOut<Parts>; 1],
+    #[serde(rename = "modelVersion")]
+    model_version: &'chunk str,
+    #[serde(rename = "responseId")]
+    response_id: &'chunk str,
+}
+
+#[derive(Serialize)]
+struct StreamCandidateOut<Parts: Serialize> {
+    content: StreamContentOut<Parts>,
+    index: u32,
+}
+
+#[derive(Serialize)]
+struct StreamContentOut<Parts: Serialize> {
+    parts: Parts,
+    role: &'static str,
+}
+
+#[derive(Serialize)]
+struct TextPartOut<'text> {
+    text: &'text str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thought: Option<bool>,
 }
 
 #[cfg(test)]

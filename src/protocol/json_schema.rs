@@ -1,9 +1,6 @@
 //! A tool's JSON Schema as it travels through the IR: the JSON text it arrived in, with the few
 //! questions writers ask of it answered by scanning the text rather than building a tree.
 
-use std::fmt;
-
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -55,126 +52,95 @@ impl JsonSchema {
     /// Whether the schema is an object with a top-level member called `name` (of any value);
     /// `None` when the schema is not an object at all.
     pub fn has_top_level_member(&self, name: &str) -> Option<bool> {
-        let mut deserializer = serde_json::Deserializer::from_str(self.0.get());
-        deserializer.deserialize_map(TopLevelMember { name }).ok()
+        let text = self.0.get();
+        if text.bytes().find(|byte| !byte.is_ascii_whitespace()) != Some(b'{') {
+            return None;
+        }
+        let mut found = false;
+        for_each_member_name(text, |depth, member| found |= depth == 1 && member.is(name));
+        Some(found)
     }
 
     /// Whether any object anywhere in the schema has a member whose name `is_wanted`. A
-    /// conservative question: a property that happens to be called so counts too.
+    /// conservative question: a property that happens to be called so counts too, and so does
+    /// a name whose escapes do not decode.
     pub fn has_member_anywhere(&self, is_wanted: &dyn Fn(&str) -> bool) -> bool {
-        let mut deserializer = serde_json::Deserializer::from_str(self.0.get());
-        AnyMemberNamed { is_wanted }.deserialize(&mut deserializer).unwrap_or(true)
-    }
-}
-
-/// Reads an object's member names, skipping the values, and says whether one is `name`.
-struct TopLevelMember<'a> {
-    name: &'a str,
-}
-
-impl<'de> Visitor<'de> for TopLevelMember<'_> {
-    type Value = bool;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<bool, A::Error> {
         let mut found = false;
-        while let Some(is_name) = members.next_key_seed(MemberNameIn { is_wanted: &|name| name == self.name })? {
-            members.next_value::<IgnoredAny>()?;
-            found |= is_name;
+        for_each_member_name(self.0.get(), |_, member| {
+            found |= member.decoded().is_none_or(|name| is_wanted(&name));
+        });
+        found
+    }
+}
+
+/// A member name as it appears in the text, between its quotes.
+struct MemberName<'text> {
+    quoted_contents: &'text str,
+}
+
+impl MemberName<'_> {
+    /// The name, with its escapes decoded; `None` for an escape no string can hold (a lone
+    /// surrogate).
+    fn decoded(&self) -> Option<std::borrow::Cow<'_, str>> {
+        if !self.quoted_contents.contains('\\') {
+            return Some(std::borrow::Cow::Borrowed(self.quoted_contents));
         }
-        Ok(found)
+        let quoted = format!("\"{}\"", self.quoted_contents);
+        serde_json::from_str::<String>(&quoted).ok().map(std::borrow::Cow::Owned)
+    }
+
+    fn is(&self, name: &str) -> bool {
+        self.quoted_contents == name || self.decoded().is_some_and(|decoded| decoded == name)
     }
 }
 
-/// Walks a whole JSON value and says whether any member name `is_wanted`.
-#[derive(Clone, Copy)]
-struct AnyMemberNamed<'a> {
-    is_wanted: &'a dyn Fn(&str) -> bool,
-}
-
-impl<'de> DeserializeSeed<'de> for AnyMemberNamed<'_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for AnyMemberNamed<'_> {
-    type Value = bool;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<bool, A::Error> {
-        let mut found = false;
-        while let Some(found_inside) = items.next_element_seed(self)? {
-            found |= found_inside;
+/// Calls `visit` with every member name in `text` and the depth of the object holding it (1 for
+/// the outermost value's members), scanning the bytes rather than parsing: a schema is checked
+/// on every converted request, and walking it with a deserializer cost several times more.
+///
+/// `text` is JSON that was validated when its `RawValue` was made, so the scan only has to tell
+/// strings from structure: a string followed by a colon is a member name.
+fn for_each_member_name(text: &str, mut visit: impl FnMut(usize, MemberName<'_>)) {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut position = 0;
+    while position < bytes.len() {
+        match bytes[position] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let contents_start = position + 1;
+                let contents_end = string_end(bytes, contents_start);
+                position = contents_end + 1;
+                let after = bytes[position.min(bytes.len())..].iter().find(|byte| !byte.is_ascii_whitespace());
+                // Both ends are quotes (or the end of the text), so they are character boundaries.
+                if after == Some(&b':') {
+                    visit(depth, MemberName { quoted_contents: &text[contents_start..contents_end] });
+                }
+                continue;
+            }
+            _ => {}
         }
-        Ok(found)
+        position += 1;
     }
+}
 
-    fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<bool, A::Error> {
-        let mut found = false;
-        while let Some(is_name) = members.next_key_seed(MemberNameIn { is_wanted: self.is_wanted })? {
-            found |= is_name;
-            found |= members.next_value_seed(self)?;
+/// Where the string whose contents start at `start` ends: the index of its closing quote, or
+/// the end of the text.
+fn string_end(text: &[u8], start: usize) -> usize {
+    let mut position = start;
+    while let Some(offset) = memchr::memchr2(b'"', b'\\', &text[position..]) {
+        let found = position + offset;
+        if text[found] == b'"' {
+            return found;
         }
-        Ok(found)
+        // A backslash escapes the byte after it (a `u` escape's hex digits are never quotes).
+        position = found + 2;
+        if position >= text.len() {
+            return text.len();
+        }
     }
-}
-
-/// A member name, judged by `is_wanted` without allocating it.
-struct MemberNameIn<'a> {
-    is_wanted: &'a dyn Fn(&str) -> bool,
-}
-
-impl<'de> DeserializeSeed<'de> for MemberNameIn<'_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for MemberNameIn<'_> {
-    type Value = bool;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("a member name")
-    }
-
-    fn visit_str<E>(self, name: &str) -> Result<bool, E> {
-        Ok((self.is_wanted)(name))
-    }
+    text.len()
 }
 
 #[cfg(test)]
@@ -204,6 +170,102 @@ mod tests {
         assert!(schema(r#"{"properties": {"const": {"type": "string"}}}"#).has_member_anywhere(&names));
         assert!(!schema(r#"{"enum": ["$ref", "const"], "description": "const"}"#).has_member_anywhere(&names));
         assert!(!schema(r#"[1, 2.5, -3, true, null, {"a": [{}]}]"#).has_member_anywhere(&names));
+    }
+
+    /// What the scans must answer, computed from a `Value` tree.
+    fn has_member_in_value(value: &serde_json::Value, is_wanted: &dyn Fn(&str) -> bool) -> bool {
+        match value {
+            serde_json::Value::Object(members) => {
+                members.iter().any(|(name, member)| is_wanted(name) || has_member_in_value(member, is_wanted))
+            }
+            serde_json::Value::Array(items) => items.iter().any(|item| has_member_in_value(item, is_wanted)),
+            _ => false,
+        }
+    }
+
+    /// A small deterministic generator of JSON texts full of what could trip a byte scanner:
+    /// quotes, backslashes, braces and colons inside strings, escaped names, odd spacing.
+    fn generated_json(seed: &mut u64, depth: u32, out: &mut String) {
+        fn below(seed: &mut u64, bound: u64) -> u64 {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed % bound
+        }
+        const STRINGS: [&str; 8] =
+            [r#""type""#, r#""t\u0079pe""#, r#""a\"b:""#, r#""{[\\""#, r#""""#, r#""x\\\"}""#, r#""é ✓""#, r#""const""#];
+        const SPACES: [&str; 4] = ["", " ", "\n\t", "  \r\n"];
+        let space = SPACES[below(seed, 4) as usize];
+        match if depth > 3 { below(seed, 3) } else { below(seed, 6) } {
+            0 => out.push_str(STRINGS[below(seed, 8) as usize]),
+            1 => out.push_str(["1", "-2.5e3", "true", "null", "false"][below(seed, 5) as usize]),
+            2 => out.push_str(STRINGS[below(seed, 8) as usize]),
+            3 | 4 => {
+                out.push('{');
+                // Distinct names: a tree keeps only the last of duplicates, where the scans are
+                // conservative and see them all.
+                let first_name = below(seed, 7);
+                for member in 0..below(seed, 4) {
+                    if member > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(space);
+                    let name = match (first_name + member) % 7 {
+                        // `type`, written plain or with an escape.
+                        0 => STRINGS[below(seed, 2) as usize],
+                        other => STRINGS[other as usize + 1],
+                    };
+                    out.push_str(name);
+                    out.push_str(space);
+                    out.push(':');
+                    out.push_str(space);
+                    generated_json(seed, depth + 1, out);
+                }
+                out.push_str(space);
+                out.push('}');
+            }
+            _ => {
+                out.push('[');
+                for item in 0..below(seed, 4) {
+                    if item > 0 {
+                        out.push_str(", ");
+                    }
+                    generated_json(seed, depth + 1, out);
+                }
+                out.push(']');
+            }
+        }
+    }
+
+    #[test]
+    fn the_byte_scans_answer_as_a_parsed_tree_would() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let wanted_names: [&dyn Fn(&str) -> bool; 3] =
+            [&|name| name == "type", &|name| name == "const" || name == "a\"b:", &|name| name.starts_with('{')];
+        let mut checked_objects = 0;
+        for _ in 0..5_000 {
+            let mut text = String::new();
+            generated_json(&mut seed, 0, &mut text);
+            let Ok(raw) = serde_json::from_str::<Box<RawValue>>(&text) else { continue };
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let schema = JsonSchema::from_raw(&raw);
+            for name in ["type", "a\"b:", "{[\\", "é ✓"] {
+                let expected = value.as_object().map(|members| members.contains_key(name));
+                assert_eq!(schema.has_top_level_member(name), expected, "{name} at the top of {text}");
+            }
+            for is_wanted in wanted_names {
+                assert_eq!(schema.has_member_anywhere(is_wanted), has_member_in_value(&value, is_wanted), "{text}");
+            }
+            checked_objects += usize::from(value.is_object());
+        }
+        assert!(checked_objects > 1_000, "the generator made only {checked_objects} objects");
+    }
+
+    #[test]
+    fn a_member_name_no_string_can_hold_counts_as_wanted_but_is_no_top_level_match() {
+        let lone_surrogate = schema(r#"{"\ud800": 1, "properties": {}}"#);
+        assert_eq!(lone_surrogate.has_top_level_member("type"), Some(false));
+        assert!(lone_surrogate.has_member_anywhere(&|name| name == "const"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::http::{Request, Response};
 use crate::protocol::convert::{
-    client_custom_tools, collects_non_stream_from_stream, convert_collected_stream, convert_response, ConvertContext,
+    client_custom_tools, collects_non_stream_from_stream, convert_collected_stream, convert_response_and_usage, ConvertContext,
 };
 use crate::protocol::error::{parse_upstream_error, success_body_problem, ErrorKind, SuccessBodyProblem};
 use crate::protocol::sse::{SseEvent, SseParser};
@@ -644,8 +644,20 @@ fn run_attempt(
         }
         // A 2xx that is no answer (an error object, an HTML page from a proxy) fails the attempt
         // like an error status would. A body that reports usage is an answer, which keeps the
-        // second parse of the check off the common path.
-        let upstream_usage = if collect_stream { None } else { usage_from_response_body(upstream_format, &body) };
+        // second parse of the check off the common path. A converted answer's usage comes from
+        // the conversion's own read of the body.
+        let converted_with_usage = match transform {
+            Transform::Convert { client, upstream } if !collect_stream => {
+                Some(convert_response_and_usage(upstream, client, &body, &context))
+            }
+            _ => None,
+        };
+        let upstream_usage = match &converted_with_usage {
+            Some(Ok((_, usage))) => *usage,
+            Some(Err(_)) => None,
+            None if collect_stream => None,
+            None => usage_from_response_body(upstream_format, &body),
+        };
         if upstream_usage.is_none()
             && !collect_stream
             && let Some(problem) = success_body_problem(upstream_format, &body)
@@ -655,10 +667,9 @@ fn run_attempt(
         let (body, usage) = match transform {
             Transform::PassThrough { .. } => (body, upstream_usage),
             Transform::Convert { client, upstream } => {
-                let converted = if collect_stream {
-                    convert_collected_stream(upstream, client, &body, &context)
-                } else {
-                    convert_response(upstream, client, &body, &context)
+                let converted = match converted_with_usage {
+                    Some(converted) => converted.map(|(converted, _)| converted),
+                    None => convert_collected_stream(upstream, client, &body, &context),
                 };
                 let converted = match converted {
                     Ok(converted) => converted,

@@ -29,9 +29,10 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::protocol::Format;
-use crate::protocol::ir::{Request, Response};
+use crate::protocol::ir::{Request, Response, ResponseMeta};
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai_chat;
 
 /// Reads a request of `format` from its bytes, or `None` when the `Value` reader must.
@@ -47,14 +48,15 @@ pub fn read_request(format: Format, body: &[u8]) -> Option<Request> {
 }
 
 /// Reads an upstream's response body of `format` from its bytes, or `None` when the `Value`
-/// reader must.
-pub fn read_response(format: Format, body: &[u8]) -> Option<Response> {
+/// reader must. `meta` names the calls an answer leaves without an id, as the `Value` reader does.
+pub fn read_response(format: Format, body: &[u8], meta: &ResponseMeta) -> Option<Response> {
     if log::log_enabled!(log::Level::Debug) {
         return None;
     }
     match format {
         Format::OpenaiChat => openai_chat::read_response(body),
         Format::Anthropic => anthropic::read_response(body),
+        Format::Gemini => gemini::read_response(body, meta),
         _ => None,
     }
 }
@@ -215,6 +217,50 @@ mod tests {
         );
     }
 
+    /// Gemini answers: what the typed reader reads equals the `Value` reader's reading, and the
+    /// shapes it does not model are left to that reader.
+    #[test]
+    fn gemini_answers_read_alike_or_are_left_to_the_value_reader() {
+        use crate::protocol::gemini;
+        use crate::protocol::ir::ResponseMeta;
+        use crate::protocol::typed_read::read_response;
+        let meta = ResponseMeta { id: "resp_7".to_string(), model: "m".to_string(), created_unix: 0, custom_tools: Vec::new() };
+        let read_alike = [
+            // Text with a signature, a thought, and two calls without ids (numbered alike).
+            json!({"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "Let me look.", "thoughtSignature": "c2ln"},
+                {"text": "pondering", "thought": true},
+                {"functionCall": {"name": "a", "args": {"z": 1, "y": [true]}}},
+                {"functionCall": {"id": "", "name": "b"}, "thought_signature": "c2lnMg=="}
+            ]}, "finishReason": "STOP", "index": 0, "safetyRatings": []}],
+                "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4, "thoughtsTokenCount": 2},
+                "modelVersion": "gemini-2.5-flash", "responseId": "r1"}),
+            // protobuf JSON's snake_case spelling, and the candidate with index 0 not first.
+            json!({"candidates": [{"index": 1, "content": {"parts": [{"text": "second"}]}},
+                {"index": 0, "content": {"parts": [{"text": "first"}]}, "finish_reason": "MAX_TOKENS"}],
+                "usage_metadata": {"prompt_token_count": 1}, "model_version": "v"}),
+            json!({"candidates": [{"content": null, "finishReason": "SAFETY"}]}),
+        ];
+        for body in &read_alike {
+            let bytes = serde_json::to_vec(body).unwrap();
+            let typed = read_response(Format::Gemini, &bytes, &meta).unwrap_or_else(|| panic!("read typed: {body}"));
+            assert_eq!(Ok(typed), gemini::parse_response(body, &meta), "{body}");
+        }
+        let left = [
+            r#"{"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]}}]}"#,
+            r#"{"candidates": [{"content": {"parts": [{"executableCode": {"code": "1"}}]}}]}"#,
+            r#"{"promptFeedback": {"blockReason": "SAFETY"}}"#,
+            r#"{"candidates": [], "promptFeedback": {"blockReason": "SAFETY"}}"#,
+            r#"{"candidates": [{"finishReason": "STOP", "finish_reason": "MAX_TOKENS"}]}"#,
+            r#"{"candidates": [{"index": "0", "content": {"parts": [{"text": "hi"}]}}]}"#,
+            r#"{"candidates": [{"content": {"parts": [{"functionCall": {"args": {}}}]}}]}"#,
+            r#"{"candidates": [["not", "an", "object"]]}"#,
+        ];
+        for body in left {
+            assert_eq!(read_response(Format::Gemini, body.as_bytes(), &meta), None, "{body}");
+        }
+    }
+
     #[test]
     fn bodies_it_does_not_model_are_left_to_the_value_reader() {
         let left = [
@@ -260,10 +306,13 @@ mod tests {
                 false,
             )
         };
-        for upstream in [Format::Anthropic, Format::Gemini, Format::Antigravity, Format::OpenaiResponses] {
+        for upstream in [Format::Anthropic, Format::Antigravity, Format::OpenaiResponses] {
             let error = convert(upstream).expect_err("the schema must be rewritten for this upstream");
             assert!(error.to_string().contains("\"odd\""), "{upstream:?}: {error}");
         }
+        // Gemini rewrites only a schema with a keyword it does not take, and this one has none.
+        let written = String::from_utf8(convert(Format::Gemini).expect("Gemini takes the schema as it is")).unwrap();
+        assert!(written.contains(r#""description": "\ud800", "maximum": 1e999"#), "{written}");
     }
 
     #[test]

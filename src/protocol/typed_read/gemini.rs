@@ -1,0 +1,127 @@
+//! Reads Gemini `generateContent` answers from their bytes into the IR (see `typed_read`); the
+//! rules are `gemini::parse_response`'s. Only the shapes a model's answer takes are modelled:
+//! text, thoughts and function calls. Media parts, code execution parts, a blocked prompt with no
+//! candidate, and both spellings of one member (camelCase and snake_case) at once are left to the
+//! `Value` reader.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::protocol::Format;
+use crate::protocol::gemini::{finish_reason_from_gemini, gemini_signature, synthesized_call_id};
+use crate::protocol::ir::{Part, Reasoning, Response, ResponseMeta, ToolCall};
+use crate::protocol::typed_read::{JsonObject, read_body};
+use crate::protocol::usage::usage_from_value;
+
+/// The answer's top level. The snake_case aliases are protobuf JSON's other spelling, which the
+/// `Value` reader accepts too; with both spellings present serde refuses the body as a duplicate,
+/// and the `Value` reader (which prefers camelCase) reads it.
+#[derive(Deserialize)]
+struct GenerateResponseIn<'a> {
+    #[serde(borrow)]
+    candidates: Option<Vec<JsonObject<CandidateIn<'a>>>>,
+    #[serde(rename = "usageMetadata", alias = "usage_metadata")]
+    usage_metadata: Option<Value>,
+    #[serde(rename = "modelVersion", alias = "model_version")]
+    model_version: Option<String>,
+    #[serde(rename = "responseId", alias = "response_id")]
+    response_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CandidateIn<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    content: Option<JsonObject<ContentIn<'a>>>,
+    #[serde(rename = "finishReason", alias = "finish_reason", borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ContentIn<'a> {
+    #[serde(borrow)]
+    parts: Option<Vec<JsonObject<PartIn<'a>>>>,
+}
+
+/// A part of the answer. Any member not named here (media, code execution) makes serde refuse
+/// the part, so the `Value` reader reads the body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartIn<'a> {
+    text: Option<String>,
+    thought: Option<bool>,
+    #[serde(rename = "thoughtSignature", alias = "thought_signature", borrow)]
+    thought_signature: Option<Cow<'a, str>>,
+    #[serde(rename = "functionCall", alias = "function_call", borrow)]
+    function_call: Option<JsonObject<FunctionCallIn<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCallIn<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    name: Option<String>,
+    /// Kept as a `Value` because the `Value` reader writes the arguments out from one, in its
+    /// key order and spacing.
+    args: Option<Value>,
+}
+
+/// Reads a `generateContent` answer, or `None` when `gemini::parse_response` must.
+pub fn read_response(body: &[u8], meta: &ResponseMeta) -> Option<Response> {
+    let body: GenerateResponseIn = read_body(body)?;
+    // The candidate with index 0 (or the first one); without one the prompt may have been
+    // blocked, which the `Value` reader reads from `promptFeedback`.
+    let JsonObject(candidate) = body.candidates?.into_iter().find(|JsonObject(candidate)| candidate.index.unwrap_or(0) == 0)?;
+    let mut parts = Vec::new();
+    let mut calls_before = 0;
+    if let Some(JsonObject(content)) = candidate.content {
+        for JsonObject(part) in content.parts.into_iter().flatten() {
+            read_model_part(part, &mut parts, &mut calls_before, &meta.id)?;
+        }
+    }
+    let has_calls = parts.iter().any(|part| matches!(part, Part::ToolCall(_)));
+    Some(Response {
+        id: body.response_id.unwrap_or_default(),
+        model: body.model_version.unwrap_or_default(),
+        parts,
+        finish_reason: finish_reason_from_gemini(candidate.finish_reason.as_deref().unwrap_or("STOP"), has_calls),
+        usage: body.usage_metadata.as_ref().and_then(|usage| usage_from_value(Format::Gemini, usage)),
+    })
+}
+
+/// One part, as `gemini::parse_model_parts` reads it. A call without an id gets one made from
+/// `response_id` and the number of calls before it, as the `Value` reader numbers them.
+fn read_model_part(part: PartIn<'_>, out: &mut Vec<Part>, calls_before: &mut usize, response_id: &str) -> Option<()> {
+    let signature = part.thought_signature.as_deref().filter(|signature| !signature.is_empty()).map(gemini_signature);
+    if let Some(JsonObject(call)) = part.function_call {
+        let ordinal = *calls_before;
+        *calls_before += 1;
+        out.push(Part::ToolCall(ToolCall {
+            id: match call.id.filter(|id| !id.is_empty()) {
+                Some(id) => id.into_owned(),
+                None => synthesized_call_id(response_id, ordinal),
+            },
+            name: call.name?,
+            arguments: call.args.map_or_else(|| "{}".to_string(), |args| args.to_string()),
+            signature,
+        }));
+        return Some(());
+    }
+    if let Some(text) = part.text {
+        if part.thought == Some(true) {
+            if !text.is_empty() || signature.is_some() {
+                out.push(Part::Reasoning(Reasoning { text, signature, redacted: false }));
+            }
+            return Some(());
+        }
+        if !text.is_empty() {
+            out.push(Part::text(text));
+        }
+    }
+    if let Some(signature) = signature {
+        out.push(Part::Reasoning(Reasoning { text: String::new(), signature: Some(signature), redacted: false }));
+    }
+    Some(())
+}
