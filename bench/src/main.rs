@@ -39,6 +39,9 @@ use crate::report::{ArmResults, MemoryResults, RunInfo, RunResults};
 const USAGE: &str = "usage: octopus-bench [--quick] [--held-streams N] (--gateway PATH [--compare BASELINE | --stats-off | --instructions | --record | --check] | --direct-only)
 
   --gateway PATH   the octopus binary to start and measure against the direct baseline
+  --static-gateway PATH
+                   also start this build (scripts/build-static's) once, configured alike, and
+                   report its idle memory beside --gateway's
   --compare PATH   instead of the full run, measure --gateway against this other build of it
                    (e.g. the commit before a change), side by side in alternating rounds
   --stats-off      instead of the full run, measure --gateway against itself with statistics
@@ -130,6 +133,8 @@ struct Options {
     baseline: Option<compare::Baseline>,
     /// None for a direct-only run.
     gateway_binary: Option<PathBuf>,
+    /// The static (musl) build, whose idle memory is reported too: it is what routers run.
+    static_gateway_binary: Option<PathBuf>,
 }
 
 /// How much of everything a run does.
@@ -243,6 +248,7 @@ fn parse_options() -> Result<Options, String> {
     let mut held_streams = None;
     let mut direct_only = false;
     let mut gateway_binary = None;
+    let mut static_gateway_binary = None;
     let mut baseline = None;
     let mut instructions = None;
     let mut arguments = std::env::args().skip(1);
@@ -262,6 +268,10 @@ fn parse_options() -> Result<Options, String> {
             "--gateway" => {
                 let path = arguments.next().ok_or("--gateway needs a path")?;
                 gateway_binary = Some(PathBuf::from(path));
+            }
+            "--static-gateway" => {
+                let path = arguments.next().ok_or("--static-gateway needs a path")?;
+                static_gateway_binary = Some(PathBuf::from(path));
             }
             "--compare" => {
                 let path = arguments.next().ok_or("--compare needs a path")?;
@@ -292,6 +302,7 @@ fn parse_options() -> Result<Options, String> {
         instructions,
         baseline,
         gateway_binary,
+        static_gateway_binary,
     })
 }
 
@@ -592,6 +603,15 @@ fn run(options: &Options) -> Result<RunResults, String> {
     if let Some(gateway) = gateway.as_mut() {
         progress(run_started, &format!("cold starts ({})", plan.cold_starts));
         memory.cold_starts = gateway.cold_starts(plan.cold_starts)?;
+    }
+    if let (Some(binary), true) = (&options.static_gateway_binary, gateway.is_some()) {
+        progress(run_started, &format!("idle memory of {}", binary.display()));
+        let static_gateway = Gateway::start(binary, pin_to_cpu, &[])?;
+        memory.static_at_start = resident(static_gateway.pid());
+        let groups: Vec<GroupSpec> = GROUPS.into_iter().chain(lane_groups()).collect();
+        configure(static_gateway.address(), mock.address(), &groups)
+            .map_err(|error| format!("configuring {} failed: {error}", binary.display()))?;
+        memory.static_idle_configured = resident(static_gateway.pid());
     }
     progress(run_started, "done");
     let gateway_log_lines = gateway.as_ref().map_or(0, |gateway| {

@@ -63,6 +63,9 @@ pub struct ArmResults {
 pub struct MemoryResults {
     pub at_start: Option<Resident>,
     pub idle_configured: Option<Resident>,
+    /// The static (musl) build's, started on its own with the same configuration.
+    pub static_at_start: Option<Resident>,
+    pub static_idle_configured: Option<Resident>,
     pub after_warmup: Option<Resident>,
     pub after_load: Option<Resident>,
     /// After the stream phase, just before the held streams are opened.
@@ -333,6 +336,12 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
             ),
             ("After closing them", memory.after_close),
         ];
+        // The static build's rows appear only when the run measured one.
+        let static_rows = [
+            ("Static musl build: at start (first `/healthz` 200)", memory.static_at_start),
+            ("Static musl build: idle, configured", memory.static_idle_configured),
+        ];
+        let rows = rows.into_iter().chain(static_rows.into_iter().filter(|(_, kib)| kib.is_some()));
         for (label, kib) in rows {
             let _ = writeln!(
                 out,
