@@ -1123,14 +1123,21 @@ impl Serialize for DeltaOut<'_> {
     }
 }
 
-/// The block index and text of a text delta written exactly as the API writes it, compactly and
-/// in its member order: `{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"…"}}`.
-/// Nearly every event of a streamed answer is one, and reading it by its bytes costs a tenth of a
-/// deserializer's walk. Anything else, from other spacing to an extra member, is `None` and goes
-/// to the deserializer, which decides about it.
-fn exact_text_delta(data: &str) -> Option<(u64, Cow<'_, str>)> {
+/// The block index, delta type and content of a delta written exactly as the API writes it,
+/// compactly and in its member order, e.g.
+/// `{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"…"}}`.
+/// Nearly every event of a streamed answer is one (text, thinking, or a tool call's arguments),
+/// and reading it by its bytes costs a tenth of a deserializer's walk. Anything else, from other
+/// spacing to an extra member, is `None` and goes to the deserializer, which decides about it.
+fn exact_block_delta(data: &str) -> Option<(u64, &'static str, Cow<'_, str>)> {
     const HEAD: &str = r#"{"type":"content_block_delta","index":"#;
-    const BETWEEN: &str = r#","delta":{"type":"text_delta","text":""#;
+    /// What follows the index for each delta type, up to the content string's opening quote.
+    const KINDS: [(&str, &str); 4] = [
+        ("text_delta", r#","delta":{"type":"text_delta","text":""#),
+        ("input_json_delta", r#","delta":{"type":"input_json_delta","partial_json":""#),
+        ("thinking_delta", r#","delta":{"type":"thinking_delta","thinking":""#),
+        ("signature_delta", r#","delta":{"type":"signature_delta","signature":""#),
+    ];
     const TAIL: &str = r#""}}"#;
     let after_head = data.strip_prefix(HEAD)?;
     let digits = after_head.bytes().take_while(u8::is_ascii_digit).count();
@@ -1139,15 +1146,17 @@ fn exact_text_delta(data: &str) -> Option<(u64, Cow<'_, str>)> {
         return None;
     }
     let block_index = after_head[..digits].parse().ok()?;
-    let quoted_text_start = data.len() - after_head.len() + digits + BETWEEN.len() - 1;
-    let text = after_head[digits..].strip_prefix(BETWEEN)?.strip_suffix(TAIL)?;
-    if !text.bytes().any(|byte| byte == b'"' || byte == b'\\' || byte < 0x20) {
-        return Some((block_index, Cow::Borrowed(text)));
+    let after_index = &after_head[digits..];
+    let (kind, between) = KINDS.into_iter().find(|(_, between)| after_index.starts_with(between))?;
+    let content = after_index[between.len()..].strip_suffix(TAIL)?;
+    if !content.bytes().any(|byte| byte == b'"' || byte == b'\\' || byte < 0x20) {
+        return Some((block_index, kind, Cow::Borrowed(content)));
     }
     // Escapes (a newline is one) are decoded by serde_json from the quoted string; an unescaped
     // quote or control byte inside fails there and leaves the event to the deserializer.
-    let quoted_text = &data[quoted_text_start..quoted_text_start + text.len() + 2];
-    serde_json::from_str::<String>(quoted_text).ok().map(|text| (block_index, Cow::Owned(text)))
+    let quoted_start = data.len() - after_index.len() + between.len() - 1;
+    let quoted_content = &data[quoted_start..quoted_start + content.len() + 2];
+    serde_json::from_str::<String>(quoted_content).ok().map(|content| (block_index, kind, Cow::Owned(content)))
 }
 
 /// A `content_block_delta` event, borrowed from its text where no escape forces a copy.
@@ -1339,8 +1348,8 @@ impl StreamDecoder {
     /// cost more than everything else done per event). Returns false when the event is not a
     /// well-formed `content_block_delta`; the general path then reads it, with its precise errors.
     fn fast_block_delta(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> bool {
-        if let Some((block_index, text)) = exact_text_delta(&event.data) {
-            self.apply_block_delta(block_index, "text_delta", &text, out);
+        if let Some((block_index, kind, content)) = exact_block_delta(&event.data) {
+            self.apply_block_delta(block_index, kind, &content, out);
             return true;
         }
         let Ok(parsed) = serde_json::from_str::<BlockDeltaIn<'_>>(&event.data) else {
@@ -1643,21 +1652,25 @@ mod stream_tests {
     }
 
     #[test]
-    fn text_deltas_read_by_their_bytes_decode_as_the_deserializer_reads_them() {
+    fn deltas_read_by_their_bytes_decode_as_the_deserializer_reads_them() {
         let delta_event = |data: &str| SseEvent {
             event: Some("content_block_delta".to_string()),
             data: data.to_string(),
             id: None,
             raw: Vec::new(),
         };
-        let text = |index: &str, text: &str| {
-            format!(r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":"{text}"}}}}"#)
+        let delta = |index: &str, kind: &str, field: &str, content: &str| {
+            format!(r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"{kind}","{field}":"{content}"}}}}"#)
         };
+        let text = |index: &str, content: &str| delta(index, "text_delta", "text", content);
         let cases = [
             text("0", "Hello"),
             text("12", r#"line\nbreak \"quoted\" \\ \u00e9 \ud83d\ude00 \"}}"#),
             text("3", "é ✓ 😀"),
             text("0", ""),
+            delta("1", "input_json_delta", "partial_json", r#"{\"city\": \"Lis"#),
+            delta("0", "thinking_delta", "thinking", "Let me think"),
+            delta("0", "signature_delta", "signature", "EqQBCkgIARABGAIiQL"),
             text("01", "leading zero"),
             text("0", r#"unescaped " quote"#),
             text("0", "control \u{1} byte"),
@@ -1665,30 +1678,42 @@ mod stream_tests {
             text("99999999999999999999", "huge index"),
             text("-1", "negative"),
             format!("{} ", text("0", "trailing space")),
+            delta("0", "text_delta", "thinking", "a member the type does not name"),
+            delta("0", "citations_delta", "text", "a type it does not know"),
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","extra":1}}"#.to_string(),
         ];
         for data in &cases {
-            let exact = super::exact_text_delta(data);
-            // The deserializer's reading: BlockDeltaIn, as the general fast path uses it.
+            let exact = super::exact_block_delta(data);
+            // The deserializer's reading: BlockDeltaIn and the member each type names, as the
+            // general fast path reads them.
             let general = serde_json::from_str::<super::BlockDeltaIn<'_>>(data).ok().and_then(|parsed| {
                 let delta = parsed.delta?;
-                (delta.kind == "text_delta").then(|| (parsed.index.unwrap_or(0), delta.text.unwrap_or_default().into_owned()))
+                let content = match super::delta_content_field(&delta.kind)? {
+                    "text" => delta.text,
+                    "thinking" => delta.thinking,
+                    "signature" => delta.signature,
+                    _ => delta.partial_json,
+                };
+                Some((parsed.index.unwrap_or(0), delta.kind.into_owned(), content.unwrap_or_default().into_owned()))
             });
-            if let Some((index, text)) = &exact {
-                assert_eq!(Some((*index, text.to_string())), general, "{data}");
+            if let Some((index, kind, content)) = &exact {
+                assert_eq!(Some((*index, kind.to_string(), content.to_string())), general, "{data}");
             }
             // Events the byte reader leaves alone decode (or fail) as before, through push.
             let mut decoder = StreamDecoder::new();
             let mut out = Vec::new();
             let pushed = decoder.push(&delta_event(data), &mut out);
             match general {
-                Some((_, text)) if !text.is_empty() => assert_eq!(out, vec![StreamEvent::TextDelta(text)], "{data}"),
-                Some(_) => assert!(out.is_empty(), "{data}"),
+                Some((_, kind, text)) if kind == "text_delta" && !text.is_empty() => {
+                    assert_eq!(out, vec![StreamEvent::TextDelta(text)], "{data}")
+                }
+                Some((_, kind, text)) if kind == "thinking_delta" => assert_eq!(out, vec![StreamEvent::ReasoningDelta(text)], "{data}"),
+                Some(_) => {}
                 None => assert!(pushed.is_err() || out.is_empty(), "{data}"),
             }
         }
-        let read_by_bytes = cases.iter().filter(|data| super::exact_text_delta(data).is_some()).count();
-        assert_eq!(read_by_bytes, 4, "the well-formed compact deltas (and only they) are read by their bytes");
+        let read_by_bytes = cases.iter().filter(|data| super::exact_block_delta(data).is_some()).count();
+        assert_eq!(read_by_bytes, 7, "the well-formed compact deltas (and only they) are read by their bytes");
     }
 
     #[test]
