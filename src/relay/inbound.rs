@@ -132,13 +132,42 @@ struct BodyHead<'de> {
     model_values: Vec<&'de RawValue>,
     /// The bytes the head was parsed from (None for a head made up from a `Value`).
     parsed_from: Option<&'de [u8]>,
+    /// Whether the read already found that the body nests at most `MAX_BODY_NESTING` deep.
+    nesting_checked: bool,
 }
 
 impl<'de> BodyHead<'de> {
+    /// Reads the head of a body that is UTF-8. The validating scan of `raw_json` reads nearly
+    /// every body; one it does not vouch for (invalid, too deep, an escaped member name, a head
+    /// member serde_json refuses) is read by serde_json, which decides and names the problem.
     fn parse(body: &'de [u8]) -> serde_json::Result<BodyHead<'de>> {
+        if let Some(head) = BodyHead::from_scan(body) {
+            return Ok(head);
+        }
         let mut head: BodyHead<'de> = serde_json::from_slice(body)?;
         head.parsed_from = Some(body);
         Ok(head)
+    }
+
+    fn from_scan(body: &'de [u8]) -> Option<BodyHead<'de>> {
+        let mut head = BodyHead { parsed_from: Some(body), nesting_checked: true, ..BodyHead::default() };
+        raw_json::for_each_validated_top_level_member(body, MAX_BODY_NESTING, &mut |member| {
+            let value = &body[member.value];
+            match &body[member.name] {
+                b"model" => {
+                    let raw: &'de RawValue = serde_json::from_slice(value).ok()?;
+                    head.model = Some(serde_json::from_str(raw.get()).ok()?);
+                    head.model_values.push(raw);
+                }
+                b"stream" => head.stream = Some(serde_json::from_slice(value).ok()?),
+                b"stream_options" => head.stream_options = Some(serde_json::from_slice(value).ok()?),
+                // An escaped name might spell one of the above.
+                name if name.contains(&b'\\') => return None,
+                _ => {}
+            }
+            Some(())
+        })?;
+        Some(head)
     }
 }
 
@@ -276,7 +305,7 @@ pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, 
             RelayError::InvalidRequest(format!("the request body is not valid JSON: {error}"))
         }
     })?;
-    if raw_json::nests_deeper_than(&request.body, MAX_BODY_NESTING) {
+    if !head.nesting_checked && raw_json::nests_deeper_than(&request.body, MAX_BODY_NESTING) {
         return Err(RelayError::InvalidRequest(format!(
             "the request body is not valid JSON: it nests deeper than {MAX_BODY_NESTING} levels"
         )));
