@@ -36,6 +36,7 @@ use crate::protocol::json::{FieldPath, element, object_of,
     field, index, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str,
 };
+use crate::protocol::raw_json;
 use crate::protocol::sse::{SseEvent, write_json_event};
 use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_value};
 
@@ -1149,7 +1150,7 @@ fn exact_block_delta(data: &str) -> Option<(u64, &'static str, Cow<'_, str>)> {
     let after_index = &after_head[digits..];
     let (kind, between) = KINDS.into_iter().find(|(_, between)| after_index.starts_with(between))?;
     let content = after_index[between.len()..].strip_suffix(TAIL)?;
-    if !content.bytes().any(|byte| byte == b'"' || byte == b'\\' || byte < 0x20) {
+    if raw_json::is_plain_string_contents(content.as_bytes()) {
         return Some((block_index, kind, Cow::Borrowed(content)));
     }
     // Escapes (a newline is one) are decoded by serde_json from the quoted string; an unescaped

@@ -4,6 +4,8 @@
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::protocol::raw_json;
+
 /// A tool's JSON Schema, kept as the JSON text it arrived in. Most writers send a schema on
 /// unchanged, and building a `Value` tree of every schema, serialising it and dropping it was a
 /// large part of a converted request's cost; writers that must look inside (Gemini's sanitiser,
@@ -109,13 +111,14 @@ fn for_each_member_name(text: &str, mut visit: impl FnMut(usize, MemberName<'_>)
             b'{' | b'[' => depth += 1,
             b'}' | b']' => depth = depth.saturating_sub(1),
             b'"' => {
-                let contents_start = position + 1;
-                let contents_end = string_end(bytes, contents_start);
-                position = contents_end + 1;
-                let after = bytes[position.min(bytes.len())..].iter().find(|byte| !byte.is_ascii_whitespace());
-                // Both ends are quotes (or the end of the text), so they are character boundaries.
+                let Some(string) = raw_json::string_range(bytes, position) else {
+                    return;
+                };
+                position = string.end;
+                let after = bytes[position..].iter().find(|byte| !byte.is_ascii_whitespace());
+                // Both ends are quotes, so they are character boundaries.
                 if after == Some(&b':') {
-                    visit(depth, MemberName { quoted_contents: &text[contents_start..contents_end] });
+                    visit(depth, MemberName { quoted_contents: &text[string.start + 1..string.end - 1] });
                 }
                 continue;
             }
@@ -123,24 +126,6 @@ fn for_each_member_name(text: &str, mut visit: impl FnMut(usize, MemberName<'_>)
         }
         position += 1;
     }
-}
-
-/// Where the string whose contents start at `start` ends: the index of its closing quote, or
-/// the end of the text.
-fn string_end(text: &[u8], start: usize) -> usize {
-    let mut position = start;
-    while let Some(offset) = memchr::memchr2(b'"', b'\\', &text[position..]) {
-        let found = position + offset;
-        if text[found] == b'"' {
-            return found;
-        }
-        // A backslash escapes the byte after it (a `u` escape's hex digits are never quotes).
-        position = found + 2;
-        if position >= text.len() {
-            return text.len();
-        }
-    }
-    text.len()
 }
 
 #[cfg(test)]

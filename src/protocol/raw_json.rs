@@ -70,9 +70,11 @@ pub fn nests_deeper_than(raw: &[u8], limit: usize) -> bool {
     false
 }
 
-/// The range of the string starting at `start`, quotes included. Strings are most of a chat
-/// body's bytes (the messages), so this jumps between quotes and backslashes with memchr.
-fn string_range(raw: &[u8], start: usize) -> Option<Range<usize>> {
+/// The range of the string starting at `start`, quotes included; `None` when no string starts
+/// there or it is not closed. For text already known to be JSON: escapes are skipped, not
+/// checked. Strings are most of a chat body's bytes (the messages), so this jumps between quotes
+/// and backslashes with memchr.
+pub(crate) fn string_range(raw: &[u8], start: usize) -> Option<Range<usize>> {
     if raw.get(start) != Some(&b'"') {
         return None;
     }
@@ -169,6 +171,12 @@ fn plain_run_end(raw: &[u8], mut position: usize) -> usize {
         position += 1;
     }
     position
+}
+
+/// Whether `contents` can stand between a JSON string's quotes as they are: no quote, backslash
+/// or control character, so nothing to decode.
+pub(crate) fn is_plain_string_contents(contents: &[u8]) -> bool {
+    plain_run_end(contents, 0) == contents.len()
 }
 
 struct ValidatingScan<'a> {
