@@ -1343,36 +1343,32 @@ impl StreamEncoder {
     /// for every streamed token, and the map it built cost more than the rest of the event.
     fn write_chunk(&mut self, delta: &impl Serialize, finish_reason: Option<&str>, out: &mut Vec<u8>) {
         if finish_reason.is_some() {
-            let chunk = ChunkOut {
-                choices: [ChoiceOut { delta, finish_reason, index: 0, logprobs: None }],
-                created: self.created,
-                id: &self.id,
-                model: &self.model,
-                object: "chat.completion.chunk",
-            };
-            write_json_event(out, None, &chunk);
+            write_json_event(out, None, &self.chunk(delta, finish_reason));
             return;
         }
         // The members are in alphabetical order with the delta first, so a token's chunk is a
         // fixed head, the delta, and this stream's fixed tail.
-        let tail = self.unfinished_chunk_tail.get_or_insert_with(|| {
-            let chunk = ChunkOut {
-                choices: [ChoiceOut { delta: &(), finish_reason: None, index: 0, logprobs: None }],
-                created: self.created,
-                id: &self.id,
-                model: &self.model,
-                object: "chat.completion.chunk",
-            };
-            let whole = serde_json::to_vec(&chunk).expect("a chunk serialises into memory");
-            let tail_start = UNFINISHED_CHUNK_HEAD.len() + b"null".len();
+        if self.unfinished_chunk_tail.is_none() {
+            let whole = serde_json::to_vec(&self.chunk(&(), None)).expect("a chunk serialises into memory");
             debug_assert!(whole.starts_with(UNFINISHED_CHUNK_HEAD));
-            whole[tail_start..].to_vec()
-        });
+            self.unfinished_chunk_tail = Some(whole[UNFINISHED_CHUNK_HEAD.len() + b"null".len()..].to_vec());
+        }
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(UNFINISHED_CHUNK_HEAD);
         serde_json::to_writer(&mut *out, delta).expect("a delta serialises into memory");
-        out.extend_from_slice(tail);
+        out.extend_from_slice(self.unfinished_chunk_tail.as_deref().expect("the tail was written just above"));
         out.extend_from_slice(b"\n\n");
+    }
+
+    /// This stream's chunk with one choice carrying `delta`.
+    fn chunk<'chunk, Delta: Serialize>(&'chunk self, delta: &'chunk Delta, finish_reason: Option<&'chunk str>) -> ChunkOut<'chunk, Delta> {
+        ChunkOut {
+            choices: [ChoiceOut { delta, finish_reason, index: 0, logprobs: None }],
+            created: self.created,
+            id: &self.id,
+            model: &self.model,
+            object: "chat.completion.chunk",
+        }
     }
 }
 
