@@ -1,7 +1,8 @@
 //! Entry points for the fuzz targets in `fuzz/` (cargo-fuzz; see fuzz/README.md): the
 //! crate-private parsers they drive, reachable without sockets, databases or clocks.
 //!
-//! Nothing else may use this module; it is hidden from the docs. The admin helpers below repeat
+//! Nothing else may use this module, except the unit tests that share an oracle with a fuzz
+//! target (the byte scans' checks below); it is hidden from the docs. The admin helpers below repeat
 //! the few lines of glue their handlers run before the store is called (read the body against
 //! the handler's field list, then the handler's own parse and validate functions), so that a
 //! fuzz input takes the same path as a real request body up to the database.
@@ -149,4 +150,48 @@ pub fn import_document(
     let document: Value = serde_json::from_slice(body_bytes)
         .map_err(|error| ApiError::Malformed(format!("the body is not valid JSON: {error}")))?;
     crate::api::backup::parse_document(&document).map_err(ApiError::Invalid)
+}
+
+/// The oracle of the relay's body scan (`raw_json::validated_top_level_members`), shared by its
+/// unit test and the request fuzz targets. The scan may leave a body to serde_json, but a body it
+/// vouches for must be one serde_json reads, within the nesting limit, with the members serde_json
+/// finds (the last of duplicates wins). Panics on a disagreement; says whether the scan vouched.
+pub fn check_body_scan_against_serde(raw: &[u8]) -> bool {
+    use crate::protocol::raw_json::{nests_deeper_than, validated_top_level_members};
+    // The relay checks UTF-8 before it scans.
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return false;
+    };
+    let Some(members) = validated_top_level_members(raw, 128) else {
+        return false;
+    };
+    assert!(
+        serde_json::from_str::<Box<serde_json::value::RawValue>>(text).is_ok(),
+        "the scan vouched for what serde_json refuses: {text}"
+    );
+    assert!(!nests_deeper_than(raw, 128), "the scan vouched for a body nested too deep: {text}");
+    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
+        let mut names = std::collections::BTreeSet::new();
+        for (position, member) in members.iter().enumerate() {
+            let name: String =
+                serde_json::from_str(&text[member.name.start - 1..member.name.end + 1]).expect("a member name serde_json read");
+            let last = !members[position + 1..].iter().any(|later| raw[later.name.clone()] == raw[member.name.clone()]);
+            if last && let Ok(value) = serde_json::from_str::<Value>(&text[member.value.clone()]) {
+                assert_eq!(map.get(&name), Some(&value), "member {name} in {text}");
+            }
+            names.insert(name);
+        }
+        assert_eq!(names, map.keys().cloned().collect(), "member names in {text}");
+    }
+    true
+}
+
+/// Whether any object in `value` has a member whose name `is_wanted`: what the byte scans of a
+/// tool schema (`JsonSchema::has_member_anywhere`) must answer, computed from a tree.
+pub fn has_member_in_tree(value: &Value, is_wanted: &dyn Fn(&str) -> bool) -> bool {
+    match value {
+        Value::Object(members) => members.iter().any(|(name, member)| is_wanted(name) || has_member_in_tree(member, is_wanted)),
+        Value::Array(items) => items.iter().any(|item| has_member_in_tree(item, is_wanted)),
+        _ => false,
+    }
 }

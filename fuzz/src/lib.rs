@@ -93,7 +93,8 @@ fn write_options(stream: bool) -> WriteOptions {
 /// (streamed or not), each written body parsed again and written back in the client's format;
 /// plus the relay's entry points (`convert_request`, with image inlining) for every upstream.
 pub fn request_round_trip(client: Format, data: &[u8]) {
-    body_scan_agrees_with_serde(data);
+    // The relay's body scan vouches only for bodies serde_json reads, with the same members.
+    octopus::fuzz_entry::check_body_scan_against_serde(data);
     let Ok(body) = serde_json::from_slice::<Value>(data) else {
         return;
     };
@@ -211,34 +212,6 @@ fn write_response(format: Format, response: &octopus::protocol::ir::Response) ->
 
 /// An upstream's complete response body in `upstream` format: usage read from it, converted for
 /// every client (the relay's entry point), and through the IR into every client format and back.
-/// The relay reads a request body's top-level members with a validating scan of its bytes
-/// (`raw_json::validated_top_level_members`); it may leave a body to serde_json, but a body it
-/// vouches for must be one serde_json reads, with the members serde_json finds.
-fn body_scan_agrees_with_serde(data: &[u8]) {
-    use octopus::protocol::raw_json::{nests_deeper_than, validated_top_level_members};
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let Some(members) = validated_top_level_members(data, 128) else {
-        return;
-    };
-    assert!(serde_json::from_str::<Box<serde_json::value::RawValue>>(text).is_ok(), "the scan vouched for what serde_json refuses");
-    assert!(!nests_deeper_than(data, 128), "the scan vouched for a body nested too deep");
-    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
-        return;
-    };
-    let mut names = std::collections::BTreeSet::new();
-    for (position, member) in members.iter().enumerate() {
-        let name: String = serde_json::from_str(&text[member.name.start - 1..member.name.end + 1]).expect("a member name serde_json read");
-        let last = !members[position + 1..].iter().any(|later| data[later.name.clone()] == data[member.name.clone()]);
-        if last && let Ok(value) = serde_json::from_str::<Value>(&text[member.value.clone()]) {
-            assert_eq!(map.get(&name), Some(&value), "member {name}");
-        }
-        names.insert(name);
-    }
-    assert_eq!(names, map.keys().cloned().collect::<std::collections::BTreeSet<_>>(), "member names");
-}
-
 /// The writers' byte scans of a tool schema answer as its `Value` tree would. A tree keeps only
 /// the last of duplicate member names, which the scan for a name anywhere sees all of, so that
 /// scan may say yes where the tree says no (the conservative direction), never the other way.
@@ -250,17 +223,9 @@ fn schema_scans_agree_with_the_tree(schema: &octopus::protocol::ir::JsonSchema) 
         let in_tree = tree.as_object().map(|members| members.contains_key(name));
         assert_eq!(schema.has_top_level_member(name), in_tree, "top-level `{name}` in {}", schema.raw().get());
         let wanted = |member: &str| member == name;
-        if has_member_in_tree(&tree, &wanted) {
+        if octopus::fuzz_entry::has_member_in_tree(&tree, &wanted) {
             assert!(schema.has_member_anywhere(&wanted), "`{name}` anywhere in {}", schema.raw().get());
         }
-    }
-}
-
-fn has_member_in_tree(value: &Value, is_wanted: &dyn Fn(&str) -> bool) -> bool {
-    match value {
-        Value::Object(members) => members.iter().any(|(name, member)| is_wanted(name) || has_member_in_tree(member, is_wanted)),
-        Value::Array(items) => items.iter().any(|item| has_member_in_tree(item, is_wanted)),
-        _ => false,
     }
 }
 

@@ -345,29 +345,6 @@ mod tests {
         assert!(!nests_deeper_than(format!("{{\"x\":\"{}\\\"\"}}", "[".repeat(500)).as_bytes(), 128));
     }
 
-    /// The scan vouches only for what serde_json reads, and finds the members serde_json finds.
-    fn check_scan_against_serde(raw: &[u8]) -> bool {
-        let Some(members) = validated_top_level_members(raw, 128) else {
-            return false;
-        };
-        let text = std::str::from_utf8(raw).unwrap();
-        assert!(serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(), "vouched for what serde_json refuses: {text}");
-        assert!(!nests_deeper_than(raw, 128), "vouched for a body nested too deep: {text}");
-        if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
-            let mut names = std::collections::BTreeSet::new();
-            for (position, member) in members.iter().enumerate() {
-                let name: String = serde_json::from_str(&text[member.name.start - 1..member.name.end + 1]).unwrap();
-                let last = !members[position + 1..].iter().any(|later| raw[later.name.clone()] == raw[member.name.clone()]);
-                if last && let Ok(value) = serde_json::from_str::<Value>(&text[member.value.clone()]) {
-                    assert_eq!(map.get(&name), Some(&value), "{name} in {text}");
-                }
-                names.insert(name);
-            }
-            assert_eq!(names, map.keys().cloned().collect(), "{text}");
-        }
-        true
-    }
-
     #[test]
     fn a_plain_run_ends_at_the_first_quote_backslash_or_control_byte() {
         let simple = |raw: &[u8], start: usize| {
@@ -396,7 +373,7 @@ mod tests {
             "{}",
         ];
         for body in vouched {
-            assert!(check_scan_against_serde(body.as_bytes()), "the scan should read {body}");
+            assert!(crate::fuzz_entry::check_body_scan_against_serde(body.as_bytes()), "the scan should read {body}");
         }
         let refused = [
             r#"["not an object"]"#, r#"{"a":1,}"#, r#"{"a":01}"#, r#"{"a":1.}"#, r#"{"a":.5}"#, r#"{"a":1e}"#,
@@ -405,11 +382,11 @@ mod tests {
             r#"{"a":+1}"#, "\u{feff}{}",
         ];
         for body in refused {
-            assert!(!check_scan_against_serde(body.as_bytes()), "the scan should leave {body:?} to serde_json");
+            assert!(!crate::fuzz_entry::check_body_scan_against_serde(body.as_bytes()), "the scan should leave {body:?} to serde_json");
         }
         let nested = |levels: usize| format!("{{\"x\":{}{}}}", "[".repeat(levels - 1), "]".repeat(levels - 1));
-        assert!(check_scan_against_serde(nested(128).as_bytes()));
-        assert!(!check_scan_against_serde(nested(129).as_bytes()));
+        assert!(crate::fuzz_entry::check_body_scan_against_serde(nested(128).as_bytes()));
+        assert!(!crate::fuzz_entry::check_body_scan_against_serde(nested(129).as_bytes()));
 
         // Mutations of valid bodies: a byte dropped, doubled or replaced, everywhere.
         let mut vouched_mutants = 0;
@@ -423,7 +400,7 @@ mod tests {
                     }
                     mutant.extend_from_slice(&bytes[position + 1..]);
                     if std::str::from_utf8(&mutant).is_ok() {
-                        vouched_mutants += usize::from(check_scan_against_serde(&mutant));
+                        vouched_mutants += usize::from(crate::fuzz_entry::check_body_scan_against_serde(&mutant));
                     }
                 }
             }
