@@ -62,9 +62,10 @@ impl StorePool {
     ///
     /// Only the first store is opened here (it applies the migrations, and its errors are the
     /// caller's). The other threads are spares: each opens its store the first time jobs wait
-    /// with no serving thread free for longer than a moment (`SPARE_GRACE`), then serves too. A gateway whose database work never overlaps
-    /// keeps one connection (each SQLite connection holds about 390 KB of caches and schema, a
-    /// tenth of an idle gateway's own memory), and one that needs more gets them as it does.
+    /// with no serving thread free for longer than a moment (`SPARE_GRACE`), then serves too. A
+    /// gateway whose database work never overlaps keeps one connection (each SQLite connection
+    /// holds about 390 KB of caches and schema, a tenth of an idle gateway's own memory), and one
+    /// that needs more gets them as it does.
     /// A thread whose store cannot be opened logs why and tries again, less and less often,
     /// until the pool is dropped; jobs meanwhile go to the threads already serving.
     ///
