@@ -58,8 +58,18 @@ pub fn configure_runtime(workers: usize) {
         // scheduler is started here with a pool of one, and the capacity raised after: finished
         // coroutines then fill the pool as the load needs them, up to the capacity.
         may::config().set_workers(workers).set_stack_size(COROUTINE_STACK_WORDS).set_pool_capacity(1);
-        // Spawning the first coroutine starts the scheduler.
-        let _ = may::go!(|| ()).join();
+        // Spawning the first coroutine starts the scheduler. That is done on a thread of its own:
+        // may builds its scheduler in a stack frame of about 150 KiB, and on the main thread those
+        // pages would stay resident for the life of the process (the main stack never shrinks),
+        // while a thread's stack is unmapped when it is joined.
+        // may's timer and event-loop threads take this thread's name.
+        let starter = std::thread::Builder::new()
+            .name("coroutines".into())
+            .spawn(|| {
+                let _ = may::go!(|| ()).join();
+            })
+            .expect("could not start a thread to start the coroutine scheduler");
+        starter.join().expect("the coroutine scheduler failed to start");
         may::config().set_pool_capacity(COROUTINE_POOL_CAPACITY);
     });
 }

@@ -110,6 +110,10 @@ const HELD_STREAMS_OPEN_LIMIT: Duration = Duration::from_secs(60);
 /// half a second. Slow-paced held streams settle for five of their events.
 const HELD_STREAMS_SETTLE: Duration = Duration::from_secs(1);
 const SLOW_HELD_STREAMS_SETTLE: Duration = Duration::from_secs(5);
+/// The idle memory rows are sampled after this long without a request: the gateway's store
+/// threads give back their database caches after three quiet seconds, as they would on a server
+/// that sits idle between uses.
+pub const IDLE_QUIET: Duration = Duration::from_secs(4);
 /// How long the mock's open streams may take to end after the clients closed theirs.
 const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// The open-file limit asked for: two descriptors per held stream in this process (client
@@ -407,8 +411,9 @@ fn run(options: &Options) -> Result<RunResults, String> {
     };
     let gateway_pid = gateway.as_ref().map(Gateway::pid);
     let gateway_rss = || gateway_pid.and_then(resident);
+    let idle_gateway_rss = || gateway_pid.and_then(idle_resident);
     let mut memory = MemoryResults {
-        at_start: gateway_rss(),
+        at_start: idle_gateway_rss(),
         ..MemoryResults::default()
     };
 
@@ -449,7 +454,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         }
         None => None,
     };
-    memory.idle_configured = gateway_rss();
+    memory.idle_configured = idle_gateway_rss();
 
     let mut direct_results = ArmResults::default();
     let mut gateway_results = through_gateway.as_ref().map(|_| ArmResults::default());
@@ -607,11 +612,11 @@ fn run(options: &Options) -> Result<RunResults, String> {
     if let (Some(binary), true) = (&options.static_gateway_binary, gateway.is_some()) {
         progress(run_started, &format!("idle memory of {}", binary.display()));
         let static_gateway = Gateway::start(binary, pin_to_cpu, &[])?;
-        memory.static_at_start = resident(static_gateway.pid());
+        memory.static_at_start = idle_resident(static_gateway.pid());
         let groups: Vec<GroupSpec> = GROUPS.into_iter().chain(lane_groups()).collect();
         configure(static_gateway.address(), mock.address(), &groups)
             .map_err(|error| format!("configuring {} failed: {error}", binary.display()))?;
-        memory.static_idle_configured = resident(static_gateway.pid());
+        memory.static_idle_configured = idle_resident(static_gateway.pid());
     }
     progress(run_started, "done");
     let gateway_log_lines = gateway.as_ref().map_or(0, |gateway| {
@@ -773,6 +778,12 @@ fn hold_streams(
     memory.upstream_close_wait = closed_at.elapsed();
     memory.upstream_open_after_close = mock.open_streams().saturating_sub(upstream_before);
     memory.after_close = gateway_rss();
+}
+
+/// The gateway's resident memory after `IDLE_QUIET` without a request from this bench.
+fn idle_resident(pid: u32) -> Option<Resident> {
+    std::thread::sleep(IDLE_QUIET);
+    resident(pid)
 }
 
 /// Pins the gateway to CPU 1 when BENCH_TASKSET=1 and taskset and a second CPU exist.

@@ -310,14 +310,15 @@ fn render_main_table(out: &mut String, results: &RunResults) {
 
 fn render_memory_table(out: &mut String, results: &RunResults) {
     let memory = &results.memory;
+    let quiet = crate::IDLE_QUIET.as_secs();
     let info = &results.info;
     if results.gateway.is_some() {
         let _ = writeln!(out, "| Gateway memory | VmRSS | of which anonymous (RssAnon) |");
         let _ = writeln!(out, "|---|--:|--:|");
         let rows = [
-            ("At start (first `/healthz` 200)", memory.at_start),
+            (&*format!("At start, idle ({quiet} s after the first `/healthz` 200)"), memory.at_start),
             (
-                "Idle, configured, before the first relayed request",
+                &*format!("Idle, configured ({quiet} s after the last admin call), before the first relayed request"),
                 memory.idle_configured,
             ),
             ("After warm-up", memory.after_warmup),
@@ -338,8 +339,8 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
         ];
         // The static build's rows appear only when the run measured one.
         let static_rows = [
-            ("Static musl build: at start (first `/healthz` 200)", memory.static_at_start),
-            ("Static musl build: idle, configured", memory.static_idle_configured),
+            (&*format!("Static musl build: at start, idle ({quiet} s after the first `/healthz` 200)"), memory.static_at_start),
+            (&*format!("Static musl build: idle, configured ({quiet} s after the last admin call)"), memory.static_idle_configured),
         ];
         let rows = rows.into_iter().chain(static_rows.into_iter().filter(|(_, kib)| kib.is_some()));
         for (label, kib) in rows {

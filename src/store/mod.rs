@@ -79,6 +79,10 @@ pub trait Store: Send {
         false
     }
 
+    /// Gives back the memory the connection keeps only to be faster next time (SQLite's page
+    /// cache), after the pool thread has had no job for a while.
+    fn release_idle_memory(&mut self) {}
+
     // Admin account and sessions.
     /// Whether any admin account exists (so a start can skip hashing the first password).
     fn has_admin(&mut self) -> StoreResult<bool>;
