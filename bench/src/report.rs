@@ -661,7 +661,7 @@ fn format_millis(nanos: i64) -> String {
 }
 
 fn format_kib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
+    format!("{:.2} MiB", kib as f64 / 1024.0)
 }
 
 fn group_thousands(value: u64) -> String {

@@ -1,13 +1,14 @@
 //! A ureq resolver that never blocks a coroutine: IP literals are answered inline, host names
-//! are looked up with getaddrinfo on a small pool of std threads, and answers are cached.
+//! are looked up with getaddrinfo on a small pool of std threads that start as lookups need them
+//! and end when idle, and answers are cached.
 //!
 //! getaddrinfo blocks its thread for as long as DNS takes; on a may worker that would stall
 //! every coroutine of the worker. The coroutine instead waits on a may channel, which parks
 //! only itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use std::{fmt, io, thread};
 
@@ -23,7 +24,7 @@ use crate::upstream::error::TransportFailure;
 const CACHE_TTL: Duration = Duration::from_secs(60);
 /// At most this many names are cached; a full cache is emptied (names are few in practice).
 const CACHE_CAPACITY: usize = 512;
-/// Lookup threads; each serves one getaddrinfo call at a time.
+/// At most this many lookup threads; each serves one getaddrinfo call at a time.
 const LOOKUP_THREADS: usize = 4;
 /// ureq keeps at most this many addresses per name.
 const MAX_ADDRESSES: usize = 16;
@@ -168,12 +169,7 @@ fn look_up_off_thread(
         port,
         reply,
     };
-    if lookup_queue().send(job).is_err() {
-        return Err(
-            TransportFailure::Connect("the DNS lookup threads are gone".to_string())
-                .into_ureq_error(),
-        );
-    }
+    lookup_pool().submit(job);
     let received = match timeout.after {
         UreqDuration::Exact(limit) => answer.recv_timeout(limit).map_err(|error| match error {
             std::sync::mpsc::RecvTimeoutError::Timeout => ureq::Error::Timeout(timeout.reason),
@@ -197,35 +193,132 @@ fn lookup_thread_died() -> ureq::Error {
     TransportFailure::Connect("the DNS lookup thread stopped".to_string()).into_ureq_error()
 }
 
-/// The queue of the lookup pool, started on first use and kept for the life of the process.
-fn lookup_queue() -> &'static crossbeam_channel::Sender<LookupJob> {
-    static QUEUE: OnceLock<crossbeam_channel::Sender<LookupJob>> = OnceLock::new();
-    QUEUE.get_or_init(|| {
-        let (sender, receiver) = crossbeam_channel::unbounded::<LookupJob>();
-        for thread_index in 0..LOOKUP_THREADS {
-            let receiver = receiver.clone();
+/// The lookup threads: started when a lookup finds none free (up to `LOOKUP_THREADS`), ended
+/// after `LOOKUP_THREAD_IDLE_EXIT` without one. Names are looked up rarely (answers are cached,
+/// and channels are few), so an idle gateway keeps no lookup thread: each held a stack and its
+/// own allocator pages, about 0.3 MiB for the four this pool used to keep for good.
+struct LookupPool {
+    state: Mutex<LookupPoolState>,
+    job_waiting: Condvar,
+}
+
+#[derive(Default)]
+struct LookupPoolState {
+    queue: VecDeque<LookupJob>,
+    /// Threads waiting for a job (counted until they have woken and looked at the queue).
+    idle: usize,
+    threads: usize,
+}
+
+/// A lookup thread with no job for this long ends.
+const LOOKUP_THREAD_IDLE_EXIT: Duration = if cfg!(test) { Duration::from_millis(200) } else { Duration::from_secs(30) };
+
+impl LookupPool {
+    fn lock(&self) -> MutexGuard<'_, LookupPoolState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `job` and starts a thread for it when the threads free to take it are fewer than
+    /// the jobs waiting. A job that finds no thread at all and cannot start one is dropped,
+    /// which its caller sees as its answer channel closing.
+    fn submit(&'static self, job: LookupJob) {
+        let mut state = self.lock();
+        state.queue.push_back(job);
+        if state.queue.len() > state.idle && state.threads < LOOKUP_THREADS {
+            state.threads += 1;
             let spawned = thread::Builder::new()
-                .name(format!("octopus-dns-{thread_index}"))
-                .spawn(move || {
-                    for job in receiver {
-                        let answer = (job.host.as_str(), job.port)
-                            .to_socket_addrs()
-                            .map(|addrs| addrs.collect::<Vec<_>>());
-                        // The caller may have given up waiting; nothing to do then.
-                        let _ = job.reply.send(answer);
-                    }
-                });
+                .name("octopus-dns".to_string())
+                .spawn(move || self.serve());
             if let Err(error) = spawned {
-                log::error!("cannot start DNS lookup thread {thread_index}: {error}");
+                log::error!("cannot start a DNS lookup thread: {error}");
+                state.threads -= 1;
+                if state.threads == 0 {
+                    state.queue.clear();
+                }
             }
         }
-        sender
-    })
+        self.job_waiting.notify_one();
+    }
+
+    /// The body of a lookup thread.
+    fn serve(&self) {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.queue.pop_front() {
+                drop(state);
+                let answer = (job.host.as_str(), job.port).to_socket_addrs().map(|addrs| addrs.collect::<Vec<_>>());
+                // The caller may have given up waiting; nothing to do then.
+                let _ = job.reply.send(answer);
+                state = self.lock();
+                continue;
+            }
+            state.idle += 1;
+            let (woken, wait) = self
+                .job_waiting
+                .wait_timeout(state, LOOKUP_THREAD_IDLE_EXIT)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = woken;
+            state.idle -= 1;
+            // A job queued as the wait ran out is still this thread's to take: its submitter
+            // counted this thread as free and started none.
+            if wait.timed_out() && state.queue.is_empty() {
+                state.threads -= 1;
+                return;
+            }
+        }
+    }
+}
+
+fn lookup_pool() -> &'static LookupPool {
+    static POOL: OnceLock<LookupPool> = OnceLock::new();
+    POOL.get_or_init(|| LookupPool { state: Mutex::new(LookupPoolState::default()), job_waiting: Condvar::new() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn new_pool() -> &'static LookupPool {
+        Box::leak(Box::new(LookupPool { state: Mutex::new(LookupPoolState::default()), job_waiting: Condvar::new() }))
+    }
+
+    fn submit_lookup(pool: &'static LookupPool) -> may::sync::mpsc::Receiver<io::Result<Vec<SocketAddr>>> {
+        let (reply, answer) = may::sync::mpsc::channel();
+        pool.submit(LookupJob { host: "localhost".to_string(), port: 80, reply });
+        answer
+    }
+
+    fn wait_for_threads(pool: &LookupPool, count: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pool.lock().threads != count && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        pool.lock().threads
+    }
+
+    #[test]
+    fn lookup_threads_start_for_lookups_and_end_when_idle() {
+        let pool = new_pool();
+        assert_eq!(pool.lock().threads, 0, "a pool starts no thread before its first lookup");
+        let answer = submit_lookup(pool);
+        assert!(!answer.recv_timeout(Duration::from_secs(30)).unwrap().unwrap().is_empty());
+        assert_eq!(wait_for_threads(pool, 0), 0, "the idle lookup thread never ended");
+        // A lookup after the last thread ended starts a new one.
+        let answer = submit_lookup(pool);
+        assert!(!answer.recv_timeout(Duration::from_secs(30)).unwrap().unwrap().is_empty());
+    }
+
+    #[test]
+    fn lookups_at_once_start_at_most_the_thread_limit_and_all_are_answered() {
+        let pool = new_pool();
+        let answers: Vec<_> = (0..3 * LOOKUP_THREADS).map(|_| submit_lookup(pool)).collect();
+        let threads = pool.lock().threads;
+        assert!((1..=LOOKUP_THREADS).contains(&threads), "{threads} lookup threads");
+        for answer in answers {
+            assert!(!answer.recv_timeout(Duration::from_secs(30)).unwrap().unwrap().is_empty());
+        }
+        assert_eq!(wait_for_threads(pool, 0), 0);
+    }
 
     fn resolve(resolver: &CachingResolver, url: &str) -> Result<Vec<SocketAddr>, ureq::Error> {
         let uri: Uri = url.parse().unwrap();
