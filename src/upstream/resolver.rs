@@ -197,6 +197,7 @@ fn lookup_thread_died() -> ureq::Error {
 /// after `LOOKUP_THREAD_IDLE_EXIT` without one. Names are looked up rarely (answers are cached,
 /// and channels are few), so an idle gateway keeps no lookup thread: each held a stack and its
 /// own allocator pages, about 0.3 MiB for the four this pool used to keep for good.
+#[derive(Default)]
 struct LookupPool {
     state: Mutex<LookupPoolState>,
     job_waiting: Condvar,
@@ -271,7 +272,7 @@ impl LookupPool {
 
 fn lookup_pool() -> &'static LookupPool {
     static POOL: OnceLock<LookupPool> = OnceLock::new();
-    POOL.get_or_init(|| LookupPool { state: Mutex::new(LookupPoolState::default()), job_waiting: Condvar::new() })
+    POOL.get_or_init(LookupPool::default)
 }
 
 #[cfg(test)]
@@ -279,7 +280,7 @@ mod tests {
     use super::*;
 
     fn new_pool() -> &'static LookupPool {
-        Box::leak(Box::new(LookupPool { state: Mutex::new(LookupPoolState::default()), job_waiting: Condvar::new() }))
+        Box::leak(Box::default())
     }
 
     fn submit_lookup(pool: &'static LookupPool) -> may::sync::mpsc::Receiver<io::Result<Vec<SocketAddr>>> {
