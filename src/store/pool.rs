@@ -12,6 +12,8 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::RecvTimeoutError;
+
 use crate::store::{self, Store, StoreError, StoreResult};
 
 /// The most connections a pool opens to one SQLite file: SQLite has a single writer anyway,
@@ -248,25 +250,25 @@ fn serve_jobs(
     // Database work is admin calls and batched statistics: never more urgent than relaying.
     crate::util::lower_this_thread_priority();
     let mut last_reopen_attempt: Option<Instant> = None;
-    // Counted free already (see `ThreadCounts::idle`): by `StorePool::open` or the spare's wake,
-    // and after each job by the job itself, just before its answer.
     // Whether a job ran since the caches were last given back.
     let mut holding_caches = true;
+    // Counted free already (see `ThreadCounts::idle`): by `StorePool::open` or the spare's wake,
+    // and after each job by the job itself, just before its answer.
     loop {
-        let job = if holding_caches {
-            match serving.jobs.recv_timeout(RELEASE_CACHES_AFTER_IDLE) {
-                Ok(job) => job,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    store.release_idle_memory();
-                    serving.counts.caches_released.fetch_add(1, Ordering::Relaxed);
-                    holding_caches = false;
-                    continue;
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            }
+        let waited = if holding_caches {
+            serving.jobs.recv_timeout(RELEASE_CACHES_AFTER_IDLE)
         } else {
-            let Ok(job) = serving.jobs.recv() else { break };
-            job
+            serving.jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        let job = match waited {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                store.release_idle_memory();
+                serving.counts.caches_released.fetch_add(1, Ordering::Relaxed);
+                holding_caches = false;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
         };
         holding_caches = true;
         serving.counts.idle.fetch_sub(1, Ordering::SeqCst);
