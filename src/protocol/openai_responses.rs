@@ -1605,7 +1605,6 @@ struct CustomInput {
     streamed: String,
 }
 
-
 /// `response.output_text.delta`, members in alphabetical order as the map of `emit` writes them.
 #[derive(Serialize)]
 struct TextDeltaOut<'event> {
