@@ -400,6 +400,47 @@ fn sequential_requests_reuse_one_connection() {
     assert_eq!(requests[0].header("content-length"), Some("1"));
 }
 
+/// Each call under its own `CallControl`, as the relay makes them: the connection goes back to
+/// the pool owned by a call, which the transport does not peek at, so what the server does while
+/// the connection idles must be caught when it is taken out again.
+#[test]
+fn a_pooled_connection_spoiled_while_idle_is_not_reused() {
+    let mock = MockServer::start(|request, stream| {
+        echo_ok(request, stream)?;
+        match request.path.as_str() {
+            // Bytes after the answer, sent once the client has put the connection back.
+            "/stray-bytes" => {
+                thread::sleep(Duration::from_millis(50));
+                stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")?;
+                stream.flush()
+            }
+            // The server ends the connection after its answer.
+            "/close" => Err(io::Error::other("closing after the answer")),
+            _ => Ok(()),
+        }
+    });
+    let client = client();
+    let (stray_url, close_url, plain_url) = (mock.url("/stray-bytes"), mock.url("/close"), mock.url("/plain"));
+
+    let bodies = in_coroutine(move || {
+        let call = |url: &String, body: &str| {
+            let control = CallControl::new();
+            with_call_control(&control, || read_body(&mut client.send(post(url.clone(), body)).unwrap()))
+        };
+        let mut bodies = vec![call(&stray_url, "1")];
+        may::coroutine::sleep(Duration::from_millis(200));
+        bodies.push(call(&close_url, "2"));
+        may::coroutine::sleep(Duration::from_millis(200));
+        bodies.push(call(&plain_url, "3"));
+        bodies.push(call(&plain_url, "4"));
+        bodies
+    });
+
+    assert_eq!(bodies, ["{\"echo\":1}", "{\"echo\":2}", "{\"echo\":3}", "{\"echo\":4}"]);
+    // The stray bytes and the close each cost the pooled connection; the last two calls share one.
+    assert_eq!(mock.accepted(), 3);
+}
+
 /// Answers with the request body echoed and a response head of about 12 KiB, larger than the
 /// first size of a connection's input buffer.
 fn echo_with_a_long_head(request: &MockRequest, stream: &mut dyn Write) -> io::Result<()> {

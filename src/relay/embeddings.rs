@@ -183,7 +183,10 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
                 if !budget.may_try_again(attempts_made, state.health.now_ms()) || remaining.is_zero() {
                     break 'items;
                 }
-                if request.client.is_closed() || control.is_cancelled() {
+                // The probe is a system call; before the first attempt the request has only just been
+                // read, so it would find the client there. It matters between attempts, which can take
+                // the length of an upstream timeout.
+                if (attempts_made > 0 && request.client.is_closed()) || control.is_cancelled() {
                     return Err(RelayError::ClientGone("the client closed the connection".to_string()));
                 }
                 let base_url = channel.base_urls[endpoint_index].clone();

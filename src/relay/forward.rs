@@ -352,7 +352,10 @@ fn generate(
                 if !budget.may_try_again(attempts_made, state.health.now_ms()) || deadlines.remaining().is_zero() {
                     break 'items;
                 }
-                if request.client.is_closed() || control.is_cancelled() {
+                // The probe is a system call; before the first attempt the request has only just been
+                // read, so it would find the client there. It matters between attempts, which can take
+                // the length of an upstream timeout.
+                if (attempts_made > 0 && request.client.is_closed()) || control.is_cancelled() {
                     trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, "client gone".to_string()));
                     return Err(RelayError::ClientGone("the client closed the connection".to_string()));
                 }

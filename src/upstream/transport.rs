@@ -197,13 +197,16 @@ impl Transport for MayTransport {
     fn is_open(&mut self) -> bool {
         // ureq asks this when the connection goes back to the pool and when it is taken out
         // again: either way the call that used it is over.
-        self.socket.set_owner(NO_OWNER);
+        let returning_from_a_call = self.socket.take_owner() != NO_OWNER;
         // Bytes already buffered belong to no request: a server that sent more than its answer
         // (a body after a HEAD response, say) would have them read as the next call's response.
         if !self.buffers.input().is_empty() || self.buffers.holds_output() {
             return false;
         }
-        peek_says_open(self.stream.as_raw_fd())
+        // A connection coming back from a call is peeked at again when it is taken out, just
+        // before its next use, which also catches what the server sent or closed meanwhile. A
+        // peek on its way back would be a second system call per request that decides nothing.
+        returning_from_a_call || peek_says_open(self.stream.as_raw_fd())
     }
 }
 
@@ -296,6 +299,11 @@ impl SharedSocket {
 
     pub(crate) fn set_owner(&self, owner: u64) {
         self.lock_state().owner = owner;
+    }
+
+    /// Leaves the socket without an owner and returns the one it had.
+    fn take_owner(&self) -> u64 {
+        std::mem::replace(&mut self.lock_state().owner, NO_OWNER)
     }
 
     /// Shuts the socket down if the call of control `owner` is still the one using it.
