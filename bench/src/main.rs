@@ -64,6 +64,13 @@ const WHOLE_MODEL: &str = "bench-upstream";
 const PACED_STREAM_MODEL: &str = "stream-64x20";
 const PACED_STREAM_DELTAS: u32 = 64;
 const PACED_STREAM_PACE: Duration = Duration::from_millis(20);
+/// 4 deltas 20 ms apart: short paced streams, many of which give the time to first event a
+/// p99 that is not simply the slowest of twenty.
+const FIRST_EVENT_STREAM_MODEL: &str = "stream-4x20";
+const FIRST_EVENT_STREAM_DELTAS: u32 = 4;
+/// First-event streams run in turns of this many per arm, direct then gateway, so that both
+/// arms sample the same stretches of a shared machine's noise.
+const FIRST_EVENT_STREAMS_PER_TURN: usize = 10;
 /// 600 deltas 100 ms apart: a 60-second stream, far longer than the held-streams phase.
 const LONG_STREAM_MODEL: &str = "stream-600x100";
 /// 300 deltas a second apart: the held streams of a `--held-streams` run above 1,000. The mock
@@ -74,7 +81,7 @@ const SLOW_LONG_STREAM_MODEL: &str = "stream-300x1000";
 const HELD_STREAMS_AT_FULL_PACE: usize = 1000;
 
 /// The gateway groups, one per upstream model, so clients name a group as their model.
-const GROUPS: [GroupSpec; 4] = [
+const GROUPS: [GroupSpec; 5] = [
     GroupSpec {
         group_name: "bench",
         channel: Dialect::OpenAiChat,
@@ -94,6 +101,11 @@ const GROUPS: [GroupSpec; 4] = [
         group_name: "bench-stream-300x1000",
         channel: Dialect::OpenAiChat,
         upstream_model: SLOW_LONG_STREAM_MODEL,
+    },
+    GroupSpec {
+        group_name: "bench-stream-4x20",
+        channel: Dialect::OpenAiChat,
+        upstream_model: FIRST_EVENT_STREAM_MODEL,
     },
 ];
 
@@ -151,6 +163,8 @@ struct Plan {
     load_duration: Duration,
     stream_rounds: usize,
     streams_per_round: usize,
+    /// Short paced streams per arm, for the time to first event (`FIRST_EVENT_STREAM_MODEL`).
+    first_event_streams: usize,
     held_streams: usize,
     /// Restarts timed from spawn to the first 200 (`Gateway::cold_starts`).
     cold_starts: usize,
@@ -168,6 +182,7 @@ impl Plan {
             load_duration: Duration::from_millis(2500),
             stream_rounds: 2,
             streams_per_round: 10,
+            first_event_streams: 200,
             held_streams: 1000,
             cold_starts: 20,
             conversion: ConversionPlan {
@@ -191,6 +206,7 @@ impl Plan {
             load_duration: Duration::from_millis(1500),
             stream_rounds: 1,
             streams_per_round: 3,
+            first_event_streams: 10,
             held_streams: 100,
             cold_starts: 3,
             conversion: ConversionPlan {
@@ -423,6 +439,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         &TargetModels {
             whole: WHOLE_MODEL,
             paced_stream: PACED_STREAM_MODEL,
+            first_event_stream: FIRST_EVENT_STREAM_MODEL,
             long_stream: held_stream_model(plan.held_streams),
         },
     );
@@ -446,6 +463,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
                 &TargetModels {
                     whole: GROUPS[0].group_name,
                     paced_stream: GROUPS[1].group_name,
+                    first_event_stream: GROUPS[4].group_name,
                     long_stream: held_stream_group(plan.held_streams),
                 },
             );
@@ -565,6 +583,19 @@ fn run(options: &Options) -> Result<RunResults, String> {
         ) {
             stream_round(&mock, client, target, &plan, phase_deadline, results);
         }
+    }
+    let mut first_event_streams_run = 0;
+    while first_event_streams_run < plan.first_event_streams {
+        let turn = FIRST_EVENT_STREAMS_PER_TURN.min(plan.first_event_streams - first_event_streams_run);
+        first_event_turn(&mut direct_client, &direct, turn, phase_deadline, &mut direct_results);
+        if let (Some(client), Some(target), Some(results)) = (
+            gateway_client.as_mut(),
+            &through_gateway,
+            gateway_results.as_mut(),
+        ) {
+            first_event_turn(client, target, turn, phase_deadline, results);
+        }
+        first_event_streams_run += turn;
     }
 
     ensure_gateway_running(&mut gateway, "streams")?;
@@ -736,6 +767,32 @@ fn stream_round(
     results.upstream_connections += mock.accepted_connections() - accepted_before;
 }
 
+/// Runs `count` short paced streams one after another, for their time to first event.
+fn first_event_turn(
+    client: &mut SequentialClient,
+    target: &Target,
+    count: usize,
+    deadline: Instant,
+    results: &mut ArmResults,
+) {
+    for _ in 0..count {
+        if Instant::now() >= deadline {
+            results
+                .stream_errors
+                .record("phase deadline reached before all first-event streams were run".to_string());
+            return;
+        }
+        match client.timed_stream(
+            &target.first_event_stream_request,
+            FIRST_EVENT_STREAM_DELTAS,
+            PACED_STREAM_PACE,
+        ) {
+            Ok(sample) => results.first_event_streams.push(sample),
+            Err(message) => results.stream_errors.record(message),
+        }
+    }
+}
+
 /// Opens the held streams, samples the gateway's RSS while they are open, closes them and
 /// checks that the upstream streams behind them end too.
 fn hold_streams(
@@ -851,6 +908,8 @@ fn run_info(plan: &Plan, pinning: String) -> RunInfo {
         stream_model: PACED_STREAM_MODEL,
         stream_pace: PACED_STREAM_PACE,
         streams_per_arm: plan.stream_rounds * plan.streams_per_round,
+        first_event_stream_model: FIRST_EVENT_STREAM_MODEL,
+        first_event_streams_per_arm: plan.first_event_streams,
         held_stream_model: held_stream_model(plan.held_streams),
         held_stream_count: plan.held_streams,
     }

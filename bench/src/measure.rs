@@ -25,6 +25,8 @@ pub struct Target {
     pub whole_request: Arc<Vec<u8>>,
     /// Streaming chat completion whose upstream model is `stream-64x20`.
     pub paced_stream_request: Vec<u8>,
+    /// Streaming chat completion whose upstream model is `stream-4x20`.
+    pub first_event_stream_request: Vec<u8>,
     /// Streaming chat completion whose upstream model is `stream-600x100` (60-second streams).
     pub long_stream_request: Arc<Vec<u8>>,
 }
@@ -33,6 +35,7 @@ pub struct Target {
 pub struct TargetModels<'a> {
     pub whole: &'a str,
     pub paced_stream: &'a str,
+    pub first_event_stream: &'a str,
     pub long_stream: &'a str,
 }
 
@@ -52,6 +55,7 @@ impl Target {
             address,
             whole_request: Arc::new(request(models.whole, false)),
             paced_stream_request: request(models.paced_stream, true),
+            first_event_stream_request: request(models.first_event_stream, true),
             long_stream_request: Arc::new(request(models.long_stream, true)),
         }
     }

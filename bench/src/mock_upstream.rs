@@ -284,7 +284,7 @@ fn error_reply(status: u16, message: &str) -> Reply {
 }
 
 fn models_list() -> String {
-    let ids = ["bench-upstream", "stream-64x20", "stream-600x100", "stream-300x1000"];
+    let ids = ["bench-upstream", "stream-64x20", "stream-600x100", "stream-300x1000", "stream-4x20"];
     let data: Vec<Value> = ids
         .iter()
         .map(|id| serde_json::json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "bench"}))

@@ -36,6 +36,8 @@ pub struct RunInfo {
     pub stream_model: &'static str,
     pub stream_pace: Duration,
     pub streams_per_arm: usize,
+    pub first_event_stream_model: &'static str,
+    pub first_event_streams_per_arm: usize,
     pub held_stream_model: &'static str,
     pub held_stream_count: usize,
 }
@@ -52,6 +54,8 @@ pub struct ArmResults {
     /// CPU the bench process (client and mock) used during this arm's load rounds.
     pub rig_cpu_micros: u64,
     pub streams: Vec<StreamSample>,
+    /// The short streams run for the time to first event only.
+    pub first_event_streams: Vec<StreamSample>,
     pub stream_errors: ErrorTally,
     /// Connections the mock accepted during this arm's timed phases: the client's own on the
     /// direct arm, the gateway's upstream connections on the gateway arm (reuse check).
@@ -216,13 +220,19 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         gateway_rig_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
     );
 
+    // Every stream's first event counts: the long paced ones and the short ones run for this.
     let stream_label = format!(
-        "{} (c=1, {} streams per arm)",
-        info.stream_model, info.streams_per_arm
+        "c=1, {} streams per arm: {} {}, {} {}",
+        info.streams_per_arm + info.first_event_streams_per_arm,
+        info.streams_per_arm,
+        info.stream_model,
+        info.first_event_streams_per_arm,
+        info.first_event_stream_model,
     );
     let first_events = |arm: &ArmResults| -> Vec<u64> {
         arm.streams
             .iter()
+            .chain(&arm.first_event_streams)
             .map(|sample| sample.first_event_nanos)
             .collect()
     };
@@ -279,8 +289,9 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         )),
     );
     let events = |arm: &ArmResults| {
-        let received: usize = arm.streams.iter().map(|s| s.events).sum();
-        let expected: usize = arm.streams.iter().map(|s| s.expected_events).sum();
+        let all_streams = || arm.streams.iter().chain(&arm.first_event_streams);
+        let received: usize = all_streams().map(|s| s.events).sum();
+        let expected: usize = all_streams().map(|s| s.expected_events).sum();
         format!(
             "{} / {}",
             group_thousands(received as u64),
