@@ -41,6 +41,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Coroutines kept ready for reuse between requests.
 const COROUTINE_POOL_CAPACITY: usize = 64;
 
+/// The longest a coroutine worker waits in epoll when no socket has a timeout pending. may's
+/// default, 10 ms, woke every worker a hundred times a second on an idle gateway (0.3% of a
+/// core each, and a wake-up a router's CPU is kept from sleeping for). Nothing the gateway does
+/// waits for these wake-ups: sockets and coroutines scheduled from other threads wake a worker
+/// through its event fd, and socket timeouts set the wait themselves. What the periodic wake-up
+/// still does is let an idle worker steal coroutines queued behind a busy one, so it stays short
+/// enough to bound that.
+const IDLE_POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Sets the process-wide may runtime options once (the first caller's worker count wins).
 pub fn configure_runtime(workers: usize) {
     static ONCE: Once = Once::new();
@@ -57,7 +66,11 @@ pub fn configure_runtime(workers: usize) {
         // milliseconds for 64 on a small machine, before the gateway can answer). So the
         // scheduler is started here with a pool of one, and the capacity raised after: finished
         // coroutines then fill the pool as the load needs them, up to the capacity.
-        may::config().set_workers(workers).set_stack_size(COROUTINE_STACK_WORDS).set_pool_capacity(1);
+        may::config()
+            .set_workers(workers)
+            .set_stack_size(COROUTINE_STACK_WORDS)
+            .set_pool_capacity(1)
+            .set_timeout_ns(IDLE_POLL_TIMEOUT.as_nanos() as u64);
         // Spawning the first coroutine starts the scheduler. That is done on a thread of its own:
         // may builds its scheduler in a stack frame of about 150 KiB, and on the main thread those
         // pages would stay resident for the life of the process (the main stack never shrinks),

@@ -86,15 +86,7 @@ fn first_start_creates_config_and_database_and_serves_the_admin_api() {
     }
     let mut child = RunningBinary(command.spawn().unwrap());
     let address = format!("127.0.0.1:{port}").parse().unwrap();
-    let started = Instant::now();
-    loop {
-        if std::net::TcpStream::connect(address).is_ok() {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start listening");
-        assert!(child.0.try_wait().unwrap().is_none(), "the gateway exited early");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_listening(&mut child, address);
     assert_eq!(request(address, "GET", "/healthz", &[], b"").status, 200);
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("data/config.json")).unwrap()).unwrap();
     assert_eq!(config["server"]["port"], 8080, "the file holds the defaults; the environment only overrides");
@@ -126,6 +118,65 @@ fn first_start_creates_config_and_database_and_serves_the_admin_api() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0));
+}
+
+fn wait_until_listening(child: &mut RunningBinary, address: std::net::SocketAddr) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start listening");
+        assert!(child.0.try_wait().unwrap().is_none(), "the gateway exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The voluntary context switches of each of a process's threads with this name, by thread id.
+fn context_switches_of_threads_named(pid: u32, name: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut switches = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap();
+        let thread_id = task.file_name().to_string_lossy().into_owned();
+        let task = task.path();
+        if std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim_end() == name) {
+            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            let count = status.lines().find_map(|line| line.strip_prefix("voluntary_ctxt_switches:")).unwrap();
+            switches.insert(thread_id, count.trim().parse().unwrap());
+        }
+    }
+    switches
+}
+
+/// may's workers used to leave epoll every 10 ms whatever the load: a hundred wake-ups a second
+/// each on an idle gateway. `app::IDLE_POLL_TIMEOUT` makes it ten.
+#[test]
+fn an_idle_gateway_wakes_its_coroutine_threads_rarely() {
+    let dir = temp_dir("idle-wake-ups");
+    let port = free_port();
+    let mut child = RunningBinary(
+        Command::new(BINARY)
+            .arg("start")
+            .current_dir(&dir)
+            .env("OCTOPUS_SERVER_HOST", "127.0.0.1")
+            .env("OCTOPUS_SERVER_PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let address = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until_listening(&mut child, address);
+    assert_eq!(request(address, "GET", "/healthz", &[], b"").status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let pid = child.0.id();
+    let before = context_switches_of_threads_named(pid, "coroutines");
+    assert!(before.len() >= 2, "may's worker and timer threads are named `coroutines`: {before:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let after = context_switches_of_threads_named(pid, "coroutines");
+    assert!(after.keys().eq(before.keys()), "no coroutine thread started or ended while idle");
+    let wake_ups: Vec<u64> = after.iter().map(|(thread_id, after)| after - before[thread_id]).collect();
+    // Twenty per worker in two seconds, with room for a stray one; at may's default a worker
+    // wakes two hundred times.
+    assert!(wake_ups.iter().all(|&count| count <= 30), "wake-ups per coroutine thread in 2 s of idling: {wake_ups:?}");
 }
 
 #[test]
