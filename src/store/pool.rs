@@ -228,11 +228,6 @@ struct Serving {
     counts: Arc<ThreadCounts>,
 }
 
-/// The body of one pool thread: run jobs until every `StorePool` handle is gone.
-///
-/// After a job that found the server connection gone, the thread opens a new one (at most once a
-/// second), so a restarted PostgreSQL or MySQL is used again without restarting the gateway;
-/// until then the jobs fail with the driver's error, which their callers retry or report.
 /// A pool thread that has had no job for this long gives back its connection's caches
 /// (`Store::release_idle_memory`). A gateway is idle most of the time, and SQLite keeps the pages
 /// it read (16 KiB each) and the journal of the migrations: measured on the static build, 640 KiB
@@ -242,6 +237,11 @@ struct Serving {
 const RELEASE_CACHES_AFTER_IDLE: Duration =
     if cfg!(test) { Duration::from_millis(200) } else { Duration::from_secs(3) };
 
+/// The body of one pool thread: run jobs until every `StorePool` handle is gone.
+///
+/// After a job that found the server connection gone, the thread opens a new one (at most once a
+/// second), so a restarted PostgreSQL or MySQL is used again without restarting the gateway;
+/// until then the jobs fail with the driver's error, which their callers retry or report.
 fn serve_jobs(
     mut store: Box<dyn Store>,
     serving: Serving,
