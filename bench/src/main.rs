@@ -29,7 +29,7 @@ use crate::conversion::{ConversionPlan, GatewayUnderTest};
 use crate::gateway::{Gateway, GroupSpec, configure};
 use crate::lanes::lane_groups;
 use crate::measure::{
-    ErrorTally, LoadKind, SequentialClient, Target, TargetModels, closed_loop, open_held_streams,
+    ErrorTally, LoadKind, SequentialClient, StreamSample, Target, TargetModels, closed_loop, open_held_streams,
     sequential_requests,
 };
 use crate::mock_upstream::{Dialect, MockUpstream};
@@ -748,22 +748,16 @@ fn stream_round(
     results: &mut ArmResults,
 ) {
     let accepted_before = mock.accepted_connections();
-    for _ in 0..plan.streams_per_round {
-        if Instant::now() >= deadline {
-            results
-                .stream_errors
-                .record("phase deadline reached before all streams were run".to_string());
-            break;
-        }
-        match client.timed_stream(
-            &target.paced_stream_request,
-            PACED_STREAM_DELTAS,
-            PACED_STREAM_PACE,
-        ) {
-            Ok(sample) => results.streams.push(sample),
-            Err(message) => results.stream_errors.record(message),
-        }
-    }
+    let samples = timed_streams(
+        client,
+        &target.paced_stream_request,
+        PACED_STREAM_DELTAS,
+        plan.streams_per_round,
+        deadline,
+        "streams",
+        &mut results.stream_errors,
+    );
+    results.streams.extend(samples);
     results.upstream_connections += mock.accepted_connections() - accepted_before;
 }
 
@@ -775,22 +769,41 @@ fn first_event_turn(
     deadline: Instant,
     results: &mut ArmResults,
 ) {
+    let samples = timed_streams(
+        client,
+        &target.first_event_stream_request,
+        FIRST_EVENT_STREAM_DELTAS,
+        count,
+        deadline,
+        "first-event streams",
+        &mut results.stream_errors,
+    );
+    results.first_event_streams.extend(samples);
+}
+
+/// Runs `count` streams of `request` one after another (deltas `PACED_STREAM_PACE` apart) and
+/// returns their timings, stopping at `deadline`; `what` names them in the error that says so.
+fn timed_streams(
+    client: &mut SequentialClient,
+    request: &[u8],
+    delta_count: u32,
+    count: usize,
+    deadline: Instant,
+    what: &str,
+    errors: &mut ErrorTally,
+) -> Vec<StreamSample> {
+    let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         if Instant::now() >= deadline {
-            results
-                .stream_errors
-                .record("phase deadline reached before all first-event streams were run".to_string());
-            return;
+            errors.record(format!("phase deadline reached before all {what} were run"));
+            break;
         }
-        match client.timed_stream(
-            &target.first_event_stream_request,
-            FIRST_EVENT_STREAM_DELTAS,
-            PACED_STREAM_PACE,
-        ) {
-            Ok(sample) => results.first_event_streams.push(sample),
-            Err(message) => results.stream_errors.record(message),
+        match client.timed_stream(request, delta_count, PACED_STREAM_PACE) {
+            Ok(sample) => samples.push(sample),
+            Err(message) => errors.record(message),
         }
     }
+    samples
 }
 
 /// Opens the held streams, samples the gateway's RSS while they are open, closes them and
