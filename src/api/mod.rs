@@ -14,6 +14,7 @@ pub mod group_trial;
 pub mod groups;
 pub mod logs;
 pub mod metrics;
+pub mod embedded;
 pub mod openapi;
 pub mod prices;
 pub mod routes;

@@ -1,13 +1,12 @@
 //! The OpenAPI 3 document of the admin API, served at `/api/v1/openapi.json`.
 
-use crate::http::Response;
+use crate::api::embedded::{self, OPENAPI_DOCUMENT};
+use crate::http::{Request, Response};
 
-/// The document, kept as a file so it reads like the spec it is; a test keeps it in step with
-/// the route table.
-pub const DOCUMENT: &str = include_str!("openapi.json");
-
-pub fn document_response() -> Response {
-    Response::bytes(200, "application/json", DOCUMENT.as_bytes().to_vec())
+/// The document is kept as `openapi.json` beside this file, so it reads like the spec it is;
+/// build.rs embeds it gzipped, and a test keeps it in step with the route table.
+pub fn document_response(request: &Request) -> Response {
+    embedded::response_for(&OPENAPI_DOCUMENT, request, "application/json")
 }
 
 #[cfg(test)]
@@ -19,9 +18,13 @@ mod tests {
     use super::*;
     use crate::api::routes::ROUTES;
 
+    fn document() -> Value {
+        serde_json::from_slice(embedded::original_contents(&OPENAPI_DOCUMENT)).expect("the OpenAPI document is valid JSON")
+    }
+
     #[test]
     fn every_route_is_documented_and_every_documented_route_exists() {
-        let document: Value = serde_json::from_str(DOCUMENT).expect("the OpenAPI document is valid JSON");
+        let document = document();
         assert_eq!(document["openapi"], "3.0.3");
         let mut documented = BTreeSet::new();
         for (path, operations) in document["paths"].as_object().unwrap() {
@@ -38,7 +41,7 @@ mod tests {
 
     #[test]
     fn public_routes_are_the_ones_documented_without_security() {
-        let document: Value = serde_json::from_str(DOCUMENT).unwrap();
+        let document = document();
         for route in ROUTES {
             let operation = &document["paths"][route.pattern][route.method.to_lowercase()];
             let public = operation.get("security").map(|security| security == &Value::Array(vec![])).unwrap_or(false);

@@ -34,7 +34,7 @@ const fn route(method: &'static str, pattern: &'static str, requires_login: bool
 
 pub static ROUTES: &[Route] = &[
     route("GET", "/healthz", false, |_| Ok(Response::json(200, &json!({"status": "ok"})))),
-    route("GET", "/api/v1/openapi.json", false, |_| Ok(openapi::document_response())),
+    route("GET", "/api/v1/openapi.json", false, |call| Ok(openapi::document_response(call.request))),
     route("POST", "/api/v1/auth/login", false, |call| auth::login(call.context, call.request)),
     route("POST", "/api/v1/auth/password", true, |call| auth::change_password(call.context, call.request, logged_in(call))),
     route("GET", "/api/v1/auth/me", true, |call| auth::me(logged_in(call))),

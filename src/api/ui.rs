@@ -1,22 +1,8 @@
-//! The embedded web panel: static files from `vendor-ui/`, compiled into the binary, served with ETags and gzip.
+//! The embedded web panel: the files of `vendor-ui/`, compiled into the binary gzipped by
+//! build.rs, served with ETags.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::sync::OnceLock;
-
-use include_dir::{include_dir, Dir, File};
-
+use crate::api::embedded::{self, EmbeddedFile, PANEL_FILES};
 use crate::http::{Body, Request, Response};
-
-static ASSETS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/vendor-ui");
-
-/// What the panel knows about one embedded file, computed once: the files never change while
-/// the binary runs, so hashing and compressing them on every request would be wasted work.
-struct PreparedFile {
-    etag: String,
-    /// The gzip form, kept only when it is actually smaller than the original.
-    gzipped: Option<Vec<u8>>,
-}
 
 /// Serves a panel file, `index.html` for `/` and for unknown paths without an extension (so a
 /// single-page app can route on the client). Returns None when nothing matches.
@@ -26,32 +12,30 @@ pub fn serve(request: &Request) -> Option<Response> {
     }
     let relative = request.path.trim_start_matches('/');
     let file = match relative {
-        "" => ASSETS.get_file("index.html"),
-        path => ASSETS.get_file(path).or_else(|| {
+        "" => panel_file("index.html"),
+        path => panel_file(path).or_else(|| {
             let looks_like_route = !path.rsplit('/').next().unwrap_or("").contains('.');
-            if looks_like_route { ASSETS.get_file("index.html") } else { None }
+            if looks_like_route { panel_file("index.html") } else { None }
         }),
     }?;
-    let path = file.path().to_str().unwrap_or("");
-    let prepared = prepared_file(file);
-    let cache_control = cache_control_for(path);
-    if request.header("if-none-match") == Some(prepared.etag.as_str()) {
+    let cache_control = cache_control_for(file.path);
+    if request.header("if-none-match") == Some(file.etag) {
         return Some(Response {
             status: 304,
             headers: vec![
-                ("etag".to_string(), prepared.etag.clone()),
+                ("etag".to_string(), file.etag.to_string()),
                 ("cache-control".to_string(), cache_control.to_string()),
                 ("vary".to_string(), "accept-encoding".to_string()),
             ],
             body: Body::Bytes(Vec::new()),
         });
     }
-    let content_type = content_type_for(path);
-    let response = match (&prepared.gzipped, accepts_gzip(request)) {
-        (Some(gzipped), true) => Response::bytes(200, content_type, gzipped.clone()).with_header("content-encoding", "gzip"),
-        _ => Response::bytes(200, content_type, file.contents().to_vec()),
-    };
-    Some(response.with_header("etag", &prepared.etag).with_header("cache-control", cache_control).with_header("vary", "accept-encoding"))
+    let response = embedded::response_for(file, request, content_type_for(file.path));
+    Some(response.with_header("etag", file.etag).with_header("cache-control", cache_control))
+}
+
+fn panel_file(path: &str) -> Option<&'static EmbeddedFile> {
+    PANEL_FILES.binary_search_by(|file| file.path.cmp(path)).ok().map(|index| &PANEL_FILES[index])
 }
 
 /// Files under `vendor/` carry their version in the name, so a browser may keep them for a
@@ -59,61 +43,6 @@ pub fn serve(request: &Request) -> Option<Response> {
 /// load so that a new binary's panel shows up at once.
 fn cache_control_for(path: &str) -> &'static str {
     if path.starts_with("vendor/") { "public, max-age=31536000, immutable" } else { "no-cache" }
-}
-
-/// True when the client lists gzip in `accept-encoding` without refusing it with `q=0`.
-fn accepts_gzip(request: &Request) -> bool {
-    let Some(header) = request.header("accept-encoding") else { return false };
-    header.split(',').any(|entry| {
-        let mut parts = entry.split(';');
-        let coding = parts.next().unwrap_or("").trim();
-        let refused = parts.any(|parameter| {
-            let parameter = parameter.trim().replace(' ', "");
-            parameter == "q=0" || parameter == "q=0.0" || parameter == "q=0.00" || parameter == "q=0.000"
-        });
-        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
-    })
-}
-
-fn prepared_file(file: &'static File<'static>) -> &'static PreparedFile {
-    static PREPARED: OnceLock<HashMap<&'static str, PreparedFile>> = OnceLock::new();
-    let prepared = PREPARED.get_or_init(|| {
-        // The compressor's state is too big for a request coroutine's small stack, so the one-time
-        // preparation runs on an ordinary thread with a full-size stack.
-        std::thread::spawn(|| {
-            let mut prepared = HashMap::new();
-            prepare_directory(&ASSETS, &mut prepared);
-            prepared
-        })
-        .join()
-        .expect("preparing the panel files does not panic")
-    });
-    prepared.get(file.path().to_str().unwrap_or("")).expect("every embedded file is prepared")
-}
-
-fn prepare_directory(dir: &'static Dir<'static>, prepared: &mut HashMap<&'static str, PreparedFile>) {
-    for entry in dir.entries() {
-        match entry {
-            include_dir::DirEntry::Dir(subdir) => prepare_directory(subdir, prepared),
-            include_dir::DirEntry::File(file) => {
-                let path = file.path().to_str().unwrap_or("");
-                let etag = format!("\"{}\"", &crate::util::sha256_hex(file.contents())[..16]);
-                let gzipped = if is_compressible(path) { gzip(file.contents()).filter(|compressed| compressed.len() < file.contents().len()) } else { None };
-                prepared.insert(path, PreparedFile { etag, gzipped });
-            }
-        }
-    }
-}
-
-/// Images and fonts are already compressed; text formats shrink by two thirds or more.
-fn is_compressible(path: &str) -> bool {
-    matches!(path.rsplit('.').next().unwrap_or(""), "html" | "js" | "mjs" | "css" | "json" | "map" | "svg" | "txt" | "webmanifest")
-}
-
-fn gzip(contents: &[u8]) -> Option<Vec<u8>> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    encoder.write_all(contents).ok()?;
-    encoder.finish().ok()
 }
 
 fn content_type_for(path: &str) -> &'static str {
@@ -212,12 +141,7 @@ mod tests {
 
     #[test]
     fn all_panel_assets_fit_the_budget() {
-        fn total(dir: &Dir) -> usize {
-            dir.entries().iter().map(|entry| match entry {
-                include_dir::DirEntry::Dir(subdir) => total(subdir),
-                include_dir::DirEntry::File(file) => file.contents().len(),
-            }).sum()
-        }
-        assert!(total(&ASSETS) <= 300 * 1024, "the panel is {} bytes; the budget is 300 KB", total(&ASSETS));
+        let total: usize = PANEL_FILES.iter().map(|file| file.length).sum();
+        assert!(total <= 300 * 1024, "the panel is {total} bytes; the budget is 300 KB");
     }
 }
