@@ -491,19 +491,7 @@ pub fn run(config_path: &Path) -> i32 {
 }
 
 fn init_logging(level: &str) {
-    let filter = config::parse_log_level(level).unwrap_or(log::LevelFilter::Info);
-    let log_config = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_target_level(log::LevelFilter::Off)
-        .set_thread_level(log::LevelFilter::Off)
-        // may logs every socket it adds to epoll at info level; that is noise for our users.
-        .add_filter_ignore_str("may")
-        // ureq-proto hex-dumps every byte sent and received at trace level, header values
-        // included: channel keys and the Amp key would reach the log (tests/secrets.rs).
-        .add_filter_ignore_str("ureq_proto")
-        .build();
-    // A second initialisation (tests starting several gateways) is harmless; ignore it.
-    let _ = simplelog::SimpleLogger::init(filter, log_config);
+    crate::logging::init(config::parse_log_level(level).unwrap_or(log::LevelFilter::Info));
 }
 
 fn block_shutdown_signals() -> libc::sigset_t {

@@ -505,7 +505,7 @@ fn validate(config: &Config, source: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The simplelog filter for a configured level name.
+/// The log filter for a configured level name.
 pub fn parse_log_level(level: &str) -> Option<log::LevelFilter> {
     match level.to_ascii_lowercase().as_str() {
         "off" => Some(log::LevelFilter::Off),

@@ -9,6 +9,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzz_entry;
 pub mod http;
+pub mod logging;
 pub mod protocol;
 pub mod relay;
 pub mod settings;

@@ -9,28 +9,19 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use support::binary::{RunningBinary, BINARY};
 use support::databases::{self, temp_dir, TestDatabase};
 use support::gateway::TestGateway;
 use support::http_client::{json_request, request};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_octopus");
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct RunningBinary(Child);
-
-impl Drop for RunningBinary {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -8,16 +8,14 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use support::binary::{RunningBinary, start_logged, stop_and_read_log};
 use support::databases::temp_dir;
 use support::http_client::{OpenResponse, TestResponse, json_request, request};
 use support::mock_upstream::{MockUpstream, Reply, default_reply};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_octopus");
 
 const CHANNEL_KEY: &str = "sk-upstream-CHANNELSECRET-0123456789abcdef";
 const AMP_KEY: &str = "sgamp_user_AMPSECRET_0123456789";
@@ -55,58 +53,19 @@ fn mock_provider() -> MockUpstream {
     })
 }
 
-struct RunningBinary(Child);
-
-impl Drop for RunningBinary {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_binary(dir: &Path, port: u16, mock: &MockUpstream) -> RunningBinary {
-    // The price sync at start must stay on loopback: point it at the discard port first.
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    let mut store =
-        octopus::store::open("sqlite", dir.join("data/data.db").to_str().unwrap()).unwrap();
-    store
-        .set_setting("setting.models_dev_url", "\"http://127.0.0.1:9\"")
-        .unwrap();
-    drop(store);
-    let log_file = std::fs::File::create(dir.join("gateway.log")).unwrap();
-    let child = Command::new(BINARY)
-        .arg("start")
-        .current_dir(dir)
-        .env("OCTOPUS_SERVER_HOST", "127.0.0.1")
-        .env("OCTOPUS_SERVER_PORT", port.to_string())
-        .env("OCTOPUS_LOG_LEVEL", "trace")
-        .env("OCTOPUS_RELAY_PROBE_INTERVAL_SECONDS", "0")
-        .env("OCTOPUS_AMPCODE_ENABLED", "true")
-        .env("OCTOPUS_AMPCODE_UPSTREAM_URL", mock.base_url())
-        .env("OCTOPUS_AMPCODE_UPSTREAM_API_KEY", AMP_KEY)
-        .env(
-            "OCTOPUS_ANTIGRAVITY_CLIENT_SECRET",
-            ANTIGRAVITY_CLIENT_SECRET,
-        )
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let mut child = RunningBinary(child);
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(address).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the gateway did not start listening"
-        );
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "the gateway exited early"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+    let amp_url = mock.base_url();
+    start_logged(
+        dir,
+        port,
+        &[
+            ("OCTOPUS_LOG_LEVEL", "trace"),
+            ("OCTOPUS_AMPCODE_ENABLED", "true"),
+            ("OCTOPUS_AMPCODE_UPSTREAM_URL", &amp_url),
+            ("OCTOPUS_AMPCODE_UPSTREAM_API_KEY", AMP_KEY),
+            ("OCTOPUS_ANTIGRAVITY_CLIENT_SECRET", ANTIGRAVITY_CLIENT_SECRET),
+        ],
+    )
 }
 
 /// A relay call: label, path with query, headers, body.
@@ -452,19 +411,7 @@ fn no_secret_reaches_a_log_line_or_an_api_answer() {
     );
 
     // Stop the gateway so every log line is written, then read them all.
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.0.id() as i32, libc::SIGTERM);
-    }
-    let started = Instant::now();
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
+    let log = stop_and_read_log(&mut child, &dir);
     assert!(
         log.contains("octopus listening on"),
         "the log was captured: {log}"

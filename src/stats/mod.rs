@@ -34,6 +34,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 
+use crate::logging::LineBatch;
 use crate::relay::record::{RecentRecords, RequestRecord};
 use crate::settings::SettingsCell;
 use crate::stats::aggregate::CountingOptions;
@@ -157,7 +158,7 @@ impl StatsService {
             // from then on, as after a restart.
             metrics: settings.metrics_enabled,
             // One line per finished request at info level: never a key, body or token.
-            access_log: log::log_enabled!(log::Level::Info),
+            access_log: crate::logging::LineBatch::info_enabled(),
             keep_record: self.recent.is_some(),
         };
         aggregate::count_into(batch, sequence, record, finished_at_ms, cost, &options);
@@ -167,18 +168,21 @@ impl StatsService {
     /// their log rows, in the order the requests finished. Called on the writer thread.
     pub fn ingest(&self, batches: &mut [CountedBatch]) {
         let mut spent: Vec<(i64, i64)> = Vec::new();
+        let mut access_lines = LineBatch::default();
         {
             // Asked once per take rather than per row: almost always nobody listens, and a
             // listener that arrives meanwhile gets the rows from the next take on.
             let tail_listening = self.tail.listener_count() > 0;
             let mut books = self.books();
             batches::for_each_in_order(batches, |batch, entry| {
-                self.ingest_entry(&mut books, batch, entry, tail_listening);
+                self.ingest_entry(&mut books, &mut access_lines, batch, entry, tail_listening);
                 if let Some(api_key_id) = entry.client_key_id.filter(|_| entry.counters.cost_micros > 0) {
                     spent.push((api_key_id, entry.counters.cost_micros));
                 }
             });
         }
+        // Written once the books are unlocked, all the batch's lines in one write.
+        access_lines.write();
         if !spent.is_empty() {
             let mut spending = self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             for (api_key_id, cost) in spent {
@@ -200,11 +204,18 @@ impl StatsService {
         }
     }
 
-    fn ingest_entry(&self, books: &mut Books, batch: &CountedBatch, entry: &CountedEntry, tail_listening: bool) {
+    fn ingest_entry(
+        &self,
+        books: &mut Books,
+        access_lines: &mut LineBatch,
+        batch: &CountedBatch,
+        entry: &CountedEntry,
+        tail_listening: bool,
+    ) {
         self.metrics.records.fetch_add(1, Ordering::Relaxed);
         let group = batch.text(entry.group);
         if let Some(line) = entry.access_line {
-            log::info!("{}", batch.text(line));
+            access_lines.push_info(batch.text(line));
         }
         if let Some(sample) = entry.extras.as_ref().and_then(|extras| extras.metrics.as_ref()) {
             self.relay_metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(group, sample);

@@ -1,7 +1,8 @@
-//! Shared test support: an HTTP client, a mock upstream, fresh databases, an in-process gateway,
+//! Shared test support: the real binary as a child process, an HTTP client, a mock upstream, fresh databases, an in-process gateway,
 //! for relay tests the client-protocol lanes and a ready gateway fixture, and for the conversion
 //! matrix strict per-protocol validators and scripted upstream answers.
 
+pub mod binary;
 pub mod databases;
 pub mod gateway;
 pub mod http_client;
