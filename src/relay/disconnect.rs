@@ -6,7 +6,7 @@
 //! non-blocking peek. Registering and deregistering are a map insert and remove, so a request
 //! that finishes quickly costs almost nothing (no coroutine or timer per request).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

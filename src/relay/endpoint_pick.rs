@@ -13,7 +13,7 @@
 //! channel without a URL it would try.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::Duration;
 
 /// Weight of a new sample in the moving average. 0.3 follows a change within a few samples

@@ -1,7 +1,7 @@
 //! The relay's mutable health state (key cooldowns, breakers, endpoint latencies, sticky
 //! routes, round-robin counters) behind one lock, plus the monotonic clock it is keyed on.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -27,7 +27,7 @@ impl Health {
             breakers: BreakerBook::new(BreakerConfig::default()),
             endpoints: EndpointBook::new(),
             sticky: StickyTable::new(10_000),
-            round_robin_counters: HashMap::new(),
+            round_robin_counters: HashMap::default(),
         }
     }
 

@@ -16,7 +16,7 @@
 //! Key ids must be the stored (non-zero) ids: all state is kept per (channel id, key id).
 //! Times are milliseconds of any monotonic clock, the same one for every call on one book.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::Duration;
 
 use crate::relay::rng::Rng;
@@ -121,7 +121,7 @@ impl KeyHealth {
     pub fn new(config: KeyPoolConfig) -> KeyHealth {
         KeyHealth {
             config,
-            channels: HashMap::new(),
+            channels: HashMap::default(),
             pick_sequence: 0,
         }
     }

@@ -13,7 +13,9 @@
 //! across one window boundary; that is the usual trade for exact, lock-free counting.
 //! The decisions take the time as an argument, so the tests need no clock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -120,7 +122,7 @@ pub struct RateLimits {
 
 impl Default for RateLimits {
     fn default() -> RateLimits {
-        RateLimits { shards: (0..SHARD_COUNT).map(|_| RwLock::new(HashMap::new())).collect() }
+        RateLimits { shards: (0..SHARD_COUNT).map(|_| RwLock::new(HashMap::default())).collect() }
     }
 }
 

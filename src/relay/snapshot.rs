@@ -2,7 +2,7 @@
 //! from the store after every admin write (and periodically, for several nodes on one database)
 //! and swapped in whole. The hot path reads it and never queries SQL.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::store::entities::{ApiKey, Channel, Group};
