@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use support::binary::{RunningBinary, BINARY};
+use support::binary::{wait_until_listening, RunningBinary, BINARY};
 use support::databases::{self, temp_dir, TestDatabase};
 use support::gateway::TestGateway;
 use support::http_client::{json_request, request};
-
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -109,15 +108,6 @@ fn first_start_creates_config_and_database_and_serves_the_admin_api() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0));
-}
-
-fn wait_until_listening(child: &mut RunningBinary, address: std::net::SocketAddr) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(address).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start listening");
-        assert!(child.0.try_wait().unwrap().is_none(), "the gateway exited early");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The voluntary context switches of each of a process's threads with this name, by thread id.

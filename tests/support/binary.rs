@@ -43,14 +43,19 @@ pub fn start_logged(dir: &Path, port: u16, environment: &[(&str, &str)]) -> Runn
         command.env(name, value);
     }
     let mut child = RunningBinary(command.spawn().unwrap());
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until_listening(&mut child, format!("127.0.0.1:{port}").parse().unwrap());
+    child
+}
+
+/// Waits (20 s at most) until the binary accepts connections on `address`, failing at once if
+/// it exits first.
+pub fn wait_until_listening(child: &mut RunningBinary, address: SocketAddr) {
     let started = Instant::now();
     while std::net::TcpStream::connect(address).is_err() {
         assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start listening");
         assert!(child.0.try_wait().unwrap().is_none(), "the gateway exited early");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
 }
 
 /// Stops the binary with SIGTERM, waits for it to exit (15 s at most) and returns what it logged.
