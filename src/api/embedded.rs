@@ -34,28 +34,31 @@ pub fn response_for(file: &'static EmbeddedFile, request: &Request, content_type
     response.with_header("vary", "accept-encoding")
 }
 
-/// The original contents of a file. Inflating is done once per file and kept: only clients that
-/// refuse gzip (curl without `--compressed`, say) ever need it.
+/// The original contents of a file. The first call inflates every gzipped file at once and
+/// keeps them: only clients that refuse gzip (curl without `--compressed`, say) ever need this.
 pub fn original_contents(file: &'static EmbeddedFile) -> &'static [u8] {
     if !file.gzipped {
         return file.stored;
     }
-    static INFLATED: OnceLock<Vec<(&'static str, Vec<u8>)>> = OnceLock::new();
+    // Keyed by the entry itself, not its path: panel paths and the OpenAPI document's name come
+    // from different roots.
+    static INFLATED: OnceLock<Vec<(&'static EmbeddedFile, Vec<u8>)>> = OnceLock::new();
     let inflated = INFLATED.get_or_init(|| {
-        // The inflater's state is large for a request coroutine's small stack, so the one-time
-        // work runs on an ordinary thread with a full-size stack.
+        // miniz_oxide's inflate state (about 43 KB) is built with `Box::default()`, which an
+        // unoptimised build assembles on the stack first; a request coroutine's stack is small,
+        // so the one-time work runs on an ordinary thread.
         std::thread::spawn(|| {
             PANEL_FILES
                 .iter()
                 .chain(std::iter::once(&OPENAPI_DOCUMENT))
                 .filter(|file| file.gzipped)
-                .map(|file| (file.path, inflate(file)))
+                .map(|file| (file, inflate(file)))
                 .collect()
         })
         .join()
         .expect("inflating the embedded files does not panic")
     });
-    let found = inflated.iter().find(|(path, _)| *path == file.path);
+    let found = inflated.iter().find(|(entry, _)| std::ptr::eq(*entry, file));
     found.map(|(_, contents)| contents.as_slice()).expect("every gzipped embedded file is inflated")
 }
 
