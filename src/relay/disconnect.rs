@@ -6,10 +6,11 @@
 //! non-blocking peek. Registering and deregistering are a map insert and remove, so a request
 //! that finishes quickly costs almost nothing (no coroutine or timer per request).
 
-use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use foldhash::HashMap;
 
 use crate::http::ClientProbe;
 use crate::upstream::control::CallControl;

@@ -13,8 +13,9 @@
 //! channel without a URL it would try.
 
 use std::cmp::Ordering;
-use foldhash::HashMap;
 use std::time::Duration;
+
+use foldhash::HashMap;
 
 /// Weight of a new sample in the moving average. 0.3 follows a change within a few samples
 /// without letting one slow request reorder the URLs.

@@ -1,9 +1,10 @@
 //! The relay's mutable health state (key cooldowns, breakers, endpoint latencies, sticky
 //! routes, round-robin counters) behind one lock, plus the monotonic clock it is keyed on.
 
-use foldhash::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
+
+use foldhash::HashMap;
 
 use crate::relay::breaker::{BreakerBook, BreakerConfig};
 use crate::relay::endpoint_pick::EndpointBook;

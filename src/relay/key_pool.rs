@@ -16,8 +16,9 @@
 //! Key ids must be the stored (non-zero) ids: all state is kept per (channel id, key id).
 //! Times are milliseconds of any monotonic clock, the same one for every call on one book.
 
-use foldhash::HashMap;
 use std::time::Duration;
+
+use foldhash::HashMap;
 
 use crate::relay::rng::Rng;
 use crate::store::entities::ChannelKey;

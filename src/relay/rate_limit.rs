@@ -14,10 +14,10 @@
 //! The decisions take the time as an argument, so the tests need no clock.
 
 use std::collections::HashSet;
-
-use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use foldhash::HashMap;
 
 use crate::store::entities::ApiKey;
 

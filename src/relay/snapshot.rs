@@ -2,8 +2,9 @@
 //! from the store after every admin write (and periodically, for several nodes on one database)
 //! and swapped in whole. The hot path reads it and never queries SQL.
 
-use foldhash::HashMap;
 use std::sync::{Arc, RwLock};
+
+use foldhash::HashMap;
 
 use crate::store::entities::{ApiKey, Channel, Group};
 use crate::store::{Store, StoreResult};
