@@ -400,6 +400,73 @@ fn sequential_requests_reuse_one_connection() {
     assert_eq!(requests[0].header("content-length"), Some("1"));
 }
 
+/// Runs `count` calls to `url` at once, each in its own coroutine, and returns their bodies in
+/// call order. The mock holds every answer until all `count` requests have arrived, so each
+/// call has a connection of its own.
+fn concurrent_calls(client: &UpstreamClient, url: &str, count: usize) -> Vec<String> {
+    init_runtime();
+    let (sender, receiver) = mpsc::channel();
+    for index in 0..count {
+        let (client, url, sender) = (client.clone(), url.to_string(), sender.clone());
+        may::go!(move || {
+            let body = client.send(post(url, &index.to_string())).map(|mut response| read_body(&mut response));
+            let _ = sender.send((index, body));
+        });
+    }
+    let mut bodies = vec![String::new(); count];
+    for _ in 0..count {
+        let (index, body) = receiver.recv_timeout(TEST_DEADLINE).expect("every call finishes");
+        bodies[index] = body.expect("the call succeeds");
+    }
+    bodies
+}
+
+/// A mock that answers only once `wave` requests are waiting, so that many calls are in flight
+/// on as many connections at the same time.
+fn start_barrier_mock(wave: usize) -> MockServer {
+    let arrived = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+    MockServer::start(move |request, stream| {
+        let (count, all_here) = &*arrived;
+        let mut arrivals = count.lock().unwrap();
+        let wave_end = (*arrivals / wave + 1) * wave;
+        *arrivals += 1;
+        all_here.notify_all();
+        let arrivals = all_here.wait_timeout_while(arrivals, MOCK_IO_TIMEOUT, |arrivals| *arrivals < wave_end).unwrap().0;
+        drop(arrivals);
+        echo_ok(request, stream)
+    })
+}
+
+#[test]
+fn a_second_wave_of_concurrent_calls_reuses_the_first_waves_connections() {
+    let mock = start_barrier_mock(8);
+    let client = client();
+    let url = mock.url("/wave");
+    let expected: Vec<String> = (0..8).map(|index| format!("{{\"echo\":{index}}}")).collect();
+
+    assert_eq!(concurrent_calls(&client, &url, 8), expected);
+    assert_eq!(mock.accepted(), 8);
+    assert_eq!(concurrent_calls(&client, &url, 8), expected);
+    assert_eq!(mock.accepted(), 8, "every call of the second wave found an idle connection");
+}
+
+#[test]
+fn no_more_idle_connections_per_host_are_kept_than_configured() {
+    let mock = start_barrier_mock(8);
+    let client = client_with(ClientOptions {
+        connect_timeout: Duration::from_secs(3),
+        max_idle_connections_per_host: 3,
+        ..ClientOptions::default()
+    });
+    let url = mock.url("/wave");
+
+    concurrent_calls(&client, &url, 8);
+    assert_eq!(mock.accepted(), 8);
+    // Three connections were kept; the other five calls of the next wave connect anew.
+    concurrent_calls(&client, &url, 8);
+    assert_eq!(mock.accepted(), 13);
+}
+
 /// Each call under its own `CallControl`, as the relay makes them: the connection goes back to
 /// the pool owned by a call, which the transport does not peek at, so what the server does while
 /// the connection idles must be caught when it is taken out again.

@@ -24,6 +24,7 @@ use ureq::{Agent, AsSendBody, BodyReader, Proxy, ProxyProtocol};
 
 use crate::upstream::control::current_call_control;
 use crate::upstream::error::{UpstreamError, classify_ureq_error};
+use crate::upstream::idle_pool::{IdleLimits, IdlePoolConnector};
 use crate::upstream::resolver::CachingResolver;
 use crate::upstream::tls::{TlsConnector, client_config};
 use crate::upstream::transport::MayConnector;
@@ -31,6 +32,10 @@ use crate::upstream::transport::MayConnector;
 /// Input and output buffer size per connection. ureq's default of 128 KiB each costs about
 /// 256 KiB per open stream; 16 KiB holds any SSE event we relay (design/runtime-spike.md §3).
 const BUFFER_SIZE: usize = 16 * 1024;
+
+/// How long an idle keep-alive connection may wait for its next call (ureq's default). Providers
+/// close idle connections on their own, typically after a minute or more.
+const IDLE_CONNECTION_MAX_AGE: Duration = Duration::from_secs(15);
 
 /// More distinct proxy URLs than this (config edits over a long uptime) drop all cached agents;
 /// calls in flight keep their own agent alive.
@@ -288,6 +293,14 @@ impl Resolver for PinnedResolver {
 
 fn build_agent(shared: &ClientShared, proxy: Option<Proxy>) -> Agent {
     let options = &shared.options;
+    let limits = IdleLimits {
+        per_host: options.max_idle_connections_per_host,
+        total: options.max_idle_connections_per_host.saturating_mul(16),
+        max_age: IDLE_CONNECTION_MAX_AGE,
+    };
+    // Direct agents keep their idle connections in `IdlePoolConnector`, so ureq's own pool
+    // keeps none; agents behind a proxy use ureq's (see `idle_pool` for why).
+    let (ureq_pool, our_pool) = if proxy.is_none() { (None, Some(limits)) } else { (Some(limits), None) };
     let config = Agent::config_builder()
         // An upstream status is data for the relay, not an error.
         .http_status_as_error(false)
@@ -297,8 +310,9 @@ fn build_agent(shared: &ClientShared, proxy: Option<Proxy>) -> Agent {
         .max_redirects_will_error(false)
         .input_buffer_size(BUFFER_SIZE)
         .output_buffer_size(BUFFER_SIZE)
-        .max_idle_connections_per_host(options.max_idle_connections_per_host)
-        .max_idle_connections(options.max_idle_connections_per_host.saturating_mul(16))
+        .max_idle_connections_per_host(ureq_pool.map_or(0, |limits| limits.per_host))
+        .max_idle_connections(ureq_pool.map_or(0, |limits| limits.total))
+        .max_idle_age(IDLE_CONNECTION_MAX_AGE)
         .timeout_resolve(Some(options.connect_timeout))
         .timeout_connect(Some(options.connect_timeout))
         .user_agent(options.user_agent.as_str())
@@ -309,7 +323,10 @@ fn build_agent(shared: &ClientShared, proxy: Option<Proxy>) -> Agent {
         ().chain(ConnectProxyConnector::default())
             .chain(MayConnector)
             .chain(TlsConnector::new(shared.tls_config.clone()));
-    Agent::with_parts(config, connector, shared.resolver.clone())
+    match our_pool {
+        Some(limits) => Agent::with_parts(config, IdlePoolConnector::new(connector, limits), shared.resolver.clone()),
+        None => Agent::with_parts(config, connector, shared.resolver.clone()),
+    }
 }
 
 fn parse_proxy(proxy_url: &str) -> Result<Option<Proxy>, UpstreamError> {

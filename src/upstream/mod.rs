@@ -6,6 +6,7 @@
 //! - `endpoint`: URLs and auth headers per channel type (pure functions).
 //! - `error`: `UpstreamError`.
 //! - `google_oauth`: `AntigravityAuth`, OAuth access tokens and project ids for Antigravity.
+//! - `idle_pool`: idle keep-alive connections per host for direct agents, in place of ureq's pool.
 //! - `transport`, `socks`, `tls`, `resolver`: the connector chain under ureq. Nothing in them
 //!   blocks a may worker thread: sockets are `may::net` streams and DNS runs on std threads.
 
@@ -15,6 +16,7 @@ pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod google_oauth;
+mod idle_pool;
 mod resolver;
 mod socks;
 mod tls;
