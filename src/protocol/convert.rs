@@ -12,7 +12,7 @@ use crate::protocol::ir::{
 };
 use crate::protocol::sse::SseEvent;
 use crate::protocol::usage::{Usage, usage_from_response_body};
-use crate::protocol::{anthropic, antigravity, custom_tools, gemini, openai_chat, openai_responses, typed_read};
+use crate::protocol::{anthropic, antigravity, custom_tools, gemini, json_writer, openai_chat, openai_responses, typed_read};
 
 /// What a conversion needs to know besides the bodies. Ids and times come from the caller, which
 /// keeps conversion free of clocks and randomness.
@@ -93,7 +93,7 @@ pub fn convert_request(
         {
             object.insert("model".into(), context.upstream_model.clone().into());
         }
-        return Ok(serde_json::to_vec(&body).expect("a JSON value always serialises into memory"));
+        return Ok(json_writer::to_vec(&body).expect("a JSON value always serialises into memory"));
     }
     convert_request_with_media(client, upstream, ClientBody::Parsed(body), context, &mut |_| Err(String::new()), false)
 }
@@ -458,7 +458,7 @@ fn write_request(
 /// A written body's bytes; serialising into memory cannot fail for these types (string keys,
 /// finite numbers).
 fn body_bytes(body: &impl serde::Serialize) -> Vec<u8> {
-    serde_json::to_vec(body).expect("a written body always serialises into memory")
+    json_writer::to_vec(body).expect("a written body always serialises into memory")
 }
 
 /// Gemini and Antigravity name the calls they return after `meta.id`, since they send no ids.

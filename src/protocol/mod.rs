@@ -15,6 +15,7 @@ pub mod gemini;
 pub mod models_list;
 pub mod ir;
 pub mod json_schema;
+pub mod json_writer;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod raw_json;

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::protocol::{raw_json, Format};
+use crate::protocol::{json_writer, raw_json, Format};
 use crate::relay::inbound::InboundCall;
 use crate::store::entities::{Channel, ChannelType};
 use crate::upstream::endpoint::auth_headers;
@@ -118,7 +118,7 @@ pub fn pass_through_body(format: Format, call: &InboundCall, upstream_model: &st
             None => body["stream_options"] = json!({"include_usage": true}),
         }
     }
-    (serde_json::to_vec(&body).unwrap_or_default(), client_wants_usage)
+    (json_writer::to_vec(&body).unwrap_or_default(), client_wants_usage)
 }
 
 /// `pass_through_body` on the client's bytes, or `None` when only the parsed body can do it.
