@@ -33,8 +33,8 @@ use crate::upstream::transport::MayConnector;
 /// 256 KiB per open stream; 16 KiB holds any SSE event we relay (design/runtime-spike.md §3).
 const BUFFER_SIZE: usize = 16 * 1024;
 
-/// How long an idle keep-alive connection may wait for its next call (ureq's default). Providers
-/// close idle connections on their own, typically after a minute or more.
+/// How long an idle keep-alive connection may wait for its next call (ureq's default, kept). One
+/// the provider closed sooner is caught by the peek when it is taken out.
 const IDLE_CONNECTION_MAX_AGE: Duration = Duration::from_secs(15);
 
 /// More distinct proxy URLs than this (config edits over a long uptime) drop all cached agents;
