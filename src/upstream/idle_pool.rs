@@ -117,12 +117,6 @@ impl<T> IdleConnections<T> {
         closing
     }
 
-    /// Every idle connection, for closing them all.
-    pub(crate) fn take_all(&mut self) -> Vec<T> {
-        self.total = 0;
-        self.hosts.drain().flat_map(|(_, stacks)| stacks).flatten().map(|idle| idle.transport).collect()
-    }
-
     fn sweep_if_due(&mut self, now: Instant) -> Vec<T> {
         if now < self.next_sweep {
             return Vec::new();
@@ -152,15 +146,18 @@ fn is_fresh<T>(idle: &IdleConnection<T>, now: Instant, max_age: Duration) -> boo
 type SharedIdle<T> = Arc<Mutex<IdleConnections<T>>>;
 
 fn lock<T>(idle: &Mutex<IdleConnections<T>>) -> MutexGuard<'_, IdleConnections<T>> {
-    // The bookkeeping has no invariant a panic could break halfway that matters more than
-    // keeping the relay running: at worst a count is off until the next sweep.
+    // Nothing done under this lock panics (it moves values between vectors; running out of
+    // memory aborts), so recovering from poisoning only keeps a future bug from failing every
+    // upstream call after it.
     idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Wraps an agent's connector chain: a call to a host with an idle, still open connection gets
 /// that one; otherwise the chain makes a new one. Only for agents without a proxy: ureq's
 /// CONNECT proxy connector reaches the proxy through the agent's whole chain, which would ask
-/// this pool for connections to the proxy itself.
+/// this pool for connections to the proxy itself. The connector (with its agent) holds the only
+/// strong reference to the pool: dropping it closes the idle connections, and one in use closes
+/// when ureq drops it, finding no pool to go back to.
 pub(crate) struct IdlePoolConnector<C: Connector> {
     chain: C,
     idle: SharedIdle<Box<C::Out>>,
@@ -169,13 +166,6 @@ pub(crate) struct IdlePoolConnector<C: Connector> {
 impl<C: Connector> IdlePoolConnector<C> {
     pub(crate) fn new(chain: C, limits: IdleLimits) -> IdlePoolConnector<C> {
         IdlePoolConnector { chain, idle: Arc::new(Mutex::new(IdleConnections::new(limits, Instant::now()))) }
-    }
-}
-
-impl<C: Connector> Drop for IdlePoolConnector<C> {
-    fn drop(&mut self) {
-        let all = lock(&self.idle).take_all();
-        drop(all);
     }
 }
 
@@ -362,17 +352,5 @@ mod tests {
         assert_eq!(idle.len(), 1);
         assert_eq!(idle.hosts.len(), 1);
         assert_eq!(idle.take_newest("busy:80", false, start + Duration::from_secs(16)).transport, Some("busy-new"));
-    }
-
-    #[test]
-    fn take_all_empties_the_pool() {
-        let start = Instant::now();
-        let mut idle = pool(start);
-        idle.put("a:80", false, "a1", start);
-        idle.put("b:443", true, "b1", start);
-        let mut all = idle.take_all();
-        all.sort();
-        assert_eq!(all, vec!["a1", "b1"]);
-        assert_eq!(idle.len(), 0);
     }
 }
