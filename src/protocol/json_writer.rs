@@ -1,6 +1,6 @@
 //! Compact JSON from serde types, byte for byte what `serde_json::to_vec` writes, with less work
-//! per string: the bodies and events a conversion writes are mostly short member names and
-//! strings, and serde_json's string writer was the largest single cost a converted request adds
+//! per string: the bodies a conversion writes are mostly member names and strings, and
+//! serde_json's string writer was the largest single cost a converted request adds
 //! over a pass-through one (callgrind: about 200 instructions per string, 50 strings per request).
 //!
 //! The difference is in how a string is written: serde_json looks every byte up in a table and
@@ -47,13 +47,8 @@ impl ser::Error for WriteError {
 /// `value` as compact JSON.
 pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WriteError> {
     let mut out = Vec::with_capacity(256);
-    append(&mut out, value)?;
+    value.serialize(&mut JsonWriter { out: &mut out })?;
     Ok(out)
-}
-
-/// Appends `value` as compact JSON to `out`. On an error `out` may hold part of the value.
-fn append<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), WriteError> {
-    value.serialize(&mut JsonWriter { out })
 }
 
 struct JsonWriter<'out> {

@@ -29,7 +29,6 @@ use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_i64, opt_str, opt_u64, req_str, string_or_parts,
 };
-use crate::protocol::json_writer;
 use crate::protocol::sse::{SseEvent, write_event, write_json_event};
 use crate::protocol::typed_read::JsonObject;
 use crate::protocol::usage::{Usage, usage_from_value};
@@ -1350,7 +1349,7 @@ impl StreamEncoder {
         // The members are in alphabetical order with the delta first, so a token's chunk is a
         // fixed head, the delta, and this stream's fixed tail.
         if self.unfinished_chunk_tail.is_none() {
-            let whole = json_writer::to_vec(&self.chunk(&(), None)).expect("a chunk serialises into memory");
+            let whole = serde_json::to_vec(&self.chunk(&(), None)).expect("a chunk serialises into memory");
             debug_assert!(whole.starts_with(UNFINISHED_CHUNK_HEAD));
             self.unfinished_chunk_tail = Some(whole[UNFINISHED_CHUNK_HEAD.len() + b"null".len()..].to_vec());
         }
