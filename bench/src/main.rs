@@ -18,6 +18,7 @@ mod mock_upstream;
 mod proc_stats;
 mod report;
 mod samples;
+mod wake_floor;
 mod wire;
 
 use std::path::PathBuf;
@@ -421,6 +422,14 @@ fn run(options: &Options) -> Result<RunResults, String> {
     progress(run_started, &format!("mock upstream on {}", mock.address()));
 
     let (pin_to_cpu, pinning) = gateway_pinning();
+    progress(run_started, "cross-CPU round trips without a gateway (the floor under the added latency)");
+    let wake_floor = match wake_floor::measure(pin_to_cpu) {
+        Ok(floor) => Some(floor),
+        Err(error) => {
+            eprintln!("octopus-bench: the cross-CPU round trips could not be measured: {error}");
+            None
+        }
+    };
     let mut gateway = match &options.gateway_binary {
         Some(binary) => Some(Gateway::start(binary, pin_to_cpu, &[])?),
         None => None,
@@ -670,6 +679,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
             "direct"
         },
         conversion,
+        wake_floor,
     })
 }
 

@@ -11,6 +11,7 @@ use crate::lanes::{LANE_STREAM_DELTAS, LANE_STREAM_MODEL};
 use crate::measure::{ErrorTally, LoadOutcome, StreamSample};
 use crate::proc_stats::Resident;
 use crate::samples::{median_of_round_medians, percentile, pooled};
+use crate::wake_floor::{WakeFloor, added_latency_floor};
 
 /// A gap this much longer than scheduled is flagged as a stall. Linux's minimum delayed-ACK
 /// timer is 40 ms, so a Nagle stall shows as a gap about 40 ms over the pace; the margin below
@@ -102,6 +103,8 @@ pub struct RunResults {
     pub held_target: &'static str,
     /// The conversion lanes; None when the run was direct-only.
     pub conversion: Option<ConversionResults>,
+    /// The machine's cross-CPU round trip without a gateway; None when it could not be measured.
+    pub wake_floor: Option<WakeFloor>,
 }
 
 /// Renders the whole report as Markdown.
@@ -160,6 +163,26 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         percentile(&mut pooled_direct.clone(), 0.99),
         pooled_gateway.map(|mut samples| percentile(&mut samples, 0.99)),
     );
+    if let Some(floor) = &results.wake_floor {
+        floor_row(
+            out,
+            &format!(
+                "Floor under the added latency, c=1: two cross-CPU round trips{}, no gateway, p50 / p99 ({} back to back)",
+                floor.echo_cpu.map_or(String::new(), |cpu| format!(" to CPU {cpu}")),
+                group_thousands(floor.back_to_back.len() as u64)
+            ),
+            &floor.back_to_back,
+        );
+        floor_row(
+            out,
+            &format!(
+                "… the same with {} ms before each round trip, as between stream events ({} round trips)",
+                floor.spacing.as_millis(),
+                floor.spaced.len()
+            ),
+            &floor.spaced,
+        );
+    }
     count_row(
         out,
         "Errors, c=1",
@@ -623,6 +646,16 @@ fn latency_row(out: &mut String, label: &str, direct_nanos: u64, gateway_nanos: 
             gateway as f64,
             direct_nanos as f64
         )),
+    );
+}
+
+/// A floor measured without any gateway, shown in the "Added" column it bounds.
+fn floor_row(out: &mut String, label: &str, round_trips: &[u64]) {
+    let _ = writeln!(
+        out,
+        "| {label} | | | +{} / +{} | |",
+        format_duration(added_latency_floor(round_trips, 0.5)),
+        format_duration(added_latency_floor(round_trips, 0.99)),
     );
 }
 
