@@ -113,7 +113,8 @@ mod tests {
         assert_eq!((floor.back_to_back.len(), floor.spaced.len()), (BACK_TO_BACK_ROUND_TRIPS, SPACED_ROUND_TRIPS));
         assert!(floor.back_to_back.windows(2).all(|pair| pair[0] <= pair[1]), "sorted");
         assert!(floor.back_to_back[0] > 0 && floor.spaced[0] > 0);
-        // A round trip cannot take longer than the whole measurement did.
-        assert!(*floor.spaced.last().unwrap() < Duration::from_secs(5).as_nanos() as u64);
+        // The pause before a spaced round trip is not part of its time: the median trip takes
+        // microseconds, far below the pause (a timed pause would put every trip above it).
+        assert!(floor.spaced[floor.spaced.len() / 2] < SPACING.as_nanos() as u64, "the pause was timed");
     }
 }
