@@ -97,6 +97,7 @@ pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedStat
         }
         ConnectionEnd::Drop => {}
     }
+    stack_entry.release_at_connection_end(connection.accepted_at.elapsed());
 }
 
 struct Connection<'shared> {
