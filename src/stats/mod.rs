@@ -307,6 +307,11 @@ impl StatsService {
         let logs: Vec<LogRow> = {
             let mut books = self.books();
             if books.logs.is_empty() {
+                // Nothing came in since the last write: the spare rows and buffers, sized for
+                // the last busy second, are given back.
+                books.spare_rows = Vec::new();
+                books.spare_queue = Vec::new();
+                books.logs.shrink_to(0);
                 return Ok(());
             }
             let next_queue = VecDeque::from(std::mem::take(&mut books.spare_queue));
@@ -321,10 +326,15 @@ impl StatsService {
             Ok(()) => {
                 self.metrics.logs_written.fetch_add(count, Ordering::Relaxed);
                 // Spares left from before are dropped here, so the pool follows the load down;
-                // their buffer is the next queue's.
+                // their buffer is the next queue's. Both buffers keep room for twice this
+                // write, not for the busiest second so far.
+                let room = logs.len().saturating_mul(2);
+                let mut spare_rows = logs;
+                spare_rows.shrink_to(room);
                 let mut books = self.books();
-                let mut old_spares = std::mem::replace(&mut books.spare_rows, logs);
+                let mut old_spares = std::mem::replace(&mut books.spare_rows, spare_rows);
                 old_spares.clear();
+                old_spares.shrink_to(room);
                 books.spare_queue = old_spares;
                 Ok(())
             }
@@ -402,5 +412,78 @@ fn replace_optional_text(text: &mut Option<String>, new: Option<&str>) {
     match (text.as_mut(), new) {
         (Some(text), Some(new)) => replace_text(text, new),
         (_, new) => *text = new.map(str::to_string),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+    use crate::stats::batches::{LoggedFields, TextSpan};
+
+    fn service() -> StatsService {
+        let store = StorePool::open("sqlite", ":memory:", 1).unwrap();
+        StatsService::new(store, Arc::new(SettingsCell::new(Settings::default())), PriceState::new(None))
+    }
+
+    /// A taken batch of `count` finished requests, each with a request log.
+    fn logged_batch(count: usize) -> CountedBatch {
+        let mut batch = CountedBatch::default();
+        for sequence in 0..count as u64 {
+            let group = batch.push_text("bench");
+            let detail = batch.push_text("{\"status\":200}");
+            batch.entries.push(CountedEntry {
+                sequence,
+                finished_at_ms: 1_800_000_000_000,
+                channel_id: 1,
+                client_key_id: None,
+                group,
+                model: TextSpan::default(),
+                counters: StatsCounters::default(),
+                log: Some(LoggedFields {
+                    time_ms: 1_800_000_000_000,
+                    api_key_id: None,
+                    channel_id: Some(1),
+                    success: true,
+                    detail,
+                    request_body: None,
+                    response_body: None,
+                }),
+                access_line: None,
+                extras: None,
+            });
+        }
+        batch
+    }
+
+    fn ingest_and_write(service: &StatsService, count: usize) {
+        service.ingest(&mut [logged_batch(count)]);
+        service.flush_logs().unwrap();
+    }
+
+    /// (spare rows kept, room in the spare rows' buffer, room in the next queue's buffer, room
+    /// in the queue).
+    fn kept_for_the_next_write(service: &StatsService) -> (usize, usize, usize, usize) {
+        let books = service.books();
+        (books.spare_rows.len(), books.spare_rows.capacity(), books.spare_queue.capacity(), books.logs.capacity())
+    }
+
+    #[test]
+    fn the_log_rows_kept_for_reuse_follow_the_load_down_and_go_when_nothing_comes() {
+        let service = service();
+        ingest_and_write(&service, 3_000);
+        ingest_and_write(&service, 3_000);
+        let (rows, row_room, _, _) = kept_for_the_next_write(&service);
+        assert_eq!((rows, row_room >= 3_000), (3_000, true), "a busy second's rows are kept for the next");
+
+        ingest_and_write(&service, 10);
+        ingest_and_write(&service, 10);
+        let (rows, row_room, queue_room, logs_room) = kept_for_the_next_write(&service);
+        assert_eq!(rows, 10);
+        assert!(row_room <= 20 && queue_room <= 20 && logs_room <= 20, "room for twice a quiet second, not the busy one: {row_room} / {queue_room} / {logs_room}");
+
+        service.flush_logs().unwrap();
+        assert_eq!(kept_for_the_next_write(&service), (0, 0, 0, 0), "a write with nothing to write gives everything back");
+        assert_eq!(service.metrics.logs_written.load(Ordering::Relaxed), 6_020);
     }
 }

@@ -87,10 +87,14 @@ fn run(service: &Arc<StatsService>, batches: &CountedBatches, stopping: &AtomicB
         std::thread::park_timeout(INGEST_TICK);
         let stopping = stopping.load(Ordering::Acquire);
         batches.take_into(&mut taken, &mut spares);
-        if !taken.is_empty() {
+        if taken.is_empty() {
+            // A tick without a finished request: the spares' buffers would wait, at the size of
+            // the last busy tick, for a load that may not come back.
+            spares.clear();
+        } else {
             service.ingest(&mut taken);
             for mut batch in taken.drain(..) {
-                batch.clear();
+                batch.clear_keeping_room_for_twice_its_use();
                 spares.push(batch);
             }
         }
