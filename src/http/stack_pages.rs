@@ -18,8 +18,8 @@
 //! risk.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
 
 /// The lowest part of the stack that is never released: it holds the coroutine library's
 /// sentinel words, and it leaves room for the frames above the entry mark (the coroutine's
@@ -107,9 +107,7 @@ impl StackEntry {
         RELEASES.fetch_add(1, Ordering::Relaxed);
         Some(range)
     }
-}
 
-impl StackEntry {
     /// Called last thing by a connection that was open for `connection_age`. Its coroutine goes
     /// back to may's pool, where it may wait a long time for another connection while holding
     /// every stack page its deepest request touched (about 40 KiB; the pool keeps 64, so a
@@ -222,7 +220,6 @@ mod tests {
         assert_eq!(first_sum, second_sum, "the released pages work again");
     }
 
-    /// Pages of `range` in memory, asked of the kernel with `mincore`.
     #[test]
     fn a_connection_that_lasted_releases_its_stack_when_it_ends_and_a_short_one_keeps_it() {
         may::config().set_stack_size(crate::app::COROUTINE_STACK_WORDS);
@@ -242,6 +239,7 @@ mod tests {
         assert_eq!(resident_after, Some(0), "every released page left memory");
     }
 
+    /// Pages of `range` in memory, asked of the kernel with `mincore`.
     fn resident_pages(range: &std::ops::Range<usize>) -> usize {
         let pages = (range.end - range.start) / page_bytes();
         let mut residency = vec![0u8; pages];
