@@ -28,8 +28,12 @@ pub(crate) const MAX_EVICTED_NOT_YET_CLOSED: usize = 64;
 const EVICTION_WAIT_LIMIT: Duration = Duration::from_millis(200);
 /// How long a shed connection is kept to let the client read its 503 before we close.
 const SHED_LINGER: Duration = Duration::from_millis(500);
-/// What a shed connection is told: a short 503 the client can act on.
-const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 91\r\n\r\n{\"error\":{\"message\":\"the gateway is at its connection limit; retry\",\"type\":\"overloaded\"}}\n";
+/// What a shed connection is told: a short 503 the client can act on, in OpenAI's error shape,
+/// since the request is never read and nothing says which protocol the client speaks (the
+/// gateway's own 503s take the same shape on OpenAI paths). A test checks that the declared
+/// length is the body's: a client reads exactly that many bytes, and one too many made strict
+/// clients report a connection closed inside the body instead of the 503.
+const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 125\r\n\r\n{\"error\":{\"message\":\"the gateway is at its connection limit; retry\",\"type\":\"server_error\",\"param\":null,\"code\":\"overloaded\"}}\n";
 
 /// The open connections of one listener and the ones among them waiting for a request head.
 pub(crate) struct ConnectionTable {
@@ -270,6 +274,22 @@ impl Drop for BodyReservation<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shed_response_declares_its_body_length_and_carries_an_openai_error() {
+        let text = std::str::from_utf8(SHED_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let declared: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Length: "))
+            .expect("a Content-Length header")
+            .parse()
+            .unwrap();
+        assert_eq!(declared, body.len(), "{text}");
+        let error: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(error["error"]["code"], "overloaded");
+        assert!(error["error"]["message"].as_str().unwrap().contains("connection limit"));
+    }
 
     #[test]
     fn the_body_budget_refuses_what_would_pass_its_limit_and_gets_bytes_back() {
