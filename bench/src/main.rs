@@ -34,7 +34,7 @@ use crate::measure::{
     sequential_requests,
 };
 use crate::mock_upstream::{Dialect, MockUpstream};
-use crate::proc_stats::{cpu_micros, raise_fd_limit, resident, Resident};
+use crate::proc_stats::{cpu_micros, peak_resident_kib, raise_fd_limit, reset_peak_resident, resident, Resident};
 use crate::report::{ArmResults, MemoryResults, RunInfo, RunResults};
 
 const USAGE: &str = "usage: octopus-bench [--quick] [--held-streams N] (--gateway PATH [--compare BASELINE | --stats-off | --instructions | --record | --check] | --direct-only)
@@ -619,7 +619,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
             held_stream_model(plan.held_streams)
         ),
     );
-    hold_streams(&mock, held_target, &plan, &gateway_rss, &mut memory);
+    hold_streams(&mock, held_target, &plan, gateway_pid, &gateway_rss, &mut memory);
     ensure_gateway_running(&mut gateway, "held streams")?;
 
     let conversion = match (gateway.as_mut(), client_key) {
@@ -822,10 +822,14 @@ fn hold_streams(
     mock: &MockUpstream,
     target: &Target,
     plan: &Plan,
+    gateway_pid: Option<u32>,
     gateway_rss: &dyn Fn() -> Option<Resident>,
     memory: &mut MemoryResults,
 ) {
     memory.before_holding = gateway_rss();
+    // The peak while the streams open: each stream's coroutine holds the deep stack its request
+    // reached until the stream has run half a second, so RSS passes its settled level.
+    let peak_was_reset = gateway_pid.is_some_and(reset_peak_resident);
     let upstream_before = mock.open_streams();
     let held = open_held_streams(
         target.address,
@@ -839,6 +843,7 @@ fn hold_streams(
     memory.held_open_time = held.open_time;
     std::thread::sleep(held_stream_pace(plan.held_streams).settle);
     memory.holding_streams = gateway_rss();
+    memory.peak_while_opening_kib = gateway_pid.filter(|_| peak_was_reset).and_then(peak_resident_kib);
     memory.upstream_open_while_held = mock.open_streams().saturating_sub(upstream_before);
     let mut connections = held.connections;
     for connection in &mut connections {

@@ -20,6 +20,20 @@ pub fn resident(pid: u32) -> Option<Resident> {
     Some(Resident { total_kib: field("VmRSS:")?, anonymous_kib: field("RssAnon:")? })
 }
 
+/// Resets the peak resident size the kernel keeps for `pid` (`VmHWM`) to its current size, so
+/// that `peak_resident_kib` then reports the peak from this moment on. False when the process is
+/// gone or its `clear_refs` cannot be written.
+pub fn reset_peak_resident(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// The peak resident size of `pid` (KiB) since it started or since `reset_peak_resident`.
+pub fn peak_resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// User plus system CPU time consumed so far by `pid` (all its threads), in microseconds.
 pub fn cpu_micros(pid: u32) -> Option<u64> {
     stat_cpu_micros(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -79,4 +93,31 @@ pub fn raise_fd_limit(wanted: u64) -> u64 {
         }
     }
     limit.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peak_resident_size_follows_a_burst_and_starts_again_after_a_reset() {
+        let pid = std::process::id();
+        assert!(reset_peak_resident(pid), "this process's clear_refs is writable");
+        let before = resident(pid).unwrap().total_kib;
+        // 16 MiB mapped, touched and unmapped, straight from the kernel: an allocator might keep
+        // freed memory and leave nothing for the reset to bring the peak down to.
+        let bytes = 16 * 1024 * 1024;
+        // SAFETY: a fresh private anonymous mapping, written within its length and unmapped once.
+        unsafe {
+            let burst = libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            assert_ne!(burst, libc::MAP_FAILED);
+            std::ptr::write_bytes(burst.cast::<u8>(), 1, bytes);
+            assert_eq!(libc::munmap(burst, bytes), 0);
+        }
+        let peak = peak_resident_kib(pid).unwrap();
+        assert!(peak >= before + 15 * 1024, "peak {peak} KiB after a 16 MiB burst from {before} KiB");
+        assert!(reset_peak_resident(pid));
+        let peak_after_reset = peak_resident_kib(pid).unwrap();
+        assert!(peak_after_reset < peak - 8 * 1024, "the reset brought the peak ({peak} KiB) down to now: {peak_after_reset} KiB");
+    }
 }

@@ -76,6 +76,8 @@ pub struct MemoryResults {
     /// After the stream phase, just before the held streams are opened.
     pub before_holding: Option<Resident>,
     pub holding_streams: Option<Resident>,
+    /// The highest VmRSS (KiB) from just before the held streams opened until they settled.
+    pub peak_while_opening_kib: Option<u64>,
     pub after_close: Option<Resident>,
     pub held_open: usize,
     /// Restarts on the run's database, each from spawn to the first `GET /healthz` 200.
@@ -369,21 +371,33 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
                 ),
                 memory.holding_streams,
             ),
-            ("After closing them", memory.after_close),
         ];
         // The static build's rows appear only when the run measured one.
         let static_rows = [
             (&*format!("Static musl build: at start, idle ({quiet} s after the first `/healthz` 200)"), memory.static_at_start),
             (&*format!("Static musl build: idle, configured ({quiet} s after the last admin call)"), memory.static_idle_configured),
         ];
-        let rows = rows.into_iter().chain(static_rows.into_iter().filter(|(_, kib)| kib.is_some()));
-        for (label, kib) in rows {
+        let resident_row = |out: &mut String, label: &str, kib: Option<Resident>| {
             let _ = writeln!(
                 out,
                 "| {label} | {} | {} |",
                 kib.map_or("—".to_string(), |resident| format_kib(resident.total_kib)),
                 kib.map_or("—".to_string(), |resident| format_kib(resident.anonymous_kib))
             );
+        };
+        for (label, kib) in rows {
+            resident_row(out, label, kib);
+        }
+        if let Some(peak_kib) = memory.peak_while_opening_kib {
+            let _ = writeln!(
+                out,
+                "| … peak while they opened and settled (VmHWM, reset just before they opened) | {} | — |",
+                format_kib(peak_kib)
+            );
+        }
+        resident_row(out, "After closing them", memory.after_close);
+        for (label, kib) in static_rows.into_iter().filter(|(_, kib)| kib.is_some()) {
+            resident_row(out, label, kib);
         }
         let per_stream_rows = [
             (
