@@ -619,7 +619,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
             held_stream_model(plan.held_streams)
         ),
     );
-    hold_streams(&mock, held_target, &plan, gateway_pid, &gateway_rss, &mut memory);
+    hold_streams(&mock, held_target, &plan, gateway_pid, &mut memory);
     ensure_gateway_running(&mut gateway, "held streams")?;
 
     let conversion = match (gateway.as_mut(), client_key) {
@@ -823,9 +823,9 @@ fn hold_streams(
     target: &Target,
     plan: &Plan,
     gateway_pid: Option<u32>,
-    gateway_rss: &dyn Fn() -> Option<Resident>,
     memory: &mut MemoryResults,
 ) {
+    let gateway_rss = || gateway_pid.and_then(resident);
     memory.before_holding = gateway_rss();
     // The peak while the streams open: each stream's coroutine holds the deep stack its request
     // reached until the stream has run half a second, so RSS passes its settled level.

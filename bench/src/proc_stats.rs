@@ -13,11 +13,13 @@ pub struct Resident {
 /// The resident memory of `pid`, or None when the process is gone.
 pub fn resident(pid: u32) -> Option<Resident> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|line| line.starts_with(name))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    };
-    Some(Resident { total_kib: field("VmRSS:")?, anonymous_kib: field("RssAnon:")? })
+    Some(Resident { total_kib: status_kib(&status, "VmRSS:")?, anonymous_kib: status_kib(&status, "RssAnon:")? })
+}
+
+/// The value (KiB) of the line of `/proc/PID/status` that starts with `name`.
+fn status_kib(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with(name))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Resets the peak resident size the kernel keeps for `pid` (`VmHWM`) to its current size, so
@@ -29,9 +31,7 @@ pub fn reset_peak_resident(pid: u32) -> bool {
 
 /// The peak resident size of `pid` (KiB) since it started or since `reset_peak_resident`.
 pub fn peak_resident_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    status_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "VmHWM:")
 }
 
 /// User plus system CPU time consumed so far by `pid` (all its threads), in microseconds.

@@ -29,7 +29,8 @@ const KEPT_AT_THE_BOTTOM_BYTES: usize = 32 * 1024;
 /// wrapper of madvise with its return address, tens of bytes. Every live frame lies above the
 /// stack pointer, so this is all the margin safety needs. It is kept small on purpose: a held
 /// stream's event loop runs within two pages of the stack's top, and a margin of 4 KiB kept a
-/// third page resident for every open stream (12 KiB of stack per stream instead of 8).
+/// third page from the top resident for every open stream (with may's sentinel page at the
+/// bottom, 16 KiB of stack per stream instead of 12).
 const KEPT_BELOW_THE_STACK_POINTER_BYTES: usize = 512;
 
 /// A connection open at least this long gives its coroutine's deeper stack pages back when it
