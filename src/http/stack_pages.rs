@@ -97,6 +97,7 @@ impl StackEntry {
                 log::debug!("coroutine stack pages are not released: the stack's layout is not the expected one");
                 return None;
             }
+            log::debug!("coroutine stack pages are released below the stack pointer: the stack's layout checked against /proc/self/maps");
         }
         // SAFETY: the range lies inside this coroutine's own stack mapping (checked against the
         // process's mappings once, and computed the same way every time), below every live
