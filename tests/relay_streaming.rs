@@ -58,6 +58,53 @@ fn a_stream_that_outlasts_the_stack_release_arrives_whole(lane: &Lane) {
     }
 }
 
+/// With 256 or more streams open, a new stream releases its stack pages at its first event
+/// instead of after 500 ms (`http::response_writer`), so a burst of streams does not hold every
+/// request's deep pages at once. 400 streams are opened and each waits 5 s after its first
+/// event: the last 144 must have released by the time all are open, long before any stream's
+/// half second could have released it (that happens only at a stream's next event).
+#[test]
+fn streams_opened_in_a_burst_release_their_stacks_at_their_first_event() {
+    const STREAMS: usize = 400;
+    const EARLY_RELEASES: u64 = 144;
+    const GAP: Duration = Duration::from_secs(5);
+    let lane = support::lanes::OPENAI_CHAT;
+    let mock = MockUpstream::start(|request: &RecordedRequest| paced_reply(request, GAP));
+    let fixture = RelayFixture::start();
+    let channel = fixture.channel(&lane, "main", &[lane.base_url(&mock.base_url())], &["sk-key-000000001"]);
+    fixture.failover_group(GROUP, channel, &["paced"], json!({}));
+    let body = lane.body(GROUP, true).to_string();
+    let auth_headers = lane.auth_headers(&fixture.client_key);
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    headers.extend(auth_headers.iter().map(|(name, value)| (*name, value.as_str())));
+
+    let releases_before = octopus::http::stack_pages::releases();
+    let started = Instant::now();
+    let mut streams = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let mut stream = OpenResponse::start(fixture.gateway.address, "POST", &lane.path(GROUP, true), &headers, body.as_bytes());
+        assert_eq!(stream.status, 200);
+        assert!(stream.next_chunk().is_some(), "the first event arrives");
+        streams.push(stream);
+    }
+    let released_early = eventually(Duration::from_secs(1), || {
+        octopus::http::stack_pages::releases() - releases_before >= EARLY_RELEASES
+    });
+    let checked_after = started.elapsed();
+    assert!(
+        checked_after < GAP - Duration::from_millis(500),
+        "opening the streams took {checked_after:?}: no stream may have reached its second event yet"
+    );
+    assert!(
+        released_early,
+        "{} releases while {STREAMS} streams opened, at least {EARLY_RELEASES} expected",
+        octopus::http::stack_pages::releases() - releases_before
+    );
+    for stream in streams {
+        stream.close();
+    }
+}
+
 fn reset_after_the_first_events_ends_the_stream_with_an_error_event(lane: &Lane) {
     let resetting_lane = *lane;
     let mock = MockUpstream::start(move |request: &RecordedRequest| {
