@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use support::http_client::{OpenResponse, send_request};
+use support::http_client::send_request;
 use support::lanes::Lane;
 use support::mock_upstream::{
     DEFAULT_WORDS, MockUpstream, RecordedRequest, Reply, StreamEnd, default_reply, paced_reply,
@@ -73,16 +73,12 @@ fn streams_opened_in_a_burst_release_their_stacks_at_their_first_event() {
     let fixture = RelayFixture::start();
     let channel = fixture.channel(&lane, "main", &[lane.base_url(&mock.base_url())], &["sk-key-000000001"]);
     fixture.failover_group(GROUP, channel, &["paced"], json!({}));
-    let body = lane.body(GROUP, true).to_string();
-    let auth_headers = lane.auth_headers(&fixture.client_key);
-    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-    headers.extend(auth_headers.iter().map(|(name, value)| (*name, value.as_str())));
 
     let releases_before = octopus::http::stack_pages::releases();
     let started = Instant::now();
     let mut streams = Vec::with_capacity(STREAMS);
     for _ in 0..STREAMS {
-        let mut stream = OpenResponse::start(fixture.gateway.address, "POST", &lane.path(GROUP, true), &headers, body.as_bytes());
+        let mut stream = fixture.open_stream(&lane, GROUP);
         assert_eq!(stream.status, 200);
         assert!(stream.next_chunk().is_some(), "the first event arrives");
         streams.push(stream);
@@ -385,19 +381,7 @@ fn client_leaving_mid_stream_stops_the_upstream_stream(lane: &Lane) {
     let fixture = RelayFixture::start();
     fixture.single_channel(lane, &mock, "sk-key-000000001");
 
-    let auth = lane.auth_headers(&fixture.client_key);
-    let headers: Vec<(&str, &str)> = auth
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect();
-    let body = lane.body(GROUP, true).to_string();
-    let mut stream = OpenResponse::start(
-        fixture.gateway.address,
-        "POST",
-        &lane.path(GROUP, true),
-        &headers,
-        body.as_bytes(),
-    );
+    let mut stream = fixture.open_stream(lane, GROUP);
     assert_eq!(stream.status, 200);
     assert!(stream.next_chunk().is_some(), "the first event arrives");
     stream.close();

@@ -827,8 +827,9 @@ fn hold_streams(
 ) {
     let gateway_rss = || gateway_pid.and_then(resident);
     memory.before_holding = gateway_rss();
-    // The peak while the streams open: each stream's coroutine holds the deep stack its request
-    // reached until the stream has run half a second, so RSS passes its settled level.
+    // The peak while the streams open: each request in flight holds its deep stack and buffers,
+    // and the first 256 streams keep that stack for half a second (the gateway releases later
+    // ones at their first event), so RSS passes its settled level.
     let peak_was_reset = gateway_pid.is_some_and(reset_peak_resident);
     let upstream_before = mock.open_streams();
     let held = open_held_streams(

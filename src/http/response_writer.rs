@@ -249,8 +249,8 @@ struct ChunkWriter<'stream, S: Write> {
 /// faults that would follow it.
 const STACK_RELEASE_AFTER: Duration = Duration::from_millis(500);
 
-/// With more than this many streamed bodies open, a new one releases its stack at its first
-/// chunk instead of after `STACK_RELEASE_AFTER`. In a burst of streams every one would
+/// With this many other streamed bodies open or more, a new one releases its stack at its
+/// first chunk instead of after `STACK_RELEASE_AFTER`. In a burst of streams every one would
 /// otherwise hold its request's deep pages (about 50 KiB) for that half second at once: 1,000
 /// streams opened within 0.2 s peaked at 92 MiB against 40 MiB once released. Below the
 /// threshold short streams keep their pages, as above; past it the early release bounds what a

@@ -13,9 +13,17 @@ use octopus::relay::record::RequestRecord;
 
 use crate::support::databases;
 use crate::support::gateway::TestGateway;
-use crate::support::http_client::{TestResponse, request};
+use crate::support::http_client::{OpenResponse, TestResponse, request};
 use crate::support::lanes::Lane;
 use crate::support::mock_upstream::MockUpstream;
+
+/// The headers of a JSON call: its content type, the auth headers, then `extra_headers`.
+fn json_headers<'a>(auth_headers: &'a [(&'static str, String)], extra_headers: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    headers.extend(auth_headers.iter().map(|(name, value)| (*name, value.as_str())));
+    headers.extend_from_slice(extra_headers);
+    headers
+}
 
 /// The group name used by single-group tests.
 pub const GROUP: &str = "team-model";
@@ -129,14 +137,18 @@ impl RelayFixture {
         extra_headers: &[(&str, &str)],
         body: &[u8],
     ) -> TestResponse {
-        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-        headers.extend(
-            auth_headers
-                .iter()
-                .map(|(name, value)| (*name, value.as_str())),
-        );
-        headers.extend_from_slice(extra_headers);
+        let headers = json_headers(auth_headers, extra_headers);
         request(self.gateway.address, "POST", path, &headers, body)
+    }
+
+    /// Starts a streamed call of the relay as a client of `lane` for `group`, with the fixture's
+    /// client key, and returns once the response head is read; the events are read one chunk at
+    /// a time.
+    pub fn open_stream(&self, lane: &Lane, group: &str) -> OpenResponse {
+        let body = lane.body(group, true).to_string();
+        let auth_headers = lane.auth_headers(&self.client_key);
+        let headers = json_headers(&auth_headers, &[]);
+        OpenResponse::start(self.gateway.address, "POST", &lane.path(group, true), &headers, body.as_bytes())
     }
 
     /// The channel keys cooling down right now (after a 429, 401/403 or exhausted quota).
