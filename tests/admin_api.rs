@@ -197,6 +197,8 @@ fn invalid_input_gets_a_clear_error_and_changes_nothing() {
         ("/api/v1/channels", json!({"name": "x", "type": "gemini", "base_urls": ["https://a.example"], "colour": "red"}), 422, "unknown field \"colour\""),
         ("/api/v1/groups", json!({"name": "g", "items": [{"channel_id": 999, "model": "m"}]}), 422, "no channel with id 999"),
         ("/api/v1/groups", json!({"name": "g", "mode": "fastest"}), 422, "unknown mode"),
+        // Patterns are regex-lite's, which has no Unicode classes: refused when saved, not at sync.
+        ("/api/v1/groups", json!({"name": "g", "match_regex": "^\\p{Greek}"}), 422, "match_regex is not a valid regular expression"),
         ("/api/v1/groups", json!({"name": "g", "items": [{"channel_id": 1}]}), 422, "model"),
         ("/api/v1/api-keys", json!({"name": "k", "max_cost": -1}), 422, "max_cost"),
         ("/api/v1/api-keys", json!({"name": 5}), 422, "name must be a string"),

@@ -294,7 +294,7 @@ pub fn validate(channel: &Channel) -> Result<(), ApiError> {
         }
     }
     if !channel.match_regex.is_empty() {
-        regex::Regex::new(&channel.match_regex)
+        regex_lite::Regex::new(&channel.match_regex)
             .map_err(|error| ApiError::Invalid(format!("match_regex is not a valid regular expression: {error}")))?;
     }
     for name in channel.headers.keys() {

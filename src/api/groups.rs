@@ -165,7 +165,7 @@ fn check_channels_exist(context: &AdminContext, group: &Group) -> Result<(), Api
 /// silently at every model sync instead of once, here, where the admin can fix it.
 pub fn valid_match_regex(pattern: &str) -> Result<String, ApiError> {
     if !pattern.is_empty() {
-        regex::Regex::new(pattern).map_err(|error| {
+        regex_lite::Regex::new(pattern).map_err(|error| {
             ApiError::Invalid(format!("match_regex is not a valid regular expression: {error}"))
         })?;
     }

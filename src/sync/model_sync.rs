@@ -50,7 +50,7 @@ pub fn fetch_channel_models(client: &UpstreamClient, channel: &Channel) -> Resul
     let filter = if channel.match_regex.is_empty() {
         None
     } else {
-        Some(regex::Regex::new(&channel.match_regex).map_err(|error| format!("match_regex is invalid: {error}"))?)
+        Some(regex_lite::Regex::new(&channel.match_regex).map_err(|error| format!("match_regex is invalid: {error}"))?)
     };
     let mut last_error = "the channel has no base URL".to_string();
     for base_url in &channel.base_urls {
@@ -207,11 +207,11 @@ pub fn plan_group_changes(channel: &Channel, listed: &[String], new_models: &[St
 /// The group's `match_regex`, compiled, when the rule is `regex` and the pattern is set. A
 /// pattern that does not compile (the API refuses those, but a backup or an old row may hold
 /// one) matches nothing rather than failing the whole sync.
-fn compiled_group_regex(rule: AutoGroup, group: &Group) -> Option<regex::Regex> {
+fn compiled_group_regex(rule: AutoGroup, group: &Group) -> Option<regex_lite::Regex> {
     if rule != AutoGroup::Regex || group.match_regex.is_empty() {
         return None;
     }
-    match regex::Regex::new(&group.match_regex) {
+    match regex_lite::Regex::new(&group.match_regex) {
         Ok(compiled) => Some(compiled),
         Err(error) => {
             log::warn!("group {:?} has an invalid match_regex, skipped by model sync: {error}", group.name);
@@ -221,7 +221,7 @@ fn compiled_group_regex(rule: AutoGroup, group: &Group) -> Option<regex::Regex> 
 }
 
 /// Whether `rule` puts `model` into `group`.
-fn auto_group_matches(rule: AutoGroup, group: &Group, group_regex: Option<&regex::Regex>, model: &str) -> bool {
+fn auto_group_matches(rule: AutoGroup, group: &Group, group_regex: Option<&regex_lite::Regex>, model: &str) -> bool {
     match rule {
         AutoGroup::None => false,
         AutoGroup::Exact => group.name == model,
@@ -345,6 +345,28 @@ mod tests {
         assert_eq!(changed.len(), 1);
         assert_eq!(changed[0].items, vec![item(7, "gpt-4o-mini", 0)]);
         assert!(plan_group_changes(&channel(AutoGroup::None), &listed, &listed, &groups).is_empty());
+    }
+
+    /// The pattern language is regex-lite's: the usual syntax (anchors, classes, alternation,
+    /// repetition counts, case-insensitive flags) on ASCII model ids. Unicode classes are refused
+    /// when a pattern is saved (`api::groups::valid_match_regex`), and here match nothing.
+    #[test]
+    fn regex_patterns_use_the_usual_syntax_on_model_ids() {
+        let groups = vec![
+            group("sonnets", "(?i)^claude-.*sonnet", Vec::new()),
+            group("dated", r"-\d{4}-\d{2}-\d{2}$|-\d{8}$", Vec::new()),
+            group("small", r"\b(mini|nano|flash)\b", Vec::new()),
+            group("letters", r"\p{L}", Vec::new()),
+        ];
+        let listed = names(&["Claude-3-7-SONNET-20250219", "gpt-4o-2024-08-06", "gpt-4.1-nano", "gemini-2.0-flash-lite", "gpt-4o"]);
+        let changed = plan_group_changes(&channel(AutoGroup::Regex), &listed, &listed, &groups);
+        let members = |name: &str| -> Vec<String> {
+            changed.iter().find(|group| group.name == name).map(|group| group.items.iter().map(|item| item.model.clone()).collect()).unwrap_or_default()
+        };
+        assert_eq!(members("sonnets"), ["Claude-3-7-SONNET-20250219"]);
+        assert_eq!(members("dated"), ["Claude-3-7-SONNET-20250219", "gpt-4o-2024-08-06"]);
+        assert_eq!(members("small"), ["gpt-4.1-nano", "gemini-2.0-flash-lite"]);
+        assert!(members("letters").is_empty());
     }
 
     #[test]
