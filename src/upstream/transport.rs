@@ -163,8 +163,20 @@ impl Transport for MayTransport {
             write_result(written, control.as_ref(), timeout.reason)?;
         }
         self.apply_read_timeout(limit)?;
+        let ready = if self.buffers.output_is_idle() {
+            // The response has started and the output waits for the next request. Only when
+            // nothing is ready to read, so that this read would wait (a stream between events,
+            // a slow answer), is the output given back before it does.
+            let ready = receive_without_waiting(self.socket.fd, self.buffers.input_append_buf());
+            if ready.is_none() {
+                self.buffers.release_output();
+            }
+            ready
+        } else {
+            None
+        };
         let mut spurious_errors = 0;
-        let result = loop {
+        let result = ready.unwrap_or_else(|| loop {
             match self.stream.read(self.buffers.input_append_buf()) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) if is_spurious_may_error(&error) && spurious_errors < MAX_SPURIOUS_RETRIES => {
@@ -173,7 +185,7 @@ impl Transport for MayTransport {
                 }
                 other => break other,
             }
-        };
+        });
         // A cancel shuts the socket down, which usually ends the read with EOF rather than an
         // error: the flag is what tells the two apart.
         if control.is_some_and(|control| control.is_cancelled()) {
@@ -341,6 +353,31 @@ fn shutdown_descriptor(fd: RawFd) {
     // was shut down already, which is what we want.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// A read that never waits: `None` when nothing is ready (the socket would block), else what
+/// the read returned (bytes, 0 at EOF, or an error).
+fn receive_without_waiting(fd: RawFd, buffer: &mut [u8]) -> Option<io::Result<usize>> {
+    loop {
+        // SAFETY: `fd` is the transport's open socket and `buffer` is valid for its length.
+        let received = unsafe {
+            libc::recv(
+                fd,
+                buffer.as_mut_ptr().cast::<libc::c_void>(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if received >= 0 {
+            return Some(Ok(received as usize));
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return None,
+            _ => return Some(Err(error)),
+        }
     }
 }
 
@@ -541,6 +578,52 @@ mod tests {
         open_socket.set_owner(7);
         open_socket.shutdown_if_owned_by(7);
         assert!(!peek_says_open(client.as_raw_fd()));
+    }
+
+    /// A stream between events: once its response has started and nothing more is ready, the
+    /// transport gives the output back before the read waits; bytes already there are read at
+    /// once and the output is kept.
+    #[test]
+    fn a_read_that_would_wait_for_a_started_response_releases_the_output_first() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = may::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut transport = MayTransport::new(stream, ConnectionBuffers::new(16 * 1024, 16 * 1024));
+        let timeout = NextTimeout {
+            after: UreqDuration::Exact(Duration::from_secs(10)),
+            reason: ureq::Timeout::RecvResponse,
+            ..NextTimeout::default()
+        };
+        let request = b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}";
+        transport.buffers().output()[..request.len()].copy_from_slice(request);
+        transport.transmit_output(request.len(), timeout).unwrap();
+        let mut received = vec![0u8; request.len()];
+        server.read_exact(&mut received).unwrap();
+        assert_eq!(received, request);
+        let read_and_consume = |transport: &mut MayTransport| -> Vec<u8> {
+            assert!(transport.await_input(timeout).unwrap());
+            let input = transport.buffers.input().to_vec();
+            transport.buffers.input_consume(input.len());
+            input
+        };
+
+        server.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").unwrap();
+        assert!(read_and_consume(&mut transport).starts_with(b"HTTP/1.1 200 OK"));
+        assert!(transport.buffers.output_is_idle(), "the response has started");
+
+        server.write_all(b"5\r\nhello\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(read_and_consume(&mut transport), b"5\r\nhello\r\n");
+        assert!(transport.buffers.output_is_idle(), "bytes that were ready keep the output");
+
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            server.write_all(b"5\r\nworld\r\n").unwrap();
+            server
+        });
+        assert_eq!(read_and_consume(&mut transport), b"5\r\nworld\r\n");
+        assert!(!transport.buffers.output_is_idle(), "a read that had to wait gave the output back first");
+        let _server = writer.join().unwrap();
     }
 
     #[test]
