@@ -161,6 +161,16 @@ impl Transport for TlsTransport {
         if let Some(held) = self.buffers.take_held_output() {
             self.stream.write_all(held).map_err(record_error)?;
         }
+        if self.buffers.output_is_idle() && self.stream.conn.wants_read() {
+            // The response has started and the session has no plaintext left: this read goes
+            // to the socket, which may make it wait (a stream between events), so the session's
+            // output is given back first, as the socket's own is when its read would wait.
+            // Whether it will wait is known only below; a response that simply needs another
+            // record allocates the output again for its connection's next request, which costs
+            // little beside a TLS session's decryption. Held TLS streams: 87 KiB each before
+            // either release, 72 with the socket's, 50 with both (1,000 streams, VmRSS).
+            self.buffers.release_output();
+        }
         let input = self.buffers.input_append_buf();
         let amount = self.stream.read(input).map_err(record_error)?;
         self.buffers.input_appended(amount);
