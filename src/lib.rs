@@ -10,6 +10,7 @@ pub mod config;
 pub mod fuzz_entry;
 pub mod http;
 pub mod logging;
+pub mod may_io;
 pub mod protocol;
 pub mod relay;
 pub mod settings;

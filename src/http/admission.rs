@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use may::net::TcpStream;
 
+use crate::may_io::SteadyTcpStream;
+
 /// How many shed connections may be answered at once; more are closed without an answer, so
 /// shedding itself cannot use up descriptors or coroutines.
 pub(crate) const MAX_CONNECTIONS_BEING_SHED: usize = 64;
@@ -181,8 +183,9 @@ impl Drop for WaitingForHead {
 
 /// Answers a connection over the cap with a 503 and closes it after a short linger (on its own
 /// coroutine, so the accept loop never waits for a client).
-pub(crate) fn shed_connection(mut stream: TcpStream, slot: ShedSlot) {
+pub(crate) fn shed_connection(stream: TcpStream, slot: ShedSlot) {
     let _slot = slot;
+    let mut stream = SteadyTcpStream(stream);
     if stream.set_write_timeout(Some(SHED_LINGER)).is_err() || stream.write_all(SHED_RESPONSE).is_err() {
         return;
     }
@@ -201,7 +204,7 @@ pub(crate) fn shed_without_waiting(stream: &TcpStream) {
 
 /// Closes our side and reads what the client still sends for a moment, so that closing with
 /// unread input does not reset the connection before the client has read the 503.
-fn write_off_and_linger(stream: &mut TcpStream) {
+fn write_off_and_linger(stream: &mut SteadyTcpStream) {
     if stream.shutdown(Shutdown::Write).is_err() {
         return;
     }

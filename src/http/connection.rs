@@ -24,6 +24,7 @@ use crate::http::response_writer::{
 };
 use crate::http::server::{ServerLimits, SharedState};
 use crate::http::{Body, ClientProbe, Request};
+use crate::may_io::SteadyTcpStream;
 
 /// Socket reads go into the connection buffer this many bytes at a time.
 const READ_CHUNK_BYTES: usize = 8 * 1024;
@@ -73,7 +74,7 @@ pub fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &SharedStat
     }
     let mut connection = Connection {
         first_head_wait: Some(waiting),
-        stream,
+        stream: SteadyTcpStream(stream),
         peer,
         buffer: ReadBuffer::default(),
         read_timeout: None,
@@ -104,7 +105,9 @@ struct Connection<'shared> {
     /// The eviction mark set at admission, until the first head arrives. Declared before the
     /// stream so that it is dropped first: an evictable entry must never outlive its socket.
     first_head_wait: Option<WaitingForHead>,
-    stream: TcpStream,
+    /// Reads and writes retry may's spurious errors: a new connection's first read used to fail
+    /// with another operation's `EINPROGRESS` under load and close the client unanswered.
+    stream: SteadyTcpStream,
     peer: SocketAddr,
     /// Bytes received but not consumed yet: the start of the next request, possibly more.
     buffer: ReadBuffer,

@@ -23,6 +23,7 @@ use ureq::unversioned::transport::{
     Transport, TransportAdapter,
 };
 
+use crate::may_io::SteadyTcpStream;
 use crate::upstream::buffers::ConnectionBuffers;
 use crate::upstream::control::{CallControl, current_call_control};
 use crate::upstream::error::TransportFailure;
@@ -67,7 +68,8 @@ impl<In: Transport> Connector<In> for MayConnector {
 
 /// One TCP connection on a may stream, with ureq's buffers.
 pub(crate) struct MayTransport {
-    stream: may::net::TcpStream,
+    /// Reads and writes retry may's spurious errors (`crate::may_io`).
+    stream: SteadyTcpStream,
     socket: Arc<SharedSocket>,
     buffers: ConnectionBuffers,
     /// The timeouts last set on the stream, to skip setting them again (see
@@ -80,7 +82,7 @@ impl MayTransport {
     fn new(stream: may::net::TcpStream, buffers: ConnectionBuffers) -> MayTransport {
         let socket = Arc::new(SharedSocket::new(stream.as_raw_fd()));
         MayTransport {
-            stream,
+            stream: SteadyTcpStream(stream),
             socket,
             buffers,
             applied_read_timeout: None,
@@ -137,7 +139,7 @@ impl Transport for MayTransport {
             // A request head, held back until its body joins it or the response is read.
             return Ok(());
         };
-        let written = write_all_retrying(&mut self.stream, bytes);
+        let written = self.stream.write_all(bytes);
         write_result(written, control.as_ref(), timeout.reason)
     }
 
@@ -159,7 +161,7 @@ impl Transport for MayTransport {
             // A request without a body: its head goes out now, under the read's time limit.
             self.apply_write_timeout(limit)?;
             let held = self.buffers.take_held_output().unwrap_or_default();
-            let written = write_all_retrying(&mut self.stream, held);
+            let written = self.stream.write_all(held);
             write_result(written, control.as_ref(), timeout.reason)?;
         }
         self.apply_read_timeout(limit)?;
@@ -175,14 +177,9 @@ impl Transport for MayTransport {
         } else {
             None
         };
-        let mut spurious_errors = 0;
         let result = ready.unwrap_or_else(|| loop {
             match self.stream.read(self.buffers.input_append_buf()) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) if is_spurious_may_error(&error) && spurious_errors < MAX_SPURIOUS_RETRIES => {
-                    spurious_errors += 1;
-                    continue;
-                }
                 other => break other,
             }
         });
@@ -233,36 +230,6 @@ fn write_result(written: io::Result<()>, control: Option<&CallControl>, reason: 
         Err(error) if error.kind() == io::ErrorKind::TimedOut => Err(ureq::Error::Timeout(reason)),
         Err(error) => Err(ureq::Error::Io(error)),
     }
-}
-
-/// Consecutive spurious errors tolerated on one read or write before the error is believed.
-const MAX_SPURIOUS_RETRIES: u32 = 16;
-
-/// may 0.3 can hand a coroutine an error left over from an earlier operation (seen under load as
-/// `EINPROGRESS`, "Operation now in progress", on a read of an established stream, which breaks
-/// healthy streams at random). Such an error is reported before the system call is made, so
-/// nothing was read or written and trying again is safe; `EAGAIN` is treated the same way.
-fn is_spurious_may_error(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(code) if code == libc::EINPROGRESS || code == libc::EAGAIN)
-}
-
-/// `write_all` that survives may's spurious errors (see `is_spurious_may_error`) without ever
-/// writing a byte twice: it only retries a write call that reported an error.
-fn write_all_retrying(stream: &mut may::net::TcpStream, mut data: &[u8]) -> io::Result<()> {
-    let mut spurious_errors = 0;
-    while !data.is_empty() {
-        match stream.write(data) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the connection accepted no more data")),
-            Ok(written) => {
-                data = &data[written..];
-                spurious_errors = 0;
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) if is_spurious_may_error(&error) && spurious_errors < MAX_SPURIOUS_RETRIES => spurious_errors += 1,
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
 }
 
 impl Drop for MayTransport {
