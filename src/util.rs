@@ -1,6 +1,8 @@
-//! Small shared helpers: percent decoding, hex, SHA-256 digests, OS randomness, base64, clocks
-//! and socket timeouts.
+//! Small shared helpers: percent decoding, hex, SHA-256 digests, OS randomness, base64, clocks,
+//! socket timeouts and a socket read that never waits.
 
+use std::io;
+use std::os::fd::RawFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -121,6 +123,29 @@ pub fn base64_encode(input: &[u8]) -> String {
         out.push(if chunk.len() > 2 { ALPHABET[triple as usize & 63] as char } else { '=' });
     }
     out
+}
+
+/// `recv` on `fd` that never waits (`MSG_DONTWAIT`, plus `flags`, e.g. `MSG_PEEK`): `None` when
+/// nothing is ready (the socket would block), else what `recv` returned (bytes, 0 at EOF, or an
+/// error). The caller must own `fd` open for the call.
+pub fn receive_without_waiting(fd: RawFd, buffer: &mut [u8], flags: libc::c_int) -> Option<io::Result<usize>> {
+    loop {
+        // SAFETY: `buffer` is valid for writes of its length. Any `fd` is memory-safe here (a
+        // wrong one fails with EBADF or reads another socket), which is why owning it is the
+        // caller's part.
+        let received = unsafe {
+            libc::recv(fd, buffer.as_mut_ptr().cast::<libc::c_void>(), buffer.len(), flags | libc::MSG_DONTWAIT)
+        };
+        if received >= 0 {
+            return Some(Ok(received as usize));
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return None,
+            _ => return Some(Err(error)),
+        }
+    }
 }
 
 /// Whether a socket whose read or write timeout is `applied` may keep it for a wait that should

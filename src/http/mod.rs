@@ -20,6 +20,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+use crate::util::receive_without_waiting;
+
 /// One parsed request with its whole body.
 pub struct Request {
     /// The method as sent, e.g. `GET`.
@@ -77,20 +79,9 @@ impl ClientProbe {
     /// read count as "still there".
     pub fn is_closed(&self) -> bool {
         let Some(fd) = self.fd else { return false };
-        let mut byte = [0u8; 1];
-        // SAFETY: `fd` is a connected socket owned by the server for the whole handler call,
-        // and MSG_PEEK | MSG_DONTWAIT neither blocks nor consumes data.
-        let received = unsafe {
-            libc::recv(fd, byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-        };
-        if received == 0 {
-            return true;
-        }
-        if received < 0 {
-            let error = io::Error::last_os_error();
-            return error.kind() != io::ErrorKind::WouldBlock && error.kind() != io::ErrorKind::Interrupted;
-        }
-        false
+        // `fd` is a connected socket owned by the server for the whole handler call; a peek
+        // neither blocks nor consumes data. EOF or an error means the peer is gone.
+        matches!(receive_without_waiting(fd, &mut [0u8; 1], libc::MSG_PEEK), Some(Ok(0) | Err(_)))
     }
 }
 

@@ -28,7 +28,7 @@ use crate::upstream::buffers::ConnectionBuffers;
 use crate::upstream::control::{CallControl, current_call_control};
 use crate::upstream::error::TransportFailure;
 use crate::upstream::socks::{SocksCredentials, SocksTarget, socks5_handshake};
-use crate::util::applied_timeout_fits;
+use crate::util::{applied_timeout_fits, receive_without_waiting};
 
 /// The owner id of a socket that no `CallControl` is using.
 const NO_OWNER: u64 = 0;
@@ -169,7 +169,7 @@ impl Transport for MayTransport {
             // The response has started and the output waits for the next request. Only when
             // nothing is ready to read, so that this read would wait (a stream between events,
             // a slow answer), is the output given back before it does.
-            let ready = receive_without_waiting(self.socket.fd, self.buffers.input_append_buf());
+            let ready = receive_without_waiting(self.socket.fd, self.buffers.input_append_buf(), 0);
             if ready.is_none() {
                 self.buffers.release_output();
             }
@@ -323,49 +323,10 @@ fn shutdown_descriptor(fd: RawFd) {
     }
 }
 
-/// A read that never waits: `None` when nothing is ready (the socket would block), else what
-/// the read returned (bytes, 0 at EOF, or an error).
-fn receive_without_waiting(fd: RawFd, buffer: &mut [u8]) -> Option<io::Result<usize>> {
-    loop {
-        // SAFETY: `fd` is the transport's open socket and `buffer` is valid for its length.
-        let received = unsafe {
-            libc::recv(
-                fd,
-                buffer.as_mut_ptr().cast::<libc::c_void>(),
-                buffer.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if received >= 0 {
-            return Some(Ok(received as usize));
-        }
-        let error = io::Error::last_os_error();
-        match error.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return None,
-            _ => return Some(Err(error)),
-        }
-    }
-}
-
 /// A non-blocking one-byte peek: an idle, healthy keep-alive connection has nothing to read.
 /// EOF, an error or unexpected bytes all mean the connection must not be reused.
 fn peek_says_open(fd: RawFd) -> bool {
-    let mut byte = [0u8; 1];
-    // SAFETY: `fd` is the transport's open socket and `byte` is a valid one-byte buffer.
-    let received = unsafe {
-        libc::recv(
-            fd,
-            byte.as_mut_ptr().cast::<libc::c_void>(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if received >= 0 {
-        return false;
-    }
-    let error = io::Error::last_os_error();
-    error.kind() == io::ErrorKind::WouldBlock
+    receive_without_waiting(fd, &mut [0u8; 1], libc::MSG_PEEK).is_none()
 }
 
 fn new_transport(
