@@ -171,6 +171,9 @@ def test_full_admin_flow(browser, gateway, upstream):
 
     # Price gpt-4o-mini ($1000 in, $2000 out per 1M tokens) and see the cost of a new request: 10 and 5 tokens cost $0.02.
     page.get_by_role("link", name="Prices").click()
+    # Decide whether the model needs adding only once the list has loaded: a row typed in while it
+    # loads is replaced by the listed one when the list arrives.
+    expect(page.get_by_test_id("price-table").locator("tbody tr").first).to_be_visible()
     if page.locator("tr[data-model='gpt-4o-mini']").count() == 0:
         page.get_by_label("Price a model not in the list").fill("gpt-4o-mini")
         page.get_by_label("Price a model not in the list").press("Enter")
@@ -181,6 +184,10 @@ def test_full_admin_flow(browser, gateway, upstream):
     row.locator("input[name=cache_write]").fill("0")
     row.get_by_role("button", name="Save").click()
     saved_row = page.locator("tr[data-model='gpt-4o-mini']").first
+    # Save is also disabled while the request is on its way; a Delete button and the "default"
+    # badge only appear once the list is reloaded with the stored row.
+    expect(saved_row.get_by_role("button", name="Delete")).to_be_visible()
+    expect(saved_row).to_contain_text("default")
     expect(saved_row.get_by_role("button", name="Save")).to_be_disabled()
     expect(saved_row.locator("input[name=input]")).to_have_value("1000")
     effective = admin_api(gateway, "GET", f"/prices/effective?channel_id={state['channel_id']}&model=gpt-4o-mini")
