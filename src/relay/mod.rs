@@ -38,12 +38,13 @@ use crate::relay::health::HealthCell;
 use crate::relay::inbound::RelayRoute;
 use crate::relay::rate_limit::RateLimits;
 use crate::relay::record::RecentRecords;
-use crate::relay::snapshot::{Snapshot, SnapshotCell};
+use crate::relay::snapshot::Snapshot;
 use crate::relay::error::RelayError;
 use crate::store::entities::{ApiKey, Channel, ChannelKey, ChannelType};
 use crate::stats::StatsService;
 use crate::stats::batches::CountedBatches;
 use crate::store::pool::StorePool;
+use crate::store::rebuilt_view::RebuiltView;
 use crate::upstream::client::UpstreamClient;
 use crate::upstream::google_oauth::AntigravityAuth;
 
@@ -51,7 +52,7 @@ use crate::upstream::google_oauth::AntigravityAuth;
 pub struct RelayState {
     pub config: Arc<Config>,
     pub store: StorePool,
-    pub snapshot: SnapshotCell,
+    pub snapshot: RebuiltView<Snapshot>,
     pub health: HealthCell,
     pub upstream: UpstreamClient,
     /// Where finished requests are counted for the stats writer.
@@ -86,7 +87,7 @@ impl RelayState {
             response_saver: response_store::ResponseSaver::start(store.clone()),
             config,
             store,
-            snapshot: SnapshotCell::default(),
+            snapshot: RebuiltView::default(),
             health: HealthCell::new(),
             upstream,
             records,
@@ -122,10 +123,13 @@ impl RelayState {
 
     /// Reloads the snapshot from the store. Callable from coroutines and threads.
     pub fn reload_snapshot(&self) -> Result<(), crate::store::StoreError> {
+        let ticket = self.snapshot.begin();
         let snapshot = self.store.call(|store| Snapshot::load(store))?;
         let live_key_ids = snapshot.api_keys_by_hash.values().map(|api_key| api_key.id).collect();
-        self.snapshot.replace(snapshot);
-        self.rate_limits.forget_keys_except(&live_key_ids);
+        // A reload that read the rows before a newer one did is dropped, its key list with it.
+        if self.snapshot.install(ticket, snapshot) {
+            self.rate_limits.forget_keys_except(&live_key_ids);
+        }
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! from the store after every admin write (and periodically, for several nodes on one database)
 //! and swapped in whole. The hot path reads it and never queries SQL.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use foldhash::HashMap;
 
@@ -35,26 +35,5 @@ impl Snapshot {
         let mut names: Vec<&str> = self.groups_by_name.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
-    }
-}
-
-/// Holds the current snapshot; readers clone the `Arc` and never wait on a rebuild.
-#[derive(Default)]
-pub struct SnapshotCell {
-    current: RwLock<Arc<Snapshot>>,
-}
-
-impl SnapshotCell {
-    pub fn new(snapshot: Snapshot) -> SnapshotCell {
-        SnapshotCell { current: RwLock::new(Arc::new(snapshot)) }
-    }
-
-    pub fn current(&self) -> Arc<Snapshot> {
-        // The lock is only held to clone or swap an Arc, so poisoning cannot leave it half-written.
-        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
-    }
-
-    pub fn replace(&self, snapshot: Snapshot) {
-        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot);
     }
 }

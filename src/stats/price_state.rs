@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::stats::catalog::Catalog;
 use crate::stats::pricing::PriceBook;
+use crate::store::rebuilt_view::RebuiltView;
 use crate::store::{Store, StoreResult};
 
 /// How the last price sync went (`GET /api/v1/prices/sync`).
@@ -25,7 +26,7 @@ pub struct PriceState {
     /// (`Catalog::builtin`), parsed at its first use rather than on the way to answering the
     /// first request (it takes a few milliseconds).
     catalog: RwLock<Option<Arc<Catalog>>>,
-    book: RwLock<Arc<PriceBook>>,
+    book: RebuiltView<PriceBook>,
     status: Mutex<PriceSyncStatus>,
     /// The ticket the next sync attempt gets (`begin_sync`).
     next_sync_ticket: AtomicU64,
@@ -43,7 +44,7 @@ impl PriceState {
     /// `rebuild`.
     pub fn new(catalog: Option<Arc<Catalog>>) -> PriceState {
         PriceState {
-            book: RwLock::new(Arc::new(PriceBook::new(&[], HashMap::new(), catalog.clone()))),
+            book: RebuiltView::new(PriceBook::new(&[], HashMap::new(), catalog.clone())),
             catalog: RwLock::new(catalog),
             status: Mutex::new(PriceSyncStatus::default()),
             next_sync_ticket: AtomicU64::new(1),
@@ -52,7 +53,7 @@ impl PriceState {
     }
 
     pub fn book(&self) -> Arc<PriceBook> {
-        self.book.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.book.current()
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -65,12 +66,14 @@ impl PriceState {
     }
 
     /// Rebuilds the price book from the stored prices and channels. Call on a store thread after
-    /// prices or channels change, and after a new catalogue.
+    /// prices or channels change, and after a new catalogue. When rebuilds overlap, the one that
+    /// began last stays in force (`RebuiltView`).
     pub fn rebuild(&self, store: &mut dyn Store) -> StoreResult<()> {
+        let ticket = self.book.begin();
         let rows = store.list_prices()?;
         let channel_types = store.list_channels()?.into_iter().map(|channel| (channel.id, channel.channel_type)).collect();
         let book = PriceBook::new(&rows, channel_types, self.catalog_in_force());
-        *self.book.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(book);
+        self.book.install(ticket, book);
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub mod migrate;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 pub mod pool;
+pub mod rebuilt_view;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
