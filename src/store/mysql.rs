@@ -42,8 +42,12 @@ const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Connects to `url` (`mysql://user[:password]@host[:port]/database`), then applies pending
 /// migrations. Errors name the host, port and database, never the password.
 pub fn open(url: &str) -> StoreResult<MysqlStore> {
-    let opts = Opts::from_url(url)
-        .map_err(|error| StoreError::Backend(format!("invalid MySQL URL: {error}")))?;
+    let opts = Opts::from_url(url).map_err(|error| {
+        // The URL parser is built without Unicode tables (idna_adapter 1.0, see Cargo.toml), so
+        // an international host name must be written in its ASCII (xn--) form.
+        let hint = if url.is_ascii() { "" } else { " (write an international host name in its ASCII xn-- form)" };
+        StoreError::Backend(format!("invalid MySQL URL: {error}{hint}"))
+    })?;
     let database = opts.get_db_name().unwrap_or_default().to_owned();
     let target = format!(
         "{}:{}/{database}",
@@ -1109,5 +1113,20 @@ impl ColumnReader for MysqlColumns<'_> {
     }
     fn boolean(&self, index: usize) -> StoreResult<bool> {
         self.get(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_international_host_name_is_refused_with_a_hint_and_without_the_password() {
+        let Err(StoreError::Backend(message)) = open("mysql://octopus:hunter2@bücher.example/octopus") else {
+            panic!("a non-ASCII host name must be refused before connecting");
+        };
+        assert!(message.starts_with("invalid MySQL URL: "), "{message}");
+        assert!(message.contains("xn--"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
     }
 }
