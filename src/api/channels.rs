@@ -293,10 +293,7 @@ pub fn validate(channel: &Channel) -> Result<(), ApiError> {
             )));
         }
     }
-    if !channel.match_regex.is_empty() {
-        regex_lite::Regex::new(&channel.match_regex)
-            .map_err(|error| ApiError::Invalid(format!("match_regex is not a valid regular expression: {error}")))?;
-    }
+    crate::api::groups::valid_match_regex(&channel.match_regex)?;
     for name in channel.headers.keys() {
         if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_".contains(&byte)) {
             return Err(ApiError::Invalid(format!("header name {name:?} is not valid")));
