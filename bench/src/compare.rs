@@ -94,7 +94,7 @@ pub fn run(gateway_binary: &Path, baseline: &Baseline, plan: &ComparePlan, pin_t
     let groups = [crate::GROUPS[0]];
     let mut targets = Vec::new();
     for gateway in [&baseline, &under_test] {
-        let key = configure(gateway.address(), mock.address(), &groups).map_err(|error| format!("configuring {} failed: {error}", gateway.address()))?;
+        let key = configure(gateway.address(), mock.address(), None, &groups).map_err(|error| format!("configuring {} failed: {error}", gateway.address()))?;
         let models = TargetModels { whole: groups[0].group_name, paced_stream: groups[0].group_name, first_event_stream: groups[0].group_name, long_stream: groups[0].group_name };
         targets.push(Target::new(gateway.address(), &key, &models));
     }

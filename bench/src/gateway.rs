@@ -141,6 +141,8 @@ impl Gateway {
             "server": {"host": "127.0.0.1", "port": port},
             "database": {"type": "sqlite", "path": temp_dir.path().join("data.db")},
             "log": {"level": "warn"},
+            // Trusts the TLS mock's test certificate; one more root beside the compiled-in ones.
+            "relay": {"extra_ca_file": crate::mock_upstream::TEST_CA_FILE},
         });
         std::fs::write(&config_path, config.to_string())
             .map_err(|error| format!("cannot write {}: {error}", config_path.display()))?;
@@ -288,14 +290,18 @@ pub struct GroupSpec {
     pub group_name: &'static str,
     pub channel: Dialect,
     pub upstream_model: &'static str,
+    /// Served by the TLS mock through an https channel instead of the plain one.
+    pub over_tls: bool,
 }
 
 /// Logs in as the seeded admin, creates one channel to the mock per channel type the groups
-/// use (`openai_chat`, `anthropic`, `gemini`), one round-robin group per entry of `groups`,
-/// and a client API key; returns that key.
+/// use (`openai_chat`, `anthropic`, `gemini`; and per type again, over https to `tls_mock`, for
+/// groups `over_tls`), one round-robin group per entry of `groups`, and a client API key;
+/// returns that key.
 pub fn configure(
     gateway: SocketAddr,
     mock_upstream: SocketAddr,
+    tls_mock: Option<SocketAddr>,
     groups: &[GroupSpec],
 ) -> Result<String, String> {
     let login = admin_call(
@@ -310,17 +316,20 @@ pub fn configure(
     // tried once, before any setting could be changed.)
     admin_request(gateway, "PUT", "/api/v1/settings", Some(&token), &json!({"models_dev_url": "http://127.0.0.1:9"}))?;
 
-    let mut channel_ids: Vec<(Dialect, Value)> = Vec::new();
+    let mut channel_ids: Vec<((Dialect, bool), Value)> = Vec::new();
     for group in groups {
-        if channel_ids
-            .iter()
-            .any(|(dialect, _)| *dialect == group.channel)
-        {
+        let channel_key = (group.channel, group.over_tls);
+        if channel_ids.iter().any(|(key, _)| *key == channel_key) {
             continue;
         }
         let (channel_type, base_path) = channel_type_and_base_path(group.channel);
+        let (name_prefix, base_url) = match (group.over_tls, tls_mock) {
+            (false, _) => ("mock", format!("http://{mock_upstream}{base_path}")),
+            (true, Some(tls_mock)) => ("mock-tls", format!("https://{tls_mock}{base_path}")),
+            (true, None) => return Err(format!("group {} is served over TLS, but no TLS mock was started", group.group_name)),
+        };
         let mut upstream_models: Vec<&str> = Vec::new();
-        for other in groups.iter().filter(|other| other.channel == group.channel) {
+        for other in groups.iter().filter(|other| (other.channel, other.over_tls) == channel_key) {
             if !upstream_models.contains(&other.upstream_model) {
                 upstream_models.push(other.upstream_model);
             }
@@ -330,9 +339,9 @@ pub fn configure(
             "/api/v1/channels",
             Some(&token),
             &json!({
-                "name": format!("mock-{channel_type}"),
+                "name": format!("{name_prefix}-{channel_type}"),
                 "type": channel_type,
-                "base_urls": [format!("http://{mock_upstream}{base_path}")],
+                "base_urls": [base_url],
                 "keys": ["sk-mock-1", "sk-mock-2"],
                 "models": upstream_models,
             }),
@@ -341,13 +350,13 @@ pub fn configure(
             .get("id")
             .cloned()
             .ok_or_else(|| format!("channel creation answered without an id: {channel}"))?;
-        channel_ids.push((group.channel, channel_id));
+        channel_ids.push((channel_key, channel_id));
     }
 
     for group in groups {
         let channel_id = channel_ids
             .iter()
-            .find(|(dialect, _)| *dialect == group.channel)
+            .find(|(key, _)| *key == (group.channel, group.over_tls))
             .map(|(_, id)| id.clone())
             .expect("a channel was created for every dialect the groups use");
         admin_call(

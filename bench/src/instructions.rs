@@ -119,7 +119,7 @@ impl CallgrindGateway {
         ];
         let gateway = Gateway::start_under(&prefix, binary, environment, VALGRIND_STARTUP_TIMEOUT)?;
         let groups: Vec<GroupSpec> = lane_groups().collect();
-        let client_key = configure(gateway.address(), mock, &groups)
+        let client_key = configure(gateway.address(), mock, None, &groups)
             .map_err(|error| format!("configuring the gateway under callgrind failed: {error}\ngateway log:\n{}", gateway.log_tail()))?;
         Ok(CallgrindGateway { gateway, client_key, dump_dir })
     }

@@ -49,6 +49,7 @@ pub const WHOLE_LANES: [Lane; 4] = [
             group_name: "lane-openai-to-openai",
             channel: Dialect::OpenAiChat,
             upstream_model: LANE_MODEL,
+            over_tls: false,
         },
     },
     Lane {
@@ -58,6 +59,7 @@ pub const WHOLE_LANES: [Lane; 4] = [
             group_name: "lane-openai-to-anthropic",
             channel: Dialect::Anthropic,
             upstream_model: LANE_MODEL,
+            over_tls: false,
         },
     },
     Lane {
@@ -67,6 +69,7 @@ pub const WHOLE_LANES: [Lane; 4] = [
             group_name: "lane-anthropic-to-openai",
             channel: Dialect::OpenAiChat,
             upstream_model: LANE_MODEL,
+            over_tls: false,
         },
     },
     Lane {
@@ -76,6 +79,7 @@ pub const WHOLE_LANES: [Lane; 4] = [
             group_name: "lane-openai-to-gemini",
             channel: Dialect::Gemini,
             upstream_model: LANE_MODEL,
+            over_tls: false,
         },
     },
 ];
@@ -89,6 +93,7 @@ pub const STREAM_LANES: [Lane; 2] = [
             group_name: "lane-stream-openai-to-openai",
             channel: Dialect::OpenAiChat,
             upstream_model: LANE_STREAM_MODEL,
+            over_tls: false,
         },
     },
     Lane {
@@ -98,6 +103,7 @@ pub const STREAM_LANES: [Lane; 2] = [
             group_name: "lane-stream-openai-to-anthropic",
             channel: Dialect::Anthropic,
             upstream_model: LANE_STREAM_MODEL,
+            over_tls: false,
         },
     },
 ];

@@ -35,7 +35,7 @@ use crate::measure::{
 };
 use crate::mock_upstream::{Dialect, MockUpstream};
 use crate::proc_stats::{cpu_micros, peak_resident_kib, raise_fd_limit, reset_peak_resident, resident, Resident};
-use crate::report::{ArmResults, MemoryResults, RunInfo, RunResults};
+use crate::report::{ArmResults, HeldStreams, MemoryResults, RunInfo, RunResults};
 
 const USAGE: &str = "usage: octopus-bench [--quick] [--held-streams N] (--gateway PATH [--compare BASELINE | --stats-off | --instructions | --record | --check] | --direct-only)
 
@@ -87,26 +87,48 @@ const GROUPS: [GroupSpec; 5] = [
         group_name: "bench",
         channel: Dialect::OpenAiChat,
         upstream_model: WHOLE_MODEL,
+        over_tls: false,
     },
     GroupSpec {
         group_name: "bench-stream-64x20",
         channel: Dialect::OpenAiChat,
         upstream_model: PACED_STREAM_MODEL,
+        over_tls: false,
     },
     GroupSpec {
         group_name: "bench-stream-600x100",
         channel: Dialect::OpenAiChat,
         upstream_model: LONG_STREAM_MODEL,
+        over_tls: false,
     },
     GroupSpec {
         group_name: "bench-stream-300x1000",
         channel: Dialect::OpenAiChat,
         upstream_model: SLOW_LONG_STREAM_MODEL,
+        over_tls: false,
     },
     GroupSpec {
         group_name: "bench-stream-4x20",
         channel: Dialect::OpenAiChat,
         upstream_model: FIRST_EVENT_STREAM_MODEL,
+        over_tls: false,
+    },
+];
+
+/// The held-stream groups again, served through an https channel by the TLS mock: the same
+/// streams, so the difference per stream is what the TLS session costs.
+const TLS_GROUPS: [GroupSpec; 2] = [
+    GroupSpec {
+        group_name: "bench-tls-stream-600x100",
+        channel: Dialect::OpenAiChat,
+        upstream_model: LONG_STREAM_MODEL,
+        over_tls: true,
+    },
+    GroupSpec {
+        group_name: "bench-tls-stream-300x1000",
+        channel: Dialect::OpenAiChat,
+        upstream_model: SLOW_LONG_STREAM_MODEL,
+        over_tls: true,
     },
 ];
 
@@ -419,6 +441,11 @@ fn run(options: &Options) -> Result<RunResults, String> {
     }
 
     let mock = MockUpstream::start().map_err(|error| format!("cannot start the mock: {error}"))?;
+    // Only streams through the gateway are held over TLS: the bench's client speaks plain HTTP.
+    let tls_mock = match &options.gateway_binary {
+        Some(_) => Some(MockUpstream::start_tls().map_err(|error| format!("cannot start the TLS mock: {error}"))?),
+        None => None,
+    };
     progress(run_started, &format!("mock upstream on {}", mock.address()));
 
     let (pin_to_cpu, pinning) = gateway_pinning();
@@ -459,8 +486,8 @@ fn run(options: &Options) -> Result<RunResults, String> {
                 run_started,
                 &format!("gateway pid {} on {}", gateway.pid(), gateway.address()),
             );
-            let groups: Vec<GroupSpec> = GROUPS.into_iter().chain(lane_groups()).collect();
-            let key = configure(gateway.address(), mock.address(), &groups).map_err(|error| {
+            let groups: Vec<GroupSpec> = GROUPS.into_iter().chain(TLS_GROUPS).chain(lane_groups()).collect();
+            let key = configure(gateway.address(), mock.address(), tls_mock.as_ref().map(MockUpstream::address), &groups).map_err(|error| {
                 format!(
                     "configuring the gateway failed: {error}\ngateway log:\n{}",
                     gateway.log_tail()
@@ -619,8 +646,23 @@ fn run(options: &Options) -> Result<RunResults, String> {
             held_stream_model(plan.held_streams)
         ),
     );
-    hold_streams(&mock, held_target, &plan, gateway_pid, &mut memory);
+    memory.held = hold_streams(&mock, held_target, &plan, gateway_pid);
     ensure_gateway_running(&mut gateway, "held streams")?;
+    if let (Some(tls_mock), Some(gateway), Some(client_key)) = (&tls_mock, &gateway, &client_key) {
+        progress(run_started, &format!("holding {} streams over TLS", plan.held_streams));
+        let over_tls = Target::new(
+            gateway.address(),
+            client_key,
+            &TargetModels {
+                whole: GROUPS[0].group_name,
+                paced_stream: GROUPS[1].group_name,
+                first_event_stream: GROUPS[4].group_name,
+                long_stream: held_stream_pace(plan.held_streams).tls_group.group_name,
+            },
+        );
+        memory.held_over_tls = Some(hold_streams(tls_mock, &over_tls, &plan, gateway_pid));
+    }
+    ensure_gateway_running(&mut gateway, "held streams over TLS")?;
 
     let conversion = match (gateway.as_mut(), client_key) {
         (Some(gateway), Some(client_key)) => {
@@ -653,8 +695,8 @@ fn run(options: &Options) -> Result<RunResults, String> {
         progress(run_started, &format!("idle memory of {}", binary.display()));
         let static_gateway = Gateway::start(binary, pin_to_cpu, &[])?;
         memory.static_at_start = idle_resident(static_gateway.pid());
-        let groups: Vec<GroupSpec> = GROUPS.into_iter().chain(lane_groups()).collect();
-        configure(static_gateway.address(), mock.address(), &groups)
+        let groups: Vec<GroupSpec> = GROUPS.into_iter().chain(TLS_GROUPS).chain(lane_groups()).collect();
+        configure(static_gateway.address(), mock.address(), tls_mock.as_ref().map(MockUpstream::address), &groups)
             .map_err(|error| format!("configuring {} failed: {error}", binary.display()))?;
         memory.static_idle_configured = idle_resident(static_gateway.pid());
     }
@@ -818,13 +860,10 @@ fn timed_streams(
 
 /// Opens the held streams, samples the gateway's RSS while they are open, closes them and
 /// checks that the upstream streams behind them end too.
-fn hold_streams(
-    mock: &MockUpstream,
-    target: &Target,
-    plan: &Plan,
-    gateway_pid: Option<u32>,
-    memory: &mut MemoryResults,
-) {
+/// Opens `plan.held_streams` of `target`'s long streams, samples the gateway's memory while they are held, closes them and waits for the
+/// mock's side to end.
+fn hold_streams(mock: &MockUpstream, target: &Target, plan: &Plan, gateway_pid: Option<u32>) -> HeldStreams {
+    let mut memory = HeldStreams::default();
     let gateway_rss = || gateway_pid.and_then(resident);
     memory.before_holding = gateway_rss();
     // The peak while the streams open: each request in flight holds its deep stack and buffers,
@@ -864,6 +903,7 @@ fn hold_streams(
     memory.upstream_close_wait = closed_at.elapsed();
     memory.upstream_open_after_close = mock.open_streams().saturating_sub(upstream_before);
     memory.after_close = gateway_rss();
+    memory
 }
 
 /// The gateway's resident memory after `IDLE_QUIET` without a request from this bench.
@@ -966,13 +1006,15 @@ fn held_stream_group(held_streams: usize) -> &'static str {
 /// settle before the RSS sample.
 struct HeldStreamPace {
     group: &'static GroupSpec,
+    /// The same streams from the TLS mock.
+    tls_group: &'static GroupSpec,
     settle: Duration,
 }
 
 fn held_stream_pace(held_streams: usize) -> HeldStreamPace {
     if held_streams > HELD_STREAMS_AT_FULL_PACE {
-        HeldStreamPace { group: &GROUPS[3], settle: SLOW_HELD_STREAMS_SETTLE }
+        HeldStreamPace { group: &GROUPS[3], tls_group: &TLS_GROUPS[1], settle: SLOW_HELD_STREAMS_SETTLE }
     } else {
-        HeldStreamPace { group: &GROUPS[2], settle: HELD_STREAMS_SETTLE }
+        HeldStreamPace { group: &GROUPS[2], tls_group: &TLS_GROUPS[0], settle: HELD_STREAMS_SETTLE }
     }
 }

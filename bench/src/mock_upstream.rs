@@ -6,11 +6,14 @@
 //! with one `write` per frame over a TCP_NODELAY socket, so any coalescing or stall seen through
 //! the gateway is the gateway's.
 //!
+//! `MockUpstream::start_tls` serves the same answers over TLS (rustls, the repository's test
+//! certificate for 127.0.0.1), for what a TLS session costs the gateway per held stream.
+//!
 //! Stream shape comes from the model name: `stream-64x20` means 64 content deltas 20 ms apart.
 //! Deltas are paced against deadlines measured from the stream's start, not by sleeping a fixed
 //! gap after each write, so scheduling jitter never accumulates into a slower stream.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -18,6 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use serde_json::Value;
 
 use crate::wire::{BufferedSocket, LAST_CHUNK, chunk_frame};
@@ -60,8 +66,18 @@ struct SharedState {
 }
 
 impl MockUpstream {
-    /// Binds 127.0.0.1 on a free port and starts accepting.
+    /// Binds 127.0.0.1 on a free port and starts accepting plain HTTP.
     pub fn start() -> io::Result<MockUpstream> {
+        MockUpstream::start_serving(None)
+    }
+
+    /// Like `start`, over TLS with the test certificate (`tests/fixtures/tls`, SAN 127.0.0.1),
+    /// which a gateway trusts through `relay.extra_ca_file` = `TEST_CA_FILE`.
+    pub fn start_tls() -> io::Result<MockUpstream> {
+        MockUpstream::start_serving(Some(test_certificate_config()?))
+    }
+
+    fn start_serving(tls: Option<Arc<ServerConfig>>) -> io::Result<MockUpstream> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         // SAFETY: the descriptor belongs to `listener`, which is bound and listening; calling
         // listen() again on Linux only raises the backlog.
@@ -78,7 +94,7 @@ impl MockUpstream {
         let accept_shared = Arc::clone(&shared);
         let accept_thread = std::thread::Builder::new()
             .name("mock-accept".to_string())
-            .spawn(move || accept_connections(listener, accept_shared))?;
+            .spawn(move || accept_connections(listener, accept_shared, tls))?;
         Ok(MockUpstream {
             address,
             shared,
@@ -120,7 +136,7 @@ impl Drop for MockUpstream {
     }
 }
 
-fn accept_connections(listener: TcpListener, shared: Arc<SharedState>) {
+fn accept_connections(listener: TcpListener, shared: Arc<SharedState>, tls: Option<Arc<ServerConfig>>) {
     for incoming in listener.incoming() {
         if shared.stopping.load(Ordering::Relaxed) {
             return;
@@ -138,17 +154,18 @@ fn accept_connections(listener: TcpListener, shared: Arc<SharedState>) {
             }
         };
         let connection_shared = Arc::clone(&shared);
+        let connection_tls = tls.clone();
         let spawned = std::thread::Builder::new()
             .name("mock-conn".to_string())
             .stack_size(CONNECTION_THREAD_STACK_BYTES)
-            .spawn(move || serve_connection(stream, &connection_shared));
+            .spawn(move || serve_connection(stream, connection_tls, &connection_shared));
         if let Err(error) = spawned {
             eprintln!("mock upstream: cannot start a connection thread: {error}");
         }
     }
 }
 
-fn serve_connection(stream: TcpStream, shared: &SharedState) {
+fn serve_connection(stream: TcpStream, tls: Option<Arc<ServerConfig>>, shared: &SharedState) {
     let configured = stream
         .set_nodelay(true)
         .and_then(|()| stream.set_read_timeout(Some(IDLE_TIMEOUT)))
@@ -156,7 +173,36 @@ fn serve_connection(stream: TcpStream, shared: &SharedState) {
     if configured.is_err() {
         return;
     }
-    let mut socket = BufferedSocket::new(stream);
+    match tls {
+        // The handshake runs inside the first read of the request head.
+        Some(config) => match ServerConnection::new(config) {
+            Ok(session) => serve_messages(BufferedSocket::new(StreamOwned::new(session, stream)), shared),
+            Err(error) => eprintln!("mock upstream: cannot start a TLS session: {error}"),
+        },
+        None => serve_messages(BufferedSocket::new(stream), shared),
+    }
+}
+
+/// The test server certificate and key, read from the repository's TLS fixtures.
+fn test_certificate_config() -> io::Result<Arc<ServerConfig>> {
+    let invalid = |error: String| io::Error::new(io::ErrorKind::InvalidData, error);
+    let certificate = CertificateDer::from_pem_file(format!("{TLS_FIXTURES}/server.pem"))
+        .map_err(|error| invalid(format!("{TLS_FIXTURES}/server.pem: {error}")))?;
+    let key = PrivateKeyDer::from_pem_file(format!("{TLS_FIXTURES}/server.key"))
+        .map_err(|error| invalid(format!("{TLS_FIXTURES}/server.key: {error}")))?;
+    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(vec![certificate], key))
+        .map_err(|error| invalid(format!("TLS server setup failed: {error}")))?;
+    Ok(Arc::new(config))
+}
+
+/// The repository's test certificates, for a bench built in this checkout.
+const TLS_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls");
+/// The CA that signed the TLS mock's certificate, for the gateway's `relay.extra_ca_file`.
+pub const TEST_CA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls/ca.pem");
+
+fn serve_messages<S: Read + Write>(mut socket: BufferedSocket<S>, shared: &SharedState) {
     loop {
         let Ok(Some(head)) = socket.read_head() else {
             return;
@@ -335,8 +381,8 @@ fn whole_answer(dialect: Dialect, model: &str) -> String {
     }
 }
 
-fn write_whole(
-    socket: &mut BufferedSocket,
+fn write_whole<S: Read + Write>(
+    socket: &mut BufferedSocket<S>,
     status: u16,
     body: &str,
     close: bool,
@@ -375,8 +421,8 @@ impl Drop for OpenStreamGuard<'_> {
 /// Writes the stream: opening events at once, then the deltas on their deadlines, then the
 /// closing events back to back, each event as its own chunk and its own write. Back-to-back
 /// small writes are exactly what makes a proxy without TCP_NODELAY stall on a delayed ACK.
-fn write_stream(
-    socket: &mut BufferedSocket,
+fn write_stream<S: Read + Write>(
+    socket: &mut BufferedSocket<S>,
     plan: &StreamPlan,
     shared: &SharedState,
 ) -> io::Result<()> {
@@ -545,6 +591,34 @@ mod tests {
                 serde_json::from_str(data).unwrap_or_else(|error| panic!("{error}: {data}"))
             })
             .collect()
+    }
+
+    #[test]
+    fn the_tls_mock_answers_a_client_that_trusts_the_test_ca() {
+        let mock = MockUpstream::start_tls().expect("TLS mock starts");
+        let address = mock.address();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(TEST_CA_FILE).expect("test CA")).expect("CA is usable");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+        let session = rustls::ClientConnection::new(Arc::new(config), server_name).expect("client session");
+        let tcp = TcpStream::connect(address).expect("connect");
+        tcp.set_read_timeout(Some(TEST_TIMEOUT)).expect("timeout");
+        let mut socket = BufferedSocket::new(StreamOwned::new(session, tcp));
+        let request = build_request("POST", address, "/v1/chat/completions", Some("sk-test"), Some(br#"{"model":"stream-3x5","stream":true}"#));
+        socket.write_all(&request).expect("request sent");
+        let head = socket.read_head().expect("head").expect("a response");
+        assert_eq!(head.status(), 200);
+        let body = socket.read_body_to_vec(head.response_framing(), 1 << 20).expect("body");
+        let body = std::str::from_utf8(&body).expect("UTF-8 body");
+        // Every event but the final `[DONE]` carries JSON.
+        assert_eq!(data_payloads(body).len() + 1, openai_stream_event_count(3), "{body}");
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        assert_eq!(mock.answered_requests(Dialect::OpenAiChat), 1);
     }
 
     #[test]

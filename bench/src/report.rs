@@ -73,15 +73,24 @@ pub struct MemoryResults {
     pub static_idle_configured: Option<Resident>,
     pub after_warmup: Option<Resident>,
     pub after_load: Option<Resident>,
-    /// After the stream phase, just before the held streams are opened.
+    /// Restarts on the run's database, each from spawn to the first `GET /healthz` 200.
+    pub cold_starts: Vec<Duration>,
+    /// Streams held through the gateway to the plain-HTTP mock (or to the mock directly).
+    pub held: HeldStreams,
+    /// The same number held through the gateway to the TLS mock: what a TLS session adds.
+    pub held_over_tls: Option<HeldStreams>,
+}
+
+/// One held-streams phase: the gateway's memory around it and how the streams fared.
+#[derive(Default)]
+pub struct HeldStreams {
+    /// Just before the streams are opened.
     pub before_holding: Option<Resident>,
     pub holding_streams: Option<Resident>,
     /// The highest VmRSS (KiB) from just before the held streams opened until they settled.
     pub peak_while_opening_kib: Option<u64>,
     pub after_close: Option<Resident>,
     pub held_open: usize,
-    /// Restarts on the run's database, each from spawn to the first `GET /healthz` 200.
-    pub cold_starts: Vec<Duration>,
     pub held_errors: ErrorTally,
     pub held_open_time: Duration,
     /// Streams the mock was writing while they were held, and a few seconds after the clients
@@ -359,69 +368,32 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
             ),
             ("After warm-up", memory.after_warmup),
             ("After the c=64 load", memory.after_load),
-            (
-                "After the streams, before holding streams",
-                memory.before_holding,
-            ),
-            (
-                &*format!(
-                    "Holding {} streams (`{}`)",
-                    group_thousands(memory.held_open as u64),
-                    info.held_stream_model
-                ),
-                memory.holding_streams,
-            ),
         ];
         // The static build's rows appear only when the run measured one.
         let static_rows = [
             (&*format!("Static musl build: at start, idle ({quiet} s after the first `/healthz` 200)"), memory.static_at_start),
             (&*format!("Static musl build: idle, configured ({quiet} s after the last admin call)"), memory.static_idle_configured),
         ];
-        let resident_row = |out: &mut String, label: &str, kib: Option<Resident>| {
-            let _ = writeln!(
-                out,
-                "| {label} | {} | {} |",
-                kib.map_or("—".to_string(), |resident| format_kib(resident.total_kib)),
-                kib.map_or("—".to_string(), |resident| format_kib(resident.anonymous_kib))
-            );
-        };
         for (label, kib) in rows {
             resident_row(out, label, kib);
         }
-        if let Some(peak_kib) = memory.peak_while_opening_kib {
-            let _ = writeln!(
+        let held = &memory.held;
+        render_held_rows(out, held, "After the streams, before holding streams", &format!("Holding {} streams (`{}`)", group_thousands(held.held_open as u64), info.held_stream_model));
+        if let Some(over_tls) = &memory.held_over_tls {
+            render_held_rows(
                 out,
-                "| … peak while they opened and settled (VmHWM, reset just before they opened) | {} | — |",
-                format_kib(peak_kib)
+                over_tls,
+                "Before holding streams over TLS",
+                &format!("Holding {} streams over TLS (the same, from an https channel to the TLS mock)", group_thousands(over_tls.held_open as u64)),
             );
         }
-        resident_row(out, "After closing them", memory.after_close);
         for (label, kib) in static_rows.into_iter().filter(|(_, kib)| kib.is_some()) {
             resident_row(out, label, kib);
         }
-        let per_stream_rows = [
-            (
-                "**Per open stream** ((holding − after warm-up)",
-                memory.after_warmup,
-            ),
-            (
-                "Per open stream, marginal ((holding − just before)",
-                memory.before_holding,
-            ),
-        ];
-        for (label, baseline) in per_stream_rows {
-            if let (Some(holding), Some(baseline)) = (memory.holding_streams, baseline)
-                && memory.held_open > 0
-            {
-                let per_stream = |holding: u64, baseline: u64| (holding as f64 - baseline as f64) / memory.held_open as f64;
-                let _ = writeln!(
-                    out,
-                    "| {label} / {}) | {:.1} KiB | {:.1} KiB |",
-                    group_thousands(memory.held_open as u64),
-                    per_stream(holding.total_kib, baseline.total_kib),
-                    per_stream(holding.anonymous_kib, baseline.anonymous_kib)
-                );
-            }
+        per_stream_row(out, "**Per open stream** ((holding − after warm-up)", held, memory.after_warmup);
+        per_stream_row(out, "Per open stream, marginal ((holding − just before)", held, held.before_holding);
+        if let Some(over_tls) = &memory.held_over_tls {
+            per_stream_row(out, "**Per open stream over TLS**, marginal ((holding − just before)", over_tls, over_tls.before_holding);
         }
         let _ = writeln!(out);
         if !memory.cold_starts.is_empty() {
@@ -441,24 +413,77 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
     }
 }
 
+/// A memory row: VmRSS and RssAnon.
+fn resident_row(out: &mut String, label: &str, kib: Option<Resident>) {
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {} |",
+        kib.map_or("—".to_string(), |resident| format_kib(resident.total_kib)),
+        kib.map_or("—".to_string(), |resident| format_kib(resident.anonymous_kib))
+    );
+}
+
+/// The rows of one held-streams phase: before, holding, the peak while opening, after closing.
+fn render_held_rows(out: &mut String, held: &HeldStreams, before_label: &str, holding_label: &str) {
+    resident_row(out, before_label, held.before_holding);
+    resident_row(out, holding_label, held.holding_streams);
+    if let Some(peak_kib) = held.peak_while_opening_kib {
+        let _ = writeln!(
+            out,
+            "| … peak while they opened and settled (VmHWM, reset just before they opened) | {} | — |",
+            format_kib(peak_kib)
+        );
+    }
+    resident_row(out, "After closing them", held.after_close);
+}
+
+/// Memory per held stream against `baseline`, when both samples exist and streams were held.
+fn per_stream_row(out: &mut String, label: &str, held: &HeldStreams, baseline: Option<Resident>) {
+    if let (Some(holding), Some(baseline)) = (held.holding_streams, baseline)
+        && held.held_open > 0
+    {
+        let per_stream = |holding: u64, baseline: u64| (holding as f64 - baseline as f64) / held.held_open as f64;
+        let _ = writeln!(
+            out,
+            "| {label} / {}) | {:.1} KiB | {:.1} KiB |",
+            group_thousands(held.held_open as u64),
+            per_stream(holding.total_kib, baseline.total_kib),
+            per_stream(holding.anonymous_kib, baseline.anonymous_kib)
+        );
+    }
+}
+
+/// How one held-streams phase went: streams opened, upstream streams, closes, first errors.
+fn held_note(out: &mut String, name: &str, held: &HeldStreams, asked: usize) {
+    let _ = writeln!(
+        out,
+        "- {name}: {} of {} open after {:.1} s; the mock was writing {} of them; \
+         {} had been closed by the server before the bench closed them; \
+         {} upstream streams still open {:.1} s after the clients closed.",
+        group_thousands(held.held_open as u64),
+        group_thousands(asked as u64),
+        held.held_open_time.as_secs_f64(),
+        held.upstream_open_while_held,
+        held.held_closed_by_server.count,
+        held.upstream_open_after_close,
+        held.upstream_close_wait.as_secs_f64(),
+    );
+    if let Some(first) = &held.held_errors.first {
+        let _ = writeln!(out, "- {name}: {} errors (first: {})", held.held_errors.count, one_line(first));
+    }
+    if let Some(first) = &held.held_closed_by_server.first {
+        let _ = writeln!(out, "- {name}: first closed by the server: {}", one_line(first));
+    }
+}
+
 fn render_notes(out: &mut String, results: &RunResults) {
     let memory = &results.memory;
     let info = &results.info;
     let _ = writeln!(out, "Notes:");
-    let _ = writeln!(
-        out,
-        "- Held streams ({}): {} of {} open after {:.1} s; the mock was writing {} of them; \
-         {} had been closed by the server before the bench closed them; \
-         {} upstream streams still open {:.1} s after the clients closed.",
-        results.held_target,
-        group_thousands(memory.held_open as u64),
-        group_thousands(info.held_stream_count as u64),
-        memory.held_open_time.as_secs_f64(),
-        memory.upstream_open_while_held,
-        memory.held_closed_by_server.count,
-        memory.upstream_open_after_close,
-        memory.upstream_close_wait.as_secs_f64(),
-    );
+    held_note(out, &format!("Held streams ({})", results.held_target), &memory.held, info.held_stream_count);
+    if let Some(over_tls) = &memory.held_over_tls {
+        held_note(out, "Held streams over TLS (gateway)", over_tls, info.held_stream_count);
+    }
     if let Some(gateway) = &results.gateway {
         let direct_rps = requests_per_second(&results.direct.load);
         let gateway_rps = requests_per_second(&gateway.load);
@@ -491,21 +516,6 @@ fn render_notes(out: &mut String, results: &RunResults) {
                 let _ = writeln!(out, "- First {name} {phase} error: {}", one_line(first));
             }
         }
-    }
-    if let Some(first) = &memory.held_errors.first {
-        let _ = writeln!(
-            out,
-            "- Held-stream errors: {} (first: {})",
-            memory.held_errors.count,
-            one_line(first)
-        );
-    }
-    if let Some(first) = &memory.held_closed_by_server.first {
-        let _ = writeln!(
-            out,
-            "- First held stream closed by the server: {}",
-            one_line(first)
-        );
     }
     let _ = writeln!(
         out,

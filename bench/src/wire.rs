@@ -73,9 +73,9 @@ pub enum BodyEnd {
     StoppedEarly,
 }
 
-/// A TCP stream with a read buffer that survives across messages (keep-alive, pipelining).
-pub struct BufferedSocket {
-    stream: TcpStream,
+/// A TCP stream (or a TLS session over one) with a read buffer that survives across messages (keep-alive, pipelining).
+pub struct BufferedSocket<S = TcpStream> {
+    stream: S,
     buffer: Vec<u8>,
     /// Unconsumed bytes are `buffer[start..end]`.
     start: usize,
@@ -84,8 +84,8 @@ pub struct BufferedSocket {
     last_read_at: Instant,
 }
 
-impl BufferedSocket {
-    pub fn new(stream: TcpStream) -> BufferedSocket {
+impl<S: Read + Write> BufferedSocket<S> {
+    pub fn new(stream: S) -> BufferedSocket<S> {
         BufferedSocket {
             stream,
             buffer: vec![0; INITIAL_BUFFER_BYTES],
@@ -99,43 +99,6 @@ impl BufferedSocket {
     /// each frame leaves as it is written and is never split across an artificial pause.
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)
-    }
-
-    /// Reads and discards whatever has arrived, without waiting, and says whether the peer
-    /// has closed the connection (end of stream or a reset) in the meantime. `tail` receives
-    /// the last bytes seen (including unread buffered ones), to show why a peer closed.
-    pub fn discard_available_and_check_closed(&mut self, tail: &mut Vec<u8>) -> bool {
-        const TAIL_BYTES: usize = 240;
-        let mut keep_tail = |bytes: &[u8]| {
-            tail.extend_from_slice(bytes);
-            let excess = tail.len().saturating_sub(TAIL_BYTES);
-            tail.drain(..excess);
-        };
-        keep_tail(&self.buffer[self.start..self.end]);
-        if self.stream.set_nonblocking(true).is_err() {
-            return true;
-        }
-        let mut closed = false;
-        // Bounded: a held stream delivers a few hundred bytes per 100 ms.
-        for _ in 0..1024 {
-            self.start = 0;
-            self.end = 0;
-            match self.stream.read(&mut self.buffer) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(count) => keep_tail(&self.buffer[..count]),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        let _ = self.stream.set_nonblocking(false);
-        closed
     }
 
     /// Reads the next head. `Ok(None)` means the peer closed cleanly between messages, which
@@ -308,6 +271,45 @@ impl BufferedSocket {
             self.last_read_at = Instant::now();
         }
         Ok(count)
+    }
+}
+
+impl BufferedSocket<TcpStream> {
+    /// Reads and discards whatever has arrived, without waiting, and says whether the peer
+    /// has closed the connection (end of stream or a reset) in the meantime. `tail` receives
+    /// the last bytes seen (including unread buffered ones), to show why a peer closed.
+    pub fn discard_available_and_check_closed(&mut self, tail: &mut Vec<u8>) -> bool {
+        const TAIL_BYTES: usize = 240;
+        let mut keep_tail = |bytes: &[u8]| {
+            tail.extend_from_slice(bytes);
+            let excess = tail.len().saturating_sub(TAIL_BYTES);
+            tail.drain(..excess);
+        };
+        keep_tail(&self.buffer[self.start..self.end]);
+        if self.stream.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut closed = false;
+        // Bounded: a held stream delivers a few hundred bytes per 100 ms.
+        for _ in 0..1024 {
+            self.start = 0;
+            self.end = 0;
+            match self.stream.read(&mut self.buffer) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(count) => keep_tail(&self.buffer[..count]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let _ = self.stream.set_nonblocking(false);
+        closed
     }
 }
 
