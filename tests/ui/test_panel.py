@@ -174,6 +174,11 @@ def test_full_admin_flow(browser, gateway, upstream):
     # Decide whether the model needs adding only once the list has loaded: a row typed in while it
     # loads is replaced by the listed one when the list arrives.
     expect(page.get_by_test_id("price-table").locator("tbody tr").first).to_be_visible()
+    # Until a sync succeeds (none can here, without the internet) the panel says the built-in list
+    # is in use rather than showing an empty "last sync".
+    sync_status = admin_api(gateway, "GET", "/prices/sync")
+    expected_status = "Last sync:" if sync_status["last_sync_at"] else f"built-in price list of {sync_status['models']} models"
+    expect(page.get_by_test_id("price-sync-status")).to_contain_text(expected_status)
     if page.locator("tr[data-model='gpt-4o-mini']").count() == 0:
         page.get_by_label("Price a model not in the list").fill("gpt-4o-mini")
         page.get_by_label("Price a model not in the list").press("Enter")

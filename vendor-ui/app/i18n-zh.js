@@ -22,7 +22,7 @@ export const chineseStrings = {
   "Import {name}? Channels, groups, keys and prices in the backup replace the current ones.": "导入 {name}？备份中的渠道、分组、密钥和价格将替换当前数据。",
   "Include statistics": "包含统计数据", "Input": "输入", "Output": "输出", "It is shown only once; octopus stores only a hash of it.": "它只显示一次；octopus 只保存其哈希。",
   "Items": "条目", "Key": "密钥", "Key {number}": "密钥 {number}", "Key {number} enabled": "密钥 {number} 已启用", "Keys": "密钥",
-  "Last error: {message}": "上次错误：{message}", "Last sync: {time} · {count} models": "上次同步：{time} · {count} 个模型", "Latency": "延迟", "Live tail": "实时跟踪",
+  "Last error: {message}": "上次错误：{message}", "Last sync: {time} · {count} models": "上次同步：{time} · {count} 个模型", "Not synced yet: the built-in price list of {count} models is in use": "尚未同步：正在使用内置价格表（{count} 个模型）", "Latency": "延迟", "Live tail": "实时跟踪",
   "Loading…": "加载中…", "Log out": "退出登录", "Main": "主导航", "Max attempts": "最大尝试次数", "Menu": "菜单", "Mode": "模式", "Model": "模型",
   "Model filter (regex)": "模型过滤（正则）", "Model of item {number}": "条目 {number} 的模型", "Model to test": "要测试的模型", "Models": "模型",
   "Models matching (text or /regex/)": "匹配的模型（文本或 /正则/）", "Model…": "模型…", "Move down": "下移", "Move up": "上移", "Name": "名称",

@@ -51,7 +51,9 @@ function SyncBox() {
   };
   return html`<section class="panel row wrap" data-testid="price-sync">
     <button type="button" onClick=${syncNow} disabled=${action.busy}>${t("Sync from models.dev now")}</button>
-    ${status.data ? html`<span class="muted">${t("Last sync: {time} · {count} models", { time: formatTime(status.data.last_sync_at), count: status.data.models ?? 0 })}</span>
+    ${status.data ? html`<span class="muted" data-testid="price-sync-status">${status.data.last_sync_at
+        ? t("Last sync: {time} · {count} models", { time: formatTime(status.data.last_sync_at), count: status.data.models ?? 0 })
+        : t("Not synced yet: the built-in price list of {count} models is in use", { count: status.data.models ?? 0 })}</span>
       ${status.data.last_error ? html`<span class="error">${t("Last error: {message}", { message: status.data.last_error })}</span>` : null}` : html`<${LoadState} state=${status} />`}
     <${ErrorMessage} error=${action.error} /><${DoneMessage} text=${action.done} />
   </section>`;
