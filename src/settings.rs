@@ -180,14 +180,30 @@ fn text(name: &str, value: &Value) -> Result<String, String> {
 }
 
 /// The current settings, shared by every thread; replaced whole on change.
-#[derive(Default)]
 pub struct SettingsCell {
     current: RwLock<Arc<Settings>>,
+    /// Held from reading the settings a change starts from until the changed ones are set (see
+    /// `begin_change`). A may mutex: the holder parks on the store call in between.
+    change: may::sync::Mutex<()>,
+}
+
+impl Default for SettingsCell {
+    fn default() -> SettingsCell {
+        SettingsCell::new(Settings::default())
+    }
 }
 
 impl SettingsCell {
     pub fn new(settings: Settings) -> SettingsCell {
-        SettingsCell { current: RwLock::new(Arc::new(settings)) }
+        SettingsCell { current: RwLock::new(Arc::new(settings)), change: may::sync::Mutex::new(()) }
+    }
+
+    /// Serialises changes (an admin's save, an import): each reads the current settings, stores
+    /// its change and sets the result. Two at once would otherwise both start from the same
+    /// settings, and the one set last would drop the other's change from memory while the
+    /// database kept it, until the next start.
+    pub fn begin_change(&self) -> may::sync::MutexGuard<'_, ()> {
+        self.change.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn get(&self) -> Arc<Settings> {

@@ -246,3 +246,38 @@ fn channel_types_openapi_health_and_panel_are_served() {
     let etag = page.header("etag").unwrap().to_string();
     assert_eq!(request(address, "GET", "/", &[("if-none-match", &etag)], b"").status, 304);
 }
+
+/// Two admins saving different settings at the same moment: each save reads the settings it
+/// changes, stores its field and sets the result in memory. Without an order between them the
+/// one set last dropped the other's field from memory (the database kept it), so the gateway ran
+/// with a retention the panel no longer showed until its next start.
+#[test]
+fn simultaneous_saves_of_different_settings_both_stay_in_force() {
+    let gateway = TestGateway::start(databases::sqlite());
+    let address = gateway.address;
+    let token = gateway.admin_token();
+    for round in 0..20_u64 {
+        let (days, rows) = (10 + round, 5_000 + round);
+        let start_together = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let saves: Vec<_> = [json!({"log_retention_days": days}), json!({"log_max_rows": rows})]
+            .into_iter()
+            .map(|change| {
+                let (token, start_together) = (token.clone(), start_together.clone());
+                std::thread::spawn(move || {
+                    start_together.wait();
+                    json_request(address, "PUT", "/api/v1/settings", Some(&token), Some(&change))
+                })
+            })
+            .collect();
+        for save in saves {
+            let response = save.join().unwrap();
+            assert_eq!(response.status, 200, "{}", response.text());
+        }
+        let settings = json_request(address, "GET", "/api/v1/settings", Some(&token), None).json();
+        assert_eq!(
+            (settings["log_retention_days"].as_u64(), settings["log_max_rows"].as_u64()),
+            (Some(days), Some(rows)),
+            "round {round}: both saves must be in force"
+        );
+    }
+}

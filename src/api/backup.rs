@@ -80,6 +80,7 @@ pub fn import(context: &AdminContext, request: &Request) -> Result<Response, Api
         // written now, they are replaced with the rest instead of landing on top afterwards.
         context.stats.flush_stats(util::unix_millis()).map_err(ApiError::from)?;
     }
+    let change = context.settings.begin_change();
     store_call(context, move |store| store.replace_configuration(&backup))?;
 
     let previous = context.settings.get();
@@ -87,6 +88,7 @@ pub fn import(context: &AdminContext, request: &Request) -> Result<Response, Api
         settings.log_retention_days != previous.log_retention_days || settings.log_max_rows != previous.log_max_rows;
     let catalogue_moved = settings.models_dev_url != previous.models_dev_url;
     context.settings.set(settings);
+    drop(change);
     context.notify_change();
     if stats_replaced {
         // Client keys' spending caps are checked against totals read from the statistics.

@@ -20,6 +20,7 @@ pub fn update(context: &AdminContext, request: &Request) -> Result<Response, Api
         ApiError::Invalid(message) => ApiError::Malformed(message),
         other => other,
     })?;
+    let _change = context.settings.begin_change();
     let previous = context.settings.get();
     let updated = previous.with_changes(&changes).map_err(ApiError::Malformed)?;
     let to_store = updated.clone();
