@@ -355,22 +355,26 @@ impl StatsService {
 
     /// Reloads every key's total spend from the database and adds what is not written yet, so
     /// spending on other nodes sharing the database counts too.
-    pub fn refresh_spending(&self) {
-        let persisted = self.store.call(|store| store.stats_grouped(i64::MIN, i64::MAX, StatsGrouping::ApiKey));
-        let persisted = match persisted {
-            Ok(rows) => rows,
-            Err(error) => {
-                log::warn!("could not read the client keys' spending: {error}");
-                return;
+    pub fn refresh_spending(self: &Arc<Self>) {
+        // Read like `grouped`: the rows and the deltas not yet written together, under the flush
+        // gate, so a flush landing in between (an import refreshes while the writer may flush)
+        // neither counts its deltas twice nor drops them.
+        let service = self.clone();
+        let spending = self.store.call(move |store| {
+            let _gate = service.flush_gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let persisted = store.stats_grouped(i64::MIN, i64::MAX, StatsGrouping::ApiKey)?;
+            let mut spending: HashMap<i64, i64> =
+                persisted.into_iter().map(|row| (row.key.api_key_id, row.counters.cost_micros)).collect();
+            let books = service.books();
+            for (key, counters) in books.pending.iter().chain(books.flushing.iter()) {
+                *spending.entry(key.api_key_id).or_default() += counters.cost_micros;
             }
-        };
-        let books = self.books();
-        let mut spending: HashMap<i64, i64> =
-            persisted.into_iter().map(|row| (row.key.api_key_id, row.counters.cost_micros)).collect();
-        for (key, counters) in books.pending.iter().chain(books.flushing.iter()) {
-            *spending.entry(key.api_key_id).or_default() += counters.cost_micros;
+            Ok::<_, crate::store::StoreError>(spending)
+        });
+        match spending {
+            Ok(spending) => *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = spending,
+            Err(error) => log::warn!("could not read the client keys' spending: {error}"),
         }
-        *self.spending.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = spending;
     }
 
     /// Deltas and queued logs not yet written (for `/metrics` and tests).
