@@ -493,16 +493,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
                     gateway.log_tail()
                 )
             })?;
-            let target = Target::new(
-                gateway.address(),
-                &key,
-                &TargetModels {
-                    whole: GROUPS[0].group_name,
-                    paced_stream: GROUPS[1].group_name,
-                    first_event_stream: GROUPS[4].group_name,
-                    long_stream: held_stream_group(plan.held_streams),
-                },
-            );
+            let target = Target::new(gateway.address(), &key, &gateway_models(held_stream_group(plan.held_streams)));
             client_key = Some(key);
             Some(target)
         }
@@ -650,16 +641,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
     ensure_gateway_running(&mut gateway, "held streams")?;
     if let (Some(tls_mock), Some(gateway), Some(client_key)) = (&tls_mock, &gateway, &client_key) {
         progress(run_started, &format!("holding {} streams over TLS", plan.held_streams));
-        let over_tls = Target::new(
-            gateway.address(),
-            client_key,
-            &TargetModels {
-                whole: GROUPS[0].group_name,
-                paced_stream: GROUPS[1].group_name,
-                first_event_stream: GROUPS[4].group_name,
-                long_stream: held_stream_pace(plan.held_streams).tls_group.group_name,
-            },
-        );
+        let over_tls = Target::new(gateway.address(), client_key, &gateway_models(held_stream_pace(plan.held_streams).tls_group.group_name));
         memory.held_over_tls = Some(hold_streams(tls_mock, &over_tls, &plan, gateway_pid));
     }
     ensure_gateway_running(&mut gateway, "held streams over TLS")?;
@@ -858,10 +840,8 @@ fn timed_streams(
     samples
 }
 
-/// Opens the held streams, samples the gateway's RSS while they are open, closes them and
-/// checks that the upstream streams behind them end too.
-/// Opens `plan.held_streams` of `target`'s long streams, samples the gateway's memory while they are held, closes them and waits for the
-/// mock's side to end.
+/// Opens `plan.held_streams` of `target`'s long streams, samples the gateway's RSS while they
+/// are open, closes them and checks that the upstream streams behind them end too.
 fn hold_streams(mock: &MockUpstream, target: &Target, plan: &Plan, gateway_pid: Option<u32>) -> HeldStreams {
     let mut memory = HeldStreams::default();
     let gateway_rss = || gateway_pid.and_then(resident);
@@ -993,6 +973,17 @@ fn compare_rounds() -> usize {
 }
 
 /// The upstream model of the held streams: paced at 100 ms up to 1,000 streams, a second above.
+/// The gateway groups a target through the gateway asks for, with `long_stream` as the group of
+/// its held streams (plain or over TLS).
+fn gateway_models(long_stream: &str) -> TargetModels<'_> {
+    TargetModels {
+        whole: GROUPS[0].group_name,
+        paced_stream: GROUPS[1].group_name,
+        first_event_stream: GROUPS[4].group_name,
+        long_stream,
+    }
+}
+
 fn held_stream_model(held_streams: usize) -> &'static str {
     held_stream_pace(held_streams).group.upstream_model
 }

@@ -35,9 +35,10 @@ const FIRST_INPUT_BYTES: usize = 4 * 1024;
 const WAITING_INPUT_BYTES: usize = 1024;
 
 /// Reads that brought bytes, in a row without a write in between, after which the next read
-/// releases the output even when no transport said it would wait (a TLS session's buffers; see
-/// `output_is_idle` for the socket's). A request that is answered at once reads its response in
-/// one or two; a stream reads on for minutes.
+/// releases the output even when its transport did not (the socket releases it when its read
+/// would wait, a TLS session when its read must go to the socket; see `output_is_idle`): the
+/// backstop for reads that never reach either check. A request that is answered at once reads
+/// its response in one or two; a stream reads on for minutes.
 const ANSWERED_READS_BEFORE_RELEASING_OUTPUT: u32 = 3;
 
 /// ureq reads a request body into the free part of the input (its "tmp"), this much at least.
