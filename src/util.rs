@@ -9,6 +9,16 @@ use sha2::{Digest, Sha256};
 
 /// Decodes `%XX` escapes and `+` (as a space, the form encoding rule); invalid escapes stay as written.
 pub fn percent_decode(input: &str) -> String {
+    decode_percent_escapes(input, true)
+}
+
+/// Decodes `%XX` escapes only, the rule for a URL's user, password, host and path, where `+` is
+/// itself; invalid escapes stay as written.
+pub fn percent_decode_url_part(input: &str) -> String {
+    decode_percent_escapes(input, false)
+}
+
+fn decode_percent_escapes(input: &str, plus_as_space: bool) -> String {
     let bytes = input.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;
@@ -26,7 +36,7 @@ pub fn percent_decode(input: &str) -> String {
                     }
                 }
             }
-            b'+' => {
+            b'+' if plus_as_space => {
                 decoded.push(b' ');
                 index += 1;
             }
@@ -123,6 +133,34 @@ pub fn base64_encode(input: &[u8]) -> String {
         out.push(if chunk.len() > 2 { ALPHABET[triple as usize & 63] as char } else { '=' });
     }
     out
+}
+
+/// Decodes standard base64 (padding optional); `None` for any other character or a bad length.
+pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    let digits = input.trim_end_matches('=');
+    if input.len() - digits.len() > 2 || digits.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    let mut accumulator: u32 = 0;
+    let mut bits = 0;
+    for character in digits.bytes() {
+        let value = match character {
+            b'A'..=b'Z' => character - b'A',
+            b'a'..=b'z' => character - b'a' + 26,
+            b'0'..=b'9' => character - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        accumulator = accumulator << 6 | value as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((accumulator >> bits) as u8);
+        }
+    }
+    Some(out)
 }
 
 /// `recv` on `fd` that never waits (`MSG_DONTWAIT`, plus `flags`, e.g. `MSG_PEEK`): `None` when
@@ -293,6 +331,22 @@ mod tests {
         assert_eq!(base64_encode(b"f"), "Zg==");
         assert_eq!(base64_encode(b"fo"), "Zm8=");
         assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn base64_decoding_inverts_encoding_and_refuses_junk() {
+        for input in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar", &[0, 255, 128, 7]] {
+            assert_eq!(base64_decode(&base64_encode(input)).as_deref(), Some(input));
+        }
+        assert_eq!(base64_decode("Zm8").as_deref(), Some(&b"fo"[..]));
+        assert_eq!(base64_decode("Zm9v!"), None);
+        assert_eq!(base64_decode("Z"), None);
+        assert_eq!(base64_decode("Zg==="), None);
+    }
+
+    #[test]
+    fn url_part_decoding_keeps_plus() {
+        assert_eq!(percent_decode_url_part("p%40ss+word"), "p@ss+word");
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Server {
             return false;
         };
         match self {
-            Server::Postgres => ::postgres::Client::connect(&url, ::postgres::NoTls).is_ok(),
+            Server::Postgres => octopus::store::postgres_client::connect(&url).is_ok(),
             Server::Mariadb => ::mysql::Opts::from_url(&url)
                 .ok()
                 .is_some_and(|opts| ::mysql::Conn::new(opts).is_ok()),

@@ -148,7 +148,7 @@ impl TestDatabase {
                 }
             }
             Backend::Postgres => {
-                let mut client = ::postgres::Client::connect(&self.location, ::postgres::NoTls).expect("connect");
+                let mut client = octopus::store::postgres_client::connect(&self.location).expect("connect");
                 for statement in statements {
                     client.batch_execute(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
                 }
@@ -179,13 +179,13 @@ impl TestDatabase {
                     .collect()
             }
             Backend::Postgres => {
-                let mut client = ::postgres::Client::connect(&self.location, ::postgres::NoTls)
+                let mut client = octopus::store::postgres_client::connect(&self.location)
                     .expect("connect");
                 client
                     .query(sql, &[])
                     .expect("query")
                     .iter()
-                    .map(|row| row.get(0))
+                    .map(|row| row.try_get(0).expect("version"))
                     .collect()
             }
             Backend::Mysql => {

@@ -14,6 +14,8 @@ pub mod pool;
 pub mod rebuilt_view;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "postgres")]
+pub mod postgres_client;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

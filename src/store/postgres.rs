@@ -1,16 +1,11 @@
-//! The PostgreSQL backend on the synchronous `postgres` client (one connection per store).
+//! The PostgreSQL backend on our own wire client (`postgres_client`), one connection per store.
 //!
-//! The client runs a small tokio runtime inside; that is why stores live only on the pool's
-//! std threads and never on a coroutine worker.
+//! The client blocks on its socket; that is why stores live only on the pool's std threads and
+//! never on a coroutine worker.
 
 use std::collections::HashSet;
-use std::error::Error as _;
-use std::time::Duration;
 
-use postgres::config::Host;
-use postgres::error::SqlState;
-use postgres::types::ToSql;
-use postgres::{Client, Config, GenericClient, NoTls, Row, Transaction};
+use crate::store::postgres_client::{self, Client, Row, ToSql, Transaction};
 
 use crate::store::codec::{
     ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
@@ -36,59 +31,22 @@ pub struct PostgresStore {
 /// Connects to `url` (`postgres://user[:password]@host[:port]/database`), then applies pending
 /// migrations. Errors name the host, port and database, never the password.
 pub fn open(url: &str) -> StoreResult<PostgresStore> {
-    let mut config: Config = url.parse().map_err(|error| {
-        StoreError::Backend(format!("invalid PostgreSQL URL: {}", describe(&error)))
-    })?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    let target = describe_target(&config);
-    let mut client = config.connect(NoTls).map_err(|error| {
-        StoreError::Backend(format!(
-            "cannot connect to PostgreSQL at {target}: {}",
-            describe(&error)
-        ))
+    let config = postgres_client::parse_config(url)
+        .map_err(|error| StoreError::Backend(format!("invalid PostgreSQL URL: {error}")))?;
+    let target = config.describe_target();
+    let mut client = Client::connect(&config).map_err(|error| {
+        StoreError::Backend(format!("cannot connect to PostgreSQL at {target}: {error}"))
     })?;
     migrate(&mut client).map_err(|error| {
-        StoreError::Backend(format!(
-            "cannot migrate PostgreSQL database at {target}: {}",
-            describe(&error)
-        ))
+        StoreError::Backend(format!("cannot migrate PostgreSQL database at {target}: {error}"))
     })?;
     Ok(PostgresStore { client })
-}
-
-/// `host:port/database` as the client will use them.
-fn describe_target(config: &Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(name)) => name.clone(),
-        Some(Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let database = config
-        .get_dbname()
-        .or(config.get_user())
-        .unwrap_or("postgres");
-    format!("{host}:{port}/{database}")
-}
-
-/// The error with its causes: the driver's own text is only a category ("db error").
-fn describe(error: &postgres::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The advisory lock that serialises migrations (the bytes of "octopus").
 const MIGRATION_LOCK_ID: i64 = 0x006f_6374_6f70_7573;
 
-fn migrate(client: &mut Client) -> Result<(), postgres::Error> {
+fn migrate(client: &mut Client) -> Result<(), postgres_client::Error> {
     // PostgreSQL DDL is transactional. The advisory lock makes a second node starting at the
     // same moment wait here, then find the migrations applied.
     let mut transaction = client.transaction()?;
@@ -96,11 +54,11 @@ fn migrate(client: &mut Client) -> Result<(), postgres::Error> {
     transaction.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
     )?;
-    let applied_versions: Vec<i64> = transaction
+    let applied_versions = transaction
         .query("SELECT version FROM schema_migrations", &[])?
         .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .map(|row| row.try_get(0))
+        .collect::<Result<Vec<i64>, _>>()?;
     warn_about_unknown_versions("postgres", POSTGRES_MIGRATIONS, &applied_versions);
     for migration in pending(POSTGRES_MIGRATIONS, &applied_versions) {
         transaction.batch_execute(migration.sql)?;
@@ -117,33 +75,31 @@ fn migrate(client: &mut Client) -> Result<(), postgres::Error> {
     transaction.commit()
 }
 
-fn query_error(error: postgres::Error) -> StoreError {
-    let message = format!("postgres: {}", describe(&error));
+fn query_error(error: postgres_client::Error) -> StoreError {
+    let message = format!("postgres: {error}");
     if is_unavailable(&error) { StoreError::Unavailable(message) } else { StoreError::Backend(message) }
 }
 
 /// A lost connection, an IO failure, or a server that is shutting down, starting up or out of
 /// disk (SQLSTATE classes 08 and 57P, and 53100) says the server cannot serve now, not that the
 /// statement is wrong.
-fn is_unavailable(error: &postgres::Error) -> bool {
-    if error.is_closed() {
-        return true;
-    }
-    match error.as_db_error() {
-        Some(database_error) => {
-            let code = database_error.code().code();
+fn is_unavailable(error: &postgres_client::Error) -> bool {
+    match error {
+        postgres_client::Error::Io(_) | postgres_client::Error::Protocol(_) => true,
+        postgres_client::Error::Database(database_error) => {
+            let code = database_error.code.as_str();
             code.starts_with("08") || code.starts_with("57P") || code == "53100"
         }
-        None => error.source().is_some_and(|cause| cause.is::<std::io::Error>()),
+        postgres_client::Error::Conversion(_) | postgres_client::Error::Config(_) => false,
     }
 }
 
-fn violation(error: postgres::Error) -> Violation {
-    if let Some(database_error) = error.as_db_error() {
-        if *database_error.code() == SqlState::UNIQUE_VIOLATION {
-            return Violation::Unique(database_error.constraint().unwrap_or_default().to_owned());
+fn violation(error: postgres_client::Error) -> Violation {
+    if let Some(database_error) = error.as_database_error() {
+        if database_error.code == postgres_client::UNIQUE_VIOLATION {
+            return Violation::Unique(database_error.constraint.clone().unwrap_or_default());
         }
-        if *database_error.code() == SqlState::FOREIGN_KEY_VIOLATION {
+        if database_error.code == postgres_client::FOREIGN_KEY_VIOLATION {
             return Violation::ForeignKey;
         }
     }
@@ -156,7 +112,7 @@ const API_KEY_COLUMNS: &str =
     "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
 const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
 
-fn admin_from_row(row: &Row) -> Result<AdminUser, postgres::Error> {
+fn admin_from_row(row: &Row) -> Result<AdminUser, postgres_client::Error> {
     Ok(AdminUser {
         id: row.try_get(0)?,
         username: row.try_get(1)?,
@@ -165,7 +121,7 @@ fn admin_from_row(row: &Row) -> Result<AdminUser, postgres::Error> {
     })
 }
 
-fn session_from_row(row: &Row) -> Result<AdminSession, postgres::Error> {
+fn session_from_row(row: &Row) -> Result<AdminSession, postgres_client::Error> {
     Ok(AdminSession {
         token_hash: row.try_get(0)?,
         user_id: row.try_get(1)?,
@@ -174,7 +130,7 @@ fn session_from_row(row: &Row) -> Result<AdminSession, postgres::Error> {
     })
 }
 
-fn channel_row(row: &Row) -> Result<ChannelRow, postgres::Error> {
+fn channel_row(row: &Row) -> Result<ChannelRow, postgres_client::Error> {
     Ok(ChannelRow {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -192,7 +148,7 @@ fn channel_row(row: &Row) -> Result<ChannelRow, postgres::Error> {
     })
 }
 
-fn channel_key_row(row: &Row) -> Result<(i64, ChannelKey), postgres::Error> {
+fn channel_key_row(row: &Row) -> Result<(i64, ChannelKey), postgres_client::Error> {
     Ok((
         row.try_get(0)?,
         ChannelKey {
@@ -204,7 +160,7 @@ fn channel_key_row(row: &Row) -> Result<(i64, ChannelKey), postgres::Error> {
     ))
 }
 
-fn group_row(row: &Row) -> Result<GroupRow, postgres::Error> {
+fn group_row(row: &Row) -> Result<GroupRow, postgres_client::Error> {
     Ok(GroupRow {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -219,7 +175,7 @@ fn group_row(row: &Row) -> Result<GroupRow, postgres::Error> {
     })
 }
 
-fn group_item_row(row: &Row) -> Result<GroupItemRow, postgres::Error> {
+fn group_item_row(row: &Row) -> Result<GroupItemRow, postgres_client::Error> {
     Ok(GroupItemRow {
         group_id: row.try_get(0)?,
         channel_id: row.try_get(1)?,
@@ -229,7 +185,7 @@ fn group_item_row(row: &Row) -> Result<GroupItemRow, postgres::Error> {
     })
 }
 
-fn api_key_row(row: &Row) -> Result<ApiKeyRow, postgres::Error> {
+fn api_key_row(row: &Row) -> Result<ApiKeyRow, postgres_client::Error> {
     Ok(ApiKeyRow {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -246,7 +202,7 @@ fn api_key_row(row: &Row) -> Result<ApiKeyRow, postgres::Error> {
     })
 }
 
-fn price_from_row(row: &Row) -> Result<ModelPrice, postgres::Error> {
+fn price_from_row(row: &Row) -> Result<ModelPrice, postgres_client::Error> {
     Ok(ModelPrice {
         id: row.try_get(0)?,
         model: row.try_get(1)?,
@@ -260,10 +216,10 @@ fn price_from_row(row: &Row) -> Result<ModelPrice, postgres::Error> {
 
 /// Runs `sql` and converts every row through `map`.
 fn query_all<T>(
-    client: &mut impl GenericClient,
+    client: &mut Client,
     sql: &str,
-    parameters: &[&(dyn ToSql + Sync)],
-    map: impl Fn(&Row) -> Result<T, postgres::Error>,
+    parameters: &[&dyn ToSql],
+    map: impl Fn(&Row) -> Result<T, postgres_client::Error>,
 ) -> StoreResult<Vec<T>> {
     let rows = client.query(sql, parameters).map_err(query_error)?;
     rows.iter()
@@ -273,10 +229,10 @@ fn query_all<T>(
 
 /// Runs `sql` and converts the first row, if any, through `map`.
 fn query_optional<T>(
-    client: &mut impl GenericClient,
+    client: &mut Client,
     sql: &str,
-    parameters: &[&(dyn ToSql + Sync)],
-    map: impl Fn(&Row) -> Result<T, postgres::Error>,
+    parameters: &[&dyn ToSql],
+    map: impl Fn(&Row) -> Result<T, postgres_client::Error>,
 ) -> StoreResult<Option<T>> {
     let row = client.query_opt(sql, parameters).map_err(query_error)?;
     row.as_ref()
@@ -284,7 +240,7 @@ fn query_optional<T>(
         .transpose()
 }
 
-fn load_channel(client: &mut impl GenericClient, id: i64) -> StoreResult<Option<Channel>> {
+fn load_channel(client: &mut Client, id: i64) -> StoreResult<Option<Channel>> {
     let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = $1");
     let Some(row) = query_optional(client, &sql, &[&id], channel_row)? else {
         return Ok(None);
@@ -343,7 +299,7 @@ fn replace_channel_keys(
     Ok(())
 }
 
-fn channel_write_error(error: postgres::Error, channel: &Channel) -> StoreError {
+fn channel_write_error(error: postgres_client::Error, channel: &Channel) -> StoreError {
     match violation(error) {
         Violation::Unique(_) => StoreError::Duplicate(format!("channel name '{}'", channel.name)),
         Violation::ForeignKey => StoreError::MissingReference(format!("channel {}", channel.id)),
@@ -351,7 +307,7 @@ fn channel_write_error(error: postgres::Error, channel: &Channel) -> StoreError 
     }
 }
 
-fn load_group(client: &mut impl GenericClient, id: i64) -> StoreResult<Option<Group>> {
+fn load_group(client: &mut Client, id: i64) -> StoreResult<Option<Group>> {
     let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups WHERE id = $1");
     let Some(row) = query_optional(client, &sql, &[&id], group_row)? else {
         return Ok(None);
@@ -402,7 +358,7 @@ fn replace_group_items(
     Ok(())
 }
 
-fn group_write_error(error: postgres::Error, group: &Group) -> StoreError {
+fn group_write_error(error: postgres_client::Error, group: &Group) -> StoreError {
     match violation(error) {
         Violation::Unique(_) => StoreError::Duplicate(format!("group name '{}'", group.name)),
         Violation::ForeignKey => StoreError::MissingReference(format!("group {}", group.id)),
@@ -410,7 +366,7 @@ fn group_write_error(error: postgres::Error, group: &Group) -> StoreError {
     }
 }
 
-fn api_key_write_error(error: postgres::Error, api_key: &ApiKey) -> StoreError {
+fn api_key_write_error(error: postgres_client::Error, api_key: &ApiKey) -> StoreError {
     match violation(error) {
         Violation::Unique(constraint) => api_key_duplicate(&constraint, api_key),
         Violation::ForeignKey => {
@@ -423,7 +379,7 @@ fn api_key_write_error(error: postgres::Error, api_key: &ApiKey) -> StoreError {
 fn load_api_key(
     client: &mut Client,
     column: &str,
-    value: &(dyn ToSql + Sync),
+    value: &dyn ToSql,
 ) -> StoreResult<Option<ApiKey>> {
     let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {column} = $1");
     query_optional(client, &sql, &[value], api_key_row)?
@@ -875,7 +831,7 @@ impl Store for PostgresStore {
 
     fn add_stats(&mut self, rows: &[StatsRow]) -> StoreResult<()> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
-        let statement = transaction.prepare(&stats_sql::stats_upsert(Dialect::Postgres)).map_err(query_error)?;
+        let statement = stats_sql::stats_upsert(Dialect::Postgres);
         for row in rows {
             let values = stats_sql::stats_row_values(row);
             transaction.execute(&statement, &postgres_parameters(&values)).map_err(query_error)?;
@@ -894,7 +850,7 @@ impl Store for PostgresStore {
     fn replace_stats_range(&mut self, from_hour: i64, to_hour: i64, rows: &[StatsRow]) -> StoreResult<()> {
         let mut transaction = self.client.transaction().map_err(query_error)?;
         transaction.execute(&stats_sql::stats_delete_range(Dialect::Postgres), &[&from_hour, &to_hour]).map_err(query_error)?;
-        let statement = transaction.prepare(&stats_sql::stats_upsert(Dialect::Postgres)).map_err(query_error)?;
+        let statement = stats_sql::stats_upsert(Dialect::Postgres);
         for row in rows {
             let values = stats_sql::stats_row_values(row);
             transaction.execute(&statement, &postgres_parameters(&values)).map_err(query_error)?;
@@ -1022,7 +978,7 @@ impl Store for PostgresStore {
             .map_err(query_error)?;
         let mut newest_first = Vec::with_capacity(rows.len());
         for row in &rows {
-            newest_first.push((row.try_get::<_, String>(0).map_err(query_error)?, row.try_get::<_, i64>(1).map_err(query_error)?));
+            newest_first.push((row.try_get::<String>(0).map_err(query_error)?, row.try_get::<i64>(1).map_err(query_error)?));
         }
         for id in responses_over_size_cap(newest_first, max_total_bytes) {
             deleted += transaction.execute("DELETE FROM stored_responses WHERE id = $1", &[&id]).map_err(query_error)?;
@@ -1042,10 +998,10 @@ fn import_error(violation: Violation) -> StoreError {
     }
 }
 
-fn postgres_parameters(values: &[SqlValue]) -> Vec<&(dyn ToSql + Sync)> {
+fn postgres_parameters(values: &[SqlValue]) -> Vec<&dyn ToSql> {
     values
         .iter()
-        .map(|value| -> &(dyn ToSql + Sync) {
+        .map(|value| -> &dyn ToSql {
             match value {
                 SqlValue::Int(number) => number,
                 SqlValue::OptionalInt(number) => number,

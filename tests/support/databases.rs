@@ -105,7 +105,7 @@ fn running_in_ci() -> bool {
 
 fn run_admin_statement(database_type: &str, admin_url: &str, statement: &str) {
     if database_type == "postgres" {
-        let mut client = ::postgres::Client::connect(admin_url, ::postgres::NoTls)
+        let mut client = octopus::store::postgres_client::connect(admin_url)
             .unwrap_or_else(|error| panic!("cannot reach PostgreSQL through TEST_POSTGRES_URL: {error}"));
         client.batch_execute(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
     } else {
