@@ -114,9 +114,7 @@ impl Server {
         };
         match self {
             Server::Postgres => octopus::store::postgres_client::connect(&url).is_ok(),
-            Server::Mariadb => ::mysql::Opts::from_url(&url)
-                .ok()
-                .is_some_and(|opts| ::mysql::Conn::new(opts).is_ok()),
+            Server::Mariadb => octopus::store::mysql_client::connect(&url).is_ok(),
         }
     }
 

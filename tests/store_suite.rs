@@ -154,9 +154,7 @@ impl TestDatabase {
                 }
             }
             Backend::Mysql => {
-                use ::mysql::prelude::Queryable;
-                let mut connection =
-                    ::mysql::Conn::new(::mysql::Opts::from_url(&self.location).expect("url")).expect("connect");
+                let mut connection = octopus::store::mysql_client::connect(&self.location).expect("connect");
                 for statement in statements {
                     connection.query_drop(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
                 }
@@ -189,10 +187,7 @@ impl TestDatabase {
                     .collect()
             }
             Backend::Mysql => {
-                use ::mysql::prelude::Queryable;
-                let mut connection =
-                    ::mysql::Conn::new(::mysql::Opts::from_url(&self.location).expect("url"))
-                        .expect("connect");
+                let mut connection = octopus::store::mysql_client::connect(&self.location).expect("connect");
                 connection.query(sql).expect("query")
             }
         }

@@ -5,11 +5,15 @@
 //! threads of `StorePool`; coroutines send closures there and wait on a may-aware channel.
 
 pub mod backup;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod database_socket;
 pub mod entities;
 pub mod log_detail;
 pub mod migrate;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "mysql")]
+pub mod mysql_client;
 pub mod pool;
 pub mod rebuilt_view;
 #[cfg(feature = "postgres")]

@@ -1,4 +1,4 @@
-//! The MySQL and MariaDB backend on the `mysql` crate (one `mysql::Conn` per store).
+//! The MySQL and MariaDB backend on our own wire client (`mysql_client`), one connection per store.
 //!
 //! Two MySQL habits shape this file: DDL commits on its own, so migrations rely on idempotent
 //! statements and a named lock rather than a transaction; and `UPDATE` normally reports rows
@@ -7,9 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mysql::consts::CapabilityFlags;
-use mysql::prelude::{FromValue, Queryable};
-use mysql::{Conn, Opts, OptsBuilder, Params, Row, Transaction, TxOpts, Value};
+use crate::store::mysql_client::{self, Conn, FromValue, Params, Row, Transaction, Value};
 
 use crate::store::codec::{
     ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
@@ -42,33 +40,16 @@ const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Connects to `url` (`mysql://user[:password]@host[:port]/database`), then applies pending
 /// migrations. Errors name the host, port and database, never the password.
 pub fn open(url: &str) -> StoreResult<MysqlStore> {
-    let opts = Opts::from_url(url).map_err(|error| {
-        // The URL parser is built without Unicode tables (idna_adapter 1.0, see Cargo.toml), so
-        // an international host name must be written in its ASCII (xn--) form.
-        let hint = if url.is_ascii() { "" } else { " (write an international host name in its ASCII xn-- form)" };
-        StoreError::Backend(format!("invalid MySQL URL: {error}{hint}"))
-    })?;
-    let database = opts.get_db_name().unwrap_or_default().to_owned();
-    let target = format!(
-        "{}:{}/{database}",
-        opts.get_ip_or_hostname(),
-        opts.get_tcp_port()
-    );
-    if database.is_empty() {
+    let config = mysql_client::parse_config(url)
+        .map_err(|error| StoreError::Backend(format!("invalid MySQL URL: {error}")))?;
+    let target = config.describe_target();
+    if config.database.is_empty() {
         return Err(StoreError::Backend(format!(
             "the MySQL URL for {target} names no database (expected mysql://user@host:3306/database)"
         )));
     }
-    let builder = OptsBuilder::from_opts(opts)
-        .additional_capabilities(CapabilityFlags::CLIENT_FOUND_ROWS)
-        .tcp_connect_timeout(Some(Duration::from_secs(10)))
-        .stmt_cache_size(Some(128));
-    let mut connection = Conn::new(builder).map_err(|error| {
-        StoreError::Backend(format!(
-            "cannot connect to MySQL at {target}: {}",
-            describe(&error)
-        ))
-    })?;
+    let mut connection = Conn::new(&config)
+        .map_err(|error| StoreError::Backend(format!("cannot connect to MySQL at {target}: {error}")))?;
     migrate(&mut connection).map_err(|error| {
         StoreError::Backend(format!(
             "cannot migrate MySQL database at {target}: {error}"
@@ -77,32 +58,22 @@ pub fn open(url: &str) -> StoreResult<MysqlStore> {
     Ok(MysqlStore { connection, last_checked: std::time::Instant::now() })
 }
 
-/// The driver's error without its debug-style wrapper (`MySqlError { .. }`).
-fn describe(error: &mysql::Error) -> String {
-    match error {
-        mysql::Error::MySqlError(server_error) => server_error.to_string(),
-        mysql::Error::DriverError(driver_error) => driver_error.to_string(),
-        mysql::Error::IoError(io_error) => io_error.to_string(),
-        other => other.to_string(),
-    }
-}
-
 fn migrate(connection: &mut Conn) -> Result<(), String> {
     // A named lock serialises nodes that start together. Lock names are server-wide, so the
     // name includes (a digest of) the database: two databases on one server do not wait on
     // each other.
     let locked: Option<Option<i64>> = connection
         .query_first("SELECT GET_LOCK(CONCAT('octopus_migrate_', MD5(DATABASE())), 60)")
-        .map_err(|error| describe(&error))?;
+        .map_err(|error| error.to_string())?;
     if locked.flatten() != Some(1) {
         return Err("timed out waiting for the migration lock held by another octopus".to_owned());
     }
     let outcome = apply_pending_migrations(connection);
     let _ = connection.query_drop("DO RELEASE_LOCK(CONCAT('octopus_migrate_', MD5(DATABASE())))");
-    outcome.map_err(|error| describe(&error))
+    outcome.map_err(|error| error.to_string())
 }
 
-fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
+fn apply_pending_migrations(connection: &mut Conn) -> Result<(), mysql_client::Error> {
     connection.query_drop(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL PRIMARY KEY, \
          applied_at BIGINT NOT NULL) ENGINE=InnoDB",
@@ -116,11 +87,11 @@ fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
                 // MySQL has no `ADD COLUMN IF NOT EXISTS` and commits DDL at once: a run that
                 // added the columns and stopped before recording the version finds them there.
                 // Each ALTER adds its columns in one statement, so "already there" means all of them.
-                Err(mysql::Error::MySqlError(error))
+                Err(mysql_client::Error::Server(error))
                     if error.code == ER_DUP_FIELDNAME && statement.starts_with("ALTER TABLE") => {}
                 // A copy whose source table is gone ran before: the table is dropped only after
                 // its rows were copied (0006 moves `relay_logs` into `request_logs`).
-                Err(mysql::Error::MySqlError(error))
+                Err(mysql_client::Error::Server(error))
                     if error.code == ER_NO_SUCH_TABLE && statement.starts_with("INSERT IGNORE INTO") => {}
                 Err(error) => return Err(error),
             }
@@ -138,8 +109,8 @@ fn apply_pending_migrations(connection: &mut Conn) -> mysql::Result<()> {
     Ok(())
 }
 
-fn query_error(error: mysql::Error) -> StoreError {
-    let message = format!("mysql: {}", describe(&error));
+fn query_error(error: mysql_client::Error) -> StoreError {
+    let message = format!("mysql: {error}");
     if is_unavailable(&error) { StoreError::Unavailable(message) } else { StoreError::Backend(message) }
 }
 
@@ -149,18 +120,14 @@ const ER_DISK_FULL: u16 = 1021;
 const ER_SERVER_SHUTDOWN: u16 = 1053;
 const ER_CONNECTION_KILLED: u16 = 1927;
 
-/// A lost or refused connection, or one of the server codes above. A connection the server
-/// closed fails its next query with a codec error around the IO error (broken pipe).
-fn is_unavailable(error: &mysql::Error) -> bool {
+/// A lost or refused connection, a broken exchange, or one of the server codes above.
+fn is_unavailable(error: &mysql_client::Error) -> bool {
     match error {
-        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => true,
-        mysql::Error::DriverError(driver_error) => {
-            matches!(driver_error, mysql::DriverError::CouldNotConnect(_) | mysql::DriverError::ConnectTimeout | mysql::DriverError::Timeout)
-        }
-        mysql::Error::MySqlError(server_error) => {
+        mysql_client::Error::Io(_) | mysql_client::Error::Protocol(_) => true,
+        mysql_client::Error::Server(server_error) => {
             matches!(server_error.code, ER_DISK_FULL | ER_SERVER_SHUTDOWN | ER_CONNECTION_KILLED)
         }
-        _ => false,
+        mysql_client::Error::Conversion(_) | mysql_client::Error::Config(_) => false,
     }
 }
 
@@ -170,8 +137,8 @@ const ER_DUP_FIELDNAME: u16 = 1060;
 const ER_NO_REFERENCED_ROW: u16 = 1216;
 const ER_NO_REFERENCED_ROW_2: u16 = 1452;
 
-fn violation(error: mysql::Error) -> Violation {
-    if let mysql::Error::MySqlError(server_error) = &error {
+fn violation(error: mysql_client::Error) -> Violation {
+    if let mysql_client::Error::Server(server_error) = &error {
         match server_error.code {
             // "Duplicate entry '<value>' for key '<index>'": only the index name is trusted,
             // the value could contain anything.
@@ -193,15 +160,7 @@ fn violation(error: mysql::Error) -> Violation {
 /// Takes column `index` out of `row` as a `T`; a type mismatch is a backend error. The value
 /// itself is never quoted in the message (it could be a key).
 fn take<T: FromValue>(row: &mut Row, index: usize) -> StoreResult<T> {
-    match row.take_opt::<T, usize>(index) {
-        Some(Ok(value)) => Ok(value),
-        Some(Err(_)) => Err(StoreError::Backend(format!(
-            "mysql: column {index} has an unexpected type"
-        ))),
-        None => Err(StoreError::Backend(format!(
-            "mysql: column {index} is missing"
-        ))),
-    }
+    row.get(index).map_err(|error| StoreError::Backend(format!("mysql: {error}")))
 }
 
 const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
@@ -317,7 +276,7 @@ fn price_from_row(mut row: Row) -> StoreResult<ModelPrice> {
 
 /// Runs `sql` and converts every row through `map`.
 fn query_all<T>(
-    connection: &mut impl Queryable,
+    connection: &mut Conn,
     sql: &str,
     parameters: impl Into<Params>,
     map: impl Fn(Row) -> StoreResult<T>,
@@ -328,7 +287,7 @@ fn query_all<T>(
 
 /// Runs `sql` and converts the first row, if any, through `map`.
 fn query_optional<T>(
-    connection: &mut impl Queryable,
+    connection: &mut Conn,
     sql: &str,
     parameters: impl Into<Params>,
     map: impl Fn(Row) -> StoreResult<T>,
@@ -339,7 +298,7 @@ fn query_optional<T>(
     row.map(map).transpose()
 }
 
-fn load_channel(connection: &mut impl Queryable, id: i64) -> StoreResult<Option<Channel>> {
+fn load_channel(connection: &mut Conn, id: i64) -> StoreResult<Option<Channel>> {
     let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?");
     let Some(channel) = query_optional(connection, &sql, (id,), channel_from_row)? else {
         return Ok(None);
@@ -397,7 +356,7 @@ fn replace_channel_keys(
     Ok(())
 }
 
-fn channel_write_error(error: mysql::Error, channel: &Channel) -> StoreError {
+fn channel_write_error(error: mysql_client::Error, channel: &Channel) -> StoreError {
     match violation(error) {
         Violation::Unique(_) => StoreError::Duplicate(format!("channel name '{}'", channel.name)),
         Violation::ForeignKey => StoreError::MissingReference(format!("channel {}", channel.id)),
@@ -423,7 +382,7 @@ fn channel_values(channel: &Channel, tail: &[Value]) -> Vec<Value> {
     values
 }
 
-fn load_group(connection: &mut impl Queryable, id: i64) -> StoreResult<Option<Group>> {
+fn load_group(connection: &mut Conn, id: i64) -> StoreResult<Option<Group>> {
     let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups WHERE id = ?");
     let Some(group) = query_optional(connection, &sql, (id,), group_from_row)? else {
         return Ok(None);
@@ -474,7 +433,7 @@ fn replace_group_items(
     Ok(())
 }
 
-fn group_write_error(error: mysql::Error, group: &Group) -> StoreError {
+fn group_write_error(error: mysql_client::Error, group: &Group) -> StoreError {
     match violation(error) {
         Violation::Unique(_) => StoreError::Duplicate(format!("group name '{}'", group.name)),
         Violation::ForeignKey => StoreError::MissingReference(format!("group {}", group.id)),
@@ -497,7 +456,7 @@ fn group_values(group: &Group, tail: &[Value]) -> Vec<Value> {
     values
 }
 
-fn api_key_write_error(error: mysql::Error, api_key: &ApiKey) -> StoreError {
+fn api_key_write_error(error: mysql_client::Error, api_key: &ApiKey) -> StoreError {
     match violation(error) {
         Violation::Unique(index) => api_key_duplicate(&index, api_key),
         Violation::ForeignKey => {
@@ -515,12 +474,12 @@ fn load_api_key(connection: &mut Conn, column: &str, value: Value) -> StoreResul
 impl MysqlStore {
     fn write_transaction(&mut self) -> StoreResult<Transaction<'_>> {
         self.connection
-            .start_transaction(TxOpts::default())
+            .start_transaction()
             .map_err(query_error)
     }
 
     /// Runs a single-statement write and returns the number of rows it matched.
-    fn execute(&mut self, sql: &str, parameters: impl Into<Params>) -> Result<u64, mysql::Error> {
+    fn execute(&mut self, sql: &str, parameters: impl Into<Params>) -> Result<u64, mysql_client::Error> {
         self.connection.exec_drop(sql, parameters)?;
         Ok(self.connection.affected_rows())
     }
@@ -531,9 +490,9 @@ fn insert_returning_id(
     transaction: &mut Transaction,
     sql: &str,
     parameters: Vec<Value>,
-) -> Result<i64, mysql::Error> {
+) -> Result<i64, mysql_client::Error> {
     transaction.exec_drop(sql, parameters)?;
-    Ok(transaction.last_insert_id().unwrap_or_default() as i64)
+    Ok(transaction.last_insert_id() as i64)
 }
 
 impl Store for MysqlStore {
@@ -1011,7 +970,7 @@ impl Store for MysqlStore {
         self.connection
             .exec_drop(
                 "REPLACE INTO stored_responses (id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                Params::Positional(vec![
+                Params(vec![
                     Value::from(response.id.as_str()),
                     Value::Int(response.api_key_id),
                     Value::Int(response.created_at),
@@ -1067,15 +1026,15 @@ fn import_error(violation: Violation) -> StoreError {
 }
 
 fn mysql_parameters(values: &[SqlValue]) -> Params {
-    Params::Positional(
+    Params(
         values
             .iter()
             .map(|value| match value {
                 SqlValue::Int(number) => Value::Int(*number),
                 SqlValue::OptionalInt(number) => number.map_or(Value::NULL, Value::Int),
-                SqlValue::Text(text) => Value::Bytes(text.as_bytes().to_vec()),
+                SqlValue::Text(text) => Value::Text(text.clone()),
                 SqlValue::OptionalText(text) => {
-                    text.as_ref().map_or(Value::NULL, |text| Value::Bytes(text.as_bytes().to_vec()))
+                    text.as_ref().map_or(Value::NULL, |text| Value::Text(text.clone()))
                 }
                 SqlValue::Bool(flag) => Value::Int(i64::from(*flag)),
                 SqlValue::Float(number) => Value::Double(*number),
@@ -1090,11 +1049,7 @@ struct MysqlColumns<'row>(&'row Row);
 
 impl MysqlColumns<'_> {
     fn get<T: FromValue>(&self, index: usize) -> StoreResult<T> {
-        match self.0.get_opt::<T, usize>(index) {
-            Some(Ok(value)) => Ok(value),
-            Some(Err(_)) => Err(StoreError::Backend(format!("mysql: column {index} has an unexpected type"))),
-            None => Err(StoreError::Backend(format!("mysql: column {index} is missing"))),
-        }
+        self.0.get(index).map_err(|error| StoreError::Backend(format!("mysql: {error}")))
     }
 }
 

@@ -109,9 +109,7 @@ fn run_admin_statement(database_type: &str, admin_url: &str, statement: &str) {
             .unwrap_or_else(|error| panic!("cannot reach PostgreSQL through TEST_POSTGRES_URL: {error}"));
         client.batch_execute(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
     } else {
-        use ::mysql::prelude::Queryable;
-        let opts = ::mysql::Opts::from_url(admin_url).expect("TEST_MYSQL_URL is a valid MySQL URL");
-        let mut connection = ::mysql::Conn::new(opts)
+        let mut connection = octopus::store::mysql_client::connect(admin_url)
             .unwrap_or_else(|error| panic!("cannot reach MySQL through TEST_MYSQL_URL: {error}"));
         connection.query_drop(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
     }
@@ -166,10 +164,8 @@ impl TestDatabase {
                 &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"),
             );
         } else {
-            use ::mysql::prelude::Queryable;
-            let opts = ::mysql::Opts::from_url(admin_url).expect("TEST_MYSQL_URL is a valid MySQL URL");
-            let mut connection = ::mysql::Conn::new(opts).expect("reach MySQL");
-            let ids: Vec<u64> = connection
+            let mut connection = octopus::store::mysql_client::connect(admin_url).expect("reach MySQL");
+            let ids: Vec<i64> = connection
                 .query(format!("SELECT id FROM information_schema.processlist WHERE db = '{name}' AND id <> CONNECTION_ID()"))
                 .expect("list connections");
             for id in ids {

@@ -12,12 +12,12 @@ mod scram;
 mod wire;
 
 use std::fmt;
-use std::io::{self, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::net::UnixStream;
+use std::io::{self, BufReader};
 
 pub use config::ConnectionConfig;
 use wire::{BackendMessage, BodyReader, MessageWriter};
+
+use crate::store::database_socket::DatabaseSocket;
 
 use crate::util::{base64_encode, hex, os_random_bytes};
 
@@ -114,7 +114,7 @@ impl fmt::Display for Error {
             Error::Io(error) => write!(formatter, "connection error: {error}"),
             Error::Protocol(message) => write!(formatter, "protocol error: {message}"),
             Error::Conversion(message) => formatter.write_str(message),
-            Error::Config(message) => write!(formatter, "invalid connection string: {message}"),
+            Error::Config(message) => formatter.write_str(message),
         }
     }
 }
@@ -254,34 +254,10 @@ impl Row {
     }
 }
 
-/// The socket to the server.
-enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Read for Socket {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(stream) => stream.read(buffer),
-            Socket::Unix(stream) => stream.read(buffer),
-        }
-    }
-}
-
-impl Socket {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Socket::Tcp(stream) => stream.write_all(bytes),
-            Socket::Unix(stream) => stream.write_all(bytes),
-        }
-    }
-}
-
 /// One connection. After an IO or protocol error it is closed for good (`is_closed`); the
 /// store pool then opens a new one.
 pub struct Client {
-    reader: BufReader<Socket>,
+    reader: BufReader<DatabaseSocket>,
     writer: MessageWriter,
     closed: bool,
 }
@@ -551,47 +527,12 @@ fn md5_password(user: &str, password: &str, salt: &[u8]) -> String {
     format!("md5{}", hex(&outer))
 }
 
-fn open_socket(config: &ConnectionConfig) -> Result<Socket, Error> {
+fn open_socket(config: &ConnectionConfig) -> io::Result<DatabaseSocket> {
     if config.uses_unix_socket() {
         let path = format!("{}/.s.PGSQL.{}", config.host.trim_end_matches('/'), config.port);
-        return UnixStream::connect(&path).map(Socket::Unix).map_err(Error::Io);
+        return DatabaseSocket::connect_unix(&path);
     }
-    let addresses = (config.host.as_str(), config.port).to_socket_addrs()?;
-    let mut last_error = io::Error::new(io::ErrorKind::NotFound, format!("no address for host {}", config.host));
-    for address in addresses {
-        match TcpStream::connect_timeout(&address, config.connect_timeout) {
-            Ok(stream) => {
-                // Statements are single round trips; Nagle would hold a message for the ACK of
-                // the one before it.
-                stream.set_nodelay(true)?;
-                enable_keepalive(&stream);
-                return Ok(Socket::Tcp(stream));
-            }
-            Err(error) => last_error = error,
-        }
-    }
-    Err(Error::Io(last_error))
-}
-
-/// Turns on TCP keepalive (the system's timing), as libpq does: a server that vanished without
-/// closing the connection then ends a blocked read with an error instead of never.
-fn enable_keepalive(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let enabled: libc::c_int = 1;
-    // SAFETY: the descriptor is the open socket `stream` owns, and the option value is a
-    // c_int that lives for the call, with its size passed.
-    let result = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_KEEPALIVE,
-            (&raw const enabled).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result != 0 {
-        log::debug!("postgres: cannot enable TCP keepalive: {}", io::Error::last_os_error());
-    }
+    DatabaseSocket::connect_tcp(&config.host, config.port, config.connect_timeout)
 }
 
 /// An open transaction; dereferences to its client for statements.
