@@ -42,7 +42,7 @@ fn logs_in_with_each_password_method_postgres_can_ask_for() {
             ),
             &[],
         )
-        .and_then(|row| row.try_get(0))
+        .and_then(|row| row.get(0))
         .expect("read pg_hba_file_rules");
     if rules_in_force < ROLES.len() as i64 {
         let message = "pg_hba.conf lacks the octopus_login_* lines scripts/test-databases adds";
@@ -65,12 +65,14 @@ fn logs_in_with_each_password_method_postgres_can_ask_for() {
         let mut client = postgres_client::connect(&url_with(PASSWORD_IN_URL))
             .unwrap_or_else(|error| panic!("{method} login of {role}: {error}"));
         let row = client.query_one("SELECT current_user, $1::text", &[&"echo"]).expect("query after login");
-        assert_eq!(row.try_get::<String>(0).unwrap(), role, "{method}");
-        assert_eq!(row.try_get::<String>(1).unwrap(), "echo", "{method}");
+        assert_eq!(row.get::<String>(0).unwrap(), role, "{method}");
+        assert_eq!(row.get::<String>(1).unwrap(), "echo", "{method}");
 
         let error = postgres_client::connect(&url_with("wrong-secret")).err().expect("a wrong password is refused");
-        let code = error.as_database_error().map(|database_error| database_error.code.clone());
-        assert_eq!(code.as_deref(), Some("28P01"), "{method}: {error}");
+        match &error {
+            postgres_client::Error::Server(database_error) => assert_eq!(database_error.code, "28P01", "{method}: {error}"),
+            other => panic!("{method}: expected the server's refusal, got {other}"),
+        }
         assert!(!error.to_string().contains("wrong-secret"), "{method}: {error}");
 
         // Through the store, as the gateway opens it: the error names the server and the

@@ -183,7 +183,7 @@ impl TestDatabase {
                     .query(sql, &[])
                     .expect("query")
                     .iter()
-                    .map(|row| row.try_get(0).expect("version"))
+                    .map(|row| row.get(0).expect("version"))
                     .collect()
             }
             Backend::Mysql => {

@@ -6,7 +6,15 @@
 
 pub mod backup;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod client_error;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod database_socket;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod database_url;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod text_row;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod transaction;
 pub mod entities;
 pub mod log_detail;
 pub mod migrate;

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::store::mysql_client::{self, Conn, FromValue, Params, Row, Transaction, Value};
+use crate::store::mysql_client::{self, Conn, FromColumnText, Params, Row, Transaction, Value};
 
 use crate::store::codec::{
     ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
@@ -159,7 +159,7 @@ fn violation(error: mysql_client::Error) -> Violation {
 
 /// Takes column `index` out of `row` as a `T`; a type mismatch is a backend error. The value
 /// itself is never quoted in the message (it could be a key).
-fn take<T: FromValue>(row: &mut Row, index: usize) -> StoreResult<T> {
+fn take<T: FromColumnText>(row: &mut Row, index: usize) -> StoreResult<T> {
     row.get(index).map_err(|error| StoreError::Backend(format!("mysql: {error}")))
 }
 
@@ -1048,7 +1048,7 @@ fn mysql_parameters(values: &[SqlValue]) -> Params {
 struct MysqlColumns<'row>(&'row Row);
 
 impl MysqlColumns<'_> {
-    fn get<T: FromValue>(&self, index: usize) -> StoreResult<T> {
+    fn get<T: FromColumnText>(&self, index: usize) -> StoreResult<T> {
         self.0.get(index).map_err(|error| StoreError::Backend(format!("mysql: {error}")))
     }
 }

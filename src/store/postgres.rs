@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use crate::store::postgres_client::{self, Client, Row, ToSql, Transaction};
+use crate::store::transaction::TransactionControl as _;
 
 use crate::store::codec::{
     ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
@@ -57,7 +58,7 @@ fn migrate(client: &mut Client) -> Result<(), postgres_client::Error> {
     let applied_versions = transaction
         .query("SELECT version FROM schema_migrations", &[])?
         .iter()
-        .map(|row| row.try_get(0))
+        .map(|row| row.get(0))
         .collect::<Result<Vec<i64>, _>>()?;
     warn_about_unknown_versions("postgres", POSTGRES_MIGRATIONS, &applied_versions);
     for migration in pending(POSTGRES_MIGRATIONS, &applied_versions) {
@@ -86,7 +87,7 @@ fn query_error(error: postgres_client::Error) -> StoreError {
 fn is_unavailable(error: &postgres_client::Error) -> bool {
     match error {
         postgres_client::Error::Io(_) | postgres_client::Error::Protocol(_) => true,
-        postgres_client::Error::Database(database_error) => {
+        postgres_client::Error::Server(database_error) => {
             let code = database_error.code.as_str();
             code.starts_with("08") || code.starts_with("57P") || code == "53100"
         }
@@ -95,7 +96,7 @@ fn is_unavailable(error: &postgres_client::Error) -> bool {
 }
 
 fn violation(error: postgres_client::Error) -> Violation {
-    if let Some(database_error) = error.as_database_error() {
+    if let postgres_client::Error::Server(database_error) = &error {
         if database_error.code == postgres_client::UNIQUE_VIOLATION {
             return Violation::Unique(database_error.constraint.clone().unwrap_or_default());
         }
@@ -114,103 +115,103 @@ const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, c
 
 fn admin_from_row(row: &Row) -> Result<AdminUser, postgres_client::Error> {
     Ok(AdminUser {
-        id: row.try_get(0)?,
-        username: row.try_get(1)?,
-        password_hash: row.try_get(2)?,
-        must_change_password: row.try_get(3)?,
+        id: row.get(0)?,
+        username: row.get(1)?,
+        password_hash: row.get(2)?,
+        must_change_password: row.get(3)?,
     })
 }
 
 fn session_from_row(row: &Row) -> Result<AdminSession, postgres_client::Error> {
     Ok(AdminSession {
-        token_hash: row.try_get(0)?,
-        user_id: row.try_get(1)?,
-        expires_at: row.try_get(2)?,
-        created_at: row.try_get(3)?,
+        token_hash: row.get(0)?,
+        user_id: row.get(1)?,
+        expires_at: row.get(2)?,
+        created_at: row.get(3)?,
     })
 }
 
 fn channel_row(row: &Row) -> Result<ChannelRow, postgres_client::Error> {
     Ok(ChannelRow {
-        id: row.try_get(0)?,
-        name: row.try_get(1)?,
-        channel_type: row.try_get(2)?,
-        enabled: row.try_get(3)?,
-        base_urls: row.try_get(4)?,
-        models: row.try_get(5)?,
-        headers: row.try_get(6)?,
-        proxy: row.try_get(7)?,
-        auto_sync: row.try_get(8)?,
-        match_regex: row.try_get(9)?,
-        created_at: row.try_get(10)?,
-        updated_at: row.try_get(11)?,
-        auto_group: row.try_get(12)?,
+        id: row.get(0)?,
+        name: row.get(1)?,
+        channel_type: row.get(2)?,
+        enabled: row.get(3)?,
+        base_urls: row.get(4)?,
+        models: row.get(5)?,
+        headers: row.get(6)?,
+        proxy: row.get(7)?,
+        auto_sync: row.get(8)?,
+        match_regex: row.get(9)?,
+        created_at: row.get(10)?,
+        updated_at: row.get(11)?,
+        auto_group: row.get(12)?,
     })
 }
 
 fn channel_key_row(row: &Row) -> Result<(i64, ChannelKey), postgres_client::Error> {
     Ok((
-        row.try_get(0)?,
+        row.get(0)?,
         ChannelKey {
-            id: row.try_get(1)?,
-            key: row.try_get(2)?,
-            enabled: row.try_get(3)?,
-            remark: row.try_get(4)?,
+            id: row.get(1)?,
+            key: row.get(2)?,
+            enabled: row.get(3)?,
+            remark: row.get(4)?,
         },
     ))
 }
 
 fn group_row(row: &Row) -> Result<GroupRow, postgres_client::Error> {
     Ok(GroupRow {
-        id: row.try_get(0)?,
-        name: row.try_get(1)?,
-        mode: row.try_get(2)?,
-        max_attempts: row.try_get(3)?,
-        first_byte_timeout_ms: row.try_get(4)?,
-        total_timeout_ms: row.try_get(5)?,
-        sticky_seconds: row.try_get(6)?,
-        created_at: row.try_get(7)?,
-        updated_at: row.try_get(8)?,
-        match_regex: row.try_get(9)?,
+        id: row.get(0)?,
+        name: row.get(1)?,
+        mode: row.get(2)?,
+        max_attempts: row.get(3)?,
+        first_byte_timeout_ms: row.get(4)?,
+        total_timeout_ms: row.get(5)?,
+        sticky_seconds: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+        match_regex: row.get(9)?,
     })
 }
 
 fn group_item_row(row: &Row) -> Result<GroupItemRow, postgres_client::Error> {
     Ok(GroupItemRow {
-        group_id: row.try_get(0)?,
-        channel_id: row.try_get(1)?,
-        model: row.try_get(2)?,
-        priority: row.try_get(3)?,
-        weight: row.try_get(4)?,
+        group_id: row.get(0)?,
+        channel_id: row.get(1)?,
+        model: row.get(2)?,
+        priority: row.get(3)?,
+        weight: row.get(4)?,
     })
 }
 
 fn api_key_row(row: &Row) -> Result<ApiKeyRow, postgres_client::Error> {
     Ok(ApiKeyRow {
-        id: row.try_get(0)?,
-        name: row.try_get(1)?,
-        key_hash: row.try_get(2)?,
-        key_prefix: row.try_get(3)?,
-        enabled: row.try_get(4)?,
-        expires_at: row.try_get(5)?,
-        max_cost: row.try_get(6)?,
-        allowed_models: row.try_get(7)?,
-        created_at: row.try_get(8)?,
-        updated_at: row.try_get(9)?,
-        rpm: row.try_get(10)?,
-        tpm: row.try_get(11)?,
+        id: row.get(0)?,
+        name: row.get(1)?,
+        key_hash: row.get(2)?,
+        key_prefix: row.get(3)?,
+        enabled: row.get(4)?,
+        expires_at: row.get(5)?,
+        max_cost: row.get(6)?,
+        allowed_models: row.get(7)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+        rpm: row.get(10)?,
+        tpm: row.get(11)?,
     })
 }
 
 fn price_from_row(row: &Row) -> Result<ModelPrice, postgres_client::Error> {
     Ok(ModelPrice {
-        id: row.try_get(0)?,
-        model: row.try_get(1)?,
-        channel_id: row.try_get(2)?,
-        input: row.try_get(3)?,
-        output: row.try_get(4)?,
-        cache_read: row.try_get(5)?,
-        cache_write: row.try_get(6)?,
+        id: row.get(0)?,
+        model: row.get(1)?,
+        channel_id: row.get(2)?,
+        input: row.get(3)?,
+        output: row.get(4)?,
+        cache_read: row.get(5)?,
+        cache_write: row.get(6)?,
     })
 }
 
@@ -266,7 +267,7 @@ fn replace_channel_keys(
         transaction,
         "SELECT id FROM channel_keys WHERE channel_id = $1",
         &[&channel_id],
-        |row| row.try_get(0),
+        |row| row.get(0),
     )?
     .into_iter()
     .collect();
@@ -403,7 +404,7 @@ impl Store for PostgresStore {
     }
 
     fn has_admin(&mut self) -> StoreResult<bool> {
-        self.client.query_one("SELECT EXISTS (SELECT 1 FROM admin_users)", &[]).and_then(|row| row.try_get(0)).map_err(query_error)
+        self.client.query_one("SELECT EXISTS (SELECT 1 FROM admin_users)", &[]).and_then(|row| row.get(0)).map_err(query_error)
     }
 
     fn seed_admin(&mut self, username: &str, password_hash: &str) -> StoreResult<bool> {
@@ -541,7 +542,7 @@ impl Store for PostgresStore {
                 ],
             )
             .map_err(|error| channel_write_error(error, channel))?;
-        let id: i64 = row.try_get(0).map_err(query_error)?;
+        let id: i64 = row.get(0).map_err(query_error)?;
         replace_channel_keys(&mut transaction, id, &channel.keys)?;
         let stored = load_channel(&mut transaction, id)?.ok_or_else(|| {
             StoreError::Backend("postgres: channel missing right after insert".to_owned())
@@ -630,7 +631,7 @@ impl Store for PostgresStore {
                 ],
             )
             .map_err(|error| group_write_error(error, group))?;
-        let id: i64 = row.try_get(0).map_err(query_error)?;
+        let id: i64 = row.get(0).map_err(query_error)?;
         replace_group_items(&mut transaction, id, &group.items)?;
         let stored = load_group(&mut transaction, id)?.ok_or_else(|| {
             StoreError::Backend("postgres: group missing right after insert".to_owned())
@@ -786,7 +787,7 @@ impl Store for PostgresStore {
                 }
                 Violation::Other(error) => error,
             })?;
-        let id: i64 = row.try_get(0).map_err(query_error)?;
+        let id: i64 = row.get(0).map_err(query_error)?;
         Ok(ModelPrice {
             id,
             ..price.clone()
@@ -806,7 +807,7 @@ impl Store for PostgresStore {
             &mut self.client,
             "SELECT key, value FROM settings ORDER BY key COLLATE \"C\"",
             &[],
-            |row| Ok((row.try_get(0)?, row.try_get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
     }
 
@@ -815,7 +816,7 @@ impl Store for PostgresStore {
             &mut self.client,
             "SELECT value FROM settings WHERE key = $1",
             &[&key],
-            |row| row.try_get(0),
+            |row| row.get(0),
         )
     }
 
@@ -863,7 +864,7 @@ impl Store for PostgresStore {
             .client
             .query(&stats_sql::stats_days_to_roll_up_query(Dialect::Postgres), &[&before_hour, &u64_to_column(limit)])
             .map_err(query_error)?;
-        rows.iter().map(|row| row.try_get(0).map_err(query_error)).collect()
+        rows.iter().map(|row| row.get(0).map_err(query_error)).collect()
     }
 
     fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>> {
@@ -896,7 +897,7 @@ impl Store for PostgresStore {
         let total: i64 = self
             .client
             .query_one(&format!("SELECT COUNT(*) FROM {}{clause}", stats_sql::LOG_TABLE), &postgres_parameters(&values))
-            .and_then(|row| row.try_get(0))
+            .and_then(|row| row.get(0))
             .map_err(query_error)?;
         let (sql, mut values) = stats_sql::log_page_query(Dialect::Postgres, filter, false);
         values.push(SqlValue::Int(u64_to_column(limit)));
@@ -919,7 +920,7 @@ impl Store for PostgresStore {
             .query(&stats_sql::log_prune_boundary_query(Dialect::Postgres), &[&u64_to_column(keep_rows)])
             .map_err(query_error)?;
         if let Some(row) = boundary.first() {
-            let boundary: i64 = row.try_get(0).map_err(query_error)?;
+            let boundary: i64 = row.get(0).map_err(query_error)?;
             deleted += transaction.execute(&format!("DELETE FROM {} WHERE id <= $1", stats_sql::LOG_TABLE), &[&boundary]).map_err(query_error)?;
         }
         transaction.commit().map_err(query_error)?;
@@ -953,15 +954,15 @@ impl Store for PostgresStore {
         let rows = self.client.query("SELECT id, api_key_id, created_at, expires_at, model, response_json, input_items, output_items, size_bytes FROM stored_responses WHERE id = $1", &[&id]).map_err(query_error)?;
         let Some(row) = rows.first() else { return Ok(None) };
         Ok(Some(StoredResponse {
-            id: row.try_get(0).map_err(query_error)?,
-            api_key_id: row.try_get(1).map_err(query_error)?,
-            created_at: row.try_get(2).map_err(query_error)?,
-            expires_at: row.try_get(3).map_err(query_error)?,
-            model: row.try_get(4).map_err(query_error)?,
-            response_json: row.try_get(5).map_err(query_error)?,
-            input_items: row.try_get(6).map_err(query_error)?,
-            output_items: row.try_get(7).map_err(query_error)?,
-            size_bytes: row.try_get(8).map_err(query_error)?,
+            id: row.get(0).map_err(query_error)?,
+            api_key_id: row.get(1).map_err(query_error)?,
+            created_at: row.get(2).map_err(query_error)?,
+            expires_at: row.get(3).map_err(query_error)?,
+            model: row.get(4).map_err(query_error)?,
+            response_json: row.get(5).map_err(query_error)?,
+            input_items: row.get(6).map_err(query_error)?,
+            output_items: row.get(7).map_err(query_error)?,
+            size_bytes: row.get(8).map_err(query_error)?,
         }))
     }
 
@@ -978,7 +979,7 @@ impl Store for PostgresStore {
             .map_err(query_error)?;
         let mut newest_first = Vec::with_capacity(rows.len());
         for row in &rows {
-            newest_first.push((row.try_get::<String>(0).map_err(query_error)?, row.try_get::<i64>(1).map_err(query_error)?));
+            newest_first.push((row.get::<String>(0).map_err(query_error)?, row.get::<i64>(1).map_err(query_error)?));
         }
         for id in responses_over_size_cap(newest_first, max_total_bytes) {
             deleted += transaction.execute("DELETE FROM stored_responses WHERE id = $1", &[&id]).map_err(query_error)?;
@@ -1020,18 +1021,18 @@ struct PostgresColumns<'row>(&'row Row);
 
 impl ColumnReader for PostgresColumns<'_> {
     fn int(&self, index: usize) -> StoreResult<i64> {
-        self.0.try_get(index).map_err(query_error)
+        self.0.get(index).map_err(query_error)
     }
     fn optional_int(&self, index: usize) -> StoreResult<Option<i64>> {
-        self.0.try_get(index).map_err(query_error)
+        self.0.get(index).map_err(query_error)
     }
     fn text(&self, index: usize) -> StoreResult<String> {
-        self.0.try_get(index).map_err(query_error)
+        self.0.get(index).map_err(query_error)
     }
     fn optional_text(&self, index: usize) -> StoreResult<Option<String>> {
-        self.0.try_get(index).map_err(query_error)
+        self.0.get(index).map_err(query_error)
     }
     fn boolean(&self, index: usize) -> StoreResult<bool> {
-        self.0.try_get(index).map_err(query_error)
+        self.0.get(index).map_err(query_error)
     }
 }

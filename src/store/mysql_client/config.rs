@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::util::percent_decode_url_part;
+use crate::store::database_url;
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,8 +25,7 @@ impl ConnectionConfig {
     pub fn describe_target(&self) -> String {
         match &self.socket {
             Some(socket) => format!("{socket}/{}", self.database),
-            None if self.host.contains(':') => format!("[{}]:{}/{}", self.host, self.port, self.database),
-            None => format!("{}:{}/{}", self.host, self.port, self.database),
+            None => database_url::describe_target(&self.host, self.port, &self.database),
         }
     }
 }
@@ -38,48 +37,27 @@ impl ConnectionConfig {
 pub fn parse(text: &str) -> Result<ConnectionConfig, String> {
     let text = text.trim();
     let rest = text.strip_prefix("mysql://").ok_or("expected mysql://user:password@host:port/database")?;
-    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
-    let (user_info, host_port) = match authority.rsplit_once('@') {
-        Some((user_info, host_port)) => (user_info, host_port),
-        None => ("", authority),
-    };
-    let (user, password) = user_info.split_once(':').unwrap_or((user_info, ""));
-    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-        let (address, after) = bracketed.split_once(']').ok_or("an IPv6 address without its closing ']'")?;
-        let port = match after {
-            "" => None,
-            _ => Some(after.strip_prefix(':').ok_or("unexpected text after the IPv6 address")?),
-        };
-        (address.to_owned(), port)
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((host, port)) => (percent_decode_url_part(host), Some(port)),
-            None => (percent_decode_url_part(host_port), None),
-        }
-    };
-    if !host.is_ascii() {
+    let parts = database_url::split(rest)?;
+    if !parts.host.is_ascii() {
         return Err("write an international host name in its ASCII (xn--) form".to_owned());
     }
-    let port = match port {
+    let port = match parts.port {
         None | Some("") => DEFAULT_PORT,
         Some(text) => text.parse::<u16>().ok().filter(|port| *port != 0).ok_or(format!("invalid port '{text}'"))?,
     };
     let mut config = ConnectionConfig {
-        host: if host.is_empty() { "localhost".to_owned() } else { host },
+        host: if parts.host.is_empty() { "localhost".to_owned() } else { parts.host },
         port,
         socket: None,
-        user: percent_decode_url_part(user),
-        password: percent_decode_url_part(password),
-        database: percent_decode_url_part(path.trim_end_matches('/')),
+        user: parts.user.unwrap_or_default(),
+        password: parts.password.unwrap_or_default(),
+        database: parts.database,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
     };
     if config.user.is_empty() {
         return Err("no user name (mysql://USER:PASSWORD@host:3306/database)".to_owned());
     }
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').ok_or_else(|| format!("setting '{pair}' has no value"))?;
-        let value = percent_decode_url_part(value);
+    for (key, value) in parts.settings {
         match key {
             "socket" => config.socket = Some(value),
             "tcp_connect_timeout_ms" => {

@@ -13,51 +13,20 @@ mod auth;
 mod config;
 mod wire;
 
-use std::fmt;
 use std::io::{self, BufReader};
 
 pub use config::ConnectionConfig;
 pub use wire::ServerError;
 
 use crate::store::database_socket::DatabaseSocket;
+pub use crate::store::text_row::FromColumnText;
+use crate::store::client_error::ClientError;
+use crate::store::text_row::TextRow;
+use crate::store::transaction::{self, TransactionControl};
 use crate::util::os_random_bytes;
 
 /// Everything that can go wrong talking to the server.
-#[derive(Debug)]
-pub enum Error {
-    /// The server refused a statement or the login (an ERR packet); after a statement's error
-    /// the connection is still usable.
-    Server(ServerError),
-    /// Reading or writing the socket failed; the connection is gone.
-    Io(io::Error),
-    /// The server sent what this client does not expect, or asks for a login method it does not
-    /// speak; the connection is closed.
-    Protocol(String),
-    /// A value does not convert to or from the requested type.
-    Conversion(String),
-    /// The connection URL is wrong.
-    Config(String),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Server(error) => error.fmt(formatter),
-            Error::Io(error) => write!(formatter, "connection error: {error}"),
-            Error::Protocol(message) => write!(formatter, "protocol error: {message}"),
-            Error::Conversion(message) => formatter.write_str(message),
-            Error::Config(message) => formatter.write_str(message),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<io::Error> for Error {
-    fn from(error: io::Error) -> Error {
-        Error::Io(error)
-    }
-}
+pub type Error = ClientError<ServerError>;
 
 /// A statement parameter.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,72 +118,8 @@ params_from_tuple!(A, B, C, D, E, F, G, H, I, J);
 params_from_tuple!(A, B, C, D, E, F, G, H, I, J, K);
 params_from_tuple!(A, B, C, D, E, F, G, H, I, J, K, L);
 
-/// A column value read from its text form (`None` is NULL).
-pub trait FromValue: Sized {
-    fn from_text(text: Option<&str>) -> Result<Self, String>;
-}
-
-fn not_null(text: Option<&str>) -> Result<&str, String> {
-    text.ok_or_else(|| "unexpected NULL".to_owned())
-}
-
-impl FromValue for i64 {
-    fn from_text(text: Option<&str>) -> Result<i64, String> {
-        let text = not_null(text)?;
-        if let Ok(number) = text.parse() {
-            return Ok(number);
-        }
-        // A DECIMAL with zeros after the point (`SUM` of integers on some servers).
-        match text.split_once('.') {
-            Some((whole, fraction)) if fraction.bytes().all(|digit| digit == b'0') => {
-                whole.parse().map_err(|_| format!("'{text}' is not an integer"))
-            }
-            _ => Err(format!("'{text}' is not an integer")),
-        }
-    }
-}
-
-impl FromValue for f64 {
-    fn from_text(text: Option<&str>) -> Result<f64, String> {
-        let text = not_null(text)?;
-        text.parse().map_err(|_| format!("'{text}' is not a number"))
-    }
-}
-
-impl FromValue for bool {
-    fn from_text(text: Option<&str>) -> Result<bool, String> {
-        i64::from_text(text).map(|number| number != 0)
-    }
-}
-
-impl FromValue for String {
-    fn from_text(text: Option<&str>) -> Result<String, String> {
-        not_null(text).map(str::to_owned)
-    }
-}
-
-impl<T: FromValue> FromValue for Option<T> {
-    fn from_text(text: Option<&str>) -> Result<Option<T>, String> {
-        text.map(|text| T::from_text(Some(text))).transpose()
-    }
-}
-
 /// One result row, its columns in text form.
-#[derive(Debug)]
-pub struct Row {
-    columns: Vec<Option<String>>,
-}
-
-impl Row {
-    /// Column `index` (from 0) as `T`. The value is never quoted in the error (it could be a key).
-    pub fn get<T: FromValue>(&self, index: usize) -> Result<T, Error> {
-        let column = self
-            .columns
-            .get(index)
-            .ok_or_else(|| Error::Conversion(format!("the row has no column {index}")))?;
-        T::from_text(column.as_deref()).map_err(|_| Error::Conversion(format!("column {index} has an unexpected type")))
-    }
-}
+pub type Row = TextRow<Error>;
 
 /// What a row converts to: the `Row` itself, or its first column's value.
 pub trait FromRow: Sized {
@@ -227,7 +132,7 @@ impl FromRow for Row {
     }
 }
 
-impl<T: FromValue> FromRow for T {
+impl<T: FromColumnText> FromRow for T {
     fn from_row(row: Row) -> Result<T, Error> {
         row.get(0)
     }
@@ -236,7 +141,7 @@ impl<T: FromValue> FromRow for T {
 /// A row read as a tuple of its first columns: `(String, i64)`.
 macro_rules! row_to_tuple {
     ($($name:ident $index:tt),+) => {
-        impl<$($name: FromValue),+> FromRow for ($($name,)+) {
+        impl<$($name: FromColumnText),+> FromRow for ($($name,)+) {
             fn from_row(row: Row) -> Result<($($name,)+), Error> {
                 Ok(($(row.get::<$name>($index)?,)+))
             }
@@ -330,8 +235,7 @@ impl Conn {
 
     /// Begins a transaction; it rolls back when dropped without `commit`.
     pub fn start_transaction(&mut self) -> Result<Transaction<'_>, Error> {
-        self.query_drop("START TRANSACTION")?;
-        Ok(Transaction { connection: self, finished: false })
+        Transaction::begin(self)
     }
 
     /// `sql` with each `?` outside quotes and comments replaced by the next parameter's literal.
@@ -441,7 +345,7 @@ impl Conn {
                 return Err(self.server_error(&packet));
             }
             let columns = wire::text_row(&packet, column_count).map_err(|error| self.io_error(error))?;
-            rows.push(Row { columns });
+            rows.push(Row::new(columns));
         }
     }
 
@@ -650,39 +554,18 @@ fn write_literal(out: &mut String, value: &Value, no_backslash_escapes: bool) {
 }
 
 /// An open transaction; dereferences to its connection for statements.
-pub struct Transaction<'connection> {
-    connection: &'connection mut Conn,
-    finished: bool,
-}
+pub type Transaction<'connection> = transaction::Transaction<'connection, Conn>;
 
-impl Transaction<'_> {
-    pub fn commit(mut self) -> Result<(), Error> {
-        self.finished = true;
-        self.connection.query_drop("COMMIT")
+impl TransactionControl for Conn {
+    type Error = Error;
+    const BACKEND: &'static str = "mysql";
+
+    fn is_closed(&self) -> bool {
+        self.closed
     }
-}
 
-impl std::ops::Deref for Transaction<'_> {
-    type Target = Conn;
-    fn deref(&self) -> &Conn {
-        self.connection
-    }
-}
-
-impl std::ops::DerefMut for Transaction<'_> {
-    fn deref_mut(&mut self) -> &mut Conn {
-        self.connection
-    }
-}
-
-impl Drop for Transaction<'_> {
-    fn drop(&mut self) {
-        if !self.finished
-            && !self.connection.closed
-            && let Err(error) = self.connection.query_drop("ROLLBACK")
-        {
-            log::warn!("mysql: rolling back a transaction failed: {error}");
-        }
+    fn run_control_statement(&mut self, sql: &str) -> Result<(), Error> {
+        self.query_drop(sql)
     }
 }
 
@@ -728,17 +611,5 @@ mod tests {
             })
         });
         assert_eq!(pieces.concat(), "SELECT '?', \"a\\\"?\", `b?`, <P> /* ? */ -- ?\n, <P> # ?");
-    }
-
-    #[test]
-    fn values_read_from_their_text_form() {
-        assert_eq!(i64::from_text(Some("-42")).unwrap(), -42);
-        assert_eq!(i64::from_text(Some("42.000")).unwrap(), 42);
-        assert!(i64::from_text(Some("42.5")).is_err());
-        assert!(bool::from_text(Some("1")).unwrap());
-        assert!(!bool::from_text(Some("0")).unwrap());
-        assert_eq!(f64::from_text(Some("1e-7")).unwrap(), 1e-7);
-        assert_eq!(Option::<String>::from_text(None).unwrap(), None);
-        assert!(String::from_text(None).is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::util::percent_decode_url_part;
+use crate::store::database_url;
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,11 +25,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 impl ConnectionConfig {
     /// `host:port/database` for messages (never the password).
     pub fn describe_target(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('/') {
-            format!("[{}]:{}/{}", self.host, self.port, self.database)
-        } else {
-            format!("{}:{}/{}", self.host, self.port, self.database)
-        }
+        database_url::describe_target(&self.host, self.port, &self.database)
     }
 
     pub fn uses_unix_socket(&self) -> bool {
@@ -123,43 +119,17 @@ pub fn parse(text: &str) -> Result<ConnectionConfig, String> {
 }
 
 fn parse_url(rest: &str) -> Result<ConnectionConfig, String> {
-    let mut settings = Settings::default();
-    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
-    // The password may contain '@' only escaped, but take the last '@' as libpq does.
-    let (user_info, host_port) = match authority.rsplit_once('@') {
-        Some((user_info, host_port)) => (Some(user_info), host_port),
-        None => (None, authority),
+    let parts = database_url::split(rest)?;
+    let mut settings = Settings {
+        host: Some(parts.host),
+        port: parts.port.map(str::to_owned),
+        user: parts.user,
+        password: parts.password,
+        database: Some(parts.database).filter(|database| !database.is_empty()),
+        ..Settings::default()
     };
-    if let Some(user_info) = user_info {
-        let (user, password) = match user_info.split_once(':') {
-            Some((user, password)) => (user, Some(password)),
-            None => (user_info, None),
-        };
-        settings.user = Some(percent_decode_url_part(user));
-        settings.password = password.map(percent_decode_url_part);
-    }
-    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-        let (address, after) = bracketed.split_once(']').ok_or("an IPv6 address without its closing ']'")?;
-        let port = match after {
-            "" => None,
-            _ => Some(after.strip_prefix(':').ok_or("unexpected text after the IPv6 address")?),
-        };
-        (address.to_owned(), port)
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((host, port)) => (percent_decode_url_part(host), Some(port)),
-            None => (percent_decode_url_part(host_port), None),
-        }
-    };
-    settings.host = Some(host);
-    settings.port = port.map(str::to_owned);
-    if !path.is_empty() {
-        settings.database = Some(percent_decode_url_part(path));
-    }
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').ok_or_else(|| format!("setting '{pair}' has no value"))?;
-        settings.set(key, percent_decode_url_part(value))?;
+    for (key, value) in parts.settings {
+        settings.set(key, value)?;
     }
     settings.finish()
 }

@@ -18,6 +18,9 @@ pub use config::ConnectionConfig;
 use wire::{BackendMessage, BodyReader, MessageWriter};
 
 use crate::store::database_socket::DatabaseSocket;
+use crate::store::client_error::ClientError;
+use crate::store::text_row::TextRow;
+use crate::store::transaction::{self, TransactionControl};
 
 use crate::util::{base64_encode, hex, os_random_bytes};
 
@@ -78,54 +81,9 @@ impl fmt::Display for DatabaseError {
     }
 }
 
-/// Everything that can go wrong talking to the server.
-#[derive(Debug)]
-pub enum Error {
-    /// The server refused a statement or the login; the connection is still usable after a
-    /// statement's error.
-    /// Boxed: the fields are many, and the error travels through every `Result` of the store.
-    Database(Box<DatabaseError>),
-    /// Reading or writing the socket failed; the connection is gone.
-    Io(io::Error),
-    /// The server sent what this client does not expect, or the login cannot proceed (an
-    /// authentication method it does not speak); the connection is closed.
-    Protocol(String),
-    /// A value does not convert to or from the requested type, or a query returned no row
-    /// where one was required.
-    Conversion(String),
-    /// The connection string is wrong.
-    Config(String),
-}
-
-impl Error {
-    /// The server's error, when it is one.
-    pub fn as_database_error(&self) -> Option<&DatabaseError> {
-        match self {
-            Error::Database(error) => Some(error),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Database(error) => error.fmt(formatter),
-            Error::Io(error) => write!(formatter, "connection error: {error}"),
-            Error::Protocol(message) => write!(formatter, "protocol error: {message}"),
-            Error::Conversion(message) => formatter.write_str(message),
-            Error::Config(message) => formatter.write_str(message),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<io::Error> for Error {
-    fn from(error: io::Error) -> Error {
-        Error::Io(error)
-    }
-}
+/// Everything that can go wrong talking to the server; its server report is boxed, since
+/// the fields are many and the error travels through every `Result` of the store.
+pub type Error = ClientError<Box<DatabaseError>>;
 
 /// A value sent as a statement parameter, in PostgreSQL's text form (`None` is NULL).
 pub trait ToSql {
@@ -190,69 +148,8 @@ impl ToSql for Vec<i64> {
     }
 }
 
-/// A column value read from its text form (`None` is NULL).
-pub trait FromSql: Sized {
-    fn from_sql_text(text: Option<&str>) -> Result<Self, String>;
-}
-
-fn not_null(text: Option<&str>) -> Result<&str, String> {
-    text.ok_or_else(|| "unexpected NULL".to_owned())
-}
-
-impl FromSql for i64 {
-    fn from_sql_text(text: Option<&str>) -> Result<i64, String> {
-        let text = not_null(text)?;
-        text.parse().map_err(|_| format!("'{text}' is not an integer"))
-    }
-}
-
-impl FromSql for f64 {
-    fn from_sql_text(text: Option<&str>) -> Result<f64, String> {
-        // Rust reads "NaN", "Infinity" and "-Infinity" as PostgreSQL writes them.
-        let text = not_null(text)?;
-        text.parse().map_err(|_| format!("'{text}' is not a number"))
-    }
-}
-
-impl FromSql for bool {
-    fn from_sql_text(text: Option<&str>) -> Result<bool, String> {
-        match not_null(text)? {
-            "t" => Ok(true),
-            "f" => Ok(false),
-            other => Err(format!("'{other}' is not a boolean")),
-        }
-    }
-}
-
-impl FromSql for String {
-    fn from_sql_text(text: Option<&str>) -> Result<String, String> {
-        not_null(text).map(str::to_owned)
-    }
-}
-
-impl<T: FromSql> FromSql for Option<T> {
-    fn from_sql_text(text: Option<&str>) -> Result<Option<T>, String> {
-        text.map(|text| T::from_sql_text(Some(text))).transpose()
-    }
-}
-
 /// One result row, its columns in text form.
-#[derive(Debug)]
-pub struct Row {
-    columns: Vec<Option<String>>,
-}
-
-impl Row {
-    /// Column `index` (from 0) as `T`.
-    pub fn try_get<T: FromSql>(&self, index: usize) -> Result<T, Error> {
-        let column = self
-            .columns
-            .get(index)
-            .ok_or_else(|| Error::Conversion(format!("the row has no column {index}")))?;
-        T::from_sql_text(column.as_deref())
-            .map_err(|problem| Error::Conversion(format!("column {index}: {problem}")))
-    }
-}
+pub type Row = TextRow<Error>;
 
 /// One connection. After an IO or protocol error it is closed for good (`is_closed`); the
 /// store pool then opens a new one.
@@ -293,11 +190,6 @@ impl Client {
         client.read_until_ready().map(|_| client)
     }
 
-    /// Whether the connection is gone (a broken socket or an unexpected message).
-    pub fn is_closed(&self) -> bool {
-        self.closed
-    }
-
     /// Runs `sql` with `parameters` and returns its rows.
     pub fn query(&mut self, sql: &str, parameters: &[&dyn ToSql]) -> Result<Vec<Row>, Error> {
         self.run(sql, parameters).map(|outcome| outcome.rows)
@@ -329,8 +221,7 @@ impl Client {
 
     /// Begins a transaction; it rolls back when dropped without `commit`.
     pub fn transaction(&mut self) -> Result<Transaction<'_>, Error> {
-        self.batch_execute("BEGIN")?;
-        Ok(Transaction { client: self, finished: false })
+        Transaction::begin(self)
     }
 
     fn ensure_open(&self) -> Result<(), Error> {
@@ -386,7 +277,7 @@ impl Client {
             match message.kind {
                 b'D' => {
                     let columns = wire::data_row(&message.body).map_err(|error| self.broken(Error::Io(error)))?;
-                    outcome.rows.push(Row { columns });
+                    outcome.rows.push(Row::new(columns));
                 }
                 b'C' => {
                     let tag = BodyReader::new(&message.body).c_string().map_err(|error| self.broken(Error::Io(error)))?;
@@ -399,9 +290,9 @@ impl Client {
                     // FATAL and PANIC end the session: the server closes the socket without a
                     // ReadyForQuery (a missing database, an administrator's shutdown).
                     if error.severity == "FATAL" || error.severity == "PANIC" {
-                        return Err(self.broken(Error::Database(Box::new(error))));
+                        return Err(self.broken(Error::Server(Box::new(error))));
                     }
-                    first_error.get_or_insert(Error::Database(Box::new(error)));
+                    first_error.get_or_insert(Error::Server(Box::new(error)));
                 }
                 b'N' => {
                     if let Ok(fields) = wire::error_fields(&message.body) {
@@ -434,7 +325,7 @@ impl Client {
                 b'E' => {
                     let fields = wire::error_fields(&message.body).map_err(|error| self.broken(Error::Io(error)))?;
                     self.closed = true;
-                    return Err(Error::Database(Box::new(DatabaseError::from_fields(fields))));
+                    return Err(Error::Server(Box::new(DatabaseError::from_fields(fields))));
                 }
                 b'N' => continue,
                 other => {
@@ -536,48 +427,27 @@ fn open_socket(config: &ConnectionConfig) -> io::Result<DatabaseSocket> {
 }
 
 /// An open transaction; dereferences to its client for statements.
-pub struct Transaction<'client> {
-    client: &'client mut Client,
-    finished: bool,
-}
+pub type Transaction<'client> = transaction::Transaction<'client, Client>;
 
-impl Transaction<'_> {
-    /// Commits. A transaction that a failed statement aborted is rolled back by the server
-    /// instead, which is reported as an error here.
-    pub fn commit(mut self) -> Result<(), Error> {
-        self.finished = true;
-        self.client.ensure_open()?;
-        self.client.writer.simple_query("COMMIT");
-        self.client.flush()?;
-        let outcome = self.client.read_until_ready()?;
-        if outcome.last_tag == "ROLLBACK" {
+impl TransactionControl for Client {
+    type Error = Error;
+    const BACKEND: &'static str = "postgres";
+
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn run_control_statement(&mut self, sql: &str) -> Result<(), Error> {
+        self.ensure_open()?;
+        self.writer.simple_query(sql);
+        self.flush()?;
+        let outcome = self.read_until_ready()?;
+        // PostgreSQL answers the COMMIT of a transaction a failed statement aborted with a
+        // ROLLBACK and no error.
+        if sql == "COMMIT" && outcome.last_tag == "ROLLBACK" {
             return Err(Error::Conversion("the transaction was rolled back: a statement in it failed".to_owned()));
         }
         Ok(())
-    }
-}
-
-impl std::ops::Deref for Transaction<'_> {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        self.client
-    }
-}
-
-impl std::ops::DerefMut for Transaction<'_> {
-    fn deref_mut(&mut self) -> &mut Client {
-        self.client
-    }
-}
-
-impl Drop for Transaction<'_> {
-    fn drop(&mut self) {
-        if !self.finished
-            && !self.client.closed
-            && let Err(error) = self.client.batch_execute("ROLLBACK")
-        {
-            log::warn!("postgres: rolling back a transaction failed: {error}");
-        }
     }
 }
 
@@ -594,6 +464,7 @@ pub fn connect(url: &str) -> Result<Client, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::text_row::FromColumnText;
 
     #[test]
     fn md5_answer_matches_postgres() {
@@ -605,15 +476,15 @@ mod tests {
     fn values_round_trip_through_their_text_form() {
         for number in [0.1, 1e-7, 123456789.125, f64::MAX, f64::MIN_POSITIVE, -0.0, f64::INFINITY, f64::NEG_INFINITY] {
             let text = number.to_sql_text().unwrap();
-            assert_eq!(f64::from_sql_text(Some(&text)).unwrap().to_bits(), number.to_bits(), "{text}");
+            assert_eq!(f64::from_column_text(Some(&text)).unwrap().to_bits(), number.to_bits(), "{text}");
         }
-        assert!(f64::from_sql_text(Some(&f64::NAN.to_sql_text().unwrap())).unwrap().is_nan());
-        assert_eq!(i64::from_sql_text(Some(&i64::MIN.to_sql_text().unwrap())).unwrap(), i64::MIN);
-        assert!(bool::from_sql_text(Some("t")).unwrap());
-        assert!(!bool::from_sql_text(Some("f")).unwrap());
-        assert!(bool::from_sql_text(Some("yes")).is_err());
-        assert_eq!(Option::<i64>::from_sql_text(None).unwrap(), None);
-        assert!(i64::from_sql_text(None).unwrap_err().contains("NULL"));
+        assert!(f64::from_column_text(Some(&f64::NAN.to_sql_text().unwrap())).unwrap().is_nan());
+        assert_eq!(i64::from_column_text(Some(&i64::MIN.to_sql_text().unwrap())).unwrap(), i64::MIN);
+        assert!(bool::from_column_text(Some("t")).unwrap());
+        assert!(!bool::from_column_text(Some("f")).unwrap());
+        assert!(bool::from_column_text(Some("yes")).is_err());
+        assert_eq!(Option::<i64>::from_column_text(None).unwrap(), None);
+        assert!(i64::from_column_text(None).unwrap_err().contains("NULL"));
         assert_eq!(None::<i64>.to_sql_text(), None);
         assert_eq!(vec![1i64, -2, 3].to_sql_text().as_deref(), Some("{1,-2,3}"));
         assert_eq!(Vec::<i64>::new().to_sql_text().as_deref(), Some("{}"));
