@@ -15,10 +15,11 @@
 //! entry, directly above its guard page, and above that mapping's lowest page (where the
 //! coroutine library keeps a sentinel it checks when the coroutine ends). If the check fails,
 //! releasing is switched off for the life of the process: it is a memory saving, never worth a
-//! risk.
+//! risk. Where the mappings cannot be read (no /proc yet), nothing is released and the next
+//! release checks again.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// The lowest part of the stack that is never released: it holds the coroutine library's
@@ -46,6 +47,8 @@ fn page_bytes() -> usize {
 
 /// Whether releasing has been checked against the process's mappings yet, and how that went.
 static CHECKED: AtomicU8 = AtomicU8::new(UNCHECKED);
+/// Whether the log has said once that the layout cannot be checked yet.
+static UNKNOWN_LOGGED: AtomicBool = AtomicBool::new(false);
 const UNCHECKED: u8 = 0;
 const SAFE: u8 = 1;
 const OFF: u8 = 2;
@@ -91,13 +94,25 @@ impl StackEntry {
         }
         let range = release_range(self.address, self.stack_bytes, current_stack_pointer()?)?;
         if CHECKED.load(Ordering::Relaxed) == UNCHECKED {
-            let safe = range_is_inside_this_stack(self.address, self.stack_bytes, &range);
-            CHECKED.store(if safe { SAFE } else { OFF }, Ordering::Relaxed);
-            if !safe {
-                log::debug!("coroutine stack pages are not released: the stack's layout is not the expected one");
-                return None;
+            match check_against_the_mappings(self.address, self.stack_bytes, &range) {
+                StackCheck::Fits => {
+                    CHECKED.store(SAFE, Ordering::Relaxed);
+                    log::debug!("coroutine stack pages are released below the stack pointer: the stack's layout checked against /proc/self/maps");
+                }
+                StackCheck::Differs(problem) => {
+                    CHECKED.store(OFF, Ordering::Relaxed);
+                    log::debug!("coroutine stack pages are not released: the stack's layout is not the expected one ({problem})");
+                    return None;
+                }
+                // Without /proc (a chroot, or a container before its runtime mounts it) nothing
+                // is known yet, so nothing is released now, and the next release asks again.
+                StackCheck::Unknown(problem) => {
+                    if !UNKNOWN_LOGGED.swap(true, Ordering::Relaxed) {
+                        log::debug!("coroutine stack pages are not released until the stack's layout can be checked ({problem})");
+                    }
+                    return None;
+                }
             }
-            log::debug!("coroutine stack pages are released below the stack pointer: the stack's layout checked against /proc/self/maps");
         }
         // SAFETY: the range lies inside this coroutine's own stack mapping (checked against the
         // process's mappings once, and computed the same way every time), below every live
@@ -156,22 +171,56 @@ fn release_range(entry: usize, stack_bytes: usize, current: usize) -> Option<std
     (end > start && current <= entry).then_some(start..end)
 }
 
+/// What `/proc/self/maps` says about a release range.
+#[derive(Debug, PartialEq, Eq)]
+enum StackCheck {
+    /// The range lies where this coroutine's stack must be.
+    Fits,
+    /// The stack's mapping is there and does not look as expected: the reason, for the log.
+    Differs(String),
+    /// The mappings cannot be read, or none of them holds the stack (qemu-user answers an empty
+    /// list when the host's /proc is missing): the reason, for the log.
+    Unknown(String),
+}
+
 /// Whether `range` lies in this coroutine's stack mapping, at least one page above its bottom:
 /// the anonymous read-write mapping that holds `entry`, directly above its inaccessible guard
 /// page (the guard keeps the kernel from merging it with a mapping below, so its start is the
 /// stack's bottom), starting no lower than a whole stack below the entry.
-fn range_is_inside_this_stack(entry: usize, stack_bytes: usize, range: &std::ops::Range<usize>) -> bool {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return false };
+fn check_against_the_mappings(entry: usize, stack_bytes: usize, range: &std::ops::Range<usize>) -> StackCheck {
+    match std::fs::read_to_string("/proc/self/maps") {
+        Ok(maps) => check_range_in_mappings(&maps, entry, stack_bytes, range),
+        Err(error) => StackCheck::Unknown(format!("/proc/self/maps cannot be read: {error}")),
+    }
+}
+
+fn check_range_in_mappings(maps: &str, entry: usize, stack_bytes: usize, range: &std::ops::Range<usize>) -> StackCheck {
     let mappings: Vec<Mapping> = maps.lines().filter_map(parse_mapping).collect();
-    let Some(index) = mappings.iter().position(|mapping| mapping.range.contains(&entry)) else { return false };
+    let Some(index) = mappings.iter().position(|mapping| mapping.range.contains(&entry)) else {
+        return StackCheck::Unknown(format!("/proc/self/maps lists {} mappings, none holding the stack entry {entry:#x}", mappings.len()));
+    };
     let stack = &mappings[index];
-    let guarded = index > 0 && mappings[index - 1].range.end == stack.range.start && mappings[index - 1].permissions.starts_with("---");
-    guarded
-        && stack.anonymous
-        && stack.permissions.starts_with("rw")
-        && stack.range.start >= entry.saturating_sub(stack_bytes)
-        && range.start >= stack.range.start + page_bytes()
-        && range.end <= entry
+    let below = index.checked_sub(1).map(|below| &mappings[below]);
+    let guarded = below.is_some_and(|below| below.range.end == stack.range.start && below.permissions.starts_with("---"));
+    let problem = if !guarded {
+        "the mapping below it is not an adjoining guard page"
+    } else if !stack.anonymous {
+        "it is not anonymous"
+    } else if !stack.permissions.starts_with("rw") {
+        "it is not read-write"
+    } else if stack.range.start < entry.saturating_sub(stack_bytes) {
+        "it starts more than a stack size below the entry"
+    } else if range.start < stack.range.start + page_bytes() || range.end > entry {
+        "the release range is not inside it"
+    } else {
+        return StackCheck::Fits;
+    };
+    StackCheck::Differs(format!(
+        "{problem}: entry {entry:#x}, stack size {stack_bytes:#x}, release range {range:#x?}, mapping {:#x?} {}, below it {}",
+        stack.range,
+        stack.permissions,
+        below.map_or_else(|| "nothing".to_string(), |below| format!("{:#x?} {}", below.range, below.permissions)),
+    ))
 }
 
 /// One line of `/proc/self/maps`.
@@ -210,6 +259,28 @@ mod tests {
         );
         assert!(release_range(entry, stack_bytes, entry - 220 * 1024).is_none(), "nothing left to release that deep");
         assert!(release_range(entry, stack_bytes, entry + 64).is_none(), "a frame above the entry is not this stack");
+    }
+
+    #[test]
+    fn the_mappings_decide_whether_a_release_fits() {
+        let page = page_bytes();
+        let stack_bytes = 64 * page;
+        let bottom = 0x4000_0000;
+        let entry = bottom + stack_bytes - 100;
+        let range = bottom + 9 * page..bottom + 40 * page;
+        let stack_line = format!("{bottom:x}-{:x} rw-p 00000000 00:00 0", bottom + stack_bytes);
+        let guard_line = format!("{:x}-{bottom:x} ---p 00000000 00:00 0", bottom - page);
+        let guarded = format!("1000-2000 r-xp 00000000 08:01 7 /octopus\n{guard_line}\n{stack_line}\n");
+        assert_eq!(check_range_in_mappings(&guarded, entry, stack_bytes, &range), StackCheck::Fits);
+
+        let unguarded = format!("1000-2000 r-xp 00000000 08:01 7 /octopus\n{stack_line}\n");
+        let StackCheck::Differs(problem) = check_range_in_mappings(&unguarded, entry, stack_bytes, &range) else { panic!() };
+        assert!(problem.starts_with("the mapping below it is not an adjoining guard page"), "{problem}");
+        let too_low = bottom..bottom + 40 * page;
+        assert!(matches!(check_range_in_mappings(&guarded, entry, stack_bytes, &too_low), StackCheck::Differs(_)), "the sentinel page is kept");
+
+        // qemu-user without the host's /proc lists nothing: not known yet, so asked again later.
+        assert!(matches!(check_range_in_mappings("", entry, stack_bytes, &range), StackCheck::Unknown(_)));
     }
 
     #[test]
