@@ -260,8 +260,35 @@ def test_screenshots_of_every_page(browser, gateway):
             page.wait_for_load_state("networkidle")
             page.wait_for_timeout(300)
             page.screenshot(path=str(SCREENSHOTS / f"{route}-{suffix}.png"), full_page=True)
+            if width < 760:
+                assert_nothing_overflows_sideways(page, f"{route}-{suffix}")
         assert page.console_errors == [], page.console_errors
         page.context.close()
+
+
+# What a phone shows cut off or only by scrolling sideways: the page wider than the screen, a
+# table wider than its box, an input whose placeholder does not fit (measured in the input's font).
+OVERFLOW_PROBE = """() => {
+  const problems = [];
+  if (document.documentElement.scrollWidth > window.innerWidth) problems.push(`page ${document.documentElement.scrollWidth} px wide`);
+  for (const box of document.querySelectorAll('.table-scroll')) {
+    if (box.offsetParent && box.scrollWidth > box.clientWidth + 1) problems.push(`table ${box.scrollWidth} px in ${box.clientWidth} px: ${box.innerText.slice(0, 40)}`);
+  }
+  const context = document.createElement('canvas').getContext('2d');
+  for (const input of document.querySelectorAll('input[placeholder]')) {
+    if (!input.offsetParent || !input.placeholder) continue;
+    const style = getComputedStyle(input);
+    context.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const room = input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    if (context.measureText(input.placeholder).width > room + 1) problems.push(`placeholder cut off: ${input.placeholder}`);
+  }
+  return problems;
+}"""
+
+
+def assert_nothing_overflows_sideways(page, name):
+    problems = page.evaluate(OVERFLOW_PROBE)
+    assert problems == [], f"{name}: {problems}"
 
 
 def test_dashboard_first_contentful_paint(browser, gateway):

@@ -71,11 +71,11 @@ function Rankings({ bounds }) {
   return html`<div class="rankings">
     <section class="panel" data-testid="channel-ranking"><h2>${t("Channel ranking")}</h2>
       <${LoadState} state=${channels} />
-      ${channels.data ? html`<div class="table-scroll"><table>
+      ${channels.data ? html`<div class="table-scroll"><table class="responsive">
         <thead><tr><th>${t("Channel")}</th><th class="number">${t("Requests")}</th><th class="number">${t("Success rate")}</th><th class="number">${t("Avg latency")}</th><th class="number">${t("Avg TTFT")}</th><th class="number">${t("Cost")}</th></tr></thead>
         <tbody>${byRequests(channels.data.items).map((row) => html`<tr>
-          <td>${row.channel_name || (row.channel_id === null ? t("(no channel)") : t("(deleted)"))}</td><td class="number">${formatNumber(row.requests)}</td><td class="number">${formatPercent(row.success, row.requests)}</td>
-          <td class="number">${formatMilliseconds(row.avg_latency_ms)}</td><td class="number">${formatMilliseconds(row.avg_ttft_ms)}</td><td class="number">${formatCost(row.cost)}</td></tr>`)}
+          <td data-label=${t("Channel")}>${row.channel_name || (row.channel_id === null ? t("(no channel)") : t("(deleted)"))}</td><td class="number" data-label=${t("Requests")}>${formatNumber(row.requests)}</td><td class="number" data-label=${t("Success rate")}>${formatPercent(row.success, row.requests)}</td>
+          <td class="number" data-label=${t("Avg latency")}>${formatMilliseconds(row.avg_latency_ms)}</td><td class="number" data-label=${t("Avg TTFT")}>${formatMilliseconds(row.avg_ttft_ms)}</td><td class="number" data-label=${t("Cost")}>${formatCost(row.cost)}</td></tr>`)}
         ${channels.data.items?.length ? null : html`<tr><td colspan="6" class="muted">${t("No requests yet.")}</td></tr>`}</tbody></table></div>` : null}
     </section>
     <section class="panel" data-testid="model-ranking"><h2>${t("Top models")}</h2>
