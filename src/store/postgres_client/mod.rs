@@ -213,10 +213,15 @@ impl Client {
 
     /// Runs one or more `;`-separated statements without parameters (migrations).
     pub fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        self.simple_query(sql).map(|_| ())
+    }
+
+    /// Sends `sql` in the simple query protocol and reads every answer up to ReadyForQuery.
+    fn simple_query(&mut self, sql: &str) -> Result<Outcome, Error> {
         self.ensure_open()?;
         self.writer.simple_query(sql);
         self.flush()?;
-        self.read_until_ready().map(|_| ())
+        self.read_until_ready()
     }
 
     /// Begins a transaction; it rolls back when dropped without `commit`.
@@ -438,10 +443,7 @@ impl TransactionControl for Client {
     }
 
     fn run_control_statement(&mut self, sql: &str) -> Result<(), Error> {
-        self.ensure_open()?;
-        self.writer.simple_query(sql);
-        self.flush()?;
-        let outcome = self.read_until_ready()?;
+        let outcome = self.simple_query(sql)?;
         // PostgreSQL answers the COMMIT of a transaction a failed statement aborted with a
         // ROLLBACK and no error.
         if sql == "COMMIT" && outcome.last_tag == "ROLLBACK" {
