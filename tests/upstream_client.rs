@@ -865,6 +865,8 @@ fn tls_server_config() -> Arc<rustls::ServerConfig> {
             .map(Result::unwrap)
             .collect();
     let key = PrivateKeyDer::from_pem_slice(&key_pem).unwrap();
+    // The gateway's own provider (src/upstream/tls.rs says why ring's is kept).
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

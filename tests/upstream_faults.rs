@@ -882,9 +882,10 @@ impl RawListener {
                 .map(Result::unwrap)
                 .collect();
         let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
+        // The gateway's own provider (src/upstream/tls.rs says why ring's is kept).
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

@@ -190,7 +190,10 @@ fn test_certificate_config() -> io::Result<Arc<ServerConfig>> {
         .map_err(|error| invalid(format!("{TLS_FIXTURES}/server.pem: {error}")))?;
     let key = PrivateKeyDer::from_pem_file(format!("{TLS_FIXTURES}/server.key"))
         .map_err(|error| invalid(format!("{TLS_FIXTURES}/server.key: {error}")))?;
-    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    // The gateway's own provider (its src/upstream/tls.rs says why ring's is kept).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|builder| builder.with_no_client_auth().with_single_cert(vec![certificate], key))
         .map_err(|error| invalid(format!("TLS server setup failed: {error}")))?;
@@ -599,7 +602,9 @@ mod tests {
         let address = mock.address();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_file(TEST_CA_FILE).expect("test CA")).expect("CA is usable");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
             .with_root_certificates(roots)

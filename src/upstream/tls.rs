@@ -32,6 +32,11 @@ pub(crate) fn client_config(extra_ca_pem_file: Option<&Path>) -> Result<Arc<Clie
     if let Some(path) = extra_ca_pem_file {
         add_pem_certificates(&mut roots, path)?;
     }
+    // rustls 0.23.48 deprecates ring's provider because ring has no post-quantum key exchange
+    // (X25519MLKEM768). The provider that has it, aws-lc-rs, is a second C crypto library, built
+    // with cmake, far larger than the 120 KB the router build has left under 5 MiB (issue 11).
+    // Key exchange stays X25519 with ring until ring, or a small Rust ML-KEM, can do it.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
