@@ -335,6 +335,30 @@ mod tests {
         assert_eq!(recovered, Sha256::digest(b"secret").to_vec());
     }
 
+    /// Both proofs as PyMySQL 2.2 (an independent client, widely used against MySQL 8) computes
+    /// them: `_auth.scramble_native_password` and `_auth.scramble_caching_sha2`.
+    #[test]
+    fn proofs_match_an_independent_client() {
+        let nonce = b"abcdefghij0123456789";
+        assert_eq!(hex(&native_password_proof("secret", nonce)), "99db25ccb2a625f0e7cf4ce2e895ef9609dfe5e4");
+        assert_eq!(hex(&caching_sha2_proof("secret", nonce)), "bd7d89fc1c297010da753d08822e9e48d3eafbb6e68e1f9b403be12dc5687a40");
+    }
+
+    /// The RSA path's output for a fixed seed, checked outside this code once: OpenSSL's
+    /// RSA-OAEP with SHA-1 (Python's `cryptography` 51, with the test key's private half) decrypts
+    /// it to the password and its NUL XORed with the nonce, the same plaintext it gets from
+    /// PyMySQL's `_auth.sha2_rsa_encrypt` for the same password, nonce and key.
+    #[test]
+    fn password_encryption_is_what_openssl_decrypts() {
+        let ciphertext = encrypt_password("pässword", b"0123456789abcdefghij", TEST_PUBLIC_KEY_PEM, [7; 20]).unwrap();
+        assert_eq!(
+            hex(&ciphertext),
+            "7fd002d3d378524602b4167f8bcc3a762f8675222b7f02b76a6f7b837f93b1dffefa44176afaea634c18d33b6394dfa2\
+             0f9846e86f25d11af41e595fa39b085f096c53aca4076186ec55534a9c8e0dbf1c0344ec98dda5a8e71cde09f9e82651\
+             7c2c3d8bec84aea01b799de17b6ebdd32db2eda4c738b5131b4e78c446f627bb"
+        );
+    }
+
     #[test]
     fn arithmetic_matches_small_known_values() {
         let modulus = Natural::from_be_bytes(&3233u32.to_be_bytes());
