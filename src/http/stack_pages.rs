@@ -15,8 +15,8 @@
 //! entry, directly above its guard page, and above that mapping's lowest page (where the
 //! coroutine library keeps a sentinel it checks when the coroutine ends). If the check fails,
 //! releasing is switched off for the life of the process: it is a memory saving, never worth a
-//! risk. Where the mappings cannot be read (no /proc yet), nothing is released and the next
-//! release checks again.
+//! risk. Where the mappings cannot be read or list nothing (no /proc yet), nothing is released
+//! and the next release checks again.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -178,8 +178,8 @@ enum StackCheck {
     Fits,
     /// The stack's mapping is there and does not look as expected: the reason, for the log.
     Differs(String),
-    /// The mappings cannot be read, or none of them holds the stack (qemu-user answers an empty
-    /// list when the host's /proc is missing): the reason, for the log.
+    /// The mappings cannot be read, or the list is empty (qemu-user's answer when the host's
+    /// /proc is missing): the reason, for the log.
     Unknown(String),
 }
 
@@ -196,8 +196,11 @@ fn check_against_the_mappings(entry: usize, stack_bytes: usize, range: &std::ops
 
 fn check_range_in_mappings(maps: &str, entry: usize, stack_bytes: usize, range: &std::ops::Range<usize>) -> StackCheck {
     let mappings: Vec<Mapping> = maps.lines().filter_map(parse_mapping).collect();
+    if mappings.is_empty() {
+        return StackCheck::Unknown("/proc/self/maps lists no mappings".to_owned());
+    }
     let Some(index) = mappings.iter().position(|mapping| mapping.range.contains(&entry)) else {
-        return StackCheck::Unknown(format!("/proc/self/maps lists {} mappings, none holding the stack entry {entry:#x}", mappings.len()));
+        return StackCheck::Differs(format!("no mapping holds the stack entry {entry:#x}"));
     };
     let stack = &mappings[index];
     let below = index.checked_sub(1).map(|below| &mappings[below]);
@@ -278,6 +281,12 @@ mod tests {
         assert!(problem.starts_with("the mapping below it is not an adjoining guard page"), "{problem}");
         let too_low = bottom..bottom + 40 * page;
         assert!(matches!(check_range_in_mappings(&guarded, entry, stack_bytes, &too_low), StackCheck::Differs(_)), "the sentinel page is kept");
+
+        let elsewhere = format!("1000-2000 r-xp 00000000 08:01 7 /octopus\n{guard_line}\n");
+        assert!(
+            matches!(check_range_in_mappings(&elsewhere, entry, stack_bytes, &range), StackCheck::Differs(_)),
+            "mappings that leave out the stack are a layout we do not know, not a missing /proc"
+        );
 
         // qemu-user without the host's /proc lists nothing: not known yet, so asked again later.
         assert!(matches!(check_range_in_mappings("", entry, stack_bytes, &range), StackCheck::Unknown(_)));
