@@ -1,101 +1,120 @@
 //! Conversions between entities and the plain column values every backend stores: JSON text
 //! for lists and maps, text for enums, signed 64-bit integers for counts and durations.
 //!
-//! Backends read a row into one of the `*Row` structs with their own driver and let this module
-//! build the entity, so the decoding rules (and their error messages) are the same everywhere.
+//! Backends expose a result row through `ColumnReader` and let this module build the entity, so
+//! the columns selected, the decoding rules and their error messages are the same everywhere.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::store::entities::{
-    ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode,
+    AdminSession, AdminUser, ApiKey, AutoGroup, Channel, ChannelKey, ChannelType, Group, GroupItem, GroupMode,
+    ModelPrice,
 };
 use crate::store::{StoreError, StoreResult};
 
-/// The columns of one `channels` row.
-pub struct ChannelRow {
-    pub id: i64,
-    pub name: String,
-    pub channel_type: String,
-    pub enabled: bool,
-    pub base_urls: String,
-    pub models: String,
-    pub headers: String,
-    pub proxy: String,
-    pub auto_sync: bool,
-    pub match_regex: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub auto_group: String,
+/// Typed access to the columns of one result row, implemented by each backend for its driver,
+/// so that every entity is read from its row by the one function below for all three backends.
+pub trait ColumnReader {
+    fn int(&self, index: usize) -> StoreResult<i64>;
+    fn optional_int(&self, index: usize) -> StoreResult<Option<i64>>;
+    fn float(&self, index: usize) -> StoreResult<f64>;
+    fn optional_float(&self, index: usize) -> StoreResult<Option<f64>>;
+    fn text(&self, index: usize) -> StoreResult<String>;
+    fn optional_text(&self, index: usize) -> StoreResult<Option<String>>;
+    fn boolean(&self, index: usize) -> StoreResult<bool>;
 }
 
-impl ChannelRow {
-    /// The channel without its keys (see `attach_channel_keys`).
-    pub fn into_channel(self) -> StoreResult<Channel> {
-        Ok(Channel {
-            id: self.id,
-            channel_type: ChannelType::parse(&self.channel_type).ok_or_else(|| {
-                StoreError::Backend(format!(
-                    "channel {} has unknown type '{}'",
-                    self.id, self.channel_type
-                ))
-            })?,
-            name: self.name,
-            enabled: self.enabled,
-            base_urls: strings_from_json(&self.base_urls, "channels.base_urls")?,
-            keys: Vec::new(),
-            models: strings_from_json(&self.models, "channels.models")?,
-            headers: headers_from_json(&self.headers, "channels.headers")?,
-            proxy: self.proxy,
-            auto_sync: self.auto_sync,
-            match_regex: self.match_regex,
-            auto_group: AutoGroup::parse(&self.auto_group).ok_or_else(|| {
-                StoreError::Backend(format!(
-                    "channel {} has unknown auto_group '{}'",
-                    self.id, self.auto_group
-                ))
-            })?,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
+/// The selected columns of each table, in the order its reader below expects them. (The channel
+/// key columns are spelled by each backend: `key` needs quoting in two dialects, differently.)
+pub const ADMIN_COLUMNS: &str = "id, username, password_hash, must_change_password";
+pub const SESSION_COLUMNS: &str = "token_hash, user_id, expires_at, created_at";
+pub const CHANNEL_COLUMNS: &str =
+    "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
+pub const GROUP_COLUMNS: &str =
+    "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
+pub const GROUP_ITEM_COLUMNS: &str = "group_id, channel_id, model, priority, weight";
+pub const API_KEY_COLUMNS: &str =
+    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
+pub const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
+
+/// Reads a row of `ADMIN_COLUMNS`.
+pub fn read_admin(row: &dyn ColumnReader) -> StoreResult<AdminUser> {
+    Ok(AdminUser {
+        id: row.int(0)?,
+        username: row.text(1)?,
+        password_hash: row.text(2)?,
+        must_change_password: row.boolean(3)?,
+    })
 }
 
-/// The columns of one `channel_groups` row.
-pub struct GroupRow {
-    pub id: i64,
-    pub name: String,
-    pub mode: String,
-    pub max_attempts: i64,
-    pub first_byte_timeout_ms: i64,
-    pub total_timeout_ms: i64,
-    pub sticky_seconds: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub match_regex: String,
+/// Reads a row of `SESSION_COLUMNS`.
+pub fn read_session(row: &dyn ColumnReader) -> StoreResult<AdminSession> {
+    Ok(AdminSession {
+        token_hash: row.text(0)?,
+        user_id: row.int(1)?,
+        expires_at: row.int(2)?,
+        created_at: row.int(3)?,
+    })
 }
 
-impl GroupRow {
-    /// The group without its items (see `attach_group_items`).
-    pub fn into_group(self) -> StoreResult<Group> {
-        Ok(Group {
-            id: self.id,
-            mode: GroupMode::parse(&self.mode).ok_or_else(|| {
-                StoreError::Backend(format!(
-                    "group {} has unknown mode '{}'",
-                    self.id, self.mode
-                ))
-            })?,
-            name: self.name,
-            items: Vec::new(),
-            max_attempts: u32_from_column(self.max_attempts),
-            first_byte_timeout_ms: u64_from_column(self.first_byte_timeout_ms),
-            total_timeout_ms: u64_from_column(self.total_timeout_ms),
-            sticky_seconds: u64_from_column(self.sticky_seconds),
-            match_regex: self.match_regex,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
+/// Reads a row of `CHANNEL_COLUMNS`: the channel without its keys (see `attach_channel_keys`).
+pub fn read_channel(row: &dyn ColumnReader) -> StoreResult<Channel> {
+    let id = row.int(0)?;
+    let channel_type = row.text(2)?;
+    let auto_group = row.text(12)?;
+    Ok(Channel {
+        id,
+        channel_type: ChannelType::parse(&channel_type).ok_or_else(|| {
+            StoreError::Backend(format!("channel {id} has unknown type '{channel_type}'"))
+        })?,
+        name: row.text(1)?,
+        enabled: row.boolean(3)?,
+        base_urls: strings_from_json(&row.text(4)?, "channels.base_urls")?,
+        keys: Vec::new(),
+        models: strings_from_json(&row.text(5)?, "channels.models")?,
+        headers: headers_from_json(&row.text(6)?, "channels.headers")?,
+        proxy: row.text(7)?,
+        auto_sync: row.boolean(8)?,
+        match_regex: row.text(9)?,
+        auto_group: AutoGroup::parse(&auto_group).ok_or_else(|| {
+            StoreError::Backend(format!("channel {id} has unknown auto_group '{auto_group}'"))
+        })?,
+        created_at: row.int(10)?,
+        updated_at: row.int(11)?,
+    })
+}
+
+/// Reads a row of `channel_id, id, key, enabled, remark` as `(channel_id, key)`.
+pub fn read_channel_key(row: &dyn ColumnReader) -> StoreResult<(i64, ChannelKey)> {
+    Ok((
+        row.int(0)?,
+        ChannelKey {
+            id: row.int(1)?,
+            key: row.text(2)?,
+            enabled: row.boolean(3)?,
+            remark: row.text(4)?,
+        },
+    ))
+}
+
+/// Reads a row of `GROUP_COLUMNS`: the group without its items (see `attach_group_items`).
+pub fn read_group(row: &dyn ColumnReader) -> StoreResult<Group> {
+    let id = row.int(0)?;
+    let mode = row.text(2)?;
+    Ok(Group {
+        id,
+        mode: GroupMode::parse(&mode)
+            .ok_or_else(|| StoreError::Backend(format!("group {id} has unknown mode '{mode}'")))?,
+        name: row.text(1)?,
+        items: Vec::new(),
+        max_attempts: u32_from_column(row.int(3)?),
+        first_byte_timeout_ms: u64_from_column(row.int(4)?),
+        total_timeout_ms: u64_from_column(row.int(5)?),
+        sticky_seconds: u64_from_column(row.int(6)?),
+        match_regex: row.text(9)?,
+        created_at: row.int(7)?,
+        updated_at: row.int(8)?,
+    })
 }
 
 /// The columns of one `group_items` row, minus its id and position (the order of the rows).
@@ -107,40 +126,47 @@ pub struct GroupItemRow {
     pub weight: i64,
 }
 
-/// The columns of one `api_keys` row.
-pub struct ApiKeyRow {
-    pub id: i64,
-    pub name: String,
-    pub key_hash: String,
-    pub key_prefix: String,
-    pub enabled: bool,
-    pub expires_at: Option<i64>,
-    pub max_cost: Option<f64>,
-    pub allowed_models: String,
-    /// Stored as a signed integer (every backend has one); negative values read as 0 (off).
-    pub rpm: i64,
-    pub tpm: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
+/// Reads a row of `GROUP_ITEM_COLUMNS`.
+pub fn read_group_item(row: &dyn ColumnReader) -> StoreResult<GroupItemRow> {
+    Ok(GroupItemRow {
+        group_id: row.int(0)?,
+        channel_id: row.int(1)?,
+        model: row.text(2)?,
+        priority: row.int(3)?,
+        weight: row.int(4)?,
+    })
 }
 
-impl ApiKeyRow {
-    pub fn into_api_key(self) -> StoreResult<ApiKey> {
-        Ok(ApiKey {
-            allowed_models: strings_from_json(&self.allowed_models, "api_keys.allowed_models")?,
-            id: self.id,
-            name: self.name,
-            key_hash: self.key_hash,
-            key_prefix: self.key_prefix,
-            enabled: self.enabled,
-            expires_at: self.expires_at,
-            max_cost: self.max_cost,
-            rpm: u64_from_column(self.rpm),
-            tpm: u64_from_column(self.tpm),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
+/// Reads a row of `API_KEY_COLUMNS`. Limits are stored as signed integers (every backend has
+/// them); negative values read as 0 (off).
+pub fn read_api_key(row: &dyn ColumnReader) -> StoreResult<ApiKey> {
+    Ok(ApiKey {
+        id: row.int(0)?,
+        name: row.text(1)?,
+        key_hash: row.text(2)?,
+        key_prefix: row.text(3)?,
+        enabled: row.boolean(4)?,
+        expires_at: row.optional_int(5)?,
+        max_cost: row.optional_float(6)?,
+        allowed_models: strings_from_json(&row.text(7)?, "api_keys.allowed_models")?,
+        created_at: row.int(8)?,
+        updated_at: row.int(9)?,
+        rpm: u64_from_column(row.int(10)?),
+        tpm: u64_from_column(row.int(11)?),
+    })
+}
+
+/// Reads a row of `PRICE_COLUMNS`.
+pub fn read_price(row: &dyn ColumnReader) -> StoreResult<ModelPrice> {
+    Ok(ModelPrice {
+        id: row.int(0)?,
+        model: row.text(1)?,
+        channel_id: row.optional_int(2)?,
+        input: row.float(3)?,
+        output: row.float(4)?,
+        cache_read: row.float(5)?,
+        cache_write: row.float(6)?,
+    })
 }
 
 /// Distributes key rows `(channel_id, key)`, already in position order, to their channels.
@@ -278,25 +304,85 @@ mod tests {
         assert_eq!(u32_from_column(-1), 0);
     }
 
+    /// A row of column texts; NULL is `None`, booleans are `1` and `0`.
+    struct TextColumns(Vec<Option<&'static str>>);
+
+    impl TextColumns {
+        fn parsed<T: std::str::FromStr>(&self, index: usize) -> StoreResult<Option<T>> {
+            self.0[index]
+                .map(|text| text.parse().map_err(|_| StoreError::Backend(format!("column {index}: not a number"))))
+                .transpose()
+        }
+        fn required<T>(index: usize, value: Option<T>) -> StoreResult<T> {
+            value.ok_or_else(|| StoreError::Backend(format!("column {index}: unexpected NULL")))
+        }
+    }
+
+    impl ColumnReader for TextColumns {
+        fn int(&self, index: usize) -> StoreResult<i64> {
+            TextColumns::required(index, self.parsed(index)?)
+        }
+        fn optional_int(&self, index: usize) -> StoreResult<Option<i64>> {
+            self.parsed(index)
+        }
+        fn float(&self, index: usize) -> StoreResult<f64> {
+            TextColumns::required(index, self.parsed(index)?)
+        }
+        fn optional_float(&self, index: usize) -> StoreResult<Option<f64>> {
+            self.parsed(index)
+        }
+        fn text(&self, index: usize) -> StoreResult<String> {
+            TextColumns::required(index, self.optional_text(index)?)
+        }
+        fn optional_text(&self, index: usize) -> StoreResult<Option<String>> {
+            Ok(self.0[index].map(str::to_owned))
+        }
+        fn boolean(&self, index: usize) -> StoreResult<bool> {
+            Ok(self.int(index)? != 0)
+        }
+    }
+
+    fn group_columns(mode: &'static str) -> TextColumns {
+        TextColumns(vec![
+            Some("7"),
+            Some("g"),
+            Some(mode),
+            Some("3"),
+            Some("-1"),
+            Some("90000"),
+            Some("0"),
+            Some("100"),
+            Some("200"),
+            Some("^gpt"),
+        ])
+    }
+
+    #[test]
+    fn a_group_row_reads_in_column_order_with_saturated_limits() {
+        assert_eq!(GROUP_COLUMNS.split(", ").count(), group_columns("failover").0.len());
+        let group = read_group(&group_columns("failover")).unwrap();
+        assert_eq!((group.id, group.name.as_str(), group.mode), (7, "g", GroupMode::Failover));
+        assert_eq!((group.max_attempts, group.first_byte_timeout_ms, group.total_timeout_ms), (3, 0, 90_000));
+        assert_eq!((group.created_at, group.updated_at, group.match_regex.as_str()), (100, 200, "^gpt"));
+    }
+
     #[test]
     fn unknown_enum_text_is_a_backend_error() {
-        let row = GroupRow {
-            id: 7,
-            name: "g".to_owned(),
-            mode: "chaotic".to_owned(),
-            max_attempts: 1,
-            first_byte_timeout_ms: 0,
-            total_timeout_ms: 0,
-            sticky_seconds: 0,
-            created_at: 0,
-            updated_at: 0,
-            match_regex: String::new(),
-        };
         assert_eq!(
-            row.into_group(),
-            Err(StoreError::Backend(
-                "group 7 has unknown mode 'chaotic'".to_owned()
-            ))
+            read_group(&group_columns("chaotic")),
+            Err(StoreError::Backend("group 7 has unknown mode 'chaotic'".to_owned()))
         );
+        let mut channel = TextColumns(vec![Some("4"), Some("c"), Some("telepathy"), Some("1")]);
+        channel.0.extend([Some("[]"), Some("[]"), Some("{}"), Some(""), Some("0"), Some(""), Some("1"), Some("2"), Some("off")]);
+        assert_eq!(CHANNEL_COLUMNS.split(", ").count(), channel.0.len());
+        assert_eq!(read_channel(&channel), Err(StoreError::Backend("channel 4 has unknown type 'telepathy'".to_owned())));
+    }
+
+    #[test]
+    fn a_null_in_a_required_column_names_the_column() {
+        let mut price = TextColumns(vec![Some("1"), Some("m"), None, Some("0.5"), Some("2"), Some("0"), Some("0")]);
+        assert_eq!(read_price(&price).unwrap().channel_id, None);
+        price.0[3] = None;
+        assert_eq!(read_price(&price), Err(StoreError::Backend("column 3: unexpected NULL".to_owned())));
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use crate::store::mysql_client::{self, Conn, FromColumnText, Params, Row, Transaction, Value};
 
 use crate::store::codec::{
-    ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
+    ADMIN_COLUMNS, API_KEY_COLUMNS, CHANNEL_COLUMNS, ColumnReader, GROUP_COLUMNS, GROUP_ITEM_COLUMNS, PRICE_COLUMNS,
+    SESSION_COLUMNS, Violation, api_key_duplicate, read_admin, read_api_key, read_channel, read_channel_key,
+    read_group, read_group_item, read_price, read_session,
     attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
     u64_to_column,
 };
@@ -20,7 +22,7 @@ use crate::store::entities::{
     StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
-use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
+use crate::store::stats_sql::{self, Dialect, SqlValue};
 use crate::store::migrate::{
     MYSQL_MIGRATIONS, pending, split_statements, warn_about_unknown_versions,
 };
@@ -157,150 +159,31 @@ fn violation(error: mysql_client::Error) -> Violation {
     Violation::Other(query_error(error))
 }
 
-/// Takes column `index` out of `row` as a `T`; a type mismatch is a backend error. The value
-/// itself is never quoted in the message (it could be a key).
-fn take<T: FromColumnText>(row: &mut Row, index: usize) -> StoreResult<T> {
-    row.get(index).map_err(|error| StoreError::Backend(format!("mysql: {error}")))
-}
-
-const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
-const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
-const API_KEY_COLUMNS: &str =
-    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
-const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
-
-fn admin_from_row(mut row: Row) -> StoreResult<AdminUser> {
-    Ok(AdminUser {
-        id: take(&mut row, 0)?,
-        username: take(&mut row, 1)?,
-        password_hash: take(&mut row, 2)?,
-        must_change_password: take(&mut row, 3)?,
-    })
-}
-
-fn session_from_row(mut row: Row) -> StoreResult<AdminSession> {
-    Ok(AdminSession {
-        token_hash: take(&mut row, 0)?,
-        user_id: take(&mut row, 1)?,
-        expires_at: take(&mut row, 2)?,
-        created_at: take(&mut row, 3)?,
-    })
-}
-
-fn channel_from_row(mut row: Row) -> StoreResult<Channel> {
-    ChannelRow {
-        id: take(&mut row, 0)?,
-        name: take(&mut row, 1)?,
-        channel_type: take(&mut row, 2)?,
-        enabled: take(&mut row, 3)?,
-        base_urls: take(&mut row, 4)?,
-        models: take(&mut row, 5)?,
-        headers: take(&mut row, 6)?,
-        proxy: take(&mut row, 7)?,
-        auto_sync: take(&mut row, 8)?,
-        match_regex: take(&mut row, 9)?,
-        created_at: take(&mut row, 10)?,
-        updated_at: take(&mut row, 11)?,
-        auto_group: take(&mut row, 12)?,
-    }
-    .into_channel()
-}
-
-fn channel_key_from_row(mut row: Row) -> StoreResult<(i64, ChannelKey)> {
-    Ok((
-        take(&mut row, 0)?,
-        ChannelKey {
-            id: take(&mut row, 1)?,
-            key: take(&mut row, 2)?,
-            enabled: take(&mut row, 3)?,
-            remark: take(&mut row, 4)?,
-        },
-    ))
-}
-
-fn group_from_row(mut row: Row) -> StoreResult<Group> {
-    GroupRow {
-        id: take(&mut row, 0)?,
-        name: take(&mut row, 1)?,
-        mode: take(&mut row, 2)?,
-        max_attempts: take(&mut row, 3)?,
-        first_byte_timeout_ms: take(&mut row, 4)?,
-        total_timeout_ms: take(&mut row, 5)?,
-        sticky_seconds: take(&mut row, 6)?,
-        created_at: take(&mut row, 7)?,
-        updated_at: take(&mut row, 8)?,
-        match_regex: take(&mut row, 9)?,
-    }
-    .into_group()
-}
-
-fn group_item_from_row(mut row: Row) -> StoreResult<GroupItemRow> {
-    Ok(GroupItemRow {
-        group_id: take(&mut row, 0)?,
-        channel_id: take(&mut row, 1)?,
-        model: take(&mut row, 2)?,
-        priority: take(&mut row, 3)?,
-        weight: take(&mut row, 4)?,
-    })
-}
-
-fn api_key_from_row(mut row: Row) -> StoreResult<ApiKey> {
-    ApiKeyRow {
-        id: take(&mut row, 0)?,
-        name: take(&mut row, 1)?,
-        key_hash: take(&mut row, 2)?,
-        key_prefix: take(&mut row, 3)?,
-        enabled: take(&mut row, 4)?,
-        expires_at: take(&mut row, 5)?,
-        max_cost: take(&mut row, 6)?,
-        allowed_models: take(&mut row, 7)?,
-        created_at: take(&mut row, 8)?,
-        updated_at: take(&mut row, 9)?,
-        rpm: take(&mut row, 10)?,
-        tpm: take(&mut row, 11)?,
-    }
-    .into_api_key()
-}
-
-fn price_from_row(mut row: Row) -> StoreResult<ModelPrice> {
-    Ok(ModelPrice {
-        id: take(&mut row, 0)?,
-        model: take(&mut row, 1)?,
-        channel_id: take(&mut row, 2)?,
-        input: take(&mut row, 3)?,
-        output: take(&mut row, 4)?,
-        cache_read: take(&mut row, 5)?,
-        cache_write: take(&mut row, 6)?,
-    })
-}
-
-/// Runs `sql` and converts every row through `map`.
+/// Runs `sql` and reads every row through `read`.
 fn query_all<T>(
     connection: &mut Conn,
     sql: &str,
     parameters: impl Into<Params>,
-    map: impl Fn(Row) -> StoreResult<T>,
+    read: impl Fn(&dyn ColumnReader) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
     let rows: Vec<Row> = connection.exec(sql, parameters).map_err(query_error)?;
-    rows.into_iter().map(map).collect()
+    rows.iter().map(|row| read(&MysqlColumns(row))).collect()
 }
 
-/// Runs `sql` and converts the first row, if any, through `map`.
+/// Runs `sql` and reads the first row, if any, through `read`.
 fn query_optional<T>(
     connection: &mut Conn,
     sql: &str,
     parameters: impl Into<Params>,
-    map: impl Fn(Row) -> StoreResult<T>,
+    read: impl Fn(&dyn ColumnReader) -> StoreResult<T>,
 ) -> StoreResult<Option<T>> {
-    let row: Option<Row> = connection
-        .exec_first(sql, parameters)
-        .map_err(query_error)?;
-    row.map(map).transpose()
+    let row: Option<Row> = connection.exec_first(sql, parameters).map_err(query_error)?;
+    row.as_ref().map(|row| read(&MysqlColumns(row))).transpose()
 }
 
 fn load_channel(connection: &mut Conn, id: i64) -> StoreResult<Option<Channel>> {
     let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?");
-    let Some(channel) = query_optional(connection, &sql, (id,), channel_from_row)? else {
+    let Some(channel) = query_optional(connection, &sql, (id,), read_channel)? else {
         return Ok(None);
     };
     let mut channels = vec![channel];
@@ -308,7 +191,7 @@ fn load_channel(connection: &mut Conn, id: i64) -> StoreResult<Option<Channel>> 
         connection,
         "SELECT channel_id, id, `key`, enabled, remark FROM channel_keys WHERE channel_id = ? ORDER BY position, id",
         (id,),
-        channel_key_from_row,
+        read_channel_key,
     )?;
     attach_channel_keys(&mut channels, keys);
     Ok(channels.pop())
@@ -324,7 +207,7 @@ fn replace_channel_keys(
         transaction,
         "SELECT id FROM channel_keys WHERE channel_id = ?",
         (channel_id,),
-        |mut row| take(&mut row, 0),
+        |row| row.int(0),
     )?
     .into_iter()
     .collect();
@@ -384,15 +267,15 @@ fn channel_values(channel: &Channel, tail: &[Value]) -> Vec<Value> {
 
 fn load_group(connection: &mut Conn, id: i64) -> StoreResult<Option<Group>> {
     let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups WHERE id = ?");
-    let Some(group) = query_optional(connection, &sql, (id,), group_from_row)? else {
+    let Some(group) = query_optional(connection, &sql, (id,), read_group)? else {
         return Ok(None);
     };
     let mut groups = vec![group];
     let items = query_all(
         connection,
-        "SELECT group_id, channel_id, model, priority, weight FROM group_items WHERE group_id = ? ORDER BY position, id",
+        &format!("SELECT {GROUP_ITEM_COLUMNS} FROM group_items WHERE group_id = ? ORDER BY position, id"),
         (id,),
-        group_item_from_row,
+        read_group_item,
     )?;
     attach_group_items(&mut groups, items);
     Ok(groups.pop())
@@ -468,7 +351,7 @@ fn api_key_write_error(error: mysql_client::Error, api_key: &ApiKey) -> StoreErr
 
 fn load_api_key(connection: &mut Conn, column: &str, value: Value) -> StoreResult<Option<ApiKey>> {
     let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {column} = ?");
-    query_optional(connection, &sql, vec![value], api_key_from_row)
+    query_optional(connection, &sql, vec![value], read_api_key)
 }
 
 impl MysqlStore {
@@ -538,18 +421,18 @@ impl Store for MysqlStore {
     fn admin_by_username(&mut self, username: &str) -> StoreResult<Option<AdminUser>> {
         query_optional(
             &mut self.connection,
-            "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE username = ?",
+            &format!("SELECT {ADMIN_COLUMNS} FROM admin_users WHERE username = ?"),
             (username,),
-            admin_from_row,
+            read_admin,
         )
     }
 
     fn admin_by_id(&mut self, id: i64) -> StoreResult<Option<AdminUser>> {
         query_optional(
             &mut self.connection,
-            "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE id = ?",
+            &format!("SELECT {ADMIN_COLUMNS} FROM admin_users WHERE id = ?"),
             (id,),
-            admin_from_row,
+            read_admin,
         )
     }
 
@@ -587,9 +470,9 @@ impl Store for MysqlStore {
     fn session_by_token_hash(&mut self, token_hash: &str) -> StoreResult<Option<AdminSession>> {
         query_optional(
             &mut self.connection,
-            "SELECT token_hash, user_id, expires_at, created_at FROM admin_sessions WHERE token_hash = ?",
+            &format!("SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = ?"),
             (token_hash,),
-            session_from_row,
+            read_session,
         )
     }
 
@@ -605,12 +488,12 @@ impl Store for MysqlStore {
 
     fn list_channels(&mut self) -> StoreResult<Vec<Channel>> {
         let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id");
-        let mut channels = query_all(&mut self.connection, &sql, (), channel_from_row)?;
+        let mut channels = query_all(&mut self.connection, &sql, (), read_channel)?;
         let keys = query_all(
             &mut self.connection,
             "SELECT channel_id, id, `key`, enabled, remark FROM channel_keys ORDER BY channel_id, position, id",
             (),
-            channel_key_from_row,
+            read_channel_key,
         )?;
         attach_channel_keys(&mut channels, keys);
         Ok(channels)
@@ -666,12 +549,12 @@ impl Store for MysqlStore {
 
     fn list_groups(&mut self) -> StoreResult<Vec<Group>> {
         let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups ORDER BY id");
-        let mut groups = query_all(&mut self.connection, &sql, (), group_from_row)?;
+        let mut groups = query_all(&mut self.connection, &sql, (), read_group)?;
         let items = query_all(
             &mut self.connection,
-            "SELECT group_id, channel_id, model, priority, weight FROM group_items ORDER BY group_id, position, id",
+            &format!("SELECT {GROUP_ITEM_COLUMNS} FROM group_items ORDER BY group_id, position, id"),
             (),
-            group_item_from_row,
+            read_group_item,
         )?;
         attach_group_items(&mut groups, items);
         Ok(groups)
@@ -726,7 +609,7 @@ impl Store for MysqlStore {
 
     fn list_api_keys(&mut self) -> StoreResult<Vec<ApiKey>> {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id");
-        query_all(&mut self.connection, &sql, (), api_key_from_row)
+        query_all(&mut self.connection, &sql, (), read_api_key)
     }
 
     fn api_key_by_id(&mut self, id: i64) -> StoreResult<Option<ApiKey>> {
@@ -797,7 +680,7 @@ impl Store for MysqlStore {
 
     fn list_prices(&mut self) -> StoreResult<Vec<ModelPrice>> {
         let sql = format!("SELECT {PRICE_COLUMNS} FROM model_prices ORDER BY model, channel_scope");
-        query_all(&mut self.connection, &sql, (), price_from_row)
+        query_all(&mut self.connection, &sql, (), read_price)
     }
 
     fn upsert_price(&mut self, price: &ModelPrice) -> StoreResult<ModelPrice> {
@@ -844,7 +727,7 @@ impl Store for MysqlStore {
             &mut self.connection,
             "SELECT `key`, value FROM settings ORDER BY `key`",
             (),
-            |mut row| Ok((take(&mut row, 0)?, take(&mut row, 1)?)),
+            |row| Ok((row.text(0)?, row.text(1)?)),
         )
     }
 
@@ -853,7 +736,7 @@ impl Store for MysqlStore {
             &mut self.connection,
             "SELECT value FROM settings WHERE `key` = ?",
             (key,),
-            |mut row| take(&mut row, 0),
+            |row| row.text(0),
         )
     }
 
@@ -1058,6 +941,12 @@ impl ColumnReader for MysqlColumns<'_> {
         self.get(index)
     }
     fn optional_int(&self, index: usize) -> StoreResult<Option<i64>> {
+        self.get(index)
+    }
+    fn float(&self, index: usize) -> StoreResult<f64> {
+        self.get(index)
+    }
+    fn optional_float(&self, index: usize) -> StoreResult<Option<f64>> {
         self.get(index)
     }
     fn text(&self, index: usize) -> StoreResult<String> {

@@ -9,7 +9,9 @@ use crate::store::postgres_client::{self, Client, Row, ToSql, Transaction};
 use crate::store::transaction::TransactionControl as _;
 
 use crate::store::codec::{
-    ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
+    ADMIN_COLUMNS, API_KEY_COLUMNS, CHANNEL_COLUMNS, ColumnReader, GROUP_COLUMNS, GROUP_ITEM_COLUMNS, PRICE_COLUMNS,
+    SESSION_COLUMNS, Violation, api_key_duplicate, read_admin, read_api_key, read_channel, read_channel_key,
+    read_group, read_group_item, read_price, read_session,
     attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
     u64_to_column,
 };
@@ -19,7 +21,7 @@ use crate::store::entities::{
     StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
-use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
+use crate::store::stats_sql::{self, Dialect, SqlValue};
 use crate::store::migrate::{POSTGRES_MIGRATIONS, pending, warn_about_unknown_versions};
 use crate::store::{Store, StoreError, StoreResult, responses_over_size_cap};
 use crate::util::unix_seconds;
@@ -107,151 +109,39 @@ fn violation(error: postgres_client::Error) -> Violation {
     Violation::Other(query_error(error))
 }
 
-const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
-const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
-const API_KEY_COLUMNS: &str =
-    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
-const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
-
-fn admin_from_row(row: &Row) -> Result<AdminUser, postgres_client::Error> {
-    Ok(AdminUser {
-        id: row.get(0)?,
-        username: row.get(1)?,
-        password_hash: row.get(2)?,
-        must_change_password: row.get(3)?,
-    })
-}
-
-fn session_from_row(row: &Row) -> Result<AdminSession, postgres_client::Error> {
-    Ok(AdminSession {
-        token_hash: row.get(0)?,
-        user_id: row.get(1)?,
-        expires_at: row.get(2)?,
-        created_at: row.get(3)?,
-    })
-}
-
-fn channel_row(row: &Row) -> Result<ChannelRow, postgres_client::Error> {
-    Ok(ChannelRow {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        channel_type: row.get(2)?,
-        enabled: row.get(3)?,
-        base_urls: row.get(4)?,
-        models: row.get(5)?,
-        headers: row.get(6)?,
-        proxy: row.get(7)?,
-        auto_sync: row.get(8)?,
-        match_regex: row.get(9)?,
-        created_at: row.get(10)?,
-        updated_at: row.get(11)?,
-        auto_group: row.get(12)?,
-    })
-}
-
-fn channel_key_row(row: &Row) -> Result<(i64, ChannelKey), postgres_client::Error> {
-    Ok((
-        row.get(0)?,
-        ChannelKey {
-            id: row.get(1)?,
-            key: row.get(2)?,
-            enabled: row.get(3)?,
-            remark: row.get(4)?,
-        },
-    ))
-}
-
-fn group_row(row: &Row) -> Result<GroupRow, postgres_client::Error> {
-    Ok(GroupRow {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        mode: row.get(2)?,
-        max_attempts: row.get(3)?,
-        first_byte_timeout_ms: row.get(4)?,
-        total_timeout_ms: row.get(5)?,
-        sticky_seconds: row.get(6)?,
-        created_at: row.get(7)?,
-        updated_at: row.get(8)?,
-        match_regex: row.get(9)?,
-    })
-}
-
-fn group_item_row(row: &Row) -> Result<GroupItemRow, postgres_client::Error> {
-    Ok(GroupItemRow {
-        group_id: row.get(0)?,
-        channel_id: row.get(1)?,
-        model: row.get(2)?,
-        priority: row.get(3)?,
-        weight: row.get(4)?,
-    })
-}
-
-fn api_key_row(row: &Row) -> Result<ApiKeyRow, postgres_client::Error> {
-    Ok(ApiKeyRow {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        key_hash: row.get(2)?,
-        key_prefix: row.get(3)?,
-        enabled: row.get(4)?,
-        expires_at: row.get(5)?,
-        max_cost: row.get(6)?,
-        allowed_models: row.get(7)?,
-        created_at: row.get(8)?,
-        updated_at: row.get(9)?,
-        rpm: row.get(10)?,
-        tpm: row.get(11)?,
-    })
-}
-
-fn price_from_row(row: &Row) -> Result<ModelPrice, postgres_client::Error> {
-    Ok(ModelPrice {
-        id: row.get(0)?,
-        model: row.get(1)?,
-        channel_id: row.get(2)?,
-        input: row.get(3)?,
-        output: row.get(4)?,
-        cache_read: row.get(5)?,
-        cache_write: row.get(6)?,
-    })
-}
-
-/// Runs `sql` and converts every row through `map`.
+/// Runs `sql` and reads every row through `read`.
 fn query_all<T>(
     client: &mut Client,
     sql: &str,
     parameters: &[&dyn ToSql],
-    map: impl Fn(&Row) -> Result<T, postgres_client::Error>,
+    read: impl Fn(&dyn ColumnReader) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
     let rows = client.query(sql, parameters).map_err(query_error)?;
-    rows.iter()
-        .map(|row| map(row).map_err(query_error))
-        .collect()
+    rows.iter().map(|row| read(&PostgresColumns(row))).collect()
 }
 
-/// Runs `sql` and converts the first row, if any, through `map`.
+/// Runs `sql` and reads the first row, if any, through `read`.
 fn query_optional<T>(
     client: &mut Client,
     sql: &str,
     parameters: &[&dyn ToSql],
-    map: impl Fn(&Row) -> Result<T, postgres_client::Error>,
+    read: impl Fn(&dyn ColumnReader) -> StoreResult<T>,
 ) -> StoreResult<Option<T>> {
     let row = client.query_opt(sql, parameters).map_err(query_error)?;
-    row.as_ref()
-        .map(|row| map(row).map_err(query_error))
-        .transpose()
+    row.as_ref().map(|row| read(&PostgresColumns(row))).transpose()
 }
 
 fn load_channel(client: &mut Client, id: i64) -> StoreResult<Option<Channel>> {
     let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = $1");
-    let Some(row) = query_optional(client, &sql, &[&id], channel_row)? else {
+    let Some(channel) = query_optional(client, &sql, &[&id], read_channel)? else {
         return Ok(None);
     };
-    let mut channels = vec![row.into_channel()?];
+    let mut channels = vec![channel];
     let keys = query_all(
         client,
         "SELECT channel_id, id, key, enabled, remark FROM channel_keys WHERE channel_id = $1 ORDER BY position, id",
         &[&id],
-        channel_key_row,
+        read_channel_key,
     )?;
     attach_channel_keys(&mut channels, keys);
     Ok(channels.pop())
@@ -267,7 +157,7 @@ fn replace_channel_keys(
         transaction,
         "SELECT id FROM channel_keys WHERE channel_id = $1",
         &[&channel_id],
-        |row| row.get(0),
+        |row| row.int(0),
     )?
     .into_iter()
     .collect();
@@ -310,15 +200,15 @@ fn channel_write_error(error: postgres_client::Error, channel: &Channel) -> Stor
 
 fn load_group(client: &mut Client, id: i64) -> StoreResult<Option<Group>> {
     let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups WHERE id = $1");
-    let Some(row) = query_optional(client, &sql, &[&id], group_row)? else {
+    let Some(group) = query_optional(client, &sql, &[&id], read_group)? else {
         return Ok(None);
     };
-    let mut groups = vec![row.into_group()?];
+    let mut groups = vec![group];
     let items = query_all(
         client,
-        "SELECT group_id, channel_id, model, priority, weight FROM group_items WHERE group_id = $1 ORDER BY position, id",
+        &format!("SELECT {GROUP_ITEM_COLUMNS} FROM group_items WHERE group_id = $1 ORDER BY position, id"),
         &[&id],
-        group_item_row,
+        read_group_item,
     )?;
     attach_group_items(&mut groups, items);
     Ok(groups.pop())
@@ -383,9 +273,7 @@ fn load_api_key(
     value: &dyn ToSql,
 ) -> StoreResult<Option<ApiKey>> {
     let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {column} = $1");
-    query_optional(client, &sql, &[value], api_key_row)?
-        .map(ApiKeyRow::into_api_key)
-        .transpose()
+    query_optional(client, &sql, &[value], read_api_key)
 }
 
 impl PostgresStore {
@@ -430,18 +318,18 @@ impl Store for PostgresStore {
     fn admin_by_username(&mut self, username: &str) -> StoreResult<Option<AdminUser>> {
         query_optional(
             &mut self.client,
-            "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE username = $1",
+            &format!("SELECT {ADMIN_COLUMNS} FROM admin_users WHERE username = $1"),
             &[&username],
-            admin_from_row,
+            read_admin,
         )
     }
 
     fn admin_by_id(&mut self, id: i64) -> StoreResult<Option<AdminUser>> {
         query_optional(
             &mut self.client,
-            "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE id = $1",
+            &format!("SELECT {ADMIN_COLUMNS} FROM admin_users WHERE id = $1"),
             &[&id],
-            admin_from_row,
+            read_admin,
         )
     }
 
@@ -481,9 +369,9 @@ impl Store for PostgresStore {
     fn session_by_token_hash(&mut self, token_hash: &str) -> StoreResult<Option<AdminSession>> {
         query_optional(
             &mut self.client,
-            "SELECT token_hash, user_id, expires_at, created_at FROM admin_sessions WHERE token_hash = $1",
+            &format!("SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = $1"),
             &[&token_hash],
-            session_from_row,
+            read_session,
         )
     }
 
@@ -501,16 +389,12 @@ impl Store for PostgresStore {
 
     fn list_channels(&mut self) -> StoreResult<Vec<Channel>> {
         let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id");
-        let rows = query_all(&mut self.client, &sql, &[], channel_row)?;
-        let mut channels = rows
-            .into_iter()
-            .map(ChannelRow::into_channel)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut channels = query_all(&mut self.client, &sql, &[], read_channel)?;
         let keys = query_all(
             &mut self.client,
             "SELECT channel_id, id, key, enabled, remark FROM channel_keys ORDER BY channel_id, position, id",
             &[],
-            channel_key_row,
+            read_channel_key,
         )?;
         attach_channel_keys(&mut channels, keys);
         Ok(channels)
@@ -593,16 +477,12 @@ impl Store for PostgresStore {
 
     fn list_groups(&mut self) -> StoreResult<Vec<Group>> {
         let sql = format!("SELECT {GROUP_COLUMNS} FROM channel_groups ORDER BY id");
-        let rows = query_all(&mut self.client, &sql, &[], group_row)?;
-        let mut groups = rows
-            .into_iter()
-            .map(GroupRow::into_group)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut groups = query_all(&mut self.client, &sql, &[], read_group)?;
         let items = query_all(
             &mut self.client,
-            "SELECT group_id, channel_id, model, priority, weight FROM group_items ORDER BY group_id, position, id",
+            &format!("SELECT {GROUP_ITEM_COLUMNS} FROM group_items ORDER BY group_id, position, id"),
             &[],
-            group_item_row,
+            read_group_item,
         )?;
         attach_group_items(&mut groups, items);
         Ok(groups)
@@ -678,10 +558,7 @@ impl Store for PostgresStore {
 
     fn list_api_keys(&mut self) -> StoreResult<Vec<ApiKey>> {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id");
-        query_all(&mut self.client, &sql, &[], api_key_row)?
-            .into_iter()
-            .map(ApiKeyRow::into_api_key)
-            .collect()
+        query_all(&mut self.client, &sql, &[], read_api_key)
     }
 
     fn api_key_by_id(&mut self, id: i64) -> StoreResult<Option<ApiKey>> {
@@ -716,7 +593,7 @@ impl Store for PostgresStore {
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
-        api_key_row(&row).map_err(query_error)?.into_api_key()
+        read_api_key(&PostgresColumns(&row))
     }
 
     fn update_api_key(&mut self, api_key: &ApiKey) -> StoreResult<Option<ApiKey>> {
@@ -741,8 +618,7 @@ impl Store for PostgresStore {
                 ],
             )
             .map_err(|error| api_key_write_error(error, api_key))?;
-        row.map(|row| api_key_row(&row).map_err(query_error)?.into_api_key())
-            .transpose()
+        row.map(|row| read_api_key(&PostgresColumns(&row))).transpose()
     }
 
     fn delete_api_key(&mut self, id: i64) -> StoreResult<bool> {
@@ -757,7 +633,7 @@ impl Store for PostgresStore {
         let sql = format!(
             "SELECT {PRICE_COLUMNS} FROM model_prices ORDER BY model COLLATE \"C\", channel_scope"
         );
-        query_all(&mut self.client, &sql, &[], price_from_row)
+        query_all(&mut self.client, &sql, &[], read_price)
     }
 
     fn upsert_price(&mut self, price: &ModelPrice) -> StoreResult<ModelPrice> {
@@ -807,7 +683,7 @@ impl Store for PostgresStore {
             &mut self.client,
             "SELECT key, value FROM settings ORDER BY key COLLATE \"C\"",
             &[],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.text(0)?, row.text(1)?)),
         )
     }
 
@@ -816,7 +692,7 @@ impl Store for PostgresStore {
             &mut self.client,
             "SELECT value FROM settings WHERE key = $1",
             &[&key],
-            |row| row.get(0),
+            |row| row.text(0),
         )
     }
 
@@ -1024,6 +900,12 @@ impl ColumnReader for PostgresColumns<'_> {
         self.0.get(index).map_err(query_error)
     }
     fn optional_int(&self, index: usize) -> StoreResult<Option<i64>> {
+        self.0.get(index).map_err(query_error)
+    }
+    fn float(&self, index: usize) -> StoreResult<f64> {
+        self.0.get(index).map_err(query_error)
+    }
+    fn optional_float(&self, index: usize) -> StoreResult<Option<f64>> {
         self.0.get(index).map_err(query_error)
     }
     fn text(&self, index: usize) -> StoreResult<String> {

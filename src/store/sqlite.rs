@@ -11,7 +11,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, ffi, params};
 
 use crate::store::codec::{
-    ApiKeyRow, ChannelRow, GroupItemRow, GroupRow, Violation, api_key_duplicate,
+    ADMIN_COLUMNS, API_KEY_COLUMNS, CHANNEL_COLUMNS, ColumnReader, GROUP_COLUMNS, GROUP_ITEM_COLUMNS, PRICE_COLUMNS,
+    SESSION_COLUMNS, Violation, api_key_duplicate, read_admin, read_api_key, read_channel, read_channel_key,
+    read_group, read_group_item, read_price, read_session,
     attach_channel_keys, attach_group_items, headers_to_json, price_channel_scope, strings_to_json,
     u64_to_column,
 };
@@ -21,7 +23,7 @@ use crate::store::entities::{
     StatsGrouping, StatsRow, StoredResponse,
 };
 use crate::stats::log_id::first_id_at;
-use crate::store::stats_sql::{self, ColumnReader, Dialect, SqlValue};
+use crate::store::stats_sql::{self, Dialect, SqlValue};
 use crate::store::migrate::{SQLITE_MIGRATIONS, pending, warn_about_unknown_versions};
 use crate::store::{Store, StoreError, StoreResult, responses_over_size_cap};
 use crate::util::unix_seconds;
@@ -189,145 +191,46 @@ fn violation(error: rusqlite::Error) -> Violation {
     Violation::Other(query_error(error))
 }
 
-const CHANNEL_COLUMNS: &str = "id, name, type, enabled, base_urls, models, headers, proxy, auto_sync, match_regex, created_at, updated_at, auto_group";
-const GROUP_COLUMNS: &str = "id, name, mode, max_attempts, first_byte_timeout_ms, total_timeout_ms, sticky_seconds, created_at, updated_at, match_regex";
-const API_KEY_COLUMNS: &str =
-    "id, name, key_hash, key_prefix, enabled, expires_at, max_cost, allowed_models, created_at, updated_at, rpm, tpm";
-const PRICE_COLUMNS: &str = "id, model, channel_id, input, output, cache_read, cache_write";
-
-fn admin_from_row(row: &Row) -> rusqlite::Result<AdminUser> {
-    Ok(AdminUser {
-        id: row.get(0)?,
-        username: row.get(1)?,
-        password_hash: row.get(2)?,
-        must_change_password: row.get(3)?,
-    })
-}
-
-fn session_from_row(row: &Row) -> rusqlite::Result<AdminSession> {
-    Ok(AdminSession {
-        token_hash: row.get(0)?,
-        user_id: row.get(1)?,
-        expires_at: row.get(2)?,
-        created_at: row.get(3)?,
-    })
-}
-
-fn channel_row(row: &Row) -> rusqlite::Result<ChannelRow> {
-    Ok(ChannelRow {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        channel_type: row.get(2)?,
-        enabled: row.get(3)?,
-        base_urls: row.get(4)?,
-        models: row.get(5)?,
-        headers: row.get(6)?,
-        proxy: row.get(7)?,
-        auto_sync: row.get(8)?,
-        match_regex: row.get(9)?,
-        created_at: row.get(10)?,
-        updated_at: row.get(11)?,
-        auto_group: row.get(12)?,
-    })
-}
-
-fn channel_key_row(row: &Row) -> rusqlite::Result<(i64, ChannelKey)> {
-    Ok((
-        row.get(0)?,
-        ChannelKey {
-            id: row.get(1)?,
-            key: row.get(2)?,
-            enabled: row.get(3)?,
-            remark: row.get(4)?,
-        },
-    ))
-}
-
-fn group_row(row: &Row) -> rusqlite::Result<GroupRow> {
-    Ok(GroupRow {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        mode: row.get(2)?,
-        max_attempts: row.get(3)?,
-        first_byte_timeout_ms: row.get(4)?,
-        total_timeout_ms: row.get(5)?,
-        sticky_seconds: row.get(6)?,
-        created_at: row.get(7)?,
-        updated_at: row.get(8)?,
-        match_regex: row.get(9)?,
-    })
-}
-
-fn group_item_row(row: &Row) -> rusqlite::Result<GroupItemRow> {
-    Ok(GroupItemRow {
-        group_id: row.get(0)?,
-        channel_id: row.get(1)?,
-        model: row.get(2)?,
-        priority: row.get(3)?,
-        weight: row.get(4)?,
-    })
-}
-
-fn api_key_row(row: &Row) -> rusqlite::Result<ApiKeyRow> {
-    Ok(ApiKeyRow {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        key_hash: row.get(2)?,
-        key_prefix: row.get(3)?,
-        enabled: row.get(4)?,
-        expires_at: row.get(5)?,
-        max_cost: row.get(6)?,
-        allowed_models: row.get(7)?,
-        created_at: row.get(8)?,
-        updated_at: row.get(9)?,
-        rpm: row.get(10)?,
-        tpm: row.get(11)?,
-    })
-}
-
-fn price_from_row(row: &Row) -> rusqlite::Result<ModelPrice> {
-    Ok(ModelPrice {
-        id: row.get(0)?,
-        model: row.get(1)?,
-        channel_id: row.get(2)?,
-        input: row.get(3)?,
-        output: row.get(4)?,
-        cache_read: row.get(5)?,
-        cache_write: row.get(6)?,
-    })
-}
-
-/// Runs `sql` and collects every row through `map`.
+/// Runs `sql` and reads every row through `read`.
 fn query_all<T>(
     connection: &Connection,
     sql: &str,
     parameters: impl rusqlite::Params,
-    map: impl FnMut(&Row) -> rusqlite::Result<T>,
+    read: impl Fn(&dyn ColumnReader) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
     let mut statement = connection.prepare_cached(sql).map_err(query_error)?;
-    let rows = statement.query_map(parameters, map).map_err(query_error)?;
-    rows.collect::<rusqlite::Result<Vec<T>>>()
-        .map_err(query_error)
+    let mut rows = statement.query(parameters).map_err(query_error)?;
+    let mut values = Vec::new();
+    while let Some(row) = rows.next().map_err(query_error)? {
+        values.push(read(&SqliteColumns(row))?);
+    }
+    Ok(values)
+}
+
+/// Runs `sql` and reads its first row, if any, through `read`.
+fn query_optional<T>(
+    connection: &Connection,
+    sql: &str,
+    parameters: impl rusqlite::Params,
+    read: impl Fn(&dyn ColumnReader) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    let mut statement = connection.prepare_cached(sql).map_err(query_error)?;
+    let mut rows = statement.query(parameters).map_err(query_error)?;
+    rows.next().map_err(query_error)?.map(|row| read(&SqliteColumns(row))).transpose()
 }
 
 fn load_channel(connection: &Connection, id: i64) -> StoreResult<Option<Channel>> {
-    let row = connection
-        .query_row(
-            &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
-            [id],
-            channel_row,
-        )
-        .optional()
-        .map_err(query_error)?;
-    let Some(row) = row else {
+    let Some(channel) =
+        query_optional(connection, &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"), [id], read_channel)?
+    else {
         return Ok(None);
     };
-    let mut channels = vec![row.into_channel()?];
+    let mut channels = vec![channel];
     let keys = query_all(
         connection,
         "SELECT channel_id, id, \"key\", enabled, remark FROM channel_keys WHERE channel_id = ?1 ORDER BY position, id",
         [id],
-        channel_key_row,
+        read_channel_key,
     )?;
     attach_channel_keys(&mut channels, keys);
     Ok(channels.pop())
@@ -343,7 +246,7 @@ fn replace_channel_keys(
         transaction,
         "SELECT id FROM channel_keys WHERE channel_id = ?1",
         [channel_id],
-        |row| row.get(0),
+        |row| row.int(0),
     )?
     .into_iter()
     .collect();
@@ -384,23 +287,17 @@ fn channel_write_error(error: rusqlite::Error, channel: &Channel) -> StoreError 
 }
 
 fn load_group(connection: &Connection, id: i64) -> StoreResult<Option<Group>> {
-    let row = connection
-        .query_row(
-            &format!("SELECT {GROUP_COLUMNS} FROM channel_groups WHERE id = ?1"),
-            [id],
-            group_row,
-        )
-        .optional()
-        .map_err(query_error)?;
-    let Some(row) = row else {
+    let Some(group) =
+        query_optional(connection, &format!("SELECT {GROUP_COLUMNS} FROM channel_groups WHERE id = ?1"), [id], read_group)?
+    else {
         return Ok(None);
     };
-    let mut groups = vec![row.into_group()?];
+    let mut groups = vec![group];
     let items = query_all(
         connection,
-        "SELECT group_id, channel_id, model, priority, weight FROM group_items WHERE group_id = ?1 ORDER BY position, id",
+        &format!("SELECT {GROUP_ITEM_COLUMNS} FROM group_items WHERE group_id = ?1 ORDER BY position, id"),
         [id],
-        group_item_row,
+        read_group_item,
     )?;
     attach_group_items(&mut groups, items);
     Ok(groups.pop())
@@ -464,16 +361,7 @@ fn load_api_key(
     column: &str,
     value: &dyn rusqlite::ToSql,
 ) -> StoreResult<Option<ApiKey>> {
-    connection
-        .query_row(
-            &format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {column} = ?1"),
-            [value],
-            api_key_row,
-        )
-        .optional()
-        .map_err(query_error)?
-        .map(ApiKeyRow::into_api_key)
-        .transpose()
+    query_optional(connection, &format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE {column} = ?1"), [value], read_api_key)
 }
 
 impl SqliteStore {
@@ -520,25 +408,21 @@ impl Store for SqliteStore {
     }
 
     fn admin_by_username(&mut self, username: &str) -> StoreResult<Option<AdminUser>> {
-        self.connection
-            .query_row(
-                "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE username = ?1",
-                [username],
-                admin_from_row,
-            )
-            .optional()
-            .map_err(query_error)
+        query_optional(
+            &self.connection,
+            &format!("SELECT {ADMIN_COLUMNS} FROM admin_users WHERE username = ?1"),
+            [username],
+            read_admin,
+        )
     }
 
     fn admin_by_id(&mut self, id: i64) -> StoreResult<Option<AdminUser>> {
-        self.connection
-            .query_row(
-                "SELECT id, username, password_hash, must_change_password FROM admin_users WHERE id = ?1",
-                [id],
-                admin_from_row,
-            )
-            .optional()
-            .map_err(query_error)
+        query_optional(
+            &self.connection,
+            &format!("SELECT {ADMIN_COLUMNS} FROM admin_users WHERE id = ?1"),
+            [id],
+            read_admin,
+        )
     }
 
     fn update_admin_password(
@@ -575,14 +459,12 @@ impl Store for SqliteStore {
     }
 
     fn session_by_token_hash(&mut self, token_hash: &str) -> StoreResult<Option<AdminSession>> {
-        self.connection
-            .query_row(
-                "SELECT token_hash, user_id, expires_at, created_at FROM admin_sessions WHERE token_hash = ?1",
-                [token_hash],
-                session_from_row,
-            )
-            .optional()
-            .map_err(query_error)
+        query_optional(
+            &self.connection,
+            &format!("SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = ?1"),
+            [token_hash],
+            read_session,
+        )
     }
 
     fn delete_sessions_of_user(&mut self, user_id: i64) -> StoreResult<u64> {
@@ -602,21 +484,13 @@ impl Store for SqliteStore {
     }
 
     fn list_channels(&mut self) -> StoreResult<Vec<Channel>> {
-        let rows = query_all(
-            &self.connection,
-            &format!("SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id"),
-            [],
-            channel_row,
-        )?;
-        let mut channels = rows
-            .into_iter()
-            .map(ChannelRow::into_channel)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut channels =
+            query_all(&self.connection, &format!("SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY id"), [], read_channel)?;
         let keys = query_all(
             &self.connection,
             "SELECT channel_id, id, \"key\", enabled, remark FROM channel_keys ORDER BY channel_id, position, id",
             [],
-            channel_key_row,
+            read_channel_key,
         )?;
         attach_channel_keys(&mut channels, keys);
         Ok(channels)
@@ -698,21 +572,13 @@ impl Store for SqliteStore {
     }
 
     fn list_groups(&mut self) -> StoreResult<Vec<Group>> {
-        let rows = query_all(
-            &self.connection,
-            &format!("SELECT {GROUP_COLUMNS} FROM channel_groups ORDER BY id"),
-            [],
-            group_row,
-        )?;
-        let mut groups = rows
-            .into_iter()
-            .map(GroupRow::into_group)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut groups =
+            query_all(&self.connection, &format!("SELECT {GROUP_COLUMNS} FROM channel_groups ORDER BY id"), [], read_group)?;
         let items = query_all(
             &self.connection,
-            "SELECT group_id, channel_id, model, priority, weight FROM group_items ORDER BY group_id, position, id",
+            &format!("SELECT {GROUP_ITEM_COLUMNS} FROM group_items ORDER BY group_id, position, id"),
             [],
-            group_item_row,
+            read_group_item,
         )?;
         attach_group_items(&mut groups, items);
         Ok(groups)
@@ -787,15 +653,7 @@ impl Store for SqliteStore {
     }
 
     fn list_api_keys(&mut self) -> StoreResult<Vec<ApiKey>> {
-        query_all(
-            &self.connection,
-            &format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id"),
-            [],
-            api_key_row,
-        )?
-        .into_iter()
-        .map(ApiKeyRow::into_api_key)
-        .collect()
+        query_all(&self.connection, &format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id"), [], read_api_key)
     }
 
     fn api_key_by_id(&mut self, id: i64) -> StoreResult<Option<ApiKey>> {
@@ -870,7 +728,7 @@ impl Store for SqliteStore {
             &self.connection,
             &format!("SELECT {PRICE_COLUMNS} FROM model_prices ORDER BY model, channel_scope"),
             [],
-            price_from_row,
+            read_price,
         )
     }
 
@@ -919,7 +777,7 @@ impl Store for SqliteStore {
             &self.connection,
             "SELECT \"key\", value FROM settings ORDER BY \"key\"",
             [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.text(0)?, row.text(1)?)),
         )
     }
 
@@ -959,16 +817,12 @@ impl Store for SqliteStore {
     }
 
     fn stats_grouped(&mut self, from_hour: i64, to_hour: i64, grouping: StatsGrouping) -> StoreResult<Vec<StatsRow>> {
-        let mut statement = self
-            .connection
-            .prepare_cached(&stats_sql::stats_grouped_query(Dialect::Sqlite, grouping))
-            .map_err(query_error)?;
-        let mut rows = statement.query(params![from_hour, to_hour]).map_err(query_error)?;
-        let mut result = Vec::new();
-        while let Some(row) = rows.next().map_err(query_error)? {
-            result.push(stats_sql::decode_stats_row(&SqliteColumns(row))?);
-        }
-        Ok(result)
+        query_all(
+            &self.connection,
+            &stats_sql::stats_grouped_query(Dialect::Sqlite, grouping),
+            params![from_hour, to_hour],
+            stats_sql::decode_stats_row,
+        )
     }
 
     fn replace_stats_range(&mut self, from_hour: i64, to_hour: i64, rows: &[StatsRow]) -> StoreResult<()> {
@@ -990,18 +844,12 @@ impl Store for SqliteStore {
             &self.connection,
             &stats_sql::stats_days_to_roll_up_query(Dialect::Sqlite),
             params![before_hour, u64_to_column(limit)],
-            |row| row.get(0),
+            |row| row.int(0),
         )
     }
 
     fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>> {
-        let mut statement = self.connection.prepare_cached(&backup::all_stats_rows_query()).map_err(query_error)?;
-        let mut rows = statement.query([]).map_err(query_error)?;
-        let mut result = Vec::new();
-        while let Some(row) = rows.next().map_err(query_error)? {
-            result.push(stats_sql::decode_stats_row(&SqliteColumns(row))?);
-        }
-        Ok(result)
+        query_all(&self.connection, &backup::all_stats_rows_query(), [], stats_sql::decode_stats_row)
     }
 
     fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()> {
@@ -1045,23 +893,18 @@ impl Store for SqliteStore {
         let (sql, mut values) = stats_sql::log_page_query(Dialect::Sqlite, filter, false);
         values.push(SqlValue::Int(u64_to_column(limit)));
         values.push(SqlValue::Int(u64_to_column(offset)));
-        let mut statement = self.connection.prepare_cached(&sql).map_err(query_error)?;
-        let mut rows = statement.query(rusqlite::params_from_iter(values.iter().map(sqlite_value))).map_err(query_error)?;
-        let mut logs = Vec::new();
-        while let Some(row) = rows.next().map_err(query_error)? {
-            logs.push(stats_sql::decode_log(&SqliteColumns(row))?);
-        }
+        let logs = query_all(
+            &self.connection,
+            &sql,
+            rusqlite::params_from_iter(values.iter().map(sqlite_value)),
+            stats_sql::decode_log,
+        )?;
         Ok((logs, u64::try_from(total).unwrap_or(0)))
     }
 
     fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>> {
         let sql = format!("SELECT {} FROM {} WHERE id = ?1", stats_sql::log_select_columns(true), stats_sql::LOG_TABLE);
-        let mut statement = self.connection.prepare_cached(&sql).map_err(query_error)?;
-        let mut rows = statement.query([id]).map_err(query_error)?;
-        match rows.next().map_err(query_error)? {
-            Some(row) => Ok(Some(stats_sql::decode_log(&SqliteColumns(row))?)),
-            None => Ok(None),
-        }
+        query_optional(&self.connection, &sql, [id], stats_sql::decode_log)
     }
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {
@@ -1216,6 +1059,12 @@ impl ColumnReader for SqliteColumns<'_, '_> {
         self.0.get(index).map_err(query_error)
     }
     fn optional_int(&self, index: usize) -> StoreResult<Option<i64>> {
+        self.0.get(index).map_err(query_error)
+    }
+    fn float(&self, index: usize) -> StoreResult<f64> {
+        self.0.get(index).map_err(query_error)
+    }
+    fn optional_float(&self, index: usize) -> StoreResult<Option<f64>> {
         self.0.get(index).map_err(query_error)
     }
     fn text(&self, index: usize) -> StoreResult<String> {

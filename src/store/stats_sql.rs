@@ -10,6 +10,7 @@ use crate::store::entities::{
 use std::sync::OnceLock;
 
 use crate::stats::log_id::first_id_at;
+use crate::store::codec::ColumnReader;
 use crate::store::StoreResult;
 
 /// Longer than any relay request can run (total timeouts are minutes).
@@ -33,15 +34,6 @@ pub enum SqlValue {
     Bool(bool),
     Float(f64),
     OptionalFloat(Option<f64>),
-}
-
-/// Typed access to the columns of one result row, implemented by each backend for its driver.
-pub trait ColumnReader {
-    fn int(&self, index: usize) -> StoreResult<i64>;
-    fn optional_int(&self, index: usize) -> StoreResult<Option<i64>>;
-    fn text(&self, index: usize) -> StoreResult<String>;
-    fn optional_text(&self, index: usize) -> StoreResult<Option<String>>;
-    fn boolean(&self, index: usize) -> StoreResult<bool>;
 }
 
 impl Dialect {
@@ -279,7 +271,7 @@ pub fn stats_row_values(row: &StatsRow) -> Vec<SqlValue> {
 }
 
 /// Reads one row of `stats_grouped_query`.
-pub fn decode_stats_row(row: &impl ColumnReader) -> StoreResult<StatsRow> {
+pub fn decode_stats_row(row: &dyn ColumnReader) -> StoreResult<StatsRow> {
     let key = StatsKey {
         hour: row.int(0)?,
         channel_id: row.int(1)?,
@@ -310,7 +302,7 @@ fn push_log_values(row: &LogRow, values: &mut Vec<SqlValue>) {
 }
 
 /// Reads one row selected with `log_select_columns`.
-pub fn decode_log(row: &impl ColumnReader) -> StoreResult<RequestLog> {
+pub fn decode_log(row: &dyn ColumnReader) -> StoreResult<RequestLog> {
     LogRow {
         id: row.int(0)?,
         time_ms: row.int(1)?,
