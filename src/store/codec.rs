@@ -14,13 +14,24 @@ use crate::store::{StoreError, StoreResult};
 
 /// Typed access to the columns of one result row, implemented by each backend for its driver,
 /// so that every entity is read from its row by the one function below for all three backends.
+///
+/// Column `index` counts from 0. Every method fails with a `StoreError::Backend` naming the column
+/// (never quoting its value, which could be a key) when the column is missing, NULL where a value
+/// is required, or not of the asked type.
 pub trait ColumnReader {
+    /// A 64-bit integer (MySQL's DECIMAL sums with only zeros after the point count as one).
     fn int(&self, index: usize) -> StoreResult<i64>;
+    /// A 64-bit integer, or `None` for NULL.
     fn optional_int(&self, index: usize) -> StoreResult<Option<i64>>;
+    /// A floating-point number.
     fn float(&self, index: usize) -> StoreResult<f64>;
+    /// A floating-point number, or `None` for NULL.
     fn optional_float(&self, index: usize) -> StoreResult<Option<f64>>;
+    /// Text.
     fn text(&self, index: usize) -> StoreResult<String>;
+    /// Text, or `None` for NULL.
     fn optional_text(&self, index: usize) -> StoreResult<Option<String>>;
+    /// A boolean, whether the backend stores it as a boolean or as 0 and 1.
     fn boolean(&self, index: usize) -> StoreResult<bool>;
 }
 

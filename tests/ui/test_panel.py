@@ -156,6 +156,12 @@ def test_full_admin_flow(browser, gateway, upstream):
     expect(page.get_by_test_id("today-success-rate")).to_have_text("100.0%")
     expect(page.get_by_test_id("trend-charts")).to_have_attribute("data-points", "7")
     assert page.locator("[data-testid=trend-charts] canvas").count() >= 3
+    # With the pointer away from a chart, its legend reads the latest day: its date, then its values.
+    requests_legend = page.locator("[data-chart=Requests] .u-legend .u-value")
+    expect(requests_legend).to_have_count(3)
+    expect(requests_legend.nth(0)).to_have_text(time.strftime("%m-%d"))
+    expect(requests_legend.nth(1)).to_have_text(str(expected_requests))
+    expect(requests_legend.nth(2)).to_have_text("0")
     daily = admin_api(gateway, "GET", "/stats/daily?days=7")["items"]
     assert sum(item["requests"] for item in daily) == expected_requests
     expect(page.get_by_test_id("channel-ranking")).to_contain_text("mock")

@@ -108,6 +108,7 @@ export function Chart({ labels, series, height = 200, title }) {
     const gridColour = styles.getPropertyValue("--border").trim() || "#ddd";
     const palette = ["--chart-1", "--chart-2", "--chart-3", "--chart-4"].map((name) => styles.getPropertyValue(name).trim());
     const axis = { stroke: axisColour, grid: { stroke: gridColour, width: 1 }, ticks: { stroke: gridColour } };
+    const latest = labels.length - 1;
     const options = {
       width: Math.max(element.clientWidth, 200),
       height,
@@ -117,13 +118,18 @@ export function Chart({ labels, series, height = 200, title }) {
         { ...axis, values: (plot, ticks) => ticks.map((tick) => labels[Math.round(tick)] ?? "") },
         { ...axis, size: 60, values: (plot, ticks) => ticks.map((tick) => series[0]?.format ? series[0].format(tick) : formatNumber(tick)) },
       ],
-      series: [{ label: t("Time"), value: (plot, index) => labels[Math.round(index)] ?? "" }, ...series.map((one, index) => ({
+      // The legend shows the hovered point; with the pointer elsewhere it shows the latest one
+      // (uPlot passes a null index then), so it always reads as "at this time, these values".
+      series: [{ label: t("Time"), value: (plot, raw, seriesIndex, index) => labels[index ?? latest] ?? "" }, ...series.map((one, index) => ({
         label: one.label,
         stroke: palette[index % palette.length],
         fill: `${palette[index % palette.length]}22`,
         width: 2,
         points: { show: labels.length <= 31 },
-        value: (plot, value) => (value === null || value === undefined ? "–" : one.format ? one.format(value) : formatNumber(value)),
+        value: (plot, raw, seriesIndex, pointIndex) => {
+          const value = pointIndex == null ? one.values[latest] : raw;
+          return value === null || value === undefined ? "–" : one.format ? one.format(value) : formatNumber(value);
+        },
       }))],
     };
     const data = [labels.map((label, index) => index), ...series.map((one) => one.values)];
