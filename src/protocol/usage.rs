@@ -232,7 +232,7 @@ struct ChatBody {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct ChatUsage {
+pub(crate) struct ChatUsage {
     #[serde(deserialize_with = "lenient_count")]
     prompt_tokens: u64,
     #[serde(deserialize_with = "lenient_count")]
@@ -262,7 +262,8 @@ struct ChatCompletionDetails {
 }
 
 impl ChatUsage {
-    fn normalize(self) -> Usage {
+    /// The counts as `Usage`.
+    pub(crate) fn normalize(self) -> Usage {
         let details = self.prompt_tokens_details.unwrap_or_default();
         let cached_tokens = if details.cached_tokens > 0 {
             details.cached_tokens
@@ -353,7 +354,7 @@ struct AnthropicBody {
 /// Anthropic's own counts; `input_tokens` excludes both cache fields.
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(default)]
-struct AnthropicUsage {
+pub(crate) struct AnthropicUsage {
     #[serde(deserialize_with = "lenient_count")]
     input_tokens: u64,
     #[serde(deserialize_with = "lenient_count")]
@@ -380,7 +381,8 @@ impl AnthropicUsage {
         }
     }
 
-    fn normalize(self) -> Usage {
+    /// The counts as `Usage`.
+    pub(crate) fn normalize(self) -> Usage {
         Usage {
             input_tokens: self
                 .input_tokens
@@ -419,7 +421,7 @@ impl GeminiEnvelope {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct GeminiUsage {
+pub(crate) struct GeminiUsage {
     #[serde(deserialize_with = "lenient_count")]
     prompt_token_count: u64,
     #[serde(deserialize_with = "lenient_count")]
@@ -433,7 +435,8 @@ struct GeminiUsage {
 }
 
 impl GeminiUsage {
-    fn normalize(self) -> Usage {
+    /// The counts as `Usage`.
+    pub(crate) fn normalize(self) -> Usage {
         Usage {
             // Tool-use prompt tokens are billed as input (total = prompt + toolUse + candidates +
             // thoughts), so they count as input here.

@@ -9,12 +9,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::protocol::Format;
 use crate::protocol::anthropic::{
     CLAUDE_CODE_BILLING_LINE, anthropic_signature, finish_reason_from_anthropic, parse_output_format, parse_thinking,
     parse_tool_choice,
 };
-use crate::protocol::usage::usage_from_value;
+use crate::protocol::usage::AnthropicUsage;
 use crate::protocol::ir::{
     Media, MediaSource, Message, Part, Reasoning, Request, Response, Role, TextPart, ToolCall, JsonSchema, ToolDefinition, ToolResult,
 };
@@ -218,7 +217,7 @@ struct MessageBodyIn<'a> {
     content: Option<Vec<JsonObject<BlockIn<'a>>>>,
     #[serde(borrow)]
     stop_reason: Option<Cow<'a, str>>,
-    usage: Option<Value>,
+    usage: Option<JsonObject<AnthropicUsage>>,
 }
 
 /// Reads a `message` body, or `None` when `anthropic::parse_response` must.
@@ -233,7 +232,7 @@ pub fn read_response(body: &[u8]) -> Option<Response> {
         model: body.model.unwrap_or_default(),
         parts,
         finish_reason: finish_reason_from_anthropic(body.stop_reason.as_deref().unwrap_or("end_turn")),
-        usage: body.usage.as_ref().and_then(|usage| usage_from_value(Format::Anthropic, usage)),
+        usage: body.usage.map(|JsonObject(usage)| usage.normalize()),
     })
 }
 

@@ -9,11 +9,10 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::protocol::Format;
 use crate::protocol::gemini::{finish_reason_from_gemini, gemini_signature, synthesized_call_id};
 use crate::protocol::ir::{Part, Reasoning, Response, ResponseMeta, ToolCall};
 use crate::protocol::typed_read::{JsonObject, read_body};
-use crate::protocol::usage::usage_from_value;
+use crate::protocol::usage::GeminiUsage;
 
 /// The answer's top level. The snake_case aliases are protobuf JSON's other spelling, which the
 /// `Value` reader accepts too; with both spellings present serde refuses the body as a duplicate,
@@ -23,7 +22,7 @@ struct GenerateResponseIn<'a> {
     #[serde(borrow)]
     candidates: Option<Vec<JsonObject<CandidateIn<'a>>>>,
     #[serde(rename = "usageMetadata", alias = "usage_metadata")]
-    usage_metadata: Option<Value>,
+    usage_metadata: Option<JsonObject<GeminiUsage>>,
     #[serde(rename = "modelVersion", alias = "model_version")]
     model_version: Option<String>,
     #[serde(rename = "responseId", alias = "response_id")]
@@ -87,7 +86,7 @@ pub fn read_response(body: &[u8], meta: &ResponseMeta) -> Option<Response> {
         model: body.model_version.unwrap_or_default(),
         parts,
         finish_reason: finish_reason_from_gemini(candidate.finish_reason.as_deref().unwrap_or("STOP"), has_calls),
-        usage: body.usage_metadata.as_ref().and_then(|usage| usage_from_value(Format::Gemini, usage)),
+        usage: body.usage_metadata.map(|JsonObject(usage)| usage.normalize()),
     })
 }
 

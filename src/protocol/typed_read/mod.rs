@@ -261,6 +261,51 @@ mod tests {
         }
     }
 
+    /// Usage objects are read by the same structs as `usage_from_value` reads a parsed one: odd
+    /// counts (strings, floats, nulls, negatives) read alike, and a usage that is no object
+    /// leaves the whole body to the `Value` reader, which then reports no usage.
+    #[test]
+    fn usage_objects_read_alike_in_every_shape() {
+        use crate::protocol::ir::ResponseMeta;
+        use crate::protocol::typed_read::read_response;
+        use crate::protocol::{gemini, openai_chat};
+        let meta = ResponseMeta { id: "resp_7".to_string(), model: "m".to_string(), created_unix: 0, custom_tools: Vec::new() };
+        let usages = [
+            json!({"prompt_tokens": "12", "completion_tokens": 3.7, "prompt_tokens_details": null,
+                "completion_tokens_details": {"reasoning_tokens": -4}, "prompt_cache_hit_tokens": 5}),
+            json!({"input_tokens": 7, "output_tokens": null, "cache_read_input_tokens": "2",
+                "cache_creation_input_tokens": 1e3, "service_tier": "standard"}),
+            json!({"promptTokenCount": 3, "toolUsePromptTokenCount": "4", "candidatesTokenCount": 2,
+                "thoughtsTokenCount": 1, "cachedContentTokenCount": null}),
+            json!({}),
+            json!(null),
+            json!(["not", "an", "object"]),
+            json!("12"),
+        ];
+        for usage in usages {
+            let bodies = [
+                (Format::OpenaiChat, json!({"id": "c", "model": "m", "choices": [{"index": 0,
+                    "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}], "usage": usage})),
+                (Format::Anthropic, json!({"id": "msg", "model": "m", "content": [{"type": "text", "text": "hi"}],
+                    "stop_reason": "end_turn", "usage": usage})),
+                (Format::Gemini, json!({"candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}],
+                    "usageMetadata": usage})),
+            ];
+            for (format, body) in bodies {
+                let by_value = match format {
+                    Format::OpenaiChat => openai_chat::parse_response(&body),
+                    Format::Anthropic => anthropic::parse_response(&body),
+                    _ => gemini::parse_response(&body, &meta),
+                }
+                .expect("the Value reader reads it");
+                match read_response(format, &serde_json::to_vec(&body).unwrap(), &meta) {
+                    Some(typed) => assert_eq!(typed, by_value, "{body}"),
+                    None => assert!(!usage.is_object() && !usage.is_null() && by_value.usage.is_none(), "left over: {body}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn bodies_it_does_not_model_are_left_to_the_value_reader() {
         let left = [

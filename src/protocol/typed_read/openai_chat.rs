@@ -12,9 +12,8 @@ use crate::protocol::ir::{
     Media, MediaSource, Message, Part, Reasoning, ReasoningConfig, ReasoningEffort, Request, Response, Role,
     TextPart, ToolCall, JsonSchema, ToolDefinition, ToolResult,
 };
-use crate::protocol::Format;
 use crate::protocol::openai_chat::{finish_reason_from_chat, parse_response_format, parse_stop, parse_tool_choice};
-use crate::protocol::usage::usage_from_value;
+use crate::protocol::usage::ChatUsage;
 use crate::protocol::typed_read::{JsonObject, TextOrList, TextOrObject, read_body};
 
 #[derive(Deserialize)]
@@ -242,7 +241,7 @@ struct CompletionIn<'a> {
     model: Option<String>,
     #[serde(borrow)]
     choices: Option<Vec<JsonObject<ChoiceIn<'a>>>>,
-    usage: Option<Value>,
+    usage: Option<JsonObject<ChatUsage>>,
 }
 
 #[derive(Deserialize)]
@@ -283,7 +282,7 @@ pub fn read_response(body: &[u8]) -> Option<Response> {
         model: body.model.unwrap_or_default(),
         finish_reason: finish_reason_from_chat(choice.finish_reason.as_deref().unwrap_or("stop"), has_tool_calls),
         parts,
-        usage: body.usage.as_ref().and_then(|usage| usage_from_value(Format::OpenaiChat, usage)),
+        usage: body.usage.map(|JsonObject(usage)| usage.normalize()),
     })
 }
 
