@@ -160,7 +160,12 @@ pub fn convert_request_with_media(
         antigravity_project: context.antigravity_project.clone(),
         request_id: context.request_id.clone(),
     };
-    write_request(upstream, &request, &options)
+    // The converted body is about as long as the client's: most of both is the conversation.
+    let expected_length = match body {
+        ClientBody::Bytes { bytes, .. } => bytes.len() + bytes.len() / 8,
+        ClientBody::Parsed(_) => 0,
+    };
+    write_request(upstream, &request, &options, expected_length)
 }
 
 fn inline_image_urls(request: &mut Request, fetch: &mut MediaFetcher) -> Result<(), ConvertError> {
@@ -445,20 +450,21 @@ fn write_request(
     format: Format,
     request: &Request,
     options: &WriteOptions,
+    expected_length: usize,
 ) -> Result<Vec<u8>, ConvertError> {
     Ok(match format {
-        Format::OpenaiChat => body_bytes(&openai_chat::write_request(request, options)?),
-        Format::OpenaiResponses => body_bytes(&openai_responses::write_request(request, options)?),
-        Format::Anthropic => body_bytes(&anthropic::write_request(request, options)?),
-        Format::Gemini => body_bytes(&gemini::write_request(request, options)?),
-        Format::Antigravity => body_bytes(&antigravity::write_request(request, options)?),
+        Format::OpenaiChat => body_bytes(&openai_chat::write_request(request, options)?, expected_length),
+        Format::OpenaiResponses => body_bytes(&openai_responses::write_request(request, options)?, expected_length),
+        Format::Anthropic => body_bytes(&anthropic::write_request(request, options)?, expected_length),
+        Format::Gemini => body_bytes(&gemini::write_request(request, options)?, expected_length),
+        Format::Antigravity => body_bytes(&antigravity::write_request(request, options)?, expected_length),
     })
 }
 
-/// A written body's bytes; serialising into memory cannot fail for these types (string keys,
-/// finite numbers).
-fn body_bytes(body: &impl serde::Serialize) -> Vec<u8> {
-    json_writer::to_vec(body).expect("a written body always serialises into memory")
+/// A written body's bytes, in a buffer sized for `expected_length` (at least the writer's
+/// default); serialising into memory cannot fail for these types (string keys, finite numbers).
+fn body_bytes(body: &impl serde::Serialize, expected_length: usize) -> Vec<u8> {
+    json_writer::to_vec_sized(body, expected_length.max(256)).expect("a written body always serialises into memory")
 }
 
 /// Gemini and Antigravity name the calls they return after `meta.id`, since they send no ids.
@@ -483,10 +489,10 @@ fn write_response(
     meta: &ResponseMeta,
 ) -> Result<Vec<u8>, ConvertError> {
     Ok(match format {
-        Format::OpenaiChat => body_bytes(&openai_chat::write_response(response, meta)),
-        Format::OpenaiResponses => body_bytes(&openai_responses::write_response(response, meta)),
-        Format::Anthropic => body_bytes(&anthropic::write_response(response, meta)),
-        Format::Gemini => body_bytes(&gemini::write_response(response, meta)),
+        Format::OpenaiChat => body_bytes(&openai_chat::write_response(response, meta), 0),
+        Format::OpenaiResponses => body_bytes(&openai_responses::write_response(response, meta), 0),
+        Format::Anthropic => body_bytes(&anthropic::write_response(response, meta), 0),
+        Format::Gemini => body_bytes(&gemini::write_response(response, meta), 0),
         other => return Err(not_implemented(other)),
     })
 }

@@ -46,7 +46,14 @@ impl ser::Error for WriteError {
 
 /// `value` as compact JSON.
 pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WriteError> {
-    let mut out = Vec::with_capacity(256);
+    to_vec_sized(value, 256)
+}
+
+/// `value` as compact JSON, written into a buffer that starts with room for `expected_length`
+/// bytes: a converted request is about as long as the client's, and a large one would otherwise
+/// be copied through a dozen doublings of the buffer.
+pub fn to_vec_sized<T: Serialize + ?Sized>(value: &T, expected_length: usize) -> Result<Vec<u8>, WriteError> {
+    let mut out = Vec::with_capacity(expected_length);
     value.serialize(&mut JsonWriter { out: &mut out })?;
     Ok(out)
 }

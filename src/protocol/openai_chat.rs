@@ -394,7 +394,7 @@ pub struct RequestOut<'request> {
     frequency_penalty: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u64>,
-    messages: Vec<Value>,
+    messages: Vec<MessageOut<'request>>,
     model: &'request str,
     #[serde(skip_serializing_if = "Option::is_none")]
     n: Option<u64>,
@@ -488,63 +488,141 @@ pub fn write_request<'request>(
     })
 }
 
-fn write_message(message: &Message, path: &FieldPath, out: &mut Vec<Value>) -> Result<(), ConvertError> {
+/// One message of the conversation as Chat takes it. It borrows the IR's text wherever it can:
+/// a long conversation's text is most of a request, and building a `Value` tree of it copied all
+/// of it once more. Members are declared in alphabetical order, as a `Value` wrote them.
+#[derive(Serialize)]
+struct MessageOut<'message> {
+    content: ContentOut<'message>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'message str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<String>,
+    role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'message str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOut<'message>>,
+}
+
+impl<'message> MessageOut<'message> {
+    fn new(role: &'static str, content: ContentOut<'message>) -> MessageOut<'message> {
+        MessageOut { content, name: None, refusal: None, role, tool_call_id: None, tool_calls: Vec::new() }
+    }
+}
+
+/// A message's `content`: null (an assistant turn of only tool calls), a string, or parts.
+enum ContentOut<'message> {
+    Null,
+    Text(Cow<'message, str>),
+    Parts(Vec<ContentPartOut<'message>>),
+}
+
+impl Serialize for ContentOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ContentOut::Null => serializer.serialize_unit(),
+            ContentOut::Text(text) => serializer.serialize_str(text),
+            ContentOut::Parts(parts) => parts.serialize(serializer),
+        }
+    }
+}
+
+/// One part of a user message's content array.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ContentPartOut<'message> {
+    Text { text: &'message str },
+    ImageUrl { image_url: ImageUrlOut<'message> },
+    File { file: FileOut<'message> },
+    InputAudio { input_audio: InputAudioOut<'message> },
+}
+
+#[derive(Serialize)]
+struct ImageUrlOut<'message> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'message str>,
+    url: String,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum FileOut<'message> {
+    Id {
+        file_id: &'message str,
+    },
+    Data {
+        file_data: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        filename: Option<&'message str>,
+    },
+}
+
+#[derive(Serialize)]
+struct InputAudioOut<'message> {
+    data: &'message str,
+    format: &'message str,
+}
+
+fn write_message<'message>(
+    message: &'message Message,
+    path: &FieldPath,
+    out: &mut Vec<MessageOut<'message>>,
+) -> Result<(), ConvertError> {
+    let name = message.name.as_deref();
     match message.role {
         Role::System | Role::Developer => {
             // System content is text only; one string is what every compatible server accepts.
-            let texts: Vec<&str> = message
-                .parts
-                .iter()
-                .filter_map(|part| match part {
-                    Part::Text(text) => Some(text.text.as_str()),
-                    _ => None,
-                })
-                .collect();
-            out.push(named(
-                json!({"role": "system", "content": texts.join("\n\n")}),
-                message,
-            ));
+            let mut texts = message.parts.iter().filter_map(|part| match part {
+                Part::Text(text) => Some(text.text.as_str()),
+                _ => None,
+            });
+            let content = match (texts.next(), texts.clone().next()) {
+                (None, _) => Cow::Borrowed(""),
+                (Some(only), None) => Cow::Borrowed(only),
+                (Some(first), Some(_)) => Cow::Owned(std::iter::once(first).chain(texts).collect::<Vec<_>>().join("\n\n")),
+            };
+            out.push(MessageOut { name, ..MessageOut::new("system", ContentOut::Text(content)) });
         }
         // An empty user turn carries nothing, and OpenAI rejects empty content arrays.
         Role::User if message.parts.is_empty() => {}
         Role::User => {
             let content = write_content(&message.parts, path)?;
-            out.push(named(object_of([("role", "user".into()), ("content", content)]), message));
+            out.push(MessageOut { name, ..MessageOut::new("user", content) });
         }
-        Role::Assistant => out.push(named(write_assistant(&message.parts), message)),
+        Role::Assistant => {
+            let turn = assistant_turn(&message.parts);
+            out.push(MessageOut {
+                name,
+                refusal: Some(turn.refusal).filter(|refusal| !refusal.is_empty()),
+                tool_calls: turn.tool_calls,
+                ..MessageOut::new("assistant", turn.content.map_or(ContentOut::Null, |text| ContentOut::Text(Cow::Owned(text))))
+            });
+        }
         Role::Tool => {
             let mut images = Vec::new();
             for part in &message.parts {
                 let Part::ToolResult(result) = part else {
                     continue;
                 };
-                let mut text = result.text();
-                if result.is_error {
-                    text = format!("Error: {text}");
-                }
-                out.push(json!({"role": "tool", "tool_call_id": result.call_id, "content": text}));
-                images.extend(
-                    result
-                        .content
-                        .iter()
-                        .filter(|part| matches!(part, Part::Image(_)))
-                        .cloned(),
-                );
+                let text = match (&result.content[..], result.is_error) {
+                    ([Part::Text(only)], false) => Cow::Borrowed(only.text.as_str()),
+                    (_, false) => Cow::Owned(result.text()),
+                    (_, true) => Cow::Owned(format!("Error: {}", result.text())),
+                };
+                out.push(MessageOut {
+                    tool_call_id: Some(&result.call_id),
+                    ..MessageOut::new("tool", ContentOut::Text(text))
+                });
+                images.extend(result.content.iter().filter(|part| matches!(part, Part::Image(_))));
             }
             if !images.is_empty() {
-                let content = write_content(&images, path)?;
-                out.push(object_of([("role", "user".into()), ("content", content)]));
+                let content = write_content_parts(images, path)?;
+                out.push(MessageOut::new("user", content));
             }
         }
     }
     Ok(())
-}
-
-fn named(mut message: Value, source: &Message) -> Value {
-    if let Some(name) = &source.name {
-        message["name"] = name.clone().into();
-    }
-    message
 }
 
 /// The assistant's turn as Chat writes it, in history and in a response alike: its text (None,
@@ -570,23 +648,6 @@ fn assistant_turn(parts: &[Part]) -> AssistantTurn<'_> {
     AssistantTurn { content, tool_calls, refusal }
 }
 
-/// An assistant message of the conversation history: `refusal` and `tool_calls` only when there
-/// are some.
-fn write_assistant(parts: &[Part]) -> Value {
-    let turn = assistant_turn(parts);
-    let mut message = Map::new();
-    message.insert("role".into(), "assistant".into());
-    message.insert("content".into(), turn.content.map_or(Value::Null, Value::from));
-    if !turn.refusal.is_empty() {
-        message.insert("refusal".into(), turn.refusal.into());
-    }
-    if !turn.tool_calls.is_empty() {
-        let tool_calls = serde_json::to_value(&turn.tool_calls).expect("tool calls serialise");
-        message.insert("tool_calls".into(), tool_calls);
-    }
-    Value::Object(message)
-}
-
 /// Arguments as Chat clients expect them: a JSON string that always parses (an empty string from
 /// an argument-less call becomes `{}`).
 fn normalized_arguments(arguments: &str) -> &str {
@@ -594,15 +655,22 @@ fn normalized_arguments(arguments: &str) -> &str {
 }
 
 /// A single text part is written as a plain string, anything else as an array of parts.
-fn write_content(parts: &[Part], path: &FieldPath) -> Result<Value, ConvertError> {
+fn write_content<'message>(parts: &'message [Part], path: &FieldPath) -> Result<ContentOut<'message>, ConvertError> {
     if let [Part::Text(text)] = parts {
-        return Ok(text.text.clone().into());
+        return Ok(ContentOut::Text(Cow::Borrowed(&text.text)));
     }
+    write_content_parts(parts, path)
+}
+
+fn write_content_parts<'message>(
+    parts: impl IntoIterator<Item = &'message Part>,
+    path: &FieldPath,
+) -> Result<ContentOut<'message>, ConvertError> {
     let mut written = Vec::new();
-    for (position, part) in parts.iter().enumerate() {
+    for (position, part) in parts.into_iter().enumerate() {
         let part_path = element(path, "content", position);
-        let value = match part {
-            Part::Text(text) => json!({"type": "text", "text": text.text}),
+        let written_part = match part {
+            Part::Text(text) => ContentPartOut::Text { text: &text.text },
             Part::Image(media) => {
                 let url = media.source.to_url().ok_or_else(|| {
                     ConvertError::new(
@@ -610,22 +678,14 @@ fn write_content(parts: &[Part], path: &FieldPath) -> Result<Value, ConvertError
                         "this image source is not supported by openai chat",
                     )
                 })?;
-                let mut image = Map::new();
-                image.insert("url".into(), url.into());
-                insert_some(&mut image, "detail", media.detail.clone());
-                json!({"type": "image_url", "image_url": image})
+                ContentPartOut::ImageUrl { image_url: ImageUrlOut { detail: media.detail.as_deref(), url } }
             }
             Part::Document(media) => match &media.source {
-                MediaSource::Text(text) => json!({"type": "text", "text": text}),
-                MediaSource::FileId(file_id) => {
-                    json!({"type": "file", "file": {"file_id": file_id}})
-                }
-                MediaSource::Base64 { .. } => {
-                    let mut file = Map::new();
-                    file.insert("file_data".into(), media.source.to_url().into());
-                    insert_some(&mut file, "filename", media.filename.clone());
-                    json!({"type": "file", "file": file})
-                }
+                MediaSource::Text(text) => ContentPartOut::Text { text },
+                MediaSource::FileId(file_id) => ContentPartOut::File { file: FileOut::Id { file_id } },
+                MediaSource::Base64 { .. } => ContentPartOut::File {
+                    file: FileOut::Data { file_data: media.source.to_url(), filename: media.filename.as_deref() },
+                },
                 MediaSource::Url(_) => {
                     return Err(ConvertError::new(
                         part_path,
@@ -633,15 +693,13 @@ fn write_content(parts: &[Part], path: &FieldPath) -> Result<Value, ConvertError
                     ));
                 }
             },
-            Part::Audio { data, format } => {
-                json!({"type": "input_audio", "input_audio": {"data": data, "format": format}})
-            }
-            Part::Refusal(refusal) => json!({"type": "text", "text": refusal}),
+            Part::Audio { data, format } => ContentPartOut::InputAudio { input_audio: InputAudioOut { data, format } },
+            Part::Refusal(refusal) => ContentPartOut::Text { text: refusal },
             Part::ToolCall(_) | Part::ToolResult(_) | Part::Reasoning(_) => continue,
         };
-        written.push(value);
+        written.push(written_part);
     }
-    Ok(written.into())
+    Ok(ContentOut::Parts(written))
 }
 
 fn write_tool(tool: &ToolDefinition) -> ToolOut<'_> {
