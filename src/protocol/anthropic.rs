@@ -32,7 +32,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     TextPart, ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
-use crate::protocol::json::{FieldPath, element, object_of,
+use crate::protocol::json::{FieldPath, element,
     field, index, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str,
 };
@@ -496,7 +496,7 @@ pub(crate) fn anthropic_signature(value: Option<&str>) -> Option<Signature> {
 #[derive(Serialize)]
 pub struct RequestOut<'request> {
     max_tokens: u64,
-    messages: Vec<Value>,
+    messages: Vec<TurnOut<'request>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<MetadataOut<'request>>,
     model: &'request str,
@@ -532,7 +532,77 @@ struct MetadataOut<'request> {
 #[serde(untagged)]
 enum SystemOut<'request> {
     Text(&'request str),
-    Blocks(Vec<Value>),
+    Blocks(Vec<BlockOut<'request>>),
+}
+
+/// One turn of the conversation as the Messages API takes it. Turns borrow the IR's text: a long
+/// conversation's text is most of a request, and building a `Value` tree of it copied all of it
+/// once more.
+#[derive(Serialize)]
+struct TurnOut<'request> {
+    content: ContentOut<'request>,
+    role: &'static str,
+}
+
+/// A turn's or a tool result's `content`: a plain string, or blocks.
+enum ContentOut<'request> {
+    Text(&'request str),
+    Blocks(Vec<BlockOut<'request>>),
+}
+
+impl Serialize for ContentOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ContentOut::Text(text) => serializer.serialize_str(text),
+            ContentOut::Blocks(blocks) => blocks.serialize(serializer),
+        }
+    }
+}
+
+/// A content block of a request.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockOut<'request> {
+    Text {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'request Value>,
+        text: &'request str,
+    },
+    Image {
+        source: SourceOut<'request>,
+    },
+    Document {
+        source: SourceOut<'request>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        title: Option<&'request str>,
+    },
+    ToolResult {
+        content: ContentOut<'request>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+        tool_use_id: String,
+    },
+    ToolUse {
+        id: String,
+        input: serde_json::Map<String, Value>,
+        name: &'request str,
+    },
+    Thinking {
+        signature: &'request str,
+        thinking: &'request str,
+    },
+    RedactedThinking {
+        data: &'request str,
+    },
+}
+
+/// Where an image's or a document's bytes come from.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum SourceOut<'request> {
+    Url { url: &'request str },
+    Base64 { data: &'request str, media_type: &'request str },
+    Text { data: &'request str, media_type: &'static str },
 }
 
 #[derive(Serialize)]
@@ -673,8 +743,8 @@ fn thinking_budget(request: &Request) -> Option<u64> {
 }
 
 /// Converts the conversation (minus system messages) into alternating Anthropic turns.
-fn write_messages(messages: &[Message]) -> Result<Vec<Value>, ConvertError> {
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+fn write_messages(messages: &[Message]) -> Result<Vec<TurnOut<'_>>, ConvertError> {
+    let mut turns: Vec<(&'static str, Vec<BlockOut>)> = Vec::new();
     for (position, message) in messages.iter().enumerate() {
         let path = index("messages", position);
         let (role, blocks) = match message.role {
@@ -695,34 +765,28 @@ fn write_messages(messages: &[Message]) -> Result<Vec<Value>, ConvertError> {
         .into_iter()
         .map(|(role, mut blocks)| {
             // Tool results must open the user turn that answers the calls.
-            blocks.sort_by_key(|block| block["type"] != "tool_result");
+            blocks.sort_by_key(|block| !matches!(block, BlockOut::ToolResult { .. }));
             let content = match blocks.as_slice() {
-                [only] if only["type"] == "text" && only.get("cache_control").is_none() => {
-                    only["text"].clone()
-                }
-                _ => Value::Array(blocks),
+                [BlockOut::Text { cache_control: None, text }] => ContentOut::Text(text),
+                _ => ContentOut::Blocks(blocks),
             };
-            object_of([("role", role.into()), ("content", content)])
+            TurnOut { content, role }
         })
         .collect())
 }
 
-fn text_block(part: &TextPart) -> Value {
-    let mut block = json!({"type": "text", "text": part.text});
-    if let Some(cache_control) = &part.cache_control {
-        block["cache_control"] = cache_control.clone();
-    }
-    block
+fn text_block(part: &TextPart) -> BlockOut<'_> {
+    BlockOut::Text { cache_control: part.cache_control.as_ref(), text: &part.text }
 }
 
-fn write_user_blocks(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, ConvertError> {
+fn write_user_blocks<'request>(parts: &'request [Part], path: &FieldPath) -> Result<Vec<BlockOut<'request>>, ConvertError> {
     let mut blocks = Vec::new();
     for (position, part) in parts.iter().enumerate() {
         let part_path = element(path, "content", position);
         match part {
             Part::Text(text) if text.text.is_empty() => {}
             Part::Text(text) => blocks.push(text_block(text)),
-            Part::Refusal(text) => blocks.push(json!({"type": "text", "text": text})),
+            Part::Refusal(text) => blocks.push(BlockOut::Text { cache_control: None, text }),
             Part::Image(media) => blocks.push(image_block(media, &part_path)?),
             Part::Document(media) => blocks.push(document_block(media, &part_path)?),
             Part::Audio { .. } => {
@@ -737,9 +801,9 @@ fn write_user_blocks(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, Con
     Ok(blocks)
 }
 
-fn image_block(media: &Media, path: &FieldPath) -> Result<Value, ConvertError> {
+fn image_block<'request>(media: &'request Media, path: &FieldPath) -> Result<BlockOut<'request>, ConvertError> {
     let source = match &media.source {
-        MediaSource::Url(url) => json!({"type": "url", "url": url}),
+        MediaSource::Url(url) => SourceOut::Url { url },
         MediaSource::Base64 { media_type, data } => {
             if !IMAGE_MEDIA_TYPES.contains(&media_type.as_str()) {
                 return Err(ConvertError::new(
@@ -747,7 +811,7 @@ fn image_block(media: &Media, path: &FieldPath) -> Result<Value, ConvertError> {
                     format!("image type {media_type} is not supported by anthropic"),
                 ));
             }
-            json!({"type": "base64", "media_type": media_type, "data": data})
+            SourceOut::Base64 { data, media_type }
         }
         MediaSource::FileId(_) | MediaSource::Text(_) => {
             return Err(ConvertError::new(
@@ -756,12 +820,12 @@ fn image_block(media: &Media, path: &FieldPath) -> Result<Value, ConvertError> {
             ));
         }
     };
-    Ok(json!({"type": "image", "source": source}))
+    Ok(BlockOut::Image { source })
 }
 
-fn document_block(media: &Media, path: &FieldPath) -> Result<Value, ConvertError> {
+fn document_block<'request>(media: &'request Media, path: &FieldPath) -> Result<BlockOut<'request>, ConvertError> {
     let source = match &media.source {
-        MediaSource::Url(url) => json!({"type": "url", "url": url}),
+        MediaSource::Url(url) => SourceOut::Url { url },
         MediaSource::Base64 { media_type, data } => {
             if media_type != "application/pdf" {
                 return Err(ConvertError::new(
@@ -769,11 +833,9 @@ fn document_block(media: &Media, path: &FieldPath) -> Result<Value, ConvertError
                     format!("document type {media_type} is not supported by anthropic"),
                 ));
             }
-            json!({"type": "base64", "media_type": media_type, "data": data})
+            SourceOut::Base64 { data, media_type }
         }
-        MediaSource::Text(text) => {
-            json!({"type": "text", "media_type": "text/plain", "data": text})
-        }
+        MediaSource::Text(text) => SourceOut::Text { data: text, media_type: "text/plain" },
         MediaSource::FileId(_) => {
             return Err(ConvertError::new(
                 path,
@@ -781,14 +843,10 @@ fn document_block(media: &Media, path: &FieldPath) -> Result<Value, ConvertError
             ));
         }
     };
-    let mut block = json!({"type": "document", "source": source});
-    if let Some(title) = &media.filename {
-        block["title"] = title.clone().into();
-    }
-    Ok(block)
+    Ok(BlockOut::Document { source, title: media.filename.as_deref() })
 }
 
-fn write_tool_results(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, ConvertError> {
+fn write_tool_results<'request>(parts: &'request [Part], path: &FieldPath) -> Result<Vec<BlockOut<'request>>, ConvertError> {
     let mut blocks = Vec::new();
     for (position, part) in parts.iter().enumerate() {
         let Part::ToolResult(result) = part else {
@@ -796,24 +854,16 @@ fn write_tool_results(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, Co
         };
         let part_path = element(path, "content", position);
         let content = match result.content.as_slice() {
-            [] => Value::String(String::new()),
-            [Part::Text(text)] => text.text.clone().into(),
-            parts => write_user_blocks(parts, &part_path)?.into(),
+            [] => ContentOut::Text(""),
+            [Part::Text(text)] => ContentOut::Text(&text.text),
+            parts => ContentOut::Blocks(write_user_blocks(parts, &part_path)?),
         };
-        let mut block = json!({
-            "type": "tool_result",
-            "tool_use_id": tool_use_id(&result.call_id),
-            "content": content,
-        });
-        if result.is_error {
-            block["is_error"] = true.into();
-        }
-        blocks.push(block);
+        blocks.push(BlockOut::ToolResult { content, is_error: result.is_error, tool_use_id: tool_use_id(&result.call_id) });
     }
     Ok(blocks)
 }
 
-fn write_assistant_blocks(parts: &[Part]) -> Vec<Value> {
+fn write_assistant_blocks(parts: &[Part]) -> Vec<BlockOut<'_>> {
     let mut blocks = Vec::new();
     for part in parts {
         match part {
@@ -825,24 +875,19 @@ fn write_assistant_blocks(parts: &[Part]) -> Vec<Value> {
                     continue;
                 }
                 if reasoning.redacted {
-                    blocks.push(json!({"type": "redacted_thinking", "data": signature.value}));
+                    blocks.push(BlockOut::RedactedThinking { data: &signature.value });
                 } else {
-                    blocks.push(json!({
-                        "type": "thinking",
-                        "thinking": reasoning.text,
-                        "signature": signature.value,
-                    }));
+                    blocks.push(BlockOut::Thinking { signature: &signature.value, thinking: &reasoning.text });
                 }
             }
             Part::Text(text) if text.text.is_empty() => {}
             Part::Text(text) => blocks.push(text_block(text)),
-            Part::Refusal(text) => blocks.push(json!({"type": "text", "text": text})),
-            Part::ToolCall(call) => blocks.push(json!({
-                "type": "tool_use",
-                "id": tool_use_id(&call.id),
-                "name": call.name,
-                "input": call.arguments_object(),
-            })),
+            Part::Refusal(text) => blocks.push(BlockOut::Text { cache_control: None, text }),
+            Part::ToolCall(call) => blocks.push(BlockOut::ToolUse {
+                id: tool_use_id(&call.id),
+                input: call.arguments_object(),
+                name: &call.name,
+            }),
             Part::Image(_) | Part::Document(_) | Part::Audio { .. } | Part::ToolResult(_) => {}
         }
     }
