@@ -168,8 +168,13 @@ def test_full_admin_flow(browser, gateway, upstream):
     expect(page.get_by_test_id("channel-ranking")).to_contain_text(str(expected_requests))
     expect(page.get_by_test_id("key-ranking")).to_contain_text("ci")
 
-    # The logs page lists the requests, and the detail view shows the attempt timeline.
+    # The logs page lists the requests, and the detail view shows the attempt timeline. Logs are
+    # written in batches a second apart, so the last requests may appear only on a refresh.
     page.get_by_role("link", name="Logs").click()
+    deadline = time.time() + 15
+    while page.get_by_test_id("log-table").locator("tbody tr").count() != expected_requests and time.time() < deadline:
+        page.get_by_role("button", name="Refresh").click()
+        page.wait_for_timeout(500)
     expect(page.get_by_test_id("log-table").locator("tbody tr")).to_have_count(expected_requests)
     page.get_by_test_id("log-table").get_by_role("button", name="Details").first.click()
     expect(page.get_by_test_id("attempts")).to_contain_text("mock")
