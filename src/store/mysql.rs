@@ -759,11 +759,8 @@ impl Store for MysqlStore {
     }
 
     fn stats_grouped(&mut self, from_hour: i64, to_hour: i64, grouping: StatsGrouping) -> StoreResult<Vec<StatsRow>> {
-        let rows: Vec<Row> = self
-            .connection
-            .exec(stats_sql::stats_grouped_query(Dialect::Mysql, grouping), (from_hour, to_hour))
-            .map_err(query_error)?;
-        rows.iter().map(|row| stats_sql::decode_stats_row(&MysqlColumns(row))).collect()
+        let sql = stats_sql::stats_grouped_query(Dialect::Mysql, grouping);
+        query_all(&mut self.connection, &sql, (from_hour, to_hour), stats_sql::decode_stats_row)
     }
 
     fn replace_stats_range(&mut self, from_hour: i64, to_hour: i64, rows: &[StatsRow]) -> StoreResult<()> {
@@ -823,15 +820,13 @@ impl Store for MysqlStore {
         let (sql, mut values) = stats_sql::log_page_query(Dialect::Mysql, filter, false);
         values.push(SqlValue::Int(u64_to_column(limit)));
         values.push(SqlValue::Int(u64_to_column(offset)));
-        let rows: Vec<Row> = self.connection.exec(sql, mysql_parameters(&values)).map_err(query_error)?;
-        let logs = rows.iter().map(|row| stats_sql::decode_log(&MysqlColumns(row))).collect::<StoreResult<Vec<_>>>()?;
+        let logs = query_all(&mut self.connection, &sql, mysql_parameters(&values), stats_sql::decode_log)?;
         Ok((logs, u64::try_from(total.unwrap_or(0)).unwrap_or(0)))
     }
 
     fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>> {
         let sql = format!("SELECT {} FROM {} WHERE id = ?", stats_sql::log_select_columns(true), stats_sql::LOG_TABLE);
-        let row: Option<Row> = self.connection.exec_first(sql, (id,)).map_err(query_error)?;
-        row.as_ref().map(|row| stats_sql::decode_log(&MysqlColumns(row))).transpose()
+        query_optional(&mut self.connection, &sql, (id,), stats_sql::decode_log)
     }
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {

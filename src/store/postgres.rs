@@ -717,11 +717,8 @@ impl Store for PostgresStore {
     }
 
     fn stats_grouped(&mut self, from_hour: i64, to_hour: i64, grouping: StatsGrouping) -> StoreResult<Vec<StatsRow>> {
-        let rows = self
-            .client
-            .query(&stats_sql::stats_grouped_query(Dialect::Postgres, grouping), &[&from_hour, &to_hour])
-            .map_err(query_error)?;
-        rows.iter().map(|row| stats_sql::decode_stats_row(&PostgresColumns(row))).collect()
+        let sql = stats_sql::stats_grouped_query(Dialect::Postgres, grouping);
+        query_all(&mut self.client, &sql, &[&from_hour, &to_hour], stats_sql::decode_stats_row)
     }
 
     fn replace_stats_range(&mut self, from_hour: i64, to_hour: i64, rows: &[StatsRow]) -> StoreResult<()> {
@@ -736,16 +733,12 @@ impl Store for PostgresStore {
     }
 
     fn stats_days_to_roll_up(&mut self, before_hour: i64, limit: u64) -> StoreResult<Vec<i64>> {
-        let rows = self
-            .client
-            .query(&stats_sql::stats_days_to_roll_up_query(Dialect::Postgres), &[&before_hour, &u64_to_column(limit)])
-            .map_err(query_error)?;
-        rows.iter().map(|row| row.get(0).map_err(query_error)).collect()
+        let sql = stats_sql::stats_days_to_roll_up_query(Dialect::Postgres);
+        query_all(&mut self.client, &sql, &[&before_hour, &u64_to_column(limit)], |row| row.int(0))
     }
 
     fn all_stats_rows(&mut self) -> StoreResult<Vec<StatsRow>> {
-        let rows = self.client.query(&backup::all_stats_rows_query(), &[]).map_err(query_error)?;
-        rows.iter().map(|row| stats_sql::decode_stats_row(&PostgresColumns(row))).collect()
+        query_all(&mut self.client, &backup::all_stats_rows_query(), &[], stats_sql::decode_stats_row)
     }
 
     fn replace_configuration(&mut self, backup: &Backup) -> StoreResult<()> {
@@ -778,15 +771,13 @@ impl Store for PostgresStore {
         let (sql, mut values) = stats_sql::log_page_query(Dialect::Postgres, filter, false);
         values.push(SqlValue::Int(u64_to_column(limit)));
         values.push(SqlValue::Int(u64_to_column(offset)));
-        let rows = self.client.query(&sql, &postgres_parameters(&values)).map_err(query_error)?;
-        let logs = rows.iter().map(|row| stats_sql::decode_log(&PostgresColumns(row))).collect::<StoreResult<Vec<_>>>()?;
+        let logs = query_all(&mut self.client, &sql, &postgres_parameters(&values), stats_sql::decode_log)?;
         Ok((logs, u64::try_from(total).unwrap_or(0)))
     }
 
     fn log_by_id(&mut self, id: i64) -> StoreResult<Option<RequestLog>> {
         let sql = format!("SELECT {} FROM {} WHERE id = $1", stats_sql::log_select_columns(true), stats_sql::LOG_TABLE);
-        let rows = self.client.query(&sql, &[&id]).map_err(query_error)?;
-        rows.first().map(|row| stats_sql::decode_log(&PostgresColumns(row))).transpose()
+        query_optional(&mut self.client, &sql, &[&id], stats_sql::decode_log)
     }
 
     fn prune_logs(&mut self, before_ms: i64, keep_rows: u64) -> StoreResult<u64> {

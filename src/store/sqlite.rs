@@ -782,14 +782,7 @@ impl Store for SqliteStore {
     }
 
     fn setting(&mut self, key: &str) -> StoreResult<Option<String>> {
-        self.connection
-            .query_row(
-                "SELECT value FROM settings WHERE \"key\" = ?1",
-                [key],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(query_error)
+        query_optional(&self.connection, "SELECT value FROM settings WHERE \"key\" = ?1", [key], |row| row.text(0))
     }
 
     fn set_setting(&mut self, key: &str, value: &str) -> StoreResult<()> {
