@@ -573,14 +573,17 @@ fn write_message<'message>(
     match message.role {
         Role::System | Role::Developer => {
             // System content is text only; one string is what every compatible server accepts.
-            let mut texts = message.parts.iter().filter_map(|part| match part {
-                Part::Text(text) => Some(text.text.as_str()),
-                _ => None,
-            });
-            let content = match (texts.next(), texts.clone().next()) {
-                (None, _) => Cow::Borrowed(""),
-                (Some(only), None) => Cow::Borrowed(only),
-                (Some(first), Some(_)) => Cow::Owned(std::iter::once(first).chain(texts).collect::<Vec<_>>().join("\n\n")),
+            let texts: Vec<&str> = message
+                .parts
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Text(text) => Some(text.text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let content = match texts.as_slice() {
+                [only] => Cow::Borrowed(*only),
+                _ => Cow::Owned(texts.join("\n\n")),
             };
             out.push(MessageOut { name, ..MessageOut::new("system", ContentOut::Text(content)) });
         }
