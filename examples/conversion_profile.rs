@@ -8,9 +8,10 @@
 //! - `chat-to-anthropic`, `chat-to-gemini`: the bench's small lane chat (a system prompt, one user
 //!   message, one tool) converted for the upstream, and the upstream's answer converted back,
 //!   1,000 times;
-//! - `large-anthropic-to-chat`, `large-chat-to-anthropic`: a 219 KB request shaped like an agent
-//!   client's (a 15 KB system prompt, 40 tools, 90 turns of text, tool calls and tool results)
-//!   converted 20 times; it prints the wall time per conversion too.
+//! - `large-anthropic-to-chat`, `large-chat-to-anthropic`, `large-anthropic-to-gemini`,
+//!   `large-chat-to-gemini`, `large-anthropic-to-responses`, `large-chat-to-responses`: a 219 KB request shaped like an agent client's (a 15 KB system
+//!   prompt, 40 tools, 90 turns of text, tool calls and tool results) converted 20 times; it
+//!   prints the wall time per conversion too.
 //!
 //! Build it with debug symbols kept (`CARGO_PROFILE_RELEASE_STRIP=false
 //! CARGO_PROFILE_RELEASE_DEBUG=1`) so callgrind can name the functions.
@@ -33,8 +34,14 @@ fn main() {
         "chat-to-gemini" => lane_round_trips(Format::Gemini, GEMINI_ANSWER),
         "large-anthropic-to-chat" => large_requests(&large_anthropic_request(), Format::Anthropic, Format::OpenaiChat),
         "large-chat-to-anthropic" => large_requests(&large_chat_request(), Format::OpenaiChat, Format::Anthropic),
+        "large-anthropic-to-gemini" => large_requests(&large_anthropic_request(), Format::Anthropic, Format::Gemini),
+        "large-chat-to-gemini" => large_requests(&large_chat_request(), Format::OpenaiChat, Format::Gemini),
+        "large-anthropic-to-responses" => large_requests(&large_anthropic_request(), Format::Anthropic, Format::OpenaiResponses),
+        "large-chat-to-responses" => large_requests(&large_chat_request(), Format::OpenaiChat, Format::OpenaiResponses),
         _ => {
-            eprintln!("usage: conversion_profile chat-to-anthropic|chat-to-gemini|large-anthropic-to-chat|large-chat-to-anthropic");
+            eprintln!(
+                "usage: conversion_profile chat-to-anthropic|chat-to-gemini|large-anthropic-to-chat|large-chat-to-anthropic|large-anthropic-to-gemini|large-chat-to-gemini|large-anthropic-to-responses|large-chat-to-responses"
+            );
             std::process::exit(2);
         }
     }

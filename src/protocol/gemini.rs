@@ -40,7 +40,7 @@ use crate::protocol::ir::{
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
     ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions, hoisted_system_parts,
 };
-use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
+use crate::protocol::json::{AsFieldPath, FieldPath, element,
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_i64, opt_str, opt_u64, req_str,
 };
@@ -659,7 +659,7 @@ enum Reader {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerateRequestOut<'request> {
-    contents: Vec<Value>,
+    contents: Vec<ContentOut<Vec<PartOut<'request>>>>,
     #[serde(skip_serializing_if = "GenerationConfigOut::is_empty")]
     generation_config: GenerationConfigOut<'request>,
     /// Antigravity only: a stable id for the conversation.
@@ -946,15 +946,99 @@ fn thinking_config(reasoning: &ReasoningConfig, gemini3: bool, claude: bool) -> 
     (!config.is_empty()).then_some(Value::Object(config))
 }
 
+/// One Gemini part as it is written, borrowing the IR's texts: building every part as a `Value`
+/// copied each text of the conversation only to serialise and drop the copy. Members are in
+/// alphabetical order, the order the sorted maps of `json!` wrote them in, so upstreams and
+/// clients get the same bytes as before.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PartOut<'message> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_data: Option<FileDataOut<'message>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<FunctionCallOut<'message>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_response: Option<FunctionResponseOut<'message>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inline_data: Option<InlineDataOut<'message>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'message str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thought: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thought_signature: Option<&'message str>,
+}
+
+impl<'message> PartOut<'message> {
+    fn text(text: &'message str) -> PartOut<'message> {
+        PartOut { text: Some(text), ..PartOut::default() }
+    }
+
+    /// A text part that nothing else has claimed: a thought signature may still go onto it.
+    fn is_plain_text(&self) -> bool {
+        self.text.is_some() && self.thought.is_none() && self.thought_signature.is_none()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FileDataOut<'message> {
+    file_uri: &'message str,
+    mime_type: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InlineDataOut<'message> {
+    data: &'message str,
+    mime_type: Cow<'message, str>,
+}
+
+#[derive(Serialize)]
+struct FunctionCallOut<'message> {
+    /// The arguments as an object: Gemini rejects a string, and a call whose arguments are not
+    /// a JSON object gets an empty one.
+    args: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Cow<'message, str>>,
+    name: &'message str,
+}
+
+#[derive(Serialize)]
+struct FunctionResponseOut<'message> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    name: &'message str,
+    response: FunctionResultOut<'message>,
+}
+
+/// `functionResponse.response`, which must be an object (see the module docs).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum FunctionResultOut<'message> {
+    /// A result whose text is a JSON object is sent as that object.
+    Object(Map<String, Value>),
+    Result { result: Cow<'message, str> },
+    Error { error: ErrorResultOut<'message> },
+}
+
+/// A failed tool's result under `error`: its object, or else its text.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ErrorResultOut<'message> {
+    Object(Map<String, Value>),
+    Text(Cow<'message, str>),
+}
+
 /// Converts the conversation (minus system messages) into Gemini contents: alternating roles,
 /// no empty parts, function responses named after their calls.
 fn write_contents(
     messages: &[Message],
     reader: Reader,
     bypass_signatures: bool,
-) -> Result<Vec<Value>, ConvertError> {
+) -> Result<Vec<ContentOut<Vec<PartOut<'_>>>>, ConvertError> {
     let mut call_names: HashMap<&str, &str> = HashMap::new();
-    let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    let mut contents: Vec<ContentOut<Vec<PartOut>>> = Vec::new();
     for (position, message) in messages.iter().enumerate() {
         let path = index("messages", position);
         let (role, parts) = match message.role {
@@ -977,48 +1061,38 @@ fn write_contents(
             continue;
         }
         match contents.last_mut() {
-            Some((last_role, last_parts)) if *last_role == role => last_parts.extend(parts),
-            _ => contents.push((role, parts)),
+            Some(last) if last.role == role => last.parts.extend(parts),
+            _ => contents.push(ContentOut { parts, role }),
         }
     }
-    Ok(contents
-        .into_iter()
-        .map(|(role, mut parts)| {
-            if role == "model" && bypass_signatures {
-                add_signature_bypass(&mut parts);
-            }
-            object_of([("role", role.into()), ("parts", parts.into())])
-        })
-        .collect())
+    if bypass_signatures {
+        for content in contents.iter_mut().filter(|content| content.role == "model") {
+            add_signature_bypass(&mut content.parts);
+        }
+    }
+    Ok(contents)
 }
 
 /// Puts [`SIGNATURE_BYPASS`] on the first function call of a model turn that carries no thought
 /// signature at all, which is history another provider produced.
-fn add_signature_bypass(parts: &mut [Value]) {
-    if parts
-        .iter()
-        .any(|part| part.get("thoughtSignature").is_some())
-    {
+fn add_signature_bypass(parts: &mut [PartOut]) {
+    if parts.iter().any(|part| part.thought_signature.is_some()) {
         return;
     }
-    if let Some(call) = parts
-        .iter_mut()
-        .find(|part| part.get("functionCall").is_some())
-    {
-        call["thoughtSignature"] = SIGNATURE_BYPASS.into();
+    if let Some(call) = parts.iter_mut().find(|part| part.function_call.is_some()) {
+        call.thought_signature = Some(SIGNATURE_BYPASS);
     }
 }
 
-fn write_user_parts(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, ConvertError> {
+fn write_user_parts<'message>(parts: &'message [Part], path: &FieldPath) -> Result<Vec<PartOut<'message>>, ConvertError> {
     let mut written = Vec::new();
     for (position, part) in parts.iter().enumerate() {
-        let part_path = element(path, "content", position);
         match part {
             Part::Text(text) if text.text.is_empty() => {}
-            Part::Text(text) => written.push(json!({"text": text.text})),
-            Part::Refusal(text) => written.push(json!({"text": text})),
-            Part::Image(media) => written.push(media_part(media, true, &part_path)?),
-            Part::Document(media) => written.push(media_part(media, false, &part_path)?),
+            Part::Text(text) => written.push(PartOut::text(&text.text)),
+            Part::Refusal(text) => written.push(PartOut::text(text)),
+            Part::Image(media) => written.push(media_part(media, true, &element(path, "content", position))?),
+            Part::Document(media) => written.push(media_part(media, false, &element(path, "content", position))?),
             Part::Audio { data, format } => written.push(audio_part(data, format)),
             Part::ToolCall(_) | Part::ToolResult(_) | Part::Reasoning(_) => {}
         }
@@ -1026,15 +1100,17 @@ fn write_user_parts(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, Conv
     Ok(written)
 }
 
-fn media_part(media: &Media, image: bool, path: &FieldPath) -> Result<Value, ConvertError> {
+fn media_part<'message>(media: &'message Media, image: bool, path: &FieldPath) -> Result<PartOut<'message>, ConvertError> {
     Ok(match &media.source {
-        MediaSource::Base64 { media_type, data } => {
-            json!({"inlineData": {"mimeType": media_type, "data": data}})
-        }
-        MediaSource::Url(url) => {
-            json!({"fileData": {"mimeType": guess_media_type(url, image), "fileUri": url}})
-        }
-        MediaSource::Text(text) => json!({"text": text}),
+        MediaSource::Base64 { media_type, data } => PartOut {
+            inline_data: Some(InlineDataOut { data, mime_type: Cow::Borrowed(media_type) }),
+            ..PartOut::default()
+        },
+        MediaSource::Url(url) => PartOut {
+            file_data: Some(FileDataOut { file_uri: url, mime_type: guess_media_type(url, image) }),
+            ..PartOut::default()
+        },
+        MediaSource::Text(text) => PartOut::text(text),
         MediaSource::FileId(_) => {
             return Err(ConvertError::new(
                 path,
@@ -1044,22 +1120,22 @@ fn media_part(media: &Media, image: bool, path: &FieldPath) -> Result<Value, Con
     })
 }
 
-fn audio_part(data: &str, format: &str) -> Value {
-    let media_type = match format {
-        "mp3" | "mpeg" => "audio/mp3".to_string(),
-        other => format!("audio/{other}"),
+fn audio_part<'message>(data: &'message str, format: &str) -> PartOut<'message> {
+    let mime_type = match format {
+        "mp3" | "mpeg" => Cow::Borrowed("audio/mp3"),
+        other => Cow::Owned(format!("audio/{other}")),
     };
-    json!({"inlineData": {"mimeType": media_type, "data": data}})
+    PartOut { inline_data: Some(InlineDataOut { data, mime_type }), ..PartOut::default() }
 }
 
 /// Tool results as `functionResponse` parts, then any images they returned as parts of the same
 /// user turn.
-fn write_function_responses(
-    parts: &[Part],
+fn write_function_responses<'message>(
+    parts: &'message [Part],
     path: &FieldPath,
-    call_names: &HashMap<&str, &str>,
+    call_names: &HashMap<&str, &'message str>,
     reader: Reader,
-) -> Result<Vec<Value>, ConvertError> {
+) -> Result<Vec<PartOut<'message>>, ConvertError> {
     let mut written = Vec::new();
     let mut media = Vec::new();
     for (position, part) in parts.iter().enumerate() {
@@ -1082,16 +1158,17 @@ fn write_function_responses(
                     )
                 })?,
         };
-        let mut response = json!({"name": name, "response": function_response_value(result)});
-        if matches!(reader, Reader::Antigravity { .. }) {
-            response["id"] = call_id_for_antigravity(&result.call_id).into();
-        }
-        written.push(object_of([("functionResponse", response)]));
+        let id = matches!(reader, Reader::Antigravity { .. }).then(|| call_id_for_antigravity(&result.call_id));
+        written.push(PartOut {
+            function_response: Some(FunctionResponseOut { id, name, response: function_result(result) }),
+            ..PartOut::default()
+        });
         for (inner, content) in result.content.iter().enumerate() {
-            let content_path = element(&part_path, "content", inner);
             match content {
-                Part::Image(image) => media.push(media_part(image, true, &content_path)?),
-                Part::Document(document) => media.push(media_part(document, false, &content_path)?),
+                Part::Image(image) => media.push(media_part(image, true, &element(&part_path, "content", inner))?),
+                Part::Document(document) => {
+                    media.push(media_part(document, false, &element(&part_path, "content", inner))?)
+                }
                 _ => {}
             }
         }
@@ -1100,17 +1177,23 @@ fn write_function_responses(
     Ok(written)
 }
 
-/// `functionResponse.response`, which must be an object (see the module docs).
-fn function_response_value(result: &ToolResult) -> Value {
+/// `functionResponse.response` for a tool result (see the module docs).
+fn function_result(result: &ToolResult) -> FunctionResultOut<'_> {
     let text = result.text();
-    let parsed = match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(object)) => Some(Value::Object(object)),
-        _ => None,
+    // Only a text that opens like an object can be one; the others are not parsed at all.
+    let object = match text.trim_start().starts_with('{') {
+        true => match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(object)) => Some(object),
+            _ => None,
+        },
+        false => None,
     };
-    if result.is_error {
-        return json!({"error": parsed.unwrap_or(Value::String(text))});
+    match (object, result.is_error) {
+        (Some(object), false) => FunctionResultOut::Object(object),
+        (None, false) => FunctionResultOut::Result { result: text },
+        (Some(object), true) => FunctionResultOut::Error { error: ErrorResultOut::Object(object) },
+        (None, true) => FunctionResultOut::Error { error: ErrorResultOut::Text(text) },
     }
-    parsed.unwrap_or_else(|| json!({"result": text}))
 }
 
 /// Claude-backed Antigravity models pass call ids to Claude, which allows only `[A-Za-z0-9_-]`;
@@ -1127,14 +1210,13 @@ fn call_id_for_antigravity(id: &str) -> String {
         .collect()
 }
 
-fn write_model_parts(
-    parts: &[Part],
+fn write_model_parts<'message>(
+    parts: &'message [Part],
     path: &FieldPath,
     reader: Reader,
-) -> Result<Vec<Value>, ConvertError> {
-    let mut written: Vec<Value> = Vec::new();
+) -> Result<Vec<PartOut<'message>>, ConvertError> {
+    let mut written: Vec<PartOut> = Vec::new();
     for (position, part) in parts.iter().enumerate() {
-        let part_path = element(path, "content", position);
         match part {
             Part::Reasoning(reasoning) => {
                 if let Some(part) = reasoning_part(reasoning, reader, &mut written) {
@@ -1142,11 +1224,11 @@ fn write_model_parts(
                 }
             }
             Part::Text(text) if text.text.is_empty() => {}
-            Part::Text(text) => written.push(json!({"text": text.text})),
-            Part::Refusal(text) => written.push(json!({"text": text})),
+            Part::Text(text) => written.push(PartOut::text(&text.text)),
+            Part::Refusal(text) => written.push(PartOut::text(text)),
             Part::ToolCall(call) => written.push(function_call_part(call, reader)),
-            Part::Image(media) => written.push(media_part(media, true, &part_path)?),
-            Part::Document(media) => written.push(media_part(media, false, &part_path)?),
+            Part::Image(media) => written.push(media_part(media, true, &element(path, "content", position))?),
+            Part::Document(media) => written.push(media_part(media, false, &element(path, "content", position))?),
             Part::Audio { data, format } => written.push(audio_part(data, format)),
             Part::ToolResult(_) => {}
         }
@@ -1156,7 +1238,11 @@ fn write_model_parts(
 
 /// The part for one reasoning, or None when it is dropped or its signature went onto the text
 /// part before it (where Gemini put it).
-fn reasoning_part(reasoning: &Reasoning, reader: Reader, written: &mut [Value]) -> Option<Value> {
+fn reasoning_part<'message>(
+    reasoning: &'message Reasoning,
+    reader: Reader,
+    written: &mut [PartOut<'message>],
+) -> Option<PartOut<'message>> {
     if reasoning.redacted {
         return None;
     }
@@ -1174,42 +1260,36 @@ fn reasoning_part(reasoning: &Reasoning, reader: Reader, written: &mut [Value]) 
     if reasoning.text.is_empty() {
         let signature = gemini_signature?;
         if let Some(previous) = written.last_mut()
-            && previous.get("text").is_some()
-            && previous.get("thought").is_none()
-            && previous.get("thoughtSignature").is_none()
+            && previous.is_plain_text()
         {
-            previous["thoughtSignature"] = signature.into();
+            previous.thought_signature = Some(signature);
             return None;
         }
-        return Some(json!({"text": "", "thoughtSignature": signature}));
+        return Some(PartOut { thought_signature: Some(signature), ..PartOut::text("") });
     }
-    let mut part = json!({"text": reasoning.text, "thought": true});
-    if let Some(signature) = gemini_signature {
-        part["thoughtSignature"] = signature.into();
-    }
-    Some(part)
+    Some(PartOut {
+        thought: Some(true),
+        thought_signature: gemini_signature,
+        ..PartOut::text(&reasoning.text)
+    })
 }
 
-fn function_call_part(call: &ToolCall, reader: Reader) -> Value {
-    let mut function_call = object_of([("name", call.name.clone().into()), ("args", Value::Object(call.arguments_object()))]);
-    match reader {
-        Reader::Gemini => {}
-        Reader::Antigravity { .. } => {
-            function_call["id"] = call_id_for_antigravity(&call.id).into();
-        }
-        Reader::Client => {
-            if !call.id.is_empty() {
-                function_call["id"] = call.id.clone().into();
-            }
-        }
+fn function_call_part(call: &ToolCall, reader: Reader) -> PartOut<'_> {
+    let id = match reader {
+        Reader::Gemini => None,
+        Reader::Antigravity { .. } => Some(Cow::Owned(call_id_for_antigravity(&call.id))),
+        Reader::Client => (!call.id.is_empty()).then_some(Cow::Borrowed(call.id.as_str())),
+    };
+    let thought_signature = call
+        .signature
+        .as_ref()
+        .filter(|signature| signature.provider == Format::Gemini)
+        .map(|signature| signature.value.as_str());
+    PartOut {
+        function_call: Some(FunctionCallOut { args: call.arguments_object(), id, name: &call.name }),
+        thought_signature,
+        ..PartOut::default()
     }
-    let mut part = json!({"functionCall": function_call});
-    if let Some(signature) = &call.signature
-        && signature.provider == Format::Gemini
-    {
-        part["thoughtSignature"] = signature.value.clone().into();
-    }
-    part
 }
 
 /// How a schema is written: Gemini's `parametersJsonSchema` takes JSON Schema, Antigravity's
@@ -1484,7 +1564,7 @@ pub fn usage_value(usage: &Usage) -> Value {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerateResponseOut<'response> {
-    candidates: [CandidateOut; 1],
+    candidates: [CandidateOut<'response>; 1],
     model_version: &'response str,
     response_id: &'response str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1493,16 +1573,10 @@ pub struct GenerateResponseOut<'response> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct CandidateOut {
-    content: ContentOut,
+struct CandidateOut<'response> {
+    content: ContentOut<Vec<PartOut<'response>>>,
     finish_reason: &'static str,
     index: u32,
-}
-
-#[derive(Serialize)]
-struct ContentOut {
-    parts: Vec<Value>,
-    role: &'static str,
 }
 
 /// Writes a `generateContent` response body for a Gemini client.
@@ -1742,12 +1816,12 @@ impl StreamEncoder {
             }
             StreamEvent::TextDelta(text) => {
                 if !text.is_empty() {
-                    self.write_chunk([TextPartOut { text, thought: None }], out);
+                    self.write_chunk([PartOut::text(text)], out);
                 }
             }
             StreamEvent::ReasoningDelta(text) => {
                 if !text.is_empty() {
-                    self.write_chunk([TextPartOut { text, thought: Some(true) }], out);
+                    self.write_chunk([PartOut { thought: Some(true), ..PartOut::text(text) }], out);
                 }
             }
             StreamEvent::ReasoningSignature {
@@ -1761,7 +1835,7 @@ impl StreamEncoder {
                 match self.open_calls.last_mut() {
                     Some(open) => open.call.signature = Some(signature),
                     None => self.write_chunk(
-                        vec![json!({"text": "", "thoughtSignature": signature.value})],
+                        [PartOut { thought_signature: Some(&signature.value), ..PartOut::text("") }],
                         out,
                     ),
                 }
@@ -1828,14 +1902,14 @@ impl StreamEncoder {
     }
 
     fn write_call(&self, call: &ToolCall, out: &mut Vec<u8>) {
-        self.write_chunk(vec![function_call_part(call, Reader::Client)], out);
+        self.write_chunk([function_call_part(call, Reader::Client)], out);
     }
 
     /// One chunk with `parts`, serialised from borrowed parts rather than built as a `Value`:
     /// this runs for every streamed token.
     fn write_chunk<Parts: Serialize>(&self, parts: Parts, out: &mut Vec<u8>) {
         let chunk = StreamChunkOut {
-            candidates: [StreamCandidateOut { content: StreamContentOut { parts, role: "model" }, index: 0 }],
+            candidates: [StreamCandidateOut { content: ContentOut { parts, role: "model" }, index: 0 }],
             model_version: &self.model,
             response_id: &self.id,
         };
@@ -1856,21 +1930,16 @@ struct StreamChunkOut<'chunk, Parts: Serialize> {
 
 #[derive(Serialize)]
 struct StreamCandidateOut<Parts: Serialize> {
-    content: StreamContentOut<Parts>,
+    content: ContentOut<Parts>,
     index: u32,
 }
 
+/// One Gemini content (a turn) as it is written: its parts are a `Vec` of [`PartOut`], or an
+/// array of one in a streamed chunk.
 #[derive(Serialize)]
-struct StreamContentOut<Parts: Serialize> {
+struct ContentOut<Parts: Serialize> {
     parts: Parts,
     role: &'static str,
-}
-
-#[derive(Serialize)]
-struct TextPartOut<'text> {
-    text: &'text str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    thought: Option<bool>,
 }
 
 #[cfg(test)]

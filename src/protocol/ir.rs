@@ -18,6 +18,7 @@
 //! - Tool-call arguments are a JSON string, as in Chat; [`ToolCall::arguments_object`] applies the
 //!   one policy for malformed arguments.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -217,9 +218,18 @@ pub struct ToolResult {
 }
 
 impl ToolResult {
-    /// The text parts joined, the usual content for formats that take a string.
-    pub fn text(&self) -> String {
-        join_text(&self.content)
+    /// The text parts joined, the usual content for formats that take a string; borrowed when
+    /// there is only one, as there almost always is.
+    pub fn text(&self) -> Cow<'_, str> {
+        let mut texts = self.content.iter().filter_map(|part| match part {
+            Part::Text(text) => Some(text.text.as_str()),
+            _ => None,
+        });
+        match (texts.next(), texts.next()) {
+            (None, _) => Cow::Borrowed(""),
+            (Some(only), None) => Cow::Borrowed(only),
+            (Some(_), Some(_)) => Cow::Owned(join_text(&self.content)),
+        }
     }
 }
 

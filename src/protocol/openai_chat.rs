@@ -609,8 +609,7 @@ fn write_message<'message>(
                     continue;
                 };
                 let text = match (&result.content[..], result.is_error) {
-                    ([Part::Text(only)], false) => Cow::Borrowed(only.text.as_str()),
-                    (_, false) => Cow::Owned(result.text()),
+                    (_, false) => result.text(),
                     (_, true) => Cow::Owned(format!("Error: {}", result.text())),
                 };
                 out.push(MessageOut {

@@ -763,7 +763,7 @@ fn write_tool_output(result: &ToolResult, path: &FieldPath) -> Result<Value, Con
         return Ok(if result.is_error {
             format!("Error: {text}").into()
         } else {
-            text.into()
+            text.into_owned().into()
         });
     }
     let mut parts = input_parts(&result.content, path)?;
