@@ -177,10 +177,10 @@ fn write_request(
     request: &octopus::protocol::ir::Request,
     options: &WriteOptions,
 ) -> Result<Value, octopus::protocol::ir::ConvertError> {
-    // The writers return typed bodies (Responses a `Value`); as values they read back the same way.
+    // The writers return typed bodies; as values they read back the same way.
     match format {
         Format::OpenaiChat => openai_chat::write_request(request, options).map(|body| as_value!(body)),
-        Format::OpenaiResponses => openai_responses::write_request(request, options),
+        Format::OpenaiResponses => openai_responses::write_request(request, options).map(|body| as_value!(body)),
         Format::Anthropic => anthropic::write_request(request, options).map(|body| as_value!(body)),
         Format::Gemini => gemini::write_request(request, options).map(|body| as_value!(body)),
         Format::Antigravity => antigravity::write_request(request, options).map(|body| as_value!(body)),

@@ -1356,7 +1356,8 @@ mod tests {
                 let written = match format {
                     Format::OpenaiChat => openai_chat::write_request(&first, &options)
                         .map(|body| serde_json::to_value(body).expect("serialises")),
-                    Format::OpenaiResponses => openai_responses::write_request(&first, &options),
+                    Format::OpenaiResponses => openai_responses::write_request(&first, &options)
+                        .map(|body| serde_json::to_value(body).expect("serialises")),
                     Format::Gemini => gemini::write_request(&first, &options)
                         .map(|body| serde_json::to_value(body).expect("serialises")),
                     _ => anthropic::write_request(&first, &options)

@@ -27,9 +27,11 @@
 //! - Responses and streams written for a client carry the gateway's id (`ResponseMeta::id`), not
 //!   the upstream's message or completion id, and number their items after it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::protocol::Format;
@@ -41,7 +43,7 @@ use crate::protocol::ir::{
     TextPart, ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions,
 };
 use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
-    field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
+    field, index, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
     opt_str, opt_u64, req_str, string_or_parts,
 };
 use crate::protocol::sse::{SseEvent, write_json_event};
@@ -555,81 +557,227 @@ fn parse_text_format(format: &Value) -> Result<ResponseFormat, ConvertError> {
     }
 }
 
+/// A Responses request body as it is written, borrowing the IR's texts and the tools' schemas:
+/// building it as a `Value` copied every text of the conversation and parsed every schema once
+/// more, only to serialise the copy and drop it. Members are in alphabetical order, the order
+/// the sorted maps of `json!` wrote them in, so the upstream gets the same bytes as before except
+/// for the schemas, which keep the client's member order.
+#[derive(Serialize)]
+pub struct ResponsesRequestOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    include: Option<[&'static str; 1]>,
+    input: Vec<InputItemOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instructions: Option<Cow<'request, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'request Map<String, Value>>,
+    model: &'request str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning: Option<ReasoningOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<TextOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoiceOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<ToolOut<'request>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'request str>,
+}
+
+/// One input item. Each variant's members are in alphabetical order, `type` among them.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum InputItemOut<'request> {
+    Message {
+        content: ContentOut<'request>,
+        role: &'static str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+    FunctionCall {
+        arguments: &'request str,
+        call_id: &'request str,
+        name: &'request str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+    FunctionCallOutput {
+        call_id: &'request str,
+        output: ContentOut<'request>,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+    Reasoning {
+        encrypted_content: &'request str,
+        summary: Vec<ContentPartOut<'request>>,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+}
+
+impl<'request> InputItemOut<'request> {
+    fn message(role: &'static str, content: ContentOut<'request>) -> InputItemOut<'request> {
+        InputItemOut::Message { content, role, kind: "message" }
+    }
+}
+
+/// A message's content or a tool's output: a string, or parts.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ContentOut<'request> {
+    Text(Cow<'request, str>),
+    Parts(Vec<ContentPartOut<'request>>),
+}
+
+/// One content part of any kind: input text, image and file parts, output text and refusals,
+/// and reasoning summaries.
+#[derive(Serialize, Default)]
+struct ContentPartOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'request str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_id: Option<&'request str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_url: Option<&'request str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filename: Option<&'request str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<&'request str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'request str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl<'request> ContentPartOut<'request> {
+    fn text(kind: &'static str, text: &'request str) -> ContentPartOut<'request> {
+        ContentPartOut { text: Some(text), kind, ..ContentPartOut::default() }
+    }
+}
+
+#[derive(Serialize)]
+struct ReasoningOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effort: Option<&'static str>,
+    summary: &'request str,
+}
+
+#[derive(Serialize)]
+struct TextOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<TextFormatOut<'request>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verbosity: Option<&'request str>,
+}
+
+#[derive(Serialize)]
+struct TextFormatOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'request str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'request str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<&'request Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ToolChoiceOut<'request> {
+    Mode(&'static str),
+    Named {
+        name: &'request str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+}
+
+#[derive(Serialize)]
+struct ToolOut<'request> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'request str>,
+    name: &'request str,
+    parameters: &'request RawValue,
+    strict: bool,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
 /// Writes a Responses request body for an upstream.
-pub fn write_request(request: &Request, options: &WriteOptions) -> Result<Value, ConvertError> {
+pub fn write_request<'request>(
+    request: &'request Request,
+    options: &'request WriteOptions,
+) -> Result<ResponsesRequestOut<'request>, ConvertError> {
     if request.n.is_some_and(|n| n > 1) {
         return Err(ConvertError::new(
             "n",
             "openai responses cannot return more than one choice",
         ));
     }
-    let mut body = Map::new();
-    body.insert("model".into(), options.upstream_model.clone().into());
-
     let mut messages: Vec<(usize, &Message)> = request.messages.iter().enumerate().collect();
+    let mut instructions = None;
     if let Some((_, first)) = messages.first()
         && first.role == Role::System
         && !first.parts.is_empty()
         && first.parts.iter().all(|part| matches!(part, Part::Text(_)))
     {
-        body.insert("instructions".into(), system_text(first).into());
+        instructions = Some(system_text(first));
         messages.remove(0);
     }
-    let mut items = Vec::new();
+    let mut input = Vec::new();
     for (position, message) in messages {
-        write_message(message, &index("messages", position), &mut items)?;
+        write_message(message, &index("messages", position), &mut input)?;
     }
-    body.insert("input".into(), items.into());
 
-    if !request.tools.is_empty() {
-        let tools: Vec<Value> = request.tools.iter().map(write_tool).collect::<Result<_, _>>()?;
-        body.insert("tools".into(), tools.into());
-        insert_some(
-            &mut body,
-            "tool_choice",
-            request.tool_choice.as_ref().map(write_tool_choice),
-        );
-        insert_some(
-            &mut body,
-            "parallel_tool_calls",
-            request.parallel_tool_calls,
-        );
-    }
-    insert_some(
-        &mut body,
-        "max_output_tokens",
-        request
-            .max_tokens
-            .map(|limit| limit.max(MIN_MAX_OUTPUT_TOKENS)),
-    );
-    insert_some(&mut body, "temperature", request.temperature);
-    insert_some(&mut body, "top_p", request.top_p);
-    if let Some(reasoning) = request.reasoning.as_ref().and_then(write_reasoning) {
-        body.insert("reasoning".into(), reasoning);
-        body.insert("include".into(), json!(["reasoning.encrypted_content"]));
-    }
-    let mut text = Map::new();
-    if let Some(format) = &request.response_format {
-        text.insert("format".into(), write_text_format(format));
-    }
-    insert_some(&mut text, "verbosity", request.verbosity.clone());
-    if !text.is_empty() {
-        body.insert("text".into(), Value::Object(text));
-    }
-    insert_some(&mut body, "user", request.user.clone());
-    insert_some(
-        &mut body,
-        "metadata",
-        request.metadata.clone().map(Value::Object),
-    );
-    if options.stream {
-        body.insert("stream".into(), true.into());
-    }
-    Ok(Value::Object(body))
+    let tools_given = !request.tools.is_empty();
+    let tools = match tools_given {
+        true => Some(request.tools.iter().map(write_tool).collect()),
+        false => None,
+    };
+    let reasoning = request.reasoning.as_ref().and_then(write_reasoning);
+    let text = TextOut {
+        format: request.response_format.as_ref().map(write_text_format),
+        verbosity: request.verbosity.as_deref(),
+    };
+    Ok(ResponsesRequestOut {
+        include: reasoning.is_some().then_some(["reasoning.encrypted_content"]),
+        input,
+        instructions,
+        max_output_tokens: request.max_tokens.map(|limit| limit.max(MIN_MAX_OUTPUT_TOKENS)),
+        metadata: request.metadata.as_ref(),
+        model: &options.upstream_model,
+        parallel_tool_calls: request.parallel_tool_calls.filter(|_| tools_given),
+        reasoning,
+        stream: options.stream.then_some(true),
+        temperature: request.temperature,
+        text: (text.format.is_some() || text.verbosity.is_some()).then_some(text),
+        tool_choice: request.tool_choice.as_ref().filter(|_| tools_given).map(write_tool_choice),
+        tools,
+        top_p: request.top_p,
+        user: request.user.as_deref(),
+    })
 }
 
-/// The text of a system or developer message, parts separated by a blank line.
-fn system_text(message: &Message) -> String {
+/// The text of a system or developer message, parts separated by a blank line; borrowed when
+/// there is one part.
+fn system_text(message: &Message) -> Cow<'_, str> {
     let texts: Vec<&str> = message
         .parts
         .iter()
@@ -638,13 +786,17 @@ fn system_text(message: &Message) -> String {
             _ => None,
         })
         .collect();
-    texts.join("\n\n")
+    match texts.as_slice() {
+        [] => Cow::Borrowed(""),
+        [only] => Cow::Borrowed(only),
+        _ => Cow::Owned(texts.join("\n\n")),
+    }
 }
 
-fn write_message(
-    message: &Message,
+fn write_message<'request>(
+    message: &'request Message,
     path: &FieldPath,
-    items: &mut Vec<Value>,
+    items: &mut Vec<InputItemOut<'request>>,
 ) -> Result<(), ConvertError> {
     match message.role {
         Role::System | Role::Developer => {
@@ -657,17 +809,19 @@ fn write_message(
             } else {
                 "developer"
             };
-            items.push(json!({"type": "message", "role": role, "content": text}));
+            items.push(InputItemOut::message(role, ContentOut::Text(text)));
         }
         // An empty user turn carries nothing.
         Role::User if message.parts.is_empty() => {}
         Role::User => {
-            let parts = input_parts(&message.parts, path)?;
+            let mut parts = input_parts(&message.parts, path)?;
             let content = match parts.as_slice() {
-                [only] if only["type"] == "input_text" => only["text"].clone(),
-                _ => Value::Array(parts),
+                [ContentPartOut { kind: "input_text", text: Some(_), .. }] => {
+                    ContentOut::Text(Cow::Borrowed(parts.remove(0).text.unwrap_or_default()))
+                }
+                _ => ContentOut::Parts(parts),
             };
-            items.push(object_of([("type", "message".into()), ("role", "user".into()), ("content", content)]));
+            items.push(InputItemOut::message("user", content));
         }
         Role::Assistant => write_assistant_items(&message.parts, items),
         Role::Tool => {
@@ -675,12 +829,11 @@ fn write_message(
                 let Part::ToolResult(result) = part else {
                     continue;
                 };
-                let part_path = element(path, "content", position);
-                items.push(json!({
-                    "type": "function_call_output",
-                    "call_id": result.call_id,
-                    "output": write_tool_output(result, &part_path)?,
-                }));
+                items.push(InputItemOut::FunctionCallOutput {
+                    call_id: &result.call_id,
+                    output: write_tool_output(result, &element(path, "content", position))?,
+                    kind: "function_call_output",
+                });
             }
         }
     }
@@ -688,125 +841,125 @@ fn write_message(
 }
 
 /// User content as Responses input parts.
-fn input_parts(parts: &[Part], path: &FieldPath) -> Result<Vec<Value>, ConvertError> {
+fn input_parts<'request>(parts: &'request [Part], path: &FieldPath) -> Result<Vec<ContentPartOut<'request>>, ConvertError> {
     let mut written = Vec::new();
     for (position, part) in parts.iter().enumerate() {
-        let part_path = element(path, "content", position);
-        let value = match part {
+        let written_part = match part {
             Part::Text(text) if text.text.is_empty() => continue,
-            Part::Text(text) => json!({"type": "input_text", "text": text.text}),
-            Part::Refusal(text) => json!({"type": "input_text", "text": text}),
+            Part::Text(text) => ContentPartOut::text("input_text", &text.text),
+            Part::Refusal(text) => ContentPartOut::text("input_text", text),
             Part::Image(media) => {
-                let mut image = Map::new();
-                image.insert("type".into(), "input_image".into());
+                let mut image = ContentPartOut {
+                    // The API reference lists `detail` as required.
+                    detail: Some(media.detail.as_deref().unwrap_or("auto")),
+                    kind: "input_image",
+                    ..ContentPartOut::default()
+                };
                 match &media.source {
-                    MediaSource::FileId(file_id) => {
-                        image.insert("file_id".into(), file_id.clone().into());
-                    }
+                    MediaSource::FileId(file_id) => image.file_id = Some(file_id),
                     MediaSource::Text(_) => {
                         return Err(ConvertError::new(
-                            part_path,
+                            element(path, "content", position),
                             "a text image source is not supported by openai responses",
                         ));
                     }
-                    source => {
-                        image.insert("image_url".into(), source.to_url().into());
-                    }
+                    source => image.image_url = source.to_url(),
                 }
-                // The API reference lists `detail` as required.
-                let detail = media.detail.clone().unwrap_or_else(|| "auto".to_string());
-                image.insert("detail".into(), detail.into());
-                Value::Object(image)
+                image
             }
             Part::Document(media) => match &media.source {
-                MediaSource::Text(text) => json!({"type": "input_text", "text": text}),
-                MediaSource::FileId(file_id) => json!({"type": "input_file", "file_id": file_id}),
-                MediaSource::Url(url) => json!({"type": "input_file", "file_url": url}),
+                MediaSource::Text(text) => ContentPartOut::text("input_text", text),
+                MediaSource::FileId(file_id) => {
+                    ContentPartOut { file_id: Some(file_id), kind: "input_file", ..ContentPartOut::default() }
+                }
+                MediaSource::Url(url) => {
+                    ContentPartOut { file_url: Some(url), kind: "input_file", ..ContentPartOut::default() }
+                }
                 MediaSource::Base64 { media_type, .. } => {
                     // OpenAI wants a file name with inline file data.
-                    let filename = media.filename.clone().unwrap_or_else(|| {
-                        if media_type == "application/pdf" {
-                            "document.pdf".to_string()
-                        } else {
-                            "document".to_string()
-                        }
-                    });
-                    json!({
-                        "type": "input_file",
-                        "filename": filename,
-                        "file_data": media.source.to_url(),
-                    })
+                    let default_name = if media_type == "application/pdf" {
+                        "document.pdf"
+                    } else {
+                        "document"
+                    };
+                    ContentPartOut {
+                        file_data: media.source.to_url(),
+                        filename: Some(media.filename.as_deref().unwrap_or(default_name)),
+                        kind: "input_file",
+                        ..ContentPartOut::default()
+                    }
                 }
             },
             Part::Audio { .. } => {
                 return Err(ConvertError::new(
-                    part_path,
+                    element(path, "content", position),
                     "audio input is not supported by openai responses",
                 ));
             }
             Part::ToolCall(_) | Part::ToolResult(_) | Part::Reasoning(_) => continue,
         };
-        written.push(value);
+        written.push(written_part);
     }
     Ok(written)
 }
 
 /// A tool result: a string, or input parts when it holds images or files. An error result gets
 /// an `Error: ` prefix, since Responses has no error flag.
-fn write_tool_output(result: &ToolResult, path: &FieldPath) -> Result<Value, ConvertError> {
+fn write_tool_output<'request>(result: &'request ToolResult, path: &FieldPath) -> Result<ContentOut<'request>, ConvertError> {
     let has_media = result
         .content
         .iter()
         .any(|part| matches!(part, Part::Image(_) | Part::Document(_)));
     if !has_media {
         let text = result.text();
-        return Ok(if result.is_error {
-            format!("Error: {text}").into()
+        return Ok(ContentOut::Text(if result.is_error {
+            Cow::Owned(format!("Error: {text}"))
         } else {
-            text.into_owned().into()
-        });
+            text
+        }));
     }
     let mut parts = input_parts(&result.content, path)?;
     if result.is_error {
-        parts.insert(0, json!({"type": "input_text", "text": "Error:"}));
+        parts.insert(0, ContentPartOut::text("input_text", "Error:"));
     }
-    Ok(parts.into())
+    Ok(ContentOut::Parts(parts))
 }
 
 /// An assistant turn as output items in part order: reasoning, messages (consecutive text and
 /// refusal parts share one) and function calls.
-fn write_assistant_items(parts: &[Part], items: &mut Vec<Value>) {
-    let mut content: Vec<Value> = Vec::new();
-    let flush = |content: &mut Vec<Value>, items: &mut Vec<Value>| {
+fn write_assistant_items<'request>(parts: &'request [Part], items: &mut Vec<InputItemOut<'request>>) {
+    let mut content: Vec<ContentPartOut> = Vec::new();
+    let flush = |content: &mut Vec<ContentPartOut<'request>>, items: &mut Vec<InputItemOut<'request>>| {
         if !content.is_empty() {
-            let content = std::mem::take(content);
-            items.push(object_of([("type", "message".into()), ("role", "assistant".into()), ("content", content.into())]));
+            items.push(InputItemOut::message("assistant", ContentOut::Parts(std::mem::take(content))));
         }
     };
     for part in parts {
         match part {
             Part::Text(text) if text.text.is_empty() => {}
-            Part::Text(text) => content.push(json!({"type": "output_text", "text": text.text})),
-            Part::Refusal(text) => content.push(json!({"type": "refusal", "refusal": text})),
+            Part::Text(text) => content.push(ContentPartOut::text("output_text", &text.text)),
+            Part::Refusal(text) => {
+                content.push(ContentPartOut { refusal: Some(text), kind: "refusal", ..ContentPartOut::default() })
+            }
             Part::Reasoning(reasoning) => {
                 let Some(signature) = responses_signature(reasoning) else {
                     continue;
                 };
                 flush(&mut content, items);
-                items.push(json!({
-                    "type": "reasoning",
-                    "summary": summary_parts(&reasoning.text),
-                    "encrypted_content": signature,
-                }));
+                let summary = match reasoning.text.is_empty() {
+                    true => Vec::new(),
+                    false => vec![ContentPartOut::text("summary_text", &reasoning.text)],
+                };
+                items.push(InputItemOut::Reasoning { encrypted_content: signature, summary, kind: "reasoning" });
             }
             Part::ToolCall(call) => {
                 flush(&mut content, items);
-                items.push(json!({
-                    "type": "function_call",
-                    "call_id": call.id,
-                    "name": call.name,
-                    "arguments": normalized_arguments(&call.arguments),
-                }));
+                items.push(InputItemOut::FunctionCall {
+                    arguments: normalized_arguments(&call.arguments),
+                    call_id: &call.id,
+                    name: &call.name,
+                    kind: "function_call",
+                });
             }
             Part::Image(_) | Part::Document(_) | Part::Audio { .. } | Part::ToolResult(_) => {}
         }
@@ -824,6 +977,7 @@ fn responses_signature(reasoning: &Reasoning) -> Option<&str> {
         .map(|signature| signature.value.as_str())
 }
 
+/// A reasoning item's `summary` in a response: one summary text, or none.
 fn summary_parts(text: &str) -> Value {
     if text.is_empty() {
         json!([])
@@ -833,37 +987,38 @@ fn summary_parts(text: &str) -> Value {
 }
 
 /// Arguments as OpenAI expects them: a JSON string that always parses.
-fn normalized_arguments(arguments: &str) -> String {
+fn normalized_arguments(arguments: &str) -> &str {
     if arguments.trim().is_empty() {
-        "{}".to_string()
+        "{}"
     } else {
-        arguments.to_string()
+        arguments
     }
 }
 
-fn write_tool(tool: &ToolDefinition) -> Result<Value, ConvertError> {
-    let mut written = Map::new();
-    written.insert("type".into(), "function".into());
-    written.insert("name".into(), tool.name.clone().into());
-    insert_some(&mut written, "description", tool.description.clone());
-    written.insert("parameters".into(), tool.schema_value()?);
-    // Responses makes a tool strict when `strict` is left out, which rejects the loose schemas
-    // Chat and Anthropic clients send, so the non-strict default of those formats is spelled out.
-    written.insert("strict".into(), tool.strict.unwrap_or(false).into());
-    Ok(Value::Object(written))
+fn write_tool(tool: &ToolDefinition) -> ToolOut<'_> {
+    ToolOut {
+        description: tool.description.as_deref(),
+        name: &tool.name,
+        parameters: tool.parameters.raw(),
+        // Responses makes a tool strict when `strict` is left out, which rejects the loose
+        // schemas Chat and Anthropic clients send, so the non-strict default of those formats
+        // is spelled out.
+        strict: tool.strict.unwrap_or(false),
+        kind: "function",
+    }
 }
 
-fn write_tool_choice(choice: &ToolChoice) -> Value {
+fn write_tool_choice(choice: &ToolChoice) -> ToolChoiceOut<'_> {
     match choice {
-        ToolChoice::Auto => "auto".into(),
-        ToolChoice::None => "none".into(),
-        ToolChoice::Required => "required".into(),
-        ToolChoice::Named(name) => json!({"type": "function", "name": name}),
+        ToolChoice::Auto => ToolChoiceOut::Mode("auto"),
+        ToolChoice::None => ToolChoiceOut::Mode("none"),
+        ToolChoice::Required => ToolChoiceOut::Mode("required"),
+        ToolChoice::Named(name) => ToolChoiceOut::Named { name, kind: "function" },
     }
 }
 
 /// The `reasoning` object, or None when reasoning stays at the model's default or is off.
-fn write_reasoning(config: &ReasoningConfig) -> Option<Value> {
+fn write_reasoning(config: &ReasoningConfig) -> Option<ReasoningOut<'_>> {
     let effort = config.effective_effort();
     let turned_on = match effort {
         Some(ReasoningEffort::None) => false,
@@ -873,39 +1028,32 @@ fn write_reasoning(config: &ReasoningConfig) -> Option<Value> {
     if !turned_on {
         return None;
     }
-    let mut reasoning = Map::new();
-    insert_some(
-        &mut reasoning,
-        "effort",
-        effort.map(ReasoningEffort::as_str),
-    );
-    // Summaries are the only reasoning text OpenAI returns; without them clients of other
-    // formats would see no thinking at all.
-    let summary = config.summary.clone().unwrap_or_else(|| "auto".to_string());
-    reasoning.insert("summary".into(), summary.into());
-    Some(Value::Object(reasoning))
+    Some(ReasoningOut {
+        effort: effort.map(ReasoningEffort::as_str),
+        // Summaries are the only reasoning text OpenAI returns; without them clients of other
+        // formats would see no thinking at all.
+        summary: config.summary.as_deref().unwrap_or("auto"),
+    })
 }
 
-fn write_text_format(format: &ResponseFormat) -> Value {
+fn write_text_format(format: &ResponseFormat) -> TextFormatOut<'_> {
+    let plain = |kind| TextFormatOut { description: None, name: None, schema: None, strict: None, kind };
     match format {
-        ResponseFormat::Text => json!({"type": "text"}),
-        ResponseFormat::JsonObject => json!({"type": "json_object"}),
+        ResponseFormat::Text => plain("text"),
+        ResponseFormat::JsonObject => plain("json_object"),
         ResponseFormat::JsonSchema {
             name,
             description,
             schema,
             strict,
-        } => {
-            let mut written = Map::new();
-            written.insert("type".into(), "json_schema".into());
+        } => TextFormatOut {
+            description: description.as_deref(),
             // A name is required; "response" is what OpenAI's SDKs use by default.
-            let name = name.clone().unwrap_or_else(|| "response".to_string());
-            written.insert("name".into(), name.into());
-            insert_some(&mut written, "description", description.clone());
-            written.insert("schema".into(), schema.clone());
-            insert_some(&mut written, "strict", *strict);
-            Value::Object(written)
-        }
+            name: Some(name.as_deref().unwrap_or("response")),
+            schema: Some(schema),
+            strict: *strict,
+            kind: "json_schema",
+        },
     }
 }
 
@@ -1120,7 +1268,7 @@ pub fn write_response<'response>(response: &'response Response, meta: &'response
                 flush(&mut content, &mut output);
                 let item_id = item_id("fc", id, output.len());
                 let call = ToolCall {
-                    arguments: normalized_arguments(&call.arguments),
+                    arguments: normalized_arguments(&call.arguments).to_string(),
                     ..call.clone()
                 };
                 output.push(function_call_item(&item_id, "completed", &call));
@@ -2038,7 +2186,7 @@ impl StreamEncoder {
             self.close_custom_tool(output_index, &item_id, &call, custom, out);
             return;
         }
-        tool.call.arguments = normalized_arguments(&tool.call.arguments);
+        tool.call.arguments = normalized_arguments(&tool.call.arguments).to_string();
         let data = json!({
             "item_id": tool.item_id,
             "output_index": output_index,
@@ -2612,7 +2760,7 @@ mod body_tests {
             stream: false,
             ..WriteOptions::default()
         };
-        let written = write_request(&request, &options).unwrap();
+        let written = serde_json::to_value(write_request(&request, &options).unwrap()).unwrap();
         let item = &written["input"][1];
         assert_eq!(item["type"], "reasoning");
         assert!(item.get("id").is_none());
@@ -2646,7 +2794,7 @@ mod body_tests {
                 stream: false,
                 ..WriteOptions::default()
             };
-            let written = write_request(&request, &options).unwrap();
+            let written = serde_json::to_value(write_request(&request, &options).unwrap()).unwrap();
             assert_eq!(
                 written["input"][1],
                 json!({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hello"}]})
