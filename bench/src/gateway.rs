@@ -2,6 +2,7 @@
 //! start and health wait, configuration over the admin API, and teardown that always runs.
 
 use std::fs::File;
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -117,6 +118,42 @@ impl Launch {
     }
 }
 
+/// Benchmarks talk only to 127.0.0.1, and a new gateway syncs prices from models.dev as soon
+/// as it starts: so before the first start, `octopus import` creates the database with the
+/// price sync pointed at the discard port, and no start of the run looks up models.dev.
+fn point_price_sync_at_loopback(binary: &Path, config_path: &Path) -> Result<(), String> {
+    let document = json!({
+        "format": "octopus-backup", "version": 1,
+        "channels": [], "groups": [], "api_keys": [], "prices": [],
+        "settings": {"models_dev_url": "http://127.0.0.1:9"},
+    });
+    let mut import = Command::new(binary)
+        .arg("import")
+        .arg("--config")
+        .arg(config_path)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("cannot run {} import: {error}", binary.display()))?;
+    let mut stdin = import.stdin.take().ok_or("the import's stdin is not piped")?;
+    stdin
+        .write_all(document.to_string().as_bytes())
+        .map_err(|error| format!("cannot send the settings to {} import: {error}", binary.display()))?;
+    drop(stdin);
+    let output = import.wait_with_output().map_err(|error| format!("{} import: {error}", binary.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} import of the bench's settings failed ({}): {}",
+            binary.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 impl Gateway {
     /// Writes a config (127.0.0.1, a free port, SQLite in a temp dir, log level warn), starts
     /// `binary start --config ...`, optionally under `taskset -c CPU`, and waits for
@@ -146,6 +183,7 @@ impl Gateway {
         });
         std::fs::write(&config_path, config.to_string())
             .map_err(|error| format!("cannot write {}: {error}", config_path.display()))?;
+        point_price_sync_at_loopback(binary, &config_path)?;
 
         let launch = Launch {
             prefix: prefix.to_vec(),
@@ -311,10 +349,6 @@ pub fn configure(
         &json!({"username": "admin", "password": "admin"}),
     )?;
     let token = string_field(&login, "token", "login")?;
-    // Benchmarks talk only to 127.0.0.1: the price sync is pointed at the discard port, so the
-    // restarts of the cold-start phase never look up models.dev. (The first start has already
-    // tried once, before any setting could be changed.)
-    admin_request(gateway, "PUT", "/api/v1/settings", Some(&token), &json!({"models_dev_url": "http://127.0.0.1:9"}))?;
 
     let mut channel_ids: Vec<((Dialect, bool), Value)> = Vec::new();
     for group in groups {
