@@ -83,6 +83,14 @@ def gateway():
         "log": {"level": "warn"},
     }
     (directory / "config.json").write_text(json.dumps(config))
+    # Tests talk only to 127.0.0.1, and a new gateway syncs prices from models.dev as soon as it
+    # starts: the database is created first with the sync pointed at the discard port.
+    settings_only = {
+        "format": "octopus-backup", "version": 1, "channels": [], "groups": [], "api_keys": [], "prices": [],
+        "settings": {"models_dev_url": "http://127.0.0.1:9"},
+    }
+    subprocess.run([str(TARGET / "debug" / "octopus"), "import", "--config", str(directory / "config.json"), "-"],
+                   input=json.dumps(settings_only).encode(), check=True, capture_output=True, cwd=directory)
     log = open(directory / "gateway.log", "wb")
     process = subprocess.Popen([str(TARGET / "debug" / "octopus"), "start", "--config", str(directory / "config.json")], stdout=log, stderr=subprocess.STDOUT, cwd=directory)
     base = f"http://127.0.0.1:{port}"
