@@ -11,7 +11,10 @@
 //! - `large-anthropic-to-chat`, `large-chat-to-anthropic`, `large-anthropic-to-gemini`,
 //!   `large-chat-to-gemini`, `large-anthropic-to-responses`, `large-chat-to-responses`: a 219 KB request shaped like an agent client's (a 15 KB system
 //!   prompt, 40 tools, 90 turns of text, tool calls and tool results) converted 20 times; it
-//!   prints the wall time per conversion too.
+//!   prints the wall time per conversion too;
+//! - `stream-chat-to-responses`, `stream-chat-to-anthropic`: a Chat upstream's stream of 200
+//!   reasoning deltas, 100 text deltas and a tool call in 50 argument fragments, transcoded for a
+//!   Responses (Codex) or Anthropic client 200 times.
 //!
 //! Build it with debug symbols kept (`CARGO_PROFILE_RELEASE_STRIP=false
 //! CARGO_PROFILE_RELEASE_DEBUG=1`) so callgrind can name the functions.
@@ -20,7 +23,8 @@ use std::cell::OnceCell;
 use std::time::Instant;
 
 use octopus::protocol::Format;
-use octopus::protocol::convert::{ClientBody, ConvertContext, convert_request_with_media, convert_response_and_usage};
+use octopus::protocol::convert::{ClientBody, ConvertContext, StreamTranscoder, convert_request_with_media, convert_response_and_usage};
+use octopus::protocol::sse::SseParser;
 use serde_json::{Value, json};
 
 const LANE_REQUEST: &str = r#"{"model":"lane","messages":[{"role":"system","content":"You are a terse weather assistant. Answer in one short sentence and call get_weather when the user asks about the weather somewhere."},{"role":"user","content":"Is it going to rain in Lisbon this afternoon?"}],"tools":[{"type":"function","function":{"name":"get_weather","description":"Current weather and the forecast for the next hours in one city.","parameters":{"type":"object","properties":{"city":{"type":"string","description":"City name, e.g. Lisbon"},"unit":{"type":"string","enum":["celsius","fahrenheit"]},"hours":{"type":"integer","description":"How many hours of forecast","minimum":1,"maximum":48}},"required":["city"]}}}],"tool_choice":"auto","max_tokens":64,"temperature":0.2}"#;
@@ -38,9 +42,11 @@ fn main() {
         "large-chat-to-gemini" => large_requests(&large_chat_request(), Format::OpenaiChat, Format::Gemini),
         "large-anthropic-to-responses" => large_requests(&large_anthropic_request(), Format::Anthropic, Format::OpenaiResponses),
         "large-chat-to-responses" => large_requests(&large_chat_request(), Format::OpenaiChat, Format::OpenaiResponses),
+        "stream-chat-to-responses" => stream_round_trips(Format::OpenaiResponses),
+        "stream-chat-to-anthropic" => stream_round_trips(Format::Anthropic),
         _ => {
             eprintln!(
-                "usage: conversion_profile chat-to-anthropic|chat-to-gemini|large-anthropic-to-chat|large-chat-to-anthropic|large-anthropic-to-gemini|large-chat-to-gemini|large-anthropic-to-responses|large-chat-to-responses"
+                "usage: conversion_profile chat-to-anthropic|chat-to-gemini|large-anthropic-to-chat|large-chat-to-anthropic|large-anthropic-to-gemini|large-chat-to-gemini|large-anthropic-to-responses|large-chat-to-responses|stream-chat-to-responses|stream-chat-to-anthropic"
             );
             std::process::exit(2);
         }
@@ -66,6 +72,38 @@ fn lane_round_trips(upstream: Format, answer: &str) {
         written += converted.len();
     }
     println!("{written} bytes written");
+}
+
+fn stream_round_trips(client: Format) {
+    let mut chunks = vec![r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant"}}]}"#.to_string()];
+    let chunk = |delta: Value| json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": delta}]}).to_string();
+    for i in 0..200 {
+        chunks.push(chunk(json!({"reasoning_content": format!("thinking step {i}, ")})));
+    }
+    for i in 0..100 {
+        chunks.push(chunk(json!({"content": format!("word{i} ")})));
+    }
+    chunks.push(chunk(json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": ""}}]})));
+    for i in 0..50 {
+        chunks.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": if i == 0 { "{\"path\": \"".to_string() } else { format!("part{i}/") }}}]})));
+    }
+    chunks.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"}"}}]})));
+    chunks.push(r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":10,"completion_tokens":300,"total_tokens":310}}"#.to_string());
+    let wire: String = chunks.iter().map(|data| format!("data: {data}\n\n")).collect::<String>() + "data: [DONE]\n\n";
+    let mut events = Vec::new();
+    SseParser::new(1 << 20).push(wire.as_bytes(), &mut events).expect("the stream parses");
+    let context = ConvertContext { upstream_model: "m".into(), stream: true, default_max_tokens: 4096, ..ConvertContext::default() };
+    let mut written = 0;
+    for _ in 0..200 {
+        let mut transcoder = StreamTranscoder::new(Format::OpenaiChat, client, &context);
+        let mut out = Vec::new();
+        for event in &events {
+            transcoder.push(event, &mut out).expect("transcodes");
+        }
+        transcoder.finish(&mut out);
+        written += out.len();
+    }
+    println!("{} events in, {written} bytes written", events.len());
 }
 
 fn large_requests(request: &str, client: Format, upstream: Format) {

@@ -1753,17 +1753,48 @@ struct CustomInput {
     streamed: String,
 }
 
-/// `response.output_text.delta`, members in alphabetical order as the map of `emit` writes them.
+/// A per-token delta event (`response.output_text.delta`, `response.reasoning_summary_text.delta`,
+/// `response.function_call_arguments.delta`, `response.custom_tool_call_input.delta`), written
+/// from borrowed parts rather than `emit`'s map: these run for every token. Members are in
+/// alphabetical order, as that map writes them.
 #[derive(Serialize)]
-struct TextDeltaOut<'event> {
-    content_index: u32,
+struct DeltaOut<'event> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_index: Option<u32>,
     delta: &'event str,
     item_id: &'event str,
-    logprobs: [(); 0],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<[(); 0]>,
     output_index: usize,
     sequence_number: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary_index: Option<u32>,
     #[serde(rename = "type")]
     kind: &'static str,
+}
+
+/// Writes `delta` with the next sequence number. A free function over the counter, not a method,
+/// so that it can run while the encoder's open item (which `delta` borrows from) is borrowed.
+fn write_delta(next_sequence_number: &mut u64, mut delta: DeltaOut, out: &mut Vec<u8>) {
+    delta.sequence_number = *next_sequence_number;
+    *next_sequence_number += 1;
+    write_json_event(out, Some(delta.kind), &delta);
+}
+
+impl<'event> DeltaOut<'event> {
+    /// A delta with the members every kind has; the caller adds the ones its kind needs.
+    fn new(kind: &'static str, item_id: &'event str, output_index: usize, delta: &'event str) -> DeltaOut<'event> {
+        DeltaOut {
+            content_index: None,
+            delta,
+            item_id,
+            logprobs: None,
+            output_index,
+            sequence_number: 0,
+            summary_index: None,
+            kind,
+        }
+    }
 }
 
 /// Writes IR events as a Responses stream for a client.
@@ -1837,19 +1868,12 @@ impl StreamEncoder {
                     return;
                 };
                 accumulated.push_str(text);
-                // A typed event rather than `emit`'s map: this runs for every token.
-                let sequence_number = self.next_sequence_number;
-                self.next_sequence_number += 1;
-                let delta = TextDeltaOut {
-                    content_index: 0,
-                    delta: text,
-                    item_id,
-                    logprobs: [],
-                    output_index: *output_index,
-                    sequence_number,
-                    kind: "response.output_text.delta",
+                let delta = DeltaOut {
+                    content_index: Some(0),
+                    logprobs: Some([]),
+                    ..DeltaOut::new("response.output_text.delta", item_id, *output_index, text)
                 };
-                write_json_event(out, Some(delta.kind), &delta);
+                write_delta(&mut self.next_sequence_number, delta, out);
             }
             StreamEvent::ReasoningDelta(text) => {
                 if text.is_empty() {
@@ -1867,13 +1891,11 @@ impl StreamEncoder {
                     return;
                 };
                 accumulated.push_str(text);
-                let data = json!({
-                    "item_id": item_id,
-                    "output_index": output_index,
-                    "summary_index": 0,
-                    "delta": text,
-                });
-                self.emit("response.reasoning_summary_text.delta", data, out);
+                let delta = DeltaOut {
+                    summary_index: Some(0),
+                    ..DeltaOut::new("response.reasoning_summary_text.delta", item_id, *output_index, text)
+                };
+                write_delta(&mut self.next_sequence_number, delta, out);
             }
             StreamEvent::ReasoningSignature {
                 provider,
@@ -1942,12 +1964,8 @@ impl StreamEncoder {
                 if delta.is_empty() && tool.custom.is_some() {
                     return;
                 }
-                let data = json!({
-                    "item_id": tool.item_id,
-                    "output_index": tool.output_index,
-                    "delta": delta,
-                });
-                self.emit(event_type, data, out);
+                let delta = DeltaOut::new(event_type, &tool.item_id, tool.output_index, &delta);
+                write_delta(&mut self.next_sequence_number, delta, out);
             }
             StreamEvent::ToolCallEnd { index } => self.close_tool(*index, out),
             StreamEvent::Finish { reason } => {
@@ -2217,8 +2235,8 @@ impl StreamEncoder {
         };
         let rest = &input[custom.streamed.len()..];
         if !rest.is_empty() {
-            let data = json!({"item_id": item_id, "output_index": output_index, "delta": rest});
-            self.emit("response.custom_tool_call_input.delta", data, out);
+            let delta = DeltaOut::new("response.custom_tool_call_input.delta", item_id, output_index, rest);
+            write_delta(&mut self.next_sequence_number, delta, out);
         }
         let data = json!({"item_id": item_id, "output_index": output_index, "input": input});
         self.emit("response.custom_tool_call_input.done", data, out);
