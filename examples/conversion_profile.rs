@@ -14,7 +14,9 @@
 //!   prints the wall time per conversion too;
 //! - `stream-chat-to-responses`, `stream-chat-to-anthropic`: a Chat upstream's stream of 200
 //!   reasoning deltas, 100 text deltas and a tool call in 50 argument fragments, transcoded for a
-//!   Responses (Codex) or Anthropic client 200 times.
+//!   Responses (Codex) or Anthropic client 200 times;
+//! - `stream-gemini-to-chat`: a Gemini upstream's stream of 300 text chunks, each with its
+//!   running usage, transcoded for a Chat client 200 times.
 //!
 //! Build it with debug symbols kept (`CARGO_PROFILE_RELEASE_STRIP=false
 //! CARGO_PROFILE_RELEASE_DEBUG=1`) so callgrind can name the functions.
@@ -42,11 +44,12 @@ fn main() {
         "large-chat-to-gemini" => large_requests(&large_chat_request(), Format::OpenaiChat, Format::Gemini),
         "large-anthropic-to-responses" => large_requests(&large_anthropic_request(), Format::Anthropic, Format::OpenaiResponses),
         "large-chat-to-responses" => large_requests(&large_chat_request(), Format::OpenaiChat, Format::OpenaiResponses),
-        "stream-chat-to-responses" => stream_round_trips(Format::OpenaiResponses),
-        "stream-chat-to-anthropic" => stream_round_trips(Format::Anthropic),
+        "stream-chat-to-responses" => stream_round_trips(Format::OpenaiChat, &chat_stream(), Format::OpenaiResponses),
+        "stream-chat-to-anthropic" => stream_round_trips(Format::OpenaiChat, &chat_stream(), Format::Anthropic),
+        "stream-gemini-to-chat" => stream_round_trips(Format::Gemini, &gemini_stream(), Format::OpenaiChat),
         _ => {
             eprintln!(
-                "usage: conversion_profile chat-to-anthropic|chat-to-gemini|large-anthropic-to-chat|large-chat-to-anthropic|large-anthropic-to-gemini|large-chat-to-gemini|large-anthropic-to-responses|large-chat-to-responses|stream-chat-to-responses|stream-chat-to-anthropic"
+                "usage: conversion_profile chat-to-anthropic|chat-to-gemini|large-anthropic-to-chat|large-chat-to-anthropic|large-anthropic-to-gemini|large-chat-to-gemini|large-anthropic-to-responses|large-chat-to-responses|stream-chat-to-responses|stream-chat-to-anthropic|stream-gemini-to-chat"
             );
             std::process::exit(2);
         }
@@ -74,7 +77,8 @@ fn lane_round_trips(upstream: Format, answer: &str) {
     println!("{written} bytes written");
 }
 
-fn stream_round_trips(client: Format) {
+/// A Chat upstream's stream, framed as SSE.
+fn chat_stream() -> String {
     let mut chunks = vec![r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant"}}]}"#.to_string()];
     let chunk = |delta: Value| json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": delta}]}).to_string();
     for i in 0..200 {
@@ -89,13 +93,33 @@ fn stream_round_trips(client: Format) {
     }
     chunks.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"}"}}]})));
     chunks.push(r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":10,"completion_tokens":300,"total_tokens":310}}"#.to_string());
-    let wire: String = chunks.iter().map(|data| format!("data: {data}\n\n")).collect::<String>() + "data: [DONE]\n\n";
+    chunks.iter().map(|data| format!("data: {data}\n\n")).collect::<String>() + "data: [DONE]\n\n"
+}
+
+/// A Gemini upstream's `alt=sse` stream.
+fn gemini_stream() -> String {
+    let chunk = |text: String, finish: Option<&str>, output_tokens: u32| {
+        let mut candidate = json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+        if let Some(reason) = finish {
+            candidate["finishReason"] = reason.into();
+        }
+        json!({"candidates": [candidate], "usageMetadata": {"promptTokenCount": 31, "candidatesTokenCount": output_tokens,
+            "totalTokenCount": 31 + output_tokens}, "modelVersion": "gemini-2.5-flash", "responseId": "bench0001"})
+    };
+    let mut wire = String::new();
+    for i in 0..300 {
+        wire += &format!("data: {}\r\n\r\n", chunk(format!("word{i} "), None, i));
+    }
+    wire + &format!("data: {}\r\n\r\n", chunk(String::new(), Some("STOP"), 300))
+}
+
+fn stream_round_trips(upstream: Format, wire: &str, client: Format) {
     let mut events = Vec::new();
     SseParser::new(1 << 20).push(wire.as_bytes(), &mut events).expect("the stream parses");
     let context = ConvertContext { upstream_model: "m".into(), stream: true, default_max_tokens: 4096, ..ConvertContext::default() };
     let mut written = 0;
     for _ in 0..200 {
-        let mut transcoder = StreamTranscoder::new(Format::OpenaiChat, client, &context);
+        let mut transcoder = StreamTranscoder::new(upstream, client, &context);
         let mut out = Vec::new();
         for event in &events {
             transcoder.push(event, &mut out).expect("transcodes");

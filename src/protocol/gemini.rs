@@ -45,6 +45,7 @@ use crate::protocol::json::{AsFieldPath, FieldPath, element,
     opt_i64, opt_str, opt_u64, req_str,
 };
 use crate::protocol::sse::{SseEvent, write_json_event};
+use crate::protocol::typed_read::gemini::read_stream_chunk;
 use crate::protocol::usage::{Usage, usage_from_value};
 
 /// The documented `thoughtSignature` value that tells Gemini to skip signature validation, for
@@ -1600,6 +1601,18 @@ fn non_empty_or<'a>(value: &'a str, fallback: &'a str) -> &'a str {
     if value.is_empty() { fallback } else { value }
 }
 
+/// What one stream chunk says, read from its bytes or from a `Value`.
+pub(crate) struct StreamChunk {
+    pub(crate) response_id: Option<String>,
+    pub(crate) model_version: Option<String>,
+    pub(crate) usage: Option<Usage>,
+    /// The first candidate's parts, calls numbered on from the stream's calls before.
+    pub(crate) parts: Vec<Part>,
+    pub(crate) finish_reason: Option<String>,
+    /// No candidate, and the prompt was refused (`promptFeedback.blockReason`).
+    pub(crate) blocked: bool,
+}
+
 /// Turns a Gemini `alt=sse` upstream stream into IR events.
 ///
 /// Each chunk holds new parts; a `functionCall` part arrives whole and becomes a start, one
@@ -1628,7 +1641,9 @@ impl StreamDecoder {
         }
     }
 
-    /// Decodes one upstream event.
+    /// Decodes one upstream event. The common chunks are read straight from their bytes
+    /// (`typed_read::gemini::read_stream_chunk`), the rest through a `Value`, which owns the
+    /// precise errors; both give the same [`StreamChunk`].
     pub fn push(
         &mut self,
         event: &SseEvent,
@@ -1636,6 +1651,10 @@ impl StreamDecoder {
     ) -> Result<(), ConvertError> {
         let data = event.data.trim();
         if data.is_empty() || self.failed {
+            return Ok(());
+        }
+        if let Some(chunk) = read_stream_chunk(data.as_bytes(), &self.call_id_seed, self.n_calls) {
+            self.apply_chunk(chunk, out);
             return Ok(());
         }
         let chunk: Value = serde_json::from_str(data)
@@ -1662,58 +1681,72 @@ impl StreamDecoder {
             return Ok(());
         }
         object(chunk, "")?;
+        // The id and model are only read from the first chunk, and the finish reason only until
+        // one came, so that a later chunk's odd member is no error.
+        let (response_id, model_version) = match self.started {
+            true => (None, None),
+            false => (
+                opt_str(chunk, &key(chunk, "responseId"), "")?.map(str::to_string),
+                opt_str(chunk, &key(chunk, "modelVersion"), "")?.map(str::to_string),
+            ),
+        };
+        let usage = field(chunk, &key(chunk, "usageMetadata")).and_then(|usage| usage_from_value(Format::Gemini, usage));
+        let candidate = first_candidate(chunk)?;
+        let mut parts = Vec::new();
+        if let Some(candidate) = candidate
+            && let Some(content) = field(candidate, "content")
+        {
+            let content_parts = opt_array(content, "parts", "candidates[0].content")?
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let seed = &self.call_id_seed;
+            let first_ordinal = self.n_calls;
+            parts = parse_model_parts(content_parts, &"candidates[0].content.parts".as_field_path(), &mut |n| {
+                synthesized_call_id(seed, first_ordinal + n)
+            })?;
+        }
+        let finish_reason = match (candidate, self.finished) {
+            (Some(candidate), false) => {
+                opt_str(candidate, &key(candidate, "finishReason"), "candidates[0]")?.map(str::to_string)
+            }
+            _ => None,
+        };
+        let blocked = candidate.is_none() && prompt_block_reason(chunk).is_some();
+        self.apply_chunk(StreamChunk { response_id, model_version, usage, parts, finish_reason, blocked }, out);
+        Ok(())
+    }
+
+    /// The events of one chunk, however it was read.
+    fn apply_chunk(&mut self, chunk: StreamChunk, out: &mut Vec<StreamEvent>) {
         if !self.started {
             self.started = true;
             out.push(StreamEvent::Start {
-                id: opt_str(chunk, &key(chunk, "responseId"), "")?
-                    .unwrap_or_default()
-                    .to_string(),
-                model: opt_str(chunk, &key(chunk, "modelVersion"), "")?
-                    .unwrap_or_default()
-                    .to_string(),
+                id: chunk.response_id.unwrap_or_default(),
+                model: chunk.model_version.unwrap_or_default(),
             });
         }
         // Usage goes first so that an encoder opening its message on the first content (Anthropic's
         // message_start) already knows the prompt size.
-        let usage_key = key(chunk, "usageMetadata");
-        if let Some(usage) =
-            field(chunk, &usage_key).and_then(|usage| usage_from_value(Format::Gemini, usage))
+        if let Some(usage) = chunk.usage
             && self.usage != Some(usage)
         {
             self.usage = Some(usage);
             out.push(StreamEvent::Usage(usage));
         }
-        let candidate = first_candidate(chunk)?;
-        if let Some(candidate) = candidate
-            && let Some(content) = field(candidate, "content")
-        {
-            let parts = opt_array(content, "parts", "candidates[0].content")?
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let seed = &self.call_id_seed;
-            let first_ordinal = self.n_calls;
-            let parsed = parse_model_parts(parts, &"candidates[0].content.parts".as_field_path(), &mut |n| {
-                synthesized_call_id(seed, first_ordinal + n)
-            })?;
-            for part in parsed {
-                self.emit_part(part, out);
-            }
+        for part in chunk.parts {
+            self.emit_part(part, out);
         }
         if self.finished {
-            return Ok(());
+            return;
         }
-        let reason = match candidate {
-            Some(candidate) => {
-                opt_str(candidate, &key(candidate, "finishReason"), "candidates[0]")?
-                    .map(|reason| finish_reason_from_gemini(reason, self.n_calls > 0))
-            }
-            None => prompt_block_reason(chunk).map(|_| FinishReason::ContentFilter),
+        let reason = match chunk.finish_reason {
+            Some(reason) => Some(finish_reason_from_gemini(&reason, self.n_calls > 0)),
+            None => chunk.blocked.then_some(FinishReason::ContentFilter),
         };
         if let Some(reason) = reason {
             out.push(StreamEvent::Finish { reason });
             self.finished = true;
         }
-        Ok(())
     }
 
     fn emit_part(&mut self, part: Part, out: &mut Vec<StreamEvent>) {
@@ -1987,6 +2020,45 @@ mod tests {
             .join("src/protocol/testdata")
             .join(relative);
         serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("fixture is JSON")
+    }
+
+    /// Every chunk of every recorded stream, and chunks of the shapes the recordings lack (calls
+    /// without ids across chunks, thoughts, signatures, snake_case), decode the same read from
+    /// their bytes as through a `Value`; and the recordings' chunks do take the typed path.
+    #[test]
+    fn typed_chunks_decode_as_the_value_path_does() {
+        let decode_through_values = |events: &[SseEvent]| {
+            let mut decoder = StreamDecoder::new(&meta());
+            let mut out = Vec::new();
+            for event in events {
+                let chunk: Value = serde_json::from_str(&event.data).expect("chunk JSON");
+                decoder.push_chunk(&chunk, &mut out).expect("chunk decodes");
+            }
+            decoder.finish(&mut out).expect("stream ends");
+            out
+        };
+        let made_up = [
+            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "pondering", "thought": true}, {"text": "", "thoughtSignature": "c2ln"}]}, "index": 0}],
+                "usageMetadata": {"promptTokenCount": 3, "thoughtsTokenCount": 2}, "modelVersion": "gemini-2.5-pro", "responseId": "r9"}),
+            json!({"candidates": [{"content": {"parts": [{"functionCall": {"name": "a", "args": {"z": 1}}}]}}],
+                "usage_metadata": {"prompt_token_count": 3, "candidates_token_count": 4}}),
+            json!({"candidates": [{"content": {"parts": [{"text": "and "}, {"functionCall": {"name": "b"}, "thoughtSignature": "c2lnMg=="}]}}]}),
+            json!({"candidates": [{"content": {"parts": [{"text": "done"}]}, "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 9, "totalTokenCount": 12}}),
+        ];
+        let made_up: Vec<SseEvent> = testkit::parse_pieces(&[made_up.iter().map(|chunk| format!("data: {chunk}\n\n")).collect::<String>().as_bytes()]);
+        let mut streams = vec![("made-up".to_string(), made_up)];
+        for name in testkit::all_streams().into_iter().filter(|name| name.starts_with("gemini/")) {
+            let events = testkit::parse_pieces(&[&testkit::stream_bytes(&name)]);
+            streams.push((name, events));
+        }
+        let mut typed_chunks = 0;
+        for (name, events) in &streams {
+            assert_eq!(decode(events), decode_through_values(events), "{name}");
+            typed_chunks += events.iter().filter(|event| super::read_stream_chunk(event.data.as_bytes(), "resp_1", 0).is_some()).count();
+        }
+        let all_chunks: usize = streams.iter().map(|(_, events)| events.len()).sum();
+        assert!(typed_chunks * 10 >= all_chunks * 9, "{typed_chunks} of {all_chunks} chunks read typed");
     }
 
     #[test]

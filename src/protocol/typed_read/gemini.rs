@@ -7,9 +7,10 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use crate::protocol::gemini::{finish_reason_from_gemini, gemini_signature, synthesized_call_id};
+use crate::protocol::gemini::{StreamChunk, finish_reason_from_gemini, gemini_signature, synthesized_call_id};
 use crate::protocol::ir::{Part, Reasoning, Response, ResponseMeta, ToolCall};
 use crate::protocol::typed_read::{JsonObject, read_body};
 use crate::protocol::usage::GeminiUsage;
@@ -27,6 +28,8 @@ struct GenerateResponseIn<'a> {
     model_version: Option<String>,
     #[serde(rename = "responseId", alias = "response_id")]
     response_id: Option<String>,
+    /// A stream's error chunk, which the `Value` reader turns into an error event.
+    error: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +90,33 @@ pub fn read_response(body: &[u8], meta: &ResponseMeta) -> Option<Response> {
         parts,
         finish_reason: finish_reason_from_gemini(candidate.finish_reason.as_deref().unwrap_or("STOP"), has_calls),
         usage: body.usage_metadata.map(|JsonObject(usage)| usage.normalize()),
+    })
+}
+
+/// Reads one chunk of an `alt=sse` stream (a `generateContent` answer in pieces), or `None` when
+/// `gemini::StreamDecoder::push_chunk` must: an error chunk, a chunk without a first candidate
+/// (a blocked prompt, usage alone), and whatever `read_response` leaves to the `Value` reader.
+/// Calls without an id are numbered from `calls_before`, the calls of the chunks before.
+pub(crate) fn read_stream_chunk(data: &[u8], call_id_seed: &str, calls_before: usize) -> Option<StreamChunk> {
+    let body: GenerateResponseIn = read_body(data)?;
+    if body.error.is_some() {
+        return None;
+    }
+    let JsonObject(candidate) = body.candidates?.into_iter().find(|JsonObject(candidate)| candidate.index.unwrap_or(0) == 0)?;
+    let mut parts = Vec::new();
+    let mut calls = calls_before;
+    if let Some(JsonObject(content)) = candidate.content {
+        for JsonObject(part) in content.parts.into_iter().flatten() {
+            read_model_part(part, &mut parts, &mut calls, call_id_seed)?;
+        }
+    }
+    Some(StreamChunk {
+        response_id: body.response_id,
+        model_version: body.model_version,
+        usage: body.usage_metadata.map(|JsonObject(usage)| usage.normalize()),
+        parts,
+        finish_reason: candidate.finish_reason.map(Cow::into_owned),
+        blocked: false,
     })
 }
 
