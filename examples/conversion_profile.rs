@@ -16,7 +16,9 @@
 //!   reasoning deltas, 100 text deltas and a tool call in 50 argument fragments, transcoded for a
 //!   Responses (Codex) or Anthropic client 200 times;
 //! - `stream-gemini-to-chat`: a Gemini upstream's stream of 300 text chunks, each with its
-//!   running usage, transcoded for a Chat client 200 times.
+//!   running usage, transcoded for a Chat client 200 times;
+//! - `stream-responses-to-chat`: a Responses upstream's stream of 100 reasoning summary deltas
+//!   and 300 text deltas with the events around them, transcoded for a Chat client 200 times.
 //!
 //! Build it with debug symbols kept (`CARGO_PROFILE_RELEASE_STRIP=false
 //! CARGO_PROFILE_RELEASE_DEBUG=1`) so callgrind can name the functions.
@@ -47,9 +49,10 @@ fn main() {
         "stream-chat-to-responses" => stream_round_trips(Format::OpenaiChat, &chat_stream(), Format::OpenaiResponses),
         "stream-chat-to-anthropic" => stream_round_trips(Format::OpenaiChat, &chat_stream(), Format::Anthropic),
         "stream-gemini-to-chat" => stream_round_trips(Format::Gemini, &gemini_stream(), Format::OpenaiChat),
+        "stream-responses-to-chat" => stream_round_trips(Format::OpenaiResponses, &responses_stream(), Format::OpenaiChat),
         _ => {
             eprintln!(
-                "usage: conversion_profile chat-to-anthropic|chat-to-gemini|large-anthropic-to-chat|large-chat-to-anthropic|large-anthropic-to-gemini|large-chat-to-gemini|large-anthropic-to-responses|large-chat-to-responses|stream-chat-to-responses|stream-chat-to-anthropic|stream-gemini-to-chat"
+                "usage: conversion_profile chat-to-anthropic|chat-to-gemini|large-anthropic-to-chat|large-chat-to-anthropic|large-anthropic-to-gemini|large-chat-to-gemini|large-anthropic-to-responses|large-chat-to-responses|stream-chat-to-responses|stream-chat-to-anthropic|stream-gemini-to-chat|stream-responses-to-chat"
             );
             std::process::exit(2);
         }
@@ -111,6 +114,36 @@ fn gemini_stream() -> String {
         wire += &format!("data: {}\r\n\r\n", chunk(format!("word{i} "), None, i));
     }
     wire + &format!("data: {}\r\n\r\n", chunk(String::new(), Some("STOP"), 300))
+}
+
+/// A Responses upstream's stream: reasoning summary deltas, then text deltas, with the item
+/// events around them and the terminal `response.completed`.
+fn responses_stream() -> String {
+    let mut events = vec![
+        json!({"type": "response.created", "response": {"id": "resp_1", "object": "response", "model": "gpt-5", "status": "in_progress", "output": []}}),
+        json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning", "id": "rs_1", "summary": []}}),
+    ];
+    for i in 0..100 {
+        events.push(json!({"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": format!("step {i} ")}));
+    }
+    events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "ZW5j"}}));
+    events.push(json!({"type": "response.output_item.added", "output_index": 1, "item": {"type": "message", "id": "msg_1", "role": "assistant", "content": []}}));
+    events.push(json!({"type": "response.content_part.added", "item_id": "msg_1", "output_index": 1, "content_index": 0, "part": {"type": "output_text", "text": ""}}));
+    for i in 0..300 {
+        events.push(json!({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 1, "content_index": 0, "delta": format!("word{i} "), "logprobs": []}));
+    }
+    events.push(json!({"type": "response.output_item.done", "output_index": 1, "item": {"type": "message", "id": "msg_1", "role": "assistant", "content": [{"type": "output_text", "text": "words"}]}}));
+    events.push(json!({"type": "response.completed", "response": {"id": "resp_1", "object": "response", "model": "gpt-5", "status": "completed",
+        "usage": {"input_tokens": 31, "output_tokens": 400, "total_tokens": 431, "output_tokens_details": {"reasoning_tokens": 100}}}}));
+    events
+        .iter()
+        .enumerate()
+        .map(|(sequence_number, event)| {
+            let mut event = event.clone();
+            event["sequence_number"] = sequence_number.into();
+            format!("event: {}\ndata: {event}\n\n", event["type"].as_str().expect("typed"))
+        })
+        .collect()
 }
 
 fn stream_round_trips(upstream: Format, wire: &str, client: Format) {

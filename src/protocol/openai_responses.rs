@@ -30,7 +30,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
@@ -47,6 +47,7 @@ use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     opt_str, opt_u64, req_str, string_or_parts,
 };
 use crate::protocol::sse::{SseEvent, write_json_event};
+use crate::protocol::typed_read::JsonObject;
 use crate::protocol::usage::{Usage, usage_from_value};
 
 /// The smallest `max_output_tokens` the Responses API accepts.
@@ -1330,6 +1331,19 @@ enum DecodedItem {
     Other,
 }
 
+/// One per-token event as `StreamDecoder::fast_delta` reads it: text borrowed where no escape
+/// forces a copy, and every other member skipped.
+#[derive(Deserialize)]
+struct DeltaEventIn<'event> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'event, str>>,
+    output_index: Option<u64>,
+    #[serde(borrow)]
+    delta: Option<Cow<'event, str>>,
+    summary_index: Option<u64>,
+    content_index: Option<u64>,
+}
+
 /// Turns a Responses upstream stream into IR events.
 ///
 /// Tool calls are keyed by `output_index`. Servers that skip the delta events and only send
@@ -1358,6 +1372,9 @@ impl StreamDecoder {
         if event.data.trim().is_empty() || self.finished || self.failed {
             return Ok(());
         }
+        if self.started && self.fast_delta(event, out) {
+            return Ok(());
+        }
         let data: Value = serde_json::from_str(&event.data)
             .map_err(|error| ConvertError::new("stream", format!("invalid event JSON: {error}")))?;
         let event_type = opt_str(&data, "type", "")?
@@ -1382,27 +1399,17 @@ impl StreamDecoder {
             }
             "response.output_text.delta" | "response.refusal.delta" => {
                 self.ensure_start(None, out)?;
-                let entry = self
-                    .items
-                    .entry(output_index)
-                    .or_insert(DecodedItem::Message {
-                        emitted_text: false,
-                    });
-                if let DecodedItem::Message { emitted_text } = entry {
-                    *emitted_text = true;
-                }
-                if let Some(delta) = opt_str(&data, "delta", "")?.filter(|delta| !delta.is_empty())
-                {
-                    out.push(StreamEvent::TextDelta(delta.to_string()));
-                }
+                self.text_delta(output_index, opt_str(&data, "delta", "")?, out);
             }
             "response.reasoning_summary_text.delta" => {
                 let part = (true, opt_u64(&data, "summary_index", "")?.unwrap_or(0));
-                self.reasoning_delta(output_index, part, &data, out)?;
+                self.ensure_start(None, out)?;
+                self.reasoning_delta(output_index, part, opt_str(&data, "delta", "")?, out);
             }
             "response.reasoning_text.delta" => {
                 let part = (false, opt_u64(&data, "content_index", "")?.unwrap_or(0));
-                self.reasoning_delta(output_index, part, &data, out)?;
+                self.ensure_start(None, out)?;
+                self.reasoning_delta(output_index, part, opt_str(&data, "delta", "")?, out);
             }
             "response.function_call_arguments.delta" => {
                 let fragment = opt_str(&data, "delta", "")?.unwrap_or_default();
@@ -1548,14 +1555,54 @@ impl StreamDecoder {
         Ok(())
     }
 
+    /// Most events are one token of text, reasoning or arguments: they are read into borrowed
+    /// fields instead of a `Value` (which cost more than everything else done per token).
+    /// Returns false for every other event and for anything `DeltaEventIn` does not read (a
+    /// member of the wrong type, a repeated member); the general path then reads it, with its
+    /// precise errors.
+    fn fast_delta(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> bool {
+        let Ok(JsonObject(delta)) = serde_json::from_str::<JsonObject<DeltaEventIn>>(&event.data) else {
+            return false;
+        };
+        let event_type = delta.kind.as_deref().or(event.event.as_deref()).unwrap_or_default();
+        let output_index = delta.output_index.unwrap_or(0);
+        let text = delta.delta.as_deref();
+        match event_type {
+            "response.output_text.delta" | "response.refusal.delta" => self.text_delta(output_index, text, out),
+            "response.reasoning_summary_text.delta" => {
+                self.reasoning_delta(output_index, (true, delta.summary_index.unwrap_or(0)), text, out)
+            }
+            "response.reasoning_text.delta" => {
+                self.reasoning_delta(output_index, (false, delta.content_index.unwrap_or(0)), text, out)
+            }
+            "response.function_call_arguments.delta" => self.arguments(output_index, text.unwrap_or_default(), false, out),
+            _ => return false,
+        }
+        true
+    }
+
+    fn text_delta(&mut self, output_index: u64, delta: Option<&str>, out: &mut Vec<StreamEvent>) {
+        let entry = self
+            .items
+            .entry(output_index)
+            .or_insert(DecodedItem::Message {
+                emitted_text: false,
+            });
+        if let DecodedItem::Message { emitted_text } = entry {
+            *emitted_text = true;
+        }
+        if let Some(delta) = delta.filter(|delta| !delta.is_empty()) {
+            out.push(StreamEvent::TextDelta(delta.to_string()));
+        }
+    }
+
     fn reasoning_delta(
         &mut self,
         output_index: u64,
         part: (bool, u64),
-        data: &Value,
+        delta: Option<&str>,
         out: &mut Vec<StreamEvent>,
-    ) -> Result<(), ConvertError> {
-        self.ensure_start(None, out)?;
+    ) {
         let entry = self
             .items
             .entry(output_index)
@@ -1563,8 +1610,8 @@ impl StreamDecoder {
                 emitted_text: false,
                 last_part: None,
             });
-        let Some(delta) = opt_str(data, "delta", "")?.filter(|delta| !delta.is_empty()) else {
-            return Ok(());
+        let Some(delta) = delta.filter(|delta| !delta.is_empty()) else {
+            return;
         };
         if let DecodedItem::Reasoning {
             emitted_text,
@@ -1579,7 +1626,6 @@ impl StreamDecoder {
             *emitted_text = true;
         }
         out.push(StreamEvent::ReasoningDelta(delta.to_string()));
-        Ok(())
     }
 
     /// An argument fragment, or with `complete` the whole arguments, which are only used when no
@@ -2304,6 +2350,78 @@ mod stream_tests {
             }
         }
         names
+    }
+
+    /// The fast path for per-token events decodes them as the general path does. A repeated
+    /// member (`output_index`, else `type`) put first sends an event down the general path: the
+    /// typed read refuses a repeated member, and a `Value` keeps the last one, so it means the
+    /// same there. Each recorded stream is decoded both ways; made-up events cover the kinds the
+    /// recordings lack.
+    #[test]
+    fn fast_deltas_decode_as_the_general_path_does() {
+        let made_up = [
+            r#"{"type":"response.created","response":{"id":"resp_1","model":"gpt-5"}}"#,
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"reasoning","id":"rs_1"}}"#,
+            r#"{"type":"response.reasoning_summary_text.delta","output_index":0,"summary_index":0,"delta":"First."}"#,
+            r#"{"type":"response.reasoning_summary_text.delta","output_index":0,"summary_index":1,"delta":"Second \"quoted\"."}"#,
+            r#"{"type":"response.reasoning_text.delta","output_index":0,"content_index":0,"delta":"raw"}"#,
+            r#"{"type":"response.output_item.added","output_index":1,"item":{"type":"message","id":"msg_1"}}"#,
+            r#"{"type":"response.refusal.delta","output_index":1,"delta":"No."}"#,
+            r#"{"output_index":1,"delta":"typed by its event line"}"#,
+            r#"{"type":"response.output_item.added","output_index":2,"item":{"type":"function_call","id":"fc_1","call_id":"call_1","name":"f"}}"#,
+            r#"{"type":"response.function_call_arguments.delta","output_index":2,"delta":"{\"a\":"}"#,
+            r#"{"type":"response.function_call_arguments.delta","output_index":2,"delta":"1}"}"#,
+            r#"{"type":"response.completed","response":{"id":"resp_1","model":"gpt-5","status":"completed"}}"#,
+        ];
+        let made_up: String = made_up
+            .iter()
+            .map(|data| match data.contains("typed by its event line") {
+                true => format!("event: response.output_text.delta\ndata: {data}\n\n"),
+                false => format!("data: {data}\n\n"),
+            })
+            .collect();
+        let mut streams = vec![("made-up".to_string(), testkit::parse_pieces(&[made_up.as_bytes()]))];
+        for name in recorded_names() {
+            let events = testkit::parse_pieces(&[&testkit::stream_bytes(&name)]);
+            streams.push((name, events));
+        }
+        const FAST_KINDS: [&str; 5] = [
+            "response.output_text.delta",
+            "response.refusal.delta",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_text.delta",
+            "response.function_call_arguments.delta",
+        ];
+        let mut streams_with_calls = 0;
+        let mut fast_events = 0;
+        for (name, events) in &streams {
+            let general: Vec<SseEvent> = events
+                .iter()
+                .map(|event| {
+                    let mut event = event.clone();
+                    let repeated = match (event.data.contains("\"output_index\""), event.data.contains("\"type\"")) {
+                        (true, _) => Some("\"output_index\":0"),
+                        (false, true) => Some("\"type\":\"ignored\""),
+                        (false, false) => None,
+                    };
+                    if let (Some(repeated), Some(rest)) = (repeated, event.data.trim().strip_prefix('{')) {
+                        event.data = format!("{{{repeated},{rest}");
+                    }
+                    event
+                })
+                .collect();
+            let fast = decode(events);
+            assert_eq!(fast, decode(&general), "{name}");
+            streams_with_calls += usize::from(fast.iter().any(|event| matches!(event, StreamEvent::ToolCallArgsDelta { .. })));
+            // Every per-token event of these streams takes the fast path.
+            for event in events.iter().filter(|event| FAST_KINDS.iter().any(|kind| event.data.contains(kind))) {
+                let read = serde_json::from_str::<crate::protocol::typed_read::JsonObject<super::DeltaEventIn>>(&event.data);
+                assert!(read.is_ok(), "{name}: {} is not read typed", event.data);
+            }
+            fast_events += events.iter().filter(|event| FAST_KINDS.iter().any(|kind| event.data.contains(kind))).count();
+        }
+        assert!(streams_with_calls >= 2, "the streams call tools in {streams_with_calls}");
+        assert!(fast_events >= 100, "{fast_events} per-token events");
     }
 
     /// Each tool call as (id, name, joined arguments), by IR index.
