@@ -1601,6 +1601,10 @@ fn non_empty_or<'a>(value: &'a str, fallback: &'a str) -> &'a str {
     if value.is_empty() { fallback } else { value }
 }
 
+/// Reads a chunk's bytes (a call id seed and the calls before it for calls without an id), or
+/// declines.
+pub(crate) type ChunkReader = fn(&[u8], &str, usize) -> Option<StreamChunk>;
+
 /// What one stream chunk says, read from its bytes or from a `Value`.
 pub(crate) struct StreamChunk {
     pub(crate) response_id: Option<String>,
@@ -1653,13 +1657,27 @@ impl StreamDecoder {
         if data.is_empty() || self.failed {
             return Ok(());
         }
-        if let Some(chunk) = read_stream_chunk(data.as_bytes(), &self.call_id_seed, self.n_calls) {
-            self.apply_chunk(chunk, out);
+        if self.push_read(read_stream_chunk, data, out) {
             return Ok(());
         }
         let chunk: Value = serde_json::from_str(data)
             .map_err(|error| ConvertError::new("stream", format!("invalid chunk JSON: {error}")))?;
         self.push_chunk(&chunk, out)
+    }
+
+    /// Decodes one chunk that `read` reads from its bytes (a `typed_read::gemini` reader), and
+    /// returns whether it could; after an error every chunk counts as read, and yields nothing.
+    pub(crate) fn push_read(&mut self, read: ChunkReader, data: &str, out: &mut Vec<StreamEvent>) -> bool {
+        if self.failed {
+            return true;
+        }
+        match read(data.as_bytes(), &self.call_id_seed, self.n_calls) {
+            Some(chunk) => {
+                self.apply_chunk(chunk, out);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Decodes one parsed chunk; Antigravity unwraps its envelope and calls this.

@@ -98,7 +98,25 @@ pub fn read_response(body: &[u8], meta: &ResponseMeta) -> Option<Response> {
 /// (a blocked prompt, usage alone), and whatever `read_response` leaves to the `Value` reader.
 /// Calls without an id are numbered from `calls_before`, the calls of the chunks before.
 pub(crate) fn read_stream_chunk(data: &[u8], call_id_seed: &str, calls_before: usize) -> Option<StreamChunk> {
-    let body: GenerateResponseIn = read_body(data)?;
+    stream_chunk(read_body(data)?, call_id_seed, calls_before)
+}
+
+/// An Antigravity stream chunk: a Gemini chunk in `{"response": …}`. A chunk without that
+/// envelope (which `antigravity::StreamDecoder` reads as a bare Gemini chunk) is left to the
+/// `Value` reader. Members beside `response` are not read, as that reader does not read them.
+pub(crate) fn read_antigravity_stream_chunk(data: &[u8], call_id_seed: &str, calls_before: usize) -> Option<StreamChunk> {
+    let envelope: EnvelopeIn = read_body(data)?;
+    let JsonObject(chunk) = envelope.response?;
+    stream_chunk(chunk, call_id_seed, calls_before)
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn<'a> {
+    #[serde(borrow)]
+    response: Option<JsonObject<GenerateResponseIn<'a>>>,
+}
+
+fn stream_chunk(body: GenerateResponseIn<'_>, call_id_seed: &str, calls_before: usize) -> Option<StreamChunk> {
     if body.error.is_some() {
         return None;
     }
