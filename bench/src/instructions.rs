@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use crate::gateway::{Gateway, GroupSpec, configure};
 use crate::lanes::{LANE_STREAM_DELTAS, Lane, STREAM_LANES, WHOLE_LANES, chat_request, lane_groups};
 use crate::measure::SequentialClient;
-use crate::mock_upstream::MockUpstream;
+use crate::mock_upstream::{MockUpstream, client_stream_event_count};
 
 /// Requests per lane before the counters are zeroed: connections, pools and caches settle.
 const WARM_UP_REQUESTS: usize = 30;
@@ -140,8 +140,9 @@ impl CallgrindGateway {
         let send = |client: &mut SequentialClient| -> Result<(), String> {
             if stream {
                 let sample = client.timed_stream(&request, LANE_STREAM_DELTAS, Duration::ZERO)?;
-                if sample.events != sample.expected_events {
-                    return Err(format!("a stream ended after {} of {} events", sample.events, sample.expected_events));
+                let expected_events = client_stream_event_count(lane.client, LANE_STREAM_DELTAS);
+                if sample.events != expected_events {
+                    return Err(format!("a stream ended after {} of {expected_events} events", sample.events));
                 }
                 Ok(())
             } else {

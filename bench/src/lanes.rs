@@ -84,8 +84,10 @@ pub const WHOLE_LANES: [Lane; 4] = [
     },
 ];
 
-/// The streamed lanes; the pass-through lane (listed first) is the one the other is compared with.
-pub const STREAM_LANES: [Lane; 2] = [
+/// The streamed lanes; the pass-through lane (listed first) is the one the others are compared
+/// with. Each converted one decodes a different upstream stream and encodes for a different
+/// client.
+pub const STREAM_LANES: [Lane; 4] = [
     Lane {
         label: "OpenAI Chat → openai_chat (pass-through)",
         client: Dialect::OpenAiChat,
@@ -102,6 +104,26 @@ pub const STREAM_LANES: [Lane; 2] = [
         group: GroupSpec {
             group_name: "lane-stream-openai-to-anthropic",
             channel: Dialect::Anthropic,
+            upstream_model: LANE_STREAM_MODEL,
+            over_tls: false,
+        },
+    },
+    Lane {
+        label: "Anthropic → openai_chat",
+        client: Dialect::Anthropic,
+        group: GroupSpec {
+            group_name: "lane-stream-anthropic-to-openai",
+            channel: Dialect::OpenAiChat,
+            upstream_model: LANE_STREAM_MODEL,
+            over_tls: false,
+        },
+    },
+    Lane {
+        label: "OpenAI Chat → gemini",
+        client: Dialect::OpenAiChat,
+        group: GroupSpec {
+            group_name: "lane-stream-openai-to-gemini",
+            channel: Dialect::Gemini,
             upstream_model: LANE_STREAM_MODEL,
             over_tls: false,
         },

@@ -537,6 +537,18 @@ pub fn openai_stream_event_count(delta_count: u32) -> usize {
     delta_count as usize + 4
 }
 
+/// How many SSE events a `client` of the gateway receives for a stream of `delta_count` text
+/// deltas: OpenAI's above; for Anthropic `message_start`, `content_block_start`, the deltas,
+/// `content_block_stop`, `message_delta` and `message_stop`; for Gemini a chunk per delta and the
+/// closing chunk with the finish reason and usage.
+pub fn client_stream_event_count(client: Dialect, delta_count: u32) -> usize {
+    match client {
+        Dialect::OpenAiChat => openai_stream_event_count(delta_count),
+        Dialect::Anthropic => delta_count as usize + 5,
+        Dialect::Gemini => delta_count as usize + 1,
+    }
+}
+
 /// The gap the mock leaves before OpenAI-dialect event `event_index` (1-based after the role
 /// chunk): one pace before each delta, none before the closing events.
 pub fn openai_scheduled_gap_before(

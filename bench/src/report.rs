@@ -616,7 +616,7 @@ fn render_conversion(out: &mut String, conversion: &ConversionResults) {
     }
     let _ = writeln!(
         out,
-        "\nNotes on the lanes:\n- The mock streams {LANE_STREAM_DELTAS} deltas with no pause; SSE events are counted as the client receives them (OpenAI chunks for both lanes)."
+        "\nNotes on the lanes:\n- The mock streams {LANE_STREAM_DELTAS} deltas with no pause; SSE events are counted as the client receives them (OpenAI chunks, or Anthropic events for the Anthropic client), so CPU per event compares lanes whose clients see a few events more or fewer."
     );
     let _ = writeln!(
         out,
