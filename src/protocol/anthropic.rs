@@ -38,6 +38,7 @@ use crate::protocol::json::{FieldPath, element,
 };
 use crate::protocol::raw_json;
 use crate::protocol::sse::{SseEvent, write_json_event};
+use crate::protocol::typed_read::optional_borrowed_str;
 use crate::protocol::usage::{StreamUsageTracker, Usage, usage_from_value};
 
 /// The smallest thinking budget the API accepts.
@@ -1208,7 +1209,7 @@ fn exact_block_delta(data: &str) -> Option<(u64, &'static str, Cow<'_, str>)> {
 /// A `content_block_delta` event, borrowed from its text where no escape forces a copy.
 #[derive(Deserialize)]
 struct BlockDeltaIn<'event> {
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "optional_borrowed_str")]
     kind: Option<Cow<'event, str>>,
     #[serde(default)]
     index: Option<u64>,
@@ -1220,13 +1221,13 @@ struct BlockDeltaIn<'event> {
 struct DeltaIn<'event> {
     #[serde(rename = "type", borrow, default)]
     kind: Cow<'event, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     text: Option<Cow<'event, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     thinking: Option<Cow<'event, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     signature: Option<Cow<'event, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     partial_json: Option<Cow<'event, str>>,
 }
 

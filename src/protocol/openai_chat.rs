@@ -30,7 +30,7 @@ use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     opt_i64, opt_str, opt_u64, req_str, string_or_parts,
 };
 use crate::protocol::sse::{SseEvent, write_event, write_json_event};
-use crate::protocol::typed_read::JsonObject;
+use crate::protocol::typed_read::{JsonObject, optional_borrowed_str};
 use crate::protocol::usage::{Usage, usage_from_value};
 
 /// Reads a Chat Completions request body.
@@ -986,13 +986,13 @@ struct TextChoiceIn<'chunk> {
 
 #[derive(Deserialize)]
 struct TextDeltaIn<'chunk> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     content: Option<Cow<'chunk, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     refusal: Option<Cow<'chunk, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     reasoning_content: Option<Cow<'chunk, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     reasoning: Option<Cow<'chunk, str>>,
     #[serde(borrow, default)]
     tool_calls: Option<Vec<JsonObject<ToolCallDeltaIn<'chunk>>>>,
@@ -1003,7 +1003,7 @@ struct TextDeltaIn<'chunk> {
 struct ToolCallDeltaIn<'chunk> {
     #[serde(default)]
     index: Option<u64>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     id: Option<Cow<'chunk, str>>,
     #[serde(borrow, default)]
     function: Option<JsonObject<FunctionDeltaIn<'chunk>>>,
@@ -1011,9 +1011,9 @@ struct ToolCallDeltaIn<'chunk> {
 
 #[derive(Deserialize)]
 struct FunctionDeltaIn<'chunk> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     name: Option<Cow<'chunk, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     arguments: Option<Cow<'chunk, str>>,
 }
 

@@ -47,7 +47,7 @@ use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     opt_str, opt_u64, req_str, string_or_parts,
 };
 use crate::protocol::sse::{SseEvent, write_json_event};
-use crate::protocol::typed_read::JsonObject;
+use crate::protocol::typed_read::{JsonObject, optional_borrowed_str};
 use crate::protocol::usage::{Usage, usage_from_value};
 
 /// The smallest `max_output_tokens` the Responses API accepts.
@@ -1335,10 +1335,10 @@ enum DecodedItem {
 /// forces a copy, and every other member skipped.
 #[derive(Deserialize)]
 struct DeltaEventIn<'event> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "optional_borrowed_str")]
     kind: Option<Cow<'event, str>>,
     output_index: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     delta: Option<Cow<'event, str>>,
     summary_index: Option<u64>,
     content_index: Option<u64>,

@@ -17,11 +17,11 @@ use crate::protocol::usage::AnthropicUsage;
 use crate::protocol::ir::{
     Media, MediaSource, Message, Part, Reasoning, Request, Response, Role, TextPart, ToolCall, JsonSchema, ToolDefinition, ToolResult,
 };
-use crate::protocol::typed_read::{JsonObject, TextOrList, read_body};
+use crate::protocol::typed_read::{JsonObject, TextOrList, optional_borrowed_str, read_body};
 
 #[derive(Deserialize)]
 struct RequestIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     model: Option<Cow<'a, str>>,
     max_tokens: Option<u64>,
     temperature: Option<f64>,
@@ -49,7 +49,7 @@ struct MetadataIn {
 
 #[derive(Deserialize)]
 struct MessageIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     role: Option<Cow<'a, str>>,
     #[serde(borrow)]
     content: Option<TextOrList<JsonObject<BlockIn<'a>>>>,
@@ -58,7 +58,7 @@ struct MessageIn<'a> {
 /// Any content block: the members of every block type this reader handles, each optional.
 #[derive(Deserialize)]
 struct BlockIn<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "optional_borrowed_str")]
     kind: Option<Cow<'a, str>>,
     text: Option<String>,
     cache_control: Option<Value>,
@@ -79,7 +79,7 @@ struct BlockIn<'a> {
 
 #[derive(Deserialize)]
 struct SourceIn<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "optional_borrowed_str")]
     kind: Option<Cow<'a, str>>,
     media_type: Option<String>,
     data: Option<String>,
@@ -89,7 +89,7 @@ struct SourceIn<'a> {
 
 #[derive(Deserialize)]
 struct ToolIn<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "optional_borrowed_str")]
     kind: Option<Cow<'a, str>>,
     name: Option<String>,
     description: Option<String>,
@@ -215,7 +215,7 @@ struct MessageBodyIn<'a> {
     model: Option<String>,
     #[serde(borrow)]
     content: Option<Vec<JsonObject<BlockIn<'a>>>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     stop_reason: Option<Cow<'a, str>>,
     usage: Option<JsonObject<AnthropicUsage>>,
 }

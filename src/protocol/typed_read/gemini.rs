@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::protocol::gemini::{StreamChunk, finish_reason_from_gemini, gemini_signature, synthesized_call_id};
 use crate::protocol::ir::{Part, Reasoning, Response, ResponseMeta, ToolCall};
-use crate::protocol::typed_read::{JsonObject, read_body};
+use crate::protocol::typed_read::{JsonObject, optional_borrowed_str, read_body};
 use crate::protocol::usage::GeminiUsage;
 
 /// The answer's top level. The snake_case aliases are protobuf JSON's other spelling, which the
@@ -37,7 +37,7 @@ struct CandidateIn<'a> {
     index: Option<u64>,
     #[serde(borrow)]
     content: Option<JsonObject<ContentIn<'a>>>,
-    #[serde(rename = "finishReason", alias = "finish_reason", borrow)]
+    #[serde(rename = "finishReason", alias = "finish_reason", borrow, default, deserialize_with = "optional_borrowed_str")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
@@ -54,7 +54,7 @@ struct ContentIn<'a> {
 struct PartIn<'a> {
     text: Option<String>,
     thought: Option<bool>,
-    #[serde(rename = "thoughtSignature", alias = "thought_signature", borrow)]
+    #[serde(rename = "thoughtSignature", alias = "thought_signature", borrow, default, deserialize_with = "optional_borrowed_str")]
     thought_signature: Option<Cow<'a, str>>,
     #[serde(rename = "functionCall", alias = "function_call", borrow)]
     function_call: Option<JsonObject<FunctionCallIn<'a>>>,
@@ -62,7 +62,7 @@ struct PartIn<'a> {
 
 #[derive(Deserialize)]
 struct FunctionCallIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     id: Option<Cow<'a, str>>,
     name: Option<String>,
     /// Kept as a `Value` because the `Value` reader writes the arguments out from one, in its

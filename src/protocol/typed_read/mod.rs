@@ -133,6 +133,45 @@ impl<'de, Item: Deserialize<'de>> Deserialize<'de> for TextOrList<Item> {
     }
 }
 
+/// Reads an optional string member, borrowed from the input where it holds no escape. serde
+/// borrows only a bare `Cow<str>` field marked `borrow`: inside an `Option` the `Cow` is always
+/// owned, which copied every text these readers meant to borrow. For
+/// `#[serde(borrow, default, deserialize_with = "optional_borrowed_str")]` on an
+/// `Option<Cow<str>>` field; `default` keeps a missing member `None`.
+pub(super) fn optional_borrowed_str<'de: 'a, 'a, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    struct BorrowedStr<'a>(Cow<'a, str>);
+
+    impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct BorrowedStrVisitor<'a>(PhantomData<&'a ()>);
+
+            impl<'de: 'a, 'a> Visitor<'de> for BorrowedStrVisitor<'a> {
+                type Value = BorrowedStr<'a>;
+
+                fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                    formatter.write_str("a string")
+                }
+
+                fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                    Ok(BorrowedStr(Cow::Borrowed(text)))
+                }
+
+                fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                    Ok(BorrowedStr(Cow::Owned(text.to_string())))
+                }
+
+                fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+                    Ok(BorrowedStr(Cow::Owned(text)))
+                }
+            }
+
+            deserializer.deserialize_str(BorrowedStrVisitor(PhantomData))
+        }
+    }
+
+    Ok(Option::<BorrowedStr<'a>>::deserialize(deserializer)?.map(|BorrowedStr(text)| text))
+}
+
 /// A member that is either a string or an object (Chat's `image_url`, sent both ways).
 pub(super) enum TextOrObject<'a, Object> {
     Text(Cow<'a, str>),
@@ -361,6 +400,29 @@ mod tests {
             let written = String::from_utf8(convert(upstream).expect("the schema is sent as it is")).unwrap();
             assert!(written.contains(r#""description": "\ud800", "maximum": 1e999"#), "{upstream:?}: {written}");
         }
+    }
+
+    /// `optional_borrowed_str` borrows a string without escapes, copies one with escapes, and
+    /// reads null and a missing member as `None`; a bare `Option<Cow<str>>` would have copied all.
+    #[test]
+    fn optional_strings_are_borrowed_where_they_can_be() {
+        use std::borrow::Cow;
+
+        use serde::Deserialize;
+
+        use crate::protocol::typed_read::optional_borrowed_str;
+
+        #[derive(Deserialize)]
+        struct Member<'a> {
+            #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
+            text: Option<Cow<'a, str>>,
+        }
+        let read = |json: &'static str| serde_json::from_str::<Member>(json).map(|member| member.text);
+        assert!(matches!(read(r#"{"text": "plain"}"#), Ok(Some(Cow::Borrowed("plain")))));
+        assert!(matches!(read(r#"{"text": "line\nbreak"}"#), Ok(Some(Cow::Owned(text))) if text == "line\nbreak"));
+        assert!(matches!(read(r#"{"text": null}"#), Ok(None)));
+        assert!(matches!(read(r#"{}"#), Ok(None)));
+        assert!(read(r#"{"text": 7}"#).is_err(), "a number is no string");
     }
 
     #[test]

@@ -14,11 +14,11 @@ use crate::protocol::ir::{
 };
 use crate::protocol::openai_chat::{finish_reason_from_chat, parse_response_format, parse_stop, parse_tool_choice};
 use crate::protocol::usage::ChatUsage;
-use crate::protocol::typed_read::{JsonObject, TextOrList, TextOrObject, read_body};
+use crate::protocol::typed_read::{JsonObject, TextOrList, TextOrObject, optional_borrowed_str, read_body};
 
 #[derive(Deserialize)]
 struct RequestIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
     messages: Option<Vec<JsonObject<MessageIn<'a>>>>,
@@ -38,7 +38,7 @@ struct RequestIn<'a> {
     presence_penalty: Option<f64>,
     frequency_penalty: Option<f64>,
     n: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     reasoning_effort: Option<Cow<'a, str>>,
     stream: Option<bool>,
     stream_options: Option<JsonObject<StreamOptionsIn>>,
@@ -55,7 +55,7 @@ struct StreamOptionsIn {
 
 #[derive(Deserialize)]
 struct MessageIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     role: Option<Cow<'a, str>>,
     #[serde(borrow)]
     content: Option<TextOrList<JsonObject<PartIn<'a>>>>,
@@ -68,7 +68,7 @@ struct MessageIn<'a> {
 
 #[derive(Deserialize)]
 struct PartIn<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "optional_borrowed_str")]
     kind: Option<Cow<'a, str>>,
     text: Option<String>,
     cache_control: Option<Value>,
@@ -82,7 +82,7 @@ struct PartIn<'a> {
 
 #[derive(Deserialize)]
 struct ImageUrlIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     url: Option<Cow<'a, str>>,
     detail: Option<String>,
 }
@@ -95,7 +95,7 @@ struct AudioIn {
 
 #[derive(Deserialize)]
 struct FileIn<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     file_data: Option<Cow<'a, str>>,
     file_id: Option<String>,
     filename: Option<String>,
@@ -115,7 +115,7 @@ struct FunctionCallIn {
 
 #[derive(Deserialize)]
 struct ToolIn<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "optional_borrowed_str")]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     function: Option<JsonObject<FunctionIn<'a>>>,
@@ -248,7 +248,7 @@ struct CompletionIn<'a> {
 struct ChoiceIn<'a> {
     #[serde(borrow)]
     message: Option<JsonObject<ResponseMessageIn<'a>>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "optional_borrowed_str")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
