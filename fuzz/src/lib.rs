@@ -294,6 +294,7 @@ pub fn stream_round_trip(upstream: Format, data: &[u8]) {
         usage.observe(event);
     }
     let _ = usage.usage();
+    fast_paths_read_alike(upstream, &events);
     if settings & 4 != 0 {
         let _ = convert::convert_collected_stream(upstream, client, stream, &context(false));
         return;
@@ -318,14 +319,41 @@ pub fn stream_round_trip(upstream: Format, data: &[u8]) {
     let _ = octopus::protocol::collect::response_from_events(&decoded);
 }
 
+/// The stream decoders' fast paths (typed reads of the common events) give the events their
+/// general path (a `Value` per event) gives, wherever the general path decodes the stream; where
+/// it fails, the fast path may read more, which is no difference a client could rely on.
+fn fast_paths_read_alike(upstream: Format, events: &[SseEvent]) {
+    let mut general = Vec::new();
+    if decode_stream_by(upstream, events, &mut general, true).is_err() {
+        return;
+    }
+    let mut fast = Vec::new();
+    let fast_result = decode_stream_by(upstream, events, &mut fast, false);
+    assert!(fast_result.is_ok(), "{upstream:?}: the fast path failed where the general path did not: {fast_result:?}");
+    assert_eq!(fast, general, "{upstream:?}: the fast path decoded otherwise than the general path");
+}
+
 fn decode_stream(
     format: Format,
     events: &[SseEvent],
     out: &mut Vec<octopus::protocol::ir::StreamEvent>,
 ) -> Result<(), octopus::protocol::ir::ConvertError> {
+    decode_stream_by(format, events, out, false)
+}
+
+/// Decodes `events` with `format`'s decoder, with its fast path or (`general_path_only`) without.
+fn decode_stream_by(
+    format: Format,
+    events: &[SseEvent],
+    out: &mut Vec<octopus::protocol::ir::StreamEvent>,
+    general_path_only: bool,
+) -> Result<(), octopus::protocol::ir::ConvertError> {
     macro_rules! run {
         ($decoder:expr) => {{
             let mut decoder = $decoder;
+            if general_path_only {
+                decoder = decoder.with_general_path_only();
+            }
             for event in events {
                 decoder.push(event, out)?;
             }

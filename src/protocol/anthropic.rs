@@ -1117,6 +1117,9 @@ pub struct StreamDecoder {
     usage: StreamUsageTracker,
     finished: bool,
     failed: bool,
+    /// Every event through the general path, for checks that the fast path reads alike
+    /// (`with_general_path_only`).
+    general_path_only: bool,
 }
 
 impl Default for StreamDecoder {
@@ -1127,6 +1130,7 @@ impl Default for StreamDecoder {
             usage: StreamUsageTracker::new(Format::Anthropic),
             finished: false,
             failed: false,
+            general_path_only: false,
         }
     }
 }
@@ -1236,6 +1240,14 @@ impl StreamDecoder {
         StreamDecoder::default()
     }
 
+    /// This decoder with its fast path off: every event is read through a `Value`. The fast
+    /// path must give the same events wherever the general path decodes a stream; the fuzz
+    /// targets check that with this.
+    pub fn with_general_path_only(mut self) -> StreamDecoder {
+        self.general_path_only = true;
+        self
+    }
+
     /// Decodes one upstream event; `ping` and unknown events produce nothing.
     pub fn push(
         &mut self,
@@ -1245,7 +1257,7 @@ impl StreamDecoder {
         if event.data.trim().is_empty() || self.failed {
             return Ok(());
         }
-        if event.event.as_deref() == Some("content_block_delta") && self.fast_block_delta(event, out) {
+        if event.event.as_deref() == Some("content_block_delta") && !self.general_path_only && self.fast_block_delta(event, out) {
             return Ok(());
         }
         let data: Value = serde_json::from_str(&event.data)

@@ -101,6 +101,11 @@ impl StreamDecoder {
         }
     }
 
+    /// This decoder with its typed read off (see `gemini::StreamDecoder::with_general_path_only`).
+    pub fn with_general_path_only(self) -> StreamDecoder {
+        StreamDecoder { inner: self.inner.with_general_path_only() }
+    }
+
     /// Decodes one upstream event.
     pub fn push(
         &mut self,

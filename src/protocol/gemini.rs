@@ -1630,6 +1630,9 @@ pub struct StreamDecoder {
     usage: Option<Usage>,
     finished: bool,
     failed: bool,
+    /// Every chunk through the general path, for checks that the typed read gives the same
+    /// events (`with_general_path_only`).
+    general_path_only: bool,
 }
 
 impl StreamDecoder {
@@ -1642,7 +1645,16 @@ impl StreamDecoder {
             usage: None,
             finished: false,
             failed: false,
+            general_path_only: false,
         }
+    }
+
+    /// This decoder with its typed read off: every chunk is read through a `Value`. The typed
+    /// read must give the same events wherever the general path decodes a stream; the fuzz
+    /// targets check that with this.
+    pub fn with_general_path_only(mut self) -> StreamDecoder {
+        self.general_path_only = true;
+        self
     }
 
     /// Decodes one upstream event. The common chunks are read straight from their bytes
@@ -1670,6 +1682,9 @@ impl StreamDecoder {
     pub(crate) fn push_read(&mut self, read: ChunkReader, data: &str, out: &mut Vec<StreamEvent>) -> bool {
         if self.failed {
             return true;
+        }
+        if self.general_path_only {
+            return false;
         }
         match read(data.as_bytes(), &self.call_id_seed, self.n_calls) {
             Some(chunk) => {

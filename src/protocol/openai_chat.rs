@@ -960,6 +960,9 @@ pub struct StreamDecoder {
     finished: bool,
     saw_done: bool,
     failed: bool,
+    /// Every event through the general path, for checks that the fast path reads alike
+    /// (`with_general_path_only`).
+    general_path_only: bool,
 }
 
 /// A chunk as `StreamDecoder::fast_text_chunk` reads it: text borrowed where no escape forces a
@@ -1022,6 +1025,14 @@ impl StreamDecoder {
         StreamDecoder::default()
     }
 
+    /// This decoder with its fast path off: every event is read through a `Value`. The fast
+    /// path must give the same events wherever the general path decodes a stream; the fuzz
+    /// targets check that with this.
+    pub fn with_general_path_only(mut self) -> StreamDecoder {
+        self.general_path_only = true;
+        self
+    }
+
     /// Decodes one upstream event.
     pub fn push(
         &mut self,
@@ -1036,7 +1047,7 @@ impl StreamDecoder {
             self.saw_done = true;
             return Ok(());
         }
-        if self.started && self.fast_text_chunk(data, out) {
+        if self.started && !self.general_path_only && self.fast_text_chunk(data, out) {
             return Ok(());
         }
         let chunk: Value = serde_json::from_str(data)
