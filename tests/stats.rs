@@ -342,6 +342,12 @@ fn the_live_tail_sends_each_new_log() {
     assert_eq!(item["group"], "g");
     assert_eq!(item["status_code"], 200);
     assert_eq!(item["api_key_name"], "k");
+    // A request seen on the tail opens at once, and the logs page lists it, though the writer
+    // writes logs only about once a second.
+    let detail = get(&gateway, &token, &format!("/api/v1/logs/{}", item["id"]));
+    assert_eq!(detail["id"], item["id"], "{detail}");
+    let page = get(&gateway, &token, "/api/v1/logs");
+    assert_eq!(page["total"], 1, "{page}");
 }
 
 #[test]
