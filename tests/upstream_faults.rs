@@ -612,10 +612,12 @@ fn rate_limit_storm(retry_after: Option<&'static str>) {
         .iter()
         .filter(|request| request.model() != "healthy")
         .count();
-    // Each of the 4 fault channels has 2 keys; a key is called again only by requests that picked
-    // it before its first 429 came back, at most one per client.
+    // Each of the 4 fault channels has 2 keys, each called once; a key is called again only by a
+    // request that reached it before its first 429 came back. A request tries both keys of its
+    // channel, so each of the 8 clients can repeat up to two (a bound of one per client failed
+    // once in CI with 17). A storm without cool-downs would make 80 calls, two per request.
     assert!(
-        upstream_hits <= 4 * 2 + 8,
+        upstream_hits <= 4 * 2 + 8 * 2,
         "the storm was amplified: {upstream_hits} upstream calls for 40 requests"
     );
     for answer in &answers {
