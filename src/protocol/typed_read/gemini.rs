@@ -73,24 +73,35 @@ struct FunctionCallIn<'a> {
 /// Reads a `generateContent` answer, or `None` when `gemini::parse_response` must.
 pub fn read_response(body: &[u8], meta: &ResponseMeta) -> Option<Response> {
     let body: GenerateResponseIn = read_body(body)?;
-    // The candidate with index 0 (or the first one); without one the prompt may have been
-    // blocked, which the `Value` reader reads from `promptFeedback`.
-    let JsonObject(candidate) = body.candidates?.into_iter().find(|JsonObject(candidate)| candidate.index.unwrap_or(0) == 0)?;
-    let mut parts = Vec::new();
-    let mut calls_before = 0;
-    if let Some(JsonObject(content)) = candidate.content {
-        for JsonObject(part) in content.parts.into_iter().flatten() {
-            read_model_part(part, &mut parts, &mut calls_before, &meta.id)?;
-        }
-    }
+    let (parts, finish_reason) = first_candidate(body.candidates, &meta.id, 0)?;
     let has_calls = parts.iter().any(|part| matches!(part, Part::ToolCall(_)));
     Some(Response {
         id: body.response_id.unwrap_or_default(),
         model: body.model_version.unwrap_or_default(),
         parts,
-        finish_reason: finish_reason_from_gemini(candidate.finish_reason.as_deref().unwrap_or("STOP"), has_calls),
+        finish_reason: finish_reason_from_gemini(finish_reason.as_deref().unwrap_or("STOP"), has_calls),
         usage: body.usage_metadata.map(|JsonObject(usage)| usage.normalize()),
     })
+}
+
+/// The parts and finish reason of the candidate with index 0 (or the first one), calls without
+/// an id numbered from `calls_before`. None without such a candidate (the prompt may have been
+/// blocked, which the `Value` reader reads from `promptFeedback`) or with a part it leaves to
+/// that reader.
+fn first_candidate<'a>(
+    candidates: Option<Vec<JsonObject<CandidateIn<'a>>>>,
+    call_id_seed: &str,
+    calls_before: usize,
+) -> Option<(Vec<Part>, Option<Cow<'a, str>>)> {
+    let JsonObject(candidate) = candidates?.into_iter().find(|JsonObject(candidate)| candidate.index.unwrap_or(0) == 0)?;
+    let mut parts = Vec::new();
+    let mut calls = calls_before;
+    if let Some(JsonObject(content)) = candidate.content {
+        for JsonObject(part) in content.parts.into_iter().flatten() {
+            read_model_part(part, &mut parts, &mut calls, call_id_seed)?;
+        }
+    }
+    Some((parts, candidate.finish_reason))
 }
 
 /// Reads one chunk of an `alt=sse` stream (a `generateContent` answer in pieces), or `None` when
@@ -120,20 +131,13 @@ fn stream_chunk(body: GenerateResponseIn<'_>, call_id_seed: &str, calls_before: 
     if body.error.is_some() {
         return None;
     }
-    let JsonObject(candidate) = body.candidates?.into_iter().find(|JsonObject(candidate)| candidate.index.unwrap_or(0) == 0)?;
-    let mut parts = Vec::new();
-    let mut calls = calls_before;
-    if let Some(JsonObject(content)) = candidate.content {
-        for JsonObject(part) in content.parts.into_iter().flatten() {
-            read_model_part(part, &mut parts, &mut calls, call_id_seed)?;
-        }
-    }
+    let (parts, finish_reason) = first_candidate(body.candidates, call_id_seed, calls_before)?;
     Some(StreamChunk {
         response_id: body.response_id,
         model_version: body.model_version,
         usage: body.usage_metadata.map(|JsonObject(usage)| usage.normalize()),
         parts,
-        finish_reason: candidate.finish_reason.map(Cow::into_owned),
+        finish_reason: finish_reason.map(Cow::into_owned),
         blocked: false,
     })
 }
