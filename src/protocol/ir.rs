@@ -221,15 +221,7 @@ impl ToolResult {
     /// The text parts joined, the usual content for formats that take a string; borrowed when
     /// there is only one, as there almost always is.
     pub fn text(&self) -> Cow<'_, str> {
-        let mut texts = self.content.iter().filter_map(|part| match part {
-            Part::Text(text) => Some(text.text.as_str()),
-            _ => None,
-        });
-        match (texts.next(), texts.next()) {
-            (None, _) => Cow::Borrowed(""),
-            (Some(only), None) => Cow::Borrowed(only),
-            (Some(_), Some(_)) => Cow::Owned(join_text(&self.content)),
-        }
+        join_borrowing(part_texts(&self.content), "")
     }
 }
 
@@ -502,15 +494,34 @@ pub fn hoisted_system_parts(messages: &[Message]) -> Vec<&TextPart> {
         .collect()
 }
 
+/// The texts of the text parts, in order.
+pub fn part_texts(parts: &[Part]) -> impl Iterator<Item = &str> {
+    parts.iter().filter_map(|part| match part {
+        Part::Text(text) => Some(text.text.as_str()),
+        _ => None,
+    })
+}
+
+/// `texts` joined with `separator`, borrowed when there is only one: writers that take one
+/// string then do not copy the single text they almost always get.
+pub fn join_borrowing<'a>(mut texts: impl Iterator<Item = &'a str>, separator: &str) -> Cow<'a, str> {
+    let Some(first) = texts.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = texts.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut joined = [first, separator, second].concat();
+    for text in texts {
+        joined.push_str(separator);
+        joined.push_str(text);
+    }
+    Cow::Owned(joined)
+}
+
 /// The text of all text parts, concatenated.
 pub fn join_text(parts: &[Part]) -> String {
-    let mut joined = String::new();
-    for part in parts {
-        if let Part::Text(text) = part {
-            joined.push_str(&text.text);
-        }
-    }
-    joined
+    part_texts(parts).collect()
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::protocol::error::parse_upstream_error;
 use crate::protocol::ir::{
     ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, StreamEvent, TextPart,
-    ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions, join_text,
+    ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions, join_borrowing, join_text, part_texts,
 };
 use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     field, index, insert_some, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
@@ -573,18 +573,7 @@ fn write_message<'message>(
     match message.role {
         Role::System | Role::Developer => {
             // System content is text only; one string is what every compatible server accepts.
-            let texts: Vec<&str> = message
-                .parts
-                .iter()
-                .filter_map(|part| match part {
-                    Part::Text(text) => Some(text.text.as_str()),
-                    _ => None,
-                })
-                .collect();
-            let content = match texts.as_slice() {
-                [only] => Cow::Borrowed(*only),
-                _ => Cow::Owned(texts.join("\n\n")),
-            };
+            let content = join_borrowing(part_texts(&message.parts), "\n\n");
             out.push(MessageOut { name, ..MessageOut::new("system", ContentOut::Text(content)) });
         }
         // An empty user turn carries nothing, and OpenAI rejects empty content arrays.

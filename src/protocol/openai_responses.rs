@@ -40,7 +40,7 @@ use crate::protocol::error::{ErrorKind, parse_upstream_error};
 use crate::protocol::ir::{
     ConvertError, FinishReason, Media, MediaSource, Message, Part, Reasoning, ReasoningConfig,
     ReasoningEffort, Request, Response, ResponseFormat, ResponseMeta, Role, Signature, StreamEvent,
-    TextPart, ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions,
+    TextPart, ToolCall, ToolChoice, JsonSchema, ToolDefinition, ToolResult, WriteOptions, join_borrowing, part_texts,
 };
 use crate::protocol::json::{AsFieldPath, FieldPath, element, object_of,
     field, index, join, log_dropped_fields, object, opt_array, opt_bool, opt_f64,
@@ -779,19 +779,7 @@ pub fn write_request<'request>(
 /// The text of a system or developer message, parts separated by a blank line; borrowed when
 /// there is one part.
 fn system_text(message: &Message) -> Cow<'_, str> {
-    let texts: Vec<&str> = message
-        .parts
-        .iter()
-        .filter_map(|part| match part {
-            Part::Text(text) if !text.text.is_empty() => Some(text.text.as_str()),
-            _ => None,
-        })
-        .collect();
-    match texts.as_slice() {
-        [] => Cow::Borrowed(""),
-        [only] => Cow::Borrowed(only),
-        _ => Cow::Owned(texts.join("\n\n")),
-    }
+    join_borrowing(part_texts(&message.parts).filter(|text| !text.is_empty()), "\n\n")
 }
 
 fn write_message<'request>(
