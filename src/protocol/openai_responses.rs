@@ -803,11 +803,9 @@ fn write_message<'request>(
         // An empty user turn carries nothing.
         Role::User if message.parts.is_empty() => {}
         Role::User => {
-            let mut parts = input_parts(&message.parts, path)?;
+            let parts = input_parts(&message.parts, path)?;
             let content = match parts.as_slice() {
-                [ContentPartOut { kind: "input_text", text: Some(_), .. }] => {
-                    ContentOut::Text(Cow::Borrowed(parts.remove(0).text.unwrap_or_default()))
-                }
+                [ContentPartOut { kind: "input_text", text: Some(text), .. }] => ContentOut::Text(Cow::Borrowed(*text)),
                 _ => ContentOut::Parts(parts),
             };
             items.push(InputItemOut::message("user", content));
