@@ -9,6 +9,7 @@
 
 mod compare;
 mod conversion;
+mod forwarder;
 mod gateway;
 mod http_client;
 mod instructions;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::conversion::{ConversionPlan, GatewayUnderTest};
+use crate::forwarder::Forwarder;
 use crate::gateway::{Gateway, GroupSpec, configure};
 use crate::lanes::lane_groups;
 use crate::measure::{
@@ -469,16 +471,25 @@ fn run(options: &Options) -> Result<RunResults, String> {
         ..MemoryResults::default()
     };
 
-    let direct = Target::new(
-        mock.address(),
-        "sk-mock-1",
-        &TargetModels {
-            whole: WHOLE_MODEL,
-            paced_stream: PACED_STREAM_MODEL,
-            first_event_stream: FIRST_EVENT_STREAM_MODEL,
-            long_stream: held_stream_model(plan.held_streams),
-        },
-    );
+    let direct_models = TargetModels {
+        whole: WHOLE_MODEL,
+        paced_stream: PACED_STREAM_MODEL,
+        first_event_stream: FIRST_EVENT_STREAM_MODEL,
+        long_stream: held_stream_model(plan.held_streams),
+    };
+    let direct = Target::new(mock.address(), "sk-mock-1", &direct_models);
+    // The zero-work forwarder takes the direct arm's requests to the same mock, on the
+    // gateway's CPU; it is measured only beside a gateway, which it is there to explain.
+    let forwarder = match &options.gateway_binary {
+        Some(_) => Some(
+            Forwarder::start(mock.address(), pin_to_cpu)
+                .map_err(|error| format!("cannot start the zero-work forwarder: {error}"))?,
+        ),
+        None => None,
+    };
+    let through_forwarder = forwarder
+        .as_ref()
+        .map(|forwarder| Target::new(forwarder.address(), "sk-mock-1", &direct_models));
     let mut client_key = None;
     let through_gateway = match &gateway {
         Some(gateway) => {
@@ -507,6 +518,10 @@ fn run(options: &Options) -> Result<RunResults, String> {
     let mut gateway_client = through_gateway
         .as_ref()
         .map(|target| SequentialClient::new(target.address));
+    let mut forwarder_results = through_forwarder.as_ref().map(|_| ArmResults::default());
+    let mut forwarder_client = through_forwarder
+        .as_ref()
+        .map(|target| SequentialClient::new(target.address));
 
     // Warm-up: connections, allocator pools and the gateway's caches, on both arms. An arm
     // whose every warm-up request failed cannot be measured, so stop with its first error.
@@ -530,6 +545,9 @@ fn run(options: &Options) -> Result<RunResults, String> {
             "gateway",
         )
         .map_err(|error| format!("{error}\ngateway log:\n{}", gateway.log_tail()))?;
+    }
+    if let (Some(client), Some(target)) = (forwarder_client.as_mut(), &through_forwarder) {
+        warm_up(client, target, plan.warmup_requests, phase_deadline, "forwarder")?;
     }
     memory.after_warmup = gateway_rss();
 
@@ -563,6 +581,20 @@ fn run(options: &Options) -> Result<RunResults, String> {
             results.latency_rounds.push(samples);
             results.upstream_connections += mock.accepted_connections() - accepted_before;
         }
+        if let (Some(client), Some(target), Some(results)) = (
+            forwarder_client.as_mut(),
+            &through_forwarder,
+            forwarder_results.as_mut(),
+        ) {
+            let samples = sequential_requests(
+                client,
+                &target.whole_request,
+                plan.requests_per_round,
+                phase_deadline,
+                &mut results.latency_errors,
+            );
+            results.latency_rounds.push(samples);
+        }
     }
 
     ensure_gateway_running(&mut gateway, "latency at c=1")?;
@@ -594,6 +626,9 @@ fn run(options: &Options) -> Result<RunResults, String> {
             PACED_STREAM_PACE,
         );
     }
+    if let (Some(client), Some(target)) = (forwarder_client.as_mut(), &through_forwarder) {
+        let _ = client.timed_stream(&target.paced_stream_request, PACED_STREAM_DELTAS, PACED_STREAM_PACE);
+    }
     for _ in 0..plan.stream_rounds {
         stream_round(
             &mock,
@@ -610,6 +645,13 @@ fn run(options: &Options) -> Result<RunResults, String> {
         ) {
             stream_round(&mock, client, target, &plan, phase_deadline, results);
         }
+        if let (Some(client), Some(target), Some(results)) = (
+            forwarder_client.as_mut(),
+            &through_forwarder,
+            forwarder_results.as_mut(),
+        ) {
+            stream_round(&mock, client, target, &plan, phase_deadline, results);
+        }
     }
     let mut first_event_streams_run = 0;
     while first_event_streams_run < plan.first_event_streams {
@@ -619,6 +661,13 @@ fn run(options: &Options) -> Result<RunResults, String> {
             gateway_client.as_mut(),
             &through_gateway,
             gateway_results.as_mut(),
+        ) {
+            first_event_turn(client, target, turn, phase_deadline, results);
+        }
+        if let (Some(client), Some(target), Some(results)) = (
+            forwarder_client.as_mut(),
+            &through_forwarder,
+            forwarder_results.as_mut(),
         ) {
             first_event_turn(client, target, turn, phase_deadline, results);
         }
@@ -695,6 +744,7 @@ fn run(options: &Options) -> Result<RunResults, String> {
         info: run_info(&plan, pinning),
         direct: direct_results,
         gateway: gateway_results,
+        forwarder: forwarder_results,
         memory,
         gateway_log_lines,
         held_target: if through_gateway.is_some() {

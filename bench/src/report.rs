@@ -107,6 +107,9 @@ pub struct RunResults {
     pub direct: ArmResults,
     /// None when the run was direct-only.
     pub gateway: Option<ArmResults>,
+    /// The zero-work TCP forwarder on the gateway's CPU (`forwarder.rs`): its latency and
+    /// first-event arms only. None when the run was direct-only.
+    pub forwarder: Option<ArmResults>,
     pub memory: MemoryResults,
     /// Lines in the tail of the gateway's log (warn level and above); printed to stderr.
     pub gateway_log_lines: usize,
@@ -192,6 +195,15 @@ fn render_main_table(out: &mut String, results: &RunResults) {
                 floor.spaced.len()
             ),
             &floor.spaced,
+        );
+    }
+    if let Some(forwarder) = &results.forwarder {
+        added_pair_row(
+            out,
+            "… through a zero-work TCP forwarder on the gateway's CPU instead (blocking threads copying bytes, no parsing), p50 / p99",
+            median_of_round_medians(&forwarder.latency_rounds) as i64 - median_of_round_medians(&direct.latency_rounds) as i64,
+            percentile(&mut pooled(&forwarder.latency_rounds), 0.99) as i64
+                - percentile(&mut pooled_direct.clone(), 0.99) as i64,
         );
     }
     count_row(
@@ -282,6 +294,14 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         percentile(&mut first_events(direct), 0.99),
         gateway.map(|arm| percentile(&mut first_events(arm), 0.99)),
     );
+    if let Some(forwarder) = &results.forwarder {
+        added_pair_row(
+            out,
+            "… the same streams through the zero-work forwarder instead, p50 / p99",
+            percentile(&mut first_events(forwarder), 0.5) as i64 - percentile(&mut first_events(direct), 0.5) as i64,
+            percentile(&mut first_events(forwarder), 0.99) as i64 - percentile(&mut first_events(direct), 0.99) as i64,
+        );
+    }
     let max_gap = |arm: &ArmResults| {
         arm.streams
             .iter()
@@ -344,6 +364,13 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         direct.stream_errors.count,
         gateway.map(|arm| arm.stream_errors.count),
     );
+    if let Some(forwarder) = &results.forwarder {
+        let _ = writeln!(
+            out,
+            "| Errors through the zero-work forwarder: c=1 {}, streams {} | | | | |",
+            forwarder.latency_errors.count, forwarder.stream_errors.count
+        );
+    }
     count_row(
         out,
         "Connections the mock accepted (all timed phases)",
@@ -680,6 +707,16 @@ fn floor_row(out: &mut String, label: &str, round_trips: &[u64]) {
         "| {label} | | | +{} / +{} | |",
         format_duration(added_latency_floor(round_trips, 0.5)),
         format_duration(added_latency_floor(round_trips, 0.99)),
+    );
+}
+
+/// An arm measured beside the gateway to explain its added latency: only the "Added" column.
+fn added_pair_row(out: &mut String, label: &str, added_p50_nanos: i64, added_p99_nanos: i64) {
+    let _ = writeln!(
+        out,
+        "| {label} | | | {} / {} | |",
+        format_signed(added_p50_nanos),
+        format_signed(added_p99_nanos),
     );
 }
 

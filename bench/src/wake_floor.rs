@@ -86,7 +86,7 @@ pub fn measure(echo_cpu: Option<u32>) -> std::io::Result<WakeFloor> {
 
 /// Pins the calling thread to `cpu`. A failure leaves it unpinned, which the report's
 /// pinning line already describes for the gateway.
-fn pin_current_thread(cpu: u32) {
+pub fn pin_current_thread(cpu: u32) {
     // SAFETY: cpu_set_t is plain data, zeroed is its empty set, and sched_setaffinity(0, ...)
     // only changes the calling thread's affinity.
     unsafe {
