@@ -471,7 +471,7 @@ impl BodyPace {
 /// Returns the end of the head if found, and where the next scan should start.
 pub(crate) fn find_head_end(buffer: &[u8], scan_from: usize) -> (Option<usize>, usize) {
     let mut position = scan_from;
-    while let Some(offset) = buffer[position..].iter().position(|&byte| byte == b'\n') {
+    while let Some(offset) = memchr::memchr(b'\n', &buffer[position..]) {
         let line_feed = position + offset;
         match (buffer.get(line_feed + 1), buffer.get(line_feed + 2)) {
             (Some(b'\n'), _) => return (Some(line_feed + 2), line_feed + 2),

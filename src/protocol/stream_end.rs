@@ -7,7 +7,16 @@
 //! only looks for the marker in the text, the way the usage tracker does.
 
 use crate::protocol::Format;
-use crate::protocol::sse::{SseEvent, contains};
+use crate::protocol::sse::{Marker, SseEvent};
+
+static RESPONSES_FINAL_TYPES: [Marker; 3] = [
+    Marker::new("\"response.completed\""),
+    Marker::new("\"response.incomplete\""),
+    Marker::new("\"response.failed\""),
+];
+static MESSAGE_STOP_TYPE: Marker = Marker::new("\"message_stop\"");
+static FINISH_REASON_KEY: Marker = Marker::new("\"finish_reason\"");
+static GEMINI_FINISH_REASON_KEY: Marker = Marker::new("\"finishReason\"");
 
 /// True for the event that completes a stream in `format`:
 /// - Chat Completions: `data: [DONE]`, or a chunk with a finish reason (some compatible servers
@@ -21,19 +30,13 @@ pub fn is_final_event(format: Format, event: &SseEvent) -> bool {
         Format::OpenaiChat => data.trim() == "[DONE]" || has_finish_reason(data),
         Format::OpenaiResponses => match event.event.as_deref() {
             Some(name) => is_responses_final(name),
-            None => [
-                "\"response.completed\"",
-                "\"response.incomplete\"",
-                "\"response.failed\"",
-            ]
-            .iter()
-            .any(|name| contains(data, name)),
+            None => RESPONSES_FINAL_TYPES.iter().any(|marker| marker.is_in(data)),
         },
         Format::Anthropic => match event.event.as_deref() {
             Some(name) => name == "message_stop",
-            None => contains(data, "\"message_stop\""),
+            None => MESSAGE_STOP_TYPE.is_in(data),
         },
-        Format::Gemini | Format::Antigravity => contains(data, "\"finishReason\""),
+        Format::Gemini | Format::Antigravity => GEMINI_FINISH_REASON_KEY.is_in(data),
     }
 }
 
@@ -46,10 +49,9 @@ fn is_responses_final(name: &str) -> bool {
 
 /// Whether some `"finish_reason"` key in the chunk has a value other than `null`.
 fn has_finish_reason(data: &str) -> bool {
-    const KEY: &str = "\"finish_reason\"";
     let mut rest = data;
-    while let Some(position) = memchr::memmem::find(rest.as_bytes(), KEY.as_bytes()) {
-        rest = &rest[position + KEY.len()..];
+    while let Some(position) = FINISH_REASON_KEY.find_in(rest) {
+        rest = &rest[position + FINISH_REASON_KEY.needle_len()..];
         let value = rest
             .trim_start()
             .strip_prefix(':')

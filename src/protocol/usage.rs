@@ -9,7 +9,9 @@
 use serde::{Deserialize, Deserializer};
 
 use crate::protocol::Format;
-use crate::protocol::sse::SseEvent;
+use crate::protocol::sse::{Marker, SseEvent, USAGE_KEY};
+
+static USAGE_METADATA_KEY: Marker = Marker::new("\"usageMetadata\"");
 
 /// Token counts of one request, normalized across formats.
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -60,7 +62,7 @@ impl StreamUsageTracker {
         let data = event.data.as_str();
         match self.format {
             Format::OpenaiChat => {
-                if !crate::protocol::sse::contains(data, "\"usage\"") {
+                if !USAGE_KEY.is_in(data) {
                     return;
                 }
                 // Some compatible upstreams send usage on a content chunk and again later; the
@@ -80,7 +82,7 @@ impl StreamUsageTracker {
                         ]
                         .iter()
                         .any(|name| data.contains(name)));
-                if !maybe_terminal || !data.contains("\"usage\"") {
+                if !maybe_terminal || !USAGE_KEY.is_in(data) {
                     return;
                 }
                 if let Ok(parsed) = serde_json::from_str::<ResponsesEvent>(data)
@@ -91,7 +93,7 @@ impl StreamUsageTracker {
                 }
             }
             Format::Anthropic => {
-                if !crate::protocol::sse::contains(data, "\"usage\"") {
+                if !USAGE_KEY.is_in(data) {
                     return;
                 }
                 let Ok(parsed) = serde_json::from_str::<AnthropicEvent>(data) else {
@@ -112,7 +114,7 @@ impl StreamUsageTracker {
                 }
             }
             Format::Gemini | Format::Antigravity => {
-                if !data.contains("\"usageMetadata\"") {
+                if !USAGE_METADATA_KEY.is_in(data) {
                     return;
                 }
                 if let Some(usage) = gemini_usage_from_json(self.format, data.as_bytes()) {

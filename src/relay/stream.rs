@@ -6,11 +6,13 @@ use serde_json::Value;
 
 use crate::protocol::convert::{ConvertContext, StreamTranscoder};
 use crate::protocol::error::{parse_upstream_error, render_stream_error, ErrorKind};
-use crate::protocol::sse::{SseEvent, SseParser};
+use crate::protocol::sse::{Marker, SseEvent, SseParser, USAGE_KEY};
 use crate::protocol::stream_end::is_final_event;
 use crate::protocol::usage::{StreamUsageTracker, Usage};
 use crate::protocol::Format;
 use crate::relay::transform::Transform;
+
+static ERROR_KEY: Marker = Marker::new("\"error\"");
 
 /// Per-stream conversion state.
 pub struct EventTranslator {
@@ -172,7 +174,7 @@ fn append_raw_event(event: &SseEvent, out: &mut Vec<u8>) {
 
 /// The usage-only chunk OpenAI sends last when `include_usage` is on: `choices: []` and a usage.
 fn is_bare_usage_chunk(event: &SseEvent) -> bool {
-    if !crate::protocol::sse::contains(&event.data, "\"usage\"") {
+    if !USAGE_KEY.is_in(&event.data) {
         return false;
     }
     let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else { return false };
@@ -190,7 +192,7 @@ pub fn is_error_event(format: Format, event: &SseEvent) -> bool {
     match format {
         Format::OpenaiChat | Format::Gemini | Format::Antigravity => {
             event.data.starts_with("{\"error\"")
-                || (crate::protocol::sse::contains(&event.data, "\"error\"")
+                || (ERROR_KEY.is_in(&event.data)
                     && serde_json::from_str::<Value>(&event.data).is_ok_and(|value| value.get("error").is_some_and(|error| !error.is_null())))
         }
         Format::Anthropic | Format::OpenaiResponses => false,
