@@ -558,45 +558,20 @@ fn run(options: &Options) -> Result<RunResults, String> {
     progress(run_started, "latency at c=1");
     let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
     for _ in 0..plan.latency_rounds {
-        let accepted_before = mock.accepted_connections();
-        let samples = sequential_requests(
-            &mut direct_client,
-            &direct.whole_request,
-            plan.requests_per_round,
-            phase_deadline,
-            &mut direct_results.latency_errors,
-        );
-        direct_results.latency_rounds.push(samples);
-        direct_results.upstream_connections += mock.accepted_connections() - accepted_before;
+        latency_round(&mock, &mut direct_client, &direct, &plan, phase_deadline, &mut direct_results);
         if let (Some(client), Some(target), Some(results)) = (
             gateway_client.as_mut(),
             &through_gateway,
             gateway_results.as_mut(),
         ) {
-            let accepted_before = mock.accepted_connections();
-            let samples = sequential_requests(
-                client,
-                &target.whole_request,
-                plan.requests_per_round,
-                phase_deadline,
-                &mut results.latency_errors,
-            );
-            results.latency_rounds.push(samples);
-            results.upstream_connections += mock.accepted_connections() - accepted_before;
+            latency_round(&mock, client, target, &plan, phase_deadline, results);
         }
         if let (Some(client), Some(target), Some(results)) = (
             forwarder_client.as_mut(),
             &through_forwarder,
             forwarder_results.as_mut(),
         ) {
-            let samples = sequential_requests(
-                client,
-                &target.whole_request,
-                plan.requests_per_round,
-                phase_deadline,
-                &mut results.latency_errors,
-            );
-            results.latency_rounds.push(samples);
+            latency_round(&mock, client, target, &plan, phase_deadline, results);
         }
     }
 
@@ -819,6 +794,27 @@ fn load_round(
     results.load.elapsed += outcome.elapsed;
     results.load.latencies.extend(outcome.latencies);
     results.load.errors.absorb(outcome.errors);
+}
+
+/// One arm's round of sequential whole requests at c=1.
+fn latency_round(
+    mock: &MockUpstream,
+    client: &mut SequentialClient,
+    target: &Target,
+    plan: &Plan,
+    deadline: Instant,
+    results: &mut ArmResults,
+) {
+    let accepted_before = mock.accepted_connections();
+    let samples = sequential_requests(
+        client,
+        &target.whole_request,
+        plan.requests_per_round,
+        deadline,
+        &mut results.latency_errors,
+    );
+    results.latency_rounds.push(samples);
+    results.upstream_connections += mock.accepted_connections() - accepted_before;
 }
 
 fn stream_round(
