@@ -33,7 +33,7 @@ use crate::gateway::{Gateway, GroupSpec, configure};
 use crate::lanes::lane_groups;
 use crate::measure::{
     ErrorTally, LoadKind, SequentialClient, StreamSample, Target, TargetModels, closed_loop, open_held_streams,
-    sequential_requests,
+    sequential_requests, spaced_requests,
 };
 use crate::mock_upstream::{Dialect, MockUpstream};
 use crate::proc_stats::{cpu_micros, peak_resident_kib, raise_fd_limit, reset_peak_resident, resident, Resident};
@@ -140,6 +140,11 @@ const LOAD_CONCURRENCY: usize = 64;
 const STREAM_OPENER_THREADS: usize = 16;
 /// Upper bounds for phases that could otherwise wait on a broken gateway.
 const PHASE_TIME_LIMIT: Duration = Duration::from_secs(120);
+/// The pause before each spaced request: an SDK's client between calls, long enough for the
+/// gateway's CPU to go idle.
+const SPACED_REQUEST_PAUSE: Duration = Duration::from_millis(20);
+/// Spaced requests one arm sends before the next arm's turn.
+const SPACED_REQUESTS_PER_TURN: usize = 10;
 /// The streams phase runs three arms' first-event streams after two arms' paced streams: about
 /// 105 s in the full run on this machine, so it gets more room than the others.
 const STREAMS_PHASE_TIME_LIMIT: Duration = Duration::from_secs(180);
@@ -187,6 +192,8 @@ struct Plan {
     warmup_requests: usize,
     latency_rounds: usize,
     requests_per_round: usize,
+    /// Whole requests per arm with `SPACED_REQUEST_PAUSE` before each.
+    spaced_requests: usize,
     load_rounds: usize,
     load_duration: Duration,
     stream_rounds: usize,
@@ -206,6 +213,7 @@ impl Plan {
             warmup_requests: 500,
             latency_rounds: 7,
             requests_per_round: 300,
+            spaced_requests: 150,
             load_rounds: 2,
             load_duration: Duration::from_millis(2500),
             stream_rounds: 2,
@@ -230,6 +238,7 @@ impl Plan {
             warmup_requests: 100,
             latency_rounds: 3,
             requests_per_round: 100,
+            spaced_requests: 30,
             load_rounds: 1,
             load_duration: Duration::from_millis(1500),
             stream_rounds: 1,
@@ -575,6 +584,29 @@ fn run(options: &Options) -> Result<RunResults, String> {
         }
     }
 
+    progress(run_started, &format!("latency at c=1, {} ms before each request", SPACED_REQUEST_PAUSE.as_millis()));
+    let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
+    let mut spaced_sent = 0;
+    while spaced_sent < plan.spaced_requests {
+        let turn = SPACED_REQUESTS_PER_TURN.min(plan.spaced_requests - spaced_sent);
+        spaced_turn(&mut direct_client, &direct, turn, phase_deadline, &mut direct_results);
+        if let (Some(client), Some(target), Some(results)) = (
+            gateway_client.as_mut(),
+            &through_gateway,
+            gateway_results.as_mut(),
+        ) {
+            spaced_turn(client, target, turn, phase_deadline, results);
+        }
+        if let (Some(client), Some(target), Some(results)) = (
+            forwarder_client.as_mut(),
+            &through_forwarder,
+            forwarder_results.as_mut(),
+        ) {
+            spaced_turn(client, target, turn, phase_deadline, results);
+        }
+        spaced_sent += turn;
+    }
+
     ensure_gateway_running(&mut gateway, "latency at c=1")?;
     progress(run_started, &format!("throughput at c={LOAD_CONCURRENCY}"));
     for _ in 0..plan.load_rounds {
@@ -796,6 +828,13 @@ fn load_round(
     results.load.errors.absorb(outcome.errors);
 }
 
+/// One arm's turn of whole requests at c=1 with a pause before each.
+fn spaced_turn(client: &mut SequentialClient, target: &Target, count: usize, deadline: Instant, results: &mut ArmResults) {
+    let samples =
+        spaced_requests(client, &target.whole_request, count, SPACED_REQUEST_PAUSE, deadline, &mut results.latency_errors);
+    results.spaced_latency.extend(samples);
+}
+
 /// One arm's round of sequential whole requests at c=1.
 fn latency_round(
     mock: &MockUpstream,
@@ -995,6 +1034,7 @@ fn run_info(plan: &Plan, pinning: String) -> RunInfo {
         pinning,
         latency_rounds: plan.latency_rounds,
         requests_per_round: plan.requests_per_round,
+        spaced_pause: SPACED_REQUEST_PAUSE,
         concurrency: LOAD_CONCURRENCY,
         load_rounds: plan.load_rounds,
         load_duration: plan.load_duration,

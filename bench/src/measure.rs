@@ -226,11 +226,27 @@ pub fn sequential_requests(
     deadline: Instant,
     errors: &mut ErrorTally,
 ) -> Vec<u64> {
+    spaced_requests(client, request, count, Duration::ZERO, deadline, errors)
+}
+
+/// `sequential_requests` with `pause` before each request, as an SDK's client leaves between
+/// calls: the gateway's CPU goes idle in between, and its caches cool.
+pub fn spaced_requests(
+    client: &mut SequentialClient,
+    request: &[u8],
+    count: usize,
+    pause: Duration,
+    deadline: Instant,
+    errors: &mut ErrorTally,
+) -> Vec<u64> {
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         if Instant::now() >= deadline {
             errors.record("phase deadline reached before all requests were sent".to_string());
             break;
+        }
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
         }
         match client.timed_request(request) {
             Ok(nanos) => samples.push(nanos),

@@ -31,6 +31,8 @@ pub struct RunInfo {
     pub pinning: String,
     pub latency_rounds: usize,
     pub requests_per_round: usize,
+    /// The pause before each spaced c=1 request.
+    pub spaced_pause: Duration,
     pub concurrency: usize,
     pub load_rounds: usize,
     pub load_duration: Duration,
@@ -47,6 +49,8 @@ pub struct RunInfo {
 #[derive(Default)]
 pub struct ArmResults {
     pub latency_rounds: Vec<Vec<u64>>,
+    /// Whole requests at c=1 sent with a pause before each (errors in `latency_errors`).
+    pub spaced_latency: Vec<u64>,
     pub latency_errors: ErrorTally,
     /// All load rounds added together.
     pub load: LoadOutcome,
@@ -205,6 +209,26 @@ fn render_main_table(out: &mut String, results: &RunResults) {
             percentile(&mut pooled(&forwarder.latency_rounds), 0.99) as i64
                 - percentile(&mut pooled_direct.clone(), 0.99) as i64,
         );
+    }
+    let spaced_label = format!(
+        "Latency, c=1 with {} ms before each request ({} per arm)",
+        info.spaced_pause.as_millis(),
+        direct.spaced_latency.len()
+    );
+    for (name, fraction) in [("p50", 0.5), ("p99", 0.99)] {
+        latency_row(
+            out,
+            &format!("{spaced_label}, {name}"),
+            percentile(&mut direct.spaced_latency.clone(), fraction),
+            gateway.map(|arm| percentile(&mut arm.spaced_latency.clone(), fraction)),
+        );
+    }
+    if let Some(forwarder) = &results.forwarder {
+        let added_at = |fraction: f64| {
+            percentile(&mut forwarder.spaced_latency.clone(), fraction) as i64
+                - percentile(&mut direct.spaced_latency.clone(), fraction) as i64
+        };
+        added_pair_row(out, "… through the zero-work forwarder instead, p50 / p99", added_at(0.5), added_at(0.99));
     }
     count_row(
         out,
