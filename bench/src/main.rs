@@ -566,46 +566,24 @@ fn run(options: &Options) -> Result<RunResults, String> {
     ensure_gateway_running(&mut gateway, "warm-up")?;
     progress(run_started, "latency at c=1");
     let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
+    let mut arms = turn_arms(
+        (&mut direct_client, &direct, &mut direct_results),
+        [
+            (gateway_client.as_mut(), through_gateway.as_ref(), gateway_results.as_mut()),
+            (forwarder_client.as_mut(), through_forwarder.as_ref(), forwarder_results.as_mut()),
+        ],
+    );
     for _ in 0..plan.latency_rounds {
-        latency_round(&mock, &mut direct_client, &direct, &plan, phase_deadline, &mut direct_results);
-        if let (Some(client), Some(target), Some(results)) = (
-            gateway_client.as_mut(),
-            &through_gateway,
-            gateway_results.as_mut(),
-        ) {
-            latency_round(&mock, client, target, &plan, phase_deadline, results);
-        }
-        if let (Some(client), Some(target), Some(results)) = (
-            forwarder_client.as_mut(),
-            &through_forwarder,
-            forwarder_results.as_mut(),
-        ) {
+        for (client, target, results) in arms.iter_mut() {
             latency_round(&mock, client, target, &plan, phase_deadline, results);
         }
     }
 
     progress(run_started, &format!("latency at c=1, {} ms before each request", SPACED_REQUEST_PAUSE.as_millis()));
     let phase_deadline = Instant::now() + PHASE_TIME_LIMIT;
-    let mut spaced_sent = 0;
-    while spaced_sent < plan.spaced_requests {
-        let turn = SPACED_REQUESTS_PER_TURN.min(plan.spaced_requests - spaced_sent);
-        spaced_turn(&mut direct_client, &direct, turn, phase_deadline, &mut direct_results);
-        if let (Some(client), Some(target), Some(results)) = (
-            gateway_client.as_mut(),
-            &through_gateway,
-            gateway_results.as_mut(),
-        ) {
-            spaced_turn(client, target, turn, phase_deadline, results);
-        }
-        if let (Some(client), Some(target), Some(results)) = (
-            forwarder_client.as_mut(),
-            &through_forwarder,
-            forwarder_results.as_mut(),
-        ) {
-            spaced_turn(client, target, turn, phase_deadline, results);
-        }
-        spaced_sent += turn;
-    }
+    in_turns(&mut arms, plan.spaced_requests, SPACED_REQUESTS_PER_TURN, |client, target, count, results| {
+        spaced_turn(client, target, count, phase_deadline, results)
+    });
 
     ensure_gateway_running(&mut gateway, "latency at c=1")?;
     progress(run_started, &format!("throughput at c={LOAD_CONCURRENCY}"));
@@ -658,26 +636,16 @@ fn run(options: &Options) -> Result<RunResults, String> {
     if let (Some(client), Some(target)) = (forwarder_client.as_mut(), &through_forwarder) {
         let _ = client.timed_stream(&target.first_event_stream_request, FIRST_EVENT_STREAM_DELTAS, PACED_STREAM_PACE);
     }
-    let mut first_event_streams_run = 0;
-    while first_event_streams_run < plan.first_event_streams {
-        let turn = FIRST_EVENT_STREAMS_PER_TURN.min(plan.first_event_streams - first_event_streams_run);
-        first_event_turn(&mut direct_client, &direct, turn, phase_deadline, &mut direct_results);
-        if let (Some(client), Some(target), Some(results)) = (
-            gateway_client.as_mut(),
-            &through_gateway,
-            gateway_results.as_mut(),
-        ) {
-            first_event_turn(client, target, turn, phase_deadline, results);
-        }
-        if let (Some(client), Some(target), Some(results)) = (
-            forwarder_client.as_mut(),
-            &through_forwarder,
-            forwarder_results.as_mut(),
-        ) {
-            first_event_turn(client, target, turn, phase_deadline, results);
-        }
-        first_event_streams_run += turn;
-    }
+    let mut arms = turn_arms(
+        (&mut direct_client, &direct, &mut direct_results),
+        [
+            (gateway_client.as_mut(), through_gateway.as_ref(), gateway_results.as_mut()),
+            (forwarder_client.as_mut(), through_forwarder.as_ref(), forwarder_results.as_mut()),
+        ],
+    );
+    in_turns(&mut arms, plan.first_event_streams, FIRST_EVENT_STREAMS_PER_TURN, |client, target, count, results| {
+        first_event_turn(client, target, count, phase_deadline, results)
+    });
 
     ensure_gateway_running(&mut gateway, "streams")?;
     // Held streams measure the gateway's memory per open stream; a direct-only run still holds
@@ -826,6 +794,42 @@ fn load_round(
     results.load.elapsed += outcome.elapsed;
     results.load.latencies.extend(outcome.latencies);
     results.load.errors.absorb(outcome.errors);
+}
+
+/// One arm of a side-by-side c=1 phase: its client, its requests and where its samples go.
+type TurnArm<'a> = (&'a mut SequentialClient, &'a Target, &'a mut ArmResults);
+
+/// The arms a c=1 phase measures side by side, in the order they take turns: direct first, then
+/// each of `others` (the gateway, the zero-work forwarder) that is measured in this run.
+fn turn_arms<'a>(
+    direct: TurnArm<'a>,
+    others: [(Option<&'a mut SequentialClient>, Option<&'a Target>, Option<&'a mut ArmResults>); 2],
+) -> Vec<TurnArm<'a>> {
+    let mut arms = vec![direct];
+    for (client, target, results) in others {
+        if let (Some(client), Some(target), Some(results)) = (client, target, results) {
+            arms.push((client, target, results));
+        }
+    }
+    arms
+}
+
+/// Runs `total` requests or streams per arm in turns of at most `per_turn`, every arm taking
+/// each turn in order, so drift on a shared machine hits them alike; `turn` runs one arm's turn.
+fn in_turns(
+    arms: &mut [TurnArm],
+    total: usize,
+    per_turn: usize,
+    mut turn: impl FnMut(&mut SequentialClient, &Target, usize, &mut ArmResults),
+) {
+    let mut done = 0;
+    while done < total {
+        let count = per_turn.min(total - done);
+        for (client, target, results) in arms.iter_mut() {
+            turn(client, target, count, results);
+        }
+        done += count;
+    }
 }
 
 /// One arm's turn of whole requests at c=1 with a pause before each.
