@@ -5,6 +5,8 @@
 //! Content-Length and Transfer-Encoding, differing lengths, an unknown transfer coding) is
 //! rejected, and the caller closes the connection after the error response.
 
+use std::mem::MaybeUninit;
+
 /// The parsed head of one request.
 #[derive(Debug)]
 pub struct RequestHead {
@@ -57,9 +59,28 @@ pub fn parse_request_head(
     bytes: &[u8],
     max_header_count: usize,
 ) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let mut header_slots = vec![httparse::EMPTY_HEADER; max_header_count];
-    let mut parsed = httparse::Request::new(&mut header_slots);
-    let head_length = match parsed.parse(bytes) {
+    let mut stack_slots = [const { MaybeUninit::<httparse::Header>::uninit() }; STACK_HEADER_SLOTS];
+    if max_header_count <= STACK_HEADER_SLOTS {
+        return parse_head_into(bytes, &mut stack_slots[..max_header_count]);
+    }
+    match parse_head_into(bytes, &mut stack_slots) {
+        Err(HeadError { status: 431, .. }) => parse_head_into(bytes, &mut vec![MaybeUninit::uninit(); max_header_count]),
+        parsed => parsed,
+    }
+}
+
+/// Header slots on the stack: enough for every ordinary request (an SDK sends about fifteen
+/// headers). A head with more, up to the configured maximum, is parsed again into slots on the
+/// heap; allocating and clearing the maximum for every request cost more than httparse's parse.
+const STACK_HEADER_SLOTS: usize = 48;
+
+/// `parse_request_head` with `header_slots` as its limit; too many headers is a 431.
+fn parse_head_into<'bytes>(
+    bytes: &'bytes [u8],
+    header_slots: &mut [MaybeUninit<httparse::Header<'bytes>>],
+) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_length = match parsed.parse_with_uninit_headers(bytes, header_slots) {
         Ok(httparse::Status::Complete(head_length)) => head_length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -89,9 +110,8 @@ pub fn parse_request_head(
         .collect();
     let body_framing = body_framing(&headers)?;
     let (path, query) = split_target(target);
-    let connection_tokens = comma_separated_tokens(&headers, "connection");
-    let wants_close = connection_tokens.iter().any(|token| token == "close");
-    let wants_keep_alive = connection_tokens.iter().any(|token| token == "keep-alive");
+    let wants_close = has_token(&headers, "connection", "close");
+    let wants_keep_alive = has_token(&headers, "connection", "keep-alive");
     // RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing as
     // far as intermediaries are concerned, so the connection must not be reused after it.
     let has_transfer_encoding_in_http_1_0 =
@@ -99,10 +119,7 @@ pub fn parse_request_head(
     let keep_alive = !wants_close
         && (minor_version == 1 || wants_keep_alive)
         && !has_transfer_encoding_in_http_1_0;
-    let expects_continue = minor_version == 1
-        && comma_separated_tokens(&headers, "expect")
-            .iter()
-            .any(|token| token == "100-continue");
+    let expects_continue = minor_version == 1 && has_token(&headers, "expect", "100-continue");
     let head = RequestHead {
         method: method.to_string(),
         path,
@@ -160,6 +177,16 @@ fn parse_content_length(value: &str) -> Result<u64, HeadError> {
     value
         .parse::<u64>()
         .map_err(|_| HeadError::bad_request("invalid Content-Length"))
+}
+
+/// Whether any header with this name lists `token` (lower case) among its comma-separated
+/// tokens, in any case.
+fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|(header_name, _)| header_name == name)
+        .flat_map(|(_, value)| value.split(','))
+        .any(|listed| listed.trim().eq_ignore_ascii_case(token))
 }
 
 /// All comma-separated tokens of every header with this name, trimmed and lower-cased.
@@ -346,5 +373,21 @@ mod tests {
             parse_request_head(text.as_bytes(), 16).unwrap_err().status,
             431
         );
+    }
+
+    #[test]
+    fn heads_with_more_headers_than_the_stack_holds_are_read_up_to_the_limit() {
+        let head_with = |count: usize| {
+            let headers: String = (0..count).map(|index| format!("X-Header-{index}: value {index}\r\n")).collect();
+            format!("GET / HTTP/1.1\r\n{headers}Connection: Close\r\n\r\n")
+        };
+        let text = head_with(STACK_HEADER_SLOTS + 20);
+        let (head, length) = parse_request_head(text.as_bytes(), 100).unwrap().unwrap();
+        assert_eq!(length, text.len());
+        assert_eq!(head.headers.len(), STACK_HEADER_SLOTS + 21);
+        assert_eq!(head.headers[STACK_HEADER_SLOTS + 19], (format!("x-header-{}", STACK_HEADER_SLOTS + 19), format!("value {}", STACK_HEADER_SLOTS + 19)));
+        assert!(!head.keep_alive, "the last header, past the stack's slots, was read");
+        assert_eq!(parse_request_head(head_with(100).as_bytes(), 100).unwrap_err().status, 431);
+        assert!(parse_request_head(head_with(99).as_bytes(), 100).unwrap().is_some());
     }
 }
