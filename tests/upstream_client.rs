@@ -83,11 +83,7 @@ fn read_body(response: &mut UpstreamResponse) -> String {
 }
 
 fn header<'a>(response: &'a UpstreamResponse, name: &str) -> Option<&'a str> {
-    response
-        .headers
-        .iter()
-        .find(|(header_name, _)| header_name == name)
-        .map(|(_, value)| value.as_str())
+    response.header(name)
 }
 
 // ----- the mock upstream -----

@@ -112,7 +112,7 @@ impl AmpProxy {
             }
         };
         let headers: Vec<(String, String)> =
-            upstream_response.headers.into_iter().filter(|(name, _)| !RESPONSE_HEADERS_DROPPED.contains(&name.as_str())).collect();
+            upstream_response.header_pairs().into_iter().filter(|(name, _)| !RESPONSE_HEADERS_DROPPED.contains(&name.as_str())).collect();
         let status = upstream_response.status;
         if request.method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 || (100..200).contains(&status) {
             // These answers have no body, so there is nothing to stream (and a chunked body

@@ -292,7 +292,7 @@ impl<'a> ImageFetcher<'a> {
         if !(200..300).contains(&response.status) {
             return Err(format!("the download answered {}", response.status));
         }
-        let declared = header(&response, "content-type")
+        let declared = response.header("content-type")
             .map(|value| {
                 value
                     .split(';')
@@ -317,7 +317,7 @@ impl<'a> ImageFetcher<'a> {
                 MAX_BYTES_PER_REQUEST / (1024 * 1024)
             )
         };
-        if header(&response, "content-length")
+        if response.header("content-length")
             .and_then(|length| length.trim().parse::<u64>().ok())
             .is_some_and(|length| length > limit)
         {
@@ -342,14 +342,6 @@ impl<'a> ImageFetcher<'a> {
 
 const SUPPORTED_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
 
-fn header<'a>(response: &'a UpstreamResponse, name: &str) -> Option<&'a str> {
-    response
-        .headers
-        .iter()
-        .find(|(header_name, _)| header_name.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
-}
-
 /// The bare host (brackets of an IPv6 literal removed) and port of an http(s) URL.
 fn host_and_port(url: &str) -> Result<(String, u16), String> {
     let uri: Uri = url
@@ -373,7 +365,7 @@ fn host_and_port(url: &str) -> Result<(String, u16), String> {
 
 fn redirect_location(response: &UpstreamResponse) -> Option<String> {
     matches!(response.status, 301 | 302 | 303 | 307 | 308)
-        .then(|| header(response, "location").map(str::to_string))
+        .then(|| response.header("location").map(str::to_string))
         .flatten()
 }
 
@@ -641,7 +633,9 @@ mod tests {
                 status: *status,
                 headers: headers
                     .iter()
-                    .map(|(name, value)| (name.to_string(), value.to_string()))
+                    .map(|(name, value)| {
+                        (ureq::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), ureq::http::HeaderValue::from_str(value).unwrap())
+                    })
                     .collect(),
                 body: Box::new(Cursor::new(body.to_vec())),
             })

@@ -104,8 +104,10 @@ impl fmt::Debug for UpstreamRequest {
 /// An upstream's answer, whatever its status.
 pub struct UpstreamResponse {
     pub status: u16,
-    /// In the order received; names in lower case.
-    pub headers: Vec<(String, String)>,
+    /// As ureq read them: kept in its map rather than copied into strings, two allocations
+    /// for each of the fifteen to twenty-five headers a provider sends, when the relay reads
+    /// two or three of them. Read them with `header`.
+    pub headers: http::HeaderMap,
     /// The body as it arrives, not buffered. Read errors carry an `UpstreamError`
     /// (`UpstreamError::from_io_error`). Reading to the end returns the connection to the pool;
     /// dropping it earlier closes the connection.
@@ -119,6 +121,40 @@ impl fmt::Debug for UpstreamResponse {
             .field("status", &self.status)
             .field("headers", &self.headers)
             .finish_non_exhaustive()
+    }
+}
+
+/// The most a body buffer is sized for up front from the upstream's `content-length`: a larger
+/// claim still reads, growing as the bytes really arrive, so a false header cannot make the
+/// gateway reserve memory it never fills.
+const LARGEST_PRESIZED_BODY: usize = 1024 * 1024;
+
+impl UpstreamResponse {
+    /// The first value of the header `name` (lower case), when it is visible ASCII, as every
+    /// header the relay reads (content type and length, retry-after) is.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    /// Every header as text, in the order received (values decoded leniently), for an answer
+    /// passed on whole.
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_string(), crate::util::text_lossy(value.as_bytes()).into_owned()))
+            .collect()
+    }
+
+    /// An empty buffer with room for the whole body when the upstream said how long it is. Read
+    /// into it, a body of known length takes one read and no regrowth; from an empty `Vec`,
+    /// `read_to_end` starts with a 32-byte probe and doubles, each step one more pass through
+    /// ureq's state machine.
+    pub fn body_buffer(&self) -> Vec<u8> {
+        let declared = self.header("content-length").and_then(|value| value.trim().parse::<usize>().ok());
+        match declared {
+            Some(length) => Vec::with_capacity(length.min(LARGEST_PRESIZED_BODY)),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -250,19 +286,9 @@ impl fmt::Debug for UpstreamClient {
 
 fn into_upstream_response(response: http::Response<ureq::Body>) -> UpstreamResponse {
     let (parts, body) = response.into_parts();
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                crate::util::text_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
     UpstreamResponse {
         status: parts.status.as_u16(),
-        headers,
+        headers: parts.headers,
         body: Box::new(UpstreamBody {
             reader: body.into_reader(),
         }),
@@ -520,5 +546,18 @@ mod tests {
         let shown = format!("{:?}", request(&[("authorization", "Bearer sk-secret")]));
         assert!(shown.contains("authorization"));
         assert!(!shown.contains("sk-secret"));
+    }
+
+    #[test]
+    fn the_body_buffer_is_sized_from_a_believable_content_length_only() {
+        let response = |headers: &[(&'static str, &'static str)]| UpstreamResponse {
+            status: 200,
+            headers: headers.iter().map(|(name, value)| (http::HeaderName::from_static(name), http::HeaderValue::from_static(value))).collect(),
+            body: Box::new(io::empty()),
+        };
+        assert!(response(&[("content-type", "application/json"), ("content-length", "612")]).body_buffer().capacity() >= 612);
+        assert_eq!(response(&[("content-length", "99999999999")]).body_buffer().capacity(), LARGEST_PRESIZED_BODY);
+        assert_eq!(response(&[("content-length", "twelve")]).body_buffer().capacity(), 0);
+        assert_eq!(response(&[("transfer-encoding", "chunked")]).body_buffer().capacity(), 0);
     }
 }
