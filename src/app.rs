@@ -373,7 +373,7 @@ impl Handler for GatewayHandler {
                     request.path = relay_path;
                     // No CORS here: Amp is a command-line client, and its paths are not opened
                     // to web pages (see http::cors).
-                    if let Some(response) = relay::handle(&parts.relay, &request) {
+                    if let Some(response) = relay::handle(&parts.relay, &mut request) {
                         return response;
                     }
                     let message = format!("no Amp provider route {} {}", request.method, request.path);
@@ -394,8 +394,13 @@ impl Handler for GatewayHandler {
                 return security_headers::for_api(api::handle(&parts.admin, &request));
             }
         }
-        if serves_relay && let Some(response) = relay::handle(&parts.relay, &request) {
-            return self.with_cors(&request, response);
+        if serves_relay {
+            // A generation call takes the request's headers with its body, so the origin is
+            // read first (SDKs send none; browsers do).
+            let origin = request.header("origin").map(str::to_string);
+            if let Some(response) = relay::handle(&parts.relay, &mut request) {
+                return self.with_cors(origin.as_deref(), response);
+            }
         }
         if serves_admin && let Some(response) = api::ui::serve(&request) {
             return security_headers::for_panel(response);
@@ -404,7 +409,7 @@ impl Handler for GatewayHandler {
         if serves_relay && request.path.starts_with("/v1") {
             // Relay clients get the error in their own protocol's shape.
             let response = relay::error::RelayError::NotFound(message).render(relay::inbound::format_for_path(&request.path));
-            return self.with_cors(&request, response);
+            return self.with_cors(request.header("origin"), response);
         }
         security_headers::for_api(Response::json(404, &serde_json::json!({"error": {"message": message, "type": "not_found"}})))
     }
@@ -443,8 +448,8 @@ impl GatewayHandler {
 
     /// Lets an allowed page read a relay answer. Requests without `Origin` (every non-browser
     /// client) skip the settings read altogether.
-    fn with_cors(&self, request: &Request, response: Response) -> Response {
-        let Some(origin) = request.header("origin") else { return response };
+    fn with_cors(&self, origin: Option<&str>, response: Response) -> Response {
+        let Some(origin) = origin else { return response };
         if cors::origin_allowed(origin, &self.parts.admin.settings.get().cors_allowed_origins) {
             return cors::with_allowed_origin(response, origin);
         }

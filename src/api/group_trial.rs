@@ -30,7 +30,7 @@ pub fn test(context: &AdminContext, request: &Request, id: i64) -> Result<Respon
         "max_tokens": TRIAL_MAX_TOKENS,
         "messages": [{"role": "user", "content": prompt}],
     });
-    let trial = Request {
+    let mut trial = Request {
         method: "POST".to_string(),
         path: "/v1/chat/completions".to_string(),
         query: String::new(),
@@ -42,7 +42,7 @@ pub fn test(context: &AdminContext, request: &Request, id: i64) -> Result<Respon
     let route = inbound::route(&trial.method, &trial.path).ok_or_else(|| ApiError::Internal("no relay route for chat completions".to_string()))?;
     let answered_by = Arc::new(Mutex::new(None));
     let started = Instant::now();
-    let response = handle_generate_for(&relay, &trial, &route, Format::OpenaiChat, Caller::Admin { answered_by: answered_by.clone() });
+    let response = handle_generate_for(&relay, &mut trial, &route, Format::OpenaiChat, Caller::Admin { answered_by: answered_by.clone() });
     let latency_ms = started.elapsed().as_millis() as u64;
     let status = response.status;
     let answer: Value = match &response.body {

@@ -146,12 +146,12 @@ impl CallTrace {
 }
 
 /// Answers `POST /v1/chat/completions`, `/v1/responses`, `/v1/messages` and the Gemini paths.
-pub fn handle_generate(state: &Arc<RelayState>, request: &Request, route: &RelayRoute, client_format: Format) -> Response {
+pub fn handle_generate(state: &Arc<RelayState>, request: &mut Request, route: &RelayRoute, client_format: Format) -> Response {
     handle_generate_for(state, request, route, client_format, Caller::Client)
 }
 
 /// `handle_generate` for a given caller.
-pub fn handle_generate_for(state: &Arc<RelayState>, request: &Request, route: &RelayRoute, client_format: Format, caller: Caller) -> Response {
+pub fn handle_generate_for(state: &Arc<RelayState>, request: &mut Request, route: &RelayRoute, client_format: Format, caller: Caller) -> Response {
     let started = Instant::now();
     let Some(in_flight) = state.enter_request() else {
         return RelayError::ShuttingDown("the gateway is shutting down; retry on another node or in a moment".to_string())
@@ -225,7 +225,7 @@ pub(crate) fn check_spending_cap(state: &RelayState, api_key: &crate::store::ent
 
 fn generate(
     state: &Arc<RelayState>,
-    request: &Request,
+    request: &mut Request,
     route: &RelayRoute,
     client_format: Format,
     caller: &Caller,
@@ -330,7 +330,7 @@ fn generate(
                 let mut health = state.health.lock();
                 let mut rng = Rng::new(state.next_seed());
                 match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, state.health.now_ms(), &mut rng) {
-                    KeyPick::Chosen(choice) => channel.keys[choice.key_index].clone(),
+                    KeyPick::Chosen(choice) => &channel.keys[choice.key_index],
                     KeyPick::AllCoolingDown { free_at_ms } => {
                         skipped.wait(&channel.name, "every key is cooling down", free_at_ms.saturating_sub(state.health.now_ms()));
                         continue 'items;
@@ -342,7 +342,7 @@ fn generate(
             let breaker_key = BreakerKey { channel_id: channel.id, key_id: key.id, model: item.model.clone() };
             let decision = state.health.lock().breakers.allow(&breaker_key, state.health.now_ms());
             if let BreakerDecision::Open { retry_in_ms } = decision {
-                trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, format!("skipped: circuit open ({} s left)", retry_in_ms.div_ceil(1000))));
+                trace.record.attempts.push(skipped_attempt(&channel, key, &item.model, format!("skipped: circuit open ({} s left)", retry_in_ms.div_ceil(1000))));
                 skipped.wait(&channel.name, "circuit open", retry_in_ms);
                 continue 'keys;
             }
@@ -356,20 +356,20 @@ fn generate(
                 // read, so it would find the client there. It matters between attempts, which can take
                 // the length of an upstream timeout.
                 if (attempts_made > 0 && request.client.is_closed()) || control.is_cancelled() {
-                    trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, "client gone".to_string()));
+                    trace.record.attempts.push(skipped_attempt(&channel, key, &item.model, "client gone".to_string()));
                     return Err(RelayError::ClientGone("the client closed the connection".to_string()));
                 }
                 let base_url = channel.base_urls[endpoint_index].clone();
                 attempts_made += 1;
                 let attempt_started = Instant::now();
                 let attempt_started_ms = state.health.now_ms();
-                let result = run_attempt(state, &call, &channel, &key, &base_url, &item.model, &deadlines, &control);
+                let result = run_attempt(state, &call, &channel, key, &base_url, &item.model, &deadlines, &control);
                 let duration = attempt_started.elapsed();
                 let outcome = match &result {
                     AttemptResult::Failed { outcome, .. } => *outcome,
                     _ => AttemptOutcome::Success,
                 };
-                apply_effects(state, &outcome, &channel, &key, &breaker_key, &base_url, duration, attempt_started_ms);
+                apply_effects(state, &outcome, &channel, key, &breaker_key, &base_url, duration, attempt_started_ms);
                 let detail = match &result {
                     AttemptResult::Failed { detail, .. } => detail.clone(),
                     _ => "success".to_string(),
@@ -497,19 +497,25 @@ pub(crate) fn started_plus(started: Instant, milliseconds: u64) -> Instant {
     started.checked_add(Duration::from_millis(milliseconds)).unwrap_or(started + Duration::from_secs(86_400 * 365))
 }
 
-fn convert_context(default_max_tokens: u32, upstream_model: &str, call: &InboundCall, rng: &mut Rng) -> ConvertContext {
+fn convert_context(state: &RelayState, upstream_model: &str, call: &InboundCall, upstream_format: Format) -> ConvertContext {
+    // Only a conversion writes the ids (a pass-through answer keeps the upstream's own), and
+    // drawing them is two strings and a seed per attempt.
+    let converts = call.client_format != upstream_format;
+    let mut ids = converts.then(|| Rng::new(state.next_seed()));
+    let mut draw_id = |prefix: &str| ids.as_mut().map(|rng| rng.prefixed_alphanumeric(prefix, 24)).unwrap_or_default();
     ConvertContext {
         upstream_model: upstream_model.to_string(),
         stream: call.stream,
-        default_max_tokens,
-        response_id: rng.prefixed_alphanumeric("gen-", 24),
+        default_max_tokens: state.config.relay.default_max_tokens,
+        response_id: draw_id("gen-"),
         created_unix: util::unix_seconds(),
         include_usage: call.client_format != Format::OpenaiChat || call.stream_usage_requested,
         // Filled in from the attempt's credential (configured or discovered with loadCodeAssist).
         antigravity_project: String::new(),
-        request_id: rng.prefixed_alphanumeric("agent-", 24),
-        // Only Responses clients have custom tools; asking anyone else would parse their body.
-        custom_tools: if call.client_format == Format::OpenaiResponses { client_custom_tools(call.client_format, call.body()) } else { Vec::new() },
+        request_id: draw_id("agent-"),
+        // Only Responses clients have custom tools, and only a conversion renames their calls;
+        // asking anyone else would parse the body.
+        custom_tools: if converts && call.client_format == Format::OpenaiResponses { client_custom_tools(call.client_format, call.body()) } else { Vec::new() },
     }
 }
 
@@ -584,7 +590,7 @@ fn run_attempt(
         Ok(credential) => credential,
         Err(message) => return credential_failure(message),
     };
-    let mut context = convert_context(state.config.relay.default_max_tokens, upstream_model, call, &mut Rng::new(state.next_seed()));
+    let mut context = convert_context(state, upstream_model, call, upstream_format);
     context.antigravity_project = credential.project.clone().unwrap_or_default();
     let mut images = ImageFetcher::new(&state.upstream, state.config.relay.allow_private_media_urls);
     let prepared = prepare_request(call.client_format, upstream_format, call, upstream_model, &context, &mut images);
@@ -640,7 +646,7 @@ fn run_attempt(
     }
     if !call.stream {
         control.set_read_timeout(Some(deadlines.remaining().max(Duration::from_millis(1))));
-        let mut body = Vec::new();
+        let mut body = response.body_buffer();
         let read = with_call_control(control, || response.body.take(MAX_RESPONSE_BODY_BYTES).read_to_end(&mut body));
         if let Err(error) = read {
             return transport_failure(UpstreamError::from_io_error(&error), control, false);
@@ -691,10 +697,7 @@ fn run_attempt(
         };
         return AttemptResult::Complete { status: response.status, body, usage };
     }
-    let is_event_stream = response
-        .headers
-        .iter()
-        .any(|(name, value)| name.eq_ignore_ascii_case("content-type") && value.to_ascii_lowercase().contains("text/event-stream"));
+    let is_event_stream = response.header("content-type").is_some_and(|value| value.to_ascii_lowercase().contains("text/event-stream"));
     if !is_event_stream {
         // Some servers answer a stream request that failed with a JSON error and a 200: their
         // explanation is worth the read (bounded in size and by the request's deadline).
@@ -821,11 +824,7 @@ pub(crate) fn transport_failure(error: UpstreamError, control: &CallControl, aft
 /// request log, so the body is cleaned before anything reads it.
 pub(crate) fn upstream_status_failure(upstream_format: Format, response: UpstreamResponse, control: &CallControl, secrets: &[&str]) -> AttemptResult {
     let status = response.status;
-    let retry_after_header = response
-        .headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, value)| value.trim().parse::<u64>().ok());
+    let retry_after_header = response.header("retry-after").and_then(|value| value.trim().parse::<u64>().ok());
     let mut body = Vec::new();
     control.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = with_call_control(control, || response.body.take(MAX_ERROR_BODY_BYTES).read_to_end(&mut body));

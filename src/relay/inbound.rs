@@ -77,7 +77,7 @@ impl InboundCall {
     /// A call made from a body already in hand (tests, and callers that build bodies).
     pub fn from_value(client_format: Format, model: &str, stream: bool, body: Value) -> InboundCall {
         let head = BodyHead { stream_options: body.get("stream_options").cloned(), ..BodyHead::default() };
-        let mut call = InboundCall::new(client_format, model.to_string(), stream, false, &head, None, Vec::new());
+        let mut call = InboundCall::new(client_format, model.to_string(), stream, false, HeadFacts::of(&head), None, Vec::new());
         call.parsed_body = OnceCell::from(body);
         call
     }
@@ -87,15 +87,41 @@ impl InboundCall {
         model: String,
         stream: bool,
         gemini_json_array: bool,
-        head: &BodyHead<'_>,
+        facts: HeadFacts,
         raw_body: Option<Vec<u8>>,
         headers: Vec<(String, String)>,
     ) -> InboundCall {
+        InboundCall {
+            client_format,
+            model,
+            stream,
+            gemini_json_array,
+            stream_usage_requested: facts.stream_usage_requested,
+            has_stream_options: facts.has_stream_options,
+            headers,
+            // The ranges are offsets into the bytes the head was parsed from, which `raw_body` is.
+            raw_model_ranges: if raw_body.is_some() { facts.raw_model_ranges } else { Vec::new() },
+            raw_body,
+            parsed_body: OnceCell::new(),
+        }
+    }
+}
+
+/// What a call keeps of its body's head: owned, so the body's bytes can move into the call once
+/// the head, which borrows them, is read.
+struct HeadFacts {
+    stream_usage_requested: bool,
+    has_stream_options: bool,
+    /// Where the top-level `model` values lie in the bytes the head was parsed from; empty for
+    /// a head made up from a `Value`.
+    raw_model_ranges: Vec<Range<usize>>,
+}
+
+impl HeadFacts {
+    fn of(head: &BodyHead<'_>) -> HeadFacts {
         let stream_options = head.stream_options.as_ref();
-        // The raw values borrow from the bytes the head was parsed from, which `raw_body` holds
-        // a copy of: the offsets are the same in both.
-        let raw_model_ranges = match (&raw_body, head.parsed_from) {
-            (Some(_), Some(parsed_from)) => head
+        let raw_model_ranges = match head.parsed_from {
+            Some(parsed_from) => head
                 .model_values
                 .iter()
                 .map(|value| {
@@ -103,19 +129,12 @@ impl InboundCall {
                     start..start + value.get().len()
                 })
                 .collect(),
-            _ => Vec::new(),
+            None => Vec::new(),
         };
-        InboundCall {
-            client_format,
-            model,
-            stream,
-            gemini_json_array,
+        HeadFacts {
             stream_usage_requested: stream_options.and_then(|options| options.get("include_usage")).and_then(Value::as_bool) == Some(true),
             has_stream_options: stream_options.is_some(),
-            headers,
-            raw_body,
             raw_model_ranges,
-            parsed_body: OnceCell::new(),
         }
     }
 }
@@ -292,8 +311,10 @@ pub fn format_for_path(path: &str) -> Format {
     }
 }
 
-/// Reads a generation call: its protocol, group and streaming choice, and the body's bytes.
-pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, RelayError> {
+/// Reads a generation call: its protocol, group and streaming choice, and the body's bytes and
+/// headers, which move from `request` into the call when it is valid (copies were an allocation
+/// for the whole conversation and two for every header, on every request).
+pub fn parse_call(route: &RelayRoute, request: &mut Request) -> Result<InboundCall, RelayError> {
     // Skipped members are not decoded as text, so the bytes are checked here once.
     if let Err(error) = std::str::from_utf8(&request.body) {
         return Err(RelayError::InvalidRequest(format!("the request body is not valid JSON: it is not UTF-8 ({error})")));
@@ -310,11 +331,10 @@ pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, 
             "the request body is not valid JSON: it nests deeper than {MAX_BODY_NESTING} levels"
         )));
     }
-    let raw_body = Some(request.body.clone());
-    match route {
+    let (format, model, stream, gemini_json_array) = match route {
         RelayRoute::GeminiGenerate { model, stream } => {
             let gemini_json_array = *stream && request.query_param("alt").as_deref() != Some("sse");
-            Ok(InboundCall::new(Format::Gemini, model.clone(), *stream, gemini_json_array, &head, raw_body, request.headers.clone()))
+            (Format::Gemini, model.clone(), *stream, gemini_json_array)
         }
         RelayRoute::Generate(format) => {
             let model = head
@@ -326,12 +346,15 @@ pub fn parse_call(route: &RelayRoute, request: &Request) -> Result<InboundCall, 
                 .ok_or_else(|| RelayError::InvalidRequest("the request must name a model (a group name)".to_string()))?
                 .to_string();
             let stream = head.stream.as_ref().and_then(Value::as_bool).unwrap_or(false);
-            Ok(InboundCall::new(*format, model, stream, false, &head, raw_body, request.headers.clone()))
+            (*format, model, stream, false)
         }
         RelayRoute::ListModels | RelayRoute::ListGeminiModels | RelayRoute::GeminiCountTokens { .. } | RelayRoute::Embeddings => {
-            Err(RelayError::Internal("this endpoint is not a generation call".to_string()))
+            return Err(RelayError::Internal("this endpoint is not a generation call".to_string()));
         }
-    }
+    };
+    let facts = HeadFacts::of(&head);
+    let body = std::mem::take(&mut request.body);
+    Ok(InboundCall::new(format, model, stream, gemini_json_array, facts, Some(body), std::mem::take(&mut request.headers)))
 }
 
 #[cfg(test)]
@@ -341,7 +364,7 @@ mod tests {
     /// The raw `model` values the call remembers for `raw`.
     fn model_values(raw: &str) -> Vec<&str> {
         let head = BodyHead::parse(raw.as_bytes()).expect("valid JSON");
-        let call = InboundCall::new(Format::OpenaiChat, "g".to_string(), false, false, &head, Some(raw.as_bytes().to_vec()), Vec::new());
+        let call = InboundCall::new(Format::OpenaiChat, "g".to_string(), false, false, HeadFacts::of(&head), Some(raw.as_bytes().to_vec()), Vec::new());
         call.raw_model_ranges().iter().map(|range| &raw[range.clone()]).collect()
     }
 
@@ -361,7 +384,7 @@ mod tests {
     fn an_edited_body_has_no_raw_model_ranges() {
         let raw = br#"{"model":"a"}"#;
         let head = BodyHead::parse(raw).unwrap();
-        let mut call = InboundCall::new(Format::OpenaiChat, "a".to_string(), false, false, &head, Some(raw.to_vec()), Vec::new());
+        let mut call = InboundCall::new(Format::OpenaiChat, "a".to_string(), false, false, HeadFacts::of(&head), Some(raw.to_vec()), Vec::new());
         assert_eq!(call.raw_model_ranges().to_vec(), vec![Range { start: 9, end: 12 }]);
         call.body_mut()["model"] = Value::from("edited");
         assert!(call.raw_model_ranges().is_empty());

@@ -178,7 +178,7 @@ pub struct Credential {
 }
 
 /// Answers a relay request, or None when the path is not a relay endpoint.
-pub fn handle(state: &Arc<RelayState>, request: &Request) -> Option<Response> {
+pub fn handle(state: &Arc<RelayState>, request: &mut Request) -> Option<Response> {
     if request.method == "POST" && request.path == "/v1/messages/count_tokens" {
         return Some(count_tokens::handle(state, request));
     }

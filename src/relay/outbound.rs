@@ -312,7 +312,7 @@ mod tests {
             _ => ("/v1/x", crate::relay::inbound::RelayRoute::Generate(format)),
         };
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        let request = crate::http::Request {
+        let mut request = crate::http::Request {
             method: "POST".to_string(),
             path: path.to_string(),
             query: query.to_string(),
@@ -321,6 +321,6 @@ mod tests {
             peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
             client: crate::http::ClientProbe::detached(),
         };
-        crate::relay::inbound::parse_call(&route, &request).expect("the test body is a valid call")
+        crate::relay::inbound::parse_call(&route, &mut request).expect("the test body is a valid call")
     }
 }
