@@ -35,6 +35,11 @@ pub struct InboundCall {
     pub stream_usage_requested: bool,
     /// The body has a `stream_options` member at all.
     pub has_stream_options: bool,
+    /// A Responses call that asks for nothing to be stored (`store: false`) and continues no
+    /// earlier response (no `previous_response_id`): the response store has nothing to do
+    /// with it, and needs no parse of its body to know so. Codex sends these, with the whole
+    /// conversation in every body. False when unknown.
+    pub stateless_responses_call: bool,
     /// The client's headers (lower-case names), for forwarding.
     pub headers: Vec<(String, String)>,
     /// The client's bytes, while the body has not been edited (see `body_mut`).
@@ -98,6 +103,7 @@ impl InboundCall {
             gemini_json_array,
             stream_usage_requested: facts.stream_usage_requested,
             has_stream_options: facts.has_stream_options,
+            stateless_responses_call: client_format == Format::OpenaiResponses && facts.stateless_responses_call,
             headers,
             // The ranges are offsets into the bytes the head was parsed from, which `raw_body` is.
             raw_model_ranges: if raw_body.is_some() { facts.raw_model_ranges } else { Vec::new() },
@@ -112,6 +118,7 @@ impl InboundCall {
 struct HeadFacts {
     stream_usage_requested: bool,
     has_stream_options: bool,
+    stateless_responses_call: bool,
     /// Where the top-level `model` values lie in the bytes the head was parsed from; empty for
     /// a head made up from a `Value`.
     raw_model_ranges: Vec<Range<usize>>,
@@ -120,6 +127,13 @@ struct HeadFacts {
 impl HeadFacts {
     fn of(head: &BodyHead<'_>) -> HeadFacts {
         let stream_options = head.stream_options.as_ref();
+        // As response_store::prepare reads it: null and "" continue nothing, and any other
+        // value is for prepare to follow or refuse.
+        let continues_nothing = match &head.previous_response_id {
+            None | Some(Value::Null) => true,
+            Some(Value::String(id)) => id.is_empty(),
+            Some(_) => false,
+        };
         let raw_model_ranges = match head.parsed_from {
             Some(parsed_from) => head
                 .model_values
@@ -134,6 +148,7 @@ impl HeadFacts {
         HeadFacts {
             stream_usage_requested: stream_options.and_then(|options| options.get("include_usage")).and_then(Value::as_bool) == Some(true),
             has_stream_options: stream_options.is_some(),
+            stateless_responses_call: head.store == Some(Value::Bool(false)) && continues_nothing,
             raw_model_ranges,
         }
     }
@@ -147,6 +162,10 @@ struct BodyHead<'de> {
     model: Option<Value>,
     stream: Option<Value>,
     stream_options: Option<Value>,
+    /// Responses' `store` and `previous_response_id`, which decide whether the response store
+    /// must read the body.
+    store: Option<Value>,
+    previous_response_id: Option<Value>,
     /// Every top-level `model` value as written, borrowed from the parsed bytes.
     model_values: Vec<&'de RawValue>,
     /// The bytes the head was parsed from (None for a head made up from a `Value`).
@@ -180,6 +199,8 @@ impl<'de> BodyHead<'de> {
                 }
                 b"stream" => head.stream = Some(serde_json::from_slice(value).ok()?),
                 b"stream_options" => head.stream_options = Some(serde_json::from_slice(value).ok()?),
+                b"store" => head.store = Some(serde_json::from_slice(value).ok()?),
+                b"previous_response_id" => head.previous_response_id = Some(serde_json::from_slice(value).ok()?),
                 // An escaped name might spell one of the above.
                 name if name.contains(&b'\\') => return None,
                 _ => {}
@@ -201,6 +222,8 @@ enum HeadKey {
     Model,
     Stream,
     StreamOptions,
+    Store,
+    PreviousResponseId,
     Other,
 }
 
@@ -224,6 +247,8 @@ impl Visitor<'_> for HeadKeyVisitor {
             "model" => HeadKey::Model,
             "stream" => HeadKey::Stream,
             "stream_options" => HeadKey::StreamOptions,
+            "store" => HeadKey::Store,
+            "previous_response_id" => HeadKey::PreviousResponseId,
             _ => HeadKey::Other,
         })
     }
@@ -249,6 +274,8 @@ impl<'de> Visitor<'de> for BodyHeadVisitor {
                 }
                 HeadKey::Stream => head.stream = Some(map.next_value()?),
                 HeadKey::StreamOptions => head.stream_options = Some(map.next_value()?),
+                HeadKey::Store => head.store = Some(map.next_value()?),
+                HeadKey::PreviousResponseId => head.previous_response_id = Some(map.next_value()?),
                 HeadKey::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -378,6 +405,30 @@ mod tests {
         assert_eq!(model_values(kinds), [r#""m\u00e9""#]);
         assert_eq!(model_values(r#"{"model": 5 }"#), ["5"]);
         assert!(model_values(r#"{"messages":[]}"#).is_empty());
+    }
+
+    #[test]
+    fn a_responses_call_is_stateless_when_it_stores_nothing_and_continues_nothing() {
+        let stateless = |format: Format, raw: &str| {
+            let head = BodyHead::parse(raw.as_bytes()).expect("valid JSON");
+            InboundCall::new(format, "g".to_string(), false, false, HeadFacts::of(&head), Some(raw.as_bytes().to_vec()), Vec::new())
+                .stateless_responses_call
+        };
+        let responses = Format::OpenaiResponses;
+        assert!(stateless(responses, r#"{"model":"g","store":false,"input":[{"role":"user","content":"hi"}]}"#));
+        assert!(stateless(responses, r#"{"store":false,"previous_response_id":null}"#));
+        assert!(stateless(responses, r#"{"previous_response_id":"","store":false}"#));
+        assert!(stateless(responses, r#"{"store":true,"store":false}"#), "the last of duplicates counts");
+        // Names with escapes are read by serde_json instead of the scan, to the same answer.
+        assert!(stateless(responses, r#"{"st\u006fre":false}"#));
+        assert!(!stateless(responses, r#"{"store":false,"previous_response_id":"resp_1"}"#));
+        assert!(!stateless(responses, r#"{"store":false,"previous_response_id":7}"#), "left to prepare to refuse");
+        assert!(!stateless(responses, r#"{"store":true}"#));
+        assert!(!stateless(responses, r#"{"store":"false"}"#));
+        assert!(!stateless(responses, r#"{"input":"hi"}"#), "store defaults to true");
+        assert!(!stateless(responses, r#"{"metadata":{"store":false}}"#), "only the top level counts");
+        assert!(!stateless(Format::OpenaiChat, r#"{"store":false}"#));
+        assert!(!InboundCall::from_value(responses, "g", false, serde_json::json!({"store": false})).stateless_responses_call, "unknown");
     }
 
     #[test]

@@ -122,7 +122,9 @@ pub struct PendingSave {
 /// Resolves `previous_response_id` in a Responses call (rewriting its body into a stateless
 /// request) and decides whether its answer is to be stored. Other protocols pass untouched.
 pub fn prepare(state: &RelayState, api_key: &ApiKey, call: &mut InboundCall) -> Result<Option<PendingSave>, RelayError> {
-    if call.client_format != Format::OpenaiResponses {
+    // A stateless call (read from the body's head) ends below with nothing to store either way;
+    // knowing it up front spares parsing and copying the whole conversation.
+    if call.client_format != Format::OpenaiResponses || call.stateless_responses_call {
         return Ok(None);
     }
     let Some(body) = call.body().as_object() else { return Ok(None) };
