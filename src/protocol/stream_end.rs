@@ -40,7 +40,8 @@ pub fn is_final_event(format: Format, event: &SseEvent) -> bool {
     }
 }
 
-fn is_responses_final(name: &str) -> bool {
+/// Whether a Responses event type ends the response.
+pub(crate) fn is_responses_final(name: &str) -> bool {
     matches!(
         name,
         "response.completed" | "response.incomplete" | "response.failed"

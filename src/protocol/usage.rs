@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::protocol::Format;
 use crate::protocol::sse::{Marker, SseEvent, USAGE_KEY};
+use crate::protocol::stream_end::{is_final_event, is_responses_final};
 
 static USAGE_METADATA_KEY: Marker = Marker::new("\"usageMetadata\"");
 
@@ -72,21 +73,13 @@ impl StreamUsageTracker {
                 }
             }
             Format::OpenaiResponses => {
-                let named_terminal = event.event.as_deref().is_some_and(is_responses_terminal);
-                let maybe_terminal = named_terminal
-                    || (event.event.is_none()
-                        && [
-                            "response.completed",
-                            "response.incomplete",
-                            "response.failed",
-                        ]
-                        .iter()
-                        .any(|name| data.contains(name)));
-                if !maybe_terminal || !USAGE_KEY.is_in(data) {
+                // Only the terminal event carries the response's usage; the check that finds it
+                // is the one that tells a relayed stream complete.
+                if !is_final_event(Format::OpenaiResponses, event) || !USAGE_KEY.is_in(data) {
                     return;
                 }
                 if let Ok(parsed) = serde_json::from_str::<ResponsesEvent>(data)
-                    && is_responses_terminal(&parsed.event_type)
+                    && is_responses_final(&parsed.event_type)
                     && let Some(usage) = parsed.response.and_then(|response| response.usage)
                 {
                     self.usage = Some(usage.normalize());
@@ -182,13 +175,6 @@ pub fn usage_from_value(format: Format, usage: &serde_json::Value) -> Option<Usa
             .ok()
             .map(GeminiUsage::normalize),
     }
-}
-
-fn is_responses_terminal(name: &str) -> bool {
-    matches!(
-        name,
-        "response.completed" | "response.incomplete" | "response.failed"
-    )
 }
 
 fn gemini_usage_from_json(format: Format, json: &[u8]) -> Option<Usage> {

@@ -113,6 +113,17 @@ impl InboundCall {
     }
 }
 
+/// The earlier response a Responses call continues, from its `previous_response_id` member:
+/// none when the member is absent, null or empty; a 400 when it is not a string.
+pub fn continued_response_id(previous_response_id: Option<&Value>) -> Result<Option<&str>, RelayError> {
+    match previous_response_id {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) if id.is_empty() => Ok(None),
+        Some(Value::String(id)) => Ok(Some(id)),
+        Some(_) => Err(RelayError::InvalidRequest("previous_response_id must be a string".to_string())),
+    }
+}
+
 /// What a call keeps of its body's head: owned, so the body's bytes can move into the call once
 /// the head, which borrows them, is read.
 struct HeadFacts {
@@ -127,13 +138,8 @@ struct HeadFacts {
 impl HeadFacts {
     fn of(head: &BodyHead<'_>) -> HeadFacts {
         let stream_options = head.stream_options.as_ref();
-        // As response_store::prepare reads it: null and "" continue nothing, and any other
-        // value is for prepare to follow or refuse.
-        let continues_nothing = match &head.previous_response_id {
-            None | Some(Value::Null) => true,
-            Some(Value::String(id)) => id.is_empty(),
-            Some(_) => false,
-        };
+        // A value that is not a string is for response_store::prepare to refuse.
+        let continues_nothing = matches!(continued_response_id(head.previous_response_id.as_ref()), Ok(None));
         let raw_model_ranges = match head.parsed_from {
             Some(parsed_from) => head
                 .model_values

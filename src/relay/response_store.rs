@@ -29,7 +29,7 @@ use crate::protocol::sse::{SseEvent, SseParser};
 use crate::relay::RelayState;
 use crate::relay::client_auth::authenticate;
 use crate::relay::error::RelayError;
-use crate::relay::inbound::InboundCall;
+use crate::relay::inbound::{InboundCall, continued_response_id};
 use crate::store::entities::{ApiKey, StoredResponse};
 use crate::store::pool::StorePool;
 use crate::util;
@@ -135,12 +135,7 @@ pub fn prepare(state: &RelayState, api_key: &ApiKey, call: &mut InboundCall) -> 
         // Left for the converter, which answers with the precise 400.
         Some(_) => return Ok(None),
     };
-    let previous_id = match body.get("previous_response_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) if id.is_empty() => None,
-        Some(Value::String(id)) => Some(id.clone()),
-        Some(_) => return Err(RelayError::InvalidRequest("previous_response_id must be a string".to_string())),
-    };
+    let previous_id = continued_response_id(body.get("previous_response_id"))?.map(str::to_string);
     if let Some(previous_id) = previous_id {
         let previous = load_owned(state, api_key.id, &previous_id)?
             .ok_or_else(|| RelayError::NotFound(format!("Previous response with id '{previous_id}' not found.")))?;
