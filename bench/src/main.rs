@@ -36,7 +36,7 @@ use crate::measure::{
     sequential_requests, spaced_requests,
 };
 use crate::mock_upstream::{Dialect, MockUpstream};
-use crate::proc_stats::{cpu_micros, peak_resident_kib, raise_fd_limit, reset_peak_resident, resident, Resident};
+use crate::proc_stats::{cpu_micros, own_thread_cpu_micros, peak_resident_kib, raise_fd_limit, reset_peak_resident, resident, Resident};
 use crate::report::{ArmResults, HeldStreams, MemoryResults, RunInfo, RunResults};
 
 const USAGE: &str = "usage: octopus-bench [--quick] [--held-streams N] (--gateway PATH [--compare BASELINE | --stats-off | --instructions | --record | --check] | --direct-only)
@@ -588,9 +588,12 @@ fn run(options: &Options) -> Result<RunResults, String> {
     ensure_gateway_running(&mut gateway, "latency at c=1")?;
     progress(run_started, &format!("throughput at c={LOAD_CONCURRENCY}"));
     for _ in 0..plan.load_rounds {
-        load_round(&mock, &direct, None, &plan, &mut direct_results);
+        load_round(&mock, &direct, Proxy::None, &plan, &mut direct_results);
         if let (Some(target), Some(results)) = (&through_gateway, gateway_results.as_mut()) {
-            load_round(&mock, target, gateway_pid, &plan, results);
+            load_round(&mock, target, gateway_pid.map_or(Proxy::None, Proxy::Process), &plan, results);
+        }
+        if let (Some(target), Some(results), Some(forwarder)) = (&through_forwarder, forwarder_results.as_mut(), &forwarder) {
+            load_round(&mock, target, Proxy::BenchThread(forwarder.thread_id()), &plan, results);
         }
     }
     memory.after_load = gateway_rss();
@@ -764,17 +767,39 @@ fn warm_up(
     Ok(())
 }
 
-/// One closed-loop arm, with the CPU the gateway (if `gateway_pid`) and the bench used.
+/// What runs between the client and the mock in a load round, whose CPU time is read.
+#[derive(Clone, Copy)]
+enum Proxy {
+    /// The direct arm.
+    None,
+    /// The gateway's process.
+    Process(u32),
+    /// A thread of the bench itself (the zero-work forwarder's).
+    BenchThread(u32),
+}
+
+impl Proxy {
+    fn cpu_micros(self) -> Option<u64> {
+        match self {
+            Proxy::None => None,
+            Proxy::Process(pid) => cpu_micros(pid),
+            Proxy::BenchThread(thread_id) => own_thread_cpu_micros(thread_id),
+        }
+    }
+}
+
+/// One closed loop at c=64 against `target`, with the CPU of the proxy in between and of the
+/// bench over it.
 fn load_round(
     mock: &MockUpstream,
     target: &Target,
-    gateway_pid: Option<u32>,
+    proxy: Proxy,
     plan: &Plan,
     results: &mut ArmResults,
 ) {
     let bench_pid = std::process::id();
     let accepted_before = mock.accepted_connections();
-    let gateway_cpu_before = gateway_pid.and_then(cpu_micros);
+    let proxy_cpu_before = proxy.cpu_micros();
     let rig_cpu_before = cpu_micros(bench_pid).unwrap_or(0);
     let outcome = closed_loop(
         target.address,
@@ -784,9 +809,9 @@ fn load_round(
         plan.load_duration,
     );
     let rig_cpu_after = cpu_micros(bench_pid).unwrap_or(0);
-    let gateway_cpu_after = gateway_pid.and_then(cpu_micros);
-    if let (Some(before), Some(after)) = (gateway_cpu_before, gateway_cpu_after) {
-        *results.gateway_cpu_micros.get_or_insert(0) += after.saturating_sub(before);
+    let proxy_cpu_after = proxy.cpu_micros();
+    if let (Some(before), Some(after)) = (proxy_cpu_before, proxy_cpu_after) {
+        *results.proxy_cpu_micros.get_or_insert(0) += after.saturating_sub(before);
     }
     results.rig_cpu_micros += rig_cpu_after.saturating_sub(rig_cpu_before);
     results.upstream_connections += mock.accepted_connections() - accepted_before;

@@ -39,6 +39,12 @@ pub fn cpu_micros(pid: u32) -> Option<u64> {
     stat_cpu_micros(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// User plus system CPU time consumed so far by one thread of the bench itself, in
+/// microseconds. (`/proc/<thread id>/stat` would answer for the whole process.)
+pub fn own_thread_cpu_micros(thread_id: u32) -> Option<u64> {
+    stat_cpu_micros(&std::fs::read_to_string(format!("/proc/self/task/{thread_id}/stat")).ok()?)
+}
+
 /// CPU time consumed so far by each thread of `pid` (microseconds), with the thread's name.
 /// Threads that ended are not listed: their time is only in the process's total.
 pub fn thread_cpu_micros(pid: u32) -> Vec<(String, u64)> {

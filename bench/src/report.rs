@@ -54,9 +54,11 @@ pub struct ArmResults {
     pub latency_errors: ErrorTally,
     /// All load rounds added together.
     pub load: LoadOutcome,
-    /// CPU the gateway process used during this arm's load rounds (gateway arm only).
-    pub gateway_cpu_micros: Option<u64>,
-    /// CPU the bench process (client and mock) used during this arm's load rounds.
+    /// CPU the proxy on the gateway's CPU used during this arm's load rounds: the gateway
+    /// process, or the zero-work forwarder's thread. None for the direct arm.
+    pub proxy_cpu_micros: Option<u64>,
+    /// CPU the bench process (client and mock) used during this arm's load rounds; for the
+    /// forwarder arm that includes the forwarder, which runs in the bench process.
     pub rig_cpu_micros: u64,
     pub streams: Vec<StreamSample>,
     /// The short streams run for the time to first event only.
@@ -111,8 +113,8 @@ pub struct RunResults {
     pub direct: ArmResults,
     /// None when the run was direct-only.
     pub gateway: Option<ArmResults>,
-    /// The zero-work TCP forwarder on the gateway's CPU (`forwarder.rs`): its latency and
-    /// first-event arms only. None when the run was direct-only.
+    /// The zero-work TCP forwarder on the gateway's CPU (`forwarder.rs`): its latency, c=64 load
+    /// and first-event arms only. None when the run was direct-only.
     pub forwarder: Option<ArmResults>,
     pub memory: MemoryResults,
     /// Lines in the tail of the gateway's log (warn level and above); printed to stderr.
@@ -204,7 +206,7 @@ fn render_main_table(out: &mut String, results: &RunResults) {
     if let Some(forwarder) = &results.forwarder {
         added_pair_row(
             out,
-            "… through a zero-work TCP forwarder on the gateway's CPU instead (blocking threads copying bytes, no parsing), p50 / p99",
+            "… through a zero-work TCP forwarder on the gateway's CPU instead (one epoll thread copying bytes, no parsing), p50 / p99",
             median_of_round_medians(&forwarder.latency_rounds) as i64 - median_of_round_medians(&direct.latency_rounds) as i64,
             percentile(&mut pooled(&forwarder.latency_rounds), 0.99) as i64
                 - percentile(&mut pooled_direct.clone(), 0.99) as i64,
@@ -273,13 +275,29 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         direct.load.errors.count,
         gateway.map(|arm| arm.load.errors.count),
     );
-    let gateway_cpu = gateway.and_then(|arm| cpu_per_request(arm.gateway_cpu_micros?, &arm.load));
+    let gateway_cpu = gateway.and_then(|arm| cpu_per_request(arm.proxy_cpu_micros?, &arm.load));
     let _ = writeln!(
         out,
         "| CPU per request, c={}: gateway process | — | {} | | |",
         info.concurrency,
         gateway_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
     );
+    if let Some(forwarder) = results.forwarder.as_ref().filter(|arm| arm.load.completed > 0) {
+        let forwarder_cpu = cpu_per_request(forwarder.proxy_cpu_micros.unwrap_or(0), &forwarder.load);
+        let _ = writeln!(
+            out,
+            "| … the zero-work forwarder's thread instead (one epoll thread on the gateway's CPU copying bytes: what the kernel takes from any proxy) | — | {} | | |",
+            forwarder_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
+        );
+        let forwarder_rps = requests_per_second(&forwarder.load);
+        let _ = writeln!(
+            out,
+            "| Throughput, c={} through the zero-work forwarder | | {} req/s | | {} |",
+            info.concurrency,
+            group_thousands(forwarder_rps as u64),
+            ratio(forwarder_rps, direct_rps),
+        );
+    }
     let direct_rig_cpu = cpu_per_request(direct.rig_cpu_micros, &direct.load);
     let gateway_rig_cpu = gateway.and_then(|arm| cpu_per_request(arm.rig_cpu_micros, &arm.load));
     let _ = writeln!(
@@ -410,8 +428,8 @@ fn render_main_table(out: &mut String, results: &RunResults) {
     if let Some(forwarder) = &results.forwarder {
         let _ = writeln!(
             out,
-            "| Errors through the zero-work forwarder: c=1 {}, streams {} | | | | |",
-            forwarder.latency_errors.count, forwarder.stream_errors.count
+            "| Errors through the zero-work forwarder: c=1 {}, c={} {}, streams {} | | | | |",
+            forwarder.latency_errors.count, info.concurrency, forwarder.load.errors.count, forwarder.stream_errors.count
         );
     }
     count_row(
