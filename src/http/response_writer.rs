@@ -54,17 +54,18 @@ pub fn write_response(
     match response.body {
         Body::Bytes(body) => {
             let keep_alive = context.keep_alive;
-            let length_header =
-                status_allows_body.then(|| ("Content-Length", body.len().to_string()));
+            let framing = if status_allows_body { Framing::ContentLength(body.len()) } else { Framing::None };
+            let body = if sends_body { body.as_slice() } else { &[] };
+            let coalesced = body.len() <= COALESCE_BODY_BYTES;
             let mut message = response_head(
                 status,
                 &response.headers,
-                length_header,
+                framing,
                 keep_alive,
                 context.is_http_1_0,
+                if coalesced { body.len() } else { 0 },
             );
-            let body = if sends_body { body.as_slice() } else { &[] };
-            let written = if body.len() <= COALESCE_BODY_BYTES {
+            let written = if coalesced {
                 message.extend_from_slice(body);
                 stream.write_all(&message)
             } else {
@@ -80,15 +81,8 @@ pub fn write_response(
         Body::Stream(write_body) => {
             let chunked = !context.is_http_1_0;
             let keep_alive = context.keep_alive && chunked;
-            let framing_header = (status_allows_body && chunked)
-                .then(|| ("Transfer-Encoding", "chunked".to_string()));
-            let head = response_head(
-                status,
-                &response.headers,
-                framing_header,
-                keep_alive,
-                context.is_http_1_0,
-            );
+            let framing = if status_allows_body && chunked { Framing::Chunked } else { Framing::None };
+            let head = response_head(status, &response.headers, framing, keep_alive, context.is_http_1_0, 0);
             if !sends_body {
                 // The closure is dropped unrun: there is no body to produce.
                 return match stream.write_all(&head) {
@@ -153,26 +147,30 @@ pub fn error_response_bytes(status: u16, message: &str, custom_body: Option<Vec<
     if status == 503 {
         headers.push(("Retry-After".to_string(), "1".to_string()));
     }
-    let mut bytes = response_head(
-        status,
-        &headers,
-        Some(("Content-Length", body.len().to_string())),
-        false,
-        false,
-    );
+    let mut bytes = response_head(status, &headers, Framing::ContentLength(body.len()), false, false, body.len());
     bytes.extend_from_slice(&body);
     bytes
 }
 
-/// Serializes the status line and headers, ending with the empty line.
+/// How a response's body is delimited, which the server alone decides.
+enum Framing {
+    /// No body may follow the head (1xx, 204, 304).
+    None,
+    ContentLength(usize),
+    Chunked,
+}
+
+/// Serializes the status line and headers, ending with the empty line, into a buffer with
+/// `body_room` more bytes reserved for a body appended to the same write.
 fn response_head(
     status: u16,
     handler_headers: &[(String, String)],
-    framing_header: Option<(&str, String)>,
+    framing: Framing,
     keep_alive: bool,
     is_http_1_0: bool,
+    body_room: usize,
 ) -> Vec<u8> {
-    let mut head = Vec::with_capacity(256);
+    let mut head = Vec::with_capacity(256 + body_room);
     // Written piece by piece: `format!` cost more than the rest of the head for every response.
     head.extend_from_slice(b"HTTP/1.1 ");
     crate::util::push_decimal(&mut head, u64::from(status));
@@ -194,8 +192,14 @@ fn response_head(
         }
         push_header(&mut head, name, value);
     }
-    if let Some((name, value)) = framing_header {
-        push_header(&mut head, name, &value);
+    match framing {
+        Framing::None => {}
+        Framing::ContentLength(length) => {
+            head.extend_from_slice(b"Content-Length: ");
+            crate::util::push_decimal(&mut head, length as u64);
+            head.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => push_header(&mut head, "Transfer-Encoding", "chunked"),
     }
     if !keep_alive {
         push_header(&mut head, "Connection", "close");
