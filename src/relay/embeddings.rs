@@ -34,7 +34,6 @@ use crate::store::entities::{Channel, ChannelKey, ChannelType};
 use crate::upstream::client::UpstreamRequest;
 use crate::upstream::control::{with_call_control, CallControl};
 use crate::upstream::endpoint::embeddings_url;
-use crate::util;
 
 /// Errors of this endpoint are in OpenAI's shape, the only protocol it speaks.
 const CLIENT_FORMAT: Format = Format::OpenaiChat;
@@ -67,11 +66,11 @@ pub fn handle(state: &Arc<RelayState>, request: &Request) -> Response {
 
 fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> Result<Response, RelayError> {
     let snapshot = state.snapshot.current();
-    let api_key = authenticate(&snapshot, request, util::unix_seconds())?;
+    let api_key = authenticate(&snapshot, request, trace.started_at_unix_seconds())?;
     trace.record.client_key_id = Some(api_key.id);
     trace.record.client_key_name = api_key.name.clone();
     check_spending_cap(state, &api_key)?;
-    state.admit(&api_key)?;
+    state.admit(&api_key, trace.record.started_at_ms)?;
     if state.stats.settings.get().log_bodies {
         trace.record.request_body = Some(request.body.clone());
         trace.record.response_body = Some(Vec::new());
@@ -142,8 +141,7 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
     let config = &state.config.relay;
     let GroupLimits { first_byte, total_ms, max_attempts } = group_limits(&group, config);
     let deadline = started_plus(trace.started, total_ms);
-    let elapsed_ms = trace.started.elapsed().as_millis() as u64;
-    let budget = RetryBudget::new(max_attempts, state.health.now_ms().saturating_sub(elapsed_ms), total_ms);
+    let budget = RetryBudget::new(max_attempts, state.health.ms_at(trace.started), total_ms);
     let control = CallControl::new();
     let _watchdog = DisconnectWatch::global().register(request.client, control.clone());
     let mut attempts_made: u32 = 0;
@@ -192,7 +190,7 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
                 let base_url = channel.base_urls[endpoint_index].clone();
                 attempts_made += 1;
                 let attempt_started = Instant::now();
-                let attempt_started_ms = state.health.now_ms();
+                let attempt_started_ms = state.health.ms_at(attempt_started);
                 let target = AttemptTarget { channel: &channel, key: &key, base_url: &base_url, upstream_model: &item.model };
                 let result = run_attempt(state, &parsed, &body, &target, first_byte.min(remaining), deadline, &control);
                 let duration = attempt_started.elapsed();

@@ -55,7 +55,11 @@ struct Deadlines {
 
 impl Deadlines {
     fn remaining(&self) -> Duration {
-        self.total_deadline.saturating_duration_since(Instant::now())
+        self.remaining_at(Instant::now())
+    }
+
+    fn remaining_at(&self, now: Instant) -> Duration {
+        self.total_deadline.saturating_duration_since(now)
     }
 }
 
@@ -128,6 +132,12 @@ impl CallTrace {
         }
     }
 
+    /// The wall-clock second the request started in: key expiry is checked against it, so a
+    /// request reads the wall clock once.
+    pub(crate) fn started_at_unix_seconds(&self) -> i64 {
+        self.record.started_at_ms.div_euclid(1000)
+    }
+
     pub(crate) fn finish(mut self, state: &RelayState, status: u16, error: Option<String>) {
         if let Some(slot) = &self.answered_by {
             *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
@@ -136,12 +146,13 @@ impl CallTrace {
         self.record.status = status;
         self.record.error = error;
         self.record.total_ms = self.started.elapsed().as_millis() as u64;
+        let finished_at_unix_ms = util::unix_millis();
         // The key's tokens this minute count against its `tpm` as soon as they are known.
         if let (Some(client_key_id), Some(usage)) = (self.record.client_key_id, self.record.usage.as_ref()) {
-            state.rate_limits.charge_tokens(client_key_id, usage.total_tokens(), u64::try_from(util::unix_millis()).unwrap_or(0));
+            state.rate_limits.charge_tokens(client_key_id, usage.total_tokens(), u64::try_from(finished_at_unix_ms).unwrap_or(0));
         }
         let record = self.record;
-        state.records.push_with(|batch, sequence| state.stats.count_into(batch, sequence, record, util::unix_millis()));
+        state.records.push_with(|batch, sequence| state.stats.count_into(batch, sequence, record, finished_at_unix_ms));
     }
 }
 
@@ -233,13 +244,13 @@ fn generate(
 ) -> Result<Answer, RelayError> {
     let snapshot = state.snapshot.current();
     let api_key = match caller {
-        Caller::Client => authenticate(&snapshot, request, util::unix_seconds())?,
+        Caller::Client => authenticate(&snapshot, request, trace.started_at_unix_seconds())?,
         Caller::Admin { .. } => Arc::new(admin_trial_key()),
     };
     trace.record.client_key_id = (api_key.id != 0).then_some(api_key.id);
     trace.record.client_key_name = api_key.name.clone();
     check_spending_cap(state, &api_key)?;
-    state.admit(&api_key)?;
+    state.admit(&api_key, trace.record.started_at_ms)?;
     if state.stats.settings.get().log_bodies {
         // Copied only when the admin asked for bodies in the logs; redacted and cut off the
         // request path, by the stats writer.
@@ -312,8 +323,7 @@ fn generate(
     // The budget's deadline is the request's own start plus the total timeout, the same instant
     // every attempt's timeouts are cut to: started from a later clock reading, it let an attempt
     // begin after the request's time was up.
-    let elapsed_ms = trace.started.elapsed().as_millis() as u64;
-    let budget = RetryBudget::new(max_attempts, state.health.now_ms().saturating_sub(elapsed_ms), total_ms);
+    let budget = RetryBudget::new(max_attempts, state.health.ms_at(trace.started), total_ms);
     let mut attempts_made: u32 = 0;
     let mut last_error: Option<RelayError> = None;
     let mut skipped = SkippedItems::default();
@@ -323,16 +333,18 @@ fn generate(
         let Some(channel) = snapshot.channels_by_id.get(&item.channel_id).cloned() else { continue };
         let mut tried_keys: Vec<i64> = Vec::new();
         'keys: loop {
-            if !budget.may_try_again(attempts_made, state.health.now_ms()) {
+            // One clock reading for the choice of key and the breaker's verdict.
+            let now_ms = state.health.now_ms();
+            if !budget.may_try_again(attempts_made, now_ms) {
                 break 'items;
             }
             let key = {
                 let mut health = state.health.lock();
                 let mut rng = Rng::new(state.next_seed());
-                match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, state.health.now_ms(), &mut rng) {
+                match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, now_ms, &mut rng) {
                     KeyPick::Chosen(choice) => &channel.keys[choice.key_index],
                     KeyPick::AllCoolingDown { free_at_ms } => {
-                        skipped.wait(&channel.name, "every key is cooling down", free_at_ms.saturating_sub(state.health.now_ms()));
+                        skipped.wait(&channel.name, "every key is cooling down", free_at_ms.saturating_sub(now_ms));
                         continue 'items;
                     }
                     KeyPick::NoKeyLeft => continue 'items,
@@ -340,7 +352,7 @@ fn generate(
             };
             tried_keys.push(key.id);
             let breaker_key = BreakerKey { channel_id: channel.id, key_id: key.id, model: item.model.clone() };
-            let decision = state.health.lock().breakers.allow(&breaker_key, state.health.now_ms());
+            let decision = state.health.lock().breakers.allow(&breaker_key, now_ms);
             if let BreakerDecision::Open { retry_in_ms } = decision {
                 trace.record.attempts.push(skipped_attempt(&channel, key, &item.model, format!("skipped: circuit open ({} s left)", retry_in_ms.div_ceil(1000))));
                 skipped.wait(&channel.name, "circuit open", retry_in_ms);
@@ -348,8 +360,10 @@ fn generate(
             }
             let endpoint_order = state.health.lock().endpoints.order_endpoints(channel.id, &channel.base_urls);
             for endpoint_index in endpoint_order {
+                let attempt_started = Instant::now();
+                let attempt_started_ms = state.health.ms_at(attempt_started);
                 // The remaining-time check covers the budget's millisecond rounding.
-                if !budget.may_try_again(attempts_made, state.health.now_ms()) || deadlines.remaining().is_zero() {
+                if !budget.may_try_again(attempts_made, attempt_started_ms) || deadlines.remaining_at(attempt_started).is_zero() {
                     break 'items;
                 }
                 // The probe is a system call; before the first attempt the request has only just been
@@ -361,8 +375,6 @@ fn generate(
                 }
                 let base_url = channel.base_urls[endpoint_index].clone();
                 attempts_made += 1;
-                let attempt_started = Instant::now();
-                let attempt_started_ms = state.health.now_ms();
                 let result = run_attempt(state, &call, &channel, key, &base_url, &item.model, &deadlines, &control);
                 let duration = attempt_started.elapsed();
                 let outcome = match &result {
@@ -552,7 +564,8 @@ pub(crate) fn apply_effects(
     attempt_started_ms: u64,
 ) {
     let effects = effects(outcome);
-    let now_ms = state.health.now_ms();
+    // The attempt ended just now: its start and duration say when, without reading the clock.
+    let now_ms = attempt_started_ms + duration.as_millis() as u64;
     let mut health = state.health.lock();
     match effects.key_penalty {
         Some(KeyPenalty::RateLimited { retry_after }) => health.keys.record_rate_limited(channel.id, key.id, retry_after, now_ms),
@@ -608,7 +621,7 @@ fn run_attempt(
     // Some upstreams are asked for a stream even when the client wants one complete answer.
     let collect_stream = !call.stream && collects_non_stream_from_stream(upstream_format);
     let upstream_stream = call.stream || collect_stream;
-    let build_request = |credential: &Credential, body: Vec<u8>| {
+    let build_request = |credential: &Credential, body: Vec<u8>, response_head_timeout: Duration| {
         let mut headers = upstream_headers(&call.headers, same_format, channel, &credential.secret, upstream_stream);
         headers.extend(credential.extra_headers.iter().cloned());
         UpstreamRequest {
@@ -617,13 +630,16 @@ fn run_attempt(
             headers,
             body,
             proxy: (!channel.proxy.is_empty()).then(|| channel.proxy.clone()),
-            response_head_timeout: Some(deadlines.first_byte.min(deadlines.remaining())),
+            response_head_timeout: Some(response_head_timeout),
         }
     };
-    let first_byte_deadline = Instant::now() + deadlines.first_byte.min(deadlines.remaining());
-    control.set_read_timeout(Some(deadlines.first_byte.min(deadlines.remaining())));
+    // One clock reading for the first byte's time limit, its deadline and the socket's timeout.
+    let now = Instant::now();
+    let first_byte_limit = deadlines.first_byte.min(deadlines.remaining_at(now));
+    let first_byte_deadline = now + first_byte_limit;
+    control.set_read_timeout(Some(first_byte_limit));
     let retry_body = credential.refreshable.then(|| body.clone());
-    let sent = with_call_control(control, || state.upstream.send(build_request(&credential, body)));
+    let sent = with_call_control(control, || state.upstream.send(build_request(&credential, body, first_byte_limit)));
     let mut response = match sent {
         Ok(response) => response,
         Err(error) => return transport_failure(error, control, false),
@@ -636,7 +652,8 @@ fn run_attempt(
             Ok(credential) => credential,
             Err(message) => return credential_failure(message),
         };
-        response = match with_call_control(control, || state.upstream.send(build_request(&credential, body))) {
+        let response_head_timeout = first_byte_deadline.saturating_duration_since(Instant::now());
+        response = match with_call_control(control, || state.upstream.send(build_request(&credential, body, response_head_timeout))) {
             Ok(response) => response,
             Err(error) => return transport_failure(error, control, false),
         };

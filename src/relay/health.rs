@@ -65,7 +65,12 @@ impl HealthCell {
 
     /// Milliseconds on the relay's monotonic clock.
     pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// `instant` on the relay's monotonic clock, for a caller that has already read the clock.
+    pub fn ms_at(&self, instant: Instant) -> u64 {
+        instant.saturating_duration_since(self.started).as_millis() as u64
     }
 }
 

@@ -133,9 +133,10 @@ impl RelayState {
         Ok(())
     }
 
-    /// Refuses a request of a key over its `rpm` or `tpm`, and counts it otherwise.
-    pub fn admit(&self, api_key: &ApiKey) -> Result<(), RelayError> {
-        self.rate_limits.admit(api_key, u64::try_from(crate::util::unix_millis()).unwrap_or(0)).map_err(|refusal| RelayError::RateLimited {
+    /// Refuses a request of a key over its `rpm` or `tpm`, and counts it otherwise, at
+    /// `now_unix_ms` (the request's start).
+    pub fn admit(&self, api_key: &ApiKey, now_unix_ms: i64) -> Result<(), RelayError> {
+        self.rate_limits.admit(api_key, u64::try_from(now_unix_ms).unwrap_or(0)).map_err(|refusal| RelayError::RateLimited {
             message: refusal.message(),
             retry_after_seconds: refusal.retry_after_seconds(),
         })
