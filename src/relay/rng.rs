@@ -5,6 +5,9 @@
 //! batteries for this kind of use, and costs a handful of arithmetic operations per number. In
 //! production the caller seeds it from `crate::util::os_random_u64()`; tests pass a constant.
 
+/// Letters of an alphanumeric id taken from one 64-bit draw (see `prefixed_alphanumeric`).
+const DIGITS_PER_DRAW: usize = 10;
+
 /// A SplitMix64 generator. Cheap to create, so the relay can make one per request.
 #[derive(Clone, Debug)]
 pub struct Rng {
@@ -79,7 +82,20 @@ impl Rng {
         let alphabet = crate::util::ALPHANUMERIC;
         let mut id = String::with_capacity(prefix.len() + length);
         id.push_str(prefix);
-        id.extend((0..length).map(|_| char::from(alphabet[self.below(alphabet.len() as u64) as usize])));
+        // One draw gives several letters: it is read as a fraction in [0, 1) whose base-62
+        // digits are the letters' indexes. A digit is the high half of the fraction times 62 and
+        // the low half is the rest of the fraction. 62 is even, so each digit leaves one more
+        // low bit at zero; after DIGITS_PER_DRAW digits 54 random bits remain, and a digit's
+        // bias stays below 62 / 2^54. A draw per letter cost five times as much.
+        let mut fraction = 0u64;
+        for index in 0..length {
+            if index % DIGITS_PER_DRAW == 0 {
+                fraction = self.next_u64();
+            }
+            let product = u128::from(fraction) * alphabet.len() as u128;
+            id.push(char::from(alphabet[(product >> 64) as usize]));
+            fraction = product as u64;
+        }
         id
     }
 }
@@ -100,6 +116,24 @@ mod tests {
         }
         assert_eq!(seen.len(), 62, "every letter and digit appears");
         assert_ne!(Rng::new(1).alphanumeric(24), Rng::new(2).alphanumeric(24));
+    }
+
+    #[test]
+    fn every_letter_of_a_draw_is_uniform() {
+        // Ten letters share a draw, so the last of them, the most worn-down digit of the draw's
+        // fraction, is checked position by position like the first.
+        let mut rng = Rng::new(5);
+        let ids: Vec<String> = (0..31_000).map(|_| rng.alphanumeric(12)).collect();
+        for position in [0, 9, 10, 11] {
+            let mut counts = [0u32; 62];
+            for id in &ids {
+                let letter = id.as_bytes()[position];
+                let index = crate::util::ALPHANUMERIC.iter().position(|candidate| *candidate == letter).expect("a letter of the alphabet");
+                counts[index] += 1;
+            }
+            // Each letter expects 500 (standard deviation about 22); 400..=600 is over four.
+            assert!(counts.iter().all(|count| (400..=600).contains(count)), "position {position}: {counts:?}");
+        }
     }
 
     #[test]
