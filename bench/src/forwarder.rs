@@ -256,18 +256,22 @@ fn os_result(result: i32) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bytes_go_through_both_ways_and_a_close_is_passed_on() {
+    /// A forwarder in front of a listener that stands for the mock.
+    fn forwarder_to_listener() -> (Forwarder, TcpListener) {
         let upstream = TcpListener::bind("127.0.0.1:0").expect("bind");
         let forwarder = Forwarder::start(upstream.local_addr().expect("address"), None).expect("forwarder");
-        let mut client = TcpStream::connect(forwarder.address()).expect("connect");
-        let (mut far_end, _) = upstream.accept().expect("accept");
+        (forwarder, upstream)
+    }
 
-        client.write_all(b"request").expect("write");
-        let mut request = [0u8; 7];
-        far_end.read_exact(&mut request).expect("read at the upstream");
-        assert_eq!(&request, b"request");
+    /// A client connected through the forwarder, and the upstream's end of that connection.
+    fn connect_through(forwarder: &Forwarder, upstream: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(forwarder.address()).expect("connect");
+        let (far_end, _) = upstream.accept().expect("accept");
+        (client, far_end)
+    }
 
+    /// The upstream end answers and closes; the client gets the answer and then the close.
+    fn answer_and_close(mut far_end: TcpStream, client: &mut TcpStream) {
         far_end.write_all(b"answer").expect("write");
         drop(far_end);
         let mut answer = Vec::new();
@@ -276,13 +280,23 @@ mod tests {
     }
 
     #[test]
+    fn bytes_go_through_both_ways_and_a_close_is_passed_on() {
+        let (forwarder, upstream) = forwarder_to_listener();
+        let (mut client, mut far_end) = connect_through(&forwarder, &upstream);
+
+        client.write_all(b"request").expect("write");
+        let mut request = [0u8; 7];
+        far_end.read_exact(&mut request).expect("read at the upstream");
+        assert_eq!(&request, b"request");
+
+        answer_and_close(far_end, &mut client);
+    }
+
+    #[test]
     fn connections_stay_apart_and_a_half_close_still_gets_its_answer() {
-        let upstream = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let forwarder = Forwarder::start(upstream.local_addr().expect("address"), None).expect("forwarder");
-        let mut first = TcpStream::connect(forwarder.address()).expect("connect");
-        let (mut first_far, _) = upstream.accept().expect("accept");
-        let mut second = TcpStream::connect(forwarder.address()).expect("connect");
-        let (mut second_far, _) = upstream.accept().expect("accept");
+        let (forwarder, upstream) = forwarder_to_listener();
+        let (mut first, mut first_far) = connect_through(&forwarder, &upstream);
+        let (mut second, mut second_far) = connect_through(&forwarder, &upstream);
 
         second.write_all(b"two").expect("write");
         first.write_all(b"one").expect("write");
@@ -298,17 +312,12 @@ mod tests {
         let mut rest = Vec::new();
         first_far.read_to_end(&mut rest).expect("read to the forwarded end");
         assert!(rest.is_empty());
-        first_far.write_all(b"answer").expect("write");
-        drop(first_far);
-        let mut answer = Vec::new();
-        first.read_to_end(&mut answer).expect("read");
-        assert_eq!(answer, b"answer");
+        answer_and_close(first_far, &mut first);
     }
 
     #[test]
     fn its_thread_cpu_time_is_its_own() {
-        let upstream = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let forwarder = Forwarder::start(upstream.local_addr().expect("address"), None).expect("forwarder");
+        let (forwarder, _upstream) = forwarder_to_listener();
         let process_before = crate::proc_stats::cpu_micros(std::process::id()).expect("process CPU");
         let forwarder_before = crate::proc_stats::own_thread_cpu_micros(forwarder.thread_id()).expect("thread CPU");
         // This thread works for 300 ms while the forwarder's waits in epoll.
