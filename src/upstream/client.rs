@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use rustls::ClientConfig;
@@ -168,7 +168,10 @@ struct ClientShared {
     options: ClientOptions,
     tls_config: Arc<ClientConfig>,
     resolver: CachingResolver,
-    /// Keyed by the proxy URL as given, "" for direct connections.
+    /// The agent for direct connections, which almost every call uses: made on first use and
+    /// kept for good, so a call takes it without a lock, a map lookup or a clone.
+    direct_agent: OnceLock<Agent>,
+    /// Agents behind a proxy, keyed by the proxy URL as given.
     agents: Mutex<HashMap<String, Agent>>,
 }
 
@@ -181,6 +184,7 @@ impl UpstreamClient {
                 options,
                 tls_config,
                 resolver: CachingResolver::default(),
+                direct_agent: OnceLock::new(),
                 agents: Mutex::new(HashMap::new()),
             }),
         })
@@ -194,12 +198,18 @@ impl UpstreamClient {
             return Err(UpstreamError::Cancelled);
         }
         let proxy_url = request.proxy.as_deref().map(str::trim).unwrap_or_default();
-        let agent = self.agent_for(proxy_url)?;
+        let proxied_agent;
+        let agent = if proxy_url.is_empty() {
+            self.direct_agent()
+        } else {
+            proxied_agent = self.proxied_agent(proxy_url)?;
+            &proxied_agent
+        };
         let response = if request.body.is_empty() && !method_expects_body(&request.method) {
-            run(&agent, http_request(&request, ())?, request.response_head_timeout)
+            run(agent, http_request(&request, ())?, request.response_head_timeout)
         } else {
             let body = std::mem::take(&mut request.body);
-            run(&agent, http_request(&request, body)?, request.response_head_timeout)
+            run(agent, http_request(&request, body)?, request.response_head_timeout)
         }?;
 
         Ok(into_upstream_response(response))
@@ -248,7 +258,12 @@ impl UpstreamClient {
         Ok(into_upstream_response(response))
     }
 
-    fn agent_for(&self, proxy_url: &str) -> Result<Agent, UpstreamError> {
+    fn direct_agent(&self) -> &Agent {
+        self.shared.direct_agent.get_or_init(|| build_agent(&self.shared, None))
+    }
+
+    /// The agent for a proxy URL, which is not empty.
+    fn proxied_agent(&self, proxy_url: &str) -> Result<Agent, UpstreamError> {
         let mut agents = self.lock_agents();
         if let Some(agent) = agents.get(proxy_url) {
             return Ok(agent.clone());
