@@ -373,15 +373,15 @@ fn generate(
                     trace.record.attempts.push(skipped_attempt(&channel, key, &item.model, "client gone".to_string()));
                     return Err(RelayError::ClientGone("the client closed the connection".to_string()));
                 }
-                let base_url = channel.base_urls[endpoint_index].clone();
+                let base_url = &channel.base_urls[endpoint_index];
                 attempts_made += 1;
-                let result = run_attempt(state, &call, &channel, key, &base_url, &item.model, &deadlines, &control);
+                let result = run_attempt(state, &call, &channel, key, base_url, &item.model, &deadlines, &control);
                 let duration = attempt_started.elapsed();
                 let outcome = match &result {
                     AttemptResult::Failed { outcome, .. } => *outcome,
                     _ => AttemptOutcome::Success,
                 };
-                apply_effects(state, &outcome, &channel, key, &breaker_key, &base_url, duration, attempt_started_ms);
+                apply_effects(state, &outcome, &channel, key, &breaker_key, base_url, duration, attempt_started_ms);
                 let detail = match &result {
                     AttemptResult::Failed { detail, .. } => detail.clone(),
                     _ => "success".to_string(),
