@@ -280,14 +280,14 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         out,
         "| CPU per request, c={}: gateway process | — | {} | | |",
         info.concurrency,
-        gateway_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
+        gateway_cpu.map_or("—".to_string(), cpu_cell),
     );
     if let Some(forwarder) = results.forwarder.as_ref().filter(|arm| arm.load.completed > 0) {
-        let forwarder_cpu = cpu_per_request(forwarder.proxy_cpu_micros.unwrap_or(0), &forwarder.load);
+        let forwarder_cpu = forwarder.proxy_cpu_micros.and_then(|micros| cpu_per_request(micros, &forwarder.load));
         let _ = writeln!(
             out,
             "| … the zero-work forwarder's thread instead (one epoll thread on the gateway's CPU copying bytes: what the kernel takes from any proxy) | — | {} | | |",
-            forwarder_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
+            forwarder_cpu.map_or("—".to_string(), cpu_cell),
         );
         let forwarder_rps = requests_per_second(&forwarder.load);
         let _ = writeln!(
@@ -304,8 +304,8 @@ fn render_main_table(out: &mut String, results: &RunResults) {
         out,
         "| CPU per request, c={}: bench rig (client + mock) | {} | {} | | |",
         info.concurrency,
-        direct_rig_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
-        gateway_rig_cpu.map_or("—".to_string(), |micros| format!("{micros:.1} µs")),
+        direct_rig_cpu.map_or("—".to_string(), cpu_cell),
+        gateway_rig_cpu.map_or("—".to_string(), cpu_cell),
     );
 
     // Every stream's first event counts: the long paced ones and the short ones run for this.
@@ -798,6 +798,11 @@ fn requests_per_second(load: &LoadOutcome) -> f64 {
 
 fn cpu_per_request(cpu_micros: u64, load: &LoadOutcome) -> Option<f64> {
     (load.completed > 0).then(|| cpu_micros as f64 / load.completed as f64)
+}
+
+/// A CPU-per-request figure as a table cell.
+fn cpu_cell(micros: f64) -> String {
+    format!("{micros:.1} µs")
 }
 
 fn ratio(gateway: f64, direct: f64) -> String {
