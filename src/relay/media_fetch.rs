@@ -317,10 +317,7 @@ impl<'a> ImageFetcher<'a> {
                 MAX_BYTES_PER_REQUEST / (1024 * 1024)
             )
         };
-        if response.header("content-length")
-            .and_then(|length| length.trim().parse::<u64>().ok())
-            .is_some_and(|length| length > limit)
-        {
+        if response.declared_length().is_some_and(|length| length > limit) {
             return Err(too_large());
         }
         let mut bytes = Vec::new();

@@ -150,11 +150,16 @@ impl UpstreamResponse {
     /// `read_to_end` starts with a 32-byte probe and doubles, each step one more pass through
     /// ureq's state machine.
     pub fn body_buffer(&self) -> Vec<u8> {
-        let declared = self.header("content-length").and_then(|value| value.trim().parse::<usize>().ok());
-        match declared {
-            Some(length) => Vec::with_capacity(length.min(LARGEST_PRESIZED_BODY)),
+        match self.declared_length() {
+            Some(length) => Vec::with_capacity(usize::try_from(length).unwrap_or(usize::MAX).min(LARGEST_PRESIZED_BODY)),
             None => Vec::new(),
         }
+    }
+
+    /// The body's length as the `content-length` header declares it, when it is a number. A
+    /// claim only: the body read may be shorter, or cut off by the caller's own limit.
+    pub fn declared_length(&self) -> Option<u64> {
+        self.header("content-length").and_then(|value| value.trim().parse().ok())
     }
 }
 
