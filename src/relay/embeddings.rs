@@ -153,16 +153,18 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
         let Some(channel) = snapshot.channels_by_id.get(&item.channel_id).cloned() else { continue };
         let mut tried_keys: Vec<i64> = Vec::new();
         'keys: loop {
-            if !budget.may_try_again(attempts_made, state.health.now_ms()) {
+            // One clock reading for the choice of key and the breaker's verdict.
+            let now_ms = state.health.now_ms();
+            if !budget.may_try_again(attempts_made, now_ms) {
                 break 'items;
             }
             let key = {
                 let mut health = state.health.lock();
                 let mut rng = Rng::new(state.next_seed());
-                match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, state.health.now_ms(), &mut rng) {
+                match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, now_ms, &mut rng) {
                     KeyPick::Chosen(choice) => channel.keys[choice.key_index].clone(),
                     KeyPick::AllCoolingDown { free_at_ms } => {
-                        skipped.wait(&channel.name, "every key is cooling down", free_at_ms.saturating_sub(state.health.now_ms()));
+                        skipped.wait(&channel.name, "every key is cooling down", free_at_ms.saturating_sub(now_ms));
                         continue 'items;
                     }
                     KeyPick::NoKeyLeft => continue 'items,
@@ -170,15 +172,17 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
             };
             tried_keys.push(key.id);
             let breaker_key = BreakerKey { channel_id: channel.id, key_id: key.id, model: item.model.clone() };
-            if let BreakerDecision::Open { retry_in_ms } = state.health.lock().breakers.allow(&breaker_key, state.health.now_ms()) {
+            if let BreakerDecision::Open { retry_in_ms } = state.health.lock().breakers.allow(&breaker_key, now_ms) {
                 trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, "skipped: circuit open".to_string()));
                 skipped.wait(&channel.name, "circuit open", retry_in_ms);
                 continue 'keys;
             }
             let endpoint_order = state.health.lock().endpoints.order_endpoints(channel.id, &channel.base_urls);
             for endpoint_index in endpoint_order {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if !budget.may_try_again(attempts_made, state.health.now_ms()) || remaining.is_zero() {
+                let attempt_started = Instant::now();
+                let attempt_started_ms = state.health.ms_at(attempt_started);
+                let remaining = deadline.saturating_duration_since(attempt_started);
+                if !budget.may_try_again(attempts_made, attempt_started_ms) || remaining.is_zero() {
                     break 'items;
                 }
                 // The probe is a system call; before the first attempt the request has only just been
@@ -189,8 +193,6 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
                 }
                 let base_url = channel.base_urls[endpoint_index].clone();
                 attempts_made += 1;
-                let attempt_started = Instant::now();
-                let attempt_started_ms = state.health.ms_at(attempt_started);
                 let target = AttemptTarget { channel: &channel, key: &key, base_url: &base_url, upstream_model: &item.model };
                 let result = run_attempt(state, &parsed, &body, &target, first_byte.min(remaining), deadline, &control);
                 let duration = attempt_started.elapsed();
