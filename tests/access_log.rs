@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 
 use serde_json::json;
 
@@ -21,9 +20,7 @@ const REQUESTS_PER_THREAD: usize = 25;
 fn every_relayed_request_has_one_whole_access_line() {
     let mock = MockUpstream::start(default_reply);
     let dir = temp_dir("access-log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = start_logged(&dir, port, &[("OCTOPUS_LOG_LEVEL", "info")]);
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut child, address) = start_logged(&dir, &[("OCTOPUS_LOG_LEVEL", "info")]);
 
     let login = json_request(address, "POST", "/api/v1/auth/login", None, Some(&json!({"username": "admin", "password": "admin"})));
     let first_token = login.json()["token"].as_str().unwrap().to_string();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use support::binary::{wait_until_listening, RunningBinary, BINARY};
+use support::binary::{start_on_any_port, BINARY};
 use support::databases::{self, temp_dir, TestDatabase};
 use support::gateway::TestGateway;
 use support::http_client::{json_request, request};
@@ -57,15 +57,8 @@ fn version_help_and_bad_arguments() {
 #[test]
 fn first_start_creates_config_and_database_and_serves_the_admin_api() {
     let dir = temp_dir("first-start");
-    let port = free_port();
     let mut command = Command::new(BINARY);
-    command
-        .arg("start")
-        .current_dir(&dir)
-        .env("OCTOPUS_SERVER_HOST", "127.0.0.1")
-        .env("OCTOPUS_SERVER_PORT", port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    command.arg("start").current_dir(&dir);
     // A permissive umask, as on most systems, so the permission checks below can fail.
     // SAFETY: umask is async-signal-safe and touches only the child's own process state.
     unsafe {
@@ -74,9 +67,7 @@ fn first_start_creates_config_and_database_and_serves_the_admin_api() {
             Ok(())
         });
     }
-    let mut child = RunningBinary(command.spawn().unwrap());
-    let address = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until_listening(&mut child, address);
+    let (mut child, address) = start_on_any_port(command, &dir.join("gateway.log"));
     assert_eq!(request(address, "GET", "/healthz", &[], b"").status, 200);
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("data/config.json")).unwrap()).unwrap();
     assert_eq!(config["server"]["port"], 8080, "the file holds the defaults; the environment only overrides");
@@ -131,20 +122,9 @@ fn context_switches_of_threads_named(pid: u32, name: &str) -> std::collections::
 #[test]
 fn an_idle_gateway_wakes_its_coroutine_threads_rarely() {
     let dir = temp_dir("idle-wake-ups");
-    let port = free_port();
-    let mut child = RunningBinary(
-        Command::new(BINARY)
-            .arg("start")
-            .current_dir(&dir)
-            .env("OCTOPUS_SERVER_HOST", "127.0.0.1")
-            .env("OCTOPUS_SERVER_PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let address = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until_listening(&mut child, address);
+    let mut command = Command::new(BINARY);
+    command.arg("start").current_dir(&dir);
+    let (child, address) = start_on_any_port(command, &dir.join("gateway.log"));
     assert_eq!(request(address, "GET", "/healthz", &[], b"").status, 200);
     std::thread::sleep(Duration::from_millis(500));
 

@@ -53,11 +53,10 @@ fn mock_provider() -> MockUpstream {
     })
 }
 
-fn start_binary(dir: &Path, port: u16, mock: &MockUpstream) -> RunningBinary {
+fn start_binary(dir: &Path, mock: &MockUpstream) -> (RunningBinary, SocketAddr) {
     let amp_url = mock.base_url();
     start_logged(
         dir,
-        port,
         &[
             ("OCTOPUS_LOG_LEVEL", "trace"),
             ("OCTOPUS_AMPCODE_ENABLED", "true"),
@@ -107,13 +106,7 @@ impl Answers {
 fn no_secret_reaches_a_log_line_or_an_api_answer() {
     let mock = mock_provider();
     let dir = temp_dir("secrets");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = start_binary(&dir, port, &mock);
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut child, address) = start_binary(&dir, &mock);
     let mut answers = Answers::default();
     let admin = |answers: &mut Answers,
                  label: &str,

@@ -21,30 +21,70 @@ impl Drop for RunningBinary {
     }
 }
 
-/// Starts `octopus start` in `dir` on 127.0.0.1:`port`, stdout and stderr in `dir/gateway.log`,
-/// with `environment` added, and waits until it listens. The price sync at start is pointed at
-/// the discard port first, so it stays on loopback.
-pub fn start_logged(dir: &Path, port: u16, environment: &[(&str, &str)]) -> RunningBinary {
+/// Starts `octopus start` in `dir` on a loopback port of its own choosing, stdout and stderr in
+/// `dir/gateway.log`, with `environment` added, and returns it with the address it listens on.
+/// The price sync at start is pointed at the discard port first, so it stays on loopback.
+pub fn start_logged(dir: &Path, environment: &[(&str, &str)]) -> (RunningBinary, SocketAddr) {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let mut store = octopus::store::open("sqlite", dir.join("data/data.db").to_str().unwrap()).unwrap();
     store.set_setting("setting.models_dev_url", "\"http://127.0.0.1:9\"").unwrap();
     drop(store);
-    let log_file = std::fs::File::create(dir.join("gateway.log")).unwrap();
     let mut command = Command::new(BINARY);
-    command
-        .arg("start")
-        .current_dir(dir)
-        .env("OCTOPUS_SERVER_HOST", "127.0.0.1")
-        .env("OCTOPUS_SERVER_PORT", port.to_string())
-        .env("OCTOPUS_RELAY_PROBE_INTERVAL_SECONDS", "0")
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file);
+    command.arg("start").current_dir(dir).env("OCTOPUS_RELAY_PROBE_INTERVAL_SECONDS", "0");
     for (name, value) in environment {
         command.env(name, value);
     }
-    let mut child = RunningBinary(command.spawn().unwrap());
-    wait_until_listening(&mut child, format!("127.0.0.1:{port}").parse().unwrap());
-    child
+    start_on_any_port(command, &dir.join("gateway.log"))
+}
+
+/// Spawns `command` (an `octopus start`) on a free loopback port, with its output in
+/// `log_path`, and waits until the binary logs that it listens there.
+///
+/// Why wait for the log line rather than for the port to answer: a port found free and released
+/// can be taken before the binary binds it, by another test's gateway among others. A test would
+/// then talk to the wrong gateway, perhaps one that is shutting down. Once the binary says it
+/// listens, the port is its own; if it lost the race, it exits saying so and is started again
+/// on another port.
+pub fn start_on_any_port(mut command: Command, log_path: &Path) -> (RunningBinary, SocketAddr) {
+    // The address line is logged at info; a test asking for more detail keeps its level.
+    let quieter_than_info = command
+        .get_envs()
+        .any(|(name, value)| name == "OCTOPUS_LOG_LEVEL" && value.is_some_and(|level| level == "warn" || level == "error"));
+    assert!(!quieter_than_info, "the listening address is logged at info level");
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log_file = std::fs::File::create(log_path).unwrap();
+        command
+            .env("OCTOPUS_SERVER_HOST", "127.0.0.1")
+            .env("OCTOPUS_SERVER_PORT", port.to_string())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        let mut child = RunningBinary(command.spawn().unwrap());
+        let started = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            if let Some(address) = listening_address_in(&log) {
+                assert_eq!(address.port(), port, "{log}");
+                return (child, address);
+            }
+            if child.0.try_wait().unwrap().is_some() {
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                assert!(log.contains("Address already in use"), "the gateway exited early: {log}");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start listening: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("five free ports in a row were taken before the gateway could bind them");
+}
+
+/// The address in the gateway's "octopus listening on ADDRESS (...)" line, once it is whole.
+fn listening_address_in(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|line| line.contains("octopus listening on "))?;
+    let rest = &line[line.find("octopus listening on ")? + "octopus listening on ".len()..];
+    // The " (" after the address shows the line was not caught half written.
+    rest.split_once(" (")?.0.parse().ok()
 }
 
 /// Waits (20 s at most) until the binary accepts connections on `address`, failing at once if
