@@ -8,9 +8,9 @@ use octopus::commands::{self, DEFAULT_CONFIG_PATH};
 
 /// mimalloc on every target: musl's allocator takes one global lock (1.8x the CPU per request
 /// under concurrency), and glibc's costs 15-24% more instructions per request (numbers in
-/// Cargo.toml's comment).
+/// Cargo.toml's comment). `allocator::Mimalloc` says how requests reach it.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: octopus::allocator::Mimalloc = octopus::allocator::Mimalloc;
 
 /// Applies the allocator's settings before the first allocation: one of them (how arenas are
 /// committed) only affects arenas created after it, and Rust's runtime allocates before `main`.
