@@ -680,6 +680,77 @@ fn a_slow_response_head_times_out() {
     );
 }
 
+/// Under a `CallControl` (as every relay call runs), the response-head limit is the control's
+/// deadline, applied by the transport: the same error as ureq's own limit, for a server that
+/// says nothing and for one that stops in the middle of its head.
+#[test]
+fn a_slow_response_head_times_out_under_a_call_control() {
+    let silent = MockServer::start(|request, stream| {
+        thread::sleep(Duration::from_millis(1500));
+        echo_ok(request, stream)
+    });
+    let half_a_head = MockServer::start(|request, stream| {
+        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: appl")?;
+        stream.flush()?;
+        thread::sleep(Duration::from_millis(1500));
+        echo_ok(request, stream)
+    });
+    for url in [silent.url("/v1/x"), half_a_head.url("/v1/x")] {
+        let client = client();
+        let (outcome, elapsed, control_is_clear) = in_coroutine(move || {
+            let control = CallControl::new();
+            let mut request = post(url, "{}");
+            request.response_head_timeout = Some(Duration::from_millis(200));
+            let started = Instant::now();
+            let outcome = with_call_control(&control, || client.send(request).map(|response| response.status));
+            (outcome, started.elapsed(), control.is_cancelled())
+        });
+        assert_eq!(outcome, Err(UpstreamError::Timeout("response head".to_string())));
+        assert!(elapsed >= Duration::from_millis(180), "timed out early, after {elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1000), "timed out after {elapsed:?}");
+        assert!(!control_is_clear, "a timeout is not a cancel");
+    }
+}
+
+/// The response-head deadline ends with the head: a stream whose events come after it passed
+/// is read to its end, over plain TCP and over TLS.
+#[test]
+fn the_response_head_deadline_does_not_limit_the_body() {
+    fn slow_events(stream: &mut dyn Write) -> io::Result<()> {
+        start_sse_head(stream)?;
+        thread::sleep(Duration::from_millis(400));
+        write_chunk(stream, "data: one\n\n")?;
+        thread::sleep(Duration::from_millis(300));
+        write_chunk(stream, "data: two\n\n")?;
+        stream.write_all(b"0\r\n\r\n")?;
+        stream.flush()
+    }
+    let plain = MockServer::start(|_, stream| slow_events(stream));
+    let tls_config = tls_server_config();
+    let handler: Handler = Arc::new(|_: &MockRequest, stream: &mut dyn Write| slow_events(stream));
+    let tls = MockServer::start_accepting(move |stream| {
+        let Ok(connection) = rustls::ServerConnection::new(tls_config.clone()) else {
+            return;
+        };
+        serve_http(rustls::StreamOwned::new(connection, stream), &handler, &Arc::new(Mutex::new(Vec::new())));
+    });
+    let urls = [plain.url("/v1/chat/completions"), format!("https://localhost:{}/v1/chat/completions", tls.addr.port())];
+    for url in urls {
+        let client = client_with(ClientOptions {
+            extra_ca_pem_file: Some(fixture("ca.pem")),
+            connect_timeout: Duration::from_secs(3),
+            ..ClientOptions::default()
+        });
+        let body = in_coroutine(move || {
+            let control = CallControl::new();
+            let mut request = post(url, "{}");
+            request.response_head_timeout = Some(Duration::from_millis(200));
+            with_call_control(&control, || client.send(request).map(|mut response| read_body(&mut response)))
+        });
+        assert_eq!(body, Ok("data: one\n\ndata: two\n\n".to_string()));
+    }
+}
+
 // ----- tests: CallControl -----
 
 /// A mock that sends the response head of a stream and then stays silent for two seconds.

@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 use ureq::http::header::{ACCEPT_ENCODING, HeaderName, HeaderValue};
@@ -441,21 +441,33 @@ fn method_expects_body(method: &str) -> bool {
         .any(|with_body| method.eq_ignore_ascii_case(with_body))
 }
 
+/// Runs `request` on `agent`, its response head limited to `response_head_timeout`.
+///
+/// Under a `CallControl` (every relay call) the limit is the control's response-head deadline,
+/// which our transport applies to each read until `agent.run` returns with the head. ureq's own
+/// per-request limit would clone the agent's whole `Config` into the request and add it to the
+/// request's extensions: about 800 instructions of a pass-through request (callgrind). Calls
+/// without a control (price sync, OAuth, channel tests) keep ureq's.
 fn run<B: AsSendBody>(
     agent: &Agent,
     request: http::Request<B>,
     response_head_timeout: Option<Duration>,
 ) -> Result<http::Response<ureq::Body>, UpstreamError> {
-    let request = match response_head_timeout {
-        Some(timeout) => agent
+    let Some(timeout) = response_head_timeout else {
+        return agent.run(request).map_err(|error| classify_ureq_error(&error));
+    };
+    let Some(control) = current_call_control() else {
+        let request = agent
             .configure_request(request)
             .timeout_recv_response(Some(timeout))
-            .build(),
-        None => request,
+            .build();
+        return agent.run(request).map_err(|error| classify_ureq_error(&error));
     };
-    agent
-        .run(request)
-        .map_err(|error| classify_ureq_error(&error))
+    control.set_response_head_deadline(Some(Instant::now() + timeout));
+    let result = agent.run(request);
+    // The head is back (or the call failed): reading the body is the relay's to limit.
+    control.set_response_head_deadline(None);
+    result.map_err(|error| classify_ureq_error(&error))
 }
 
 /// The response body reader; turns every read error into one carrying an `UpstreamError`.

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::upstream::transport::SharedSocket;
 
@@ -37,6 +37,8 @@ struct ControlInner {
 #[derive(Debug, Default)]
 struct ControlState {
     read_timeout: Option<Duration>,
+    /// Set while a call waits for its response head (see `set_response_head_deadline`).
+    response_head_deadline: Option<Instant>,
     cancelled: bool,
     /// The socket the installed call used last; `cancel()` shuts it down.
     socket: Option<Weak<SharedSocket>>,
@@ -57,6 +59,15 @@ impl CallControl {
     /// `None` removes the limit. A read already waiting keeps the limit it started with.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) {
         self.lock_state().read_timeout = timeout;
+    }
+
+    /// Limits the reads of the installed call until its response head is back: a read still
+    /// waiting at `deadline` fails as ureq's own response-head timeout does
+    /// (`ureq::Timeout::RecvResponse`). `UpstreamClient::send` sets it for a call that asks for a
+    /// response-head limit and clears it when the head is back, instead of handing ureq a
+    /// per-request config: that clones the agent's whole `Config` into every request.
+    pub(crate) fn set_response_head_deadline(&self, deadline: Option<Instant>) {
+        self.lock_state().response_head_deadline = deadline;
     }
 
     /// Stops the call: shuts down the socket it is using, so a read or write blocked on it
@@ -80,8 +91,8 @@ impl CallControl {
     }
 
     /// Called by the transport before each read or write: records `socket` as the one to shut
-    /// down on `cancel()` and returns the read timeout, or `Err(())` once cancelled.
-    pub(crate) fn claim(&self, socket: &Arc<SharedSocket>) -> Result<Option<Duration>, ()> {
+    /// down on `cancel()` and returns the read limits, or `Err(())` once cancelled.
+    pub(crate) fn claim(&self, socket: &Arc<SharedSocket>) -> Result<ReadLimits, ()> {
         let mut state = self.lock_state();
         if state.cancelled {
             return Err(());
@@ -96,7 +107,7 @@ impl CallControl {
         // The owner is set under our lock, so a concurrent cancel() either sees it or already
         // made this claim fail.
         socket.set_owner(self.inner.id);
-        Ok(state.read_timeout)
+        Ok(ReadLimits { read_timeout: state.read_timeout, response_head_deadline: state.response_head_deadline })
     }
 
     fn lock_state(&self) -> MutexGuard<'_, ControlState> {
@@ -106,6 +117,15 @@ impl CallControl {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// What a control asks of the reads of its call, as the transport claims it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReadLimits {
+    /// The most any one read may wait (`set_read_timeout`).
+    pub read_timeout: Option<Duration>,
+    /// When the response head must be back (`set_response_head_deadline`).
+    pub response_head_deadline: Option<Instant>,
 }
 
 impl Default for CallControl {

@@ -25,7 +25,7 @@ use ureq::unversioned::transport::{
 
 use crate::may_io::SteadyTcpStream;
 use crate::upstream::buffers::ConnectionBuffers;
-use crate::upstream::control::{CallControl, current_call_control};
+use crate::upstream::control::{CallControl, ReadLimits, current_call_control};
 use crate::upstream::error::TransportFailure;
 use crate::upstream::socks::{SocksCredentials, SocksTarget, socks5_handshake};
 use crate::util::{applied_timeout_fits, receive_without_waiting};
@@ -66,6 +66,49 @@ impl<In: Transport> Connector<In> for MayConnector {
     }
 }
 
+/// Which limit a read waits under, so that a timeout is reported as the one that struck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadLimiter {
+    /// ureq's own limit for the phase the call is in.
+    Ureq,
+    /// The `CallControl`'s limit on any one read.
+    ControlRead,
+    /// The `CallControl`'s deadline for the response head.
+    ResponseHead,
+}
+
+impl ReadLimiter {
+    /// The error of a read that ran out of time under this limit; `ureq_reason` names ureq's.
+    fn timeout_error(self, ureq_reason: ureq::Timeout) -> ureq::Error {
+        match self {
+            ReadLimiter::Ureq => ureq::Error::Timeout(ureq_reason),
+            ReadLimiter::ControlRead => TransportFailure::ReadTimeout.into_ureq_error(),
+            // Reported as ureq reports its own response-head timeout, which it replaces.
+            ReadLimiter::ResponseHead => ureq::Error::Timeout(ureq::Timeout::RecvResponse),
+        }
+    }
+}
+
+/// The shortest of a read's limits (`None`: no limit) and which one it is; ureq's wins a tie.
+fn shortest_read_limit(
+    ureq_limit: Option<Duration>,
+    control_read_timeout: Option<Duration>,
+    response_head_remaining: Option<Duration>,
+) -> (Option<Duration>, ReadLimiter) {
+    let mut shortest = (ureq_limit, ReadLimiter::Ureq);
+    for (limit, limiter) in [
+        (control_read_timeout, ReadLimiter::ControlRead),
+        (response_head_remaining, ReadLimiter::ResponseHead),
+    ] {
+        if let Some(limit) = limit
+            && shortest.0.is_none_or(|current| limit < current)
+        {
+            shortest = (Some(limit), limiter);
+        }
+    }
+    shortest
+}
+
 /// One TCP connection on a may stream, with ureq's buffers.
 pub(crate) struct MayTransport {
     /// Reads and writes retry may's spurious errors (`crate::may_io`).
@@ -91,17 +134,15 @@ impl MayTransport {
     }
 
     /// Checks cancellation and records this socket with the installed `CallControl`, whose
-    /// read timeout is returned. Without a control the socket has no owner, so a stale
+    /// read limits are returned. Without a control the socket has no owner, so a stale
     /// `cancel()` from an earlier call on this pooled connection cannot reach it.
-    fn claim_for_current_call(
-        &self,
-    ) -> Result<(Option<CallControl>, Option<Duration>), ureq::Error> {
+    fn claim_for_current_call(&self) -> Result<(Option<CallControl>, ReadLimits), ureq::Error> {
         let Some(control) = current_call_control() else {
             self.socket.set_owner(NO_OWNER);
-            return Ok((None, None));
+            return Ok((None, ReadLimits::default()));
         };
         match control.claim(&self.socket) {
-            Ok(read_timeout) => Ok((Some(control), read_timeout)),
+            Ok(limits) => Ok((Some(control), limits)),
             Err(()) => Err(TransportFailure::Cancelled.into_ureq_error()),
         }
     }
@@ -144,19 +185,22 @@ impl Transport for MayTransport {
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
-        let (control, control_timeout) = self.claim_for_current_call()?;
+        let (control, limits) = self.claim_for_current_call()?;
         let timeout = timeout.for_read();
         if timeout.after.is_zero() {
             return Err(ureq::Error::Timeout(timeout.reason));
         }
-        let ureq_limit = timeout.not_zero().map(|limit| *limit);
-        let (limit, limited_by_control) = match (ureq_limit, control_timeout) {
-            (Some(ureq_limit), Some(control_limit)) if control_limit < ureq_limit => {
-                (Some(control_limit), true)
-            }
-            (None, Some(control_limit)) => (Some(control_limit), true),
-            (ureq_limit, _) => (ureq_limit, false),
-        };
+        let response_head_remaining = limits
+            .response_head_deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        let (limit, limiter) = shortest_read_limit(
+            timeout.not_zero().map(|limit| *limit),
+            limits.read_timeout,
+            response_head_remaining,
+        );
+        if limit.is_some_and(|limit| limit.is_zero()) {
+            return Err(limiter.timeout_error(timeout.reason));
+        }
         if self.buffers.holds_output() {
             // A request without a body: its head goes out now, under the read's time limit.
             self.apply_write_timeout(limit)?;
@@ -191,11 +235,7 @@ impl Transport for MayTransport {
         let amount = match result {
             Ok(amount) => amount,
             Err(error) if error.kind() == io::ErrorKind::TimedOut => {
-                return Err(if limited_by_control {
-                    TransportFailure::ReadTimeout.into_ureq_error()
-                } else {
-                    ureq::Error::Timeout(timeout.reason)
-                });
+                return Err(limiter.timeout_error(timeout.reason));
             }
             Err(error) => return Err(ureq::Error::Io(error)),
         };
@@ -486,6 +526,30 @@ fn socks_target<'a>(details: &'a ConnectionDetails) -> Result<SocksTarget<'a>, u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shortest_read_limit_wins_and_is_named() {
+        let ms = Duration::from_millis;
+        assert_eq!(shortest_read_limit(None, None, None), (None, ReadLimiter::Ureq));
+        assert_eq!(shortest_read_limit(Some(ms(5)), None, None), (Some(ms(5)), ReadLimiter::Ureq));
+        assert_eq!(shortest_read_limit(None, Some(ms(7)), None), (Some(ms(7)), ReadLimiter::ControlRead));
+        assert_eq!(shortest_read_limit(None, None, Some(ms(9))), (Some(ms(9)), ReadLimiter::ResponseHead));
+        assert_eq!(shortest_read_limit(Some(ms(5)), Some(ms(3)), Some(ms(4))), (Some(ms(3)), ReadLimiter::ControlRead));
+        assert_eq!(shortest_read_limit(Some(ms(5)), Some(ms(6)), Some(ms(4))), (Some(ms(4)), ReadLimiter::ResponseHead));
+        assert_eq!(shortest_read_limit(Some(ms(5)), Some(ms(5)), Some(ms(5))), (Some(ms(5)), ReadLimiter::Ureq), "ureq's wins a tie");
+        assert_eq!(shortest_read_limit(Some(ms(5)), None, Some(Duration::ZERO)), (Some(Duration::ZERO), ReadLimiter::ResponseHead));
+    }
+
+    #[test]
+    fn each_limit_times_out_with_its_own_error() {
+        let reason = ureq::Timeout::RecvBody;
+        assert!(matches!(ReadLimiter::Ureq.timeout_error(reason), ureq::Error::Timeout(ureq::Timeout::RecvBody)));
+        assert!(matches!(ReadLimiter::ResponseHead.timeout_error(reason), ureq::Error::Timeout(ureq::Timeout::RecvResponse)));
+        assert_eq!(
+            crate::upstream::error::classify_ureq_error(&ReadLimiter::ControlRead.timeout_error(reason)),
+            crate::upstream::error::UpstreamError::Timeout("read".to_string())
+        );
+    }
 
     #[test]
     fn stale_owner_cannot_shut_down_the_socket() {
