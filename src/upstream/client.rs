@@ -400,7 +400,8 @@ fn http_request<B>(request: &UpstreamRequest, body: B) -> Result<http::Request<B
         .url
         .parse()
         .map_err(|_| UpstreamError::InvalidRequest("invalid url".to_string()))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+    // A URI has a host exactly when it has an authority; `host()` would split it to find out.
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
         return Err(UpstreamError::InvalidRequest(
             "the url must be absolute http or https".to_string(),
         ));

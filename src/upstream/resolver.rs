@@ -47,14 +47,13 @@ impl Resolver for CachingResolver {
         _config: &Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let host = uri
-            .host()
+        let authority = uri
+            .authority()
             .ok_or_else(|| ureq::Error::BadUri("missing host".to_string()))?;
-        let port = uri
-            .port_u16()
+        let (bare_host, named_port) = host_and_port(authority.as_str());
+        let port = named_port
             .or_else(|| default_port(uri.scheme_str()))
             .ok_or_else(|| ureq::Error::BadUri("unknown scheme".to_string()))?;
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
 
         let mut resolved = self.empty();
         if let Ok(ip) = bare_host.parse::<IpAddr>() {
@@ -76,6 +75,25 @@ impl Resolver for CachingResolver {
         }
         Ok(resolved)
     }
+}
+
+/// The host of a URI's authority (an IPv6 address without its brackets) and the port it names.
+/// The http crate's `host()` and `port_u16()` split the authority with char searchers, about 400
+/// instructions a call (callgrind), and a call on a pooled connection is resolved every time.
+fn host_and_port(authority: &str) -> (&str, Option<u16>) {
+    let after_user_info = memchr::memrchr(b'@', authority.as_bytes()).map_or(0, |at| at + 1);
+    let host_and_port = &authority[after_user_info..];
+    let (host, port) = match host_and_port.strip_prefix('[') {
+        Some(bracketed) => match memchr::memchr(b']', bracketed.as_bytes()) {
+            Some(end) => (&bracketed[..end], bracketed[end + 1..].strip_prefix(':')),
+            None => (bracketed, None),
+        },
+        None => match memchr::memchr(b':', host_and_port.as_bytes()) {
+            Some(colon) => (&host_and_port[..colon], Some(&host_and_port[colon + 1..])),
+            None => (host_and_port, None),
+        },
+    };
+    (host, port.and_then(|port| port.parse().ok()))
 }
 
 impl CachingResolver {
@@ -278,6 +296,25 @@ fn lookup_pool() -> &'static LookupPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_and_port_agree_with_the_http_crate() {
+        for url in [
+            "http://127.0.0.1:8080/v1",
+            "https://api.openai.com/v1",
+            "https://api.openai.com:443/v1",
+            "http://user:secret@example.com:81/",
+            "http://user@example.com/",
+            "http://[::1]:9000/x",
+            "https://[2001:db8::1]/x",
+            "http://localhost/",
+        ] {
+            let uri: Uri = url.parse().unwrap();
+            let (host, port) = host_and_port(uri.authority().unwrap().as_str());
+            let expected_host = uri.host().unwrap().trim_start_matches('[').trim_end_matches(']');
+            assert_eq!((host, port), (expected_host, uri.port_u16()), "{url}");
+        }
+    }
 
     fn new_pool() -> &'static LookupPool {
         Box::leak(Box::default())
