@@ -394,6 +394,9 @@ fn sequential_requests_reuse_one_connection() {
     assert_eq!(requests[0].header("authorization"), Some("Bearer sk-test"));
     assert_eq!(requests[0].header("accept-encoding"), Some("identity"));
     assert_eq!(requests[0].header("content-length"), Some("1"));
+    let hosts: Vec<&(String, String)> = requests[0].headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("host")).collect();
+    assert_eq!(hosts.len(), 1, "one Host header: {hosts:?}");
+    assert_eq!(hosts[0].1, mock.addr.to_string());
 }
 
 /// Runs `count` calls to `url` at once, each in its own coroutine, and returns their bodies in

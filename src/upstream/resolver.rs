@@ -77,12 +77,17 @@ impl Resolver for CachingResolver {
     }
 }
 
+/// A URI's authority without its user info (`user:password@`), if it has any.
+pub(crate) fn without_user_info(authority: &str) -> &str {
+    let after_user_info = memchr::memrchr(b'@', authority.as_bytes()).map_or(0, |at| at + 1);
+    &authority[after_user_info..]
+}
+
 /// The host of a URI's authority (an IPv6 address without its brackets) and the port it names.
 /// The http crate's `host()` and `port_u16()` split the authority with char searchers, about 400
 /// instructions a call (callgrind), and a call on a pooled connection is resolved every time.
 fn host_and_port(authority: &str) -> (&str, Option<u16>) {
-    let after_user_info = memchr::memrchr(b'@', authority.as_bytes()).map_or(0, |at| at + 1);
-    let host_and_port = &authority[after_user_info..];
+    let host_and_port = without_user_info(authority);
     let (host, port) = match host_and_port.strip_prefix('[') {
         Some(bracketed) => match memchr::memchr(b']', bracketed.as_bytes()) {
             Some(end) => (&bracketed[..end], bracketed[end + 1..].strip_prefix(':')),
