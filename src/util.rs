@@ -74,12 +74,15 @@ fn hex_value(digit: u8) -> Option<u8> {
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(DIGITS[(byte >> 4) as usize] as char);
-        out.push(DIGITS[(byte & 15) as usize] as char);
+    // Written as bytes: `String::push` encodes each char as UTF-8 and checks the capacity. The
+    // hex of a client key's SHA-256, taken on every relayed request, cost 780 instructions that
+    // way and 355 this way (callgrind).
+    let mut digits = vec![0u8; bytes.len() * 2];
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 15)];
     }
-    out
+    String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 /// SHA-256 of `input`, as lower-case hex.
