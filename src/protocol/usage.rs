@@ -126,27 +126,25 @@ impl StreamUsageTracker {
 /// Reads the usage of a complete (non-stream) response body.
 pub fn usage_from_response_body(format: Format, body: &[u8]) -> Option<Usage> {
     match format {
-        Format::OpenaiChat => serde_json::from_slice::<ChatBody>(body)
-            .ok()?
+        Format::OpenaiChat => from_json_text::<ChatBody>(body)?
             .usage
             .map(ChatUsage::normalize),
         Format::OpenaiResponses => {
-            let parsed: ResponsesBody = serde_json::from_slice(body).ok()?;
+            let parsed: ResponsesBody = from_json_text(body)?;
             // A stored terminal event also parses: its usage sits one level down.
             let usage = parsed
                 .usage
                 .or_else(|| parsed.response.and_then(|response| response.usage))?;
             Some(usage.normalize())
         }
-        Format::Anthropic => serde_json::from_slice::<AnthropicBody>(body)
-            .ok()?
+        Format::Anthropic => from_json_text::<AnthropicBody>(body)?
             .usage
             .map(AnthropicUsage::normalize),
         Format::Gemini | Format::Antigravity => {
             if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
                 // streamGenerateContent without alt=sse answers with a JSON array of chunks, whose
                 // last usageMetadata is the cumulative one.
-                let chunks: Vec<GeminiEnvelope> = serde_json::from_slice(body).ok()?;
+                let chunks: Vec<GeminiEnvelope> = from_json_text(body)?;
                 return chunks
                     .into_iter()
                     .filter_map(GeminiEnvelope::usage)
@@ -177,8 +175,20 @@ pub fn usage_from_value(format: Format, usage: &serde_json::Value) -> Option<Usa
     }
 }
 
+/// Reads `json` into `T`, or None if it does not fit. Text that is UTF-8 as a whole is read as a
+/// str: serde_json then borrows each member name as it is, where from bytes it checks every name
+/// for UTF-8 on its own (about 100 instructions each, eleven names in a short chat answer).
+/// Text that is not UTF-8 is read from bytes, as before, so a stray byte in an ignored string
+/// still leaves the usage readable.
+fn from_json_text<'de, T: Deserialize<'de>>(json: &'de [u8]) -> Option<T> {
+    match std::str::from_utf8(json) {
+        Ok(text) => serde_json::from_str(text).ok(),
+        Err(_) => serde_json::from_slice(json).ok(),
+    }
+}
+
 fn gemini_usage_from_json(format: Format, json: &[u8]) -> Option<Usage> {
-    let envelope: GeminiEnvelope = serde_json::from_slice(json).ok()?;
+    let envelope: GeminiEnvelope = from_json_text(json)?;
     if format == Format::Gemini {
         return envelope.usage_metadata.map(GeminiUsage::normalize);
     }
@@ -445,6 +455,21 @@ impl GeminiUsage {
 mod tests {
     use crate::protocol::Format;
     use crate::protocol::sse::{SseEvent, SseParser};
+
+    /// A body that is not UTF-8 in a string the usage does not need is still read, as it was
+    /// before UTF-8 bodies were read as text.
+    #[test]
+    fn usage_is_read_past_a_stray_byte_in_an_ignored_string() {
+        let mut body = br#"{"id":"x","choices":[{"message":{"content":"caf"#.to_vec();
+        body.push(0xE9);
+        body.extend_from_slice(br#""}}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#);
+        assert!(std::str::from_utf8(&body).is_err());
+        let usage = usage_from_response_body(Format::OpenaiChat, &body).expect("usage");
+        assert_eq!((usage.input_tokens, usage.output_tokens), (7, 3));
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let usage = usage_from_response_body(Format::OpenaiChat, text.as_bytes()).expect("usage");
+        assert_eq!((usage.input_tokens, usage.output_tokens), (7, 3));
+    }
     use crate::protocol::testkit;
     use crate::protocol::usage::{
         StreamUsageTracker, Usage, usage_from_response_body, usage_from_value,
