@@ -22,6 +22,8 @@ use std::fmt::{self, Display};
 
 use serde::ser::{self, Serialize};
 
+use crate::protocol::raw_json::ESCAPED_IN_A_STRING;
+
 /// The struct name through which `serde_json::value::RawValue` serialises its text.
 const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
 
@@ -109,26 +111,25 @@ fn write_field_name(out: &mut Vec<u8>, name: &'static str) {
 
 /// The index of the first byte that JSON requires escaped (a control character, `"` or `\`).
 fn first_byte_to_escape(bytes: &[u8]) -> Option<usize> {
-    let mut chunks = bytes.chunks_exact(8);
+    // Most member names and streamed tokens are shorter than a word: a table lookup per byte is
+    // cheaper for them than padding a copy out to eight bytes.
+    if bytes.len() < 8 {
+        return position_of_byte_to_escape(bytes);
+    }
+    let word_at = |offset: usize| u64::from_ne_bytes(bytes[offset..offset + 8].try_into().expect("eight bytes"));
     let mut offset = 0;
-    for chunk in &mut chunks {
-        if word_has_byte_to_escape(u64::from_ne_bytes(chunk.try_into().expect("chunks of eight"))) {
-            return position_of_byte_to_escape(chunk).map(|index| offset + index);
+    while offset + 8 <= bytes.len() {
+        if word_has_byte_to_escape(word_at(offset)) {
+            return position_of_byte_to_escape(&bytes[offset..offset + 8]).map(|index| offset + index);
         }
         offset += 8;
     }
-    let remainder = chunks.remainder();
-    if remainder.is_empty() {
-        return None;
+    // The rest is tested with the last eight bytes, which overlap bytes already found clean: a
+    // flag (the word test is exact about whether a byte matches) is in the rest.
+    if offset < bytes.len() && word_has_byte_to_escape(word_at(bytes.len() - 8)) {
+        return position_of_byte_to_escape(&bytes[offset..]).map(|index| offset + index);
     }
-    // Most member names and streamed tokens are shorter than eight bytes: padded with spaces
-    // (which need no escape) they take one word test instead of a test per byte.
-    let mut padded = [b' '; 8];
-    padded[..remainder.len()].copy_from_slice(remainder);
-    if !word_has_byte_to_escape(u64::from_ne_bytes(padded)) {
-        return None;
-    }
-    position_of_byte_to_escape(remainder).map(|index| offset + index)
+    None
 }
 
 /// Whether any of the eight bytes of `word` needs an escape. Standard SWAR tests, exact about
@@ -149,12 +150,9 @@ fn word_has_byte_to_escape(word: u64) -> bool {
 /// Which byte it is: the borrow in the word tests can flag a later byte too, so the bytes are
 /// looked at one by one; the first match is exact.
 fn position_of_byte_to_escape(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&byte| needs_escape(byte))
+    bytes.iter().position(|&byte| ESCAPED_IN_A_STRING[usize::from(byte)])
 }
 
-fn needs_escape(byte: u8) -> bool {
-    byte < 0x20 || byte == b'"' || byte == b'\\'
-}
 
 fn write_escape(out: &mut Vec<u8>, byte: u8) {
     const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -637,6 +635,28 @@ mod tests {
         assert_same_as_serde_json("");
         assert_same_as_serde_json(&"\"".repeat(17));
         assert_same_as_serde_json(&"é".repeat(33));
+    }
+
+    /// The word tests, the overlapping last word and the short-string path against a plain
+    /// search: every length up to 40, each byte that needs an escape (and a few that do not but
+    /// sit next to them in value) at every position, with a second one after it.
+    #[test]
+    fn the_first_byte_to_escape_is_found_at_every_length_and_position() {
+        let plain = |bytes: &[u8]| bytes.iter().position(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\');
+        for length in 0..=40 {
+            let clean: Vec<u8> = (0..length).map(|index| b"az09 ~!#[]{}\xc3\xa9"[index % 14]).collect();
+            assert_eq!(first_byte_to_escape(&clean), None, "length {length}");
+            for position in 0..length {
+                for special in [0x00, 0x1f, b'"', b'\\', b'\n', 0x20, b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
+                    let mut bytes = clean.clone();
+                    bytes[position] = special;
+                    if position + 3 < length {
+                        bytes[position + 3] = b'"';
+                    }
+                    assert_eq!(first_byte_to_escape(&bytes), plain(&bytes), "length {length}, {special:#x} at {position}");
+                }
+            }
+        }
     }
 
     #[test]

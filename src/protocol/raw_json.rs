@@ -134,9 +134,10 @@ pub fn for_each_validated_top_level_member(
     (scan.position == raw.len()).then_some(())
 }
 
-/// The bytes that end a run of plain string contents: the closing quote, a backslash, and the
-/// control characters.
-const ENDS_A_STRING_RUN: [bool; 256] = {
+/// The bytes a JSON string may not hold as they are: the quote, the backslash and the control
+/// characters. They end a run of plain string contents when reading, and are escaped when
+/// writing (`json_writer`).
+pub(crate) const ESCAPED_IN_A_STRING: [bool; 256] = {
     let mut table = [false; 256];
     let mut byte = 0;
     while byte < 0x20 {
@@ -167,7 +168,7 @@ fn plain_run_end(raw: &[u8], mut position: usize) -> usize {
         }
         position += 8;
     }
-    while position < raw.len() && !ENDS_A_STRING_RUN[usize::from(raw[position])] {
+    while position < raw.len() && !ESCAPED_IN_A_STRING[usize::from(raw[position])] {
         position += 1;
     }
     position
@@ -348,7 +349,7 @@ mod tests {
     #[test]
     fn a_plain_run_ends_at_the_first_quote_backslash_or_control_byte() {
         let simple = |raw: &[u8], start: usize| {
-            (start..raw.len()).find(|&position| ENDS_A_STRING_RUN[usize::from(raw[position])]).unwrap_or(raw.len())
+            (start..raw.len()).find(|&position| ESCAPED_IN_A_STRING[usize::from(raw[position])]).unwrap_or(raw.len())
         };
         for byte in 0..=255u8 {
             for position in 0..20 {
