@@ -183,11 +183,14 @@ impl<'shared> Connection<'shared> {
             if self.buffer.is_empty() {
                 // A large request may have grown the buffer; do not keep that memory while idle.
                 self.buffer.shrink_when_empty(4 * READ_CHUNK_BYTES, READ_CHUNK_BYTES);
-            } else {
-                // Coroutines are not preempted, and reads of already-buffered pipelined
-                // requests never park: let other connections on this worker run in between.
-                may::coroutine::yield_now();
             }
+            // Other connections on this worker run before this one reads again. With requests
+            // buffered (pipelined), reading them never parks, and coroutines are not preempted.
+            // Without, the client cannot have sent its next request in the microseconds since
+            // the answer left: a read now would only fail, a system call spent before the
+            // coroutine parks, where under load the request has usually arrived by the time
+            // the others have run.
+            may::coroutine::yield_now();
         }
     }
 
