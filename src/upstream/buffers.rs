@@ -138,6 +138,12 @@ impl ConnectionBuffers {
         self.answered_reads_since_output > 0 && !self.output.is_empty() && self.held_output == 0
     }
 
+    /// Whether nothing has been read since the last write: the next read waits for the first
+    /// bytes of an answer.
+    pub fn awaits_answer(&self) -> bool {
+        self.answered_reads_since_output == 0
+    }
+
     /// Gives back the output until the next write, and shrinks the input to its waiting size.
     pub fn release_output(&mut self) {
         self.output = Vec::new();

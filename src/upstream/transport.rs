@@ -221,6 +221,13 @@ impl Transport for MayTransport {
         } else {
             None
         };
+        if ready.is_none() && self.buffers.awaits_answer() && may::coroutine::is_coroutine() {
+            // A request was just sent, and no upstream answers within the microseconds it takes
+            // to get here: reading now would only fail, a system call spent before the
+            // coroutine parks until the answer comes. The worker's other coroutines run first
+            // instead; under load the answer has usually arrived by then.
+            may::coroutine::yield_now();
+        }
         let result = ready.unwrap_or_else(|| loop {
             match self.stream.read(self.buffers.input_append_buf()) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
