@@ -35,6 +35,24 @@ fn plain_block_is_aligned(size: usize, align: usize) -> bool {
     align <= 8 || (align <= 16 && size >= 16)
 }
 
+/// A block for `layout` from mimalloc's `plain` function when its alignment suffices, else from
+/// its `aligned` one (the plain and aligned forms of malloc, or of zalloc).
+#[inline]
+fn allocate(
+    layout: Layout,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: mimalloc's allocation functions take any size and a power-of-two alignment.
+    unsafe {
+        if plain_block_is_aligned(layout.size(), layout.align()) {
+            plain(layout.size()).cast()
+        } else {
+            aligned(layout.size(), layout.align()).cast()
+        }
+    }
+}
+
 // SAFETY: every function returns memory from mimalloc that is at least `layout.size()` bytes and
 // aligned to `layout.align()` (by the alignment of plain blocks above, or by the aligned function),
 // or null; `dealloc` and `realloc` receive only pointers that mimalloc returned, which `mi_free`
@@ -42,26 +60,12 @@ fn plain_block_is_aligned(size: usize, align: usize) -> bool {
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: mimalloc's allocation functions take any size and a power-of-two alignment.
-        unsafe {
-            if plain_block_is_aligned(layout.size(), layout.align()) {
-                mi_malloc(layout.size()).cast()
-            } else {
-                mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        allocate(layout, mi_malloc, mi_malloc_aligned)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as in `alloc`.
-        unsafe {
-            if plain_block_is_aligned(layout.size(), layout.align()) {
-                mi_zalloc(layout.size()).cast()
-            } else {
-                mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        allocate(layout, mi_zalloc, mi_zalloc_aligned)
     }
 
     #[inline]
