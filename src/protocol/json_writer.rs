@@ -96,7 +96,7 @@ fn write_string(out: &mut Vec<u8>, text: &str) {
 
 /// Appends a struct field's name as a JSON string and its colon. Field names are the most
 /// frequent strings of a converted body, and they are identifiers that need no escape, so they
-/// take one word test and one copy; a name that does need escapes goes through `write_string`.
+/// take one check and one copy; a name that does need escapes goes through `write_string`.
 fn write_field_name(out: &mut Vec<u8>, name: &'static str) {
     if first_byte_to_escape(name.as_bytes()).is_some() {
         write_string(out, name);

@@ -455,6 +455,10 @@ impl GeminiUsage {
 mod tests {
     use crate::protocol::Format;
     use crate::protocol::sse::{SseEvent, SseParser};
+    use crate::protocol::testkit;
+    use crate::protocol::usage::{
+        StreamUsageTracker, Usage, usage_from_response_body, usage_from_value,
+    };
 
     /// A body that is not UTF-8 in a string the usage does not need is still read, as it was
     /// before UTF-8 bodies were read as text.
@@ -470,10 +474,6 @@ mod tests {
         let usage = usage_from_response_body(Format::OpenaiChat, text.as_bytes()).expect("usage");
         assert_eq!((usage.input_tokens, usage.output_tokens), (7, 3));
     }
-    use crate::protocol::testkit;
-    use crate::protocol::usage::{
-        StreamUsageTracker, Usage, usage_from_response_body, usage_from_value,
-    };
 
     fn stream_usage(format: Format, name: &str) -> Option<Usage> {
         let mut parser = SseParser::new(1 << 20);

@@ -81,21 +81,9 @@ pub fn start_on_any_port(mut command: Command, log_path: &Path) -> (RunningBinar
 
 /// The address in the gateway's "octopus listening on ADDRESS (...)" line, once it is whole.
 fn listening_address_in(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|line| line.contains("octopus listening on "))?;
-    let rest = &line[line.find("octopus listening on ")? + "octopus listening on ".len()..];
+    let (_, rest) = log.lines().find_map(|line| line.split_once("octopus listening on "))?;
     // The " (" after the address shows the line was not caught half written.
     rest.split_once(" (")?.0.parse().ok()
-}
-
-/// Waits (20 s at most) until the binary accepts connections on `address`, failing at once if
-/// it exits first.
-pub fn wait_until_listening(child: &mut RunningBinary, address: SocketAddr) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(address).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start listening");
-        assert!(child.0.try_wait().unwrap().is_none(), "the gateway exited early");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Stops the binary with SIGTERM, waits for it to exit (15 s at most) and returns what it logged.
