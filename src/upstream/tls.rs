@@ -21,6 +21,7 @@ use ureq::unversioned::transport::{
 
 use crate::upstream::buffers::ConnectionBuffers;
 use crate::upstream::error::TransportFailure;
+use crate::upstream::resolver::host_and_port;
 use crate::upstream::transport::remaining_connect_timeout;
 
 /// Builds the rustls client config: webpki roots plus every certificate in the PEM file.
@@ -98,11 +99,11 @@ impl<In: Transport> Connector<In> for TlsConnector {
         if !details.needs_tls() || transport.is_tls() {
             return Ok(Some(Either::A(transport)));
         }
-        let host = details
+        let authority = details
             .uri
-            .host()
+            .authority()
             .ok_or_else(|| ureq::Error::BadUri("missing host".to_string()))?;
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let (bare_host, _) = host_and_port(authority.as_str());
         let server_name = ServerName::try_from(bare_host.to_string()).map_err(|_| {
             TransportFailure::Tls(format!("{bare_host} is not a valid TLS server name"))
                 .into_ureq_error()

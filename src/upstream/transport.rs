@@ -27,6 +27,7 @@ use crate::may_io::SteadyTcpStream;
 use crate::upstream::buffers::ConnectionBuffers;
 use crate::upstream::control::{CallControl, ReadLimits, current_call_control};
 use crate::upstream::error::TransportFailure;
+use crate::upstream::resolver::host_and_port;
 use crate::upstream::socks::{SocksCredentials, SocksTarget, socks5_handshake};
 use crate::util::{applied_timeout_fits, receive_without_waiting};
 
@@ -515,15 +516,15 @@ fn socks_target<'a>(details: &'a ConnectionDetails) -> Result<SocksTarget<'a>, u
         return Ok(SocksTarget::Address(*addr));
     }
     let uri = details.uri;
-    let host = uri
-        .host()
+    let authority = uri
+        .authority()
         .ok_or_else(|| ureq::Error::BadUri("missing host".to_string()))?;
-    let port = match (uri.port_u16(), uri.scheme_str()) {
+    let (bare_host, named_port) = host_and_port(authority.as_str());
+    let port = match (named_port, uri.scheme_str()) {
         (Some(port), _) => port,
         (None, Some("https")) => 443,
         (None, _) => 80,
     };
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
     Ok(match bare_host.parse::<IpAddr>() {
         Ok(ip) => SocksTarget::Address(SocketAddr::new(ip, port)),
         Err(_) => SocksTarget::Domain(bare_host, port),
