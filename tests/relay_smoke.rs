@@ -154,6 +154,9 @@ fn image_urls_are_downloaded_and_inlined_for_antigravity() {
     assert_eq!(sent.header("authorization"), Some("Bearer ya29.access-token-for-tests"));
     let envelope = sent.json();
     assert_eq!(envelope["project"], "test-project");
+    // Only Antigravity's envelope carries a request id, drawn for each attempt.
+    let request_id = envelope["requestId"].as_str().expect("a request id");
+    assert!(request_id.starts_with("agent-") && request_id.len() == 30, "{request_id}");
     let parts = &envelope["request"]["contents"][0]["parts"];
     let inline = parts.as_array().unwrap().iter().find_map(|part| part.get("inlineData")).expect("the image is inline");
     assert_eq!(inline["mimeType"], "image/png");

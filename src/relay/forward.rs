@@ -511,7 +511,8 @@ pub(crate) fn started_plus(started: Instant, milliseconds: u64) -> Instant {
 
 fn convert_context(state: &RelayState, upstream_model: &str, call: &InboundCall, upstream_format: Format) -> ConvertContext {
     // Only a conversion writes the ids (a pass-through answer keeps the upstream's own), and
-    // drawing them is two strings and a seed per attempt.
+    // drawing them is two strings and a seed per attempt. The request id goes only into
+    // Antigravity's envelope.
     let converts = call.client_format != upstream_format;
     let mut ids = converts.then(|| Rng::new(state.next_seed()));
     let mut draw_id = |prefix: &str| ids.as_mut().map(|rng| rng.prefixed_alphanumeric(prefix, 24)).unwrap_or_default();
@@ -524,7 +525,7 @@ fn convert_context(state: &RelayState, upstream_model: &str, call: &InboundCall,
         include_usage: call.client_format != Format::OpenaiChat || call.stream_usage_requested,
         // Filled in from the attempt's credential (configured or discovered with loadCodeAssist).
         antigravity_project: String::new(),
-        request_id: draw_id("agent-"),
+        request_id: if upstream_format == Format::Antigravity { draw_id("agent-") } else { String::new() },
         // Only Responses clients have custom tools, and only a conversion renames their calls;
         // asking anyone else would parse the body.
         custom_tools: if converts && call.client_format == Format::OpenaiResponses { client_custom_tools(call.client_format, call.body()) } else { Vec::new() },
