@@ -11,7 +11,8 @@
 //! `release_output`), or else after a few reads in a row without a write. The input shrinks at
 //! the same moment, from its first 4 KiB (or more: sending a request body grew it to make room for
 //! ureq's "tmp") to 1 KiB, which a stream waiting for its next event needs. A held stream keeps
-//! 1 KiB instead of 32.
+//! 1 KiB instead of 32; over TLS the session's input is given back entirely while its socket waits
+//! (`release_empty_input`), since rustls decrypts into a buffer of its own.
 //!
 //! The buffers also hold back a request head until its body is written, so the two leave in one
 //! write (`take_output`): ureq transmits the head and then the body, and two writes cost a
@@ -60,6 +61,9 @@ pub struct ConnectionBuffers {
     progress: bool,
     /// Reads since the last write that brought bytes: the response has started once it is 1.
     answered_reads_since_output: u32,
+    /// Whether the input was given back by `release_empty_input`, so that the next read takes
+    /// `WAITING_INPUT_BYTES` rather than `FIRST_INPUT_BYTES`.
+    input_released_while_waiting: bool,
 }
 
 impl ConnectionBuffers {
@@ -80,6 +84,7 @@ impl ConnectionBuffers {
             held_output: 0,
             progress: false,
             answered_reads_since_output: 0,
+            input_released_while_waiting: false,
         }
     }
 
@@ -91,6 +96,7 @@ impl ConnectionBuffers {
 
     fn ensure_output(&mut self) {
         self.answered_reads_since_output = 0;
+        self.input_released_while_waiting = false;
         if self.output.len() < self.output_size {
             self.output.resize(self.output_size, 0);
         }
@@ -151,6 +157,23 @@ impl ConnectionBuffers {
         self.shrink_input_to_waiting_size();
     }
 
+    /// Gives the input back entirely when it holds nothing unconsumed, before a wait that needs
+    /// no buffer of ours (a TLS session waits for its socket and decrypts into its own buffer;
+    /// only then is the plaintext copied here), once the response has started. The next read
+    /// allocates the waiting size again, not the first size. Returns whether it did.
+    pub fn release_empty_input(&mut self) -> bool {
+        // Before the response's first bytes the next read is a response head, which the input
+        // the connection already has is sized for.
+        if self.awaits_answer() || self.consumed < self.filled || self.input.is_empty() {
+            return false;
+        }
+        self.input = Vec::new();
+        self.consumed = 0;
+        self.filled = 0;
+        self.input_released_while_waiting = true;
+        true
+    }
+
     /// Moves the unconsumed bytes to the front when that frees room at the back.
     fn shift_consumed_out(&mut self) {
         if self.consumed == 0 {
@@ -202,7 +225,8 @@ impl Buffers for ConnectionBuffers {
             self.shift_consumed_out();
         }
         if self.input.is_empty() {
-            self.grow_input_to(FIRST_INPUT_BYTES.min(self.largest_input));
+            let first_size = if std::mem::take(&mut self.input_released_while_waiting) { WAITING_INPUT_BYTES } else { FIRST_INPUT_BYTES };
+            self.grow_input_to(first_size.min(self.largest_input));
         } else if self.filled == self.input.len() && self.input.len() < self.largest_input {
             // Full of unconsumed bytes (a response head or a chunk header longer than the
             // input so far): make room, up to the configured size, as ureq's buffer would have.
@@ -343,6 +367,35 @@ mod tests {
         );
         assert_eq!(buffers.output().len(), 16 * 1024);
         assert_eq!(buffers.answered_reads_since_output, 0);
+    }
+
+    #[test]
+    fn an_empty_input_is_given_back_only_once_the_response_has_started_and_returns_at_the_waiting_size() {
+        let mut buffers = ConnectionBuffers::new(16 * 1024, 1024);
+        buffers.output()[..4].copy_from_slice(b"POST");
+        buffers.input_append_buf();
+        assert!(!buffers.release_empty_input(), "before the answer the input waits for a response head");
+        assert_eq!(buffers.input.len(), FIRST_INPUT_BYTES);
+
+        append(&mut buffers, b"HTTP/1.1 200 OK\r\n\r\ndata: 1\n\n");
+        buffers.input_consume(10);
+        assert!(!buffers.release_empty_input(), "unconsumed bytes keep the input");
+        let unconsumed = buffers.input().len();
+        buffers.input_consume(unconsumed);
+        assert!(buffers.release_empty_input());
+        assert_eq!(buffers.allocated_bytes(), 1024, "only the output is left");
+        assert!(!buffers.release_empty_input(), "nothing left to give back");
+
+        assert_eq!(buffers.input_append_buf().len(), WAITING_INPUT_BYTES);
+        append(&mut buffers, b"data: 2\n\n");
+        assert_eq!(buffers.input(), b"data: 2\n\n");
+
+        // The next request's response head gets the first size again.
+        let unconsumed = buffers.input().len();
+        buffers.input_consume(unconsumed);
+        assert!(buffers.release_empty_input());
+        buffers.output()[..4].copy_from_slice(b"POST");
+        assert_eq!(buffers.input_append_buf().len(), FIRST_INPUT_BYTES);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! reach the public providers, so this connector builds the rustls config itself. It wraps
 //! whatever transport the chain made (a may TCP stream, a SOCKS5 or CONNECT tunnel).
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::{fmt, fs};
@@ -177,8 +177,18 @@ impl Transport for TlsTransport {
             // either release, 72 with the socket's, 50 with both (1,000 streams, VmRSS).
             self.buffers.release_output();
         }
+        if self.stream.conn.wants_read() {
+            // The session decrypts into its own buffer and the plaintext is copied into ours
+            // only once it is there, so an empty input of ours need not be held while the
+            // socket waits (1,000 held TLS streams: 32.9 KiB each instead of 33.8). rustls
+            // keeps 4 KiB of its own for the records it reads, for the session's life.
+            self.buffers.release_empty_input();
+        }
+        let plaintext = self.stream.fill_buf().map_err(record_error)?;
         let input = self.buffers.input_append_buf();
-        let amount = self.stream.read(input).map_err(record_error)?;
+        let amount = plaintext.len().min(input.len());
+        input[..amount].copy_from_slice(&plaintext[..amount]);
+        self.stream.consume(amount);
         self.buffers.input_appended(amount);
         Ok(amount > 0)
     }
