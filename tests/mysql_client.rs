@@ -1,6 +1,7 @@
 //! The MySQL client against the real MariaDB server: logins with and without a password, and
 //! values that must survive being written into statements as literals (quotes, backslashes,
 //! NUL, non-ASCII text, doubles at their extremes), in both of the server's string modes.
+#![cfg(feature = "mysql")]
 
 mod support;
 

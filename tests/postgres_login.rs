@@ -1,6 +1,7 @@
 //! The PostgreSQL client's login against the real server, with each password method
 //! pg_hba.conf can ask for: scram-sha-256 (the default since PostgreSQL 14), md5 and password.
 //! scripts/test-databases adds the pg_hba.conf lines for this test's roles.
+#![cfg(feature = "postgres")]
 
 mod support;
 

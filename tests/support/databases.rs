@@ -78,10 +78,16 @@ pub fn url_with_database(url: &str, database: &str) -> String {
 /// The admin URL of the `postgres` or `mysql` test server, or None (after a loud notice) when
 /// it is unset outside CI.
 pub fn server_admin_url(database_type: &str) -> Option<String> {
-    let (variable, server) = match database_type {
-        "postgres" => ("TEST_POSTGRES_URL", "PostgreSQL"),
-        _ => ("TEST_MYSQL_URL", "MySQL/MariaDB"),
+    let (variable, server, compiled_in) = match database_type {
+        "postgres" => ("TEST_POSTGRES_URL", "PostgreSQL", cfg!(feature = "postgres")),
+        _ => ("TEST_MYSQL_URL", "MySQL/MariaDB", cfg!(feature = "mysql")),
     };
+    if !compiled_in {
+        // A build without this server's client (the router build's `--features sqlite`) cannot
+        // use it, whatever the environment says.
+        eprintln!("NOTICE: this build has no {server} client (feature off), so this {server} test did NOT run.");
+        return None;
+    }
     match std::env::var(variable) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ if running_in_ci() => panic!(
@@ -104,14 +110,21 @@ fn running_in_ci() -> bool {
 }
 
 fn run_admin_statement(database_type: &str, admin_url: &str, statement: &str) {
-    if database_type == "postgres" {
-        let mut client = octopus::store::postgres_client::connect(admin_url)
-            .unwrap_or_else(|error| panic!("cannot reach PostgreSQL through TEST_POSTGRES_URL: {error}"));
-        client.batch_execute(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
-    } else {
-        let mut connection = octopus::store::mysql_client::connect(admin_url)
-            .unwrap_or_else(|error| panic!("cannot reach MySQL through TEST_MYSQL_URL: {error}"));
-        connection.query_drop(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
+    match database_type {
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let mut client = octopus::store::postgres_client::connect(admin_url)
+                .unwrap_or_else(|error| panic!("cannot reach PostgreSQL through TEST_POSTGRES_URL: {error}"));
+            client.batch_execute(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
+        }
+        #[cfg(feature = "mysql")]
+        "mysql" => {
+            let mut connection = octopus::store::mysql_client::connect(admin_url)
+                .unwrap_or_else(|error| panic!("cannot reach MySQL through TEST_MYSQL_URL: {error}"));
+            connection.query_drop(statement).unwrap_or_else(|error| panic!("{statement}: {error}"));
+        }
+        // server_admin_url gives no URL for a server this build has no client for.
+        other => unreachable!("no {other} client in this build, so no {other} test database: {admin_url} {statement}"),
     }
 }
 
@@ -164,12 +177,15 @@ impl TestDatabase {
                 &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"),
             );
         } else {
-            let mut connection = octopus::store::mysql_client::connect(admin_url).expect("reach MySQL");
-            let ids: Vec<i64> = connection
-                .query(format!("SELECT id FROM information_schema.processlist WHERE db = '{name}' AND id <> CONNECTION_ID()"))
-                .expect("list connections");
-            for id in ids {
-                let _ = connection.query_drop(format!("KILL {id}"));
+            #[cfg(feature = "mysql")]
+            {
+                let mut connection = octopus::store::mysql_client::connect(admin_url).expect("reach MySQL");
+                let ids: Vec<i64> = connection
+                    .query(format!("SELECT id FROM information_schema.processlist WHERE db = '{name}' AND id <> CONNECTION_ID()"))
+                    .expect("list connections");
+                for id in ids {
+                    let _ = connection.query_drop(format!("KILL {id}"));
+                }
             }
         }
     }
