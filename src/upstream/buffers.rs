@@ -61,9 +61,6 @@ pub struct ConnectionBuffers {
     progress: bool,
     /// Reads since the last write that brought bytes: the response has started once it is 1.
     answered_reads_since_output: u32,
-    /// Whether the input was given back by `release_empty_input`, so that the next read takes
-    /// `WAITING_INPUT_BYTES` rather than `FIRST_INPUT_BYTES`.
-    input_released_while_waiting: bool,
 }
 
 impl ConnectionBuffers {
@@ -84,7 +81,6 @@ impl ConnectionBuffers {
             held_output: 0,
             progress: false,
             answered_reads_since_output: 0,
-            input_released_while_waiting: false,
         }
     }
 
@@ -96,7 +92,6 @@ impl ConnectionBuffers {
 
     fn ensure_output(&mut self) {
         self.answered_reads_since_output = 0;
-        self.input_released_while_waiting = false;
         if self.output.len() < self.output_size {
             self.output.resize(self.output_size, 0);
         }
@@ -170,7 +165,6 @@ impl ConnectionBuffers {
         self.input = Vec::new();
         self.consumed = 0;
         self.filled = 0;
-        self.input_released_while_waiting = true;
         true
     }
 
@@ -225,8 +219,11 @@ impl Buffers for ConnectionBuffers {
             self.shift_consumed_out();
         }
         if self.input.is_empty() {
-            let first_size = if std::mem::take(&mut self.input_released_while_waiting) { WAITING_INPUT_BYTES } else { FIRST_INPUT_BYTES };
-            self.grow_input_to(first_size.min(self.largest_input));
+            // Empty before a connection's first read, or given back by `release_empty_input`
+            // while a started response waited: a response head gets the first size, the rest of
+            // a response the waiting size.
+            let size = if self.awaits_answer() { FIRST_INPUT_BYTES } else { WAITING_INPUT_BYTES };
+            self.grow_input_to(size.min(self.largest_input));
         } else if self.filled == self.input.len() && self.input.len() < self.largest_input {
             // Full of unconsumed bytes (a response head or a chunk header longer than the
             // input so far): make room, up to the configured size, as ureq's buffer would have.
