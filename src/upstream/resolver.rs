@@ -164,7 +164,8 @@ impl fmt::Debug for CachingResolver {
     }
 }
 
-fn default_port(scheme: Option<&str>) -> Option<u16> {
+/// The port a URL's scheme implies when its authority names none.
+pub(crate) fn default_port(scheme: Option<&str>) -> Option<u16> {
     match scheme? {
         "http" => Some(80),
         "https" => Some(443),

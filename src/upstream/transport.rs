@@ -27,7 +27,7 @@ use crate::may_io::SteadyTcpStream;
 use crate::upstream::buffers::ConnectionBuffers;
 use crate::upstream::control::{CallControl, ReadLimits, current_call_control};
 use crate::upstream::error::TransportFailure;
-use crate::upstream::resolver::host_and_port;
+use crate::upstream::resolver::{default_port, host_and_port};
 use crate::upstream::socks::{SocksCredentials, SocksTarget, socks5_handshake};
 use crate::util::{applied_timeout_fits, receive_without_waiting};
 
@@ -520,11 +520,8 @@ fn socks_target<'a>(details: &'a ConnectionDetails) -> Result<SocksTarget<'a>, u
         .authority()
         .ok_or_else(|| ureq::Error::BadUri("missing host".to_string()))?;
     let (bare_host, named_port) = host_and_port(authority.as_str());
-    let port = match (named_port, uri.scheme_str()) {
-        (Some(port), _) => port,
-        (None, Some("https")) => 443,
-        (None, _) => 80,
-    };
+    // The target is an http or https URL (`client::http_request` refuses others).
+    let port = named_port.or_else(|| default_port(uri.scheme_str())).unwrap_or(80);
     Ok(match bare_host.parse::<IpAddr>() {
         Ok(ip) => SocksTarget::Address(SocketAddr::new(ip, port)),
         Err(_) => SocksTarget::Domain(bare_host, port),
