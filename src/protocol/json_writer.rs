@@ -153,7 +153,6 @@ fn position_of_byte_to_escape(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&byte| ESCAPED_IN_A_STRING[usize::from(byte)])
 }
 
-
 fn write_escape(out: &mut Vec<u8>, byte: u8) {
     const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
     let short = match byte {
