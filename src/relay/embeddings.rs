@@ -18,19 +18,17 @@ use crate::protocol::embeddings::{gemini_request, openai_prompt_tokens, openai_r
 use crate::protocol::usage::Usage;
 use crate::protocol::Format;
 use crate::relay::balancer::{order_items, CandidateItem};
-use crate::relay::breaker::{BreakerDecision, BreakerKey};
 use crate::relay::client_auth::{authenticate, may_use_model};
 use crate::relay::count_tokens::estimate_text_tokens;
 use crate::relay::disconnect::DisconnectWatch;
 use crate::relay::error::RelayError;
-use crate::relay::forward::{apply_effects, check_spending_cap, group_limits, started_plus, GroupLimits, skipped_attempt, transport_failure, SkippedItems, upstream_status_failure, AttemptResult, CallTrace};
-use crate::relay::key_pool::KeyPick;
+use crate::relay::attempts::{attempt_in_order, AttemptLimits, AttemptTarget, Answered};
+use crate::relay::forward::{check_spending_cap, group_limits, started_plus, GroupLimits, transport_failure, upstream_status_failure, AttemptResult, CallTrace};
 use crate::relay::outbound::{channel_format, upstream_headers};
-use crate::relay::record::AttemptRecord;
-use crate::relay::retry::{classify, AttemptOutcome, RetryBudget, Verdict};
+use crate::relay::retry::{AttemptOutcome, RetryBudget};
 use crate::relay::rng::Rng;
 use crate::relay::RelayState;
-use crate::store::entities::{Channel, ChannelKey, ChannelType};
+use crate::store::entities::{Channel, ChannelType};
 use crate::upstream::client::UpstreamRequest;
 use crate::upstream::control::{with_call_control, CallControl};
 use crate::upstream::endpoint::embeddings_url;
@@ -141,125 +139,31 @@ fn embed(state: &Arc<RelayState>, request: &Request, trace: &mut CallTrace) -> R
     let config = &state.config.relay;
     let GroupLimits { first_byte, total_ms, max_attempts } = group_limits(&group, config);
     let deadline = started_plus(trace.started, total_ms);
-    let budget = RetryBudget::new(max_attempts, state.health.ms_at(trace.started), total_ms);
     let control = CallControl::new();
     let _watchdog = DisconnectWatch::global().register(request.client, control.clone());
-    let mut attempts_made: u32 = 0;
-    let mut last_error: Option<RelayError> = None;
-    let mut skipped = SkippedItems::default();
-
-    'items: for item_index in order {
-        let item = &group.items[item_index];
-        let Some(channel) = snapshot.channels_by_id.get(&item.channel_id).cloned() else { continue };
-        let mut tried_keys: Vec<i64> = Vec::new();
-        'keys: loop {
-            // One clock reading for the choice of key and the breaker's verdict.
-            let now_ms = state.health.now_ms();
-            if !budget.may_try_again(attempts_made, now_ms) {
-                break 'items;
+    let limits = AttemptLimits {
+        budget: RetryBudget::new(max_attempts, state.health.ms_at(trace.started), total_ms),
+        deadline,
+        control: &control,
+        client: &request.client,
+    };
+    let Answered { result, .. } = attempt_in_order(state, &snapshot.channels_by_id, &group, order, &limits, trace, |target| {
+        let head_timeout = first_byte.min(deadline.saturating_duration_since(Instant::now()));
+        run_attempt(state, &parsed, &body, target, head_timeout, deadline, &control)
+    })?;
+    match result {
+        AttemptResult::Complete { status, body, usage } => {
+            trace.record.usage = usage;
+            trace.record.ttft_ms = Some(trace.started.elapsed().as_millis() as u64);
+            if let Some(kept) = trace.record.response_body.as_mut() {
+                kept.extend_from_slice(&body[..body.len().min(1024 * 1024)]);
             }
-            let key = {
-                let mut health = state.health.lock();
-                let mut rng = Rng::new(state.next_seed());
-                match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, now_ms, &mut rng) {
-                    KeyPick::Chosen(choice) => channel.keys[choice.key_index].clone(),
-                    KeyPick::AllCoolingDown { free_at_ms } => {
-                        skipped.wait(&channel.name, "every key is cooling down", free_at_ms.saturating_sub(now_ms));
-                        continue 'items;
-                    }
-                    KeyPick::NoKeyLeft => continue 'items,
-                }
-            };
-            tried_keys.push(key.id);
-            let breaker_key = BreakerKey { channel_id: channel.id, key_id: key.id, model: item.model.clone() };
-            if let BreakerDecision::Open { retry_in_ms } = state.health.lock().breakers.allow(&breaker_key, now_ms) {
-                trace.record.attempts.push(skipped_attempt(&channel, &key, &item.model, "skipped: circuit open".to_string()));
-                skipped.wait(&channel.name, "circuit open", retry_in_ms);
-                continue 'keys;
-            }
-            let endpoint_order = state.health.lock().endpoints.order_endpoints(channel.id, &channel.base_urls);
-            for endpoint_index in endpoint_order {
-                let attempt_started = Instant::now();
-                let attempt_started_ms = state.health.ms_at(attempt_started);
-                let remaining = deadline.saturating_duration_since(attempt_started);
-                if !budget.may_try_again(attempts_made, attempt_started_ms) || remaining.is_zero() {
-                    break 'items;
-                }
-                // The probe is a system call; before the first attempt the request has only just been
-                // read, so it would find the client there. It matters between attempts, which can take
-                // the length of an upstream timeout.
-                if (attempts_made > 0 && request.client.is_closed()) || control.is_cancelled() {
-                    return Err(RelayError::ClientGone("the client closed the connection".to_string()));
-                }
-                let base_url = channel.base_urls[endpoint_index].clone();
-                attempts_made += 1;
-                let target = AttemptTarget { channel: &channel, key: &key, base_url: &base_url, upstream_model: &item.model };
-                let result = run_attempt(state, &parsed, &body, &target, first_byte.min(remaining), deadline, &control);
-                let duration = attempt_started.elapsed();
-                let (outcome, detail, status) = match &result {
-                    AttemptResult::Failed { outcome, detail, .. } => {
-                        let status = match outcome {
-                            AttemptOutcome::UpstreamStatus { status, .. } => Some(*status),
-                            _ => None,
-                        };
-                        (*outcome, detail.clone(), status)
-                    }
-                    AttemptResult::Complete { status, .. } => (AttemptOutcome::Success, "success".to_string(), Some(*status)),
-                    AttemptResult::StreamReady { .. } => (AttemptOutcome::Success, "success".to_string(), Some(200)),
-                };
-                apply_effects(state, &outcome, &channel, &key, &breaker_key, &base_url, duration, attempt_started_ms);
-                trace.record.attempts.push(AttemptRecord {
-                    channel_id: channel.id,
-                    channel_name: channel.name.clone(),
-                    key_id: key.id,
-                    base_url: base_url.clone(),
-                    upstream_model: item.model.clone(),
-                    outcome: detail,
-                    status,
-                    duration_ms: duration.as_millis() as u64,
-                });
-                trace.record.channel_id = Some(channel.id);
-                trace.record.channel_name = channel.name.clone();
-                trace.record.key_id = Some(key.id);
-                trace.record.upstream_model = item.model.clone();
-                match result {
-                    AttemptResult::Complete { status, body, usage } => {
-                        trace.record.usage = usage;
-                        trace.record.ttft_ms = Some(trace.started.elapsed().as_millis() as u64);
-                        if let Some(kept) = trace.record.response_body.as_mut() {
-                            kept.extend_from_slice(&body[..body.len().min(1024 * 1024)]);
-                        }
-                        return Ok(Response::bytes(status, "application/json", body));
-                    }
-                    AttemptResult::StreamReady { .. } => {
-                        return Err(RelayError::Internal("an embeddings attempt cannot stream".to_string()));
-                    }
-                    AttemptResult::Failed { outcome, error, .. } => {
-                        last_error = Some(error);
-                        match classify(&outcome) {
-                            Verdict::Final => break 'items,
-                            Verdict::RetryNextEndpoint => continue,
-                            Verdict::RetryNextKey => continue 'keys,
-                            Verdict::RetryNextItem => continue 'items,
-                        }
-                    }
-                }
-            }
-            continue 'items;
+            Ok(Response::bytes(status, "application/json", body))
         }
+        AttemptResult::StreamReady { .. } => Err(RelayError::Internal("an embeddings attempt cannot stream".to_string())),
+        // attempt_in_order returns only answers; a failure would be the client's error.
+        AttemptResult::Failed { error, .. } => Err(error),
     }
-    if let Some(error) = last_error {
-        return Err(error);
-    }
-    Err(skipped.into_error())
-}
-
-/// Where one attempt goes.
-struct AttemptTarget<'a> {
-    channel: &'a Channel,
-    key: &'a ChannelKey,
-    base_url: &'a str,
-    upstream_model: &'a str,
 }
 
 fn run_attempt(

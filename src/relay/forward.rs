@@ -1,5 +1,7 @@
-//! One generation call end to end: client auth, group lookup, the attempt loop across items,
-//! keys and endpoints, and the answer (complete or streamed).
+//! One generation call end to end: client auth, group lookup, the order of the group's items,
+//! one attempt (request conversion, the upstream call, the answer read or its stream started)
+//! for `attempts::attempt_in_order` to run across items, keys and endpoints, and the answer
+//! (complete or streamed).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -13,23 +15,22 @@ use crate::protocol::error::{parse_upstream_error, success_body_problem, ErrorKi
 use crate::protocol::sse::{SseEvent, SseParser};
 use crate::protocol::usage::usage_from_response_body;
 use crate::protocol::Format;
+use crate::relay::attempts::{attempt_in_order, AttemptLimits, AttemptTarget, Answered};
 use crate::relay::balancer::{order_items, CandidateItem};
-use crate::relay::breaker::{BreakerDecision, BreakerKey};
 use crate::relay::client_auth::{authenticate, may_use_model};
 use crate::relay::disconnect::{DisconnectWatch, WatchGuard};
 use crate::relay::error::RelayError;
 use crate::relay::media_fetch::ImageFetcher;
 use crate::relay::inbound::{parse_call, InboundCall, RelayRoute};
-use crate::relay::key_pool::KeyPick;
 use crate::relay::outbound::{channel_format, upstream_headers};
-use crate::relay::record::{AttemptRecord, RequestRecord};
+use crate::relay::record::RequestRecord;
 use crate::relay::response_store::{self, StreamCapture};
-use crate::relay::retry::{classify, effects, AttemptOutcome, BreakerEffect, KeyPenalty, RetryBudget, TimeoutPhase, Verdict};
+use crate::relay::retry::{AttemptOutcome, RetryBudget, TimeoutPhase};
 use crate::relay::rng::Rng;
 use crate::relay::stream::{is_error_event, EventTranslator};
 use crate::relay::transform::{can_serve, prepare_request, Transform};
 use crate::relay::{Credential, RelayState};
-use crate::store::entities::{Channel, ChannelKey, Group};
+use crate::store::entities::Group;
 use crate::upstream::client::{UpstreamRequest, UpstreamResponse};
 use crate::upstream::control::{with_call_control, CallControl};
 use crate::upstream::endpoint::upstream_url;
@@ -323,166 +324,49 @@ fn generate(
     // The budget's deadline is the request's own start plus the total timeout, the same instant
     // every attempt's timeouts are cut to: started from a later clock reading, it let an attempt
     // begin after the request's time was up.
-    let budget = RetryBudget::new(max_attempts, state.health.ms_at(trace.started), total_ms);
-    let mut attempts_made: u32 = 0;
-    let mut last_error: Option<RelayError> = None;
-    let mut skipped = SkippedItems::default();
-
-    'items: for item_index in order {
-        let item = &group.items[item_index];
-        let Some(channel) = snapshot.channels_by_id.get(&item.channel_id).cloned() else { continue };
-        let mut tried_keys: Vec<i64> = Vec::new();
-        'keys: loop {
-            // One clock reading for the choice of key and the breaker's verdict.
-            let now_ms = state.health.now_ms();
-            if !budget.may_try_again(attempts_made, now_ms) {
-                break 'items;
+    let limits = AttemptLimits {
+        budget: RetryBudget::new(max_attempts, state.health.ms_at(trace.started), total_ms),
+        deadline: deadlines.total_deadline,
+        control: &control,
+        client: &request.client,
+    };
+    let Answered { item_index, result } = attempt_in_order(state, &snapshot.channels_by_id, &group, order, &limits, trace, |target| {
+        run_attempt(state, &call, target, &deadlines, &control)
+    })?;
+    remember_sticky(state, &group, api_key.id, item_index);
+    match result {
+        AttemptResult::Complete { status, body, usage } => {
+            trace.record.usage = usage;
+            trace.record.ttft_ms = Some(trace.started.elapsed().as_millis() as u64);
+            if let Some(kept) = trace.record.response_body.as_mut() {
+                keep_for_log(kept, &body);
             }
-            let key = {
-                let mut health = state.health.lock();
-                let mut rng = Rng::new(state.next_seed());
-                match health.keys.pick_key(channel.id, &channel.keys, &tried_keys, now_ms, &mut rng) {
-                    KeyPick::Chosen(choice) => &channel.keys[choice.key_index],
-                    KeyPick::AllCoolingDown { free_at_ms } => {
-                        skipped.wait(&channel.name, "every key is cooling down", free_at_ms.saturating_sub(now_ms));
-                        continue 'items;
-                    }
-                    KeyPick::NoKeyLeft => continue 'items,
-                }
-            };
-            tried_keys.push(key.id);
-            let breaker_key = BreakerKey { channel_id: channel.id, key_id: key.id, model: item.model.clone() };
-            let decision = state.health.lock().breakers.allow(&breaker_key, now_ms);
-            if let BreakerDecision::Open { retry_in_ms } = decision {
-                trace.record.attempts.push(skipped_attempt(&channel, key, &item.model, format!("skipped: circuit open ({} s left)", retry_in_ms.div_ceil(1000))));
-                skipped.wait(&channel.name, "circuit open", retry_in_ms);
-                continue 'keys;
+            drop(watchdog);
+            if (200..300).contains(&status)
+                && let Some(pending) = pending_save.take()
+            {
+                pending.save_body(state, &body);
             }
-            let endpoint_order = state.health.lock().endpoints.order_endpoints(channel.id, &channel.base_urls);
-            for endpoint_index in endpoint_order {
-                let attempt_started = Instant::now();
-                let attempt_started_ms = state.health.ms_at(attempt_started);
-                // The remaining-time check covers the budget's millisecond rounding.
-                if !budget.may_try_again(attempts_made, attempt_started_ms) || deadlines.remaining_at(attempt_started).is_zero() {
-                    break 'items;
-                }
-                // The probe is a system call; before the first attempt the request has only just been
-                // read, so it would find the client there. It matters between attempts, which can take
-                // the length of an upstream timeout.
-                if (attempts_made > 0 && request.client.is_closed()) || control.is_cancelled() {
-                    trace.record.attempts.push(skipped_attempt(&channel, key, &item.model, "client gone".to_string()));
-                    return Err(RelayError::ClientGone("the client closed the connection".to_string()));
-                }
-                let base_url = &channel.base_urls[endpoint_index];
-                attempts_made += 1;
-                let result = run_attempt(state, &call, &channel, key, base_url, &item.model, &deadlines, &control);
-                let duration = attempt_started.elapsed();
-                let outcome = match &result {
-                    AttemptResult::Failed { outcome, .. } => *outcome,
-                    _ => AttemptOutcome::Success,
-                };
-                apply_effects(state, &outcome, &channel, key, &breaker_key, base_url, duration, attempt_started_ms);
-                let detail = match &result {
-                    AttemptResult::Failed { detail, .. } => detail.clone(),
-                    _ => "success".to_string(),
-                };
-                trace.record.attempts.push(AttemptRecord {
-                    channel_id: channel.id,
-                    channel_name: channel.name.clone(),
-                    key_id: key.id,
-                    base_url: base_url.clone(),
-                    upstream_model: item.model.clone(),
-                    outcome: detail,
-                    status: match &result {
-                        AttemptResult::Failed { outcome: AttemptOutcome::UpstreamStatus { status, .. }, .. } => Some(*status),
-                        AttemptResult::Failed { .. } => None,
-                        AttemptResult::Complete { status, .. } => Some(*status),
-                        AttemptResult::StreamReady { .. } => Some(200),
-                    },
-                    duration_ms: duration.as_millis() as u64,
-                });
-                trace.record.channel_id = Some(channel.id);
-                trace.record.channel_name = channel.name.clone();
-                trace.record.key_id = Some(key.id);
-                trace.record.upstream_model = item.model.clone();
-                match result {
-                    AttemptResult::Complete { status, body, usage } => {
-                        remember_sticky(state, &group, api_key.id, item_index);
-                        trace.record.usage = usage;
-                        trace.record.ttft_ms = Some(trace.started.elapsed().as_millis() as u64);
-                        if let Some(kept) = trace.record.response_body.as_mut() {
-                            keep_for_log(kept, &body);
-                        }
-                        drop(watchdog);
-                        if (200..300).contains(&status)
-                            && let Some(pending) = pending_save.take()
-                        {
-                            pending.save_body(state, &body);
-                        }
-                        let content_type = "application/json";
-                        return Ok(Answer::Complete(Response::bytes(status, content_type, body)));
-                    }
-                    AttemptResult::StreamReady { body, parser, first_events, read_buffer, transform, context } => {
-                        remember_sticky(state, &group, api_key.id, item_index);
-                        let state = state.clone();
-                        let translator = EventTranslator::new(transform, call.client_format, call.gemini_json_array, &context);
-                        let content_type = if call.gemini_json_array { "application/json" } else { "text/event-stream" };
-                        let stream_idle = deadlines.stream_idle;
-                        let capture = pending_save.take().map(StreamCapture::new);
-                        return Ok(Answer::Stream(Box::new(move |trace: CallTrace| {
-                            Response::stream(200, content_type, move |writer| {
-                                let stream = PumpedStream { translator, body, parser, first_events, read_buffer, capture };
-                                pump(&state, writer, stream, control, stream_idle, watchdog, trace)
-                            })
-                            .with_header("cache-control", "no-cache")
-                            .with_header("x-accel-buffering", "no")
-                        })));
-                    }
-                    AttemptResult::Failed { outcome, error, .. } => {
-                        last_error = Some(error);
-                        match classify(&outcome) {
-                            Verdict::Final => return Err(last_error.expect("just set")),
-                            Verdict::RetryNextEndpoint => continue,
-                            Verdict::RetryNextKey => continue 'keys,
-                            Verdict::RetryNextItem => continue 'items,
-                        }
-                    }
-                }
-            }
-            // Every endpoint of this channel failed to connect: the next item may be elsewhere.
-            continue 'items;
+            let content_type = "application/json";
+            Ok(Answer::Complete(Response::bytes(status, content_type, body)))
         }
-    }
-    drop(watchdog);
-    if let Some(error) = last_error {
-        return Err(error);
-    }
-    Err(skipped.into_error())
-}
-
-/// Why the items of a group were passed over without an attempt, and when the first of them may
-/// take requests again: what a 503 tells the client (the reasons, and `Retry-After`).
-#[derive(Default)]
-pub(crate) struct SkippedItems {
-    reasons: Vec<String>,
-    shortest_wait_ms: Option<u64>,
-}
-
-impl SkippedItems {
-    /// An item passed over until `wait_ms` from now (keys cooling down, an open breaker).
-    pub(crate) fn wait(&mut self, channel_name: &str, why: &str, wait_ms: u64) {
-        let wait_seconds = wait_ms.div_ceil(1000);
-        self.reasons.push(format!("{channel_name}: {why} ({wait_seconds} s left)"));
-        self.shortest_wait_ms = Some(self.shortest_wait_ms.map_or(wait_ms, |shortest| shortest.min(wait_ms)));
-    }
-
-    /// The 503 when no attempt could be made; `Retry-After` at least one second.
-    pub(crate) fn into_error(self) -> RelayError {
-        let reasons = if self.reasons.is_empty() { "no attempt was possible".to_string() } else { self.reasons.join("; ") };
-        RelayError::NoAvailableChannel {
-            message: format!("no upstream could take the request: {reasons}"),
-            retry_after_seconds: self.shortest_wait_ms.map(|wait_ms| wait_ms.div_ceil(1000).max(1)),
+        AttemptResult::StreamReady { body, parser, first_events, read_buffer, transform, context } => {
+            let state = state.clone();
+            let translator = EventTranslator::new(transform, call.client_format, call.gemini_json_array, &context);
+            let content_type = if call.gemini_json_array { "application/json" } else { "text/event-stream" };
+            let stream_idle = deadlines.stream_idle;
+            let capture = pending_save.take().map(StreamCapture::new);
+            Ok(Answer::Stream(Box::new(move |trace: CallTrace| {
+                Response::stream(200, content_type, move |writer| {
+                    let stream = PumpedStream { translator, body, parser, first_events, read_buffer, capture };
+                    pump(&state, writer, stream, control, stream_idle, watchdog, trace)
+                })
+                .with_header("cache-control", "no-cache")
+                .with_header("x-accel-buffering", "no")
+            })))
         }
+        // attempt_in_order returns only answers; a failure would be the client's error.
+        AttemptResult::Failed { error, .. } => Err(error),
     }
 }
 
@@ -532,20 +416,7 @@ fn convert_context(state: &RelayState, upstream_model: &str, call: &InboundCall,
     }
 }
 
-pub(crate) fn skipped_attempt(channel: &Channel, key: &ChannelKey, model: &str, outcome: String) -> AttemptRecord {
-    AttemptRecord {
-        channel_id: channel.id,
-        channel_name: channel.name.clone(),
-        key_id: key.id,
-        base_url: String::new(),
-        upstream_model: model.to_string(),
-        outcome,
-        status: None,
-        duration_ms: 0,
-    }
-}
-
-pub(crate) fn remember_sticky(state: &RelayState, group: &Group, client_key_id: i64, item_index: usize) {
+fn remember_sticky(state: &RelayState, group: &Group, client_key_id: i64, item_index: usize) {
     if group.sticky_seconds == 0 {
         return;
     }
@@ -553,52 +424,8 @@ pub(crate) fn remember_sticky(state: &RelayState, group: &Group, client_key_id: 
     state.health.lock().sticky.remember(client_key_id, group.id, item_index, Duration::from_secs(group.sticky_seconds), now_ms);
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn apply_effects(
-    state: &RelayState,
-    outcome: &AttemptOutcome,
-    channel: &Channel,
-    key: &ChannelKey,
-    breaker_key: &BreakerKey,
-    base_url: &str,
-    duration: Duration,
-    attempt_started_ms: u64,
-) {
-    let effects = effects(outcome);
-    // The attempt ended just now: its start and duration say when, without reading the clock.
-    let now_ms = attempt_started_ms + duration.as_millis() as u64;
-    let mut health = state.health.lock();
-    match effects.key_penalty {
-        Some(KeyPenalty::RateLimited { retry_after }) => health.keys.record_rate_limited(channel.id, key.id, retry_after, now_ms),
-        Some(KeyPenalty::AuthFailed) => health.keys.record_auth_failure(channel.id, key.id, now_ms),
-        Some(KeyPenalty::QuotaExhausted) => health.keys.record_quota_exhausted(channel.id, key.id, now_ms),
-        None => {}
-    }
-    match effects.breaker {
-        BreakerEffect::Success => health.breakers.record_success(breaker_key),
-        BreakerEffect::Failure => health.breakers.record_failure(breaker_key, now_ms),
-        BreakerEffect::Inconclusive => health.breakers.record_inconclusive(breaker_key, now_ms),
-    }
-    if effects.demote_endpoint {
-        health.endpoints.record_connect_failure(channel.id, base_url);
-    }
-    if matches!(outcome, AttemptOutcome::Success) {
-        health.keys.record_success(channel.id, key.id, attempt_started_ms);
-        health.endpoints.record_first_byte(channel.id, base_url, duration);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_attempt(
-    state: &RelayState,
-    call: &InboundCall,
-    channel: &Channel,
-    key: &ChannelKey,
-    base_url: &str,
-    upstream_model: &str,
-    deadlines: &Deadlines,
-    control: &CallControl,
-) -> AttemptResult {
+fn run_attempt(state: &RelayState, call: &InboundCall, target: &AttemptTarget, deadlines: &Deadlines, control: &CallControl) -> AttemptResult {
+    let AttemptTarget { channel, key, base_url, upstream_model } = *target;
     let upstream_format = channel_format(channel.channel_type);
     let credential = match state.credential_for(channel, key, base_url, false) {
         Ok(credential) => credential,

@@ -4,6 +4,7 @@
 //! after admin writes); decisions (balancer, retry, breaker, key pool, endpoint pick, sticky) are
 //! pure and clock-injected; every finished request emits exactly one `record::RequestRecord`.
 
+pub mod attempts;
 pub mod balancer;
 pub mod breaker;
 pub mod client_auth;
