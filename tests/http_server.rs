@@ -603,6 +603,61 @@ fn idle_keep_alive_connection_is_closed_silently() {
     );
 }
 
+/// A keep-alive connection idle for a second gives back the stack pages its last request went
+/// down to, answers its next request as before, and is still closed after the idle timeout in
+/// all, not a second later.
+#[test]
+fn an_idle_keep_alive_connection_gives_back_its_deep_stack_and_keeps_serving() {
+    let deepest_address = Arc::new(AtomicUsize::new(0));
+    let recorded = deepest_address.clone();
+    let limits = ServerLimits { idle_timeout: Duration::from_millis(2_500), ..ServerLimits::default() };
+    let server = start_server(limits, move |request| {
+        if request.path == "/deep" {
+            recorded.store(deepest_stack_address(24), Ordering::SeqCst);
+        }
+        echo(request)
+    });
+    let mut client = TestClient::connect(&server);
+    assert_eq!(client.exchange("GET /deep HTTP/1.1\r\n\r\n"), echo_response("GET /deep  "));
+    let deep_page = deepest_address.load(Ordering::SeqCst) & !(page_bytes() - 1);
+    assert!(page_is_resident(deep_page), "the page the request went down to is resident right after it");
+    std::thread::sleep(Duration::from_millis(1_600));
+    assert!(!page_is_resident(deep_page), "a second idle gave the deep stack page back");
+    assert_eq!(client.exchange("GET /after HTTP/1.1\r\n\r\n"), echo_response("GET /after  "));
+    let idle_start = Instant::now();
+    client.expect_closed();
+    let idle_time = idle_start.elapsed();
+    assert!(
+        (Duration::from_millis(2_400)..Duration::from_millis(3_400)).contains(&idle_time),
+        "closed after {idle_time:?}, not after the idle timeout of 2.5 s"
+    );
+}
+
+/// Recursion with a 2 KiB frame per level (48 KiB for 24 levels, deeper than a request's usual
+/// frames); returns the address of the deepest frame.
+#[inline(never)]
+fn deepest_stack_address(levels: u32) -> usize {
+    let mut frame = [0u8; 2048];
+    frame[levels as usize % 2048] = levels as u8;
+    std::hint::black_box(&mut frame);
+    if levels == 0 { frame.as_ptr() as usize } else { std::hint::black_box(deepest_stack_address(levels - 1)) }
+}
+
+fn page_bytes() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("a page size")
+}
+
+/// Whether the page at `page_address` is in memory, asked of the kernel with `mincore`.
+fn page_is_resident(page_address: usize) -> bool {
+    let mut residency = [0u8; 1];
+    // SAFETY: the address is page-aligned and lies in a coroutine stack that stays mapped while
+    // its connection is open; the vector has the one byte mincore writes for one page.
+    let result = unsafe { libc::mincore(page_address as *mut libc::c_void, page_bytes(), residency.as_mut_ptr()) };
+    assert_eq!(result, 0, "mincore: {}", std::io::Error::last_os_error());
+    residency[0] & 1 == 1
+}
+
 #[test]
 fn incomplete_head_gets_408_and_close() {
     let server = start_server(short_timeouts(), echo);
