@@ -14,6 +14,7 @@ mod gateway;
 mod http_client;
 mod instructions;
 mod lanes;
+mod large_bodies;
 mod measure;
 mod mock_upstream;
 mod proc_stats;
@@ -670,6 +671,18 @@ fn run(options: &Options) -> Result<RunResults, String> {
         memory.held_over_tls = Some(hold_streams(tls_mock, &over_tls, &plan, gateway_pid));
     }
     ensure_gateway_running(&mut gateway, "held streams over TLS")?;
+    if let (Some(gateway), Some(client_key)) = (&gateway, &client_key) {
+        progress(
+            run_started,
+            &format!(
+                "{} keep-alive clients sending {} KiB requests at once, then idle",
+                large_bodies::LARGE_BODY_CLIENTS,
+                large_bodies::LARGE_BODY_BYTES / 1024
+            ),
+        );
+        memory.large_bodies = Some(large_bodies::run(gateway.address(), client_key, GROUPS[0].group_name, gateway.pid()));
+    }
+    ensure_gateway_running(&mut gateway, "large bodies")?;
 
     let conversion = match (gateway.as_mut(), client_key) {
         (Some(gateway), Some(client_key)) => {

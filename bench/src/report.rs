@@ -8,6 +8,7 @@ use crate::conversion::{
     pooled_cpu_per_unit,
 };
 use crate::lanes::{LANE_STREAM_DELTAS, LANE_STREAM_MODEL};
+use crate::large_bodies::{LargeBodies, LARGE_BODY_BYTES, LARGE_BODY_CLIENTS};
 use crate::measure::{ErrorTally, LoadOutcome, StreamSample};
 use crate::proc_stats::Resident;
 use crate::samples::{median_of_round_medians, percentile, pooled};
@@ -85,6 +86,8 @@ pub struct MemoryResults {
     pub held: HeldStreams,
     /// The same number held through the gateway to the TLS mock: what a TLS session adds.
     pub held_over_tls: Option<HeldStreams>,
+    /// Keep-alive clients sending 150 KiB requests at once, then idle; None in a direct-only run.
+    pub large_bodies: Option<LargeBodies>,
 }
 
 /// One held-streams phase: the gateway's memory around it and how the streams fared.
@@ -475,6 +478,9 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
                 &format!("Holding {} streams over TLS (the same, from an https channel to the TLS mock)", group_thousands(over_tls.held_open as u64)),
             );
         }
+        if let Some(large) = &memory.large_bodies {
+            render_large_body_rows(out, large);
+        }
         for (label, kib) in static_rows.into_iter().filter(|(_, kib)| kib.is_some()) {
             resident_row(out, label, kib);
         }
@@ -482,6 +488,9 @@ fn render_memory_table(out: &mut String, results: &RunResults) {
         per_stream_row(out, "Per open stream, marginal ((holding − just before)", held, held.before_holding);
         if let Some(over_tls) = &memory.held_over_tls {
             per_stream_row(out, "**Per open stream over TLS**, marginal ((holding − just before)", over_tls, over_tls.before_holding);
+        }
+        if let Some(large) = &memory.large_bodies {
+            per_idle_connection_row(out, large);
         }
         let _ = writeln!(out);
         if !memory.cold_starts.is_empty() {
@@ -523,6 +532,43 @@ fn render_held_rows(out: &mut String, held: &HeldStreams, before_label: &str, ho
         );
     }
     resident_row(out, "After closing them", held.after_close);
+}
+
+/// The rows of the large-body phase: before, the peak against the bytes in flight, the clients'
+/// connections idle, after they closed.
+fn render_large_body_rows(out: &mut String, large: &LargeBodies) {
+    let clients = LARGE_BODY_CLIENTS;
+    let body_kib = LARGE_BODY_BYTES / 1024;
+    resident_row(out, &format!("Before {clients} keep-alive clients send {body_kib} KiB requests, all at once, five rounds"), large.before);
+    if let (Some(peak_kib), Some(before)) = (large.peak_kib, large.before) {
+        let in_flight_kib = LargeBodies::body_bytes_in_flight() / 1024;
+        let _ = writeln!(
+            out,
+            "| … peak while they were answered (VmHWM, reset just before): {:.2}× the {} of request bodies in flight above the level before | {} | — |",
+            peak_kib.saturating_sub(before.total_kib) as f64 / in_flight_kib as f64,
+            format_kib(in_flight_kib),
+            format_kib(peak_kib)
+        );
+    }
+    resident_row(out, &format!("Their {} connections open and idle for 2 s", large.idle_connections), large.idle_connections_open);
+    resident_row(out, "After closing them", large.after_close);
+}
+
+/// Memory per idle keep-alive connection after a large request: (idle and open − closed) / count.
+fn per_idle_connection_row(out: &mut String, large: &LargeBodies) {
+    if let (Some(open), Some(closed)) = (large.idle_connections_open, large.after_close)
+        && large.idle_connections > 0
+    {
+        let per_connection = |open: u64, closed: u64| (open as f64 - closed as f64) / large.idle_connections as f64;
+        let _ = writeln!(
+            out,
+            "| **Per idle keep-alive connection** after a {} KiB request ((idle and open − after closing) / {}) | {:.1} KiB | {:.1} KiB |",
+            LARGE_BODY_BYTES / 1024,
+            large.idle_connections,
+            per_connection(open.total_kib, closed.total_kib),
+            per_connection(open.anonymous_kib, closed.anonymous_kib)
+        );
+    }
 }
 
 /// Memory per held stream against `baseline`, when both samples exist and streams were held.
@@ -571,6 +617,16 @@ fn render_notes(out: &mut String, results: &RunResults) {
     held_note(out, &format!("Held streams ({})", results.held_target), &memory.held, info.held_stream_count);
     if let Some(over_tls) = &memory.held_over_tls {
         held_note(out, "Held streams over TLS (gateway)", over_tls, info.held_stream_count);
+    }
+    if let Some(large) = &memory.large_bodies {
+        let _ = writeln!(
+            out,
+            "- Large bodies: {} of {} requests answered 200, {} errors{}.",
+            large.answered,
+            LargeBodies::requests_sent(),
+            large.errors.count,
+            large.errors.first.as_deref().map(|first| format!(" (first: {})", one_line(first))).unwrap_or_default()
+        );
     }
     if let Some(gateway) = &results.gateway {
         let direct_rps = requests_per_second(&results.direct.load);
