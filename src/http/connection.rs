@@ -376,6 +376,7 @@ impl<'shared> Connection<'shared> {
     fn release_idle_memory(&mut self) {
         self.buffer.release_when_empty();
         self.stack_entry.release_deeper_pages();
+        crate::allocator::collect_this_threads_free_memory();
     }
 
     fn fill_buffer(&mut self, timeout: Duration) -> io::Result<usize> {
