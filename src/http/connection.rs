@@ -370,8 +370,10 @@ impl<'shared> Connection<'shared> {
     /// Reads once from the socket, appending to the buffer; returns the byte count (0 at EOF).
     /// Gives back what the last request left this connection holding while it waits for the
     /// next: the stack pages that request went down to (about 40 KiB: parsing, routing, the
-    /// upstream call) and the read buffer. An SDK's or agent's pooled connection can sit idle
-    /// for minutes between calls, and many such connections would each keep that memory.
+    /// upstream call) and the read buffer, and the free pages the worker's heap kept from the
+    /// request (`allocator::collect_this_threads_free_memory`). An SDK's or agent's pooled
+    /// connection can sit idle for minutes between calls, and many such connections would each
+    /// keep that memory.
     #[inline(never)]
     fn release_idle_memory(&mut self) {
         self.buffer.release_when_empty();
