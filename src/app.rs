@@ -279,6 +279,7 @@ pub fn start_keeping_records(config: Config, kept_records: usize) -> Result<Gate
         max_head_bytes: config.server.max_head_bytes,
         max_body_bytes: config.server.max_body_bytes,
         idle_timeout: Duration::from_secs(config.server.idle_timeout_seconds),
+        release_idle_memory_after: crate::http::server::RELEASE_IDLE_MEMORY_AFTER,
         read_timeout: Duration::from_secs(config.server.read_timeout_seconds),
         write_timeout: Duration::from_secs(config.server.write_timeout_seconds),
         request_head_timeout: Duration::from_secs(config.server.request_head_timeout_seconds),

@@ -603,14 +603,18 @@ fn idle_keep_alive_connection_is_closed_silently() {
     );
 }
 
-/// A keep-alive connection idle for a second gives back the stack pages its last request went
-/// down to, answers its next request as before, and is still closed after the idle timeout in
-/// all, not a second later.
+/// A keep-alive connection idle for `release_idle_memory_after` gives back the stack pages its
+/// last request went down to, answers its next request as before, and is still closed after the
+/// idle timeout in all, not a second later.
 #[test]
 fn an_idle_keep_alive_connection_gives_back_its_deep_stack_and_keeps_serving() {
     let deepest_address = Arc::new(AtomicUsize::new(0));
     let recorded = deepest_address.clone();
-    let limits = ServerLimits { idle_timeout: Duration::from_millis(2_500), ..ServerLimits::default() };
+    let limits = ServerLimits {
+        idle_timeout: Duration::from_millis(2_500),
+        release_idle_memory_after: Duration::from_secs(1),
+        ..ServerLimits::default()
+    };
     let server = start_server(limits, move |request| {
         if request.path == "/deep" {
             recorded.store(deepest_stack_address(24), Ordering::SeqCst);

@@ -20,8 +20,9 @@ pub const LARGE_BODY_BYTES: usize = 150 * 1024;
 /// Requests per client; the clients start each round together.
 const REQUESTS_PER_CLIENT: usize = 5;
 /// How long the connections stay idle before the gateway's memory is read: longer than the
-/// second after which the gateway's idle keep-alive connections give back their memory.
-const IDLE_BEFORE_READING: Duration = Duration::from_secs(2);
+/// 6 s after which the gateway's idle keep-alive connections give back their memory
+/// (`RELEASE_IDLE_MEMORY_AFTER` in the gateway's `http/server.rs`).
+pub const IDLE_BEFORE_READING: Duration = Duration::from_secs(7);
 /// How long after the clients close before the memory is read again.
 const SETTLE_AFTER_CLOSE: Duration = Duration::from_millis(500);
 

@@ -8,7 +8,7 @@ use crate::conversion::{
     pooled_cpu_per_unit,
 };
 use crate::lanes::{LANE_STREAM_DELTAS, LANE_STREAM_MODEL};
-use crate::large_bodies::{LargeBodies, LARGE_BODY_BYTES, LARGE_BODY_CLIENTS};
+use crate::large_bodies::{LargeBodies, IDLE_BEFORE_READING, LARGE_BODY_BYTES, LARGE_BODY_CLIENTS};
 use crate::measure::{ErrorTally, LoadOutcome, StreamSample};
 use crate::proc_stats::Resident;
 use crate::samples::{median_of_round_medians, percentile, pooled};
@@ -550,7 +550,11 @@ fn render_large_body_rows(out: &mut String, large: &LargeBodies) {
             format_kib(peak_kib)
         );
     }
-    resident_row(out, &format!("Their {} connections open and idle for 2 s", large.idle_connections), large.idle_connections_open);
+    resident_row(
+        out,
+        &format!("Their {} connections open and idle for {} s", large.idle_connections, IDLE_BEFORE_READING.as_secs()),
+        large.idle_connections_open,
+    );
     resident_row(out, "After closing them", large.after_close);
 }
 

@@ -28,10 +28,6 @@ use crate::may_io::SteadyTcpStream;
 
 /// Socket reads go into the connection buffer this many bytes at a time.
 const READ_CHUNK_BYTES: usize = 8 * 1024;
-/// A keep-alive connection idle this long gives back the memory its last request left it
-/// (`Connection::release_idle_memory`). Clients that send their next request sooner, as under
-/// load, keep it and do not fault the pages in again.
-const IDLE_BEFORE_RELEASING_MEMORY: Duration = Duration::from_secs(1);
 /// The first read of a new connection goes to the stack, at most this many bytes.
 const FIRST_READ_BYTES: usize = 2 * 1024;
 /// A Content-Length body buffer starts at most this large and grows as data arrives, so a
@@ -217,7 +213,7 @@ impl<'shared> Connection<'shared> {
         let mut deadline = first_request.then(|| self.accepted_at + limits.request_head_timeout);
         // A keep-alive connection waits in two steps: a short one, then, if nothing came, the
         // rest of the idle timeout with its memory given back (`release_idle_memory`).
-        let mut idle_wait = (!first_request).then(|| IdleWait::new(limits.idle_timeout));
+        let mut idle_wait = (!first_request).then(|| IdleWait::new(limits.idle_timeout, limits.release_idle_memory_after));
         while self.buffer.is_empty() {
             let wait = match (deadline, &idle_wait) {
                 (Some(deadline), _) => deadline.saturating_duration_since(Instant::now()),
@@ -515,16 +511,18 @@ pub(crate) fn find_head_end(buffer: &[u8], scan_from: usize) -> (Option<usize>, 
     (None, buffer.len())
 }
 
-/// The wait of a keep-alive connection for its next request: `IDLE_BEFORE_RELEASING_MEMORY`
-/// first, then the rest of the idle timeout, so that the whole wait is the idle timeout.
+/// The wait of a keep-alive connection for its next request: `first_step` (the server's
+/// `release_idle_memory_after`) first, then the rest of the idle timeout, so that the whole
+/// wait is the idle timeout.
 struct IdleWait {
     idle_timeout: Duration,
+    first_step: Duration,
     second_step_started: Option<Instant>,
 }
 
 impl IdleWait {
-    fn new(idle_timeout: Duration) -> IdleWait {
-        IdleWait { idle_timeout, second_step_started: None }
+    fn new(idle_timeout: Duration, release_idle_memory_after: Duration) -> IdleWait {
+        IdleWait { idle_timeout, first_step: release_idle_memory_after.min(idle_timeout), second_step_started: None }
     }
 
     fn in_first_step(&self) -> bool {
@@ -538,10 +536,9 @@ impl IdleWait {
     /// How long the next read may wait. The first step is the same for every request, so a
     /// busy connection keeps the socket's timeout as it is (setting it is a system call).
     fn next_wait(&self) -> Duration {
-        let first_step = IDLE_BEFORE_RELEASING_MEMORY.min(self.idle_timeout);
         match self.second_step_started {
-            None => first_step,
-            Some(started) => (self.idle_timeout - first_step).saturating_sub(started.elapsed()),
+            None => self.first_step,
+            Some(started) => (self.idle_timeout - self.first_step).saturating_sub(started.elapsed()),
         }
     }
 }
