@@ -111,7 +111,7 @@ pub fn return_freed_memory_promptly() {
 /// Measured with 100 keep-alive clients after five rounds of 150 KiB requests, their
 /// connections idle for 5 s and then closed (anonymous memory 30 s later, against 2.1 MiB
 /// before the requests): without this, 8.6 to 13.9 MiB stayed over four runs; with it, 6.1 to
-/// 6.5 MiB in four runs of six and 10.0 in two. A call that finds little to give back takes
+/// 6.5 MiB in five runs of seven and 10.0 in two. A call that finds little to give back takes
 /// about a microsecond; the one that gave back the requests' pages took 0.57 ms.
 pub fn collect_this_threads_free_memory() {
     // SAFETY: mi_collect works on the calling thread's own heap (and segments other threads

@@ -211,14 +211,13 @@ impl<'shared> Connection<'shared> {
         // accept, so that connecting and saying nothing holds a slot no longer than trickling.
         let first_request = self.requests_read == 1;
         let mut deadline = first_request.then(|| self.accepted_at + limits.request_head_timeout);
-        // A keep-alive connection waits in two steps: a short one, then, if nothing came, the
-        // rest of the idle timeout with its memory given back (`release_idle_memory`).
-        let mut idle_wait = (!first_request).then(|| IdleWait::new(limits.idle_timeout, limits.release_idle_memory_after));
+        // Later requests wait in two steps: `release_idle_memory_after`, then, if nothing came,
+        // the rest of the idle timeout with the connection's memory given back.
+        let mut idle_wait = IdleWait::new(limits.idle_timeout, limits.release_idle_memory_after);
         while self.buffer.is_empty() {
-            let wait = match (deadline, &idle_wait) {
-                (Some(deadline), _) => deadline.saturating_duration_since(Instant::now()),
-                (None, Some(idle_wait)) => idle_wait.next_wait(),
-                (None, None) => limits.idle_timeout,
+            let wait = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => idle_wait.next_wait(),
             };
             if wait.is_zero() {
                 return Err(ConnectionEnd::Drop);
@@ -226,11 +225,9 @@ impl<'shared> Connection<'shared> {
             match self.fill_buffer(wait) {
                 Ok(0) => return Err(ConnectionEnd::Drop),
                 Ok(_) => self.discard_leading_empty_lines(),
-                Err(error) if is_timeout(&error) && idle_wait.as_ref().is_some_and(IdleWait::in_first_step) => {
+                Err(error) if is_timeout(&error) && deadline.is_none() && idle_wait.in_first_step() => {
                     self.release_idle_memory();
-                    if let Some(idle_wait) = idle_wait.as_mut() {
-                        idle_wait.enter_second_step();
-                    }
+                    idle_wait.enter_second_step();
                 }
                 Err(_) => return Err(ConnectionEnd::Drop),
             }
@@ -363,7 +360,6 @@ impl<'shared> Connection<'shared> {
         }
     }
 
-    /// Reads once from the socket, appending to the buffer; returns the byte count (0 at EOF).
     /// Gives back what the last request left this connection holding while it waits for the
     /// next: the stack pages that request went down to (about 40 KiB: parsing, routing, the
     /// upstream call) and the read buffer, and the free pages the worker's heap kept from the
@@ -377,6 +373,7 @@ impl<'shared> Connection<'shared> {
         crate::allocator::collect_this_threads_free_memory();
     }
 
+    /// Reads once from the socket, appending to the buffer; returns the byte count (0 at EOF).
     fn fill_buffer(&mut self, timeout: Duration) -> io::Result<usize> {
         self.set_read_timeout(timeout)?;
         if !self.buffer.has_storage() {
