@@ -18,7 +18,7 @@ pub const LARGE_BODY_CLIENTS: usize = 100;
 /// The size of each request body.
 pub const LARGE_BODY_BYTES: usize = 150 * 1024;
 /// Requests per client; the clients start each round together.
-const REQUESTS_PER_CLIENT: usize = 5;
+pub const REQUESTS_PER_CLIENT: usize = 5;
 /// How long the connections stay idle before the gateway's memory is read: longer than the
 /// 6 s after which the gateway's idle keep-alive connections give back their memory
 /// (`RELEASE_IDLE_MEMORY_AFTER` in the gateway's `http/server.rs`).

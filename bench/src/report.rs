@@ -8,7 +8,7 @@ use crate::conversion::{
     pooled_cpu_per_unit,
 };
 use crate::lanes::{LANE_STREAM_DELTAS, LANE_STREAM_MODEL};
-use crate::large_bodies::{LargeBodies, IDLE_BEFORE_READING, LARGE_BODY_BYTES, LARGE_BODY_CLIENTS};
+use crate::large_bodies::{LargeBodies, IDLE_BEFORE_READING, LARGE_BODY_BYTES, LARGE_BODY_CLIENTS, REQUESTS_PER_CLIENT};
 use crate::measure::{ErrorTally, LoadOutcome, StreamSample};
 use crate::proc_stats::Resident;
 use crate::samples::{median_of_round_medians, percentile, pooled};
@@ -539,7 +539,11 @@ fn render_held_rows(out: &mut String, held: &HeldStreams, before_label: &str, ho
 fn render_large_body_rows(out: &mut String, large: &LargeBodies) {
     let clients = LARGE_BODY_CLIENTS;
     let body_kib = LARGE_BODY_BYTES / 1024;
-    resident_row(out, &format!("Before {clients} keep-alive clients send {body_kib} KiB requests, all at once, five rounds"), large.before);
+    resident_row(
+        out,
+        &format!("Before {clients} keep-alive clients send {body_kib} KiB requests, all at once, {REQUESTS_PER_CLIENT} rounds"),
+        large.before,
+    );
     if let (Some(peak_kib), Some(before)) = (large.peak_kib, large.before) {
         let in_flight_kib = LargeBodies::body_bytes_in_flight() / 1024;
         let _ = writeln!(
@@ -560,33 +564,28 @@ fn render_large_body_rows(out: &mut String, large: &LargeBodies) {
 
 /// Memory per idle keep-alive connection after a large request: (idle and open − closed) / count.
 fn per_idle_connection_row(out: &mut String, large: &LargeBodies) {
-    if let (Some(open), Some(closed)) = (large.idle_connections_open, large.after_close)
-        && large.idle_connections > 0
-    {
-        let per_connection = |open: u64, closed: u64| (open as f64 - closed as f64) / large.idle_connections as f64;
-        let _ = writeln!(
-            out,
-            "| **Per idle keep-alive connection** after a {} KiB request ((idle and open − after closing) / {}) | {:.1} KiB | {:.1} KiB |",
-            LARGE_BODY_BYTES / 1024,
-            large.idle_connections,
-            per_connection(open.total_kib, closed.total_kib),
-            per_connection(open.anonymous_kib, closed.anonymous_kib)
-        );
-    }
+    let label = format!("**Per idle keep-alive connection** after a {} KiB request ((idle and open − after closing)", LARGE_BODY_BYTES / 1024);
+    per_unit_row(out, &label, large.idle_connections_open, large.after_close, large.idle_connections);
 }
 
 /// Memory per held stream against `baseline`, when both samples exist and streams were held.
 fn per_stream_row(out: &mut String, label: &str, held: &HeldStreams, baseline: Option<Resident>) {
-    if let (Some(holding), Some(baseline)) = (held.holding_streams, baseline)
-        && held.held_open > 0
+    per_unit_row(out, label, held.holding_streams, baseline, held.held_open);
+}
+
+/// `(with − baseline) / count` for VmRSS and RssAnon, labelled `{label} / {count})`, when both
+/// samples exist and the count is not zero.
+fn per_unit_row(out: &mut String, label: &str, with: Option<Resident>, baseline: Option<Resident>, count: usize) {
+    if let (Some(with), Some(baseline)) = (with, baseline)
+        && count > 0
     {
-        let per_stream = |holding: u64, baseline: u64| (holding as f64 - baseline as f64) / held.held_open as f64;
+        let per_unit = |with: u64, baseline: u64| (with as f64 - baseline as f64) / count as f64;
         let _ = writeln!(
             out,
             "| {label} / {}) | {:.1} KiB | {:.1} KiB |",
-            group_thousands(held.held_open as u64),
-            per_stream(holding.total_kib, baseline.total_kib),
-            per_stream(holding.anonymous_kib, baseline.anonymous_kib)
+            group_thousands(count as u64),
+            per_unit(with.total_kib, baseline.total_kib),
+            per_unit(with.anonymous_kib, baseline.anonymous_kib)
         );
     }
 }
