@@ -11,8 +11,10 @@
 //! request on either side.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::Thread;
+use std::time::Duration;
 
 use crate::relay::record::RequestRecord;
 use crate::stats::metrics::MetricsSample;
@@ -155,6 +157,11 @@ pub struct CountedBatches {
     capacity_per_thread: usize,
     sequence: AtomicU64,
     dropped: AtomicU64,
+    /// Set while the writer sleeps until a request is counted (`sleep_until_counted`), so that
+    /// the request that ends an idle spell wakes it.
+    writer_asleep: AtomicBool,
+    /// The writer's thread, known from its first sleep.
+    writer_thread: OnceLock<Thread>,
 }
 
 impl CountedBatches {
@@ -166,6 +173,8 @@ impl CountedBatches {
             capacity_per_thread,
             sequence: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            writer_asleep: AtomicBool::new(false),
+            writer_thread: OnceLock::new(),
         }
     }
 
@@ -195,6 +204,30 @@ impl CountedBatches {
             }
             count(&mut batch, self.sequence.fetch_add(1, Ordering::Relaxed));
         });
+        // Pairs with the fence in `sleep_until_counted`: either the writer, about to sleep,
+        // sees this entry, or this sees that it sleeps. Under load the flag is down and this
+        // costs a fence and a load; only the first request after an idle spell wakes the writer.
+        fence(Ordering::SeqCst);
+        if self.writer_asleep.load(Ordering::Relaxed)
+            && self.writer_asleep.swap(false, Ordering::Relaxed)
+            && let Some(writer) = self.writer_thread.get()
+        {
+            writer.unpark();
+        }
+    }
+
+    /// The writer's sleep through an idle spell: returns when a request is counted (at once if
+    /// one is waiting), when the writer's thread is unparked, or after `longest`. Only the
+    /// writer's thread calls it. An idle gateway's writer then wakes for its deadlines alone,
+    /// where its tick woke it ten times a second (a wake-up a router's CPU cannot sleep through).
+    pub fn sleep_until_counted(&self, longest: Duration) {
+        self.writer_thread.get_or_init(std::thread::current);
+        self.writer_asleep.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.queued() == 0 {
+            std::thread::park_timeout(longest);
+        }
+        self.writer_asleep.store(false, Ordering::Relaxed);
     }
 
     /// Makes this thread's slot of these batches (on the thread's first request) and registers
@@ -379,6 +412,32 @@ mod tests {
         push(&batches, "5");
         batches.take_into(&mut taken, &mut spares);
         assert_eq!((groups_in_order(&taken), spares.len()), (vec!["5".to_string()], 1));
+    }
+
+    #[test]
+    fn a_sleeping_writer_wakes_for_the_first_request_counted_and_not_at_all_with_one_waiting() {
+        let batches = Arc::new(CountedBatches::new(100));
+        let writer_batches = batches.clone();
+        let writer = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            writer_batches.sleep_until_counted(Duration::from_secs(60));
+            started.elapsed()
+        });
+        let waiting_since = std::time::Instant::now();
+        while !batches.writer_asleep.load(Ordering::Relaxed) {
+            assert!(waiting_since.elapsed() < Duration::from_secs(10), "the writer never went to sleep");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        push(&batches, "wakes the writer");
+        let slept = writer.join().unwrap();
+        assert!(slept >= Duration::from_millis(50) && slept < Duration::from_secs(10), "slept {slept:?}");
+        assert!(!batches.writer_asleep.load(Ordering::Relaxed));
+
+        // The entry is still there: the writer must not sleep past it.
+        let started = std::time::Instant::now();
+        batches.sleep_until_counted(Duration::from_secs(60));
+        assert!(started.elapsed() < Duration::from_secs(10), "slept {:?} with a request waiting", started.elapsed());
     }
 
     #[test]

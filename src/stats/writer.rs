@@ -1,5 +1,5 @@
-//! The stats-writer thread: takes the relay threads' batches of counted requests every 100 ms,
-//! adds them up, and writes logs about every second (or once 1,000 wait) and statistics every
+//! The stats-writer thread: takes the relay threads' batches of counted requests every 100 ms
+//! (after a second without any, it sleeps until the next one or its next deadline), adds them up, and writes logs about every second (or once 1,000 wait) and statistics every
 //! `stats_save_interval_seconds`, at each UTC hour boundary and when asked to stop (after taking
 //! every request already counted).
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::stats::aggregate::hour_of_millis;
+use crate::stats::aggregate::{HOUR_SECONDS, hour_of_millis};
 use crate::stats::batches::{CountedBatch, CountedBatches};
 use crate::stats::StatsService;
 use crate::util::unix_millis;
@@ -17,6 +17,14 @@ use crate::util::unix_millis;
 /// wakes this thread, which takes the relay's core from it under load; statistics and the
 /// live tail are at most this late.
 const INGEST_TICK: Duration = Duration::from_millis(100);
+/// Ticks in a row without a finished request after which the writer sleeps until the next one
+/// (`CountedBatches::sleep_until_counted`) or its next deadline, instead of looking ten times a
+/// second at nothing. A second of quiet: under steady traffic, however light, it keeps ticking,
+/// and waking it costs the relay a futex call only after such a spell.
+const IDLE_TICKS_BEFORE_SLEEPING: u32 = 10;
+/// The longest idle sleep, so that a stats interval shortened in the settings while statistics
+/// wait applies within a minute.
+const LONGEST_IDLE_SLEEP_MS: i64 = 60_000;
 /// How often queued log rows are written.
 const LOG_FLUSH_INTERVAL_MS: i64 = 1_000;
 /// Queued log rows that are written at once, without waiting for the interval: at tens of
@@ -79,14 +87,26 @@ fn run(service: &Arc<StatsService>, batches: &CountedBatches, stopping: &AtomicB
     // Taken batches, and emptied ones to hand back: their buffers go round between the relay's
     // threads and this one instead of being freed and allocated again.
     let (mut taken, mut spares): (Vec<CountedBatch>, Vec<CountedBatch>) = (Vec::new(), Vec::new());
+    let mut idle_ticks = 0;
     loop {
-        // Sleeping between takes means a finished request never has to wake this thread: under
-        // load that saves a futex call and a context switch per request, for at most one tick of
-        // delay in the statistics. Parking sleeps at once, where a channel's timed receive first
-        // spins and yields the core a few times, each yield a context switch on a loaded core.
-        std::thread::park_timeout(INGEST_TICK);
+        if idle_ticks >= IDLE_TICKS_BEFORE_SLEEPING && service.backlog().1 == 0 {
+            // Nothing counted for a while and no log waits: the next thing to do is a request's
+            // (which wakes this thread), a stop (which unparks it) or a statistics deadline.
+            let now = unix_millis();
+            let next_hour_ms = (hour_of_millis(now) + HOUR_SECONDS) * 1_000;
+            let until = next_stats_flush.min(next_hour_ms).min(now + LONGEST_IDLE_SLEEP_MS);
+            batches.sleep_until_counted(Duration::from_millis(u64::try_from(until - now).unwrap_or(0)));
+        } else {
+            // Sleeping between takes means a finished request never has to wake this thread:
+            // under load that saves a futex call and a context switch per request, for at most
+            // one tick of delay in the statistics. Parking sleeps at once, where a channel's
+            // timed receive first spins and yields the core a few times, each yield a context
+            // switch on a loaded core.
+            std::thread::park_timeout(INGEST_TICK);
+        }
         let stopping = stopping.load(Ordering::Acquire);
         batches.take_into(&mut taken, &mut spares);
+        idle_ticks = if taken.is_empty() { idle_ticks.saturating_add(1) } else { 0 };
         if taken.is_empty() {
             // A tick without a finished request: the spares' buffers would wait, at the size of
             // the last busy tick, for a load that may not come back.
