@@ -1,5 +1,6 @@
 //! The stats-writer thread: takes the relay threads' batches of counted requests every 100 ms
-//! (after a second without any, it sleeps until the next one or its next deadline), adds them up, and writes logs about every second (or once 1,000 wait) and statistics every
+//! (after a second without any, it sleeps until the next one or its next deadline), adds them
+//! up, and writes logs about every second (or once 1,000 wait) and statistics every
 //! `stats_save_interval_seconds`, at each UTC hour boundary and when asked to stop (after taking
 //! every request already counted).
 
@@ -106,12 +107,13 @@ fn run(service: &Arc<StatsService>, batches: &CountedBatches, stopping: &AtomicB
         }
         let stopping = stopping.load(Ordering::Acquire);
         batches.take_into(&mut taken, &mut spares);
-        idle_ticks = if taken.is_empty() { idle_ticks.saturating_add(1) } else { 0 };
         if taken.is_empty() {
+            idle_ticks = idle_ticks.saturating_add(1);
             // A tick without a finished request: the spares' buffers would wait, at the size of
             // the last busy tick, for a load that may not come back.
             spares.clear();
         } else {
+            idle_ticks = 0;
             service.ingest(&mut taken);
             for mut batch in taken.drain(..) {
                 batch.clear_keeping_room_for_twice_its_use();
